@@ -1,0 +1,28 @@
+/* asyncpass.h: the async/await source pass (asyncpass.c) and the byte
+ * buffer it writes (buf.c), usable without lua.h. */
+#ifndef ML_ASYNCPASS_H
+#define ML_ASYNCPASS_H
+
+#include <stddef.h>
+
+/* A growable byte buffer; a zeroed one is empty and valid. */
+typedef struct ml_Buf {
+  char *data;
+  size_t len, cap;
+} ml_Buf;
+
+/* Appends n bytes; returns 0 or -ENOMEM.  data stays NUL-terminated. */
+int ml__buf_add(ml_Buf *b, const char *s, size_t n);
+void ml__buf_free(ml_Buf *b);
+
+/* Translates the dialect in src[0..len) to plain Lua 5.4, appended to
+ * out, keeping every token on its line (same number of lines).  chunkname
+ * is used in error messages ("file.lua"; a leading '@' or '=' is dropped).
+ * Returns 0; or -EINVAL with a Lua-style message in err ("file.lua:3:
+ * 'function' expected after 'async' near 'x'"); or -ENOMEM.  On error out
+ * is left as it was.  The output refers to two globals: `await` (a call
+ * `await(e)`) and `__ml_async(name, fn)`.  See docs/language.md. */
+int ml__asyncpass(const char *src, size_t len, const char *chunkname,
+                  ml_Buf *out, char *err, size_t errsz);
+
+#endif
