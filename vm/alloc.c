@@ -1,0 +1,274 @@
+/* alloc.c: the state's lua_Alloc: size-class pools, a byte cap, exact counts. */
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+#include "alloc.h"
+
+/* Under AddressSanitizer, blocks on a free list and the uncarved part of a
+ * slab are poisoned, and a live block is addressable only up to the size
+ * Lua asked for, so use-after-free and overruns inside the pools are
+ * still caught even though the pools hide them from malloc. */
+#if defined(__SANITIZE_ADDRESS__)
+#define ML_ASAN 1
+#elif defined(__has_feature)
+#if __has_feature(address_sanitizer)
+#define ML_ASAN 1
+#endif
+#endif
+#ifdef ML_ASAN
+#include <sanitizer/asan_interface.h>
+#define POISON(p, n) ASAN_POISON_MEMORY_REGION((p), (n))
+#define UNPOISON(p, n) ASAN_UNPOISON_MEMORY_REGION((p), (n))
+#else
+#define POISON(p, n) ((void)(p), (void)(n))
+#define UNPOISON(p, n) ((void)(p), (void)(n))
+#endif
+
+#define SLAB_SIZE (64 * 1024)
+#define SMALL_MAX 512  /* larger blocks come from malloc */
+#define NCLASS 16
+#define HDR 16         /* slab and large-block headers; keeps 16-alignment */
+
+/* Class sizes are multiples of 16, so every block is as aligned as the
+ * slab (malloc's alignment).  Steps of 16 up to 128 fit the Lua objects
+ * that dominate (tables 56, closures 32 + 8 per upvalue, upvalues 40,
+ * short strings 24 + length); coarser steps above waste under a quarter. */
+static const uint16_t class_size[NCLASS] = {
+  16, 32, 48, 64, 80, 96, 112, 128, 160, 192, 224, 256, 320, 384, 448, 512
+};
+
+/* class_of[(n + 15) / 16] is the smallest class holding n bytes (n >= 1). */
+static const uint8_t class_of[SMALL_MAX / 16 + 1] = {
+  0, 0, 1, 2, 3, 4, 5, 6, 7,           /* 0..128 in steps of 16 */
+  8, 8, 9, 9, 10, 10, 11, 11,          /* ..256 in steps of 32 */
+  12, 12, 12, 12, 13, 13, 13, 13,      /* ..512 in steps of 64 */
+  14, 14, 14, 14, 15, 15, 15, 15
+};
+
+#define CLASS(n) (class_of[((n) + 15) >> 4])
+
+typedef struct Slab { struct Slab *next; } Slab;
+
+/* Every malloc'd block carries links to its neighbours, so that the
+ * allocator can release all of them at once, and can keep a block whose
+ * shrink into a pool found no memory (see shrink_to_pool). */
+typedef struct Large { struct Large *prev, *next; } Large;
+
+struct ml_Alloc {
+  void *free[NCLASS];     /* per-class free lists, linked through block[0] */
+  char *bump, *bump_end;  /* the uncarved tail of the newest slab */
+  Slab *slabs;
+  Large large;            /* sentinel of the ring of malloc'd blocks */
+  size_t used, peak, cap;
+};
+
+_Static_assert(sizeof(Slab) <= HDR && sizeof(Large) <= HDR, "header size");
+_Static_assert(HDR % 16 == 0 && SLAB_SIZE % 16 == 0, "alignment");
+
+/* --- pools --------------------------------------------------------- */
+
+static void pool_put(ml_Alloc *a, int c, void *b) {
+  UNPOISON(b, sizeof(void *));
+  *(void **)b = a->free[c];
+  a->free[c] = b;
+  POISON(b, class_size[c]);
+}
+
+/* Gives the tail of the newest slab to the free list of the largest class
+ * that fits in it, so a slab change wastes nothing reusable. */
+static void retire_tail(ml_Alloc *a) {
+  size_t left = (size_t)(a->bump_end - a->bump);
+  if (left >= 16) {
+    int c = CLASS(left);
+    if (class_size[c] > left) c--;
+    pool_put(a, c, a->bump);
+  }
+  a->bump = a->bump_end = NULL;
+}
+
+static int new_slab(ml_Alloc *a) {
+  Slab *s = malloc(SLAB_SIZE);
+  if (s == NULL) return -1;
+  retire_tail(a);
+  s->next = a->slabs;
+  a->slabs = s;
+  a->bump = (char *)s + HDR;
+  a->bump_end = (char *)s + SLAB_SIZE;
+  POISON(a->bump, SLAB_SIZE - HDR);
+  return 0;
+}
+
+static void *pop(ml_Alloc *a, int c) {
+  void *b = a->free[c];
+  UNPOISON(b, sizeof(void *));
+  a->free[c] = *(void **)b;
+  return b;
+}
+
+/* A block of class c, addressable for n bytes; NULL if no slab can be
+ * had.  Free lists first (most recently freed, so warm in cache), then the
+ * slab, then a new slab; when malloc fails, a free block of a larger
+ * class (it serves class c until it is freed, then stays in class c). */
+static void *pool_get(ml_Alloc *a, int c, size_t n) {
+  void *b;
+  size_t sz = class_size[c];
+  if (a->free[c] != NULL) {
+    b = pop(a, c);
+  } else if ((size_t)(a->bump_end - a->bump) >= sz || new_slab(a) == 0) {
+    b = a->bump;
+    a->bump += sz;
+  } else {
+    int d = c + 1;
+    while (d < NCLASS && a->free[d] == NULL) d++;
+    if (d == NCLASS) return NULL;
+    b = pop(a, d);
+  }
+  UNPOISON(b, n);
+  return b;
+}
+
+/* --- large blocks -------------------------------------------------- */
+
+static void *large_alloc(ml_Alloc *a, size_t n) {
+  if (n > SIZE_MAX - HDR) return NULL;
+  Large *h = malloc(HDR + n);
+  if (h == NULL) return NULL;
+  h->next = a->large.next;
+  h->prev = &a->large;
+  h->next->prev = h;
+  a->large.next = h;
+  return (char *)h + HDR;
+}
+
+static void large_free(void *p) {
+  Large *h = (Large *)((char *)p - HDR);
+  h->prev->next = h->next;
+  h->next->prev = h->prev;
+  free(h);
+}
+
+static void *large_realloc(void *p, size_t n) {
+  if (n > SIZE_MAX - HDR) return NULL;
+  Large *h = realloc((char *)p - HDR, HDR + n);
+  if (h == NULL) return NULL;
+  h->prev->next = h;  /* the links moved with the block */
+  h->next->prev = h;
+  return (char *)h + HDR;
+}
+
+/* --- the lua_Alloc ------------------------------------------------- */
+
+/* Moves the live block p (osize bytes, malloc'd) into a pool block of
+ * nsize <= SMALL_MAX bytes.  Never fails: if no pool block can be had,
+ * p itself becomes the pool block.  It stays on the large ring, so it is
+ * released by ml__alloc_free, and meanwhile it serves its new class. */
+static void *shrink_to_pool(ml_Alloc *a, void *p, size_t nsize) {
+  void *q = pool_get(a, CLASS(nsize), nsize);
+  if (q == NULL) return p;
+  memcpy(q, p, nsize);
+  large_free(p);
+  return q;
+}
+
+/* Resizes the live block p from osize to nsize bytes (both > 0). */
+static void *resize(ml_Alloc *a, void *p, size_t osize, size_t nsize) {
+  if (osize <= SMALL_MAX && nsize <= SMALL_MAX) {
+    int co = CLASS(osize), cn = CLASS(nsize);
+    if (co == cn) {
+      POISON(p, class_size[co]);
+      UNPOISON(p, nsize);
+      return p;
+    }
+    void *q = pool_get(a, cn, nsize);
+    if (q == NULL) {
+      if (nsize > osize) return NULL;
+      /* A shrink must not fail: keep the bigger block.  When Lua frees
+       * it, it joins class cn, which it can serve. */
+      POISON(p, class_size[co]);
+      UNPOISON(p, nsize);
+      return p;
+    }
+    memcpy(q, p, osize < nsize ? osize : nsize);
+    pool_put(a, co, p);
+    return q;
+  }
+  if (osize <= SMALL_MAX) {  /* small to large */
+    void *q = large_alloc(a, nsize);
+    if (q == NULL) return NULL;
+    memcpy(q, p, osize);
+    pool_put(a, CLASS(osize), p);
+    return q;
+  }
+  if (nsize <= SMALL_MAX) return shrink_to_pool(a, p, nsize);
+  void *q = large_realloc(p, nsize);
+  if (q == NULL && nsize < osize) return p;  /* the old block is big enough */
+  return q;
+}
+
+/* The lua_Alloc contract: ptr == NULL means a new block and osize is then
+ * a type tag (LUA_TTABLE...), not a size; nsize == 0 means free ptr and
+ * return NULL; otherwise behave like realloc, returning NULL only when
+ * the request cannot be met, with ptr left intact. */
+void *ml__alloc_lua(void *ud, void *ptr, size_t osize, size_t nsize) {
+  ml_Alloc *a = ud;
+  if (ptr == NULL) osize = 0;
+  if (nsize == 0) {
+    if (ptr != NULL) {
+      if (osize <= SMALL_MAX) pool_put(a, CLASS(osize), ptr);
+      else large_free(ptr);
+      a->used -= osize;
+    }
+    return NULL;
+  }
+  if (nsize > osize && a->cap != 0) {
+    size_t grow = nsize - osize;
+    if (grow > a->cap || a->used > a->cap - grow) return NULL;
+  }
+  void *p;
+  if (ptr != NULL) p = resize(a, ptr, osize, nsize);
+  else if (nsize <= SMALL_MAX) p = pool_get(a, CLASS(nsize), nsize);
+  else p = large_alloc(a, nsize);
+  if (p == NULL) return NULL;
+  a->used = a->used - osize + nsize;
+  if (a->used > a->peak) a->peak = a->used;
+  return p;
+}
+
+/* --- the allocator ------------------------------------------------- */
+
+ml_Alloc *ml__alloc_new(size_t cap) {
+  ml_Alloc *a = calloc(1, sizeof *a);
+  if (a == NULL) return NULL;
+  a->large.prev = a->large.next = &a->large;
+  a->cap = cap;
+  return a;
+}
+
+/* Releases every slab and every malloc'd block still live, whether or not
+ * Lua freed what it had (lua_close frees everything first; a host that
+ * abandons a state after a failed lua_close does not leak). */
+void ml__alloc_free(ml_Alloc *a) {
+  if (a == NULL) return;
+  Slab *s = a->slabs;
+  while (s != NULL) {
+    Slab *next = s->next;
+    UNPOISON(s, SLAB_SIZE);
+    free(s);
+    s = next;
+  }
+  Large *h = a->large.next;
+  while (h != &a->large) {
+    Large *next = h->next;
+    free(h);
+    h = next;
+  }
+  free(a);
+}
+
+/* A cap below what is used now refuses every growth until enough is
+ * freed; nothing already handed out is taken back. */
+void ml__alloc_set_cap(ml_Alloc *a, size_t cap) { a->cap = cap; }
+
+size_t ml__alloc_used(const ml_Alloc *a) { return a->used; }
+
+size_t ml__alloc_peak(const ml_Alloc *a) { return a->peak; }
