@@ -93,7 +93,7 @@ bench-deps:
 	    echo "make bench-deps: could not install$$missing; those peers will be skipped"; \
 	elif [ -n "$$missing" ]; then echo "make bench-deps: not installed:$$missing (peers skipped)"; fi
 
-$(BUILD)/%.o: %.c vm/internal.h vm/moonloop.h
+$(BUILD)/%.o: %.c $(wildcard vm/*.h stdlib/*.h)
 	@mkdir -p $(dir $@)
 	$(CC) $(ALL_CFLAGS) -c $< -o $@
 
@@ -123,7 +123,7 @@ $(BUILD)/tests/check_main.o: tests/check_main.c $(BUILD)/check_suites.h
 	@mkdir -p $(dir $@)
 	$(CC) $(ALL_CFLAGS) $(CHECK_CFLAGS) -c $< -o $@
 
-$(BUILD)/tests/%.o: tests/%.c vm/internal.h vm/moonloop.h
+$(BUILD)/tests/%.o: tests/%.c $(wildcard vm/*.h stdlib/*.h)
 	@mkdir -p $(dir $@)
 	$(CC) $(ALL_CFLAGS) $(CHECK_CFLAGS) -c $< -o $@
 

@@ -21,43 +21,11 @@ typedef struct ml_Embedded {
 extern const ml_Embedded ml__embedded_lua[];  /* ends with name == NULL */
 extern const luaL_Reg ml__embedded_c[];       /* ends with name == NULL */
 
-/* ---------------------------------------------------------------- */
-/* Growable byte buffer (no lua.h needed by its users).               */
+/* The byte buffer and the async/await source pass (no lua.h). */
+#include "asyncpass.h"
 
-typedef struct ml_Buf {
-  char *data;
-  size_t len, cap;
-} ml_Buf;
-
-/* Appends n bytes; returns 0 or -ENOMEM.  data stays NUL-terminated. */
-int ml__buf_add(ml_Buf *b, const char *s, size_t n);
-void ml__buf_free(ml_Buf *b);
-
-/* ---------------------------------------------------------------- */
-/* The async/await source pass (asyncpass.c; no lua_State).          */
-
-/* Translates the dialect in src[0..len) to plain Lua 5.4, appended to
- * out, keeping every token on its line (same number of lines).  chunkname
- * is used in error messages ("file.lua").  Returns 0; or -EINVAL with a
- * Lua-style message in err ("file.lua:3: 'function' expected after 'async'
- * near 'x'"); or -ENOMEM.  The output refers to two globals: `await` (a
- * call `await(e)`) and `__ml_async(name, fn)`. */
-int ml__asyncpass(const char *src, size_t len, const char *chunkname,
-                  ml_Buf *out, char *err, size_t errsz);
-
-/* ---------------------------------------------------------------- */
-/* Allocator (alloc.c; no lua_State): size-class pools and a byte cap. */
-
-typedef struct ml_Alloc ml_Alloc;
-/* Makes an allocator; cap == 0 means no cap.  NULL on ENOMEM. */
-ml_Alloc *ml__alloc_new(size_t cap);
-void ml__alloc_free(ml_Alloc *a);         /* releases every pool */
-void ml__alloc_set_cap(ml_Alloc *a, size_t cap);
-size_t ml__alloc_used(const ml_Alloc *a);  /* bytes handed out now */
-size_t ml__alloc_peak(const ml_Alloc *a);
-/* A lua_Alloc: ud is the ml_Alloc.  Fails (returns NULL) when growing
- * would pass the cap; shrinking and freeing never fail. */
-void *ml__alloc_lua(void *ud, void *ptr, size_t osize, size_t nsize);
+/* The allocator: size-class pools and a byte cap (no lua.h). */
+#include "alloc.h"
 
 /* ---------------------------------------------------------------- */
 /* Ready queue (readyq.c; no lua_State): a ring buffer of entries.    */
@@ -85,6 +53,11 @@ void ml__readyq_free(ml_ReadyQ *q);
 typedef struct ml_Task ml_Task;
 typedef struct ml_Future ml_Future;
 
+/* Called when a suspended task is cancelled: stop whatever would have
+ * woken it (a watcher) and return 0; or return 1 if the cancellation was
+ * passed on to what the task awaits, which will wake it. */
+typedef int (*ml_CancelHook)(lua_State *L, ml_Task *t, void *ud);
+
 struct ml_State {
   lua_State *L;
   struct ev_loop *loop;
@@ -93,17 +66,25 @@ struct ml_State {
   ml_ReadyQ ready;
   ml_Task *current;      /* the task being stepped, or NULL */
   ml_Task *main;         /* the CLI's main task, or NULL */
+  ml_Task *tasks;        /* pending tasks, a list through prev/next */
+  unsigned long task_seq;
   int ntasks;            /* tasks not yet done */
   int debug;             /* MOONLOOP_DEBUG / run(c, {debug=true}) */
   int stopping;          /* loop:stop() was called */
   int nstep;             /* steps run, for the I/O poll rule */
+  int last_poll_step;
+  double last_poll;      /* monotonic time of the last I/O poll */
+  int running;           /* depth of ml__sched_run / step calls */
+  int alive;             /* the last ev_run saw active watchers */
   unsigned long instr_budget; /* per task step, 0 = none */
+  unsigned long step_instr;   /* instructions counted in this step */
   ev_prepare prepare;
   ev_signal sigint;
   int sigint_count;
   ml_ErrorHandler on_error;
   void *on_error_ud;
   void *host_ud;
+  const void *future_mt, *task_mt, *coro_mt;  /* metatables, for fast type tests */
 };
 
 /* The state a Lua thread belongs to (kept in lua_getextraspace). */
@@ -119,6 +100,11 @@ int ml__load(lua_State *L, const char *src, size_t len, const char *chunkname);
  * exception never retrieved): through the host's handler, or to stderr.
  * [-1, +0] pops the error value; context says where ("in callback").  */
 void ml__report(lua_State *L, const char *context);
+/* The same with a traceback: [-2, +0] pops the error and its traceback
+ * (a string, or nil). */
+void ml__report_tb(lua_State *L, const char *context);
+/* Writes a finished error report: to the host's handler, or stderr. */
+void ml__emit_error(ml_State *S, const char *msg);
 
 /* ---------------------------------------------------------------- */
 /* Exceptions (exc.c over stdlib/asyncio/exceptions.lua).            */
@@ -133,11 +119,95 @@ int ml__exc_raise(lua_State *L, const char *cls, const char *fmt, ...);
 void ml__exc_push_errno(lua_State *L, int err, const char *what);
 /* 1 if the value at idx is an instance of class cls (or a subclass). */
 int ml__exc_is(lua_State *L, int idx, const char *cls);
+/* Maps errno values to OSError subclasses; called once at state creation. */
+void ml__exc_init(lua_State *L);
 
 /* ---------------------------------------------------------------- */
 /* Futures and tasks (future.c, task.c).                              */
 
 enum { ML_PENDING = 0, ML_RESULT, ML_EXCEPTION, ML_CANCELLED };
+
+/* A Future's user values. */
+enum { FUV_RESULT = 1, FUV_CALLBACKS, FUV_MSG, FUV_CANCEL_HOOK, FUV_NFUTURE = FUV_CANCEL_HOOK };
+/* A Task's, after the Future's. */
+enum { TUV_THREAD = FUV_NFUTURE + 1, TUV_CORO, TUV_NAME, TUV_TB, TUV_AWAITING,
+       TUV_CAUSE_EXC, TUV_CAUSE_TB, TUV_NTASK = TUV_CAUSE_TB };
+
+struct ml_Future {
+  ml_State *S;
+  unsigned char state;      /* ML_PENDING, ML_RESULT, ... */
+  unsigned char is_task;
+  unsigned char log_exc;    /* an exception nobody retrieved yet */
+  unsigned char cb_queued;  /* a ML_RUN_FUTURE_CALLBACKS entry is queued */
+  unsigned char has_cancel_hook; /* cancel() calls FUV_CANCEL_HOOK instead */
+  int nres;                 /* result values (ML_RESULT) */
+  int ncallbacks;           /* entries in FUV_CALLBACKS */
+  ml_Task *waiter;          /* the first task to await it: no table needed */
+};
+
+struct ml_Task {
+  ml_Future fut;            /* a Task is a Future */
+  lua_State *co;            /* the task's thread, NULL once done */
+  int ref;                  /* registry reference while pending */
+  ml_Task *prev, *next;     /* the state's list of pending tasks */
+  unsigned char started, suspended, queued, must_cancel;
+  int num_cancels;          /* cancel() requests not uncancelled */
+  unsigned long id;
+  ml_Future *awaiting;      /* the future it awaits, or NULL */
+  ml_CancelHook hook;       /* while suspended: what to do on cancel() */
+  void *hook_ud;
+  lua_KFunction k;          /* continuation of the suspended C function */
+  lua_KContext kctx;
+  ev_timer timer;           /* asyncio.sleep() */
+};
+
+/* Userdata metatable names. */
+#define ML_FUTURE_MT "asyncio.Future"
+#define ML_TASK_MT "asyncio.Task"
+
+/* Schedules a done future's waiters and callbacks.  [-0, +0] */
+void ml__future_schedule(lua_State *L, int fidx, ml_Future *f);
+/* Runs a queued ML_RUN_FUTURE_CALLBACKS entry (the future pushed).  [-1, +0] */
+void ml__future_run_callbacks(lua_State *L);
+/* Registers the running task t as a waiter of the future at fidx. [-0,+0] */
+void ml__future_add_waiter(lua_State *L, int fidx, ml_Future *f, ml_Task *t);
+/* Creates a Future's userdata with nuv user values, of size size, with the
+ * metatable tname.  [-0, +1] */
+ml_Future *ml__future_alloc(lua_State *L, size_t size, int nuv, const char *tname);
+/* Future's methods (for Task's metatable too). */
+extern const luaL_Reg ml__future_methods[];
+/* [-0, +1] pushes the userdata of the pending task t. */
+void ml__task_push(lua_State *L, ml_Task *t);
+/* Runs one step of t (the one place that calls lua_resume). */
+void ml__task_step(ml_State *S, ml_Task *t);
+/* Sets up Future, Task and Coroutine metatables; [-0, +0]. */
+void ml__future_open(lua_State *L);
+void ml__task_open(lua_State *L);
+void ml__coro_open(lua_State *L);
+/* If the value at idx is a Coroutine: marks it awaited (raising
+ * RuntimeError if it already was) and pushes its function and arguments,
+ * returning how many values it pushed.  Otherwise returns -1.  */
+int ml__coro_unpack(lua_State *L, int idx);
+/* await of a pending-or-done Future/Task at stack index 1. */
+int ml__await_future(lua_State *L, ml_Future *f);
+/* task:cancel(msg) with msg at msgidx (0 for none); 1 if cancelled. */
+int ml__task_cancel(lua_State *L, ml_Task *t, int msgidx);
+/* asyncio.sleep */
+int ml__task_sleep(lua_State *L);
+int ml__future_lnew(lua_State *L);
+int ml__future_set_cancel_hook(lua_State *L);  /* (fut, fn) */
+int ml__coro_iscoroutine(lua_State *L);          /* (x) -> boolean */
+int ml__coro_iscoroutinefunction(lua_State *L);  /* (f) -> boolean */
+/* The marker yielded to the scheduler by every suspension. */
+extern const char ml__await_marker;
+
+/* [-0, +1] pushes an async function made of the C function f: calling it
+ * returns a Coroutine (one small allocation), and awaiting that runs f
+ * inline in the awaiting task, where f may ml__task_suspend().  Use it for
+ * every C function scripts `await`.  For a hot path with no allocation,
+ * return a reusable userdata whose metatable has __await instead: await
+ * calls __await(obj) in the task, and it may suspend too. */
+void ml__push_async(lua_State *L, const char *name, lua_CFunction f);
 
 /* [-0, +1] pushes a new pending Future bound to the running loop. */
 ml_Future *ml__future_new(lua_State *L);
@@ -160,10 +230,6 @@ int ml__future_unwrap(lua_State *L, int fidx);
 /* The running task, or NULL outside any task. */
 ml_Task *ml__task_current(lua_State *L);
 
-/* Called when a suspended task is cancelled: stop whatever would have
- * woken it (a watcher) and return 0; or return 1 if the cancellation was
- * passed on to what the task awaits, which will wake it. */
-typedef int (*ml_CancelHook)(lua_State *L, ml_Task *t, void *ud);
 
 /* Suspends the running task.  Use as the tail of a lua_CFunction:
  *     return ml__task_suspend(L, hook, ud, ctx, k);
@@ -200,5 +266,9 @@ int ml__sched_step(ml_State *S);
 
 /* [-0, +1] pushes the loop object (asyncio's AbstractEventLoop). */
 void ml__push_loop(lua_State *L);
+/* Makes the loop object; [-0, +1] pushes its methods table. */
+void ml__sched_open(lua_State *L);
+/* asyncio.create_task(coro, {name=}) */
+int ml__core_create_task(lua_State *L);
 
 #endif

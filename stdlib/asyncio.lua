@@ -1,0 +1,181 @@
+-- asyncio: the module scripts use.  It gathers the C core (asyncio.core),
+-- the exception classes and every embedded module named asyncio.* (each
+-- returns a table merged into this one), and adds the task-level policy:
+-- run, gather, ensure_future.
+local core = require "asyncio.core"
+local exc = require "asyncio.exceptions"
+
+local M = {}
+package.loaded.asyncio = M  -- submodules may require "asyncio" while it fills
+
+local function merge(t)
+  for k, v in pairs(t) do
+    if type(k) == "string" and k:sub(1, 1) ~= "_" then M[k] = v end
+  end
+end
+merge(core)
+merge(exc)
+M.Loop = core.Loop
+
+-- Generators (coroutine.wrap / coroutine.resume) that await inside a task:
+-- the await's marker is passed up to the task, and the generator carries
+-- on when the task is resumed.
+do
+  local co_resume, co_yield, co_create = coroutine.resume, coroutine.yield, coroutine.create
+  local co_close, co_status = coroutine.close, coroutine.status
+  local MARK = core._marker
+  local function pass(co, ok, first, ...)
+    if ok and first == MARK and co_status(co) == "suspended" then
+      return pass(co, co_resume(co, co_yield(MARK)))
+    end
+    return ok, first, ...
+  end
+  function coroutine.resume(co, ...)
+    return pass(co, co_resume(co, ...))
+  end
+  function coroutine.wrap(f)
+    local co = co_create(f)
+    local function finish(ok, ...)
+      if ok then return ... end
+      local e = ...
+      co_close(co)
+      error(e, 0)
+    end
+    return function(...)
+      return finish(pass(co, co_resume(co, ...)))
+    end
+  end
+end
+
+local Future, isfuture, iscoroutine = core.Future, core.isfuture, core.iscoroutine
+local create_task = core.create_task
+
+local function is_awaitable_table(v)
+  local mt = getmetatable(v)
+  return type(mt) == "table" and mt.__await ~= nil
+end
+
+-- ensure_future(aw): a Future or Task as it is; a Coroutine or any
+-- awaitable wrapped in a Task.
+function M.ensure_future(aw)
+  if isfuture(aw) then return aw end
+  if iscoroutine(aw) then return create_task(aw) end
+  if is_awaitable_table(aw) then
+    return create_task(function() return await(aw) end)
+  end
+  error(M.TypeError("An asyncio.Future, a coroutine or an awaitable is required"), 2)
+end
+
+-- gather(aw1, aw2, ..., [{return_exceptions = bool}]) -> a Future whose
+-- result is the list {r1, r2, ..., n = k} of each awaitable's first result.
+-- The first failure fails the gather (the others keep running) unless
+-- return_exceptions; cancelling the gather cancels every child.
+function M.gather(...)
+  local n = select("#", ...)
+  local opts = n > 0 and select(n, ...) or nil
+  if type(opts) == "table" and not is_awaitable_table(opts) then n = n - 1 else opts = nil end
+  local return_exc = opts and opts.return_exceptions
+  local outer = Future()
+  local children, results = {}, { n = n }
+  if n == 0 then outer:set_result(results); return outer end
+  local left = n
+  local cancel_requested = false
+  for i = 1, n do
+    local f = M.ensure_future((select(i, ...)))
+    children[i] = f
+    f:add_done_callback(function(child)
+      left = left - 1
+      if outer:done() then
+        if not child:cancelled() then child:exception() end  -- retrieved
+        return
+      end
+      if not return_exc then
+        if child:cancelled() then
+          outer:set_exception(M.CancelledError())
+          return
+        end
+        local e = child:exception()
+        if e ~= nil then outer:set_exception(e); return end
+      end
+      if left == 0 then
+        for j = 1, n do
+          local c = children[j]
+          if c:cancelled() then results[j] = M.CancelledError()
+          else
+            local e = c:exception()
+            if e ~= nil then results[j] = e else results[j] = (c:result()) end
+          end
+        end
+        if cancel_requested then outer:set_exception(M.CancelledError())
+        else outer:set_result(results) end
+      end
+    end)
+  end
+  -- Cancelling the gather cancels every child; it completes (cancelled)
+  -- once they have finished, as asyncio's does.
+  core._set_cancel_hook(outer, function(_, msg)
+    local any = false
+    for i = 1, n do
+      if children[i]:cancel(msg) then any = true end
+    end
+    if any then cancel_requested = true end
+    return any
+  end)
+  return outer
+end
+
+local function cancel_leftovers(before)
+  local me = core.current_task()
+  local left = {}
+  local all = core.all_tasks()
+  for i = 1, all.n do
+    local t = all[i]
+    if t ~= me and not before[t] then left[#left + 1] = t; t:cancel() end
+  end
+  for _, t in ipairs(left) do
+    local ok = pcall(await, t)
+    if not ok and not t:cancelled() and t:exception() ~= nil then
+      core.get_event_loop():call_exception_handler({
+        message = "unhandled exception during asyncio.run() shutdown",
+        exception = t:exception(), task = t })
+    end
+  end
+end
+
+-- run(coro, [{debug = bool}]): from the main task, awaits coro and then
+-- cancels and awaits the tasks it left behind; from a host with no
+-- running task, drives the loop until coro is done.
+function M.run(coro, opts)
+  if not iscoroutine(coro) then
+    error(M.ValueError("a coroutine was expected, got " .. tostring(coro)), 2)
+  end
+  if opts and opts.debug ~= nil then core._set_debug(opts.debug) end
+  if core.current_task() then
+    local before = {}
+    local all = core.all_tasks()
+    for i = 1, all.n do before[all[i]] = true end
+    local guard <close> = setmetatable({}, { __close = function() cancel_leftovers(before) end })
+    return await(coro)
+  end
+  local task = create_task(coro)
+  local results = table.pack(pcall(core.run_until_complete, task))
+  -- Cancel and finish what the coroutine left behind.
+  local all = core.all_tasks()
+  if all.n > 0 then
+    for i = 1, all.n do all[i]:cancel() end
+    pcall(core.run_until_complete, M.gather(table.unpack(all, 1, all.n), { return_exceptions = true }))
+  end
+  if not results[1] then error(results[2], 0) end
+  return table.unpack(results, 2, results.n)
+end
+
+-- Every other embedded asyncio.* module adds its names.
+local skip = { ["asyncio.core"] = true, ["asyncio.exceptions"] = true, ["asyncio.test"] = true }
+local names = {}
+for name in pairs(package.preload) do
+  if name:match("^asyncio%.") and not skip[name] then names[#names + 1] = name end
+end
+table.sort(names)
+for _, name in ipairs(names) do merge(require(name)) end
+
+return M

@@ -1,0 +1,160 @@
+-- asyncio.exceptions: the exception classes, Python's hierarchy in Lua.
+--
+-- A class is a table; calling it makes an instance (a table whose
+-- metatable is the class).  `asyncio.isinstance(v, cls)` walks the chain
+-- of bases and works on any value.  tostring(e) reads "Name: message".
+
+local M = {}
+local classes = {}
+
+local function tostring_exc(e)
+  local cls = getmetatable(e)
+  local msg = cls.__str(e)
+  if msg == nil or msg == "" then return cls.__name end
+  return cls.__name .. ": " .. msg
+end
+
+local function default_str(e)
+  local args = e.args
+  if args.n == 0 then return "" end
+  if args.n == 1 then return tostring(args[1]) end
+  local parts = {}
+  for i = 1, args.n do parts[i] = tostring(args[i]) end
+  return "(" .. table.concat(parts, ", ") .. ")"
+end
+
+local class_mt = {
+  __call = function(cls, ...)
+    local e = setmetatable({ args = table.pack(...) }, cls)
+    cls.__init(e, ...)
+    return e
+  end,
+  __tostring = function(cls) return "<class '" .. cls.__name .. "'>" end,
+}
+
+-- Defines class `name` deriving from `base`; init(e, ...) fills fields.
+local function class(name, base, init, str)
+  local cls = {
+    __name = name,
+    __base = base,
+    __tostring = tostring_exc,
+    __init = init or (base and base.__init) or function(e, msg) e.message = msg end,
+    __str = str or (base and base.__str) or default_str,
+  }
+  cls.__index = cls
+  if base then setmetatable(cls, { __index = base, __call = class_mt.__call,
+                                   __tostring = class_mt.__tostring })
+  else setmetatable(cls, class_mt) end
+  M[name] = cls
+  classes[name] = cls
+  return cls
+end
+M.class = class
+
+-- True if v is an instance of cls (or of a subclass of it).
+function M.isinstance(v, cls)
+  if type(v) ~= "table" then return false end
+  local c = getmetatable(v)
+  while c do
+    if c == cls then return true end
+    if type(c) ~= "table" then return false end
+    c = rawget(c, "__base")
+  end
+  return false
+end
+
+local BaseException = class("BaseException", nil, function(e, msg) e.message = msg end)
+local Exception = class("Exception", BaseException)
+class("CancelledError", BaseException)
+class("KeyboardInterrupt", BaseException)
+class("SystemExit", BaseException)
+class("TimeoutError", Exception)
+class("InvalidStateError", Exception)
+class("TypeError", Exception)
+class("ValueError", Exception)
+class("RuntimeError", Exception)
+class("MemoryError", Exception)
+class("KeyError", Exception)
+class("NotImplementedError", M.RuntimeError)
+class("QueueEmpty", Exception)
+class("QueueFull", Exception)
+class("QueueShutDown", Exception)
+class("BrokenBarrierError", M.RuntimeError)
+class("SendfileNotAvailableError", M.RuntimeError)
+
+class("IncompleteReadError", Exception, function(e, partial, expected)
+  e.partial, e.expected = partial, expected
+  e.message = string.format("%d bytes read on a total of %s expected bytes",
+                            #partial, expected == nil and "undefined" or tostring(expected))
+end, function(e) return e.message end)
+
+class("LimitOverrunError", Exception, function(e, message, consumed)
+  e.message, e.consumed = message, consumed
+end, function(e) return e.message end)
+
+-- ExceptionGroup(message, exceptions): e.exceptions is a list with n.
+class("BaseExceptionGroup", BaseException, function(e, message, excs)
+  e.message = message
+  local list = { n = 0 }
+  if excs then
+    for i = 1, excs.n or #excs do list[i] = excs[i]; list.n = i end
+  end
+  e.exceptions = list
+end, function(e)
+  local n = e.exceptions.n
+  local lines = { string.format("%s (%d sub-exception%s)", e.message, n, n == 1 and "" or "s") }
+  for i = 1, n do
+    lines[#lines + 1] = string.format("  [%d] %s", i, tostring(e.exceptions[i]))
+  end
+  return table.concat(lines, "\n")
+end)
+class("ExceptionGroup", M.BaseExceptionGroup)
+
+-- OSError(errno, strerror): picks the subclass for errno, as Python does.
+local OSError = class("OSError", Exception, function(e, errno, strerror, filename)
+  if type(errno) == "number" then
+    e.errno, e.strerror, e.filename = errno, strerror, filename
+    e.message = strerror
+  else
+    e.message = errno
+  end
+end, function(e)
+  if e.errno then
+    local s = string.format("[Errno %d] %s", e.errno, tostring(e.strerror))
+    if e.filename then s = s .. ": " .. tostring(e.filename) end
+    return s
+  end
+  return e.message and tostring(e.message) or ""
+end)
+M.IOError = OSError
+M.EnvironmentError = OSError
+local ConnectionError = class("ConnectionError", OSError)
+class("BrokenPipeError", ConnectionError)
+class("ConnectionAbortedError", ConnectionError)
+class("ConnectionRefusedError", ConnectionError)
+class("ConnectionResetError", ConnectionError)
+class("BlockingIOError", OSError)
+class("ChildProcessError", OSError)
+class("FileExistsError", OSError)
+class("FileNotFoundError", OSError)
+class("InterruptedError", OSError)
+class("IsADirectoryError", OSError)
+class("NotADirectoryError", OSError)
+class("PermissionError", OSError)
+class("ProcessLookupError", OSError)
+class("gaierror", OSError)
+
+-- errno -> subclass (Linux numbers, filled from C with the platform's).
+local by_errno = {}
+M._by_errno = by_errno
+
+local os_new = getmetatable(OSError).__call
+getmetatable(OSError).__call = function(cls, errno, ...)
+  if cls == OSError and type(errno) == "number" and by_errno[errno] then
+    cls = by_errno[errno]
+  end
+  return os_new(cls, errno, ...)
+end
+
+M._classes = classes
+return M

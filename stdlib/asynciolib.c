@@ -1,0 +1,116 @@
+/* asynciolib.c: asyncio.core, the C half of the asyncio module (the Lua
+ * half, stdlib/asyncio.lua, builds the public module on it). */
+#include <errno.h>
+#include <string.h>
+#include "internal.h"
+
+int ml__core_create_task(lua_State *L) {
+  const char *name = NULL;
+  int iscoro;
+  ml__coro_iscoroutine(L);
+  iscoro = lua_toboolean(L, -1);
+  lua_pop(L, 1);
+  if (!iscoro && lua_type(L, 1) != LUA_TFUNCTION)
+    return ml__exc_raise(L, "TypeError", "a coroutine was expected, got %s",
+                         luaL_tolstring(L, 1, NULL));
+  if (lua_type(L, 2) == LUA_TTABLE) {
+    lua_getfield(L, 2, "name");
+    if (!lua_isnil(L, -1)) name = luaL_tolstring(L, -1, NULL);
+  }
+  lua_pushvalue(L, 1);
+  ml__task_spawn(L, 0, name);
+  return 1;
+}
+
+static int core_current_task(lua_State *L) {
+  ml_Task *t = ml__task_current(L);
+  if (t) ml__task_push(L, t);
+  else lua_pushnil(L);
+  return 1;
+}
+
+/* all_tasks(): the pending tasks, as a list with n. */
+static int core_all_tasks(lua_State *L) {
+  ml_Task *t;
+  int n = 0;
+  lua_newtable(L);
+  for (t = ml__state(L)->tasks; t; t = t->next) {
+    ml__task_push(L, t);
+    lua_rawseti(L, -2, ++n);
+  }
+  lua_pushinteger(L, n);
+  lua_setfield(L, -2, "n");
+  return 1;
+}
+
+static int core_get_running_loop(lua_State *L) {
+  ml_State *S = ml__state(L);
+  if (S->running == 0 && S->current == NULL)
+    return ml__exc_raise(L, "RuntimeError", "no running event loop");
+  ml__push_loop(L);
+  return 1;
+}
+
+static int core_get_event_loop(lua_State *L) {
+  ml__push_loop(L);
+  return 1;
+}
+
+static int core_isfuture(lua_State *L) {
+  lua_pushboolean(L, ml__future_test(L, 1) != NULL);
+  return 1;
+}
+
+/* run_until_complete(fut): drives the loop from outside any task until
+ * fut is done, then returns its results (or raises its exception). */
+static int core_run_until_complete(lua_State *L) {
+  ml_State *S = ml__state(L);
+  ml_Future *f = ml__future_test(L, 1);
+  int rc;
+  if (f == NULL) return luaL_typeerror(L, 1, "Future or Task");
+  if (S->current) return ml__exc_raise(L, "RuntimeError", "this event loop is already running");
+  lua_settop(L, 1);
+  rc = ml__sched_run(S, f);
+  if (rc == -EDEADLK)
+    return ml__exc_raise(L, "RuntimeError",
+                         "the awaited task can never finish: nothing is left that could wake it "
+                         "(no ready task, timer or I/O watcher)");
+  if (f->state == ML_PENDING)
+    return ml__exc_raise(L, "RuntimeError", "Event loop stopped before Future completed.");
+  return ml__future_unwrap(L, 1);
+}
+
+/* _set_debug(b) */
+static int core_set_debug(lua_State *L) {
+  ml__state(L)->debug = lua_toboolean(L, 1);
+  return 0;
+}
+
+static const luaL_Reg core_funcs[] = {
+  { "Future", ml__future_lnew },
+  { "create_task", ml__core_create_task },
+  { "current_task", core_current_task },
+  { "all_tasks", core_all_tasks },
+  { "get_running_loop", core_get_running_loop },
+  { "get_event_loop", core_get_event_loop },
+  { "iscoroutine", ml__coro_iscoroutine },
+  { "iscoroutinefunction", ml__coro_iscoroutinefunction },
+  { "isfuture", core_isfuture },
+  { "run_until_complete", core_run_until_complete },
+  { "_set_debug", core_set_debug },
+  { "_set_cancel_hook", ml__future_set_cancel_hook },
+  { NULL, NULL }
+};
+
+int luaopen_asyncio_core(lua_State *L) {
+  luaL_newlib(L, core_funcs);
+  ml__sched_open(L);
+  lua_setfield(L, -2, "Loop");
+  ml__push_async(L, "sleep", ml__task_sleep);
+  lua_setfield(L, -2, "sleep");
+  lua_pushlightuserdata(L, (void *)&ml__await_marker);
+  lua_setfield(L, -2, "_marker");
+  lua_getglobal(L, "await");
+  lua_setfield(L, -2, "await");
+  return 1;
+}

@@ -1,0 +1,263 @@
+-- Futures, tasks, sleep, callbacks, gather and cancellation (the core).
+local T = require "asyncio.test"
+local loop = asyncio.get_running_loop()
+
+T.case("sleep returns its extra arguments", async function()
+  local a, b = await asyncio.sleep(0.001, "x", 2)
+  T.eq(a, "x", "first value"); T.eq(b, 2, "second value")
+  T.eq(select("#", await asyncio.sleep(0)), 0, "no values after sleep(0)")
+end)
+
+T.case("awaiting a coroutine runs it inline with all its results", async function()
+  local async function three() return 1, nil, 3 end
+  local r = table.pack(await three())
+  T.eq(r.n, 3, "result count"); T.eq(r[3], 3, "third result")
+end)
+
+T.case("a coroutine runs nothing until awaited", async function()
+  local ran = false
+  local async function f() ran = true end
+  local c = f()
+  T.ok(asyncio.iscoroutine(c), "iscoroutine"); T.eq(ran, false, "ran before await")
+  await c
+  T.eq(ran, true, "ran after await")
+end)
+
+T.case("awaiting a coroutine twice raises RuntimeError", async function()
+  local async function f() return 1 end
+  local c = f()
+  await c
+  local e = T.raises(asyncio.RuntimeError, function() return await(c) end, "second await")
+  T.match(tostring(e), "already awaited", "message")
+end)
+
+T.case("awaiting a non-awaitable raises TypeError", async function()
+  local e = T.raises(asyncio.TypeError, function() return await(42) end)
+  T.match(tostring(e), "^TypeError: object is not awaitable", "message")
+  T.raises(asyncio.TypeError, function() return await({}) end, "plain table")
+end)
+
+T.case("__await objects are awaitable", async function()
+  local obj = setmetatable({}, { __await = function(self) await asyncio.sleep(0); return "via __await", 2 end })
+  local a, b = await obj
+  T.eq(a, "via __await", "first"); T.eq(b, 2, "second")
+end)
+
+T.case("await works from nested plain functions", async function()
+  local function helper(x) return await asyncio.sleep(0, x * 2) end
+  local function outer(x) return helper(x) + 1 end
+  T.eq(outer(5), 11, "result through two plain calls")
+end)
+
+T.case("await inside a coroutine.wrap generator suspends the task", async function()
+  local gen = coroutine.wrap(function()
+    for i = 1, 3 do
+      local v = await asyncio.sleep(0.001, i * 10)
+      coroutine.yield(v)
+    end
+  end)
+  T.eq({gen(), gen(), gen()}, {10, 20, 30}, "generated values")
+  local co = coroutine.create(function(a) local b = await asyncio.sleep(0, a + 1); return b end)
+  local ok, v = coroutine.resume(co, 1)
+  T.eq(ok, true, "resume ok"); T.eq(v, 2, "value through resume")
+end)
+
+T.case("future result, exception and states", async function()
+  local f = asyncio.Future()
+  T.eq(f:done(), false, "pending")
+  T.raises(asyncio.InvalidStateError, function() return f:result() end, "result while pending")
+  f:set_result(1, 2)
+  T.eq({f:result()}, {1, 2}, "several results")
+  T.raises(asyncio.InvalidStateError, function() f:set_result(3) end, "set twice")
+  T.eq(f:cancel(), false, "cancel after done")
+  local g = asyncio.Future()
+  g:set_exception(asyncio.ValueError("bad"))
+  T.eq(tostring(g:exception()), "ValueError: bad", "exception()")
+  T.raises(asyncio.ValueError, g, "await a failed future")
+end)
+
+T.case("done callbacks run soon, in order, and can be removed", async function()
+  local f = loop:create_future()
+  local seen = {}
+  local function a(fut) seen[#seen + 1] = "a" end
+  local function b(fut) seen[#seen + 1] = "b:" .. fut:result() end
+  f:add_done_callback(a); f:add_done_callback(b); f:add_done_callback(a)
+  T.eq(f:remove_done_callback(a), 2, "removed count")
+  f:set_result("r")
+  T.eq(#seen, 0, "not run synchronously")
+  await asyncio.sleep(0)
+  T.eq(seen, {"b:r"}, "callbacks run")
+  f:add_done_callback(a)
+  await asyncio.sleep(0)
+  T.eq(seen, {"b:r", "a"}, "callback added after done runs too")
+end)
+
+T.case("an error in a done callback is reported and the loop goes on", async function()
+  local reported
+  loop:set_exception_handler(function(l, ctx) reported = ctx end)
+  local f = asyncio.Future()
+  f:add_done_callback(function() error("cb failed") end)
+  f:set_result(1)
+  await asyncio.sleep(0)
+  loop:set_exception_handler(nil)
+  T.ok(reported, "handler called")
+  T.match(tostring(reported.exception), "cb failed", "exception in context")
+  T.match(reported.traceback, "stack traceback", "traceback in context")
+end)
+
+T.case("tasks run concurrently and return results", async function()
+  local order = {}
+  local async function worker(name, d) await asyncio.sleep(d); order[#order + 1] = name; return name end
+  local t1 = asyncio.create_task(worker("slow", 0.02))
+  local t2 = asyncio.create_task(worker("fast", 0.001), { name = "fast-one" })
+  T.eq(t2:get_name(), "fast-one", "name option")
+  T.eq(await t1, "slow", "t1 result"); T.eq(await t2, "fast", "t2 result")
+  T.eq(order, {"fast", "slow"}, "completion order")
+  T.match(tostring(t1), "^<Task finished name='Task%-%d+' coro=<coroutine worker>>$", "repr")
+end)
+
+T.case("a task nobody holds still runs to completion", async function()
+  local done = asyncio.Future()
+  asyncio.create_task(function() await asyncio.sleep(0.001); collectgarbage(); done:set_result("ran") end)
+  collectgarbage()
+  T.eq(await done, "ran", "unreferenced task finished")
+end)
+
+T.case("cancel a sleeping task: CancelledError with message", async function()
+  local t = asyncio.create_task(asyncio.sleep(10))
+  await asyncio.sleep(0)
+  T.eq(t:cancel("stop now"), true, "cancel() result")
+  local e = T.raises(asyncio.CancelledError, t, "await cancelled task")
+  T.eq(e.message, "stop now", "cancel message")
+  T.ok(t:cancelled(), "cancelled()")
+  T.eq(t:cancel(), false, "cancelling a finished task")
+end)
+
+T.case("cancel before the task starts: its function never runs", async function()
+  local ran = false
+  local t = asyncio.create_task(function() ran = true end)
+  t:cancel()
+  T.raises(asyncio.CancelledError, t)
+  T.eq(ran, false, "function ran")
+end)
+
+T.case("a task may catch CancelledError and go on; cancelling/uncancel", async function()
+  local got = asyncio.Future()
+  local t = asyncio.create_task(function()
+    local ok, e = pcall(await, asyncio.sleep(10))
+    local me = asyncio.current_task()
+    got:set_result(me:cancelling())
+    T.eq(me:uncancel(), 0, "uncancel result")
+    return "survived"
+  end)
+  await asyncio.sleep(0)
+  t:cancel()
+  T.eq(await got, 1, "cancelling() inside")
+  T.eq(await t, "survived", "task result")
+end)
+
+T.case("cancelling a task cancels the future it awaits", async function()
+  local f = asyncio.Future()
+  local t = asyncio.create_task(function() return await f end)
+  await asyncio.sleep(0)
+  t:cancel("bye")
+  T.raises(asyncio.CancelledError, t)
+  T.ok(f:cancelled(), "awaited future cancelled")
+end)
+
+T.case("to-be-closed variables close (and may await) when a task fails", async function()
+  local log = {}
+  local t = asyncio.create_task(function()
+    local guard <close> = setmetatable({}, { __close = function(_, err)
+      await asyncio.sleep(0.001)
+      log[#log + 1] = "closed: " .. tostring(err):match("boom") end })
+    error("boom")
+  end)
+  T.raises(nil, t)
+  T.eq(log, {"closed: boom"}, "close ran")
+end)
+
+T.case("errors keep their value through await", async function()
+  local t = asyncio.create_task(function() error({code = 7}) end)
+  local ok, e = pcall(await, t)
+  T.eq(ok, false, "failed"); T.eq(e.code, 7, "table error unchanged")
+  local t2 = asyncio.create_task(function() error("plain", 0) end)
+  local _, e2 = pcall(await, t2)
+  T.eq(e2, "plain", "string error unchanged")
+end)
+
+T.case("a task cannot await itself", async function()
+  local t
+  t = asyncio.create_task(function() await asyncio.sleep(0); return await t end)
+  local e = T.raises(asyncio.RuntimeError, t)
+  T.match(tostring(e), "itself", "message")
+end)
+
+T.case("gather returns each first result in order", async function()
+  local async function v(x, d) await asyncio.sleep(d); return x, "extra" end
+  local r = await asyncio.gather(v(1, 0.003), v(2, 0.001), asyncio.sleep(0, 3))
+  T.eq(r, {1, 2, 3, n = 3}, "results")
+  local empty = await asyncio.gather()
+  T.eq(empty, {n = 0}, "empty gather")
+end)
+
+T.case("gather fails with the first error; return_exceptions collects", async function()
+  local async function bad() await asyncio.sleep(0); error(asyncio.ValueError("x")) end
+  local async function good() await asyncio.sleep(0.005); return "g" end
+  T.raises(asyncio.ValueError, asyncio.gather(good(), bad()), "first error")
+  local r = await asyncio.gather(good(), bad(), { return_exceptions = true })
+  T.eq(r[1], "g", "good result")
+  T.ok(asyncio.isinstance(r[2], asyncio.ValueError), "exception in place")
+end)
+
+T.case("cancelling a gather cancels its children", async function()
+  local c1 = asyncio.create_task(asyncio.sleep(10))
+  local c2 = asyncio.create_task(asyncio.sleep(10))
+  local g = asyncio.gather(c1, c2)
+  await asyncio.sleep(0)
+  g:cancel()
+  T.raises(asyncio.CancelledError, g, "gather")
+  await asyncio.sleep(0)
+  T.ok(c1:cancelled() and c2:cancelled(), "children cancelled")
+end)
+
+T.case("call_soon, call_later and call_at run in time order; cancel works", async function()
+  local seen = {}
+  local done = asyncio.Future()
+  loop:call_later(0.02, function() seen[#seen + 1] = "later"; done:set_result() end)
+  loop:call_at(loop:time() + 0.01, function(x) seen[#seen + 1] = x end, "at")
+  loop:call_soon(function(a, b) seen[#seen + 1] = a .. b end, "so", "on")
+  local h = loop:call_later(0.001, function() seen[#seen + 1] = "cancelled" end)
+  h:cancel()
+  T.ok(h:cancelled(), "cancelled()")
+  await done
+  T.eq(seen, {"soon", "at", "later"}, "order")
+end)
+
+T.case("current_task, all_tasks, ensure_future, isfuture", async function()
+  T.ok(asyncio.current_task() ~= nil, "current task in a task")
+  local t = asyncio.ensure_future(asyncio.sleep(0.01))
+  T.ok(asyncio.isfuture(t), "ensure_future makes a task")
+  T.eq(asyncio.ensure_future(t), t, "a task stays itself")
+  local all = asyncio.all_tasks()
+  local found = false
+  for i = 1, all.n do if all[i] == t then found = true end end
+  T.ok(found, "all_tasks contains it")
+  await t
+end)
+
+T.case("exceptions: classes, isinstance, tostring, OSError subclasses", async function()
+  local e = asyncio.ConnectionRefusedError(111, "Connection refused")
+  T.eq(tostring(e), "ConnectionRefusedError: [Errno 111] Connection refused", "tostring")
+  T.ok(asyncio.isinstance(e, asyncio.OSError), "is an OSError")
+  T.ok(asyncio.isinstance(e, asyncio.ConnectionError), "is a ConnectionError")
+  T.ok(not asyncio.isinstance(e, asyncio.TimeoutError), "not a TimeoutError")
+  T.ok(not asyncio.isinstance("text", asyncio.Exception), "a string is no instance")
+  T.ok(not asyncio.isinstance(asyncio.CancelledError(), asyncio.Exception), "CancelledError is not an Exception")
+  local os_e = asyncio.OSError(104, "Connection reset by peer")
+  T.ok(asyncio.isinstance(os_e, asyncio.ConnectionResetError), "OSError picks its subclass by errno")
+  local ir = asyncio.IncompleteReadError("ab", 5)
+  T.eq(ir.partial, "ab", "partial"); T.eq(ir.expected, 5, "expected")
+end)
+
+T.run()

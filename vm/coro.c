@@ -1,0 +1,186 @@
+/* coro.c: Coroutine objects (what calling an async function returns) and
+ * the global `await`, which dispatches on what it is given. */
+#include <string.h>
+#include "internal.h"
+
+#define ML_CORO_MT "asyncio.Coroutine"
+
+typedef struct Coro {
+  int nargs;
+  int line;              /* where it was created (line in the creator) */
+  unsigned char awaited; /* consumed by await, a task, or close() */
+} Coro;
+
+/* User values of a Coroutine: its name, the function, the function that
+ * created it, then the arguments. */
+enum { CUV_NAME = 1, CUV_FN, CUV_CREATOR, CUV_ARGS };
+
+/* The callable an async function becomes: makes a Coroutine of the
+ * function (upvalue 2) and the call's arguments; runs nothing. */
+static int coro_make(lua_State *L) {
+  int i, n = lua_gettop(L);
+  lua_Debug ar;
+  Coro *c = lua_newuserdatauv(L, sizeof(Coro), CUV_ARGS - 1 + n);
+  c->nargs = n;
+  c->awaited = 0;
+  c->line = -1;
+  luaL_setmetatable(L, ML_CORO_MT);
+  lua_pushvalue(L, lua_upvalueindex(1));
+  lua_setiuservalue(L, -2, CUV_NAME);
+  lua_pushvalue(L, lua_upvalueindex(2));
+  lua_setiuservalue(L, -2, CUV_FN);
+  if (lua_getstack(L, 1, &ar) && lua_getinfo(L, "lf", &ar)) {
+    c->line = ar.currentline;
+    lua_setiuservalue(L, -2, CUV_CREATOR);
+  }
+  for (i = 1; i <= n; i++) {
+    lua_pushvalue(L, i);
+    lua_setiuservalue(L, -2, CUV_ARGS - 1 + i);
+  }
+  return 1;
+}
+
+/* __ml_async(name, fn): the value of `async function name(...)`. */
+static int l_async(lua_State *L) {
+  luaL_checktype(L, 2, LUA_TFUNCTION);
+  if (lua_isnil(L, 1)) {
+    lua_Debug ar;
+    lua_pushvalue(L, 2);
+    lua_getinfo(L, ">S", &ar);
+    lua_pushfstring(L, "async function at %s:%d", ar.short_src, ar.linedefined);
+    lua_replace(L, 1);
+  }
+  lua_settop(L, 2);
+  lua_pushcclosure(L, coro_make, 2);
+  return 1;
+}
+
+static Coro *test_coro(lua_State *L, int idx) {
+  Coro *c = lua_touserdata(L, idx);
+  const void *mt;
+  if (c == NULL || !lua_getmetatable(L, idx)) return NULL;
+  mt = lua_topointer(L, -1);
+  lua_pop(L, 1);
+  return mt == ml__state(L)->coro_mt ? c : NULL;
+}
+
+int ml__coro_unpack(lua_State *L, int idx) {
+  Coro *c = test_coro(L, idx);
+  int i;
+  if (c == NULL) return -1;
+  if (c->awaited) {
+    lua_getiuservalue(L, idx, CUV_NAME);
+    return ml__exc_raise(L, "RuntimeError", "cannot reuse already awaited coroutine '%s'",
+                         lua_tostring(L, -1));
+  }
+  c->awaited = 1;
+  luaL_checkstack(L, c->nargs + 2, "too many arguments");
+  lua_getiuservalue(L, idx, CUV_FN);
+  for (i = 1; i <= c->nargs; i++) lua_getiuservalue(L, idx, CUV_ARGS - 1 + i);
+  return c->nargs + 1;
+}
+
+static int call_k(lua_State *L, int status, lua_KContext base) {
+  (void)status;
+  return lua_gettop(L) - (int)base;
+}
+
+/* await(x): a Coroutine runs inline; a Future or Task suspends the task
+ * until it is done; an object with __await has it called. */
+static int l_await(lua_State *L) {
+  ml_State *S = ml__state(L);
+  void *p = lua_touserdata(L, 1);
+  int n;
+  lua_settop(L, 1);
+  if (S->current == NULL)
+    return ml__exc_raise(L, "RuntimeError", "await outside of a running task");
+  if (p && lua_getmetatable(L, 1)) {
+    const void *mt = lua_topointer(L, -1);
+    lua_pop(L, 1);
+    if (mt == S->future_mt || mt == S->task_mt) return ml__await_future(L, p);
+    if (mt == S->coro_mt) {
+      n = ml__coro_unpack(L, 1);
+      lua_callk(L, n - 1, LUA_MULTRET, 1, call_k);
+      return call_k(L, LUA_OK, 1);
+    }
+  }
+  if (luaL_getmetafield(L, 1, "__await") != LUA_TNIL) {
+    lua_pushvalue(L, 1);
+    lua_callk(L, 1, LUA_MULTRET, 1, call_k);
+    return call_k(L, LUA_OK, 1);
+  }
+  return ml__exc_raise(L, "TypeError", "object is not awaitable (a %s value)",
+                       luaL_typename(L, 1));
+}
+
+/* asyncio.iscoroutine(x) */
+static int l_iscoroutine(lua_State *L) {
+  lua_pushboolean(L, test_coro(L, 1) != NULL);
+  return 1;
+}
+
+/* asyncio.iscoroutinefunction(f) */
+static int l_iscoroutinefunction(lua_State *L) {
+  lua_pushboolean(L, lua_tocfunction(L, 1) == coro_make);
+  return 1;
+}
+
+static int coro_close(lua_State *L) {
+  Coro *c = luaL_checkudata(L, 1, ML_CORO_MT);
+  c->awaited = 1;
+  return 0;
+}
+
+static int coro_tostring(lua_State *L) {
+  luaL_checkudata(L, 1, ML_CORO_MT);
+  lua_getiuservalue(L, 1, CUV_NAME);
+  lua_pushfstring(L, "<coroutine %s>", lua_tostring(L, -1));
+  return 1;
+}
+
+static int coro_gc(lua_State *L) {
+  Coro *c = lua_touserdata(L, 1);
+  if (!c->awaited) {
+    lua_Debug ar;
+    c->awaited = 1;
+    lua_getiuservalue(L, 1, CUV_NAME);
+    if (lua_getiuservalue(L, 1, CUV_CREATOR) == LUA_TFUNCTION && lua_getinfo(L, ">S", &ar))
+      lua_pushfstring(L, "coroutine '%s' was never awaited (created at %s:%d)",
+                      lua_tostring(L, -1), ar.short_src, c->line);
+    else
+      lua_pushfstring(L, "coroutine '%s' was never awaited", lua_tostring(L, -2));
+    ml__report(L, "RuntimeWarning");
+  }
+  return 0;
+}
+
+static const luaL_Reg coro_methods[] = {
+  { "close", coro_close },
+  { NULL, NULL }
+};
+
+void ml__coro_open(lua_State *L) {
+  luaL_newmetatable(L, ML_CORO_MT);
+  luaL_newlib(L, coro_methods);
+  lua_setfield(L, -2, "__index");
+  lua_pushcfunction(L, coro_tostring);
+  lua_setfield(L, -2, "__tostring");
+  lua_pushcfunction(L, coro_gc);
+  lua_setfield(L, -2, "__gc");
+  ml__state(L)->coro_mt = lua_topointer(L, -1);
+  lua_pop(L, 1);
+  lua_pushcfunction(L, l_await);
+  lua_setglobal(L, "await");
+  lua_pushcfunction(L, l_async);
+  lua_setglobal(L, "__ml_async");
+}
+
+void ml__push_async(lua_State *L, const char *name, lua_CFunction f) {
+  lua_pushstring(L, name);
+  lua_pushcfunction(L, f);
+  lua_pushcclosure(L, coro_make, 2);
+}
+
+/* For asyncio.core. */
+int ml__coro_iscoroutine(lua_State *L) { return l_iscoroutine(L); }
+int ml__coro_iscoroutinefunction(lua_State *L) { return l_iscoroutinefunction(L); }

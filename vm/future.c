@@ -1,0 +1,402 @@
+/* future.c: asyncio.Future, a userdata whose completion wakes tasks. */
+#include <errno.h>
+#include <string.h>
+#include "internal.h"
+
+ml_Future *ml__future_alloc(lua_State *L, size_t size, int nuv, const char *tname) {
+  ml_Future *f = lua_newuserdatauv(L, size, nuv);
+  memset(f, 0, size);
+  f->S = ml__state(L);
+  luaL_setmetatable(L, tname);
+  return f;
+}
+
+ml_Future *ml__future_new(lua_State *L) {
+  return ml__future_alloc(L, sizeof(ml_Future), FUV_NFUTURE, ML_FUTURE_MT);
+}
+
+ml_Future *ml__future_test(lua_State *L, int idx) {
+  ml_Future *f = lua_touserdata(L, idx);
+  const void *mt;
+  if (f == NULL || !lua_getmetatable(L, idx)) return NULL;
+  mt = lua_topointer(L, -1);
+  lua_pop(L, 1);
+  if (mt == ml__state(L)->future_mt || mt == ml__state(L)->task_mt) return f;
+  return NULL;
+}
+
+static ml_Future *check_future(lua_State *L, int idx) {
+  ml_Future *f = ml__future_test(L, idx);
+  if (f == NULL) luaL_typeerror(L, idx, "Future");
+  return f;
+}
+
+int ml__future_state(const ml_Future *f) { return f->state; }
+
+void ml__future_schedule(lua_State *L, int fidx, ml_Future *f) {
+  ml_Task *t = f->waiter;
+  if (t) {
+    f->waiter = NULL;
+    if (t->awaiting == f) ml__task_wake(t);
+  }
+  if (f->ncallbacks > 0 && !f->cb_queued) {
+    ml_Entry e;
+    lua_pushvalue(L, fidx);
+    e.kind = ML_RUN_FUTURE_CALLBACKS;
+    e.p = f;
+    e.ref = luaL_ref(L, LUA_REGISTRYINDEX);
+    if (ml__readyq_push(&f->S->ready, e) < 0) {
+      luaL_unref(L, LUA_REGISTRYINDEX, e.ref);
+      luaL_error(L, "not enough memory");
+    }
+    f->cb_queued = 1;
+  }
+}
+
+void ml__future_run_callbacks(lua_State *L) {
+  int fidx = lua_gettop(L), i, n;
+  ml_Future *f = lua_touserdata(L, fidx);
+  f->cb_queued = 0;
+  if (lua_getiuservalue(L, fidx, FUV_CALLBACKS) != LUA_TTABLE) {
+    lua_settop(L, fidx - 1);
+    return;
+  }
+  /* Take the list: callbacks added while these run form a new one. */
+  n = f->ncallbacks;
+  f->ncallbacks = 0;
+  lua_pushnil(L);
+  lua_setiuservalue(L, fidx, FUV_CALLBACKS);
+  for (i = 1; i <= n; i++) {
+    ml_Future *w;
+    lua_rawgeti(L, fidx + 1, i);
+    w = lua_touserdata(L, -1);
+    if (w) {
+      /* Only tasks (waiters) and functions are in the list: a task that
+       * awaits f is woken if it still does. */
+      ml_Task *t = (ml_Task *)w;
+      lua_pop(L, 1);
+      if (t->awaiting == f) ml__task_wake(t);
+      continue;
+    }
+    lua_pushvalue(L, fidx);
+    ml__callback(L, 1, "done callback");
+  }
+  lua_settop(L, fidx - 1);
+}
+
+/* Moves the pending future at fidx to state st.  [-0, +0] */
+static void complete(lua_State *L, int fidx, ml_Future *f, int st) {
+  f->state = st;
+  ml__future_schedule(L, fidx, f);
+}
+
+int ml__future_set_result(lua_State *L, int fidx, int n) {
+  ml_Future *f = lua_touserdata(L, fidx);
+  fidx = lua_absindex(L, fidx);
+  if (f->state != ML_PENDING) {
+    lua_pop(L, n);
+    return -EINVAL;
+  }
+  if (n == 1) {
+    lua_setiuservalue(L, fidx, FUV_RESULT);
+  } else if (n > 1) {
+    int i;
+    lua_createtable(L, n, 0);
+    lua_insert(L, -n - 1);
+    for (i = n; i >= 1; i--) lua_rawseti(L, -i - 1, i);
+    lua_setiuservalue(L, fidx, FUV_RESULT);
+  }
+  f->nres = n;
+  complete(L, fidx, f, ML_RESULT);
+  return 0;
+}
+
+int ml__future_set_exception(lua_State *L, int fidx) {
+  ml_Future *f = lua_touserdata(L, fidx);
+  fidx = lua_absindex(L, fidx);
+  if (f->state != ML_PENDING) {
+    lua_pop(L, 1);
+    return -EINVAL;
+  }
+  lua_setiuservalue(L, fidx, FUV_RESULT);
+  f->log_exc = 1;
+  complete(L, fidx, f, ML_EXCEPTION);
+  return 0;
+}
+
+int ml__future_cancel(lua_State *L, int fidx, const char *msg) {
+  ml_Future *f = lua_touserdata(L, fidx);
+  fidx = lua_absindex(L, fidx);
+  if (f->state != ML_PENDING) return 0;
+  if (f->has_cancel_hook) {
+    /* A composite future (gather) passes the cancellation on to its
+     * children and completes when they have finished. */
+    int r;
+    lua_getiuservalue(L, fidx, FUV_CANCEL_HOOK);
+    lua_pushvalue(L, fidx);
+    if (msg) lua_pushstring(L, msg);
+    else lua_pushnil(L);
+    lua_call(L, 2, 1);
+    r = lua_toboolean(L, -1);
+    lua_pop(L, 1);
+    return r;
+  }
+  if (msg) {
+    lua_pushstring(L, msg);
+    lua_setiuservalue(L, fidx, FUV_MSG);
+  }
+  complete(L, fidx, f, ML_CANCELLED);
+  return 1;
+}
+
+/* [-0, +1] pushes the CancelledError a cancelled future raises: the one a
+ * task was cancelled with, or a new one carrying the cancel message. */
+static void push_cancelled(lua_State *L, int fidx) {
+  if (lua_getiuservalue(L, fidx, FUV_RESULT) != LUA_TNIL) return;
+  lua_pop(L, 1);
+  if (lua_getiuservalue(L, fidx, FUV_MSG) == LUA_TNIL) {
+    lua_pop(L, 1);
+    ml__exc_push(L, "CancelledError", NULL);
+  } else {
+    const char *m = lua_tostring(L, -1);
+    ml__exc_push(L, "CancelledError", "%s", m ? m : "");
+    lua_remove(L, -2);
+  }
+}
+
+int ml__future_unwrap(lua_State *L, int fidx) {
+  ml_Future *f = lua_touserdata(L, fidx);
+  fidx = lua_absindex(L, fidx);
+  switch (f->state) {
+  case ML_RESULT:
+    if (f->nres == 1) {
+      lua_getiuservalue(L, fidx, FUV_RESULT);
+    } else if (f->nres > 1) {
+      int i, n = f->nres;
+      luaL_checkstack(L, n + 1, "too many results");
+      lua_getiuservalue(L, fidx, FUV_RESULT);
+      for (i = 1; i <= n; i++) lua_rawgeti(L, -i, i);
+      lua_remove(L, -n - 1);
+    }
+    return f->nres;
+  case ML_EXCEPTION:
+    f->log_exc = 0;
+    lua_getiuservalue(L, fidx, FUV_RESULT);
+    if (f->is_task) {
+      /* Remember where it came from, so a traceback can show the chain. */
+      ml_Task *t = ml__task_current(L);
+      if (t && t != (ml_Task *)f) {
+        ml__task_push(L, t);
+        lua_pushvalue(L, -2);
+        lua_setiuservalue(L, -2, TUV_CAUSE_EXC);
+        lua_getiuservalue(L, fidx, TUV_TB);
+        lua_setiuservalue(L, -2, TUV_CAUSE_TB);
+        lua_pop(L, 1);
+      }
+    }
+    return lua_error(L);
+  case ML_CANCELLED:
+    push_cancelled(L, fidx);
+    return lua_error(L);
+  default:
+    return ml__exc_raise(L, "InvalidStateError", "Result is not set.");
+  }
+}
+
+/* ---- Lua methods ---- */
+
+static int future_new(lua_State *L) {
+  ml__future_new(L);
+  return 1;
+}
+
+static int future_result(lua_State *L) {
+  check_future(L, 1);
+  return ml__future_unwrap(L, 1);
+}
+
+static int future_exception(lua_State *L) {
+  ml_Future *f = check_future(L, 1);
+  switch (f->state) {
+  case ML_PENDING:
+    return ml__exc_raise(L, "InvalidStateError", "Exception is not set.");
+  case ML_CANCELLED:
+    push_cancelled(L, 1);
+    return lua_error(L);
+  case ML_EXCEPTION:
+    f->log_exc = 0;
+    lua_getiuservalue(L, 1, FUV_RESULT);
+    return 1;
+  default:
+    lua_pushnil(L);
+    return 1;
+  }
+}
+
+static int future_set_result(lua_State *L) {
+  ml_Future *f = check_future(L, 1);
+  if (f->is_task) return luaL_error(L, "Task does not support set_result operation");
+  if (ml__future_set_result(L, 1, lua_gettop(L) - 1) < 0)
+    return ml__exc_raise(L, "InvalidStateError", "invalid state: the future is already done");
+  return 0;
+}
+
+static int future_set_exception(lua_State *L) {
+  ml_Future *f = check_future(L, 1);
+  if (f->is_task) return luaL_error(L, "Task does not support set_exception operation");
+  luaL_checkany(L, 2);
+  lua_settop(L, 2);
+  if (ml__future_set_exception(L, 1) < 0)
+    return ml__exc_raise(L, "InvalidStateError", "invalid state: the future is already done");
+  return 0;
+}
+
+static int future_done(lua_State *L) {
+  lua_pushboolean(L, check_future(L, 1)->state != ML_PENDING);
+  return 1;
+}
+
+static int future_cancelled(lua_State *L) {
+  lua_pushboolean(L, check_future(L, 1)->state == ML_CANCELLED);
+  return 1;
+}
+
+static int future_cancel(lua_State *L) {
+  check_future(L, 1);
+  lua_pushboolean(L, ml__future_cancel(L, 1, luaL_optstring(L, 2, NULL)));
+  return 1;
+}
+
+/* Appends the value at top to the callback list.  [-1, +0] */
+static void add_callback(lua_State *L, int fidx, ml_Future *f) {
+  if (lua_getiuservalue(L, fidx, FUV_CALLBACKS) != LUA_TTABLE) {
+    lua_pop(L, 1);
+    lua_createtable(L, 2, 0);
+    lua_pushvalue(L, -1);
+    lua_setiuservalue(L, fidx, FUV_CALLBACKS);
+  }
+  lua_insert(L, -2);
+  lua_rawseti(L, -2, ++f->ncallbacks);
+  lua_pop(L, 1);
+}
+
+void ml__future_add_waiter(lua_State *L, int fidx, ml_Future *f, ml_Task *t) {
+  if (f->waiter == NULL && f->ncallbacks == 0) {
+    f->waiter = t;
+    return;
+  }
+  fidx = lua_absindex(L, fidx);
+  ml__task_push(L, t);
+  add_callback(L, fidx, f);
+}
+
+static int future_add_done_callback(lua_State *L) {
+  ml_Future *f = check_future(L, 1);
+  luaL_checktype(L, 2, LUA_TFUNCTION);
+  lua_settop(L, 2);
+  add_callback(L, 1, f);
+  if (f->state != ML_PENDING) ml__future_schedule(L, 1, f);
+  return 0;
+}
+
+static int future_remove_done_callback(lua_State *L) {
+  ml_Future *f = check_future(L, 1);
+  int i, j = 0, n = f->ncallbacks;
+  luaL_checkany(L, 2);
+  if (lua_getiuservalue(L, 1, FUV_CALLBACKS) != LUA_TTABLE) {
+    lua_pushinteger(L, 0);
+    return 1;
+  }
+  for (i = 1; i <= n; i++) {
+    lua_rawgeti(L, 3, i);
+    if (lua_rawequal(L, -1, 2)) {
+      lua_pop(L, 1);
+      continue;
+    }
+    lua_rawseti(L, 3, ++j);
+  }
+  for (i = j + 1; i <= n; i++) {
+    lua_pushnil(L);
+    lua_rawseti(L, 3, i);
+  }
+  f->ncallbacks = j;
+  lua_pushinteger(L, n - j);
+  return 1;
+}
+
+static int future_get_loop(lua_State *L) {
+  check_future(L, 1);
+  ml__push_loop(L);
+  return 1;
+}
+
+static int future_tostring(lua_State *L) {
+  ml_Future *f = check_future(L, 1);
+  switch (f->state) {
+  case ML_PENDING: lua_pushstring(L, "<Future pending>"); break;
+  case ML_CANCELLED: lua_pushstring(L, "<Future cancelled>"); break;
+  case ML_EXCEPTION:
+    lua_getiuservalue(L, 1, FUV_RESULT);
+    lua_pushfstring(L, "<Future finished exception=%s>", luaL_tolstring(L, -1, NULL));
+    break;
+  default:
+    if (f->nres == 0) lua_pushstring(L, "<Future finished result=nil>");
+    else {
+      ml__future_unwrap(L, 1);
+      lua_settop(L, 2);
+      lua_pushfstring(L, "<Future finished result=%s>", luaL_tolstring(L, 2, NULL));
+    }
+  }
+  return 1;
+}
+
+/* Reports an exception that nobody retrieved, when the future dies. */
+static int future_gc(lua_State *L) {
+  ml_Future *f = lua_touserdata(L, 1);
+  if (f->log_exc) {
+    f->log_exc = 0;
+    lua_getiuservalue(L, 1, FUV_RESULT);
+    ml__report(L, "Future exception was never retrieved");
+  }
+  return 0;
+}
+
+const luaL_Reg ml__future_methods[] = {
+  { "result", future_result },
+  { "exception", future_exception },
+  { "set_result", future_set_result },
+  { "set_exception", future_set_exception },
+  { "done", future_done },
+  { "cancelled", future_cancelled },
+  { "cancel", future_cancel },
+  { "add_done_callback", future_add_done_callback },
+  { "remove_done_callback", future_remove_done_callback },
+  { "get_loop", future_get_loop },
+  { NULL, NULL }
+};
+
+void ml__future_open(lua_State *L) {
+  luaL_newmetatable(L, ML_FUTURE_MT);
+  luaL_newlib(L, ml__future_methods);
+  lua_setfield(L, -2, "__index");
+  lua_pushcfunction(L, future_tostring);
+  lua_setfield(L, -2, "__tostring");
+  lua_pushcfunction(L, future_gc);
+  lua_setfield(L, -2, "__gc");
+  ml__state(L)->future_mt = lua_topointer(L, -1);
+  lua_pop(L, 1);
+}
+
+/* core._set_cancel_hook(fut, fn): fut:cancel(msg) calls fn(fut, msg) and
+ * returns its result, instead of cancelling fut itself. */
+int ml__future_set_cancel_hook(lua_State *L) {
+  ml_Future *f = check_future(L, 1);
+  luaL_checktype(L, 2, LUA_TFUNCTION);
+  lua_settop(L, 2);
+  lua_setiuservalue(L, 1, FUV_CANCEL_HOOK);
+  f->has_cancel_hook = 1;
+  return 0;
+}
+
+/* asyncio.Future(): a new pending future. */
+int ml__future_lnew(lua_State *L) { return future_new(L); }

@@ -1,0 +1,520 @@
+/* task.c: asyncio.Task, a Future that runs a function in its own Lua
+ * thread.  task_step is the one place in moonloop that calls lua_resume. */
+#include <errno.h>
+#include <string.h>
+#include "internal.h"
+
+const char ml__await_marker = 'A';
+/* Returned (first) by task_body when the task's function raised. */
+static const char err_marker = 'E';
+
+ml_Task *ml__task_current(lua_State *L) { return ml__state(L)->current; }
+
+void ml__task_push(lua_State *L, ml_Task *t) {
+  lua_rawgeti(L, LUA_REGISTRYINDEX, t->ref);
+}
+
+void ml__task_wake(ml_Task *t) {
+  ml_Entry e;
+  if (!t->suspended || t->queued) return;
+  t->suspended = 0;
+  t->queued = 1;
+  e.kind = ML_RUN_TASK;
+  e.p = t;
+  e.ref = LUA_NOREF;
+  /* Out of memory here would strand the task; the ring grows by doubling
+   * and tasks are few compared to memory, so treat failure as fatal to
+   * the task: it is left queued=0 and reported by ml_state_close. */
+  if (ml__readyq_push(&t->fut.S->ready, e) < 0) t->queued = 0;
+}
+
+/* ---- running a task ---- */
+
+/* The message handler of a task's body: records the traceback of an error
+ * where it was raised, leaving the error value itself unchanged. */
+static int task_msgh(lua_State *L) {
+  ml_State *S = ml__state(L);
+  ml_Task *t = S->current;
+  if (t == NULL || ml__exc_is(L, 1, "CancelledError")) return 1;
+  luaL_traceback(L, L, NULL, 1);
+  ml__task_push(L, t);
+  /* If this error is one that await re-raised from another task, prepend
+   * that task's traceback: the chain of awaits. */
+  lua_getiuservalue(L, -1, TUV_CAUSE_EXC);
+  if (lua_rawequal(L, -1, 1)) {
+    lua_getiuservalue(L, -2, TUV_CAUSE_TB);
+    if (lua_isstring(L, -1)) {
+      lua_pushstring(L, "\n(the error above was raised in an awaited task; the awaiting task:)\n");
+      lua_pushvalue(L, 2);
+      lua_concat(L, 3);
+      lua_replace(L, 2);
+    } else {
+      lua_pop(L, 1);
+    }
+  }
+  lua_pop(L, 1);
+  lua_pushvalue(L, 2);
+  lua_setiuservalue(L, -2, TUV_TB);
+  lua_settop(L, 1);
+  return 1;
+}
+
+static int task_body_k(lua_State *L, int status, lua_KContext ctx) {
+  (void)ctx;
+  if (status != LUA_OK && status != LUA_YIELD) {
+    lua_pushlightuserdata(L, (void *)&err_marker);
+    lua_insert(L, -2);
+    return 2;
+  }
+  return lua_gettop(L) - 1;
+}
+
+/* The first function of every task thread: calls the task's function in
+ * protected mode, so that to-be-closed variables are closed (and may
+ * await) as an error unwinds, and the traceback is taken where it was
+ * raised.  [fn, args...] -> results, or err_marker and the error. */
+static int task_body(lua_State *L) {
+  int nargs = lua_gettop(L) - 1;
+  lua_pushcfunction(L, task_msgh);
+  lua_insert(L, 1);
+  return task_body_k(L, lua_pcallk(L, nargs, LUA_MULTRET, 1, 0, task_body_k), 0);
+}
+
+static void unlink_task(ml_State *S, ml_Task *t) {
+  if (t->prev) t->prev->next = t->next;
+  if (t->next) t->next->prev = t->prev;
+  if (S->tasks == t) S->tasks = t->next;
+  t->prev = t->next = NULL;
+  S->ntasks--;
+}
+
+/* Completes task t with the n values on top of L (or, if failed, the
+ * error value on top).  [-n, +0] */
+static void finish(ml_State *S, ml_Task *t, int n, int failed) {
+  lua_State *L = S->L;
+  int tidx, ref = t->ref;
+  ml__task_push(L, t);
+  tidx = lua_gettop(L);
+  lua_insert(L, tidx - n);
+  tidx -= n;
+  /* Drop the thread: the task's stack is no longer needed. */
+  t->co = NULL;
+  lua_pushnil(L);
+  lua_setiuservalue(L, tidx, TUV_THREAD);
+  lua_pushnil(L);
+  lua_setiuservalue(L, tidx, TUV_AWAITING);
+  t->awaiting = NULL;
+  unlink_task(S, t);
+  if (!failed) {
+    ml__future_set_result(L, tidx, n);
+  } else if (ml__exc_is(L, -1, "CancelledError")) {
+    lua_setiuservalue(L, tidx, FUV_RESULT);
+    t->fut.state = ML_CANCELLED;
+    ml__future_schedule(L, tidx, &t->fut);
+  } else {
+    ml__future_set_exception(L, tidx);
+  }
+  t->ref = LUA_NOREF;
+  luaL_unref(L, LUA_REGISTRYINDEX, ref);
+  lua_settop(L, tidx - 1);
+}
+
+/* The CPU budget: the hook counts instructions in slices, and a task step
+ * that runs past the state's budget fails with an error instead of
+ * stalling the loop.  Threads a task creates inherit the hook. */
+#define BUDGET_SLICE 1000
+
+static void budget_hook(lua_State *L, lua_Debug *ar) {
+  ml_State *S = ml__state(L);
+  (void)ar;
+  S->step_instr += BUDGET_SLICE;
+  if (S->instr_budget && S->step_instr > S->instr_budget) {
+    S->step_instr = 0;
+    ml__exc_raise(L, "RuntimeError",
+                  "task ran past its CPU budget of %d instructions without awaiting; "
+                  "it was stopped so the loop keeps running (await something, or "
+                  "raise the budget with ml_state_set_cpu_budget)", (int)S->instr_budget);
+  }
+}
+
+void ml__task_step(ml_State *S, ml_Task *t) {
+  lua_State *L = S->L, *co = t->co;
+  ml_Task *prev = S->current;
+  int nargs = 0, nres = 0, status;
+
+  t->queued = 0;
+  t->suspended = 0;
+  if (t->fut.state != ML_PENDING || co == NULL) return;
+  if (!t->started) {
+    if (t->must_cancel) {
+      /* Cancelled before it ever ran: its function never starts. */
+      ml__task_push(L, t);
+      lua_getiuservalue(L, -1, FUV_MSG);
+      ml__exc_push(L, "CancelledError", lua_isstring(L, -1) ? "%s" : NULL, lua_tostring(L, -1));
+      lua_replace(L, -3);
+      lua_pop(L, 1);
+      finish(S, t, 1, 1);
+      return;
+    }
+    t->started = 1;
+    nargs = lua_gettop(co) - 1;
+  }
+  S->current = t;
+  S->nstep++;
+  if (S->instr_budget) lua_sethook(co, budget_hook, LUA_MASKCOUNT, BUDGET_SLICE);
+  S->step_instr = 0;
+  status = lua_resume(co, L, nargs, &nres);
+  S->current = prev;
+
+  if (status == LUA_YIELD) {
+    if (nres == 1 && lua_touserdata(co, -1) == &ml__await_marker) {
+      lua_pop(co, 1);
+      return;  /* suspended: whatever it waits for will wake it */
+    }
+    /* A plain coroutine.yield() reached the scheduler: not an await. */
+    lua_pop(co, nres);
+    lua_resetthread(co);
+    ml__exc_push(L, "RuntimeError",
+                 "task '%s' yielded with coroutine.yield() outside a generator; "
+                 "use await to wait for something", "?");
+    finish(S, t, 1, 1);
+    return;
+  }
+  if (status == LUA_OK) {
+    if (nres == 2 && lua_touserdata(co, -2) == &err_marker) {
+      lua_xmove(co, L, 1);
+      lua_settop(co, 0);
+      finish(S, t, 1, 1);
+    } else {
+      lua_xmove(co, L, nres);
+      finish(S, t, nres, 0);
+    }
+    return;
+  }
+  /* An error task_body could not catch (out of memory in the handler). */
+  lua_xmove(co, L, 1);
+  finish(S, t, 1, 1);
+}
+
+/* ---- suspension ---- */
+
+static int resume_k(lua_State *L, int status, lua_KContext ctx) {
+  ml_Task *t = ml__state(L)->current;
+  lua_KFunction k = t->k;
+  (void)ctx;
+  ctx = t->kctx;
+  t->k = NULL;
+  t->hook = NULL;
+  if (t->must_cancel) {
+    t->must_cancel = 0;
+    ml__task_push(L, t);
+    lua_getiuservalue(L, -1, FUV_MSG);
+    if (lua_isstring(L, -1))
+      ml__exc_push(L, "CancelledError", "%s", lua_tostring(L, -1));
+    else
+      ml__exc_push(L, "CancelledError", NULL);
+    return lua_error(L);
+  }
+  return k(L, status, ctx);
+}
+
+/* Suspends the running task; with requeue, it is put straight back on the
+ * ready queue (sleep(0)).  lua_yieldk does not return. */
+static int suspend(lua_State *L, ml_CancelHook hook, void *ud,
+                   lua_KContext ctx, lua_KFunction k, int requeue) {
+  ml_Task *t = ml__state(L)->current;
+  if (t == NULL) return ml__exc_raise(L, "RuntimeError", "await outside of a running task");
+  if (!lua_isyieldable(L))
+    return ml__exc_raise(L, "RuntimeError",
+                         "cannot await here: a C function or metamethod that cannot "
+                         "yield is on the stack (for instance table.sort's comparator)");
+  t->hook = hook;
+  t->hook_ud = ud;
+  t->k = k;
+  t->kctx = ctx;
+  t->suspended = 1;
+  if (requeue) ml__task_wake(t);
+  lua_pushlightuserdata(L, (void *)&ml__await_marker);
+  return lua_yieldk(L, 1, 0, resume_k);
+}
+
+int ml__task_suspend(lua_State *L, ml_CancelHook hook, void *ud,
+                     lua_KContext ctx, lua_KFunction k) {
+  return suspend(L, hook, ud, ctx, k, 0);
+}
+
+/* ---- creating tasks ---- */
+
+static int task_gc(lua_State *L);
+
+ml_Task *ml__task_spawn(lua_State *L, int nargs, const char *name) {
+  ml_State *S = ml__state(L);
+  int fidx = lua_gettop(L) - nargs;  /* the function or Coroutine */
+  int n;
+  ml_Task *t;
+  lua_State *co;
+
+  t = (ml_Task *)ml__future_alloc(L, sizeof(ml_Task), TUV_NTASK, ML_TASK_MT);
+  t->fut.is_task = 1;
+  t->ref = LUA_NOREF;
+  t->id = ++S->task_seq;
+  ev_init(&t->timer, NULL);
+  lua_insert(L, fidx);  /* task below the function */
+  fidx++;
+  co = lua_newthread(L);
+  lua_setiuservalue(L, fidx - 1, TUV_THREAD);
+  t->co = co;
+  if (name) {
+    lua_pushstring(L, name);
+    lua_setiuservalue(L, fidx - 1, TUV_NAME);
+  }
+  lua_pushvalue(L, fidx);
+  lua_setiuservalue(L, fidx - 1, TUV_CORO);
+  luaL_checkstack(co, nargs + 4, "too many arguments");
+  lua_pushcfunction(co, task_body);
+  if ((n = ml__coro_unpack(L, fidx)) >= 0) {
+    /* A Coroutine object: run its function with its arguments. */
+    luaL_checkstack(co, n + 4, "too many arguments");
+    lua_xmove(L, co, n);
+  } else {
+    lua_pushvalue(L, fidx);
+    lua_xmove(L, co, 1);
+    lua_xmove(L, co, nargs);
+  }
+  lua_settop(L, fidx - 1);  /* leaves the task on top */
+  lua_pushvalue(L, -1);
+  t->ref = luaL_ref(L, LUA_REGISTRYINDEX);
+  t->next = S->tasks;
+  if (S->tasks) S->tasks->prev = t;
+  S->tasks = t;
+  S->ntasks++;
+  t->suspended = 1;
+  ml__task_wake(t);
+  return t;
+}
+
+/* ---- Lua methods ---- */
+
+static ml_Task *check_task(lua_State *L, int idx) {
+  return (ml_Task *)luaL_checkudata(L, idx, ML_TASK_MT);
+}
+
+/* Cancel hook of a task awaiting a future: cancels that future.  The task
+ * is woken by the future's completion. */
+static int await_cancel_hook(lua_State *L, ml_Task *t, void *ud) {
+  int r;
+  (void)ud;
+  ml__task_push(L, t);
+  lua_getiuservalue(L, -1, TUV_AWAITING);
+  lua_getiuservalue(L, -2, FUV_MSG);
+  r = ml__future_test(L, -2) ? ml__future_cancel(L, -2, lua_tostring(L, -1)) : 0;
+  lua_pop(L, 3);
+  return r;
+}
+
+int ml__task_cancel(lua_State *L, ml_Task *t, int msgidx) {
+  if (t->fut.state != ML_PENDING) return 0;
+  t->num_cancels++;
+  ml__task_push(L, t);
+  if (msgidx && !lua_isnoneornil(L, msgidx)) lua_pushvalue(L, msgidx);
+  else lua_pushnil(L);
+  lua_setiuservalue(L, -2, FUV_MSG);
+  lua_pop(L, 1);
+  if (t->suspended && t->hook) {
+    ml_CancelHook hook = t->hook;
+    t->hook = NULL;
+    if (hook(L, t, t->hook_ud)) return 1;
+  }
+  t->must_cancel = 1;
+  ml__task_wake(t);
+  return 1;
+}
+
+static int task_cancel(lua_State *L) {
+  ml_Task *t = check_task(L, 1);
+  if (!lua_isnoneornil(L, 2)) luaL_checkstring(L, 2);
+  lua_pushboolean(L, ml__task_cancel(L, t, 2));
+  return 1;
+}
+
+static int task_cancelling(lua_State *L) {
+  lua_pushinteger(L, check_task(L, 1)->num_cancels);
+  return 1;
+}
+
+static int task_uncancel(lua_State *L) {
+  ml_Task *t = check_task(L, 1);
+  if (t->num_cancels > 0 && --t->num_cancels == 0) t->must_cancel = 0;
+  lua_pushinteger(L, t->num_cancels);
+  return 1;
+}
+
+static int task_get_name(lua_State *L) {
+  ml_Task *t = check_task(L, 1);
+  if (lua_getiuservalue(L, 1, TUV_NAME) == LUA_TNIL) {
+    lua_pop(L, 1);
+    lua_pushfstring(L, "Task-%I", (lua_Integer)t->id);
+  }
+  return 1;
+}
+
+static int task_set_name(lua_State *L) {
+  check_task(L, 1);
+  luaL_tolstring(L, 2, NULL);
+  lua_setiuservalue(L, 1, TUV_NAME);
+  return 0;
+}
+
+static int task_get_coro(lua_State *L) {
+  check_task(L, 1);
+  lua_getiuservalue(L, 1, TUV_CORO);
+  return 1;
+}
+
+/* task:get_stack(): the frames of a suspended task, innermost first, as
+ * strings "file:line: in function 'f'". */
+static int task_get_stack(lua_State *L) {
+  ml_Task *t = check_task(L, 1);
+  lua_Debug ar;
+  int level, n = 0;
+  lua_newtable(L);
+  if (t->co && t->started) {
+    for (level = 0; lua_getstack(t->co, level, &ar); level++) {
+      lua_getinfo(t->co, "Sln", &ar);
+      if (ar.currentline <= 0) continue;
+      lua_pushfstring(L, "%s:%d: in %s%s%s", ar.short_src, ar.currentline,
+                      ar.name ? "function '" : "main chunk",
+                      ar.name ? ar.name : "", ar.name ? "'" : "");
+      lua_rawseti(L, -2, ++n);
+    }
+  }
+  lua_pushinteger(L, n);
+  lua_setfield(L, -2, "n");
+  return 1;
+}
+
+/* task:get_traceback(): the traceback recorded when the task failed. */
+static int task_get_traceback(lua_State *L) {
+  check_task(L, 1);
+  lua_getiuservalue(L, 1, TUV_TB);
+  return 1;
+}
+
+static int task_tostring(lua_State *L) {
+  ml_Task *t = check_task(L, 1);
+  const char *st = t->fut.state == ML_PENDING ? "pending"
+                 : t->fut.state == ML_CANCELLED ? "cancelled" : "finished";
+  const char *name, *coro;
+  task_get_name(L);
+  name = lua_tostring(L, -1);
+  lua_getiuservalue(L, 1, TUV_CORO);
+  coro = luaL_tolstring(L, -1, NULL);
+  lua_pushfstring(L, "<Task %s name='%s' coro=%s>", st, name, coro);
+  return 1;
+}
+
+static int task_gc(lua_State *L) {
+  ml_Task *t = lua_touserdata(L, 1);
+  if (ev_is_active(&t->timer)) ev_timer_stop(t->fut.S->loop, &t->timer);
+  if (t->fut.log_exc) {
+    t->fut.log_exc = 0;
+    lua_getiuservalue(L, 1, FUV_RESULT);
+    lua_getiuservalue(L, 1, TUV_TB);
+    if (lua_isstring(L, -1)) {
+      lua_pushfstring(L, "%s\n%s", luaL_tolstring(L, -2, NULL), lua_tostring(L, -1));
+      lua_replace(L, -4);
+      lua_pop(L, 2);
+    } else {
+      lua_pop(L, 1);
+    }
+    task_get_name(L);
+    lua_pushfstring(L, "Task exception was never retrieved (task '%s')", lua_tostring(L, -1));
+    lua_insert(L, -3);
+    lua_pop(L, 1);
+    ml__report(L, lua_tostring(L, -2));
+  }
+  return 0;
+}
+
+static const luaL_Reg task_methods[] = {
+  { "cancel", task_cancel },
+  { "cancelling", task_cancelling },
+  { "uncancel", task_uncancel },
+  { "get_name", task_get_name },
+  { "set_name", task_set_name },
+  { "get_coro", task_get_coro },
+  { "get_stack", task_get_stack },
+  { "get_traceback", task_get_traceback },
+  { NULL, NULL }
+};
+
+/* ---- sleep ---- */
+
+static void sleep_cb(struct ev_loop *loop, ev_timer *w, int revents) {
+  (void)loop; (void)revents;
+  ml__task_wake(w->data);
+}
+
+static int sleep_hook(lua_State *L, ml_Task *t, void *ud) {
+  (void)L; (void)ud;
+  if (ev_is_active(&t->timer)) ev_timer_stop(t->fut.S->loop, &t->timer);
+  return 0;
+}
+
+static int sleep_k(lua_State *L, int status, lua_KContext ctx) {
+  (void)status; (void)ctx;
+  return lua_gettop(L) - 1;  /* the values after the delay */
+}
+
+/* asyncio.sleep(delay, ...): returns its extra arguments after delay
+ * seconds; sleep(0) only yields to the other ready tasks. */
+int ml__task_sleep(lua_State *L) {
+  ml_State *S = ml__state(L);
+  ml_Task *t = S->current;
+  lua_Number d = luaL_checknumber(L, 1);
+  if (t == NULL) return ml__exc_raise(L, "RuntimeError", "await outside of a running task");
+  if (d != d) return luaL_argerror(L, 1, "delay is NaN");
+  if (d <= 0) return suspend(L, NULL, NULL, 0, sleep_k, 1);  /* no libev */
+  t->timer.data = t;
+  ev_set_cb(&t->timer, sleep_cb);
+  ev_timer_set(&t->timer, d, 0.);
+  ev_timer_start(S->loop, &t->timer);
+  return ml__task_suspend(L, sleep_hook, NULL, 0, sleep_k);
+}
+
+void ml__task_open(lua_State *L) {
+  luaL_newmetatable(L, ML_TASK_MT);
+  lua_newtable(L);
+  luaL_setfuncs(L, ml__future_methods, 0);
+  luaL_setfuncs(L, task_methods, 0);
+  lua_setfield(L, -2, "__index");
+  lua_pushcfunction(L, task_tostring);
+  lua_setfield(L, -2, "__tostring");
+  lua_pushcfunction(L, task_gc);
+  lua_setfield(L, -2, "__gc");
+  ml__state(L)->task_mt = lua_topointer(L, -1);
+  lua_pop(L, 1);
+}
+
+/* The await of futures and tasks: see coro.c for the dispatch. */
+static int await_k(lua_State *L, int status, lua_KContext ctx) {
+  ml_Task *t = ml__state(L)->current;
+  (void)status; (void)ctx;
+  t->awaiting = NULL;
+  return ml__future_unwrap(L, 1);
+}
+
+int ml__await_future(lua_State *L, ml_Future *f) {
+  ml_Task *t = ml__state(L)->current;
+  if (f->state != ML_PENDING) return ml__future_unwrap(L, 1);
+  if (t == NULL) return ml__exc_raise(L, "RuntimeError", "await outside of a running task");
+  if (&t->fut == f) return ml__exc_raise(L, "RuntimeError", "Task cannot await on itself");
+  if (!lua_isyieldable(L)) return ml__task_suspend(L, NULL, NULL, 0, NULL);  /* raises */
+  ml__future_add_waiter(L, 1, f, t);
+  t->awaiting = f;
+  ml__task_push(L, t);
+  lua_pushvalue(L, 1);
+  lua_setiuservalue(L, -2, TUV_AWAITING);
+  lua_pop(L, 1);
+  return ml__task_suspend(L, await_cancel_hook, NULL, 0, await_k);
+}
