@@ -121,6 +121,7 @@ static int call_later(lua_State *L, double delay, int fidx) {
   Handle *h = handle_new(L, fidx);
   if (delay < 0) delay = 0;
   h->when = now_mono() + delay;
+  ev_now_update(S->loop);  /* libev's time is from the last poll */
   ev_timer_set(&h->timer, delay, 0.);
   ev_timer_start(S->loop, &h->timer);
   lua_pushvalue(L, -1);

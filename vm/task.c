@@ -476,6 +476,7 @@ int ml__task_sleep(lua_State *L) {
   if (d != d) return luaL_argerror(L, 1, "delay is NaN");
   if (d <= 0) return suspend(L, NULL, NULL, 0, sleep_k, 1);  /* no libev */
   t->timer.data = t;
+  ev_now_update(S->loop);  /* libev's time is from the last poll */
   ev_set_cb(&t->timer, sleep_cb);
   ev_timer_set(&t->timer, d, 0.);
   ev_timer_start(S->loop, &t->timer);

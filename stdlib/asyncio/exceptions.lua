@@ -17,7 +17,7 @@ end
 local function default_str(e)
   local args = e.args
   if args.n == 0 then return "" end
-  if args.n == 1 then return tostring(args[1]) end
+  if args.n == 1 then return args[1] == nil and "" or tostring(args[1]) end
   local parts = {}
   for i = 1, args.n do parts[i] = tostring(args[i]) end
   return "(" .. table.concat(parts, ", ") .. ")"
