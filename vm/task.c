@@ -59,8 +59,20 @@ static int task_msgh(lua_State *L) {
   return 1;
 }
 
+static int push_memory_error(lua_State *L) {
+  ml__exc_push(L, "MemoryError", "not enough memory");
+  return 1;
+}
+
 static int task_body_k(lua_State *L, int status, lua_KContext ctx) {
   (void)ctx;
+  if (status == LUA_ERRMEM) {
+    /* Lua's own out-of-memory error is a bare string: make it a
+     * MemoryError if the memory for one is there now. */
+    lua_pushcfunction(L, push_memory_error);
+    if (lua_pcall(L, 0, 1, 0) == LUA_OK) lua_replace(L, -2);
+    else lua_pop(L, 1);
+  }
   if (status != LUA_OK && status != LUA_YIELD) {
     lua_pushlightuserdata(L, (void *)&err_marker);
     lua_insert(L, -2);
