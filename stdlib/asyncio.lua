@@ -71,8 +71,9 @@ end
 -- The first failure fails the gather (the others keep running) unless
 -- return_exceptions; cancelling the gather cancels every child.
 function M.gather(...)
-  local n = select("#", ...)
-  local opts = n > 0 and select(n, ...) or nil
+  local args = table.pack(...)
+  local n = args.n
+  local opts = args[n]
   if type(opts) == "table" and not is_awaitable_table(opts) then n = n - 1 else opts = nil end
   local return_exc = opts and opts.return_exceptions
   local outer = Future()
@@ -81,7 +82,7 @@ function M.gather(...)
   local left = n
   local cancel_requested = false
   for i = 1, n do
-    local f = M.ensure_future((select(i, ...)))
+    local f = M.ensure_future(args[i])
     children[i] = f
     f:add_done_callback(function(child)
       left = left - 1
