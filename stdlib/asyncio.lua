@@ -170,13 +170,25 @@ function M.run(coro, opts)
   return table.unpack(results, 2, results.n)
 end
 
--- Every other embedded asyncio.* module adds its names.
+-- Every other embedded asyncio.* module adds its names, loaded on first
+-- use: the first look-up of a name the module does not have yet (or a
+-- pairs() over it) loads them all, so a script that needs only the core
+-- starts without compiling the rest.
 local skip = { ["asyncio.core"] = true, ["asyncio.exceptions"] = true, ["asyncio.test"] = true }
-local names = {}
-for name in pairs(package.preload) do
-  if name:match("^asyncio%.") and not skip[name] then names[#names + 1] = name end
+local loaded_all = false
+local function load_all()
+  if loaded_all then return end
+  loaded_all = true
+  local names = {}
+  for name in pairs(package.preload) do
+    if name:match("^asyncio%.") and not skip[name] then names[#names + 1] = name end
+  end
+  table.sort(names)
+  for _, name in ipairs(names) do merge(require(name)) end
 end
-table.sort(names)
-for _, name in ipairs(names) do merge(require(name)) end
+M._load_all = load_all
 
-return M
+return setmetatable(M, {
+  __index = function(t, k) load_all(); return rawget(t, k) end,
+  __pairs = function(t) load_all(); return next, t, nil end,
+})

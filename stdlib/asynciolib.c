@@ -106,7 +106,7 @@ int luaopen_asyncio_core(lua_State *L) {
   luaL_newlib(L, core_funcs);
   ml__sched_open(L);
   lua_setfield(L, -2, "Loop");
-  ml__push_async(L, "sleep", ml__task_sleep);
+  ml__push_async_sleep(L, ml__task_sleep);
   lua_setfield(L, -2, "sleep");
   lua_pushlightuserdata(L, (void *)&ml__await_marker);
   lua_setfield(L, -2, "_marker");

@@ -9,6 +9,7 @@ typedef struct Coro {
   int nargs;
   int line;              /* where it was created (line in the creator) */
   unsigned char awaited; /* consumed by await, a task, or close() */
+  unsigned char reusable; /* a shared constant coroutine: sleep(0) */
 } Coro;
 
 /* User values of a Coroutine: its name, the function, the function that
@@ -23,6 +24,7 @@ static int coro_make(lua_State *L) {
   Coro *c = lua_newuserdatauv(L, sizeof(Coro), CUV_ARGS - 1 + n);
   c->nargs = n;
   c->awaited = 0;
+  c->reusable = 0;
   c->line = -1;
   luaL_setmetatable(L, ML_CORO_MT);
   lua_pushvalue(L, lua_upvalueindex(1));
@@ -39,6 +41,8 @@ static int coro_make(lua_State *L) {
   }
   return 1;
 }
+
+static int sleep_make(lua_State *L);
 
 /* __ml_async(name, fn): the value of `async function name(...)`. */
 static int l_async(lua_State *L) {
@@ -73,7 +77,7 @@ int ml__coro_unpack(lua_State *L, int idx) {
     return ml__exc_raise(L, "RuntimeError", "cannot reuse already awaited coroutine '%s'",
                          lua_tostring(L, -1));
   }
-  c->awaited = 1;
+  c->awaited = !c->reusable;
   luaL_checkstack(L, c->nargs + 2, "too many arguments");
   lua_getiuservalue(L, idx, CUV_FN);
   for (i = 1; i <= c->nargs; i++) lua_getiuservalue(L, idx, CUV_ARGS - 1 + i);
@@ -94,6 +98,7 @@ static int l_await(lua_State *L) {
   lua_settop(L, 1);
   if (S->current == NULL)
     return ml__exc_raise(L, "RuntimeError", "await outside of a running task");
+  if (p == S->sleep0) return ml__task_yield_now(L);  /* the hot sleep(0) */
   if (p && lua_getmetatable(L, 1)) {
     const void *mt = lua_topointer(L, -1);
     lua_pop(L, 1);
@@ -121,7 +126,8 @@ static int l_iscoroutine(lua_State *L) {
 
 /* asyncio.iscoroutinefunction(f) */
 static int l_iscoroutinefunction(lua_State *L) {
-  lua_pushboolean(L, lua_tocfunction(L, 1) == coro_make);
+  lua_CFunction f = lua_tocfunction(L, 1);
+  lua_pushboolean(L, f == coro_make || f == sleep_make);
   return 1;
 }
 
@@ -140,7 +146,7 @@ static int coro_tostring(lua_State *L) {
 
 static int coro_gc(lua_State *L) {
   Coro *c = lua_touserdata(L, 1);
-  if (!c->awaited) {
+  if (!c->awaited && !c->reusable) {
     lua_Debug ar;
     c->awaited = 1;
     lua_getiuservalue(L, 1, CUV_NAME);
@@ -173,6 +179,34 @@ void ml__coro_open(lua_State *L) {
   lua_setglobal(L, "await");
   lua_pushcfunction(L, l_async);
   lua_setglobal(L, "__ml_async");
+}
+
+/* asyncio.sleep: like any async C function, except that sleep(0) (the
+ * "let the others run" idiom, often in a hot loop) returns one shared,
+ * reusable Coroutine instead of allocating one per call. */
+static int sleep_make(lua_State *L) {
+  if (lua_gettop(L) == 1 && lua_type(L, 1) == LUA_TNUMBER && lua_tonumber(L, 1) <= 0) {
+    lua_pushvalue(L, lua_upvalueindex(3));
+    return 1;
+  }
+  return coro_make(L);
+}
+
+void ml__push_async_sleep(lua_State *L, lua_CFunction f) {
+  Coro *c;
+  lua_pushliteral(L, "sleep");
+  lua_pushcfunction(L, f);
+  lua_pushinteger(L, 0);
+  lua_pushvalue(L, -3);
+  lua_pushvalue(L, -3);
+  lua_pushcclosure(L, coro_make, 2);
+  lua_insert(L, -2);
+  lua_call(L, 1, 1);  /* the shared sleep(0) coroutine */
+  c = lua_touserdata(L, -1);
+  c->reusable = 1;
+  c->awaited = 0;
+  ml__state(L)->sleep0 = c;
+  lua_pushcclosure(L, sleep_make, 3);
 }
 
 void ml__push_async(lua_State *L, const char *name, lua_CFunction f) {

@@ -85,6 +85,7 @@ struct ml_State {
   void *on_error_ud;
   void *host_ud;
   const void *future_mt, *task_mt, *coro_mt;  /* metatables, for fast type tests */
+  const void *sleep0;    /* the shared asyncio.sleep(0) coroutine */
 };
 
 /* The state a Lua thread belongs to (kept in lua_getextraspace). */
@@ -192,6 +193,8 @@ int ml__coro_unpack(lua_State *L, int idx);
 int ml__await_future(lua_State *L, ml_Future *f);
 /* task:cancel(msg) with msg at msgidx (0 for none); 1 if cancelled. */
 int ml__task_cancel(lua_State *L, ml_Task *t, int msgidx);
+/* await asyncio.sleep(0): back to the end of the ready queue, at once. */
+int ml__task_yield_now(lua_State *L);
 /* asyncio.sleep */
 int ml__task_sleep(lua_State *L);
 int ml__future_lnew(lua_State *L);
@@ -208,6 +211,8 @@ extern const char ml__await_marker;
  * return a reusable userdata whose metatable has __await instead: await
  * calls __await(obj) in the task, and it may suspend too. */
 void ml__push_async(lua_State *L, const char *name, lua_CFunction f);
+/* The same for asyncio.sleep, whose sleep(0) is one shared Coroutine. */
+void ml__push_async_sleep(lua_State *L, lua_CFunction f);
 
 /* [-0, +1] pushes a new pending Future bound to the running loop. */
 ml_Future *ml__future_new(lua_State *L);

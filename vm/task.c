@@ -478,6 +478,17 @@ static int sleep_k(lua_State *L, int status, lua_KContext ctx) {
   return lua_gettop(L) - 1;  /* the values after the delay */
 }
 
+static int yield_k(lua_State *L, int status, lua_KContext ctx) {
+  (void)L; (void)status; (void)ctx;
+  return 0;
+}
+
+int ml__task_yield_now(lua_State *L) {
+  if (ml__state(L)->current == NULL)
+    return ml__exc_raise(L, "RuntimeError", "await outside of a running task");
+  return suspend(L, NULL, NULL, 0, yield_k, 1);
+}
+
 /* asyncio.sleep(delay, ...): returns its extra arguments after delay
  * seconds; sleep(0) only yields to the other ready tasks. */
 int ml__task_sleep(lua_State *L) {
