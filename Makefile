@@ -97,10 +97,14 @@ $(BUILD)/%.o: %.c $(wildcard vm/*.h stdlib/*.h)
 	@mkdir -p $(dir $@)
 	$(CC) $(ALL_CFLAGS) -c $< -o $@
 
-# stdlib Lua sources and the list of C modules, compiled into the library.
-$(BUILD)/embedded.c: $(STD_LUA) $(STD_C) stdlib/embed.sh
+# stdlib Lua modules (as bytecode) and the list of C modules, compiled into
+# the library by a build-time tool.
+$(BUILD)/embed: stdlib/embed.c vm/asyncpass.c vm/buf.c vm/asyncpass.h
 	@mkdir -p $(BUILD)
-	sh stdlib/embed.sh $(STD_LUA) -- $(STD_C) > $@
+	$(CC) -std=gnu11 -O1 -Ivm $(LUA_CFLAGS) -o $@ stdlib/embed.c vm/asyncpass.c vm/buf.c $(LUA_LIBS)
+
+$(BUILD)/embedded.c: $(STD_LUA) $(STD_C) $(BUILD)/embed
+	$(BUILD)/embed $(STD_LUA) -- $(STD_C) > $@.tmp && mv $@.tmp $@
 
 $(BUILD)/embedded.o: $(BUILD)/embedded.c
 	$(CC) $(ALL_CFLAGS) -c $< -o $@

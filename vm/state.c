@@ -41,12 +41,11 @@ void ml__emit_error(ml_State *S, const char *msg) {
   else fprintf(stderr, "moonloop: %s\n", msg);
 }
 
-/* package.preload entry for an embedded Lua module (upvalue: its index). */
+/* package.preload entry for an embedded Lua module (upvalue: its index):
+ * bytecode that stdlib/embed.c made at build time. */
 static int load_embedded(lua_State *L) {
   const ml_Embedded *m = &ml__embedded_lua[lua_tointeger(L, lua_upvalueindex(1))];
-  char chunk[128];
-  snprintf(chunk, sizeof chunk, "=[stdlib %s]", m->name);
-  if (ml__load(L, m->src, m->len, chunk) != LUA_OK) return lua_error(L);
+  if (luaL_loadbufferx(L, m->src, m->len, m->name, "b") != LUA_OK) return lua_error(L);
   lua_pushstring(L, m->name);
   lua_call(L, 1, 1);
   return 1;
