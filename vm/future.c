@@ -33,6 +33,36 @@ static ml_Future *check_future(lua_State *L, int idx) {
 
 int ml__future_state(const ml_Future *f) { return f->state; }
 
+int ml__xget(lua_State *L, int idx, int key) {
+  int t;
+  idx = lua_absindex(L, idx);
+  if (lua_getiuservalue(L, idx, FUV_EXTRA) != LUA_TTABLE) {
+    lua_pop(L, 1);
+    lua_pushnil(L);
+    return LUA_TNIL;
+  }
+  t = lua_rawgeti(L, -1, key);
+  lua_remove(L, -2);
+  return t;
+}
+
+void ml__xset(lua_State *L, int idx, int key) {
+  idx = lua_absindex(L, idx);
+  if (lua_getiuservalue(L, idx, FUV_EXTRA) != LUA_TTABLE) {
+    lua_pop(L, 1);
+    if (lua_isnil(L, -1)) {  /* nothing to clear */
+      lua_pop(L, 1);
+      return;
+    }
+    lua_createtable(L, 4, 0);
+    lua_pushvalue(L, -1);
+    lua_setiuservalue(L, idx, FUV_EXTRA);
+  }
+  lua_insert(L, -2);
+  lua_rawseti(L, -2, key);
+  lua_pop(L, 1);
+}
+
 void ml__future_schedule(lua_State *L, int fidx, ml_Future *f) {
   ml_Task *t = f->waiter;
   if (t) {
@@ -132,7 +162,7 @@ int ml__future_cancel(lua_State *L, int fidx, const char *msg) {
     /* A composite future (gather) passes the cancellation on to its
      * children and completes when they have finished. */
     int r;
-    lua_getiuservalue(L, fidx, FUV_CANCEL_HOOK);
+    ml__xget(L, fidx, X_CANCEL_HOOK);
     lua_pushvalue(L, fidx);
     if (msg) lua_pushstring(L, msg);
     else lua_pushnil(L);
@@ -143,7 +173,7 @@ int ml__future_cancel(lua_State *L, int fidx, const char *msg) {
   }
   if (msg) {
     lua_pushstring(L, msg);
-    lua_setiuservalue(L, fidx, FUV_MSG);
+    ml__xset(L, fidx, X_MSG);
   }
   complete(L, fidx, f, ML_CANCELLED);
   return 1;
@@ -154,7 +184,7 @@ int ml__future_cancel(lua_State *L, int fidx, const char *msg) {
 static void push_cancelled(lua_State *L, int fidx) {
   if (lua_getiuservalue(L, fidx, FUV_RESULT) != LUA_TNIL) return;
   lua_pop(L, 1);
-  if (lua_getiuservalue(L, fidx, FUV_MSG) == LUA_TNIL) {
+  if (ml__xget(L, fidx, X_MSG) == LUA_TNIL) {
     lua_pop(L, 1);
     ml__exc_push(L, "CancelledError", NULL);
   } else {
@@ -188,9 +218,9 @@ int ml__future_unwrap(lua_State *L, int fidx) {
       if (t && t != (ml_Task *)f) {
         ml__task_push(L, t);
         lua_pushvalue(L, -2);
-        lua_setiuservalue(L, -2, TUV_CAUSE_EXC);
-        lua_getiuservalue(L, fidx, TUV_TB);
-        lua_setiuservalue(L, -2, TUV_CAUSE_TB);
+        ml__xset(L, -2, X_CAUSE_EXC);
+        ml__xget(L, fidx, X_TB);
+        ml__xset(L, -2, X_CAUSE_TB);
         lua_pop(L, 1);
       }
     }
@@ -393,7 +423,7 @@ int ml__future_set_cancel_hook(lua_State *L) {
   ml_Future *f = check_future(L, 1);
   luaL_checktype(L, 2, LUA_TFUNCTION);
   lua_settop(L, 2);
-  lua_setiuservalue(L, 1, FUV_CANCEL_HOOK);
+  ml__xset(L, 1, X_CANCEL_HOOK);
   f->has_cancel_hook = 1;
   return 0;
 }

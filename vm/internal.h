@@ -128,11 +128,24 @@ void ml__exc_init(lua_State *L);
 
 enum { ML_PENDING = 0, ML_RESULT, ML_EXCEPTION, ML_CANCELLED };
 
-/* A Future's user values. */
-enum { FUV_RESULT = 1, FUV_CALLBACKS, FUV_MSG, FUV_CANCEL_HOOK, FUV_NFUTURE = FUV_CANCEL_HOOK };
+/* A Future's user values: what every future uses, and one table, made
+ * when first needed, for what few do (ml__xget/ml__xset); few user values
+ * keep a parked task small. */
+enum { FUV_RESULT = 1, FUV_CALLBACKS, FUV_EXTRA, FUV_NFUTURE = FUV_EXTRA };
 /* A Task's, after the Future's. */
-enum { TUV_THREAD = FUV_NFUTURE + 1, TUV_CORO, TUV_NAME, TUV_TB, TUV_AWAITING,
-       TUV_CAUSE_EXC, TUV_CAUSE_TB, TUV_NTASK = TUV_CAUSE_TB };
+enum { TUV_THREAD = FUV_NFUTURE + 1, TUV_CORO, TUV_AWAITING, TUV_NTASK = TUV_AWAITING };
+/* Keys of the FUV_EXTRA table. */
+enum { X_MSG = 1,       /* the cancel message */
+       X_CANCEL_HOOK,   /* fut:cancel() calls it instead (gather) */
+       X_NAME,          /* a task's name */
+       X_TB,            /* the traceback where a task failed */
+       X_CAUSE_EXC,     /* the error await last re-raised from a task, */
+       X_CAUSE_TB };    /* and that task's traceback */
+/* [-0, +1] pushes field key of the future at idx's extra table (nil if
+ * none); returns its type. */
+int ml__xget(lua_State *L, int idx, int key);
+/* [-1, +0] pops a value into field key of the future at idx. */
+void ml__xset(lua_State *L, int idx, int key);
 
 struct ml_Future {
   ml_State *S;

@@ -134,7 +134,7 @@ static int report_main(ml_State *S, int mainref) {
   }
   f->log_exc = 0;
   lua_getiuservalue(L, -1, FUV_RESULT);
-  lua_getiuservalue(L, -2, TUV_TB);
+  ml__xget(L, -2, X_TB);
   fprintf(stderr, "moonloop: %s\n", luaL_tolstring(L, -2, NULL));
   lua_pop(L, 1);
   if (lua_isstring(L, -1)) fprintf(stderr, "%s\n", lua_tostring(L, -1));

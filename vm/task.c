@@ -40,9 +40,9 @@ static int task_msgh(lua_State *L) {
   ml__task_push(L, t);
   /* If this error is one that await re-raised from another task, prepend
    * that task's traceback: the chain of awaits. */
-  lua_getiuservalue(L, -1, TUV_CAUSE_EXC);
+  ml__xget(L, -1, X_CAUSE_EXC);
   if (lua_rawequal(L, -1, 1)) {
-    lua_getiuservalue(L, -2, TUV_CAUSE_TB);
+    ml__xget(L, -2, X_CAUSE_TB);
     if (lua_isstring(L, -1)) {
       lua_pushstring(L, "\n(the error above was raised in an awaited task; the awaiting task:)\n");
       lua_pushvalue(L, 2);
@@ -54,7 +54,7 @@ static int task_msgh(lua_State *L) {
   }
   lua_pop(L, 1);
   lua_pushvalue(L, 2);
-  lua_setiuservalue(L, -2, TUV_TB);
+  ml__xset(L, -2, X_TB);
   lua_settop(L, 1);
   return 1;
 }
@@ -161,7 +161,7 @@ void ml__task_step(ml_State *S, ml_Task *t) {
     if (t->must_cancel) {
       /* Cancelled before it ever ran: its function never starts. */
       ml__task_push(L, t);
-      lua_getiuservalue(L, -1, FUV_MSG);
+      ml__xget(L, -1, X_MSG);
       ml__exc_push(L, "CancelledError", lua_isstring(L, -1) ? "%s" : NULL, lua_tostring(L, -1));
       lua_replace(L, -3);
       lua_pop(L, 1);
@@ -220,7 +220,7 @@ static int resume_k(lua_State *L, int status, lua_KContext ctx) {
   if (t->must_cancel) {
     t->must_cancel = 0;
     ml__task_push(L, t);
-    lua_getiuservalue(L, -1, FUV_MSG);
+    ml__xget(L, -1, X_MSG);
     if (lua_isstring(L, -1))
       ml__exc_push(L, "CancelledError", "%s", lua_tostring(L, -1));
     else
@@ -278,7 +278,7 @@ ml_Task *ml__task_spawn(lua_State *L, int nargs, const char *name) {
   t->co = co;
   if (name) {
     lua_pushstring(L, name);
-    lua_setiuservalue(L, fidx - 1, TUV_NAME);
+    ml__xset(L, fidx - 1, X_NAME);
   }
   lua_pushvalue(L, fidx);
   lua_setiuservalue(L, fidx - 1, TUV_CORO);
@@ -318,7 +318,7 @@ static int await_cancel_hook(lua_State *L, ml_Task *t, void *ud) {
   (void)ud;
   ml__task_push(L, t);
   lua_getiuservalue(L, -1, TUV_AWAITING);
-  lua_getiuservalue(L, -2, FUV_MSG);
+  ml__xget(L, -2, X_MSG);
   r = ml__future_test(L, -2) ? ml__future_cancel(L, -2, lua_tostring(L, -1)) : 0;
   lua_pop(L, 3);
   return r;
@@ -330,7 +330,7 @@ int ml__task_cancel(lua_State *L, ml_Task *t, int msgidx) {
   ml__task_push(L, t);
   if (msgidx && !lua_isnoneornil(L, msgidx)) lua_pushvalue(L, msgidx);
   else lua_pushnil(L);
-  lua_setiuservalue(L, -2, FUV_MSG);
+  ml__xset(L, -2, X_MSG);
   lua_pop(L, 1);
   if (t->suspended && t->hook) {
     ml_CancelHook hook = t->hook;
@@ -363,7 +363,7 @@ static int task_uncancel(lua_State *L) {
 
 static int task_get_name(lua_State *L) {
   ml_Task *t = check_task(L, 1);
-  if (lua_getiuservalue(L, 1, TUV_NAME) == LUA_TNIL) {
+  if (ml__xget(L, 1, X_NAME) == LUA_TNIL) {
     lua_pop(L, 1);
     lua_pushfstring(L, "Task-%I", (lua_Integer)t->id);
   }
@@ -373,7 +373,7 @@ static int task_get_name(lua_State *L) {
 static int task_set_name(lua_State *L) {
   check_task(L, 1);
   luaL_tolstring(L, 2, NULL);
-  lua_setiuservalue(L, 1, TUV_NAME);
+  ml__xset(L, 1, X_NAME);
   return 0;
 }
 
@@ -408,7 +408,7 @@ static int task_get_stack(lua_State *L) {
 /* task:get_traceback(): the traceback recorded when the task failed. */
 static int task_get_traceback(lua_State *L) {
   check_task(L, 1);
-  lua_getiuservalue(L, 1, TUV_TB);
+  ml__xget(L, 1, X_TB);
   return 1;
 }
 
@@ -431,7 +431,7 @@ static int task_gc(lua_State *L) {
   if (t->fut.log_exc) {
     t->fut.log_exc = 0;
     lua_getiuservalue(L, 1, FUV_RESULT);
-    lua_getiuservalue(L, 1, TUV_TB);
+    ml__xget(L, 1, X_TB);
     if (lua_isstring(L, -1)) {
       lua_pushfstring(L, "%s\n%s", luaL_tolstring(L, -2, NULL), lua_tostring(L, -1));
       lua_replace(L, -4);
