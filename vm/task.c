@@ -37,6 +37,16 @@ static int task_msgh(lua_State *L) {
   ml_Task *t = S->current;
   if (t == NULL || ml__exc_is(L, 1, "CancelledError")) return 1;
   luaL_traceback(L, L, NULL, 1);
+  {
+    /* The last frame is task_body, moonloop's own: leave it out. */
+    size_t n;
+    const char *tb = lua_tolstring(L, -1, &n);
+    static const char own[] = "\n\t[C]: in ?";
+    if (n >= sizeof own - 1 && memcmp(tb + n - (sizeof own - 1), own, sizeof own - 1) == 0) {
+      lua_pushlstring(L, tb, n - (sizeof own - 1));
+      lua_replace(L, -2);
+    }
+  }
   ml__task_push(L, t);
   /* If this error is one that await re-raised from another task, prepend
    * that task's traceback: the chain of awaits. */
