@@ -31,7 +31,11 @@ static int coro_make(lua_State *L) {
   lua_setiuservalue(L, -2, CUV_NAME);
   lua_pushvalue(L, lua_upvalueindex(2));
   lua_setiuservalue(L, -2, CUV_FN);
-  if (lua_getstack(L, 1, &ar) && lua_getinfo(L, "lf", &ar)) {
+  if (ml__state(L)->debug) {
+    /* Debug mode keeps the whole traceback of the creation. */
+    luaL_traceback(L, L, NULL, 1);
+    lua_setiuservalue(L, -2, CUV_CREATOR);
+  } else if (lua_getstack(L, 1, &ar) && lua_getinfo(L, "lf", &ar)) {
     c->line = ar.currentline;
     lua_setiuservalue(L, -2, CUV_CREATOR);
   }
@@ -150,7 +154,10 @@ static int coro_gc(lua_State *L) {
     lua_Debug ar;
     c->awaited = 1;
     lua_getiuservalue(L, 1, CUV_NAME);
-    if (lua_getiuservalue(L, 1, CUV_CREATOR) == LUA_TFUNCTION && lua_getinfo(L, ">S", &ar))
+    if (lua_getiuservalue(L, 1, CUV_CREATOR) == LUA_TSTRING)
+      lua_pushfstring(L, "coroutine '%s' was never awaited\nCoroutine created at (most recent call first):\n%s",
+                      lua_tostring(L, -2), lua_tostring(L, -1));
+    else if (lua_type(L, -1) == LUA_TFUNCTION && lua_getinfo(L, ">S", &ar))
       lua_pushfstring(L, "coroutine '%s' was never awaited (created at %s:%d)",
                       lua_tostring(L, -1), ar.short_src, c->line);
     else

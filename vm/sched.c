@@ -179,8 +179,35 @@ static int handle_gc(lua_State *L) {
 
 /* ---- the scheduler ---- */
 
+/* In debug mode, an entry that held the loop longer than this is reported,
+ * as asyncio's slow_callback_duration. */
+#define SLOW_CALLBACK 0.1
+
+/* [-1, +0] pops the task that ran (or nil). */
+static void warn_slow(ml_State *S, ml_Entry *e, double took) {
+  lua_State *L = S->L;
+  char msg[512];
+  if (!lua_isnil(L, -1)) {
+    snprintf(msg, sizeof msg, "Executing %s took %.3f seconds", luaL_tolstring(L, -1, NULL), took);
+    lua_pop(L, 2);
+  } else {
+    lua_pop(L, 1);
+    snprintf(msg, sizeof msg, "Executing a %s took %.3f seconds",
+             e->kind == ML_RUN_TASK ? "task step" : e->kind == ML_RUN_HANDLE ? "callback" : "done callback",
+             took);
+  }
+  ml__emit_error(S, msg);
+}
+
 static void run_entry(ml_State *S, ml_Entry *e) {
   lua_State *L = S->L;
+  double t0 = 0;
+  ml_Entry copy = *e;
+  if (S->debug) {
+    t0 = now_mono();
+    if (e->kind == ML_RUN_TASK && ((ml_Task *)e->p)->ref != LUA_NOREF) ml__task_push(L, e->p);
+    else lua_pushnil(L);
+  }
   switch (e->kind) {
   case ML_RUN_TASK:
     ml__task_step(S, e->p);
@@ -195,6 +222,10 @@ static void run_entry(ml_State *S, ml_Entry *e) {
     luaL_unref(L, LUA_REGISTRYINDEX, e->ref);
     ml__future_run_callbacks(L);
     break;
+  }
+  if (S->debug) {
+    if (now_mono() - t0 > SLOW_CALLBACK) warn_slow(S, &copy, now_mono() - t0);
+    else lua_pop(L, 1);
   }
 }
 

@@ -151,4 +151,16 @@ T.case("a plain coroutine.yield in a task fails the task clearly", function()
   T.match(out, "RuntimeError: .*coroutine.yield%(%) outside a generator", "message")
 end)
 
+T.case("debug mode: slow steps are reported, creation tracebacks kept", function()
+  local src = "async function f() end\nlocal function g() return f() end\nlocal c = g(); c = nil; collectgarbage()\n" ..
+    "asyncio.create_task(function() local t = os.clock(); while os.clock() - t < 0.15 do end end, {name = 'busy'})\n" ..
+    "await asyncio.sleep(0.2)\n"
+  local out, st = run(src, "", "MOONLOOP_DEBUG=1")
+  T.eq(st, 0, "status")
+  T.match(out, "Executing <Task finished name='busy'[^\n]*> took 0%.%d+ seconds", "slow step warning")
+  T.match(out, "Coroutine created at[^\n]*\n[^\n]*\n[^\n]*:2: in local 'g'", "creation traceback")
+  out = run(src)
+  T.ok(not out:find("Executing"), "no slow warnings without debug mode: " .. out)
+end)
+
 T.run()
