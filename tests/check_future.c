@@ -155,6 +155,23 @@ START_TEST(test_task_close_with_pending) {
 }
 END_TEST
 
+/* asyncio.run called by a host outside any task drives the loop itself,
+ * and cancels what the coroutine left behind. */
+START_TEST(test_task_run_from_host) {
+  const char *src = "local left\n"
+                    "local r = asyncio.run((async function()\n"
+                    "  left = asyncio.create_task(asyncio.sleep(100))\n"
+                    "  return await asyncio.sleep(0.001, 5)\n"
+                    "end)())\n"
+                    "return r * 10 + (left:cancelled() and 1 or 0)\n";
+  ck_assert_int_eq(ml__load(L, src, strlen(src), "=host"), LUA_OK);
+  ck_assert_int_eq(lua_pcall(L, 0, 1, 0), LUA_OK);
+  ck_assert_int_eq(lua_tointeger(L, -1), 51);
+  lua_pop(L, 1);
+  ck_assert_int_eq(S->ntasks, 0);
+}
+END_TEST
+
 Suite *future_suite(void) {
   Suite *s = suite_create("future");
   TCase *tc = tcase_create("state");
@@ -175,6 +192,7 @@ Suite *future_suite(void) {
   tcase_add_test(tc, test_task_runs_and_finishes);
   tcase_add_test(tc, test_task_error_fails_it);
   tcase_add_test(tc, test_task_close_with_pending);
+  tcase_add_test(tc, test_task_run_from_host);
   suite_add_tcase(s, tc);
   return s;
 }
