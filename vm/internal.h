@@ -289,4 +289,18 @@ void ml__sched_open(lua_State *L);
 /* asyncio.create_task(coro, {name=}) */
 int ml__core_create_task(lua_State *L);
 
+/* ---------------------------------------------------------------- */
+/* The REPL (repl.c, pretty.c, complete.c).                            */
+
+/* Runs the interactive REPL on S's loop until Ctrl+D or os.exit();
+ * returns the exit status. */
+int ml__repl_main(ml_State *S);
+/* [-0, +1] pushes a readable rendering of the value at idx (tables
+ * depth-limited and cycle-safe); raw_string prints strings unquoted. */
+void ml__pretty(lua_State *L, int idx, int raw_string);
+/* Tab completion for libedit over the globals of L (libedit's state is
+ * process-wide: the REPL is the CLI's, never a host's). */
+void ml__complete_install(lua_State *L);
+void ml__complete_free(void);
+
 #endif

@@ -144,7 +144,9 @@ static int report_main(ml_State *S, int mainref) {
 
 /* Runs the function (and nargs arguments) on the stack as the main task,
  * then the loop until nothing is left.  Returns the exit status. */
-static int run_main(ml_State *S, int nargs) {
+/* With interactive, the REPL follows at once: the loop keeps running
+ * under it, so the script's tasks and servers stay alive. */
+static int run_main(ml_State *S, int nargs, int interactive) {
   lua_State *L = S->L;
   int mainref, rc, status;
   S->main = ml__task_spawn(L, nargs, "main");
@@ -156,14 +158,12 @@ static int run_main(ml_State *S, int nargs) {
     return 1;
   }
   status = report_main(S, mainref);
-  if (status == 0) {
+  if (status == 0 && !interactive) {
     ml__sched_run(S, NULL);  /* Node's rule: run until nothing is left */
     if (g_sigints) status = 130;
   }
   return status;
 }
-
-int ml__repl_main(ml_State *S);
 
 int main(int argc, char **argv) {
   int i, script = 0, interactive = 0, status = 0;
@@ -219,7 +219,7 @@ int main(int argc, char **argv) {
       status = 1;
       goto done;
     }
-    status = run_main(S, 0);
+    status = run_main(S, 0, interactive && !script);
     if (status || !script) goto after;
   }
   if (script || (!chunk && !interactive && !isatty(0))) {
@@ -243,7 +243,7 @@ int main(int argc, char **argv) {
     free(src);
     if (script)
       for (i = script + 1; i < argc; i++, nargs++) lua_pushstring(L, argv[i]);
-    status = run_main(S, nargs);
+    status = run_main(S, nargs, interactive);
   }
 after:
   if (interactive || (!script && !chunk && isatty(0))) {
