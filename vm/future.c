@@ -158,6 +158,16 @@ int ml__future_cancel(lua_State *L, int fidx, const char *msg) {
   ml_Future *f = lua_touserdata(L, fidx);
   fidx = lua_absindex(L, fidx);
   if (f->state != ML_PENDING) return 0;
+  if (f->is_task) {
+    /* A task is cancelled by asking it: CancelledError is raised where it
+     * waits, and it finishes (cancelled) once it has unwound. */
+    int r;
+    if (msg) lua_pushstring(L, msg);
+    else lua_pushnil(L);
+    r = ml__task_cancel(L, (ml_Task *)f, lua_gettop(L));
+    lua_pop(L, 1);
+    return r;
+  }
   if (f->has_cancel_hook) {
     /* A composite future (gather) passes the cancellation on to its
      * children and completes when they have finished. */

@@ -51,10 +51,55 @@ static int load_embedded(lua_State *L) {
   return 1;
 }
 
+/* package.searchers[2], for Lua files on package.path: like Lua's own,
+ * but the file goes through the async pass, so modules may use the
+ * dialect too. */
+static int search_lua(lua_State *L) {
+  const char *name = luaL_checkstring(L, 1), *path;
+  FILE *f;
+  luaL_Buffer b;
+  size_t n;
+  int st;
+  lua_getglobal(L, "package");
+  lua_getfield(L, -1, "searchpath");
+  lua_pushvalue(L, 1);
+  lua_getfield(L, -3, "path");
+  lua_call(L, 2, 2);
+  if (lua_isnil(L, -2)) return 1;  /* the "no file ..." list */
+  lua_pop(L, 1);
+  path = lua_tostring(L, -1);
+  if ((f = fopen(path, "rb")) == NULL)
+    return luaL_error(L, "cannot read module '%s' from file '%s'", name, path);
+  luaL_buffinit(L, &b);
+  do {
+    char *p = luaL_prepbuffer(&b);
+    n = fread(p, 1, LUAL_BUFFERSIZE, f);
+    luaL_addsize(&b, n);
+  } while (n == LUAL_BUFFERSIZE);
+  fclose(f);
+  luaL_pushresult(&b);
+  lua_pushfstring(L, "@%s", path);
+  {
+    size_t len;
+    const char *src = lua_tolstring(L, -2, &len);
+    st = ml__load(L, src, len, lua_tostring(L, -1));
+  }
+  if (st != LUA_OK)
+    return luaL_error(L, "error loading module '%s' from file '%s':\n\t%s", name, path,
+                      lua_tostring(L, -1));
+  lua_pushvalue(L, -4);  /* the file name, the loader's second argument */
+  return 2;
+}
+
 /* State set-up, run in protected mode. */
 static int init(lua_State *L) {
   int i;
   luaL_openlibs(L);
+  lua_getglobal(L, "package");
+  lua_getfield(L, -1, "searchers");
+  lua_pushcfunction(L, search_lua);
+  lua_rawseti(L, -2, 2);
+  lua_pop(L, 2);
   luaL_getsubtable(L, LUA_REGISTRYINDEX, LUA_PRELOAD_TABLE);
   for (i = 0; ml__embedded_lua[i].name; i++) {
     lua_pushinteger(L, i);

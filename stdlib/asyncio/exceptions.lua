@@ -51,16 +51,24 @@ local function class(name, base, init, str)
 end
 M.class = class
 
--- True if v is an instance of cls (or of a subclass of it).
-function M.isinstance(v, cls)
-  if type(v) ~= "table" then return false end
-  local c = getmetatable(v)
-  while c do
+-- True if class c is cls or derives from it (through __base, or the
+-- extra bases in __bases, as Python's multiple inheritance).
+local function derives(c, cls)
+  while type(c) == "table" do
     if c == cls then return true end
-    if type(c) ~= "table" then return false end
+    local more = rawget(c, "__bases")
+    if more then
+      for i = 1, #more do if derives(more[i], cls) then return true end end
+    end
     c = rawget(c, "__base")
   end
   return false
+end
+
+-- True if v is an instance of cls (or of a subclass of it).
+function M.isinstance(v, cls)
+  if type(v) ~= "table" then return false end
+  return derives(getmetatable(v), cls)
 end
 
 local BaseException = class("BaseException", nil, function(e, msg) e.message = msg end)
@@ -109,6 +117,7 @@ end, function(e)
   return table.concat(lines, "\n")
 end)
 class("ExceptionGroup", M.BaseExceptionGroup)
+M.ExceptionGroup.__bases = { Exception }  -- also an Exception, as in Python
 
 -- OSError(errno, strerror): picks the subclass for errno, as Python does.
 local OSError = class("OSError", Exception, function(e, errno, strerror, filename)

@@ -106,7 +106,7 @@ function T.run(opts)
     local h = loop:call_later(timeout, function() timed_out = true; task:cancel() end)
     local ok, err = pcall(await, task)
     h:cancel()
-    if ok then
+    if ok and not timed_out then
       passed = passed + 1
       print("ok   " .. c.name)
     else

@@ -260,4 +260,39 @@ T.case("exceptions: classes, isinstance, tostring, OSError subclasses", async fu
   T.eq(ir.partial, "ab", "partial"); T.eq(ir.expected, 5, "expected")
 end)
 
+T.case("cancelling a task that awaits a task cancels the inner one properly", async function()
+  local cleaned = false
+  local inner = asyncio.create_task(function()
+    local guard <close> = setmetatable({}, { __close = function() await asyncio.sleep(0.001); cleaned = true end })
+    await asyncio.sleep(10)
+  end)
+  local outer = asyncio.create_task(function() return await inner end)
+  await asyncio.sleep(0)
+  outer:cancel("outer")
+  T.eq(inner:cancelling(), 1, "the cancel reached the inner task")
+  T.raises(asyncio.CancelledError, outer, "outer")
+  T.ok(inner:cancelled(), "inner cancelled")
+  T.ok(cleaned, "the inner task finished its cleanup before the outer woke")
+end)
+
+T.case("require of a Lua file applies the async pass", async function()
+  local dir = T.tmpname("")
+  os.execute("mkdir -p " .. dir)
+  local f = io.open(dir .. "/dialectmod.lua", "w")
+  f:write("local M = {}\nasync function M.twice(x)\n  return await asyncio.sleep(0, x * 2)\nend\nreturn M\n")
+  f:close()
+  local saved = package.path
+  package.path = dir .. "/?.lua;" .. saved
+  local m = require "dialectmod"
+  package.path = saved
+  T.eq(await m.twice(21), 42, "module function")
+end)
+
+T.case("ExceptionGroup is also an Exception", async function()
+  local eg = asyncio.ExceptionGroup("many", { asyncio.ValueError("a"), n = 1 })
+  T.ok(asyncio.isinstance(eg, asyncio.Exception), "an Exception")
+  T.ok(asyncio.isinstance(eg, asyncio.BaseExceptionGroup), "a BaseExceptionGroup")
+  T.eq(eg.exceptions.n, 1, "exceptions list")
+end)
+
 T.run()
