@@ -1,0 +1,316 @@
+-- Queue, PriorityQueue, LifoQueue: ordering, backpressure, join/task_done
+-- accounting, shutdown, and cancellation safety.
+local asyncio = require "asyncio"
+local T = require "asyncio.test"
+
+-- Lets every ready task run until it blocks again (scheduling, not timing:
+-- only sleep(0), no timer or I/O involved).
+local async function settle()
+  for _ = 1, 10 do await asyncio.sleep(0) end
+end
+
+local function go(fn)
+  return asyncio.create_task(fn())
+end
+
+T.case("queue: FIFO order, qsize, empty, full, maxsize", async function()
+  local q = asyncio.Queue()
+  T.eq(q.maxsize, 0, "default maxsize")
+  T.eq(q:empty(), true, "new queue is empty")
+  T.eq(q:full(), false, "an unbounded queue is never full")
+  for i = 1, 5 do await q:put(i) end
+  T.eq(q:qsize(), 5, "five queued")
+  T.eq(q:empty(), false, "not empty")
+  for i = 1, 5 do T.eq(await q:get(), i, "get " .. i) end
+  T.eq(q:empty(), true, "empty again")
+  local b = asyncio.Queue(2)
+  T.eq(b.maxsize, 2, "maxsize")
+  b:put_nowait("a")
+  b:put_nowait("b")
+  T.eq(b:full(), true, "full at maxsize")
+end)
+
+T.case("queue: put_nowait raises QueueFull, get_nowait QueueEmpty", async function()
+  local q = asyncio.Queue(1)
+  T.raises(asyncio.QueueEmpty, function() q:get_nowait() end, "get_nowait on empty")
+  q:put_nowait(1)
+  T.raises(asyncio.QueueFull, function() q:put_nowait(2) end, "put_nowait on full")
+  T.eq(q:get_nowait(), 1, "the item")
+  T.eq(q:qsize(), 0, "empty")
+end)
+
+T.case("queue: nil and false are items like any other", async function()
+  local q = asyncio.Queue()
+  await q:put(nil)
+  await q:put(false)
+  T.eq(q:qsize(), 2, "two items")
+  T.eq(await q:get(), nil, "nil")
+  T.eq(await q:get(), false, "false")
+end)
+
+T.case("queue: put blocks on a full queue until a get makes room", async function()
+  local q = asyncio.Queue(2)
+  local log = {}
+  local producer = go(async function()
+    for i = 1, 5 do
+      await q:put(i)
+      log[#log + 1] = "put" .. i
+    end
+  end)
+  await settle()
+  T.eq(#log, 2, "two puts went through")
+  T.eq(q:qsize(), 2, "queue holds maxsize items")
+  for i = 1, 5 do
+    T.eq(await q:get(), i, "item " .. i)
+    T.ok(q:qsize() <= 2, "never more than maxsize queued")
+  end
+  await producer
+  T.eq(#log, 5, "all puts done")
+end)
+
+T.case("queue: blocked getters are served in FIFO order", async function()
+  local q = asyncio.Queue()
+  local got = {}
+  local tasks = {}
+  for i = 1, 10 do
+    tasks[i] = go(async function() got[i] = await q:get() end)
+  end
+  await settle()
+  for i = 1, 10 do q:put_nowait(i * 10) end
+  for i = 1, 10 do await tasks[i] end
+  for i = 1, 10 do T.eq(got[i], i * 10, "getter " .. i) end
+end)
+
+T.case("queue: blocked putters are served in FIFO order", async function()
+  local q = asyncio.Queue(1)
+  q:put_nowait(0)
+  local tasks = {}
+  for i = 1, 10 do tasks[i] = go(async function() await q:put(i) end) end
+  await settle()
+  for i = 0, 10 do T.eq(await q:get(), i, "item " .. i) end
+  for i = 1, 10 do await tasks[i] end
+end)
+
+T.case("priority queue: numbers, strings and tables with __lt", async function()
+  local q = asyncio.PriorityQueue()
+  for _, v in ipairs{5, 1, 4, 2, 3, 9, 0, 7, 8, 6} do q:put_nowait(v) end
+  for i = 0, 9 do T.eq(q:get_nowait(), i, "number " .. i) end
+  for _, v in ipairs{"pear", "apple", "fig"} do q:put_nowait(v) end
+  T.eq(q:get_nowait(), "apple", "strings by <")
+  T.eq(q:get_nowait(), "fig", "strings by <")
+  T.eq(q:get_nowait(), "pear", "strings by <")
+  local V = {__lt = function(a, b) return a.k > b.k end}  -- reversed
+  for k = 1, 3 do q:put_nowait(setmetatable({k = k}, V)) end
+  T.eq(q:get_nowait().k, 3, "__lt decides")
+  T.eq(q:get_nowait().k, 2, "__lt decides")
+  T.eq(q:get_nowait().k, 1, "__lt decides")
+end)
+
+T.case("priority queue: list tables order like Python tuples", async function()
+  local q = asyncio.PriorityQueue()
+  local job = {}  -- not comparable: only reached on a tie with itself
+  q:put_nowait({2, "b"})
+  q:put_nowait({1, "z"})
+  q:put_nowait({2, "a"})
+  q:put_nowait({1, "y", 0})
+  q:put_nowait({1, "y"})
+  q:put_nowait({0, job})
+  T.eq(q:get_nowait()[2], job, "priority 0 first, item never compared")
+  local e = q:get_nowait()
+  T.eq(e[2], "y", "{1,'y'} before {1,'y',0}: a prefix is smaller")
+  T.eq(#e, 2, "the shorter one")
+  T.eq(#q:get_nowait(), 3, "then {1,'y',0}")
+  T.eq(q:get_nowait()[2], "z", "then {1,'z'}")
+  T.eq(q:get_nowait()[2], "a", "ties on priority compare the next element")
+  T.eq(q:get_nowait()[2], "b", "last")
+  -- nested lists compare element by element too
+  q:put_nowait({1, {2, 1}})
+  q:put_nowait({1, {1, 9}})
+  T.eq(q:get_nowait()[2][1], 1, "nested list compared")
+  q:get_nowait()
+  T.eq(q:empty(), true, "drained")
+end)
+
+T.case("priority queue: blocking get and maxsize", async function()
+  local q = asyncio.PriorityQueue(2)
+  local t = go(async function() return await q:get() end)
+  await settle()
+  await q:put({3, "x"})
+  T.eq((await t)[1], 3, "blocked get receives the item")
+  q:put_nowait({2, "b"})
+  q:put_nowait({1, "a"})
+  T.raises(asyncio.QueueFull, function() q:put_nowait({0, "c"}) end, "full")
+  T.eq((await q:get())[2], "a", "lowest first")
+end)
+
+T.case("lifo queue: last in, first out", async function()
+  local q = asyncio.LifoQueue()
+  for i = 1, 5 do await q:put(i) end
+  for i = 5, 1, -1 do T.eq(await q:get(), i, "item " .. i) end
+  T.raises(asyncio.QueueEmpty, function() q:get_nowait() end, "empty")
+end)
+
+T.case("queue: join waits for a task_done per item", async function()
+  local q = asyncio.Queue()
+  await q:join()  -- nothing put: returns at once
+  for i = 1, 3 do q:put_nowait(i) end
+  local joined = false
+  local j = go(async function() await q:join(); joined = true end)
+  for _ = 1, 3 do await q:get() end
+  await settle()
+  T.eq(joined, false, "getting is not finishing")
+  q:task_done()
+  q:task_done()
+  await settle()
+  T.eq(joined, false, "one item unfinished")
+  q:task_done()
+  await j
+  T.eq(joined, true, "joined after the last task_done")
+  T.raises(asyncio.ValueError, function() q:task_done() end, "task_done too many times")
+end)
+
+T.case("queue: workers with join (the documented pattern)", async function()
+  local q = asyncio.Queue()
+  local total = 0
+  local workers = {}
+  for w = 1, 3 do
+    workers[w] = go(async function()
+      while true do
+        local n = await q:get()
+        await asyncio.sleep(0)
+        total = total + n
+        q:task_done()
+      end
+    end)
+  end
+  for i = 1, 100 do q:put_nowait(i) end
+  await q:join()
+  T.eq(total, 5050, "every item processed before join returned")
+  for w = 1, 3 do workers[w]:cancel() end
+  local done = await asyncio.wait(workers)
+  T.eq(done.n, 3, "workers stopped")
+end)
+
+T.case("queue: shutdown lets get drain, then raises; put raises at once", async function()
+  local q = asyncio.Queue()
+  q:put_nowait(1)
+  q:put_nowait(2)
+  q:shutdown()
+  T.raises(asyncio.QueueShutDown, q:put(3), "put after shutdown")
+  T.raises(asyncio.QueueShutDown, function() q:put_nowait(3) end, "put_nowait after shutdown")
+  T.eq(await q:get(), 1, "queued items still come out")
+  T.eq(q:get_nowait(), 2, "queued items still come out")
+  T.raises(asyncio.QueueShutDown, q:get(), "get on a shut-down empty queue")
+  T.raises(asyncio.QueueShutDown, function() q:get_nowait() end, "get_nowait too")
+end)
+
+T.case("queue: shutdown wakes every blocked getter and putter", async function()
+  local getq = asyncio.Queue()
+  local getters = {}
+  for i = 1, 5 do getters[i] = asyncio.create_task(getq:get()) end
+  local putq = asyncio.Queue(1)
+  putq:put_nowait("x")
+  local putters = {}
+  for i = 1, 5 do putters[i] = asyncio.create_task(putq:put(i)) end
+  await settle()
+  getq:shutdown()
+  putq:shutdown()
+  for i = 1, 5 do
+    T.raises(asyncio.QueueShutDown, getters[i], "getter " .. i)
+    T.raises(asyncio.QueueShutDown, putters[i], "putter " .. i)
+  end
+  T.eq(putq:qsize(), 1, "no blocked put got in")
+  T.eq(await putq:get(), "x", "the queued item still comes out")
+end)
+
+T.case("queue: shutdown(immediate) drops items, releases join and getters", async function()
+  local q = asyncio.Queue()
+  for i = 1, 3 do q:put_nowait(i) end
+  local joiner = asyncio.create_task(q:join())
+  await settle()
+  q:shutdown(true)
+  T.eq(q:qsize(), 0, "items dropped")
+  await joiner  -- each dropped item counts as done
+  T.raises(asyncio.QueueShutDown, q:get(), "get raises at once")
+  T.raises(asyncio.ValueError, function() q:task_done() end, "nothing left unfinished")
+end)
+
+T.case("queue: shutdown(immediate) keeps join waiting for items already taken", async function()
+  local q = asyncio.Queue()
+  q:put_nowait(1)
+  q:put_nowait(2)
+  await q:get()   -- taken, not yet done
+  local joiner = asyncio.create_task(q:join())
+  q:shutdown(true)
+  await settle()
+  T.eq(joiner:done(), false, "one item is still being worked on")
+  q:task_done()
+  await joiner
+end)
+
+T.case("queue: a getter cancelled while waiting is removed", async function()
+  local q = asyncio.Queue()
+  local a = asyncio.create_task(q:get())
+  local b = asyncio.create_task(q:get())
+  await settle()
+  a:cancel()
+  T.raises(asyncio.CancelledError, a, "a cancelled")
+  q:put_nowait("item")
+  T.eq(await b, "item", "b gets the item")
+end)
+
+T.case("queue: a get cancelled right after it was woken loses no item", async function()
+  local q = asyncio.Queue()
+  local a = asyncio.create_task(q:get())
+  local b = asyncio.create_task(q:get())
+  await settle()
+  q:put_nowait("item")  -- wakes a ...
+  a:cancel()            -- ... which is cancelled before it ran
+  T.raises(asyncio.CancelledError, a, "a cancelled")
+  T.eq(await b, "item", "b was woken in a's place and got the item")
+  T.eq(q:qsize(), 0, "nothing left over")
+end)
+
+T.case("queue: a put cancelled after it was woken passes the slot on", async function()
+  local q = asyncio.Queue(1)
+  q:put_nowait(0)
+  local a = asyncio.create_task(q:put("a"))
+  local b = asyncio.create_task(q:put("b"))
+  await settle()
+  T.eq(q:get_nowait(), 0, "make room: wakes a ...")
+  a:cancel()  -- ... which is cancelled before it ran
+  T.raises(asyncio.CancelledError, a, "a cancelled")
+  await b
+  T.eq(q:qsize(), 1, "exactly one item")
+  T.eq(q:get_nowait(), "b", "b's item got in, a's did not")
+end)
+
+local async function round_trips(q, n)
+  for i = 1, n do
+    await q:put(i)
+    T.eq(await q:get(), i, "round trip " .. i)
+  end
+end
+
+T.case("queue: uncontended put/get allocate no Future", async function()
+  local made = 0
+  local Future = asyncio.Future
+  asyncio.Future = function(...)
+    made = made + 1
+    return Future(...)
+  end
+  local q = asyncio.Queue(4)
+  local ok, err = pcall(await, round_trips(q, 100))
+  local uncontended = made
+  -- The instrument works: a get that has to wait does make one.
+  local getter = asyncio.create_task(q:get())
+  await settle()
+  asyncio.Future = Future
+  if not ok then error(err, 0) end
+  T.eq(uncontended, 0, "futures made by uncontended put/get")
+  T.eq(made, 1, "futures made by a waiting get")
+  q:put_nowait("x")
+  T.eq(await getter, "x", "the waiting get")
+end)
+
+T.run()
