@@ -44,7 +44,7 @@ CHECK_SRC = $(wildcard tests/check_*.c)
 DEB_PKGS = liblua5.4-dev libev-dev check pkg-config libedit-dev tmux socat netcat-openbsd python3
 BENCH_PKGS = python3-uvloop hyperfine nodejs
 
-.PHONY: all build test run bench deps bench-deps install clean check-suites script-tests
+.PHONY: all build test run bench deps bench-deps install clean check-suites script-tests embed-host
 
 all: deps
 	@$(MAKE) --no-print-directory build
@@ -53,7 +53,7 @@ build: $(BUILD)/moonloop $(BUILD)/libmoonloop.a $(BUILD)/check_all
 
 test: deps
 	@$(MAKE) --no-print-directory build
-	@$(MAKE) --no-print-directory check-suites script-tests
+	@$(MAKE) --no-print-directory check-suites script-tests embed-host
 
 run: deps
 	@$(MAKE) --no-print-directory build
@@ -68,6 +68,10 @@ check-suites: $(BUILD)/check_all
 
 script-tests: $(BUILD)/moonloop
 	bash tests/run_scripts.sh $(BUILD)/moonloop
+
+# The embedding example, built as a user would and run (tests/embed_host.sh).
+embed-host: $(BUILD)/libmoonloop.a
+	bash tests/embed_host.sh $(BUILD) "$(SANFLAGS)"
 
 # Installs what is missing; as non-root it prints the command instead.
 deps:

@@ -83,7 +83,7 @@ struct ml_State {
   int sigint_count;
   ml_ErrorHandler on_error;
   void *on_error_ud;
-  void *host_ud;
+  struct ml_Embed *embed; /* the embedding API's data (embed.c) */
   const void *future_mt, *task_mt, *coro_mt;  /* metatables, for fast type tests */
   const void *sleep0;    /* the shared asyncio.sleep(0) coroutine */
 };
@@ -92,6 +92,13 @@ struct ml_State {
 static inline ml_State *ml__state(lua_State *L) {
   return *(ml_State **)lua_getextraspace(L);
 }
+
+/* The embedding API's per-state data (embed.h), made on first use on the
+ * loop's thread; NULL if memory ran out.  ml_state_new makes it. */
+struct ml_Embed *ml__embed(ml_State *S);
+/* [-0, +1] pushes a MemoryError made in advance (when a memory limit was
+ * set), or Lua's "not enough memory" string: it never allocates. */
+void ml__push_memory_error(lua_State *L);
 
 /* Loads src (the dialect) as a chunk.  [-0, +1] pushes the function, or
  * the error message; returns a LUA_* status. */

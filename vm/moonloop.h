@@ -1,9 +1,27 @@
-/* moonloop.h: the embedding API of moonloop, the only public header. */
+/* moonloop.h: the embedding API of moonloop, the only public header.
+ *
+ * A host program (C or C++) links libmoonloop.a and drives moonloop
+ * states through these functions; docs/embedding.md walks through a
+ * complete host.  The conventions:
+ *
+ * - Every function that can fail returns ML_OK (0) or a negative errno
+ *   value (-ENOMEM, -EINVAL, -EBUSY, ...), and leaves a message that
+ *   ml_state_error() returns.  No function exits, prints (except the
+ *   default error handler), or lets a Lua error escape.
+ * - A state belongs to one thread: call its functions from the thread
+ *   that runs its loop.  The only exceptions are the three *_threadsafe
+ *   functions.  Different states may run on different threads at once;
+ *   moonloop keeps no global state of its own.
+ * - Functions that push or pop Lua values take a lua_State *: the state's
+ *   own (ml_state_lua) or the one a host C function was called with (a
+ *   task's thread).  They follow the Lua manual's stack notation.
+ * - A script's uncaught errors go to the state's error handler. */
 #ifndef MOONLOOP_H
 #define MOONLOOP_H
 
 #include <stddef.h>
 #include <lua.h>
+#include <lauxlib.h>
 
 #ifdef __cplusplus
 extern "C" {
@@ -11,13 +29,21 @@ extern "C" {
 
 #define MOONLOOP_VERSION "0.1.0"
 
+/* Success.  Failures are negative errno values. */
+#define ML_OK 0
+
 struct ev_loop;
 typedef struct ml_State ml_State;
+/* A handle on a Future or Task of a state (see "Futures" below). */
+typedef struct ml_Future ml_Future;
 
 /* Receives every error nobody caught (an uncaught task exception, an error
  * in a callback): msg is the message with its traceback.  The default
- * handler prints msg to stderr. */
+ * handler prints msg to stderr.  It may run from within any ml_* call
+ * that runs the loop, and from ml_state_close. */
 typedef void (*ml_ErrorHandler)(ml_State *S, const char *msg, void *ud);
+
+/* ---- States ------------------------------------------------------- */
 
 /* Makes a state on loop, or on a private loop if loop is NULL.  The state
  * owns its Lua VM (with its own allocator), the `asyncio` module and the
@@ -25,11 +51,205 @@ typedef void (*ml_ErrorHandler)(ml_State *S, const char *msg, void *ud);
 ml_State *ml_state_new(struct ev_loop *loop);
 
 /* Cancels every pending task, releases every watcher, fd, task and byte
- * the state holds, and destroys the loop if the state made it. */
+ * the state holds, and destroys the loop if the state made it.  Every
+ * ml_Future handle of S becomes invalid; no other thread may be inside a
+ * *_threadsafe call on S, or make one afterwards.  S may be NULL. */
 void ml_state_close(ml_State *S);
 
 /* The Lua state of S, for the Lua C API. */
 lua_State *ml_state_lua(ml_State *S);
+
+/* The moonloop state that L (a state's Lua state, or any of its threads,
+ * such as the one a host C function is called with) belongs to. */
+ml_State *ml_state_from_lua(lua_State *L);
+
+/* The libev loop S runs on (the host's, or its private one). */
+struct ev_loop *ml_state_loop(ml_State *S);
+
+/* The message of the last failure of an ml_* call on S: never NULL, ""
+ * if none.  Valid until the next ml_* call on S. */
+const char *ml_state_error(ml_State *S);
+
+/* Sets the handler of uncaught errors (NULL: the default, which prints
+ * to stderr).  ud is passed to it. */
+void ml_state_set_error_handler(ml_State *S, ml_ErrorHandler h, void *ud);
+
+/* A pointer the host keeps with S (NULL until set). */
+void ml_state_set_userdata(ml_State *S, void *ud);
+void *ml_state_userdata(ml_State *S);
+
+/* ---- Loading and running ------------------------------------------- */
+
+/* Compiles src[0..len) (Lua 5.4 with async/await; never binary) as a
+ * chunk named chunkname ("=name" or "@file.lua", as lua_load).  On
+ * success [-0, +1] pushes the chunk's function and returns ML_OK; on
+ * failure pushes nothing and returns -EINVAL (syntax error) or -ENOMEM,
+ * with the message in ml_state_error. */
+int ml_load_string(lua_State *L, const char *src, size_t len, const char *chunkname);
+
+/* The same for the file at path (chunk name "@path"); also returns the
+ * -errno of opening or reading it. */
+int ml_load_file(lua_State *L, const char *path);
+
+/* [-(nargs+1), +0] pops a function (or a Coroutine) and its nargs
+ * arguments and makes a Task that will call it on the next loop
+ * iteration, with `await` available (as a script's main chunk runs).
+ * name may be NULL.  If task is not NULL, *task receives a handle on the
+ * Task, valid until ml_future_release; the host then owns its outcome.
+ * If task is NULL, a failure of the Task goes to the error handler as
+ * soon as it happens.  Returns ML_OK, or -ENOMEM (nothing spawned; the
+ * values are popped all the same). */
+int ml_task_spawn(lua_State *L, int nargs, const char *name, ml_Future **task);
+
+/* Runs the loop until nothing is left to do: no ready task, no timer or
+ * I/O watcher, no pending host future (see ml_future_new).  Returns
+ * ML_OK, or -EBUSY if called from within the loop (a host C function). */
+int ml_state_run(ml_State *S);
+
+/* Runs the loop until f is done.  Returns ML_OK; -EDEADLK if nothing is
+ * left that could complete f; -EBUSY as ml_state_run. */
+int ml_state_run_until(ml_State *S, ml_Future *f);
+
+/* One iteration of the loop that never blocks, for a host whose own loop
+ * (GLib, Qt, SDL, a game's frame loop) drives moonloop: runs the tasks
+ * and callbacks that are ready, then polls I/O without waiting.
+ * Afterwards, if fd is not NULL, *fd is a descriptor that becomes
+ * readable when I/O, a signal or a *_threadsafe call needs a step (-1 if
+ * the loop's backend has none; then rely on the timeout); if timeout is
+ * not NULL, *timeout is the longest the host may wait before the next
+ * step, in seconds, already rounded up to the millisecond: 0 when work is
+ * ready, the delay of the next timer, or -1 for no limit.
+ * Returns 1 if the state has work left (step again: when fd is readable
+ * or timeout passed), 0 if it is idle (nothing can happen until the host
+ * gives it new work), -EBUSY if called from within the loop, or -ENOMEM. */
+int ml_state_step(ml_State *S, int *fd, double *timeout);
+
+/* ---- Host functions and modules ------------------------------------ */
+
+/* Sets the global name to the C function f.  Returns ML_OK or -ENOMEM. */
+int ml_state_register(ml_State *S, const char *name, lua_CFunction f);
+
+/* Makes `require(name)` call open (a luaopen_* function: it returns the
+ * module) the first time.  Host modules survive ml_state_sandbox.
+ * Returns ML_OK or -ENOMEM. */
+int ml_module_register(ml_State *S, const char *name, lua_CFunction open);
+
+/* Makes `require(name)` return a table of the functions in funcs (ending
+ * with {NULL, NULL}; copied at once).  Returns ML_OK or -ENOMEM. */
+int ml_module_register_funcs(ml_State *S, const char *name, const luaL_Reg *funcs);
+
+/* ---- Futures --------------------------------------------------------
+ * An ml_Future is a handle on an asyncio Future or Task.  A script
+ * awaits it like any Future.  A host future (ml_future_new) is pending
+ * until the host completes it, and while pending it keeps the loop
+ * alive, as an I/O operation in flight does.  Its handle stays valid
+ * until the host completes it with exactly one of ml_future_resolve,
+ * ml_future_reject, ml_future_release or their *_threadsafe forms (also
+ * if a script cancelled the Future meanwhile: the completion then
+ * returns -EINVAL and only releases the handle). */
+
+enum {
+  ML_FUTURE_PENDING = 0,
+  ML_FUTURE_RESULT,     /* done with result values */
+  ML_FUTURE_ERROR,      /* done with an exception */
+  ML_FUTURE_CANCELLED
+};
+
+/* [-0, +1] pushes a new pending Future of L's state and returns its
+ * handle; a host C function returns it for scripts to await.  Returns
+ * NULL (pushing nothing) if memory ran out. */
+ml_Future *ml_future_new(lua_State *L);
+
+/* [-n, +0] completes the host future f with the n values on top of L as
+ * its result, waking the tasks that await it (on the next iteration),
+ * and releases the handle.  Returns ML_OK, -EINVAL if f was already done
+ * (cancelled by a script) or is not a host future, or -ENOMEM. */
+int ml_future_resolve(lua_State *L, ml_Future *f, int n);
+
+/* Completes the host future f with an exception, and releases the handle:
+ * an instance of the asyncio exception class cls ("RuntimeError",
+ * "TimeoutError", "ValueError", ...) with message msg; or, if cls is
+ * NULL, the string msg itself (as error(msg) raises).  Returns as
+ * ml_future_resolve. */
+int ml_future_reject(lua_State *L, ml_Future *f, const char *cls, const char *msg);
+
+/* Drops the host's handle on f without completing it: a host future is
+ * cancelled if still pending; a Task keeps running.  Returns ML_OK. */
+int ml_future_release(lua_State *L, ml_Future *f);
+
+/* The state of f: ML_FUTURE_PENDING, _RESULT, _ERROR or _CANCELLED. */
+int ml_future_state(const ml_Future *f);
+
+/* [-0, +1] pushes the Future or Task itself. */
+void ml_future_push(lua_State *L, ml_Future *f);
+
+/* If f is done with a result: [-0, +n] pushes its n values, returns n.
+ * Otherwise pushes nothing and returns -EAGAIN (pending) or -EINVAL. */
+int ml_future_push_result(lua_State *L, ml_Future *f);
+
+/* If f failed or was cancelled: [-0, +1] pushes its exception (marking it
+ * retrieved, so it is not reported) and returns ML_OK.  Otherwise pushes
+ * nothing and returns -EINVAL. */
+int ml_future_push_error(lua_State *L, ml_Future *f);
+
+/* Thread-safe completion, from any thread (a host's worker): queues the
+ * completion and wakes the loop, which applies it on its own thread in
+ * its next iteration, as ml_future_resolve / ml_future_reject would.
+ * resolve gives the Future one string value, a copy of s[0..len) (or
+ * nil if s is NULL).  Return ML_OK, or -ENOMEM (nothing queued: the
+ * handle stays valid, so the caller may try again), or -EINVAL if f is
+ * not a host future. */
+int ml_future_resolve_threadsafe(ml_Future *f, const char *s, size_t len);
+int ml_future_reject_threadsafe(ml_Future *f, const char *cls, const char *msg);
+
+/* Runs fn(S, ud) on the loop's thread in its next iteration, where it may
+ * use the whole API (resolve a future with any values, spawn a task).
+ * Callable from any thread once the state has been used on its own
+ * thread (any ml_* call on it but ml_state_new and ml_state_lua).  fn
+ * runs exactly once: if the state is closed before it could run, it is
+ * called as fn(NULL, ud) from ml_state_close, so that ud can be freed.
+ * Returns ML_OK, -EINVAL if the state was never used, or -ENOMEM. */
+typedef void (*ml_ThreadsafeFn)(ml_State *S, void *ud);
+int ml_state_call_threadsafe(ml_State *S, ml_ThreadsafeFn fn, void *ud);
+
+/* ---- Limits and the sandbox ---------------------------------------- */
+
+/* Caps the bytes the state's Lua heap may hold (0: no cap).  An
+ * allocation past the cap fails inside the script that made it, which
+ * sees a MemoryError ("not enough memory"); the host and other states
+ * are not affected.  Returns ML_OK, or -ENOMEM if bytes is below what the
+ * state already uses. */
+int ml_state_set_memory_limit(ml_State *S, size_t bytes);
+
+/* The bytes the Lua heap holds now, and the most it has held. */
+size_t ml_state_memory_used(ml_State *S);
+size_t ml_state_memory_peak(ml_State *S);
+
+/* Limits every step of a task (from one await to the next) to about
+ * instructions Lua VM instructions (0: no limit, the default).  A task
+ * that runs past it fails with a RuntimeError; the loop and the other
+ * tasks carry on. */
+void ml_state_set_cpu_budget(ml_State *S, unsigned long instructions);
+
+/* The modules ml_state_sandbox keeps when allow is NULL. */
+#define ML_SANDBOX_DEFAULT \
+  "string", "table", "math", "utf8", "coroutine", "asyncio", \
+  "os.time", "os.clock", "os.date", "os.difftime"
+
+/* Restricts what scripts of S can reach, for untrusted code.  allow is a
+ * NULL-terminated list of the modules to keep (NULL: ML_SANDBOX_DEFAULT):
+ * a library name ("string", "io", "os", "debug", "socket", "asyncio",
+ * "package"), or "lib.field" to keep one function of a library that is
+ * otherwise removed ("os.clock").  Everything else goes: the globals and
+ * package.loaded entries of the other libraries, their package.preload
+ * entries, require's searchers of the file system and package.loadlib,
+ * dofile and loadfile, binary chunks in load, string.dump, and - unless
+ * "socket" is allowed - asyncio's network, process and thread functions.
+ * The base functions (print, pcall, pairs, ...), `await`, the asyncio
+ * module (tasks, timers, futures, queues, locks, ...) and every module
+ * the host registered, before or after, stay.  Call it before loading
+ * untrusted code; it cannot be undone.  Returns ML_OK or -ENOMEM. */
+int ml_state_sandbox(ml_State *S, const char *const *allow);
 
 #ifdef __cplusplus
 }

@@ -141,10 +141,8 @@ ml_State *ml_state_new(struct ev_loop *loop) {
   if (getenv("MOONLOOP_DEBUG") && *getenv("MOONLOOP_DEBUG") && strcmp(getenv("MOONLOOP_DEBUG"), "0"))
     S->debug = 1;
   lua_pushcfunction(L, init);
-  if (lua_pcall(L, 0, 0, 0) != LUA_OK) {
-    fprintf(stderr, "moonloop: state set-up failed: %s\n", lua_tostring(L, -1));
-    goto fail;
-  }
+  if (lua_pcall(L, 0, 0, 0) != LUA_OK) goto fail;
+  if (ml__embed(S) == NULL) goto fail;
   return S;
 fail:
   if (S->L) lua_close(S->L);

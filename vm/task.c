@@ -80,8 +80,13 @@ static int task_body_k(lua_State *L, int status, lua_KContext ctx) {
     /* Lua's own out-of-memory error is a bare string: make it a
      * MemoryError if the memory for one is there now. */
     lua_pushcfunction(L, push_memory_error);
-    if (lua_pcall(L, 0, 1, 0) == LUA_OK) lua_replace(L, -2);
-    else lua_pop(L, 1);
+    if (lua_pcall(L, 0, 1, 0) == LUA_OK) {
+      lua_replace(L, -2);
+    } else {
+      /* Still no memory: the MemoryError made when the limit was set. */
+      lua_pop(L, 2);
+      ml__push_memory_error(L);
+    }
   }
   if (status != LUA_OK && status != LUA_YIELD) {
     lua_pushlightuserdata(L, (void *)&err_marker);
