@@ -104,6 +104,10 @@ void ml__push_memory_error(lua_State *L);
  * the error message; returns a LUA_* status. */
 int ml__load(lua_State *L, const char *src, size_t len, const char *chunkname);
 
+/* Installs the dialect's loaders: package.searchers[2], load, loadfile,
+ * dofile (loader.c).  [-0, +0] */
+void ml__loader_open(lua_State *L);
+
 /* Reports an error that nobody will catch (uncaught in a callback, task
  * exception never retrieved): through the host's handler, or to stderr.
  * [-1, +0] pops the error value; context says where ("in callback").  */

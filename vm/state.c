@@ -1,40 +1,11 @@
-/* state.c: a moonloop state: the Lua VM, its allocator, its loop, the
- * embedded stdlib, and the loader that runs the async pass. */
+/* state.c: a moonloop state: the Lua VM, its allocator, its loop and the
+ * embedded stdlib. */
 #include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <lualib.h>
 #include "internal.h"
-
-int ml__load(lua_State *L, const char *src, size_t len, const char *chunkname) {
-  ml_Buf out = { 0 };
-  char err[512];
-  int rc;
-  /* A first line starting with '#' (a shebang) is skipped, keeping its
-   * newline so that line numbers stay right. */
-  if (len > 0 && src[0] == '#') {
-    while (len > 0 && *src != '\n') src++, len--;
-  }
-  if (len > 0 && src[0] == 0x1b) {
-    lua_pushfstring(L, "%s: binary chunks are not loaded", chunkname);
-    return LUA_ERRSYNTAX;
-  }
-  rc = ml__asyncpass(src, len, chunkname, &out, err, sizeof err);
-  if (rc == -ENOMEM) {
-    ml__buf_free(&out);
-    lua_pushliteral(L, "not enough memory");
-    return LUA_ERRMEM;
-  }
-  if (rc < 0) {
-    ml__buf_free(&out);
-    lua_pushstring(L, err);
-    return LUA_ERRSYNTAX;
-  }
-  rc = luaL_loadbufferx(L, out.data ? out.data : "", out.len, chunkname, "t");
-  ml__buf_free(&out);
-  return rc;
-}
 
 void ml__emit_error(ml_State *S, const char *msg) {
   if (S->on_error) S->on_error(S, msg, S->on_error_ud);
@@ -51,55 +22,11 @@ static int load_embedded(lua_State *L) {
   return 1;
 }
 
-/* package.searchers[2], for Lua files on package.path: like Lua's own,
- * but the file goes through the async pass, so modules may use the
- * dialect too. */
-static int search_lua(lua_State *L) {
-  const char *name = luaL_checkstring(L, 1), *path;
-  FILE *f;
-  luaL_Buffer b;
-  size_t n;
-  int st;
-  lua_getglobal(L, "package");
-  lua_getfield(L, -1, "searchpath");
-  lua_pushvalue(L, 1);
-  lua_getfield(L, -3, "path");
-  lua_call(L, 2, 2);
-  if (lua_isnil(L, -2)) return 1;  /* the "no file ..." list */
-  lua_pop(L, 1);
-  path = lua_tostring(L, -1);
-  if ((f = fopen(path, "rb")) == NULL)
-    return luaL_error(L, "cannot read module '%s' from file '%s'", name, path);
-  luaL_buffinit(L, &b);
-  do {
-    char *p = luaL_prepbuffer(&b);
-    n = fread(p, 1, LUAL_BUFFERSIZE, f);
-    luaL_addsize(&b, n);
-  } while (n == LUAL_BUFFERSIZE);
-  fclose(f);
-  luaL_pushresult(&b);
-  lua_pushfstring(L, "@%s", path);
-  {
-    size_t len;
-    const char *src = lua_tolstring(L, -2, &len);
-    st = ml__load(L, src, len, lua_tostring(L, -1));
-  }
-  if (st != LUA_OK)
-    return luaL_error(L, "error loading module '%s' from file '%s':\n\t%s", name, path,
-                      lua_tostring(L, -1));
-  lua_pushvalue(L, -4);  /* the file name, the loader's second argument */
-  return 2;
-}
-
 /* State set-up, run in protected mode. */
 static int init(lua_State *L) {
   int i;
   luaL_openlibs(L);
-  lua_getglobal(L, "package");
-  lua_getfield(L, -1, "searchers");
-  lua_pushcfunction(L, search_lua);
-  lua_rawseti(L, -2, 2);
-  lua_pop(L, 2);
+  ml__loader_open(L);
   luaL_getsubtable(L, LUA_REGISTRYINDEX, LUA_PRELOAD_TABLE);
   for (i = 0; ml__embedded_lua[i].name; i++) {
     lua_pushinteger(L, i);
