@@ -75,53 +75,12 @@ function M.gather(...)
   local n = args.n
   local opts = args[n]
   if type(opts) == "table" and not is_awaitable_table(opts) then n = n - 1 else opts = nil end
-  local return_exc = opts and opts.return_exceptions
   local outer = Future()
-  local children, results = {}, { n = n }
-  if n == 0 then outer:set_result(results); return outer end
-  local left = n
-  local cancel_requested = false
-  for i = 1, n do
-    local f = M.ensure_future(args[i])
-    children[i] = f
-    f:add_done_callback(function(child)
-      left = left - 1
-      if outer:done() then
-        if not child:cancelled() then child:exception() end  -- retrieved
-        return
-      end
-      if not return_exc then
-        if child:cancelled() then
-          outer:set_exception(M.CancelledError())
-          return
-        end
-        local e = child:exception()
-        if e ~= nil then outer:set_exception(e); return end
-      end
-      if left == 0 then
-        for j = 1, n do
-          local c = children[j]
-          if c:cancelled() then results[j] = M.CancelledError()
-          else
-            local e = c:exception()
-            if e ~= nil then results[j] = e else results[j] = (c:result()) end
-          end
-        end
-        if cancel_requested then outer:set_exception(M.CancelledError())
-        else outer:set_result(results) end
-      end
-    end)
-  end
-  -- Cancelling the gather cancels every child; it completes (cancelled)
-  -- once they have finished, as asyncio's does.
-  core._set_cancel_hook(outer, function(_, msg)
-    local any = false
-    for i = 1, n do
-      if children[i]:cancel(msg) then any = true end
-    end
-    if any then cancel_requested = true end
-    return any
-  end)
+  local children = { n = n }
+  if n == 0 then outer:set_result({ n = 0 }); return outer end
+  local ensure = M.ensure_future
+  for i = 1, n do children[i] = ensure(args[i]) end
+  core._gather(outer, children, opts and opts.return_exceptions)
   return outer
 end
 
@@ -176,15 +135,21 @@ end
 -- starts without compiling the rest.
 local skip = { ["asyncio.core"] = true, ["asyncio.exceptions"] = true, ["asyncio.test"] = true }
 local loaded_all = false
+local merged = {}
 local function load_all()
   if loaded_all then return end
-  loaded_all = true
   local names = {}
   for name in pairs(package.preload) do
     if name:match("^asyncio%.") and not skip[name] then names[#names + 1] = name end
   end
   table.sort(names)
-  for _, name in ipairs(names) do merge(require(name)) end
+  for _, name in ipairs(names) do
+    if not merged[name] then
+      merge(require(name))  -- an error here propagates, and is retried next time
+      merged[name] = true
+    end
+  end
+  loaded_all = true
 end
 M._load_all = load_all
 

@@ -99,6 +99,7 @@ static const luaL_Reg core_funcs[] = {
   { "run_until_complete", core_run_until_complete },
   { "_set_debug", core_set_debug },
   { "_set_cancel_hook", ml__future_set_cancel_hook },
+  { "_gather", ml__gather },
   { NULL, NULL }
 };
 

@@ -1,4 +1,11 @@
-/* check_asyncpass.c: the async/await source pass (vm/asyncpass.c). */
+/* check_asyncpass.c: the async/await source pass (vm/asyncpass.c).
+ *
+ * Alone, from the top of the tree:
+ *   cc -std=gnu11 -Wall -Wextra -DSTANDALONE -Ivm $(pkg-config --cflags lua5.4 check) \
+ *     tests/check_asyncpass.c vm/asyncpass.c vm/buf.c \
+ *     $(pkg-config --libs lua5.4 check) -o /tmp/check_asyncpass
+ * (add -fsanitize=address,undefined -fno-omit-frame-pointer to check
+ * memory use). */
 #include <check.h>
 #include <errno.h>
 #include <stdio.h>
@@ -141,7 +148,7 @@ START_TEST(test_asyncpass_shebang_becomes_comment) {
 END_TEST
 
 START_TEST(test_asyncpass_bom_dropped) {
-  EXPECT("\xEF\xBB\xBFreturn await f()\n", "return await(f())\n");
+  EXPECT("\xEF\xBB\xBFreturn await f()\n", "return __awcall(f)\n");
   EXPECT("\xEF\xBB\xBF#!x\nreturn 1", "--#!x\nreturn 1");
 }
 END_TEST
@@ -152,7 +159,7 @@ START_TEST(test_asyncpass_long_brackets_of_any_level) {
   /* '--[=' without a second bracket is a line comment. */
   SAME("--[== async function f() end\nx = 1");
   SAME("x = [[\n\r\n\n\r]] y()");
-  ck_assert_str_eq(run("x = [[await f()]] await g()"), "x = [[await f()]] await(g())");
+  ck_assert_str_eq(run("x = [[await f()]] await g()"), "x = [[await f()]] __awcall(g)");
 }
 END_TEST
 
@@ -167,7 +174,7 @@ END_TEST
 START_TEST(test_asyncpass_output_is_appended) {
   ck_assert_int_eq(ml__buf_add(&out, "head;", 5), 0);
   ck_assert_int_eq(ml__asyncpass("await f()", 9, "@t.lua", &out, err, sizeof err), 0);
-  ck_assert_str_eq(out.data, "head;await(f())");
+  ck_assert_str_eq(out.data, "head;__awcall(f)");
 }
 END_TEST
 
@@ -264,28 +271,112 @@ END_TEST
 /* await.                                                            */
 
 START_TEST(test_asyncpass_await_call) {
-  EXPECT("await f()", "await(f())");
-  EXPECT("local v = await f(1, 2)", "local v = await(f(1, 2))");
-  EXPECT("return await x", "return await(x)");
+  /* An awaited call becomes a direct call form, so that the runtime can
+   * run an async function's body with no Coroutine object: the callee
+   * first, then the arguments. */
+  EXPECT("await f()", "__awcall(f)");
+  EXPECT("local v = await f(1, 2)", "local v = __awcall(f, 1, 2)");
+  EXPECT("await f ()", "__awcall(f )");
+  EXPECT("await f(...)", "__awcall(f, ...)");
+  EXPECT("local v = await  f()", "local v = __awcall(f)");
+  EXPECT("await\tf()", "__awcall(f)");
 }
 END_TEST
 
-START_TEST(test_asyncpass_await_suffixed_expression) {
+START_TEST(test_asyncpass_await_call_of_suffixed_callee) {
+  /* Everything before the last call is the callee, evaluated as Lua
+   * would, including earlier calls that are not awaited. */
+  EXPECT("await asyncio.sleep(1)", "__awcall(asyncio.sleep, 1)");
+  EXPECT("await t[1](2)", "__awcall(t[1], 2)");
+  EXPECT("await f(1)(2)", "__awcall(f(1), 2)");
+  EXPECT("await f\"s\"(1)", "__awcall(f\"s\", 1)");
+  /* A call of the variable await is awaited like any other call. */
+  EXPECT("await await(x)", "__awcall(await, x)");
+}
+END_TEST
+
+START_TEST(test_asyncpass_await_call_string_argument) {
+  /* ", " goes before the string and ")" after it. */
+  EXPECT("await f\"s\"", "__awcall(f, \"s\")");
+  EXPECT("await f'x'", "__awcall(f, 'x')");
+  EXPECT("await f \"s\"", "__awcall(f , \"s\")");
+  EXPECT("await f[[s]] .. x", "__awcall(f, [[s]]) .. x");
+  EXPECT("await f[==[s]==]", "__awcall(f, [==[s]==])");
+}
+END_TEST
+
+START_TEST(test_asyncpass_await_call_table_argument) {
+  EXPECT("await f{1}", "__awcall(f, {1})");
+  EXPECT("await f{}", "__awcall(f, {})");
+  EXPECT("await f { 1 } + 1", "__awcall(f , { 1 }) + 1");
+  EXPECT("await f{k = {2}, [3] = g()}", "__awcall(f, {k = {2}, [3] = g()})");
+}
+END_TEST
+
+START_TEST(test_asyncpass_await_method) {
+  /* The object is evaluated once and the method name becomes a string. */
+  EXPECT("await o:m(a, b)", "__awmeth(o, \"m\", a, b)");
+  EXPECT("await o:m()", "__awmeth(o, \"m\")");
+  EXPECT("await o:m ()", "__awmeth(o, \"m\")");
+  EXPECT("await o:m(...)", "__awmeth(o, \"m\", ...)");
+  EXPECT("local line = await reader:readline()", "local line = __awmeth(reader, \"readline\")");
+  EXPECT("await a.b[1]:c(x)", "__awmeth(a.b[1], \"c\", x)");
+  EXPECT("await f():g(1)", "__awmeth(f(), \"g\", 1)");
+  /* await and async after ':' are method names. */
+  EXPECT("await o:await()", "__awmeth(o, \"await\")");
+  EXPECT("await o:async(1)", "__awmeth(o, \"async\", 1)");
+}
+END_TEST
+
+START_TEST(test_asyncpass_await_method_string_and_table_argument) {
+  EXPECT("await o:m\"s\"", "__awmeth(o, \"m\", \"s\")");
+  EXPECT("await o:m [[s]]", "__awmeth(o, \"m\", [[s]])");
+  EXPECT("await o:m{1}", "__awmeth(o, \"m\", {1})");
+  EXPECT("await o:m {1} + 1", "__awmeth(o, \"m\", {1}) + 1");
+  /* Only the last call is rewritten; the earlier ones are plain calls. */
+  EXPECT("await o:m\"s\":n{}", "__awmeth(o:m\"s\", \"n\", {})");
+  EXPECT("await f\"a\":g\"b\"", "__awmeth(f\"a\", \"g\", \"b\")");
+}
+END_TEST
+
+START_TEST(test_asyncpass_await_method_over_lines_keeps_plain_form) {
+  /* Turning ":m(" into ", "m", " would remove a line break, so a method
+   * call whose ':', name and argument start are not all on one line keeps
+   * the plain form. */
+  EXPECT("await o:\nm(1)", "await(o:\nm(1))");
+  EXPECT("await o:m\n(1)", "await(o:m\n(1))");
+  EXPECT("await o:m\n\"s\"", "await(o:m\n\"s\")");
+  EXPECT("await o:m\n{1}", "await(o:m\n{1})");
+  EXPECT("await o:m --[[\n]] (1)", "await(o:m --[[\n]] (1))");
+  /* The object on an earlier line, or arguments that span lines, are
+   * fine: no line break is inside the rewritten text. */
+  EXPECT("await o\n:m(1)", "__awmeth(o\n, \"m\", 1)");
+  EXPECT("await o:m(1,\n2)", "__awmeth(o, \"m\", 1,\n2)");
+  EXPECT("await o:m{\n}", "__awmeth(o, \"m\", {\n})");
+}
+END_TEST
+
+START_TEST(test_asyncpass_await_not_a_call_keeps_plain_form) {
+  /* The last suffix is a field or an index: await(E). */
+  EXPECT("await x.y", "await(x.y)");
+  EXPECT("await t[1]", "await(t[1])");
   EXPECT("local v = await a.b:c(x)[1]", "local v = await(a.b:c(x)[1])");
-  EXPECT("await f \"s\"", "await(f \"s\")");
-  EXPECT("await f[[s]] .. x", "await(f[[s]]) .. x");
   EXPECT("await f{1, 2}.x", "await(f{1, 2}.x)");
-  EXPECT("await o:m\"s\":n{}", "await(o:m\"s\":n{})");
   EXPECT("await f().x + 1", "await(f().x) + 1");
-  EXPECT("x = await f(), 2", "x = await(f()), 2");
+  EXPECT("await o:m(1).x", "await(o:m(1).x)");
+  EXPECT("return await x", "return await(x)");
+  EXPECT("x = await f(), 2", "x = __awcall(f), 2");
 }
 END_TEST
 
 START_TEST(test_asyncpass_await_chain_continues_across_lines) {
   /* Arguments may span lines, and a '(' on a new line still continues the
-   * call chain, as Lua's parser has it. */
+   * call chain, as Lua's parser has it; the line breaks do not move. */
   EXPECT("await f(1,\n 2)\n.x", "await(f(1,\n 2)\n.x)");
-  EXPECT("await f\n(1)", "await(f\n(1))");
+  EXPECT("await f\n(1)", "__awcall(f\n, 1)");
+  EXPECT("await f\n\"s\"", "__awcall(f\n, \"s\")");
+  EXPECT("await f\n{1}", "__awcall(f\n, {1})");
+  EXPECT("await f\n(1)\n(2)", "__awcall(f\n(1)\n, 2)");
 }
 END_TEST
 
@@ -294,7 +385,7 @@ START_TEST(test_asyncpass_await_unary_operand) {
   EXPECT("await #t.items", "await(#t.items)");
   EXPECT("await not not f()", "await(not not f())");
   EXPECT("await not -x", "await(not -x)");
-  EXPECT("await # await f()", "await(# await(f()))");
+  EXPECT("await # await f()", "await(# __awcall(f))");
 }
 END_TEST
 
@@ -314,26 +405,41 @@ START_TEST(test_asyncpass_await_function_operand) {
 END_TEST
 
 START_TEST(test_asyncpass_await_nested) {
-  EXPECT("await await f()", "await(await(f()))");
+  /* An operand that is itself an await keeps the plain form around it. */
+  EXPECT("await await f()", "await(__awcall(f))");
+  EXPECT("await await o:m(1)", "await(__awmeth(o, \"m\", 1))");
   EXPECT("await await await x.y", "await(await(await(x.y)))");
-  EXPECT("await f(await g())", "await(f(await(g())))");
+  EXPECT("await f(await g(1))", "__awcall(f, __awcall(g, 1))");
+  EXPECT("await o:m(await p:n())", "__awmeth(o, \"m\", __awmeth(p, \"n\"))");
   EXPECT("await f(await g(await h()), await k)[await i]",
-         "await(f(await(g(await(h()))), await(k))[await(i)])");
-  EXPECT("await f(function() return await g() end)", "await(f(function() return await(g()) end))");
+         "await(f(__awcall(g, __awcall(h)), await(k))[await(i)])");
+  EXPECT("await f(function() return await g() end)",
+         "__awcall(f, function() return __awcall(g) end)");
+  EXPECT("await f(async function() end)", "__awcall(f, __ml_async(nil, function() end))");
 }
 END_TEST
 
 START_TEST(test_asyncpass_await_in_expressions) {
-  EXPECT("x = -await f() + 1", "x = -await(f()) + 1");
-  EXPECT("x = {await f(), k = await g()}", "x = {await(f()), k = await(g())}");
-  EXPECT("if await ok() then end", "if await(ok()) then end");
-  EXPECT("print(await f() .. await g())", "print(await(f()) .. await(g()))");
+  EXPECT("x = -await f() + 1", "x = -__awcall(f) + 1");
+  EXPECT("x = await f() ^ 2", "x = __awcall(f) ^ 2");
+  EXPECT("x = {await f(), k = await g()}", "x = {__awcall(f), k = __awcall(g)}");
+  EXPECT("if await ok() then end", "if __awcall(ok) then end");
+  EXPECT("print(await f() .. await g())", "print(__awcall(f) .. __awcall(g))");
+  EXPECT("return await o:m(1), await o.p:q\"s\"",
+         "return __awmeth(o, \"m\", 1), __awmeth(o.p, \"q\", \"s\")");
 }
 END_TEST
 
 START_TEST(test_asyncpass_await_keeps_comments) {
-  EXPECT("await --[[c]] f()", "await( --[[c]] f())");
-  EXPECT("await\tf()", "await(f())");
+  /* A comment after await keeps the blanks around it. */
+  EXPECT("await --[[c]] f()", "__awcall( --[[c]] f)");
+  EXPECT("await --[[c]] o:m(1)", "__awmeth( --[[c]] o, \"m\", 1)");
+  EXPECT("await --[[c]] x.y", "await( --[[c]] x.y)");
+  /* A comment between the callee and its arguments stays in place. */
+  EXPECT("await f --[[c]] (1)", "__awcall(f --[[c]] , 1)");
+  EXPECT("await f -- c\n(1)", "__awcall(f -- c\n, 1)");
+  EXPECT("await f --[[\n]] \"s\"", "__awcall(f --[[\n]] , \"s\")");
+  EXPECT("await o -- c\n:m(1)", "__awmeth(o -- c\n, \"m\", 1)");
 }
 END_TEST
 
@@ -364,7 +470,7 @@ END_TEST
 
 START_TEST(test_asyncpass_await_variable_before_statement_changes_meaning) {
   /* The one plain-Lua program whose meaning changes, and its fix. */
-  EXPECT("local r = await print(1)", "local r = await(print(1))");
+  EXPECT("local r = await print(1)", "local r = __awcall(print, 1)");
   SAME("local r = await; print(1)");
 }
 END_TEST
@@ -414,9 +520,51 @@ START_TEST(test_asyncpass_lines_preserved) {
   ck_assert_int_eq(line_of(o, "return await"), 5);
   ck_assert_int_eq(line_of(o, "obj.method = "), 8);
   ck_assert_int_eq(line_of(o, "(self, x)"), 12);
-  ck_assert_int_eq(line_of(o, "await(obj.f("), 13);
+  ck_assert_int_eq(line_of(o, "__awcall(obj.f, "), 13);
   ck_assert_int_eq(line_of(o, "(z) return z end)"), 17);
   ck_assert_int_eq(line_of(o, "end)\n"), 7);
+}
+END_TEST
+
+START_TEST(test_asyncpass_lines_direct_forms) {
+  /* The direct call forms move no line break: what is inserted before an
+   * argument goes after the line breaks in front of it. */
+  const char *src =
+    "local a = await f\n"      /* 1 */
+    "  (1,\n"                  /* 2 */
+    "   2)\n"                  /* 3 */
+    "local b = await obj\n"    /* 4 */
+    "  :m\"s\"\n"            /* 5 */
+    "local c = await g --[[\n" /* 6 */
+    "]] {3,\n"                 /* 7 */
+    "  4}\n"                   /* 8 */
+    "local d = await o:m(\n"   /* 9 */
+    "  await p:n\n"            /* 10 */
+    "  (5))\n"                 /* 11 */
+    "return await h\n"         /* 12 */
+    "[[\n"                     /* 13 */
+    "]]\n"                     /* 14 */
+    "x = = 1\n";               /* 15 */
+  const char *msg;
+  EXPECT(src,
+         "local a = __awcall(f\n"
+         "  , 1,\n"
+         "   2)\n"
+         "local b = __awmeth(obj\n"
+         "  , \"m\", \"s\")\n"
+         "local c = __awcall(g --[[\n"
+         "]] , {3,\n"
+         "  4})\n"
+         "local d = __awmeth(o, \"m\", \n"
+         "  await(p:n\n"
+         "  (5)))\n"
+         "return __awcall(h\n"
+         ", [[\n"
+         "]])\n"
+         "x = = 1\n");
+  msg = lua_compile(out.data, out.len);
+  ck_assert_ptr_nonnull(msg);
+  ck_assert_msg(strncmp(msg, "t.lua:15:", 9) == 0, "got %s", msg);
 }
 END_TEST
 
@@ -457,6 +605,13 @@ START_TEST(test_asyncpass_lines_crlf) {
   msg = lua_compile(out.data, out.len);
   ck_assert_ptr_nonnull(msg);
   ck_assert_msg(strncmp(msg, "t.lua:3:", 8) == 0, "got %s\n%s", msg, out.data);
+  /* The direct forms leave "\r\n" pairs whole. */
+  EXPECT("x = await f\r\n(1)\r\ny = await o\r\n:m\"s\"\r\nz = await o:m\r\n{}\r\nw = = 1",
+         "x = __awcall(f\r\n, 1)\r\ny = __awmeth(o\r\n, \"m\", \"s\")\r\n"
+         "z = await(o:m\r\n{})\r\nw = = 1");
+  msg = lua_compile(out.data, out.len);
+  ck_assert_ptr_nonnull(msg);
+  ck_assert_msg(strncmp(msg, "t.lua:7:", 8) == 0, "got %s\n%s", msg, out.data);
 }
 END_TEST
 
@@ -539,16 +694,32 @@ END_TEST
 /* ---------------------------------------------------------------- */
 /* What the output means, run with stand-ins for the runtime's globals. */
 
+/* Stand-ins for the runtime (vm/coro.c).  Calling an async function makes
+ * a Coroutine object (a table here, counted in __made); await runs it.
+ * __awcall runs an async function's body directly, with no Coroutine,
+ * and calls anything else and awaits what it returns; __awmeth looks the
+ * method up on the object and does the same with the object first. */
 static const char *stubs =
+  "__made = 0\n"
+  "local amt = {__call = function(self, ...)\n"
+  "  __made = __made + 1\n"
+  "  return {coro = self.body, args = table.pack(...)}\n"
+  "end}\n"
   "function __ml_async(name, fn)\n"
-  "  return setmetatable({name = name}, {__call = function(_, ...)\n"
-  "    return {coro = fn, args = table.pack(...)} end})\n"
+  "  return setmetatable({name = name, body = fn}, amt)\n"
   "end\n"
   "function await(x)\n"
   "  if type(x) == 'table' and x.coro then\n"
   "    return x.coro(table.unpack(x.args, 1, x.args.n))\n"
   "  end\n"
   "  return x\n"
+  "end\n"
+  "function __awcall(f, ...)\n"
+  "  if getmetatable(f) == amt then return f.body(...) end\n"
+  "  return await((f(...)))\n"
+  "end\n"
+  "function __awmeth(o, name, ...)\n"
+  "  return __awcall(o[name], o, ...)\n"
   "end\n";
 
 /* Runs the pass on src, then the output after the stubs; returns the
@@ -604,6 +775,63 @@ START_TEST(test_asyncpass_semantics_expressions) {
                            "return await id(await id(3), 4)"), "3,4");
   ck_assert_str_eq(run_lua("local await_ = 0; local t = {await = 5}\n"
                            "return t.await, (await {6})[1], await(7), await 8"), "5,6,7,8");
+}
+END_TEST
+
+START_TEST(test_asyncpass_semantics_call_forms) {
+  /* String and table arguments, dotted callees, and a plain function that
+   * returns something awaitable. */
+  ck_assert_str_eq(run_lua("async function len(t) return #t end\n"
+                           "local m = {len = len}\n"
+                           "return await len{1, 2, 3}, await len\"abcd\", await m.len[[xy]]"),
+                   "3,4,2");
+  ck_assert_str_eq(run_lua("async function add(a, b) return a + b end\n"
+                           "local function later(a, b) return add(a, b) end\n"
+                           "return await later(1, 2), await later(3, 4) * 2"), "3,14");
+  ck_assert_str_eq(run_lua("async function id(...) return ... end\n"
+                           "local fs = {id}\n"
+                           "return await fs[1](await id(5, 6), 7)"), "5,7");
+}
+END_TEST
+
+START_TEST(test_asyncpass_semantics_method_forms) {
+  ck_assert_str_eq(run_lua("local q = {items = {'a', 'b'}}\n"
+                           "async function q:get() return table.remove(self.items, 1) end\n"
+                           "async function q:put(x) self.items[#self.items + 1] = x end\n"
+                           "await q:put'c'\n"
+                           "await q:put{}\n"
+                           "return await q:get(), await q:get(), await q:get(), #q.items"),
+                   "a,b,c,1");
+  /* A plain method that returns a Coroutine is awaited too. */
+  ck_assert_str_eq(run_lua("local obj = {k = 2}\n"
+                           "async function obj:slow(x) return self.k * x end\n"
+                           "function obj:fast(x) return self:slow(x + 1) end\n"
+                           "return await obj:fast(4)"), "10");
+}
+END_TEST
+
+START_TEST(test_asyncpass_semantics_method_object_evaluated_once) {
+  /* `await o:m(x)` evaluates o once, as `o:m(x)` does. */
+  ck_assert_str_eq(run_lua("local n, obj = 0, {k = 1}\n"
+                           "async function obj:get(x) return self.k + x end\n"
+                           "async function obj:cat(s) return s .. self.k end\n"
+                           "local function o() n = n + 1; return obj end\n"
+                           "local v = await o():get(2)\n"
+                           "local w = await o():cat\"k\"\n"
+                           "return v, w, n"), "3,k1,2");
+}
+END_TEST
+
+START_TEST(test_asyncpass_semantics_awaited_call_makes_no_coroutine) {
+  /* Awaiting a call of an async function goes straight to its body; only
+   * a call that is not awaited at once makes a Coroutine object. */
+  ck_assert_str_eq(run_lua("local obj = {}\n"
+                           "async function f(x) return x end\n"
+                           "async function obj:m(x) return x end\n"
+                           "local a = await f(1) + await obj:m(2) + #await f{3}\n"
+                           "local made = __made\n"
+                           "local c = f(4)\n"
+                           "return a, made, await c, __made"), "4,0,4,1");
 }
 END_TEST
 
@@ -708,7 +936,13 @@ Suite *asyncpass_suite(void) {
   tc = tcase_create("await");
   tcase_add_checked_fixture(tc, setup, teardown);
   tcase_add_test(tc, test_asyncpass_await_call);
-  tcase_add_test(tc, test_asyncpass_await_suffixed_expression);
+  tcase_add_test(tc, test_asyncpass_await_call_of_suffixed_callee);
+  tcase_add_test(tc, test_asyncpass_await_call_string_argument);
+  tcase_add_test(tc, test_asyncpass_await_call_table_argument);
+  tcase_add_test(tc, test_asyncpass_await_method);
+  tcase_add_test(tc, test_asyncpass_await_method_string_and_table_argument);
+  tcase_add_test(tc, test_asyncpass_await_method_over_lines_keeps_plain_form);
+  tcase_add_test(tc, test_asyncpass_await_not_a_call_keeps_plain_form);
   tcase_add_test(tc, test_asyncpass_await_chain_continues_across_lines);
   tcase_add_test(tc, test_asyncpass_await_unary_operand);
   tcase_add_test(tc, test_asyncpass_await_literal_operand);
@@ -726,6 +960,7 @@ Suite *asyncpass_suite(void) {
   tc = tcase_create("lines");
   tcase_add_checked_fixture(tc, setup, teardown);
   tcase_add_test(tc, test_asyncpass_lines_preserved);
+  tcase_add_test(tc, test_asyncpass_lines_direct_forms);
   tcase_add_test(tc, test_asyncpass_lines_match_lua_errors);
   tcase_add_test(tc, test_asyncpass_lines_crlf);
   suite_add_tcase(s, tc);
@@ -744,6 +979,10 @@ Suite *asyncpass_suite(void) {
   tcase_add_checked_fixture(tc, setup, teardown);
   tcase_add_test(tc, test_asyncpass_semantics_statement_forms);
   tcase_add_test(tc, test_asyncpass_semantics_expressions);
+  tcase_add_test(tc, test_asyncpass_semantics_call_forms);
+  tcase_add_test(tc, test_asyncpass_semantics_method_forms);
+  tcase_add_test(tc, test_asyncpass_semantics_method_object_evaluated_once);
+  tcase_add_test(tc, test_asyncpass_semantics_awaited_call_makes_no_coroutine);
   suite_add_tcase(s, tc);
 
   tc = tcase_create("robustness");

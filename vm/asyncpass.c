@@ -646,16 +646,86 @@ static int only_blanks(const Pass *P, size_t from, size_t to) {
   return 1;
 }
 
-/* `await E` -> `await(E)`.  The "(" replaces the blanks after await. */
+/* If the await operand from token k to e is a suffixed expression whose
+ * last suffix is a call, returns the index of that suffix's first token
+ * (the "(", "{" or string of a call, the ":" of a method call) and sets
+ * *meth; otherwise -1. */
+static int last_call(const Pass *P, int k, int e, int *meth) {
+  const Tok *T = P->tok;
+  int j, last = -1;
+  if (is_await(P, k) || (T[k].kind != TK_NAME && !is_op(&T[k], '(')))
+    return -1;
+  j = T[k].kind == TK_NAME ? k : T[k].match;
+  while (j >= 0 && j < e) {
+    const Tok *n = &T[j + 1];
+    if (is_op(n, '.') && n[1].kind == TK_NAME) {
+      last = -1;
+      j += 2;
+    } else if (is_op(n, '[')) {
+      last = -1;
+      j = n->match;
+    } else if (is_op(n, '(') || is_op(n, '{') || n->kind == TK_STR) {
+      last = j + 1;
+      *meth = 0;
+      j = n->kind == TK_STR ? j + 1 : n->match;
+    } else if (is_op(n, ':') && n[1].kind == TK_NAME &&
+               (is_op(&n[2], '(') || is_op(&n[2], '{') || n[2].kind == TK_STR)) {
+      last = j + 1;
+      *meth = 1;
+      j = n[2].kind == TK_STR ? j + 3 : n[2].match;
+    } else {
+      break;
+    }
+  }
+  return j == e ? last : -1;
+}
+
+/* `await f(args)` -> `__awcall(f, args)` and `await o:m(args)` ->
+ * `__awmeth(o, "m", args)`: the runtime calls an async function's body
+ * directly, with no Coroutine object (an await of a call allocates
+ * nothing).  Any other operand: `await E` -> `await(E)`.  The opening
+ * text replaces the blanks after await; no line break moves. */
 static int do_await(Pass *P, int i) {
-  const Tok *a = &P->tok[i], *n = a + 1;
-  int e = operand_end(P, i + 1);
-  size_t after;
+  const Tok *T = P->tok, *a = &T[i], *n = a + 1;
+  int e = operand_end(P, i + 1), meth = 0, c;
+  size_t after, head_end;
+  const char *head = "(";
   if (e < 0)
     return 0;  /* no operand to close: leave it to Lua's parser */
-  after = P->tok[e].end;
-  if (edit_str(P, a->end, only_blanks(P, a->end, n->start) ? n->start : a->end, "(") != 0 ||
-      edit_str(P, after, after, ")") != 0)
+  after = T[e].end;
+  head_end = only_blanks(P, a->end, n->start) ? n->start : a->end;
+  c = last_call(P, i + 1, e, &meth);
+  if (c >= 0 && meth && (T[c].line != T[c + 1].line || T[c + 1].line != T[c + 2].line))
+    c = -1;  /* a method call split over lines keeps the plain form */
+  if (c < 0) {
+    if (edit_str(P, a->end, head_end, head) != 0 || edit_str(P, after, after, ")") != 0)
+      return -ENOMEM;
+    return 0;
+  }
+  if (edit_str(P, a->start, head_end, meth ? "__awmeth(" : "__awcall(") != 0)
+    return -ENOMEM;
+  if (meth) {
+    /* ":m(" -> ", "m", ", or ", "m"" before ")" */
+    const Tok *name = &T[c + 1], *o = &T[c + 2];
+    size_t mark = P->text.len;
+    int empty = is_op(o, '(') && o->match == c + 3;
+    if (text_add(P, ", \"", 3) != 0 || text_add(P, P->src + name->start, name->end - name->start) != 0 ||
+        text_add(P, empty ? "\"" : "\", ", empty ? 1 : 3) != 0)
+      return -ENOMEM;
+    if (is_op(o, '(')) {
+      if (edit(P, T[c].start, o->end, mark) != 0)
+        return -ENOMEM;
+    } else if (edit(P, T[c].start, o->start, mark) != 0 || edit_str(P, after, after, ")") != 0) {
+      return -ENOMEM;
+    }
+    return 0;
+  }
+  if (is_op(&T[c], '(')) {
+    /* "(" -> ", ", or nothing before an empty ")" */
+    return edit_str(P, T[c].start, T[c].end, T[c].match == c + 1 ? "" : ", ") != 0 ? -ENOMEM : 0;
+  }
+  /* f"str" and f{...}: ", " before the argument, ")" after it */
+  if (edit_str(P, T[c].start, T[c].start, ", ") != 0 || edit_str(P, after, after, ")") != 0)
     return -ENOMEM;
   return 0;
 }

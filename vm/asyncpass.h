@@ -20,8 +20,9 @@ void ml__buf_free(ml_Buf *b);
  * is used in error messages ("file.lua"; a leading '@' or '=' is dropped).
  * Returns 0; or -EINVAL with a Lua-style message in err ("file.lua:3:
  * 'function' expected after 'async' near 'x'"); or -ENOMEM.  On error out
- * is left as it was.  The output refers to two globals: `await` (a call
- * `await(e)`) and `__ml_async(name, fn)`.  See docs/language.md. */
+ * is left as it was.  The output refers to four globals: `await` (a call
+ * `await(e)`), `__awcall(f, ...)` and `__awmeth(o, "m", ...)` (an awaited
+ * call, run with no Coroutine object) and `__ml_async(name, fn)`.  See docs/language.md. */
 int ml__asyncpass(const char *src, size_t len, const char *chunkname,
                   ml_Buf *out, char *err, size_t errsz);
 

@@ -88,6 +88,28 @@ int ml__coro_unpack(lua_State *L, int idx) {
   return c->nargs + 1;
 }
 
+void ml__coro_claim(lua_State *L, int idx) {
+  Coro *c = test_coro(L, idx);
+  if (c == NULL) return;
+  if (c->awaited) {
+    lua_getiuservalue(L, idx, CUV_NAME);
+    ml__exc_raise(L, "RuntimeError", "cannot reuse already awaited coroutine '%s'",
+                  lua_tostring(L, -1));
+  }
+  c->awaited = !c->reusable;
+}
+
+int ml__coro_push(lua_State *L, int idx) {
+  Coro *c = test_coro(L, idx);
+  int i;
+  if (c == NULL) return -1;
+  idx = lua_absindex(L, idx);
+  luaL_checkstack(L, c->nargs + 2, "too many arguments");
+  lua_getiuservalue(L, idx, CUV_FN);
+  for (i = 1; i <= c->nargs; i++) lua_getiuservalue(L, idx, CUV_ARGS - 1 + i);
+  return c->nargs + 1;
+}
+
 static int call_k(lua_State *L, int status, lua_KContext base) {
   (void)status;
   return lua_gettop(L) - (int)base;
@@ -120,6 +142,56 @@ static int l_await(lua_State *L) {
   }
   return ml__exc_raise(L, "TypeError", "object is not awaitable (a %s value)",
                        luaL_typename(L, 1));
+}
+
+/* What awcall does after calling something that is not an async
+ * function: await its result (left at index 1). */
+static int awcall_k(lua_State *L, int status, lua_KContext ctx) {
+  (void)status; (void)ctx;
+  return l_await(L);
+}
+
+/* [f, args...] with f checked: an async function's body runs inline with
+ * no Coroutine object; anything else is called and its result awaited. */
+static int awcall(lua_State *L) {
+  ml_State *S = ml__state(L);
+  lua_CFunction cf = lua_tocfunction(L, 1);
+  int n = lua_gettop(L) - 1;
+  if (S->current == NULL)
+    return ml__exc_raise(L, "RuntimeError", "await outside of a running task");
+  if (cf == coro_make || cf == sleep_make) {
+    if (cf == sleep_make && n == 1 && lua_type(L, 2) == LUA_TNUMBER && lua_tonumber(L, 2) <= 0)
+      return ml__task_yield_now(L);  /* the hot sleep(0) */
+    lua_getupvalue(L, 1, 2);
+    lua_replace(L, 1);
+    lua_callk(L, n, LUA_MULTRET, 0, call_k);
+    return lua_gettop(L);
+  }
+  if (!lua_isfunction(L, 1) && luaL_getmetafield(L, 1, "__call") == LUA_TNIL)
+    return luaL_error(L, "attempt to call a %s value", luaL_typename(L, 1));
+  lua_settop(L, n + 1);
+  lua_callk(L, n, 1, 0, awcall_k);
+  return awcall_k(L, LUA_OK, 0);
+}
+
+/* __awcall(f, ...): what the pass makes of `await f(...)`. */
+static int l_awcall(lua_State *L) {
+  luaL_checkany(L, 1);
+  return awcall(L);
+}
+
+/* __awmeth(obj, name, ...): what the pass makes of `await obj:name(...)`. */
+static int l_awmeth(lua_State *L) {
+  const char *name = luaL_checkstring(L, 2);
+  luaL_checkany(L, 1);
+  if (lua_getfield(L, 1, name) == LUA_TNIL)
+    return luaL_error(L, "attempt to call a nil value (method '%s')", name);
+  lua_replace(L, 2);      /* [obj, method, args...] */
+  lua_pushvalue(L, 1);
+  lua_pushvalue(L, 2);
+  lua_replace(L, 1);
+  lua_replace(L, 2);      /* [method, obj, args...] */
+  return awcall(L);
 }
 
 /* asyncio.iscoroutine(x) */
@@ -186,6 +258,10 @@ void ml__coro_open(lua_State *L) {
   lua_setglobal(L, "await");
   lua_pushcfunction(L, l_async);
   lua_setglobal(L, "__ml_async");
+  lua_pushcfunction(L, l_awcall);
+  lua_setglobal(L, "__awcall");
+  lua_pushcfunction(L, l_awmeth);
+  lua_setglobal(L, "__awmeth");
 }
 
 /* asyncio.sleep: like any async C function, except that sleep(0) (the

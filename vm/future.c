@@ -330,7 +330,7 @@ void ml__future_add_waiter(lua_State *L, int fidx, ml_Future *f, ml_Task *t) {
   add_callback(L, fidx, f);
 }
 
-static int future_add_done_callback(lua_State *L) {
+int ml__future_add_done_callback(lua_State *L) {
   ml_Future *f = check_future(L, 1);
   luaL_checktype(L, 2, LUA_TFUNCTION);
   lua_settop(L, 2);
@@ -409,7 +409,7 @@ const luaL_Reg ml__future_methods[] = {
   { "done", future_done },
   { "cancelled", future_cancelled },
   { "cancel", future_cancel },
-  { "add_done_callback", future_add_done_callback },
+  { "add_done_callback", ml__future_add_done_callback },
   { "remove_done_callback", future_remove_done_callback },
   { "get_loop", future_get_loop },
   { NULL, NULL }

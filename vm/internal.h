@@ -68,6 +68,7 @@ struct ml_State {
   ml_Task *main;         /* the CLI's main task, or NULL */
   ml_Task *tasks;        /* pending tasks, a list through prev/next */
   unsigned long task_seq;
+  int npool;             /* idle task threads in the pool (task.c) */
   int ntasks;            /* tasks not yet done */
   int debug;             /* MOONLOOP_DEBUG / run(c, {debug=true}) */
   int stopping;          /* loop:stop() was called */
@@ -213,6 +214,12 @@ void ml__coro_open(lua_State *L);
  * RuntimeError if it already was) and pushes its function and arguments,
  * returning how many values it pushed.  Otherwise returns -1.  */
 int ml__coro_unpack(lua_State *L, int idx);
+/* If the value at idx is a Coroutine, marks it taken (by a task), raising
+ * RuntimeError if it already was awaited.  [-0, +0] */
+void ml__coro_claim(lua_State *L, int idx);
+/* Pushes a Coroutine's function and arguments without marking it; returns
+ * how many values, or -1 if idx is no Coroutine. */
+int ml__coro_push(lua_State *L, int idx);
 /* await of a pending-or-done Future/Task at stack index 1. */
 int ml__await_future(lua_State *L, ml_Future *f);
 /* task:cancel(msg) with msg at msgidx (0 for none); 1 if cancelled. */
@@ -223,6 +230,8 @@ int ml__task_yield_now(lua_State *L);
 int ml__task_sleep(lua_State *L);
 int ml__future_lnew(lua_State *L);
 int ml__future_set_cancel_hook(lua_State *L);  /* (fut, fn) */
+int ml__future_add_done_callback(lua_State *L); /* fut:add_done_callback(fn) */
+int ml__gather(lua_State *L);  /* core._gather(outer, children, return_exceptions) */
 int ml__coro_iscoroutine(lua_State *L);          /* (x) -> boolean */
 int ml__coro_iscoroutinefunction(lua_State *L);  /* (f) -> boolean */
 /* The marker yielded to the scheduler by every suspension. */

@@ -117,6 +117,32 @@ static void unlink_task(ml_State *S, ml_Task *t) {
 
 /* Completes task t with the n values on top of L (or, if failed, the
  * error value on top).  [-n, +0] */
+/* Task threads are pooled: a task takes one when it first runs and gives
+ * it back when it finishes, so a task that never suspends costs no thread
+ * of its own, and creating many tasks allocates no thread until they run.
+ * (A script that kept coroutine.running() of a finished task would see
+ * the thread reused; nothing in asyncio's model gives it reason to.) */
+#define THREAD_POOL_MAX 256
+static const char pool_key = 'P';
+
+/* [-0, +0] sets TUV_THREAD of the task at tidx to a thread from the pool,
+ * or a new one, and returns it. */
+static lua_State *take_thread(ml_State *S, int tidx) {
+  lua_State *L = S->L, *co;
+  if (S->npool > 0) {
+    lua_rawgetp(L, LUA_REGISTRYINDEX, &pool_key);
+    lua_rawgeti(L, -1, S->npool);
+    lua_pushnil(L);
+    lua_rawseti(L, -3, S->npool--);
+    lua_remove(L, -2);
+    co = lua_tothread(L, -1);
+  } else {
+    co = lua_newthread(L);
+  }
+  lua_setiuservalue(L, tidx, TUV_THREAD);
+  return co;
+}
+
 static void finish(ml_State *S, ml_Task *t, int n, int failed) {
   lua_State *L = S->L;
   int tidx, ref = t->ref;
@@ -124,8 +150,18 @@ static void finish(ml_State *S, ml_Task *t, int n, int failed) {
   tidx = lua_gettop(L);
   lua_insert(L, tidx - n);
   tidx -= n;
-  /* Drop the thread: the task's stack is no longer needed. */
-  t->co = NULL;
+  /* The thread goes back to the pool if it ended cleanly. */
+  if (t->co) {
+    lua_State *co = t->co;
+    t->co = NULL;
+    if (lua_status(co) == LUA_OK && lua_gettop(co) == 0 && S->npool < THREAD_POOL_MAX) {
+      if (lua_gethook(co)) lua_sethook(co, NULL, 0, 0);
+      lua_rawgetp(L, LUA_REGISTRYINDEX, &pool_key);
+      lua_getiuservalue(L, tidx, TUV_THREAD);
+      lua_rawseti(L, -2, ++S->npool);
+      lua_pop(L, 1);
+    }
+  }
   lua_pushnil(L);
   lua_setiuservalue(L, tidx, TUV_THREAD);
   lua_pushnil(L);
@@ -164,6 +200,34 @@ static void budget_hook(lua_State *L, lua_Debug *ar) {
   }
 }
 
+/* A task's first step: takes a thread and puts task_body, the function
+ * and its arguments on it. */
+static lua_State *start(ml_State *S, ml_Task *t) {
+  lua_State *L = S->L, *co;
+  int tidx, base, n;
+  ml__task_push(L, t);
+  tidx = lua_gettop(L);
+  lua_getiuservalue(L, tidx, TUV_THREAD);  /* arguments packed by spawn, or nil */
+  co = take_thread(S, tidx);
+  t->co = co;
+  t->started = 1;
+  base = lua_gettop(L);
+  lua_pushcfunction(L, task_body);
+  lua_getiuservalue(L, tidx, TUV_CORO);
+  if ((n = ml__coro_push(L, -1)) >= 0) {
+    lua_remove(L, -n - 1);
+  } else if (lua_istable(L, base)) {
+    int i, k = (int)lua_rawlen(L, base);
+    luaL_checkstack(L, k + 2, "too many arguments");
+    for (i = 1; i <= k; i++) lua_rawgeti(L, base, i);
+  }
+  n = lua_gettop(L) - base;
+  luaL_checkstack(co, n + 4, "too many arguments");
+  lua_xmove(L, co, n);
+  lua_settop(L, tidx - 1);
+  return co;
+}
+
 void ml__task_step(ml_State *S, ml_Task *t) {
   lua_State *L = S->L, *co = t->co;
   ml_Task *prev = S->current;
@@ -171,7 +235,7 @@ void ml__task_step(ml_State *S, ml_Task *t) {
 
   t->queued = 0;
   t->suspended = 0;
-  if (t->fut.state != ML_PENDING || co == NULL) return;
+  if (t->fut.state != ML_PENDING) return;
   if (!t->started) {
     if (t->must_cancel) {
       /* Cancelled before it ever ran: its function never starts. */
@@ -183,7 +247,7 @@ void ml__task_step(ml_State *S, ml_Task *t) {
       finish(S, t, 1, 1);
       return;
     }
-    t->started = 1;
+    co = start(S, t);
     nargs = lua_gettop(co) - 1;
   }
   S->current = t;
@@ -277,9 +341,7 @@ static int task_gc(lua_State *L);
 ml_Task *ml__task_spawn(lua_State *L, int nargs, const char *name) {
   ml_State *S = ml__state(L);
   int fidx = lua_gettop(L) - nargs;  /* the function or Coroutine */
-  int n;
   ml_Task *t;
-  lua_State *co;
 
   t = (ml_Task *)ml__future_alloc(L, sizeof(ml_Task), TUV_NTASK, ML_TASK_MT);
   t->fut.is_task = 1;
@@ -288,25 +350,22 @@ ml_Task *ml__task_spawn(lua_State *L, int nargs, const char *name) {
   ev_init(&t->timer, NULL);
   lua_insert(L, fidx);  /* task below the function */
   fidx++;
-  co = lua_newthread(L);
-  lua_setiuservalue(L, fidx - 1, TUV_THREAD);
-  t->co = co;
   if (name) {
     lua_pushstring(L, name);
     ml__xset(L, fidx - 1, X_NAME);
   }
+  ml__coro_claim(L, fidx);  /* a Coroutine is the task's from now on */
   lua_pushvalue(L, fidx);
   lua_setiuservalue(L, fidx - 1, TUV_CORO);
-  luaL_checkstack(co, nargs + 4, "too many arguments");
-  lua_pushcfunction(co, task_body);
-  if ((n = ml__coro_unpack(L, fidx)) >= 0) {
-    /* A Coroutine object: run its function with its arguments. */
-    luaL_checkstack(co, n + 4, "too many arguments");
-    lua_xmove(L, co, n);
-  } else {
-    lua_pushvalue(L, fidx);
-    lua_xmove(L, co, 1);
-    lua_xmove(L, co, nargs);
+  if (nargs > 0) {
+    /* A function's arguments wait in the thread's slot until it starts. */
+    int i;
+    lua_createtable(L, nargs, 0);
+    for (i = 1; i <= nargs; i++) {
+      lua_pushvalue(L, fidx + i);
+      lua_rawseti(L, -2, i);
+    }
+    lua_setiuservalue(L, fidx - 1, TUV_THREAD);
   }
   lua_settop(L, fidx - 1);  /* leaves the task on top */
   lua_pushvalue(L, -1);
@@ -522,6 +581,8 @@ int ml__task_sleep(lua_State *L) {
 }
 
 void ml__task_open(lua_State *L) {
+  lua_newtable(L);
+  lua_rawsetp(L, LUA_REGISTRYINDEX, &pool_key);
   luaL_newmetatable(L, ML_TASK_MT);
   lua_newtable(L);
   luaL_setfuncs(L, ml__future_methods, 0);

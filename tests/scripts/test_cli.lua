@@ -75,7 +75,7 @@ T.case("--emit keeps every line and translates the forms", function()
   T.eq(st, 0, "status")
   local _, n1 = src:gsub("\n", ""); local _, n2 = out:gsub("\n", "")
   T.eq(n2, n1, "line count")
-  T.match(out, '^local f; f = __ml_async%("f", function%(a%)\n  return await%(g%(a%)%)\nend%)\n', "translation")
+  T.match(out, '^local f; f = __ml_async%("f", function%(a%)\n  return __awcall%(g, a%)\nend%)\n', "translation")
   T.match(out, "%-%- await f%(%)\nlocal s = %[%[\nawait x\n%]%]", "comments and strings untouched")
 end)
 

@@ -79,4 +79,21 @@ T.case("error lines name the user's own lines", async function()
   end
 end)
 
+T.case("load, loadfile and dofile take the dialect; modes and env as Lua's", async function()
+  local f = load("async function inc(x) return x + 1 end return inc")()
+  T.eq(await f(1), 2, "load of a string")
+  local parts, i = { "return await ", "asyncio.sleep(0, 'pieces')" }, 0
+  T.eq(load(function() i = i + 1; return parts[i] end)(), "pieces", "load of a reader function")
+  local ok, msg = load("x = = 1", "=chunk")
+  T.eq(ok, nil, "syntax error gives nil"); T.match(msg, "^chunk:1:", "message names the chunk")
+  T.eq(select(2, load(string.dump(function() end), "bin", "t")), "attempt to load a binary chunk (mode is 't')", "mode")
+  T.eq(load("return y", "env", "t", { y = 3 })(), 3, "env")
+  local path = T.tmpname(".lua")
+  local fh = io.open(path, "w"); fh:write("return await asyncio.sleep(0, ...)\n"); fh:close()
+  T.eq(loadfile(path)("from file"), "from file", "loadfile")
+  T.eq(dofile(path), nil, "dofile runs the file")
+  local nf, err = loadfile(path .. ".missing")
+  T.eq(nf, nil, "missing file"); T.match(err, "cannot open", "message")
+end)
+
 T.run()

@@ -1,0 +1,134 @@
+/* gather.c: the bookkeeping of asyncio.gather in C.  stdlib/asyncio.lua
+ * turns the arguments into futures; this file counts them down, collects
+ * the results in order, and passes a cancellation on to every child.  The
+ * per-child done callback runs once per child, so it is C, not Lua. */
+#include <string.h>
+#include "internal.h"
+
+#define GATHER_MT "asyncio.Gather"
+
+typedef struct Gather {
+  int n, left;
+  unsigned char return_exc, cancel_requested;
+} Gather;
+
+/* User values of the Gather userdata. */
+enum { GUV_OUTER = 1, GUV_CHILDREN, GUV_N = GUV_CHILDREN };
+
+/* [-0, +1] pushes child's outcome as gather reports it: its first result,
+ * its exception, or a CancelledError. */
+static void push_outcome(lua_State *L, int cidx) {
+  ml_Future *c = lua_touserdata(L, cidx);
+  switch (c->state) {
+  case ML_RESULT:
+    if (c->nres == 0) {
+      lua_pushnil(L);
+    } else {
+      int n = ml__future_unwrap(L, cidx);
+      lua_pop(L, n - 1);
+    }
+    break;
+  case ML_EXCEPTION:
+    c->log_exc = 0;
+    lua_getiuservalue(L, cidx, FUV_RESULT);
+    break;
+  default:
+    ml__exc_push(L, "CancelledError", NULL);
+  }
+}
+
+/* A child's done callback: upvalue 1 the Gather, argument 1 the child. */
+static int child_done(lua_State *L) {
+  Gather *g = lua_touserdata(L, lua_upvalueindex(1));
+  ml_Future *child = ml__future_test(L, 1), *outer;
+  int oidx;
+  g->left--;
+  lua_getiuservalue(L, lua_upvalueindex(1), GUV_OUTER);
+  oidx = lua_gettop(L);
+  outer = lua_touserdata(L, oidx);
+  if (outer->state != ML_PENDING) {
+    child->log_exc = 0;  /* the gather is over: this exception is seen */
+    return 0;
+  }
+  if (!g->return_exc && child->state != ML_RESULT) {
+    push_outcome(L, 1);
+    ml__future_set_exception(L, oidx);
+    return 0;
+  }
+  if (g->left == 0) {
+    int i, cidx;
+    if (g->cancel_requested) {
+      ml__exc_push(L, "CancelledError", NULL);
+      ml__future_set_exception(L, oidx);
+      return 0;
+    }
+    lua_getiuservalue(L, lua_upvalueindex(1), GUV_CHILDREN);
+    cidx = lua_gettop(L);
+    lua_createtable(L, g->n, 1);
+    for (i = 1; i <= g->n; i++) {
+      lua_rawgeti(L, cidx, i);
+      push_outcome(L, lua_gettop(L));
+      lua_rawseti(L, cidx + 1, i);
+      lua_pop(L, 1);
+    }
+    lua_pushinteger(L, g->n);
+    lua_setfield(L, -2, "n");
+    ml__future_set_result(L, oidx, 1);
+  }
+  return 0;
+}
+
+/* The outer future's cancel: asks every child; the gather finishes once
+ * they have.  Upvalue 1 the Gather; returns whether any child took it. */
+static int outer_cancel(lua_State *L) {
+  Gather *g = lua_touserdata(L, lua_upvalueindex(1));
+  const char *msg = lua_tostring(L, 2);
+  int i, any = 0;
+  lua_getiuservalue(L, lua_upvalueindex(1), GUV_CHILDREN);
+  for (i = 1; i <= g->n; i++) {
+    lua_rawgeti(L, -1, i);
+    if (ml__future_cancel(L, lua_gettop(L), msg)) any = 1;
+    lua_pop(L, 1);
+  }
+  if (any) g->cancel_requested = 1;
+  lua_pushboolean(L, any);
+  return 1;
+}
+
+/* core._gather(outer, children, return_exceptions): wires the children
+ * (a list of futures with n) to the pending future outer. */
+int ml__gather(lua_State *L) {
+  ml_Future *outer = ml__future_test(L, 1);
+  Gather *g;
+  int i, n;
+  luaL_argcheck(L, outer != NULL, 1, "Future expected");
+  luaL_checktype(L, 2, LUA_TTABLE);
+  lua_getfield(L, 2, "n");
+  n = (int)luaL_checkinteger(L, -1);
+  lua_pop(L, 1);
+  g = lua_newuserdatauv(L, sizeof *g, GUV_N);
+  memset(g, 0, sizeof *g);
+  g->n = g->left = n;
+  g->return_exc = lua_toboolean(L, 3);
+  lua_pushvalue(L, 1);
+  lua_setiuservalue(L, -2, GUV_OUTER);
+  lua_pushvalue(L, 2);
+  lua_setiuservalue(L, -2, GUV_CHILDREN);
+  /* One C closure serves every child: the child comes as its argument. */
+  lua_pushvalue(L, -1);
+  lua_pushcclosure(L, child_done, 1);
+  for (i = 1; i <= n; i++) {
+    lua_pushcfunction(L, ml__future_add_done_callback);
+    lua_rawgeti(L, 2, i);
+    if (ml__future_test(L, -1) == NULL) return luaL_error(L, "gather: child %d is not a future", i);
+    lua_pushvalue(L, -3);
+    lua_call(L, 2, 0);
+  }
+  lua_pop(L, 1);
+  lua_pushcfunction(L, ml__future_set_cancel_hook);
+  lua_pushvalue(L, 1);
+  lua_pushvalue(L, -3);
+  lua_pushcclosure(L, outer_cancel, 1);
+  lua_call(L, 2, 0);
+  return 0;
+}
