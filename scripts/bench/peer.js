@@ -1,0 +1,91 @@
+// peer.js: the Node peers of benchmarks 1-4.
+//
+// usage: node peer.js gather|sleep0|queue|timers [N]
+//
+// Prints one line: RESULT <name> <seconds> <ops>, timed with hrtime.
+// Node's counterparts: a task is a call of an async function (a promise),
+// gather is Promise.all, sleep(0) is a setImmediate round through the event
+// loop (asyncio.sleep(0) also yields to the loop, not just to microtasks),
+// a Queue is the small promise queue below, call_later is setTimeout (whole
+// milliseconds).
+'use strict';
+
+const now = () => Number(process.hrtime.bigint()) / 1e9;
+
+async function benchGather(n) {
+  async function noop() {}
+  const t0 = now();
+  const tasks = new Array(n);
+  for (let i = 0; i < n; i++) tasks[i] = noop();
+  await Promise.all(tasks);
+  return now() - t0;
+}
+
+async function benchSleep0(n) {
+  const tick = (resolve) => setImmediate(resolve);
+  const t0 = now();
+  for (let i = 0; i < n; i++) await new Promise(tick);
+  return now() - t0;
+}
+
+// An unbounded FIFO whose get() waits for a put(), like asyncio.Queue().
+class Queue {
+  constructor() { this.items = []; this.head = 0; this.getters = []; }
+  put(x) {
+    if (this.getters.length > 0) this.getters.shift()(x);
+    else this.items.push(x);
+  }
+  get() {
+    if (this.head < this.items.length) {
+      const x = this.items[this.head++];
+      if (this.head === this.items.length) { this.items = []; this.head = 0; }
+      return Promise.resolve(x);
+    }
+    return new Promise((resolve) => this.getters.push(resolve));
+  }
+}
+
+async function benchQueue(n) {
+  const q1 = new Queue(), q2 = new Queue();
+  async function pong() {
+    for (;;) {
+      const x = await q1.get();
+      if (x === null) return;
+      q2.put(x);
+    }
+  }
+  const t0 = now();
+  const p = pong();
+  for (let i = 0; i < n; i++) {
+    q1.put(i);
+    await q2.get();
+  }
+  q1.put(null);
+  await p;
+  return now() - t0;
+}
+
+async function benchTimers(n) {
+  // MINSTD, seeded alike in every implementation: delays 0..10 ms.
+  let left = n, x = 42, done;
+  const finished = new Promise((resolve) => { done = resolve; });
+  const fire = () => { if (--left === 0) done(); };
+  const t0 = now();
+  for (let i = 0; i < n; i++) {
+    x = (x * 48271) % 2147483647;
+    setTimeout(fire, (x % 10000) / 1000);
+  }
+  await finished;
+  return now() - t0;
+}
+
+const DEFAULT_N = { gather: 200000, sleep0: 1000000, queue: 200000, timers: 200000 };
+const benches = { gather: benchGather, sleep0: benchSleep0, queue: benchQueue, timers: benchTimers };
+
+const name = process.argv[2];
+if (!(name in benches)) {
+  console.error('usage: node peer.js gather|sleep0|queue|timers [N]');
+  process.exit(2);
+}
+const n = Number(process.argv[3]) || DEFAULT_N[name];
+benches[name](n).then((dt) => console.log(`RESULT ${name} ${dt.toFixed(6)} ${n}`));

@@ -1,0 +1,367 @@
+#!/usr/bin/env bash
+# run.sh: runs moonloop's benchmarks and its peers' and prints one table
+# (what `make bench` does; the method is in docs/performance.md).
+#
+# usage: scripts/bench/run.sh [BUILD/moonloop]
+#
+# Environment:
+#   RUNS=5          runs of each fast benchmark (median taken)
+#   ECHO_RUNS=3     runs of each echo server, ECHO_SECONDS=4 each
+#   MEM_RUNS=3      runs of the memory benchmark
+#   STARTUP_RUNS=200
+#   QUICK=1         one run of everything, short echo runs (a smoke test)
+#   PIN=0           do not pin the echo server and load client to cores
+#   ONLY="gather sleep0 queue timers echo memory startup"   a subset
+#
+# Everything runs on 127.0.0.1 with ports found free; every process this
+# script starts is killed when it exits, however it exits.
+
+set -u
+
+ML=${1:-build/moonloop}
+case $ML in /*) ;; *) ML=$PWD/$ML ;; esac
+HERE=$(cd "$(dirname "$0")" && pwd)
+OUT=$(dirname "$ML")/bench
+PY=/usr/bin/python3   # Debian's: the interpreter python3-uvloop is built for
+RUNS=${RUNS:-5}
+ECHO_RUNS=${ECHO_RUNS:-3}
+ECHO_SECONDS=${ECHO_SECONDS:-4}
+MEM_RUNS=${MEM_RUNS:-3}
+STARTUP_RUNS=${STARTUP_RUNS:-200}
+ONLY=${ONLY:-gather sleep0 queue timers echo memory startup}
+if [ "${QUICK:-0}" = 1 ]; then
+  RUNS=1 ECHO_RUNS=1 ECHO_SECONDS=1 MEM_RUNS=1 STARTUP_RUNS=30
+fi
+ECHO_CONNS=50
+ECHO_SIZE=1024
+
+TMP=$(mktemp -d "${TMPDIR:-/tmp}/mlbench.XXXXXX")
+SERVER_PID=""  # the echo server running now (a timeout process leading its own group)
+
+# 0 if pid is a background job of this script that has not ended.  Bash
+# reaps its children as soon as they end, and from then on their pid may
+# belong to somebody else: ask the job table, never signal a stale pid.
+running() { jobs -rp | grep -qx "$1"; }
+
+# Stops the server started by echo_run: TERM to its process group (timeout
+# and the server), KILL if it is still there 3 s later.
+stop_server() {
+  local i
+  [ -n "$SERVER_PID" ] || return 0
+  running "$SERVER_PID" && kill -TERM -- "-$SERVER_PID" 2>/dev/null
+  for i in $(seq 30); do
+    running "$SERVER_PID" || break
+    sleep 0.1
+  done
+  running "$SERVER_PID" && kill -KILL -- "-$SERVER_PID" 2>/dev/null
+  wait "$SERVER_PID" 2>/dev/null
+  SERVER_PID=""
+}
+
+cleanup() {
+  stop_server
+  rm -rf "$TMP"
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+note() { echo "note: $*" | tee -a "$TMP/notes" >&2; }
+want() { case " $ONLY " in *" $1 "*) return 0 ;; esac; return 1; }
+
+# ---- what is available ---------------------------------------------------
+
+have_ml=0 have_asyncio=0 have_uvloop=0 have_node=0 have_c=0 pin=0
+if [ -x "$ML" ] && timeout 10 "$ML" "$HERE/hello.lua" 2>/dev/null | grep -q "hello, world"; then
+  have_ml=1
+else
+  note "moonloop ($ML) does not run hello.lua: its column stays empty"
+fi
+if [ -x "$PY" ] && "$PY" -c 'import asyncio' 2>/dev/null; then have_asyncio=1
+else note "$PY not found: the Python peers are skipped"; fi
+if [ $have_asyncio = 1 ] && "$PY" -c 'import uvloop' 2>/dev/null; then have_uvloop=1
+else note "uvloop not importable by $PY (apt-get install python3-uvloop): skipped"; fi
+if command -v node >/dev/null; then have_node=1
+else note "node not found (apt-get install nodejs): skipped"; fi
+
+mkdir -p "$OUT"
+if ${CC:-cc} -std=gnu11 -O2 -Wall -Wextra -o "$OUT/echo_epoll" "$HERE/echo_epoll.c" &&
+   ${CC:-cc} -std=gnu11 -O2 -Wall -Wextra -o "$OUT/echoload" "$HERE/echoload.c"; then
+  have_c=1
+else
+  note "could not build echo_epoll/echoload: the echo benchmarks are skipped"
+fi
+
+# On two or more cores the echo server gets core 1 and the load client
+# core 0, so they never compete for a core.
+SERVER_PIN=() CLIENT_PIN=()
+if [ "${PIN:-1}" = 0 ]; then
+  note "PIN=0: echo client and server are not pinned"
+elif command -v taskset >/dev/null && [ "$(nproc)" -ge 2 ]; then
+  pin=1 SERVER_PIN=(taskset -c 1) CLIENT_PIN=(taskset -c 0)
+else
+  note "fewer than 2 cores or no taskset: echo client and server are not pinned"
+fi
+
+# ---- helpers ---------------------------------------------------------------
+
+# A TCP port on 127.0.0.1 that nothing listens on.
+free_port() {
+  local p i
+  for i in $(seq 100); do
+    p=$((20000 + RANDOM % 40000))
+    if ! (exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null; then echo "$p"; return 0; fi
+  done
+  return 1
+}
+
+# Waits until pid listens on port (10 s at most).
+wait_port() {
+  local pid=$1 port=$2 i
+  for i in $(seq 100); do
+    running "$pid" || return 1
+    if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then return 0; fi
+    sleep 0.1
+  done
+  return 1
+}
+
+median() {  # of the numbers in file $1, or empty
+  [ -s "$1" ] || return 0
+  sort -g "$1" | awk '{ a[NR] = $1 } END {
+    if (NR % 2) print a[(NR + 1) / 2]; else print (a[NR / 2] + a[NR / 2 + 1]) / 2 }'
+}
+
+# run_rate BENCH IMPL CMD...: one run; records ops/second from RESULT.
+run_rate() {
+  local bench=$1 impl=$2; shift 2
+  local out
+  out=$(timeout --foreground -k 2 120 "$@" 2>"$TMP/err" | grep '^RESULT' | tail -1)
+  if [ -z "$out" ]; then
+    [ -e "$TMP/failed.$bench.$impl" ] ||
+      note "$impl failed on $bench: $(head -1 "$TMP/err" 2>/dev/null)"
+    touch "$TMP/failed.$bench.$impl"
+    return
+  fi
+  echo "$out" | awk '$3 > 0 { printf "%.6g\n", $4 / $3 }' >> "$TMP/$bench.$impl"
+}
+
+# ---- 1-4: tasks, sleep(0), queues, timers ---------------------------------
+
+for bench in gather sleep0 queue timers; do
+  want "$bench" || continue
+  echo "running $bench ($RUNS runs)..." >&2
+  for r in $(seq "$RUNS"); do
+    [ $have_ml = 1 ] && run_rate $bench moonloop "$ML" "$HERE/ml_bench.lua" $bench
+    [ $have_asyncio = 1 ] && run_rate $bench asyncio "$PY" "$HERE/peer.py" asyncio $bench
+    [ $have_uvloop = 1 ] && run_rate $bench uvloop "$PY" "$HERE/peer.py" uvloop $bench
+    [ $have_node = 1 ] && run_rate $bench node node "$HERE/peer.js" $bench
+  done
+done
+
+# ---- 5-6: TCP echo ---------------------------------------------------------
+
+# echo_run IMPL CMD...: starts the server (CMD gets the port appended),
+# drives it with echoload, records messages/second.
+echo_run() {
+  local impl=$1; shift
+  local port pid out
+  port=$(free_port) || { note "no free port found"; return; }
+  # timeout (not --foreground) leads a process group of its own, which
+  # stop_server signals; it also ends a server this script failed to stop.
+  timeout -k 2 $((ECHO_SECONDS + 60)) "${SERVER_PIN[@]}" "$@" "$port" \
+    >/dev/null 2>"$TMP/err.$impl" &
+  pid=$!
+  SERVER_PID=$pid
+  if ! wait_port "$pid" "$port"; then
+    [ -e "$TMP/failed.echo.$impl" ] ||
+      note "$impl echo server did not start: $(head -1 "$TMP/err.$impl")"
+    touch "$TMP/failed.echo.$impl"
+  else
+    out=$(timeout --foreground -k 2 $((ECHO_SECONDS + 30)) "${CLIENT_PIN[@]}" "$OUT/echoload" \
+            127.0.0.1 "$port" $ECHO_CONNS $ECHO_SIZE "$ECHO_SECONDS" 2>>"$TMP/err.$impl" |
+          grep '^RESULT')
+    if [ -n "$out" ]; then
+      echo "$out" | awk '{ printf "%.6g\n", $4 / $3 }' >> "$TMP/echo.$impl"
+    else
+      note "$impl: echo run failed: $(tail -1 "$TMP/err.$impl")"
+    fi
+  fi
+  stop_server
+}
+
+if want echo && [ $have_c = 1 ]; then
+  echo "running echo ($ECHO_RUNS runs of ${ECHO_SECONDS}s per server)..." >&2
+  for r in $(seq "$ECHO_RUNS"); do
+    if [ $have_ml = 1 ]; then
+      echo_run ml_streams "$ML" "$HERE/echo_streams.lua"
+      echo_run ml_protocols "$ML" "$HERE/echo_protocol.lua"
+    fi
+    echo_run epoll "$OUT/echo_epoll"
+    [ $have_uvloop = 1 ] && echo_run uvloop_protocols "$PY" "$HERE/echo_server.py" uvloop protocols
+    [ $have_asyncio = 1 ] && echo_run asyncio_streams "$PY" "$HERE/echo_server.py" asyncio streams
+    [ $have_node = 1 ] && echo_run node node "$HERE/echo_server.js"
+  done
+fi
+
+# ---- 7: memory per parked task ---------------------------------------------
+
+# run_mem IMPL CMD...: records heap and RSS bytes per item.
+run_mem() {
+  local impl=$1; shift
+  local out
+  out=$(timeout --foreground -k 2 120 "$@" 2>"$TMP/err" | grep '^RESULT' | tail -1)
+  if [ -z "$out" ]; then
+    note "$impl failed on memory: $(head -1 "$TMP/err")"
+    return
+  fi
+  echo "$out" | awk '{ print $3 }' >> "$TMP/mem_heap.$impl"
+  echo "$out" | awk '{ sub("rss=", "", $5); print $5 }' >> "$TMP/mem_rss.$impl"
+}
+
+if want memory; then
+  echo "running memory ($MEM_RUNS runs)..." >&2
+  # The baseline runs on moonloop's own VM and allocator when it can.
+  coro_runner=""
+  if [ $have_ml = 1 ]; then coro_runner=$ML
+  elif command -v lua5.4 >/dev/null; then
+    coro_runner=lua5.4
+    note "parked coroutines measured with lua5.4 (system allocator)"
+  fi
+  for r in $(seq "$MEM_RUNS"); do
+    [ $have_ml = 1 ] && run_mem tasks "$ML" "$HERE/parked.lua" 100000
+    [ -n "$coro_runner" ] && run_mem coroutine "$coro_runner" "$HERE/parked_coro.lua" 100000
+  done
+fi
+
+# ---- 8: start-up -------------------------------------------------------------
+
+# Records the median wall time of one run in milliseconds.
+if want startup; then
+  echo "running startup ($STARTUP_RUNS runs each)..." >&2
+  names=() cmds=()
+  [ $have_ml = 1 ] && names+=(moonloop) cmds+=("$ML $HERE/hello.lua")
+  [ $have_asyncio = 1 ] && names+=(python) cmds+=("$PY -c 'import asyncio'")
+  [ $have_node = 1 ] && names+=(node) cmds+=("node $HERE/hello.js")
+  if [ ${#cmds[@]} -gt 0 ] && command -v hyperfine >/dev/null; then
+    hyperfine -N --style none --warmup 20 --runs "$STARTUP_RUNS" \
+      --export-csv "$TMP/startup.csv" "${cmds[@]}" >/dev/null 2>"$TMP/err" ||
+      note "hyperfine failed: $(tail -1 "$TMP/err")"
+    # CSV rows follow the order of the commands: command,mean,stddev,median,...
+    i=0
+    tail -n +2 "$TMP/startup.csv" 2>/dev/null | while IFS=, read -r _ _ _ med _; do
+      awk -v m="$med" 'BEGIN { printf "%.6g\n", m * 1000 }' >> "$TMP/startup.${names[$i]}"
+      i=$((i + 1))
+    done
+  elif [ ${#cmds[@]} -gt 0 ]; then
+    note "hyperfine not found (apt-get install hyperfine): start-up is the mean of a" \
+         "shell loop of $STARTUP_RUNS runs, fork and exec of the shell included"
+    for i in "${!cmds[@]}"; do
+      t0=$(date +%s%N)
+      for _ in $(seq "$STARTUP_RUNS"); do eval "${cmds[$i]}" >/dev/null 2>&1; done
+      t1=$(date +%s%N)
+      awk -v a="$t0" -v b="$t1" -v n="$STARTUP_RUNS" \
+        'BEGIN { printf "%.6g\n", (b - a) / n / 1e6 }' >> "$TMP/startup.${names[$i]}"
+    done
+  fi
+fi
+
+# ---- the table --------------------------------------------------------------
+
+# row GROUP UNIT KIND MLFILE PEER PEERFILE THRESHOLD TARGET
+#   KIND rate (higher is better; ratio = moonloop / peer), time (lower is
+#   better; ratio = peer / moonloop) or mem (ratio = moonloop / peer, the
+#   target is a ceiling).  THRESHOLD: the ratio the target asks for, or -.
+ROWS=$TMP/rows
+row() {
+  local ml peer
+  ml=$(median "$TMP/$4")
+  peer=$(median "$TMP/$6")
+  printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$1" "$2" "$3" "${ml:--}" "$5" \
+    "${peer:--}" "$7" "$8" >> "$ROWS"
+}
+
+T_GATHER="≥ 15× asyncio, ≥ Node"
+T_SLEEP="≥ 10× asyncio"
+T_QUEUE="≥ 15× asyncio"
+T_TIMERS="≥ 10× asyncio"
+T_STREAMS="≥ uvloop protocols; ≥ 0.85× raw C"
+T_PROTO="≥ 0.9× raw C"
+T_MEM="≤ 1.3× the raw coroutine"
+T_START="≤ 5 ms; ≥ 25× faster than Python"
+
+: > "$ROWS"
+for b in gather:"create+gather 200k tasks":"$T_GATHER":15:1 \
+         sleep0:"sleep(0) x 1M":"$T_SLEEP":10:- \
+         queue:"Queue ping-pong 200k":"$T_QUEUE":15:- \
+         timers:"200k timers":"$T_TIMERS":10:-; do
+  IFS=: read -r bench label target tpy tnode <<<"$b"
+  want "$bench" || continue
+  row "$label" "ops/s" rate "$bench.moonloop" asyncio "$bench.asyncio" "$tpy" "$target"
+  row "$label" "ops/s" rate "$bench.moonloop" uvloop "$bench.uvloop" - "$target"
+  row "$label" "ops/s" rate "$bench.moonloop" node "$bench.node" "$tnode" "$target"
+done
+if want echo; then
+  for b in streams:"TCP echo, streams":"$T_STREAMS":0.85:1 \
+           protocols:"TCP echo, protocols":"$T_PROTO":0.9:-; do
+    IFS=: read -r api label target tc tuv <<<"$b"
+    row "$label" "msg/s" rate "echo.ml_$api" "raw C epoll" echo.epoll "$tc" "$target"
+    row "$label" "msg/s" rate "echo.ml_$api" "uvloop protocols" echo.uvloop_protocols "$tuv" "$target"
+    row "$label" "msg/s" rate "echo.ml_$api" "asyncio streams" echo.asyncio_streams - "$target"
+    row "$label" "msg/s" rate "echo.ml_$api" node echo.node - "$target"
+  done
+fi
+if want memory; then
+  row "parked task, Lua heap" "B/task" mem mem_heap.tasks "Lua coroutine" mem_heap.coroutine 1.3 "$T_MEM"
+  row "parked task, RSS" "B/task" mem mem_rss.tasks "Lua coroutine" mem_rss.coroutine - "$T_MEM"
+fi
+if want startup; then
+  row "start-up, hello world" "ms" time startup.moonloop "python -c 'import asyncio'" startup.python 25 "$T_START"
+  row "start-up, hello world" "ms" time startup.moonloop "node" startup.node - "$T_START"
+fi
+
+{
+  echo
+  echo "moonloop benchmarks: $(date -u +%Y-%m-%dT%H:%MZ), $(nproc) cores," \
+       "$(grep -m1 'model name' /proc/cpuinfo 2>/dev/null | cut -d: -f2 | sed 's/^ *//')"
+  echo "  moonloop: $ML"
+  [ $have_asyncio = 1 ] && echo "  python: $("$PY" --version 2>&1)$([ $have_uvloop = 1 ] &&
+    echo ", uvloop $("$PY" -c 'import uvloop; print(uvloop.__version__)')")"
+  [ $have_node = 1 ] && echo "  node: $(node --version)"
+  echo "  medians of $RUNS runs (echo: $ECHO_RUNS x ${ECHO_SECONDS}s, $ECHO_CONNS conns," \
+       "$ECHO_SIZE B; memory: $MEM_RUNS; start-up: $STARTUP_RUNS)"
+  if [ $pin = 1 ]; then echo "  echo: server pinned to core 1, load client to core 0 (taskset)"; fi
+  echo "  ratio: rates moonloop/peer, times peer/moonloop (both: >1 = moonloop better);"
+  echo "         memory moonloop/peer (<1.3 wanted)"
+  echo
+  awk -F'\t' '
+    function human(v, kind) {
+      if (v == "-") return "-"
+      if (kind == "rate") {
+        if (v >= 1e6) return sprintf("%.2fM", v / 1e6)
+        if (v >= 1e3) return sprintf("%.1fk", v / 1e3)
+        return sprintf("%.0f", v)
+      }
+      if (kind == "time") return sprintf("%.2f", v)
+      return sprintf("%.0f", v)
+    }
+    BEGIN {
+      fmt = "%-26s %-7s %10s  %-27s %10s %8s  %-5s %s\n"
+      printf fmt, "benchmark", "unit", "moonloop", "peer", "peer", "ratio", "met", "target (DESIGN.md)"
+      printf fmt, "---------", "----", "--------", "----", "----", "-----", "---", "------------------"
+    }
+    {
+      group = $1; unit = $2; kind = $3; ml = $4; peer = $5; pv = $6; thr = $7; target = $8
+      ratio = "-"; met = ""
+      if (ml != "-" && pv != "-" && ml > 0 && pv > 0) {
+        r = (kind == "time") ? pv / ml : ml / pv
+        ratio = sprintf("%.2fx", r)
+        if (thr != "-") met = (kind == "mem") ? (r <= thr ? "yes" : "NO") : (r >= thr ? "yes" : "NO")
+        if (kind == "time" && thr != "-" && ml > 5) met = "NO"  # the 5 ms ceiling
+      }
+      first = (group != last)
+      printf fmt, first ? group : "", first ? unit : "", first ? human(ml, kind) : "",
+        peer, human(pv, kind), ratio, met, first ? target : ""
+      last = group
+    }' "$ROWS"
+  if [ -s "$TMP/notes" ]; then echo; sed 's/^/  /' "$TMP/notes"; fi
+} | tee "$OUT/results.txt"
