@@ -152,6 +152,8 @@ local function load_all()
   loaded_all = true
 end
 M._load_all = load_all
+-- The loop's methods come from submodules too (sock_recv, create_server).
+setmetatable(core.Loop, { __index = function(t, k) load_all(); return rawget(t, k) end })
 
 return setmetatable(M, {
   __index = function(t, k) load_all(); return rawget(t, k) end,

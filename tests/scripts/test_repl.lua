@@ -171,7 +171,8 @@ T.case("a server-like pair: started in one input, reached from the next", async 
       t:prompt(2)
       t:line("port = srv.sockets[1]:getsockname()[2]")
       t:line("r, w = await asyncio.open_connection('127.0.0.1', port)")
-      t:line("w:write('hello\\n'); = await r:readline()")
+      t:line("w:write('hello\\n')")
+      t:line("await r:readline()")
     end
     -- The same shape with a Queue: a serving task started in one input,
     -- requests sent from the next ones.

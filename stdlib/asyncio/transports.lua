@@ -1,0 +1,513 @@
+-- asyncio.transports: the policy half of the networking API.  It adds to
+-- the loop create_connection, create_server, create_unix_connection,
+-- create_unix_server, create_datagram_endpoint and connect_accepted_socket,
+-- and defines Server.  The hot paths (transports, the accept loop, name
+-- resolution, sock_*) are C: asyncio.transport, asyncio.server,
+-- asyncio.net, socket.
+--
+-- Connecting resolves the host on the resolver pool (numeric addresses
+-- skip it) and tries each address in turn, as asyncio does without
+-- happy_eyeballs_delay; a failure on every address raises the one error,
+-- or OSError("Multiple exceptions: ...") when they differ.
+
+local asyncio = require "asyncio"
+local core = require "asyncio.core"
+local socket = require "socket"
+local T = require "asyncio.transport"
+local listener = require("asyncio.server")._listener
+require "asyncio.net"  -- loop:sock_connect, loop:getaddrinfo
+
+local Loop = core.Loop
+local M = {}
+
+local function raise(cls, ...)
+  error(asyncio[cls](...), 0)
+end
+
+-- "('127.0.0.1', 8080)" for messages, as Python prints addresses.
+local function fmt_addr(a)
+  if type(a) ~= "table" then return string.format("%q", tostring(a)) end
+  local parts = {}
+  for i = 1, #a do
+    parts[i] = type(a[i]) == "string" and ("'" .. a[i] .. "'") or tostring(a[i])
+  end
+  return "(" .. table.concat(parts, ", ") .. ")"
+end
+M._fmt_addr = fmt_addr
+
+-- The error to raise when every address failed (asyncio's rule).
+local function aggregate(errors)
+  if #errors == 1 then return errors[1] end
+  local model = tostring(errors[1])
+  local same, msgs = true, {}
+  for i, e in ipairs(errors) do
+    msgs[i] = tostring(e)
+    if msgs[i] ~= model then same = false end
+  end
+  if same then return errors[1] end
+  return asyncio.OSError("Multiple exceptions: " .. table.concat(msgs, ", "))
+end
+
+local function check_opts(opts, fn)
+  if opts ~= nil and type(opts) ~= "table" then
+    error(string.format("bad argument to '%s' (options table expected, got %s)", fn, type(opts)), 3)
+  end
+  opts = opts or {}
+  if opts.ssl then raise("NotImplementedError", fn .. ": ssl is not supported") end
+  return opts
+end
+
+-- Binds sock to the first local address of its family; raises otherwise.
+local function bind_local(sock, family, laddrs, errors)
+  for j = 1, laddrs.n do
+    local l = laddrs[j]
+    if l[1] == family then
+      local ok, e = pcall(sock.bind, sock, l[5])
+      if ok then return end
+      local err = asyncio.OSError(e.errno, string.format(
+        "error while attempting to bind on address %s: %s", fmt_addr(l[5]),
+        tostring(e.strerror):lower()))
+      errors[#errors + 1] = err
+    end
+  end
+  error(errors[#errors] or asyncio.OSError(string.format(
+    "no matching local address with family=%d found", family)), 0)
+end
+
+-- Opens a connected TCP socket to host:port (opts: family, proto, flags,
+-- local_addr).  Cancellation closes whatever socket was being connected.
+async function M._open_tcp(loop, host, port, opts)
+  local infos = await loop:getaddrinfo(host, port, {
+    family = opts.family or 0, type = socket.SOCK_STREAM,
+    proto = opts.proto or 0, flags = opts.flags or 0 })
+  if infos.n == 0 then raise("OSError", "getaddrinfo() returned empty list") end
+  local laddrs
+  if opts.local_addr then
+    local la = opts.local_addr
+    laddrs = await loop:getaddrinfo(la[1], la[2], {
+      family = opts.family or 0, type = socket.SOCK_STREAM,
+      proto = opts.proto or 0, flags = opts.flags or 0 })
+    if laddrs.n == 0 then raise("OSError", "getaddrinfo() returned empty list") end
+  end
+  local errors = {}
+  for i = 1, infos.n do
+    local family, stype, proto, _, addr = table.unpack(infos[i], 1, 5)
+    local sock = socket.socket(family, stype, proto)
+    local ok, err = pcall(function()
+      if laddrs then bind_local(sock, family, laddrs, errors) end
+      await loop:sock_connect(sock, addr)
+    end)
+    if ok then return sock end
+    sock:close()
+    if not asyncio.isinstance(err, asyncio.OSError) then error(err, 0) end
+    if errors[#errors] ~= err then errors[#errors + 1] = err end
+  end
+  error(aggregate(errors), 0)
+end
+
+-- Opens a connected Unix stream socket to path.
+async function M._open_unix(loop, path, opts)
+  if type(path) ~= "string" then
+    error("bad argument #1 to 'open_unix_connection' (path string expected)", 3)
+  end
+  local sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+  local ok, err = pcall(function() await loop:sock_connect(sock, path) end)
+  if not ok then
+    sock:close()
+    error(err, 0)
+  end
+  return sock
+end
+
+-- Checks a socket passed as opts.sock.
+local function given_sock(sock, stype, fn)
+  local mt = getmetatable(sock)
+  if type(mt) ~= "table" or mt.__name ~= "socket.socket" then
+    error(string.format("bad argument to '%s' (sock must be a socket)", fn), 3)
+  end
+  if sock.type ~= stype then
+    raise("ValueError", string.format("A %s Socket was expected, got %s",
+      stype == socket.SOCK_STREAM and "Stream" or "UDP", tostring(sock)))
+  end
+  return sock
+end
+M._given_sock = given_sock
+
+-- Calls factory() and makes the transport; the socket is closed if that
+-- fails.  [sock -> transport, protocol]
+local function make_transport(sock, factory, onlost)
+  local ok, proto = pcall(factory)
+  if not ok then sock:close(); error(proto, 0) end
+  local ok2, tr = pcall(T._transport, sock, proto, onlost)
+  if not ok2 then sock:close(); error(tr, 0) end
+  return tr, proto
+end
+
+-- loop:create_connection(protocol_factory, host, port, {sock=, local_addr=,
+-- family=, proto=, flags=}) -> transport, protocol
+async function Loop:create_connection(factory, host, port, opts)
+  opts = check_opts(opts, "create_connection")
+  local sock
+  if opts.sock then
+    if host ~= nil or port ~= nil then
+      raise("ValueError", "host/port and sock can not be specified at the same time")
+    end
+    sock = given_sock(opts.sock, socket.SOCK_STREAM, "create_connection")
+  else
+    if host == nil and port == nil then
+      raise("ValueError", "host and port was not specified and no sock specified")
+    end
+    sock = await M._open_tcp(self, host, port, opts)
+  end
+  return make_transport(sock, factory)
+end
+
+-- loop:create_unix_connection(protocol_factory, path, {sock=})
+async function Loop:create_unix_connection(factory, path, opts)
+  opts = check_opts(opts, "create_unix_connection")
+  local sock
+  if opts.sock then
+    if path ~= nil then raise("ValueError", "path and sock can not be specified at the same time") end
+    sock = given_sock(opts.sock, socket.SOCK_STREAM, "create_unix_connection")
+  else
+    sock = await M._open_unix(self, path, opts)
+  end
+  return make_transport(sock, factory)
+end
+
+-- loop:connect_accepted_socket(protocol_factory, sock)
+async function Loop:connect_accepted_socket(factory, sock)
+  given_sock(sock, socket.SOCK_STREAM, "connect_accepted_socket")
+  return make_transport(sock, factory)
+end
+
+-------------------------------------------------------------------------------
+-- Server
+
+local Server = {}
+Server.__index = Server
+Server.__name = "asyncio.Server"
+M.Server = Server
+
+function Server.__tostring(self)
+  return string.format("<Server sockets=%d serving=%s>", self.sockets.n or #self.sockets,
+                       tostring(self:is_serving()))
+end
+
+-- on_accept(server, sock, addr) handles each accepted socket.
+function Server._new(loop, socks, on_accept, opts)
+  local self = setmetatable({
+    _loop = loop,
+    sockets = socks,
+    _active = 0,
+    _clients = {},
+    _waiters = {},
+    _serving = false,
+    _closed = false,
+    _backlog = opts.backlog or 100,
+    _unix_path = nil,
+  }, Server)
+  socks.n = #socks
+  self._detach = function(tr) self:_detach_one(tr) end
+  self._listener = listener(socks, function(sock, addr)
+    on_accept(self, sock, addr)
+  end, self._backlog)
+  return self
+end
+
+function Server:_attach(tr)
+  self._active = self._active + 1
+  self._clients[tr] = true
+end
+
+function Server:_detach_one(tr)
+  if self._clients[tr] then
+    self._clients[tr] = nil
+    self._active = self._active - 1
+  end
+  if self._active == 0 and self._closed then self:_wakeup() end
+end
+
+function Server:_wakeup()
+  local waiters = self._waiters
+  self._waiters = nil
+  if waiters then
+    for _, f in ipairs(waiters) do
+      if not f:done() then f:set_result(nil) end
+    end
+  end
+end
+
+function Server:_start_serving()
+  if self._serving or self._closed then return end
+  self._serving = true
+  for _, sock in ipairs(self.sockets) do sock:listen(self._backlog) end
+  self._listener:start()
+end
+
+function Server:get_loop() return self._loop end
+
+function Server:is_serving() return self._serving and not self._closed end
+
+-- start_serving(): starts accepting (servers made with
+-- {start_serving = false} do not).
+async function Server:start_serving()
+  self:_start_serving()
+end
+
+-- close(): stops listening and closes the listening sockets.  Connections
+-- already accepted stay open; wait_closed() waits for them.
+function Server:close()
+  if self._closed then return end
+  self._closed = true
+  self._serving = false
+  self._listener:close()
+  if self._unix_path then T._unlink_socket(self._unix_path) end
+  self.sockets = { n = 0 }
+  local f = self._serve_forever_fut
+  if f and not f:done() then f:cancel() end
+  if self._active == 0 then self:_wakeup() end
+end
+
+-- close_clients() / abort_clients(): close every accepted connection.
+function Server:close_clients()
+  for tr in pairs(self._clients) do tr:close() end
+end
+
+function Server:abort_clients()
+  for tr in pairs(self._clients) do tr:abort() end
+end
+
+-- wait_closed(): returns once the server is closed and its connections
+-- are all gone.
+async function Server:wait_closed()
+  if self._waiters == nil then return end
+  local f = self._loop:create_future()
+  table.insert(self._waiters, f)
+  await f
+end
+
+-- serve_forever(): serves until cancelled; cancelling it closes the server.
+async function Server:serve_forever()
+  if self._serve_forever_fut then
+    raise("RuntimeError", "server " .. tostring(self) .. " is already being awaited on serve_forever()")
+  end
+  if self._closed then raise("RuntimeError", "server " .. tostring(self) .. " is closed") end
+  self:_start_serving()
+  local f = self._loop:create_future()
+  self._serve_forever_fut = f
+  local ok, err = pcall(await, f)
+  self._serve_forever_fut = nil
+  if not ok then
+    if asyncio.isinstance(err, asyncio.CancelledError) then
+      self:close()
+      await self:wait_closed()
+    end
+    error(err, 0)
+  end
+end
+
+-- `local srv <close> = await asyncio.start_server(...)`: close and wait.
+function Server:__close()
+  self:close()
+  await self:wait_closed()
+end
+
+-- Binds listening sockets for host(s):port (opts: family, flags,
+-- reuse_address, reuse_port).  host nil or "" means every interface.
+async function M._bind_tcp(loop, host, port, opts)
+  local hosts
+  if host == nil or host == "" then hosts = { false }
+  elseif type(host) == "table" then hosts = host
+  else hosts = { host } end
+  local infos, seen = {}, {}
+  for _, h in ipairs(hosts) do
+    local r = await loop:getaddrinfo(h or nil, port, {
+      family = opts.family or 0, type = socket.SOCK_STREAM,
+      flags = (opts.flags or 0) | socket.AI_PASSIVE })
+    for i = 1, r.n do
+      local key = r[i][1] .. "|" .. fmt_addr(r[i][5])
+      if not seen[key] then
+        seen[key] = true
+        infos[#infos + 1] = r[i]
+      end
+    end
+  end
+  if #infos == 0 then raise("OSError", "getaddrinfo() returned empty list") end
+  local socks = {}
+  local ok, err = pcall(function()
+    for _, info in ipairs(infos) do
+      local family, stype, proto, _, sa = table.unpack(info, 1, 5)
+      local made, sock = pcall(socket.socket, family, stype, proto)
+      if made then  -- an address family the kernel lacks is skipped
+        socks[#socks + 1] = sock
+        if opts.reuse_address ~= false then
+          sock:setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, true)
+        end
+        if opts.reuse_port then
+          sock:setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, true)
+        end
+        if family == socket.AF_INET6 then
+          sock:setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, true)
+        end
+        local bound, e = pcall(sock.bind, sock, sa)
+        if not bound then
+          if type(e) == "table" and e.errno then
+            raise("OSError", e.errno, string.format(
+              "error while attempting to bind on address %s: %s", fmt_addr(sa),
+              tostring(e.strerror):lower()))
+          end
+          error(e, 0)
+        end
+      end
+    end
+  end)
+  if not ok then
+    for _, s in ipairs(socks) do s:close() end
+    error(err, 0)
+  end
+  if #socks == 0 then raise("OSError", "could not create any listening socket") end
+  return socks
+end
+
+-- Binds a Unix listening socket at path, removing a stale socket file.
+function M._bind_unix(path, opts)
+  if type(path) ~= "string" then
+    error("bad argument #1 to 'create_unix_server' (path string expected)", 3)
+  end
+  if path:sub(1, 1) ~= "\0" then T._unlink_socket(path) end
+  local sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+  local ok, e = pcall(sock.bind, sock, path)
+  if not ok then
+    sock:close()
+    if type(e) == "table" and e.errno == 98 then
+      raise("OSError", e.errno, "Address " .. fmt_addr(path) .. " is already in use")
+    end
+    error(e, 0)
+  end
+  return sock
+end
+
+-- Makes a Server over socks, with on_accept(server, sock, addr).
+function M._server(loop, socks, on_accept, opts, unix_path)
+  local server = Server._new(loop, socks, on_accept, opts)
+  server._unix_path = unix_path
+  if opts.start_serving ~= false then server:_start_serving() end
+  return server
+end
+
+local function protocol_accept(factory)
+  return function(server, sock)
+    local tr = make_transport(sock, factory, server._detach)
+    server:_attach(tr)
+  end
+end
+
+-- loop:create_server(protocol_factory, host, port, {sock=, backlog=100,
+-- reuse_address=, reuse_port=, family=, flags=, start_serving=true})
+async function Loop:create_server(factory, host, port, opts)
+  opts = check_opts(opts, "create_server")
+  local socks
+  if opts.sock then
+    if host ~= nil or port ~= nil then
+      raise("ValueError", "host/port and sock can not be specified at the same time")
+    end
+    socks = { given_sock(opts.sock, socket.SOCK_STREAM, "create_server") }
+  else
+    socks = await M._bind_tcp(self, host, port, opts)
+  end
+  return M._server(self, socks, protocol_accept(factory), opts)
+end
+
+-- loop:create_unix_server(protocol_factory, path, {sock=, backlog=,
+-- start_serving=})
+async function Loop:create_unix_server(factory, path, opts)
+  opts = check_opts(opts, "create_unix_server")
+  local socks
+  if opts.sock then
+    socks = { given_sock(opts.sock, socket.SOCK_STREAM, "create_unix_server") }
+  else
+    socks = { M._bind_unix(path, opts) }
+  end
+  return M._server(self, socks, protocol_accept(factory), opts, not opts.sock and path or nil)
+end
+
+-------------------------------------------------------------------------------
+-- Datagrams
+
+local function resolve_dgram(loop, addr, opts)
+  return await loop:getaddrinfo(addr[1], addr[2], {
+    family = opts.family or 0, type = socket.SOCK_DGRAM,
+    proto = opts.proto or 0, flags = opts.flags or 0 })
+end
+
+-- loop:create_datagram_endpoint(protocol_factory, {local_addr=,
+-- remote_addr=, family=, proto=, flags=, reuse_port=, allow_broadcast=,
+-- sock=}) -> transport, protocol
+async function Loop:create_datagram_endpoint(factory, opts)
+  opts = check_opts(opts, "create_datagram_endpoint")
+  local sock
+  if opts.sock then
+    sock = given_sock(opts.sock, socket.SOCK_DGRAM, "create_datagram_endpoint")
+  elseif opts.family == socket.AF_UNIX or type(opts.local_addr) == "string"
+      or type(opts.remote_addr) == "string" then
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    local ok, err = pcall(function()
+      if opts.local_addr then
+        if opts.local_addr:sub(1, 1) ~= "\0" then T._unlink_socket(opts.local_addr) end
+        sock:bind(opts.local_addr)
+      end
+      if opts.remote_addr then await self:sock_connect(sock, opts.remote_addr) end
+    end)
+    if not ok then sock:close(); error(err, 0) end
+  else
+    local lo, re
+    if opts.local_addr then lo = resolve_dgram(self, opts.local_addr, opts) end
+    if opts.remote_addr then re = resolve_dgram(self, opts.remote_addr, opts) end
+    -- Pairs (family, local, remote) with matching families.
+    local pairs_ = {}
+    if not lo and not re then
+      if not opts.family or opts.family == 0 then raise("ValueError", "unexpected address family") end
+      pairs_[1] = { opts.family, opts.proto or 0 }
+    else
+      local fams = {}
+      for _, list in ipairs({ lo or { n = 0 }, re or { n = 0 } }) do
+        for i = 1, list.n do
+          local fam = list[i][1]
+          if not fams[fam] then fams[fam] = { list[i][3] }; fams[#fams + 1] = fam end
+        end
+      end
+      for _, fam in ipairs(fams) do
+        local l, r
+        if lo then for i = 1, lo.n do if lo[i][1] == fam then l = lo[i][5]; break end end end
+        if re then for i = 1, re.n do if re[i][1] == fam then r = re[i][5]; break end end end
+        if (not lo or l) and (not re or r) then
+          pairs_[#pairs_ + 1] = { fam, fams[fam][1], l, r }
+        end
+      end
+      if #pairs_ == 0 then raise("ValueError", "can not get address information") end
+    end
+    local errors = {}
+    for _, p in ipairs(pairs_) do
+      local s = socket.socket(p[1], socket.SOCK_DGRAM, p[2])
+      local ok, err = pcall(function()
+        if opts.reuse_port then s:setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, true) end
+        if opts.allow_broadcast then s:setsockopt(socket.SOL_SOCKET, socket.SO_BROADCAST, true) end
+        if p[3] then s:bind(p[3]) end
+        if p[4] then await self:sock_connect(s, p[4]) end
+      end)
+      if ok then sock = s; break end
+      s:close()
+      if not asyncio.isinstance(err, asyncio.OSError) then error(err, 0) end
+      errors[#errors + 1] = err
+    end
+    if not sock then error(aggregate(errors), 0) end
+  end
+  local ok, proto = pcall(factory)
+  if not ok then sock:close(); error(proto, 0) end
+  local ok2, tr = pcall(T._datagram, sock, proto)
+  if not ok2 then sock:close(); error(tr, 0) end
+  return tr, proto
+end
+
+return M

@@ -1,0 +1,326 @@
+-- Streams: open_connection/start_server, StreamReader, StreamWriter,
+-- Server, Unix streams.
+local T = require "asyncio.test"
+local socket = require "socket"
+
+-- Starts a server whose handler is fn(reader, writer); returns the server
+-- and its port.
+local async function serve(fn, opts)
+  local srv = await asyncio.start_server(fn, "127.0.0.1", 0, opts)
+  return srv, srv.sockets[1]:getsockname()[2]
+end
+
+-- A server that sends `data` then closes (or half-closes with keep=true).
+local async function sender(data, keep)
+  return await serve(async function(r, w)
+    w:write(data)
+    await w:drain()
+    if keep then w:write_eof() else w:close() end
+    await r:read()
+    w:close()
+  end)
+end
+
+local async function echo(r, w)
+  for line in r:lines() do
+    w:write(line)
+    await w:drain()
+  end
+  w:close()
+end
+
+T.case("echo with readline", async function()
+  local srv <close>, port = await serve(echo)
+  local r, w = await asyncio.open_connection("127.0.0.1", port)
+  w:write("hello\n")
+  T.eq(await r:readline(), "hello\n", "first line")
+  w:writelines({ "a", "b\n", "c\n" })
+  T.eq(await r:readline(), "ab\n", "writelines")
+  T.eq(await r:readline(), "c\n", "next line")
+  w:close()
+  await w:wait_closed()
+  T.ok(w:is_closing(), "is_closing after close")
+end)
+
+T.case("read(n), read() to EOF, at_eof", async function()
+  local srv <close>, port = await sender("0123456789")
+  local r, w = await asyncio.open_connection("127.0.0.1", port)
+  T.eq(await r:read(0), "", "read(0)")
+  local first = await r:read(4)
+  T.ok(#first >= 1 and #first <= 4, "read(4) returns at most 4 bytes")
+  local rest = await r:read()
+  T.eq(first .. rest, "0123456789", "read() to EOF")
+  T.eq(r:at_eof(), true, "at_eof")
+  T.eq(await r:read(10), "", "read at EOF")
+  T.eq(await r:readline(), "", "readline at EOF")
+  w:close()
+end)
+
+T.case("readexactly and IncompleteReadError(partial, expected)", async function()
+  local srv <close>, port = await sender("abcdefgh")
+  local r, w = await asyncio.open_connection("127.0.0.1", port)
+  T.eq(await r:readexactly(3), "abc", "exact bytes")
+  local e = T.raises(asyncio.IncompleteReadError, r:readexactly(10), "short stream")
+  T.eq(e.partial, "defgh", "partial")
+  T.eq(e.expected, 10, "expected")
+  T.match(tostring(e), "5 bytes read on a total of 10 expected bytes", "message")
+  T.raises(asyncio.ValueError, r:readexactly(-1), "negative size")
+  w:close()
+end)
+
+T.case("readuntil with one and several separators", async function()
+  local srv <close>, port = await sender("key=value;rest|end\r\ntail")
+  local r, w = await asyncio.open_connection("127.0.0.1", port)
+  T.eq(await r:readuntil("="), "key=", "single separator")
+  T.eq(await r:readuntil({ "|", ";" }), "value;", "earliest of several")
+  T.eq(await r:readuntil({ "\r\n", "|end" }), "rest|end", "shortest match")
+  T.eq(await r:readuntil("\r\n"), "\r\n", "two-byte separator")
+  local e = T.raises(asyncio.IncompleteReadError, r:readuntil("\n"), "no separator before EOF")
+  T.eq(e.partial, "tail", "partial data")
+  T.eq(e.expected, nil, "expected is nil")
+  T.raises(asyncio.ValueError, r:readuntil(""), "empty separator")
+  T.raises(asyncio.ValueError, r:readuntil({}), "no separators")
+  w:close()
+end)
+
+T.case("LimitOverrunError keeps the data; readline drops the long line", async function()
+  local srv <close>, port = await sender(string.rep("x", 100) .. "\nshort\n" .. string.rep("y", 300), true)
+  local r, w = await asyncio.open_connection("127.0.0.1", port, { limit = 50 })
+  local e = T.raises(asyncio.LimitOverrunError, r:readuntil("\n"), "line over the limit")
+  T.eq(e.consumed, 100, "consumed is where the separator starts")
+  T.eq(await r:readexactly(101), string.rep("x", 100) .. "\n", "the data was kept")
+  T.eq(await r:readline(), "short\n", "next line")
+  e = T.raises(asyncio.ValueError, r:readline(), "readline over the limit")
+  T.match(tostring(e), "limit", "message")
+  T.eq(await r:read(), "", "the long line was dropped")
+  w:close()
+end)
+
+T.case("lines() iterates until EOF", async function()
+  local srv <close>, port = await sender("one\ntwo\nthree")
+  local r, w = await asyncio.open_connection("127.0.0.1", port)
+  local got = {}
+  for line in r:lines() do got[#got + 1] = line end
+  T.eq(got, { "one\n", "two\n", "three" }, "lines")
+  w:close()
+end)
+
+T.case("big transfers, backpressure and drain from several tasks", async function()
+  local total = 4 * 1024 * 1024
+  local srv <close>, port = await serve(async function(r, w)
+    local n = 0
+    while true do
+      local chunk = await r:read(65536)
+      if chunk == "" then break end
+      n = n + #chunk
+    end
+    w:write(tostring(n))
+    w:close()
+  end)
+  local r, w = await asyncio.open_connection("127.0.0.1", port)
+  local chunk = string.rep("q", 256 * 1024)
+  for _ = 1, total // #chunk do
+    w:write(chunk)
+    T.ok(w.transport:get_write_buffer_size() <= total, "buffered bytes")
+  end
+  -- Several tasks may wait in drain at once.
+  local drains = {}
+  for i = 1, 3 do drains[i] = asyncio.create_task(w:drain()) end
+  await asyncio.gather(table.unpack(drains))
+  local low, high = w.transport:get_write_buffer_limits()
+  T.eq(high, 65536, "default high-water mark")
+  T.eq(low, 16384, "default low-water mark")
+  T.ok(w.transport:get_write_buffer_size() <= low, "drained to the low-water mark")
+  T.eq(w:can_write_eof(), true, "can_write_eof")
+  w:write_eof()
+  T.raises(asyncio.RuntimeError, function() w:write("x") end, "write after write_eof")
+  T.eq(await r:read(), tostring(total), "the server got every byte")
+  w:close()
+end)
+
+T.case("get_extra_info", async function()
+  local peer
+  local srv <close>, port = await serve(function(r, w)
+    peer = w:get_extra_info("peername")
+    w:close()
+  end)
+  local r, w = await asyncio.open_connection("127.0.0.1", port)
+  T.eq(w:get_extra_info("peername"), { "127.0.0.1", port }, "peername")
+  local sn = w:get_extra_info("sockname")
+  T.eq(sn[1], "127.0.0.1", "sockname")
+  local s = w:get_extra_info("socket")
+  T.eq(s:getsockname(), sn, "socket")
+  T.eq(w:get_extra_info("nothing", "dflt"), "dflt", "default")
+  T.eq(await r:read(), "", "server closed")
+  T.eq(peer, sn, "the server saw our address")
+  w:close()
+end)
+
+T.case("wait_for and timeout cancel a pending read; the stream stays usable", async function()
+  local go = asyncio.Event()
+  local srv <close>, port = await serve(async function(r, w)
+    await go:wait()
+    w:write("late line\n")
+    await r:read()
+    w:close()
+  end)
+  local r, w = await asyncio.open_connection("127.0.0.1", port)
+  T.raises(asyncio.TimeoutError, asyncio.wait_for(r:readline(), 0.05), "wait_for")
+  T.raises(asyncio.TimeoutError, function()
+    local _ <close> = asyncio.timeout(0.05)
+    await r:readexactly(5)
+  end, "asyncio.timeout")
+  go:set()
+  T.eq(await r:readline(), "late line\n", "read after timeouts")
+  w:close()
+end)
+
+T.case("a second concurrent reader gets RuntimeError", async function()
+  local srv <close>, port = await sender("x", true)
+  local r, w = await asyncio.open_connection("127.0.0.1", port)
+  T.eq(await r:read(1), "x", "data")
+  local t = asyncio.create_task(r:read(1))
+  await asyncio.sleep(0)
+  T.raises(asyncio.RuntimeError, r:readline(), "second reader")
+  w:close()
+  T.eq(await t, "", "first reader sees EOF")
+end)
+
+T.case("server: close, wait_closed waits for connections", async function()
+  local release = asyncio.Event()
+  local srv, port = await serve(async function(r, w)
+    await release:wait()
+    w:close()
+  end)
+  T.eq(srv:is_serving(), true, "serving")
+  local r, w = await asyncio.open_connection("127.0.0.1", port)
+  srv:close()
+  T.eq(srv:is_serving(), false, "not serving after close")
+  T.eq(#srv.sockets, 0, "no sockets after close")
+  T.raises(asyncio.ConnectionRefusedError, asyncio.open_connection("127.0.0.1", port), "listening socket closed")
+  local waiter = asyncio.create_task(srv:wait_closed())
+  for _ = 1, 3 do await asyncio.sleep(0) end
+  T.eq(waiter:done(), false, "wait_closed waits for the open connection")
+  release:set()
+  await waiter
+  T.eq(await r:read(), "", "connection closed by the handler")
+  await srv:wait_closed()
+  w:close()
+end)
+
+T.case("serve_forever, start_serving=false, <close>", async function()
+  local srv = await asyncio.start_server(function(r, w) w:write("hi"); w:close() end,
+                                         "127.0.0.1", 0, { start_serving = false })
+  T.eq(srv:is_serving(), false, "not serving yet")
+  local port = srv.sockets[1]:getsockname()[2]
+  local forever = asyncio.create_task(srv:serve_forever())
+  await asyncio.sleep(0)
+  T.eq(srv:is_serving(), true, "serve_forever starts serving")
+  local r, w = await asyncio.open_connection("127.0.0.1", port)
+  T.eq(await r:read(), "hi", "served")
+  w:close()
+  forever:cancel()
+  T.raises(asyncio.CancelledError, forever, "serve_forever cancelled")
+  T.eq(srv:is_serving(), false, "cancelling serve_forever closes the server")
+  do
+    local s2 <close> = await asyncio.start_server(function(r, w) w:close() end, "127.0.0.1", 0)
+    T.eq(s2:is_serving(), true, "serving inside the block")
+  end
+end)
+
+T.case("plain and async callbacks, each client in its own task", async function()
+  local tasks = {}
+  local srv <close>, port = await serve(function(r, w)
+    tasks[#tasks + 1] = asyncio.current_task()
+    local line = await r:readline()  -- await works in a plain function too
+    w:write("plain:" .. line)
+    w:close()
+  end)
+  local ra, wa = await asyncio.open_connection("127.0.0.1", port)
+  local rb, wb = await asyncio.open_connection("127.0.0.1", port)
+  wb:write("b\n")
+  wa:write("a\n")
+  T.eq(await rb:read(), "plain:b\n", "second client served first")
+  T.eq(await ra:read(), "plain:a\n", "first client")
+  T.ok(tasks[1] ~= tasks[2], "separate tasks")
+  wa:close()
+  wb:close()
+end)
+
+T.case("a failing client callback closes its connection and is reported", async function()
+  local loop = asyncio.get_running_loop()
+  local reported = loop:create_future()
+  local old = loop:get_exception_handler()
+  loop:set_exception_handler(function(_, ctx)
+    if not reported:done() then reported:set_result(ctx) end
+  end)
+  local srv <close>, port = await serve(function() error("boom") end)
+  local r, w = await asyncio.open_connection("127.0.0.1", port)
+  T.eq(await r:read(), "", "connection closed")
+  local ctx = await reported
+  loop:set_exception_handler(old)
+  T.match(ctx.message, "client_connected_cb", "context message")
+  T.match(tostring(ctx.exception), "boom", "the error")
+  w:close()
+end)
+
+T.case("Unix streams", async function()
+  local path = T.tmpname(".sock")
+  local srv <close> = await asyncio.start_unix_server(echo, path)
+  T.eq(srv.sockets[1]:getsockname(), path, "bound to the path")
+  local r, w = await asyncio.open_unix_connection(path)
+  w:write("over unix\n")
+  T.eq(await r:readline(), "over unix\n", "echo")
+  T.eq(w:get_extra_info("peername"), path, "peername is the path")
+  w:close()
+  await w:wait_closed()
+  srv:close()
+  await srv:wait_closed()
+  -- A stale socket file is replaced by the next server.
+  local s2 <close> = await asyncio.start_unix_server(echo, path)
+  T.eq(s2:is_serving(), true, "rebound over a stale socket file")
+end)
+
+T.case("IPv6 streams", async function()
+  local srv <close> = await asyncio.start_server(echo, "::1", 0)
+  local port = srv.sockets[1]:getsockname()[2]
+  local r, w = await asyncio.open_connection("::1", port)
+  w:write("six\n")
+  T.eq(await r:readline(), "six\n", "echo over IPv6")
+  T.eq(#w:get_extra_info("peername"), 4, "IPv6 peername")
+  w:close()
+end)
+
+T.case("server on all interfaces with host nil", async function()
+  local srv <close> = await asyncio.start_server(echo, nil, 0)
+  T.ok(#srv.sockets >= 1, "at least one listening socket")
+  local port = srv.sockets[1]:getsockname()[2]
+  local r, w = await asyncio.open_connection("localhost", port)
+  w:write("any\n")
+  T.eq(await r:readline(), "any\n", "reachable on localhost")
+  w:close()
+end)
+
+T.case("a standalone StreamReader fed by hand", async function()
+  local r = asyncio.StreamReader({ limit = 10 })
+  local t = asyncio.create_task(r:readline())
+  await asyncio.sleep(0)
+  r:feed_data("par")
+  r:feed_data("tial\nmore")
+  T.eq(await t, "partial\n", "line from fed data")
+  r:feed_eof()
+  T.eq(await r:read(), "more", "rest")
+  T.eq(r:at_eof(), true, "at_eof")
+  local r2 = asyncio.StreamReader()
+  r2:set_exception(asyncio.ValueError("bad"))
+  T.raises(asyncio.ValueError, r2:read(), "set_exception")
+end)
+
+T.case("misuse: bad arguments name the argument", async function()
+  T.raises(nil, asyncio.open_connection("127.0.0.1", 1, "not a table"), "options must be a table")
+  local e = T.raises(nil, function() return asyncio.StreamReader.readline(42) end)
+  T.match(tostring(e), "StreamReader expected", "self check")
+  T.raises(asyncio.ValueError, function() return asyncio.StreamReader({ limit = 0 }) end, "limit")
+end)
+
+T.run()
