@@ -275,8 +275,11 @@ ml_Task *ml__task_current(lua_State *L);
  * with the C function's stack as it was, and its results are the C
  * function's.  If the task is cancelled while suspended, hook(L, t, ud)
  * is called at once (from within task.cancel()) and CancelledError is
- * raised at this point instead of calling k.  Works from nested plain
- * coroutines running inside a task.  Raises RuntimeError outside a task. */
+ * raised at this point instead of calling k.  So k may never run: what k
+ * would release must be owned by a collectable object (a userdata with
+ * __gc), not by the C stack.  The same holds if the task is woken and then
+ * cancelled before it runs.  Works from nested plain coroutines running
+ * inside a task.  Raises RuntimeError outside a task. */
 int ml__task_suspend(lua_State *L, ml_CancelHook hook, void *ud,
                      lua_KContext ctx, lua_KFunction k);
 /* Puts a suspended task on the ready queue (no-op unless suspended).
