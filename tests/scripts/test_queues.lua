@@ -292,7 +292,7 @@ local async function round_trips(q, n)
   end
 end
 
-T.case("queue: uncontended put/get allocate no Future", async function()
+T.case("queue: put/get allocate no Future, even when they wait", async function()
   local made = 0
   local Future = asyncio.Future
   asyncio.Future = function(...)
@@ -301,16 +301,81 @@ T.case("queue: uncontended put/get allocate no Future", async function()
   end
   local q = asyncio.Queue(4)
   local ok, err = pcall(await, round_trips(q, 100))
-  local uncontended = made
-  -- The instrument works: a get that has to wait does make one.
   local getter = asyncio.create_task(q:get())
   await settle()
+  q:put_nowait("x")
+  local got = await getter
+  -- The instrument works: it counts a Future made here.
+  asyncio.Future()
   asyncio.Future = Future
   if not ok then error(err, 0) end
-  T.eq(uncontended, 0, "futures made by uncontended put/get")
-  T.eq(made, 1, "futures made by a waiting get")
-  q:put_nowait("x")
-  T.eq(await getter, "x", "the waiting get")
+  T.eq(got, "x", "the waiting get")
+  T.eq(made, 1, "futures made (only the instrument's own)")
+end)
+
+T.case("queue: items given back by cancelled getters keep their order", async function()
+  local q = asyncio.Queue()
+  local a = asyncio.create_task(q:get())
+  local b = asyncio.create_task(q:get())
+  await settle()
+  q:put_nowait("h1")   -- handed to a
+  q:put_nowait("h2")   -- handed to b
+  q:put_nowait("s3")   -- queued
+  a:cancel()
+  b:cancel()           -- both before they ran
+  await settle()
+  local out = {}
+  while not q:empty() do out[#out + 1] = q:get_nowait() end
+  T.eq(table.concat(out, ","), "h1,h2,s3", "FIFO order kept")
+  local l = asyncio.LifoQueue()
+  a = asyncio.create_task(l:get())
+  await settle()
+  l:put_nowait("h")
+  a:cancel()
+  l:put_nowait("s")
+  await settle()
+  T.eq(l:get_nowait(), "s", "LIFO: the later item first")
+  T.eq(l:get_nowait(), "h", "then the one given back")
+end)
+
+T.case("queue: shutdown(immediate) also drops items handed to getters not yet run", async function()
+  local q = asyncio.Queue()
+  local a = asyncio.create_task(q:get())
+  await settle()
+  q:put_nowait(1)      -- handed to a, which has not run
+  local j = asyncio.create_task(q:join())
+  q:shutdown(true)
+  T.raises(asyncio.QueueShutDown, a, "a raises, as in asyncio")
+  await j              -- the dropped item counts as done
+end)
+
+T.case("queue: waits that time out leave no waiter behind", async function()
+  local q = asyncio.Queue(1)
+  T.raises(asyncio.TimeoutError, asyncio.wait_for(q:get(), 0.001), "get times out")
+  q:put_nowait(1)
+  T.raises(asyncio.TimeoutError, asyncio.wait_for(q:put(2), 0.001), "put times out")
+  T.eq(tostring(q), "<asyncio.Queue maxsize=1 qsize=1 tasks=1>", "no getter or putter left")
+end)
+
+T.case("queue: contended put/get round trips allocate nothing", async function()
+  local q1, q2 = asyncio.Queue(), asyncio.Queue()
+  local p = asyncio.create_task((async function()
+    while true do
+      local x = await q1:get()
+      if x == false then return end
+      await q2:put(x)
+    end
+  end)())
+  for i = 1, 100 do await q1:put(i); await q2:get() end  -- warm up
+  collectgarbage()
+  collectgarbage("stop")
+  local before = collectgarbage("count")
+  for i = 1, 10000 do await q1:put(i); await q2:get() end
+  local grown = collectgarbage("count") - before
+  collectgarbage("restart")
+  await q1:put(false)
+  await p
+  T.ok(grown < 1, "KiB allocated by 10000 round trips that each wait twice: " .. grown)
 end)
 
 T.run()
