@@ -163,6 +163,18 @@ static int awcall(lua_State *L) {
     if (cf == sleep_make && n == 1 && lua_type(L, 2) == LUA_TNUMBER && lua_tonumber(L, 2) <= 0)
       return ml__task_yield_now(L);  /* the hot sleep(0) */
     lua_getupvalue(L, 1, 2);
+    {
+      /* An async C body (ml__push_async: no upvalues) runs in this very
+       * frame, its arguments at 1..n: its continuations become ours, and
+       * a C call boundary is saved (profile: -330 instructions per
+       * awaited queue operation). */
+      lua_CFunction body = lua_tocfunction(L, -1);
+      if (body != NULL) {
+        lua_pop(L, 1);
+        lua_remove(L, 1);
+        return body(L);
+      }
+    }
     lua_replace(L, 1);
     lua_callk(L, n, LUA_MULTRET, 0, call_k);
     return lua_gettop(L);
@@ -182,15 +194,12 @@ static int l_awcall(lua_State *L) {
 
 /* __awmeth(obj, name, ...): what the pass makes of `await obj:name(...)`. */
 static int l_awmeth(lua_State *L) {
-  const char *name = luaL_checkstring(L, 2);
   luaL_checkany(L, 1);
-  if (lua_getfield(L, 1, name) == LUA_TNIL)
-    return luaL_error(L, "attempt to call a nil value (method '%s')", name);
-  lua_replace(L, 2);      /* [obj, method, args...] */
-  lua_pushvalue(L, 1);
-  lua_pushvalue(L, 2);
-  lua_replace(L, 1);
-  lua_replace(L, 2);      /* [method, obj, args...] */
+  lua_pushvalue(L, 2);    /* the name is a string constant of the pass */
+  if (lua_gettable(L, 1) == LUA_TNIL)
+    return luaL_error(L, "attempt to call a nil value (method '%s')", luaL_checkstring(L, 2));
+  lua_copy(L, 1, 2);      /* [obj, obj, args..., method] */
+  lua_replace(L, 1);      /* [method, obj, args...] */
   return awcall(L);
 }
 
