@@ -47,6 +47,21 @@ do
   end
 end
 
+-- The class helper of the Lua-written types (Lock, Queue, ...): calling
+-- the class calls its new(cls, ...); tostring reads <class 'asyncio.X'>.
+function M._class(name, parent)
+  local c = {}
+  c.__index = c
+  c.__name = "asyncio." .. name
+  c._classname = name
+  setmetatable(c, {
+    __index = parent,
+    __call = function(cls, ...) return cls.new(cls, ...) end,
+    __tostring = function() return "<class 'asyncio." .. name .. "'>" end,
+  })
+  return c
+end
+
 local Future, isfuture, iscoroutine = core.Future, core.isfuture, core.iscoroutine
 local create_task = core.create_task
 

@@ -75,18 +75,7 @@ end
 
 ---------------------------------------------------------------- classes
 
-local function class(name, parent)
-  local c = {}
-  c.__index = c
-  c.__name = "asyncio." .. name
-  c._classname = name
-  setmetatable(c, {
-    __index = parent,
-    __call = function(cls, ...) return cls.new(cls, ...) end,
-    __tostring = function() return "<class 'asyncio." .. name .. "'>" end,
-  })
-  return c
-end
+local class = asyncio._class
 
 -- A guard is what acquire() returns: truthy, and a to-be-closed value whose
 -- __close releases, so `local _ <close> = await lock:acquire()` releases on

@@ -20,18 +20,7 @@ local C = require "asyncio.queue"
 
 local M = {}
 
-local function class(name, parent)
-  local c = {}
-  c.__index = c
-  c.__name = "asyncio." .. name
-  c._classname = name
-  setmetatable(c, {
-    __index = parent,
-    __call = function(cls, ...) return cls.new(cls, ...) end,
-    __tostring = function() return "<class 'asyncio." .. name .. "'>" end,
-  })
-  return c
-end
+local class = asyncio._class
 
 local builtin = {}  -- storage kind -> the built-in class that has it
 

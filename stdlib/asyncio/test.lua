@@ -126,6 +126,23 @@ function T.run(opts)
   return failed == 0
 end
 
+-- T.settle(): lets every ready task run until it blocks again (ten
+-- sleep(0) rounds: scheduling, not timing; CPython's tests call it
+-- run_briefly).
+async function T.settle()
+  for _ = 1, 10 do await asyncio.sleep(0) end
+end
+
+-- T.go(fn): runs the async function fn as a new task.
+function T.go(fn)
+  return asyncio.create_task(fn())
+end
+
+-- T.forever(): an awaitable that never finishes (until cancelled).
+function T.forever()
+  return asyncio.Event():wait()
+end
+
 -- T.tmpname(): a fresh path in a private temporary directory.
 local tmpdir
 function T.tmpname(suffix)

@@ -2,17 +2,9 @@
 local asyncio = require "asyncio"
 local T = require "asyncio.test"
 
-local async function settle()
-  for _ = 1, 10 do await asyncio.sleep(0) end
-end
+local settle, go = T.settle, T.go
 
-local function go(fn)
-  return asyncio.create_task(fn())
-end
-
-local function forever()
-  return asyncio.Event():wait()
-end
+local forever = T.forever
 
 -- A task that finishes when its event is set, with value v (or error e).
 local function gated(v, e)

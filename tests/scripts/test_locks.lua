@@ -3,17 +3,7 @@
 local asyncio = require "asyncio"
 local T = require "asyncio.test"
 
--- Lets every ready task run until it blocks again.  Only sleep(0) is used:
--- no timer or I/O is involved, so this is scheduling, not timing (CPython's
--- own tests call this run_briefly).
-local async function settle()
-  for _ = 1, 10 do await asyncio.sleep(0) end
-end
-
--- Runs the async function fn as a new task.
-local function go(fn)
-  return asyncio.create_task(fn())
-end
+local settle, go = T.settle, T.go
 
 -- Starts a task that acquires prim, appends name to log, and releases.
 local function contender(prim, name, log)

@@ -3,15 +3,7 @@
 local asyncio = require "asyncio"
 local T = require "asyncio.test"
 
--- Lets every ready task run until it blocks again (scheduling, not timing:
--- only sleep(0), no timer or I/O involved).
-local async function settle()
-  for _ = 1, 10 do await asyncio.sleep(0) end
-end
-
-local function go(fn)
-  return asyncio.create_task(fn())
-end
+local settle, go = T.settle, T.go
 
 T.case("queue: FIFO order, qsize, empty, full, maxsize", async function()
   local q = asyncio.Queue()

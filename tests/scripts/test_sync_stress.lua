@@ -11,9 +11,7 @@ math.randomseed(20240613)
 
 local ROUNDS = 200
 
-local function go(fn)
-  return asyncio.create_task(fn())
-end
+local go = T.go
 
 -- A to-be-closed value that calls fn on scope exit (also on error).
 local function defer(fn)

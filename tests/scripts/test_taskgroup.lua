@@ -3,13 +3,7 @@
 local asyncio = require "asyncio"
 local T = require "asyncio.test"
 
-local async function settle()
-  for _ = 1, 10 do await asyncio.sleep(0) end
-end
-
-local function go(fn)
-  return asyncio.create_task(fn())
-end
+local settle, go = T.settle, T.go
 
 -- A child that waits on ev forever, logging its cancellation.
 local async function sleeper(name, log)

@@ -3,17 +3,9 @@
 local asyncio = require "asyncio"
 local T = require "asyncio.test"
 
-local async function settle()
-  for _ = 1, 10 do await asyncio.sleep(0) end
-end
+local settle, go = T.settle, T.go
 
-local function go(fn)
-  return asyncio.create_task(fn())
-end
-
-local function forever()
-  return asyncio.Event():wait()
-end
+local forever = T.forever
 
 T.case("timeout: a body that finishes in time is left alone", async function()
   local loop = asyncio.get_running_loop()
