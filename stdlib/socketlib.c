@@ -767,25 +767,19 @@ static int sock_getsockopt(lua_State *L) {
   return 1;
 }
 
-static int sock_getsockname(lua_State *L) {
+/* getsockname or getpeername (which) of the socket at 1, as an address. */
+static int push_name(lua_State *L, int (*which)(int, struct sockaddr *, socklen_t *)) {
   ml_Socket *s = ml__sock_checkopen(L, 1);
   struct sockaddr_storage ss;
   socklen_t len = sizeof ss;
-  if (getsockname(s->fd, (struct sockaddr *)&ss, &len) < 0) return raise_errno(L, errno);
+  if (which(s->fd, (struct sockaddr *)&ss, &len) < 0) return raise_errno(L, errno);
   if (len == 0) { ss.ss_family = (sa_family_t)s->family; }
   ml__sock_pushaddr(L, (struct sockaddr *)&ss, len);
   return 1;
 }
 
-static int sock_getpeername(lua_State *L) {
-  ml_Socket *s = ml__sock_checkopen(L, 1);
-  struct sockaddr_storage ss;
-  socklen_t len = sizeof ss;
-  if (getpeername(s->fd, (struct sockaddr *)&ss, &len) < 0) return raise_errno(L, errno);
-  if (len == 0) { ss.ss_family = (sa_family_t)s->family; }
-  ml__sock_pushaddr(L, (struct sockaddr *)&ss, len);
-  return 1;
-}
+static int sock_getsockname(lua_State *L) { return push_name(L, getsockname); }
+static int sock_getpeername(lua_State *L) { return push_name(L, getpeername); }
 
 static int sock_setblocking(lua_State *L) {
   ml_Socket *s = ml__sock_checkopen(L, 1);
