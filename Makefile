@@ -44,7 +44,7 @@ CHECK_SRC = $(wildcard tests/check_*.c)
 DEB_PKGS = liblua5.4-dev libev-dev check pkg-config libedit-dev tmux socat netcat-openbsd python3
 BENCH_PKGS = python3-uvloop hyperfine nodejs
 
-.PHONY: all build test run bench deps bench-deps install clean check-suites script-tests embed-host
+.PHONY: all build test run bench deps bench-deps install clean check-suites script-tests embed-host fuzz
 
 all: deps
 	@$(MAKE) --no-print-directory build
@@ -134,6 +134,17 @@ $(BUILD)/tests/check_main.o: tests/check_main.c $(BUILD)/check_suites.h
 $(BUILD)/tests/%.o: tests/%.c $(wildcard vm/*.h stdlib/*.h)
 	@mkdir -p $(dir $@)
 	$(CC) $(ALL_CFLAGS) $(CHECK_CFLAGS) -c $< -o $@
+
+# Fuzzes the source pass for a bounded time with libFuzzer (needs clang,
+# which this target installs); not part of `make test`.
+FUZZ_SECONDS ?= 60
+fuzz: deps
+	@command -v clang >/dev/null || { [ "$$(id -u)" = 0 ] && apt-get install -y -qq clang >/dev/null; } || \
+	  { echo "make fuzz: needs clang (apt-get install clang)"; exit 1; }
+	@mkdir -p build/fuzz/corpus-asyncpass
+	clang -g -O1 -fsanitize=fuzzer,address,undefined -Ivm $(LUA_CFLAGS) -o build/fuzz/asyncpass \
+	  tests/fuzz_asyncpass.c vm/asyncpass.c vm/buf.c $(LUA_LIBS)
+	build/fuzz/asyncpass -max_total_time=$(FUZZ_SECONDS) -max_len=4096 build/fuzz/corpus-asyncpass scripts tests/scripts 2>&1 | tail -n 5
 
 install: all
 	install -d $(DESTDIR)$(PREFIX)/bin $(DESTDIR)$(PREFIX)/lib $(DESTDIR)$(PREFIX)/include
