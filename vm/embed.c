@@ -23,7 +23,6 @@ static int embed_gc(lua_State *L) {
   *box = NULL;
   ml__hostfuture_close(E);
   if (E->S->embed == E) E->S->embed = NULL;
-  free(E->deadlines);
   free(E);
   return 0;
 }
@@ -380,17 +379,7 @@ int ml_state_run_until(ml_State *S, ml_Future *f) {
  * fd: an ev_embed watcher reads the backend fd of the loop it embeds, so a
  * throw-away helper loop embeds ours once to learn it (epoll's fd, which
  * is readable when any watched fd, the async pipe or a signal is).  The
- * timers: moonloop starts timers in two places, asyncio.sleep (a task's
- * own ev_timer, found through the task list) and loop.call_later/call_at
- * (every other timeout), which the first step wraps to record each
- * deadline in a heap.  A deadline that was cancelled stays in the heap
- * and only costs one early, empty step. */
-
-static double now_mono(void) {
-  struct timespec ts;
-  clock_gettime(CLOCK_MONOTONIC, &ts);
-  return ts.tv_sec + ts.tv_nsec * 1e-9;
-}
+ * timers: sched.c knows them (ml__sched_next_timer). */
 
 static void embed_cb(struct ev_loop *loop, ev_embed *w, int revents) {
   (void)loop; (void)w; (void)revents;
@@ -413,106 +402,20 @@ static int backend_fd(ml_Embed *E) {
   return E->backend_fd;
 }
 
-static void heap_push(ml_Embed *E, double when) {
-  size_t i;
-  if (E->ndeadlines == E->cap_deadlines) {
-    size_t cap = E->cap_deadlines ? E->cap_deadlines * 2 : 64;
-    double *d = realloc(E->deadlines, cap * sizeof *d);
-    if (d == NULL) return;  /* the timer still fires; a step may come late */
-    E->deadlines = d;
-    E->cap_deadlines = cap;
-  }
-  i = E->ndeadlines++;
-  while (i > 0 && E->deadlines[(i - 1) / 2] > when) {
-    E->deadlines[i] = E->deadlines[(i - 1) / 2];
-    i = (i - 1) / 2;
-  }
-  E->deadlines[i] = when;
-}
-
-static void heap_pop(ml_Embed *E) {
-  double last = E->deadlines[--E->ndeadlines];
-  size_t i = 0, n = E->ndeadlines;
-  for (;;) {
-    size_t c = 2 * i + 1;
-    if (c >= n) break;
-    if (c + 1 < n && E->deadlines[c + 1] < E->deadlines[c]) c++;
-    if (E->deadlines[c] >= last) break;
-    E->deadlines[i] = E->deadlines[c];
-    i = c;
-  }
-  if (n > 0) E->deadlines[i] = last;
-}
-
-/* loop:call_later / loop:call_at, wrapped: calls the original (upvalue 1)
- * and records the handle's deadline. */
-static int tracked_call(lua_State *L) {
-  ml_Embed *E = ml__state(L)->embed;
-  int n = lua_gettop(L);
-  lua_pushvalue(L, lua_upvalueindex(1));
-  lua_insert(L, 1);
-  lua_call(L, n, 1);  /* leaves the handle at index 1 */
-  if (E && lua_getfield(L, 1, "when") == LUA_TFUNCTION) {
-    lua_pushvalue(L, 1);
-    lua_call(L, 1, 1);
-    if (lua_type(L, -1) == LUA_TNUMBER) heap_push(E, lua_tonumber(L, -1));
-  }
-  lua_settop(L, 1);
-  return 1;
-}
-
-static int track_timers_p(lua_State *L) {
-  static const char *const names[] = { "call_later", "call_at", NULL };
-  int i;
-  luaL_getmetatable(L, "asyncio.Loop");
-  if (lua_getfield(L, -1, "__index") != LUA_TTABLE) return 0;
-  for (i = 0; names[i]; i++) {
-    if (lua_getfield(L, -1, names[i]) != LUA_TFUNCTION) {
-      lua_pop(L, 1);
-      continue;
-    }
-    lua_pushcclosure(L, tracked_call, 1);
-    lua_setfield(L, -2, names[i]);
-  }
-  return 0;
-}
-
-/* Seconds until the next known timer, or -1.  t0: the time before the
- * step's poll; deadlines up to t0 have fired in it. */
-static double next_timer(ml_Embed *E, double t0) {
-  ml_State *S = E->S;
-  ml_Task *t;
-  double best = 0;
-  int found = 0;
-  while (E->ndeadlines > 0 && E->deadlines[0] <= t0) heap_pop(E);
-  if (E->ndeadlines > 0) {
-    best = E->deadlines[0] - now_mono();
-    found = 1;
-  }
-  for (t = S->tasks; t; t = t->next) {
-    if (ev_is_active(&t->timer)) {
-      double r = ev_timer_remaining(S->loop, &t->timer);
-      if (!found || r < best) best = r;
-      found = 1;
-    }
-  }
-  if (!found) return -1;
-  if (best < 0) best = 0;
-  return ceil(best * 1000.0) / 1000.0;
+/* Seconds until the next timer, rounded up to the millisecond so that a
+ * poll() with a millisecond timeout never wakes just before it; -1 if
+ * none. */
+static double next_timer(ml_State *S) {
+  double d = ml__sched_next_timer(S);
+  return d < 0 ? -1 : ceil(d * 1000.0) / 1000.0;
 }
 
 int ml_state_step(ml_State *S, int *fd, double *timeout) {
   Run a = { NULL, 1, 0 };
-  double t0;
   int rc;
   ENTER(S, E);
   if (fd) *fd = backend_fd(E);
   if (timeout) *timeout = 0;
-  if (!E->timers_tracked) {
-    if (ml__embed_pcall(S->L, track_timers_p, NULL) < 0) return -ENOMEM;
-    E->timers_tracked = 1;
-  }
-  t0 = now_mono();
   rc = run(S, &a);
   if (rc < 0) return rc;
   if (a.rc) return 1;  /* more is ready: step again at once */
@@ -520,7 +423,7 @@ int ml_state_step(ml_State *S, int *fd, double *timeout) {
     if (timeout) *timeout = -1;
     return 0;
   }
-  if (timeout) *timeout = next_timer(E, t0);
+  if (timeout) *timeout = next_timer(S);
   return 1;
 }
 

@@ -35,9 +35,6 @@ typedef struct ml_Embed {
   size_t cap;             /* the memory limit, 0 for none */
   /* Foreign-loop stepping (embed.c). */
   int backend_fd;         /* -2 until looked up, -1 if none */
-  int timers_tracked;     /* loop.call_later/call_at record deadlines */
-  double *deadlines;      /* a min-heap of monotonic times */
-  size_t ndeadlines, cap_deadlines;
 } ml_Embed;
 
 /* A host future: a Future whose userdata also points at the ml_Embed, so

@@ -60,6 +60,8 @@ typedef struct ml_Future ml_Future;
  * passed on to what the task awaits, which will wake it. */
 typedef int (*ml_CancelHook)(lua_State *L, ml_Task *t, void *ud);
 
+struct Timers;  /* sched.c's timer heap */
+
 struct ml_State {
   lua_State *L;
   struct ev_loop *loop;
@@ -71,6 +73,7 @@ struct ml_State {
   ml_Task *tasks;        /* pending tasks, a list through prev/next */
   unsigned long task_seq;
   int npool;             /* idle task threads in the pool (task.c) */
+  struct Timers *timers; /* call_later/call_at handles (sched.c) */
   int ntasks;            /* tasks not yet done */
   int debug;             /* MOONLOOP_DEBUG / run(c, {debug=true}) */
   int stopping;          /* loop:stop() was called */
@@ -309,6 +312,10 @@ int ml__sched_step(ml_State *S);
 
 /* [-0, +1] pushes the loop object (asyncio's AbstractEventLoop). */
 void ml__push_loop(lua_State *L);
+/* Seconds until the earliest timer of S fires (call_later/call_at handles
+ * and sleeping tasks; 0 if one is overdue), or -1 if none is armed: what a
+ * foreign loop stepping moonloop should wait at most. */
+double ml__sched_next_timer(ml_State *S);
 /* Makes the loop object; [-0, +1] pushes its methods table. */
 void ml__sched_open(lua_State *L);
 /* asyncio.create_task(coro, {name=}) */

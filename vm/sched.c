@@ -230,6 +230,26 @@ static int handle_queue(ml_State *S, Handle *h, int slot) {
   return rc;
 }
 
+double ml__sched_next_timer(ml_State *S) {
+  Timers *T = S->timers;
+  ml_Task *t;
+  double best = 0;
+  int found = 0;
+  if (T && ev_is_active(&T->timer)) {
+    best = ev_timer_remaining(S->loop, &T->timer);
+    found = 1;
+  }
+  for (t = S->tasks; t; t = t->next) {
+    if (ev_is_active(&t->timer)) {
+      double r = ev_timer_remaining(S->loop, &t->timer);
+      if (!found || r < best) best = r;
+      found = 1;
+    }
+  }
+  if (!found) return -1;
+  return best > 0 ? best : 0;
+}
+
 /* Arms the ev_timer for the top of the heap, or stops it. */
 static void timers_arm(Timers *T) {
   struct ev_loop *loop = T->S->loop;
@@ -303,6 +323,7 @@ static int timers_gc(lua_State *L) {
   T->free = NULL;
   T->n = T->cap = T->nfree = T->capslots = 0;
   T->closed = 1;
+  if (T->S->timers == T) T->S->timers = NULL;
   return 0;
 }
 
@@ -821,6 +842,7 @@ void ml__sched_open(lua_State *L) {
   lua_setiuservalue(L, -2, 1);
   lua_pushvalue(L, -1);
   lua_rawsetp(L, LUA_REGISTRYINDEX, &timers_key);
+  S->timers = T;
   luaL_newmetatable(L, ML_HANDLE_MT);
   lua_newtable(L);
   lua_pushvalue(L, -3);
