@@ -858,7 +858,14 @@ void ml__sched_open(lua_State *L) {
   luaL_setfuncs(L, timer_methods, 3);
   lua_pushvalue(L, -1);
   lua_setfield(L, -3, "__index");
-  lua_newtable(L);  /* the loop object itself: a plain table */
+  /* The loop object itself: a table holding the timer methods (the hot
+   * ones: no __index hop per call_later, -120 instructions a timer), whose
+   * metatable's __index has the rest, including those modules add. */
+  lua_newtable(L);
+  lua_pushvalue(L, -4);                        /* the Handle metatable, */
+  lua_pushvalue(L, -6);                        /* the Timers, */
+  lua_getiuservalue(L, -1, 1);                 /* the anchor table */
+  luaL_setfuncs(L, timer_methods, 3);
   lua_pushvalue(L, -3);
   lua_setmetatable(L, -2);
   lua_setfield(L, LUA_REGISTRYINDEX, ML_LOOP_MT ".instance");
