@@ -18,23 +18,27 @@
 
 static const char conn_key = 0;
 
-/* The transport of the reader or writer table at 1, or a type error. */
+/* The transport of the reader or writer table at 1, or a type error.
+ * [-0, +1] leaves the transport on the stack.  This runs on every call
+ * of every method: one table lookup and ml__conn_test, no registry. */
 static ml_Conn *stream_conn(lua_State *L, const char *what) {
   ml_Conn *c;
   if (lua_type(L, 1) != LUA_TTABLE) luaL_typeerror(L, 1, what);
   lua_rawgetp(L, 1, &conn_key);
-  c = luaL_testudata(L, -1, ML_TRANSPORT);
-  if (c == NULL) luaL_typeerror(L, 1, what);
-  lua_pop(L, 1);
+  c = ml__conn_test(L, -1);
+  if (c == NULL || c->kind != ML_CONN_STREAM) luaL_typeerror(L, 1, what);
   return c;
 }
 
-/* Fixes the stack to nargs values and pushes the transport after them,
- * at nargs + 1, where the continuations find it. */
+/* Fixes the stack to nargs values and the transport after them, at
+ * nargs + 1, where the continuations find it. */
 static ml_Conn *setup(lua_State *L, int nargs, const char *what) {
   ml_Conn *c = stream_conn(L, what);
-  lua_settop(L, nargs);
-  lua_rawgetp(L, 1, &conn_key);
+  if (lua_gettop(L) != nargs + 1) {
+    lua_pop(L, 1);
+    lua_settop(L, nargs);
+    lua_rawgetp(L, 1, &conn_key);
+  }
   return c;
 }
 
@@ -266,9 +270,11 @@ static int readline_k(lua_State *L, int status, lua_KContext ctx) {
 
 static int reader_read(lua_State *L) {
   lua_Integer n = luaL_optinteger(L, 2, -1);
-  setup(L, 1, "StreamReader");
-  lua_pushinteger(L, n);
-  lua_insert(L, 2);
+  setup(L, 2, "StreamReader");
+  if (!lua_isinteger(L, 2)) {
+    lua_pushinteger(L, n);
+    lua_replace(L, 2);
+  }
   return read_k(L, LUA_OK, 0);
 }
 
@@ -316,7 +322,7 @@ static int lines_iter(lua_State *L) {
   lua_settop(L, 0);
   lua_pushvalue(L, lua_upvalueindex(1));
   lua_pushliteral(L, "\n");
-  lua_rawgetp(L, 1, &conn_key);
+  stream_conn(L, "StreamReader");
   lua_pushboolean(L, 1);
   return readline_k(L, LUA_OK, 0);
 }
@@ -509,7 +515,7 @@ static int writer_tostring(lua_State *L) {
 static int writer_gc(lua_State *L) {
   ml_Conn *c;
   lua_rawgetp(L, 1, &conn_key);
-  c = luaL_testudata(L, -1, ML_TRANSPORT);
+  c = ml__conn_test(L, -1);
   if (c && !c->closing) ml__conn_close(c, 0);
   return 0;
 }

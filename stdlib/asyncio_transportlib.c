@@ -8,8 +8,9 @@
  * paused, before EOF, and (stream mode) while the reader's buffer is under
  * its limit or a reader waits.  A readable event reads once into the
  * state's scratch area (or straight into rbuf when it has room) and either
- * hands the bytes to protocol.data_received (protected, through
- * ml__callback) or appends them to rbuf and wakes the waiting reader.
+ * hands the bytes to protocol.data_received (one protected call per read,
+ * proto_readable) or appends them to rbuf and wakes the waiting reader,
+ * which takes them in its own task step: no Lua runs in the callback.
  *
  * Writing: write() calls send(2) at once when nothing is queued and queues
  * only what the kernel refused; the write watcher is armed only while the
@@ -250,8 +251,10 @@ static void stream_readable(ml_Conn *c) {
   ml__conn_update_reading(c);
 }
 
-/* Protocol and datagram mode: runs in protected mode (ml__callback). */
-static int proto_readable(lua_State *L);
+/* Protocol mode: reads and calls data_received (protected). */
+static void proto_readable(ml_Conn *c);
+/* Datagram mode: runs in protected mode (ml__callback). */
+static int dgram_readable(lua_State *L);
 
 static void read_cb(struct ev_loop *loop, ev_io *w, int revents) {
   ml_Conn *c = w->data;
@@ -261,10 +264,13 @@ static void read_cb(struct ev_loop *loop, ev_io *w, int revents) {
     stream_readable(c);
     return;
   }
-  lua_pushcfunction(L, proto_readable);
+  if (c->kind == ML_CONN_PROTO) {
+    proto_readable(c);
+    return;
+  }
+  lua_pushcfunction(L, dgram_readable);
   lua_pushlightuserdata(L, c);
-  ml__callback(L, 1, c->kind == ML_CONN_DGRAM ? "Exception in datagram protocol"
-                                               : "Exception in protocol callback");
+  ml__callback(L, 1, "Exception in datagram protocol");
 }
 
 static void dgram_flush(ml_Conn *c) {
@@ -438,63 +444,132 @@ static void proto_event_call(lua_State *L, ml_Conn *c, int evt, int err) {
   ml__callback(L, 3, evt == EVT_LOST ? "Exception in connection_lost" : "Exception in protocol callback");
 }
 
-static int proto_readable(lua_State *L) {
+static int dgram_readable(lua_State *L) {
   ml_Conn *c = lua_touserdata(L, 1);
+  struct sockaddr_storage ss;
+  socklen_t len = sizeof ss;
   ssize_t r;
   lua_settop(L, 0);
   if (c->fd < 0 || c->lost || !push_conn(L, c)) return 0;
-  if (c->kind == ML_CONN_DGRAM) {
-    struct sockaddr_storage ss;
-    socklen_t len = sizeof ss;
-    do r = recvfrom(c->fd, c->scratch, c->scratch_size, 0, (struct sockaddr *)&ss, &len);
-    while (r < 0 && errno == EINTR);
-    if (r < 0) {
-      if (errno == EAGAIN || errno == EWOULDBLOCK) return 0;
-      /* ICMP errors (ECONNREFUSED ...) are the protocol's to see. */
-      ml__exc_push_errno(L, errno, NULL);
-      proto_call(L, 1, "error_received", 1, 0);
-      return 0;
-    }
-    lua_pushlstring(L, c->scratch, (size_t)r);
-    if (len == 0) lua_pushnil(L);
-    else ml__sock_pushaddr(L, (struct sockaddr *)&ss, len);
-    proto_call(L, 1, "datagram_received", 2, 0);
+  do r = recvfrom(c->fd, c->scratch, c->scratch_size, 0, (struct sockaddr *)&ss, &len);
+  while (r < 0 && errno == EINTR);
+  if (r < 0) {
+    if (errno == EAGAIN || errno == EWOULDBLOCK) return 0;
+    /* ICMP errors (ECONNREFUSED ...) are the protocol's to see. */
+    ml__exc_push_errno(L, errno, NULL);
+    proto_call(L, 1, "error_received", 1, 0);
     return 0;
   }
+  lua_pushlstring(L, c->scratch, (size_t)r);
+  if (len == 0) lua_pushnil(L);
+  else ml__sock_pushaddr(L, (struct sockaddr *)&ss, len);
+  proto_call(L, 1, "datagram_received", 2, 0);
+  return 0;
+}
+
+/* protocol:eof_received(), through ml__callback: a true result keeps the
+ * transport half-open; otherwise it is closed. */
+static int proto_eof(lua_State *L) {
+  ml_Conn *c = lua_touserdata(L, 1);
+  lua_settop(L, 0);
+  if (!push_conn(L, c)) return 0;
+  proto_call(L, 1, "eof_received", 0, 1);
+  if (!lua_toboolean(L, -1)) ml__conn_close(c, 0);
+  return 0;
+}
+
+/* The traceback of the last data_received that failed (data_msgh). */
+static const char data_tb_key = 0;
+
+static int data_msgh(lua_State *L) {
+  luaL_traceback(L, L, NULL, 1);
+  lua_rawsetp(L, LUA_REGISTRYINDEX, &data_tb_key);
+  return 1;  /* the error itself, unchanged */
+}
+
+/* Protected: protocol:data_received(bytes), the n bytes read into the
+ * scratch area.  Stack: 1 the transport (light), 2 n. */
+static int proto_data(lua_State *L) {
+  ml_Conn *c = lua_touserdata(L, 1);
+  size_t n = (size_t)lua_tointeger(L, 2);
+  /* The string first: __index code run by the lookup below may reuse
+   * the scratch area. */
+  lua_pushlstring(L, c->scratch, n);
+  if (!push_conn(L, c)) return 0;
+  lua_getiuservalue(L, -1, XUV_PROTO);
+  if (lua_getfield(L, -1, "data_received") == LUA_TNIL) return 0;
+  lua_insert(L, -2);        /* method, protocol */
+  lua_pushvalue(L, 3);      /* data */
+  lua_call(L, 2, 0);
+  return 0;
+}
+
+/* The hot path of the protocols API: one recv(2) into the scratch area
+ * and one protected call that makes the string and calls data_received.
+ * The loop's ml__callback would do the same with a second protected call
+ * around the first; here its message handler and report are inlined, and
+ * a failure (asyncio: fatal to the connection) is seen directly. */
+static void proto_readable(ml_Conn *c) {
+  lua_State *L = c->S->L;
+  ssize_t r;
+  int base, st;
+  if (c->fd < 0 || c->lost || c->ref == LUA_NOREF) return;
   r = conn_recv(c, c->scratch, c->scratch_size);
-  if (r > 0) {
-    lua_pushlstring(L, c->scratch, (size_t)r);
-    lua_getiuservalue(L, 1, XUV_PROTO);
-    if (lua_getfield(L, -1, "data_received") == LUA_TNIL) return 0;
-    lua_insert(L, -3);
-    lua_insert(L, -2);  /* method, protocol, data */
-    if (lua_pcall(L, 2, 0, 0) != LUA_OK) {
-      /* asyncio: a failing data_received is fatal to the connection. */
-      lua_pushvalue(L, -1);
-      lua_setiuservalue(L, 1, XUV_EXC);
-      c->has_exc = 1;
-      fatal(c, 0);
-      return lua_error(L);
-    }
-    return 0;
-  }
   if (r == 0) {
     c->eof = 1;
     ml__conn_update_reading(c);
-    proto_call(L, 1, "eof_received", 0, 1);
-    /* A true result keeps the transport half-open; otherwise close it. */
-    if (!lua_toboolean(L, -1)) ml__conn_close(c, 0);
-    return 0;
+    lua_pushcfunction(L, proto_eof);
+    lua_pushlightuserdata(L, c);
+    ml__callback(L, 1, "Exception in protocol callback");
+    return;
   }
-  if (errno == EAGAIN || errno == EWOULDBLOCK) return 0;
-  fatal(c, errno);
-  return 0;
+  if (r < 0) {
+    if (errno != EAGAIN && errno != EWOULDBLOCK) fatal(c, errno);
+    return;
+  }
+  if (!lua_checkstack(L, 8)) {
+    fatal(c, ENOMEM);  /* the bytes cannot be delivered */
+    return;
+  }
+  base = lua_gettop(L);
+  lua_pushcfunction(L, data_msgh);
+  lua_pushcfunction(L, proto_data);
+  lua_pushlightuserdata(L, c);
+  lua_pushinteger(L, (lua_Integer)r);
+  st = lua_pcall(L, 2, 0, base + 1);
+  if (st != LUA_OK) {
+    /* [msgh, error]: asyncio closes the connection, connection_lost(exc). */
+    if (push_conn(L, c)) {
+      lua_pushvalue(L, -2);
+      lua_setiuservalue(L, -2, XUV_EXC);
+      lua_pop(L, 1);
+      c->has_exc = 1;
+    }
+    fatal(c, 0);
+    /* The message handler runs for runtime errors only. */
+    if (st == LUA_ERRRUN) lua_rawgetp(L, LUA_REGISTRYINDEX, &data_tb_key);
+    else lua_pushnil(L);
+    ml__report_tb(L, "Exception in protocol callback");
+  }
+  lua_settop(L, base);
 }
 
 /* ---------------------------------------------------------------- */
 /* Making transports.                                                  */
 
 static int conn_gc(lua_State *L);
+
+/* The address behind every transport's XUV_TAG. */
+static const char conn_tag = 0;
+
+ml_Conn *ml__conn_test(lua_State *L, int idx) {
+  ml_Conn *c = lua_touserdata(L, idx);
+  if (c == NULL || lua_type(L, idx) != LUA_TUSERDATA) return NULL;
+  lua_getiuservalue(L, idx, XUV_TAG);  /* none: pushes nil */
+  if (lua_touserdata(L, -1) != (void *)&conn_tag) c = NULL;
+  lua_pop(L, 1);
+  return c;
+}
 
 ml_Conn *ml__conn_new(lua_State *L, int sidx, int kind) {
   ml_Socket *s = NULL;
@@ -522,6 +597,8 @@ ml_Conn *ml__conn_new(lua_State *L, int sidx, int kind) {
   ev_init(&c->later, later_cb);
   c->rio.data = c->wio.data = c->later.data = c;
   luaL_setmetatable(L, kind == ML_CONN_DGRAM ? ML_DGRAM_TRANSPORT : ML_TRANSPORT);
+  lua_pushlightuserdata(L, (void *)&conn_tag);
+  lua_setiuservalue(L, -2, XUV_TAG);
   c->scratch = ml__net_scratch(L, 0, &c->scratch_size);
   if (s == NULL) return c;
   lua_pushvalue(L, sidx);
@@ -547,8 +624,7 @@ ml_Conn *ml__conn_new(lua_State *L, int sidx, int kind) {
 }
 
 ml_Conn *ml__conn_check(lua_State *L, int idx) {
-  ml_Conn *c = luaL_testudata(L, idx, ML_TRANSPORT);
-  if (c == NULL) c = luaL_testudata(L, idx, ML_DGRAM_TRANSPORT);
+  ml_Conn *c = ml__conn_test(L, idx);
   if (c == NULL) luaL_typeerror(L, idx, "transport");
   return c;
 }
@@ -598,7 +674,9 @@ static int l_unlink_socket(lua_State *L) {
 /* Transport methods.                                                 */
 
 static ml_Conn *check_stream_t(lua_State *L) {
-  return luaL_checkudata(L, 1, ML_TRANSPORT);
+  ml_Conn *c = ml__conn_test(L, 1);
+  if (c == NULL || c->kind == ML_CONN_DGRAM) luaL_typeerror(L, 1, ML_TRANSPORT);
+  return c;
 }
 
 static int t_write(lua_State *L) {
@@ -779,7 +857,9 @@ static int conn_gc(lua_State *L) {
 /* ---- datagram transport ---- */
 
 static ml_Conn *check_dgram(lua_State *L) {
-  return luaL_checkudata(L, 1, ML_DGRAM_TRANSPORT);
+  ml_Conn *c = ml__conn_test(L, 1);
+  if (c == NULL || c->kind != ML_CONN_DGRAM) luaL_typeerror(L, 1, ML_DGRAM_TRANSPORT);
+  return c;
 }
 
 /* sendto(data [, addr]) */

@@ -125,14 +125,19 @@ void ml__bq_free(ml_BQ *q);
  * bytes read are kept in rbuf for the StreamReader instead of being handed
  * to a protocol.  Its watchers and buffers live inside it; while it is
  * open it is anchored in the registry (ref), because libev points at it.
- * Everything that would run Lua code from a libev callback goes through
- * ml__callback; connection_lost is deferred to the `later` timer, so it
- * never runs inside the caller of close(). */
+ * Everything that would run Lua code from a libev callback runs in
+ * protected mode: through ml__callback, or for data_received (the hot
+ * path) through one lua_pcall with the same report on failure;
+ * connection_lost is deferred to the `later` timer, so it never runs
+ * inside the caller of close(). */
 
 enum { ML_CONN_PROTO = 1, ML_CONN_STREAM, ML_CONN_DGRAM };
 
-/* User values of a transport. */
-enum { XUV_SOCK = 1, XUV_PROTO, XUV_EXC, XUV_ONLOST, XUV_N = XUV_ONLOST };
+/* User values of a transport.  XUV_TAG holds a light userdata of a
+ * private static address: no script can set a user value, so it proves
+ * that a userdata is a transport (ml__conn_test) without the registry
+ * lookup and string compare of luaL_testudata, on every method call. */
+enum { XUV_SOCK = 1, XUV_PROTO, XUV_EXC, XUV_ONLOST, XUV_TAG, XUV_N = XUV_TAG };
 
 #define ML_TRANSPORT "asyncio.Transport"
 #define ML_DGRAM_TRANSPORT "asyncio.DatagramTransport"
@@ -186,6 +191,8 @@ int luaopen_asyncio_transport(lua_State *L);
 
 /* The transport at idx (of either kind), or a type error naming it. */
 ml_Conn *ml__conn_check(lua_State *L, int idx);
+/* The transport at idx (of either kind), or NULL.  [-0, +0] */
+ml_Conn *ml__conn_test(lua_State *L, int idx);
 /* [-0, +1] pushes a new transport of kind over the open socket at sidx (it
  * takes the socket: the socket's own close refuses from then on), or over
  * nothing if sidx is 0.  Reading starts with ml__conn_start. */
