@@ -1,0 +1,71 @@
+-- The example scripts under scripts/, run as a user runs them, each with a
+-- check of what it prints.
+local T = require "asyncio.test"
+local BIN = os.getenv("MOONLOOP_BIN") or "build/moonloop"
+
+local function run(args)
+  return T.sh("timeout 60 " .. BIN .. " " .. args .. " 2>&1")
+end
+
+T.case("hello.lua greets", function()
+  local out, st = run("scripts/hello.lua moon")
+  T.eq(st, 0, "status"); T.eq(out, "hello, moon\n", "output")
+end)
+
+T.case("tour.lua walks through tasks, timers, cancellation and timeouts", function()
+  local out, st = run("scripts/tour.lua")
+  T.eq(st, 0, "status")
+  T.match(out, "gather returned {GATHER 1, GATHER 2}", "gather")
+  T.match(out, "sleeper cancelled: true", "cancellation")
+  T.match(out, "wait_for raised TimeoutError", "timeout")
+  T.match(out, "tour done\n$", "reached the end")
+end)
+
+T.case("echo_server.lua and echo_client.lua talk over TCP", async function()
+  local log = T.tmpname(".log")
+  local pid = T.sh(string.format("%s scripts/echo_server.lua 127.0.0.1 0 > %s 2>&1 & echo $!", BIN, log))
+  pid = tonumber(pid)
+  local port
+  for _ = 1, 100 do  -- bounded: 5 s
+    local f = io.open(log)
+    local text = f and f:read("a") or ""
+    if f then f:close() end
+    port = text:match("serving on 127%.0%.0%.1:(%d+)")
+    if port then break end
+    await asyncio.sleep(0.05)
+  end
+  T.ok(port, "the server said where it serves")
+  local out, st = run("scripts/echo_client.lua 127.0.0.1 " .. port .. " one two")
+  os.execute("kill " .. pid .. " 2>/dev/null")
+  T.eq(st, 0, "client status")
+  T.eq(out, "sent one, got one\nsent two, got two\n", "the echoes")
+end)
+
+T.case("chat_server.lua --demo broadcasts joins, messages and quits", function()
+  local out, st = run("scripts/chat_server.lua --demo")
+  T.eq(st, 0, "status")
+  T.match(out, "alice sees bob: hi all", "a broadcast message")
+  T.match(out, "alice sees %* carol left", "a quit")
+end)
+
+T.case("fetch_many.lua fetches over many connections", function()
+  local out, st = run("scripts/fetch_many.lua")
+  T.eq(st, 0, "status")
+  T.match(out, "500 requests, 50 concurrent: 495 ok, 5 not found, 0 failed", "summary")
+end)
+
+T.case("crawler.lua crawls a local site with a bounded pool", function()
+  local out, st = run("scripts/crawler.lua")
+  T.eq(st, 0, "status")
+  T.match(out, "crawled 59 pages with 4 workers", "summary")
+  T.match(out, "missing: /page/404 %(404%)", "the missing page")
+end)
+
+T.case("pipeline.lua runs stages with backpressure and stops cleanly", function()
+  local out, st = run("scripts/pipeline.lua")
+  T.eq(st, 0, "status")
+  T.match(out, "items: 1000 of 1000, sum of squares: 332833500 %(correct%)", "result")
+  T.match(out, "high%-water marks %(bound 8%): raw [1-8], parsed [1-8], enriched [1-8]\n", "bounded queues")
+end)
+
+T.run()
