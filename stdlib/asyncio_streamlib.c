@@ -408,20 +408,7 @@ static int writer_write(lua_State *L) {
 }
 
 static int writer_writelines(lua_State *L) {
-  ml_Conn *c = stream_conn(L, "StreamWriter");
-  luaL_checktype(L, 2, LUA_TTABLE);
-  if (c->eof_req) return ml__exc_raise(L, "RuntimeError", "Cannot call write() after write_eof()");
-  lua_Integer n = luaL_len(L, 2);
-  for (lua_Integer i = 1; i <= n; i++) {
-    size_t len;
-    lua_geti(L, 2, i);
-    const char *p = lua_tolstring(L, -1, &len);
-    if (p == NULL || lua_type(L, -1) != LUA_TSTRING)
-      return luaL_argerror(L, 2, "list of strings expected");
-    if (ml__conn_write(L, c, p, len) < 0) return ml__exc_raise(L, "MemoryError", "write buffer");
-    lua_pop(L, 1);
-  }
-  return 0;
+  return ml__conn_writelines(L, stream_conn(L, "StreamWriter"));
 }
 
 static int drain_hook(lua_State *L, ml_Task *t, void *ud) {

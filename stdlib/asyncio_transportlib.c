@@ -688,8 +688,7 @@ static int t_write(lua_State *L) {
   return 0;
 }
 
-static int t_writelines(lua_State *L) {
-  ml_Conn *c = check_stream_t(L);
+int ml__conn_writelines(lua_State *L, ml_Conn *c) {
   luaL_checktype(L, 2, LUA_TTABLE);
   if (c->eof_req) return ml__exc_raise(L, "RuntimeError", "Cannot call write() after write_eof()");
   lua_Integer n = luaL_len(L, 2);
@@ -703,6 +702,10 @@ static int t_writelines(lua_State *L) {
     lua_pop(L, 1);
   }
   return 0;
+}
+
+static int t_writelines(lua_State *L) {
+  return ml__conn_writelines(L, check_stream_t(L));
 }
 
 static int t_write_eof(lua_State *L) {

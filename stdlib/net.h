@@ -204,6 +204,10 @@ void ml__conn_update_reading(ml_Conn *c);
  * they are not raised here.  Crossing the high-water mark pauses writing
  * (protocol.pause_writing() through L).  Returns 0 or -ENOMEM. */
 int ml__conn_write(lua_State *L, ml_Conn *c, const char *p, size_t n);
+/* writelines(list) of the transport or StreamWriter c: argument 2 is a list
+ * of strings, each written with ml__conn_write.  A lua_CFunction body:
+ * returns 0 values; raises on a bad list or after write_eof. */
+int ml__conn_writelines(lua_State *L, ml_Conn *c);
 /* close(): stops reading, flushes, then delivers connection_lost.  With
  * abort, drops what is queued and closes at once.  Idempotent. */
 void ml__conn_close(ml_Conn *c, int abort);
