@@ -411,10 +411,11 @@ static int writer_writelines(lua_State *L) {
   return ml__conn_writelines(L, stream_conn(L, "StreamWriter"));
 }
 
-static int drain_hook(lua_State *L, ml_Task *t, void *ud) {
-  ml_Conn *c = ud;
+/* Cancel hook of drain() and wait_closed(): ud is the waiter list the
+ * task is in. */
+static int waiters_hook(lua_State *L, ml_Task *t, void *ud) {
   (void)L;
-  ml__waiters_remove(&c->drainers, t);
+  ml__waiters_remove(ud, t);
   return 0;
 }
 
@@ -429,19 +430,12 @@ static int drain_k(lua_State *L, int status, lua_KContext ctx) {
   if (S->current == NULL || !lua_isyieldable(L)) return ml__task_suspend(L, NULL, NULL, 0, NULL);
   if (ml__waiters_add(c, &c->drainers, S->current) < 0)
     return ml__exc_raise(L, "MemoryError", "drain waiters");
-  return ml__task_suspend(L, drain_hook, c, 0, drain_k);
+  return ml__task_suspend(L, waiters_hook, &c->drainers, 0, drain_k);
 }
 
 static int writer_drain(lua_State *L) {
   setup(L, 1, "StreamWriter");
   return drain_k(L, LUA_OK, 0);
-}
-
-static int closed_hook(lua_State *L, ml_Task *t, void *ud) {
-  ml_Conn *c = ud;
-  (void)L;
-  ml__waiters_remove(&c->closers, t);
-  return 0;
 }
 
 /* wait_closed(): until connection_lost; raises the error that ended the
@@ -457,7 +451,7 @@ static int wait_closed_k(lua_State *L, int status, lua_KContext ctx) {
   if (S->current == NULL || !lua_isyieldable(L)) return ml__task_suspend(L, NULL, NULL, 0, NULL);
   if (ml__waiters_add(c, &c->closers, S->current) < 0)
     return ml__exc_raise(L, "MemoryError", "close waiters");
-  return ml__task_suspend(L, closed_hook, c, 0, wait_closed_k);
+  return ml__task_suspend(L, waiters_hook, &c->closers, 0, wait_closed_k);
 }
 
 static int writer_wait_closed(lua_State *L) {
