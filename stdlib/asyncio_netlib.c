@@ -566,73 +566,15 @@ static int resolve_then(lua_State *L, ml_Socket *s, const Cont *c) {
 /* ---------------------------------------------------------------- */
 /* loop:sock_* methods.  Argument 1 is the loop, 2 the socket.        */
 
+/* The four receive methods in one: stack 1 loop, 2 socket, 3 a
+ * socket.buffer to fill or nil for a new string, 4 the byte count (0 with
+ * a buffer: all of it).  ctx: 1 if the sender's address is wanted too.
+ * Returns the data (or the count filled), then the address if wanted. */
 static int recv_k(lua_State *L, int status, lua_KContext ctx) {
   ml_Socket *s = check_nb(L, 2);
-  size_t n = (size_t)lua_tointeger(L, 3), cap;
-  (void)status; (void)ctx;
-  for (;;) {
-    char *buf = ml__net_scratch(L, n, &cap);
-    luaL_Buffer b;
-    ssize_t r;
-    if (n > cap) buf = luaL_buffinitsize(L, &b, n);
-    r = recv(s->fd, buf, n, 0);
-    if (r >= 0) {
-      if (n > cap) luaL_pushresultsize(&b, (size_t)r);
-      else lua_pushlstring(L, buf, (size_t)r);
-      return 1;
-    }
-    lua_settop(L, 3);
-    if (errno == EINTR) continue;
-    if (errno == EAGAIN || errno == EWOULDBLOCK) return park(L, s, 0, 0, recv_k);
-    return raise_errno(L, errno);
-  }
-}
-
-/* loop:sock_recv(sock, nbytes) -> data ("" at end of stream) */
-static int loop_sock_recv(lua_State *L) {
-  check_nb(L, 2);
-  lua_Integer n = luaL_checkinteger(L, 3);
-  luaL_argcheck(L, n >= 0, 3, "negative buffer size");
-  lua_settop(L, 3);
-  return recv_k(L, LUA_OK, 0);
-}
-
-static int recv_into_k(lua_State *L, int status, lua_KContext ctx) {
-  ml_Socket *s = check_nb(L, 2);
-  size_t size;
-  char *buf = ml__buffer_check(L, 3, &size);
-  size_t n = (size_t)lua_tointeger(L, 4);
-  (void)status; (void)ctx;
-  if (n == 0 || n > size) n = size;
-  for (;;) {
-    ssize_t r = recv(s->fd, buf, n, 0);
-    if (r >= 0) {
-      lua_pushinteger(L, r);
-      return 1;
-    }
-    if (errno == EINTR) continue;
-    if (errno == EAGAIN || errno == EWOULDBLOCK) return park(L, s, 0, 0, recv_into_k);
-    return raise_errno(L, errno);
-  }
-}
-
-/* loop:sock_recv_into(sock, buf [, nbytes]) -> count */
-static int loop_sock_recv_into(lua_State *L) {
-  check_nb(L, 2);
-  size_t size;
-  ml__buffer_check(L, 3, &size);
-  lua_Integer n = luaL_optinteger(L, 4, 0);
-  luaL_argcheck(L, n >= 0 && (size_t)n <= size, 4, "nbytes out of range");
-  lua_settop(L, 3);
-  lua_pushinteger(L, n);
-  return recv_into_k(L, LUA_OK, 0);
-}
-
-static int recvfrom_k(lua_State *L, int status, lua_KContext ctx) {
-  ml_Socket *s = check_nb(L, 2);
-  int into = lua_type(L, 3) == LUA_TUSERDATA;
+  int into = lua_type(L, 3) == LUA_TUSERDATA, want_addr = (int)ctx;
   size_t n = (size_t)lua_tointeger(L, 4), cap;
-  (void)status; (void)ctx;
+  (void)status;
   for (;;) {
     struct sockaddr_storage ss;
     socklen_t len = sizeof ss;
@@ -646,35 +588,37 @@ static int recvfrom_k(lua_State *L, int status, lua_KContext ctx) {
       buf = ml__net_scratch(L, n, &cap);
       if (n > cap) buf = luaL_buffinitsize(L, &b, n);
     }
-    r = recvfrom(s->fd, buf, n, 0, (struct sockaddr *)&ss, &len);
+    r = recvfrom(s->fd, buf, n, 0, want_addr ? (struct sockaddr *)&ss : NULL,
+                 want_addr ? &len : NULL);
     if (r >= 0) {
       if (into) lua_pushinteger(L, r);
       else if (n > cap) luaL_pushresultsize(&b, (size_t)r);
       else lua_pushlstring(L, buf, (size_t)r);
+      if (!want_addr) return 1;
       if (len == 0) lua_pushnil(L);
       else ml__sock_pushaddr(L, (struct sockaddr *)&ss, len);
       return 2;
     }
     lua_settop(L, 4);
     if (errno == EINTR) continue;
-    if (errno == EAGAIN || errno == EWOULDBLOCK) return park(L, s, 0, 0, recvfrom_k);
+    if (errno == EAGAIN || errno == EWOULDBLOCK) return park(L, s, 0, ctx, recv_k);
     return raise_errno(L, errno);
   }
 }
 
-/* loop:sock_recvfrom(sock, bufsize) -> data, addr */
-static int loop_sock_recvfrom(lua_State *L) {
+/* Checks (sock, nbytes) and runs recv_k.  [loop, sock, n] */
+static int recv_new(lua_State *L, lua_KContext want_addr) {
   check_nb(L, 2);
   lua_Integer n = luaL_checkinteger(L, 3);
   luaL_argcheck(L, n >= 0, 3, "negative buffer size");
   lua_settop(L, 3);
   lua_pushnil(L);
   lua_insert(L, 3);  /* 3: nil (not a buffer), 4: n */
-  return recvfrom_k(L, LUA_OK, 0);
+  return recv_k(L, LUA_OK, want_addr);
 }
 
-/* loop:sock_recvfrom_into(sock, buf [, nbytes]) -> count, addr */
-static int loop_sock_recvfrom_into(lua_State *L) {
+/* Checks (sock, buf [, nbytes]) and runs recv_k. */
+static int recv_into(lua_State *L, lua_KContext want_addr) {
   check_nb(L, 2);
   size_t size;
   ml__buffer_check(L, 3, &size);
@@ -682,8 +626,17 @@ static int loop_sock_recvfrom_into(lua_State *L) {
   luaL_argcheck(L, n >= 0 && (size_t)n <= size, 4, "nbytes out of range");
   lua_settop(L, 3);
   lua_pushinteger(L, n);
-  return recvfrom_k(L, LUA_OK, 0);
+  return recv_k(L, LUA_OK, want_addr);
 }
+
+/* loop:sock_recv(sock, nbytes) -> data ("" at end of stream) */
+static int loop_sock_recv(lua_State *L) { return recv_new(L, 0); }
+/* loop:sock_recv_into(sock, buf [, nbytes]) -> count */
+static int loop_sock_recv_into(lua_State *L) { return recv_into(L, 0); }
+/* loop:sock_recvfrom(sock, bufsize) -> data, addr */
+static int loop_sock_recvfrom(lua_State *L) { return recv_new(L, 1); }
+/* loop:sock_recvfrom_into(sock, buf [, nbytes]) -> count, addr */
+static int loop_sock_recvfrom_into(lua_State *L) { return recv_into(L, 1); }
 
 static int sendall_k(lua_State *L, int status, lua_KContext ctx) {
   ml_Socket *s = check_nb(L, 2);
