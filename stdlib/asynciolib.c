@@ -6,11 +6,7 @@
 
 int ml__core_create_task(lua_State *L) {
   const char *name = NULL;
-  int iscoro;
-  ml__coro_iscoroutine(L);
-  iscoro = lua_toboolean(L, -1);
-  lua_pop(L, 1);
-  if (!iscoro && lua_type(L, 1) != LUA_TFUNCTION)
+  if (lua_type(L, 1) != LUA_TFUNCTION && !ml__coro_iscoro(L, 1))
     return ml__exc_raise(L, "TypeError", "a coroutine was expected, got %s",
                          luaL_tolstring(L, 1, NULL));
   if (lua_type(L, 2) == LUA_TTABLE) {

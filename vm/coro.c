@@ -26,7 +26,8 @@ static int coro_make(lua_State *L) {
   c->awaited = 0;
   c->reusable = 0;
   c->line = -1;
-  luaL_setmetatable(L, ML_CORO_MT);
+  lua_rawgeti(L, LUA_REGISTRYINDEX, ml__state(L)->coro_mt_ref);  /* no name lookup */
+  lua_setmetatable(L, -2);
   lua_pushvalue(L, lua_upvalueindex(1));
   lua_setiuservalue(L, -2, CUV_NAME);
   lua_pushvalue(L, lua_upvalueindex(2));
@@ -72,6 +73,8 @@ static Coro *test_coro(lua_State *L, int idx) {
   return mt == ml__state(L)->coro_mt ? c : NULL;
 }
 
+int ml__coro_iscoro(lua_State *L, int idx) { return test_coro(L, idx) != NULL; }
+
 int ml__coro_unpack(lua_State *L, int idx) {
   Coro *c = test_coro(L, idx);
   int i;
@@ -88,15 +91,16 @@ int ml__coro_unpack(lua_State *L, int idx) {
   return c->nargs + 1;
 }
 
-void ml__coro_claim(lua_State *L, int idx) {
+int ml__coro_claim(lua_State *L, int idx) {
   Coro *c = test_coro(L, idx);
-  if (c == NULL) return;
+  if (c == NULL) return 0;
   if (c->awaited) {
     lua_getiuservalue(L, idx, CUV_NAME);
     ml__exc_raise(L, "RuntimeError", "cannot reuse already awaited coroutine '%s'",
                   lua_tostring(L, -1));
   }
   c->awaited = !c->reusable;
+  return 1;
 }
 
 int ml__coro_push(lua_State *L, int idx) {
@@ -108,6 +112,10 @@ int ml__coro_push(lua_State *L, int idx) {
   lua_getiuservalue(L, idx, CUV_FN);
   for (i = 1; i <= c->nargs; i++) lua_getiuservalue(L, idx, CUV_ARGS - 1 + i);
   return c->nargs + 1;
+}
+
+void ml__coro_push_name(lua_State *L, int idx) {
+  lua_getiuservalue(L, idx, CUV_NAME);
 }
 
 static int call_k(lua_State *L, int status, lua_KContext base) {
@@ -128,7 +136,7 @@ static int l_await(lua_State *L) {
   if (p && lua_getmetatable(L, 1)) {
     const void *mt = lua_topointer(L, -1);
     lua_pop(L, 1);
-    if (mt == S->future_mt || mt == S->task_mt) return ml__await_future(L, p);
+    if (ml__is_future_mt(S, mt)) return ml__await_future(L, p);
     if (mt == S->coro_mt) {
       n = ml__coro_unpack(L, 1);
       lua_callk(L, n - 1, LUA_MULTRET, 1, call_k);
@@ -262,7 +270,7 @@ void ml__coro_open(lua_State *L) {
   lua_pushcfunction(L, coro_gc);
   lua_setfield(L, -2, "__gc");
   ml__state(L)->coro_mt = lua_topointer(L, -1);
-  lua_pop(L, 1);
+  ml__state(L)->coro_mt_ref = luaL_ref(L, LUA_REGISTRYINDEX);
   lua_pushcfunction(L, l_await);
   lua_setglobal(L, "await");
   lua_pushcfunction(L, l_async);

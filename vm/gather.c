@@ -118,11 +118,12 @@ int ml__gather(lua_State *L) {
   lua_pushvalue(L, -1);
   lua_pushcclosure(L, child_done, 1);
   for (i = 1; i <= n; i++) {
-    lua_pushcfunction(L, ml__future_add_done_callback);
+    ml_Future *c;
     lua_rawgeti(L, 2, i);
-    if (ml__future_test(L, -1) == NULL) return luaL_error(L, "gather: child %d is not a future", i);
-    lua_pushvalue(L, -3);
-    lua_call(L, 2, 0);
+    if ((c = ml__future_test(L, -1)) == NULL) return luaL_error(L, "gather: child %d is not a future", i);
+    lua_pushvalue(L, -2);
+    ml__future_add_callback(L, -2, c);
+    lua_pop(L, 1);
   }
   lua_pop(L, 1);
   lua_pushcfunction(L, ml__future_set_cancel_hook);

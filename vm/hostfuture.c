@@ -47,7 +47,7 @@ static int new_p(lua_State *L) {
   ml_State *S = ml__state(L);
   ml_HostFuture *h;
   lua_pop(L, 1);
-  h = (ml_HostFuture *)ml__future_alloc(L, sizeof *h, FUV_NFUTURE, ML_FUTURE_MT);
+  h = (ml_HostFuture *)ml__future_alloc(L, sizeof *h, FUV_NFUTURE, 0);
   h->E = S->embed;
   lua_getfield(L, -1, "add_done_callback");
   lua_pushvalue(L, -2);

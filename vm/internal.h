@@ -72,7 +72,7 @@ struct ml_State {
   ml_Task *main;         /* the CLI's main task, or NULL */
   ml_Task *tasks;        /* pending tasks, a list through prev/next */
   unsigned long task_seq;
-  int npool;             /* idle task threads in the pool (task.c) */
+  struct ml_Pool *pool;  /* task threads for reuse (task.c) */
   struct Timers *timers; /* call_later/call_at handles (sched.c) */
   int ntasks;            /* tasks not yet done */
   int debug;             /* MOONLOOP_DEBUG / run(c, {debug=true}) */
@@ -90,7 +90,11 @@ struct ml_State {
   ml_ErrorHandler on_error;
   void *on_error_ud;
   struct ml_Embed *embed; /* the embedding API's data (embed.c) */
-  const void *future_mt, *task_mt, *coro_mt;  /* metatables, for fast type tests */
+  /* Metatables, for fast type tests: a Future's or Task's is swapped for
+   * its __gc twin only when it fails (see future.c), and refs (registry
+   * slots) of all four, to set them without a name lookup. */
+  const void *future_mt, *task_mt, *future_gcmt, *task_gcmt, *coro_mt;
+  int future_mt_ref, task_mt_ref, future_gcmt_ref, task_gcmt_ref, coro_mt_ref;
   const void *sleep0;    /* the shared asyncio.sleep(0) coroutine */
 };
 
@@ -149,8 +153,10 @@ enum { ML_PENDING = 0, ML_RESULT, ML_EXCEPTION, ML_CANCELLED };
  * when first needed, for what few do (ml__xget/ml__xset); few user values
  * keep a parked task small. */
 enum { FUV_RESULT = 1, FUV_CALLBACKS, FUV_EXTRA, FUV_NFUTURE = FUV_EXTRA };
-/* A Task's, after the Future's. */
-enum { TUV_THREAD = FUV_NFUTURE + 1, TUV_CORO, TUV_AWAITING, TUV_NTASK = TUV_AWAITING };
+/* A Task's, after the Future's: its thread (unless a pooled one, which
+ * the pool anchors), and its Coroutine until it starts, then the
+ * Coroutine's name. */
+enum { TUV_THREAD = FUV_NFUTURE + 1, TUV_CORO, TUV_NTASK = TUV_CORO };
 /* Keys of the FUV_EXTRA table. */
 enum { X_MSG = 1,       /* the cancel message */
        X_CANCEL_HOOK,   /* fut:cancel() calls it instead (gather) */
@@ -176,12 +182,16 @@ struct ml_Future {
   ml_Task *waiter;          /* the first task to await it: no table needed */
 };
 
+/* What a parked task costs is the size of this struct plus its user
+ * values and thread (docs/performance.md): keep it small. */
 struct ml_Task {
   ml_Future fut;            /* a Task is a Future */
   lua_State *co;            /* the task's thread, NULL once done */
   int ref;                  /* registry reference while pending */
+  int pool_slot;            /* co's slot in the thread pool, or 0 */
   ml_Task *prev, *next;     /* the state's list of pending tasks */
   unsigned char started, suspended, queued, must_cancel;
+  unsigned char k_always;   /* k runs on cancellation too */
   int num_cancels;          /* cancel() requests not uncancelled */
   unsigned long id;
   ml_Future *awaiting;      /* the future it awaits, or NULL */
@@ -189,12 +199,20 @@ struct ml_Task {
   void *hook_ud;
   lua_KFunction k;          /* continuation of the suspended C function */
   lua_KContext kctx;
-  ev_timer timer;           /* asyncio.sleep() */
+  ev_timer *sleep;          /* asyncio.sleep()'s timer while it sleeps */
 };
 
 /* Userdata metatable names. */
 #define ML_FUTURE_MT "asyncio.Future"
 #define ML_TASK_MT "asyncio.Task"
+
+/* 1 if mt (lua_topointer of a metatable) is a Future's or a Task's. */
+static inline int ml__is_future_mt(const ml_State *S, const void *mt) {
+  return mt == S->future_mt || mt == S->task_mt || mt == S->future_gcmt || mt == S->task_gcmt;
+}
+static inline int ml__is_task_mt(const ml_State *S, const void *mt) {
+  return mt == S->task_mt || mt == S->task_gcmt;
+}
 
 /* Schedules a done future's waiters and callbacks.  [-0, +0] */
 void ml__future_schedule(lua_State *L, int fidx, ml_Future *f);
@@ -202,9 +220,17 @@ void ml__future_schedule(lua_State *L, int fidx, ml_Future *f);
 void ml__future_run_callbacks(lua_State *L);
 /* Registers the running task t as a waiter of the future at fidx. [-0,+0] */
 void ml__future_add_waiter(lua_State *L, int fidx, ml_Future *f, ml_Task *t);
-/* Creates a Future's userdata with nuv user values, of size size, with the
- * metatable tname.  [-0, +1] */
-ml_Future *ml__future_alloc(lua_State *L, size_t size, int nuv, const char *tname);
+/* Creates a Future's userdata with nuv user values, of size size, with
+ * the metatable of a Task (is_task) or a Future.  [-0, +1] */
+ml_Future *ml__future_alloc(lua_State *L, size_t size, int nuv, int is_task);
+/* Appends the value at top (a function, or a task to wake) to the done
+ * callbacks of the future at fidx; schedules them if it is done.  [-1, +0] */
+void ml__future_add_callback(lua_State *L, int fidx, ml_Future *f);
+/* Makes the metatables of Future and Task (and their __gc twins). */
+void ml__future_mt_init(lua_State *L, int is_task, const luaL_Reg *methods,
+                        lua_CFunction tostring, lua_CFunction gc);
+/* Stops the timer of every sleeping task (the state is closing). */
+void ml__task_stop_timers(ml_State *S);
 /* Future's methods (for Task's metatable too). */
 extern const luaL_Reg ml__future_methods[];
 /* [-0, +1] pushes the userdata of the pending task t. */
@@ -220,11 +246,13 @@ void ml__coro_open(lua_State *L);
  * returning how many values it pushed.  Otherwise returns -1.  */
 int ml__coro_unpack(lua_State *L, int idx);
 /* If the value at idx is a Coroutine, marks it taken (by a task), raising
- * RuntimeError if it already was awaited.  [-0, +0] */
-void ml__coro_claim(lua_State *L, int idx);
+ * RuntimeError if it already was awaited, and returns 1; else 0.  [-0, +0] */
+int ml__coro_claim(lua_State *L, int idx);
 /* Pushes a Coroutine's function and arguments without marking it; returns
  * how many values, or -1 if idx is no Coroutine. */
 int ml__coro_push(lua_State *L, int idx);
+/* [-0, +1] pushes the name of the Coroutine at idx. */
+void ml__coro_push_name(lua_State *L, int idx);
 /* await of a pending-or-done Future/Task at stack index 1. */
 int ml__await_future(lua_State *L, ml_Future *f);
 /* task:cancel(msg) with msg at msgidx (0 for none); 1 if cancelled. */
@@ -238,6 +266,7 @@ int ml__future_set_cancel_hook(lua_State *L);  /* (fut, fn) */
 int ml__future_add_done_callback(lua_State *L); /* fut:add_done_callback(fn) */
 int ml__gather(lua_State *L);  /* core._gather(outer, children, return_exceptions) */
 int ml__coro_iscoroutine(lua_State *L);          /* (x) -> boolean */
+int ml__coro_iscoro(lua_State *L, int idx);      /* 1 if a Coroutine */
 int ml__coro_iscoroutinefunction(lua_State *L);  /* (f) -> boolean */
 /* The marker yielded to the scheduler by every suspension. */
 extern const char ml__await_marker;
@@ -287,6 +316,14 @@ ml_Task *ml__task_current(lua_State *L);
  * inside a task.  Raises RuntimeError outside a task. */
 int ml__task_suspend(lua_State *L, ml_CancelHook hook, void *ud,
                      lua_KContext ctx, lua_KFunction k);
+/* The same, except that k runs in every case: with LUA_YIELD when the
+ * task is woken, or with LUA_ERRRUN and the CancelledError on top if it
+ * was cancelled (before or after it was woken), so that k can undo what
+ * the wait set up; k must then raise that error (return lua_error(L)).
+ * It raises, before suspending, in the cases ml__task_suspend does: check
+ * ml__task_current() and lua_isyieldable() first if k must always run. */
+int ml__task_suspend_always(lua_State *L, ml_CancelHook hook, void *ud,
+                            lua_KContext ctx, lua_KFunction k);
 /* Puts a suspended task on the ready queue (no-op unless suspended).
  * Safe from libev callbacks. */
 void ml__task_wake(ml_Task *t);

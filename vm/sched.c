@@ -240,8 +240,8 @@ double ml__sched_next_timer(ml_State *S) {
     found = 1;
   }
   for (t = S->tasks; t; t = t->next) {
-    if (ev_is_active(&t->timer)) {
-      double r = ev_timer_remaining(S->loop, &t->timer);
+    if (t->sleep) {
+      double r = ev_timer_remaining(S->loop, t->sleep);
       if (!found || r < best) best = r;
       found = 1;
     }

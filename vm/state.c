@@ -94,6 +94,7 @@ void ml_state_close(ml_State *S) {
       for (t = S->tasks; t; t = t->next) ml__task_cancel(S->L, t, 0);
     ml__sched_step(S);
   }
+  ml__task_stop_timers(S);  /* a host's loop outlives us */
   lua_close(S->L);
   ml__readyq_free(&S->ready);
   if (S->own_loop) ev_loop_destroy(S->loop);

@@ -115,59 +115,97 @@ static void unlink_task(ml_State *S, ml_Task *t) {
   S->ntasks--;
 }
 
-/* Completes task t with the n values on top of L (or, if failed, the
- * error value on top).  [-n, +0] */
 /* Task threads are pooled: a task takes one when it first runs and gives
  * it back when it finishes, so a task that never suspends costs no thread
  * of its own, and creating many tasks allocates no thread until they run.
- * (A script that kept coroutine.running() of a finished task would see
- * the thread reused; nothing in asyncio's model gives it reason to.) */
+ * A pooled thread stays anchored in its slot of the pool (a user value of
+ * the pool's userdata) while a task has it, so lending and returning it
+ * is C bookkeeping only: a profile of gather showed the table moves this
+ * replaced at ~400 instructions a task.  Past THREAD_POOL_MAX threads
+ * lent at once, a task's thread is its own, anchored in TUV_THREAD.  (A
+ * script that kept coroutine.running() of a finished task would see the
+ * thread reused; nothing in asyncio's model gives it reason to.) */
 #define THREAD_POOL_MAX 256
 static const char pool_key = 'P';
 
-/* [-0, +0] sets TUV_THREAD of the task at tidx to a thread from the pool,
- * or a new one, and returns it. */
-static lua_State *take_thread(ml_State *S, int tidx) {
-  lua_State *L = S->L, *co;
-  if (S->npool > 0) {
-    lua_rawgetp(L, LUA_REGISTRYINDEX, &pool_key);
-    lua_rawgeti(L, -1, S->npool);
-    lua_pushnil(L);
-    lua_rawseti(L, -3, S->npool--);
-    lua_remove(L, -2);
-    co = lua_tothread(L, -1);
-  } else {
-    co = lua_newthread(L);
-  }
-  lua_setiuservalue(L, tidx, TUV_THREAD);
-  return co;
+struct ml_Pool {
+  lua_State *co[THREAD_POOL_MAX + 1];  /* by slot (1..); NULL: none yet */
+  int idle[THREAD_POOL_MAX];           /* slots to lend, a stack */
+  int nidle, nslots;
+};
+
+/* [-0, +1] pushes the pool's userdata. */
+static void push_pool(lua_State *L) {
+  lua_rawgetp(L, LUA_REGISTRYINDEX, &pool_key);
 }
 
+/* Gives task t (at tidx) a thread: a pooled one, or its own.  [-0, +0] */
+static lua_State *take_thread(ml_State *S, ml_Task *t, int tidx) {
+  struct ml_Pool *P = S->pool;
+  lua_State *L = S->L, *co;
+  int slot;
+  if (P->nidle > 0 && P->co[P->idle[P->nidle - 1]] != NULL) {
+    slot = P->idle[--P->nidle];
+  } else if (P->nidle > 0 || P->nslots < THREAD_POOL_MAX) {
+    slot = P->nidle > 0 ? P->idle[P->nidle - 1] : P->nslots + 1;
+    push_pool(L);
+    co = lua_newthread(L);  /* may raise: nothing is taken yet */
+    lua_setiuservalue(L, -2, slot);
+    lua_pop(L, 1);
+    if (P->nidle > 0) P->nidle--;
+    else P->nslots++;
+    P->co[slot] = co;
+  } else {
+    co = lua_newthread(L);
+    lua_setiuservalue(L, tidx, TUV_THREAD);
+    t->pool_slot = 0;
+    return co;
+  }
+  t->pool_slot = slot;
+  return P->co[slot];
+}
+
+/* Task t (at tidx) is done with its thread co. */
+static void give_thread(ml_State *S, ml_Task *t, int tidx, lua_State *co) {
+  lua_State *L = S->L;
+  struct ml_Pool *P = S->pool;
+  int slot = t->pool_slot;
+  if (slot == 0) {
+    lua_pushnil(L);
+    lua_setiuservalue(L, tidx, TUV_THREAD);
+    return;
+  }
+  t->pool_slot = 0;
+  if (lua_status(co) != LUA_OK || lua_gettop(co) != 0) {
+    /* Left in an error: not reusable; the slot gets a new one. */
+    P->co[slot] = NULL;
+    push_pool(L);
+    lua_pushnil(L);
+    lua_setiuservalue(L, -2, slot);
+    lua_pop(L, 1);
+  } else if (lua_gethook(co)) {
+    lua_sethook(co, NULL, 0, 0);
+  }
+  P->idle[P->nidle++] = slot;
+}
+
+/* Completes task t with the n values on top of L (or, if failed, the
+ * error value on top).  [-n, +0] */
 static void finish(ml_State *S, ml_Task *t, int n, int failed) {
   lua_State *L = S->L;
-  int tidx, ref = t->ref;
+  int tidx;
   ml__task_push(L, t);
   tidx = lua_gettop(L);
   lua_insert(L, tidx - n);
   tidx -= n;
-  /* The thread goes back to the pool if it ended cleanly. */
   if (t->co) {
     lua_State *co = t->co;
     t->co = NULL;
-    if (lua_status(co) == LUA_OK && lua_gettop(co) == 0 && S->npool < THREAD_POOL_MAX) {
-      if (lua_gethook(co)) lua_sethook(co, NULL, 0, 0);
-      lua_rawgetp(L, LUA_REGISTRYINDEX, &pool_key);
-      lua_getiuservalue(L, tidx, TUV_THREAD);
-      lua_rawseti(L, -2, ++S->npool);
-      lua_pop(L, 1);
-    }
+    give_thread(S, t, tidx, co);
   }
-  lua_pushnil(L);
-  lua_setiuservalue(L, tidx, TUV_THREAD);
-  lua_pushnil(L);
-  lua_setiuservalue(L, tidx, TUV_AWAITING);
   t->awaiting = NULL;
   unlink_task(S, t);
+  /* Completing it may hand t->ref over to the done callbacks' entry. */
   if (!failed) {
     ml__future_set_result(L, tidx, n);
   } else if (ml__exc_is(L, -1, "CancelledError")) {
@@ -177,8 +215,10 @@ static void finish(ml_State *S, ml_Task *t, int n, int failed) {
   } else {
     ml__future_set_exception(L, tidx);
   }
-  t->ref = LUA_NOREF;
-  luaL_unref(L, LUA_REGISTRYINDEX, ref);
+  if (t->ref != LUA_NOREF) {
+    luaL_unref(L, LUA_REGISTRYINDEX, t->ref);
+    t->ref = LUA_NOREF;
+  }
   lua_settop(L, tidx - 1);
 }
 
@@ -201,22 +241,31 @@ static void budget_hook(lua_State *L, lua_Debug *ar) {
 }
 
 /* A task's first step: takes a thread and puts task_body, the function
- * and its arguments on it. */
+ * and its arguments on it.  A Coroutine gives way to its name: a running
+ * task keeps its function alive through its thread, and a parked task is
+ * ~100 bytes smaller without it (get_coro() returns nil from then on). */
 static lua_State *start(ml_State *S, ml_Task *t) {
   lua_State *L = S->L, *co;
-  int tidx, base, n;
+  int tidx, base, n, packed;
   ml__task_push(L, t);
   tidx = lua_gettop(L);
-  lua_getiuservalue(L, tidx, TUV_THREAD);  /* arguments packed by spawn, or nil */
-  co = take_thread(S, tidx);
+  /* A function's arguments, packed by spawn, or nil. */
+  packed = lua_getiuservalue(L, tidx, TUV_THREAD) == LUA_TTABLE;
+  if (packed) {
+    lua_pushnil(L);
+    lua_setiuservalue(L, tidx, TUV_THREAD);
+  }
+  co = take_thread(S, t, tidx);
   t->co = co;
   t->started = 1;
   base = lua_gettop(L);
   lua_pushcfunction(L, task_body);
   lua_getiuservalue(L, tidx, TUV_CORO);
   if ((n = ml__coro_push(L, -1)) >= 0) {
+    ml__coro_push_name(L, -n - 1);
+    lua_setiuservalue(L, tidx, TUV_CORO);
     lua_remove(L, -n - 1);
-  } else if (lua_istable(L, base)) {
+  } else if (packed) {
     int i, k = (int)lua_rawlen(L, base);
     luaL_checkstack(L, k + 2, "too many arguments");
     for (i = 1; i <= k; i++) lua_rawgeti(L, base, i);
@@ -297,22 +346,29 @@ static int resume_k(lua_State *L, int status, lua_KContext ctx) {
   t->k = NULL;
   t->hook = NULL;
   if (t->must_cancel) {
+    int always = t->k_always;
     t->must_cancel = 0;
+    t->k_always = 0;
     ml__task_push(L, t);
     ml__xget(L, -1, X_MSG);
     if (lua_isstring(L, -1))
       ml__exc_push(L, "CancelledError", "%s", lua_tostring(L, -1));
     else
       ml__exc_push(L, "CancelledError", NULL);
+    lua_replace(L, -3);
+    lua_pop(L, 1);
+    if (always) return k(L, LUA_ERRRUN, ctx);
     return lua_error(L);
   }
+  t->k_always = 0;
   return k(L, status, ctx);
 }
 
 /* Suspends the running task; with requeue, it is put straight back on the
- * ready queue (sleep(0)).  lua_yieldk does not return. */
+ * ready queue (sleep(0)); with always, k runs on cancellation too.
+ * lua_yieldk does not return. */
 static int suspend(lua_State *L, ml_CancelHook hook, void *ud,
-                   lua_KContext ctx, lua_KFunction k, int requeue) {
+                   lua_KContext ctx, lua_KFunction k, int requeue, int always) {
   ml_Task *t = ml__state(L)->current;
   if (t == NULL) return ml__exc_raise(L, "RuntimeError", "await outside of a running task");
   if (!lua_isyieldable(L))
@@ -323,6 +379,7 @@ static int suspend(lua_State *L, ml_CancelHook hook, void *ud,
   t->hook_ud = ud;
   t->k = k;
   t->kctx = ctx;
+  t->k_always = (unsigned char)always;
   t->suspended = 1;
   if (requeue) ml__task_wake(t);
   lua_pushlightuserdata(L, (void *)&ml__await_marker);
@@ -331,7 +388,12 @@ static int suspend(lua_State *L, ml_CancelHook hook, void *ud,
 
 int ml__task_suspend(lua_State *L, ml_CancelHook hook, void *ud,
                      lua_KContext ctx, lua_KFunction k) {
-  return suspend(L, hook, ud, ctx, k, 0);
+  return suspend(L, hook, ud, ctx, k, 0, 0);
+}
+
+int ml__task_suspend_always(lua_State *L, ml_CancelHook hook, void *ud,
+                            lua_KContext ctx, lua_KFunction k) {
+  return suspend(L, hook, ud, ctx, k, 0, 1);
 }
 
 /* ---- creating tasks ---- */
@@ -343,11 +405,10 @@ ml_Task *ml__task_spawn(lua_State *L, int nargs, const char *name) {
   int fidx = lua_gettop(L) - nargs;  /* the function or Coroutine */
   ml_Task *t;
 
-  t = (ml_Task *)ml__future_alloc(L, sizeof(ml_Task), TUV_NTASK, ML_TASK_MT);
+  t = (ml_Task *)ml__future_alloc(L, sizeof(ml_Task), TUV_NTASK, 1);
   t->fut.is_task = 1;
   t->ref = LUA_NOREF;
   t->id = ++S->task_seq;
-  ev_init(&t->timer, NULL);
   lua_insert(L, fidx);  /* task below the function */
   fidx++;
   if (name) {
@@ -382,18 +443,24 @@ ml_Task *ml__task_spawn(lua_State *L, int nargs, const char *name) {
 /* ---- Lua methods ---- */
 
 static ml_Task *check_task(lua_State *L, int idx) {
-  return (ml_Task *)luaL_checkudata(L, idx, ML_TASK_MT);
+  ml_Future *f = ml__future_test(L, idx);
+  if (f == NULL || !f->is_task) luaL_typeerror(L, idx, ML_TASK_MT);
+  return (ml_Task *)f;
 }
 
 /* Cancel hook of a task awaiting a future: cancels that future.  The task
- * is woken by the future's completion. */
+ * is woken by the future's completion.  ud is the thread that awaits (the
+ * task's, or a generator's inside it), suspended in ml__await_future,
+ * whose first value is the future: that keeps it alive, and a user value
+ * of the task for it would cost every parked task 16 bytes. */
 static int await_cancel_hook(lua_State *L, ml_Task *t, void *ud) {
+  lua_State *aw = ud;
   int r;
-  (void)ud;
+  lua_pushvalue(aw, 1);
+  lua_xmove(aw, L, 1);
   ml__task_push(L, t);
-  lua_getiuservalue(L, -1, TUV_AWAITING);
-  ml__xget(L, -2, X_MSG);
-  r = ml__future_test(L, -2) ? ml__future_cancel(L, -2, lua_tostring(L, -1)) : 0;
+  ml__xget(L, -1, X_MSG);
+  r = ml__future_test(L, -3) ? ml__future_cancel(L, -3, lua_tostring(L, -1)) : 0;
   lua_pop(L, 3);
   return r;
 }
@@ -451,9 +518,11 @@ static int task_set_name(lua_State *L) {
   return 0;
 }
 
+/* task:get_coro(): the Coroutine the task was made of, until it starts
+ * (then nil: see start()); or its function, if made of one. */
 static int task_get_coro(lua_State *L) {
   check_task(L, 1);
-  lua_getiuservalue(L, 1, TUV_CORO);
+  if (lua_getiuservalue(L, 1, TUV_CORO) == LUA_TSTRING) lua_pushnil(L);
   return 1;
 }
 
@@ -493,15 +562,17 @@ static int task_tostring(lua_State *L) {
   const char *name, *coro;
   task_get_name(L);
   name = lua_tostring(L, -1);
-  lua_getiuservalue(L, 1, TUV_CORO);
-  coro = luaL_tolstring(L, -1, NULL);
+  if (lua_getiuservalue(L, 1, TUV_CORO) == LUA_TSTRING)
+    coro = lua_pushfstring(L, "<coroutine %s>", lua_tostring(L, -1));  /* started */
+  else
+    coro = luaL_tolstring(L, -1, NULL);
   lua_pushfstring(L, "<Task %s name='%s' coro=%s>", st, name, coro);
   return 1;
 }
 
+/* The __gc of a failed task's metatable (future.c swaps it in). */
 static int task_gc(lua_State *L) {
   ml_Task *t = lua_touserdata(L, 1);
-  if (ev_is_active(&t->timer)) ev_timer_stop(t->fut.S->loop, &t->timer);
   if (t->fut.log_exc) {
     t->fut.log_exc = 0;
     lua_getiuservalue(L, 1, FUV_RESULT);
@@ -534,16 +605,36 @@ static const luaL_Reg task_methods[] = {
   { NULL, NULL }
 };
 
-/* ---- sleep ---- */
+/* ---- sleep ----
+ * A sleeping task's ev_timer is allocated for the sleep and freed when it
+ * fires or is stopped: parked tasks that do not sleep (most) carry only
+ * the pointer, not 48 bytes of timer. */
+
+static void sleep_stop(ml_State *S, ml_Task *t) {
+  ev_timer *w = t->sleep;
+  void *ud;
+  lua_Alloc f = lua_getallocf(S->L, &ud);
+  if (w == NULL) return;
+  t->sleep = NULL;
+  ev_timer_stop(S->loop, w);
+  f(ud, w, sizeof *w, 0);
+}
+
+void ml__task_stop_timers(ml_State *S) {
+  ml_Task *t;
+  for (t = S->tasks; t; t = t->next) sleep_stop(S, t);
+}
 
 static void sleep_cb(struct ev_loop *loop, ev_timer *w, int revents) {
+  ml_Task *t = w->data;
   (void)loop; (void)revents;
-  ml__task_wake(w->data);
+  sleep_stop(t->fut.S, t);
+  ml__task_wake(t);
 }
 
 static int sleep_hook(lua_State *L, ml_Task *t, void *ud) {
   (void)L; (void)ud;
-  if (ev_is_active(&t->timer)) ev_timer_stop(t->fut.S->loop, &t->timer);
+  sleep_stop(t->fut.S, t);
   return 0;
 }
 
@@ -560,7 +651,7 @@ static int yield_k(lua_State *L, int status, lua_KContext ctx) {
 int ml__task_yield_now(lua_State *L) {
   if (ml__state(L)->current == NULL)
     return ml__exc_raise(L, "RuntimeError", "await outside of a running task");
-  return suspend(L, NULL, NULL, 0, yield_k, 1);
+  return suspend(L, NULL, NULL, 0, yield_k, 1, 0);
 }
 
 /* asyncio.sleep(delay, ...): returns its extra arguments after delay
@@ -571,29 +662,31 @@ int ml__task_sleep(lua_State *L) {
   lua_Number d = luaL_checknumber(L, 1);
   if (t == NULL) return ml__exc_raise(L, "RuntimeError", "await outside of a running task");
   if (d != d) return luaL_argerror(L, 1, "delay is NaN");
-  if (d <= 0) return suspend(L, NULL, NULL, 0, sleep_k, 1);  /* no libev */
-  t->timer.data = t;
-  ev_now_update(S->loop);  /* libev's time is from the last poll */
-  ev_set_cb(&t->timer, sleep_cb);
-  ev_timer_set(&t->timer, d, 0.);
-  ev_timer_start(S->loop, &t->timer);
+  if (d <= 0) return suspend(L, NULL, NULL, 0, sleep_k, 1, 0);  /* no libev */
+  {
+    void *ud;
+    lua_Alloc f = lua_getallocf(L, &ud);
+    ev_timer *w = f(ud, NULL, 0, sizeof *w);
+    if (w == NULL) {
+      ml__push_memory_error(L);
+      return lua_error(L);
+    }
+    ev_timer_init(w, sleep_cb, d, 0.);
+    w->data = t;
+    sleep_stop(S, t);  /* none: a task sleeps once at a time */
+    t->sleep = w;
+    ev_now_update(S->loop);  /* libev's time is from the last poll */
+    ev_timer_start(S->loop, w);
+  }
   return ml__task_suspend(L, sleep_hook, NULL, 0, sleep_k);
 }
 
 void ml__task_open(lua_State *L) {
-  lua_newtable(L);
+  struct ml_Pool *P = lua_newuserdatauv(L, sizeof *P, THREAD_POOL_MAX);
+  memset(P, 0, sizeof *P);
+  ml__state(L)->pool = P;
   lua_rawsetp(L, LUA_REGISTRYINDEX, &pool_key);
-  luaL_newmetatable(L, ML_TASK_MT);
-  lua_newtable(L);
-  luaL_setfuncs(L, ml__future_methods, 0);
-  luaL_setfuncs(L, task_methods, 0);
-  lua_setfield(L, -2, "__index");
-  lua_pushcfunction(L, task_tostring);
-  lua_setfield(L, -2, "__tostring");
-  lua_pushcfunction(L, task_gc);
-  lua_setfield(L, -2, "__gc");
-  ml__state(L)->task_mt = lua_topointer(L, -1);
-  lua_pop(L, 1);
+  ml__future_mt_init(L, 1, task_methods, task_tostring, task_gc);
 }
 
 /* The await of futures and tasks: see coro.c for the dispatch. */
@@ -612,9 +705,5 @@ int ml__await_future(lua_State *L, ml_Future *f) {
   if (!lua_isyieldable(L)) return ml__task_suspend(L, NULL, NULL, 0, NULL);  /* raises */
   ml__future_add_waiter(L, 1, f, t);
   t->awaiting = f;
-  ml__task_push(L, t);
-  lua_pushvalue(L, 1);
-  lua_setiuservalue(L, -2, TUV_AWAITING);
-  lua_pop(L, 1);
-  return ml__task_suspend(L, await_cancel_hook, NULL, 0, await_k);
+  return ml__task_suspend(L, await_cancel_hook, L, 0, await_k);
 }

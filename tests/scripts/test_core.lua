@@ -295,4 +295,68 @@ T.case("ExceptionGroup is also an Exception", async function()
   T.eq(eg.exceptions.n, 1, "exceptions list")
 end)
 
+T.case("cancelling a task that awaits a future inside a generator cancels the future", async function()
+  local f = asyncio.Future()
+  local async function waiter()
+    local gen = coroutine.wrap(function() coroutine.yield(await f) end)
+    return gen()
+  end
+  local t = asyncio.create_task(waiter())
+  await asyncio.sleep(0)
+  t:cancel("stop")
+  T.raises(asyncio.CancelledError, t, "the task ends cancelled")
+  T.eq(f:cancelled(), true, "the awaited future was cancelled")
+  T.eq(t:cancelled(), true, "the task is cancelled")
+end)
+
+T.case("remove_done_callback keeps the rest, from one, two and three callbacks", async function()
+  local seen = {}
+  local function a() seen[#seen + 1] = "a" end
+  local function b() seen[#seen + 1] = "b" end
+  local f1, f2, f3 = asyncio.Future(), asyncio.Future(), asyncio.Future()
+  f1:add_done_callback(a)
+  T.eq(f1:remove_done_callback(b), 0, "one: nothing removed")
+  T.eq(f1:remove_done_callback(a), 1, "one: removed")
+  f2:add_done_callback(a); f2:add_done_callback(b)
+  T.eq(f2:remove_done_callback(a), 1, "two: one removed")
+  f2:add_done_callback(a)
+  f3:add_done_callback(b); f3:add_done_callback(b); f3:add_done_callback(b)
+  T.eq(f3:remove_done_callback(b), 3, "three: all removed")
+  f1:set_result(1); f2:set_result(2); f3:set_result(3)
+  await asyncio.sleep(0)
+  T.eq(seen, {"b", "a"}, "what is left runs, in order")
+end)
+
+T.case("a task drops its coroutine when it starts; its repr keeps the name", async function()
+  local async function worker() await asyncio.sleep(0) end
+  local c = worker()
+  local t = asyncio.create_task(c)
+  T.eq(t:get_coro(), c, "get_coro() before the task starts")
+  await asyncio.sleep(0)
+  T.eq(t:get_coro(), nil, "nil once started")
+  T.match(tostring(t), "coro=<coroutine [^>]*worker", "repr names the coroutine")
+  await t
+end)
+
+T.case("a failed future or task is still a future, and reports if nobody looks", async function()
+  local reported = {}
+  loop:set_exception_handler(function(_, ctx) reported[#reported + 1] = ctx.message end)
+  local f = asyncio.Future()
+  f:set_exception(asyncio.ValueError("lost"))
+  T.ok(asyncio.isfuture(f), "isfuture after set_exception")
+  T.eq(tostring(f:exception()), "ValueError: lost", "exception() retrieves it")
+  local async function fail(e) error(e) end
+  local t = asyncio.create_task(fail(asyncio.ValueError("task lost")))
+  await asyncio.sleep(0)
+  T.ok(asyncio.isfuture(t) and t:done(), "a failed task is a done future")
+  T.eq(t:get_name():match("^Task%-"), "Task-", "Task methods still there")
+  asyncio.create_task(fail("nobody looks"))
+  await asyncio.sleep(0)
+  t = nil
+  collectgarbage(); collectgarbage()
+  loop:set_exception_handler(nil)
+  T.eq(#reported, 2, "the two unretrieved exceptions reported: " .. table.concat(reported, "; "))
+  T.match(reported[1] .. reported[2], "Task exception was never retrieved", "as a task's")
+end)
+
 T.run()
