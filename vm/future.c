@@ -35,33 +35,61 @@ static ml_Future *check_future(lua_State *L, int idx) {
 int ml__future_state(const ml_Future *f) { return f->state; }
 
 int ml__xget(lua_State *L, int idx, int key) {
+  ml_Future *f = lua_touserdata(L, idx);
   int t;
-  idx = lua_absindex(L, idx);
-  if (lua_getiuservalue(L, idx, FUV_EXTRA) != LUA_TTABLE) {
-    lua_pop(L, 1);
+  if (!f->has_extra) {
     lua_pushnil(L);
     return LUA_TNIL;
   }
+  lua_getiuservalue(L, idx, FUV_MISC);
   t = lua_rawgeti(L, -1, key);
   lua_remove(L, -2);
   return t;
 }
 
 void ml__xset(lua_State *L, int idx, int key) {
+  ml_Future *f = lua_touserdata(L, idx);
   idx = lua_absindex(L, idx);
-  if (lua_getiuservalue(L, idx, FUV_EXTRA) != LUA_TTABLE) {
-    lua_pop(L, 1);
+  if (!f->has_extra) {
     if (lua_isnil(L, -1)) {  /* nothing to clear */
       lua_pop(L, 1);
       return;
     }
-    lua_createtable(L, 4, 0);
+    /* Make the table, and move the callbacks into it. */
+    lua_createtable(L, X_CBS, 0);
+    lua_getiuservalue(L, idx, FUV_MISC);
+    lua_rawseti(L, -2, X_CBS);
     lua_pushvalue(L, -1);
-    lua_setiuservalue(L, idx, FUV_EXTRA);
+    lua_setiuservalue(L, idx, FUV_MISC);
+    f->has_extra = 1;
+  } else {
+    lua_getiuservalue(L, idx, FUV_MISC);
   }
   lua_insert(L, -2);
   lua_rawseti(L, -2, key);
   lua_pop(L, 1);
+}
+
+/* [-0, +1] pushes the done callbacks of the future f at fidx (nil, one
+ * callback, or a list: see FUV_MISC). */
+static void cbs_get(lua_State *L, int fidx, ml_Future *f) {
+  lua_getiuservalue(L, fidx, FUV_MISC);
+  if (f->has_extra) {
+    lua_rawgeti(L, -1, X_CBS);
+    lua_remove(L, -2);
+  }
+}
+
+/* [-1, +0] pops the value at top into f's done callbacks. */
+static void cbs_set(lua_State *L, int fidx, ml_Future *f) {
+  if (f->has_extra) {
+    lua_getiuservalue(L, fidx, FUV_MISC);
+    lua_insert(L, -2);
+    lua_rawseti(L, -2, X_CBS);
+    lua_pop(L, 1);
+  } else {
+    lua_setiuservalue(L, fidx, FUV_MISC);
+  }
 }
 
 void ml__future_schedule(lua_State *L, int fidx, ml_Future *f) {
@@ -91,7 +119,7 @@ void ml__future_schedule(lua_State *L, int fidx, ml_Future *f) {
   }
 }
 
-/* The done callbacks are kept in FUV_CALLBACKS: the callback itself while
+/* The done callbacks are kept in FUV_MISC: the callback itself while
  * there is one (a gather's child, a task awaiting it), a list from the
  * second on.  Profile: a table per future was ~400 instructions of the
  * ~10k a gathered task cost, and 56 bytes. */
@@ -123,9 +151,9 @@ void ml__future_run_callbacks(lua_State *L) {
     lua_settop(L, fidx - 1);
     return;
   }
-  lua_getiuservalue(L, fidx, FUV_CALLBACKS);
+  cbs_get(L, fidx, f);
   lua_pushnil(L);
-  lua_setiuservalue(L, fidx, FUV_CALLBACKS);
+  cbs_set(L, fidx, f);
   if (n == 1) {
     run_callback(L, fidx, f);
   } else {
@@ -338,18 +366,18 @@ static int future_cancel(lua_State *L) {
 /* Appends the value at top to the callback list.  [-1, +0] */
 static void add_callback(lua_State *L, int fidx, ml_Future *f) {
   if (f->ncallbacks == 0) {
-    lua_setiuservalue(L, fidx, FUV_CALLBACKS);
+    cbs_set(L, fidx, f);
     f->ncallbacks = 1;
     return;
   }
   if (f->ncallbacks == 1) {  /* the second: make the list */
     lua_createtable(L, 4, 0);
-    lua_getiuservalue(L, fidx, FUV_CALLBACKS);
+    cbs_get(L, fidx, f);
     lua_rawseti(L, -2, 1);
     lua_pushvalue(L, -1);
-    lua_setiuservalue(L, fidx, FUV_CALLBACKS);
+    cbs_set(L, fidx, f);
   } else {
-    lua_getiuservalue(L, fidx, FUV_CALLBACKS);
+    cbs_get(L, fidx, f);
   }
   lua_insert(L, -2);
   lua_rawseti(L, -2, ++f->ncallbacks);
@@ -386,17 +414,16 @@ static int future_remove_done_callback(lua_State *L) {
   luaL_checkany(L, 2);
   lua_settop(L, 2);
   if (n == 1) {
-    lua_getiuservalue(L, 1, FUV_CALLBACKS);
+    cbs_get(L, 1, f);
     if (lua_rawequal(L, -1, 2)) {
       lua_pushnil(L);
-      lua_setiuservalue(L, 1, FUV_CALLBACKS);
+      cbs_set(L, 1, f);
       f->ncallbacks = 0;
-      j = 0;
     } else {
       j = 1;
     }
   } else if (n > 1) {
-    lua_getiuservalue(L, 1, FUV_CALLBACKS);
+    cbs_get(L, 1, f);
     for (i = 1; i <= n; i++) {
       lua_rawgeti(L, 3, i);
       if (lua_rawequal(L, -1, 2)) {
@@ -412,7 +439,7 @@ static int future_remove_done_callback(lua_State *L) {
     f->ncallbacks = j;
     if (j <= 1) {  /* back to one callback, kept as itself, or none */
       lua_rawgeti(L, 3, 1);
-      lua_setiuservalue(L, 1, FUV_CALLBACKS);
+      cbs_set(L, 1, f);
     }
   }
   lua_pushinteger(L, n - j);

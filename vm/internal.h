@@ -149,21 +149,28 @@ void ml__exc_init(lua_State *L);
 
 enum { ML_PENDING = 0, ML_RESULT, ML_EXCEPTION, ML_CANCELLED };
 
-/* A Future's user values: what every future uses, and one table, made
- * when first needed, for what few do (ml__xget/ml__xset); few user values
- * keep a parked task small. */
-enum { FUV_RESULT = 1, FUV_CALLBACKS, FUV_EXTRA, FUV_NFUTURE = FUV_EXTRA };
-/* A Task's, after the Future's: its thread (unless a pooled one, which
- * the pool anchors), and its Coroutine until it starts, then the
- * Coroutine's name. */
-enum { TUV_THREAD = FUV_NFUTURE + 1, TUV_CORO, TUV_NTASK = TUV_CORO };
-/* Keys of the FUV_EXTRA table. */
+/* A Future's user values: its result, and one slot for the rest (so a
+ * parked task is small; docs/performance.md), which holds
+ *   - while the future has no extra table: its done callbacks, as nil,
+ *     the callback itself (a function, or a task to wake), or a list;
+ *   - once it has one (has_extra): the extra table, made when first needed
+ *     for what few futures use (ml__xget/ml__xset), with the callbacks
+ *     moved to its field X_CBS.
+ * A pending task keeps in FUV_RESULT its Coroutine (or function) until it
+ * starts, then the Coroutine's name, for its repr. */
+enum { FUV_RESULT = 1, FUV_MISC, FUV_NFUTURE = FUV_MISC };
+/* A Task's, after the Future's: the arguments of a function it will call
+ * (a list) until it starts, then its thread, unless a pooled one (which
+ * the pool anchors). */
+enum { TUV_THREAD = FUV_NFUTURE + 1, TUV_NTASK = TUV_THREAD };
+/* Keys of the extra table. */
 enum { X_MSG = 1,       /* the cancel message */
        X_CANCEL_HOOK,   /* fut:cancel() calls it instead (gather) */
        X_NAME,          /* a task's name */
        X_TB,            /* the traceback where a task failed */
        X_CAUSE_EXC,     /* the error await last re-raised from a task, */
-       X_CAUSE_TB };    /* and that task's traceback */
+       X_CAUSE_TB,      /* and that task's traceback */
+       X_CBS };         /* the done callbacks, once there is a table */
 /* [-0, +1] pushes field key of the future at idx's extra table (nil if
  * none); returns its type. */
 int ml__xget(lua_State *L, int idx, int key);
@@ -176,14 +183,18 @@ struct ml_Future {
   unsigned char is_task;
   unsigned char log_exc;    /* an exception nobody retrieved yet */
   unsigned char cb_queued;  /* a ML_RUN_FUTURE_CALLBACKS entry is queued */
-  unsigned char has_cancel_hook; /* cancel() calls FUV_CANCEL_HOOK instead */
+  unsigned char has_cancel_hook; /* cancel() calls X_CANCEL_HOOK instead */
+  unsigned char has_extra;  /* FUV_MISC holds the extra table */
+  unsigned char k_always;   /* a Task's: k runs on cancellation too (kept
+                               here, in what would be padding) */
   int nres;                 /* result values (ML_RESULT) */
-  int ncallbacks;           /* entries in FUV_CALLBACKS */
+  int ncallbacks;           /* done callbacks (see FUV_MISC) */
   ml_Task *waiter;          /* the first task to await it: no table needed */
 };
 
 /* What a parked task costs is the size of this struct plus its user
- * values and thread (docs/performance.md): keep it small. */
+ * values and thread (docs/performance.md): keep it small.  A sleeping
+ * task's timer is its hook_ud (see task.c). */
 struct ml_Task {
   ml_Future fut;            /* a Task is a Future */
   lua_State *co;            /* the task's thread, NULL once done */
@@ -191,7 +202,6 @@ struct ml_Task {
   int pool_slot;            /* co's slot in the thread pool, or 0 */
   ml_Task *prev, *next;     /* the state's list of pending tasks */
   unsigned char started, suspended, queued, must_cancel;
-  unsigned char k_always;   /* k runs on cancellation too */
   int num_cancels;          /* cancel() requests not uncancelled */
   unsigned long id;
   ml_Future *awaiting;      /* the future it awaits, or NULL */
@@ -199,7 +209,6 @@ struct ml_Task {
   void *hook_ud;
   lua_KFunction k;          /* continuation of the suspended C function */
   lua_KContext kctx;
-  ev_timer *sleep;          /* asyncio.sleep()'s timer while it sleeps */
 };
 
 /* Userdata metatable names. */
@@ -231,6 +240,8 @@ void ml__future_mt_init(lua_State *L, int is_task, const luaL_Reg *methods,
                         lua_CFunction tostring, lua_CFunction gc);
 /* Stops the timer of every sleeping task (the state is closing). */
 void ml__task_stop_timers(ml_State *S);
+/* The timer of task t if it sleeps in asyncio.sleep, or NULL. */
+ev_timer *ml__task_sleep_timer(ml_Task *t);
 /* Future's methods (for Task's metatable too). */
 extern const luaL_Reg ml__future_methods[];
 /* [-0, +1] pushes the userdata of the pending task t. */

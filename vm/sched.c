@@ -240,8 +240,9 @@ double ml__sched_next_timer(ml_State *S) {
     found = 1;
   }
   for (t = S->tasks; t; t = t->next) {
-    if (t->sleep) {
-      double r = ev_timer_remaining(S->loop, t->sleep);
+    ev_timer *w = ml__task_sleep_timer(t);
+    if (w) {
+      double r = ev_timer_remaining(S->loop, w);
       if (!found || r < best) best = r;
       found = 1;
     }

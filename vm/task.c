@@ -260,10 +260,10 @@ static lua_State *start(ml_State *S, ml_Task *t) {
   t->started = 1;
   base = lua_gettop(L);
   lua_pushcfunction(L, task_body);
-  lua_getiuservalue(L, tidx, TUV_CORO);
+  lua_getiuservalue(L, tidx, FUV_RESULT);  /* see FUV_MISC */
   if ((n = ml__coro_push(L, -1)) >= 0) {
     ml__coro_push_name(L, -n - 1);
-    lua_setiuservalue(L, tidx, TUV_CORO);
+    lua_setiuservalue(L, tidx, FUV_RESULT);
     lua_remove(L, -n - 1);
   } else if (packed) {
     int i, k = (int)lua_rawlen(L, base);
@@ -346,9 +346,9 @@ static int resume_k(lua_State *L, int status, lua_KContext ctx) {
   t->k = NULL;
   t->hook = NULL;
   if (t->must_cancel) {
-    int always = t->k_always;
+    int always = t->fut.k_always;
     t->must_cancel = 0;
-    t->k_always = 0;
+    t->fut.k_always = 0;
     ml__task_push(L, t);
     ml__xget(L, -1, X_MSG);
     if (lua_isstring(L, -1))
@@ -360,7 +360,7 @@ static int resume_k(lua_State *L, int status, lua_KContext ctx) {
     if (always) return k(L, LUA_ERRRUN, ctx);
     return lua_error(L);
   }
-  t->k_always = 0;
+  t->fut.k_always = 0;
   return k(L, status, ctx);
 }
 
@@ -379,7 +379,7 @@ static int suspend(lua_State *L, ml_CancelHook hook, void *ud,
   t->hook_ud = ud;
   t->k = k;
   t->kctx = ctx;
-  t->k_always = (unsigned char)always;
+  t->fut.k_always = (unsigned char)always;
   t->suspended = 1;
   if (requeue) ml__task_wake(t);
   lua_pushlightuserdata(L, (void *)&ml__await_marker);
@@ -417,7 +417,7 @@ ml_Task *ml__task_spawn(lua_State *L, int nargs, const char *name) {
   }
   ml__coro_claim(L, fidx);  /* a Coroutine is the task's from now on */
   lua_pushvalue(L, fidx);
-  lua_setiuservalue(L, fidx - 1, TUV_CORO);
+  lua_setiuservalue(L, fidx - 1, FUV_RESULT);  /* until it starts */
   if (nargs > 0) {
     /* A function's arguments wait in the thread's slot until it starts. */
     int i;
@@ -521,8 +521,9 @@ static int task_set_name(lua_State *L) {
 /* task:get_coro(): the Coroutine the task was made of, until it starts
  * (then nil: see start()); or its function, if made of one. */
 static int task_get_coro(lua_State *L) {
-  check_task(L, 1);
-  if (lua_getiuservalue(L, 1, TUV_CORO) == LUA_TSTRING) lua_pushnil(L);
+  ml_Task *t = check_task(L, 1);
+  if (t->fut.state != ML_PENDING || lua_getiuservalue(L, 1, FUV_RESULT) == LUA_TSTRING)
+    lua_pushnil(L);
   return 1;
 }
 
@@ -555,18 +556,40 @@ static int task_get_traceback(lua_State *L) {
   return 1;
 }
 
+/* <Task pending name='Task-1' coro=<coroutine worker>>, and once done
+ * <Task finished name='Task-1' result=42> (or exception=..., or
+ * <Task cancelled name='Task-1'>), as asyncio's repr. */
 static int task_tostring(lua_State *L) {
   ml_Task *t = check_task(L, 1);
-  const char *st = t->fut.state == ML_PENDING ? "pending"
-                 : t->fut.state == ML_CANCELLED ? "cancelled" : "finished";
-  const char *name, *coro;
+  const char *name;
   task_get_name(L);
   name = lua_tostring(L, -1);
-  if (lua_getiuservalue(L, 1, TUV_CORO) == LUA_TSTRING)
-    coro = lua_pushfstring(L, "<coroutine %s>", lua_tostring(L, -1));  /* started */
-  else
-    coro = luaL_tolstring(L, -1, NULL);
-  lua_pushfstring(L, "<Task %s name='%s' coro=%s>", st, name, coro);
+  switch (t->fut.state) {
+  case ML_PENDING:
+    if (lua_getiuservalue(L, 1, FUV_RESULT) == LUA_TSTRING)  /* started */
+      lua_pushfstring(L, "<coroutine %s>", lua_tostring(L, -1));
+    else
+      luaL_tolstring(L, -1, NULL);
+    lua_pushfstring(L, "<Task pending name='%s' coro=%s>", name, lua_tostring(L, -1));
+    break;
+  case ML_CANCELLED:
+    lua_pushfstring(L, "<Task cancelled name='%s'>", name);
+    break;
+  case ML_EXCEPTION:
+    lua_getiuservalue(L, 1, FUV_RESULT);
+    lua_pushfstring(L, "<Task finished name='%s' exception=%s>", name,
+                    luaL_tolstring(L, -1, NULL));
+    break;
+  default:
+    if (t->fut.nres == 0) {
+      lua_pushnil(L);
+    } else {
+      ml__future_unwrap(L, 1);
+      lua_settop(L, 3);  /* the first result */
+    }
+    lua_pushfstring(L, "<Task finished name='%s' result=%s>", name,
+                    luaL_tolstring(L, -1, NULL));
+  }
   return 1;
 }
 
@@ -606,35 +629,42 @@ static const luaL_Reg task_methods[] = {
 };
 
 /* ---- sleep ----
- * A sleeping task's ev_timer is allocated for the sleep and freed when it
- * fires or is stopped: parked tasks that do not sleep (most) carry only
- * the pointer, not 48 bytes of timer. */
+ * A sleeping task's ev_timer is allocated for the sleep, kept as the
+ * suspension's hook_ud (with sleep_hook as its hook), and freed when it
+ * fires or is stopped: parked tasks that do not sleep (most) carry no
+ * timer at all. */
 
-static void sleep_stop(ml_State *S, ml_Task *t) {
-  ev_timer *w = t->sleep;
+static int sleep_hook(lua_State *L, ml_Task *t, void *ud);
+
+ev_timer *ml__task_sleep_timer(ml_Task *t) {
+  return t->suspended && t->hook == sleep_hook ? t->hook_ud : NULL;
+}
+
+/* Stops and frees w, the timer of task t.  [-0, +0] */
+static void sleep_stop(ml_State *S, ml_Task *t, ev_timer *w) {
   void *ud;
   lua_Alloc f = lua_getallocf(S->L, &ud);
   if (w == NULL) return;
-  t->sleep = NULL;
+  if (t->hook_ud == w) t->hook_ud = NULL;
   ev_timer_stop(S->loop, w);
   f(ud, w, sizeof *w, 0);
 }
 
 void ml__task_stop_timers(ml_State *S) {
   ml_Task *t;
-  for (t = S->tasks; t; t = t->next) sleep_stop(S, t);
+  for (t = S->tasks; t; t = t->next) sleep_stop(S, t, ml__task_sleep_timer(t));
 }
 
 static void sleep_cb(struct ev_loop *loop, ev_timer *w, int revents) {
   ml_Task *t = w->data;
   (void)loop; (void)revents;
-  sleep_stop(t->fut.S, t);
+  sleep_stop(t->fut.S, t, w);
   ml__task_wake(t);
 }
 
 static int sleep_hook(lua_State *L, ml_Task *t, void *ud) {
-  (void)L; (void)ud;
-  sleep_stop(t->fut.S, t);
+  (void)L;
+  sleep_stop(t->fut.S, t, ud);
   return 0;
 }
 
@@ -660,25 +690,24 @@ int ml__task_sleep(lua_State *L) {
   ml_State *S = ml__state(L);
   ml_Task *t = S->current;
   lua_Number d = luaL_checknumber(L, 1);
+  ev_timer *w;
   if (t == NULL) return ml__exc_raise(L, "RuntimeError", "await outside of a running task");
   if (d != d) return luaL_argerror(L, 1, "delay is NaN");
   if (d <= 0) return suspend(L, NULL, NULL, 0, sleep_k, 1, 0);  /* no libev */
   {
     void *ud;
     lua_Alloc f = lua_getallocf(L, &ud);
-    ev_timer *w = f(ud, NULL, 0, sizeof *w);
+    w = f(ud, NULL, 0, sizeof *w);
     if (w == NULL) {
       ml__push_memory_error(L);
       return lua_error(L);
     }
     ev_timer_init(w, sleep_cb, d, 0.);
     w->data = t;
-    sleep_stop(S, t);  /* none: a task sleeps once at a time */
-    t->sleep = w;
     ev_now_update(S->loop);  /* libev's time is from the last poll */
     ev_timer_start(S->loop, w);
   }
-  return ml__task_suspend(L, sleep_hook, NULL, 0, sleep_k);
+  return ml__task_suspend(L, sleep_hook, w, 0, sleep_k);
 }
 
 void ml__task_open(lua_State *L) {
