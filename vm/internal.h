@@ -96,6 +96,7 @@ struct ml_State {
   const void *future_mt, *task_mt, *future_gcmt, *task_gcmt, *coro_mt;
   int future_mt_ref, task_mt_ref, future_gcmt_ref, task_gcmt_ref, coro_mt_ref;
   const void *sleep0;    /* the shared asyncio.sleep(0) coroutine */
+  struct ml_AsyncC *asyncc; /* async C functions, for await (coro.c) */
 };
 
 /* The state a Lua thread belongs to (kept in lua_getextraspace). */

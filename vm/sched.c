@@ -6,7 +6,12 @@
  * POLL_SECONDS elapsed, whichever comes first, so a ready socket waits at
  * most that long; when the queue empties, the loop blocks in ev_run ONCE.
  * Polling on every iteration (asyncio's rule) costs one epoll_wait per
- * sleep(0) round trip, which measured ~2x slower on the sleep(0) bench. */
+ * sleep(0) round trip, which measured ~2x slower on the sleep(0) bench.
+ * The clock is read only once POLL_CLOCK_STEPS entries have run since the
+ * last poll: a clock_gettime is 25 ns here, a sixth of a sleep(0) round
+ * trip, and iterations of one entry each (ping-pong between two tasks)
+ * read it on every step.  So with slow steps a socket may wait up to
+ * POLL_CLOCK_STEPS of them instead of one. */
 #include <errno.h>
 #include <string.h>
 #include <time.h>
@@ -14,6 +19,7 @@
 
 #define POLL_STEPS 64
 #define POLL_SECONDS 0.0005
+#define POLL_CLOCK_STEPS 4
 #define ML_HANDLE_MT "asyncio.Handle"
 #define ML_LOOP_MT "asyncio.Loop"
 #define CBTB_KEY "moonloop.cbtb"
@@ -629,7 +635,8 @@ static void iterate(ml_State *S, int defer_idle_poll) {
   if (S->ready.len == 0) {
     if (!defer_idle_poll) poll_io(S, EVRUN_NOWAIT);
   } else if (S->nstep - S->last_poll_step >= POLL_STEPS
-             || now_mono() - S->last_poll >= POLL_SECONDS) {
+             || (S->nstep - S->last_poll_step >= POLL_CLOCK_STEPS
+                 && now_mono() - S->last_poll >= POLL_SECONDS)) {
     poll_io(S, EVRUN_NOWAIT);
   }
 }
