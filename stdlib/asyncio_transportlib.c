@@ -559,15 +559,9 @@ static void proto_readable(ml_Conn *c) {
 
 static int conn_gc(lua_State *L);
 
-/* The address behind every transport's XUV_TAG. */
-static const char conn_tag = 0;
-
 ml_Conn *ml__conn_test(lua_State *L, int idx) {
   ml_Conn *c = lua_touserdata(L, idx);
-  if (c == NULL || lua_type(L, idx) != LUA_TUSERDATA) return NULL;
-  lua_getiuservalue(L, idx, XUV_TAG);  /* none: pushes nil */
-  if (lua_touserdata(L, -1) != (void *)&conn_tag) c = NULL;
-  lua_pop(L, 1);
+  if (c == NULL || lua_rawlen(L, idx) != sizeof *c || c->magic != ML_CONN_MAGIC) return NULL;
   return c;
 }
 
@@ -583,6 +577,7 @@ ml_Conn *ml__conn_new(lua_State *L, int sidx, int kind) {
   }
   c = lua_newuserdatauv(L, sizeof *c, XUV_N);
   memset(c, 0, sizeof *c);
+  c->magic = ML_CONN_MAGIC;
   c->S = ml__state(L);
   c->fd = -1;
   c->kind = kind;
@@ -597,8 +592,6 @@ ml_Conn *ml__conn_new(lua_State *L, int sidx, int kind) {
   ev_init(&c->later, later_cb);
   c->rio.data = c->wio.data = c->later.data = c;
   luaL_setmetatable(L, kind == ML_CONN_DGRAM ? ML_DGRAM_TRANSPORT : ML_TRANSPORT);
-  lua_pushlightuserdata(L, (void *)&conn_tag);
-  lua_setiuservalue(L, -2, XUV_TAG);
   c->scratch = ml__net_scratch(L, 0, &c->scratch_size);
   if (s == NULL) return c;
   lua_pushvalue(L, sidx);

@@ -133,11 +133,15 @@ void ml__bq_free(ml_BQ *q);
 
 enum { ML_CONN_PROTO = 1, ML_CONN_STREAM, ML_CONN_DGRAM };
 
-/* User values of a transport.  XUV_TAG holds a light userdata of a
- * private static address: no script can set a user value, so it proves
- * that a userdata is a transport (ml__conn_test) without the registry
- * lookup and string compare of luaL_testudata, on every method call. */
-enum { XUV_SOCK = 1, XUV_PROTO, XUV_EXC, XUV_ONLOST, XUV_TAG, XUV_N = XUV_TAG };
+/* User values of a transport. */
+enum { XUV_SOCK = 1, XUV_PROTO, XUV_EXC, XUV_ONLOST, XUV_N = XUV_ONLOST };
+
+/* The first field of every transport: with the userdata's size, it proves
+ * that a userdata is one (ml__conn_test; only C makes userdata) in two
+ * API calls, not the registry lookup and string compare of
+ * luaL_testudata (or a tag user value: four calls), on every method
+ * call. */
+#define ML_CONN_MAGIC 0x436f6e6eu
 
 #define ML_TRANSPORT "asyncio.Transport"
 #define ML_DGRAM_TRANSPORT "asyncio.DatagramTransport"
@@ -152,6 +156,7 @@ typedef struct ml_Waiters {
 typedef struct ml_Dgram ml_Dgram;  /* a queued datagram */
 
 typedef struct ml_Conn {
+  unsigned magic;           /* ML_CONN_MAGIC */
   ml_State *S;
   ml_Socket *sock;          /* NULL for a StreamReader of its own */
   int fd;                   /* -1 once closed, or if none */

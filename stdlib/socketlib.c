@@ -1069,11 +1069,10 @@ void ml__net_setfuncs(lua_State *L, int idx, const char *prefix,
     lua_setfield(L, idx, sync->name);
   }
   for (; async && async->name; async++) {
-    lua_getglobal(L, "__ml_async");
     lua_pushfstring(L, "%s%s", prefix, async->name);
-    lua_pushcfunction(L, async->func);
-    lua_call(L, 2, 1);
+    ml__push_async(L, lua_tostring(L, -1), async->func);
     lua_setfield(L, idx, async->name);
+    lua_pop(L, 1);
   }
 }
 
