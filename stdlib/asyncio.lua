@@ -86,16 +86,18 @@ end
 -- The first failure fails the gather (the others keep running) unless
 -- return_exceptions; cancelling the gather cancels every child.
 function M.gather(...)
-  local args = table.pack(...)
-  local n = args.n
-  local opts = args[n]
-  if type(opts) == "table" and not is_awaitable_table(opts) then n = n - 1 else opts = nil end
+  local children = table.pack(...)  -- sized once; made futures in place
+  local n = children.n
+  local opts = children[n]
+  if type(opts) == "table" and not is_awaitable_table(opts) then
+    n = n - 1
+    children[n + 1], children.n = nil, n
+  else
+    opts = nil
+  end
   local outer = Future()
-  local children = { n = n }
   if n == 0 then outer:set_result({ n = 0 }); return outer end
-  local ensure = M.ensure_future
-  for i = 1, n do children[i] = ensure(args[i]) end
-  core._gather(outer, children, opts and opts.return_exceptions)
+  core._gather(outer, children, opts and opts.return_exceptions, M.ensure_future)
   return outer
 end
 

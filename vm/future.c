@@ -129,11 +129,11 @@ void ml__future_schedule(lua_State *L, int fidx, ml_Future *f) {
 static void run_callback(lua_State *L, int fidx, ml_Future *f) {
   ml_Future *w = lua_touserdata(L, -1);
   if (w) {
-    /* Only tasks (waiters) and functions are callbacks: a task that
+    /* Userdata callbacks are a gather's (gather.c), or tasks: a task that
      * awaits f is woken if it still does. */
     ml_Task *t = (ml_Task *)w;
+    if (!ml__gather_done(L, lua_gettop(L), fidx) && t->awaiting == f) ml__task_wake(t);
     lua_pop(L, 1);
-    if (t->awaiting == f) ml__task_wake(t);
     return;
   }
   lua_pushvalue(L, fidx);

@@ -97,6 +97,7 @@ struct ml_State {
   int future_mt_ref, task_mt_ref, future_gcmt_ref, task_gcmt_ref, coro_mt_ref;
   const void *sleep0;    /* the shared asyncio.sleep(0) coroutine */
   struct ml_AsyncC *asyncc; /* async C functions, for await (coro.c) */
+  const void *gather_mt; /* a gather's bookkeeping (gather.c) */
 };
 
 /* The state a Lua thread belongs to (kept in lua_getextraspace). */
@@ -276,7 +277,12 @@ int ml__task_sleep(lua_State *L);
 int ml__future_lnew(lua_State *L);
 int ml__future_set_cancel_hook(lua_State *L);  /* (fut, fn) */
 int ml__future_add_done_callback(lua_State *L); /* fut:add_done_callback(fn) */
-int ml__gather(lua_State *L);  /* core._gather(outer, children, return_exceptions) */
+int ml__gather(lua_State *L);  /* core._gather(outer, children, return_exceptions, ensure) */
+/* If the callback at cbidx is a gather's, runs it for its child, the done
+ * future at fidx, and returns 1; else returns 0.  [-0, +0] */
+int ml__gather_done(lua_State *L, int cbidx, int fidx);
+/* Makes the Gather's metatable. */
+void ml__gather_open(lua_State *L);
 int ml__coro_iscoroutine(lua_State *L);          /* (x) -> boolean */
 int ml__coro_iscoro(lua_State *L, int idx);      /* 1 if a Coroutine */
 int ml__coro_iscoroutinefunction(lua_State *L);  /* (f) -> boolean */
