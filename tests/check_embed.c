@@ -348,6 +348,26 @@ START_TEST(test_embed_memory_cap_stops_a_script_not_the_host)
 }
 END_TEST
 
+START_TEST(test_embed_memory_cap_in_call_later_keeps_the_timers_whole)
+{
+  /* call_later until the cap stops it: the timers it made before all
+   * fire once, the one it was making takes nothing, and the state goes on. */
+  ck_assert_int_eq(ml_state_set_memory_limit(S, 4u << 20), ML_OK);
+  ck_assert_str_eq(run("local loop = asyncio.get_running_loop()\n"
+                       "local n, fired = 0, 0\n"
+                       "local function cb() fired = fired + 1 end\n"
+                       "local ok, e = pcall(function()\n"
+                       "  while true do loop:call_later(0, cb); n = n + 1 end\n"
+                       "end)\n"
+                       "collectgarbage()\n"
+                       "await asyncio.sleep(0.01)\n"
+                       "return (tostring(e):find('not enough memory') and 'out of memory' or tostring(e))\n"
+                       "  .. ', ' .. (n > 1000 and fired == n and 'all fired' or fired .. ' of ' .. n)"),
+                   "out of memory, all fired");
+  ck_assert_uint_le(ml_state_memory_peak(S), 4u << 20);
+}
+END_TEST
+
 START_TEST(test_embed_cpu_budget_stops_a_busy_task)
 {
   ml_Future *busy, *other;
@@ -581,6 +601,7 @@ Suite *embed_suite(void) {
   tcase_add_checked_fixture(tc, setup, teardown);
   tcase_set_timeout(tc, 20);
   tcase_add_test(tc, test_embed_memory_cap_stops_a_script_not_the_host);
+  tcase_add_test(tc, test_embed_memory_cap_in_call_later_keeps_the_timers_whole);
   tcase_add_test(tc, test_embed_cpu_budget_stops_a_busy_task);
   tcase_add_test(tc, test_embed_sandbox_removes_unsafe_modules);
   tcase_add_test(tc, test_embed_sandbox_allow_list_keeps_what_is_named);

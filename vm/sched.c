@@ -13,6 +13,7 @@
  * read it on every step.  So with slow steps a socket may wait up to
  * POLL_CLOCK_STEPS of them instead of one. */
 #include <errno.h>
+#include <limits.h>
 #include <string.h>
 #include <time.h>
 #include "internal.h"
@@ -78,48 +79,98 @@ int ml__callback(lua_State *L, int nargs, const char *context) {
  * a 4-ary heap of timer handles ordered by (when, seq), instead of one
  * libev timer per handle.  When it fires, one ready entry is queued that
  * runs every handle due then, in time order, under one protected call
- * (timers_run).  A Handle is a small userdata with its function and
- * arguments as user values and no __gc.  While it is in the heap or the
- * ready queue it is anchored in one slot of the anchor table (slots are
- * reused through a stack of free slots in C, not the registry's
- * luaL_ref).  cancel() is O(1): the handle drops its function and stays
- * in the heap until it reaches the top, or until cancelled handles are
- * more than half of the heap, when the heap is rebuilt without them
- * (asyncio's rule).  The top of the heap is never a cancelled handle, so
- * the ev_timer is active exactly while a live timer is pending: a
- * cancelled call_later(100, f) keeps nothing alive.  Cancelled handles
- * leave through the ready queue, which releases their slots (and skips
- * them), so the heap code never touches the Lua stack. */
+ * (timers_run).
+ *
+ * A pending handle (in the heap or the ready queue) owns one slot of the
+ * anchor table and the Pending of the same index in a C array: its seq,
+ * where it is, whether it was cancelled.  The anchor slot holds the
+ * function itself when there are no arguments, else the Handle, whose
+ * user values are the function and the arguments.  Free slots form a list
+ * through their Pendings.  The Handle that call_later returns is a small
+ * userdata without __gc (when, seq, slot, cancelled), which refers to its
+ * slot only while the slot's Pending carries its seq: seq is unique for
+ * the life of the state, so a slot reused by a later handle is told
+ * apart.  So the common handle is one small userdata that nothing
+ * anchors: a script that drops it leaves it to the collector at once, and
+ * it holds no user value for the collector to traverse.
+ *
+ * The heap is often in order: a sorted array is a heap too, and popping
+ * its top is then base++, where a sift costs a comparison or three per
+ * level.  Timers of one delay come in order and keep it so.  And when the
+ * ev_timer fires with a quarter or more of a large heap due, timers_run
+ * sorts the heap first (a radix sort: a few linear passes), so that the
+ * due ones, and the rest after them, pop in O(1).
+ *
+ * The profile's lesson (callgrind, ml_bench.lua timers 50000: all
+ * instructions over 50,000, start-up and close included): ~2,460 a timer
+ * (~2,330 once tasks got smaller) when each Handle was an 88-byte
+ * userdata anchored in the table with its function as a user value.
+ * Making it cost ~830 (the userdata ~450, of which the collector ~270, a
+ * user value set per value, the metatable, the anchor) and firing it ~880
+ * (the heap pop ~310, the anchor, the user values, the call).  With the
+ * function itself in the anchor and the state in C (a 56-byte Handle, no
+ * user value): ~2,070.  With the sort (~70 a timer, where the pops were
+ * ~330): ~1,770, and half the wall time (the pops missed the cache).
+ * What is left is mostly the Lua API: the userdata and its collection
+ * (~250), the anchor's three table accesses (~200), the metatable (~95),
+ * and the call of the callback (~300).
+ *
+ * cancel() is O(1): the handle lets go of its function and arguments (it
+ * clears its anchor slot) and stays in the heap until it reaches the top,
+ * or until cancelled handles are more than half of the heap, when the
+ * heap is rebuilt without them (asyncio's rule).  A cancelled handle
+ * holds nothing in Lua, so the heap code releases its slot in C, never
+ * touching the Lua stack.  The top of the heap is never a cancelled
+ * handle, so the ev_timer is active exactly while a live timer is
+ * pending: a cancelled call_later(100, f) keeps nothing alive.  A handle
+ * cancelled in the ready queue keeps its slot until the queue reaches it.
+ *
+ * Reentrancy: lua_newuserdatauv may run a collector step, and so
+ * finalizers that schedule handles themselves; a handle's slot is chosen
+ * after it, and nothing is taken until the last step that can raise. */
 
 enum { H_DONE = 0, H_HEAP, H_READY };
 
+/* The Handle userdata: all its methods need, also after it ran. */
 typedef struct Handle {
   double when;          /* loop:time() it fires at, or -1 (call_soon) */
-  uint64_t seq;         /* equal when: the first scheduled runs first */
-  int slot;             /* its anchor slot while H_HEAP or H_READY */
-  int nargs;
-  unsigned char where;  /* H_* */
+  uint64_t seq;         /* names it: pend[slot].seq == seq while pending */
+  int slot;             /* its anchor slot */
+  unsigned short nargs; /* its user values are fn and the arguments */
   unsigned char cancelled;
 } Handle;
+
+/* A pending handle's state, by anchor slot. */
+typedef struct Pending {
+  uint64_t seq;         /* the handle's; 0 while the slot is free */
+  int next;             /* while free: the next free slot, or 0 */
+  unsigned char where;  /* H_* */
+  unsigned char cancelled;
+} Pending;
 
 /* A heap entry's key orders by (when, seq) in one unsigned comparison,
  * which compiles without branches: the high half is when's bits mapped so
  * that doubles order as integers, the low half is seq.  Sifting reads no
- * handle, and a mispredicted branch per level costs more than the level. */
+ * Pending, and a mispredicted branch per level costs more than the level.
+ * A radix sort sorts by the bits of the same halves. */
 #ifdef __SIZEOF_INT128__
 typedef unsigned __int128 Key;
 #define KEY(hi, lo) (((Key)(hi) << 64) | (lo))
+#define KEY_HI(k) ((uint64_t)((k) >> 64))
+#define KEY_LO(k) ((uint64_t)(k))
 #define KEY_LT(a, b) ((a) < (b))
 #else
 typedef struct Key { uint64_t hi, lo; } Key;
 static Key key_make(uint64_t hi, uint64_t lo) { Key k = { hi, lo }; return k; }
 #define KEY(hi, lo) key_make(hi, lo)
+#define KEY_HI(k) ((k).hi)
+#define KEY_LO(k) ((k).lo)
 #define KEY_LT(a, b) ((a).hi < (b).hi || ((a).hi == (b).hi && (a).lo < (b).lo))
 #endif
 
 typedef struct HeapEnt {
   Key key;
-  Handle *h;
+  int slot;
 } HeapEnt;
 
 static uint64_t when_bits(double d) {
@@ -128,27 +179,40 @@ static uint64_t when_bits(double d) {
   return (u >> 63) ? ~u : u | (UINT64_C(1) << 63);
 }
 
+static double bits_when(uint64_t u) {
+  double d;
+  u = (u >> 63) ? u & ~(UINT64_C(1) << 63) : ~u;
+  memcpy(&d, &u, sizeof d);
+  return d;
+}
+
 typedef struct Timers {
   ml_State *S;
-  ev_timer timer;       /* armed for heap[0].when while n > 0 */
-  double armed;         /* the deadline it was armed for */
-  HeapEnt *heap;
-  int n, cap;
+  ev_timer timer;       /* armed for the top of the heap while n > 0 */
+  uint64_t armed;       /* when_bits of the deadline it was armed for */
+  HeapEnt *heap;        /* the heap is heap[base .. base + n) */
+  int base, n, cap;
+  int sorted;           /* and it is in order: the top pops with base++ */
   int ncancelled;       /* cancelled handles still in the heap */
-  int *free;            /* free anchor slots: a stack with room for all */
-  int nfree, nslots, capslots;
-  uint64_t seq;
-  double due_when;      /* timers_run runs the handles due at the last */
-  uint64_t due_seq;     /* firing, and none scheduled after it */
+  Pending *pend;        /* by anchor slot, 1..nslots; capslots > nslots */
+  int nslots, capslots;
+  int free;             /* the first free slot, or 0 */
+  uint64_t seq;         /* the last handle's */
+  uint64_t due_bits;    /* timers_run runs the handles due at the last */
+  uint64_t due_seq;     /* firing (when_bits), and none scheduled after it */
   int queued;           /* the entry that runs them is queued */
-  int closed;           /* the state is closing: no more handles */
 } Timers;
 
 /* More than this many cancelled handles, and more than half of the heap:
  * rebuild it (asyncio's _MIN_SCHEDULED_TIMER_HANDLES, 50%). */
 #define MIN_COMPACT 100
+/* A heap of at least this many entries, a quarter of them or more due,
+ * is sorted before they run (heap_sort). */
+#define SORT_MIN 512
 
 static const char timers_key = 0;  /* registry[&timers_key] = the Timers */
+
+#define HEAP(T) ((T)->heap + (T)->base)
 
 static int ent_lt(const HeapEnt *a, const HeapEnt *b) {
   return KEY_LT(a->key, b->key);
@@ -195,13 +259,11 @@ static void sift_down(HeapEnt *hp, int n, int i) {
   hp[i] = e;
 }
 
-/* Removes the top.  Floyd's order: the hole at the top moves down along
- * the smallest children to a leaf, and the last entry rises from there,
- * usually not far: popping every due timer is most of the heap's work. */
-static void heap_pop(Timers *T) {
-  HeapEnt *hp = T->heap;
-  int n = --T->n, i = 0, c;
-  if (n == 0) return;
+/* Removes the top of a heap not in order, of n entries left.  Floyd's
+ * order: the hole at the top moves down along the smallest children to a
+ * leaf, and the last entry rises from there, usually not far. */
+static void heap_pop_sift(HeapEnt *hp, int n) {
+  int i = 0, c;
   while ((c = CHILD(i)) < n) {
     c = min_child(hp, n, c);
     hp[i] = hp[c];
@@ -209,6 +271,141 @@ static void heap_pop(Timers *T) {
   }
   hp[i] = hp[n];
   sift_up(hp, i);
+}
+
+/* Removes the top: in a heap in order, by moving its base.  Popping every
+ * due timer is most of the heap's work. */
+static inline void heap_pop(Timers *T) {
+  int n = --T->n;
+  if (n == 0) {
+    T->base = 0;
+    T->sorted = 1;
+  } else if (T->sorted) {
+    T->base++;
+  } else {
+    heap_pop_sift(HEAP(T), n);
+  }
+}
+
+/* Adds e; heap_reserve made room.  A heap in order stays so when e is
+ * not before the last entry, as timers of one delay come. */
+static inline void heap_push(Timers *T, HeapEnt e) {
+  HeapEnt *hp = HEAP(T);
+  int i = T->n++;
+  hp[i] = e;
+  if (i == 0) T->sorted = 1;
+  else if (T->sorted && ent_lt(&e, &hp[i - 1])) T->sorted = 0;
+  if (!T->sorted) sift_up(hp, i);
+}
+
+/* Counts, up to limit, the entries due (when_bits <= bits) in the subtree
+ * of entry i, which is due: the children of an entry not due are not due
+ * either, so the search visits only the due ones and their children. */
+static int count_due(const HeapEnt *hp, int n, int i, uint64_t bits, int limit) {
+  int c = CHILD(i), end = c + 4 < n ? c + 4 : n, got = 1;
+  for (; c < end && got < limit; c++)
+    if (KEY_HI(hp[c].key) <= bits) got += count_due(hp, n, c, bits, limit - got);
+  return got;
+}
+
+/* An LSD radix sort of a[0..n) by one half of the keys, WORD (KEY_HI:
+ * when, KEY_LO: seq), on the bits in which they differ; tmp holds n
+ * entries, cnt 1 << RADIX_BITS counts.  Stable.  Returns a or tmp,
+ * whichever holds the result.  A pass sorts by up to RADIX_BITS bits,
+ * fewer for fewer entries (counts for at most half as many, at least
+ * 256).  Past MAXPASSES passes, it sorts by the highest bits that differ
+ * only, and *below tells from which bit on (else 0).  A macro, for a
+ * function of each half: one taking the half as an argument measured
+ * ~20 instructions a timer slower (a test per entry and pass). */
+#define RADIX_BITS 16
+#define RADIX_SORT(name, WORD, MAXPASSES) \
+static HeapEnt *name(HeapEnt *a, HeapEnt *tmp, uint32_t *cnt, size_t n, int *below) { \
+  uint64_t first = WORD(a[0].key), diff = 0, mask; \
+  HeapEnt *src = a, *dst = tmp, *t; \
+  uint32_t sum, x; \
+  size_t i, size; \
+  int sh, top, bits = 8, passes; \
+  *below = 0; \
+  for (i = 1; i < n; i++) diff |= WORD(a[i].key) ^ first; \
+  if (diff == 0) return a; \
+  sh = __builtin_ctzll(diff); \
+  top = 64 - __builtin_clzll(diff); \
+  while (bits < RADIX_BITS && (size_t)2 << (bits + 1) <= n) bits++; \
+  passes = (top - sh + bits - 1) / bits; \
+  if (passes > MAXPASSES) \
+    *below = sh = top - MAXPASSES * bits; \
+  else \
+    bits = (top - sh + passes - 1) / passes; \
+  size = (size_t)1 << bits; \
+  mask = size - 1; \
+  for (; sh < top; sh += bits) { \
+    memset(cnt, 0, size * sizeof *cnt); \
+    for (i = 0; i < n; i++) cnt[(WORD(src[i].key) >> sh) & mask]++; \
+    for (sum = 0, i = 0; i < size; i++) { x = cnt[i]; cnt[i] = sum; sum += x; } \
+    for (i = 0; i < n; i++) dst[cnt[(WORD(src[i].key) >> sh) & mask]++] = src[i]; \
+    t = src; src = dst; dst = t; \
+  } \
+  return src; \
+}
+RADIX_SORT(radix_when, KEY_HI, 2)
+RADIX_SORT(radix_seq, KEY_LO, 64)
+
+/* Sorts a[0..n) by key into a or b (scratch for n entries), and returns
+ * which.  Two radix passes by when put nearly every entry in place; the
+ * runs they leave (of one when, or of whens too close for those passes)
+ * are sorted on their own: by insertion when short. */
+static HeapEnt *sort_keys(HeapEnt *a, HeapEnt *b, uint32_t *cnt, size_t n) {
+  int below, ignored;
+  HeapEnt *r = radix_when(a, b, cnt, n, &below), *s = r == a ? b : a, *q, e;
+  uint64_t prev = KEY_HI(r[0].key) >> below, cur;
+  size_t i = 1, j, k, m;
+  while (i < n) {
+    cur = KEY_HI(r[i].key) >> below;
+    if (cur != prev) {
+      prev = cur;
+      i++;
+      continue;
+    }
+    for (j = i + 1; j < n && KEY_HI(r[j].key) >> below == cur; j++) continue;
+    if (j - --i <= 16) {  /* the run r[i..j) */
+      for (k = i + 1; k < j; k++) {
+        for (e = r[k], m = k; m > i && ent_lt(&e, &r[m - 1]); m--) r[m] = r[m - 1];
+        r[m] = e;
+      }
+    } else {
+      q = below ? sort_keys(r + i, s + i, cnt, j - i) : radix_seq(r + i, s + i, cnt, j - i, &ignored);
+      if (q != r + i) memcpy(r + i, q, (j - i) * sizeof *r);
+    }
+    if (j < n) prev = KEY_HI(r[j].key) >> below;
+    i = j + 1;
+  }
+  return r;
+}
+
+/* Puts the heap in order (a heap still: so are the children of every
+ * entry) with a radix sort: a few passes over the entries, where popping
+ * them costs a sift each.  The sort may end in its scratch array, which
+ * then becomes the heap's.  Never raises: out of memory, it leaves the
+ * heap as it was. */
+static void heap_sort(Timers *T) {
+  void *ud;
+  lua_Alloc f = lua_getallocf(T->S->L, &ud);
+  size_t size = (size_t)T->cap * sizeof(HeapEnt), csize = sizeof(uint32_t) << RADIX_BITS;
+  HeapEnt *a, *tmp = f(ud, NULL, 0, size);
+  uint32_t *cnt = tmp ? f(ud, NULL, 0, csize) : NULL;
+  if (cnt == NULL) {
+    if (tmp) f(ud, tmp, size, 0);
+    return;
+  }
+  a = sort_keys(HEAP(T), tmp, cnt, (size_t)T->n);
+  if (a == tmp) {
+    tmp = T->heap;
+    T->heap = a;
+    T->base = 0;
+  }
+  f(ud, tmp, size, 0);
+  f(ud, cnt, csize, 0);
+  T->sorted = 1;
 }
 
 /* Grows an array of the state's allocator (so the memory cap applies) to
@@ -228,11 +425,34 @@ static void *grow(lua_State *L, void *p, int *cap, int need, size_t elem) {
   return np;
 }
 
-/* Puts h on the ready queue under its anchor slot; 0 or -ENOMEM. */
-static int handle_queue(ml_State *S, Handle *h, int slot) {
-  ml_Entry e = { ML_RUN_HANDLE, h, slot };
-  int rc = ml__readyq_push(&S->ready, e);
-  if (rc == 0) h->where = H_READY;
+/* Makes room for one more entry in the heap; raises MemoryError.  A base
+ * past half the array moves back to 0 (the entries before it popped). */
+static inline void heap_reserve(lua_State *L, Timers *T) {
+  if (T->base + T->n < T->cap) return;
+  if (T->base > 0 && T->base >= T->cap / 2) {
+    memmove(T->heap, HEAP(T), (size_t)T->n * sizeof *T->heap);
+    T->base = 0;
+    return;
+  }
+  T->heap = grow(L, T->heap, &T->cap, T->base + T->n + 1, sizeof *T->heap);
+}
+
+/* Frees the slot of a handle that left the heap and the ready queue.  Its
+ * anchor slot must be clear already (cancel() clears it). */
+static void slot_free(Timers *T, int slot) {
+  Pending *p = &T->pend[slot];
+  p->seq = 0;
+  p->where = H_DONE;
+  p->next = T->free;
+  T->free = slot;
+}
+
+/* Puts the handle of a slot on the ready queue; 0 or -ENOMEM.  The entry's
+ * p is the Timers (p == NULL stands for every timer due). */
+static int handle_queue(Timers *T, int slot) {
+  ml_Entry e = { ML_RUN_HANDLE, T, slot };
+  int rc = ml__readyq_push(&T->S->ready, e);
+  if (rc == 0) T->pend[slot].where = H_READY;
   return rc;
 }
 
@@ -266,43 +486,49 @@ static void timers_arm(Timers *T) {
     return;
   }
   if (ev_is_active(&T->timer)) {
-    if (T->armed == T->heap[0].h->when) return;
+    if (T->armed == KEY_HI(HEAP(T)[0].key)) return;
     ev_timer_stop(loop, &T->timer);
   }
-  T->armed = T->heap[0].h->when;
+  T->armed = KEY_HI(HEAP(T)[0].key);
   now = now_mono();
   /* libev counts from its time of the last poll: bring it up to date, and
    * after our now, so the timer never fires before the deadline. */
   ev_now_update(loop);
-  d = T->armed - now;
+  d = bits_when(T->armed) - now;
   ev_timer_set(&T->timer, d > 0 ? d : 0., 0.);
   ev_timer_start(loop, &T->timer);
 }
 
-/* Moves cancelled handles off the top of the heap to the ready queue,
- * which releases them. */
+/* Releases the cancelled handles at the top of the heap. */
 static void timers_settle(Timers *T) {
-  while (T->n > 0 && T->heap[0].h->cancelled) {
-    Handle *h = T->heap[0].h;
-    if (handle_queue(T->S, h, h->slot) < 0) break;
+  while (T->n > 0 && T->pend[HEAP(T)[0].slot].cancelled) {
+    slot_free(T, HEAP(T)[0].slot);
     T->ncancelled--;
     heap_pop(T);
   }
 }
 
-/* Rebuilds the heap without its cancelled handles. */
+/* Rebuilds the heap without its cancelled handles, releasing them.  A
+ * heap in order stays in order. */
 static void timers_compact(Timers *T) {
+  HeapEnt *hp = HEAP(T);
   int i, j = 0;
   for (i = 0; i < T->n; i++) {
-    Handle *h = T->heap[i].h;
-    if (h->cancelled && handle_queue(T->S, h, h->slot) == 0) {
+    int slot = hp[i].slot;
+    if (T->pend[slot].cancelled) {
+      slot_free(T, slot);
       T->ncancelled--;
       continue;
     }
-    T->heap[j++] = T->heap[i];
+    hp[j++] = hp[i];
   }
   T->n = j;
-  for (i = T->n > 1 ? PARENT(T->n - 1) : -1; i >= 0; i--) sift_down(T->heap, T->n, i);
+  if (j == 0) {
+    T->base = 0;
+    T->sorted = 1;
+  }
+  if (!T->sorted)
+    for (i = j > 1 ? PARENT(j - 1) : -1; i >= 0; i--) sift_down(hp, j, i);
 }
 
 /* The ev_timer fired: libev callbacks only queue work, here one entry that
@@ -311,7 +537,7 @@ static void timers_cb(struct ev_loop *loop, ev_timer *w, int revents) {
   Timers *T = (Timers *)((char *)w - offsetof(Timers, timer));
   ml_Entry e = { ML_RUN_HANDLE, NULL, 0 };
   (void)loop; (void)revents;
-  T->due_when = now_mono();
+  T->due_bits = when_bits(now_mono());
   T->due_seq = T->seq;
   if (!T->queued) {
     if (ml__readyq_push(&T->S->ready, e) == 0) T->queued = 1;
@@ -325,113 +551,127 @@ static int timers_gc(lua_State *L) {
   lua_Alloc f = lua_getallocf(L, &ud);
   if (ev_is_active(&T->timer)) ev_timer_stop(T->S->loop, &T->timer);
   f(ud, T->heap, (size_t)T->cap * sizeof *T->heap, 0);
-  f(ud, T->free, (size_t)T->capslots * sizeof *T->free, 0);
+  f(ud, T->pend, (size_t)T->capslots * sizeof *T->pend, 0);
   T->heap = NULL;
-  T->free = NULL;
-  T->n = T->cap = T->nfree = T->capslots = 0;
-  T->closed = 1;
+  T->pend = NULL;
+  T->base = T->n = T->cap = T->nslots = T->capslots = T->free = T->ncancelled = 0;
   if (T->S->timers == T) T->S->timers = NULL;
   return 0;
 }
 
-/* [-0, +1] makes a handle for fn at index fidx and the values above it,
- * anchored in a slot of the anchor table (upvalue 3).  Upvalues: the
- * Handle metatable, the Timers, the anchor table. */
-static Handle *handle_new(lua_State *L, Timers *T, int fidx) {
-  int i, n = lua_gettop(L) - fidx, slot;
+/* [-0, +1] makes the Handle for fn at index fidx and the values above it;
+ * it is not pending yet (handle_anchor).  Upvalue 1: the Handle metatable.
+ * May run finalizers (a collector step). */
+static inline Handle *handle_make(lua_State *L, int fidx, double when) {
+  int i, n = lua_gettop(L) - fidx;
   Handle *h;
   if (lua_type(L, fidx) != LUA_TFUNCTION) luaL_checktype(L, fidx, LUA_TFUNCTION);
-  if (T->closed) luaL_error(L, "the event loop is closed");
-  h = lua_newuserdatauv(L, sizeof(Handle), n + 1);
-  h->when = -1;
-  h->seq = 0;
-  h->nargs = n;
-  h->where = H_DONE;
+  if (n > USHRT_MAX - 2) luaL_error(L, "too many arguments");
+  h = lua_newuserdatauv(L, sizeof *h, n ? n + 1 : 0);
+  h->when = when;  /* seq and slot: handle_anchor */
+  h->nargs = (unsigned short)n;
   h->cancelled = 0;
-  h->slot = 0;
   lua_pushvalue(L, lua_upvalueindex(1));
   lua_setmetatable(L, -2);
-  for (i = n; i >= 0; i--) {
+  for (i = n ? n : -1; i >= 0; i--) {
     lua_pushvalue(L, fidx + i);
     lua_setiuservalue(L, -2, i + 1);
   }
-  if (T->nfree > 0) {
-    slot = T->free[--T->nfree];
-  } else {
-    if (T->nslots == T->capslots)
-      T->free = grow(L, T->free, &T->capslots, T->nslots + 1, sizeof *T->free);
-    slot = ++T->nslots;
-  }
-  lua_pushvalue(L, -1);
-  lua_rawseti(L, lua_upvalueindex(3), slot);
-  h->slot = slot;
   return h;
 }
 
-/* Releases the anchor slot of a handle that left the heap and the ready
- * queue.  anchor: the anchor table's stack index.  [-0, +0] */
-static void handle_release(lua_State *L, Timers *T, int anchor, int slot) {
-  lua_pushnil(L);
-  lua_rawseti(L, anchor, slot);
-  T->free[T->nfree++] = slot;
+/* [-0, +0] makes h (on top of the stack, made for fidx) pending: anchors
+ * its function, or itself when it has arguments, in a free slot, which it
+ * returns.  Upvalue 3: the anchor table.  Raises before taking anything;
+ * the caller must not raise after it. */
+static inline int handle_anchor(lua_State *L, Timers *T, Handle *h, int fidx) {
+  int slot = T->free;
+  Pending *p;
+  if (slot == 0) {
+    if (T->nslots + 1 >= T->capslots)
+      T->pend = grow(L, T->pend, &T->capslots, T->nslots + 2, sizeof *T->pend);
+    slot = T->nslots + 1;
+  }
+  lua_pushvalue(L, h->nargs ? -1 : fidx);
+  lua_rawseti(L, lua_upvalueindex(3), slot);  /* may raise MemoryError */
+  p = &T->pend[slot];
+  if (slot == T->free) T->free = p->next;
+  else T->nslots = slot;
+  p->seq = h->seq = ++T->seq;
+  p->where = H_DONE;
+  p->cancelled = 0;
+  h->slot = slot;
+  return slot;
 }
 
-/* Runs a queued handle; anchor: the anchor table's stack index.  [-0, +0] */
-static void handle_run(lua_State *L, Timers *T, int anchor, ml_Entry *e) {
-  Handle *h = e->p;
-  int i, n = h->nargs, hidx;
-  lua_rawgeti(L, anchor, e->ref);  /* the stack anchors it from now on */
-  handle_release(L, T, anchor, e->ref);
-  h->slot = 0;
-  h->where = H_DONE;
-  if (h->cancelled || !lua_checkstack(L, n + 3)) {
-    lua_pop(L, 1);
-    return;
-  }
-  hidx = lua_gettop(L);
-  /* The message handler goes first, below the function: no rotation. */
-  lua_pushcfunction(L, callback_msgh);
-  for (i = 1; i <= n + 1; i++) lua_getiuservalue(L, hidx, i);
-  if (lua_pcall(L, n, 0, hidx + 1) != LUA_OK) {
-    lua_getfield(L, LUA_REGISTRYINDEX, CBTB_KEY);
-    ml__report_tb(L, "Exception in callback");
-  }
-  lua_settop(L, hidx - 1);
+/* The Handle's slot, or 0 once it ran or was released. */
+static int handle_slot(Timers *T, const Handle *h) {
+  int slot = h->slot;
+  return slot > 0 && slot <= T->nslots && T->pend[slot].seq == h->seq ? slot : 0;
 }
 
 static void warn_slow(ml_State *S, ml_Entry *e, double took);
 
+/* Runs a queued handle; anchor: the anchor table's stack index.  [-0, +0] */
+static void handle_run(lua_State *L, Timers *T, int anchor, ml_Entry *e) {
+  int i, n = 0, slot = e->ref, base, cancelled = T->pend[slot].cancelled;
+  slot_free(T, slot);
+  if (cancelled) return;  /* its anchor slot is clear already */
+  /* The message handler goes first, below the function: no rotation. */
+  lua_pushcfunction(L, callback_msgh);
+  base = lua_gettop(L);
+  if (lua_rawgeti(L, anchor, slot) != LUA_TFUNCTION)  /* the Handle */
+    n = ((Handle *)lua_touserdata(L, -1))->nargs;
+  lua_pushnil(L);
+  lua_rawseti(L, anchor, slot);  /* the stack anchors it from now on */
+  if (!lua_checkstack(L, n + 2)) {
+    lua_settop(L, base - 1);
+    return;
+  }
+  for (i = 1; n && i <= n + 1; i++) lua_getiuservalue(L, base + 1, i);
+  if (lua_pcall(L, n, 0, base) != LUA_OK) {
+    lua_getfield(L, LUA_REGISTRYINDEX, CBTB_KEY);
+    ml__report_tb(L, "Exception in callback");
+  }
+  lua_settop(L, base - 1);
+}
+
 /* The body of timers_run, in protected mode: (Timers, anchor table).
  * Each handle is called with lua_call: one protected call for the batch,
- * not one per callback.  An error leaves the rest for the next call. */
+ * not one per callback.  An error leaves the rest for the next call.
+ * Nothing here holds a pointer into the heap or the Pendings across a
+ * callback, which may grow them. */
 static int timers_batch(lua_State *L) {
   Timers *T = lua_touserdata(L, 1);
   ml_State *S = T->S;
   while (T->n > 0) {
-    Handle *h = T->heap[0].h;
-    int i, n = h->nargs, slot = h->slot;
+    Key k = HEAP(T)[0].key;
+    int i, n = 0, slot = HEAP(T)[0].slot;
     double t0 = 0;
-    if (h->when > T->due_when || h->seq > T->due_seq) break;
-    if (h->cancelled) T->ncancelled--;
+    if (KEY_HI(k) > T->due_bits || KEY_LO(k) > T->due_seq) break;
     heap_pop(T);
-    h->where = H_DONE;
-    h->slot = 0;
-    lua_rawgeti(L, 2, slot);  /* the stack anchors it from now on */
-    handle_release(L, T, 2, slot);
-    if (h->cancelled) {
-      lua_settop(L, 2);
+    if (T->pend[slot].cancelled) {  /* its anchor slot is clear already */
+      T->ncancelled--;
+      slot_free(T, slot);
       continue;
     }
-    if (n > 15) luaL_checkstack(L, n + 1, "too many arguments");  /* else */
-    for (i = 1; i <= n + 1; i++) lua_getiuservalue(L, 3, i);
+    slot_free(T, slot);  /* the stack anchors fn from here on */
+    if (lua_rawgeti(L, 2, slot) != LUA_TFUNCTION)  /* the Handle */
+      n = ((Handle *)lua_touserdata(L, 3))->nargs;
+    lua_pushnil(L);
+    lua_rawseti(L, 2, slot);
+    if (n) {
+      if (n > 15) luaL_checkstack(L, n + 1, "too many arguments");  /* else */
+      for (i = 1; i <= n + 1; i++) lua_getiuservalue(L, 3, i);
+    }
     if (S->debug) t0 = now_mono();
     lua_call(L, n, 0);
     if (S->debug && now_mono() - t0 > SLOW_CALLBACK) {
-      ml_Entry e = { ML_RUN_HANDLE, h, 0 };
+      ml_Entry e = { ML_RUN_HANDLE, T, 0 };
       lua_pushnil(L);
       warn_slow(S, &e, now_mono() - t0);
     }
-    lua_settop(L, 2);
+    if (n) lua_settop(L, 2);
   }
   return 0;
 }
@@ -443,8 +683,11 @@ static int timers_batch(lua_State *L) {
  * timers_cb; anchor: the anchor table's stack index.  [-0, +0] */
 static void timers_run(ml_State *S, Timers *T, int anchor) {
   lua_State *L = S->L;
-  int st;
+  int st, quarter = T->n / 4;
   T->queued = 0;
+  if (!T->sorted && T->n >= SORT_MIN && KEY_HI(HEAP(T)[0].key) <= T->due_bits
+      && count_due(HEAP(T), T->n, 0, T->due_bits, quarter) >= quarter)
+    heap_sort(T);
   do {
     lua_pushcfunction(L, callback_msgh);
     lua_pushcfunction(L, timers_batch);
@@ -461,53 +704,60 @@ static void timers_run(ml_State *S, Timers *T, int anchor) {
   timers_arm(T);
 }
 
+/* The state's Timers (NULL once it closed): no API call, unlike the
+ * upvalue the loop's methods also have. */
 static Timers *check_timers(lua_State *L) {
-  return lua_touserdata(L, lua_upvalueindex(2));
+  Timers *T = ml__state(L)->timers;
+  if (T == NULL) luaL_error(L, "the event loop is closed");
+  return T;
 }
 
 static int loop_call_soon(lua_State *L) {
   Timers *T = check_timers(L);
-  Handle *h = handle_new(L, T, 2);
-  if (handle_queue(T->S, h, h->slot) < 0) {
+  Handle *h = handle_make(L, 2, -1);
+  int slot = handle_anchor(L, T, h, 2);
+  if (handle_queue(T, slot) < 0) {
     h->cancelled = 1;  /* out of memory: it never runs */
     lua_pushnil(L);
-    lua_rawseti(L, lua_upvalueindex(3), h->slot);
-    T->free[T->nfree++] = h->slot;
-    h->slot = 0;
+    lua_rawseti(L, lua_upvalueindex(3), slot);
+    slot_free(T, slot);
   }
   return 1;
 }
 
-static int call_later(lua_State *L, double when, int fidx) {
+/* call_later(delay, fn, ...) if relative, else call_at(when, fn, ...):
+ * one function for both, which their methods call last, so that the
+ * hot path is one C frame. */
+static int call_timer(lua_State *L, int relative) {
   Timers *T = check_timers(L);
   Handle *h;
-  int i;
-  if (T->n == T->cap) T->heap = grow(L, T->heap, &T->cap, T->n + 1, sizeof *T->heap);
-  h = handle_new(L, T, fidx);
-  h->when = when;
-  h->seq = ++T->seq;
-  h->where = H_HEAP;
-  i = T->n++;
-  T->heap[i].key = KEY(when_bits(when), h->seq);
-  T->heap[i].h = h;
-  sift_up(T->heap, i);
-  if (T->heap[0].h == h) timers_arm(T);
+  HeapEnt e;
+  int isnum, slot;
+  lua_Number when = lua_tonumberx(L, 2, &isnum);
+  if (!isnum) when = luaL_checknumber(L, 2);
+  if (when != when) return luaL_argerror(L, 2, relative ? "delay is NaN" : "time is NaN");
+  if (relative) when = now_mono() + (when > 0 ? when : 0);
+  h = handle_make(L, 3, when);
+  heap_reserve(L, T);
+  slot = handle_anchor(L, T, h, 3);
+  T->pend[slot].where = H_HEAP;
+  e.key = KEY(when_bits(when), h->seq);
+  e.slot = slot;
+  heap_push(T, e);
+  if (HEAP(T)[0].slot == slot) timers_arm(T);
   return 1;
 }
 
 static int loop_call_later(lua_State *L) {
-  lua_Number d = luaL_checknumber(L, 2);
-  if (d != d) return luaL_argerror(L, 2, "delay is NaN");
-  return call_later(L, now_mono() + (d > 0 ? d : 0), 3);
+  return call_timer(L, 1);
 }
 
 static int loop_call_at(lua_State *L) {
-  lua_Number when = luaL_checknumber(L, 2);
-  if (when != when) return luaL_argerror(L, 2, "time is NaN");
-  return call_later(L, when, 3);
+  return call_timer(L, 0);
 }
 
-/* The Handle at index 1 (upvalue 1 of its methods: the Timers). */
+/* The Handle at index 1 (upvalues of its methods: the Timers, the anchor
+ * table). */
 static Handle *check_handle(lua_State *L) {
   return luaL_checkudata(L, 1, ML_HANDLE_MT);
 }
@@ -515,16 +765,16 @@ static Handle *check_handle(lua_State *L) {
 static int handle_cancel(lua_State *L) {
   Handle *h = check_handle(L);
   Timers *T = lua_touserdata(L, lua_upvalueindex(1));
-  int i;
+  int slot;
   if (h->cancelled) return 0;
   h->cancelled = 1;
-  for (i = 1; i <= h->nargs + 1; i++) {  /* let go of fn and its arguments */
-    lua_pushnil(L);
-    lua_setiuservalue(L, 1, i);
-  }
-  if (h->where != H_HEAP) return 0;  /* queued: the ready queue skips it */
+  if ((slot = handle_slot(T, h)) == 0) return 0;  /* it ran */
+  T->pend[slot].cancelled = 1;
+  lua_pushnil(L);  /* let go of fn and its arguments */
+  lua_rawseti(L, lua_upvalueindex(2), slot);
+  if (T->pend[slot].where != H_HEAP) return 0;  /* queued: the queue frees it */
   T->ncancelled++;
-  if (T->heap[0].h == h) {
+  if (HEAP(T)[0].slot == slot) {
     timers_settle(T);
     timers_arm(T);
   } else if (T->ncancelled > MIN_COMPACT && 2 * T->ncancelled > T->n) {
@@ -824,7 +1074,7 @@ static const luaL_Reg timer_methods[] = {
   { NULL, NULL }
 };
 
-/* Upvalue: the Timers. */
+/* Upvalues: the Timers, the anchor table. */
 static const luaL_Reg handle_methods[] = {
   { "cancel", handle_cancel },
   { "cancelled", handle_cancelled },
@@ -853,8 +1103,9 @@ void ml__sched_open(lua_State *L) {
   S->timers = T;
   luaL_newmetatable(L, ML_HANDLE_MT);
   lua_newtable(L);
-  lua_pushvalue(L, -3);
-  luaL_setfuncs(L, handle_methods, 1);
+  lua_pushvalue(L, -3);                        /* the Timers, */
+  lua_getiuservalue(L, -1, 1);                 /* the anchor table */
+  luaL_setfuncs(L, handle_methods, 2);
   lua_setfield(L, -2, "__index");
   lua_pushcfunction(L, handle_tostring);
   lua_setfield(L, -2, "__tostring");

@@ -249,6 +249,164 @@ T.case("call_soon, call_later and call_at run in time order; cancel works", asyn
   T.eq(seen, {"soon", "at", "later"}, "order")
 end)
 
+T.case("handles: when, tostring, cancelled, and arguments with holes", async function()
+  local got
+  local done = asyncio.Future()
+  local t0 = loop:time()
+  local h = loop:call_later(0.001, function(...) got = table.pack(...); done:set_result() end, nil, 2, nil)
+  T.ok(h:when() >= t0 + 0.001 and h:when() <= loop:time() + 0.001, "when() is the deadline")
+  T.eq(tostring(h), "<TimerHandle>", "tostring of a timer")
+  T.eq(h:cancelled(), false, "not cancelled")
+  local s = loop:call_soon(function() end)
+  T.eq(s:when(), nil, "a call_soon handle has no when")
+  T.eq(tostring(s), "<Handle>", "tostring of a callback")
+  s:cancel()
+  T.eq(tostring(s), "<Handle cancelled>", "tostring once cancelled")
+  await done
+  T.eq(got.n, 3, "argument count with nil holes")
+  T.eq(got[2], 2, "second argument")
+  T.ok(h:when() >= t0 + 0.001, "when() after it ran")
+end)
+
+T.case("cancelling a handle that ran, or twice, leaves the others alone", async function()
+  local ran = {}
+  local h1 = loop:call_soon(function() ran[#ran + 1] = 1 end)
+  await asyncio.sleep(0)
+  -- The next handles may reuse what h1 held: h1 must not reach them.
+  local done = asyncio.Future()
+  local h2 = loop:call_soon(function() ran[#ran + 1] = 2 end)
+  local h3 = loop:call_later(0.001, function() ran[#ran + 1] = 3; done:set_result() end)
+  h1:cancel()
+  h1:cancel()
+  T.eq(h1:cancelled(), true, "cancelled() after a late cancel")
+  T.eq(h2:cancelled(), false, "the next handle is not cancelled")
+  await done
+  T.eq(ran, {1, 2, 3}, "every handle ran once")
+  local h4 = loop:call_soon(function() ran[#ran + 1] = 4 end)
+  h4:cancel()
+  h4:cancel()
+  await asyncio.sleep(0)
+  T.eq(ran, {1, 2, 3}, "a handle cancelled in the ready queue does not run")
+end)
+
+T.case("many timers fire in (when, scheduling) order, also past ones and ties", async function()
+  -- Enough for the heap to be sorted at once: due times in the past, many
+  -- of them equal, some with arguments, half of them cancelled.
+  local x, n = 12345, 3000
+  local function rand(m) x = x * 48271 % 2147483647; return x % m end
+  local base = loop:time() - 1
+  local fired, want, handles = {}, {}, {}
+  local function cb(i) fired[#fired + 1] = i end
+  for i = 1, n do
+    local when = base + rand(i % 3 == 0 and 8 or 100000) * 1e-6
+    if i % 2 == 0 then
+      handles[i] = loop:call_at(when, cb, i)
+    else
+      handles[i] = loop:call_at(when, function() fired[#fired + 1] = i end)
+    end
+    want[#want + 1] = {when, i}
+  end
+  local cancelled = {}
+  for i = 1, n do
+    if rand(3) == 0 then handles[i]:cancel(); cancelled[i] = true end
+  end
+  table.sort(want, function(a, b) return a[1] < b[1] or (a[1] == b[1] and a[2] < b[2]) end)
+  local expect = {}
+  for _, w in ipairs(want) do if not cancelled[w[2]] then expect[#expect + 1] = w[2] end end
+  await asyncio.sleep(0.005)
+  T.eq(#fired, #expect, "every live handle fired once")
+  for i = 1, #expect do
+    if fired[i] ~= expect[i] then T.eq(fired[i], expect[i], "handle fired at position " .. i) end
+  end
+end)
+
+T.case("a timer that keeps rescheduling itself in the past does not starve tasks", async function()
+  local spins, stop = 0, false
+  local function spin()
+    spins = spins + 1
+    if not stop then loop:call_at(loop:time() - 1, spin) end
+  end
+  loop:call_at(loop:time() - 1, spin)
+  await asyncio.sleep(0.002)  -- this task's own timer still fires
+  stop = true
+  T.ok(spins > 0, "the timer ran")
+  await asyncio.sleep(0.001)
+end)
+
+T.case("timers keep their order through cancels, compaction and new timers", async function()
+  local fired, x = {}, 7
+  local function rand(m) x = x * 48271 % 2147483647; return x % m end
+  local live, handles, whens = {}, {}, {}
+  local t0 = loop:time() + 0.002
+  for i = 1, 2000 do
+    -- One delay for the first half (scheduled in order), random after.
+    whens[i] = i <= 1000 and t0 + i * 1e-6 or t0 + rand(3000) * 1e-6
+    handles[i] = loop:call_at(whens[i], function() fired[#fired + 1] = i end)
+    live[i] = true
+  end
+  for i = 1, 2000 do  -- cancelling most of them rebuilds the heap
+    if i % 4 ~= 0 then handles[i]:cancel(); live[i] = nil end
+  end
+  for i = 2001, 2300 do
+    whens[i] = t0 + rand(3000) * 1e-6
+    handles[i] = loop:call_at(whens[i], function() fired[#fired + 1] = i end)
+    live[i] = true
+  end
+  local expect = {}
+  for i in pairs(live) do expect[#expect + 1] = i end
+  table.sort(expect, function(a, b) return whens[a] < whens[b] or (whens[a] == whens[b] and a < b) end)
+  await asyncio.sleep(0.01)
+  T.eq(#fired, #expect, "every live handle fired once")
+  for i = 1, #expect do
+    if fired[i] ~= expect[i] then T.eq(fired[i], expect[i], "handle fired at position " .. i) end
+  end
+end)
+
+T.case("timers keep their order as many fire at once, then cancels and new ones", async function()
+  local fired, whens, handles = {}, {}, {}
+  local now = loop:time()
+  local function add(i, when)
+    whens[i] = when
+    handles[i] = loop:call_at(when, function() fired[#fired + 1] = i end)
+  end
+  for i = 1, 5000 do add(i, now - 1 + (i % 7) * 1e-3) end     -- due at once
+  for i = 5001, 5600 do add(i, now + 0.05 + i * 1e-6) end      -- later
+  await asyncio.sleep(0.002)
+  T.eq(#fired, 5000, "the past ones fired")
+  for k = 2, 5000 do
+    local a, b = fired[k - 1], fired[k]
+    if whens[a] > whens[b] or (whens[a] == whens[b] and a > b) then
+      T.eq(b, a, "handle fired at position " .. k)
+    end
+  end
+  local live = {}
+  for i = 5001, 5600 do  -- most of them: the heap is rebuilt
+    if i % 3 == 0 then live[#live + 1] = i else handles[i]:cancel() end
+  end
+  for i = 5601, 8800 do add(i, now + 0.05 + i * 1e-6); live[#live + 1] = i end
+  await asyncio.sleep(0.08)
+  T.eq(#fired, 5000 + #live, "every live handle fired once")
+  for k, i in ipairs(live) do
+    if fired[5000 + k] ~= i then T.eq(fired[5000 + k], i, "handle fired at position " .. 5000 + k) end
+  end
+end)
+
+T.case("an error in a timer callback is reported and the batch goes on", async function()
+  local reported, seen = nil, {}
+  loop:set_exception_handler(function(l, ctx) reported = ctx end)
+  local past = loop:time() - 1
+  loop:call_at(past, function() seen[#seen + 1] = 1 end)
+  loop:call_at(past + 0.1, function() error("timer failed") end)
+  loop:call_at(past + 0.2, function(v) seen[#seen + 1] = v end, 3)
+  await asyncio.sleep(0.002)
+  loop:set_exception_handler(nil)
+  T.eq(seen, {1, 3}, "the other callbacks ran")
+  T.ok(reported, "handler called")
+  T.eq(reported.message, "Exception in callback", "message")
+  T.match(tostring(reported.exception), "timer failed", "exception in context")
+  T.match(reported.traceback, "stack traceback", "traceback in context")
+end)
+
 T.case("current_task, all_tasks, ensure_future, isfuture", async function()
   T.ok(asyncio.current_task() ~= nil, "current task in a task")
   local t = asyncio.ensure_future(asyncio.sleep(0.01))
