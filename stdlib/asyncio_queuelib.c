@@ -529,7 +529,7 @@ static int put_k(lua_State *L, int status, lua_KContext ctx) {
 /* await q:put(item) */
 static int queue_put(lua_State *L) {
   Queue *q;
-  lua_settop(L, 2);
+  if (lua_gettop(L) != 2) lua_settop(L, 2);
   q = check_queue(L);
   return put_loop(L, q);
 }
@@ -577,7 +577,7 @@ static int get_k(lua_State *L, int status, lua_KContext ctx) {
 /* await q:get() */
 static int queue_get(lua_State *L) {
   Queue *q;
-  lua_settop(L, 1);
+  if (lua_gettop(L) != 1) lua_settop(L, 1);
   q = check_queue(L);
   return get_loop(L, q);
 }
