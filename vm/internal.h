@@ -79,6 +79,7 @@ struct ml_State {
   int stopping;          /* loop:stop() was called */
   int nstep;             /* steps run, for the I/O poll rule */
   int last_poll_step;
+  int clock_step;        /* the step the poll rule last read the clock at */
   double last_poll;      /* monotonic time of the last I/O poll */
   int running;           /* depth of ml__sched_run / step calls */
   int alive;             /* the last ev_run saw active watchers */

@@ -7,11 +7,12 @@
  * most that long; when the queue empties, the loop blocks in ev_run ONCE.
  * Polling on every iteration (asyncio's rule) costs one epoll_wait per
  * sleep(0) round trip, which measured ~2x slower on the sleep(0) bench.
- * The clock is read only once POLL_CLOCK_STEPS entries have run since the
- * last poll: a clock_gettime is 25 ns here, a sixth of a sleep(0) round
- * trip, and iterations of one entry each (ping-pong between two tasks)
- * read it on every step.  So with slow steps a socket may wait up to
- * POLL_CLOCK_STEPS of them instead of one. */
+ * The clock is read once every POLL_CLOCK_STEPS task steps, not after
+ * every iteration: a clock_gettime is 25 ns here, a sixth of a sleep(0)
+ * round trip, and iterations of one entry each (ping-pong between two
+ * tasks) read it on every step (perf: 8% of the queue benchmark's time).
+ * So with slow steps a socket may wait up to POLL_CLOCK_STEPS of them
+ * instead of one. */
 #include <errno.h>
 #include <limits.h>
 #include <string.h>
@@ -870,7 +871,15 @@ static void run_entry(ml_State *S, ml_Entry *e, Timers **T, int *anchor) {
 static void poll_io(ml_State *S, int flags) {
   S->alive = ev_run(S->loop, flags);  /* nonzero: active watchers remain */
   S->last_poll = now_mono();
-  S->last_poll_step = S->nstep;
+  S->last_poll_step = S->clock_step = S->nstep;
+}
+
+/* The time rule of the poll, with the clock read at most every
+ * POLL_CLOCK_STEPS steps. */
+static int poll_time_due(ml_State *S) {
+  if (S->nstep - S->clock_step < POLL_CLOCK_STEPS) return 0;
+  S->clock_step = S->nstep;
+  return now_mono() - S->last_poll >= POLL_SECONDS;
 }
 
 /* Runs the entries ready now; then polls I/O by the rule at the top.  With
@@ -884,9 +893,7 @@ static void iterate(ml_State *S, int defer_idle_poll) {
   if (anchor) lua_remove(S->L, anchor);
   if (S->ready.len == 0) {
     if (!defer_idle_poll) poll_io(S, EVRUN_NOWAIT);
-  } else if (S->nstep - S->last_poll_step >= POLL_STEPS
-             || (S->nstep - S->last_poll_step >= POLL_CLOCK_STEPS
-                 && now_mono() - S->last_poll >= POLL_SECONDS)) {
+  } else if (S->nstep - S->last_poll_step >= POLL_STEPS || poll_time_due(S)) {
     poll_io(S, EVRUN_NOWAIT);
   }
 }
