@@ -6,15 +6,18 @@
 
 int ml__core_create_task(lua_State *L) {
   const char *name = NULL;
-  if (lua_type(L, 1) != LUA_TFUNCTION && !ml__coro_iscoro(L, 1))
-    return ml__exc_raise(L, "TypeError", "a coroutine was expected, got %s",
-                         luaL_tolstring(L, 1, NULL));
+  int tp = lua_type(L, 1);
   if (lua_type(L, 2) == LUA_TTABLE) {
     lua_getfield(L, 2, "name");
     if (!lua_isnil(L, -1)) name = luaL_tolstring(L, -1, NULL);
   }
+  /* One type test: claiming tells a Coroutine too. */
+  if (tp != LUA_TFUNCTION && (tp != LUA_TUSERDATA || !ml__coro_claim(L, 1)))
+    return ml__exc_raise(L, "TypeError", "a coroutine was expected, got %s",
+                         luaL_tolstring(L, 1, NULL));
   lua_pushvalue(L, 1);
-  ml__task_spawn(L, 0, name);
+  if (tp == LUA_TFUNCTION) ml__task_spawn(L, 0, name);
+  else ml__task_spawn_coro(L, name);
   return 1;
 }
 

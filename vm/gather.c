@@ -5,10 +5,14 @@
 #include <string.h>
 #include "internal.h"
 
-#define GATHER_MT "asyncio.Gather"
-static const char gather_mt_key = 'G';
+
+/* The first field of a Gather: a Task's is its ml_State pointer, never
+ * this static's address, so run_callback tells the two apart without a
+ * metatable lookup. */
+static const char gather_tag = 'g';
 
 typedef struct Gather {
+  const void *tag;  /* &gather_tag */
   int n, left;
   unsigned char return_exc, cancel_requested;
 } Gather;
@@ -40,7 +44,7 @@ static void push_outcome(lua_State *L, int cidx) {
 
 /* A child's done callback: [gather, child].  The Gather itself is the
  * callback in every child's list: run_callback (future.c) knows it by its
- * metatable and calls this in protected mode, without the closure call
+ * tag and calls this in protected mode, without the closure call
  * and message handler of a Lua callback (profile: -420 instructions a
  * gathered task). */
 static int child_done(lua_State *L) {
@@ -84,11 +88,8 @@ static int child_done(lua_State *L) {
 }
 
 int ml__gather_done(lua_State *L, int cbidx, int fidx) {
-  const void *mt;
-  if (!lua_getmetatable(L, cbidx)) return 0;
-  mt = lua_topointer(L, -1);
-  lua_pop(L, 1);
-  if (mt != ml__state(L)->gather_mt) return 0;
+  const Gather *g = lua_touserdata(L, cbidx);
+  if (g == NULL || g->tag != &gather_tag) return 0;
   lua_pushcfunction(L, child_done);
   lua_pushvalue(L, cbidx);
   lua_pushvalue(L, fidx);
@@ -141,10 +142,9 @@ int ml__gather(lua_State *L) {
   }
   g = lua_newuserdatauv(L, sizeof *g, GUV_N);
   memset(g, 0, sizeof *g);
+  g->tag = &gather_tag;
   g->n = g->left = n;
   g->return_exc = lua_toboolean(L, 3);
-  lua_rawgetp(L, LUA_REGISTRYINDEX, &gather_mt_key);
-  lua_setmetatable(L, -2);
   lua_pushvalue(L, 1);
   lua_setiuservalue(L, -2, GUV_OUTER);
   lua_pushvalue(L, 2);
@@ -162,12 +162,4 @@ int ml__gather(lua_State *L) {
   lua_pushcclosure(L, outer_cancel, 1);
   lua_call(L, 2, 0);
   return 0;
-}
-
-void ml__gather_open(lua_State *L) {
-  lua_createtable(L, 0, 1);
-  lua_pushliteral(L, GATHER_MT);
-  lua_setfield(L, -2, "__name");
-  ml__state(L)->gather_mt = lua_topointer(L, -1);
-  lua_rawsetp(L, LUA_REGISTRYINDEX, &gather_mt_key);
 }

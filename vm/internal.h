@@ -98,7 +98,6 @@ struct ml_State {
   int future_mt_ref, task_mt_ref, future_gcmt_ref, task_gcmt_ref, coro_mt_ref;
   const void *sleep0;    /* the shared asyncio.sleep(0) coroutine */
   struct ml_AsyncC *asyncc; /* async C functions, for await (coro.c) */
-  const void *gather_mt; /* a gather's bookkeeping (gather.c) */
 };
 
 /* The state a Lua thread belongs to (kept in lua_getextraspace). */
@@ -205,6 +204,8 @@ struct ml_Task {
   int pool_slot;            /* co's slot in the thread pool, or 0 */
   ml_Task *prev, *next;     /* the state's list of pending tasks */
   unsigned char started, suspended, queued, must_cancel;
+  unsigned char from_coro;  /* made of a Coroutine (else a function) */
+  unsigned char packed;     /* a function's arguments wait in TUV_THREAD */
   int num_cancels;          /* cancel() requests not uncancelled */
   unsigned long id;
   ml_Future *awaiting;      /* the future it awaits, or NULL */
@@ -282,8 +283,7 @@ int ml__gather(lua_State *L);  /* core._gather(outer, children, return_exception
 /* If the callback at cbidx is a gather's, runs it for its child, the done
  * future at fidx, and returns 1; else returns 0.  [-0, +0] */
 int ml__gather_done(lua_State *L, int cbidx, int fidx);
-/* Makes the Gather's metatable. */
-void ml__gather_open(lua_State *L);
+
 int ml__coro_iscoroutine(lua_State *L);          /* (x) -> boolean */
 int ml__coro_iscoro(lua_State *L, int idx);      /* 1 if a Coroutine */
 int ml__coro_iscoroutinefunction(lua_State *L);  /* (f) -> boolean */
@@ -349,6 +349,8 @@ void ml__task_wake(ml_Task *t);
 /* [-(nargs+1), +1] pops a function (or a Coroutine) and its arguments,
  * pushes a new Task that will run it.  name may be NULL. */
 ml_Task *ml__task_spawn(lua_State *L, int nargs, const char *name);
+/* The same for a Coroutine already claimed (ml__coro_claim): [-1, +1]. */
+ml_Task *ml__task_spawn_coro(lua_State *L, const char *name);
 
 /* Calls the function below nargs arguments in protected mode, as the loop
  * does for callbacks (not in a task).  An error goes to the loop's

@@ -41,7 +41,6 @@ static int init(lua_State *L) {
   ml__future_open(L);
   ml__task_open(L);
   ml__coro_open(L);
-  ml__gather_open(L);
   ml__exc_init(L);
   lua_getglobal(L, "require");
   lua_pushliteral(L, "asyncio");

@@ -99,12 +99,10 @@ static int task_body_k(lua_State *L, int status, lua_KContext ctx) {
 /* The first function of every task thread: calls the task's function in
  * protected mode, so that to-be-closed variables are closed (and may
  * await) as an error unwinds, and the traceback is taken where it was
- * raised.  [fn, args...] -> results, or err_marker and the error. */
+ * raised.  [msgh, fn, args...] -> results, or err_marker and the error. */
 static int task_body(lua_State *L) {
-  int nargs = lua_gettop(L) - 1;
-  lua_pushcfunction(L, task_msgh);
-  lua_insert(L, 1);
-  return task_body_k(L, lua_pcallk(L, nargs, LUA_MULTRET, 1, 0, task_body_k), 0);
+  /* [msgh, fn, args...]: start() put the handler first, for pcall. */
+  return task_body_k(L, lua_pcallk(L, lua_gettop(L) - 2, LUA_MULTRET, 1, 0, task_body_k), 0);
 }
 
 static void unlink_task(ml_State *S, ml_Task *t) {
@@ -246,12 +244,11 @@ static void budget_hook(lua_State *L, lua_Debug *ar) {
  * ~100 bytes smaller without it (get_coro() returns nil from then on). */
 static lua_State *start(ml_State *S, ml_Task *t) {
   lua_State *L = S->L, *co;
-  int tidx, base, n, packed;
+  int tidx, base, n;
   ml__task_push(L, t);
   tidx = lua_gettop(L);
-  /* A function's arguments, packed by spawn, or nil. */
-  packed = lua_getiuservalue(L, tidx, TUV_THREAD) == LUA_TTABLE;
-  if (packed) {
+  if (t->packed) {  /* a function's arguments, packed by spawn */
+    lua_getiuservalue(L, tidx, TUV_THREAD);
     lua_pushnil(L);
     lua_setiuservalue(L, tidx, TUV_THREAD);
   }
@@ -260,12 +257,14 @@ static lua_State *start(ml_State *S, ml_Task *t) {
   t->started = 1;
   base = lua_gettop(L);
   lua_pushcfunction(L, task_body);
+  lua_pushcfunction(L, task_msgh);
   lua_getiuservalue(L, tidx, FUV_RESULT);  /* see FUV_MISC */
-  if ((n = ml__coro_push(L, -1)) >= 0) {
+  if (t->from_coro) {
+    n = ml__coro_push(L, -1);
     ml__coro_push_name(L, -n - 1);
     lua_setiuservalue(L, tidx, FUV_RESULT);
     lua_remove(L, -n - 1);
-  } else if (packed) {
+  } else if (t->packed) {
     int i, k = (int)lua_rawlen(L, base);
     luaL_checkstack(L, k + 2, "too many arguments");
     for (i = 1; i <= k; i++) lua_rawgeti(L, base, i);
@@ -400,7 +399,10 @@ int ml__task_suspend_always(lua_State *L, ml_CancelHook hook, void *ud,
 
 static int task_gc(lua_State *L);
 
-ml_Task *ml__task_spawn(lua_State *L, int nargs, const char *name) {
+/* spawn's kind: what the value below the arguments is. */
+enum { SPAWN_ANY, SPAWN_CORO };
+
+static ml_Task *spawn(lua_State *L, int nargs, const char *name, int kind) {
   ml_State *S = ml__state(L);
   int fidx = lua_gettop(L) - nargs;  /* the function or Coroutine */
   ml_Task *t;
@@ -415,7 +417,8 @@ ml_Task *ml__task_spawn(lua_State *L, int nargs, const char *name) {
     lua_pushstring(L, name);
     ml__xset(L, fidx - 1, X_NAME);
   }
-  ml__coro_claim(L, fidx);  /* a Coroutine is the task's from now on */
+  /* A Coroutine is the task's from now on. */
+  t->from_coro = kind == SPAWN_CORO || ml__coro_claim(L, fidx);
   lua_pushvalue(L, fidx);
   lua_setiuservalue(L, fidx - 1, FUV_RESULT);  /* until it starts */
   if (nargs > 0) {
@@ -427,6 +430,7 @@ ml_Task *ml__task_spawn(lua_State *L, int nargs, const char *name) {
       lua_rawseti(L, -2, i);
     }
     lua_setiuservalue(L, fidx - 1, TUV_THREAD);
+    t->packed = 1;
   }
   lua_settop(L, fidx - 1);  /* leaves the task on top */
   lua_pushvalue(L, -1);
@@ -438,6 +442,14 @@ ml_Task *ml__task_spawn(lua_State *L, int nargs, const char *name) {
   t->suspended = 1;
   ml__task_wake(t);
   return t;
+}
+
+ml_Task *ml__task_spawn(lua_State *L, int nargs, const char *name) {
+  return spawn(L, nargs, name, SPAWN_ANY);
+}
+
+ml_Task *ml__task_spawn_coro(lua_State *L, const char *name) {
+  return spawn(L, 0, name, SPAWN_CORO);
 }
 
 /* ---- Lua methods ---- */
