@@ -6,7 +6,7 @@
 #
 # Environment:
 #   RUNS=5          runs of each fast benchmark (median taken)
-#   ECHO_RUNS=3     runs of each echo server, ECHO_SECONDS=4 each
+#   ECHO_RUNS=5     runs of each echo server, ECHO_SECONDS=4 each
 #   MEM_RUNS=3      runs of the memory benchmark
 #   STARTUP_RUNS=200
 #   QUICK=1         one run of everything, short echo runs (a smoke test)
@@ -24,7 +24,7 @@ HERE=$(cd "$(dirname "$0")" && pwd)
 OUT=$(dirname "$ML")/bench
 PY=/usr/bin/python3   # Debian's: the interpreter python3-uvloop is built for
 RUNS=${RUNS:-5}
-ECHO_RUNS=${ECHO_RUNS:-3}
+ECHO_RUNS=${ECHO_RUNS:-5}
 ECHO_SECONDS=${ECHO_SECONDS:-4}
 MEM_RUNS=${MEM_RUNS:-3}
 STARTUP_RUNS=${STARTUP_RUNS:-200}
