@@ -263,8 +263,8 @@ int ml__coro_unpack(lua_State *L, int idx);
 /* If the value at idx is a Coroutine, marks it taken (by a task), raising
  * RuntimeError if it already was awaited, and returns 1; else 0.  [-0, +0] */
 int ml__coro_claim(lua_State *L, int idx);
-/* Pushes a Coroutine's function and arguments without marking it; returns
- * how many values, or -1 if idx is no Coroutine. */
+/* Pushes the function and arguments of the Coroutine at idx (which must
+ * be one: a task made of it) without marking it; returns how many. */
 int ml__coro_push(lua_State *L, int idx);
 /* [-0, +1] pushes the name of the Coroutine at idx. */
 void ml__coro_push_name(lua_State *L, int idx);
