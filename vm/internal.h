@@ -187,8 +187,6 @@ struct ml_Future {
   unsigned char cb_queued;  /* a ML_RUN_FUTURE_CALLBACKS entry is queued */
   unsigned char has_cancel_hook; /* cancel() calls X_CANCEL_HOOK instead */
   unsigned char has_extra;  /* FUV_MISC holds the extra table */
-  unsigned char k_always;   /* a Task's: k runs on cancellation too (kept
-                               here, in what would be padding) */
   int nres;                 /* result values (ML_RESULT) */
   int ncallbacks;           /* done callbacks (see FUV_MISC) */
   ml_Task *waiter;          /* the first task to await it: no table needed */
@@ -203,9 +201,11 @@ struct ml_Task {
   int ref;                  /* registry reference while pending */
   int pool_slot;            /* co's slot in the thread pool, or 0 */
   ml_Task *prev, *next;     /* the state's list of pending tasks */
-  unsigned char started, suspended, queued, must_cancel;
-  unsigned char from_coro;  /* made of a Coroutine (else a function) */
-  unsigned char packed;     /* a function's arguments wait in TUV_THREAD */
+  /* One byte of flags (a byte each made the struct 8 bytes longer). */
+  unsigned char started : 1, suspended : 1, queued : 1, must_cancel : 1;
+  unsigned char k_always : 1;   /* k runs on cancellation too */
+  unsigned char from_coro : 1;  /* made of a Coroutine (else a function) */
+  unsigned char packed : 1;     /* a function's arguments wait in TUV_THREAD */
   int num_cancels;          /* cancel() requests not uncancelled */
   unsigned long id;
   ml_Future *awaiting;      /* the future it awaits, or NULL */

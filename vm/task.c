@@ -345,9 +345,9 @@ static int resume_k(lua_State *L, int status, lua_KContext ctx) {
   t->k = NULL;
   t->hook = NULL;
   if (t->must_cancel) {
-    int always = t->fut.k_always;
+    int always = t->k_always;
     t->must_cancel = 0;
-    t->fut.k_always = 0;
+    t->k_always = 0;
     ml__task_push(L, t);
     ml__xget(L, -1, X_MSG);
     if (lua_isstring(L, -1))
@@ -359,7 +359,7 @@ static int resume_k(lua_State *L, int status, lua_KContext ctx) {
     if (always) return k(L, LUA_ERRRUN, ctx);
     return lua_error(L);
   }
-  t->fut.k_always = 0;
+  t->k_always = 0;
   return k(L, status, ctx);
 }
 
@@ -378,7 +378,7 @@ static int suspend(lua_State *L, ml_CancelHook hook, void *ud,
   t->hook_ud = ud;
   t->k = k;
   t->kctx = ctx;
-  t->fut.k_always = (unsigned char)always;
+  t->k_always = always != 0;
   t->suspended = 1;
   if (requeue) ml__task_wake(t);
   lua_pushlightuserdata(L, (void *)&ml__await_marker);
@@ -418,7 +418,7 @@ static ml_Task *spawn(lua_State *L, int nargs, const char *name, int kind) {
     ml__xset(L, fidx - 1, X_NAME);
   }
   /* A Coroutine is the task's from now on. */
-  t->from_coro = kind == SPAWN_CORO || ml__coro_claim(L, fidx);
+  t->from_coro = kind == SPAWN_CORO || ml__coro_claim(L, fidx) != 0;
   lua_pushvalue(L, fidx);
   lua_setiuservalue(L, fidx - 1, FUV_RESULT);  /* until it starts */
   if (nargs > 0) {
