@@ -533,6 +533,33 @@ static void free_ud(ml_State *s, void *ud) {
   freed++;
 }
 
+/* A state closed on the host's loop leaves no watcher of its own behind,
+ * even for a task that ignores its cancellation and goes back to sleep:
+ * the host's loop runs on, and must not find a timer in freed memory. */
+START_TEST(test_embed_close_on_host_loop_stops_sleeping_tasks)
+{
+  struct ev_loop *loop = ev_loop_new(EVFLAG_AUTO);
+  ml_State *s2 = ml_state_new(loop);
+  lua_State *l2;
+  ml_Future *t;
+  const char *src =
+    "asyncio.create_task(asyncio.sleep(100))\n"
+    "while true do\n"
+    "  local ok = pcall(function() await asyncio.sleep(100) end)\n"
+    "end\n";
+  ck_assert_ptr_nonnull(s2);
+  l2 = ml_state_lua(s2);
+  ck_assert_int_eq(ml_load_string(l2, src, strlen(src), "=stubborn"), ML_OK);
+  ck_assert_int_eq(ml_task_spawn(l2, 0, NULL, &t), ML_OK);
+  for (int i = 0; i < 3; i++) ml_state_step(s2, NULL, NULL);
+  /* ev_run returns nonzero while watchers are active: the two sleeps'. */
+  ck_assert_int_ne(ev_run(loop, EVRUN_NOWAIT), 0);
+  ml_state_close(s2);
+  ck_assert_int_eq(ev_run(loop, EVRUN_NOWAIT), 0);
+  ev_loop_destroy(loop);
+}
+END_TEST
+
 START_TEST(test_embed_close_releases_pending_work)
 {
   int before;
@@ -618,6 +645,7 @@ Suite *embed_suite(void) {
   tcase_set_timeout(tc, 20);
   tcase_add_test(tc, test_embed_states_run_on_several_threads);
   tcase_add_test(tc, test_embed_close_releases_pending_work);
+  tcase_add_test(tc, test_embed_close_on_host_loop_stops_sleeping_tasks);
   suite_add_tcase(s, tc);
   return s;
 }
