@@ -7,10 +7,10 @@
  * whose [1] is the Queue userdata.  Its user values are the items table (a
  * ring for FIFO, a stack for LIFO, a binary heap for PriorityQueue; its
  * array part is sized by us and only grows, so storing an item never
- * allocates), the waiter pool (a userdata array of Waiter, recycled through
- * a free list) and the values table, which holds the item handed to a
- * waiting getter (for the first few waiters, a user value does).  The
- * pool keeps task pointers without anchoring them: a waiting task is
+ * allocates) and the waiter pool (a userdata array of Waiter, recycled
+ * through a free list).  An item handed to a waiting getter goes onto the
+ * getter's own stack (handoff).  The pool keeps task pointers without
+ * anchoring them: a waiting task is
  * suspended, hence pending, hence anchored by the scheduler, and it stops
  * waiting only by being woken from here or by being cancelled, whose hook
  * unlinks it first (queue_gc covers the one way around that).
@@ -43,11 +43,8 @@
 
 /* Storage kinds; K_CUSTOM calls the class's Lua _put and _get. */
 enum { K_CUSTOM, K_FIFO, K_LIFO, K_HEAP };
-/* User values of the Queue userdata: the items, the pool, the values
- * table, then the first NSLOT waiters' values, kept here rather than in
- * the values table because that takes two API calls instead of four. */
-#define NSLOT 4
-enum { UV_ITEMS = 1, UV_POOL, UV_VALS, UV_SLOT, UV_COUNT = UV_SLOT + NSLOT - 1 };
+/* User values of the Queue userdata: the items and the waiter pool. */
+enum { UV_ITEMS = 1, UV_POOL, UV_COUNT = UV_POOL };
 /* Waiter states. */
 enum { W_FREE, W_WAITING, W_HANDED, W_WOKEN, W_CANCELLED };
 /* Waiter lists. */
@@ -55,6 +52,9 @@ enum { GETTERS, PUTTERS, JOINERS, NLISTS };
 
 typedef struct Waiter {
   ml_Task *task;
+  lua_State *th;        /* the thread that waits (the task's, or a
+                           generator's in it): a getter is handed its item
+                           on this thread's stack */
   int prev, next;       /* links in its list; next links the free list */
   unsigned char state;  /* W_* */
   unsigned char list;   /* GETTERS, PUTTERS or JOINERS */
@@ -100,8 +100,8 @@ static Queue *check_queue(lua_State *L) {
 /* ---------------------------------------------------------------- */
 /* Waiters.                                                            */
 
-/* Doubles the pool and the values table.  [-0, +0]; may raise
- * MemoryError, and leaves the queue as it was if it does. */
+/* Doubles the pool.  [-0, +0]; may raise MemoryError, and leaves the
+ * queue as it was if it does. */
 static void pool_grow(lua_State *L, Queue *q, int ci) {
   int ncap = q->wcap ? 2 * q->wcap : 4, i;
   Waiter *nw;
@@ -110,21 +110,12 @@ static void pool_grow(lua_State *L, Queue *q, int ci) {
   if (q->wcap) memcpy(nw, q->w, (size_t)q->wcap * sizeof(Waiter));
   for (i = q->wcap; i < ncap; i++) {
     nw[i].task = NULL;
+    nw[i].th = NULL;
     nw[i].prev = -1;
     nw[i].next = i + 1 < ncap ? i + 1 : -1;
     nw[i].state = W_FREE;
     nw[i].list = 0;
   }
-  lua_createtable(L, ncap, 0);  /* only keys 1..ncap: never rehashed */
-  if (q->wcap) {
-    lua_getiuservalue(L, ci, UV_VALS);
-    for (i = 1; i <= q->wcap; i++) {
-      lua_rawgeti(L, -1, i);
-      lua_rawseti(L, -3, i);
-    }
-    lua_pop(L, 1);
-  }
-  lua_setiuservalue(L, ci, UV_VALS);
   lua_setiuservalue(L, ci, UV_POOL);
   q->wfree = q->wcap;  /* the old pool was full */
   q->w = nw;
@@ -188,18 +179,15 @@ static void wake_all(Queue *q, int list) {
   while (q->lists[list].head >= 0) wake_first(q, list);
 }
 
-/* Hands the value at vi to waiting getter i and wakes it.  [-0, +0] */
-static void handoff(lua_State *L, Queue *q, int ci, int i, int vi) {
+/* Hands the value at vi to waiting getter i and wakes it: the value goes
+ * onto the getter's own stack, right above its get's [self, core], where
+ * get_k finds it as its result (a suspended thread's stack is the place
+ * lua_resume's documentation gives for values passed to it; a user value
+ * slot per waiter cost five API calls more a hand-off).  [-0, +0] */
+static void handoff(lua_State *L, Queue *q, int i, int vi) {
   w_unlink(q, i);
-  if (i < NSLOT) {
-    lua_pushvalue(L, vi);
-    lua_setiuservalue(L, ci, UV_SLOT + i);
-  } else {
-    lua_getiuservalue(L, ci, UV_VALS);
-    lua_pushvalue(L, vi);
-    lua_rawseti(L, -2, i + 1);
-    lua_pop(L, 1);
-  }
+  lua_pushvalue(L, vi);
+  lua_xmove(L, q->w[i].th, 1);
   q->w[i].state = W_HANDED;
   ml__task_wake(q->w[i].task);
 }
@@ -234,33 +222,17 @@ static int wait(lua_State *L, Queue *q, int ci, int list, lua_KFunction k) {
   if (t == NULL) return ml__exc_raise(L, "RuntimeError", "await outside of a running task");
   if (!lua_isyieldable(L)) return ml__task_suspend(L, NULL, NULL, 0, NULL);  /* raises */
   i = w_new(L, q, ci, list, t);
+  q->w[i].th = L;
   return ml__task_suspend_always(L, wait_hook, q, i, k);
 }
 
-/* [-0, +1] pushes the item handed to waiter i and clears its slot. */
-static void take_value(lua_State *L, int ci, int i) {
-  if (i < NSLOT) {
-    lua_getiuservalue(L, ci, UV_SLOT + i);
-    lua_pushnil(L);
-    lua_setiuservalue(L, ci, UV_SLOT + i);
-  } else {
-    lua_getiuservalue(L, ci, UV_VALS);
-    lua_rawgeti(L, -1, i + 1);
-    lua_pushnil(L);
-    lua_rawseti(L, -3, i + 1);
-    lua_remove(L, -2);
-  }
-}
-
 /* What a continuation does first: unlinks waiter i if it never got to
- * suspend, and frees it; returns its state.  If it is W_HANDED,
- * [-0, +1] pushes the item handed (its slot is cleared); otherwise
- * [-0, +0]. */
-static int w_finish(lua_State *L, Queue *q, int ci, int i) {
+ * suspend, and frees it; returns its state.  A getter W_HANDED has its
+ * item on its stack, right above [self, core] (handoff). */
+static int w_finish(Queue *q, int i) {
   int st = q->w[i].state;
   if (st == W_WAITING) w_unlink(q, i);
   w_release(q, i);
-  if (st == W_HANDED) take_value(L, ci, i);
   return st;
 }
 
@@ -484,7 +456,7 @@ static void give_back(lua_State *L, Queue *q, int ci, int vi) {
 static void put_now(lua_State *L, Queue *q, int ci, int vi) {
   int g = q->lists[GETTERS].head;
   if (g >= 0) {
-    handoff(L, q, ci, g, vi);
+    handoff(L, q, g, vi);
     /* The getter took the item as if from the queue: like any removal,
      * that wakes a putter (there is one only while woken putters have
      * not run yet). */
@@ -516,7 +488,7 @@ static int put_loop(lua_State *L, Queue *q) {
 
 static int put_k(lua_State *L, int status, lua_KContext ctx) {
   Queue *q = lua_touserdata(L, 3);
-  int st = w_finish(L, q, 3, (int)ctx);  /* never W_HANDED */
+  int st = w_finish(q, (int)ctx);  /* never W_HANDED */
   if (FAILED(status)) {
     /* Woken but cancelled before it ran: the room it was woken for goes
      * to the next putter. */
@@ -556,21 +528,22 @@ static int get_loop(lua_State *L, Queue *q) {
   return wait(L, q, 2, GETTERS, get_k);
 }
 
+/* [self, core], and the item if it was handed one (handoff), and the
+ * error if it failed. */
 static int get_k(lua_State *L, int status, lua_KContext ctx) {
   Queue *q = lua_touserdata(L, 2);
-  int st = w_finish(L, q, 2, (int)ctx);
+  int st = w_finish(q, (int)ctx);
   if (FAILED(status)) {
     /* Handed an item but cancelled before it ran: the item goes to the
      * next getter, or back to the queue. */
     if (st == W_HANDED) {
       int g = q->lists[GETTERS].head;
-      if (g >= 0) handoff(L, q, 2, g, lua_gettop(L));
-      else give_back(L, q, 2, lua_gettop(L));
-      lua_pop(L, 1);
+      if (g >= 0) handoff(L, q, g, 3);
+      else give_back(L, q, 2, 3);
     }
     return lua_error(L);
   }
-  if (st == W_HANDED) return 1;
+  if (st == W_HANDED) return 1;  /* the item, on top */
   return get_loop(L, q);  /* woken by shutdown */
 }
 
@@ -598,7 +571,7 @@ static int queue_get_nowait(lua_State *L) {
 
 static int join_k(lua_State *L, int status, lua_KContext ctx) {
   Queue *q = lua_touserdata(L, 2);
-  w_finish(L, q, 2, (int)ctx);  /* never W_HANDED */
+  w_finish(q, (int)ctx);  /* never W_HANDED */
   if (FAILED(status)) return lua_error(L);
   return 0;  /* woken when the count reached zero, as asyncio's Event */
 }
@@ -638,8 +611,7 @@ static int queue_shutdown(lua_State *L) {
     }
     for (i = 0; i < q->wcap; i++) {
       if (q->w[i].state != W_HANDED) continue;
-      take_value(L, 3, i);
-      lua_pop(L, 1);
+      lua_pop(q->w[i].th, 1);   /* the item handed, on its stack's top */
       q->w[i].state = W_WOKEN;  /* its get finds the queue shut down */
       if (q->unfinished > 0) q->unfinished--;
     }

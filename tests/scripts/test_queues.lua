@@ -341,6 +341,31 @@ T.case("queue: shutdown(immediate) also drops items handed to getters not yet ru
   await j              -- the dropped item counts as done
 end)
 
+T.case("queue: a getter waiting inside a generator gets what is put, and shutdown finds it", async function()
+  local q = asyncio.Queue()
+  local got = {}
+  local gen = coroutine.wrap(function()
+    while true do coroutine.yield(await q:get()) end
+  end)
+  local consumer = asyncio.create_task((async function()
+    for _ = 1, 3 do got[#got + 1] = gen() end
+  end)())
+  for i = 1, 3 do
+    await asyncio.sleep(0)  -- the generator's get is waiting now
+    await q:put("item" .. i)
+  end
+  await consumer
+  T.eq(got, {"item1", "item2", "item3"}, "handed through the generator's own stack")
+  -- Handed, then dropped by shutdown(immediate) before the getter ran.
+  local q2 = asyncio.Queue()
+  local gen2 = coroutine.wrap(function() return await q2:get() end)
+  local t = asyncio.create_task((async function() return gen2() end)())
+  await asyncio.sleep(0)
+  q2:put_nowait("dropped")
+  q2:shutdown(true)
+  T.raises(asyncio.QueueShutDown, t, "the getter sees the shutdown, not the item")
+end)
+
 T.case("queue: waits that time out leave no waiter behind", async function()
   local q = asyncio.Queue(1)
   T.raises(asyncio.TimeoutError, asyncio.wait_for(q:get(), 0.001), "get times out")
