@@ -194,8 +194,10 @@ static void finish(ml_State *S, ml_Task *t, int n, int failed) {
   int tidx;
   ml__task_push(L, t);
   tidx = lua_gettop(L);
-  lua_insert(L, tidx - n);
-  tidx -= n;
+  if (n > 0) {  /* the task below its results */
+    lua_insert(L, tidx - n);
+    tidx -= n;
+  }
   if (t->co) {
     lua_State *co = t->co;
     t->co = NULL;
@@ -325,7 +327,7 @@ void ml__task_step(ml_State *S, ml_Task *t) {
       lua_settop(co, 0);
       finish(S, t, 1, 1);
     } else {
-      lua_xmove(co, L, nres);
+      if (nres > 0) lua_xmove(co, L, nres);
       finish(S, t, nres, 0);
     }
     return;
