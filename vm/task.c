@@ -278,6 +278,17 @@ static lua_State *start(ml_State *S, ml_Task *t) {
   return co;
 }
 
+/* [-0, +1] pushes the name of task t (its get_name()) and returns it. */
+static const char *push_task_name(lua_State *L, ml_Task *t) {
+  ml__task_push(L, t);
+  if (ml__xget(L, -1, X_NAME) == LUA_TNIL) {
+    lua_pop(L, 1);
+    lua_pushfstring(L, "Task-%I", (lua_Integer)t->id);
+  }
+  lua_remove(L, -2);
+  return lua_tostring(L, -1);
+}
+
 void ml__task_step(ml_State *S, ml_Task *t) {
   lua_State *L = S->L, *co = t->co;
   ml_Task *prev = S->current;
@@ -317,7 +328,8 @@ void ml__task_step(ml_State *S, ml_Task *t) {
     lua_resetthread(co);
     ml__exc_push(L, "RuntimeError",
                  "task '%s' yielded with coroutine.yield() outside a generator; "
-                 "use await to wait for something", "?");
+                 "use await to wait for something", push_task_name(L, t));
+    lua_remove(L, -2);
     finish(S, t, 1, 1);
     return;
   }
@@ -325,6 +337,13 @@ void ml__task_step(ml_State *S, ml_Task *t) {
     if (nres == 2 && lua_touserdata(co, -2) == &err_marker) {
       lua_xmove(co, L, 1);
       lua_settop(co, 0);
+      finish(S, t, 1, 1);
+    } else if (nres > 0 && !lua_checkstack(L, nres + LUA_MINSTACK)) {
+      /* More results than a stack holds (about a million). */
+      lua_settop(co, 0);
+      ml__exc_push(L, "RuntimeError", "task '%s' returned too many values (%d)",
+                   push_task_name(L, t), nres);
+      lua_remove(L, -2);
       finish(S, t, 1, 1);
     } else {
       if (nres > 0) lua_xmove(co, L, nres);

@@ -534,4 +534,19 @@ T.case("a failed future or task is still a future, and reports if nobody looks",
   T.match(reported[1] .. reported[2], "Task exception was never retrieved", "as a task's")
 end)
 
+T.case("a task may return thousands of values; one that yields plainly is named in the error", async function()
+  local async function many(n)
+    local t = {}
+    for i = 1, n do t[i] = i end
+    return table.unpack(t)
+  end
+  local r = table.pack(await asyncio.create_task(many(5000)))
+  T.eq(r.n, 5000, "all the values"); T.eq(r[5000], 5000, "the last one")
+  local g = await asyncio.gather(many(3000), many(2))
+  T.eq(g[1], 1, "gather takes the first of many")
+  local y = asyncio.create_task((async function() coroutine.yield(1) end)(), {name = "yielder"})
+  local e = T.raises(asyncio.RuntimeError, y, "a plain yield fails the task")
+  T.match(tostring(e), "task 'yielder' yielded with coroutine.yield%(%)", "named")
+end)
+
 T.run()
