@@ -21,7 +21,9 @@ enum { CUV_NAME = 1, CUV_FN, CUV_CREATOR, CUV_ARGS };
 static int coro_make(lua_State *L) {
   int i, n = lua_gettop(L);
   lua_Debug ar;
-  Coro *c = lua_newuserdatauv(L, sizeof(Coro), CUV_ARGS - 1 + n);
+  Coro *c;
+  if (n > 65000) return luaL_error(L, "too many arguments to an async function (%d)", n);
+  c = lua_newuserdatauv(L, sizeof(Coro), CUV_ARGS - 1 + n);
   c->nargs = n;
   c->awaited = 0;
   c->reusable = 0;

@@ -547,6 +547,11 @@ T.case("a task may return thousands of values; one that yields plainly is named 
   local y = asyncio.create_task((async function() coroutine.yield(1) end)(), {name = "yielder"})
   local e = T.raises(asyncio.RuntimeError, y, "a plain yield fails the task")
   T.match(tostring(e), "task 'yielder' yielded with coroutine.yield%(%)", "named")
+  local big = {}
+  for i = 1, 70000 do big[i] = i end
+  local ok, err = pcall(many, table.unpack(big))
+  T.eq(ok, false, "a coroutine of 70,000 arguments is refused")
+  T.match(tostring(err), "too many arguments to an async function", "and says so")
 end)
 
 T.run()
