@@ -302,7 +302,7 @@ static int coro_gc(lua_State *L) {
     if (lua_getiuservalue(L, 1, CUV_CREATOR) == LUA_TSTRING)
       lua_pushfstring(L, "coroutine '%s' was never awaited\nCoroutine created at (most recent call first):\n%s",
                       lua_tostring(L, -2), lua_tostring(L, -1));
-    else if (lua_type(L, -1) == LUA_TFUNCTION && lua_getinfo(L, ">S", &ar))
+    else if (c->line > 0 && lua_type(L, -1) == LUA_TFUNCTION && lua_getinfo(L, ">S", &ar))
       lua_pushfstring(L, "coroutine '%s' was never awaited (created at %s:%d)",
                       lua_tostring(L, -1), ar.short_src, c->line);
     else
