@@ -75,6 +75,7 @@ struct ml_State {
   struct ml_Pool *pool;  /* task threads for reuse (task.c) */
   struct Timers *timers; /* call_later/call_at handles (sched.c) */
   int ntasks;            /* tasks not yet done */
+  int nsleeping;         /* tasks in asyncio.sleep with a timer (task.c) */
   int debug;             /* MOONLOOP_DEBUG / run(c, {debug=true}) */
   int stopping;          /* loop:stop() was called */
   int nstep;             /* steps run, for the I/O poll rule */

@@ -466,7 +466,8 @@ double ml__sched_next_timer(ml_State *S) {
     best = ev_timer_remaining(S->loop, &T->timer);
     found = 1;
   }
-  for (t = S->tasks; t; t = t->next) {
+  /* Sleeping tasks have a timer each: walk the tasks only if some do. */
+  for (t = S->nsleeping > 0 ? S->tasks : NULL; t; t = t->next) {
     ev_timer *w = ml__task_sleep_timer(t);
     if (w) {
       double r = ev_timer_remaining(S->loop, w);

@@ -681,11 +681,12 @@ static void sleep_stop(ml_State *S, ml_Task *t, ev_timer *w) {
   if (t->hook_ud == w) t->hook_ud = NULL;
   ev_timer_stop(S->loop, w);
   f(ud, w, sizeof *w, 0);
+  S->nsleeping--;
 }
 
 void ml__task_stop_timers(ml_State *S) {
   ml_Task *t;
-  for (t = S->tasks; t; t = t->next) sleep_stop(S, t, ml__task_sleep_timer(t));
+  for (t = S->tasks; t && S->nsleeping > 0; t = t->next) sleep_stop(S, t, ml__task_sleep_timer(t));
 }
 
 static void sleep_cb(struct ev_loop *loop, ev_timer *w, int revents) {
@@ -727,6 +728,9 @@ int ml__task_sleep(lua_State *L) {
   if (t == NULL) return ml__exc_raise(L, "RuntimeError", "await outside of a running task");
   if (d != d) return luaL_argerror(L, 1, "delay is NaN");
   if (d <= 0) return suspend(L, NULL, NULL, 0, sleep_k, 1, 0);  /* no libev */
+  /* What would make the suspension raise, raise now: a timer left running
+   * for a task that never slept would wake it, or a task long gone. */
+  if (!lua_isyieldable(L)) return ml__task_suspend(L, NULL, NULL, 0, NULL);
   {
     void *ud;
     lua_Alloc f = lua_getallocf(L, &ud);
@@ -739,6 +743,7 @@ int ml__task_sleep(lua_State *L) {
     w->data = t;
     ev_now_update(S->loop);  /* libev's time is from the last poll */
     ev_timer_start(S->loop, w);
+    S->nsleeping++;
   }
   return ml__task_suspend(L, sleep_hook, w, 0, sleep_k);
 }

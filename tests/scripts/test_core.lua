@@ -554,4 +554,16 @@ T.case("a task may return thousands of values; one that yields plainly is named 
   T.match(tostring(err), "too many arguments to an async function", "and says so")
 end)
 
+T.case("a sleep that cannot suspend (table.sort's comparator) leaves no timer behind", async function()
+  local async function f()
+    local t = {3, 1, 2}
+    return pcall(table.sort, t, function(a, b) await asyncio.sleep(0.01); return a < b end)
+  end
+  local ok, e = await asyncio.create_task(f())
+  T.eq(ok, false, "the sort fails"); T.match(tostring(e), "cannot await here", "and says why")
+  collectgarbage(); collectgarbage()  -- the task is gone before the 10 ms
+  await asyncio.sleep(0.03)
+  T.ok(true, "no timer fired for it")
+end)
+
 T.run()
