@@ -270,7 +270,7 @@ typedef struct Spawn {
 static int report_failure(lua_State *L) {
   ml_Future *f = ml__future_test(L, 1);
   if (f == NULL || f->state != ML_EXCEPTION || !f->log_exc) return 0;
-  f->log_exc = 0;
+  ml__future_retrieved(L, 1, f);
   lua_getfield(L, 1, "get_name");
   lua_pushvalue(L, 1);
   lua_call(L, 1, 1);

@@ -187,6 +187,81 @@ static void complete(lua_State *L, int fidx, ml_Future *f, int st) {
   ml__future_schedule(L, fidx, f);
 }
 
+/* ---- exceptions nobody retrieves ----
+ * asyncio reports, when a failed future is collected, an exception nobody
+ * looked at.  Futures and tasks have no __gc: a finaliser costs every one
+ * of them a second GC cycle and a place in a list each cycle walks, and
+ * giving one to an existing object (lua_setmetatable) makes Lua search
+ * its list of all objects for it, so failing many old futures was
+ * quadratic.  A future that fails gets a sentinel instead: a small new
+ * userdata with __gc, in its extra table, holding what the report needs
+ * (the exception, a task's traceback, the report's words).  Only the
+ * future refers to it, so it is collected with it; retrieving the
+ * exception disarms it. */
+
+typedef struct Sentinel {
+  unsigned magic;  /* SENTINEL_MAGIC: its __gc checks what it is given */
+  unsigned char armed;
+} Sentinel;
+
+#define SENTINEL_MAGIC 0x53656e74u
+enum { SUV_EXC = 1, SUV_TB, SUV_WHAT, SUV_N = SUV_WHAT };
+
+static int sentinel_gc(lua_State *L) {
+  Sentinel *s = lua_touserdata(L, 1);
+  if (s == NULL || lua_rawlen(L, 1) != sizeof *s || s->magic != SENTINEL_MAGIC || !s->armed)
+    return 0;
+  s->armed = 0;
+  lua_settop(L, 1);
+  lua_getiuservalue(L, 1, SUV_EXC);
+  if (lua_getiuservalue(L, 1, SUV_TB) == LUA_TSTRING) {
+    lua_pushfstring(L, "%s\n%s", luaL_tolstring(L, 2, NULL), lua_tostring(L, 3));
+    lua_replace(L, 2);
+  }
+  lua_settop(L, 2);
+  lua_getiuservalue(L, 1, SUV_WHAT);
+  lua_insert(L, 2);  /* [sentinel, what, error] */
+  ml__report(L, lua_tostring(L, 2));
+  return 0;
+}
+
+/* Gives the future at fidx, which just failed, an armed sentinel. */
+static void arm_sentinel(lua_State *L, int fidx, ml_Future *f) {
+  Sentinel *s = lua_newuserdatauv(L, sizeof *s, SUV_N);
+  s->magic = SENTINEL_MAGIC;
+  s->armed = 1;
+  lua_rawgeti(L, LUA_REGISTRYINDEX, f->S->sentinel_mt_ref);
+  lua_setmetatable(L, -2);  /* a new object: no search */
+  lua_getiuservalue(L, fidx, FUV_RESULT);
+  lua_setiuservalue(L, -2, SUV_EXC);
+  if (f->is_task) {
+    ml_Task *t = (ml_Task *)f;
+    ml__xget(L, fidx, X_TB);
+    lua_setiuservalue(L, -2, SUV_TB);
+    if (ml__xget(L, fidx, X_NAME) == LUA_TNIL) {
+      lua_pop(L, 1);
+      lua_pushfstring(L, "Task-%I", (lua_Integer)t->id);
+    }
+    lua_pushfstring(L, "Task exception was never retrieved (task '%s')", lua_tostring(L, -1));
+    lua_remove(L, -2);
+  } else {
+    lua_pushliteral(L, "Future exception was never retrieved");
+  }
+  lua_setiuservalue(L, -2, SUV_WHAT);
+  ml__xset(L, fidx, X_SENTINEL);
+  f->log_exc = 1;
+}
+
+void ml__future_retrieved(lua_State *L, int fidx, ml_Future *f) {
+  if (!f->log_exc) return;
+  f->log_exc = 0;
+  if (ml__xget(L, fidx, X_SENTINEL) == LUA_TUSERDATA) {
+    Sentinel *s = lua_touserdata(L, -1);
+    s->armed = 0;
+  }
+  lua_pop(L, 1);
+}
+
 int ml__future_set_result(lua_State *L, int fidx, int n) {
   ml_Future *f = lua_touserdata(L, fidx);
   fidx = lua_absindex(L, fidx);
@@ -216,12 +291,7 @@ int ml__future_set_exception(lua_State *L, int fidx) {
     return -EINVAL;
   }
   lua_setiuservalue(L, fidx, FUV_RESULT);
-  f->log_exc = 1;
-  /* Only now can it need a finalizer (to report the exception if nobody
-   * retrieves it): a userdata with __gc costs its collection a second
-   * cycle and a call, ~80 ns a future or task, so the others have none. */
-  lua_rawgeti(L, LUA_REGISTRYINDEX, f->is_task ? f->S->task_gcmt_ref : f->S->future_gcmt_ref);
-  lua_setmetatable(L, fidx);
+  arm_sentinel(L, fidx, f);
   complete(L, fidx, f, ML_EXCEPTION);
   return 0;
 }
@@ -292,7 +362,7 @@ int ml__future_unwrap(lua_State *L, int fidx) {
     }
     return f->nres;
   case ML_EXCEPTION:
-    f->log_exc = 0;
+    ml__future_retrieved(L, fidx, f);
     lua_getiuservalue(L, fidx, FUV_RESULT);
     if (f->is_task) {
       /* Remember where it came from, so a traceback can show the chain. */
@@ -336,7 +406,7 @@ static int future_exception(lua_State *L) {
     push_cancelled(L, 1);
     return lua_error(L);
   case ML_EXCEPTION:
-    f->log_exc = 0;
+    ml__future_retrieved(L, 1, f);
     lua_getiuservalue(L, 1, FUV_RESULT);
     return 1;
   default:
@@ -488,17 +558,6 @@ static int future_tostring(lua_State *L) {
   return 1;
 }
 
-/* Reports an exception that nobody retrieved, when the future dies. */
-static int future_gc(lua_State *L) {
-  ml_Future *f = lua_touserdata(L, 1);
-  if (f->log_exc) {
-    f->log_exc = 0;
-    lua_getiuservalue(L, 1, FUV_RESULT);
-    ml__report(L, "Future exception was never retrieved");
-  }
-  return 0;
-}
-
 const luaL_Reg ml__future_methods[] = {
   { "result", future_result },
   { "exception", future_exception },
@@ -514,40 +573,30 @@ const luaL_Reg ml__future_methods[] = {
 };
 
 void ml__future_mt_init(lua_State *L, int is_task, const luaL_Reg *methods,
-                        lua_CFunction tostring, lua_CFunction gc) {
+                        lua_CFunction tostring) {
   ml_State *S = ml__state(L);
-  const char *name = is_task ? ML_TASK_MT : ML_FUTURE_MT;
-  const void **mt[2];
-  int *ref[2], i;
-  mt[0] = is_task ? &S->task_mt : &S->future_mt;
-  mt[1] = is_task ? &S->task_gcmt : &S->future_gcmt;
-  ref[0] = is_task ? &S->task_mt_ref : &S->future_mt_ref;
-  ref[1] = is_task ? &S->task_gcmt_ref : &S->future_gcmt_ref;
-  lua_newtable(L);  /* the methods, shared by both */
+  luaL_newmetatable(L, is_task ? ML_TASK_MT : ML_FUTURE_MT);  /* sets __name */
+  lua_newtable(L);
   luaL_setfuncs(L, ml__future_methods, 0);
   if (methods) luaL_setfuncs(L, methods, 0);
-  for (i = 0; i < 2; i++) {
-    if (i == 0) {
-      luaL_newmetatable(L, name);  /* sets __name */
-    } else {
-      lua_createtable(L, 0, 4);    /* the twin: the same, and __gc */
-      lua_pushstring(L, name);
-      lua_setfield(L, -2, "__name");
-      lua_pushcfunction(L, gc);
-      lua_setfield(L, -2, "__gc");
-    }
-    lua_pushvalue(L, -2);
-    lua_setfield(L, -2, "__index");
-    lua_pushcfunction(L, tostring);
-    lua_setfield(L, -2, "__tostring");
-    *mt[i] = lua_topointer(L, -1);
-    *ref[i] = luaL_ref(L, LUA_REGISTRYINDEX);
-  }
+  lua_setfield(L, -2, "__index");
+  lua_pushcfunction(L, tostring);
+  lua_setfield(L, -2, "__tostring");
+  if (is_task) S->task_mt = lua_topointer(L, -1);
+  else S->future_mt = lua_topointer(L, -1);
+  lua_pushvalue(L, -1);
+  *(is_task ? &S->task_mt_ref : &S->future_mt_ref) = luaL_ref(L, LUA_REGISTRYINDEX);
   lua_pop(L, 1);
 }
 
 void ml__future_open(lua_State *L) {
-  ml__future_mt_init(L, 0, NULL, future_tostring, future_gc);
+  ml__future_mt_init(L, 0, NULL, future_tostring);
+  lua_createtable(L, 0, 2);  /* the sentinels' */
+  lua_pushliteral(L, "asyncio.ExceptionSentinel");
+  lua_setfield(L, -2, "__name");
+  lua_pushcfunction(L, sentinel_gc);
+  lua_setfield(L, -2, "__gc");
+  ml__state(L)->sentinel_mt_ref = luaL_ref(L, LUA_REGISTRYINDEX);
 }
 
 /* core._set_cancel_hook(fut, fn): fut:cancel(msg) calls fn(fut, msg) and

@@ -35,7 +35,7 @@ static void push_outcome(lua_State *L, int cidx) {
     }
     break;
   case ML_EXCEPTION:
-    c->log_exc = 0;
+    ml__future_retrieved(L, cidx, c);
     lua_getiuservalue(L, cidx, FUV_RESULT);
     break;
   default:
@@ -57,7 +57,7 @@ static int child_done(lua_State *L) {
   oidx = lua_gettop(L);
   outer = lua_touserdata(L, oidx);
   if (outer->state != ML_PENDING) {
-    child->log_exc = 0;  /* the gather is over: this exception is seen */
+    ml__future_retrieved(L, 2, child);  /* the gather is over: it is seen */
     return 0;
   }
   if (!g->return_exc && child->state != ML_RESULT) {

@@ -92,11 +92,10 @@ struct ml_State {
   ml_ErrorHandler on_error;
   void *on_error_ud;
   struct ml_Embed *embed; /* the embedding API's data (embed.c) */
-  /* Metatables, for fast type tests: a Future's or Task's is swapped for
-   * its __gc twin only when it fails (see future.c), and refs (registry
-   * slots) of all four, to set them without a name lookup. */
-  const void *future_mt, *task_mt, *future_gcmt, *task_gcmt, *coro_mt;
-  int future_mt_ref, task_mt_ref, future_gcmt_ref, task_gcmt_ref, coro_mt_ref;
+  /* Metatables, for fast type tests, and refs (registry slots) to set
+   * them without a name lookup. */
+  const void *future_mt, *task_mt, *coro_mt;
+  int future_mt_ref, task_mt_ref, coro_mt_ref, sentinel_mt_ref;
   const void *sleep0;    /* the shared asyncio.sleep(0) coroutine */
   struct ml_AsyncC *asyncc; /* async C functions, for await (coro.c) */
 };
@@ -173,7 +172,8 @@ enum { X_MSG = 1,       /* the cancel message */
        X_TB,            /* the traceback where a task failed */
        X_CAUSE_EXC,     /* the error await last re-raised from a task, */
        X_CAUSE_TB,      /* and that task's traceback */
-       X_CBS };         /* the done callbacks, once there is a table */
+       X_CBS,           /* the done callbacks, once there is a table */
+       X_SENTINEL };    /* reports an exception never retrieved (future.c) */
 /* [-0, +1] pushes field key of the future at idx's extra table (nil if
  * none); returns its type. */
 int ml__xget(lua_State *L, int idx, int key);
@@ -184,7 +184,8 @@ struct ml_Future {
   ml_State *S;
   unsigned char state;      /* ML_PENDING, ML_RESULT, ... */
   unsigned char is_task;
-  unsigned char log_exc;    /* an exception nobody retrieved yet */
+  unsigned char log_exc;    /* an exception nobody retrieved yet: its
+                               X_SENTINEL reports it if it stays so */
   unsigned char cb_queued;  /* a ML_RUN_FUTURE_CALLBACKS entry is queued */
   unsigned char has_cancel_hook; /* cancel() calls X_CANCEL_HOOK instead */
   unsigned char has_extra;  /* FUV_MISC holds the extra table */
@@ -222,10 +223,7 @@ struct ml_Task {
 
 /* 1 if mt (lua_topointer of a metatable) is a Future's or a Task's. */
 static inline int ml__is_future_mt(const ml_State *S, const void *mt) {
-  return mt == S->future_mt || mt == S->task_mt || mt == S->future_gcmt || mt == S->task_gcmt;
-}
-static inline int ml__is_task_mt(const ml_State *S, const void *mt) {
-  return mt == S->task_mt || mt == S->task_gcmt;
+  return mt == S->future_mt || mt == S->task_mt;
 }
 
 /* Schedules a done future's waiters and callbacks.  [-0, +0] */
@@ -240,9 +238,12 @@ ml_Future *ml__future_alloc(lua_State *L, size_t size, int nuv, int is_task);
 /* Appends the value at top (a function, or a task to wake) to the done
  * callbacks of the future at fidx; schedules them if it is done.  [-1, +0] */
 void ml__future_add_callback(lua_State *L, int fidx, ml_Future *f);
-/* Makes the metatables of Future and Task (and their __gc twins). */
+/* Makes the metatable of Future or Task. */
 void ml__future_mt_init(lua_State *L, int is_task, const luaL_Reg *methods,
-                        lua_CFunction tostring, lua_CFunction gc);
+                        lua_CFunction tostring);
+/* The exception of the failed future at fidx was seen (result(),
+ * exception(), await, gather...): nothing will report it.  [-0, +0] */
+void ml__future_retrieved(lua_State *L, int fidx, ml_Future *f);
 /* Stops the timer of every sleeping task (the state is closing). */
 void ml__task_stop_timers(ml_State *S);
 /* The timer of task t if it sleeps in asyncio.sleep, or NULL. */

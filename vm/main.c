@@ -132,7 +132,7 @@ static int report_main(ml_State *S, int mainref) {
     lua_pop(L, 1);
     return 0;
   }
-  f->log_exc = 0;
+  ml__future_retrieved(L, -1, f);
   lua_getiuservalue(L, -1, FUV_RESULT);
   ml__xget(L, -2, X_TB);
   fprintf(stderr, "moonloop: %s\n", luaL_tolstring(L, -2, NULL));

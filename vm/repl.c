@@ -492,7 +492,7 @@ static void report(lua_State *L, int idx) {
   } else if (f->state == ML_CANCELLED) {
     say(R.interrupted ? "KeyboardInterrupt" : "CancelledError");
   } else if (f->state == ML_EXCEPTION) {
-    f->log_exc = 0;
+    ml__future_retrieved(L, idx, f);
     lua_pushcfunction(L, format_error);
     lua_getiuservalue(L, idx, FUV_RESULT);
     ml__xget(L, idx, X_TB);

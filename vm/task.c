@@ -418,8 +418,6 @@ int ml__task_suspend_always(lua_State *L, ml_CancelHook hook, void *ud,
 
 /* ---- creating tasks ---- */
 
-static int task_gc(lua_State *L);
-
 /* spawn's kind: what the value below the arguments is. */
 enum { SPAWN_ANY, SPAWN_CORO };
 
@@ -626,29 +624,6 @@ static int task_tostring(lua_State *L) {
   return 1;
 }
 
-/* The __gc of a failed task's metatable (future.c swaps it in). */
-static int task_gc(lua_State *L) {
-  ml_Task *t = lua_touserdata(L, 1);
-  if (t->fut.log_exc) {
-    t->fut.log_exc = 0;
-    lua_getiuservalue(L, 1, FUV_RESULT);
-    ml__xget(L, 1, X_TB);
-    if (lua_isstring(L, -1)) {
-      lua_pushfstring(L, "%s\n%s", luaL_tolstring(L, -2, NULL), lua_tostring(L, -1));
-      lua_replace(L, -4);
-      lua_pop(L, 2);
-    } else {
-      lua_pop(L, 1);
-    }
-    task_get_name(L);
-    lua_pushfstring(L, "Task exception was never retrieved (task '%s')", lua_tostring(L, -1));
-    lua_insert(L, -3);
-    lua_pop(L, 1);
-    ml__report(L, lua_tostring(L, -2));
-  }
-  return 0;
-}
-
 static const luaL_Reg task_methods[] = {
   { "cancel", task_cancel },
   { "cancelling", task_cancelling },
@@ -753,7 +728,7 @@ void ml__task_open(lua_State *L) {
   memset(P, 0, sizeof *P);
   ml__state(L)->pool = P;
   lua_rawsetp(L, LUA_REGISTRYINDEX, &pool_key);
-  ml__future_mt_init(L, 1, task_methods, task_tostring, task_gc);
+  ml__future_mt_init(L, 1, task_methods, task_tostring);
 }
 
 /* The await of futures and tasks: see coro.c for the dispatch. */
