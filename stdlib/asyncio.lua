@@ -20,18 +20,35 @@ M.Loop = core.Loop
 -- Generators (coroutine.wrap / coroutine.resume) that await inside a task:
 -- the await's marker is passed up to the task, and the generator carries
 -- on when the task is resumed.
+--
+-- A coroutine parked in an await belongs to the task that awaits: only
+-- that task may resume it (when what it awaits is done), and nothing may
+-- close it, or what would wake the task is left pointing at a dead
+-- thread.  resume, a wrap's function and close refuse, with an error.
 do
   local co_resume, co_yield, co_create = coroutine.resume, coroutine.yield, coroutine.create
   local co_close, co_status = coroutine.close, coroutine.status
-  local MARK = core._marker
+  local MARK, parked, park = core._marker, core._parked, core._park
+  local BUSY = "cannot resume a coroutine that is awaiting in a task: "
+    .. "only that task resumes it, when what it awaits is done"
   local function pass(co, ok, first, ...)
     if ok and first == MARK and co_status(co) == "suspended" then
-      return pass(co, co_resume(co, co_yield(MARK)))
+      park(true)  -- this thread, parked while co awaits
+      co_yield(MARK)
+      park(false)
+      return pass(co, co_resume(co))
     end
     return ok, first, ...
   end
   function coroutine.resume(co, ...)
+    if parked(co) then return false, BUSY end
     return pass(co, co_resume(co, ...))
+  end
+  function coroutine.close(co)
+    if parked(co) then
+      error("cannot close a coroutine that is awaiting in a task; cancel the task instead", 2)
+    end
+    return co_close(co)
   end
   function coroutine.wrap(f)
     local co = co_create(f)
@@ -42,6 +59,7 @@ do
       error(e, 0)
     end
     return function(...)
+      if parked(co) then error(BUSY, 2) end
       return finish(pass(co, co_resume(co, ...)))
     end
   end

@@ -185,9 +185,10 @@ static void wake_all(Queue *q, int list) {
  * lua_resume's documentation gives for values passed to it; a user value
  * slot per waiter cost five API calls more a hand-off).  [-0, +0] */
 static void handoff(lua_State *L, Queue *q, int i, int vi) {
+  lua_State *th = q->w[i].th;
   w_unlink(q, i);
   lua_pushvalue(L, vi);
-  lua_xmove(L, q->w[i].th, 1);
+  lua_xmove(L, th, 1);
   q->w[i].state = W_HANDED;
   ml__task_wake(q->w[i].task);
 }

@@ -21,6 +21,20 @@ int ml__core_create_task(lua_State *L) {
   return 1;
 }
 
+/* _parked(co): the thread co is parked in an await. */
+static int core_parked(lua_State *L) {
+  lua_State *co = lua_tothread(L, 1);
+  lua_pushboolean(L, co != NULL && co != L && ml__task_parked(co));
+  return 1;
+}
+
+/* _park(on): marks the calling thread as parked in an await, or not (a
+ * generator's await passes through it: asyncio.lua's pass). */
+static int core_park(lua_State *L) {
+  ml__set_parked(L, lua_toboolean(L, 1));
+  return 0;
+}
+
 static int core_current_task(lua_State *L) {
   ml_Task *t = ml__task_current(L);
   if (t) ml__task_push(L, t);
@@ -99,6 +113,8 @@ static const luaL_Reg core_funcs[] = {
   { "_set_debug", core_set_debug },
   { "_set_cancel_hook", ml__future_set_cancel_hook },
   { "_gather", ml__gather },
+  { "_parked", core_parked },
+  { "_park", core_park },
   { NULL, NULL }
 };
 

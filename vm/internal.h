@@ -100,9 +100,14 @@ struct ml_State {
   struct ml_AsyncC *asyncc; /* async C functions, for await (coro.c) */
 };
 
-/* The state a Lua thread belongs to (kept in lua_getextraspace). */
+/* The state a Lua thread belongs to, kept in lua_getextraspace; its low
+ * bit says the thread is parked in an await (ml__task_parked). */
 static inline ml_State *ml__state(lua_State *L) {
-  return *(ml_State **)lua_getextraspace(L);
+  return (ml_State *)(*(uintptr_t *)lua_getextraspace(L) & ~(uintptr_t)1);
+}
+static inline void ml__set_parked(lua_State *L, int parked) {
+  uintptr_t *x = (uintptr_t *)lua_getextraspace(L);
+  *x = (*x & ~(uintptr_t)1) | (uintptr_t)(parked != 0);
 }
 
 /* The embedding API's per-state data (embed.h), made on first use on the
@@ -345,6 +350,8 @@ int ml__task_suspend(lua_State *L, ml_CancelHook hook, void *ud,
  * ml__task_current() and lua_isyieldable() first if k must always run. */
 int ml__task_suspend_always(lua_State *L, ml_CancelHook hook, void *ud,
                             lua_KContext ctx, lua_KFunction k);
+/* 1 if thread co is parked in an await (ml__task_suspend and kin). */
+int ml__task_parked(lua_State *co);
 /* Puts a suspended task on the ready queue (no-op unless suspended).
  * Safe from libev callbacks. */
 void ml__task_wake(ml_Task *t);

@@ -321,7 +321,7 @@ void ml__task_step(ml_State *S, ml_Task *t) {
   if (status == LUA_YIELD) {
     if (nres == 1 && lua_touserdata(co, -1) == &ml__await_marker) {
       lua_pop(co, 1);
-      return;  /* suspended: whatever it waits for will wake it */
+      return;  /* parked: whatever it waits for will wake it */
     }
     /* A plain coroutine.yield() reached the scheduler: not an await. */
     lua_pop(co, nres);
@@ -358,10 +358,25 @@ void ml__task_step(ml_State *S, ml_Task *t) {
 
 /* ---- suspension ---- */
 
-static int resume_k(lua_State *L, int status, lua_KContext ctx) {
+/* A thread parked in an await is marked (ml__set_parked), so that the
+ * coroutine library (stdlib/asyncio.lua) can refuse to resume or close it
+ * from anywhere but its task: that would leave whatever wakes the task
+ * pointing at a dead thread.  The mark is a bit of the thread's extra
+ * space: no API call on the task switch. */
+int ml__task_parked(lua_State *co) {
+  return lua_status(co) == LUA_YIELD && (*(uintptr_t *)lua_getextraspace(co) & 1);
+}
+
+/* The continuation of every suspension. */
+static int resume_k(lua_State *L, int status, lua_KContext unused) {
   ml_Task *t = ml__state(L)->current;
-  lua_KFunction k = t->k;
-  (void)ctx;
+  lua_KFunction k;
+  lua_KContext ctx;
+  (void)unused;
+  if (t == NULL || t->k == NULL)  /* resumed by something else: see above */
+    return luaL_error(L, "a coroutine that awaits was resumed from outside its task");
+  ml__set_parked(L, 0);
+  k = t->k;
   ctx = t->kctx;
   t->k = NULL;
   t->hook = NULL;
@@ -402,6 +417,7 @@ static int suspend(lua_State *L, ml_CancelHook hook, void *ud,
   t->k_always = always != 0;
   t->suspended = 1;
   if (requeue) ml__task_wake(t);
+  ml__set_parked(L, 1);
   lua_pushlightuserdata(L, (void *)&ml__await_marker);
   return lua_yieldk(L, 1, 0, resume_k);
 }
