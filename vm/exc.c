@@ -105,3 +105,20 @@ void ml__exc_init(lua_State *L) {
   }
   lua_pop(L, 2);
 }
+
+static int tostring_p(lua_State *L) {
+  luaL_tolstring(L, 1, NULL);
+  return 1;
+}
+
+const char *ml__tostring(lua_State *L, int idx) {
+  idx = lua_absindex(L, idx);
+  lua_pushcfunction(L, tostring_p);
+  lua_pushvalue(L, idx);
+  if (lua_pcall(L, 1, 1, 0) != LUA_OK || !lua_isstring(L, -1)) {
+    lua_pop(L, 1);
+    lua_pushfstring(L, "(a %s value whose __tostring failed)", luaL_typename(L, idx));
+  }
+  return lua_tostring(L, -1);
+}
+

@@ -148,6 +148,9 @@ int ml__exc_raise(lua_State *L, const char *cls, const char *fmt, ...);
 void ml__exc_push_errno(lua_State *L, int err, const char *what);
 /* 1 if the value at idx is an instance of class cls (or a subclass). */
 int ml__exc_is(lua_State *L, int idx, const char *cls);
+/* [-0, +1] pushes tostring(value at idx) and returns it, never raising:
+ * a failing or yielding __tostring gives a description instead. */
+const char *ml__tostring(lua_State *L, int idx);
 /* Maps errno values to OSError subclasses; called once at state creation. */
 void ml__exc_init(lua_State *L);
 

@@ -135,7 +135,7 @@ static int report_main(ml_State *S, int mainref) {
   ml__future_retrieved(L, -1, f);
   lua_getiuservalue(L, -1, FUV_RESULT);
   ml__xget(L, -2, X_TB);
-  fprintf(stderr, "moonloop: %s\n", luaL_tolstring(L, -2, NULL));
+  fprintf(stderr, "moonloop: %s\n", ml__tostring(L, -2));
   lua_pop(L, 1);
   if (lua_isstring(L, -1)) fprintf(stderr, "%s\n", lua_tostring(L, -1));
   lua_pop(L, 3);
@@ -146,7 +146,7 @@ static int report_main(ml_State *S, int mainref) {
  * then the loop until nothing is left.  Returns the exit status. */
 /* With interactive, the REPL follows at once: the loop keeps running
  * under it, so the script's tasks and servers stay alive. */
-static int run_main(ml_State *S, int nargs, int interactive) {
+static int run_main_unprotected(ml_State *S, int nargs, int interactive) {
   lua_State *L = S->L;
   int mainref, rc, status;
   S->main = ml__task_spawn(L, nargs, "main");
@@ -163,6 +163,37 @@ static int run_main(ml_State *S, int nargs, int interactive) {
     if (g_sigints) status = 130;
   }
   return status;
+}
+
+typedef struct MainRun { int nargs, interactive, status; } MainRun;
+
+static int run_main_p(lua_State *L) {
+  MainRun *m = lua_touserdata(L, 1);
+  lua_remove(L, 1);  /* [fn, args...] */
+  m->status = run_main_unprotected(ml__state(L), m->nargs, m->interactive);
+  return 0;
+}
+
+/* run_main in protected mode: an error the scheduler cannot hand to a task
+ * or a handler (out of memory in its own bookkeeping, say) ends the run
+ * with a message and status 1, not an abort. */
+static int run_main(ml_State *S, int nargs, int interactive) {
+  lua_State *L = S->L;
+  MainRun m;
+  int base = lua_gettop(L) - nargs;  /* the function */
+  m.nargs = nargs;
+  m.interactive = interactive;
+  m.status = 1;
+  lua_pushcfunction(L, run_main_p);
+  lua_insert(L, base);
+  lua_pushlightuserdata(L, &m);
+  lua_insert(L, base + 1);
+  if (lua_pcall(L, nargs + 2, 0, 0) != LUA_OK) {
+    fprintf(stderr, "moonloop: %s\n", ml__tostring(L, -1));
+    lua_pop(L, 2);
+    return 1;
+  }
+  return m.status;
 }
 
 int main(int argc, char **argv) {

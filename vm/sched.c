@@ -821,7 +821,7 @@ static void warn_slow(ml_State *S, ml_Entry *e, double took) {
   lua_State *L = S->L;
   char msg[512];
   if (!lua_isnil(L, -1)) {
-    snprintf(msg, sizeof msg, "Executing %s took %.3f seconds", luaL_tolstring(L, -1, NULL), took);
+    snprintf(msg, sizeof msg, "Executing %s took %.3f seconds", ml__tostring(L, -1), took);
     lua_pop(L, 2);
   } else {
     lua_pop(L, 1);

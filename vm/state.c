@@ -85,15 +85,24 @@ lua_State *ml_state_lua(ml_State *S) { return S->L; }
  * their cleanup (to-be-closed variables, except blocks); it never blocks. */
 #define CLOSE_ITERATIONS 100
 
-void ml_state_close(ml_State *S) {
+/* Cancels the pending tasks and gives them a few iterations to unwind;
+ * in protected mode, as out of memory can strike there too. */
+static int close_tasks(lua_State *L) {
+  ml_State *S = ml__state(L);
   int i;
-  if (S == NULL) return;
   for (i = 0; i < CLOSE_ITERATIONS && S->tasks; i++) {
     ml_Task *t;
     if (i == 0)
-      for (t = S->tasks; t; t = t->next) ml__task_cancel(S->L, t, 0);
+      for (t = S->tasks; t; t = t->next) ml__task_cancel(L, t, 0);
     ml__sched_step(S);
   }
+  return 0;
+}
+
+void ml_state_close(ml_State *S) {
+  if (S == NULL) return;
+  lua_pushcfunction(S->L, close_tasks);
+  if (lua_pcall(S->L, 0, 0, 0) != LUA_OK) lua_pop(S->L, 1);  /* close anyway */
   ml__task_stop_timers(S);  /* a host's loop outlives us */
   lua_close(S->L);
   ml__readyq_free(&S->ready);

@@ -163,4 +163,10 @@ T.case("debug mode: slow steps are reported, creation tracebacks kept", function
   T.ok(not out:find("Executing"), "no slow warnings without debug mode: " .. out)
 end)
 
+T.case("an error object whose __tostring fails is still reported; status 1", function()
+  local out, st = run("error(setmetatable({}, {__tostring = function(self) return self.msg end}))\n")
+  T.eq(st, 1, "status, not an abort")
+  T.match(out, "^moonloop: %(a table value whose __tostring failed%)", "message")
+end)
+
 T.run()
