@@ -14,6 +14,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <fcntl.h>
 #include <unistd.h>
 #include <sys/socket.h>
 #include "net.h"
@@ -852,6 +853,12 @@ static int add_watch(lua_State *L, int events, const char *key) {
   int fd = check_fd(L, 2), i, nargs = lua_gettop(L) - 3;
   FdWatch *fw;
   luaL_checktype(L, 3, LUA_TFUNCTION);
+  /* Only an open fd: libev would size its fd table for any number (and
+   * spun on fd 2,000,000,000), and epoll refuses a closed one later. */
+  if (fcntl(fd, F_GETFD) < 0) {
+    ml__exc_push_errno(L, errno, "add_reader/add_writer");
+    return lua_error(L);
+  }
   remove_watch(L, fd, key);
   fw = lua_newuserdatauv(L, sizeof *fw, nargs + 1);
   memset(fw, 0, sizeof *fw);

@@ -307,4 +307,12 @@ T.case("UDP sock_sendto and sock_recvfrom", async function()
   T.eq(addr, c:getsockname(), "sender address")
 end)
 
+T.case("add_reader refuses a file descriptor that is not open", async function()
+  local loop = asyncio.get_running_loop()
+  local e = T.raises(asyncio.OSError, function() loop:add_reader(2000000000, print) end, "huge fd")
+  T.match(tostring(e), "Bad file descriptor", "EBADF")
+  T.raises(asyncio.OSError, function() loop:add_writer(100000, print) end, "closed fd")
+  T.eq(loop:remove_reader(100000), false, "nothing to remove")
+end)
+
 T.run()
