@@ -264,7 +264,9 @@ static void async_cb(struct ev_loop *loop, ev_async *w, int revents) {
 static const char resolver_key = 0;
 
 static int resolver_gc(lua_State *L) {
-  Resolver **pr = lua_touserdata(L, 1), *r = *pr;
+  Resolver **pr = luaL_testudata(L, 1, RESOLVER_MT), *r;
+  if (pr == NULL) return 0;  /* a script calling __gc on something else */
+  r = *pr;
   Req **pp, *done;
   int last;
   if (r == NULL) return 0;
@@ -329,8 +331,8 @@ static Resolver *get_resolver(lua_State *L) {
 
 /* A request handle: the userdata that owns the script side of a Req. */
 static int reqhandle_gc(lua_State *L) {
-  Req **pq = lua_touserdata(L, 1);
-  if (*pq) {
+  Req **pq = luaL_testudata(L, 1, REQ_MT);
+  if (pq && *pq) {
     (*pq)->task = NULL;
     req_unref(*pq);
     *pq = NULL;
@@ -798,8 +800,8 @@ static void fdwatch_stop(lua_State *L, FdWatch *fw) {
 }
 
 static int fdwatch_gc(lua_State *L) {
-  FdWatch *fw = lua_touserdata(L, 1);
-  if (ev_is_active(&fw->io)) ev_io_stop(fw->S->loop, &fw->io);
+  FdWatch *fw = luaL_testudata(L, 1, FDWATCH_MT);
+  if (fw && ev_is_active(&fw->io)) ev_io_stop(fw->S->loop, &fw->io);
   return 0;
 }
 

@@ -647,8 +647,9 @@ static int queue_full(lua_State *L) {
  * generator that awaits inside a task).  Then the task still points its
  * cancel hook at this queue: disarm it before the queue goes. */
 static int queue_gc(lua_State *L) {
-  Queue *q = lua_touserdata(L, 1);
+  Queue *q = luaL_testudata(L, 1, QUEUE_MT);
   int i;
+  if (q == NULL) return 0;  /* a script calling __gc on something else */
   for (i = 0; i < q->wcap; i++) {
     ml_Task *t = q->w[i].task;
     if (q->w[i].state == W_WAITING && t->hook == wait_hook && t->hook_ud == q) t->hook = NULL;

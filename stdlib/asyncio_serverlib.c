@@ -185,7 +185,8 @@ static int listener_is_serving(lua_State *L) {
 }
 
 static int listener_gc(lua_State *L) {
-  Listener *ls = lua_touserdata(L, 1);
+  Listener *ls = luaL_testudata(L, 1, ML_LISTENER);
+  if (ls == NULL) return 0;  /* a script calling __gc on something else */
   for (int i = 0; i < ls->n; i++)
     if (ev_is_active(&ls->socks[i].io)) ev_io_stop(ls->S->loop, &ls->socks[i].io);
   if (ev_is_active(&ls->retry)) ev_timer_stop(ls->S->loop, &ls->retry);

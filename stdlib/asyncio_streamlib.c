@@ -495,6 +495,7 @@ static int writer_tostring(lua_State *L) {
  * StreamWriter.__del__), so a handler that forgets close() frees the fd. */
 static int writer_gc(lua_State *L) {
   ml_Conn *c;
+  if (!lua_istable(L, 1)) return 0;  /* a script calling __gc on something else */
   lua_rawgeti(L, 1, 1);
   c = ml__conn_test(L, -1);
   if (c && !c->closing) ml__conn_close(c, 0);

@@ -833,8 +833,10 @@ static int t_tostring(lua_State *L) {
 }
 
 static int conn_gc(lua_State *L) {
-  ml_Conn *c = lua_touserdata(L, 1);
-  struct ev_loop *loop = c->S->loop;
+  ml_Conn *c = ml__conn_test(L, 1);
+  struct ev_loop *loop;
+  if (c == NULL) return 0;  /* a script calling __gc on something else */
+  loop = c->S->loop;
   /* Finalizers of other objects (a StreamWriter's) may still see c while
    * the state closes: make every later operation a no-op. */
   c->lost = c->closing = 1;

@@ -443,7 +443,17 @@ static int sock_close(lua_State *L) {
 }
 
 static int sock_gc(lua_State *L) {
-  ml_Socket *s = lua_touserdata(L, 1);
+  ml_Socket *s = luaL_testudata(L, 1, ML_SOCKET);
+  if (s) ml__sock_close(s);
+  return 0;
+}
+
+/* local s <close> = ...: closes it as s:close() does, so not one that a
+ * transport owns (that would close the fd under the transport, and the
+ * next connection could get its number). */
+static int sock_tbc(lua_State *L) {
+  ml_Socket *s = luaL_testudata(L, 1, ML_SOCKET);
+  if (s == NULL || s->transport) return 0;
   ml__sock_close(s);
   return 0;
 }
@@ -1033,7 +1043,7 @@ int luaopen_socket(lua_State *L) {
     lua_setfield(L, -2, "__index");
     lua_pushcfunction(L, sock_gc);
     lua_setfield(L, -2, "__gc");
-    lua_pushcfunction(L, sock_gc);
+    lua_pushcfunction(L, sock_tbc);
     lua_setfield(L, -2, "__close");
     lua_pushcfunction(L, sock_tostring);
     lua_setfield(L, -2, "__tostring");

@@ -10,7 +10,10 @@ typedef struct Coro {
   int line;              /* where it was created (line in the creator) */
   unsigned char awaited; /* consumed by await, a task, or close() */
   unsigned char reusable; /* a shared constant coroutine: sleep(0) */
+  unsigned short magic;  /* CORO_MAGIC: __gc checks what it is given */
 } Coro;
+
+#define CORO_MAGIC 0xC0C0u
 
 /* User values of a Coroutine: its name, the function, the function that
  * created it, then the arguments. */
@@ -27,6 +30,7 @@ static int coro_make(lua_State *L) {
   c->nargs = n;
   c->awaited = 0;
   c->reusable = 0;
+  c->magic = CORO_MAGIC;
   c->line = -1;
   lua_rawgeti(L, LUA_REGISTRYINDEX, ml__state(L)->coro_mt_ref);  /* no name lookup */
   lua_setmetatable(L, -2);
@@ -295,6 +299,8 @@ static int coro_tostring(lua_State *L) {
 
 static int coro_gc(lua_State *L) {
   Coro *c = lua_touserdata(L, 1);
+  if (c == NULL || lua_rawlen(L, 1) != sizeof *c || c->magic != CORO_MAGIC)
+    return 0;  /* a script calling __gc on something else */
   if (!c->awaited && !c->reusable) {
     lua_Debug ar;
     c->awaited = 1;

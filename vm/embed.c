@@ -18,8 +18,8 @@ static const char anchors_key = 'A', box_key = 'B';
 /* ---- per-state data ---- */
 
 static int embed_gc(lua_State *L) {
-  ml_Embed **box = lua_touserdata(L, 1), *E = *box;
-  if (E == NULL) return 0;
+  ml_Embed **box = luaL_testudata(L, 1, EMBED_MT), *E;
+  if (box == NULL || (E = *box) == NULL) return 0;
   *box = NULL;
   ml__hostfuture_close(E);
   if (E->S->embed == E) E->S->embed = NULL;

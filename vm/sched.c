@@ -549,6 +549,7 @@ static void timers_cb(struct ev_loop *loop, ev_timer *w, int revents) {
 
 static int timers_gc(lua_State *L) {
   Timers *T = lua_touserdata(L, 1);
+  if (T == NULL || T != ml__state(L)->timers) return 0;  /* only the state's own */
   void *ud;
   lua_Alloc f = lua_getallocf(L, &ud);
   if (ev_is_active(&T->timer)) ev_timer_stop(T->S->loop, &T->timer);

@@ -323,4 +323,22 @@ T.case("misuse: bad arguments name the argument", async function()
   T.raises(asyncio.ValueError, function() return asyncio.StreamReader({ limit = 0 }) end, "limit")
 end)
 
+T.case("__gc and __close called by a script on the wrong object do nothing; a transport's socket is not closed under it", async function()
+  local socket = require "socket"
+  local c = asyncio.sleep(1)
+  getmetatable(c).__gc({}); getmetatable(c).__gc(asyncio.Future())
+  c:close()
+  local s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+  getmetatable(s).__gc({}); getmetatable(s).__close(asyncio.Future()); getmetatable(s).__gc(socket.buffer(10))
+  s:close()
+  local srv <close>, port = await serve(echo)
+  local r, w = await asyncio.open_connection("127.0.0.1", port)
+  getmetatable(w).__gc(1); getmetatable(w.transport).__gc({})
+  do local sk <close> = w:get_extra_info("socket") end
+  T.eq(w.transport:is_closing(), false, "the transport's socket stayed open")
+  w:write("still here\n")
+  T.eq(await r:readline(), "still here\n", "and works")
+  w:close()
+end)
+
 T.run()
