@@ -152,6 +152,9 @@ function M.run(coro, opts)
     local guard <close> = setmetatable({}, { __close = function() cancel_leftovers(before) end })
     return await(coro)
   end
+  if core.get_event_loop():is_running() then  -- a callback of the running loop
+    error(M.RuntimeError("asyncio.run() cannot be called from a running event loop"), 2)
+  end
   local task = create_task(coro)
   local results = table.pack(pcall(core.run_until_complete, task))
   -- Cancel and finish what the coroutine left behind.

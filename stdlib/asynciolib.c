@@ -81,7 +81,8 @@ static int core_run_until_complete(lua_State *L) {
   ml_Future *f = ml__future_test(L, 1);
   int rc;
   if (f == NULL) return luaL_typeerror(L, 1, "Future or Task");
-  if (S->current) return ml__exc_raise(L, "RuntimeError", "this event loop is already running");
+  if (S->current || S->running > 0)  /* in a task, or a callback of the running loop */
+    return ml__exc_raise(L, "RuntimeError", "this event loop is already running");
   lua_settop(L, 1);
   rc = ml__sched_run(S, f);
   if (rc == -EDEADLK)

@@ -594,4 +594,17 @@ T.case("a coroutine parked in an await cannot be resumed or closed from outside 
   T.eq({await c}, {true, "item"}, "and gets its item")
 end)
 
+T.case("asyncio.run from a callback of the running loop raises RuntimeError and disturbs nothing", async function()
+  local w = asyncio.create_task(asyncio.sleep(0.01, "r"))
+  local err
+  asyncio.get_running_loop():call_soon(function()
+    local c = (async function() end)()
+    local ok, e = pcall(asyncio.run, c)
+    err = e
+    c:close()
+  end)
+  T.eq(await w, "r", "the other task finishes")
+  T.match(tostring(err), "cannot be called from a running event loop", "the error")
+end)
+
 T.run()
