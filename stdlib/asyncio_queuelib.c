@@ -246,12 +246,21 @@ static int w_finish(Queue *q, int i) {
 
 /* [-0, +1] pushes the items table, grown first if it is full. */
 static void items_room(lua_State *L, Queue *q, int ci) {
-  lua_Integer ncap, i;
-  lua_getiuservalue(L, ci, UV_ITEMS);
-  if (q->len < q->cap) return;
-  ncap = q->cap ? 2 * q->cap : 4;
-  if (ncap > (1 << 30)) luaL_error(L, "queue too long");
-  lua_createtable(L, (int)ncap, 0);  /* only keys 1..ncap: never rehashed */
+  lua_Integer ncap, i, cap;
+  for (;;) {
+    lua_getiuservalue(L, ci, UV_ITEMS);
+    if (q->len < q->cap) return;
+    cap = q->cap;
+    ncap = cap ? 2 * cap : 4;
+    if (ncap > (1 << 30)) luaL_error(L, "queue too long");
+    lua_createtable(L, (int)ncap, 0);  /* only keys 1..ncap: never rehashed */
+    /* Making it may have run finalizers, and one may have used this queue
+     * (grown it, or taken items): then look again. */
+    if (q->cap == cap && q->len >= q->cap) break;
+    lua_pop(L, 2);
+  }
+  lua_getiuservalue(L, ci, UV_ITEMS);  /* the items, as they are now */
+  lua_replace(L, -3);                  /* [items, new] */
   for (i = 0; i < q->len; i++) {
     lua_rawgeti(L, -2, ((q->head + i) & (q->cap - 1)) + 1);
     lua_rawseti(L, -2, i + 1);

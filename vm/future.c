@@ -451,20 +451,28 @@ static int future_cancel(lua_State *L) {
 
 /* Appends the value at top to the callback list.  [-1, +0] */
 static void add_callback(lua_State *L, int fidx, ml_Future *f) {
+  if (f->ncallbacks == 1) {  /* the second: make the list */
+    lua_createtable(L, 4, 0);
+    /* Making it may have run finalizers that added or ran callbacks of f:
+     * then f is looked at again. */
+    if (f->ncallbacks == 1) {
+      cbs_get(L, fidx, f);
+      lua_rawseti(L, -2, 1);
+      lua_pushvalue(L, -1);
+      cbs_set(L, fidx, f);
+      lua_insert(L, -2);
+      lua_rawseti(L, -2, ++f->ncallbacks);
+      lua_pop(L, 1);
+      return;
+    }
+    lua_pop(L, 1);
+  }
   if (f->ncallbacks == 0) {
     cbs_set(L, fidx, f);
     f->ncallbacks = 1;
     return;
   }
-  if (f->ncallbacks == 1) {  /* the second: make the list */
-    lua_createtable(L, 4, 0);
-    cbs_get(L, fidx, f);
-    lua_rawseti(L, -2, 1);
-    lua_pushvalue(L, -1);
-    cbs_set(L, fidx, f);
-  } else {
-    cbs_get(L, fidx, f);
-  }
+  cbs_get(L, fidx, f);
   lua_insert(L, -2);
   lua_rawseti(L, -2, ++f->ncallbacks);
   lua_pop(L, 1);

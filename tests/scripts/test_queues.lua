@@ -366,6 +366,23 @@ T.case("queue: a getter waiting inside a generator gets what is put, and shutdow
   T.raises(asyncio.QueueShutDown, t, "the getter sees the shutdown, not the item")
 end)
 
+T.case("queue: growing a ring that has wrapped keeps every item in order", async function()
+  for _, kind in ipairs({"Queue", "LifoQueue"}) do
+    local q = asyncio[kind]()
+    local expect, out = {}, {}
+    for round = 1, 6 do
+      for i = 1, round * 3 do q:put_nowait(round * 100 + i) end
+      for _ = 1, round do out[#out + 1] = q:get_nowait() end
+    end
+    while not q:empty() do out[#out + 1] = q:get_nowait() end
+    T.eq(#out, 63, kind .. ": every item")
+    if kind == "Queue" then
+      for round = 1, 6 do for i = 1, round * 3 do expect[#expect + 1] = round * 100 + i end end
+      T.eq(out, expect, "FIFO order across growths")
+    end
+  end
+end)
+
 T.case("queue: waits that time out leave no waiter behind", async function()
   local q = asyncio.Queue(1)
   T.raises(asyncio.TimeoutError, asyncio.wait_for(q:get(), 0.001), "get times out")
