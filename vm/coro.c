@@ -58,6 +58,7 @@ static int sleep_make(lua_State *L);
 /* __ml_async(name, fn): the value of `async function name(...)`. */
 static int l_async(lua_State *L) {
   luaL_checktype(L, 2, LUA_TFUNCTION);
+  if (!lua_isnil(L, 1)) luaL_checktype(L, 1, LUA_TSTRING);  /* the pass gives one */
   if (lua_isnil(L, 1)) {
     lua_Debug ar;
     lua_pushvalue(L, 2);
