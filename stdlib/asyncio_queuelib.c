@@ -193,13 +193,18 @@ static void handoff(lua_State *L, Queue *q, int i, int vi) {
   ml__task_wake(q->w[i].task);
 }
 
+static void give_back(lua_State *L, Queue *q, int ci, int vi);
+
 /* The cancel hook of every waiter: a task cancelled while it waits leaves
  * its list at once, so that nothing is given to it; its continuation frees
- * the waiter.  The waiter's index is the suspension's context. */
+ * the waiter.  The waiter's index is the suspension's context.  It also
+ * runs for a getter cancelled after it was handed an item but before it
+ * ran (ml__task_suspend_always asks for that): the item goes on at once to
+ * the next getter, or back to the front of the queue, so that an item put
+ * later cannot overtake it (asyncio keeps that order too). */
 static int wait_hook(lua_State *L, ml_Task *t, void *ud) {
   Queue *q = ud;
   int i = (int)t->kctx;
-  (void)L;
   if (i < 0 || i >= q->wcap || q->w[i].task != t) {
     for (i = 0; i < q->wcap && q->w[i].task != t; i++) {}
     if (i == q->wcap) return 0;
@@ -207,6 +212,16 @@ static int wait_hook(lua_State *L, ml_Task *t, void *ud) {
   if (q->w[i].state == W_WAITING) {
     w_unlink(q, i);
     q->w[i].state = W_CANCELLED;
+  } else if (q->w[i].state == W_HANDED && lua_checkstack(L, 4)) {
+    lua_State *th = q->w[i].th;  /* [self, core, item]: see handoff */
+    int top = lua_gettop(L), g;
+    lua_pushvalue(th, 2);
+    lua_xmove(th, L, 1);         /* the queue's core */
+    lua_xmove(th, L, 1);         /* the item, off the getter's stack */
+    q->w[i].state = W_CANCELLED;
+    if ((g = q->lists[GETTERS].head) >= 0) handoff(L, q, g, top + 2);
+    else give_back(L, q, top + 1, top + 2);
+    lua_settop(L, top);
   }
   return 0;
 }

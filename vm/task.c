@@ -520,7 +520,9 @@ int ml__task_cancel(lua_State *L, ml_Task *t, int msgidx) {
   else lua_pushnil(L);
   ml__xset(L, -2, X_MSG);
   lua_pop(L, 1);
-  if (t->suspended && t->hook) {
+  /* A task woken but not yet run is told too if it asked (k_always: the
+   * queue's, whose getter may hold an item handed to it). */
+  if ((t->suspended || (t->queued && t->k_always)) && t->hook) {
     ml_CancelHook hook = t->hook;
     t->hook = NULL;
     if (hook(L, t, t->hook_ud)) return 1;

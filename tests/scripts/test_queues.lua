@@ -383,6 +383,24 @@ T.case("queue: growing a ring that has wrapped keeps every item in order", async
   end
 end)
 
+T.case("queue: a getter cancelled after it was handed an item passes it on before a later put", async function()
+  local q = asyncio.Queue()
+  local g1 = asyncio.create_task(q:get())
+  local g2 = asyncio.create_task(q:get())
+  await asyncio.sleep(0)
+  q:put_nowait("a")  -- handed to g1, which has not run yet
+  g1:cancel()
+  q:put_nowait("b")
+  T.eq(await g2, "a", "the next getter gets the first item, as in asyncio")
+  T.eq(q:get_nowait(), "b", "the later one waits in the queue")
+  T.raises(asyncio.CancelledError, g1, "the cancelled getter")
+  local q2 = asyncio.Queue()
+  local h = asyncio.create_task(q2:get())
+  await asyncio.sleep(0)
+  q2:put_nowait("x"); h:cancel(); q2:put_nowait("y")
+  T.eq({q2:get_nowait(), q2:get_nowait()}, {"x", "y"}, "with no other getter, it goes back to the front")
+end)
+
 T.case("queue: waits that time out leave no waiter behind", async function()
   local q = asyncio.Queue(1)
   T.raises(asyncio.TimeoutError, asyncio.wait_for(q:get(), 0.001), "get times out")
