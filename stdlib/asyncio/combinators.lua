@@ -69,6 +69,10 @@ async function M.wait_for(aw, timeout)
   if timeout ~= nil and type(timeout) ~= "number" then
     raise("TypeError", "timeout must be a number or nil")
   end
+  if timeout ~= timeout then
+    if asyncio.iscoroutine(aw) then aw:close() end  -- it will never run
+    raise("ValueError", "timeout is NaN")
+  end
   if timeout ~= nil and timeout <= 0 then
     -- Not through timeout(): a coroutine must not even start.
     local fut = ensure_future(aw)

@@ -112,6 +112,7 @@ local function enter(when)
   if when ~= nil and type(when) ~= "number" then
     raise("TypeError", "timeout must be a number or nil")
   end
+  if when ~= when then raise("ValueError", "timeout is NaN") end
   local task = asyncio.current_task()
   if task == nil then
     raise("RuntimeError", "Timeout should be used inside a task")

@@ -202,4 +202,9 @@ T.case("timeout: needs a running task", async function()
   T.ok(asyncio.isinstance(err, asyncio.RuntimeError), "RuntimeError")
 end)
 
+T.case("a NaN timeout is a ValueError, and leaves no coroutine unawaited behind", async function()
+  T.raises(asyncio.ValueError, function() return await asyncio.wait_for(asyncio.sleep(1), 0/0) end, "wait_for")
+  T.raises(asyncio.ValueError, function() local _ <close> = asyncio.timeout(0/0) end, "timeout")
+end)
+
 T.run()
