@@ -15,6 +15,7 @@
  * instead of one. */
 #include <errno.h>
 #include <limits.h>
+#include <math.h>
 #include <string.h>
 #include <time.h>
 #include "internal.h"
@@ -134,7 +135,7 @@ enum { H_DONE = 0, H_HEAP, H_READY };
 
 /* The Handle userdata: all its methods need, also after it ran. */
 typedef struct Handle {
-  double when;          /* loop:time() it fires at, or -1 (call_soon) */
+  double when;          /* loop:time() it fires at, or NaN (call_soon) */
   uint64_t seq;         /* names it: pend[slot].seq == seq while pending */
   int slot;             /* its anchor slot */
   unsigned short nargs; /* its user values are fn and the arguments */
@@ -717,7 +718,7 @@ static Timers *check_timers(lua_State *L) {
 
 static int loop_call_soon(lua_State *L) {
   Timers *T = check_timers(L);
-  Handle *h = handle_make(L, 2, -1);
+  Handle *h = handle_make(L, 2, NAN);  /* NaN: a call_soon's (call_at refuses NaN) */
   int slot = handle_anchor(L, T, h, 2);
   if (handle_queue(T, slot) < 0) {
     h->cancelled = 1;  /* out of memory: it never runs */
@@ -793,14 +794,14 @@ static int handle_cancelled(lua_State *L) {
 
 static int handle_when(lua_State *L) {
   Handle *h = check_handle(L);
-  if (h->when < 0) lua_pushnil(L);
+  if (h->when != h->when) lua_pushnil(L);  /* call_soon's */
   else lua_pushnumber(L, h->when);
   return 1;
 }
 
 static int handle_tostring(lua_State *L) {
   Handle *h = check_handle(L);
-  lua_pushfstring(L, "<%sHandle%s>", h->when < 0 ? "" : "Timer",
+  lua_pushfstring(L, "<%sHandle%s>", h->when != h->when ? "" : "Timer",
                   h->cancelled ? " cancelled" : "");
   return 1;
 }

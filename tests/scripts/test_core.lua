@@ -607,4 +607,13 @@ T.case("asyncio.run from a callback of the running loop raises RuntimeError and 
   T.match(tostring(err), "cannot be called from a running event loop", "the error")
 end)
 
+T.case("a call_at in the past is a TimerHandle whose when() is its time; call_soon's when() is nil", async function()
+  local loop = asyncio.get_running_loop()
+  local h = loop:call_at(-5, function() end)
+  T.eq(h:when(), -5, "when"); T.eq(tostring(h), "<TimerHandle>", "repr")
+  local s = loop:call_soon(function() end)
+  T.eq(s:when(), nil, "call_soon"); T.eq(tostring(s), "<Handle>", "repr")
+  await asyncio.sleep(0.005)
+end)
+
 T.run()
