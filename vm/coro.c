@@ -80,8 +80,6 @@ static Coro *test_coro(lua_State *L, int idx) {
   return mt == ml__state(L)->coro_mt ? c : NULL;
 }
 
-int ml__coro_iscoro(lua_State *L, int idx) { return test_coro(L, idx) != NULL; }
-
 int ml__coro_unpack(lua_State *L, int idx) {
   Coro *c = test_coro(L, idx);
   int i;

@@ -295,7 +295,6 @@ int ml__gather(lua_State *L);  /* core._gather(outer, children, return_exception
 int ml__gather_done(lua_State *L, int cbidx, int fidx);
 
 int ml__coro_iscoroutine(lua_State *L);          /* (x) -> boolean */
-int ml__coro_iscoro(lua_State *L, int idx);      /* 1 if a Coroutine */
 int ml__coro_iscoroutinefunction(lua_State *L);  /* (f) -> boolean */
 /* The marker yielded to the scheduler by every suspension. */
 extern const char ml__await_marker;
@@ -350,7 +349,9 @@ int ml__task_suspend(lua_State *L, ml_CancelHook hook, void *ud,
  * was cancelled (before or after it was woken), so that k can undo what
  * the wait set up; k must then raise that error (return lua_error(L)).
  * It raises, before suspending, in the cases ml__task_suspend does: check
- * ml__task_current() and lua_isyieldable() first if k must always run. */
+ * ml__task_current() and lua_isyieldable() first if k must always run.
+ * Its hook runs also when the task is cancelled after it was woken and
+ * before it ran (the queue passes on an item handed to it then). */
 int ml__task_suspend_always(lua_State *L, ml_CancelHook hook, void *ud,
                             lua_KContext ctx, lua_KFunction k);
 /* 1 if thread co is parked in an await (ml__task_suspend and kin). */
