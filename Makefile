@@ -30,16 +30,27 @@ CHECK_LIBS = $(shell pkg-config --libs check 2>/dev/null)
 
 CC ?= cc
 CFLAGS ?= $(OPT) -g
-ALL_CFLAGS = -std=gnu11 -Wall -Wextra -Wno-unused-parameter -D_GNU_SOURCE \
-	-Ivm -I$(BUILD) $(LUA_CFLAGS) $(SANFLAGS) $(CFLAGS)
+ALL_CFLAGS = -std=gnu11 -Wall -Wextra -Wno-unused-parameter -D_GNU_SOURCE -MMD -MP \
+	-Ivm -Istdlib -I$(BUILD) $(LUA_CFLAGS) $(SANFLAGS) $(CFLAGS)
 LIBS = $(LUA_LIBS) -lev -ledit -lpthread -lm -ldl
 LDFLAGS += $(SANFLAGS) -rdynamic
 
-VM_SRC = $(filter-out vm/main.c,$(wildcard vm/*.c))
-STD_C = $(wildcard stdlib/*lib.c)
+# The layers (docs/internals.md): the core and the dialect link alone (the
+# core's unit tests prove it); the embedding layer and the stdlib make
+# libmoonloop; the CLI is linked into the binary only.
+CORE_SRC = $(wildcard vm/core/*.c) $(wildcard vm/dialect/*.c)
+CORE_LUA = asyncio.exceptions=vm/core/exceptions.lua
+EMBED_SRC = $(wildcard vm/embed/*.c)
+CLI_SRC = $(wildcard vm/cli/*.c)
+STD_C = stdlib/init.c $(wildcard stdlib/*/[a-z_]*.c)
+STD_C := $(filter-out stdlib/tools/%,$(STD_C))
 STD_LUA = $(wildcard stdlib/*.lua stdlib/*/*.lua)
-LIB_OBJ = $(VM_SRC:%.c=$(BUILD)/%.o) $(STD_C:%.c=$(BUILD)/%.o) $(BUILD)/embedded.o
-CHECK_SRC = $(wildcard tests/check_*.c)
+CORE_OBJ = $(CORE_SRC:%.c=$(BUILD)/%.o) $(BUILD)/core_lua.o
+LIB_OBJ = $(CORE_OBJ) $(EMBED_SRC:%.c=$(BUILD)/%.o) $(STD_C:%.c=$(BUILD)/%.o) $(BUILD)/stdlib_lua.o
+CLI_OBJ = $(CLI_SRC:%.c=$(BUILD)/%.o)
+# Unit suites of the core alone, and of the whole library.
+CHECK_CORE_SRC = $(filter-out tests/unit/check_embed.c tests/unit/check_main.c,$(wildcard tests/unit/check_*.c))
+CHECK_LIB_SRC = tests/unit/check_embed.c
 
 DEB_PKGS = liblua5.4-dev libev-dev check pkg-config libedit-dev tmux socat netcat-openbsd python3
 BENCH_PKGS = python3-uvloop hyperfine nodejs
@@ -49,7 +60,7 @@ BENCH_PKGS = python3-uvloop hyperfine nodejs
 all: deps
 	@$(MAKE) --no-print-directory build
 
-build: $(BUILD)/moonloop $(BUILD)/libmoonloop.a $(BUILD)/check_all
+build: $(BUILD)/moonloop $(BUILD)/libmoonloop.a $(BUILD)/check_core $(BUILD)/check_lib
 
 test: deps
 	@$(MAKE) --no-print-directory build
@@ -63,15 +74,16 @@ bench: deps bench-deps
 	@$(MAKE) --no-print-directory build
 	bash scripts/bench/run.sh $(BUILD)/moonloop
 
-check-suites: $(BUILD)/check_all
-	$(BUILD)/check_all
+check-suites: $(BUILD)/check_core $(BUILD)/check_lib
+	$(BUILD)/check_core
+	$(BUILD)/check_lib
 
 script-tests: $(BUILD)/moonloop
-	bash tests/run_scripts.sh $(BUILD)/moonloop
+	bash tests/scripts/run.sh $(BUILD)/moonloop
 
-# The embedding example, built as a user would and run (tests/embed_host.sh).
+# The embedding example, built as a user would and run (tests/embed/host.sh).
 embed-host: $(BUILD)/libmoonloop.a
-	bash tests/embed_host.sh $(BUILD) "$(SANFLAGS)"
+	bash tests/embed/host.sh $(BUILD) "$(SANFLAGS)"
 
 # Installs what is missing; as non-root it prints the command instead.
 deps:
@@ -97,43 +109,55 @@ bench-deps:
 	    echo "make bench-deps: could not install$$missing; those peers will be skipped"; \
 	elif [ -n "$$missing" ]; then echo "make bench-deps: not installed:$$missing (peers skipped)"; fi
 
-$(BUILD)/%.o: %.c $(wildcard vm/*.h stdlib/*.h)
+$(BUILD)/%.o: %.c
 	@mkdir -p $(dir $@)
 	$(CC) $(ALL_CFLAGS) -c $< -o $@
 
-# stdlib Lua modules (as bytecode) and the list of C modules, compiled into
-# the library by a build-time tool.
-$(BUILD)/embed: stdlib/embed.c vm/asyncpass.c vm/buf.c vm/asyncpass.h
+# Lua modules compiled to bytecode into C by a build-time tool: the core's
+# own (asyncio.exceptions) and the stdlib's.
+$(BUILD)/bytecode: stdlib/tools/bytecode.c vm/dialect/asyncpass.c vm/dialect/buf.c vm/dialect/asyncpass.h
 	@mkdir -p $(BUILD)
-	$(CC) -std=gnu11 -O1 -Ivm $(LUA_CFLAGS) -o $@ stdlib/embed.c vm/asyncpass.c vm/buf.c $(LUA_LIBS)
+	$(CC) -std=gnu11 -O1 -Ivm $(LUA_CFLAGS) -o $@ stdlib/tools/bytecode.c vm/dialect/asyncpass.c vm/dialect/buf.c $(LUA_LIBS)
 
-$(BUILD)/embedded.c: $(STD_LUA) $(STD_C) $(BUILD)/embed
-	$(BUILD)/embed $(STD_LUA) -- $(STD_C) > $@.tmp && mv $@.tmp $@
+$(BUILD)/core_lua.c: vm/core/exceptions.lua $(BUILD)/bytecode
+	$(BUILD)/bytecode -s ml__core_lua $(CORE_LUA) > $@.tmp && mv $@.tmp $@
 
-$(BUILD)/embedded.o: $(BUILD)/embedded.c
+$(BUILD)/stdlib_lua.c: $(STD_LUA) $(BUILD)/bytecode
+	$(BUILD)/bytecode -s ml__embedded_lua $(STD_LUA) > $@.tmp && mv $@.tmp $@
+
+$(BUILD)/core_lua.o $(BUILD)/stdlib_lua.o: $(BUILD)/%.o: $(BUILD)/%.c
 	$(CC) $(ALL_CFLAGS) -c $< -o $@
 
 $(BUILD)/libmoonloop.a: $(LIB_OBJ)
 	@rm -f $@
 	ar rcs $@ $^
 
-$(BUILD)/moonloop: $(BUILD)/vm/main.o $(BUILD)/libmoonloop.a
+$(BUILD)/moonloop: $(CLI_OBJ) $(BUILD)/libmoonloop.a
 	$(CC) $(LDFLAGS) -o $@ $^ $(LIBS)
 
-$(BUILD)/check_suites.h: $(CHECK_SRC)
-	@mkdir -p $(BUILD)
-	@{ for f in $(CHECK_SRC); do sed -n 's/^Suite \*\([a-z_0-9]*\)_suite(void).*/SUITE(\1)/p' $$f; done; } > $@
+$(BUILD)/tests/unit/check_core_suites.h: $(CHECK_CORE_SRC)
+	@mkdir -p $(dir $@)
+	@{ for f in $(CHECK_CORE_SRC); do sed -n 's/^Suite \*\([a-z_0-9]*\)_suite(void).*/SUITE(\1)/p' $$f; done; } > $@
 
-$(BUILD)/check_all: $(CHECK_SRC:%.c=$(BUILD)/%.o) $(BUILD)/tests/check_main.o $(BUILD)/libmoonloop.a
+$(BUILD)/tests/unit/check_lib_suites.h: $(CHECK_LIB_SRC)
+	@mkdir -p $(dir $@)
+	@{ for f in $(CHECK_LIB_SRC); do sed -n 's/^Suite \*\([a-z_0-9]*\)_suite(void).*/SUITE(\1)/p' $$f; done; } > $@
+
+$(BUILD)/tests/unit/check_%_main.o: tests/unit/check_main.c $(BUILD)/tests/unit/check_%_suites.h
+	$(CC) $(ALL_CFLAGS) $(CHECK_CFLAGS) -DCHECK_SUITES='"check_$*_suites.h"' -I$(BUILD)/tests/unit -c $< -o $@
+
+# The core's suites link the core and the dialect alone: no stdlib module.
+$(BUILD)/check_core: $(CHECK_CORE_SRC:%.c=$(BUILD)/%.o) $(BUILD)/tests/unit/check_core_main.o $(CORE_OBJ)
+	$(CC) $(LDFLAGS) -o $@ $^ $(CHECK_LIBS) $(LUA_LIBS) -lev -lpthread -lm -ldl
+
+$(BUILD)/check_lib: $(CHECK_LIB_SRC:%.c=$(BUILD)/%.o) $(BUILD)/tests/unit/check_lib_main.o $(BUILD)/libmoonloop.a
 	$(CC) $(LDFLAGS) -o $@ $^ $(CHECK_LIBS) $(LIBS)
 
-$(BUILD)/tests/check_main.o: tests/check_main.c $(BUILD)/check_suites.h
+$(BUILD)/tests/%.o: tests/%.c
 	@mkdir -p $(dir $@)
 	$(CC) $(ALL_CFLAGS) $(CHECK_CFLAGS) -c $< -o $@
 
-$(BUILD)/tests/%.o: tests/%.c $(wildcard vm/*.h stdlib/*.h)
-	@mkdir -p $(dir $@)
-	$(CC) $(ALL_CFLAGS) $(CHECK_CFLAGS) -c $< -o $@
+-include $(shell find $(BUILD) -name '*.d' 2>/dev/null)
 
 # Fuzzes the source pass for a bounded time with libFuzzer (needs clang,
 # which this target installs); not part of `make test`.
@@ -143,7 +167,7 @@ fuzz: deps
 	  { echo "make fuzz: needs clang (apt-get install clang)"; exit 1; }
 	@mkdir -p build/fuzz/corpus-asyncpass
 	clang -g -O1 -fsanitize=fuzzer,address,undefined -Ivm $(LUA_CFLAGS) -o build/fuzz/asyncpass \
-	  tests/fuzz_asyncpass.c vm/asyncpass.c vm/buf.c $(LUA_LIBS)
+	  tests/fuzz/asyncpass.c vm/dialect/asyncpass.c vm/dialect/buf.c $(LUA_LIBS)
 	build/fuzz/asyncpass -max_total_time=$(FUZZ_SECONDS) -max_len=4096 build/fuzz/corpus-asyncpass scripts tests/scripts 2>&1 | tail -n 5
 
 install: all

@@ -2,7 +2,7 @@
 -- semantics of CPython's asyncio.queues (3.13: shutdown, QueueShutDown).
 --
 -- The classes are here; the items and the waiting tasks live in C
--- (stdlib/asyncio_queuelib.c, module asyncio.queue), where put, get, join
+-- (stdlib/asyncio/_queue.c, module asyncio._queue), where put, get, join
 -- and the rest are implemented: a put to a queue with a waiting getter
 -- hands the item straight to it, and no put or get allocates, even when a
 -- task has to wait.  A getter cancelled after it was handed an item (before
@@ -16,7 +16,7 @@
 -- own _put and _get remain callable from such overrides.
 
 local asyncio = require "asyncio"
-local C = require "asyncio.queue"
+local C = require "asyncio._queue"
 
 local M = {}
 

@@ -1,11 +1,11 @@
 -- asyncio.streams: open_connection, start_server, open_unix_connection,
 -- start_unix_server.  StreamReader and StreamWriter themselves are C
--- (asyncio.stream): this module connects sockets, makes servers and runs
+-- (asyncio._stream): this module connects sockets, makes servers and runs
 -- each client of a server in its own task.
 
 local asyncio = require "asyncio"
 local core = require "asyncio.core"
-local S = require "asyncio.stream"
+local S = require "asyncio._stream"
 local tr = require "asyncio.transports"
 local socket = require "socket"
 

@@ -2,8 +2,8 @@
 -- the loop create_connection, create_server, create_unix_connection,
 -- create_unix_server, create_datagram_endpoint and connect_accepted_socket,
 -- and defines Server.  The hot paths (transports, the accept loop, name
--- resolution, sock_*) are C: asyncio.transport, asyncio.server,
--- asyncio.net, socket.
+-- resolution, sock_*) are C: asyncio._transport, asyncio._server,
+-- asyncio._net, socket.
 --
 -- Connecting resolves the host on the resolver pool (numeric addresses
 -- skip it) and tries each address in turn, as asyncio does without
@@ -13,9 +13,9 @@
 local asyncio = require "asyncio"
 local core = require "asyncio.core"
 local socket = require "socket"
-local T = require "asyncio.transport"
-local listener = require("asyncio.server")._listener
-require "asyncio.net"  -- loop:sock_connect, loop:getaddrinfo
+local T = require "asyncio._transport"
+local listener = require("asyncio._server")._listener
+require "asyncio._net"  -- loop:sock_connect, loop:getaddrinfo
 
 local Loop = core.Loop
 local M = {}

@@ -1,0 +1,937 @@
+/* asyncio_netlib.c: the loop's low-level socket methods (sock_recv,
+ * sock_sendall, sock_connect, sock_accept, ...), add_reader/add_writer, and
+ * name resolution (getaddrinfo, getnameinfo) on a small pthread pool that
+ * completes through ev_async, so a lookup never blocks the loop.
+ *
+ * A sock_* method tries its system call at once; only when the kernel says
+ * EAGAIN does it park the task on the socket's own ev_io watcher (no
+ * allocation) and retry when woken.  The cancel hooks stop the watcher, so
+ * a cancelled task leaves nothing armed. */
+#include <errno.h>
+#include <netdb.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <fcntl.h>
+#include <unistd.h>
+#include <sys/socket.h>
+#include "socket/net.h"
+
+/* ---------------------------------------------------------------- */
+/* Parking a task on a socket.                                        */
+
+static void sock_io_cb(struct ev_loop *loop, ev_io *w, int revents) {
+  ml_Socket *s = w->data;
+  ml_Task **slot = w == &s->rio ? &s->rwait : &s->wwait;
+  (void)revents;
+  ev_io_stop(loop, w);
+  if (*slot) {
+    ml_Task *t = *slot;
+    *slot = NULL;
+    ml__task_wake(t);
+  }
+}
+
+static int rhook(lua_State *L, ml_Task *t, void *ud) {
+  ml_Socket *s = ud;
+  (void)L;
+  if (s->rwait == t) {
+    s->rwait = NULL;
+    if (ev_is_active(&s->rio)) ev_io_stop(ml__loop(s->S), &s->rio);
+  }
+  return 0;
+}
+
+static int whook(lua_State *L, ml_Task *t, void *ud) {
+  ml_Socket *s = ud;
+  (void)L;
+  if (s->wwait == t) {
+    s->wwait = NULL;
+    if (ev_is_active(&s->wio)) ev_io_stop(ml__loop(s->S), &s->wio);
+  }
+  return 0;
+}
+
+/* Suspends the running task until s is readable (or writable); then
+ * k(L, LUA_YIELD, ctx) retries the operation. */
+static int park(lua_State *L, ml_Socket *s, int write, lua_KContext ctx, lua_KFunction k) {
+  ml_State *S = ml__state(L);
+  ml_Task **slot = write ? &s->wwait : &s->rwait;
+  ev_io *w = write ? &s->wio : &s->rio;
+  if (ml__task_current(L) == NULL || !lua_isyieldable(L))
+    return ml__task_suspend(L, NULL, NULL, 0, NULL);  /* raises the right error */
+  if (*slot)
+    return ml__exc_raise(L, "RuntimeError", "another task is already waiting to %s this socket",
+                         write ? "write to" : "read from");
+  if (s->S == NULL) {
+    s->S = S;
+    ev_init(&s->rio, sock_io_cb);
+    ev_init(&s->wio, sock_io_cb);
+    s->rio.data = s->wio.data = s;
+  }
+  ev_io_set(w, s->fd, write ? EV_WRITE : EV_READ);
+  ev_io_start(ml__loop(S), w);
+  *slot = ml__task_current(L);
+  return ml__task_suspend(L, write ? whook : rhook, s, ctx, k);
+}
+
+/* The socket argument of a loop:sock_* method: open, non-blocking, not
+ * owned by a transport. */
+static ml_Socket *check_nb(lua_State *L, int idx) {
+  ml_Socket *s = ml__sock_checkopen(L, idx);
+  if (s->blocking) luaL_argerror(L, idx, "the socket must be non-blocking");
+  if (s->transport) luaL_argerror(L, idx, "the socket is used by a transport");
+  return s;
+}
+
+static int raise_errno(lua_State *L, int err) {
+  ml__exc_push_errno(L, err, NULL);
+  return lua_error(L);
+}
+
+/* ---------------------------------------------------------------- */
+/* Resolution on the pool (used by sock_connect and sock_sendto too). */
+
+enum { REQ_GAI, REQ_GNI };
+
+typedef struct Resolver Resolver;
+typedef struct Req Req;
+
+struct Req {
+  Req *next;
+  Resolver *r;
+  int refs;                /* the handle + the pipeline; pool.mu */
+  int kind;
+  ml_Task *task;           /* loop thread: the waiting task, or NULL */
+  int delivered;           /* loop thread: the result is back */
+  int has_host, has_serv;
+  char host[NI_MAXHOST];   /* GAI input; GNI output */
+  char serv[NI_MAXSERV];
+  struct addrinfo hints;
+  struct sockaddr_storage sa;
+  socklen_t salen;
+  int flags;
+  int rc, err;             /* result code and errno (EAI_SYSTEM) */
+  struct addrinfo *ai;
+};
+
+struct Resolver {
+  ev_async async;
+  struct ev_loop *loop;
+  Req *done, *done_tail;   /* finished by workers; pool.mu */
+  int refs;                /* the userdata + requests not delivered; pool.mu */
+  int closed;              /* pool.mu */
+  int inflight;            /* loop thread: submitted, not delivered */
+};
+
+#define POOL_MAX 4
+
+static struct {
+  pthread_mutex_t mu;
+  pthread_cond_t cv;
+  Req *head, *tail;
+  int nthreads, idle;
+} pool = { PTHREAD_MUTEX_INITIALIZER, PTHREAD_COND_INITIALIZER, NULL, NULL, 0, 0 };
+
+static void req_free(Req *q) {
+  if (q->ai) freeaddrinfo(q->ai);
+  free(q);
+}
+
+static void req_unref(Req *q) {
+  int n;
+  pthread_mutex_lock(&pool.mu);
+  n = --q->refs;
+  pthread_mutex_unlock(&pool.mu);
+  if (n == 0) req_free(q);
+}
+
+static void req_run(Req *q) {
+  if (q->kind == REQ_GAI) {
+    errno = 0;
+    q->rc = getaddrinfo(q->has_host ? q->host : NULL, q->has_serv ? q->serv : NULL,
+                        &q->hints, &q->ai);
+    q->err = errno;
+  } else {
+    errno = 0;
+    q->rc = getnameinfo((struct sockaddr *)&q->sa, q->salen, q->host, sizeof q->host,
+                        q->serv, sizeof q->serv, q->flags);
+    q->err = errno;
+  }
+}
+
+/* Hands a finished request back to its loop; pool.mu held.  Returns 1 if
+ * the caller must free the resolver (it was closed and this was the last
+ * reference). */
+static int deliver_locked(Req *q) {
+  Resolver *r = q->r;
+  if (r->closed) {
+    if (--q->refs == 0) req_free(q);
+    return --r->refs == 0;
+  }
+  q->next = NULL;
+  if (r->done_tail) r->done_tail->next = q;
+  else r->done = q;
+  r->done_tail = q;
+  ev_async_send(r->loop, &r->async);
+  return 0;
+}
+
+static void *worker(void *arg) {
+  (void)arg;
+  pthread_mutex_lock(&pool.mu);
+  for (;;) {
+    Req *q;
+    while (pool.head == NULL) {
+      pool.idle++;
+      pthread_cond_wait(&pool.cv, &pool.mu);
+      pool.idle--;
+    }
+    q = pool.head;
+    pool.head = q->next;
+    if (pool.head == NULL) pool.tail = NULL;
+    pthread_mutex_unlock(&pool.mu);
+    req_run(q);
+    pthread_mutex_lock(&pool.mu);
+    Resolver *r = q->r;
+    if (deliver_locked(q)) free(r);
+  }
+  return NULL;
+}
+
+/* Queues q for a worker, starting one if none is idle.  Returns 0, or -1
+ * if no worker exists and none could be started (the caller runs q
+ * itself). */
+static int pool_submit(Req *q) {
+  int rc = 0;
+  pthread_mutex_lock(&pool.mu);
+  if (pool.idle == 0 && pool.nthreads < POOL_MAX) {
+    pthread_t th;
+    pthread_attr_t attr;
+    sigset_t all, old;
+    /* Workers must never take the process's signals (SIGINT, SIGCHLD). */
+    sigfillset(&all);
+    pthread_sigmask(SIG_SETMASK, &all, &old);
+    pthread_attr_init(&attr);
+    pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
+    pthread_attr_setstacksize(&attr, 256 * 1024);
+    if (pthread_create(&th, &attr, worker, NULL) == 0) pool.nthreads++;
+    pthread_attr_destroy(&attr);
+    pthread_sigmask(SIG_SETMASK, &old, NULL);
+    if (pool.nthreads == 0) rc = -1;
+  }
+  if (rc == 0) {
+    q->next = NULL;
+    if (pool.tail) pool.tail->next = q;
+    else pool.head = q;
+    pool.tail = q;
+    pthread_cond_signal(&pool.cv);
+  }
+  pthread_mutex_unlock(&pool.mu);
+  return rc;
+}
+
+static void async_cb(struct ev_loop *loop, ev_async *w, int revents) {
+  Resolver *r = w->data;
+  Req *list;
+  (void)revents;
+  pthread_mutex_lock(&pool.mu);
+  list = r->done;
+  r->done = r->done_tail = NULL;
+  pthread_mutex_unlock(&pool.mu);
+  while (list) {
+    Req *q = list;
+    list = q->next;
+    q->delivered = 1;
+    r->inflight--;
+    if (q->task) {
+      ml_Task *t = q->task;
+      q->task = NULL;
+      ml__task_wake(t);
+    }
+    pthread_mutex_lock(&pool.mu);
+    r->refs--;  /* never the last: the userdata holds one */
+    pthread_mutex_unlock(&pool.mu);
+    req_unref(q);
+  }
+  if (r->inflight == 0) ev_async_stop(loop, w);
+}
+
+#define RESOLVER_MT "moonloop.Resolver"
+#define REQ_MT "moonloop.ResolveRequest"
+static const char resolver_key = 0;
+
+static int resolver_gc(lua_State *L) {
+  Resolver **pr = luaL_testudata(L, 1, RESOLVER_MT), *r;
+  if (pr == NULL) return 0;  /* a script calling __gc on something else */
+  r = *pr;
+  Req **pp, *done;
+  int last;
+  if (r == NULL) return 0;
+  *pr = NULL;
+  pthread_mutex_lock(&pool.mu);
+  r->closed = 1;  /* from now on no worker touches r->async */
+  pthread_mutex_unlock(&pool.mu);
+  ev_async_stop(r->loop, &r->async);
+  pthread_mutex_lock(&pool.mu);
+  /* Queued requests of this resolver will never run. */
+  for (pp = &pool.head; *pp;) {
+    Req *q = *pp;
+    if (q->r == r) {
+      *pp = q->next;
+      r->refs--;
+      if (--q->refs == 0) req_free(q);
+    } else {
+      pp = &q->next;
+    }
+  }
+  pool.tail = NULL;
+  for (Req *q = pool.head; q; q = q->next) pool.tail = q;
+  done = r->done;
+  r->done = r->done_tail = NULL;
+  while (done) {
+    Req *q = done;
+    done = q->next;
+    r->refs--;
+    if (--q->refs == 0) req_free(q);
+  }
+  last = --r->refs == 0;
+  pthread_mutex_unlock(&pool.mu);
+  if (last) free(r);
+  return 0;
+}
+
+static Resolver *get_resolver(lua_State *L) {
+  Resolver **pr;
+  if (lua_rawgetp(L, LUA_REGISTRYINDEX, &resolver_key) == LUA_TUSERDATA) {
+    pr = lua_touserdata(L, -1);
+    lua_pop(L, 1);
+    return *pr;
+  }
+  lua_pop(L, 1);
+  pr = lua_newuserdatauv(L, sizeof *pr, 0);
+  *pr = NULL;
+  if (luaL_newmetatable(L, RESOLVER_MT)) {
+    lua_pushcfunction(L, resolver_gc);
+    lua_setfield(L, -2, "__gc");
+  }
+  lua_setmetatable(L, -2);
+  Resolver *r = calloc(1, sizeof *r);
+  if (r == NULL) luaL_error(L, "not enough memory");
+  r->loop = ml__loop(ml__state(L));
+  r->refs = 1;
+  ev_async_init(&r->async, async_cb);
+  r->async.data = r;
+  *pr = r;
+  lua_rawsetp(L, LUA_REGISTRYINDEX, &resolver_key);
+  return r;
+}
+
+/* A request handle: the userdata that owns the script side of a Req. */
+static int reqhandle_gc(lua_State *L) {
+  Req **pq = luaL_testudata(L, 1, REQ_MT);
+  if (pq && *pq) {
+    (*pq)->task = NULL;
+    req_unref(*pq);
+    *pq = NULL;
+  }
+  return 0;
+}
+
+/* [-0, +1] pushes a handle owning a new zeroed request (refs = 1). */
+static Req *req_new(lua_State *L, int kind) {
+  Req **pq = lua_newuserdatauv(L, sizeof *pq, 0);
+  *pq = NULL;
+  if (luaL_newmetatable(L, REQ_MT)) {
+    lua_pushcfunction(L, reqhandle_gc);
+    lua_setfield(L, -2, "__gc");
+  }
+  lua_setmetatable(L, -2);
+  Req *q = calloc(1, sizeof *q);
+  if (q == NULL) luaL_error(L, "not enough memory");
+  q->kind = kind;
+  q->refs = 1;
+  *pq = q;
+  return q;
+}
+
+static int req_hook(lua_State *L, ml_Task *t, void *ud) {
+  Req *q = ud;
+  (void)L; (void)t;
+  q->task = NULL;  /* the worker finishes; the handle frees the result */
+  return 0;
+}
+
+/* Runs the request on the handle at the top of the stack on the pool and
+ * suspends the task; k finds the handle still on top (and the result in
+ * it, see req_take). */
+static int req_submit(lua_State *L, Req *q, lua_KContext ctx, lua_KFunction k) {
+  if (ml__task_current(L) == NULL || !lua_isyieldable(L))
+    return ml__task_suspend(L, NULL, NULL, 0, NULL);  /* raises */
+  Resolver *r = get_resolver(L);
+  q->r = r;
+  pthread_mutex_lock(&pool.mu);
+  q->refs++;  /* the pipeline's */
+  r->refs++;
+  pthread_mutex_unlock(&pool.mu);
+  if (r->inflight++ == 0) ev_async_start(r->loop, &r->async);
+  q->task = ml__task_current(L);
+  if (pool_submit(q) < 0) {
+    /* No thread could be started: resolve here rather than fail. */
+    req_run(q);
+    pthread_mutex_lock(&pool.mu);
+    deliver_locked(q);
+    pthread_mutex_unlock(&pool.mu);
+  }
+  return ml__task_suspend(L, req_hook, q, ctx, k);
+}
+
+/* The request of the handle at idx, delivered. */
+static Req *req_get(lua_State *L, int idx) {
+  Req **pq = luaL_checkudata(L, idx, REQ_MT);
+  return *pq;
+}
+
+/* [-0, +1] pushes the failure of q as an exception. */
+static void req_push_error(lua_State *L, Req *q) {
+  ml__sock_push_gaierror(L, q->rc, q->err);
+}
+
+/* Fills the request's getaddrinfo input from script values. */
+static void gai_args(lua_State *L, Req *q, int hi, int pi) {
+  size_t n;
+  if (!lua_isnoneornil(L, hi)) {
+    const char *h = luaL_checklstring(L, hi, &n);
+    luaL_argcheck(L, n < sizeof q->host, hi, "host name too long");
+    memcpy(q->host, h, n + 1);
+    q->has_host = n > 0;
+  }
+  if (lua_type(L, pi) == LUA_TNUMBER) {
+    lua_Integer p = luaL_checkinteger(L, pi);
+    snprintf(q->serv, sizeof q->serv, "%lld", (long long)p);
+    q->has_serv = 1;
+  } else if (!lua_isnoneornil(L, pi)) {
+    const char *p = luaL_checklstring(L, pi, &n);
+    luaL_argcheck(L, n < sizeof q->serv, pi, "service name too long");
+    memcpy(q->serv, p, n + 1);
+    q->has_serv = 1;
+  }
+}
+
+static int opt_int(lua_State *L, int t, const char *k, int dflt) {
+  int v = dflt;
+  if (lua_istable(L, t)) {
+    if (lua_getfield(L, t, k) != LUA_TNIL) {
+      int ok;
+      v = (int)lua_tointegerx(L, -1, &ok);
+      if (!ok) luaL_error(L, "option '%s' must be an integer", k);
+    }
+    lua_pop(L, 1);
+  }
+  return v;
+}
+
+/* Tries getaddrinfo without any lookup (numeric host and port); returns 1
+ * with the result list pushed, or 0 if a lookup is needed. */
+static int gai_numeric(lua_State *L, Req *q) {
+  struct addrinfo hints = q->hints, *res = NULL;
+  int rc;
+  if (q->has_serv) {
+    char *end;
+    strtol(q->serv, &end, 10);
+    if (*end != '\0') return 0;  /* a service name: /etc/services */
+    hints.ai_flags |= AI_NUMERICSERV;
+  }
+  if (q->has_host) hints.ai_flags |= AI_NUMERICHOST;
+  rc = getaddrinfo(q->has_host ? q->host : NULL, q->has_serv ? q->serv : NULL, &hints, &res);
+  if (rc == EAI_NONAME && q->has_host) return 0;
+  if (rc != 0) {
+    ml__sock_push_gaierror(L, rc, errno);
+    lua_error(L);
+  }
+  ml__sock_pushaddrinfo(L, res);
+  return 1;
+}
+
+static int getaddrinfo_k(lua_State *L, int status, lua_KContext ctx) {
+  Req *q = req_get(L, -1);
+  (void)status; (void)ctx;
+  if (q->rc != 0) {
+    req_push_error(L, q);
+    return lua_error(L);
+  }
+  struct addrinfo *ai = q->ai;
+  q->ai = NULL;
+  ml__sock_pushaddrinfo(L, ai);
+  return 1;
+}
+
+/* loop:getaddrinfo(host, port, {family=, type=, proto=, flags=}) */
+static int loop_getaddrinfo(lua_State *L) {
+  lua_settop(L, 4);
+  Req *q = req_new(L, REQ_GAI);
+  gai_args(L, q, 2, 3);
+  q->hints.ai_family = opt_int(L, 4, "family", AF_UNSPEC);
+  q->hints.ai_socktype = opt_int(L, 4, "type", 0);
+  q->hints.ai_protocol = opt_int(L, 4, "proto", 0);
+  q->hints.ai_flags = opt_int(L, 4, "flags", 0);
+  if (gai_numeric(L, q)) return 1;
+  return req_submit(L, q, 0, getaddrinfo_k);
+}
+
+static int getnameinfo_k(lua_State *L, int status, lua_KContext ctx) {
+  Req *q = req_get(L, -1);
+  (void)status; (void)ctx;
+  if (q->rc != 0) {
+    req_push_error(L, q);
+    return lua_error(L);
+  }
+  lua_pushstring(L, q->host);
+  lua_pushstring(L, q->serv);
+  return 2;
+}
+
+/* Picks the family of a script address for getnameinfo. */
+static int addr_family(lua_State *L, int idx) {
+  if (lua_type(L, idx) == LUA_TSTRING) return AF_UNIX;
+  if (lua_istable(L, idx)) {
+    if (lua_rawlen(L, idx) >= 3) return AF_INET6;
+    lua_geti(L, idx, 1);
+    const char *h = lua_tostring(L, -1);
+    int v6 = h && strchr(h, ':');
+    lua_pop(L, 1);
+    return v6 ? AF_INET6 : AF_INET;
+  }
+  return luaL_argerror(L, idx, "address expected");
+}
+
+/* loop:getnameinfo(sockaddr, flags) -> host, port */
+static int loop_getnameinfo(lua_State *L) {
+  lua_settop(L, 3);
+  int family = addr_family(L, 2);
+  Req *q = req_new(L, REQ_GNI);
+  if (ml__sock_toaddr(L, 2, family, 0, &q->sa, &q->salen) != 0)
+    return luaL_argerror(L, 2, "getnameinfo needs a numeric address");
+  q->flags = (int)luaL_optinteger(L, 3, 0);
+  if ((q->flags & (NI_NUMERICHOST | NI_NUMERICSERV)) == (NI_NUMERICHOST | NI_NUMERICSERV)) {
+    req_run(q);
+    return getnameinfo_k(L, LUA_OK, 0);
+  }
+  return req_submit(L, q, 0, getnameinfo_k);
+}
+
+/* ---- resolving the host of an address argument, then carrying on ---- */
+
+typedef struct Cont {
+  int aidx;          /* stack index of the address argument */
+  lua_KFunction k;   /* what to run once it is numeric */
+} Cont;
+
+/* After the lookup: replaces the address argument with the first result
+ * of the socket's family and runs the continuation. */
+static int resolved_k(lua_State *L, int status, lua_KContext ctx) {
+  const Cont *c = (const Cont *)ctx;
+  Req *q = req_get(L, -1);
+  ml_Socket *s = ml__sock_checkopen(L, 2);
+  struct addrinfo *ai;
+  (void)status;
+  if (q->rc != 0) {
+    req_push_error(L, q);
+    return lua_error(L);
+  }
+  for (ai = q->ai; ai; ai = ai->ai_next)
+    if (ai->ai_family == s->family) break;
+  if (ai == NULL) {
+    ml__sock_push_gaierror(L, EAI_ADDRFAMILY, 0);
+    return lua_error(L);
+  }
+  lua_pop(L, 1);  /* the handle: the request is freed when it is collected */
+  ml__sock_pushaddr(L, ai->ai_addr, ai->ai_addrlen);
+  lua_replace(L, c->aidx);
+  return c->k(L, LUA_OK, 0);
+}
+
+/* Looks up the host of the address at c->aidx for socket s on the pool. */
+static int resolve_then(lua_State *L, ml_Socket *s, const Cont *c) {
+  Req *q = req_new(L, REQ_GAI);
+  lua_geti(L, c->aidx, 1);
+  lua_geti(L, c->aidx, 2);
+  gai_args(L, q, -2, -1);
+  lua_pop(L, 2);
+  q->hints.ai_family = s->family;
+  q->hints.ai_socktype = s->type;
+  return req_submit(L, q, (lua_KContext)c, resolved_k);
+}
+
+/* ---------------------------------------------------------------- */
+/* loop:sock_* methods.  Argument 1 is the loop, 2 the socket.        */
+
+/* The four receive methods in one: stack 1 loop, 2 socket, 3 a
+ * socket.buffer to fill or nil for a new string, 4 the byte count (0 with
+ * a buffer: all of it).  ctx: 1 if the sender's address is wanted too.
+ * Returns the data (or the count filled), then the address if wanted. */
+static int recv_k(lua_State *L, int status, lua_KContext ctx) {
+  ml_Socket *s = check_nb(L, 2);
+  int into = lua_type(L, 3) == LUA_TUSERDATA, want_addr = (int)ctx;
+  size_t n = (size_t)lua_tointeger(L, 4), cap;
+  (void)status;
+  for (;;) {
+    struct sockaddr_storage ss;
+    socklen_t len = sizeof ss;
+    luaL_Buffer b;
+    char *buf;
+    ssize_t r;
+    if (into) {
+      buf = ml__buffer_check(L, 3, &cap);
+      if (n == 0 || n > cap) n = cap;
+    } else {
+      buf = ml__net_scratch(L, n, &cap);
+      if (n > cap) buf = luaL_buffinitsize(L, &b, n);
+    }
+    r = recvfrom(s->fd, buf, n, 0, want_addr ? (struct sockaddr *)&ss : NULL,
+                 want_addr ? &len : NULL);
+    if (r >= 0) {
+      if (into) lua_pushinteger(L, r);
+      else if (n > cap) luaL_pushresultsize(&b, (size_t)r);
+      else lua_pushlstring(L, buf, (size_t)r);
+      if (!want_addr) return 1;
+      if (len == 0) lua_pushnil(L);
+      else ml__sock_pushaddr(L, (struct sockaddr *)&ss, len);
+      return 2;
+    }
+    lua_settop(L, 4);
+    if (errno == EINTR) continue;
+    if (errno == EAGAIN || errno == EWOULDBLOCK) return park(L, s, 0, ctx, recv_k);
+    return raise_errno(L, errno);
+  }
+}
+
+/* Checks (sock, nbytes) and runs recv_k.  [loop, sock, n] */
+static int recv_new(lua_State *L, lua_KContext want_addr) {
+  check_nb(L, 2);
+  lua_Integer n = luaL_checkinteger(L, 3);
+  luaL_argcheck(L, n >= 0, 3, "negative buffer size");
+  lua_settop(L, 3);
+  lua_pushnil(L);
+  lua_insert(L, 3);  /* 3: nil (not a buffer), 4: n */
+  return recv_k(L, LUA_OK, want_addr);
+}
+
+/* Checks (sock, buf [, nbytes]) and runs recv_k. */
+static int recv_into(lua_State *L, lua_KContext want_addr) {
+  check_nb(L, 2);
+  size_t size;
+  ml__buffer_check(L, 3, &size);
+  lua_Integer n = luaL_optinteger(L, 4, 0);
+  luaL_argcheck(L, n >= 0 && (size_t)n <= size, 4, "nbytes out of range");
+  lua_settop(L, 3);
+  lua_pushinteger(L, n);
+  return recv_k(L, LUA_OK, want_addr);
+}
+
+/* loop:sock_recv(sock, nbytes) -> data ("" at end of stream) */
+static int loop_sock_recv(lua_State *L) { return recv_new(L, 0); }
+/* loop:sock_recv_into(sock, buf [, nbytes]) -> count */
+static int loop_sock_recv_into(lua_State *L) { return recv_into(L, 0); }
+/* loop:sock_recvfrom(sock, bufsize) -> data, addr */
+static int loop_sock_recvfrom(lua_State *L) { return recv_new(L, 1); }
+/* loop:sock_recvfrom_into(sock, buf [, nbytes]) -> count, addr */
+static int loop_sock_recvfrom_into(lua_State *L) { return recv_into(L, 1); }
+
+static int sendall_k(lua_State *L, int status, lua_KContext ctx) {
+  ml_Socket *s = check_nb(L, 2);
+  size_t len, off = (size_t)ctx;
+  const char *p = lua_tolstring(L, 3, &len);
+  (void)status;
+  while (off < len) {
+    ssize_t r = send(s->fd, p + off, len - off, MSG_NOSIGNAL);
+    if (r >= 0) {
+      off += (size_t)r;
+      continue;
+    }
+    if (errno == EINTR) continue;
+    if (errno == EAGAIN || errno == EWOULDBLOCK) return park(L, s, 1, (lua_KContext)off, sendall_k);
+    return raise_errno(L, errno);
+  }
+  return 0;
+}
+
+/* loop:sock_sendall(sock, data) */
+static int loop_sock_sendall(lua_State *L) {
+  check_nb(L, 2);
+  luaL_checkstring(L, 3);
+  lua_settop(L, 3);
+  return sendall_k(L, LUA_OK, 0);
+}
+
+static int sendto_k(lua_State *L, int status, lua_KContext ctx);
+static const Cont sendto_cont = { 4, sendto_k };
+
+static int sendto_k(lua_State *L, int status, lua_KContext ctx) {
+  ml_Socket *s = check_nb(L, 2);
+  size_t len;
+  const char *p = lua_tolstring(L, 3, &len);
+  struct sockaddr_storage ss;
+  socklen_t alen;
+  (void)status; (void)ctx;
+  if (ml__sock_toaddr(L, 4, s->family, 0, &ss, &alen) == 1)
+    return resolve_then(L, s, &sendto_cont);
+  for (;;) {
+    ssize_t r = sendto(s->fd, p, len, MSG_NOSIGNAL, (struct sockaddr *)&ss, alen);
+    if (r >= 0) {
+      lua_pushinteger(L, r);
+      return 1;
+    }
+    if (errno == EINTR) continue;
+    if (errno == EAGAIN || errno == EWOULDBLOCK) return park(L, s, 1, 0, sendto_k);
+    return raise_errno(L, errno);
+  }
+}
+
+/* loop:sock_sendto(sock, data, address) -> count */
+static int loop_sock_sendto(lua_State *L) {
+  check_nb(L, 2);
+  luaL_checkstring(L, 3);
+  luaL_checkany(L, 4);
+  lua_settop(L, 4);
+  return sendto_k(L, LUA_OK, 0);
+}
+
+static int connect_done_k(lua_State *L, int status, lua_KContext ctx) {
+  ml_Socket *s = check_nb(L, 2);
+  int err = 0;
+  socklen_t len = sizeof err;
+  (void)status; (void)ctx;
+  if (getsockopt(s->fd, SOL_SOCKET, SO_ERROR, &err, &len) < 0) err = errno;
+  if (err == EINPROGRESS || err == EALREADY) return park(L, s, 1, 0, connect_done_k);
+  if (err) return raise_errno(L, err);
+  return 0;
+}
+
+static int connect_k(lua_State *L, int status, lua_KContext ctx);
+static const Cont connect_cont = { 3, connect_k };
+
+static int connect_k(lua_State *L, int status, lua_KContext ctx) {
+  ml_Socket *s = check_nb(L, 2);
+  struct sockaddr_storage ss;
+  socklen_t len;
+  (void)status; (void)ctx;
+  if (ml__sock_toaddr(L, 3, s->family, 0, &ss, &len) == 1)
+    return resolve_then(L, s, &connect_cont);
+  if (connect(s->fd, (struct sockaddr *)&ss, len) == 0) return 0;
+  /* EINTR: the connection goes on asynchronously, as for EINPROGRESS. */
+  if (errno == EINPROGRESS || errno == EINTR || errno == EAGAIN)
+    return park(L, s, 1, 0, connect_done_k);
+  return raise_errno(L, errno);
+}
+
+/* loop:sock_connect(sock, address): host names are looked up on the pool. */
+static int loop_sock_connect(lua_State *L) {
+  check_nb(L, 2);
+  luaL_checkany(L, 3);
+  lua_settop(L, 3);
+  return connect_k(L, LUA_OK, 0);
+}
+
+static int accept_k(lua_State *L, int status, lua_KContext ctx) {
+  ml_Socket *s = check_nb(L, 2);
+  struct sockaddr_storage ss;
+  socklen_t len = sizeof ss;
+  (void)status; (void)ctx;
+  lua_settop(L, 2);
+  ml_Socket *c = ml__sock_push(L, -1, s->family, s->type, s->proto);
+  for (;;) {
+    int fd = accept4(s->fd, (struct sockaddr *)&ss, &len, SOCK_NONBLOCK | SOCK_CLOEXEC);
+    if (fd >= 0) {
+      c->fd = fd;
+      ml__sock_pushaddr(L, (struct sockaddr *)&ss, len);
+      return 2;
+    }
+    if (errno == EINTR || errno == ECONNABORTED) continue;
+    lua_settop(L, 2);
+    if (errno == EAGAIN || errno == EWOULDBLOCK) return park(L, s, 0, 0, accept_k);
+    return raise_errno(L, errno);
+  }
+}
+
+/* loop:sock_accept(sock) -> conn, address */
+static int loop_sock_accept(lua_State *L) {
+  check_nb(L, 2);
+  return accept_k(L, LUA_OK, 0);
+}
+
+/* ---------------------------------------------------------------- */
+/* add_reader / add_writer: callbacks on raw fds.                      */
+
+#define FDWATCH_MT "asyncio.FdWatcher"
+static const char readers_key = 0, writers_key = 0;
+
+typedef struct FdWatch {
+  ml_State *S;
+  ev_io io;
+  int ref;    /* registry reference to the userdata itself, while active */
+  int nargs;
+} FdWatch;
+
+static void fdwatch_cb(struct ev_loop *loop, ev_io *w, int revents) {
+  FdWatch *fw = w->data;
+  lua_State *L = ml__main_lua(fw->S);
+  int i, base;
+  (void)loop; (void)revents;
+  if (!lua_checkstack(L, fw->nargs + 8)) return;
+  lua_rawgeti(L, LUA_REGISTRYINDEX, fw->ref);
+  base = lua_gettop(L);
+  for (i = 1; i <= fw->nargs + 1; i++) lua_getiuservalue(L, base, i);
+  lua_remove(L, base);
+  /* The callback may remove the watcher; fw is not used after the call. */
+  ml__callback(L, fw->nargs, (w->events & EV_READ) ? "Exception in reader callback"
+                                                   : "Exception in writer callback");
+}
+
+static void fdwatch_stop(lua_State *L, FdWatch *fw) {
+  if (ev_is_active(&fw->io)) ev_io_stop(ml__loop(fw->S), &fw->io);
+  if (fw->ref != LUA_NOREF) {
+    luaL_unref(L, LUA_REGISTRYINDEX, fw->ref);
+    fw->ref = LUA_NOREF;
+  }
+}
+
+static int fdwatch_gc(lua_State *L) {
+  FdWatch *fw = luaL_testudata(L, 1, FDWATCH_MT);
+  if (fw && ev_is_active(&fw->io)) ev_io_stop(ml__loop(fw->S), &fw->io);
+  return 0;
+}
+
+/* The fd of an integer or of an object with fileno(). */
+static int check_fd(lua_State *L, int idx) {
+  int fd;
+  if (lua_isinteger(L, idx)) {
+    fd = (int)lua_tointeger(L, idx);
+  } else {
+    int t = lua_type(L, idx);
+    if ((t != LUA_TTABLE && t != LUA_TUSERDATA) || lua_getfield(L, idx, "fileno") == LUA_TNIL)
+      return luaL_typeerror(L, idx, "fd or object with fileno()");
+    lua_pushvalue(L, idx);
+    lua_call(L, 1, 1);
+    if (!lua_isinteger(L, -1)) return luaL_argerror(L, idx, "fileno() did not return an integer");
+    fd = (int)lua_tointeger(L, -1);
+    lua_pop(L, 1);
+  }
+  if (fd < 0) return luaL_argerror(L, idx, "invalid file descriptor");
+  return fd;
+}
+
+/* [-0, +1] pushes the registry table of watchers for one direction. */
+static void push_table(lua_State *L, const char *key) {
+  if (lua_rawgetp(L, LUA_REGISTRYINDEX, key) != LUA_TTABLE) {
+    lua_pop(L, 1);
+    lua_newtable(L);
+    lua_pushvalue(L, -1);
+    lua_rawsetp(L, LUA_REGISTRYINDEX, key);
+  }
+}
+
+static int remove_watch(lua_State *L, int fd, const char *key) {
+  FdWatch *fw;
+  push_table(L, key);
+  if (lua_rawgeti(L, -1, fd) != LUA_TUSERDATA) {
+    lua_pop(L, 2);
+    return 0;
+  }
+  fw = lua_touserdata(L, -1);
+  fdwatch_stop(L, fw);
+  lua_pop(L, 1);
+  lua_pushnil(L);
+  lua_rawseti(L, -2, fd);
+  lua_pop(L, 1);
+  return 1;
+}
+
+static int add_watch(lua_State *L, int events, const char *key) {
+  ml_State *S = ml__state(L);
+  int fd = check_fd(L, 2), i, nargs = lua_gettop(L) - 3;
+  FdWatch *fw;
+  luaL_checktype(L, 3, LUA_TFUNCTION);
+  /* Only an open fd: libev would size its fd table for any number (and
+   * spun on fd 2,000,000,000), and epoll refuses a closed one later. */
+  if (fcntl(fd, F_GETFD) < 0) {
+    ml__exc_push_errno(L, errno, "add_reader/add_writer");
+    return lua_error(L);
+  }
+  remove_watch(L, fd, key);
+  fw = lua_newuserdatauv(L, sizeof *fw, nargs + 1);
+  memset(fw, 0, sizeof *fw);
+  fw->S = S;
+  fw->ref = LUA_NOREF;
+  fw->nargs = nargs;
+  if (luaL_newmetatable(L, FDWATCH_MT)) {
+    lua_pushcfunction(L, fdwatch_gc);
+    lua_setfield(L, -2, "__gc");
+  }
+  lua_setmetatable(L, -2);
+  for (i = 0; i <= nargs; i++) {
+    lua_pushvalue(L, 3 + i);
+    lua_setiuservalue(L, -2, i + 1);
+  }
+  push_table(L, key);
+  lua_pushvalue(L, -2);
+  lua_rawseti(L, -2, fd);
+  lua_pop(L, 1);
+  ev_io_init(&fw->io, fdwatch_cb, fd, events);
+  fw->io.data = fw;
+  fw->ref = luaL_ref(L, LUA_REGISTRYINDEX);
+  ev_io_start(ml__loop(S), &fw->io);
+  return 0;
+}
+
+/* loop:add_reader(fd, callback, ...) */
+static int loop_add_reader(lua_State *L) { return add_watch(L, EV_READ, &readers_key); }
+/* loop:add_writer(fd, callback, ...) */
+static int loop_add_writer(lua_State *L) { return add_watch(L, EV_WRITE, &writers_key); }
+
+/* loop:remove_reader(fd) -> true if a reader was registered */
+static int loop_remove_reader(lua_State *L) {
+  lua_pushboolean(L, remove_watch(L, check_fd(L, 2), &readers_key));
+  return 1;
+}
+
+static int loop_remove_writer(lua_State *L) {
+  lua_pushboolean(L, remove_watch(L, check_fd(L, 2), &writers_key));
+  return 1;
+}
+
+/* ---------------------------------------------------------------- */
+
+static const luaL_Reg loop_sync[] = {
+  {"add_reader", loop_add_reader},
+  {"add_writer", loop_add_writer},
+  {"remove_reader", loop_remove_reader},
+  {"remove_writer", loop_remove_writer},
+  {NULL, NULL}
+};
+
+static const luaL_Reg loop_async[] = {
+  {"sock_recv", loop_sock_recv},
+  {"sock_recv_into", loop_sock_recv_into},
+  {"sock_recvfrom", loop_sock_recvfrom},
+  {"sock_recvfrom_into", loop_sock_recvfrom_into},
+  {"sock_sendall", loop_sock_sendall},
+  {"sock_sendto", loop_sock_sendto},
+  {"sock_connect", loop_sock_connect},
+  {"sock_accept", loop_sock_accept},
+  {"getaddrinfo", loop_getaddrinfo},
+  {"getnameinfo", loop_getnameinfo},
+  {NULL, NULL}
+};
+
+int luaopen_asyncio__net(lua_State *L) {
+  luaL_requiref(L, "socket", luaopen_socket, 0);
+  lua_pop(L, 1);
+  ml__net_push_loop_methods(L);
+  ml__net_setfuncs(L, -1, "loop.", loop_sync, loop_async);
+  lua_pop(L, 1);
+  lua_newtable(L);  /* nothing else is merged into asyncio */
+  return 1;
+}

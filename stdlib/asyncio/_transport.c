@@ -1,0 +1,980 @@
+/* asyncio_transportlib.c: transports (asyncio's callback-style fast path)
+ * over sockets: the stream transport (connected TCP and Unix sockets), the
+ * datagram transport.  The listener that accepts connections for servers
+ * is in asyncio_serverlib.c.  See net.h for the ml_Conn object and its
+ * rules.
+ *
+ * Reading: the read watcher is armed while the transport is open, not
+ * paused, before EOF, and (stream mode) while the reader's buffer is under
+ * its limit or a reader waits.  A readable event reads once into the
+ * state's scratch area (or straight into rbuf when it has room) and either
+ * hands the bytes to protocol.data_received (one protected call per read,
+ * proto_readable) or appends them to rbuf and wakes the waiting reader,
+ * which takes them in its own task step: no Lua runs in the callback.
+ *
+ * Writing: write() calls send(2) at once when nothing is queued and queues
+ * only what the kernel refused; the write watcher is armed only while the
+ * queue is not empty.  Crossing the high-water mark pauses the protocol
+ * (or makes drain() wait); flushing down to the low-water mark resumes
+ * it. */
+#include <errno.h>
+#include <string.h>
+#include <unistd.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include "socket/net.h"
+
+#define DEFAULT_HIGH (64 * 1024)
+#define DEFAULT_LIMIT (64 * 1024)
+#define DIRECT_READ_MIN 16384   /* read straight into rbuf when it has this much room */
+#define WBUF_KEEP (64 * 1024)   /* an emptied write queue keeps up to this */
+
+enum { EVT_PAUSE = 1, EVT_RESUME, EVT_ERROR, EVT_LOST };
+
+struct ml_Dgram {
+  ml_Dgram *next;
+  size_t len;
+  socklen_t alen;
+  struct sockaddr_storage addr;
+  char data[];
+};
+
+/* ---------------------------------------------------------------- */
+/* Waiter sets.                                                       */
+
+int ml__waiters_add(ml_Conn *c, ml_Waiters *w, ml_Task *t) {
+  if (w->n == w->cap) {
+    int cap = w->cap ? w->cap * 2 : 4;
+    ml_Task **v = c->wbuf.alloc(c->wbuf.ud, w->v, w->cap * sizeof *v, cap * sizeof *v);
+    if (v == NULL) return -ENOMEM;
+    w->v = v;
+    w->cap = cap;
+  }
+  w->v[w->n++] = t;
+  return 0;
+}
+
+void ml__waiters_remove(ml_Waiters *w, ml_Task *t) {
+  for (int i = 0; i < w->n; i++) {
+    if (w->v[i] == t) {
+      w->v[i] = w->v[--w->n];
+      return;
+    }
+  }
+}
+
+void ml__waiters_wake_all(ml_Waiters *w) {
+  int n = w->n;
+  w->n = 0;
+  for (int i = 0; i < n; i++) ml__task_wake(w->v[i]);
+}
+
+void ml__waiters_free(ml_Conn *c, ml_Waiters *w) {
+  if (w->v) c->wbuf.alloc(c->wbuf.ud, w->v, w->cap * sizeof *w->v, 0);
+  w->v = NULL;
+  w->n = w->cap = 0;
+}
+
+void ml__conn_wake_all(ml_Conn *c) {
+  if (c->reader) {
+    ml_Task *t = c->reader;
+    c->reader = NULL;
+    ml__task_wake(t);
+  }
+  ml__waiters_wake_all(&c->drainers);
+  ml__waiters_wake_all(&c->closers);
+}
+
+/* ---------------------------------------------------------------- */
+/* The connection's state machine (no Lua here unless said).          */
+
+static void schedule_lost(ml_Conn *c) {
+  if (c->lost || c->lost_queued) return;
+  c->lost_queued = 1;
+  ev_timer_set(&c->later, 0., 0.);
+  ev_timer_start(ml__loop(c->S), &c->later);
+}
+
+static void dq_free(ml_Conn *c) {
+  while (c->dq_head) {
+    ml_Dgram *d = c->dq_head;
+    c->dq_head = d->next;
+    c->wbuf.alloc(c->wbuf.ud, d, sizeof *d + d->len, 0);
+  }
+  c->dq_tail = NULL;
+  c->dq_bytes = 0;
+}
+
+static size_t wqueued(const ml_Conn *c) {
+  return c->kind == ML_CONN_DGRAM ? c->dq_bytes : c->wbuf.len;
+}
+
+/* The connection failed with err: stop everything, drop the queue and
+ * deliver connection_lost(exc) soon. */
+static void fatal(ml_Conn *c, int err) {
+  if (c->err == 0 && !c->has_exc) c->err = err;
+  c->closing = 1;
+  if (ev_is_active(&c->rio)) ev_io_stop(ml__loop(c->S), &c->rio);
+  if (ev_is_active(&c->wio)) ev_io_stop(ml__loop(c->S), &c->wio);
+  ml__bq_free(&c->wbuf);
+  dq_free(c);
+  schedule_lost(c);
+}
+
+void ml__conn_update_reading(ml_Conn *c) {
+  int want = c->fd >= 0 && !c->closing && !c->lost && !c->paused;
+  if (c->kind != ML_CONN_DGRAM) want = want && !c->eof;
+  if (want && c->kind == ML_CONN_STREAM) {
+    /* asyncio's StreamReaderProtocol rule: pause over twice the limit,
+     * resume at the limit; a waiting reader always gets data. */
+    if (c->reader) c->rpaused = 0;
+    else if (c->rbuf.len > 2 * c->limit) c->rpaused = 1;
+    else if (c->rbuf.len <= c->limit) c->rpaused = 0;
+    want = !c->rpaused;
+  }
+  if (want && !ev_is_active(&c->rio)) ev_io_start(ml__loop(c->S), &c->rio);
+  else if (!want && ev_is_active(&c->rio)) ev_io_stop(ml__loop(c->S), &c->rio);
+}
+
+static ssize_t conn_send(ml_Conn *c, const char *p, size_t n) {
+  ssize_t r;
+  do r = c->is_sock ? send(c->fd, p, n, MSG_NOSIGNAL) : write(c->fd, p, n);
+  while (r < 0 && errno == EINTR);
+  return r;
+}
+
+static ssize_t conn_recv(ml_Conn *c, char *p, size_t n) {
+  ssize_t r;
+  do r = c->is_sock ? recv(c->fd, p, n, 0) : read(c->fd, p, n);
+  while (r < 0 && errno == EINTR);
+  return r;
+}
+
+static void do_shutdown(ml_Conn *c) {
+  c->eof_sent = 1;
+  if (c->fd >= 0 && c->is_sock) shutdown(c->fd, SHUT_WR);
+}
+
+/* [-0, +0] calls a protocol event through ml__callback on L. */
+static void proto_event_call(lua_State *L, ml_Conn *c, int evt, int err);
+
+static void maybe_pause_writing(lua_State *L, ml_Conn *c) {
+  if (!c->wpaused && wqueued(c) > c->high) {
+    c->wpaused = 1;
+    if (c->kind != ML_CONN_STREAM) proto_event_call(L, c, EVT_PAUSE, 0);
+  }
+}
+
+static void maybe_resume_writing(lua_State *L, ml_Conn *c) {
+  if (c->wpaused && wqueued(c) <= c->low) {
+    c->wpaused = 0;
+    if (c->kind == ML_CONN_STREAM) ml__waiters_wake_all(&c->drainers);
+    else proto_event_call(L, c, EVT_RESUME, 0);
+  }
+}
+
+int ml__conn_write(lua_State *L, ml_Conn *c, const char *p, size_t n) {
+  if (n == 0 || c->closing || c->lost || c->fd < 0) return 0;
+  if (c->wbuf.len == 0) {
+    ssize_t r = conn_send(c, p, n);
+    if (r < 0) {
+      if (errno != EAGAIN && errno != EWOULDBLOCK) {
+        fatal(c, errno);
+        return 0;
+      }
+      r = 0;
+    }
+    if ((size_t)r == n) return 0;
+    p += r;
+    n -= (size_t)r;
+    if (ml__bq_add(&c->wbuf, p, n) < 0) return -ENOMEM;
+    ev_io_start(ml__loop(c->S), &c->wio);
+  } else if (ml__bq_add(&c->wbuf, p, n) < 0) {
+    return -ENOMEM;
+  }
+  maybe_pause_writing(L, c);
+  return 0;
+}
+
+void ml__conn_close(ml_Conn *c, int abort) {
+  if (c->lost) return;
+  if (abort) {
+    c->closing = 1;
+    if (ev_is_active(&c->rio)) ev_io_stop(ml__loop(c->S), &c->rio);
+    if (ev_is_active(&c->wio)) ev_io_stop(ml__loop(c->S), &c->wio);
+    ml__bq_free(&c->wbuf);
+    dq_free(c);
+    schedule_lost(c);
+    return;
+  }
+  if (c->closing) return;
+  c->closing = 1;
+  ml__conn_update_reading(c);
+  if (wqueued(c) == 0) schedule_lost(c);
+}
+
+void ml__conn_write_eof(ml_Conn *c) {
+  if (c->closing || c->eof_req) return;
+  c->eof_req = 1;
+  if (c->wbuf.len == 0) do_shutdown(c);
+}
+
+/* Stream mode: read into rbuf and wake the reader. */
+static void stream_readable(ml_Conn *c) {
+  int direct = ml__bq_room(&c->rbuf) >= DIRECT_READ_MIN;
+  char *dst = direct ? c->rbuf.data + c->rbuf.off + c->rbuf.len : c->scratch;
+  size_t room = direct ? ml__bq_room(&c->rbuf) : c->scratch_size;
+  ssize_t r = conn_recv(c, dst, room);
+  if (r < 0) {
+    if (errno == EAGAIN || errno == EWOULDBLOCK) return;
+    fatal(c, errno);
+    return;
+  }
+  if (r == 0) {
+    c->eof = 1;
+  } else if (direct) {
+    ml__bq_commit(&c->rbuf, (size_t)r);
+  } else if (ml__bq_add(&c->rbuf, c->scratch, (size_t)r) < 0) {
+    fatal(c, ENOMEM);
+    return;
+  }
+  if (c->reader) {
+    ml_Task *t = c->reader;
+    c->reader = NULL;
+    ml__task_wake(t);
+    /* It will take the data or wait again: no pausing in between. */
+    if (c->eof && ev_is_active(&c->rio)) ev_io_stop(ml__loop(c->S), &c->rio);
+    return;
+  }
+  ml__conn_update_reading(c);
+}
+
+/* Protocol mode: reads and calls data_received (protected). */
+static void proto_readable(ml_Conn *c);
+/* Datagram mode: runs in protected mode (ml__callback). */
+static int dgram_readable(lua_State *L);
+
+static void read_cb(struct ev_loop *loop, ev_io *w, int revents) {
+  ml_Conn *c = w->data;
+  lua_State *L = ml__main_lua(c->S);
+  (void)loop; (void)revents;
+  if (c->kind == ML_CONN_STREAM) {
+    stream_readable(c);
+    return;
+  }
+  if (c->kind == ML_CONN_PROTO) {
+    proto_readable(c);
+    return;
+  }
+  lua_pushcfunction(L, dgram_readable);
+  lua_pushlightuserdata(L, c);
+  ml__callback(L, 1, "Exception in datagram protocol");
+}
+
+static void dgram_flush(ml_Conn *c) {
+  lua_State *L = ml__main_lua(c->S);
+  while (c->dq_head) {
+    ml_Dgram *d = c->dq_head;
+    ssize_t r;
+    do r = sendto(c->fd, d->data, d->len, MSG_NOSIGNAL,
+                  d->alen ? (struct sockaddr *)&d->addr : NULL, d->alen);
+    while (r < 0 && errno == EINTR);
+    if (r < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) return;
+    c->dq_head = d->next;
+    if (c->dq_head == NULL) c->dq_tail = NULL;
+    c->dq_bytes -= d->len;
+    c->wbuf.alloc(c->wbuf.ud, d, sizeof *d + d->len, 0);
+    if (r < 0) {
+      proto_event_call(L, c, EVT_ERROR, errno);
+      if (c->lost || c->fd < 0) return;
+    }
+  }
+}
+
+static void write_cb(struct ev_loop *loop, ev_io *w, int revents) {
+  ml_Conn *c = w->data;
+  (void)revents;
+  if (c->kind == ML_CONN_DGRAM) {
+    dgram_flush(c);
+    if (c->lost || c->fd < 0) return;
+    if (c->dq_head == NULL) {
+      ev_io_stop(loop, w);
+      if (c->closing) schedule_lost(c);
+    }
+    maybe_resume_writing(ml__main_lua(c->S), c);
+    return;
+  }
+  while (c->wbuf.len > 0) {
+    ssize_t r = conn_send(c, c->wbuf.data + c->wbuf.off, c->wbuf.len);
+    if (r < 0) {
+      if (errno == EAGAIN || errno == EWOULDBLOCK) break;
+      fatal(c, errno);
+      return;
+    }
+    ml__bq_consume(&c->wbuf, (size_t)r);
+  }
+  if (c->wbuf.len == 0) {
+    ev_io_stop(loop, w);
+    ml__bq_trim(&c->wbuf, WBUF_KEEP);
+    if (c->eof_req && !c->eof_sent) do_shutdown(c);
+    if (c->closing) schedule_lost(c);
+  }
+  maybe_resume_writing(ml__main_lua(c->S), c);
+}
+
+/* Delivers connection_lost: wakes the stream's waiters, calls the
+ * protocol and the owner's on-lost function, closes the socket and drops
+ * the anchor. */
+static void later_cb(struct ev_loop *loop, ev_timer *w, int revents) {
+  ml_Conn *c = w->data;
+  lua_State *L = ml__main_lua(c->S);
+  (void)revents;
+  c->lost_queued = 0;
+  if (c->lost) return;
+  c->lost = 1;
+  c->closing = 1;
+  if (ev_is_active(&c->rio)) ev_io_stop(loop, &c->rio);
+  if (ev_is_active(&c->wio)) ev_io_stop(loop, &c->wio);
+  ml__bq_free(&c->wbuf);
+  dq_free(c);
+  if (c->kind == ML_CONN_STREAM) {
+    if (c->err == 0 && !c->has_exc) c->eof = 1;
+    ml__conn_wake_all(c);
+  }
+  proto_event_call(L, c, EVT_LOST, 0);
+  if (c->sock) ml__sock_close(c->sock);
+  c->fd = -1;
+  if (c->ref != LUA_NOREF) {
+    luaL_unref(L, LUA_REGISTRYINDEX, c->ref);
+    c->ref = LUA_NOREF;
+  }
+}
+
+/* ---------------------------------------------------------------- */
+/* Protocol calls (protected mode).                                   */
+
+/* [-nargs, +nres] calls protocol:method(args) if the protocol has that
+ * method; otherwise pops the arguments and pushes nres nils.  The
+ * transport is at cidx.  Errors propagate. */
+static void proto_call(lua_State *L, int cidx, const char *method, int nargs, int nres) {
+  int base = lua_gettop(L) - nargs;
+  lua_getiuservalue(L, cidx, XUV_PROTO);
+  if (lua_isnil(L, -1) || lua_getfield(L, -1, method) == LUA_TNIL) {
+    lua_settop(L, base);
+    for (int i = 0; i < nres; i++) lua_pushnil(L);
+    return;
+  }
+  lua_insert(L, base + 1);  /* method */
+  lua_insert(L, base + 2);  /* protocol as self */
+  lua_call(L, nargs + 1, nres);
+}
+
+void ml__conn_push_exc(lua_State *L, int cidx, ml_Conn *c) {
+  cidx = lua_absindex(L, cidx);
+  if (c->has_exc) {
+    lua_getiuservalue(L, cidx, XUV_EXC);
+  } else if (c->err) {
+    ml__exc_push_errno(L, c->err, NULL);
+    lua_pushvalue(L, -1);
+    lua_setiuservalue(L, cidx, XUV_EXC);
+    c->has_exc = 1;
+  } else {
+    lua_pushnil(L);
+  }
+}
+
+/* [-0, +1] pushes the transport userdata of c (anchored while open). */
+static int push_conn(lua_State *L, ml_Conn *c) {
+  if (c->ref == LUA_NOREF) return 0;
+  lua_rawgeti(L, LUA_REGISTRYINDEX, c->ref);
+  return 1;
+}
+
+static int proto_event(lua_State *L) {
+  ml_Conn *c = lua_touserdata(L, 1);
+  int evt = (int)lua_tointeger(L, 2), err = (int)lua_tointeger(L, 3);
+  lua_settop(L, 0);
+  if (!push_conn(L, c)) return 0;
+  switch (evt) {
+  case EVT_PAUSE:
+    proto_call(L, 1, "pause_writing", 0, 0);
+    break;
+  case EVT_RESUME:
+    proto_call(L, 1, "resume_writing", 0, 0);
+    break;
+  case EVT_ERROR:
+    ml__exc_push_errno(L, err, NULL);
+    proto_call(L, 1, "error_received", 1, 0);
+    break;
+  case EVT_LOST: {
+    int st = LUA_OK;
+    if (c->kind != ML_CONN_STREAM) {
+      lua_getiuservalue(L, 1, XUV_PROTO);
+      if (!lua_isnil(L, -1) && lua_getfield(L, -1, "connection_lost") != LUA_TNIL) {
+        lua_insert(L, -2);
+        ml__conn_push_exc(L, 1, c);
+        st = lua_pcall(L, 2, 0, 0);
+      } else {
+        lua_settop(L, 1);
+      }
+    }
+    /* The owner (a server) learns of it even if the protocol failed. */
+    if (lua_getiuservalue(L, 1, XUV_ONLOST) == LUA_TFUNCTION) {
+      lua_pushvalue(L, 1);
+      lua_call(L, 1, 0);
+    } else {
+      lua_pop(L, 1);
+    }
+    if (st != LUA_OK) return lua_error(L);
+    break;
+  }
+  }
+  return 0;
+}
+
+static void proto_event_call(lua_State *L, ml_Conn *c, int evt, int err) {
+  if (c->kind == ML_CONN_STREAM && evt != EVT_LOST) return;
+  if (!lua_checkstack(L, 8)) return;
+  lua_pushcfunction(L, proto_event);
+  lua_pushlightuserdata(L, c);
+  lua_pushinteger(L, evt);
+  lua_pushinteger(L, err);
+  ml__callback(L, 3, evt == EVT_LOST ? "Exception in connection_lost" : "Exception in protocol callback");
+}
+
+static int dgram_readable(lua_State *L) {
+  ml_Conn *c = lua_touserdata(L, 1);
+  struct sockaddr_storage ss;
+  socklen_t len = sizeof ss;
+  ssize_t r;
+  lua_settop(L, 0);
+  if (c->fd < 0 || c->lost || !push_conn(L, c)) return 0;
+  do r = recvfrom(c->fd, c->scratch, c->scratch_size, 0, (struct sockaddr *)&ss, &len);
+  while (r < 0 && errno == EINTR);
+  if (r < 0) {
+    if (errno == EAGAIN || errno == EWOULDBLOCK) return 0;
+    /* ICMP errors (ECONNREFUSED ...) are the protocol's to see. */
+    ml__exc_push_errno(L, errno, NULL);
+    proto_call(L, 1, "error_received", 1, 0);
+    return 0;
+  }
+  lua_pushlstring(L, c->scratch, (size_t)r);
+  if (len == 0) lua_pushnil(L);
+  else ml__sock_pushaddr(L, (struct sockaddr *)&ss, len);
+  proto_call(L, 1, "datagram_received", 2, 0);
+  return 0;
+}
+
+/* protocol:eof_received(), through ml__callback: a true result keeps the
+ * transport half-open; otherwise it is closed. */
+static int proto_eof(lua_State *L) {
+  ml_Conn *c = lua_touserdata(L, 1);
+  lua_settop(L, 0);
+  if (!push_conn(L, c)) return 0;
+  proto_call(L, 1, "eof_received", 0, 1);
+  if (!lua_toboolean(L, -1)) ml__conn_close(c, 0);
+  return 0;
+}
+
+/* The traceback of the last data_received that failed (data_msgh). */
+static const char data_tb_key = 0;
+
+static int data_msgh(lua_State *L) {
+  luaL_traceback(L, L, NULL, 1);
+  lua_rawsetp(L, LUA_REGISTRYINDEX, &data_tb_key);
+  return 1;  /* the error itself, unchanged */
+}
+
+/* Protected: protocol:data_received(bytes), the n bytes read into the
+ * scratch area.  Stack: 1 the transport (light), 2 n. */
+static int proto_data(lua_State *L) {
+  ml_Conn *c = lua_touserdata(L, 1);
+  size_t n = (size_t)lua_tointeger(L, 2);
+  /* The string first: __index code run by the lookup below may reuse
+   * the scratch area. */
+  lua_pushlstring(L, c->scratch, n);
+  if (!push_conn(L, c)) return 0;
+  lua_getiuservalue(L, -1, XUV_PROTO);
+  if (lua_getfield(L, -1, "data_received") == LUA_TNIL) return 0;
+  lua_insert(L, -2);        /* method, protocol */
+  lua_pushvalue(L, 3);      /* data */
+  lua_call(L, 2, 0);
+  return 0;
+}
+
+/* The hot path of the protocols API: one recv(2) into the scratch area
+ * and one protected call that makes the string and calls data_received.
+ * The loop's ml__callback would do the same with a second protected call
+ * around the first; here its message handler and report are inlined, and
+ * a failure (asyncio: fatal to the connection) is seen directly. */
+static void proto_readable(ml_Conn *c) {
+  lua_State *L = ml__main_lua(c->S);
+  ssize_t r;
+  int base, st;
+  if (c->fd < 0 || c->lost || c->ref == LUA_NOREF) return;
+  r = conn_recv(c, c->scratch, c->scratch_size);
+  if (r == 0) {
+    c->eof = 1;
+    ml__conn_update_reading(c);
+    lua_pushcfunction(L, proto_eof);
+    lua_pushlightuserdata(L, c);
+    ml__callback(L, 1, "Exception in protocol callback");
+    return;
+  }
+  if (r < 0) {
+    if (errno != EAGAIN && errno != EWOULDBLOCK) fatal(c, errno);
+    return;
+  }
+  if (!lua_checkstack(L, 8)) {
+    fatal(c, ENOMEM);  /* the bytes cannot be delivered */
+    return;
+  }
+  base = lua_gettop(L);
+  lua_pushcfunction(L, data_msgh);
+  lua_pushcfunction(L, proto_data);
+  lua_pushlightuserdata(L, c);
+  lua_pushinteger(L, (lua_Integer)r);
+  st = lua_pcall(L, 2, 0, base + 1);
+  if (st != LUA_OK) {
+    /* [msgh, error]: asyncio closes the connection, connection_lost(exc). */
+    if (push_conn(L, c)) {
+      lua_pushvalue(L, -2);
+      lua_setiuservalue(L, -2, XUV_EXC);
+      lua_pop(L, 1);
+      c->has_exc = 1;
+    }
+    fatal(c, 0);
+    /* The message handler runs for runtime errors only. */
+    if (st == LUA_ERRRUN) lua_rawgetp(L, LUA_REGISTRYINDEX, &data_tb_key);
+    else lua_pushnil(L);
+    ml__report_tb(L, "Exception in protocol callback");
+  }
+  lua_settop(L, base);
+}
+
+/* ---------------------------------------------------------------- */
+/* Making transports.                                                  */
+
+static int conn_gc(lua_State *L);
+
+ml_Conn *ml__conn_test(lua_State *L, int idx) {
+  ml_Conn *c = lua_touserdata(L, idx);
+  if (c == NULL || lua_rawlen(L, idx) != sizeof *c || c->magic != ML_CONN_MAGIC) return NULL;
+  return c;
+}
+
+ml_Conn *ml__conn_new(lua_State *L, int sidx, int kind) {
+  ml_Socket *s = NULL;
+  ml_Conn *c;
+  if (sidx) {
+    sidx = lua_absindex(L, sidx);
+    s = ml__sock_checkopen(L, sidx);
+    luaL_argcheck(L, !s->transport, sidx, "the socket already has a transport");
+    luaL_argcheck(L, !s->rwait && !s->wwait, sidx, "a task is waiting on the socket");
+    luaL_argcheck(L, !s->blocking, sidx, "the socket must be non-blocking");
+  }
+  c = lua_newuserdatauv(L, sizeof *c, XUV_N);
+  memset(c, 0, sizeof *c);
+  c->magic = ML_CONN_MAGIC;
+  c->S = ml__state(L);
+  c->fd = -1;
+  c->kind = kind;
+  c->ref = LUA_NOREF;
+  c->high = DEFAULT_HIGH;
+  c->low = DEFAULT_HIGH / 4;
+  c->limit = DEFAULT_LIMIT;
+  ml__bq_init(&c->rbuf, L);
+  ml__bq_init(&c->wbuf, L);
+  ev_init(&c->rio, read_cb);
+  ev_init(&c->wio, write_cb);
+  ev_init(&c->later, later_cb);
+  c->rio.data = c->wio.data = c->later.data = c;
+  luaL_setmetatable(L, kind == ML_CONN_DGRAM ? ML_DGRAM_TRANSPORT : ML_TRANSPORT);
+  c->scratch = ml__net_scratch(L, 0, &c->scratch_size);
+  if (s == NULL) return c;
+  lua_pushvalue(L, sidx);
+  lua_setiuservalue(L, -2, XUV_SOCK);
+  lua_pushvalue(L, -1);
+  c->ref = luaL_ref(L, LUA_REGISTRYINDEX);
+  s->transport = 1;
+  c->sock = s;
+  c->fd = s->fd;
+  c->is_sock = 1;
+  ev_io_set(&c->rio, c->fd, EV_READ);
+  ev_io_set(&c->wio, c->fd, EV_WRITE);
+  c->llen = sizeof c->local;
+  if (getsockname(c->fd, (struct sockaddr *)&c->local, &c->llen) < 0) c->llen = 0;
+  c->plen = sizeof c->peer;
+  if (getpeername(c->fd, (struct sockaddr *)&c->peer, &c->plen) < 0) c->plen = 0;
+  else c->connected = 1;
+  if (s->type == SOCK_STREAM && (s->family == AF_INET || s->family == AF_INET6)) {
+    int one = 1;  /* as asyncio: small writes go out at once */
+    setsockopt(c->fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+  }
+  return c;
+}
+
+ml_Conn *ml__conn_check(lua_State *L, int idx) {
+  ml_Conn *c = ml__conn_test(L, idx);
+  if (c == NULL) luaL_typeerror(L, idx, "transport");
+  return c;
+}
+
+/* _transport(sock, protocol, onlost) / _datagram(...): makes the
+ * transport, calls protocol:connection_made(transport) (errors go to the
+ * exception handler) and starts reading. */
+static int make_proto_transport(lua_State *L, int kind) {
+  ml_Conn *c;
+  luaL_checkany(L, 2);
+  if (!lua_isnoneornil(L, 3)) luaL_checktype(L, 3, LUA_TFUNCTION);
+  lua_settop(L, 3);
+  c = ml__conn_new(L, 1, kind);
+  lua_pushvalue(L, 2);
+  lua_setiuservalue(L, 4, XUV_PROTO);
+  lua_pushvalue(L, 3);
+  lua_setiuservalue(L, 4, XUV_ONLOST);
+  lua_getiuservalue(L, 4, XUV_PROTO);
+  if (lua_getfield(L, -1, "connection_made") != LUA_TNIL) {
+    lua_insert(L, -2);
+    lua_pushvalue(L, 4);
+    ml__callback(L, 2, "Exception in connection_made");
+  } else {
+    lua_pop(L, 2);
+  }
+  ml__conn_update_reading(c);
+  lua_settop(L, 4);
+  return 1;
+}
+
+static int l_transport(lua_State *L) { return make_proto_transport(L, ML_CONN_PROTO); }
+static int l_datagram(lua_State *L) { return make_proto_transport(L, ML_CONN_DGRAM); }
+
+/* _unlink_socket(path): removes path if it is a Unix socket (a stale one
+ * left by an earlier server).  Returns true if it removed something. */
+static int l_unlink_socket(lua_State *L) {
+  const char *path = luaL_checkstring(L, 1);
+  struct stat st;
+  int removed = 0;
+  if (path[0] != '\0' && stat(path, &st) == 0 && S_ISSOCK(st.st_mode))
+    removed = unlink(path) == 0;
+  lua_pushboolean(L, removed);
+  return 1;
+}
+
+/* ---------------------------------------------------------------- */
+/* Transport methods.                                                 */
+
+static ml_Conn *check_stream_t(lua_State *L) {
+  ml_Conn *c = ml__conn_test(L, 1);
+  if (c == NULL || c->kind == ML_CONN_DGRAM) luaL_typeerror(L, 1, ML_TRANSPORT);
+  return c;
+}
+
+static int t_write(lua_State *L) {
+  ml_Conn *c = check_stream_t(L);
+  size_t n;
+  const char *p = luaL_checklstring(L, 2, &n);
+  if (c->eof_req) return ml__exc_raise(L, "RuntimeError", "Cannot call write() after write_eof()");
+  if (ml__conn_write(L, c, p, n) < 0) return ml__exc_raise(L, "MemoryError", "write buffer");
+  return 0;
+}
+
+int ml__conn_writelines(lua_State *L, ml_Conn *c) {
+  luaL_checktype(L, 2, LUA_TTABLE);
+  if (c->eof_req) return ml__exc_raise(L, "RuntimeError", "Cannot call write() after write_eof()");
+  lua_Integer n = luaL_len(L, 2);
+  for (lua_Integer i = 1; i <= n; i++) {
+    size_t len;
+    lua_geti(L, 2, i);
+    const char *p = lua_tolstring(L, -1, &len);
+    if (p == NULL || lua_type(L, -1) != LUA_TSTRING)
+      return luaL_argerror(L, 2, "list of strings expected");
+    if (ml__conn_write(L, c, p, len) < 0) return ml__exc_raise(L, "MemoryError", "write buffer");
+    lua_pop(L, 1);
+  }
+  return 0;
+}
+
+static int t_writelines(lua_State *L) {
+  return ml__conn_writelines(L, check_stream_t(L));
+}
+
+static int t_write_eof(lua_State *L) {
+  ml__conn_write_eof(check_stream_t(L));
+  return 0;
+}
+
+static int t_can_write_eof(lua_State *L) {
+  ml_Conn *c = check_stream_t(L);
+  lua_pushboolean(L, c->is_sock || c->fd < 0);
+  return 1;
+}
+
+static int t_close(lua_State *L) {
+  ml__conn_close(ml__conn_check(L, 1), 0);
+  return 0;
+}
+
+static int t_abort(lua_State *L) {
+  ml__conn_close(ml__conn_check(L, 1), 1);
+  return 0;
+}
+
+static int t_is_closing(lua_State *L) {
+  lua_pushboolean(L, ml__conn_check(L, 1)->closing);
+  return 1;
+}
+
+int ml__conn_extra(lua_State *L, int cidx, ml_Conn *c, int nameidx) {
+  const char *name = luaL_checkstring(L, nameidx);
+  if (strcmp(name, "peername") == 0 && c->plen > 0) {
+    ml__sock_pushaddr(L, (struct sockaddr *)&c->peer, c->plen);
+  } else if (strcmp(name, "sockname") == 0 && c->llen > 0) {
+    ml__sock_pushaddr(L, (struct sockaddr *)&c->local, c->llen);
+  } else if (strcmp(name, "socket") == 0 && c->sock) {
+    lua_getiuservalue(L, cidx, XUV_SOCK);
+  } else if (strcmp(name, "transport") == 0) {
+    lua_pushvalue(L, cidx);
+  } else {
+    lua_pushvalue(L, nameidx + 1);
+  }
+  return 1;
+}
+
+static int t_get_extra_info(lua_State *L) {
+  ml_Conn *c = ml__conn_check(L, 1);
+  lua_settop(L, 3);
+  return ml__conn_extra(L, 1, c, 2);
+}
+
+static int t_pause_reading(lua_State *L) {
+  ml_Conn *c = ml__conn_check(L, 1);
+  if (c->closing || c->paused) return 0;
+  c->paused = 1;
+  ml__conn_update_reading(c);
+  return 0;
+}
+
+static int t_resume_reading(lua_State *L) {
+  ml_Conn *c = ml__conn_check(L, 1);
+  if (c->closing || !c->paused) return 0;
+  c->paused = 0;
+  ml__conn_update_reading(c);
+  return 0;
+}
+
+static int t_is_reading(lua_State *L) {
+  ml_Conn *c = ml__conn_check(L, 1);
+  lua_pushboolean(L, !c->closing && !c->paused);
+  return 1;
+}
+
+/* set_write_buffer_limits(high, low) or ({high=, low=}): asyncio's
+ * defaults (64 KiB, high/4) when omitted. */
+static int t_set_write_buffer_limits(lua_State *L) {
+  ml_Conn *c = ml__conn_check(L, 1);
+  lua_Integer high, low;
+  if (lua_istable(L, 2)) {
+    lua_getfield(L, 2, "high");
+    lua_getfield(L, 2, "low");
+    lua_replace(L, 3);
+    lua_replace(L, 2);
+  }
+  if (lua_isnoneornil(L, 2)) {
+    high = lua_isnoneornil(L, 3) ? DEFAULT_HIGH : 4 * luaL_checkinteger(L, 3);
+  } else {
+    high = luaL_checkinteger(L, 2);
+  }
+  low = lua_isnoneornil(L, 3) ? high / 4 : luaL_checkinteger(L, 3);
+  if (!(high >= low && low >= 0))
+    return ml__exc_raise(L, "ValueError", "high (%d) must be >= low (%d) must be >= 0",
+                         (int)high, (int)low);
+  c->high = (size_t)high;
+  c->low = (size_t)low;
+  maybe_pause_writing(L, c);
+  maybe_resume_writing(L, c);
+  return 0;
+}
+
+static int t_get_write_buffer_limits(lua_State *L) {
+  ml_Conn *c = ml__conn_check(L, 1);
+  lua_pushinteger(L, (lua_Integer)c->low);
+  lua_pushinteger(L, (lua_Integer)c->high);
+  return 2;
+}
+
+static int t_get_write_buffer_size(lua_State *L) {
+  lua_pushinteger(L, (lua_Integer)wqueued(ml__conn_check(L, 1)));
+  return 1;
+}
+
+static int t_get_protocol(lua_State *L) {
+  ml__conn_check(L, 1);
+  lua_getiuservalue(L, 1, XUV_PROTO);
+  return 1;
+}
+
+static int t_set_protocol(lua_State *L) {
+  ml__conn_check(L, 1);
+  luaL_checkany(L, 2);
+  lua_settop(L, 2);
+  lua_setiuservalue(L, 1, XUV_PROTO);
+  return 0;
+}
+
+static int t_tostring(lua_State *L) {
+  ml_Conn *c = ml__conn_check(L, 1);
+  const char *st = c->lost ? "closed" : c->closing ? "closing" : "open";
+  lua_pushfstring(L, "<%s fd=%d %s>", c->kind == ML_CONN_DGRAM ? "DatagramTransport" : "Transport",
+                  c->fd, st);
+  return 1;
+}
+
+static int conn_gc(lua_State *L) {
+  ml_Conn *c = ml__conn_test(L, 1);
+  struct ev_loop *loop;
+  if (c == NULL) return 0;  /* a script calling __gc on something else */
+  loop = ml__loop(c->S);
+  /* Finalizers of other objects (a StreamWriter's) may still see c while
+   * the state closes: make every later operation a no-op. */
+  c->lost = c->closing = 1;
+  c->fd = -1;
+  if (ev_is_active(&c->rio)) ev_io_stop(loop, &c->rio);
+  if (ev_is_active(&c->wio)) ev_io_stop(loop, &c->wio);
+  if (ev_is_active(&c->later)) ev_timer_stop(loop, &c->later);
+  ml__bq_free(&c->rbuf);
+  ml__bq_free(&c->wbuf);
+  dq_free(c);
+  ml__waiters_free(c, &c->drainers);
+  ml__waiters_free(c, &c->closers);
+  return 0;
+}
+
+/* ---- datagram transport ---- */
+
+static ml_Conn *check_dgram(lua_State *L) {
+  ml_Conn *c = ml__conn_test(L, 1);
+  if (c == NULL || c->kind != ML_CONN_DGRAM) luaL_typeerror(L, 1, ML_DGRAM_TRANSPORT);
+  return c;
+}
+
+/* sendto(data [, addr]) */
+static int d_sendto(lua_State *L) {
+  ml_Conn *c = check_dgram(L);
+  size_t n;
+  const char *p = luaL_checklstring(L, 2, &n);
+  struct sockaddr_storage ss;
+  socklen_t alen = 0;
+  if (!lua_isnoneornil(L, 3)) {
+    int family = c->sock ? c->sock->family : AF_INET;
+    if (ml__sock_toaddr(L, 3, family, 0, &ss, &alen) != 0)
+      return luaL_argerror(L, 3, "address must be numeric (resolve names with loop:getaddrinfo)");
+    if (c->connected) {
+      if (alen != c->plen || memcmp(&ss, &c->peer, alen) != 0)
+        return ml__exc_raise(L, "ValueError", "Invalid address: must be nil or the remote address");
+      alen = 0;  /* connected: send() to the default peer */
+    }
+  } else if (!c->connected) {
+    return ml__exc_raise(L, "ValueError", "an address is needed: the transport has no remote address");
+  }
+  if (c->closing || c->lost || c->fd < 0) return 0;
+  if (c->dq_head == NULL) {
+    ssize_t r;
+    do r = sendto(c->fd, p, n, MSG_NOSIGNAL, alen ? (struct sockaddr *)&ss : NULL, alen);
+    while (r < 0 && errno == EINTR);
+    if (r >= 0) return 0;
+    if (errno != EAGAIN && errno != EWOULDBLOCK) {
+      proto_event_call(L, c, EVT_ERROR, errno);
+      return 0;
+    }
+  }
+  ml_Dgram *d = c->wbuf.alloc(c->wbuf.ud, NULL, 0, sizeof *d + n);
+  if (d == NULL) return ml__exc_raise(L, "MemoryError", "datagram queue");
+  d->next = NULL;
+  d->len = n;
+  d->alen = alen;
+  if (alen) memcpy(&d->addr, &ss, alen);
+  memcpy(d->data, p, n);
+  if (c->dq_tail) c->dq_tail->next = d;
+  else c->dq_head = d;
+  c->dq_tail = d;
+  c->dq_bytes += n;
+  if (!ev_is_active(&c->wio)) ev_io_start(ml__loop(c->S), &c->wio);
+  maybe_pause_writing(L, c);
+  return 0;
+}
+
+/* ---------------------------------------------------------------- */
+
+static const luaL_Reg transport_methods[] = {
+  {"write", t_write},
+  {"writelines", t_writelines},
+  {"write_eof", t_write_eof},
+  {"can_write_eof", t_can_write_eof},
+  {"close", t_close},
+  {"abort", t_abort},
+  {"is_closing", t_is_closing},
+  {"get_extra_info", t_get_extra_info},
+  {"pause_reading", t_pause_reading},
+  {"resume_reading", t_resume_reading},
+  {"is_reading", t_is_reading},
+  {"set_write_buffer_limits", t_set_write_buffer_limits},
+  {"get_write_buffer_limits", t_get_write_buffer_limits},
+  {"get_write_buffer_size", t_get_write_buffer_size},
+  {"get_protocol", t_get_protocol},
+  {"set_protocol", t_set_protocol},
+  {NULL, NULL}
+};
+
+static const luaL_Reg dgram_methods[] = {
+  {"sendto", d_sendto},
+  {"close", t_close},
+  {"abort", t_abort},
+  {"is_closing", t_is_closing},
+  {"get_extra_info", t_get_extra_info},
+  {"pause_reading", t_pause_reading},
+  {"resume_reading", t_resume_reading},
+  {"is_reading", t_is_reading},
+  {"set_write_buffer_limits", t_set_write_buffer_limits},
+  {"get_write_buffer_limits", t_get_write_buffer_limits},
+  {"get_write_buffer_size", t_get_write_buffer_size},
+  {"get_protocol", t_get_protocol},
+  {"set_protocol", t_set_protocol},
+  {NULL, NULL}
+};
+
+
+static const luaL_Reg module_funcs[] = {
+  {"_transport", l_transport},
+  {"_datagram", l_datagram},
+  {"_unlink_socket", l_unlink_socket},
+  {NULL, NULL}
+};
+
+static void newclass(lua_State *L, const char *name, const luaL_Reg *methods,
+                     lua_CFunction gc, lua_CFunction tostr) {
+  luaL_newmetatable(L, name);
+  lua_newtable(L);
+  luaL_setfuncs(L, methods, 0);
+  lua_setfield(L, -2, "__index");
+  if (gc) {
+    lua_pushcfunction(L, gc);
+    lua_setfield(L, -2, "__gc");
+  }
+  if (tostr) {
+    lua_pushcfunction(L, tostr);
+    lua_setfield(L, -2, "__tostring");
+  }
+  lua_pop(L, 1);
+}
+
+int luaopen_asyncio__transport(lua_State *L) {
+  luaL_requiref(L, "socket", luaopen_socket, 0);
+  lua_pop(L, 1);
+  newclass(L, ML_TRANSPORT, transport_methods, conn_gc, t_tostring);
+  newclass(L, ML_DGRAM_TRANSPORT, dgram_methods, conn_gc, t_tostring);
+  luaL_newlib(L, module_funcs);
+  return 1;
+}

@@ -1,0 +1,236 @@
+/* net.h: what the networking C modules of stdlib/ share (socketlib.c,
+ * asyncio_netlib.c, asyncio_transportlib.c): the socket object, address
+ * conversion and byte buffers allocated through the state's allocator. */
+#ifndef ML_NET_H
+#define ML_NET_H
+
+#include <sys/socket.h>
+#include "core/module.h"
+
+/* The userdata behind a `socket.socket` object (metatable "socket.socket").
+ * Sockets are created non-blocking and close-on-exec.  The two watchers are
+ * used by the loop's sock_* methods to park one reading and one writing
+ * task; they are started only while such a task waits. */
+typedef struct ml_Socket {
+  int fd;                  /* -1 once closed or detached */
+  int family, type, proto;
+  int blocking;            /* the script called setblocking(true) */
+  int transport;           /* a transport owns the fd (no loop:sock_*) */
+  ml_State *S;             /* set when a watcher was first used */
+  ev_io rio, wio;
+  ml_Task *rwait, *wwait;  /* tasks parked on rio / wio, or NULL */
+} ml_Socket;
+
+#define ML_SOCKET "socket.socket"
+
+/* The socket module (socketlib.c); other modules call it through
+ * luaL_requiref so that its metatables exist before they make sockets. */
+int luaopen_socket(lua_State *L);
+
+/* The socket at idx, raising a type error naming the argument if it is
+ * not one.  Closed sockets are returned too: check s->fd. */
+ml_Socket *ml__sock_check(lua_State *L, int idx);
+/* As ml__sock_check, but raises "socket is closed" (OSError EBADF) if it
+ * is. */
+ml_Socket *ml__sock_checkopen(lua_State *L, int idx);
+/* [-0, +1] pushes a new socket object owning fd.  Allocation may raise,
+ * so callers that make an fd push the object first with fd -1 and store
+ * the fd into it afterwards: then it cannot leak. */
+ml_Socket *ml__sock_push(lua_State *L, int fd, int family, int type, int proto);
+/* Stops the socket's watchers, wakes the tasks parked on them (they see
+ * the socket closed) and closes the fd.  Idempotent.  Returns 0 or -errno
+ * from close(2) (the fd is gone either way). */
+int ml__sock_close(ml_Socket *s);
+/* Makes a non-blocking, close-on-exec socket; returns the fd or -errno. */
+int ml__sock_open(int family, int type, int proto);
+
+/* Converts the script address at idx for a socket of family into ss:
+ * {host, port} (AF_INET), {host, port [, flowinfo [, scope_id]]}
+ * (AF_INET6), a path string (AF_UNIX; a leading "\0" means the abstract
+ * namespace).  Host "" is the any-address, "<broadcast>" the broadcast
+ * address.  If host is a name rather than a numeric address: with
+ * resolve set, it is looked up with a blocking getaddrinfo (only the
+ * synchronous socket methods do that); otherwise returns 1 and leaves ss
+ * alone, so the caller can resolve it asynchronously.  Raises argument
+ * errors naming arg for malformed addresses, an OSError subclass when a
+ * lookup fails.  Returns 0 on success. */
+int ml__sock_toaddr(lua_State *L, int idx, int family, int resolve,
+                    struct sockaddr_storage *ss, socklen_t *len);
+/* [-0, +1] pushes the script form of sa (see ml__sock_toaddr); nil for a
+ * family it does not know. */
+void ml__sock_pushaddr(lua_State *L, const struct sockaddr *sa, socklen_t len);
+/* [-0, +1] pushes the OSError for a getaddrinfo/getnameinfo failure code
+ * (EAI_*; EAI_SYSTEM uses errno sys_errno), class "gaierror" where the
+ * exceptions module has it, else "OSError". */
+void ml__sock_push_gaierror(lua_State *L, int code, int sys_errno);
+/* [-0, +1] pushes the list {{family, type, proto, canonname, sockaddr},
+ * ..., n = k} for a getaddrinfo result, and frees ai (also when it raises
+ * a memory error). */
+struct addrinfo;
+void ml__sock_pushaddrinfo(lua_State *L, struct addrinfo *ai);
+
+/* The bytes of the socket.buffer at idx (raises a type error naming the
+ * argument if it is not one); *size receives its size. */
+char *ml__buffer_check(lua_State *L, int idx, size_t *size);
+
+/* The state-wide scratch area (256 KiB, made on first use, never moved or
+ * freed before the state), for reads whose size is not known in advance.
+ * *size receives its size (which may be less than want).  Raises on
+ * ENOMEM. */
+char *ml__net_scratch(lua_State *L, size_t want, size_t *size);
+
+/* Sets the functions of sync into the table at idx, and those of async
+ * wrapped as async functions (calling one returns a Coroutine; awaiting it
+ * runs the C function inside the task, where it may suspend), named
+ * prefix..name in warnings.  [-0, +0] */
+void ml__net_setfuncs(lua_State *L, int idx, const char *prefix,
+                      const luaL_Reg *sync, const luaL_Reg *async);
+/* [-0, +1] pushes the loop's methods table, require("asyncio.core").Loop. */
+void ml__net_push_loop_methods(lua_State *L);
+
+/* ---------------------------------------------------------------- */
+/* Byte queues whose memory comes from the state's allocator, so the
+ * state's byte cap covers them.  Data is data[off .. off + len). */
+
+typedef struct ml_BQ {
+  char *data;
+  size_t off, len, cap;
+  lua_Alloc alloc;
+  void *ud;
+} ml_BQ;
+
+/* Binds q (all zero) to L's allocator. */
+void ml__bq_init(ml_BQ *q, lua_State *L);
+/* Makes room for at least n more bytes after the data (moving it to the
+ * front or growing); returns the free tail or NULL on ENOMEM.  Writing
+ * there and calling ml__bq_commit(q, k) appends k bytes. */
+char *ml__bq_reserve(ml_BQ *q, size_t n);
+/* Free bytes after the data now. */
+size_t ml__bq_room(const ml_BQ *q);
+void ml__bq_commit(ml_BQ *q, size_t n);
+/* Appends n bytes; returns 0 or -ENOMEM. */
+int ml__bq_add(ml_BQ *q, const char *s, size_t n);
+/* Drops n bytes from the front. */
+void ml__bq_consume(ml_BQ *q, size_t n);
+/* Releases the memory when the queue is empty and holds more than keep
+ * bytes, so idle connections stay small. */
+void ml__bq_trim(ml_BQ *q, size_t keep);
+void ml__bq_free(ml_BQ *q);
+
+/* ---------------------------------------------------------------- */
+/* Transports (asyncio_transportlib.c) and streams (asyncio_streamlib.c).
+ *
+ * One userdata, ml_Conn, is the transport of a connected socket (or of a
+ * datagram socket), and also the state of a stream: in stream mode the
+ * bytes read are kept in rbuf for the StreamReader instead of being handed
+ * to a protocol.  Its watchers and buffers live inside it; while it is
+ * open it is anchored in the registry (ref), because libev points at it.
+ * Everything that would run Lua code from a libev callback runs in
+ * protected mode: through ml__callback, or for data_received (the hot
+ * path) through one lua_pcall with the same report on failure;
+ * connection_lost is deferred to the `later` timer, so it never runs
+ * inside the caller of close(). */
+
+enum { ML_CONN_PROTO = 1, ML_CONN_STREAM, ML_CONN_DGRAM };
+
+/* User values of a transport. */
+enum { XUV_SOCK = 1, XUV_PROTO, XUV_EXC, XUV_ONLOST, XUV_N = XUV_ONLOST };
+
+/* The first field of every transport: with the userdata's size, it proves
+ * that a userdata is one (ml__conn_test; only C makes userdata) in two
+ * API calls, not the registry lookup and string compare of
+ * luaL_testudata (or a tag user value: four calls), on every method
+ * call. */
+#define ML_CONN_MAGIC 0x436f6e6eu
+
+#define ML_TRANSPORT "asyncio.Transport"
+#define ML_DGRAM_TRANSPORT "asyncio.DatagramTransport"
+
+/* Tasks waiting for one thing (drain, close); memory from the state's
+ * allocator. */
+typedef struct ml_Waiters {
+  ml_Task **v;
+  int n, cap;
+} ml_Waiters;
+
+typedef struct ml_Dgram ml_Dgram;  /* a queued datagram */
+
+typedef struct ml_Conn {
+  unsigned magic;           /* ML_CONN_MAGIC */
+  ml_State *S;
+  ml_Socket *sock;          /* NULL for a StreamReader of its own */
+  int fd;                   /* -1 once closed, or if none */
+  int kind;                 /* ML_CONN_* */
+  int ref;                  /* registry anchor while open */
+  int err;                  /* errno that ended the connection, 0 if none */
+  ev_io rio, wio;
+  ev_timer later;           /* delivers connection_lost */
+  ml_BQ rbuf;               /* stream mode: bytes the reader has not taken */
+  ml_BQ wbuf;               /* bytes the kernel has not taken yet */
+  char *scratch;            /* the state's scratch area */
+  size_t scratch_size;
+  size_t high, low;         /* write buffer limits */
+  size_t limit;             /* stream mode: the reader's limit */
+  unsigned char closing;    /* close() or abort() was called, or it failed */
+  unsigned char lost;       /* connection_lost was delivered */
+  unsigned char lost_queued;
+  unsigned char eof;        /* the peer's end of stream was seen (or fed) */
+  unsigned char eof_req;    /* write_eof(): shut down writing once flushed */
+  unsigned char eof_sent;
+  unsigned char paused;     /* pause_reading() */
+  unsigned char rpaused;    /* stream mode: rbuf over its limit */
+  unsigned char wpaused;    /* over the high-water mark: drain waits */
+  unsigned char is_sock;
+  unsigned char has_exc;    /* XUV_EXC holds the exception */
+  ml_Task *reader;          /* the task waiting for data, or NULL */
+  ml_Waiters drainers, closers;
+  ml_Dgram *dq_head, *dq_tail;  /* datagrams the kernel refused */
+  size_t dq_bytes;
+  struct sockaddr_storage local, peer;
+  socklen_t llen, plen;
+  int connected;            /* datagram: has a default peer */
+} ml_Conn;
+
+/* The transports module (asyncio_transportlib.c). */
+int luaopen_asyncio__transport(lua_State *L);
+
+/* The transport at idx (of either kind), or a type error naming it. */
+ml_Conn *ml__conn_check(lua_State *L, int idx);
+/* The transport at idx (of either kind), or NULL.  [-0, +0] */
+ml_Conn *ml__conn_test(lua_State *L, int idx);
+/* [-0, +1] pushes a new transport of kind over the open socket at sidx (it
+ * takes the socket: the socket's own close refuses from then on), or over
+ * nothing if sidx is 0.  Reading starts with ml__conn_start. */
+ml_Conn *ml__conn_new(lua_State *L, int sidx, int kind);
+/* Starts or stops the read watcher as the state of c asks. */
+void ml__conn_update_reading(ml_Conn *c);
+/* Writes n bytes: straight to the kernel when nothing is queued, queueing
+ * what it refuses.  Failures end the connection (connection_lost(exc));
+ * they are not raised here.  Crossing the high-water mark pauses writing
+ * (protocol.pause_writing() through L).  Returns 0 or -ENOMEM. */
+int ml__conn_write(lua_State *L, ml_Conn *c, const char *p, size_t n);
+/* writelines(list) of the transport or StreamWriter c: argument 2 is a list
+ * of strings, each written with ml__conn_write.  A lua_CFunction body:
+ * returns 0 values; raises on a bad list or after write_eof. */
+int ml__conn_writelines(lua_State *L, ml_Conn *c);
+/* close(): stops reading, flushes, then delivers connection_lost.  With
+ * abort, drops what is queued and closes at once.  Idempotent. */
+void ml__conn_close(ml_Conn *c, int abort);
+/* write_eof(): shuts down the writing half once the queue is flushed. */
+void ml__conn_write_eof(ml_Conn *c);
+/* [-0, +1] pushes the exception that ended c (made on first use from
+ * c->err), or nil. */
+void ml__conn_push_exc(lua_State *L, int cidx, ml_Conn *c);
+/* [-0, +1] get_extra_info(name, default) of the transport at cidx. */
+int ml__conn_extra(lua_State *L, int cidx, ml_Conn *c, int nameidx);
+
+/* Waiter sets.  add returns 0 or -ENOMEM; wake_all wakes and empties. */
+int ml__waiters_add(ml_Conn *c, ml_Waiters *w, ml_Task *t);
+void ml__waiters_remove(ml_Waiters *w, ml_Task *t);
+void ml__waiters_wake_all(ml_Waiters *w);
+void ml__waiters_free(ml_Conn *c, ml_Waiters *w);
+
+/* Wakes every task waiting on c (reader, drainers, closers). */
+void ml__conn_wake_all(ml_Conn *c);
+
+#endif

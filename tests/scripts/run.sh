@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# Runs every tests/scripts/test_*.lua in its own moonloop process and sums
+# their "N passed, N failed" lines.  A script that crashes, hangs (120 s)
+# or prints no summary counts as one failure.
+# usage: tests/scripts/run.sh path/to/moonloop [test files...]
+set -u
+bin=$(cd "$(dirname "$1")" && pwd)/$(basename "$1"); shift
+cd "$(dirname "$0")/../.."
+files=("$@"); [ ${#files[@]} -eq 0 ] && files=(tests/scripts/test_*.lua)
+export MOONLOOP_BIN="$bin"
+total_p=0; total_f=0
+for f in "${files[@]}"; do
+  out=$(timeout -k 5 120 "$bin" "$f" 2>&1); rc=$?
+  summary=$(printf '%s\n' "$out" | grep -E '^[0-9]+ passed, [0-9]+ failed$' | tail -n 1)
+  if [ -z "$summary" ]; then
+    printf '%s\n' "$out" | tail -n 20
+    echo "FAIL $f: no summary (exit status $rc)"
+    total_f=$((total_f + 1)); continue
+  fi
+  p=${summary%% passed*}; fl=${summary#*, }; fl=${fl%% failed}
+  if [ "$fl" != 0 ] || [ $rc -ne 0 ]; then
+    printf '%s\n' "$out" | grep -E '^(FAIL|moonloop:)' | head -n 20
+    [ "$fl" = 0 ] && fl=1 && echo "FAIL $f: exit status $rc"
+  fi
+  echo "$f: $summary"
+  total_p=$((total_p + p)); total_f=$((total_f + fl))
+done
+echo "scripts: $total_p passed, $total_f failed"
+[ "$total_f" -eq 0 ]

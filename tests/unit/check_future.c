@@ -1,0 +1,193 @@
+/* check_future.c: futures and tasks through the internal C API, on a real
+ * state: the state machine, callbacks, waking waiters, invalid states. */
+#include <check.h>
+#include <errno.h>
+#include <string.h>
+#include "core/task.h"
+#include "core/sched.h"
+#include "dialect/loader.h"
+
+static ml_State *S;
+
+/* The tasks of S not yet done. */
+static int pending_tasks(void) {
+  int n = 0;
+  ml_Task *t;
+  for (t = S->tasks; t; t = t->next) n++;
+  return n;
+}
+static lua_State *L;
+
+/* A state with the core alone: asyncio is asyncio.core here. */
+static void setup(void) {
+  S = ml__state_new(NULL);
+  ck_assert_ptr_nonnull(S);
+  L = S->L;
+  luaL_requiref(L, "asyncio", ml__corelib_open, 1);
+  lua_pop(L, 1);
+}
+
+static void teardown(void) {
+  ml__state_close(S);
+}
+
+/* Runs a chunk of the dialect as a task until idle; returns its first
+ * result as an integer (or -1 if it failed). */
+static lua_Integer run_task(const char *src) {
+  lua_Integer r;
+  ml_Future *f;
+  ck_assert_int_eq(ml__load(L, src, strlen(src), "=test"), LUA_OK);
+  ml__task_spawn(L, 0, "test");
+  f = lua_touserdata(L, -1);
+  ml__sched_run(S, NULL);
+  if (f->state != ML_RESULT) {
+    f->log_exc = 0;  /* retrieved: the caller checks the -1 */
+    lua_pop(L, 1);
+    return -1;
+  }
+  ml__future_unwrap(L, -1);
+  r = lua_tointeger(L, -1);
+  lua_pop(L, 2);
+  return r;
+}
+
+START_TEST(test_future_starts_pending) {
+  ml_Future *f = ml__future_new(L);
+  ck_assert_int_eq(ml__future_state(f), ML_PENDING);
+  ck_assert_ptr_eq(ml__future_test(L, -1), f);
+  lua_pushinteger(L, 1);
+  ck_assert_ptr_null(ml__future_test(L, -1));
+  lua_pop(L, 2);
+}
+END_TEST
+
+START_TEST(test_future_result_once) {
+  ml_Future *f = ml__future_new(L);
+  int fidx = lua_gettop(L);
+  lua_pushinteger(L, 7);
+  lua_pushstring(L, "x");
+  ck_assert_int_eq(ml__future_set_result(L, fidx, 2), 0);
+  ck_assert_int_eq(lua_gettop(L), fidx);
+  ck_assert_int_eq(ml__future_state(f), ML_RESULT);
+  lua_pushinteger(L, 8);
+  ck_assert_int_eq(ml__future_set_result(L, fidx, 1), -EINVAL);
+  ck_assert_int_eq(lua_gettop(L), fidx);  /* the value was popped anyway */
+  ck_assert_int_eq(ml__future_unwrap(L, fidx), 2);
+  ck_assert_int_eq(lua_tointeger(L, -2), 7);
+  ck_assert_str_eq(lua_tostring(L, -1), "x");
+  lua_settop(L, 0);
+}
+END_TEST
+
+START_TEST(test_future_exception_then_invalid) {
+  ml_Future *f = ml__future_new(L);
+  int fidx = lua_gettop(L);
+  ml__exc_push(L, "ValueError", "bad");
+  ck_assert_int_eq(ml__future_set_exception(L, fidx), 0);
+  ck_assert_int_eq(ml__future_state(f), ML_EXCEPTION);
+  ck_assert_int_eq(ml__future_cancel(L, fidx, NULL), 0);
+  ml__exc_push(L, "ValueError", "again");
+  ck_assert_int_eq(ml__future_set_exception(L, fidx), -EINVAL);
+  f->log_exc = 0;  /* retrieved by this test */
+  lua_settop(L, 0);
+}
+END_TEST
+
+START_TEST(test_future_cancel_once) {
+  ml_Future *f = ml__future_new(L);
+  int fidx = lua_gettop(L);
+  ck_assert_int_eq(ml__future_cancel(L, fidx, "why"), 1);
+  ck_assert_int_eq(ml__future_state(f), ML_CANCELLED);
+  ck_assert_int_eq(ml__future_cancel(L, fidx, NULL), 0);
+  lua_pushinteger(L, 1);
+  ck_assert_int_eq(ml__future_set_result(L, fidx, 1), -EINVAL);
+  lua_settop(L, 0);
+}
+END_TEST
+
+START_TEST(test_future_callbacks_are_scheduled_not_called) {
+  ck_assert_int_eq(run_task(
+    "local f = asyncio.Future()\n"
+    "local n = 0\n"
+    "f:add_done_callback(function() n = n + 1 end)\n"
+    "f:add_done_callback(function() n = n + 10 end)\n"
+    "f:set_result(1)\n"
+    "local before = n\n"
+    "await asyncio.sleep(0)\n"
+    "return before * 100 + n\n"), 11);
+}
+END_TEST
+
+START_TEST(test_future_cancel_wakes_waiter) {
+  ck_assert_int_eq(run_task(
+    "local f = asyncio.Future()\n"
+    "local t = asyncio.create_task(function() local ok = pcall(await, f); return ok and 1 or 2 end)\n"
+    "await asyncio.sleep(0)\n"
+    "f:cancel()\n"
+    "return await t\n"), 2);
+}
+END_TEST
+
+START_TEST(test_future_many_waiters_all_wake) {
+  ck_assert_int_eq(run_task(
+    "local f = asyncio.Future()\n"
+    "local ts = {}\n"
+    "for i = 1, 50 do ts[i] = asyncio.create_task(function() return await f end) end\n"
+    "await asyncio.sleep(0)\n"
+    "f:set_result(2)\n"
+    "local sum = 0\n"
+    "for i = 1, 50 do sum = sum + await ts[i] end\n"
+    "return sum\n"), 100);
+}
+END_TEST
+
+START_TEST(test_task_runs_and_finishes) {
+  ck_assert_int_eq(run_task("return await asyncio.sleep(0.001, 42)"), 42);
+  ck_assert_int_eq(pending_tasks(), 0);
+  ck_assert_ptr_null(S->tasks);
+}
+END_TEST
+
+START_TEST(test_task_error_fails_it) {
+  ck_assert_int_eq(run_task("error('x')"), -1);
+  ck_assert_int_eq(pending_tasks(), 0);
+}
+END_TEST
+
+/* Closing a state with tasks still pending (sleeping, awaiting) cancels
+ * them and releases everything (ASan checks the "everything"). */
+START_TEST(test_task_close_with_pending) {
+  const char *src = "for i = 1, 20 do asyncio.create_task(asyncio.sleep(100)) end\n"
+                    "asyncio.create_task(function() await asyncio.Future() end)\n";
+  ck_assert_int_eq(ml__load(L, src, strlen(src), "=test"), LUA_OK);
+  ml__task_spawn(L, 0, "test");
+  lua_pop(L, 1);
+  ml__sched_step(S);
+  ml__sched_step(S);
+  ck_assert_int_eq(pending_tasks(), 21);
+}
+END_TEST
+
+Suite *future_suite(void) {
+  Suite *s = suite_create("future");
+  TCase *tc = tcase_create("state");
+  tcase_add_checked_fixture(tc, setup, teardown);
+  tcase_add_test(tc, test_future_starts_pending);
+  tcase_add_test(tc, test_future_result_once);
+  tcase_add_test(tc, test_future_exception_then_invalid);
+  tcase_add_test(tc, test_future_cancel_once);
+  suite_add_tcase(s, tc);
+  tc = tcase_create("callbacks");
+  tcase_add_checked_fixture(tc, setup, teardown);
+  tcase_add_test(tc, test_future_callbacks_are_scheduled_not_called);
+  tcase_add_test(tc, test_future_cancel_wakes_waiter);
+  tcase_add_test(tc, test_future_many_waiters_all_wake);
+  suite_add_tcase(s, tc);
+  tc = tcase_create("tasks");
+  tcase_add_checked_fixture(tc, setup, teardown);
+  tcase_add_test(tc, test_task_runs_and_finishes);
+  tcase_add_test(tc, test_task_error_fails_it);
+  tcase_add_test(tc, test_task_close_with_pending);
+  suite_add_tcase(s, tc);
+  return s;
+}

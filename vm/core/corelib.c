@@ -1,0 +1,136 @@
+/* corelib.c: asyncio.core, the core's face to Lua (the Lua half of the
+ * asyncio module, stdlib/asyncio.lua, builds the public module on it). */
+#include <errno.h>
+#include <string.h>
+#include "task.h"
+#include "coro.h"
+#include "sched.h"
+#include "gather.h"
+
+int ml__core_create_task(lua_State *L) {
+  const char *name = NULL;
+  int tp = lua_type(L, 1);
+  if (lua_type(L, 2) == LUA_TTABLE) {
+    lua_getfield(L, 2, "name");
+    if (!lua_isnil(L, -1)) name = luaL_tolstring(L, -1, NULL);
+  }
+  /* One type test: claiming tells a Coroutine too. */
+  if (tp != LUA_TFUNCTION && (tp != LUA_TUSERDATA || !ml__coro_claim(L, 1)))
+    return ml__exc_raise(L, "TypeError", "a coroutine was expected, got %s",
+                         luaL_tolstring(L, 1, NULL));
+  lua_pushvalue(L, 1);
+  if (tp == LUA_TFUNCTION) ml__task_spawn(L, 0, name);
+  else ml__task_spawn_coro(L, name);
+  return 1;
+}
+
+/* _parked(co): the thread co is parked in an await. */
+static int core_parked(lua_State *L) {
+  lua_State *co = lua_tothread(L, 1);
+  lua_pushboolean(L, co != NULL && co != L && ml__task_parked(co));
+  return 1;
+}
+
+/* _park(on): marks the calling thread as parked in an await, or not (a
+ * generator's await passes through it: asyncio.lua's pass). */
+static int core_park(lua_State *L) {
+  ml__set_parked(L, lua_toboolean(L, 1));
+  return 0;
+}
+
+static int core_current_task(lua_State *L) {
+  ml_Task *t = ml__task_current(L);
+  if (t) ml__task_push(L, t);
+  else lua_pushnil(L);
+  return 1;
+}
+
+/* all_tasks(): the pending tasks, as a list with n. */
+static int core_all_tasks(lua_State *L) {
+  ml_Task *t;
+  int n = 0;
+  lua_newtable(L);
+  for (t = ml__state(L)->tasks; t; t = t->next) {
+    ml__task_push(L, t);
+    lua_rawseti(L, -2, ++n);
+  }
+  lua_pushinteger(L, n);
+  lua_setfield(L, -2, "n");
+  return 1;
+}
+
+static int core_get_running_loop(lua_State *L) {
+  ml_State *S = ml__state(L);
+  if (S->running == 0 && S->current == NULL)
+    return ml__exc_raise(L, "RuntimeError", "no running event loop");
+  ml__push_loop(L);
+  return 1;
+}
+
+static int core_get_event_loop(lua_State *L) {
+  ml__push_loop(L);
+  return 1;
+}
+
+static int core_isfuture(lua_State *L) {
+  lua_pushboolean(L, ml__future_test(L, 1) != NULL);
+  return 1;
+}
+
+/* run_until_complete(fut): drives the loop from outside any task until
+ * fut is done, then returns its results (or raises its exception). */
+static int core_run_until_complete(lua_State *L) {
+  ml_State *S = ml__state(L);
+  ml_Future *f = ml__future_test(L, 1);
+  int rc;
+  if (f == NULL) return luaL_typeerror(L, 1, "Future or Task");
+  if (S->current || S->running > 0)  /* in a task, or a callback of the running loop */
+    return ml__exc_raise(L, "RuntimeError", "this event loop is already running");
+  lua_settop(L, 1);
+  rc = ml__sched_run(S, f);
+  if (rc == -EDEADLK)
+    return ml__exc_raise(L, "RuntimeError",
+                         "the awaited task can never finish: nothing is left that could wake it "
+                         "(no ready task, timer or I/O watcher)");
+  if (f->state == ML_PENDING)
+    return ml__exc_raise(L, "RuntimeError", "Event loop stopped before Future completed.");
+  return ml__future_unwrap(L, 1);
+}
+
+/* _set_debug(b) */
+static int core_set_debug(lua_State *L) {
+  ml__state(L)->debug = lua_toboolean(L, 1);
+  return 0;
+}
+
+static const luaL_Reg core_funcs[] = {
+  { "Future", ml__future_lnew },
+  { "create_task", ml__core_create_task },
+  { "current_task", core_current_task },
+  { "all_tasks", core_all_tasks },
+  { "get_running_loop", core_get_running_loop },
+  { "get_event_loop", core_get_event_loop },
+  { "iscoroutine", ml__coro_iscoroutine },
+  { "iscoroutinefunction", ml__coro_iscoroutinefunction },
+  { "isfuture", core_isfuture },
+  { "run_until_complete", core_run_until_complete },
+  { "_set_debug", core_set_debug },
+  { "_set_cancel_hook", ml__future_set_cancel_hook },
+  { "_gather", ml__gather },
+  { "_parked", core_parked },
+  { "_park", core_park },
+  { NULL, NULL }
+};
+
+int ml__corelib_open(lua_State *L) {
+  luaL_newlib(L, core_funcs);
+  ml__sched_open(L);
+  lua_setfield(L, -2, "Loop");
+  ml__push_async_sleep(L, ml__task_sleep);
+  lua_setfield(L, -2, "sleep");
+  lua_pushlightuserdata(L, (void *)&ml__await_marker);
+  lua_setfield(L, -2, "_marker");
+  lua_getglobal(L, "await");
+  lua_setfield(L, -2, "await");
+  return 1;
+}

@@ -1,0 +1,31 @@
+/* coro.h: Coroutine objects and await (coro.c): what an async function returns, and how await dispatches. */
+#ifndef ML_CORO_H
+#define ML_CORO_H
+
+#include "state.h"
+
+/* Sets up the Coroutine metatable.  [-0, +0] */
+void ml__coro_open(lua_State *L);
+/* If the value at idx is a Coroutine: marks it awaited (raising
+ * RuntimeError if it already was) and pushes its function and arguments,
+ * returning how many values it pushed.  Otherwise returns -1.  */
+int ml__coro_unpack(lua_State *L, int idx);
+/* If the value at idx is a Coroutine, marks it taken (by a task), raising
+ * RuntimeError if it already was awaited, and returns 1; else 0.  [-0, +0] */
+int ml__coro_claim(lua_State *L, int idx);
+/* Pushes the function and arguments of the Coroutine at idx (which must
+ * be one: a task made of it) without marking it; returns how many. */
+int ml__coro_push(lua_State *L, int idx);
+/* [-0, +1] pushes the name of the Coroutine at idx. */
+void ml__coro_push_name(lua_State *L, int idx);
+/* await of a pending-or-done Future/Task at stack index 1. */
+int ml__await_future(lua_State *L, ml_Future *f);
+int ml__coro_iscoroutine(lua_State *L);          /* (x) -> boolean */
+int ml__coro_iscoroutinefunction(lua_State *L);  /* (f) -> boolean */
+/* The marker yielded to the scheduler by every suspension. */
+extern const char ml__await_marker;
+
+/* The same for asyncio.sleep, whose sleep(0) is one shared Coroutine. */
+void ml__push_async_sleep(lua_State *L, lua_CFunction f);
+
+#endif

@@ -1,0 +1,625 @@
+/* future.c: asyncio.Future, a userdata whose completion wakes tasks. */
+#include <errno.h>
+#include <string.h>
+#include "task.h"
+#include "coro.h"
+#include "gather.h"
+#include "sched.h"
+
+ml_Future *ml__future_alloc(lua_State *L, size_t size, int nuv, int is_task) {
+  ml_State *S = ml__state(L);
+  ml_Future *f = lua_newuserdatauv(L, size, nuv);
+  memset(f, 0, size);
+  f->S = S;
+  lua_rawgeti(L, LUA_REGISTRYINDEX, is_task ? S->task_mt_ref : S->future_mt_ref);
+  lua_setmetatable(L, -2);
+  return f;
+}
+
+ml_Future *ml__future_new(lua_State *L) {
+  return ml__future_alloc(L, sizeof(ml_Future), FUV_NFUTURE, 0);
+}
+
+ml_Future *ml__future_test(lua_State *L, int idx) {
+  ml_Future *f = lua_touserdata(L, idx);
+  const void *mt;
+  if (f == NULL || !lua_getmetatable(L, idx)) return NULL;
+  mt = lua_topointer(L, -1);
+  lua_pop(L, 1);
+  return ml__is_future_mt(ml__state(L), mt) ? f : NULL;
+}
+
+static ml_Future *check_future(lua_State *L, int idx) {
+  ml_Future *f = ml__future_test(L, idx);
+  if (f == NULL) luaL_typeerror(L, idx, "Future");
+  return f;
+}
+
+int ml__future_state(const ml_Future *f) { return f->state; }
+
+int ml__xget(lua_State *L, int idx, int key) {
+  ml_Future *f = lua_touserdata(L, idx);
+  int t;
+  if (!f->has_extra) {
+    lua_pushnil(L);
+    return LUA_TNIL;
+  }
+  lua_getiuservalue(L, idx, FUV_MISC);
+  t = lua_rawgeti(L, -1, key);
+  lua_remove(L, -2);
+  return t;
+}
+
+void ml__xset(lua_State *L, int idx, int key) {
+  ml_Future *f = lua_touserdata(L, idx);
+  idx = lua_absindex(L, idx);
+  if (!f->has_extra) {
+    if (lua_isnil(L, -1)) {  /* nothing to clear */
+      lua_pop(L, 1);
+      return;
+    }
+    /* Make the table, and move the callbacks into it. */
+    lua_createtable(L, X_CBS, 0);
+    lua_getiuservalue(L, idx, FUV_MISC);
+    lua_rawseti(L, -2, X_CBS);
+    lua_pushvalue(L, -1);
+    lua_setiuservalue(L, idx, FUV_MISC);
+    f->has_extra = 1;
+  } else {
+    lua_getiuservalue(L, idx, FUV_MISC);
+  }
+  lua_insert(L, -2);
+  lua_rawseti(L, -2, key);
+  lua_pop(L, 1);
+}
+
+/* [-0, +1] pushes the done callbacks of the future f at fidx (nil, one
+ * callback, or a list: see FUV_MISC). */
+static void cbs_get(lua_State *L, int fidx, ml_Future *f) {
+  lua_getiuservalue(L, fidx, FUV_MISC);
+  if (f->has_extra) {
+    lua_rawgeti(L, -1, X_CBS);
+    lua_remove(L, -2);
+  }
+}
+
+/* [-1, +0] pops the value at top into f's done callbacks. */
+static void cbs_set(lua_State *L, int fidx, ml_Future *f) {
+  if (f->has_extra) {
+    lua_getiuservalue(L, fidx, FUV_MISC);
+    lua_insert(L, -2);
+    lua_rawseti(L, -2, X_CBS);
+    lua_pop(L, 1);
+  } else {
+    lua_setiuservalue(L, fidx, FUV_MISC);
+  }
+}
+
+void ml__future_schedule(lua_State *L, int fidx, ml_Future *f) {
+  ml_Task *t = f->waiter;
+  if (t) {
+    f->waiter = NULL;
+    if (t->awaiting == f) ml__task_wake(t);
+  }
+  if (f->ncallbacks == 1 && !f->cb_queued && f->is_task && ((ml_Task *)f)->ref != LUA_NOREF) {
+    /* A task finishing whose one callback is a gather's: the gather counts
+     * it down now rather than from the ready queue, as no script runs in
+     * between (the gather's outer future may be done an iteration sooner
+     * than asyncio's; its awaiters still wake through the queue).  A
+     * queued callback entry cost ~450 instructions a gathered task. */
+    cbs_get(L, fidx, f);
+    if (ml__gather_done(L, lua_gettop(L), fidx)) {
+      lua_pushnil(L);
+      cbs_set(L, fidx, f);
+      f->ncallbacks = 0;
+      lua_pop(L, 1);
+      return;
+    }
+    lua_pop(L, 1);
+  }
+  if (f->ncallbacks > 0 && !f->cb_queued) {
+    ml_Entry e;
+    e.kind = ML_RUN_FUTURE_CALLBACKS;
+    e.p = f;
+    if (f->is_task && ((ml_Task *)f)->ref != LUA_NOREF) {
+      /* A task completes only as it finishes, when its own reference is
+       * let go: the entry takes it over (one luaL_ref and unref fewer). */
+      e.ref = ((ml_Task *)f)->ref;
+      ((ml_Task *)f)->ref = LUA_NOREF;
+    } else {
+      lua_pushvalue(L, fidx);
+      e.ref = luaL_ref(L, LUA_REGISTRYINDEX);
+    }
+    if (ml__readyq_push(&f->S->ready, e) < 0) {
+      luaL_unref(L, LUA_REGISTRYINDEX, e.ref);
+      luaL_error(L, "not enough memory");
+    }
+    f->cb_queued = 1;
+  }
+}
+
+/* The done callbacks are kept in FUV_MISC: the callback itself while
+ * there is one (a gather's child, a task awaiting it), a list from the
+ * second on.  Profile: a table per future was ~400 instructions of the
+ * ~10k a gathered task cost, and 56 bytes. */
+
+/* Runs or wakes callback cb (at the top) of the done future at fidx.
+ * [-1, +0] */
+static void run_callback(lua_State *L, int fidx, ml_Future *f) {
+  ml_Future *w = lua_touserdata(L, -1);
+  if (w) {
+    /* Userdata callbacks are a gather's (gather.c), or tasks: a task that
+     * awaits f is woken if it still does. */
+    ml_Task *t = (ml_Task *)w;
+    if (!ml__gather_done(L, lua_gettop(L), fidx) && t->awaiting == f) ml__task_wake(t);
+    lua_pop(L, 1);
+    return;
+  }
+  lua_pushvalue(L, fidx);
+  ml__callback(L, 1, "done callback");
+}
+
+void ml__future_run_callbacks(lua_State *L) {
+  int fidx = lua_gettop(L), i, n;
+  ml_Future *f = lua_touserdata(L, fidx);
+  f->cb_queued = 0;
+  /* Take the list: callbacks added while these run form a new one. */
+  n = f->ncallbacks;
+  f->ncallbacks = 0;
+  if (n == 0) {
+    lua_settop(L, fidx - 1);
+    return;
+  }
+  cbs_get(L, fidx, f);
+  lua_pushnil(L);
+  cbs_set(L, fidx, f);
+  if (n == 1) {
+    run_callback(L, fidx, f);
+  } else {
+    for (i = 1; i <= n; i++) {
+      lua_rawgeti(L, fidx + 1, i);
+      run_callback(L, fidx, f);
+    }
+  }
+  lua_settop(L, fidx - 1);
+}
+
+/* Moves the pending future at fidx to state st.  [-0, +0] */
+static void complete(lua_State *L, int fidx, ml_Future *f, int st) {
+  f->state = st;
+  ml__future_schedule(L, fidx, f);
+}
+
+/* ---- exceptions nobody retrieves ----
+ * asyncio reports, when a failed future is collected, an exception nobody
+ * looked at.  Futures and tasks have no __gc: a finaliser costs every one
+ * of them a second GC cycle and a place in a list each cycle walks, and
+ * giving one to an existing object (lua_setmetatable) makes Lua search
+ * its list of all objects for it, so failing many old futures was
+ * quadratic.  A future that fails gets a sentinel instead: a small new
+ * userdata with __gc, in its extra table, holding what the report needs
+ * (the exception, a task's traceback, the report's words).  Only the
+ * future refers to it, so it is collected with it; retrieving the
+ * exception disarms it. */
+
+typedef struct Sentinel {
+  unsigned magic;  /* SENTINEL_MAGIC: its __gc checks what it is given */
+  unsigned char armed;
+} Sentinel;
+
+#define SENTINEL_MAGIC 0x53656e74u
+enum { SUV_EXC = 1, SUV_TB, SUV_WHAT, SUV_N = SUV_WHAT };
+
+static int sentinel_gc(lua_State *L) {
+  Sentinel *s = lua_touserdata(L, 1);
+  if (s == NULL || lua_rawlen(L, 1) != sizeof *s || s->magic != SENTINEL_MAGIC || !s->armed)
+    return 0;
+  s->armed = 0;
+  lua_settop(L, 1);
+  lua_getiuservalue(L, 1, SUV_EXC);
+  if (lua_getiuservalue(L, 1, SUV_TB) == LUA_TSTRING) {
+    lua_pushfstring(L, "%s\n%s", luaL_tolstring(L, 2, NULL), lua_tostring(L, 3));
+    lua_replace(L, 2);
+  }
+  lua_settop(L, 2);
+  lua_getiuservalue(L, 1, SUV_WHAT);
+  lua_insert(L, 2);  /* [sentinel, what, error] */
+  ml__report(L, lua_tostring(L, 2));
+  return 0;
+}
+
+/* Gives the future at fidx, which just failed, an armed sentinel. */
+static void arm_sentinel(lua_State *L, int fidx, ml_Future *f) {
+  Sentinel *s = lua_newuserdatauv(L, sizeof *s, SUV_N);
+  s->magic = SENTINEL_MAGIC;
+  s->armed = 1;
+  lua_rawgeti(L, LUA_REGISTRYINDEX, f->S->sentinel_mt_ref);
+  lua_setmetatable(L, -2);  /* a new object: no search */
+  lua_getiuservalue(L, fidx, FUV_RESULT);
+  lua_setiuservalue(L, -2, SUV_EXC);
+  if (f->is_task) {
+    ml_Task *t = (ml_Task *)f;
+    ml__xget(L, fidx, X_TB);
+    lua_setiuservalue(L, -2, SUV_TB);
+    if (ml__xget(L, fidx, X_NAME) == LUA_TNIL) {
+      lua_pop(L, 1);
+      lua_pushfstring(L, "Task-%I", (lua_Integer)t->id);
+    }
+    lua_pushfstring(L, "Task exception was never retrieved (task '%s')", lua_tostring(L, -1));
+    lua_remove(L, -2);
+  } else {
+    lua_pushliteral(L, "Future exception was never retrieved");
+  }
+  lua_setiuservalue(L, -2, SUV_WHAT);
+  ml__xset(L, fidx, X_SENTINEL);
+  f->log_exc = 1;
+}
+
+void ml__future_retrieved(lua_State *L, int fidx, ml_Future *f) {
+  if (!f->log_exc) return;
+  f->log_exc = 0;
+  if (ml__xget(L, fidx, X_SENTINEL) == LUA_TUSERDATA) {
+    Sentinel *s = lua_touserdata(L, -1);
+    s->armed = 0;
+  }
+  lua_pop(L, 1);
+}
+
+int ml__future_set_result(lua_State *L, int fidx, int n) {
+  ml_Future *f = lua_touserdata(L, fidx);
+  fidx = lua_absindex(L, fidx);
+  if (f->state != ML_PENDING) {
+    lua_pop(L, n);
+    return -EINVAL;
+  }
+  if (n == 1) {
+    lua_setiuservalue(L, fidx, FUV_RESULT);
+  } else if (n > 1) {
+    int i;
+    lua_createtable(L, n, 0);
+    lua_insert(L, -n - 1);
+    for (i = n; i >= 1; i--) lua_rawseti(L, -i - 1, i);
+    lua_setiuservalue(L, fidx, FUV_RESULT);
+  }
+  f->nres = n;
+  complete(L, fidx, f, ML_RESULT);
+  return 0;
+}
+
+int ml__future_set_exception(lua_State *L, int fidx) {
+  ml_Future *f = lua_touserdata(L, fidx);
+  fidx = lua_absindex(L, fidx);
+  if (f->state != ML_PENDING) {
+    lua_pop(L, 1);
+    return -EINVAL;
+  }
+  lua_setiuservalue(L, fidx, FUV_RESULT);
+  arm_sentinel(L, fidx, f);
+  complete(L, fidx, f, ML_EXCEPTION);
+  return 0;
+}
+
+int ml__future_cancel(lua_State *L, int fidx, const char *msg) {
+  ml_Future *f = lua_touserdata(L, fidx);
+  fidx = lua_absindex(L, fidx);
+  if (f->state != ML_PENDING) return 0;
+  if (f->is_task) {
+    /* A task is cancelled by asking it: CancelledError is raised where it
+     * waits, and it finishes (cancelled) once it has unwound. */
+    int r;
+    if (msg) lua_pushstring(L, msg);
+    else lua_pushnil(L);
+    r = ml__task_cancel(L, (ml_Task *)f, lua_gettop(L));
+    lua_pop(L, 1);
+    return r;
+  }
+  if (f->has_cancel_hook) {
+    /* A composite future (gather) passes the cancellation on to its
+     * children and completes when they have finished. */
+    int r;
+    ml__xget(L, fidx, X_CANCEL_HOOK);
+    lua_pushvalue(L, fidx);
+    if (msg) lua_pushstring(L, msg);
+    else lua_pushnil(L);
+    lua_call(L, 2, 1);
+    r = lua_toboolean(L, -1);
+    lua_pop(L, 1);
+    return r;
+  }
+  if (msg) {
+    lua_pushstring(L, msg);
+    ml__xset(L, fidx, X_MSG);
+  }
+  complete(L, fidx, f, ML_CANCELLED);
+  return 1;
+}
+
+/* [-0, +1] pushes the CancelledError a cancelled future raises: the one a
+ * task was cancelled with, or a new one carrying the cancel message. */
+static void push_cancelled(lua_State *L, int fidx) {
+  if (lua_getiuservalue(L, fidx, FUV_RESULT) != LUA_TNIL) return;
+  lua_pop(L, 1);
+  if (ml__xget(L, fidx, X_MSG) == LUA_TNIL) {
+    lua_pop(L, 1);
+    ml__exc_push(L, "CancelledError", NULL);
+  } else {
+    const char *m = lua_tostring(L, -1);
+    ml__exc_push(L, "CancelledError", "%s", m ? m : "");
+    lua_remove(L, -2);
+  }
+}
+
+int ml__future_unwrap(lua_State *L, int fidx) {
+  ml_Future *f = lua_touserdata(L, fidx);
+  fidx = lua_absindex(L, fidx);
+  switch (f->state) {
+  case ML_RESULT:
+    if (f->nres == 1) {
+      lua_getiuservalue(L, fidx, FUV_RESULT);
+    } else if (f->nres > 1) {
+      int i, n = f->nres;
+      luaL_checkstack(L, n + 1, "too many results");
+      lua_getiuservalue(L, fidx, FUV_RESULT);
+      for (i = 1; i <= n; i++) lua_rawgeti(L, -i, i);
+      lua_remove(L, -n - 1);
+    }
+    return f->nres;
+  case ML_EXCEPTION:
+    ml__future_retrieved(L, fidx, f);
+    lua_getiuservalue(L, fidx, FUV_RESULT);
+    if (f->is_task) {
+      /* Remember where it came from, so a traceback can show the chain. */
+      ml_Task *t = ml__task_current(L);
+      if (t && t != (ml_Task *)f) {
+        ml__task_push(L, t);
+        lua_pushvalue(L, -2);
+        ml__xset(L, -2, X_CAUSE_EXC);
+        ml__xget(L, fidx, X_TB);
+        ml__xset(L, -2, X_CAUSE_TB);
+        lua_pop(L, 1);
+      }
+    }
+    return lua_error(L);
+  case ML_CANCELLED:
+    push_cancelled(L, fidx);
+    return lua_error(L);
+  default:
+    return ml__exc_raise(L, "InvalidStateError", "Result is not set.");
+  }
+}
+
+/* ---- Lua methods ---- */
+
+static int future_new(lua_State *L) {
+  ml__future_new(L);
+  return 1;
+}
+
+static int future_result(lua_State *L) {
+  check_future(L, 1);
+  return ml__future_unwrap(L, 1);
+}
+
+static int future_exception(lua_State *L) {
+  ml_Future *f = check_future(L, 1);
+  switch (f->state) {
+  case ML_PENDING:
+    return ml__exc_raise(L, "InvalidStateError", "Exception is not set.");
+  case ML_CANCELLED:
+    push_cancelled(L, 1);
+    return lua_error(L);
+  case ML_EXCEPTION:
+    ml__future_retrieved(L, 1, f);
+    lua_getiuservalue(L, 1, FUV_RESULT);
+    return 1;
+  default:
+    lua_pushnil(L);
+    return 1;
+  }
+}
+
+static int future_set_result(lua_State *L) {
+  ml_Future *f = check_future(L, 1);
+  if (f->is_task) return luaL_error(L, "Task does not support set_result operation");
+  if (ml__future_set_result(L, 1, lua_gettop(L) - 1) < 0)
+    return ml__exc_raise(L, "InvalidStateError", "invalid state: the future is already done");
+  return 0;
+}
+
+static int future_set_exception(lua_State *L) {
+  ml_Future *f = check_future(L, 1);
+  if (f->is_task) return luaL_error(L, "Task does not support set_exception operation");
+  luaL_checkany(L, 2);
+  lua_settop(L, 2);
+  if (ml__future_set_exception(L, 1) < 0)
+    return ml__exc_raise(L, "InvalidStateError", "invalid state: the future is already done");
+  return 0;
+}
+
+static int future_done(lua_State *L) {
+  lua_pushboolean(L, check_future(L, 1)->state != ML_PENDING);
+  return 1;
+}
+
+static int future_cancelled(lua_State *L) {
+  lua_pushboolean(L, check_future(L, 1)->state == ML_CANCELLED);
+  return 1;
+}
+
+static int future_cancel(lua_State *L) {
+  check_future(L, 1);
+  lua_pushboolean(L, ml__future_cancel(L, 1, luaL_optstring(L, 2, NULL)));
+  return 1;
+}
+
+/* Appends the value at top to the callback list.  [-1, +0] */
+static void add_callback(lua_State *L, int fidx, ml_Future *f) {
+  if (f->ncallbacks == 1) {  /* the second: make the list */
+    lua_createtable(L, 4, 0);
+    /* Making it may have run finalizers that added or ran callbacks of f:
+     * then f is looked at again. */
+    if (f->ncallbacks == 1) {
+      cbs_get(L, fidx, f);
+      lua_rawseti(L, -2, 1);
+      lua_pushvalue(L, -1);
+      cbs_set(L, fidx, f);
+      lua_insert(L, -2);
+      lua_rawseti(L, -2, ++f->ncallbacks);
+      lua_pop(L, 1);
+      return;
+    }
+    lua_pop(L, 1);
+  }
+  if (f->ncallbacks == 0) {
+    cbs_set(L, fidx, f);
+    f->ncallbacks = 1;
+    return;
+  }
+  cbs_get(L, fidx, f);
+  lua_insert(L, -2);
+  lua_rawseti(L, -2, ++f->ncallbacks);
+  lua_pop(L, 1);
+}
+
+void ml__future_add_callback(lua_State *L, int fidx, ml_Future *f) {
+  fidx = lua_absindex(L, fidx);
+  add_callback(L, fidx, f);
+  if (f->state != ML_PENDING) ml__future_schedule(L, fidx, f);
+}
+
+void ml__future_add_waiter(lua_State *L, int fidx, ml_Future *f, ml_Task *t) {
+  if (f->waiter == NULL && f->ncallbacks == 0) {
+    f->waiter = t;
+    return;
+  }
+  fidx = lua_absindex(L, fidx);
+  ml__task_push(L, t);
+  add_callback(L, fidx, f);
+}
+
+int ml__future_add_done_callback(lua_State *L) {
+  ml_Future *f = check_future(L, 1);
+  luaL_checktype(L, 2, LUA_TFUNCTION);
+  lua_settop(L, 2);
+  ml__future_add_callback(L, 1, f);
+  return 0;
+}
+
+static int future_remove_done_callback(lua_State *L) {
+  ml_Future *f = check_future(L, 1);
+  int i, j = 0, n = f->ncallbacks;
+  luaL_checkany(L, 2);
+  lua_settop(L, 2);
+  if (n == 1) {
+    cbs_get(L, 1, f);
+    if (lua_rawequal(L, -1, 2)) {
+      lua_pushnil(L);
+      cbs_set(L, 1, f);
+      f->ncallbacks = 0;
+    } else {
+      j = 1;
+    }
+  } else if (n > 1) {
+    cbs_get(L, 1, f);
+    for (i = 1; i <= n; i++) {
+      lua_rawgeti(L, 3, i);
+      if (lua_rawequal(L, -1, 2)) {
+        lua_pop(L, 1);
+        continue;
+      }
+      lua_rawseti(L, 3, ++j);
+    }
+    for (i = j + 1; i <= n; i++) {
+      lua_pushnil(L);
+      lua_rawseti(L, 3, i);
+    }
+    f->ncallbacks = j;
+    if (j <= 1) {  /* back to one callback, kept as itself, or none */
+      lua_rawgeti(L, 3, 1);
+      cbs_set(L, 1, f);
+    }
+  }
+  lua_pushinteger(L, n - j);
+  return 1;
+}
+
+static int future_get_loop(lua_State *L) {
+  check_future(L, 1);
+  ml__push_loop(L);
+  return 1;
+}
+
+static int future_tostring(lua_State *L) {
+  ml_Future *f = check_future(L, 1);
+  switch (f->state) {
+  case ML_PENDING: lua_pushstring(L, "<Future pending>"); break;
+  case ML_CANCELLED: lua_pushstring(L, "<Future cancelled>"); break;
+  case ML_EXCEPTION:
+    lua_getiuservalue(L, 1, FUV_RESULT);
+    lua_pushfstring(L, "<Future finished exception=%s>", luaL_tolstring(L, -1, NULL));
+    break;
+  default:
+    if (f->nres == 0) lua_pushstring(L, "<Future finished result=nil>");
+    else {
+      ml__future_unwrap(L, 1);
+      lua_settop(L, 2);
+      lua_pushfstring(L, "<Future finished result=%s>", luaL_tolstring(L, 2, NULL));
+    }
+  }
+  return 1;
+}
+
+const luaL_Reg ml__future_methods[] = {
+  { "result", future_result },
+  { "exception", future_exception },
+  { "set_result", future_set_result },
+  { "set_exception", future_set_exception },
+  { "done", future_done },
+  { "cancelled", future_cancelled },
+  { "cancel", future_cancel },
+  { "add_done_callback", ml__future_add_done_callback },
+  { "remove_done_callback", future_remove_done_callback },
+  { "get_loop", future_get_loop },
+  { NULL, NULL }
+};
+
+void ml__future_mt_init(lua_State *L, int is_task, const luaL_Reg *methods,
+                        lua_CFunction tostring) {
+  ml_State *S = ml__state(L);
+  luaL_newmetatable(L, is_task ? ML_TASK_MT : ML_FUTURE_MT);  /* sets __name */
+  lua_newtable(L);
+  luaL_setfuncs(L, ml__future_methods, 0);
+  if (methods) luaL_setfuncs(L, methods, 0);
+  lua_setfield(L, -2, "__index");
+  lua_pushcfunction(L, tostring);
+  lua_setfield(L, -2, "__tostring");
+  if (is_task) S->task_mt = lua_topointer(L, -1);
+  else S->future_mt = lua_topointer(L, -1);
+  lua_pushvalue(L, -1);
+  *(is_task ? &S->task_mt_ref : &S->future_mt_ref) = luaL_ref(L, LUA_REGISTRYINDEX);
+  lua_pop(L, 1);
+}
+
+void ml__future_open(lua_State *L) {
+  ml__future_mt_init(L, 0, NULL, future_tostring);
+  lua_createtable(L, 0, 2);  /* the sentinels' */
+  lua_pushliteral(L, "asyncio.ExceptionSentinel");
+  lua_setfield(L, -2, "__name");
+  lua_pushcfunction(L, sentinel_gc);
+  lua_setfield(L, -2, "__gc");
+  ml__state(L)->sentinel_mt_ref = luaL_ref(L, LUA_REGISTRYINDEX);
+}
+
+/* core._set_cancel_hook(fut, fn): fut:cancel(msg) calls fn(fut, msg) and
+ * returns its result, instead of cancelling fut itself. */
+int ml__future_set_cancel_hook(lua_State *L) {
+  ml_Future *f = check_future(L, 1);
+  luaL_checktype(L, 2, LUA_TFUNCTION);
+  lua_settop(L, 2);
+  ml__xset(L, 1, X_CANCEL_HOOK);
+  f->has_cancel_hook = 1;
+  return 0;
+}
+
+/* asyncio.Future(): a new pending future. */
+int ml__future_lnew(lua_State *L) { return future_new(L); }

@@ -1,0 +1,157 @@
+/* module.h: the narrow API that stdlib C modules use to reach the core,
+ * as lauxlib.h is Lua's: functions and opaque types, no struct layouts.
+ * A stdlib C module includes this header and no other of vm/.
+ *
+ * Stack effects follow the Lua manual: [-o, +p] pops o values, pushes p. */
+#ifndef ML_MODULE_H
+#define ML_MODULE_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include <ev.h>
+#include <lua.h>
+#include <lauxlib.h>
+#include "moonloop.h"
+
+typedef struct ml_Task ml_Task;
+
+/* ---- The state ------------------------------------------------------ */
+
+/* The state a Lua thread belongs to, kept in lua_getextraspace; the low
+ * bit of that word says the thread is parked in an await (task.c).  A
+ * macro, as it is on every hot path. */
+#define ml__state(L) \
+  ((ml_State *)(*(uintptr_t *)lua_getextraspace(L) & ~(uintptr_t)1))
+
+/* The libev loop of S. */
+struct ev_loop *ml__loop(ml_State *S);
+/* The main Lua state of S: what a libev callback runs Lua code on. */
+lua_State *ml__main_lua(ml_State *S);
+
+/* ---- Compiled-in Lua modules (state.c) ----------------------------- */
+
+/* A Lua module compiled into the library as bytecode at build time
+ * (stdlib/tools/bytecode.c writes the lists). */
+typedef struct ml_Embedded {
+  const char *name;  /* module name: "asyncio", "asyncio.locks" */
+  const char *src;   /* Lua bytecode (the dialect, compiled at build time) */
+  size_t len;
+} ml_Embedded;
+
+/* Puts every module of list (ending with name == NULL) in
+ * package.preload.  [-0, +0] */
+void ml__preload_embedded(lua_State *L, const ml_Embedded *list);
+
+/* ---- Exceptions (exc.c) --------------------------------------------- */
+
+/* [-0, +1] pushes cls(message): cls is a class name ("TimeoutError"). */
+void ml__exc_push(lua_State *L, const char *cls, const char *fmt, ...);
+/* [-0, +0] raises cls(message); never returns. */
+int ml__exc_raise(lua_State *L, const char *cls, const char *fmt, ...);
+/* [-0, +1] pushes the OSError subclass for errno err (111 ->
+ * ConnectionRefusedError), with errno, strerror and, if what is not
+ * NULL, a prefix naming the operation ("connect"). */
+void ml__exc_push_errno(lua_State *L, int err, const char *what);
+/* [-0, +0] 1 if the value at idx is an instance of class cls (or of a
+ * subclass of it). */
+int ml__exc_is(lua_State *L, int idx, const char *cls);
+/* [-0, +1] pushes tostring(value at idx) and returns it, never raising:
+ * a failing or yielding __tostring gives a description instead. */
+const char *ml__tostring(lua_State *L, int idx);
+
+/* Reports an error that nobody will catch (uncaught in a callback, task
+ * exception never retrieved): through the host's handler, or to stderr.
+ * [-1, +0] pops the error value; context says where ("in callback"). */
+void ml__report(lua_State *L, const char *context);
+/* The same with a traceback: [-2, +0] pops the error and its traceback
+ * (a string, or nil). */
+void ml__report_tb(lua_State *L, const char *context);
+
+/* ---- Calling back ---------------------------------------------------- */
+
+/* Calls the function below nargs arguments in protected mode, as the loop
+ * does for callbacks (not in a task).  An error goes to the loop's
+ * exception handler with context.  [-(nargs+1), +0]; returns a LUA_*
+ * status. */
+int ml__callback(lua_State *L, int nargs, const char *context);
+
+/* ---- Tasks and suspension (task.c) ------------------------------------ */
+
+/* Called when a suspended task is cancelled: stop whatever would have
+ * woken it (a watcher) and return 0; or return 1 if the cancellation was
+ * passed on to what the task awaits, which will wake it. */
+typedef int (*ml_CancelHook)(lua_State *L, ml_Task *t, void *ud);
+
+/* The running task, or NULL outside any task. */
+ml_Task *ml__task_current(lua_State *L);
+
+/* Suspends the running task.  Use as the tail of a lua_CFunction:
+ *     return ml__task_suspend(L, hook, ud, ctx, k);
+ * The task sleeps until ml__task_wake(); then k(L, LUA_YIELD, ctx) runs
+ * with the C function's stack as it was, and its results are the C
+ * function's.  If the task is cancelled while suspended, hook(L, t, ud)
+ * is called at once (from within task.cancel()) and CancelledError is
+ * raised at this point instead of calling k.  So k may never run: what k
+ * would release must be owned by a collectable object (a userdata with
+ * __gc), not by the C stack.  The same holds if the task is woken and then
+ * cancelled before it runs.  Works from nested plain coroutines running
+ * inside a task.  Raises RuntimeError outside a task; with hook == NULL
+ * and k == NULL it is the way to raise the error that suspending here
+ * would raise (outside a task, or not yieldable). */
+int ml__task_suspend(lua_State *L, ml_CancelHook hook, void *ud,
+                     lua_KContext ctx, lua_KFunction k);
+/* The same, except that k runs in every case: with LUA_YIELD when the
+ * task is woken, or with LUA_ERRRUN and the CancelledError on top if it
+ * was cancelled (before or after it was woken), so that k can undo what
+ * the wait set up; k must then raise that error (return lua_error(L)).
+ * It raises, before suspending, in the cases ml__task_suspend does: check
+ * ml__task_current() and lua_isyieldable() first if k must always run.
+ * Its hook runs also when the task is cancelled after it was woken and
+ * before it ran (the queue passes on an item handed to it then). */
+int ml__task_suspend_always(lua_State *L, ml_CancelHook hook, void *ud,
+                            lua_KContext ctx, lua_KFunction k);
+/* Puts a suspended task on the ready queue (no-op unless suspended).
+ * Safe from libev callbacks. */
+void ml__task_wake(ml_Task *t);
+/* The context its suspended C function gave ml__task_suspend. */
+lua_KContext ml__task_kctx(const ml_Task *t);
+/* Disarms t's cancel hook if it is (hook, ud): the object the hook would
+ * touch is going away while t stays suspended. */
+void ml__task_disarm(ml_Task *t, ml_CancelHook hook, void *ud);
+/* [-0, +1] pushes the userdata of the pending task t. */
+void ml__task_push(lua_State *L, ml_Task *t);
+
+/* ---- Futures (future.c) ---------------------------------------------- */
+
+enum { ML_PENDING = 0, ML_RESULT, ML_EXCEPTION, ML_CANCELLED };
+
+/* [-0, +1] pushes a new pending Future bound to the running loop. */
+ml_Future *ml__future_new(lua_State *L);
+/* [-0, +0] the Future or Task at idx, or NULL. */
+ml_Future *ml__future_test(lua_State *L, int idx);
+/* ML_PENDING, ML_RESULT, ML_EXCEPTION or ML_CANCELLED. */
+int ml__future_state(const ml_Future *f);
+/* Completes the Future at stack index fidx.  set_result pops n values
+ * (its results); set_exception pops one (the exception); cancel pops
+ * nothing (msg may be NULL).  Done callbacks and waiters are scheduled
+ * with the ready queue, never run here.  Return 0, or -EINVAL if the
+ * future was already done (cancel: 1 if it was cancelled by this call,
+ * 0 if already done). */
+int ml__future_set_result(lua_State *L, int fidx, int n);
+int ml__future_set_exception(lua_State *L, int fidx);
+int ml__future_cancel(lua_State *L, int fidx, const char *msg);
+/* Pushes the result values of a done future and returns how many, or
+ * raises its exception / CancelledError. */
+int ml__future_unwrap(lua_State *L, int fidx);
+
+/* ---- Async C functions (coro.c) -------------------------------------- */
+
+/* [-0, +1] pushes an async function made of the C function f: calling it
+ * returns a Coroutine (one small allocation), and awaiting that runs f
+ * inline in the awaiting task, where f may ml__task_suspend().  Use it for
+ * every C function scripts `await`.  For a hot path with no allocation,
+ * return a reusable userdata whose metatable has __await instead: await
+ * calls __await(obj) in the task, and it may suspend too. */
+void ml__push_async(lua_State *L, const char *name, lua_CFunction f);
+
+#endif

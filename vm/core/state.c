@@ -1,0 +1,144 @@
+/* state.c: a moonloop state's core: the Lua VM, its allocator, its loop,
+ * the dialect's loaders and asyncio.core.  The embedding layer adds the
+ * stdlib (ml_state_new). */
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <lualib.h>
+#include "task.h"
+#include "coro.h"
+#include "sched.h"
+#include "exc.h"
+#include "dialect/loader.h"
+
+void ml__emit_error(ml_State *S, const char *msg) {
+  if (S->on_error) S->on_error(S, msg, S->on_error_ud);
+  else fprintf(stderr, "moonloop: %s\n", msg);
+}
+
+/* The core's own Lua modules (asyncio.exceptions), embedded by the
+ * build in core_lua.c. */
+extern const ml_Embedded ml__core_lua[];
+
+/* package.preload entry for an embedded Lua module (upvalues: its list
+ * and index). */
+static int load_embedded(lua_State *L) {
+  const ml_Embedded *list = lua_touserdata(L, lua_upvalueindex(1));
+  const ml_Embedded *m = &list[lua_tointeger(L, lua_upvalueindex(2))];
+  if (luaL_loadbufferx(L, m->src, m->len, m->name, "b") != LUA_OK) return lua_error(L);
+  lua_pushstring(L, m->name);
+  lua_call(L, 1, 1);
+  return 1;
+}
+
+void ml__preload_embedded(lua_State *L, const ml_Embedded *list) {
+  int i;
+  luaL_getsubtable(L, LUA_REGISTRYINDEX, LUA_PRELOAD_TABLE);
+  for (i = 0; list[i].name; i++) {
+    lua_pushlightuserdata(L, (void *)list);
+    lua_pushinteger(L, i);
+    lua_pushcclosure(L, load_embedded, 2);
+    lua_setfield(L, -2, list[i].name);
+  }
+  lua_pop(L, 1);
+}
+
+/* State set-up, run in protected mode. */
+static int init(lua_State *L) {
+  luaL_openlibs(L);
+  ml__loader_open(L);
+  luaL_getsubtable(L, LUA_REGISTRYINDEX, LUA_PRELOAD_TABLE);
+  lua_pushcfunction(L, ml__corelib_open);
+  lua_setfield(L, -2, "asyncio.core");
+  lua_pop(L, 1);
+  ml__preload_embedded(L, ml__core_lua);
+  ml__future_open(L);
+  ml__task_open(L);
+  ml__coro_open(L);
+  ml__exc_init(L);
+  return 0;
+}
+
+ml_State *ml__state_new(struct ev_loop *loop) {
+  ml_State *S = calloc(1, sizeof *S);
+  lua_State *L;
+  if (S == NULL) return NULL;
+  S->alloc = ml__alloc_new(0);
+  if (S->alloc == NULL) goto fail;
+  L = lua_newstate(ml__alloc_lua, S->alloc);
+  if (L == NULL) goto fail;
+  S->L = L;
+  *(ml_State **)lua_getextraspace(L) = S;
+  S->loop = loop;
+  if (loop == NULL) {
+    S->loop = ev_loop_new(EVFLAG_AUTO);
+    S->own_loop = 1;
+    if (S->loop == NULL) goto fail;
+  }
+  if (getenv("MOONLOOP_DEBUG") && *getenv("MOONLOOP_DEBUG") && strcmp(getenv("MOONLOOP_DEBUG"), "0"))
+    S->debug = 1;
+  lua_pushcfunction(L, init);
+  if (lua_pcall(L, 0, 0, 0) != LUA_OK) goto fail;
+  return S;
+fail:
+  if (S->L) lua_close(S->L);
+  if (S->own_loop && S->loop) ev_loop_destroy(S->loop);
+  if (S->alloc) ml__alloc_free(S->alloc);
+  free(S);
+  return NULL;
+}
+
+struct ev_loop *ml__loop(ml_State *S) { return S->loop; }
+lua_State *ml__main_lua(ml_State *S) { return S->L; }
+
+static const char memerr_key = 'M';
+
+void ml__push_memory_error(lua_State *L) {
+  /* Neither call allocates: the key is a light userdata, and "not enough
+   * memory" is the string Lua keeps for its own memory errors. */
+  if (lua_rawgetp(L, LUA_REGISTRYINDEX, &memerr_key) == LUA_TTABLE) return;
+  lua_pop(L, 1);
+  lua_pushliteral(L, "not enough memory");
+}
+
+int ml__prepare_memory_error(lua_State *L) {
+  if (lua_rawgetp(L, LUA_REGISTRYINDEX, &memerr_key) == LUA_TTABLE) {
+    lua_pop(L, 1);
+    return 0;
+  }
+  lua_pop(L, 1);
+  ml__exc_push(L, "MemoryError", "not enough memory (the state's memory limit was reached)");
+  lua_rawsetp(L, LUA_REGISTRYINDEX, &memerr_key);
+  return 0;
+}
+
+/* How many loop iterations a closing state gives cancelled tasks to run
+ * their cleanup (to-be-closed variables, except blocks); it never blocks. */
+#define CLOSE_ITERATIONS 100
+
+/* Cancels the pending tasks and gives them a few iterations to unwind;
+ * in protected mode, as out of memory can strike there too. */
+static int close_tasks(lua_State *L) {
+  ml_State *S = ml__state(L);
+  int i;
+  for (i = 0; i < CLOSE_ITERATIONS && S->tasks; i++) {
+    ml_Task *t;
+    if (i == 0)
+      for (t = S->tasks; t; t = t->next) ml__task_cancel(L, t, 0);
+    ml__sched_step(S);
+  }
+  return 0;
+}
+
+void ml__state_close(ml_State *S) {
+  if (S == NULL) return;
+  lua_pushcfunction(S->L, close_tasks);
+  if (lua_pcall(S->L, 0, 0, 0) != LUA_OK) lua_pop(S->L, 1);  /* close anyway */
+  ml__task_stop_timers(S);  /* a host's loop outlives us */
+  lua_close(S->L);
+  ml__readyq_free(&S->ready);
+  if (S->own_loop) ev_loop_destroy(S->loop);
+  ml__alloc_free(S->alloc);
+  free(S);
+}

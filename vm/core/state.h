@@ -1,0 +1,81 @@
+/* state.h: the moonloop state (state.c), shared by the files of vm/core
+ * and the embedding layer; stdlib modules see it only through module.h. */
+#ifndef ML_STATE_H
+#define ML_STATE_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include <ev.h>
+#include <lua.h>
+#include <lauxlib.h>
+#include "module.h"
+#include "alloc.h"
+#include "readyq.h"
+
+struct Timers;  /* sched.c's timer heap */
+
+struct ml_State {
+  lua_State *L;
+  struct ev_loop *loop;
+  int own_loop;          /* we made loop and destroy it on close */
+  ml_Alloc *alloc;
+  ml_ReadyQ ready;
+  ml_Task *current;      /* the task being stepped, or NULL */
+  ml_Task *main;         /* the CLI's main task, or NULL */
+  ml_Task *tasks;        /* pending tasks, a list through prev/next */
+  unsigned long task_seq;
+  struct ml_Pool *pool;  /* task threads for reuse (task.c) */
+  struct Timers *timers; /* call_later/call_at handles (sched.c) */
+  int nsleeping;         /* tasks in asyncio.sleep with a timer (task.c) */
+  int debug;             /* MOONLOOP_DEBUG / run(c, {debug=true}) */
+  int stopping;          /* loop:stop() was called */
+  int nstep;             /* steps run, for the I/O poll rule */
+  int last_poll_step;
+  int clock_step;        /* the step the poll rule last read the clock at */
+  double last_poll;      /* monotonic time of the last I/O poll */
+  int running;           /* depth of ml__sched_run / step calls */
+  int alive;             /* the last ev_run saw active watchers */
+  unsigned long instr_budget; /* per task step, 0 = none */
+  unsigned long step_instr;   /* instructions counted in this step */
+  ml_ErrorHandler on_error;
+  void *on_error_ud;
+  struct ml_Embed *embed; /* the embedding API's data (vm/embed) */
+  /* Metatables, for fast type tests, and refs (registry slots) to set
+   * them without a name lookup. */
+  const void *future_mt, *task_mt, *coro_mt;
+  int future_mt_ref, task_mt_ref, coro_mt_ref, sentinel_mt_ref;
+  const void *sleep0;    /* the shared asyncio.sleep(0) coroutine */
+  struct ml_AsyncC *asyncc; /* async C functions, for await (coro.c) */
+};
+
+/* Marks the thread L as parked in an await, or not: the low bit of its
+ * extra space (ml__state masks it off).  A macro for the task switch. */
+#define ml__set_parked(L, parked)                                  \
+  (*(uintptr_t *)lua_getextraspace(L) =                            \
+       (*(uintptr_t *)lua_getextraspace(L) & ~(uintptr_t)1) |     \
+       (uintptr_t)((parked) != 0))
+
+/* Makes a state on loop (a private one if NULL) with the core alone: the
+ * standard Lua libraries, the dialect's loaders and asyncio.core
+ * (preloaded).  The stdlib and the embedding layer build on it
+ * (ml_state_new).  Returns NULL if memory ran out. */
+ml_State *ml__state_new(struct ev_loop *loop);
+/* Cancels the pending tasks, gives them a few iterations to unwind, and
+ * frees everything S holds; S may be NULL. */
+void ml__state_close(ml_State *S);
+
+/* [-0, +1] pushes a MemoryError made in advance (when a memory limit was
+ * set), or Lua's "not enough memory" string: it never allocates. */
+void ml__push_memory_error(lua_State *L);
+/* Makes that MemoryError while memory is still there (before a limit is
+ * set).  [-0, +0]; raises on failure, so call it in protected mode. */
+int ml__prepare_memory_error(lua_State *L);
+
+/* The asyncio.core module (corelib.c): the core's face to Lua, which
+ * stdlib/asyncio.lua builds the asyncio module on.  [-0, +1] */
+int ml__corelib_open(lua_State *L);
+
+/* Writes a finished error report: to the host's handler, or stderr. */
+void ml__emit_error(ml_State *S, const char *msg);
+
+#endif

@@ -1,0 +1,55 @@
+/* task.h: Tasks (task.c): the struct, stepping (the one lua_resume), spawning, cancelling, sleeping. */
+#ifndef ML_TASK_H
+#define ML_TASK_H
+
+#include "future.h"
+
+/* What a parked task costs is the size of this struct plus its user
+ * values and thread (docs/performance.md): keep it small.  A sleeping
+ * task's timer is its hook_ud (see task.c). */
+struct ml_Task {
+  ml_Future fut;            /* a Task is a Future */
+  lua_State *co;            /* the task's thread, NULL once done */
+  int ref;                  /* registry reference while pending */
+  int pool_slot;            /* co's slot in the thread pool, or 0 */
+  ml_Task *prev, *next;     /* the state's list of pending tasks */
+  /* One byte of flags (a byte each made the struct 8 bytes longer). */
+  unsigned char started : 1, suspended : 1, queued : 1, must_cancel : 1;
+  unsigned char k_always : 1;   /* k runs on cancellation too */
+  unsigned char from_coro : 1;  /* made of a Coroutine (else a function) */
+  unsigned char packed : 1;     /* a function's arguments wait in TUV_THREAD */
+  int num_cancels;          /* cancel() requests not uncancelled */
+  unsigned long id;
+  ml_Future *awaiting;      /* the future it awaits, or NULL */
+  ml_CancelHook hook;       /* while suspended: what to do on cancel() */
+  void *hook_ud;
+  lua_KFunction k;          /* continuation of the suspended C function */
+  lua_KContext kctx;
+};
+
+/* Stops the timer of every sleeping task (the state is closing). */
+void ml__task_stop_timers(ml_State *S);
+/* The timer of task t if it sleeps in asyncio.sleep, or NULL. */
+ev_timer *ml__task_sleep_timer(ml_Task *t);
+/* Runs one step of t (the one place that calls lua_resume). */
+void ml__task_step(ml_State *S, ml_Task *t);
+/* Sets up the Task metatable.  [-0, +0] */
+void ml__task_open(lua_State *L);
+/* task:cancel(msg) with msg at msgidx (0 for none); 1 if cancelled. */
+int ml__task_cancel(lua_State *L, ml_Task *t, int msgidx);
+/* await asyncio.sleep(0): back to the end of the ready queue, at once. */
+int ml__task_yield_now(lua_State *L);
+/* asyncio.sleep */
+int ml__task_sleep(lua_State *L);
+/* 1 if thread co is parked in an await (ml__task_suspend and kin). */
+int ml__task_parked(lua_State *co);
+/* [-(nargs+1), +1] pops a function (or a Coroutine) and its arguments,
+ * pushes a new Task that will run it.  name may be NULL. */
+ml_Task *ml__task_spawn(lua_State *L, int nargs, const char *name);
+/* The same for a Coroutine already claimed (ml__coro_claim): [-1, +1]. */
+ml_Task *ml__task_spawn_coro(lua_State *L, const char *name);
+
+/* asyncio.create_task(coro, {name=}) */
+int ml__core_create_task(lua_State *L);
+
+#endif

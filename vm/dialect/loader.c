@@ -1,0 +1,199 @@
+/* loader.c: loading the dialect: every way Lua code gets into a state
+ * (scripts, require, load, loadfile, dofile) goes through the async pass. */
+#include <errno.h>
+#include <stdio.h>
+#include <string.h>
+#include <lauxlib.h>
+#include "asyncpass.h"
+#include "loader.h"
+
+int ml__load(lua_State *L, const char *src, size_t len, const char *chunkname) {
+  ml_Buf out = { 0 };
+  char err[512];
+  int rc;
+  /* A first line starting with '#' (a shebang) is skipped, keeping its
+   * newline so that line numbers stay right. */
+  if (len > 0 && src[0] == '#') {
+    while (len > 0 && *src != '\n') src++, len--;
+  }
+  if (len > 0 && src[0] == 0x1b) {
+    lua_pushfstring(L, "%s: binary chunks are not loaded", chunkname);
+    return LUA_ERRSYNTAX;
+  }
+  rc = ml__asyncpass(src, len, chunkname, &out, err, sizeof err);
+  if (rc == -ENOMEM) {
+    ml__buf_free(&out);
+    lua_pushliteral(L, "not enough memory");
+    return LUA_ERRMEM;
+  }
+  if (rc < 0) {
+    ml__buf_free(&out);
+    lua_pushstring(L, err);
+    return LUA_ERRSYNTAX;
+  }
+  rc = luaL_loadbufferx(L, out.data ? out.data : "", out.len, chunkname, "t");
+  ml__buf_free(&out);
+  return rc;
+}
+
+/* Reads the file at path into a string.  [-0, +1] pushes it, or the error
+ * message; returns 0 or -errno. */
+static int push_file(lua_State *L, const char *path) {
+  FILE *f = path ? fopen(path, "rb") : stdin;
+  luaL_Buffer b;
+  size_t n;
+  if (f == NULL) {
+    int e = errno;
+    lua_pushfstring(L, "cannot open %s: %s", path, strerror(e));
+    return -e;
+  }
+  luaL_buffinit(L, &b);
+  do {
+    char *p = luaL_prepbuffer(&b);
+    n = fread(p, 1, LUAL_BUFFERSIZE, f);
+    luaL_addsize(&b, n);
+  } while (n == LUAL_BUFFERSIZE);
+  if (ferror(f)) {
+    int e = errno ? errno : EIO;
+    if (f != stdin) fclose(f);
+    luaL_pushresult(&b);
+    lua_pop(L, 1);
+    lua_pushfstring(L, "cannot read %s: %s", path ? path : "stdin", strerror(e));
+    return -e;
+  }
+  if (f != stdin) fclose(f);
+  luaL_pushresult(&b);
+  return 0;
+}
+
+/* Loads the file at path (NULL: stdin) in the dialect.  [-0, +1] pushes the
+ * function or the message; returns a LUA_* status. */
+static int load_file(lua_State *L, const char *path) {
+  size_t len;
+  const char *src;
+  int st;
+  if (push_file(L, path) < 0) return LUA_ERRFILE;
+  src = lua_tolstring(L, -1, &len);
+  lua_pushfstring(L, path ? "@%s" : "=stdin", path);
+  st = ml__load(L, src, len, lua_tostring(L, -1));
+  lua_replace(L, -3);
+  lua_pop(L, 1);
+  return st;
+}
+
+/* package.searchers[2], for Lua files on package.path: like Lua's own,
+ * but the file goes through the async pass, so modules may use the
+ * dialect too. */
+static int search_lua(lua_State *L) {
+  const char *name = luaL_checkstring(L, 1), *path;
+  lua_getglobal(L, "package");
+  lua_getfield(L, -1, "searchpath");
+  lua_pushvalue(L, 1);
+  lua_getfield(L, -3, "path");
+  lua_call(L, 2, 2);
+  if (lua_isnil(L, -2)) return 1;  /* the "no file ..." list */
+  lua_pop(L, 1);
+  path = lua_tostring(L, -1);
+  if (load_file(L, path) != LUA_OK)
+    return luaL_error(L, "error loading module '%s' from file '%s':\n\t%s", name, path,
+                      lua_tostring(L, -1));
+  lua_insert(L, -2);  /* the loader, then the file name as its second argument */
+  return 2;
+}
+
+/* Sets the first upvalue of the loaded function (its _ENV) to the value
+ * at env, if env is not 0.  [-0, +0] */
+static void set_env(lua_State *L, int env) {
+  if (env) {
+    lua_pushvalue(L, env);
+    if (!lua_setupvalue(L, -2, 1)) lua_pop(L, 1);
+  }
+}
+
+/* load(chunk [, chunkname [, mode [, env]]]): Lua's load, with text chunks
+ * in the dialect. */
+static int l_load(lua_State *L) {
+  const char *mode = luaL_optstring(L, 3, "bt"), *name, *s;
+  int env = !lua_isnone(L, 4) ? 4 : 0, st;
+  size_t len;
+  if (lua_type(L, 1) == LUA_TSTRING) {
+    s = lua_tolstring(L, 1, &len);
+    name = luaL_optstring(L, 2, s);
+  } else {
+    /* A reader function: concatenate its pieces. */
+    luaL_Buffer b;
+    luaL_checktype(L, 1, LUA_TFUNCTION);
+    name = luaL_optstring(L, 2, "=(load)");
+    lua_settop(L, 4);
+    luaL_buffinit(L, &b);
+    for (;;) {
+      lua_pushvalue(L, 1);
+      lua_call(L, 0, 1);
+      if (lua_isnil(L, -1) || (lua_isstring(L, -1) && lua_rawlen(L, -1) == 0)) {
+        lua_pop(L, 1);
+        break;
+      }
+      if (!lua_isstring(L, -1)) return luaL_error(L, "reader function must return a string");
+      luaL_addvalue(&b);
+    }
+    luaL_pushresult(&b);
+    lua_replace(L, 1);
+    s = lua_tolstring(L, 1, &len);
+  }
+  if (len > 0 && s[0] == LUA_SIGNATURE[0]) {
+    st = luaL_loadbufferx(L, s, len, name, mode);  /* checks mode itself */
+  } else if (strchr(mode, 't') == NULL) {
+    lua_pushfstring(L, "attempt to load a text chunk (mode is '%s')", mode);
+    st = LUA_ERRSYNTAX;
+  } else {
+    st = ml__load(L, s, len, name);
+  }
+  if (st != LUA_OK) {
+    luaL_pushfail(L);
+    lua_insert(L, -2);
+    return 2;
+  }
+  set_env(L, env);
+  return 1;
+}
+
+/* loadfile([filename [, mode [, env]]]) */
+static int l_loadfile(lua_State *L) {
+  const char *path = luaL_optstring(L, 1, NULL);
+  int env = !lua_isnone(L, 3) ? 3 : 0;
+  if (load_file(L, path) != LUA_OK) {
+    luaL_pushfail(L);
+    lua_insert(L, -2);
+    return 2;
+  }
+  set_env(L, env);
+  return 1;
+}
+
+static int dofile_k(lua_State *L, int status, lua_KContext ctx) {
+  (void)status; (void)ctx;
+  return lua_gettop(L) - 1;
+}
+
+/* dofile([filename]) */
+static int l_dofile(lua_State *L) {
+  const char *path = luaL_optstring(L, 1, NULL);
+  lua_settop(L, 1);
+  if (load_file(L, path) != LUA_OK) return lua_error(L);
+  lua_callk(L, 0, LUA_MULTRET, 0, dofile_k);
+  return dofile_k(L, LUA_OK, 0);
+}
+
+void ml__loader_open(lua_State *L) {
+  lua_getglobal(L, "package");
+  lua_getfield(L, -1, "searchers");
+  lua_pushcfunction(L, search_lua);
+  lua_rawseti(L, -2, 2);
+  lua_pop(L, 2);
+  lua_pushcfunction(L, l_load);
+  lua_setglobal(L, "load");
+  lua_pushcfunction(L, l_loadfile);
+  lua_setglobal(L, "loadfile");
+  lua_pushcfunction(L, l_dofile);
+  lua_setglobal(L, "dofile");
+}

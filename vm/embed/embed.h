@@ -1,0 +1,87 @@
+/* embed.h: what the files of the embedding API (embed.c, hostfuture.c,
+ * sandbox.c) share; nothing outside them includes it. */
+#ifndef ML_EMBED_H
+#define ML_EMBED_H
+
+#include <pthread.h>
+#include "core/task.h"
+#include "core/coro.h"
+#include "core/sched.h"
+#include "core/exc.h"
+#include "dialect/loader.h"
+
+/* A completion queued by another thread (see hostfuture.c). */
+typedef struct ml_Post {
+  struct ml_Post *next;
+  int kind;               /* POST_* in hostfuture.c */
+  ml_Future *f;
+  ml_ThreadsafeFn fn;
+  void *ud;
+  char *s, *cls;          /* malloc'd copies */
+  size_t len;
+} ml_Post;
+
+/* The embedding API's per-state data.  It is malloc'd (other threads
+ * touch the queue), reached through S->embed, and freed by the __gc of
+ * a userdata in the registry, so lua_close - which ml_state_close calls
+ * while the loop still exists - releases it. */
+typedef struct ml_Embed {
+  ml_State *S;
+  void *userdata;         /* ml_state_set_userdata */
+  char err[512];          /* ml_state_error */
+  /* Thread-safe calls: a queue under mu, drained on the loop's thread
+   * when wake (an eventfd, watched by wake_w) is written. */
+  pthread_mutex_t mu;
+  ml_Post *head, *tail;
+  int wake;
+  ev_io wake_w;
+  int npending;           /* pending host futures: each keeps the loop alive */
+  size_t cap;             /* the memory limit, 0 for none */
+  /* Foreign-loop stepping (embed.c). */
+  int backend_fd;         /* -2 until looked up, -1 if none */
+} ml_Embed;
+
+/* A host future: a Future whose userdata also points at the ml_Embed, so
+ * that other threads can queue its completion without touching Lua. */
+typedef struct ml_HostFuture {
+  ml_Future fut;
+  ml_Embed *E;
+} ml_HostFuture;
+
+
+/* Records a failure: formats the message into E->err (or S's) and
+ * returns rc. */
+int ml__embed_fail(ml_State *S, int rc, const char *fmt, ...);
+
+/* Runs f(L) in protected mode with the light userdata ud as its only
+ * argument, as every entry point that may raise does.  Returns ML_OK, or
+ * -ENOMEM / -EINVAL with the message recorded. */
+int ml__embed_pcall(lua_State *L, lua_CFunction f, void *ud);
+
+/* The registry table of module names the host registered (name -> true),
+ * which the sandbox keeps. */
+#define ML_HOSTMODS_KEY "moonloop.hostmodules"
+
+/* Handles: the registry table anchors[light userdata p] = the Future or
+ * Task p points at, which keeps it alive while the host holds p. */
+/* [-0, +0] anchors the Future or Task at idx; returns 0 or raises. */
+void ml__anchor_set(lua_State *L, int idx, void *p);
+/* [-0, +1] pushes what p anchors, or nil; returns the type pushed. */
+int ml__anchor_push(lua_State *L, void *p);
+/* [-0, +0] drops the anchor of p. */
+void ml__anchor_clear(lua_State *L, void *p);
+
+/* Starts the thread-safe queue's watcher (hostfuture.c); 0 or -ENOMEM. */
+int ml__hostfuture_init(ml_Embed *E);
+/* Stops it and frees what is still queued (hostfuture.c). */
+void ml__hostfuture_close(ml_Embed *E);
+
+/* Puts every stdlib module in package.preload (stdlib/init.c, the module
+ * list; declared here, as vm/ includes no stdlib header).  [-0, +0] */
+void ml__stdlib_open(lua_State *L);
+
+/* The embedding API's per-state data, made on first use on the loop's
+ * thread; NULL if memory ran out.  ml_state_new makes it. */
+ml_Embed *ml__embed(ml_State *S);
+
+#endif
