@@ -1,11 +1,16 @@
-/* net.h: what the networking C modules of stdlib/ share (socketlib.c,
- * asyncio_netlib.c, asyncio_transportlib.c): the socket object, address
- * conversion and byte buffers allocated through the state's allocator. */
+/* net.h: what the networking C modules of stdlib/ share (the files of
+ * socket/, asyncio/_net.c, _transport.c, _stream.c, _server.c): the
+ * socket object, the transport object, and through the headers below
+ * address conversion (address.h), socket.buffer (buffer.h) and byte
+ * queues (bytequeue.h). */
 #ifndef ML_NET_H
 #define ML_NET_H
 
 #include <sys/socket.h>
 #include "core/module.h"
+#include "socket/address.h"
+#include "socket/buffer.h"
+#include "socket/bytequeue.h"
 
 /* The userdata behind a `socket.socket` object (metatable "socket.socket").
  * Sockets are created non-blocking and close-on-exec.  The two watchers are
@@ -23,12 +28,12 @@ typedef struct ml_Socket {
 
 #define ML_SOCKET "socket.socket"
 
-/* The socket module (socketlib.c); other modules call it through
+/* The socket module (socket.c); other modules call it through
  * luaL_requiref so that its metatables exist before they make sockets. */
 int luaopen_socket(lua_State *L);
 
 /* The socket at idx, raising a type error naming the argument if it is
- * not one.  Closed sockets are returned too: check s->fd. */
+ * not one.  Closed sockets are returned too: check s->fd.  [-0, +0] */
 ml_Socket *ml__sock_check(lua_State *L, int idx);
 /* As ml__sock_check, but raises "socket is closed" (OSError EBADF) if it
  * is. */
@@ -44,81 +49,17 @@ int ml__sock_close(ml_Socket *s);
 /* Makes a non-blocking, close-on-exec socket; returns the fd or -errno. */
 int ml__sock_open(int family, int type, int proto);
 
-/* Converts the script address at idx for a socket of family into ss:
- * {host, port} (AF_INET), {host, port [, flowinfo [, scope_id]]}
- * (AF_INET6), a path string (AF_UNIX; a leading "\0" means the abstract
- * namespace).  Host "" is the any-address, "<broadcast>" the broadcast
- * address.  If host is a name rather than a numeric address: with
- * resolve set, it is looked up with a blocking getaddrinfo (only the
- * synchronous socket methods do that); otherwise returns 1 and leaves ss
- * alone, so the caller can resolve it asynchronously.  Raises argument
- * errors naming arg for malformed addresses, an OSError subclass when a
- * lookup fails.  Returns 0 on success. */
-int ml__sock_toaddr(lua_State *L, int idx, int family, int resolve,
-                    struct sockaddr_storage *ss, socklen_t *len);
-/* [-0, +1] pushes the script form of sa (see ml__sock_toaddr); nil for a
- * family it does not know. */
-void ml__sock_pushaddr(lua_State *L, const struct sockaddr *sa, socklen_t len);
-/* [-0, +1] pushes the OSError for a getaddrinfo/getnameinfo failure code
- * (EAI_*; EAI_SYSTEM uses errno sys_errno), class "gaierror" where the
- * exceptions module has it, else "OSError". */
-void ml__sock_push_gaierror(lua_State *L, int code, int sys_errno);
-/* [-0, +1] pushes the list {{family, type, proto, canonname, sockaddr},
- * ..., n = k} for a getaddrinfo result, and frees ai (also when it raises
- * a memory error). */
-struct addrinfo;
-void ml__sock_pushaddrinfo(lua_State *L, struct addrinfo *ai);
-
-/* The bytes of the socket.buffer at idx (raises a type error naming the
- * argument if it is not one); *size receives its size. */
-char *ml__buffer_check(lua_State *L, int idx, size_t *size);
-
-/* The state-wide scratch area (256 KiB, made on first use, never moved or
- * freed before the state), for reads whose size is not known in advance.
- * *size receives its size (which may be less than want).  Raises on
- * ENOMEM. */
-char *ml__net_scratch(lua_State *L, size_t want, size_t *size);
-
-/* Sets the functions of sync into the table at idx, and those of async
- * wrapped as async functions (calling one returns a Coroutine; awaiting it
- * runs the C function inside the task, where it may suspend), named
- * prefix..name in warnings.  [-0, +0] */
+/* Registration (register.c).  Sets the functions of sync into the table
+ * at idx, and those of async wrapped as async functions (calling one
+ * returns a Coroutine; awaiting it runs the C function inside the task,
+ * where it may suspend), named prefix..name in warnings.  [-0, +0] */
 void ml__net_setfuncs(lua_State *L, int idx, const char *prefix,
                       const luaL_Reg *sync, const luaL_Reg *async);
 /* [-0, +1] pushes the loop's methods table, require("asyncio.core").Loop. */
 void ml__net_push_loop_methods(lua_State *L);
 
 /* ---------------------------------------------------------------- */
-/* Byte queues whose memory comes from the state's allocator, so the
- * state's byte cap covers them.  Data is data[off .. off + len). */
-
-typedef struct ml_BQ {
-  char *data;
-  size_t off, len, cap;
-  lua_Alloc alloc;
-  void *ud;
-} ml_BQ;
-
-/* Binds q (all zero) to L's allocator. */
-void ml__bq_init(ml_BQ *q, lua_State *L);
-/* Makes room for at least n more bytes after the data (moving it to the
- * front or growing); returns the free tail or NULL on ENOMEM.  Writing
- * there and calling ml__bq_commit(q, k) appends k bytes. */
-char *ml__bq_reserve(ml_BQ *q, size_t n);
-/* Free bytes after the data now. */
-size_t ml__bq_room(const ml_BQ *q);
-void ml__bq_commit(ml_BQ *q, size_t n);
-/* Appends n bytes; returns 0 or -ENOMEM. */
-int ml__bq_add(ml_BQ *q, const char *s, size_t n);
-/* Drops n bytes from the front. */
-void ml__bq_consume(ml_BQ *q, size_t n);
-/* Releases the memory when the queue is empty and holds more than keep
- * bytes, so idle connections stay small. */
-void ml__bq_trim(ml_BQ *q, size_t keep);
-void ml__bq_free(ml_BQ *q);
-
-/* ---------------------------------------------------------------- */
-/* Transports (asyncio_transportlib.c) and streams (asyncio_streamlib.c).
+/* Transports (asyncio/_transport.c) and streams (asyncio/_stream.c).
  *
  * One userdata, ml_Conn, is the transport of a connected socket (or of a
  * datagram socket), and also the state of a stream: in stream mode the
@@ -191,7 +132,7 @@ typedef struct ml_Conn {
   int connected;            /* datagram: has a default peer */
 } ml_Conn;
 
-/* The transports module (asyncio_transportlib.c). */
+/* The transports module (asyncio/_transport.c). */
 int luaopen_asyncio__transport(lua_State *L);
 
 /* The transport at idx (of either kind), or a type error naming it. */

@@ -1,6 +1,7 @@
-/* socketlib.c: the `socket` module: BSD sockets (TCP, UDP, Unix; IPv4 and
- * IPv6) as objects, addresses as Python-style tuples, options, and the
- * helpers the other networking modules share (net.h). */
+/* socket.c: the `socket` module: BSD sockets (TCP, UDP, Unix; IPv4 and
+ * IPv6) as objects, with their options and names, and the module's
+ * functions.  Addresses are converted in address.c, socket.buffer is
+ * buffer.c's. */
 #include <errno.h>
 #include <fcntl.h>
 #include <netdb.h>
@@ -10,100 +11,7 @@
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <sys/socket.h>
-#include <sys/un.h>
 #include "socket/net.h"
-
-/* ---------------------------------------------------------------- */
-/* Byte queues.                                                       */
-
-void ml__bq_init(ml_BQ *q, lua_State *L) {
-  memset(q, 0, sizeof *q);
-  q->alloc = lua_getallocf(L, &q->ud);
-}
-
-size_t ml__bq_room(const ml_BQ *q) { return q->cap - q->off - q->len; }
-
-char *ml__bq_reserve(ml_BQ *q, size_t n) {
-  if (ml__bq_room(q) >= n) return q->data + q->off + q->len;
-  /* Sliding the data to the front is cheaper than growing when at least
-   * half the buffer is already consumed. */
-  if (q->off > 0 && q->cap - q->len >= n && q->off >= q->cap / 2) {
-    memmove(q->data, q->data + q->off, q->len);
-    q->off = 0;
-    return q->data + q->len;
-  }
-  size_t need = q->len + n, cap = q->cap ? q->cap : 256;
-  while (cap < need) {
-    if (cap > ((size_t)-1) / 2) return NULL;
-    cap *= 2;
-  }
-  char *p;
-  if (q->off == 0) {
-    p = q->alloc(q->ud, q->data, q->data ? q->cap : 0, cap);
-    if (p == NULL) return NULL;
-  } else {
-    p = q->alloc(q->ud, NULL, 0, cap);
-    if (p == NULL) return NULL;
-    memcpy(p, q->data + q->off, q->len);
-    q->alloc(q->ud, q->data, q->cap, 0);
-  }
-  q->data = p;
-  q->cap = cap;
-  q->off = 0;
-  return q->data + q->len;
-}
-
-void ml__bq_commit(ml_BQ *q, size_t n) { q->len += n; }
-
-int ml__bq_add(ml_BQ *q, const char *s, size_t n) {
-  char *p = ml__bq_reserve(q, n);
-  if (p == NULL) return -ENOMEM;
-  memcpy(p, s, n);
-  q->len += n;
-  return 0;
-}
-
-void ml__bq_consume(ml_BQ *q, size_t n) {
-  if (n >= q->len) {
-    q->off = q->len = 0;
-  } else {
-    q->off += n;
-    q->len -= n;
-  }
-}
-
-void ml__bq_trim(ml_BQ *q, size_t keep) {
-  if (q->len == 0 && q->cap > keep) ml__bq_free(q);
-}
-
-void ml__bq_free(ml_BQ *q) {
-  if (q->data) q->alloc(q->ud, q->data, q->cap, 0);
-  q->data = NULL;
-  q->off = q->len = q->cap = 0;
-}
-
-/* ---------------------------------------------------------------- */
-/* The scratch area.                                                  */
-
-static const char scratch_key = 0;
-#define SCRATCH_SIZE (256 * 1024)
-
-/* One area per state, made on first use and never moved, so transports
- * may keep its address. */
-char *ml__net_scratch(lua_State *L, size_t want, size_t *size) {
-  char *p;
-  (void)want;
-  if (lua_rawgetp(L, LUA_REGISTRYINDEX, &scratch_key) == LUA_TUSERDATA) {
-    p = lua_touserdata(L, -1);
-    lua_pop(L, 1);
-  } else {
-    lua_pop(L, 1);
-    p = lua_newuserdatauv(L, SCRATCH_SIZE, 0);
-    lua_rawsetp(L, LUA_REGISTRYINDEX, &scratch_key);
-  }
-  *size = SCRATCH_SIZE;
-  return p;
-}
 
 /* ---------------------------------------------------------------- */
 /* Errors.                                                            */
@@ -112,237 +20,6 @@ char *ml__net_scratch(lua_State *L, size_t want, size_t *size) {
 static int raise_errno(lua_State *L, int err) {
   ml__exc_push_errno(L, err, NULL);
   return lua_error(L);
-}
-
-/* [-0, +1] calls asyncio[cls](a, msg) if the class exists; 0 if not. */
-static int push_exc2(lua_State *L, const char *cls, int a, const char *msg) {
-  luaL_getsubtable(L, LUA_REGISTRYINDEX, LUA_LOADED_TABLE);
-  lua_getfield(L, -1, "asyncio");
-  lua_remove(L, -2);
-  if (lua_istable(L, -1) && lua_getfield(L, -1, cls) != LUA_TNIL) {
-    lua_remove(L, -2);
-    lua_pushinteger(L, a);
-    lua_pushstring(L, msg);
-    lua_call(L, 2, 1);
-    return 1;
-  }
-  lua_pop(L, lua_istable(L, -2) ? 2 : 1);
-  return 0;
-}
-
-void ml__sock_push_gaierror(lua_State *L, int code, int sys_errno) {
-  if (code == EAI_SYSTEM) {
-    ml__exc_push_errno(L, sys_errno ? sys_errno : EIO, NULL);
-    return;
-  }
-  if (code == EAI_MEMORY) {
-    ml__exc_push_errno(L, ENOMEM, NULL);
-    return;
-  }
-  const char *msg = gai_strerror(code);
-  if (!push_exc2(L, "gaierror", code, msg) && !push_exc2(L, "OSError", code, msg))
-    ml__exc_push(L, "OSError", "[Errno %d] %s", code, msg);
-}
-
-/* ---------------------------------------------------------------- */
-/* Addresses.                                                         */
-
-static int is_broadcast_name(const char *h) { return strcmp(h, "<broadcast>") == 0; }
-
-/* Blocking lookup of a host name for family; fills ss.  Raises on failure. */
-static void lookup(lua_State *L, const char *host, int family, int port,
-                   struct sockaddr_storage *ss, socklen_t *len) {
-  struct addrinfo hints, *res = NULL;
-  memset(&hints, 0, sizeof hints);
-  hints.ai_family = family;
-  int rc = getaddrinfo(host, NULL, &hints, &res);
-  if (rc != 0 || res == NULL) {
-    int e = errno;
-    if (res) freeaddrinfo(res);
-    ml__sock_push_gaierror(L, rc ? rc : EAI_NONAME, e);
-    lua_error(L);
-  }
-  memcpy(ss, res->ai_addr, res->ai_addrlen);
-  *len = res->ai_addrlen;
-  freeaddrinfo(res);
-  if (family == AF_INET) ((struct sockaddr_in *)ss)->sin_port = htons(port);
-  else ((struct sockaddr_in6 *)ss)->sin6_port = htons(port);
-}
-
-static lua_Integer field_int(lua_State *L, int idx, int i, lua_Integer dflt,
-                             const char *what) {
-  lua_Integer v = dflt;
-  int t = lua_geti(L, idx, i);
-  if (t != LUA_TNIL) {
-    int ok;
-    v = lua_tointegerx(L, -1, &ok);
-    if (!ok) {
-      lua_pop(L, 1);
-      return luaL_error(L, "bad address: %s must be an integer", what);
-    }
-  }
-  lua_pop(L, 1);
-  return v;
-}
-
-int ml__sock_toaddr(lua_State *L, int idx, int family, int resolve,
-                    struct sockaddr_storage *ss, socklen_t *len) {
-  idx = lua_absindex(L, idx);
-  memset(ss, 0, sizeof *ss);
-  if (family == AF_UNIX) {
-    struct sockaddr_un *un = (struct sockaddr_un *)ss;
-    size_t n;
-    const char *path = lua_tolstring(L, idx, &n);
-    if (path == NULL || lua_type(L, idx) != LUA_TSTRING)
-      return luaL_argerror(L, idx, "Unix socket address must be a path string");
-    if (n >= sizeof un->sun_path)
-      return luaL_argerror(L, idx, "Unix socket path too long");
-    un->sun_family = AF_UNIX;
-    memcpy(un->sun_path, path, n);
-    *len = (socklen_t)(offsetof(struct sockaddr_un, sun_path) + n +
-                       (n > 0 && path[0] == '\0' ? 0 : 1));
-    return 0;
-  }
-  if (family != AF_INET && family != AF_INET6)
-    return luaL_argerror(L, idx, "unsupported address family");
-  if (!lua_istable(L, idx))
-    return luaL_argerror(L, idx, family == AF_INET ? "address must be {host, port}"
-                                                   : "address must be {host, port [, flowinfo, scope_id]}");
-  lua_geti(L, idx, 1);
-  const char *host = lua_tostring(L, -1);
-  if (host == NULL || lua_type(L, -1) != LUA_TSTRING) {
-    lua_pop(L, 1);
-    return luaL_argerror(L, idx, "address host must be a string");
-  }
-  lua_Integer port = field_int(L, idx, 2, -1, "port");
-  if (port < 0 || port > 65535) {
-    lua_pop(L, 1);
-    return luaL_argerror(L, idx, "address port must be an integer in 0..65535");
-  }
-  int named = 0;
-  if (family == AF_INET) {
-    struct sockaddr_in *in = (struct sockaddr_in *)ss;
-    in->sin_family = AF_INET;
-    in->sin_port = htons((uint16_t)port);
-    *len = sizeof *in;
-    if (host[0] == '\0') in->sin_addr.s_addr = htonl(INADDR_ANY);
-    else if (is_broadcast_name(host)) in->sin_addr.s_addr = htonl(INADDR_BROADCAST);
-    else if (strcmp(host, "localhost") == 0) in->sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    else if (inet_pton(AF_INET, host, &in->sin_addr) != 1) named = 1;
-  } else {
-    struct sockaddr_in6 *in6 = (struct sockaddr_in6 *)ss;
-    lua_Integer flow = field_int(L, idx, 3, 0, "flowinfo");
-    lua_Integer scope = field_int(L, idx, 4, 0, "scope_id");
-    in6->sin6_family = AF_INET6;
-    in6->sin6_port = htons((uint16_t)port);
-    in6->sin6_flowinfo = htonl((uint32_t)flow);
-    in6->sin6_scope_id = (uint32_t)scope;
-    *len = sizeof *in6;
-    if (host[0] == '\0') in6->sin6_addr = in6addr_any;
-    else if (strcmp(host, "localhost") == 0) in6->sin6_addr = in6addr_loopback;
-    else if (strchr(host, '%') != NULL) {
-      /* A zone index ("fe80::1%eth0") needs getaddrinfo, which is numeric
-       * here and so never blocks. */
-      struct addrinfo hints, *res = NULL;
-      memset(&hints, 0, sizeof hints);
-      hints.ai_family = AF_INET6;
-      hints.ai_flags = AI_NUMERICHOST;
-      if (getaddrinfo(host, NULL, &hints, &res) == 0 && res) {
-        struct sockaddr_in6 *r = (struct sockaddr_in6 *)res->ai_addr;
-        in6->sin6_addr = r->sin6_addr;
-        if (scope == 0) in6->sin6_scope_id = r->sin6_scope_id;
-        freeaddrinfo(res);
-      } else {
-        if (res) freeaddrinfo(res);
-        named = 1;
-      }
-    } else if (inet_pton(AF_INET6, host, &in6->sin6_addr) != 1) named = 1;
-  }
-  if (named) {
-    if (!resolve) {
-      lua_pop(L, 1);
-      return 1;
-    }
-    lookup(L, host, family, (int)port, ss, len);
-  }
-  lua_pop(L, 1);
-  return 0;
-}
-
-void ml__sock_pushaddr(lua_State *L, const struct sockaddr *sa, socklen_t len) {
-  char buf[INET6_ADDRSTRLEN + 1];
-  switch (sa->sa_family) {
-  case AF_INET: {
-    const struct sockaddr_in *in = (const struct sockaddr_in *)sa;
-    inet_ntop(AF_INET, &in->sin_addr, buf, sizeof buf);
-    lua_createtable(L, 2, 0);
-    lua_pushstring(L, buf);
-    lua_rawseti(L, -2, 1);
-    lua_pushinteger(L, ntohs(in->sin_port));
-    lua_rawseti(L, -2, 2);
-    return;
-  }
-  case AF_INET6: {
-    const struct sockaddr_in6 *in6 = (const struct sockaddr_in6 *)sa;
-    inet_ntop(AF_INET6, &in6->sin6_addr, buf, sizeof buf);
-    lua_createtable(L, 4, 0);
-    lua_pushstring(L, buf);
-    lua_rawseti(L, -2, 1);
-    lua_pushinteger(L, ntohs(in6->sin6_port));
-    lua_rawseti(L, -2, 2);
-    lua_pushinteger(L, ntohl(in6->sin6_flowinfo));
-    lua_rawseti(L, -2, 3);
-    lua_pushinteger(L, in6->sin6_scope_id);
-    lua_rawseti(L, -2, 4);
-    return;
-  }
-  case AF_UNIX: {
-    const struct sockaddr_un *un = (const struct sockaddr_un *)sa;
-    size_t off = offsetof(struct sockaddr_un, sun_path);
-    if (len <= off) {
-      lua_pushliteral(L, "");
-    } else if (un->sun_path[0] == '\0') {
-      lua_pushlstring(L, un->sun_path, len - off);  /* abstract: keep the NUL */
-    } else {
-      lua_pushlstring(L, un->sun_path, strnlen(un->sun_path, len - off));
-    }
-    return;
-  }
-  default:
-    lua_pushnil(L);
-  }
-}
-
-/* [-1, +1] the protected half of ml__sock_pushaddrinfo. */
-static int pushaddrinfo(lua_State *L) {
-  const struct addrinfo *ai = lua_touserdata(L, 1);
-  lua_newtable(L);
-  int i = 0;
-  for (; ai != NULL; ai = ai->ai_next) {
-    lua_createtable(L, 5, 0);
-    lua_pushinteger(L, ai->ai_family);
-    lua_rawseti(L, -2, 1);
-    lua_pushinteger(L, ai->ai_socktype);
-    lua_rawseti(L, -2, 2);
-    lua_pushinteger(L, ai->ai_protocol);
-    lua_rawseti(L, -2, 3);
-    lua_pushstring(L, ai->ai_canonname ? ai->ai_canonname : "");
-    lua_rawseti(L, -2, 4);
-    ml__sock_pushaddr(L, ai->ai_addr, ai->ai_addrlen);
-    lua_rawseti(L, -2, 5);
-    lua_rawseti(L, -2, ++i);
-  }
-  lua_pushinteger(L, i);
-  lua_setfield(L, -2, "n");
-  return 1;
-}
-
-void ml__sock_pushaddrinfo(lua_State *L, struct addrinfo *ai) {
-  lua_pushcfunction(L, pushaddrinfo);
-  lua_pushlightuserdata(L, ai);
-  int rc = lua_pcall(L, 1, 1, 0);
-  if (ai) freeaddrinfo(ai);
-  if (rc != LUA_OK) lua_error(L);
 }
 
 /* ---------------------------------------------------------------- */
@@ -565,90 +242,19 @@ static int sock_recvfrom(lua_State *L) {
 }
 
 /* ---------------------------------------------------------------- */
-/* socket.buffer: a fixed-size mutable byte array for recv_into.      */
-
-#define ML_BUFFER "socket.buffer"
-typedef struct { size_t size; char data[]; } Buffer;
-
-static Buffer *checkbuffer(lua_State *L, int idx) {
-  return luaL_checkudata(L, idx, ML_BUFFER);
-}
-
-char *ml__buffer_check(lua_State *L, int idx, size_t *size) {
-  Buffer *b = checkbuffer(L, idx);
-  *size = b->size;
-  return b->data;
-}
-
-static int buffer_new(lua_State *L) {
-  size_t n = 0;
-  const char *init = NULL;
-  if (lua_type(L, 1) == LUA_TSTRING) init = lua_tolstring(L, 1, &n);
-  else {
-    lua_Integer k = luaL_checkinteger(L, 1);
-    luaL_argcheck(L, k >= 0, 1, "negative size");
-    n = (size_t)k;
-  }
-  Buffer *b = lua_newuserdatauv(L, sizeof *b + n, 0);
-  b->size = n;
-  if (init) memcpy(b->data, init, n);
-  else memset(b->data, 0, n);
-  luaL_setmetatable(L, ML_BUFFER);
-  return 1;
-}
-
-static int buffer_len(lua_State *L) {
-  lua_pushinteger(L, (lua_Integer)checkbuffer(L, 1)->size);
-  return 1;
-}
-
-/* Normalises a string.sub-style range [i, j] for size; returns the length. */
-static size_t subrange(lua_State *L, int ii, int ij, size_t size, size_t *start) {
-  lua_Integer i = luaL_optinteger(L, ii, 1), j = luaL_optinteger(L, ij, -1);
-  lua_Integer n = (lua_Integer)size;
-  if (i < 0) i = i + n + 1 > 0 ? i + n + 1 : 1;
-  else if (i == 0) i = 1;
-  if (j < 0) j = j + n + 1;
-  else if (j > n) j = n;
-  if (i > j) { *start = 0; return 0; }
-  *start = (size_t)(i - 1);
-  return (size_t)(j - i + 1);
-}
-
-static int buffer_tostring(lua_State *L) {
-  Buffer *b = checkbuffer(L, 1);
-  size_t start, n = subrange(L, 2, 3, b->size, &start);
-  lua_pushlstring(L, b->data + start, n);
-  return 1;
-}
-
-/* buf:set(offset, s): copies s into the buffer at 1-based offset. */
-static int buffer_set(lua_State *L) {
-  Buffer *b = checkbuffer(L, 1);
-  lua_Integer off = luaL_checkinteger(L, 2);
-  size_t n;
-  const char *s = luaL_checklstring(L, 3, &n);
-  luaL_argcheck(L, off >= 1 && (size_t)off - 1 + n <= b->size, 2, "out of range");
-  memcpy(b->data + off - 1, s, n);
-  return 0;
-}
-
-static int buffer_tostr_meta(lua_State *L) {
-  Buffer *b = checkbuffer(L, 1);
-  lua_pushfstring(L, "socket.buffer(%d)", (int)b->size);
-  return 1;
-}
+/* Receiving into a socket.buffer.                                    */
 
 /* Receives into the buffer at 1-based offset; returns the byte count. */
 static ssize_t recv_into(lua_State *L, ml_Socket *s, int bi, int ni, int fi,
                          struct sockaddr_storage *ss, socklen_t *len) {
-  Buffer *b = checkbuffer(L, bi);
+  size_t size;
+  char *data = ml__buffer_check(L, bi, &size);
   lua_Integer n = luaL_optinteger(L, ni, 0);
   int flags = (int)luaL_optinteger(L, fi, 0);
-  luaL_argcheck(L, n >= 0 && (size_t)n <= b->size, ni, "nbytes out of range");
-  if (n == 0) n = (lua_Integer)b->size;
+  luaL_argcheck(L, n >= 0 && (size_t)n <= size, ni, "nbytes out of range");
+  if (n == 0) n = (lua_Integer)size;
   ssize_t r;
-  do r = recvfrom(s->fd, b->data, (size_t)n, flags, (struct sockaddr *)ss, len);
+  do r = recvfrom(s->fd, data, (size_t)n, flags, (struct sockaddr *)ss, len);
   while (r < 0 && errno == EINTR);
   return r < 0 ? -errno : r;
 }
@@ -990,18 +596,10 @@ static const luaL_Reg sock_methods[] = {
   {NULL, NULL}
 };
 
-static const luaL_Reg buffer_methods[] = {
-  {"len", buffer_len},
-  {"tostring", buffer_tostring},
-  {"sub", buffer_tostring},
-  {"set", buffer_set},
-  {NULL, NULL}
-};
-
 static const luaL_Reg socket_funcs[] = {
   {"socket", sock_new},
   {"socketpair", sock_socketpair},
-  {"buffer", buffer_new},
+  {"buffer", ml__buffer_new},
   {"getaddrinfo", socket_getaddrinfo},
   {"getnameinfo", socket_getnameinfo},
   {"gethostname", socket_gethostname},
@@ -1049,15 +647,7 @@ int luaopen_socket(lua_State *L) {
     lua_setfield(L, -2, "__tostring");
   }
   lua_pop(L, 1);
-  if (luaL_newmetatable(L, ML_BUFFER)) {
-    luaL_newlib(L, buffer_methods);
-    lua_setfield(L, -2, "__index");
-    lua_pushcfunction(L, buffer_len);
-    lua_setfield(L, -2, "__len");
-    lua_pushcfunction(L, buffer_tostr_meta);
-    lua_setfield(L, -2, "__tostring");
-  }
-  lua_pop(L, 1);
+  ml__buffer_open(L);
   luaL_newlib(L, socket_funcs);
   for (int i = 0; constants[i].name; i++) {
     lua_pushinteger(L, constants[i].value);
@@ -1066,31 +656,4 @@ int luaopen_socket(lua_State *L) {
   lua_pushboolean(L, 1);
   lua_setfield(L, -2, "has_ipv6");
   return 1;
-}
-
-/* ---------------------------------------------------------------- */
-/* Registration helpers shared by the networking modules.             */
-
-void ml__net_setfuncs(lua_State *L, int idx, const char *prefix,
-                      const luaL_Reg *sync, const luaL_Reg *async) {
-  idx = lua_absindex(L, idx);
-  for (; sync && sync->name; sync++) {
-    lua_pushcfunction(L, sync->func);
-    lua_setfield(L, idx, sync->name);
-  }
-  for (; async && async->name; async++) {
-    lua_pushfstring(L, "%s%s", prefix, async->name);
-    ml__push_async(L, lua_tostring(L, -1), async->func);
-    lua_setfield(L, idx, async->name);
-    lua_pop(L, 1);
-  }
-}
-
-void ml__net_push_loop_methods(lua_State *L) {
-  lua_getglobal(L, "require");
-  lua_pushliteral(L, "asyncio.core");
-  lua_call(L, 1, 1);
-  lua_getfield(L, -1, "Loop");
-  lua_remove(L, -2);
-  if (!lua_istable(L, -1)) luaL_error(L, "asyncio.core has no Loop methods table");
 }
