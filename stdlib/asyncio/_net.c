@@ -1,7 +1,7 @@
-/* asyncio_netlib.c: the loop's low-level socket methods (sock_recv,
+/* _net.c: asyncio._net, the loop's low-level socket methods (sock_recv,
  * sock_sendall, sock_connect, sock_accept, ...), add_reader/add_writer, and
- * name resolution (getaddrinfo, getnameinfo) on a small pthread pool that
- * completes through ev_async, so a lookup never blocks the loop.
+ * name resolution (getaddrinfo, getnameinfo) on the resolver pool
+ * (socket/resolver.c), so a lookup never blocks the loop.
  *
  * A sock_* method tries its system call at once; only when the kernel says
  * EAGAIN does it park the task on the socket's own ev_io watcher (no
@@ -9,8 +9,6 @@
  * a cancelled task leaves nothing armed. */
 #include <errno.h>
 #include <netdb.h>
-#include <pthread.h>
-#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -18,6 +16,7 @@
 #include <unistd.h>
 #include <sys/socket.h>
 #include "socket/net.h"
+#include "socket/resolver.h"
 
 /* ---------------------------------------------------------------- */
 /* Parking a task on a socket.                                        */
@@ -92,315 +91,16 @@ static int raise_errno(lua_State *L, int err) {
 }
 
 /* ---------------------------------------------------------------- */
-/* Resolution on the pool (used by sock_connect and sock_sendto too). */
-
-enum { REQ_GAI, REQ_GNI };
-
-typedef struct Resolver Resolver;
-typedef struct Req Req;
-
-struct Req {
-  Req *next;
-  Resolver *r;
-  int refs;                /* the handle + the pipeline; pool.mu */
-  int kind;
-  ml_Task *task;           /* loop thread: the waiting task, or NULL */
-  int delivered;           /* loop thread: the result is back */
-  int has_host, has_serv;
-  char host[NI_MAXHOST];   /* GAI input; GNI output */
-  char serv[NI_MAXSERV];
-  struct addrinfo hints;
-  struct sockaddr_storage sa;
-  socklen_t salen;
-  int flags;
-  int rc, err;             /* result code and errno (EAI_SYSTEM) */
-  struct addrinfo *ai;
-};
-
-struct Resolver {
-  ev_async async;
-  struct ev_loop *loop;
-  Req *done, *done_tail;   /* finished by workers; pool.mu */
-  int refs;                /* the userdata + requests not delivered; pool.mu */
-  int closed;              /* pool.mu */
-  int inflight;            /* loop thread: submitted, not delivered */
-};
-
-#define POOL_MAX 4
-
-static struct {
-  pthread_mutex_t mu;
-  pthread_cond_t cv;
-  Req *head, *tail;
-  int nthreads, idle;
-} pool = { PTHREAD_MUTEX_INITIALIZER, PTHREAD_COND_INITIALIZER, NULL, NULL, 0, 0 };
-
-static void req_free(Req *q) {
-  if (q->ai) freeaddrinfo(q->ai);
-  free(q);
-}
-
-static void req_unref(Req *q) {
-  int n;
-  pthread_mutex_lock(&pool.mu);
-  n = --q->refs;
-  pthread_mutex_unlock(&pool.mu);
-  if (n == 0) req_free(q);
-}
-
-static void req_run(Req *q) {
-  if (q->kind == REQ_GAI) {
-    errno = 0;
-    q->rc = getaddrinfo(q->has_host ? q->host : NULL, q->has_serv ? q->serv : NULL,
-                        &q->hints, &q->ai);
-    q->err = errno;
-  } else {
-    errno = 0;
-    q->rc = getnameinfo((struct sockaddr *)&q->sa, q->salen, q->host, sizeof q->host,
-                        q->serv, sizeof q->serv, q->flags);
-    q->err = errno;
-  }
-}
-
-/* Hands a finished request back to its loop; pool.mu held.  Returns 1 if
- * the caller must free the resolver (it was closed and this was the last
- * reference). */
-static int deliver_locked(Req *q) {
-  Resolver *r = q->r;
-  if (r->closed) {
-    if (--q->refs == 0) req_free(q);
-    return --r->refs == 0;
-  }
-  q->next = NULL;
-  if (r->done_tail) r->done_tail->next = q;
-  else r->done = q;
-  r->done_tail = q;
-  ev_async_send(r->loop, &r->async);
-  return 0;
-}
-
-static void *worker(void *arg) {
-  (void)arg;
-  pthread_mutex_lock(&pool.mu);
-  for (;;) {
-    Req *q;
-    while (pool.head == NULL) {
-      pool.idle++;
-      pthread_cond_wait(&pool.cv, &pool.mu);
-      pool.idle--;
-    }
-    q = pool.head;
-    pool.head = q->next;
-    if (pool.head == NULL) pool.tail = NULL;
-    pthread_mutex_unlock(&pool.mu);
-    req_run(q);
-    pthread_mutex_lock(&pool.mu);
-    Resolver *r = q->r;
-    if (deliver_locked(q)) free(r);
-  }
-  return NULL;
-}
-
-/* Queues q for a worker, starting one if none is idle.  Returns 0, or -1
- * if no worker exists and none could be started (the caller runs q
- * itself). */
-static int pool_submit(Req *q) {
-  int rc = 0;
-  pthread_mutex_lock(&pool.mu);
-  if (pool.idle == 0 && pool.nthreads < POOL_MAX) {
-    pthread_t th;
-    pthread_attr_t attr;
-    sigset_t all, old;
-    /* Workers must never take the process's signals (SIGINT, SIGCHLD). */
-    sigfillset(&all);
-    pthread_sigmask(SIG_SETMASK, &all, &old);
-    pthread_attr_init(&attr);
-    pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
-    pthread_attr_setstacksize(&attr, 256 * 1024);
-    if (pthread_create(&th, &attr, worker, NULL) == 0) pool.nthreads++;
-    pthread_attr_destroy(&attr);
-    pthread_sigmask(SIG_SETMASK, &old, NULL);
-    if (pool.nthreads == 0) rc = -1;
-  }
-  if (rc == 0) {
-    q->next = NULL;
-    if (pool.tail) pool.tail->next = q;
-    else pool.head = q;
-    pool.tail = q;
-    pthread_cond_signal(&pool.cv);
-  }
-  pthread_mutex_unlock(&pool.mu);
-  return rc;
-}
-
-static void async_cb(struct ev_loop *loop, ev_async *w, int revents) {
-  Resolver *r = w->data;
-  Req *list;
-  (void)revents;
-  pthread_mutex_lock(&pool.mu);
-  list = r->done;
-  r->done = r->done_tail = NULL;
-  pthread_mutex_unlock(&pool.mu);
-  while (list) {
-    Req *q = list;
-    list = q->next;
-    q->delivered = 1;
-    r->inflight--;
-    if (q->task) {
-      ml_Task *t = q->task;
-      q->task = NULL;
-      ml__task_wake(t);
-    }
-    pthread_mutex_lock(&pool.mu);
-    r->refs--;  /* never the last: the userdata holds one */
-    pthread_mutex_unlock(&pool.mu);
-    req_unref(q);
-  }
-  if (r->inflight == 0) ev_async_stop(loop, w);
-}
-
-#define RESOLVER_MT "moonloop.Resolver"
-#define REQ_MT "moonloop.ResolveRequest"
-static const char resolver_key = 0;
-
-static int resolver_gc(lua_State *L) {
-  Resolver **pr = luaL_testudata(L, 1, RESOLVER_MT), *r;
-  if (pr == NULL) return 0;  /* a script calling __gc on something else */
-  r = *pr;
-  Req **pp, *done;
-  int last;
-  if (r == NULL) return 0;
-  *pr = NULL;
-  pthread_mutex_lock(&pool.mu);
-  r->closed = 1;  /* from now on no worker touches r->async */
-  pthread_mutex_unlock(&pool.mu);
-  ev_async_stop(r->loop, &r->async);
-  pthread_mutex_lock(&pool.mu);
-  /* Queued requests of this resolver will never run. */
-  for (pp = &pool.head; *pp;) {
-    Req *q = *pp;
-    if (q->r == r) {
-      *pp = q->next;
-      r->refs--;
-      if (--q->refs == 0) req_free(q);
-    } else {
-      pp = &q->next;
-    }
-  }
-  pool.tail = NULL;
-  for (Req *q = pool.head; q; q = q->next) pool.tail = q;
-  done = r->done;
-  r->done = r->done_tail = NULL;
-  while (done) {
-    Req *q = done;
-    done = q->next;
-    r->refs--;
-    if (--q->refs == 0) req_free(q);
-  }
-  last = --r->refs == 0;
-  pthread_mutex_unlock(&pool.mu);
-  if (last) free(r);
-  return 0;
-}
-
-static Resolver *get_resolver(lua_State *L) {
-  Resolver **pr;
-  if (lua_rawgetp(L, LUA_REGISTRYINDEX, &resolver_key) == LUA_TUSERDATA) {
-    pr = lua_touserdata(L, -1);
-    lua_pop(L, 1);
-    return *pr;
-  }
-  lua_pop(L, 1);
-  pr = lua_newuserdatauv(L, sizeof *pr, 0);
-  *pr = NULL;
-  if (luaL_newmetatable(L, RESOLVER_MT)) {
-    lua_pushcfunction(L, resolver_gc);
-    lua_setfield(L, -2, "__gc");
-  }
-  lua_setmetatable(L, -2);
-  Resolver *r = calloc(1, sizeof *r);
-  if (r == NULL) luaL_error(L, "not enough memory");
-  r->loop = ml__loop(ml__state(L));
-  r->refs = 1;
-  ev_async_init(&r->async, async_cb);
-  r->async.data = r;
-  *pr = r;
-  lua_rawsetp(L, LUA_REGISTRYINDEX, &resolver_key);
-  return r;
-}
-
-/* A request handle: the userdata that owns the script side of a Req. */
-static int reqhandle_gc(lua_State *L) {
-  Req **pq = luaL_testudata(L, 1, REQ_MT);
-  if (pq && *pq) {
-    (*pq)->task = NULL;
-    req_unref(*pq);
-    *pq = NULL;
-  }
-  return 0;
-}
-
-/* [-0, +1] pushes a handle owning a new zeroed request (refs = 1). */
-static Req *req_new(lua_State *L, int kind) {
-  Req **pq = lua_newuserdatauv(L, sizeof *pq, 0);
-  *pq = NULL;
-  if (luaL_newmetatable(L, REQ_MT)) {
-    lua_pushcfunction(L, reqhandle_gc);
-    lua_setfield(L, -2, "__gc");
-  }
-  lua_setmetatable(L, -2);
-  Req *q = calloc(1, sizeof *q);
-  if (q == NULL) luaL_error(L, "not enough memory");
-  q->kind = kind;
-  q->refs = 1;
-  *pq = q;
-  return q;
-}
-
-static int req_hook(lua_State *L, ml_Task *t, void *ud) {
-  Req *q = ud;
-  (void)L; (void)t;
-  q->task = NULL;  /* the worker finishes; the handle frees the result */
-  return 0;
-}
-
-/* Runs the request on the handle at the top of the stack on the pool and
- * suspends the task; k finds the handle still on top (and the result in
- * it, see req_take). */
-static int req_submit(lua_State *L, Req *q, lua_KContext ctx, lua_KFunction k) {
-  if (ml__task_current(L) == NULL || !lua_isyieldable(L))
-    return ml__task_suspend(L, NULL, NULL, 0, NULL);  /* raises */
-  Resolver *r = get_resolver(L);
-  q->r = r;
-  pthread_mutex_lock(&pool.mu);
-  q->refs++;  /* the pipeline's */
-  r->refs++;
-  pthread_mutex_unlock(&pool.mu);
-  if (r->inflight++ == 0) ev_async_start(r->loop, &r->async);
-  q->task = ml__task_current(L);
-  if (pool_submit(q) < 0) {
-    /* No thread could be started: resolve here rather than fail. */
-    req_run(q);
-    pthread_mutex_lock(&pool.mu);
-    deliver_locked(q);
-    pthread_mutex_unlock(&pool.mu);
-  }
-  return ml__task_suspend(L, req_hook, q, ctx, k);
-}
-
-/* The request of the handle at idx, delivered. */
-static Req *req_get(lua_State *L, int idx) {
-  Req **pq = luaL_checkudata(L, idx, REQ_MT);
-  return *pq;
-}
+/* Resolution on the pool (socket/resolver.c; used by sock_connect and
+ * sock_sendto too). */
 
 /* [-0, +1] pushes the failure of q as an exception. */
-static void req_push_error(lua_State *L, Req *q) {
+static void req_push_error(lua_State *L, ml_Lookup *q) {
   ml__sock_push_gaierror(L, q->rc, q->err);
 }
 
 /* Fills the request's getaddrinfo input from script values. */
-static void gai_args(lua_State *L, Req *q, int hi, int pi) {
+static void gai_args(lua_State *L, ml_Lookup *q, int hi, int pi) {
   size_t n;
   if (!lua_isnoneornil(L, hi)) {
     const char *h = luaL_checklstring(L, hi, &n);
@@ -435,7 +135,7 @@ static int opt_int(lua_State *L, int t, const char *k, int dflt) {
 
 /* Tries getaddrinfo without any lookup (numeric host and port); returns 1
  * with the result list pushed, or 0 if a lookup is needed. */
-static int gai_numeric(lua_State *L, Req *q) {
+static int gai_numeric(lua_State *L, ml_Lookup *q) {
   struct addrinfo hints = q->hints, *res = NULL;
   int rc;
   if (q->has_serv) {
@@ -456,7 +156,7 @@ static int gai_numeric(lua_State *L, Req *q) {
 }
 
 static int getaddrinfo_k(lua_State *L, int status, lua_KContext ctx) {
-  Req *q = req_get(L, -1);
+  ml_Lookup *q = ml__lookup_check(L, -1);
   (void)status; (void)ctx;
   if (q->rc != 0) {
     req_push_error(L, q);
@@ -471,18 +171,18 @@ static int getaddrinfo_k(lua_State *L, int status, lua_KContext ctx) {
 /* loop:getaddrinfo(host, port, {family=, type=, proto=, flags=}) */
 static int loop_getaddrinfo(lua_State *L) {
   lua_settop(L, 4);
-  Req *q = req_new(L, REQ_GAI);
+  ml_Lookup *q = ml__lookup_new(L, ML_LOOKUP_GAI);
   gai_args(L, q, 2, 3);
   q->hints.ai_family = opt_int(L, 4, "family", AF_UNSPEC);
   q->hints.ai_socktype = opt_int(L, 4, "type", 0);
   q->hints.ai_protocol = opt_int(L, 4, "proto", 0);
   q->hints.ai_flags = opt_int(L, 4, "flags", 0);
   if (gai_numeric(L, q)) return 1;
-  return req_submit(L, q, 0, getaddrinfo_k);
+  return ml__lookup_submit(L, q, 0, getaddrinfo_k);
 }
 
 static int getnameinfo_k(lua_State *L, int status, lua_KContext ctx) {
-  Req *q = req_get(L, -1);
+  ml_Lookup *q = ml__lookup_check(L, -1);
   (void)status; (void)ctx;
   if (q->rc != 0) {
     req_push_error(L, q);
@@ -511,15 +211,15 @@ static int addr_family(lua_State *L, int idx) {
 static int loop_getnameinfo(lua_State *L) {
   lua_settop(L, 3);
   int family = addr_family(L, 2);
-  Req *q = req_new(L, REQ_GNI);
+  ml_Lookup *q = ml__lookup_new(L, ML_LOOKUP_GNI);
   if (ml__sock_toaddr(L, 2, family, 0, &q->sa, &q->salen) != 0)
     return luaL_argerror(L, 2, "getnameinfo needs a numeric address");
   q->flags = (int)luaL_optinteger(L, 3, 0);
   if ((q->flags & (NI_NUMERICHOST | NI_NUMERICSERV)) == (NI_NUMERICHOST | NI_NUMERICSERV)) {
-    req_run(q);
+    ml__lookup_run(q);
     return getnameinfo_k(L, LUA_OK, 0);
   }
-  return req_submit(L, q, 0, getnameinfo_k);
+  return ml__lookup_submit(L, q, 0, getnameinfo_k);
 }
 
 /* ---- resolving the host of an address argument, then carrying on ---- */
@@ -533,7 +233,7 @@ typedef struct Cont {
  * of the socket's family and runs the continuation. */
 static int resolved_k(lua_State *L, int status, lua_KContext ctx) {
   const Cont *c = (const Cont *)ctx;
-  Req *q = req_get(L, -1);
+  ml_Lookup *q = ml__lookup_check(L, -1);
   ml_Socket *s = ml__sock_checkopen(L, 2);
   struct addrinfo *ai;
   (void)status;
@@ -555,14 +255,14 @@ static int resolved_k(lua_State *L, int status, lua_KContext ctx) {
 
 /* Looks up the host of the address at c->aidx for socket s on the pool. */
 static int resolve_then(lua_State *L, ml_Socket *s, const Cont *c) {
-  Req *q = req_new(L, REQ_GAI);
+  ml_Lookup *q = ml__lookup_new(L, ML_LOOKUP_GAI);
   lua_geti(L, c->aidx, 1);
   lua_geti(L, c->aidx, 2);
   gai_args(L, q, -2, -1);
   lua_pop(L, 2);
   q->hints.ai_family = s->family;
   q->hints.ai_socktype = s->type;
-  return req_submit(L, q, (lua_KContext)c, resolved_k);
+  return ml__lookup_submit(L, q, (lua_KContext)c, resolved_k);
 }
 
 /* ---------------------------------------------------------------- */
