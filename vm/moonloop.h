@@ -74,6 +74,11 @@ const char *ml_state_error(ml_State *S);
  * to stderr).  ud is passed to it. */
 void ml_state_set_error_handler(ml_State *S, ml_ErrorHandler h, void *ud);
 
+/* The handler of uncaught errors set now (NULL: the default) and, if ud
+ * is not NULL, its ud in *ud: for a host that replaces the handler for a
+ * while and puts it back. */
+ml_ErrorHandler ml_state_error_handler(ml_State *S, void **ud);
+
 /* A pointer the host keeps with S (NULL until set). */
 void ml_state_set_userdata(ml_State *S, void *ud);
 void *ml_state_userdata(ml_State *S);
@@ -101,6 +106,13 @@ int ml_load_file(lua_State *L, const char *path);
  * values are popped all the same). */
 int ml_task_spawn(lua_State *L, int nargs, const char *name, ml_Future **task);
 
+/* Asks every pending Task of S to cancel, as task:cancel(msg) does (msg
+ * may be NULL): CancelledError is raised where each one waits, on the
+ * next iteration, and a task finishes (cancelled, unless it catches the
+ * error) once it has unwound; run the loop to let them.  Host futures
+ * are left alone.  Returns ML_OK, or -ENOMEM. */
+int ml_task_cancel_all(ml_State *S, const char *msg);
+
 /* Runs the loop until nothing is left to do: no ready task, no timer or
  * I/O watcher, no pending host future (see ml_future_new).  Returns
  * ML_OK, or -EBUSY if called from within the loop (a host C function). */
@@ -123,6 +135,29 @@ int ml_state_run_until(ml_State *S, ml_Future *f);
  * or timeout passed), 0 if it is idle (nothing can happen until the host
  * gives it new work), -EBUSY if called from within the loop, or -ENOMEM. */
 int ml_state_step(ml_State *S, int *fd, double *timeout);
+
+/* Makes the ml_state_run or ml_state_run_until running S's loop return
+ * ML_OK soon: once the loop iteration under way has finished (the rest
+ * of the tasks and callbacks that were ready, or the libev callbacks of
+ * this poll).  Call it from within the loop: a host C function, a libev
+ * callback on the loop (a host watcher on a shared loop), a
+ * ml_state_call_threadsafe function.  Nothing is cancelled: tasks,
+ * timers and watchers stay, and the next run carries on with them
+ * (ml_state_run_until's future may still be pending: look with
+ * ml_future_state).  The stop ends only the run it was made in; during
+ * ml_state_step it ends nothing more than the step.  Returns ML_OK, or
+ * -EINVAL if the loop is not running (there is nothing to stop, and no
+ * later run is affected). */
+int ml_state_stop(ml_State *S);
+
+/* Stops Lua code that never awaits (`while true do end`): the Task
+ * running now raises asyncio.KeyboardInterrupt at its next instruction,
+ * as lua.c's Ctrl+C does; unless it catches it, the task fails with it.
+ * It is async-signal-safe (it only reads S and calls lua_sethook), for a
+ * SIGINT handler on the loop's thread; it records no message.  Returns
+ * ML_OK, or -ESRCH if no task is running (the loop is waiting, or in a
+ * callback: cancel instead, with ml_future_cancel). */
+int ml_state_interrupt(ml_State *S);
 
 /* ---- Host functions and modules ------------------------------------ */
 
@@ -192,6 +227,23 @@ int ml_future_push_result(lua_State *L, ml_Future *f);
  * nothing and returns -EINVAL. */
 int ml_future_push_error(lua_State *L, ml_Future *f);
 
+/* If f failed or was cancelled: [-0, +1] pushes the traceback of where
+ * its exception was raised, with the chain of awaits (a string), or nil
+ * if it has none (a Future failed by set_exception, a cancellation), and
+ * returns ML_OK.  Otherwise pushes nothing and returns -EINVAL.  It does
+ * not mark the exception retrieved: ml_future_push_error does. */
+int ml_future_push_traceback(lua_State *L, ml_Future *f);
+
+/* Asks f to cancel, as f:cancel(msg) does (msg may be NULL): a Task gets
+ * CancelledError(msg) raised where it waits, on the next iteration, and
+ * finishes once it has unwound (it may also catch it and carry on); a
+ * Future is cancelled at once, and its waiters run on the next
+ * iteration.  The handle stays valid (release it as before).  Returns
+ * ML_OK if the cancellation was asked, -EALREADY if f was already done
+ * (nothing changes), -EINVAL if f is not a handle of L's state, or
+ * -ENOMEM. */
+int ml_future_cancel(lua_State *L, ml_Future *f, const char *msg);
+
 /* Thread-safe completion, from any thread (a host's worker): queues the
  * completion and wakes the loop, which applies it on its own thread in
  * its next iteration, as ml_future_resolve / ml_future_reject would.
@@ -250,6 +302,21 @@ void ml_state_set_cpu_budget(ml_State *S, unsigned long instructions);
  * the host registered, before or after, stay.  Call it before loading
  * untrusted code; it cannot be undone.  Returns ML_OK or -ENOMEM. */
 int ml_state_sandbox(ml_State *S, const char *const *allow);
+
+/* ---- The dialect ------------------------------------------------------ */
+
+/* Translates src[0..len), Lua 5.4 with async/await, into the plain Lua
+ * that moonloop loads (what `moonloop --emit` prints): every token stays
+ * on its line.  chunkname names the source in error messages ("file.lua";
+ * a leading '@' or '=' is dropped; NULL: "?").  Needs no state.  On
+ * success *out is a NUL-terminated malloc'd string the caller frees with
+ * free(), *outlen (if outlen is not NULL) its length, and ML_OK is
+ * returned.  On failure *out is NULL and the message, Lua-style
+ * ("file.lua:3: 'function' expected after 'async' near 'x'"), is written
+ * to err[0..errsz) (if err is not NULL); returns -EINVAL (a syntax error,
+ * or src or out NULL) or -ENOMEM. */
+int ml_dialect_translate(const char *src, size_t len, const char *chunkname, char **out,
+                         size_t *outlen, char *err, size_t errsz);
 
 #ifdef __cplusplus
 }

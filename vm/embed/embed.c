@@ -374,6 +374,10 @@ static int run(ml_State *S, Run *a) {
     S->running = running;
     S->current = current;
   }
+  /* A stop (ml_state_stop, loop:stop()) ends the run it was made in and
+   * no later one: the run may have ended first for another reason (its
+   * future done, a step's one iteration over). */
+  S->stopping = 0;
   return rc;
 }
 
