@@ -1,17 +1,24 @@
 # moonloop: the Lua 5.4 VM with async/await on a libev loop.
 #
-#   make            build build/moonloop and build/libmoonloop.a
-#   make test       build, then run the Check suites and the script tests
+#   make            build build/moonloop, build/libmoonloop.a and build/libmoonloop.so
+#   make test       install missing packages, build, run every test suite
 #   make test SAN=1 the same under AddressSanitizer + UBSan (in build-san/)
-#   make run        build, then run the tour script
+#   make run        install missing packages, build, run the tour script
 #   make bench      benchmarks against peers (see docs/performance.md)
 #   make deps       install missing Debian packages (apt-get, as root)
-#   make install PREFIX=/usr/local
+#   make install    PREFIX=/usr/local (and DESTDIR= for staging); make uninstall
 #
-# Every public target first runs `deps`, then re-enters make so that the
-# pkg-config queries below see the packages deps has just installed.
+# Only deps, test, run, bench and fuzz install packages: they run `deps`
+# first, then re-enter make so that the pkg-config queries below see what
+# deps has just installed.  `make`, `make build` and `make install` never
+# install anything: if a package is missing they stop and name `make deps`.
 
 PREFIX ?= /usr/local
+BINDIR ?= $(PREFIX)/bin
+LIBDIR ?= $(PREFIX)/lib
+INCLUDEDIR ?= $(PREFIX)/include
+MANDIR ?= $(PREFIX)/share/man
+PKGCONFIGDIR ?= $(LIBDIR)/pkgconfig
 SAN ?= 0
 ifeq ($(SAN),1)
 BUILD ?= build-san
@@ -23,16 +30,33 @@ SANFLAGS =
 OPT = -O2
 endif
 
-LUA_CFLAGS = $(shell pkg-config --cflags lua5.4 2>/dev/null)
-LUA_LIBS = $(shell pkg-config --libs lua5.4 2>/dev/null)
-CHECK_CFLAGS = $(shell pkg-config --cflags check 2>/dev/null)
-CHECK_LIBS = $(shell pkg-config --libs check 2>/dev/null)
+PKG_CONFIG ?= pkg-config
+LUA_CFLAGS = $(shell $(PKG_CONFIG) --cflags lua5.4 2>/dev/null)
+LUA_LIBS = $(shell $(PKG_CONFIG) --libs lua5.4 2>/dev/null)
+EDIT_CFLAGS = $(shell $(PKG_CONFIG) --cflags libedit 2>/dev/null)
+EDIT_LIBS = $(shell $(PKG_CONFIG) --libs libedit 2>/dev/null)
+CHECK_CFLAGS = $(shell $(PKG_CONFIG) --cflags check 2>/dev/null)
+CHECK_LIBS = $(shell $(PKG_CONFIG) --libs check 2>/dev/null)
+
+# The version and the shared library's soname come from moonloop.h.
+VERSION := $(shell sed -n 's/^\#define MOONLOOP_VERSION "\(.*\)"/\1/p' vm/moonloop.h)
+SOMAJOR := $(firstword $(subst ., ,$(VERSION)))
+SONAME = libmoonloop.so.$(SOMAJOR)
+SOFILE = libmoonloop.so.$(VERSION)
 
 CC ?= cc
 CFLAGS ?= $(OPT) -g
+# Every object is position-independent: the same objects make the static
+# and the shared library.  -fno-semantic-interposition keeps the compiler
+# inlining and calling directly within the library, as without -fPIC (the
+# version script below makes every non-ml_ symbol local anyway).
 ALL_CFLAGS = -std=gnu11 -Wall -Wextra -Wno-unused-parameter -D_GNU_SOURCE -MMD -MP \
+	-fPIC -fno-semantic-interposition \
 	-Ivm -Istdlib -I$(BUILD) $(LUA_CFLAGS) $(SANFLAGS) $(CFLAGS)
-LIBS = $(LUA_LIBS) -lev -ledit -lpthread -lm -ldl
+# What the library needs (moonloop.pc says the same to hosts), and what the
+# CLI adds: libedit, for the REPL only.
+LIB_LIBS = $(LUA_LIBS) -lev -lpthread -lm -ldl
+LIBS = $(LIB_LIBS) $(EDIT_LIBS)
 LDFLAGS += $(SANFLAGS) -rdynamic
 
 # The layers (docs/internals.md): the core and the dialect link alone (the
@@ -55,16 +79,16 @@ CHECK_LIB_SRC = tests/unit/check_embed.c
 DEB_PKGS = liblua5.4-dev libev-dev check pkg-config libedit-dev tmux socat netcat-openbsd python3
 BENCH_PKGS = python3-uvloop hyperfine nodejs
 
-.PHONY: all build test run bench deps bench-deps install clean check-suites script-tests embed-host fuzz
+.PHONY: FORCE all build test run bench deps bench-deps need need-check install uninstall clean \
+	check-suites script-tests embed-host embed-pkgconfig fuzz
 
-all: deps
-	@$(MAKE) --no-print-directory build
+all: $(BUILD)/moonloop $(BUILD)/libmoonloop.a $(BUILD)/libmoonloop.so
 
-build: $(BUILD)/moonloop $(BUILD)/libmoonloop.a $(BUILD)/check_core $(BUILD)/check_lib
+build: all $(BUILD)/check_core $(BUILD)/check_lib
 
 test: deps
 	@$(MAKE) --no-print-directory build
-	@$(MAKE) --no-print-directory check-suites script-tests embed-host
+	@$(MAKE) --no-print-directory check-suites script-tests embed-host embed-pkgconfig
 
 run: deps
 	@$(MAKE) --no-print-directory build
@@ -84,6 +108,31 @@ script-tests: $(BUILD)/moonloop
 # The embedding example, built as a user would and run (tests/embed/host.sh).
 embed-host: $(BUILD)/libmoonloop.a
 	bash tests/embed/host.sh $(BUILD) "$(SANFLAGS)"
+
+# Installs into a temporary prefix and builds the example host from
+# nothing but `pkg-config moonloop`, against both libraries.
+embed-pkgconfig: all
+	CFLAGS='$(CFLAGS)' bash tests/embed/pkgconfig.sh $(BUILD) "$(SANFLAGS)" $(SAN)
+
+# What building needs, checked before anything compiles.  It never installs:
+# it names the missing Debian packages and `make deps`.
+need:
+	@missing=""; \
+	if command -v $(PKG_CONFIG) >/dev/null 2>&1; then \
+	  $(PKG_CONFIG) --exists lua5.4 || missing="$$missing liblua5.4-dev"; \
+	  $(PKG_CONFIG) --exists libedit || missing="$$missing libedit-dev"; \
+	else missing=" pkg-config"; fi; \
+	printf '\#include <ev.h>\n' | $(CC) -E -x c - >/dev/null 2>&1 || missing="$$missing libev-dev"; \
+	if [ -n "$$missing" ]; then \
+	  echo "make: cannot build, missing:$$missing" >&2; \
+	  echo "make: run 'make deps' as root to install them (or: sudo apt-get install$$missing)" >&2; \
+	  exit 1; \
+	fi
+
+need-check: need
+	@$(PKG_CONFIG) --exists check || { \
+	  echo "make: cannot build the unit tests, missing: check" >&2; \
+	  echo "make: run 'make deps' as root to install it (or: sudo apt-get install check)" >&2; exit 1; }
 
 # Installs what is missing; as non-root it prints the command instead.
 deps:
@@ -109,13 +158,24 @@ bench-deps:
 	    echo "make bench-deps: could not install$$missing; those peers will be skipped"; \
 	elif [ -n "$$missing" ]; then echo "make bench-deps: not installed:$$missing (peers skipped)"; fi
 
-$(BUILD)/%.o: %.c
+# The compile command is recorded in $(BUILD)/cflags: when it changes (say
+# CFLAGS=-Werror, as .ci/run passes), every object is rebuilt with it.
+$(BUILD)/cflags: FORCE | need
+	@mkdir -p $(BUILD)
+	@echo '$(CC) $(ALL_CFLAGS)' | cmp -s - $@ || echo '$(CC) $(ALL_CFLAGS)' > $@
+
+FORCE:
+
+$(BUILD)/%.o: %.c $(BUILD)/cflags | need
 	@mkdir -p $(dir $@)
-	$(CC) $(ALL_CFLAGS) -c $< -o $@
+	$(CC) $(ALL_CFLAGS) $(OBJ_CFLAGS) -c $< -o $@
+
+# libedit's headers, for the REPL's objects only.
+$(CLI_OBJ): OBJ_CFLAGS = $(EDIT_CFLAGS)
 
 # Lua modules compiled to bytecode into C by a build-time tool: the core's
 # own (asyncio.exceptions) and the stdlib's.
-$(BUILD)/bytecode: stdlib/tools/bytecode.c vm/dialect/asyncpass.c vm/dialect/buf.c vm/dialect/asyncpass.h
+$(BUILD)/bytecode: stdlib/tools/bytecode.c vm/dialect/asyncpass.c vm/dialect/buf.c vm/dialect/asyncpass.h | need
 	@mkdir -p $(BUILD)
 	$(CC) -std=gnu11 -O1 -Ivm $(LUA_CFLAGS) -o $@ stdlib/tools/bytecode.c vm/dialect/asyncpass.c vm/dialect/buf.c $(LUA_LIBS)
 
@@ -125,13 +185,26 @@ $(BUILD)/core_lua.c: vm/core/exceptions.lua $(BUILD)/bytecode
 $(BUILD)/stdlib_lua.c: $(STD_LUA) $(BUILD)/bytecode
 	$(BUILD)/bytecode -s ml__embedded_lua $(STD_LUA) > $@.tmp && mv $@.tmp $@
 
-$(BUILD)/core_lua.o $(BUILD)/stdlib_lua.o: $(BUILD)/%.o: $(BUILD)/%.c
+$(BUILD)/core_lua.o $(BUILD)/stdlib_lua.o: $(BUILD)/%.o: $(BUILD)/%.c $(BUILD)/cflags
 	$(CC) $(ALL_CFLAGS) -c $< -o $@
 
 $(BUILD)/libmoonloop.a: $(LIB_OBJ)
 	@rm -f $@
 	ar rcs $@ $^
 
+# The shared library exports the ml_ functions of moonloop.h and nothing
+# else (vm/moonloop.map); it records what it needs, so -lmoonloop suffices.
+$(BUILD)/$(SOFILE): $(LIB_OBJ) vm/moonloop.map
+	$(CC) -shared $(SANFLAGS) -Wl,-soname,$(SONAME) -Wl,--version-script=vm/moonloop.map \
+	  -Wl,-z,defs -o $@ $(LIB_OBJ) $(LIB_LIBS)
+
+$(BUILD)/$(SONAME): $(BUILD)/$(SOFILE)
+	ln -sf $(notdir $<) $@
+
+$(BUILD)/libmoonloop.so: $(BUILD)/$(SONAME)
+	ln -sf $(notdir $<) $@
+
+# The binary links the static library: no search path to get right.
 $(BUILD)/moonloop: $(CLI_OBJ) $(BUILD)/libmoonloop.a
 	$(CC) $(LDFLAGS) -o $@ $^ $(LIBS)
 
@@ -143,7 +216,7 @@ $(BUILD)/tests/unit/check_lib_suites.h: $(CHECK_LIB_SRC)
 	@mkdir -p $(dir $@)
 	@{ for f in $(CHECK_LIB_SRC); do sed -n 's/^Suite \*\([a-z_0-9]*\)_suite(void).*/SUITE(\1)/p' $$f; done; } > $@
 
-$(BUILD)/tests/unit/check_%_main.o: tests/unit/check_main.c $(BUILD)/tests/unit/check_%_suites.h
+$(BUILD)/tests/unit/check_%_main.o: tests/unit/check_main.c $(BUILD)/tests/unit/check_%_suites.h $(BUILD)/cflags | need-check
 	$(CC) $(ALL_CFLAGS) $(CHECK_CFLAGS) -DCHECK_SUITES='"check_$*_suites.h"' -I$(BUILD)/tests/unit -c $< -o $@
 
 # The core's suites link the core and the dialect alone: no stdlib module.
@@ -151,9 +224,9 @@ $(BUILD)/check_core: $(CHECK_CORE_SRC:%.c=$(BUILD)/%.o) $(BUILD)/tests/unit/chec
 	$(CC) $(LDFLAGS) -o $@ $^ $(CHECK_LIBS) $(LUA_LIBS) -lev -lpthread -lm -ldl
 
 $(BUILD)/check_lib: $(CHECK_LIB_SRC:%.c=$(BUILD)/%.o) $(BUILD)/tests/unit/check_lib_main.o $(BUILD)/libmoonloop.a
-	$(CC) $(LDFLAGS) -o $@ $^ $(CHECK_LIBS) $(LIBS)
+	$(CC) $(LDFLAGS) -o $@ $^ $(CHECK_LIBS) $(LIB_LIBS)
 
-$(BUILD)/tests/%.o: tests/%.c
+$(BUILD)/tests/%.o: tests/%.c $(BUILD)/cflags | need-check
 	@mkdir -p $(dir $@)
 	$(CC) $(ALL_CFLAGS) $(CHECK_CFLAGS) -c $< -o $@
 
@@ -170,11 +243,42 @@ fuzz: deps
 	  tests/fuzz/asyncpass.c vm/dialect/asyncpass.c vm/dialect/buf.c $(LUA_LIBS)
 	build/fuzz/asyncpass -max_total_time=$(FUZZ_SECONDS) -max_len=4096 build/fuzz/corpus-asyncpass scripts tests/scripts 2>&1 | tail -n 5
 
+# moonloop.pc: a host compiles with `pkg-config --cflags --libs moonloop`
+# (the shared library) or adds --static (the static one, which needs
+# libev, pthread, m and dl too).  libedit is the CLI's, not the library's.
+define PC
+prefix=$(PREFIX)
+libdir=$(LIBDIR)
+includedir=$(INCLUDEDIR)
+
+Name: moonloop
+Description: Lua 5.4 with async/await on a libev event loop, for embedding
+Version: $(VERSION)
+Requires: lua5.4
+Cflags: -I$${includedir}
+Libs: -L$${libdir} -lmoonloop
+Libs.private: -lev -lpthread -lm -ldl
+endef
+export PC
+
+INSTALLED = $(BINDIR)/moonloop $(INCLUDEDIR)/moonloop.h $(LIBDIR)/libmoonloop.a \
+	$(LIBDIR)/$(SOFILE) $(LIBDIR)/$(SONAME) $(LIBDIR)/libmoonloop.so \
+	$(PKGCONFIGDIR)/moonloop.pc $(MANDIR)/man1/moonloop.1
+
 install: all
-	install -d $(DESTDIR)$(PREFIX)/bin $(DESTDIR)$(PREFIX)/lib $(DESTDIR)$(PREFIX)/include
-	install -m 755 $(BUILD)/moonloop $(DESTDIR)$(PREFIX)/bin/moonloop
-	install -m 644 $(BUILD)/libmoonloop.a $(DESTDIR)$(PREFIX)/lib/libmoonloop.a
-	install -m 644 vm/moonloop.h $(DESTDIR)$(PREFIX)/include/moonloop.h
+	install -d $(DESTDIR)$(BINDIR) $(DESTDIR)$(LIBDIR) $(DESTDIR)$(INCLUDEDIR) \
+	  $(DESTDIR)$(PKGCONFIGDIR) $(DESTDIR)$(MANDIR)/man1
+	install -m 755 $(BUILD)/moonloop $(DESTDIR)$(BINDIR)/moonloop
+	install -m 644 vm/moonloop.h $(DESTDIR)$(INCLUDEDIR)/moonloop.h
+	install -m 644 $(BUILD)/libmoonloop.a $(DESTDIR)$(LIBDIR)/libmoonloop.a
+	install -m 755 $(BUILD)/$(SOFILE) $(DESTDIR)$(LIBDIR)/
+	ln -sf $(SOFILE) $(DESTDIR)$(LIBDIR)/$(SONAME)
+	ln -sf $(SONAME) $(DESTDIR)$(LIBDIR)/libmoonloop.so
+	printf '%s\n' "$$PC" > $(DESTDIR)$(PKGCONFIGDIR)/moonloop.pc
+	install -m 644 docs/moonloop.1 $(DESTDIR)$(MANDIR)/man1/moonloop.1
+
+uninstall:
+	rm -f $(addprefix $(DESTDIR),$(INSTALLED))
 
 clean:
 	rm -rf build build-san
