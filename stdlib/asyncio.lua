@@ -80,6 +80,30 @@ function M._class(name, parent)
   return c
 end
 
+-- _check_opts(fname, opts, allowed, level): opts is nil or a table whose
+-- keys are all in the set allowed; else TypeError, as Python's for an
+-- unknown keyword ("gather() got an unexpected option 'x'"), raised at
+-- level (of the caller of _check_opts; default 2: its caller).  Returns
+-- opts, or an empty table for nil.
+local EMPTY = setmetatable({}, { __newindex = function() error("read-only", 2) end })
+function M._check_opts(fname, opts, allowed, level)
+  if opts == nil then return EMPTY end
+  level = (level or 2) + 1
+  if type(opts) ~= "table" then
+    error(M.TypeError(fname .. "() options must be a table, got " .. type(opts)), level)
+  end
+  for k in pairs(opts) do
+    if not allowed[k] then
+      if type(k) == "string" then
+        error(M.TypeError(fname .. "() got an unexpected option '" .. k .. "'"), level)
+      end
+      error(M.TypeError(fname .. "() got an unexpected option [" .. tostring(k)
+        .. "] (options are named: {name = value})"), level)
+    end
+  end
+  return opts
+end
+
 local Future, isfuture, iscoroutine = core.Future, core.isfuture, core.iscoroutine
 local create_task = core.create_task
 
@@ -103,6 +127,7 @@ end
 -- result is the list {r1, r2, ..., n = k} of each awaitable's first result.
 -- The first failure fails the gather (the others keep running) unless
 -- return_exceptions; cancelling the gather cancels every child.
+local GATHER_OPTS = { return_exceptions = true }
 function M.gather(...)
   local children = table.pack(...)  -- sized once; made futures in place
   local n = children.n
@@ -110,6 +135,11 @@ function M.gather(...)
   if type(opts) == "table" and not is_awaitable_table(opts) then
     n = n - 1
     children[n + 1], children.n = nil, n
+    if opts[1] ~= nil or opts.n ~= nil then
+      error(M.TypeError("gather() takes the awaitables as its arguments, not a list: "
+        .. "unpack it, gather(table.unpack(list, 1, list.n))"), 2)
+    end
+    M._check_opts("gather", opts, GATHER_OPTS, 2)
   else
     opts = nil
   end

@@ -53,6 +53,18 @@ int ml__exc_raise(lua_State *L, const char *cls, const char *fmt, ...) {
   return lua_error(L);
 }
 
+void ml__exc_push_with(lua_State *L, const char *cls) {
+  int nil = lua_isnil(L, -1);
+  push_class(L, cls);
+  lua_insert(L, -2);
+  if (nil) {
+    lua_pop(L, 1);
+    lua_call(L, 0, 1);
+  } else {
+    lua_call(L, 1, 1);
+  }
+}
+
 void ml__exc_push_errno(lua_State *L, int err, const char *what) {
   char msg[256];
   if (err < 0) err = -err;

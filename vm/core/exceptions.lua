@@ -76,7 +76,6 @@ local Exception = class("Exception", BaseException)
 class("CancelledError", BaseException)
 class("KeyboardInterrupt", BaseException)
 class("SystemExit", BaseException)
-class("TimeoutError", Exception)
 class("InvalidStateError", Exception)
 class("TypeError", Exception)
 class("ValueError", Exception)
@@ -152,6 +151,9 @@ class("NotADirectoryError", OSError)
 class("PermissionError", OSError)
 class("ProcessLookupError", OSError)
 class("gaierror", OSError)
+-- An OSError since Python 3.11 (ETIMEDOUT maps to it); asyncio.TimeoutError
+-- is this class.
+class("TimeoutError", OSError)
 
 -- errno -> subclass (Linux numbers, filled from C with the platform's).
 local by_errno = {}

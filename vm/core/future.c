@@ -5,6 +5,7 @@
 #include "coro.h"
 #include "gather.h"
 #include "sched.h"
+#include "exc.h"
 
 ml_Future *ml__future_alloc(lua_State *L, size_t size, int nuv, int is_task) {
   ml_State *S = ml__state(L);
@@ -299,19 +300,15 @@ int ml__future_set_exception(lua_State *L, int fidx) {
   return 0;
 }
 
-int ml__future_cancel(lua_State *L, int fidx, const char *msg) {
+int ml__future_cancel_msg(lua_State *L, int fidx, int msgidx) {
   ml_Future *f = lua_touserdata(L, fidx);
   fidx = lua_absindex(L, fidx);
+  if (msgidx) msgidx = lua_absindex(L, msgidx);
   if (f->state != ML_PENDING) return 0;
   if (f->is_task) {
     /* A task is cancelled by asking it: CancelledError is raised where it
      * waits, and it finishes (cancelled) once it has unwound. */
-    int r;
-    if (msg) lua_pushstring(L, msg);
-    else lua_pushnil(L);
-    r = ml__task_cancel(L, (ml_Task *)f, lua_gettop(L));
-    lua_pop(L, 1);
-    return r;
+    return ml__task_cancel(L, (ml_Task *)f, msgidx);
   }
   if (f->has_cancel_hook) {
     /* A composite future (gather) passes the cancellation on to its
@@ -319,34 +316,38 @@ int ml__future_cancel(lua_State *L, int fidx, const char *msg) {
     int r;
     ml__xget(L, fidx, X_CANCEL_HOOK);
     lua_pushvalue(L, fidx);
-    if (msg) lua_pushstring(L, msg);
+    if (msgidx) lua_pushvalue(L, msgidx);
     else lua_pushnil(L);
     lua_call(L, 2, 1);
     r = lua_toboolean(L, -1);
     lua_pop(L, 1);
     return r;
   }
-  if (msg) {
-    lua_pushstring(L, msg);
+  if (msgidx && !lua_isnil(L, msgidx)) {
+    lua_pushvalue(L, msgidx);
     ml__xset(L, fidx, X_MSG);
   }
   complete(L, fidx, f, ML_CANCELLED);
   return 1;
 }
 
+int ml__future_cancel(lua_State *L, int fidx, const char *msg) {
+  int r;
+  fidx = lua_absindex(L, fidx);
+  if (msg == NULL) return ml__future_cancel_msg(L, fidx, 0);
+  lua_pushstring(L, msg);
+  r = ml__future_cancel_msg(L, fidx, lua_gettop(L));
+  lua_pop(L, 1);
+  return r;
+}
+
 /* [-0, +1] pushes the CancelledError a cancelled future raises: the one a
  * task was cancelled with, or a new one carrying the cancel message. */
-static void push_cancelled(lua_State *L, int fidx) {
+void ml__future_push_cancelled(lua_State *L, int fidx) {
   if (lua_getiuservalue(L, fidx, FUV_RESULT) != LUA_TNIL) return;
   lua_pop(L, 1);
-  if (ml__xget(L, fidx, X_MSG) == LUA_TNIL) {
-    lua_pop(L, 1);
-    ml__exc_push(L, "CancelledError", NULL);
-  } else {
-    const char *m = lua_tostring(L, -1);
-    ml__exc_push(L, "CancelledError", "%s", m ? m : "");
-    lua_remove(L, -2);
-  }
+  ml__xget(L, fidx, X_MSG);
+  ml__exc_push_with(L, "CancelledError");
 }
 
 int ml__future_unwrap(lua_State *L, int fidx) {
@@ -381,7 +382,7 @@ int ml__future_unwrap(lua_State *L, int fidx) {
     }
     return lua_error(L);
   case ML_CANCELLED:
-    push_cancelled(L, fidx);
+    ml__future_push_cancelled(L, fidx);
     return lua_error(L);
   default:
     return ml__exc_raise(L, "InvalidStateError", "Result is not set.");
@@ -406,7 +407,7 @@ static int future_exception(lua_State *L) {
   case ML_PENDING:
     return ml__exc_raise(L, "InvalidStateError", "Exception is not set.");
   case ML_CANCELLED:
-    push_cancelled(L, 1);
+    ml__future_push_cancelled(L, 1);
     return lua_error(L);
   case ML_EXCEPTION:
     ml__future_retrieved(L, 1, f);
@@ -420,7 +421,7 @@ static int future_exception(lua_State *L) {
 
 static int future_set_result(lua_State *L) {
   ml_Future *f = check_future(L, 1);
-  if (f->is_task) return luaL_error(L, "Task does not support set_result operation");
+  if (f->is_task) return ml__exc_raise(L, "RuntimeError", "Task does not support set_result operation");
   if (ml__future_set_result(L, 1, lua_gettop(L) - 1) < 0)
     return ml__exc_raise(L, "InvalidStateError", "invalid state: the future is already done");
   return 0;
@@ -428,7 +429,7 @@ static int future_set_result(lua_State *L) {
 
 static int future_set_exception(lua_State *L) {
   ml_Future *f = check_future(L, 1);
-  if (f->is_task) return luaL_error(L, "Task does not support set_exception operation");
+  if (f->is_task) return ml__exc_raise(L, "RuntimeError", "Task does not support set_exception operation");
   luaL_checkany(L, 2);
   lua_settop(L, 2);
   if (ml__future_set_exception(L, 1) < 0)
@@ -448,7 +449,8 @@ static int future_cancelled(lua_State *L) {
 
 static int future_cancel(lua_State *L) {
   check_future(L, 1);
-  lua_pushboolean(L, ml__future_cancel(L, 1, luaL_optstring(L, 2, NULL)));
+  lua_settop(L, 2);
+  lua_pushboolean(L, ml__future_cancel_msg(L, 1, 2));
   return 1;
 }
 

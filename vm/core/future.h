@@ -72,6 +72,9 @@ void ml__future_mt_init(lua_State *L, int is_task, const luaL_Reg *methods,
 /* The exception of the failed future at fidx was seen (result(),
  * exception(), await, gather...): nothing will report it.  [-0, +0] */
 void ml__future_retrieved(lua_State *L, int fidx, ml_Future *f);
+/* [-0, +1] pushes the CancelledError the cancelled future at fidx raises
+ * (the one its task ended with, or one with its cancel message). */
+void ml__future_push_cancelled(lua_State *L, int fidx);
 /* Future's methods (for Task's metatable too). */
 extern const luaL_Reg ml__future_methods[];
 /* Sets up the Future metatable.  [-0, +0] */

@@ -5,6 +5,7 @@
 #include <string.h>
 #include "task.h"
 #include "gather.h"
+#include "exc.h"
 
 
 /* The first field of a Gather: a Task's is its ml_State pointer, never
@@ -20,7 +21,7 @@ typedef struct Gather {
 } Gather;
 
 /* User values of the Gather userdata. */
-enum { GUV_OUTER = 1, GUV_CHILDREN, GUV_N = GUV_CHILDREN };
+enum { GUV_OUTER = 1, GUV_CHILDREN, GUV_MSG, GUV_N = GUV_MSG };  /* GUV_MSG: cancel(msg)'s */
 
 /* [-0, +1] pushes child's outcome as gather reports it: its first result,
  * its exception, or a CancelledError. */
@@ -40,7 +41,7 @@ static void push_outcome(lua_State *L, int cidx) {
     lua_getiuservalue(L, cidx, FUV_RESULT);
     break;
   default:
-    ml__exc_push(L, "CancelledError", NULL);
+    ml__future_push_cancelled(L, cidx);
   }
 }
 
@@ -69,7 +70,8 @@ static int child_done(lua_State *L) {
   if (g->left == 0) {
     int i, cidx;
     if (g->cancel_requested) {
-      ml__exc_push(L, "CancelledError", NULL);
+      lua_getiuservalue(L, 1, GUV_MSG);
+      ml__exc_push_with(L, "CancelledError");
       ml__future_set_exception(L, oidx);
       return 0;
     }
@@ -111,15 +113,19 @@ int ml__gather_done(lua_State *L, int cbidx, int fidx) {
  * they have.  Upvalue 1 the Gather; returns whether any child took it. */
 static int outer_cancel(lua_State *L) {
   Gather *g = lua_touserdata(L, lua_upvalueindex(1));
-  const char *msg = lua_tostring(L, 2);
   int i, any = 0;
+  lua_settop(L, 2);
   lua_getiuservalue(L, lua_upvalueindex(1), GUV_CHILDREN);
   for (i = 1; i <= g->n; i++) {
     lua_rawgeti(L, -1, i);
-    if (ml__future_cancel(L, lua_gettop(L), msg)) any = 1;
+    if (ml__future_cancel_msg(L, lua_gettop(L), 2)) any = 1;
     lua_pop(L, 1);
   }
-  if (any) g->cancel_requested = 1;
+  if (any) {
+    g->cancel_requested = 1;
+    lua_pushvalue(L, 2);
+    lua_setiuservalue(L, lua_upvalueindex(1), GUV_MSG);
+  }
   lua_pushboolean(L, any);
   return 1;
 }
@@ -135,17 +141,36 @@ int ml__gather(lua_State *L) {
   luaL_checktype(L, 2, LUA_TTABLE);
   luaL_checktype(L, 4, LUA_TFUNCTION);
   lua_settop(L, 4);
+  lua_pushnil(L);  /* 5: what was wrapped, made when needed */
   lua_getfield(L, 2, "n");
   n = (int)luaL_checkinteger(L, -1);
   lua_pop(L, 1);
   for (i = 1; i <= n; i++) {
     lua_rawgeti(L, 2, i);
     if (ml__future_test(L, -1) == NULL) {
+      /* The same awaitable twice is wrapped once, and its future fills
+       * both places (asyncio's arg_to_fut): a coroutine can run only
+       * once.  Index 5 maps what was wrapped to its future, made on the
+       * first child that needs it. */
+      if (lua_type(L, 5) != LUA_TTABLE) {
+        lua_newtable(L);
+        lua_replace(L, 5);
+      }
+      lua_pushvalue(L, -1);
+      if (lua_rawget(L, 5) != LUA_TNIL) {
+        lua_rawseti(L, 2, i);
+        lua_pop(L, 1);
+        continue;
+      }
+      lua_pop(L, 1);
+      lua_pushvalue(L, -1);
       lua_pushvalue(L, 4);
       lua_insert(L, -2);
       lua_call(L, 1, 1);
       if (ml__future_test(L, -1) == NULL) return luaL_error(L, "gather: child %d is not a future", i);
+      lua_pushvalue(L, -1);
       lua_rawseti(L, 2, i);
+      lua_rawset(L, 5);
     } else {
       lua_pop(L, 1);
     }

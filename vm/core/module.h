@@ -140,6 +140,8 @@ int ml__future_state(const ml_Future *f);
 int ml__future_set_result(lua_State *L, int fidx, int n);
 int ml__future_set_exception(lua_State *L, int fidx);
 int ml__future_cancel(lua_State *L, int fidx, const char *msg);
+/* The same with the message at stack index msgidx (any value; 0: none). */
+int ml__future_cancel_msg(lua_State *L, int fidx, int msgidx);
 /* Pushes the result values of a done future and returns how many, or
  * raises its exception / CancelledError. */
 int ml__future_unwrap(lua_State *L, int fidx);

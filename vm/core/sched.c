@@ -742,7 +742,7 @@ static int call_timer(lua_State *L, int relative) {
   lua_Number when = lua_tonumberx(L, 2, &isnum);
   if (!isnum) when = luaL_checknumber(L, 2);
   if (when != when) return luaL_argerror(L, 2, relative ? "delay is NaN" : "time is NaN");
-  if (relative) when = now_mono() + (when > 0 ? when : 0);
+  if (relative) when = now_mono() + when;  /* a negative delay is a deadline in the past, as asyncio */
   h = handle_make(L, 3, when);
   heap_reserve(L, T);
   slot = handle_anchor(L, T, h, 3);

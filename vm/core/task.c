@@ -5,6 +5,7 @@
 #include "task.h"
 #include "coro.h"
 #include "sched.h"
+#include "exc.h"
 
 const char ml__await_marker = 'A';
 /* Returned (first) by task_body when the task's function raised. */
@@ -206,6 +207,16 @@ static void finish(ml_State *S, ml_Task *t, int n, int failed) {
   }
   t->awaiting = NULL;
   unlink_task(S, t);
+  if (!failed && t->must_cancel) {
+    /* Cancelled while it ran (itself, or by a callback it ran), and it
+     * returned before any await could raise: it ends cancelled, as
+     * asyncio's task does, its results dropped. */
+    t->must_cancel = 0;
+    lua_settop(L, tidx);
+    ml__xget(L, tidx, X_MSG);
+    ml__exc_push_with(L, "CancelledError");
+    failed = 1;
+  }
   /* Completing it may hand t->ref over to the done callbacks' entry. */
   if (!failed) {
     ml__future_set_result(L, tidx, n);
@@ -303,9 +314,8 @@ void ml__task_step(ml_State *S, ml_Task *t) {
       /* Cancelled before it ever ran: its function never starts. */
       ml__task_push(L, t);
       ml__xget(L, -1, X_MSG);
-      ml__exc_push(L, "CancelledError", lua_isstring(L, -1) ? "%s" : NULL, lua_tostring(L, -1));
-      lua_replace(L, -3);
-      lua_pop(L, 1);
+      ml__exc_push_with(L, "CancelledError");
+      lua_remove(L, -2);
       finish(S, t, 1, 1);
       return;
     }
@@ -387,12 +397,8 @@ static int resume_k(lua_State *L, int status, lua_KContext unused) {
     t->k_always = 0;
     ml__task_push(L, t);
     ml__xget(L, -1, X_MSG);
-    if (lua_isstring(L, -1))
-      ml__exc_push(L, "CancelledError", "%s", lua_tostring(L, -1));
-    else
-      ml__exc_push(L, "CancelledError", NULL);
-    lua_replace(L, -3);
-    lua_pop(L, 1);
+    ml__exc_push_with(L, "CancelledError");
+    lua_remove(L, -2);
     if (always) return k(L, LUA_ERRRUN, ctx);
     return lua_error(L);
   }
@@ -417,6 +423,15 @@ static int suspend(lua_State *L, ml_CancelHook hook, void *ud,
   t->kctx = ctx;
   t->k_always = always != 0;
   t->suspended = 1;
+  if (t->must_cancel) {
+    /* It was cancelled while it ran (cancel() of itself): asyncio
+     * interrupts it at this await, and cancels what it awaits.  If the
+     * hook passed the cancellation on, what it awaits wakes it; else it
+     * runs again at once and the CancelledError is raised here. */
+    if (hook && hook(L, t, ud)) t->must_cancel = 0;
+    if (t->must_cancel) requeue = 1;
+    t->hook = NULL;
+  }
   if (requeue) ml__task_wake(t);
   ml__set_parked(L, 1);
   lua_pushlightuserdata(L, (void *)&ml__await_marker);
@@ -507,7 +522,7 @@ static int await_cancel_hook(lua_State *L, ml_Task *t, void *ud) {
   lua_xmove(aw, L, 1);
   ml__task_push(L, t);
   ml__xget(L, -1, X_MSG);
-  r = ml__future_test(L, -3) ? ml__future_cancel(L, -3, lua_tostring(L, -1)) : 0;
+  r = ml__future_test(L, -3) ? ml__future_cancel_msg(L, -3, lua_gettop(L)) : 0;
   lua_pop(L, 3);
   return r;
 }
@@ -534,7 +549,6 @@ int ml__task_cancel(lua_State *L, ml_Task *t, int msgidx) {
 
 static int task_cancel(lua_State *L) {
   ml_Task *t = check_task(L, 1);
-  if (!lua_isnoneornil(L, 2)) luaL_checkstring(L, 2);
   lua_pushboolean(L, ml__task_cancel(L, t, 2));
   return 1;
 }
@@ -615,10 +629,25 @@ static int task_tostring(lua_State *L) {
   name = lua_tostring(L, -1);
   switch (t->fut.state) {
   case ML_PENDING:
-    if (lua_getiuservalue(L, 1, FUV_RESULT) == LUA_TSTRING)  /* started */
+    switch (lua_getiuservalue(L, 1, FUV_RESULT)) {
+    case LUA_TSTRING:  /* started */
       lua_pushfstring(L, "<coroutine %s>", lua_tostring(L, -1));
-    else
+      break;
+    case LUA_TFUNCTION: {  /* made of a function (the main task: the chunk) */
+      lua_Debug ar;
+      lua_pushvalue(L, -1);
+      lua_getinfo(L, ">S", &ar);
+      if (*ar.what == 'C')
+        lua_pushliteral(L, "<function [C]>");
+      else if (*ar.what == 'm')
+        lua_pushfstring(L, "<main chunk of %s>", ar.short_src);
+      else
+        lua_pushfstring(L, "<function at %s:%d>", ar.short_src, ar.linedefined);
+      break;
+    }
+    default:
       luaL_tolstring(L, -1, NULL);
+    }
     lua_pushfstring(L, "<Task pending name='%s' coro=%s>", name, lua_tostring(L, -1));
     break;
   case ML_CANCELLED:

@@ -1,0 +1,182 @@
+-- asyncio fidelity: behaviours a script ported from Python asyncio depends
+-- on, each once reproduced as a bug (issue #12).
+local T = require "asyncio.test"
+local loop = asyncio.get_running_loop()
+local BIN = os.getenv("MOONLOOP_BIN") or "build/moonloop"
+
+local function run_script(src, extra)
+  local path = T.tmpname(".lua")
+  local f = assert(io.open(path, "w")); f:write(src); f:close()
+  return T.sh(string.format("%s %s %s 2>&1", extra or "", BIN, path))
+end
+
+-- ---- cancellation ----
+
+T.case("a task that cancels itself is interrupted at its next await, which is cancelled", async function()
+  local fut = asyncio.Future()
+  local reached_end = false
+  local t = asyncio.create_task((async function()
+    asyncio.current_task():cancel("self")
+    await fut  -- never completed by anyone: the cancel must interrupt it
+    reached_end = true
+  end)())
+  local ok, e = pcall(await, t)
+  T.eq(ok, false, "awaiting the task raised")
+  T.ok(asyncio.isinstance(e, asyncio.CancelledError), "CancelledError, got " .. tostring(e))
+  T.eq(e.message, "self", "the cancel message")
+  T.eq(t:cancelled(), true, "task cancelled")
+  T.eq(fut:cancelled(), true, "the awaited future was cancelled")
+  T.eq(reached_end, false, "the code after the await did not run")
+end)
+
+T.case("a task cancelling itself cancels the task it awaits", async function()
+  local inner = asyncio.create_task(T.forever())
+  local t = asyncio.create_task((async function()
+    asyncio.current_task():cancel()
+    await inner
+  end)())
+  T.raises(asyncio.CancelledError, t, "outer")
+  T.eq(inner:cancelled(), true, "inner cancelled")
+end)
+
+T.case("a task cancelling itself before sleep(0) raises there", async function()
+  local after = false
+  local t = asyncio.create_task((async function()
+    asyncio.current_task():cancel()
+    await asyncio.sleep(0)
+    after = true
+  end)())
+  T.raises(asyncio.CancelledError, t)
+  T.eq(after, false, "ran past the sleep")
+end)
+
+T.case("a task that cancels itself and returns ends cancelled", async function()
+  local t = asyncio.create_task((async function()
+    asyncio.current_task():cancel("bye")
+    return 5
+  end)())
+  local e = T.raises(asyncio.CancelledError, t, "awaiting it")
+  T.eq(e.message, "bye", "message")
+  T.eq(t:cancelled(), true, "cancelled()")
+end)
+
+T.case("a task that cancels and uncancels itself returns normally", async function()
+  local t = asyncio.create_task((async function()
+    local me = asyncio.current_task()
+    me:cancel(); me:uncancel()
+    await asyncio.sleep(0)
+    return 5
+  end)())
+  T.eq(await t, 5, "result")
+end)
+
+T.case("gather's outer future keeps the message of cancel(msg)", async function()
+  local g = asyncio.gather(T.forever(), T.forever())
+  await asyncio.sleep(0)
+  g:cancel("stop now")
+  local e = T.raises(asyncio.CancelledError, g)
+  T.eq(e.message, "stop now", "message")
+end)
+
+T.case("cancel(msg) keeps a message that is not a string as it is", async function()
+  local msg = { reason = "shutdown" }
+  local t = asyncio.create_task(T.forever())
+  await asyncio.sleep(0)
+  t:cancel(msg)
+  local e = T.raises(asyncio.CancelledError, t)
+  T.ok(rawequal(e.message, msg), "e.message is the table given, got " .. tostring(e.message))
+  local f = asyncio.Future()
+  f:cancel(42)
+  e = T.raises(asyncio.CancelledError, f)
+  T.eq(e.message, 42, "a number stays a number")
+  local t2 = asyncio.create_task(T.forever())
+  t2:cancel(msg)  -- before it ever ran
+  e = T.raises(asyncio.CancelledError, t2)
+  T.ok(rawequal(e.message, msg), "never-started task")
+end)
+
+-- ---- gather ----
+
+T.case("gather(c, c) wraps the coroutine once and fills both places", async function()
+  local runs = 0
+  local async function c() runs = runs + 1; return "v" end
+  local co = c()
+  local r = await asyncio.gather(co, co, asyncio.sleep(0, "w"))
+  T.eq(r, { "v", "v", "w", n = 3 }, "results")
+  T.eq(runs, 1, "ran once")
+end)
+
+T.case("gather(list) raises TypeError saying to unpack the list", async function()
+  local list = { asyncio.create_task(asyncio.sleep(0, 1)), asyncio.create_task(asyncio.sleep(0, 2)) }
+  local e = T.raises(asyncio.TypeError, function() return asyncio.gather(list) end)
+  T.match(tostring(e), "table%.unpack", "the message says to unpack")
+  T.eq(await asyncio.gather(table.unpack(list)), { 1, 2, n = 2 }, "unpacked")
+end)
+
+T.case("gather refuses an unknown option by name", async function()
+  local e = T.raises(asyncio.TypeError, function()
+    return asyncio.gather(asyncio.sleep(0), { return_exception = true })
+  end)
+  T.eq(e.message, "gather() got an unexpected option 'return_exception'", "message")
+end)
+
+-- ---- timers ----
+
+T.case("call_later with negative delays runs them by deadline, and when() is the deadline", async function()
+  local order = {}
+  local now = loop:time()
+  local h1 = loop:call_later(-1, function() order[#order + 1] = "-1" end)
+  local h2 = loop:call_later(-2, function() order[#order + 1] = "-2" end)
+  local h3 = loop:call_later(-1.5, function() order[#order + 1] = "-1.5" end)
+  T.ok(h1:when() <= now - 0.9, "h1:when() is a second ago, got " .. h1:when() - now)
+  T.ok(h2:when() < h3:when() and h3:when() < h1:when(), "when() ordered as the delays")
+  local done = asyncio.Future()
+  loop:call_later(0, function() done:set_result() end)
+  await done
+  T.eq(order, { "-2", "-1.5", "-1" }, "order")
+end)
+
+-- ---- tasks ----
+
+T.case("Task:set_result and set_exception raise RuntimeError", async function()
+  local t = asyncio.create_task(asyncio.sleep(0))
+  local e = T.raises(asyncio.RuntimeError, function() t:set_result(1) end)
+  T.match(tostring(e), "set_result", "message")
+  T.raises(asyncio.RuntimeError, function() t:set_exception(asyncio.ValueError()) end)
+  await t
+end)
+
+T.case("the main task's repr names its chunk, not a function address", function()
+  local out, st = run_script("print(tostring(asyncio.current_task()))")
+  T.eq(st, 0, "status")
+  T.match(out, "coro=<main chunk of [^>]*%.lua>", "repr")
+end)
+
+T.case("the debug slow-step report names the main task's chunk", function()
+  local out = run_script("local t0 = os.clock() while os.clock() - t0 < 0.15 do end\nawait asyncio.sleep(0)\n",
+                         "MOONLOOP_DEBUG=1")
+  T.match(out, "Executing <Task pending name='main' coro=<main chunk of", "report")
+  T.ok(not out:find("function: 0x"), "no function address: " .. out)
+end)
+
+-- ---- exceptions ----
+
+T.case("TimeoutError is an OSError, and asyncio's is the same class", function()
+  local e = asyncio.TimeoutError("slow")
+  T.ok(asyncio.isinstance(e, asyncio.OSError), "isinstance OSError")
+  T.ok(asyncio.isinstance(e, asyncio.Exception), "isinstance Exception")
+  T.eq(tostring(e), "TimeoutError: slow", "tostring")
+  local oe = asyncio.OSError(110, "Connection timed out")
+  T.ok(getmetatable(oe) == asyncio.TimeoutError, "OSError(110) is a TimeoutError")
+  T.eq(tostring(oe), "TimeoutError: [Errno 110] Connection timed out", "tostring of errno form")
+  T.eq(oe.errno, 110, "errno")
+  T.ok(require("asyncio.exceptions").TimeoutError == asyncio.TimeoutError, "one class")
+end)
+
+T.case("wait_for's timeout raises a TimeoutError caught as OSError", async function()
+  local ok, e = pcall(await, asyncio.wait_for(T.forever(), 0.001))
+  T.eq(ok, false, "raised")
+  T.ok(asyncio.isinstance(e, asyncio.OSError), "an OSError: " .. tostring(e))
+end)
+
+T.run()
