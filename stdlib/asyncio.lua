@@ -149,7 +149,12 @@ function M.gather(...)
   return outer
 end
 
+-- The tasks coro made in its last step have not run yet: asyncio's loop
+-- gives them their first step in the iteration that sees coro done, so a
+-- fire-and-forget task runs (and a failing one is reported) before the
+-- rest are cancelled.
 local function cancel_leftovers(before)
+  await M.sleep(0)
   local me = core.current_task()
   local left = {}
   local all = core.all_tasks()
@@ -187,6 +192,10 @@ function M.run(coro, opts)
   end
   local task = create_task(coro)
   local results = table.pack(pcall(core.run_until_complete, task))
+  -- One more iteration: the first steps of the tasks made last (above).
+  local loop, tick = core.get_event_loop(), Future()
+  loop:call_soon(tick.set_result, tick)
+  pcall(core.run_until_complete, tick)
   -- Cancel and finish what the coroutine left behind.
   local all = core.all_tasks()
   if all.n > 0 then

@@ -159,6 +159,29 @@ T.case("the debug slow-step report names the main task's chunk", function()
   T.ok(not out:find("function: 0x"), "no function address: " .. out)
 end)
 
+-- ---- asyncio.run ----
+
+T.case("asyncio.run from the main task gives left-behind tasks their first step", async function()
+  local ran = {}
+  local before = asyncio.all_tasks().n
+  asyncio.run((async function()
+    asyncio.create_task((async function() ran[#ran + 1] = "a"; await T.forever() end)())
+    asyncio.create_task((async function() ran[#ran + 1] = "b" end)())
+  end)())
+  T.eq(ran, { "a", "b" }, "both ran their first step")
+  T.eq(asyncio.all_tasks().n, before, "the left-behind tasks were cancelled")
+end)
+
+T.case("the docs' 'Task exception was never retrieved' example reports the task", function()
+  local out = run_script([[
+async function bug() error(asyncio.Exception("not consumed")) end
+async function main() asyncio.create_task(bug()) end
+asyncio.run(main())
+]])
+  T.match(out, "Task exception was never retrieved", "report")
+  T.match(out, "Exception: not consumed", "the exception")
+end)
+
 -- ---- exceptions ----
 
 T.case("TimeoutError is an OSError, and asyncio's is the same class", function()

@@ -867,6 +867,21 @@ START_TEST(test_embed_dialect_translate_keeps_lines_and_reports_syntax)
 }
 END_TEST
 
+/* asyncio.run from a host gives the tasks the coroutine made in its last
+ * step their first step before cancelling them, as asyncio's loop does. */
+START_TEST(test_embed_run_from_host_gives_leftover_tasks_a_first_step) {
+  const char *src = "local ran = false\n"
+                    "asyncio.run((async function()\n"
+                    "  asyncio.create_task((async function() ran = true; await asyncio.sleep(100) end)())\n"
+                    "end)())\n"
+                    "return ran\n";
+  ck_assert_int_eq(ml_load_string(L, src, strlen(src), "=host"), ML_OK);
+  ck_assert_int_eq(lua_pcall(L, 0, 1, 0), LUA_OK);
+  ck_assert_int_eq(lua_toboolean(L, -1), 1);
+  lua_pop(L, 1);
+}
+END_TEST
+
 Suite *embed_suite(void) {
   Suite *s = suite_create("embed");
   TCase *tc;
@@ -875,6 +890,7 @@ Suite *embed_suite(void) {
   tcase_add_checked_fixture(tc, setup, teardown);
   tcase_add_test(tc, test_embed_private_loop_runs_a_script);
   tcase_add_test(tc, test_embed_run_from_host_drives_the_loop);
+  tcase_add_test(tc, test_embed_run_from_host_gives_leftover_tasks_a_first_step);
   tcase_add_test(tc, test_embed_shared_loop_runs_host_watchers);
   tcase_add_test(tc, test_embed_foreign_loop_steps_with_fd_and_timeout);
   tcase_add_test(tc, test_embed_step_reports_idle_and_fd);
