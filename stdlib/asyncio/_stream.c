@@ -423,7 +423,9 @@ static int drain_k(lua_State *L, int status, lua_KContext ctx) {
   ml_Conn *c = lua_touserdata(L, 2);
   (void)status; (void)ctx;
   check_exc(L, 2, c);
-  if (c->lost) return ml__exc_raise(L, "ConnectionResetError", "Connection lost");
+  /* Closing (close() was called, or the peer is gone) counts as lost, as
+   * asyncio's drain() raises once is_closing(). */
+  if (c->lost || c->closing) return ml__exc_raise(L, "ConnectionResetError", "Connection lost");
   if (!c->wpaused) return 0;
   if (ml__task_current(L) == NULL || !lua_isyieldable(L)) return ml__task_suspend(L, NULL, NULL, 0, NULL);
   if (ml__waiters_add(c, &c->drainers, ml__task_current(L)) < 0)

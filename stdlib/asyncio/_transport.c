@@ -651,16 +651,34 @@ static int make_proto_transport(lua_State *L, int kind) {
 static int l_transport(lua_State *L) { return make_proto_transport(L, ML_CONN_PROTO); }
 static int l_datagram(lua_State *L) { return make_proto_transport(L, ML_CONN_DGRAM); }
 
-/* _unlink_socket(path): removes path if it is a Unix socket (a stale one
- * left by an earlier server).  Returns true if it removed something. */
+/* _unlink_socket(path, [dev, ino]): removes path if it is a Unix socket
+ * (a stale one left by an earlier server) and, given dev and ino (from
+ * _socket_ident), the very one: a server removes its own socket file,
+ * never one another process bound at the path after it (Python 3.13).
+ * Returns true if it removed something. */
 static int l_unlink_socket(lua_State *L) {
   const char *path = luaL_checkstring(L, 1);
   struct stat st;
   int removed = 0;
-  if (path[0] != '\0' && stat(path, &st) == 0 && S_ISSOCK(st.st_mode))
-    removed = unlink(path) == 0;
+  if (path[0] != '\0' && stat(path, &st) == 0 && S_ISSOCK(st.st_mode)) {
+    if (lua_isnoneornil(L, 2)
+        || ((lua_Integer)st.st_dev == luaL_checkinteger(L, 2)
+            && (lua_Integer)st.st_ino == luaL_checkinteger(L, 3)))
+      removed = unlink(path) == 0;
+  }
   lua_pushboolean(L, removed);
   return 1;
+}
+
+/* _socket_ident(path) -> dev, ino of the Unix socket file at path, or
+ * nil if there is none. */
+static int l_socket_ident(lua_State *L) {
+  const char *path = luaL_checkstring(L, 1);
+  struct stat st;
+  if (path[0] == '\0' || stat(path, &st) != 0 || !S_ISSOCK(st.st_mode)) return 0;
+  lua_pushinteger(L, (lua_Integer)st.st_dev);
+  lua_pushinteger(L, (lua_Integer)st.st_ino);
+  return 2;
 }
 
 /* ---------------------------------------------------------------- */
@@ -950,6 +968,7 @@ static const luaL_Reg module_funcs[] = {
   {"_transport", l_transport},
   {"_datagram", l_datagram},
   {"_unlink_socket", l_unlink_socket},
+  {"_socket_ident", l_socket_ident},
   {NULL, NULL}
 };
 

@@ -103,7 +103,7 @@ async function M.start_server(cb, host, port, opts)
 end
 
 -- start_unix_server(client_connected_cb, path, {limit=, backlog=, sock=,
--- start_serving=}) -> Server
+-- start_serving=, cleanup_socket=true}) -> Server
 async function M.start_unix_server(cb, path, opts)
   opts = check_opts(opts, "start_unix_server")
   if type(cb) ~= "function" then
@@ -111,8 +111,7 @@ async function M.start_unix_server(cb, path, opts)
   end
   local socks = opts.sock and { tr._given_sock(opts.sock, socket.SOCK_STREAM, "start_unix_server") }
                 or { tr._bind_unix(path, opts) }
-  return tr._server(loop_of(), socks, stream_accept(cb, opts.limit), opts,
-                    not opts.sock and path or nil)
+  return tr._server(loop_of(), socks, stream_accept(cb, opts.limit), opts, true)
 end
 
 return M

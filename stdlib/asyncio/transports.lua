@@ -262,7 +262,7 @@ function Server:close()
   self._closed = true
   self._serving = false
   self._listener:close()
-  if self._unix_path then T._unlink_socket(self._unix_path) end
+  if self._unix_path then T._unlink_socket(self._unix_path, self._unix_dev, self._unix_ino) end
   self.sockets = { n = 0 }
   local f = self._serve_forever_fut
   if f and not f:done() then f:cancel() end
@@ -388,10 +388,19 @@ function M._bind_unix(path, opts)
   return sock
 end
 
--- Makes a Server over socks, with on_accept(server, sock, addr).
-function M._server(loop, socks, on_accept, opts, unix_path)
+-- Makes a Server over socks, with on_accept(server, sock, addr).  A Unix
+-- server (unix true) removes its socket file when closed unless
+-- opts.cleanup_socket is false, whether it bound it or was given it
+-- (sock=), and only if the file is still the one it had (Python 3.13).
+function M._server(loop, socks, on_accept, opts, unix)
   local server = Server._new(loop, socks, on_accept, opts)
-  server._unix_path = unix_path
+  if unix and opts.cleanup_socket ~= false then
+    local ok, path = pcall(socks[1].getsockname, socks[1])
+    if ok and type(path) == "string" and path ~= "" and path:sub(1, 1) ~= "\0" then
+      local dev, ino = T._socket_ident(path)
+      if dev then server._unix_path, server._unix_dev, server._unix_ino = path, dev, ino end
+    end
+  end
   if opts.start_serving ~= false then server:_start_serving() end
   return server
 end
@@ -420,7 +429,7 @@ async function Loop:create_server(factory, host, port, opts)
 end
 
 -- loop:create_unix_server(protocol_factory, path, {sock=, backlog=,
--- start_serving=})
+-- start_serving=, cleanup_socket=true})
 async function Loop:create_unix_server(factory, path, opts)
   opts = check_opts(opts, "create_unix_server")
   local socks
@@ -429,7 +438,7 @@ async function Loop:create_unix_server(factory, path, opts)
   else
     socks = { M._bind_unix(path, opts) }
   end
-  return M._server(self, socks, protocol_accept(factory), opts, not opts.sock and path or nil)
+  return M._server(self, socks, protocol_accept(factory), opts, true)
 end
 
 -------------------------------------------------------------------------------

@@ -3,6 +3,7 @@
 local T = require "asyncio.test"
 local loop = asyncio.get_running_loop()
 local BIN = os.getenv("MOONLOOP_BIN") or "build/moonloop"
+local socket = require "socket"
 
 local function run_script(src, extra)
   local path = T.tmpname(".lua")
@@ -157,6 +158,69 @@ T.case("the debug slow-step report names the main task's chunk", function()
                          "MOONLOOP_DEBUG=1")
   T.match(out, "Executing <Task pending name='main' coro=<main chunk of", "report")
   T.ok(not out:find("function: 0x"), "no function address: " .. out)
+end)
+
+-- ---- streams and servers ----
+
+local function echo(r, w)
+  local line = await r:readline()
+  w:write(line)
+  await w:drain()
+  w:close()
+end
+
+local function is_socket_file(path)
+  local _, st = T.sh("test -S '" .. path .. "'")
+  return st == 0
+end
+
+T.case("drain() right after close() raises ConnectionResetError", async function()
+  local srv <close> = await asyncio.start_server(echo, "127.0.0.1", 0)
+  local r, w = await asyncio.open_connection("127.0.0.1", srv.sockets[1]:getsockname()[2])
+  w:write("x\n")
+  w:close()
+  T.raises(asyncio.ConnectionResetError, function() return w:drain() end, "drain after close")
+  await w:wait_closed()
+end)
+
+T.case("closing a Unix server leaves a socket file another server bound at its path", async function()
+  local path = T.tmpname(".sock")
+  local srv = await asyncio.start_unix_server(echo, path)
+  os.remove(path)  -- someone removed it ...
+  local other = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+  other:bind(path)  -- ... and bound their own
+  srv:close()
+  await srv:wait_closed()
+  T.ok(is_socket_file(path), "the other socket's file is still there")
+  other:close()
+  os.remove(path)
+end)
+
+T.case("closing a Unix server removes its own socket file", async function()
+  local path = T.tmpname(".sock")
+  local srv = await asyncio.start_unix_server(echo, path)
+  T.ok(is_socket_file(path), "bound")
+  srv:close()
+  await srv:wait_closed()
+  T.ok(not is_socket_file(path), "removed")
+end)
+
+T.case("a Unix server given sock= removes its socket file when closed, unless cleanup_socket=false", async function()
+  for _, cleanup in ipairs({ true, false }) do
+    local path = T.tmpname(".sock")
+    local s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    s:bind(path)
+    s:listen(8)
+    local srv = await asyncio.start_unix_server(echo, nil, { sock = s, cleanup_socket = cleanup })
+    local r, w = await asyncio.open_unix_connection(path)
+    w:write("hi\n")
+    T.eq(await r:readline(), "hi\n", "serves")
+    w:close()
+    srv:close()
+    await srv:wait_closed()
+    T.eq(is_socket_file(path), not cleanup, "file left with cleanup_socket=" .. tostring(cleanup))
+    os.remove(path)
+  end
 end)
 
 -- ---- asyncio.run ----
