@@ -6,6 +6,7 @@
 
 int luaopen_socket(lua_State *L);
 int luaopen_asyncio__net(lua_State *L);
+int luaopen_asyncio__process(lua_State *L);
 int luaopen_asyncio__queue(lua_State *L);
 int luaopen_asyncio__server(lua_State *L);
 int luaopen_asyncio__stream(lua_State *L);
@@ -15,6 +16,7 @@ int luaopen_asyncio__transport(lua_State *L);
 static const luaL_Reg c_modules[] = {
   { "socket", luaopen_socket },
   { "asyncio._net", luaopen_asyncio__net },
+  { "asyncio._process", luaopen_asyncio__process },
   { "asyncio._queue", luaopen_asyncio__queue },
   { "asyncio._server", luaopen_asyncio__server },
   { "asyncio._stream", luaopen_asyncio__stream },

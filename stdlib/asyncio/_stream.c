@@ -475,7 +475,7 @@ static int writer_write_eof(lua_State *L) {
 
 static int writer_can_write_eof(lua_State *L) {
   ml_Conn *c = stream_conn(L, "StreamWriter");
-  lua_pushboolean(L, c->is_sock);
+  lua_pushboolean(L, c->is_sock || c->pipe == ML_PIPE_WRITE);
   return 1;
 }
 
@@ -539,6 +539,17 @@ static void push_pair(lua_State *L, int cidx) {
   push_stream(L, cidx, ML_WRITER, hot_writer);
   lua_pushvalue(L, cidx);
   lua_setfield(L, -2, "transport");
+}
+
+void ml__stream_push(lua_State *L, int cidx, int pipe) {
+  cidx = lua_absindex(L, cidx);
+  if (pipe == ML_PIPE_READ) {
+    push_stream(L, cidx, ML_READER, hot_reader);
+  } else {
+    push_stream(L, cidx, ML_WRITER, hot_writer);
+    lua_pushvalue(L, cidx);
+    lua_setfield(L, -2, "transport");
+  }
 }
 
 static size_t opt_limit(lua_State *L, int idx) {

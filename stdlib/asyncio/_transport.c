@@ -19,6 +19,7 @@
  * it. */
 #include <errno.h>
 #include <string.h>
+#include <fcntl.h>
 #include <unistd.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
@@ -125,6 +126,14 @@ static void fatal(ml_Conn *c, int err) {
 
 void ml__conn_update_reading(ml_Conn *c) {
   int want = c->fd >= 0 && !c->closing && !c->lost && !c->paused;
+  if (c->pipe == ML_PIPE_WRITE) {
+    /* Not for data: epoll reports the reader's close as an error on the
+     * write end, which libev hands to the read watcher. */
+    want = c->fd >= 0 && !c->lost;
+    if (want && !ev_is_active(&c->rio)) ev_io_start(ml__loop(c->S), &c->rio);
+    else if (!want && ev_is_active(&c->rio)) ev_io_stop(ml__loop(c->S), &c->rio);
+    return;
+  }
   if (c->kind != ML_CONN_DGRAM) want = want && !c->eof;
   if (want && c->kind == ML_CONN_STREAM) {
     /* asyncio's StreamReaderProtocol rule: pause over twice the limit,
@@ -152,9 +161,16 @@ static ssize_t conn_recv(ml_Conn *c, char *p, size_t n) {
   return r;
 }
 
+static void schedule_lost(ml_Conn *c);
+
+/* A pipe has no half-close: its write_eof closes it. */
 static void do_shutdown(ml_Conn *c) {
   c->eof_sent = 1;
   if (c->fd >= 0 && c->is_sock) shutdown(c->fd, SHUT_WR);
+  else if (c->pipe == ML_PIPE_WRITE) {
+    c->closing = 1;
+    schedule_lost(c);
+  }
 }
 
 /* [-0, +0] calls a protocol event through ml__callback on L. */
@@ -240,6 +256,7 @@ static void stream_readable(ml_Conn *c) {
     fatal(c, ENOMEM);
     return;
   }
+  if (c->eof && c->pipe) ml__conn_close(c, 0);  /* the bytes stay in rbuf */
   if (c->reader) {
     ml_Task *t = c->reader;
     c->reader = NULL;
@@ -251,6 +268,14 @@ static void stream_readable(ml_Conn *c) {
   ml__conn_update_reading(c);
 }
 
+/* A write pipe's watcher fired: its reader went away.  What is still
+ * queued cannot be delivered. */
+static void wpipe_hup(ml_Conn *c) {
+  if (c->wbuf.len > 0) fatal(c, EPIPE);
+  else ml__conn_close(c, 0);
+  if (ev_is_active(&c->rio)) ev_io_stop(ml__loop(c->S), &c->rio);
+}
+
 /* Protocol mode: reads and calls data_received (protected). */
 static void proto_readable(ml_Conn *c);
 /* Datagram mode: runs in protected mode (ml__callback). */
@@ -260,6 +285,10 @@ static void read_cb(struct ev_loop *loop, ev_io *w, int revents) {
   ml_Conn *c = w->data;
   lua_State *L = ml__main_lua(c->S);
   (void)loop; (void)revents;
+  if (c->pipe == ML_PIPE_WRITE) {
+    wpipe_hup(c);
+    return;
+  }
   if (c->kind == ML_CONN_STREAM) {
     stream_readable(c);
     return;
@@ -345,6 +374,7 @@ static void later_cb(struct ev_loop *loop, ev_timer *w, int revents) {
   }
   proto_event_call(L, c, EVT_LOST, 0);
   if (c->sock) ml__sock_close(c->sock);
+  else if (c->pipe && c->fd >= 0) close(c->fd);
   c->fd = -1;
   if (c->ref != LUA_NOREF) {
     luaL_unref(L, LUA_REGISTRYINDEX, c->ref);
@@ -474,7 +504,7 @@ static int proto_eof(lua_State *L) {
   lua_settop(L, 0);
   if (!push_conn(L, c)) return 0;
   proto_call(L, 1, "eof_received", 0, 1);
-  if (!lua_toboolean(L, -1)) ml__conn_close(c, 0);
+  if (!lua_toboolean(L, -1) || c->pipe) ml__conn_close(c, 0);
   return 0;
 }
 
@@ -616,6 +646,78 @@ ml_Conn *ml__conn_new(lua_State *L, int sidx, int kind) {
   return c;
 }
 
+void ml__conn_anchor(lua_State *L, int cidx, ml_Conn *c) {
+  if (c->ref != LUA_NOREF) return;
+  lua_pushvalue(L, cidx);
+  c->ref = luaL_ref(L, LUA_REGISTRYINDEX);
+}
+
+void ml__conn_set_pipe(ml_Conn *c, int fd, int pipe) {
+  c->fd = fd;
+  c->pipe = (unsigned char)pipe;
+  c->is_sock = 0;
+  ev_io_set(&c->rio, fd, EV_READ);
+  ev_io_set(&c->wio, fd, EV_WRITE);
+  ml__conn_update_reading(c);
+}
+
+/* Checks that fd at idx is an open pipe, socket or character device (what
+ * epoll can watch; asyncio's rule) and makes it non-blocking. */
+static int check_pipe_fd(lua_State *L, int idx) {
+  struct stat st;
+  lua_Integer fd = luaL_checkinteger(L, idx);
+  if (fd < 0 || fd > 0x7fffffff || fstat((int)fd, &st) < 0) {
+    ml__exc_push_errno(L, EBADF, NULL);
+    return lua_error(L);
+  }
+  if (!S_ISFIFO(st.st_mode) && !S_ISSOCK(st.st_mode) && !S_ISCHR(st.st_mode))
+    return ml__exc_raise(L, "ValueError", "Pipe transport is only for pipes, sockets and character devices");
+  return (int)fd;
+}
+
+static int set_nonblock(int fd) {
+  int fl = fcntl(fd, F_GETFL);
+  if (fl < 0 || (!(fl & O_NONBLOCK) && fcntl(fd, F_SETFL, fl | O_NONBLOCK) < 0)) return -errno;
+  return 0;
+}
+
+/* _pipe(fd, protocol, mode): a protocol transport over the pipe fd, which
+ * it owns from then on; mode "r" reads (data_received, eof_received),
+ * "w" writes.  connection_made(transport) is called (errors go to the
+ * exception handler). */
+static int l_pipe(lua_State *L) {
+  int fd = check_pipe_fd(L, 1);
+  const char *mode = luaL_checkstring(L, 3);
+  int pipe = strcmp(mode, "r") == 0 ? ML_PIPE_READ : strcmp(mode, "w") == 0 ? ML_PIPE_WRITE : 0;
+  ml_Conn *c;
+  int err;
+  luaL_argcheck(L, pipe != 0, 3, "'r' or 'w' expected");
+  luaL_checkany(L, 2);
+  lua_settop(L, 3);
+  c = ml__conn_new(L, 0, ML_CONN_PROTO);
+  lua_pushvalue(L, 2);
+  lua_setiuservalue(L, 4, XUV_PROTO);
+  ml__conn_anchor(L, 4, c);
+  if ((err = set_nonblock(fd)) < 0) {
+    ml__conn_close(c, 1);
+    ml__exc_push_errno(L, -err, NULL);
+    return lua_error(L);
+  }
+  c->fd = fd;  /* owned from here on; watching starts after connection_made */
+  c->pipe = (unsigned char)pipe;
+  lua_getiuservalue(L, 4, XUV_PROTO);
+  if (lua_getfield(L, -1, "connection_made") != LUA_TNIL) {
+    lua_insert(L, -2);
+    lua_pushvalue(L, 4);
+    ml__callback(L, 2, "Exception in connection_made");
+  } else {
+    lua_pop(L, 2);
+  }
+  if (!c->closing) ml__conn_set_pipe(c, fd, pipe);
+  lua_settop(L, 4);
+  return 1;
+}
+
 ml_Conn *ml__conn_check(lua_State *L, int idx) {
   ml_Conn *c = ml__conn_test(L, idx);
   if (c == NULL) luaL_typeerror(L, idx, "transport");
@@ -726,7 +828,7 @@ static int t_write_eof(lua_State *L) {
 
 static int t_can_write_eof(lua_State *L) {
   ml_Conn *c = check_stream_t(L);
-  lua_pushboolean(L, c->is_sock || c->fd < 0);
+  lua_pushboolean(L, c->is_sock || c->pipe == ML_PIPE_WRITE || c->fd < 0);
   return 1;
 }
 
@@ -858,6 +960,7 @@ static int conn_gc(lua_State *L) {
   /* Finalizers of other objects (a StreamWriter's) may still see c while
    * the state closes: make every later operation a no-op. */
   c->lost = c->closing = 1;
+  if (c->pipe && c->fd >= 0) close(c->fd);
   c->fd = -1;
   if (ev_is_active(&c->rio)) ev_io_stop(loop, &c->rio);
   if (ev_is_active(&c->wio)) ev_io_stop(loop, &c->wio);
@@ -969,6 +1072,7 @@ static const luaL_Reg module_funcs[] = {
   {"_datagram", l_datagram},
   {"_unlink_socket", l_unlink_socket},
   {"_socket_ident", l_socket_ident},
+  {"_pipe", l_pipe},
   {NULL, NULL}
 };
 

@@ -122,6 +122,7 @@ typedef struct ml_Conn {
   unsigned char rpaused;    /* stream mode: rbuf over its limit */
   unsigned char wpaused;    /* over the high-water mark: drain waits */
   unsigned char is_sock;
+  unsigned char pipe;       /* ML_PIPE_READ/WRITE: owns a non-socket fd */
   unsigned char has_exc;    /* XUV_EXC holds the exception */
   ml_Task *reader;          /* the task waiting for data, or NULL */
   ml_Waiters drainers, closers;
@@ -143,6 +144,22 @@ ml_Conn *ml__conn_test(lua_State *L, int idx);
  * takes the socket: the socket's own close refuses from then on), or over
  * nothing if sidx is 0.  Reading starts with ml__conn_start. */
 ml_Conn *ml__conn_new(lua_State *L, int sidx, int kind);
+/* Pipes (connect_read_pipe, a child's stdio): a transport made with
+ * ml__conn_new(L, 0, kind) over one end of a pipe (or a character
+ * device), which it owns.  A read pipe closes itself at end of file
+ * (connection_lost follows eof_received, as asyncio's); a write pipe never
+ * reads, closes on write_eof, and is lost when its reader goes away. */
+enum { ML_PIPE_READ = 1, ML_PIPE_WRITE };
+/* Anchors c (at cidx) in the registry, as an open transport is: do it
+ * before making the fd, as it may raise.  [-0, +0] */
+void ml__conn_anchor(lua_State *L, int cidx, ml_Conn *c);
+/* Gives the anchored c its fd (non-blocking), of kind ML_PIPE_*, and
+ * starts watching it.  Never raises. */
+void ml__conn_set_pipe(ml_Conn *c, int fd, int pipe);
+/* [-0, +1] pushes a StreamReader (pipe ML_PIPE_READ) or StreamWriter
+ * table over the stream-mode transport at cidx (asyncio._stream). */
+void ml__stream_push(lua_State *L, int cidx, int pipe);
+
 /* Starts or stops the read watcher as the state of c asks. */
 void ml__conn_update_reading(ml_Conn *c);
 /* Writes n bytes: straight to the kernel when nothing is queued, queueing

@@ -63,6 +63,7 @@ static const char sandbox_lua[] =
   "local function io_module(name)\n"
   "  return name == 'socket' or name == 'asyncio._net' or name:match('^asyncio%.subprocess')\n"
   "      or name:match('^asyncio%.streams') or name:match('^asyncio%.threads')\n"
+  "      or name == 'asyncio._process' or name:match('^asyncio%._?signal') or name == 'asyncio._thread'\n"
   "end\n"
   "local function keep_module(name)\n"
   "  if hostmods[name] or allow[name] then return true end\n"

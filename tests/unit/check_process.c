@@ -1,0 +1,152 @@
+/* check_process.c: child processes from embedded states, on loops that are
+ * not libev's default one (where a pidfd, or the polling fallback, tells
+ * of a child's exit): a private loop run by ml_state_run, a host stepping
+ * the state from poll(), and a state closed with a child still running. */
+#include <errno.h>
+#include <poll.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+#include <check.h>
+#include <ev.h>
+#include "moonloop.h"
+
+static ml_State *S;
+static lua_State *L;
+
+static void setup(void) {
+  S = ml_state_new(NULL);
+  ck_assert_ptr_nonnull(S);
+  L = ml_state_lua(S);
+}
+
+static void teardown(void) {
+  if (S) ml_state_close(S);
+  S = NULL;
+  L = NULL;
+  unsetenv("MOONLOOP_NO_PIDFD");
+}
+
+static ml_Future *spawn(const char *src) {
+  ml_Future *t = NULL;
+  int rc = ml_load_string(L, src, strlen(src), "=test");
+  ck_assert_msg(rc == ML_OK, "load failed (%d): %s", rc, ml_state_error(S));
+  rc = ml_task_spawn(L, 0, "test", &t);
+  ck_assert_msg(rc == ML_OK, "spawn failed (%d): %s", rc, ml_state_error(S));
+  return t;
+}
+
+/* The first result of the finished task t, as a string (static). */
+static const char *result_of(ml_Future *t) {
+  static char buf[1024];
+  int top = lua_gettop(L), n;
+  if (ml_future_state(t) != ML_FUTURE_RESULT) {
+    const char *msg = "pending or cancelled";
+    if (ml_future_state(t) == ML_FUTURE_ERROR) {
+      ml_future_push_error(L, t);
+      msg = luaL_tolstring(L, -1, NULL);
+    }
+    ck_abort_msg("task did not succeed: %s", msg);
+  }
+  n = ml_future_push_result(L, t);
+  snprintf(buf, sizeof buf, "%s", n > 0 && lua_tostring(L, top + 1) ? lua_tostring(L, top + 1) : "");
+  lua_settop(L, top);
+  return buf;
+}
+
+static const char *run(const char *src) {
+  ml_Future *t = spawn(src);
+  const char *r;
+  ck_assert_int_eq(ml_state_run(S), ML_OK);
+  r = result_of(t);
+  ml_future_release(L, t);
+  return r;
+}
+
+static const char script[] =
+  "local p = await asyncio.create_subprocess_shell('cat; exit 3',\n"
+  "  { stdin = asyncio.PIPE, stdout = asyncio.PIPE })\n"
+  "local out = await p:communicate('through')\n"
+  "local k = await asyncio.create_subprocess_exec('sleep', '30')\n"
+  "k:kill()\n"
+  "return out .. ' ' .. p.returncode .. ' ' .. await k:wait()";
+
+START_TEST(test_process_exit_on_a_private_loop)
+{
+  ck_assert_str_eq(run(script), "through 3 -9");
+}
+END_TEST
+
+START_TEST(test_process_exit_without_pidfd_polls)
+{
+  setenv("MOONLOOP_NO_PIDFD", "1", 1);
+  ck_assert_str_eq(run(script), "through 3 -9");
+}
+END_TEST
+
+/* A host that waits in its own poll() on the state's fd. */
+START_TEST(test_process_exit_wakes_a_polling_host)
+{
+  ml_Future *t = spawn(script);
+  int fd, rc, steps = 0;
+  double timeout;
+  while ((rc = ml_state_step(S, &fd, &timeout)) > 0) {
+    struct pollfd p = { fd, POLLIN, 0 };
+    ck_assert_int_lt(++steps, 10000);
+    if (timeout != 0) poll(&p, fd >= 0 ? 1 : 0, timeout < 0 ? -1 : (int)(timeout * 1000));
+  }
+  ck_assert_int_eq(rc, 0);
+  ck_assert_str_eq(result_of(t), "through 3 -9");
+  ml_future_release(L, t);
+}
+END_TEST
+
+/* 'R', 'S', 'Z'... of process pid, or 0 if there is none. */
+static char proc_state(int pid) {
+  char path[64], buf[512], *p;
+  FILE *f;
+  size_t n;
+  snprintf(path, sizeof path, "/proc/%d/stat", pid);
+  if ((f = fopen(path, "r")) == NULL) return 0;
+  n = fread(buf, 1, sizeof buf - 1, f);
+  fclose(f);
+  buf[n] = '\0';
+  p = strrchr(buf, ')');
+  return p && p[1] == ' ' ? p[2] : 0;
+}
+
+START_TEST(test_process_state_close_leaves_the_child_running_then_reaped)
+{
+  int pid, i;
+  char st;
+  struct timespec ms = { 0, 10 * 1000 * 1000 };
+  pid = atoi(run("local p = await asyncio.create_subprocess_exec('sleep', '0.3',\n"
+                 "  { stdout = asyncio.PIPE })\n"
+                 "asyncio.get_running_loop():stop()\n"
+                 "return tostring(p.pid)"));
+  ck_assert_int_gt(pid, 0);
+  ml_state_close(S);
+  S = NULL;
+  st = proc_state(pid);
+  ck_assert_msg(st != 0 && st != 'Z', "the child is left running (state %c)", st ? st : '-');
+  /* Bounded: 10 s.  The reaper thread waits for it: no zombie. */
+  for (i = 0; i < 1000 && (st = proc_state(pid)) != 0; i++) nanosleep(&ms, NULL);
+  ck_assert_msg(st == 0, "the child was not reaped (state %c)", st);
+}
+END_TEST
+
+Suite *process_suite(void) {
+  Suite *s = suite_create("process");
+  TCase *tc = tcase_create("exit");
+  tcase_add_checked_fixture(tc, setup, teardown);
+  tcase_set_timeout(tc, 30);
+  tcase_add_test(tc, test_process_exit_on_a_private_loop);
+  tcase_add_test(tc, test_process_exit_without_pidfd_polls);
+  tcase_add_test(tc, test_process_exit_wakes_a_polling_host);
+  tcase_add_test(tc, test_process_state_close_leaves_the_child_running_then_reaped);
+  suite_add_tcase(s, tc);
+  return s;
+}
