@@ -5,6 +5,7 @@
 #include "task.h"
 #include "coro.h"
 #include "sched.h"
+#include "loop.h"
 #include "gather.h"
 
 int ml__core_create_task(lua_State *L) {
@@ -124,7 +125,7 @@ static const luaL_Reg core_funcs[] = {
 
 int ml__corelib_open(lua_State *L) {
   luaL_newlib(L, core_funcs);
-  ml__sched_open(L);
+  ml__loop_open(L);
   lua_setfield(L, -2, "Loop");
   ml__push_async_sleep(L, ml__task_sleep);
   lua_setfield(L, -2, "sleep");

@@ -4,7 +4,7 @@
 #include "task.h"
 #include "coro.h"
 #include "gather.h"
-#include "sched.h"
+#include "loop.h"
 #include "exc.h"
 
 ml_Future *ml__future_alloc(lua_State *L, size_t size, int nuv, int is_task) {

@@ -11,7 +11,7 @@ typedef struct ml_Entry {
 } ml_Entry;
 
 enum { ML_RUN_TASK = 1, ML_RUN_HANDLE, ML_RUN_FUTURE_CALLBACKS };
-/* ML_RUN_HANDLE entries are sched.c's own: ref is a slot of its anchor
+/* ML_RUN_HANDLE entries are handle.c's own: ref is a slot of its anchor
  * table, not the registry, and p == NULL stands for every timer due. */
 
 typedef struct ml_ReadyQ {

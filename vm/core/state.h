@@ -12,7 +12,7 @@
 #include "alloc.h"
 #include "readyq.h"
 
-struct Timers;  /* sched.c's timer heap */
+struct Timers;  /* handle.c: the handles, their timer heap and ev_timer */
 
 struct ml_State {
   lua_State *L;
@@ -25,7 +25,7 @@ struct ml_State {
   ml_Task *tasks;        /* pending tasks, a list through prev/next */
   unsigned long task_seq;
   struct ml_Pool *pool;  /* task threads for reuse (task.c) */
-  struct Timers *timers; /* call_later/call_at handles (sched.c) */
+  struct Timers *timers; /* call_soon/call_later/call_at handles (handle.c) */
   int nsleeping;         /* tasks in asyncio.sleep with a timer (task.c) */
   int debug;             /* MOONLOOP_DEBUG / run(c, {debug=true}) */
   int stopping;          /* loop:stop() was called */
