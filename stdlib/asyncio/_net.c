@@ -59,8 +59,7 @@ static int park(lua_State *L, ml_Socket *s, int write, lua_KContext ctx, lua_KFu
   ml_State *S = ml__state(L);
   ml_Task **slot = write ? &s->wwait : &s->rwait;
   ev_io *w = write ? &s->wio : &s->rio;
-  if (ml__task_current(L) == NULL || !lua_isyieldable(L))
-    return ml__task_suspend(L, NULL, NULL, 0, NULL);  /* raises the right error */
+  ml__task_check_suspendable(L);
   if (*slot)
     return ml__exc_raise(L, "RuntimeError", "another task is already waiting to %s this socket",
                          write ? "write to" : "read from");

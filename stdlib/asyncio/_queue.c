@@ -235,8 +235,7 @@ static int wait_hook(lua_State *L, ml_Task *t, void *ud) {
 static int wait(lua_State *L, Queue *q, int ci, int list, lua_KFunction k) {
   ml_Task *t = ml__task_current(L);
   int i;
-  if (t == NULL) return ml__exc_raise(L, "RuntimeError", "await outside of a running task");
-  if (!lua_isyieldable(L)) return ml__task_suspend(L, NULL, NULL, 0, NULL);  /* raises */
+  ml__task_check_suspendable(L);
   i = w_new(L, q, ci, list, t);
   q->w[i].th = L;
   return ml__task_suspend_always(L, wait_hook, q, i, k);

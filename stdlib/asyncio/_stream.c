@@ -99,7 +99,7 @@ static int reader_hook(lua_State *L, ml_Task *t, void *ud) {
 /* Parks the running task until more data, EOF or an error arrives. */
 static int wait_data(lua_State *L, ml_Conn *c, lua_KContext ctx, lua_KFunction k,
                      const char *what) {
-  if (ml__task_current(L) == NULL || !lua_isyieldable(L)) return ml__task_suspend(L, NULL, NULL, 0, NULL);
+  ml__task_check_suspendable(L);
   if (c->reader)
     return ml__exc_raise(L, "RuntimeError",
                          "%s() called while another coroutine is already waiting for incoming data",
@@ -427,7 +427,7 @@ static int drain_k(lua_State *L, int status, lua_KContext ctx) {
    * asyncio's drain() raises once is_closing(). */
   if (c->lost || c->closing) return ml__exc_raise(L, "ConnectionResetError", "Connection lost");
   if (!c->wpaused) return 0;
-  if (ml__task_current(L) == NULL || !lua_isyieldable(L)) return ml__task_suspend(L, NULL, NULL, 0, NULL);
+  ml__task_check_suspendable(L);
   if (ml__waiters_add(c, &c->drainers, ml__task_current(L)) < 0)
     return ml__exc_raise(L, "MemoryError", "drain waiters");
   return ml__task_suspend(L, waiters_hook, &c->drainers, 0, drain_k);
@@ -447,7 +447,7 @@ static int wait_closed_k(lua_State *L, int status, lua_KContext ctx) {
     if (c->err || c->has_exc) check_exc(L, 2, c);
     return 0;
   }
-  if (ml__task_current(L) == NULL || !lua_isyieldable(L)) return ml__task_suspend(L, NULL, NULL, 0, NULL);
+  ml__task_check_suspendable(L);
   if (ml__waiters_add(c, &c->closers, ml__task_current(L)) < 0)
     return ml__exc_raise(L, "MemoryError", "close waiters");
   return ml__task_suspend(L, waiters_hook, &c->closers, 0, wait_closed_k);

@@ -299,8 +299,7 @@ static int req_hook(lua_State *L, ml_Task *t, void *ud) {
 }
 
 int ml__lookup_submit(lua_State *L, ml_Lookup *q, lua_KContext ctx, lua_KFunction k) {
-  if (ml__task_current(L) == NULL || !lua_isyieldable(L))
-    return ml__task_suspend(L, NULL, NULL, 0, NULL);  /* raises */
+  ml__task_check_suspendable(L);
   ml_Resolver *r = get_resolver(L);
   q->r = r;
   pthread_mutex_lock(&pool.mu);

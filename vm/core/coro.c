@@ -135,8 +135,7 @@ static int l_await(lua_State *L) {
   void *p = lua_touserdata(L, 1);
   int n;
   lua_settop(L, 1);
-  if (S->current == NULL)
-    return ml__exc_raise(L, "RuntimeError", "await outside of a running task");
+  if (S->current == NULL) return ml__task_raise_outside(L);
   if (p == S->sleep0) return ml__task_yield_now(L);  /* the hot sleep(0) */
   if (p && lua_getmetatable(L, 1)) {
     const void *mt = lua_topointer(L, -1);
@@ -215,8 +214,7 @@ static int awcall(lua_State *L) {
   ml_State *S = ml__state(L);
   lua_CFunction cf;
   int n = lua_gettop(L) - 1;
-  if (S->current == NULL)
-    return ml__exc_raise(L, "RuntimeError", "await outside of a running task");
+  if (S->current == NULL) return ml__task_raise_outside(L);
   if ((cf = async_c_body(S, lua_topointer(L, 1))) != NULL) {
     /* An async C body runs in this very frame, its arguments at 1..n: its
      * continuations become ours, and a C call boundary is saved (profile:

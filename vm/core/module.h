@@ -85,6 +85,13 @@ typedef int (*ml_CancelHook)(lua_State *L, ml_Task *t, void *ud);
 /* The running task, or NULL outside any task. */
 ml_Task *ml__task_current(lua_State *L);
 
+/* Raises the RuntimeError that suspending here would raise: outside any
+ * task ("await outside of a running task"), or in a task where a C call
+ * that cannot yield is on the stack; returns 0 if the running code may
+ * suspend.  Call it before setting up what only a suspension would undo
+ * (a started watcher, a linked waiter).  [-0, +0] */
+int ml__task_check_suspendable(lua_State *L);
+
 /* Suspends the running task.  Use as the tail of a lua_CFunction:
  *     return ml__task_suspend(L, hook, ud, ctx, k);
  * The task sleeps until ml__task_wake(); then k(L, LUA_YIELD, ctx) runs
@@ -95,17 +102,15 @@ ml_Task *ml__task_current(lua_State *L);
  * would release must be owned by a collectable object (a userdata with
  * __gc), not by the C stack.  The same holds if the task is woken and then
  * cancelled before it runs.  Works from nested plain coroutines running
- * inside a task.  Raises RuntimeError outside a task; with hook == NULL
- * and k == NULL it is the way to raise the error that suspending here
- * would raise (outside a task, or not yieldable). */
+ * inside a task.  Raises as ml__task_check_suspendable does. */
 int ml__task_suspend(lua_State *L, ml_CancelHook hook, void *ud,
                      lua_KContext ctx, lua_KFunction k);
 /* The same, except that k runs in every case: with LUA_YIELD when the
  * task is woken, or with LUA_ERRRUN and the CancelledError on top if it
  * was cancelled (before or after it was woken), so that k can undo what
  * the wait set up; k must then raise that error (return lua_error(L)).
- * It raises, before suspending, in the cases ml__task_suspend does: check
- * ml__task_current() and lua_isyieldable() first if k must always run.
+ * It raises, before suspending, in the cases ml__task_suspend does: call
+ * ml__task_check_suspendable first if k must always run.
  * Its hook runs also when the task is cancelled after it was woken and
  * before it ran (the queue passes on an item handed to it then). */
 int ml__task_suspend_always(lua_State *L, ml_CancelHook hook, void *ud,

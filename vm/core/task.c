@@ -409,14 +409,29 @@ static int resume_k(lua_State *L, int status, lua_KContext unused) {
 /* Suspends the running task; with requeue, it is put straight back on the
  * ready queue (sleep(0)); with always, k runs on cancellation too.
  * lua_yieldk does not return. */
+int ml__task_raise_outside(lua_State *L) {
+  return ml__exc_raise(L, "RuntimeError", "await outside of a running task");
+}
+
+/* Raises the error of a suspension that cannot be: t is the running task
+ * (or NULL).  Out of line: suspend() is on every await's path. */
+static int raise_unsuspendable(lua_State *L, ml_Task *t) {
+  if (t == NULL) return ml__task_raise_outside(L);
+  return ml__exc_raise(L, "RuntimeError",
+                       "cannot await here: a C function or metamethod that cannot "
+                       "yield is on the stack (for instance table.sort's comparator)");
+}
+
+int ml__task_check_suspendable(lua_State *L) {
+  ml_Task *t = ml__state(L)->current;
+  if (t == NULL || !lua_isyieldable(L)) return raise_unsuspendable(L, t);
+  return 0;
+}
+
 static int suspend(lua_State *L, ml_CancelHook hook, void *ud,
                    lua_KContext ctx, lua_KFunction k, int requeue, int always) {
   ml_Task *t = ml__state(L)->current;
-  if (t == NULL) return ml__exc_raise(L, "RuntimeError", "await outside of a running task");
-  if (!lua_isyieldable(L))
-    return ml__exc_raise(L, "RuntimeError",
-                         "cannot await here: a C function or metamethod that cannot "
-                         "yield is on the stack (for instance table.sort's comparator)");
+  if (t == NULL || !lua_isyieldable(L)) return raise_unsuspendable(L, t);
   t->hook = hook;
   t->hook_ud = ud;
   t->k = k;
@@ -735,8 +750,7 @@ static int yield_k(lua_State *L, int status, lua_KContext ctx) {
 }
 
 int ml__task_yield_now(lua_State *L) {
-  if (ml__state(L)->current == NULL)
-    return ml__exc_raise(L, "RuntimeError", "await outside of a running task");
+  if (ml__state(L)->current == NULL) return ml__task_raise_outside(L);
   return suspend(L, NULL, NULL, 0, yield_k, 1, 0);
 }
 
@@ -747,12 +761,12 @@ int ml__task_sleep(lua_State *L) {
   ml_Task *t = S->current;
   lua_Number d = luaL_checknumber(L, 1);
   ev_timer *w;
-  if (t == NULL) return ml__exc_raise(L, "RuntimeError", "await outside of a running task");
+  if (t == NULL) return ml__task_raise_outside(L);
   if (d != d) return luaL_argerror(L, 1, "delay is NaN");
   if (d <= 0) return suspend(L, NULL, NULL, 0, sleep_k, 1, 0);  /* no libev */
   /* What would make the suspension raise, raise now: a timer left running
    * for a task that never slept would wake it, or a task long gone. */
-  if (!lua_isyieldable(L)) return ml__task_suspend(L, NULL, NULL, 0, NULL);
+  ml__task_check_suspendable(L);
   {
     void *ud;
     lua_Alloc f = lua_getallocf(L, &ud);
@@ -789,9 +803,9 @@ static int await_k(lua_State *L, int status, lua_KContext ctx) {
 int ml__await_future(lua_State *L, ml_Future *f) {
   ml_Task *t = ml__state(L)->current;
   if (f->state != ML_PENDING) return ml__future_unwrap(L, 1);
-  if (t == NULL) return ml__exc_raise(L, "RuntimeError", "await outside of a running task");
+  if (t == NULL) return ml__task_raise_outside(L);
   if (&t->fut == f) return ml__exc_raise(L, "RuntimeError", "Task cannot await on itself");
-  if (!lua_isyieldable(L)) return ml__task_suspend(L, NULL, NULL, 0, NULL);  /* raises */
+  ml__task_check_suspendable(L);
   ml__future_add_waiter(L, 1, f, t);
   t->awaiting = f;
   return ml__task_suspend(L, await_cancel_hook, L, 0, await_k);

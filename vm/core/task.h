@@ -37,6 +37,9 @@ void ml__task_step(ml_State *S, ml_Task *t);
 void ml__task_open(lua_State *L);
 /* task:cancel(msg) with msg at msgidx (0 for none); 1 if cancelled. */
 int ml__task_cancel(lua_State *L, ml_Task *t, int msgidx);
+/* Raises RuntimeError "await outside of a running task"; never returns.
+ * (ml__task_check_suspendable checks for it and more.) */
+int ml__task_raise_outside(lua_State *L);
 /* await asyncio.sleep(0): back to the end of the ready queue, at once. */
 int ml__task_yield_now(lua_State *L);
 /* asyncio.sleep */
