@@ -84,11 +84,6 @@ static ml_Socket *check_nb(lua_State *L, int idx) {
   return s;
 }
 
-static int raise_errno(lua_State *L, int err) {
-  ml__exc_push_errno(L, err, NULL);
-  return lua_error(L);
-}
-
 /* ---------------------------------------------------------------- */
 /* Resolution on the pool (socket/resolver.c; used by sock_connect and
  * sock_sendto too). */
@@ -303,7 +298,7 @@ static int recv_k(lua_State *L, int status, lua_KContext ctx) {
     lua_settop(L, 4);
     if (errno == EINTR) continue;
     if (errno == EAGAIN || errno == EWOULDBLOCK) return park(L, s, 0, ctx, recv_k);
-    return raise_errno(L, errno);
+    return ml__exc_raise_errno(L, errno, NULL);
   }
 }
 
@@ -352,7 +347,7 @@ static int sendall_k(lua_State *L, int status, lua_KContext ctx) {
     }
     if (errno == EINTR) continue;
     if (errno == EAGAIN || errno == EWOULDBLOCK) return park(L, s, 1, (lua_KContext)off, sendall_k);
-    return raise_errno(L, errno);
+    return ml__exc_raise_errno(L, errno, NULL);
   }
   return 0;
 }
@@ -385,7 +380,7 @@ static int sendto_k(lua_State *L, int status, lua_KContext ctx) {
     }
     if (errno == EINTR) continue;
     if (errno == EAGAIN || errno == EWOULDBLOCK) return park(L, s, 1, 0, sendto_k);
-    return raise_errno(L, errno);
+    return ml__exc_raise_errno(L, errno, NULL);
   }
 }
 
@@ -405,7 +400,7 @@ static int connect_done_k(lua_State *L, int status, lua_KContext ctx) {
   (void)status; (void)ctx;
   if (getsockopt(s->fd, SOL_SOCKET, SO_ERROR, &err, &len) < 0) err = errno;
   if (err == EINPROGRESS || err == EALREADY) return park(L, s, 1, 0, connect_done_k);
-  if (err) return raise_errno(L, err);
+  if (err) return ml__exc_raise_errno(L, err, NULL);
   return 0;
 }
 
@@ -423,7 +418,7 @@ static int connect_k(lua_State *L, int status, lua_KContext ctx) {
   /* EINTR: the connection goes on asynchronously, as for EINPROGRESS. */
   if (errno == EINPROGRESS || errno == EINTR || errno == EAGAIN)
     return park(L, s, 1, 0, connect_done_k);
-  return raise_errno(L, errno);
+  return ml__exc_raise_errno(L, errno, NULL);
 }
 
 /* loop:sock_connect(sock, address): host names are looked up on the pool. */
@@ -451,7 +446,7 @@ static int accept_k(lua_State *L, int status, lua_KContext ctx) {
     if (errno == EINTR || errno == ECONNABORTED) continue;
     lua_settop(L, 2);
     if (errno == EAGAIN || errno == EWOULDBLOCK) return park(L, s, 0, 0, accept_k);
-    return raise_errno(L, errno);
+    return ml__exc_raise_errno(L, errno, NULL);
   }
 }
 
@@ -556,8 +551,7 @@ static int add_watch(lua_State *L, int events, const char *key) {
   /* Only an open fd: libev would size its fd table for any number (and
    * spun on fd 2,000,000,000), and epoll refuses a closed one later. */
   if (fcntl(fd, F_GETFD) < 0) {
-    ml__exc_push_errno(L, errno, "add_reader/add_writer");
-    return lua_error(L);
+    return ml__exc_raise_errno(L, errno, "add_reader/add_writer");
   }
   remove_watch(L, fd, key);
   fw = lua_newuserdatauv(L, sizeof *fw, nargs + 1);

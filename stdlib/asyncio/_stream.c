@@ -42,17 +42,8 @@ static ml_Conn *setup(lua_State *L, int nargs, const char *what) {
   return c;
 }
 
-/* [-0, +1] pushes asyncio.exceptions[name]. */
-static void push_class(lua_State *L, const char *name) {
-  luaL_getsubtable(L, LUA_REGISTRYINDEX, LUA_LOADED_TABLE);
-  lua_getfield(L, -1, "asyncio.exceptions");
-  lua_getfield(L, -1, name);
-  lua_replace(L, -3);
-  lua_pop(L, 1);
-}
-
 static int raise_incomplete(lua_State *L, ml_Conn *c, size_t n, lua_Integer expected) {
-  push_class(L, "IncompleteReadError");
+  ml__exc_push_class(L, "IncompleteReadError");
   lua_pushlstring(L, c->rbuf.data + c->rbuf.off, n);
   ml__bq_consume(&c->rbuf, n);
   ml__conn_update_reading(c);
@@ -63,7 +54,7 @@ static int raise_incomplete(lua_State *L, ml_Conn *c, size_t n, lua_Integer expe
 }
 
 static int raise_overrun(lua_State *L, const char *msg, size_t consumed) {
-  push_class(L, "LimitOverrunError");
+  ml__exc_push_class(L, "LimitOverrunError");
   lua_pushstring(L, msg);
   lua_pushinteger(L, (lua_Integer)consumed);
   lua_call(L, 2, 1);

@@ -13,22 +13,6 @@
 /* ---------------------------------------------------------------- */
 /* Errors.                                                            */
 
-/* [-0, +1] calls asyncio[cls](a, msg) if the class exists; 0 if not. */
-static int push_exc2(lua_State *L, const char *cls, int a, const char *msg) {
-  luaL_getsubtable(L, LUA_REGISTRYINDEX, LUA_LOADED_TABLE);
-  lua_getfield(L, -1, "asyncio");
-  lua_remove(L, -2);
-  if (lua_istable(L, -1) && lua_getfield(L, -1, cls) != LUA_TNIL) {
-    lua_remove(L, -2);
-    lua_pushinteger(L, a);
-    lua_pushstring(L, msg);
-    lua_call(L, 2, 1);
-    return 1;
-  }
-  lua_pop(L, lua_istable(L, -2) ? 2 : 1);
-  return 0;
-}
-
 void ml__sock_push_gaierror(lua_State *L, int code, int sys_errno) {
   if (code == EAI_SYSTEM) {
     ml__exc_push_errno(L, sys_errno ? sys_errno : EIO, NULL);
@@ -38,9 +22,10 @@ void ml__sock_push_gaierror(lua_State *L, int code, int sys_errno) {
     ml__exc_push_errno(L, ENOMEM, NULL);
     return;
   }
-  const char *msg = gai_strerror(code);
-  if (!push_exc2(L, "gaierror", code, msg) && !push_exc2(L, "OSError", code, msg))
-    ml__exc_push(L, "OSError", "[Errno %d] %s", code, msg);
+  ml__exc_push_class(L, "gaierror");
+  lua_pushinteger(L, code);
+  lua_pushstring(L, gai_strerror(code));
+  lua_call(L, 2, 1);
 }
 
 /* ---------------------------------------------------------------- */

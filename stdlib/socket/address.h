@@ -24,8 +24,8 @@ int ml__sock_toaddr(lua_State *L, int idx, int family, int resolve,
  * family it does not know. */
 void ml__sock_pushaddr(lua_State *L, const struct sockaddr *sa, socklen_t len);
 /* [-0, +1] pushes the OSError for a getaddrinfo/getnameinfo failure code
- * (EAI_*; EAI_SYSTEM uses errno sys_errno), class "gaierror" where the
- * exceptions module has it, else "OSError". */
+ * (EAI_*): gaierror(code, message); for EAI_SYSTEM the OSError of errno
+ * sys_errno, for EAI_MEMORY that of ENOMEM. */
 void ml__sock_push_gaierror(lua_State *L, int code, int sys_errno);
 /* [-0, +1] pushes the list {{family, type, proto, canonname, sockaddr},
  * ..., n = k} for a getaddrinfo result, and frees ai (also when it raises

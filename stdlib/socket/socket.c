@@ -14,15 +14,6 @@
 #include "socket/net.h"
 
 /* ---------------------------------------------------------------- */
-/* Errors.                                                            */
-
-/* Raises the OSError subclass for err; never returns. */
-static int raise_errno(lua_State *L, int err) {
-  ml__exc_push_errno(L, err, NULL);
-  return lua_error(L);
-}
-
-/* ---------------------------------------------------------------- */
 /* Socket objects.                                                    */
 
 int ml__sock_open(int family, int type, int proto) {
@@ -47,7 +38,7 @@ ml_Socket *ml__sock_check(lua_State *L, int idx) {
 
 ml_Socket *ml__sock_checkopen(lua_State *L, int idx) {
   ml_Socket *s = luaL_checkudata(L, idx, ML_SOCKET);
-  if (s->fd < 0) raise_errno(L, EBADF);
+  if (s->fd < 0) ml__exc_raise_errno(L, EBADF, NULL);
   return s;
 }
 
@@ -73,7 +64,7 @@ static int sock_new(lua_State *L) {
     int fd = (int)luaL_checkinteger(L, 4);
     luaL_argcheck(L, fd >= 0, 4, "invalid file descriptor");
     int fl = fcntl(fd, F_GETFL);
-    if (fl < 0) return raise_errno(L, errno);
+    if (fl < 0) return ml__exc_raise_errno(L, errno, NULL);
     /* Take the real family and type from the kernel when it knows them. */
     int v; socklen_t vl = sizeof v;
     if (getsockopt(fd, SOL_SOCKET, SO_TYPE, &v, &vl) == 0) type = v;
@@ -87,7 +78,7 @@ static int sock_new(lua_State *L) {
   lua_settop(L, 0);
   ml_Socket *s = ml__sock_push(L, -1, family, type, proto);
   int fd = ml__sock_open(family, type, proto);
-  if (fd < 0) return raise_errno(L, -fd);
+  if (fd < 0) return ml__exc_raise_errno(L, -fd, NULL);
   s->fd = fd;
   return 1;
 }
@@ -101,7 +92,7 @@ static int sock_socketpair(lua_State *L) {
   ml_Socket *b = ml__sock_push(L, -1, family, type, proto);
   int fds[2];
   if (socketpair(family, type | SOCK_NONBLOCK | SOCK_CLOEXEC, proto, fds) < 0)
-    return raise_errno(L, errno);
+    return ml__exc_raise_errno(L, errno, NULL);
   a->fd = fds[0];
   b->fd = fds[1];
   return 2;
@@ -115,7 +106,7 @@ static int sock_close(lua_State *L) {
     return luaL_error(L, "socket is owned by a transport: close the transport");
   }
   int rc = ml__sock_close(s);
-  if (rc < 0 && rc != -ECONNRESET) return raise_errno(L, -rc);
+  if (rc < 0 && rc != -ECONNRESET) return ml__exc_raise_errno(L, -rc, NULL);
   return 0;
 }
 
@@ -162,7 +153,7 @@ static int sock_bind(lua_State *L) {
   struct sockaddr_storage ss;
   socklen_t len;
   ml__sock_toaddr(L, 2, s->family, 1, &ss, &len);
-  if (bind(s->fd, (struct sockaddr *)&ss, len) < 0) return raise_errno(L, errno);
+  if (bind(s->fd, (struct sockaddr *)&ss, len) < 0) return ml__exc_raise_errno(L, errno, NULL);
   return 0;
 }
 
@@ -170,7 +161,7 @@ static int sock_listen(lua_State *L) {
   ml_Socket *s = ml__sock_checkopen(L, 1);
   int backlog = (int)luaL_optinteger(L, 2, SOMAXCONN < 128 ? SOMAXCONN : 128);
   if (backlog < 0) backlog = 0;
-  if (listen(s->fd, backlog) < 0) return raise_errno(L, errno);
+  if (listen(s->fd, backlog) < 0) return ml__exc_raise_errno(L, errno, NULL);
   return 0;
 }
 
@@ -187,7 +178,7 @@ static int do_connect(lua_State *L, int ex) {
     lua_pushinteger(L, err);
     return 1;
   }
-  if (err) return raise_errno(L, err);
+  if (err) return ml__exc_raise_errno(L, err, NULL);
   return 0;
 }
 static int sock_connect(lua_State *L) { return do_connect(L, 0); }
@@ -201,7 +192,7 @@ static int sock_accept(lua_State *L) {
   int fd;
   do fd = accept4(s->fd, (struct sockaddr *)&ss, &len, SOCK_NONBLOCK | SOCK_CLOEXEC);
   while (fd < 0 && errno == EINTR);
-  if (fd < 0) return raise_errno(L, errno);
+  if (fd < 0) return ml__exc_raise_errno(L, errno, NULL);
   c->fd = fd;
   ml__sock_pushaddr(L, (struct sockaddr *)&ss, len);
   return 2;
@@ -217,7 +208,7 @@ static int sock_recv(lua_State *L) {
   ssize_t r;
   do r = recv(s->fd, p, (size_t)n, flags);
   while (r < 0 && errno == EINTR);
-  if (r < 0) return raise_errno(L, errno);
+  if (r < 0) return ml__exc_raise_errno(L, errno, NULL);
   luaL_pushresultsize(&b, (size_t)r);
   return 1;
 }
@@ -234,7 +225,7 @@ static int sock_recvfrom(lua_State *L) {
   ssize_t r;
   do r = recvfrom(s->fd, p, (size_t)n, flags, (struct sockaddr *)&ss, &len);
   while (r < 0 && errno == EINTR);
-  if (r < 0) return raise_errno(L, errno);
+  if (r < 0) return ml__exc_raise_errno(L, errno, NULL);
   luaL_pushresultsize(&b, (size_t)r);
   if (len == 0) lua_pushnil(L);
   else ml__sock_pushaddr(L, (struct sockaddr *)&ss, len);
@@ -264,7 +255,7 @@ static int sock_recv_into(lua_State *L) {
   struct sockaddr_storage ss;
   socklen_t len = sizeof ss;
   ssize_t r = recv_into(L, s, 2, 3, 4, &ss, &len);
-  if (r < 0) return raise_errno(L, (int)-r);
+  if (r < 0) return ml__exc_raise_errno(L, (int)-r, NULL);
   lua_pushinteger(L, r);
   return 1;
 }
@@ -274,7 +265,7 @@ static int sock_recvfrom_into(lua_State *L) {
   struct sockaddr_storage ss;
   socklen_t len = sizeof ss;
   ssize_t r = recv_into(L, s, 2, 3, 4, &ss, &len);
-  if (r < 0) return raise_errno(L, (int)-r);
+  if (r < 0) return ml__exc_raise_errno(L, (int)-r, NULL);
   lua_pushinteger(L, r);
   if (len == 0) lua_pushnil(L);
   else ml__sock_pushaddr(L, (struct sockaddr *)&ss, len);
@@ -293,7 +284,7 @@ static int sock_send(lua_State *L) {
   ssize_t r;
   do r = send(s->fd, p, n, flags);
   while (r < 0 && errno == EINTR);
-  if (r < 0) return raise_errno(L, errno);
+  if (r < 0) return ml__exc_raise_errno(L, errno, NULL);
   lua_pushinteger(L, r);
   return 1;
 }
@@ -307,7 +298,7 @@ static int sock_sendall(lua_State *L) {
     ssize_t r = send(s->fd, p + off, n - off, flags);
     if (r < 0) {
       if (errno == EINTR) continue;
-      return raise_errno(L, errno);
+      return ml__exc_raise_errno(L, errno, NULL);
     }
     off += (size_t)r;
   }
@@ -329,7 +320,7 @@ static int sock_sendto(lua_State *L) {
   ssize_t r;
   do r = sendto(s->fd, p, n, flags | MSG_NOSIGNAL, (struct sockaddr *)&ss, len);
   while (r < 0 && errno == EINTR);
-  if (r < 0) return raise_errno(L, errno);
+  if (r < 0) return ml__exc_raise_errno(L, errno, NULL);
   lua_pushinteger(L, r);
   return 1;
 }
@@ -337,7 +328,7 @@ static int sock_sendto(lua_State *L) {
 static int sock_shutdown(lua_State *L) {
   ml_Socket *s = ml__sock_checkopen(L, 1);
   int how = (int)luaL_checkinteger(L, 2);
-  if (shutdown(s->fd, how) < 0) return raise_errno(L, errno);
+  if (shutdown(s->fd, how) < 0) return ml__exc_raise_errno(L, errno, NULL);
   return 0;
 }
 
@@ -359,7 +350,7 @@ static int sock_setsockopt(lua_State *L) {
     else v = (int)luaL_checkinteger(L, 4);
     rc = setsockopt(s->fd, level, opt, &v, sizeof v);
   }
-  if (rc < 0) return raise_errno(L, errno);
+  if (rc < 0) return ml__exc_raise_errno(L, errno, NULL);
   return 0;
 }
 
@@ -370,7 +361,7 @@ static int sock_getsockopt(lua_State *L) {
   if (lua_isnoneornil(L, 4)) {
     int v = 0;
     socklen_t len = sizeof v;
-    if (getsockopt(s->fd, level, opt, &v, &len) < 0) return raise_errno(L, errno);
+    if (getsockopt(s->fd, level, opt, &v, &len) < 0) return ml__exc_raise_errno(L, errno, NULL);
     lua_pushinteger(L, v);
     return 1;
   }
@@ -378,7 +369,7 @@ static int sock_getsockopt(lua_State *L) {
   luaL_argcheck(L, n > 0 && n <= 1024, 4, "buflen out of range");
   char buf[1024];
   socklen_t len = (socklen_t)n;
-  if (getsockopt(s->fd, level, opt, buf, &len) < 0) return raise_errno(L, errno);
+  if (getsockopt(s->fd, level, opt, buf, &len) < 0) return ml__exc_raise_errno(L, errno, NULL);
   lua_pushlstring(L, buf, len);
   return 1;
 }
@@ -388,7 +379,7 @@ static int push_name(lua_State *L, int (*which)(int, struct sockaddr *, socklen_
   ml_Socket *s = ml__sock_checkopen(L, 1);
   struct sockaddr_storage ss;
   socklen_t len = sizeof ss;
-  if (which(s->fd, (struct sockaddr *)&ss, &len) < 0) return raise_errno(L, errno);
+  if (which(s->fd, (struct sockaddr *)&ss, &len) < 0) return ml__exc_raise_errno(L, errno, NULL);
   if (len == 0) { ss.ss_family = (sa_family_t)s->family; }
   ml__sock_pushaddr(L, (struct sockaddr *)&ss, len);
   return 1;
@@ -402,9 +393,9 @@ static int sock_setblocking(lua_State *L) {
   luaL_checkany(L, 2);
   int on = lua_toboolean(L, 2);
   int fl = fcntl(s->fd, F_GETFL);
-  if (fl < 0) return raise_errno(L, errno);
+  if (fl < 0) return ml__exc_raise_errno(L, errno, NULL);
   fl = on ? (fl & ~O_NONBLOCK) : (fl | O_NONBLOCK);
-  if (fcntl(s->fd, F_SETFL, fl) < 0) return raise_errno(L, errno);
+  if (fcntl(s->fd, F_SETFL, fl) < 0) return ml__exc_raise_errno(L, errno, NULL);
   s->blocking = on;
   return 0;
 }
@@ -539,7 +530,7 @@ static int socket_getnameinfo(lua_State *L) {
 
 static int socket_gethostname(lua_State *L) {
   char buf[256];
-  if (gethostname(buf, sizeof buf) < 0) return raise_errno(L, errno);
+  if (gethostname(buf, sizeof buf) < 0) return ml__exc_raise_errno(L, errno, NULL);
   buf[sizeof buf - 1] = '\0';
   lua_pushstring(L, buf);
   return 1;

@@ -20,8 +20,7 @@ static void push_module(lua_State *L) {
   lua_setfield(L, LUA_REGISTRYINDEX, EXC_KEY);
 }
 
-/* [-0, +1] pushes the class named cls. */
-static void push_class(lua_State *L, const char *cls) {
+void ml__exc_push_class(lua_State *L, const char *cls) {
   push_module(L);
   lua_getfield(L, -1, cls);
   lua_remove(L, -2);
@@ -29,7 +28,7 @@ static void push_class(lua_State *L, const char *cls) {
 }
 
 static void push_vexc(lua_State *L, const char *cls, const char *fmt, va_list ap) {
-  push_class(L, cls);
+  ml__exc_push_class(L, cls);
   if (fmt) {
     lua_pushvfstring(L, fmt, ap);
     lua_call(L, 1, 1);
@@ -55,7 +54,7 @@ int ml__exc_raise(lua_State *L, const char *cls, const char *fmt, ...) {
 
 void ml__exc_push_with(lua_State *L, const char *cls) {
   int nil = lua_isnil(L, -1);
-  push_class(L, cls);
+  ml__exc_push_class(L, cls);
   lua_insert(L, -2);
   if (nil) {
     lua_pop(L, 1);
@@ -72,10 +71,15 @@ void ml__exc_push_errno(lua_State *L, int err, const char *what) {
     snprintf(msg, sizeof msg, "%s: %s", what, strerror(err));
   else
     snprintf(msg, sizeof msg, "%s", strerror(err));
-  push_class(L, "OSError");  /* picks the subclass from errno */
+  ml__exc_push_class(L, "OSError");  /* picks the subclass from errno */
   lua_pushinteger(L, err);
   lua_pushstring(L, msg);
   lua_call(L, 2, 1);
+}
+
+int ml__exc_raise_errno(lua_State *L, int err, const char *what) {
+  ml__exc_push_errno(L, err, what);
+  return lua_error(L);
 }
 
 int ml__exc_is(lua_State *L, int idx, const char *cls) {

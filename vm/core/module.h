@@ -44,6 +44,10 @@ void ml__preload_embedded(lua_State *L, const ml_Embedded *list);
 
 /* ---- Exceptions (exc.c) --------------------------------------------- */
 
+/* [-0, +1] pushes the exception class named cls ("IncompleteReadError")
+ * of asyncio.exceptions, to be called with its arguments; raises if there
+ * is no such class. */
+void ml__exc_push_class(lua_State *L, const char *cls);
 /* [-0, +1] pushes cls(message): cls is a class name ("TimeoutError"). */
 void ml__exc_push(lua_State *L, const char *cls, const char *fmt, ...);
 /* [-0, +0] raises cls(message); never returns. */
@@ -52,6 +56,8 @@ int ml__exc_raise(lua_State *L, const char *cls, const char *fmt, ...);
  * ConnectionRefusedError), with errno, strerror and, if what is not
  * NULL, a prefix naming the operation ("connect"). */
 void ml__exc_push_errno(lua_State *L, int err, const char *what);
+/* [-0, +0] raises that exception; never returns. */
+int ml__exc_raise_errno(lua_State *L, int err, const char *what);
 /* [-0, +0] 1 if the value at idx is an instance of class cls (or of a
  * subclass of it). */
 int ml__exc_is(lua_State *L, int idx, const char *cls);
