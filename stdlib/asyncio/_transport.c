@@ -112,15 +112,23 @@ static size_t wqueued(const ml_Conn *c) {
   return c->kind == ML_CONN_DGRAM ? c->dq_bytes : c->wbuf.len;
 }
 
-/* The connection failed with err: stop everything, drop the queue and
- * deliver connection_lost(exc) soon. */
-static void fatal(ml_Conn *c, int err) {
-  if (c->err == 0 && !c->has_exc) c->err = err;
+/* The teardown of every way a transport ends (failure, abort, lost,
+ * collected): marks it closing, stops both watchers and drops what is
+ * queued for writing. */
+static void teardown(ml_Conn *c) {
+  struct ev_loop *loop = ml__loop(c->S);
   c->closing = 1;
-  if (ev_is_active(&c->rio)) ev_io_stop(ml__loop(c->S), &c->rio);
-  if (ev_is_active(&c->wio)) ev_io_stop(ml__loop(c->S), &c->wio);
+  if (ev_is_active(&c->rio)) ev_io_stop(loop, &c->rio);
+  if (ev_is_active(&c->wio)) ev_io_stop(loop, &c->wio);
   ml__bq_free(&c->wbuf);
   dq_free(c);
+}
+
+/* The connection failed with err (0: it was aborted): stop everything,
+ * drop the queue and deliver connection_lost(exc) soon. */
+static void fatal(ml_Conn *c, int err) {
+  if (c->err == 0 && !c->has_exc) c->err = err;
+  teardown(c);
   schedule_lost(c);
 }
 
@@ -217,12 +225,7 @@ int ml__conn_write(lua_State *L, ml_Conn *c, const char *p, size_t n) {
 void ml__conn_close(ml_Conn *c, int abort) {
   if (c->lost) return;
   if (abort) {
-    c->closing = 1;
-    if (ev_is_active(&c->rio)) ev_io_stop(ml__loop(c->S), &c->rio);
-    if (ev_is_active(&c->wio)) ev_io_stop(ml__loop(c->S), &c->wio);
-    ml__bq_free(&c->wbuf);
-    dq_free(c);
-    schedule_lost(c);
+    fatal(c, 0);
     return;
   }
   if (c->closing) return;
@@ -363,11 +366,7 @@ static void later_cb(struct ev_loop *loop, ev_timer *w, int revents) {
   c->lost_queued = 0;
   if (c->lost) return;
   c->lost = 1;
-  c->closing = 1;
-  if (ev_is_active(&c->rio)) ev_io_stop(loop, &c->rio);
-  if (ev_is_active(&c->wio)) ev_io_stop(loop, &c->wio);
-  ml__bq_free(&c->wbuf);
-  dq_free(c);
+  teardown(c);
   if (c->kind == ML_CONN_STREAM) {
     if (c->err == 0 && !c->has_exc) c->eof = 1;
     ml__conn_wake_all(c);
@@ -959,15 +958,12 @@ static int conn_gc(lua_State *L) {
   loop = ml__loop(c->S);
   /* Finalizers of other objects (a StreamWriter's) may still see c while
    * the state closes: make every later operation a no-op. */
-  c->lost = c->closing = 1;
+  c->lost = 1;
   if (c->pipe && c->fd >= 0) close(c->fd);
   c->fd = -1;
-  if (ev_is_active(&c->rio)) ev_io_stop(loop, &c->rio);
-  if (ev_is_active(&c->wio)) ev_io_stop(loop, &c->wio);
+  teardown(c);
   if (ev_is_active(&c->later)) ev_timer_stop(loop, &c->later);
   ml__bq_free(&c->rbuf);
-  ml__bq_free(&c->wbuf);
-  dq_free(c);
   ml__waiters_free(c, &c->drainers);
   ml__waiters_free(c, &c->closers);
   return 0;

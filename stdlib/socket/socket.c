@@ -42,18 +42,24 @@ ml_Socket *ml__sock_checkopen(lua_State *L, int idx) {
   return s;
 }
 
-int ml__sock_close(ml_Socket *s) {
-  if (s->fd < 0) return 0;
+/* Lets go of the open fd of s without closing it: stops the watchers,
+ * wakes the parked tasks (they find fd == -1 and raise EBADF) and returns
+ * the fd. */
+static int release(ml_Socket *s) {
+  int fd = s->fd;
   if (s->S != NULL) {
     if (ev_is_active(&s->rio)) ev_io_stop(ml__loop(s->S), &s->rio);
     if (ev_is_active(&s->wio)) ev_io_stop(ml__loop(s->S), &s->wio);
   }
-  /* Parked tasks wake up, find fd == -1 and raise EBADF. */
   if (s->rwait) { ml__task_wake(s->rwait); s->rwait = NULL; }
   if (s->wwait) { ml__task_wake(s->wwait); s->wwait = NULL; }
-  int fd = s->fd;
   s->fd = -1;
-  return close(fd) < 0 && errno != EINTR ? -errno : 0;
+  return fd;
+}
+
+int ml__sock_close(ml_Socket *s) {
+  if (s->fd < 0) return 0;
+  return close(release(s)) < 0 && errno != EINTR ? -errno : 0;
 }
 
 static int sock_new(lua_State *L) {
@@ -129,17 +135,7 @@ static int sock_tbc(lua_State *L) {
 static int sock_detach(lua_State *L) {
   ml_Socket *s = ml__sock_check(L, 1);
   luaL_argcheck(L, !s->transport, 1, "socket is owned by a transport");
-  int fd = s->fd;
-  if (fd >= 0) {
-    if (s->S != NULL) {
-      if (ev_is_active(&s->rio)) ev_io_stop(ml__loop(s->S), &s->rio);
-      if (ev_is_active(&s->wio)) ev_io_stop(ml__loop(s->S), &s->wio);
-    }
-    if (s->rwait) { ml__task_wake(s->rwait); s->rwait = NULL; }
-    if (s->wwait) { ml__task_wake(s->wwait); s->wwait = NULL; }
-    s->fd = -1;
-  }
-  lua_pushinteger(L, fd);
+  lua_pushinteger(L, s->fd >= 0 ? release(s) : -1);
   return 1;
 }
 
