@@ -210,7 +210,8 @@ end
 -- use: the first look-up of a name the module does not have yet (or a
 -- pairs() over it) loads them all, so a script that needs only the core
 -- starts without compiling the rest.
-local skip = { ["asyncio.core"] = true, ["asyncio.exceptions"] = true, ["asyncio.test"] = true }
+local skip = { ["asyncio.core"] = true, ["asyncio.exceptions"] = true, ["asyncio.test"] = true,
+               ["asyncio._util"] = true }
 local loaded_all = false
 local merged = {}
 local function load_all()

@@ -2,20 +2,14 @@
 -- semantics of CPython 3.12's asyncio.tasks (wait_for is built on timeout).
 
 local asyncio = require "asyncio"
+local util = require "asyncio._util"
+local raise, is_cancel = util.raise, util.is_cancel
 
 local M = {}
 
 M.FIRST_COMPLETED = "FIRST_COMPLETED"
 M.FIRST_EXCEPTION = "FIRST_EXCEPTION"
 M.ALL_COMPLETED = "ALL_COMPLETED"
-
-local function raise(cls, msg)
-  error(asyncio[cls](msg), 0)
-end
-
-local function is_cancel(e)
-  return asyncio.isinstance(e, asyncio.CancelledError)
-end
 
 -- A Future or Task as is; a Coroutine (or other awaitable) wrapped in a Task.
 local function ensure_future(aw)

@@ -9,31 +9,13 @@
 -- cancelled waiter never wins.  Uncontended acquire/release allocate nothing.
 
 local asyncio = require "asyncio"
+local util = require "asyncio._util"
+local raise, is_cancel, call = util.raise, util.is_cancel, util.call
 
 local M = {}
 
 -- Exception classes and Future are looked up at call time: the core may fill
 -- them in after this module is loaded.
-local function raise(cls, msg)
-  error(asyncio[cls](msg), 0)
-end
-
-local function is_cancel(e)
-  return asyncio.isinstance(e, asyncio.CancelledError)
-end
-
--- Calls fn(...) (or awaits fn if it is a Coroutine); if fn returned a single
--- Coroutine (fn was an async function), awaits it.  Returns fn's results.
-local function finish(...)
-  if select("#", ...) == 1 and asyncio.iscoroutine((...)) then
-    return await (...)
-  end
-  return ...
-end
-local function call(fn, ...)
-  if asyncio.iscoroutine(fn) then return await fn end
-  return finish(fn(...))
-end
 
 ---------------------------------------------------------------- waiters
 -- A FIFO of futures in w[w.first .. w.last].  Removing from the middle is a

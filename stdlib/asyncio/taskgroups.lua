@@ -16,16 +16,10 @@
 -- outside cancels the children and propagates as CancelledError.
 
 local asyncio = require "asyncio"
+local util = require "asyncio._util"
+local raise, is_cancel, finish = util.raise, util.is_cancel, util.finish
 
 local M = {}
-
-local function raise(cls, msg)
-  error(asyncio[cls](msg), 0)
-end
-
-local function is_cancel(e)
-  return asyncio.isinstance(e, asyncio.CancelledError)
-end
 
 -- Errors that are raised as they are instead of in a group (Python's
 -- SystemExit and KeyboardInterrupt), if the runtime defines such classes.
@@ -218,13 +212,6 @@ function TaskGroup:__tostring()
   elseif self._exiting then parts[#parts + 1] = "exiting"
   else parts[#parts + 1] = "entered" end
   return "<TaskGroup " .. table.concat(parts, " ") .. ">"
-end
-
-local function finish(...)
-  if select("#", ...) == 1 and asyncio.iscoroutine((...)) then
-    return await (...)
-  end
-  return ...
 end
 
 local async function run(fn)

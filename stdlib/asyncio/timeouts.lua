@@ -17,15 +17,13 @@
 -- asyncio.timeout() is called, and its __close is Python's __aexit__.
 
 local asyncio = require "asyncio"
+local util = require "asyncio._util"
+local raise, call = util.raise, util.call
 
 local M = {}
 
 local CREATED, ENTERED, EXPIRING, EXPIRED, EXITED =
   "created", "active", "expiring", "expired", "finished"
-
-local function raise(cls, msg)
-  error(asyncio[cls](msg), 0)
-end
 
 local Timeout = {}
 Timeout.__index = Timeout
@@ -128,13 +126,6 @@ local function enter(when)
   return self
 end
 
-local function finish(...)
-  if select("#", ...) == 1 and asyncio.iscoroutine((...)) then
-    return await (...)
-  end
-  return ...
-end
-
 -- Runs fn(cm) (fn a function or async function; or a Coroutine, awaited)
 -- inside a timeout ending at when.  Returns fn's results.
 local async function run(when, is_delay, fn)
@@ -143,8 +134,7 @@ local async function run(when, is_delay, fn)
     when = asyncio.get_running_loop():time() + when
   end
   local cm <close> = enter(when)
-  if asyncio.iscoroutine(fn) then return await fn end
-  return finish(fn(cm))
+  return call(fn, cm)
 end
 
 -- timeout(delay): enters a timeout of delay seconds from now (nil: none)

@@ -13,16 +13,13 @@
 local asyncio = require "asyncio"
 local core = require "asyncio.core"
 local socket = require "socket"
+local raise = require("asyncio._util").raise
 local T = require "asyncio._transport"
 local listener = require("asyncio._server")._listener
 require "asyncio._net"  -- loop:sock_connect, loop:getaddrinfo
 
 local Loop = core.Loop
 local M = {}
-
-local function raise(cls, ...)
-  error(asyncio[cls](...), 0)
-end
 
 -- "('127.0.0.1', 8080)" for messages, as Python prints addresses.
 local function fmt_addr(a)
