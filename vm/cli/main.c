@@ -22,6 +22,8 @@ static const char usage[] =
   "Environment: MOONLOOP_DEBUG=1 turns on asyncio debug mode.\n";
 
 static ml_State *g_S;
+static struct ev_loop *g_loop;
+static ml_Future *g_main;  /* the main task while it runs, or NULL */
 static volatile sig_atomic_t g_sigints;
 static ev_async g_sigint_async;
 
@@ -35,20 +37,18 @@ static void on_sigint(int sig) {
     (void)r;
     _exit(130);
   }
-  ev_async_send(g_S->loop, &g_sigint_async);
+  ev_async_send(g_loop, &g_sigint_async);
 }
 
+/* The loop's side: the main task is cancelled with KeyboardInterrupt; once
+ * it is over (the loop runs what it left, Node's rule), every task is. */
 static void sigint_cb(struct ev_loop *loop, ev_async *w, int revents) {
-  ml_State *S = g_S;
-  ml_Task *t;
   (void)loop; (void)w; (void)revents;
-  if (S->main && S->main->fut.state == ML_PENDING) {
-    lua_pushliteral(S->L, "KeyboardInterrupt");
-    ml__task_cancel(S->L, S->main, lua_gettop(S->L));
-    lua_pop(S->L, 1);
+  if (g_main && ml_future_state(g_main) == ML_FUTURE_PENDING) {
+    ml_future_cancel(ml_state_lua(g_S), g_main, "KeyboardInterrupt");
     return;
   }
-  for (t = S->tasks; t; t = t->next) ml__task_cancel(S->L, t, 0);
+  ml_task_cancel_all(g_S, NULL);
 }
 
 /* Reads a whole file (or stdin for "-").  Returns malloc'ed data, or NULL
@@ -85,23 +85,21 @@ static char *read_file(const char *path, size_t *len) {
 }
 
 static int emit(const char *path) {
-  size_t len;
-  char *src = read_file(path, &len), err[512];
-  ml_Buf out = { 0 };
+  size_t len, outlen;
+  char *src = read_file(path, &len), *out, err[512];
   int rc;
   if (src == NULL) {
     fprintf(stderr, "moonloop: cannot open %s: %s\n", path, strerror(errno));
     return 2;
   }
-  rc = ml__asyncpass(src, len, path, &out, err, sizeof err);
+  rc = ml_dialect_translate(src, len, path, &out, &outlen, err, sizeof err);
   free(src);
   if (rc < 0) {
-    fprintf(stderr, "moonloop: %s\n", rc == -ENOMEM ? "not enough memory" : err);
-    ml__buf_free(&out);
+    fprintf(stderr, "moonloop: %s\n", err);
     return 1;
   }
-  fwrite(out.data ? out.data : "", 1, out.len, stdout);
-  ml__buf_free(&out);
+  fwrite(out, 1, outlen, stdout);
+  free(out);
   return 0;
 }
 
@@ -117,83 +115,88 @@ static void set_arg(lua_State *L, char **argv, int argc, int script) {
   lua_setglobal(L, "arg");
 }
 
-/* Prints why the main task failed.  Returns the exit status. */
-static int report_main(ml_State *S, int mainref) {
-  lua_State *L = S->L;
-  ml_Future *f;
-  lua_rawgeti(L, LUA_REGISTRYINDEX, mainref);
-  f = lua_touserdata(L, -1);
-  if (f->state == ML_CANCELLED) {
-    fprintf(stderr, g_sigints ? "KeyboardInterrupt\n" : "moonloop: the main task was cancelled\n");
+/* tostring(v) of the value at idx, in protected mode (a __tostring may
+ * fail).  [-0, +1] pushes it and returns it. */
+static int tostring_p(lua_State *L) {
+  luaL_tolstring(L, 1, NULL);
+  return 1;
+}
+
+static const char *safe_tostring(lua_State *L, int idx) {
+  idx = lua_absindex(L, idx);
+  lua_pushcfunction(L, tostring_p);
+  lua_pushvalue(L, idx);
+  if (lua_pcall(L, 1, 1, 0) != LUA_OK || !lua_isstring(L, -1)) {
     lua_pop(L, 1);
-    return g_sigints ? 130 : 1;
+    lua_pushfstring(L, "(a %s value whose __tostring failed)", luaL_typename(L, idx));
   }
-  if (f->state != ML_EXCEPTION) {
-    lua_pop(L, 1);
+  return lua_tostring(L, -1);
+}
+
+/* Prints why the main task f failed.  Returns the exit status. */
+static int report_main(ml_State *S, ml_Future *f) {
+  lua_State *L = ml_state_lua(S);
+  int top = lua_gettop(L);
+  switch (ml_future_state(f)) {
+  case ML_FUTURE_CANCELLED:
+    fprintf(stderr, g_sigints ? "KeyboardInterrupt\n" : "moonloop: the main task was cancelled\n");
+    return g_sigints ? 130 : 1;
+  case ML_FUTURE_ERROR:
+    break;
+  default:
     return 0;
   }
-  ml__future_retrieved(L, -1, f);
-  lua_getiuservalue(L, -1, FUV_RESULT);
-  ml__xget(L, -2, X_TB);
-  fprintf(stderr, "moonloop: %s\n", ml__tostring(L, -2));
-  lua_pop(L, 1);
-  if (lua_isstring(L, -1)) fprintf(stderr, "%s\n", lua_tostring(L, -1));
-  lua_pop(L, 3);
+  /* [error, traceback]: the error first, marking it retrieved. */
+  if (ml_future_push_error(L, f) != ML_OK || ml_future_push_traceback(L, f) != ML_OK) {
+    lua_settop(L, top);
+    fprintf(stderr, "moonloop: the main task failed, and its error cannot be read: %s\n",
+            *ml_state_error(S) ? ml_state_error(S) : "not enough memory");
+    return 1;
+  }
+  fprintf(stderr, "moonloop: %s\n", safe_tostring(L, top + 1));
+  if (lua_isstring(L, top + 2)) fprintf(stderr, "%s\n", lua_tostring(L, top + 2));
+  lua_settop(L, top);
   return 1;
 }
 
 /* Runs the function (and nargs arguments) on the stack as the main task,
- * then the loop until nothing is left.  Returns the exit status. */
-/* With interactive, the REPL follows at once: the loop keeps running
- * under it, so the script's tasks and servers stay alive. */
-static int run_main_unprotected(ml_State *S, int nargs, int interactive) {
-  lua_State *L = S->L;
-  int mainref, rc, status;
-  S->main = ml__task_spawn(L, nargs, "main");
-  mainref = luaL_ref(L, LUA_REGISTRYINDEX);
-  rc = ml__sched_run(S, &S->main->fut);
+ * then the loop until nothing is left.  Returns the exit status.  With
+ * interactive, the REPL follows at once: the loop keeps running under it,
+ * so the script's tasks and servers stay alive.  The runs are protected
+ * (the embedding API's): an error the scheduler cannot hand to a task or
+ * a handler (memory, in its own bookkeeping) ends the run with a message
+ * and status 1, not an abort. */
+static int run_main(ml_State *S, int nargs, int interactive) {
+  lua_State *L = ml_state_lua(S);
+  int rc, status;
+  if (ml_task_spawn(L, nargs, "main", &g_main) != ML_OK) {
+    fprintf(stderr, "moonloop: %s\n", ml_state_error(S));
+    return 1;
+  }
+  rc = ml_state_run_until(S, g_main);
   if (rc == -EDEADLK) {
     fprintf(stderr, "moonloop: the main task can never finish: it awaits something that nothing "
                     "is left to complete (no ready task, timer or I/O watcher)\n");
-    return 1;
+    status = 1;
+  } else if (rc < 0) {
+    fprintf(stderr, "moonloop: %s\n", ml_state_error(S));
+    status = 1;
+  } else {
+    status = report_main(S, g_main);
   }
-  status = report_main(S, mainref);
-  if (status == 0 && !interactive) {
-    ml__sched_run(S, NULL);  /* Node's rule: run until nothing is left */
-    if (g_sigints) status = 130;
+  /* From here on SIGINT cancels every task: the main one is over. */
+  ml_future_release(L, g_main);
+  g_main = NULL;
+  if (rc == ML_OK && status == 0 && !interactive) {
+    /* Node's rule: run until nothing is left. */
+    if ((rc = ml_state_run(S)) < 0) {
+      fprintf(stderr, "moonloop: %s\n", ml_state_error(S));
+      status = 1;
+    } else if (g_sigints) {
+      status = 130;
+    }
   }
   return status;
-}
-
-typedef struct MainRun { int nargs, interactive, status; } MainRun;
-
-static int run_main_p(lua_State *L) {
-  MainRun *m = lua_touserdata(L, 1);
-  lua_remove(L, 1);  /* [fn, args...] */
-  m->status = run_main_unprotected(ml__state(L), m->nargs, m->interactive);
-  return 0;
-}
-
-/* run_main in protected mode: an error the scheduler cannot hand to a task
- * or a handler (out of memory in its own bookkeeping, say) ends the run
- * with a message and status 1, not an abort. */
-static int run_main(ml_State *S, int nargs, int interactive) {
-  lua_State *L = S->L;
-  MainRun m;
-  int base = lua_gettop(L) - nargs;  /* the function */
-  m.nargs = nargs;
-  m.interactive = interactive;
-  m.status = 1;
-  lua_pushcfunction(L, run_main_p);
-  lua_insert(L, base);
-  lua_pushlightuserdata(L, &m);
-  lua_insert(L, base + 1);
-  if (lua_pcall(L, nargs + 2, 0, 0) != LUA_OK) {
-    fprintf(stderr, "moonloop: %s\n", ml__tostring(L, -1));
-    lua_pop(L, 2);
-    return 1;
-  }
-  return m.status;
 }
 
 int main(int argc, char **argv) {
@@ -234,10 +237,11 @@ int main(int argc, char **argv) {
     return 1;
   }
   g_S = S;
-  L = S->L;
+  g_loop = ml_state_loop(S);
+  L = ml_state_lua(S);
   ev_async_init(&g_sigint_async, sigint_cb);
-  ev_async_start(S->loop, &g_sigint_async);
-  ev_unref(S->loop);  /* the SIGINT hook does not keep the loop alive */
+  ev_async_start(g_loop, &g_sigint_async);
+  ev_unref(g_loop);  /* the SIGINT hook does not keep the loop alive */
   memset(&sa, 0, sizeof sa);
   sa.sa_handler = on_sigint;
   sigemptyset(&sa.sa_mask);
@@ -245,8 +249,8 @@ int main(int argc, char **argv) {
 
   set_arg(L, argv, argc, script);
   if (chunk) {
-    if (ml__load(L, chunk, strlen(chunk), "=(command line)") != LUA_OK) {
-      fprintf(stderr, "moonloop: %s\n", lua_tostring(L, -1));
+    if (ml_load_string(L, chunk, strlen(chunk), "=(command line)") != ML_OK) {
+      fprintf(stderr, "moonloop: %s\n", ml_state_error(S));
       status = 1;
       goto done;
     }
@@ -265,9 +269,9 @@ int main(int argc, char **argv) {
       goto done;
     }
     snprintf(name, sizeof name, strcmp(path, "-") == 0 ? "=stdin" : "@%s", path);
-    if (ml__load(L, src, len, name) != LUA_OK) {
+    if (ml_load_string(L, src, len, name) != ML_OK) {
       free(src);
-      fprintf(stderr, "moonloop: %s\n", lua_tostring(L, -1));
+      fprintf(stderr, "moonloop: %s\n", ml_state_error(S));
       status = 1;
       goto done;
     }
@@ -278,7 +282,6 @@ int main(int argc, char **argv) {
   }
 after:
   if (interactive || (!script && !chunk && isatty(0))) {
-    S->main = NULL;
     status = ml__repl_main(S);
   }
 done:

@@ -36,6 +36,7 @@
 
 typedef struct Repl {
   ml_State *S;
+  struct ev_loop *loop;
   int tty;             /* stdin is a terminal: libedit edits the line */
   int editing;         /* the rl_callback handler is installed */
   int hidden;          /* the prompt was erased for output */
@@ -50,7 +51,7 @@ typedef struct Repl {
   ev_signal winch;
   volatile sig_atomic_t sigpending;  /* SIGINTs nobody handled yet */
   struct sigaction old_sigint;
-  ml_Task *input;      /* the task of the running input, or NULL */
+  ml_Future *input;    /* the task of the running input, or NULL */
   char **lines;        /* lines read and not handled yet (a FIFO) */
   size_t nlines, headline, caplines;
   char *chunk;         /* an incomplete input so far, or NULL */
@@ -196,51 +197,57 @@ static void wrap_field(lua_State *L, int idx, const char *name, lua_CFunction f)
 /* ---------------------------------------------------------------- */
 /* os.exit(): leave the REPL through ml_state_close.                  */
 
+/* What os.exit needs from Lua: asyncio.current_task, and a function that
+ * awaits a Future nobody completes (C cannot await through the public
+ * API, but it can call Lua that does, with a continuation). */
+static const char exit_src[] =
+  "local asyncio = require 'asyncio'\n"
+  "local Future = asyncio.Future\n"
+  "return asyncio.current_task, function() await Future() end\n";
+
 static int exit_k(lua_State *L, int status, lua_KContext ctx) {
   (void)L; (void)status; (void)ctx;
   return 0;
 }
 
-/* os.exit([code]) while the REPL runs: the REPL returns code, and
- * ml_state_close then cancels every task left, so to-be-closed variables
- * and except blocks run.  The calling task sleeps until that cancel.
- * Outside a task (a plain callback) there is nothing to unwind to: the
- * original os.exit (upvalue 1) runs. */
+/* os.exit([code]) while the REPL runs (upvalues: the original os.exit,
+ * current_task and the awaiting function of exit_src): the REPL returns
+ * code, and ml_state_close then cancels every task left, so to-be-closed
+ * variables and except blocks run.  The calling task awaits until that
+ * cancel.  Outside a task (a plain callback), or where it cannot await,
+ * there is nothing to unwind to: the original os.exit runs. */
 static int repl_os_exit(lua_State *L) {
-  ml_State *S = ml__state(L);
-  int status;
+  int status, in_task = 0;
   if (lua_isboolean(L, 1)) status = lua_toboolean(L, 1) ? EXIT_SUCCESS : EXIT_FAILURE;
   else status = (int)luaL_optinteger(L, 1, EXIT_SUCCESS);
-  if (S->current == NULL || !lua_isyieldable(L)) return call_original(L);
+  if (lua_isyieldable(L)) {
+    lua_pushvalue(L, lua_upvalueindex(2));
+    lua_call(L, 0, 1);
+    in_task = !lua_isnil(L, -1);
+    lua_pop(L, 1);
+  }
+  if (!in_task) return call_original(L);
   R.quit = 1;
   R.status = status;
-  S->stopping = 1;
-  return ml__task_suspend(L, NULL, NULL, 0, exit_k);
+  ml_state_stop(R.S);  /* back to ml__repl_main */
+  lua_pushvalue(L, lua_upvalueindex(3));
+  lua_callk(L, 0, 0, 0, exit_k);
+  return exit_k(L, LUA_OK, 0);
 }
 
 /* ---------------------------------------------------------------- */
 /* Ctrl+C.                                                            */
 
-static void interrupt_hook(lua_State *L, lua_Debug *ar) {
-  (void)ar;
-  lua_sethook(L, NULL, 0, 0);
-  luaL_error(L, "KeyboardInterrupt");
-}
-
 /* The first SIGINT is handled by the loop (sigint_cb).  A second one that
  * arrives before the loop saw the first means Lua code is running without
- * ever awaiting (while true do end): as lua.c does, a hook stops it with
- * an error at its next instruction.  The hook goes on the running task's
- * thread, or on the input's if no task is running yet.  lua_sethook is
- * safe to call in a signal handler. */
+ * ever awaiting (while true do end): as lua.c does, the running task is
+ * stopped with KeyboardInterrupt at its next instruction
+ * (ml_state_interrupt is safe to call in a signal handler). */
 static void on_sigint(int sig) {
-  ml_State *S = R.S;
-  ml_Task *t = S->current ? S->current : R.input;
   (void)sig;
-  if (R.sigpending && t && t->co)
-    lua_sethook(t->co, interrupt_hook, LUA_MASKCALL | LUA_MASKRET | LUA_MASKCOUNT, 1);
+  if (R.sigpending) ml_state_interrupt(R.S);
   R.sigpending = 1;
-  ev_async_send(S->loop, &R.sigint);
+  ev_async_send(R.loop, &R.sigint);
 }
 
 static void editor_start(void);
@@ -249,20 +256,17 @@ static void editor_stop(void);
 /* Cancels the running input, as KeyboardInterrupt does in asyncio's REPL. */
 static void interrupt_input(lua_State *L) {
   R.interrupted = 1;
-  lua_pushliteral(L, "KeyboardInterrupt");
-  ml__task_cancel(L, R.input, lua_gettop(L));
-  lua_pop(L, 1);
+  ml_future_cancel(L, R.input, "KeyboardInterrupt");
 }
 
 /* The loop's side of SIGINT.  Its watcher has a higher priority than
  * stdin's, so keys typed after Ctrl+C are read after the line is reset. */
 static void sigint_cb(struct ev_loop *loop, ev_async *w, int revents) {
-  ml_State *S = R.S;
   (void)loop; (void)w; (void)revents;
   if (!R.sigpending) return;  /* run_input took it */
   R.sigpending = 0;
-  if (R.input && R.input->fut.state == ML_PENDING) {
-    interrupt_input(S->L);
+  if (R.input && ml_future_state(R.input) == ML_FUTURE_PENDING) {
+    interrupt_input(ml_state_lua(R.S));
     return;
   }
   /* At the prompt: drop the line (and an unfinished multi-line input). */
@@ -343,7 +347,7 @@ static void editor_start(void) {
     R.hidden = 0;
     R.at_bol = 1;
   }
-  ev_io_start(R.S->loop, &R.in);
+  ev_io_start(R.loop, &R.in);
 }
 
 /* Puts the editor away: cooked mode, stdin not watched. */
@@ -354,7 +358,7 @@ static void editor_stop(void) {
     R.editing = 0;
     R.hidden = 0;
   }
-  ev_io_stop(R.S->loop, &R.in);
+  ev_io_stop(R.loop, &R.in);
 }
 
 static void tty_cb(struct ev_loop *loop, ev_io *w, int revents) {
@@ -373,7 +377,7 @@ static void tty_cb(struct ev_loop *loop, ev_io *w, int revents) {
       fflush(stdout);
     }
     editor_stop();
-    R.S->stopping = 1;  /* back to ml__repl_main */
+    ml_state_stop(R.S);  /* back to ml__repl_main */
   }
 }
 
@@ -418,7 +422,7 @@ static void pipe_cb(struct ev_loop *loop, ev_io *w, int revents) {
 out:
   if (R.nlines > 0 || R.eof) {
     editor_stop();
-    R.S->stopping = 1;
+    ml_state_stop(R.S);
   }
 }
 
@@ -476,31 +480,31 @@ static int format_error(lua_State *L) {
   return 1;
 }
 
-/* Prints how the input task (its userdata at idx) ended.  [-0, +0] */
-static void report(lua_State *L, int idx) {
-  ml_Future *f = lua_touserdata(L, idx);
-  int top = lua_gettop(L);
-  idx = lua_absindex(L, idx);
-  if (f->state == ML_RESULT) {
-    int n;
-    if (f->nres == 0) return;
+/* Prints how the input task f ended.  [-0, +0] */
+static void report(lua_State *L, ml_Future *f) {
+  int top = lua_gettop(L), n;
+  switch (ml_future_state(f)) {
+  case ML_FUTURE_RESULT:
     lua_pushcfunction(L, print_results);
-    n = ml__future_unwrap(L, idx);
-    if (lua_pcall(L, n, 0, 0) != LUA_OK)
+    n = ml_future_push_result(L, f);
+    if (n < 0) say("moonloop: the result cannot be read: not enough memory");
+    else if (n > 0 && lua_pcall(L, n, 0, 0) != LUA_OK)
       say(lua_pushfstring(L, "error printing the result: %s",
                           lua_tostring(L, -1) ? lua_tostring(L, -1) : "?"));
-  } else if (f->state == ML_CANCELLED) {
+    break;
+  case ML_FUTURE_CANCELLED:
     say(R.interrupted ? "KeyboardInterrupt" : "CancelledError");
-  } else if (f->state == ML_EXCEPTION) {
-    ml__future_retrieved(L, idx, f);
+    break;
+  case ML_FUTURE_ERROR:
+    /* format_error(error, traceback); reading the error retrieves it. */
     lua_pushcfunction(L, format_error);
-    lua_getiuservalue(L, idx, FUV_RESULT);
-    ml__xget(L, idx, X_TB);
-    if (lua_pcall(L, 2, 1, 0) != LUA_OK || !lua_isstring(L, -1)) {
+    if (ml_future_push_error(L, f) != ML_OK || ml_future_push_traceback(L, f) != ML_OK
+        || lua_pcall(L, 2, 1, 0) != LUA_OK || !lua_isstring(L, -1)) {
       lua_settop(L, top);
       lua_pushliteral(L, "(error object cannot be printed)");
     }
     say(lua_tostring(L, -1));
+    break;
   }
   lua_settop(L, top);
 }
@@ -508,9 +512,13 @@ static void report(lua_State *L, int idx) {
 /* Runs the function on top of the stack as a task, and the loop until it
  * is done (or the user leaves).  [-1, +0] */
 static void run_input(ml_State *S) {
-  lua_State *L = S->L;
-  ml_Task *t = ml__task_spawn(L, 0, "repl");
-  int idx = lua_gettop(L), deadlocks = 0;
+  lua_State *L = ml_state_lua(S);
+  ml_Future *t;
+  int deadlocks = 0, rc;
+  if (ml_task_spawn(L, 0, "repl", &t) != ML_OK) {
+    say(ml_state_error(S));
+    return;
+  }
   R.input = t;
   R.interrupted = 0;
   if (R.sigpending) {
@@ -518,22 +526,28 @@ static void run_input(ml_State *S) {
     R.sigpending = 0;
     interrupt_input(L);
   }
-  while (t->fut.state == ML_PENDING && !R.quit) {
-    if (ml__sched_run(S, &t->fut) == -EDEADLK) {
+  while (ml_future_state(t) == ML_FUTURE_PENDING && !R.quit) {
+    rc = ml_state_run_until(S, t);
+    if (rc == -EDEADLK) {
       /* Nothing can ever complete what it awaits: cancel rather than hang. */
       if (deadlocks++ == 0) {
         say("moonloop: this input awaits something that nothing is left to complete; "
             "cancelling it");
-        ml__task_cancel(L, t, 0);
+        ml_future_cancel(L, t, NULL);
       } else {
         say("moonloop: the input ignored its cancellation; it is left as a background task");
         break;
       }
+    } else if (rc < 0) {
+      say(lua_pushfstring(L, "moonloop: %s; the input is left as a background task",
+                          ml_state_error(S)));
+      lua_pop(L, 1);
+      break;
     }
   }
   R.input = NULL;
-  if (!R.quit && t->fut.state != ML_PENDING) report(L, idx);
-  lua_pop(L, 1);
+  if (!R.quit && ml_future_state(t) != ML_FUTURE_PENDING) report(L, t);
+  ml_future_release(L, t);
 }
 
 /* Appends line to the history, and saves the history file. */
@@ -543,18 +557,19 @@ static void remember(const char *text) {
   if (R.histfile) write_history(R.histfile);
 }
 
-/* 1 if the load error on top means "the chunk is not finished yet". */
-static int incomplete(lua_State *L, int status) {
+/* 1 if the failure of ml_load_string (rc) means "the chunk is not
+ * finished yet". */
+static int incomplete(ml_State *S, int rc) {
   size_t lmsg, lmark = sizeof(EOFMARK) - 1;
-  const char *msg;
-  if (status != LUA_ERRSYNTAX) return 0;
-  msg = lua_tolstring(L, -1, &lmsg);
-  return msg && lmsg >= lmark && strcmp(msg + lmsg - lmark, EOFMARK) == 0;
+  const char *msg = ml_state_error(S);
+  if (rc != -EINVAL) return 0;
+  lmsg = strlen(msg);
+  return lmsg >= lmark && strcmp(msg + lmsg - lmark, EOFMARK) == 0;
 }
 
 /* Handles one line: compiles and runs it, or keeps it for more. */
 static void handle_line(ml_State *S, char *line) {
-  lua_State *L = S->L;
+  lua_State *L = ml_state_lua(S);
   int status;
   if (R.chunk == NULL) {
     const char *body = line;
@@ -563,15 +578,14 @@ static void handle_line(ml_State *S, char *line) {
     if ((ret = malloc(strlen(body) + 8)) == NULL) goto oom;
     strcpy(ret, "return ");
     strcat(ret, body);
-    status = ml__load(L, ret, strlen(ret), CHUNKNAME);
+    status = ml_load_string(L, ret, strlen(ret), CHUNKNAME);
     free(ret);
-    if (status == LUA_OK) {
+    if (status == ML_OK) {
       remember(line);
       free(line);
       run_input(S);
       return;
     }
-    lua_pop(L, 1);
     R.chunk = line;
   } else {
     size_t a = strlen(R.chunk), b = strlen(line);
@@ -585,17 +599,13 @@ static void handle_line(ml_State *S, char *line) {
     R.chunk = c;
     free(line);
   }
-  status = ml__load(L, R.chunk, strlen(R.chunk), CHUNKNAME);
-  if (incomplete(L, status)) {
-    lua_pop(L, 1);
-    return;  /* more lines on the ">>" prompt */
-  }
+  status = ml_load_string(L, R.chunk, strlen(R.chunk), CHUNKNAME);
+  if (incomplete(S, status)) return;  /* more lines on the ">>" prompt */
   remember(R.chunk);
   free(R.chunk);
   R.chunk = NULL;
-  if (status != LUA_OK) {
-    say(lua_tostring(L, -1) ? lua_tostring(L, -1) : "(error object is not a string)");
-    lua_pop(L, 1);
+  if (status != ML_OK) {
+    say(ml_state_error(S));
     return;
   }
   run_input(S);
@@ -614,19 +624,35 @@ static void winch_cb(struct ev_loop *loop, ev_signal *w, int revents) {
   if (R.editing) rl_resize_terminal();
 }
 
-/* Installs the output wrappers and os.exit.  [-0, +0] */
-static void install_wrappers(lua_State *L) {
+/* [-0, +0] replaces os.exit (the os table at idx) by repl_os_exit. */
+static void wrap_exit(lua_State *L, int idx) {
+  idx = lua_absindex(L, idx);
+  if (lua_getfield(L, idx, "exit") != LUA_TFUNCTION) {
+    lua_pop(L, 1);
+    return;
+  }
+  if (ml_load_string(L, exit_src, sizeof exit_src - 1, "=repl") != ML_OK)
+    luaL_error(L, "%s", ml_state_error(ml_state_from_lua(L)));
+  lua_call(L, 0, 2);  /* [original, current_task, park] */
+  lua_pushcclosure(L, repl_os_exit, 3);
+  lua_setfield(L, idx, "exit");
+}
+
+/* Installs the output wrappers and os.exit; raises on failure (memory),
+ * so it runs in protected mode.  [-0, +0] */
+static int install_wrappers(lua_State *L) {
   lua_rawgeti(L, LUA_REGISTRYINDEX, LUA_RIDX_GLOBALS);
   wrap_field(L, -1, "print", repl_print);
   if (lua_getfield(L, -1, "io") == LUA_TTABLE) wrap_field(L, -1, "write", repl_io_write);
   lua_pop(L, 1);
-  if (lua_getfield(L, -1, "os") == LUA_TTABLE) wrap_field(L, -1, "exit", repl_os_exit);
+  if (lua_getfield(L, -1, "os") == LUA_TTABLE) wrap_exit(L, -1);
   lua_pop(L, 2);
   if (luaL_getmetatable(L, LUA_FILEHANDLE) == LUA_TTABLE) {
     if (lua_getfield(L, -1, "__index") == LUA_TTABLE) wrap_field(L, -1, "write", repl_file_write);
     lua_pop(L, 1);
   }
   lua_pop(L, 1);
+  return 0;
 }
 
 /* [-0, +0] puts back t[name] (t at idx) if it is still the wrapper f. */
@@ -663,7 +689,7 @@ static void setup_editor(void) {
   rl_initialize();
   using_history();
   stifle_history(HISTORY_MAX);
-  ml__complete_install(R.S->L);
+  ml__complete_install(ml_state_lua(R.S));
   if (h == NULL && home && *home) {
     size_t n = strlen(home) + sizeof "/.moonloop_history";
     if ((R.histfile = malloc(n)) != NULL) snprintf(R.histfile, n, "%s/.moonloop_history", home);
@@ -679,12 +705,13 @@ static void setup_editor(void) {
  * runs, and puts them back before returning; the tasks left are the
  * caller's to cancel (ml_state_close does). */
 int ml__repl_main(ml_State *S) {
-  lua_State *L = S->L;
+  lua_State *L = ml_state_lua(S);
   struct sigaction sa;
   char *line;
 
   memset(&R, 0, sizeof R);
   R.S = S;
+  R.loop = ml_state_loop(S);
   R.tty = isatty(0);
   R.at_bol = 1;
   if (R.tty) {
@@ -695,16 +722,16 @@ int ml__repl_main(ml_State *S) {
   }
   ev_io_init(&R.in, R.tty ? tty_cb : pipe_cb, 0, EV_READ);
   ev_prepare_init(&R.redraw, redraw_cb);
-  ev_prepare_start(S->loop, &R.redraw);
-  ev_unref(S->loop);
+  ev_prepare_start(R.loop, &R.redraw);
+  ev_unref(R.loop);
   ev_async_init(&R.sigint, sigint_cb);
   ev_set_priority(&R.sigint, EV_MAXPRI);
-  ev_async_start(S->loop, &R.sigint);
-  ev_unref(S->loop);
+  ev_async_start(R.loop, &R.sigint);
+  ev_unref(R.loop);
   ev_signal_init(&R.winch, winch_cb, SIGWINCH);
   if (R.tty) {
-    ev_signal_start(S->loop, &R.winch);
-    ev_unref(S->loop);
+    ev_signal_start(R.loop, &R.winch);
+    ev_unref(R.loop);
   }
   /* The REPL owns SIGINT while it runs (main.c's handler cancels the main
    * task and exits on the second one, which is not what a prompt wants). */
@@ -712,11 +739,15 @@ int ml__repl_main(ml_State *S) {
   sa.sa_handler = on_sigint;
   sigemptyset(&sa.sa_mask);
   sigaction(SIGINT, &sa, &R.old_sigint);
-  R.old_on_error = S->on_error;
-  R.old_on_error_ud = S->on_error_ud;
-  S->on_error = repl_on_error;
-  S->on_error_ud = NULL;
-  install_wrappers(L);
+  R.old_on_error = ml_state_error_handler(S, &R.old_on_error_ud);
+  ml_state_set_error_handler(S, repl_on_error, NULL);
+  lua_pushcfunction(L, install_wrappers);
+  if (lua_pcall(L, 0, 0, 0) != LUA_OK) {
+    say(lua_tostring(L, -1) ? lua_tostring(L, -1) : "moonloop: the REPL cannot start");
+    lua_pop(L, 1);
+    R.quit = 1;
+    R.status = 1;
+  }
 
   while (!R.quit) {
     if ((line = pop_line()) != NULL) {
@@ -725,7 +756,17 @@ int ml__repl_main(ml_State *S) {
     }
     if (R.eof) break;
     editor_start();
-    while (R.nlines == 0 && !R.eof && !R.quit) ml__sched_run(S, NULL);
+    while (R.nlines == 0 && !R.eof && !R.quit) {
+      if (ml_state_run(S) < 0) {
+        /* The loop cannot run (memory, in the scheduler's own
+         * bookkeeping): leave, with the reason. */
+        editor_stop();
+        say(lua_pushfstring(L, "moonloop: %s", ml_state_error(S)));
+        lua_pop(L, 1);
+        R.quit = 1;
+        R.status = 1;
+      }
+    }
     editor_stop();
   }
   if (R.tty && !R.quit) fputc('\n', stdout);
@@ -733,16 +774,15 @@ int ml__repl_main(ml_State *S) {
   tty_normal();
 
   remove_wrappers(L);
-  S->on_error = R.old_on_error;
-  S->on_error_ud = R.old_on_error_ud;
+  ml_state_set_error_handler(S, R.old_on_error, R.old_on_error_ud);
   sigaction(SIGINT, &R.old_sigint, NULL);
-  ev_ref(S->loop);
-  ev_prepare_stop(S->loop, &R.redraw);
-  ev_ref(S->loop);
-  ev_async_stop(S->loop, &R.sigint);
+  ev_ref(R.loop);
+  ev_prepare_stop(R.loop, &R.redraw);
+  ev_ref(R.loop);
+  ev_async_stop(R.loop, &R.sigint);
   if (R.tty) {
-    ev_ref(S->loop);
-    ev_signal_stop(S->loop, &R.winch);
+    ev_ref(R.loop);
+    ev_signal_stop(R.loop, &R.winch);
   }
   while ((line = pop_line()) != NULL) free(line);
   free(R.lines);

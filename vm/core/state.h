@@ -21,7 +21,6 @@ struct ml_State {
   ml_Alloc *alloc;
   ml_ReadyQ ready;
   ml_Task *current;      /* the task being stepped, or NULL */
-  ml_Task *main;         /* the CLI's main task, or NULL */
   ml_Task *tasks;        /* pending tasks, a list through prev/next */
   unsigned long task_seq;
   struct ml_Pool *pool;  /* task threads for reuse (task.c) */
