@@ -276,6 +276,11 @@ install: all
 	ln -sf $(SONAME) $(DESTDIR)$(LIBDIR)/libmoonloop.so
 	printf '%s\n' "$$PC" > $(DESTDIR)$(PKGCONFIGDIR)/moonloop.pc
 	install -m 644 docs/moonloop.1 $(DESTDIR)$(MANDIR)/man1/moonloop.1
+	@# Into a directory of the system's library path, as root: the dynamic
+	@# linker's cache must learn of libmoonloop.so.0 (not when staging).
+	@case "$(LIBDIR)" in /usr/local/lib|/usr/lib|/lib) \
+	  if [ -z "$(DESTDIR)" ] && [ "$$(id -u)" = 0 ] && command -v ldconfig >/dev/null; then ldconfig; fi;; \
+	esac
 
 uninstall:
 	rm -f $(addprefix $(DESTDIR),$(INSTALLED))

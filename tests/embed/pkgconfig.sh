@@ -151,6 +151,17 @@ readelf -d "$tmp/host_a" > "$tmp/host_a.dyn" 2>&1
 if grep -q 'libmoonloop' "$tmp/host_a.dyn"; then ko "the static host needs libmoonloop.so"; else ok; fi
 run_host static "$tmp/host_a"
 
+# A staged install (DESTDIR) puts the files under the stage and the final
+# paths in moonloop.pc.
+stage=$tmp/stage
+if env -u MAKEFLAGS -u MAKELEVEL PATH="$tmp/bin:$PATH" make --no-print-directory -s install \
+     DESTDIR="$stage" PREFIX=/opt/moonloop BUILD="$build" SAN="$san" ${CFLAGS:+CFLAGS="$CFLAGS"} \
+     > "$tmp/stage.out" 2>&1; then ok; else ko "make install DESTDIR= failed"; cat "$tmp/stage.out"; fi
+check "staged: files under DESTDIR" test -f "$stage/opt/moonloop/lib/pkgconfig/moonloop.pc" \
+  -a -f "$stage/opt/moonloop/lib/libmoonloop.so.$version" -a -f "$stage/opt/moonloop/bin/moonloop"
+check "staged: moonloop.pc names the final prefix" grep -qx 'prefix=/opt/moonloop' \
+  "$stage/opt/moonloop/lib/pkgconfig/moonloop.pc"
+
 # make uninstall leaves no file behind.
 if env -u MAKEFLAGS -u MAKELEVEL PATH="$tmp/bin:$PATH" make --no-print-directory -s uninstall \
      PREFIX="$prefix" BUILD="$build" SAN="$san" > "$tmp/uninstall.out" 2>&1; then ok; else
