@@ -264,6 +264,15 @@ int ml_future_reject_threadsafe(ml_Future *f, const char *cls, const char *msg);
 typedef void (*ml_ThreadsafeFn)(ml_State *S, void *ud);
 int ml_state_call_threadsafe(ml_State *S, ml_ThreadsafeFn fn, void *ud);
 
+/* ---- Signals ---------------------------------------------------------- */
+
+/* Lets scripts of S catch Unix signals with loop:add_signal_handler (on
+ * != 0), or not (0, the default for a host's states: the process's
+ * signals are the host's).  The moonloop command turns it on.  A handler
+ * already installed stays until it is removed or the state is closed.
+ * Returns ML_OK. */
+int ml_state_enable_signals(ml_State *S, int on);
+
 /* ---- Limits and the sandbox ---------------------------------------- */
 
 /* Caps the bytes the state's Lua heap may hold (0: no cap).  An

@@ -138,6 +138,46 @@ START_TEST(test_process_state_close_leaves_the_child_running_then_reaped)
 }
 END_TEST
 
+/* ---- signals ---- */
+
+START_TEST(test_process_signals_are_off_in_a_host_state)
+{
+  ck_assert_str_eq(run("local ok, e = pcall(asyncio.get_running_loop().add_signal_handler,\n"
+                       "  asyncio.get_running_loop(), 'SIGUSR1', print)\n"
+                       "return tostring(e)"),
+                   "RuntimeError: signal handling is off in this state (a host turns it on with "
+                   "ml_state_enable_signals)");
+}
+END_TEST
+
+/* A host polling the state's fd is woken by a signal it let the script
+ * catch. */
+START_TEST(test_process_signal_wakes_a_polling_host)
+{
+  ml_Future *t;
+  int fd, rc, steps = 0;
+  double timeout;
+  ck_assert_int_eq(ml_state_enable_signals(S, 1), ML_OK);
+  t = spawn("local loop = asyncio.get_running_loop()\n"
+            "local got = loop:create_future()\n"
+            "loop:add_signal_handler('SIGUSR2', function(v) got:set_result(v) end, 'usr2')\n"
+            "local p = await asyncio.create_subprocess_exec('sh', '-c',\n"
+            "  'kill -USR2 ' .. require('asyncio._signal').getpid())\n"
+            "await p:wait()\n"
+            "local v = await got\n"
+            "loop:remove_signal_handler('SIGUSR2')\n"
+            "return v");
+  while ((rc = ml_state_step(S, &fd, &timeout)) > 0) {
+    struct pollfd p = { fd, POLLIN, 0 };
+    ck_assert_int_lt(++steps, 10000);
+    if (timeout != 0) poll(&p, fd >= 0 ? 1 : 0, timeout < 0 ? -1 : (int)(timeout * 1000));
+  }
+  ck_assert_int_eq(rc, 0);
+  ck_assert_str_eq(result_of(t), "usr2");
+  ml_future_release(L, t);
+}
+END_TEST
+
 Suite *process_suite(void) {
   Suite *s = suite_create("process");
   TCase *tc = tcase_create("exit");
@@ -147,6 +187,13 @@ Suite *process_suite(void) {
   tcase_add_test(tc, test_process_exit_without_pidfd_polls);
   tcase_add_test(tc, test_process_exit_wakes_a_polling_host);
   tcase_add_test(tc, test_process_state_close_leaves_the_child_running_then_reaped);
+  suite_add_tcase(s, tc);
+
+  tc = tcase_create("signals");
+  tcase_add_checked_fixture(tc, setup, teardown);
+  tcase_set_timeout(tc, 30);
+  tcase_add_test(tc, test_process_signals_are_off_in_a_host_state);
+  tcase_add_test(tc, test_process_signal_wakes_a_polling_host);
   suite_add_tcase(s, tc);
   return s;
 }

@@ -239,6 +239,7 @@ int main(int argc, char **argv) {
   g_S = S;
   g_loop = ml_state_loop(S);
   L = ml_state_lua(S);
+  ml_state_enable_signals(S, 1);  /* scripts may catch signals (docs/processes.md) */
   ev_async_init(&g_sigint_async, sigint_cb);
   ev_async_start(g_loop, &g_sigint_async);
   ev_unref(g_loop);  /* the SIGINT hook does not keep the loop alive */

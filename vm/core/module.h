@@ -28,6 +28,10 @@ struct ev_loop *ml__loop(ml_State *S);
 /* The main Lua state of S: what a libev callback runs Lua code on. */
 lua_State *ml__main_lua(ml_State *S);
 
+/* Nonzero if scripts of S may catch signals (loop:add_signal_handler):
+ * the host turned it on with ml_state_enable_signals; the CLI does. */
+int ml__signals_enabled(ml_State *S);
+
 /* ---- Compiled-in Lua modules (state.c) ----------------------------- */
 
 /* A Lua module compiled into the library as bytecode at build time

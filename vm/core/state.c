@@ -91,6 +91,7 @@ fail:
 
 struct ev_loop *ml__loop(ml_State *S) { return S->loop; }
 lua_State *ml__main_lua(ml_State *S) { return S->L; }
+int ml__signals_enabled(ml_State *S) { return S->signals; }
 
 static const char memerr_key = 'M';
 

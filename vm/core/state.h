@@ -39,6 +39,7 @@ struct ml_State {
   ml_ErrorHandler on_error;
   void *on_error_ud;
   struct ml_Embed *embed; /* the embedding API's data (vm/embed) */
+  int signals;           /* the host lets scripts catch signals */
   /* Metatables, for fast type tests, and refs (registry slots) to set
    * them without a name lookup. */
   const void *future_mt, *task_mt, *coro_mt;
