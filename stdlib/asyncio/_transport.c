@@ -959,9 +959,9 @@ static int conn_gc(lua_State *L) {
   /* Finalizers of other objects (a StreamWriter's) may still see c while
    * the state closes: make every later operation a no-op. */
   c->lost = 1;
+  teardown(c);
   if (c->pipe && c->fd >= 0) close(c->fd);
   c->fd = -1;
-  teardown(c);
   if (ev_is_active(&c->later)) ev_timer_stop(loop, &c->later);
   ml__bq_free(&c->rbuf);
   ml__waiters_free(c, &c->drainers);
