@@ -507,15 +507,6 @@ static int proto_eof(lua_State *L) {
   return 0;
 }
 
-/* The traceback of the last data_received that failed (data_msgh). */
-static const char data_tb_key = 0;
-
-static int data_msgh(lua_State *L) {
-  luaL_traceback(L, L, NULL, 1);
-  lua_rawsetp(L, LUA_REGISTRYINDEX, &data_tb_key);
-  return 1;  /* the error itself, unchanged */
-}
-
 /* Protected: protocol:data_received(bytes), the n bytes read into the
  * scratch area.  Stack: 1 the transport (light), 2 n. */
 static int proto_data(lua_State *L) {
@@ -561,7 +552,7 @@ static void proto_readable(ml_Conn *c) {
     return;
   }
   base = lua_gettop(L);
-  lua_pushcfunction(L, data_msgh);
+  lua_pushcfunction(L, ml__callback_msgh);
   lua_pushcfunction(L, proto_data);
   lua_pushlightuserdata(L, c);
   lua_pushinteger(L, (lua_Integer)r);
@@ -576,7 +567,7 @@ static void proto_readable(ml_Conn *c) {
     }
     fatal(c, 0);
     /* The message handler runs for runtime errors only. */
-    if (st == LUA_ERRRUN) lua_rawgetp(L, LUA_REGISTRYINDEX, &data_tb_key);
+    if (st == LUA_ERRRUN) ml__callback_traceback(L);
     else lua_pushnil(L);
     ml__report_tb(L, "Exception in protocol callback");
   }

@@ -122,6 +122,24 @@ void ml__exc_init(lua_State *L) {
   lua_pop(L, 2);
 }
 
+void ml__traceback(lua_State *L, lua_CFunction entry) {
+  lua_Debug ar;
+  int level = 1;
+  luaL_traceback(L, L, NULL, 1);
+  if (entry == NULL) return;
+  while (lua_getstack(L, level + 1, &ar)) level++;
+  if (lua_getstack(L, level, &ar) && lua_getinfo(L, "f", &ar)) {
+    if (lua_tocfunction(L, -1) == entry) {
+      size_t len;
+      const char *tb = lua_tolstring(L, -2, &len), *nl = tb + len;
+      while (nl > tb && *nl != '\n') nl--;
+      lua_pushlstring(L, tb, nl > tb ? (size_t)(nl - tb) : len);
+      lua_replace(L, -3);
+    }
+    lua_pop(L, 1);
+  }
+}
+
 static int tostring_p(lua_State *L) {
   luaL_tolstring(L, 1, NULL);
   return 1;

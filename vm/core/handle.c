@@ -79,34 +79,25 @@ static const char timers_key = 0;  /* registry[&timers_key] = the Timers */
 
 static int run_batch(lua_State *L);
 
-static int callback_msgh(lua_State *L) {
-  lua_Debug ar;
-  int level = 1;
-  luaL_traceback(L, L, NULL, 1);
+int ml__callback_msgh(lua_State *L) {
   /* Under run_due, the last frame is run_batch's, which the user did not
    * write: leave its line out, as a callback's own pcall would. */
-  while (lua_getstack(L, level + 1, &ar)) level++;
-  if (lua_getstack(L, level, &ar) && lua_getinfo(L, "f", &ar)) {
-    if (lua_tocfunction(L, -1) == run_batch) {
-      size_t len;
-      const char *tb = lua_tolstring(L, -2, &len), *nl = tb + len;
-      while (nl > tb && *nl != '\n') nl--;
-      lua_pushlstring(L, tb, nl > tb ? (size_t)(nl - tb) : len);
-      lua_replace(L, -3);
-    }
-    lua_pop(L, 1);
-  }
+  ml__traceback(L, run_batch);
   lua_setfield(L, LUA_REGISTRYINDEX, CBTB_KEY);
   return 1;
 }
 
+void ml__callback_traceback(lua_State *L) {
+  lua_getfield(L, LUA_REGISTRYINDEX, CBTB_KEY);
+}
+
 int ml__callback(lua_State *L, int nargs, const char *context) {
   int base = lua_gettop(L) - nargs, st;
-  lua_pushcfunction(L, callback_msgh);
+  lua_pushcfunction(L, ml__callback_msgh);
   lua_insert(L, base);
   st = lua_pcall(L, nargs, 0, base);
   if (st != LUA_OK) {
-    lua_getfield(L, LUA_REGISTRYINDEX, CBTB_KEY);
+    ml__callback_traceback(L);
     ml__report_tb(L, context);
   }
   lua_remove(L, base);
@@ -273,7 +264,7 @@ static void run_one(lua_State *L, Timers *T, int anchor, const ml_Entry *e) {
   ml__theap_id_free(&T->heap, slot);
   if (cancelled) return;  /* its anchor slot is clear already */
   /* The message handler goes first, below the function: no rotation. */
-  lua_pushcfunction(L, callback_msgh);
+  lua_pushcfunction(L, ml__callback_msgh);
   base = lua_gettop(L);
   if (lua_rawgeti(L, anchor, slot) != LUA_TFUNCTION)  /* the Handle */
     n = ((Handle *)lua_touserdata(L, -1))->nargs;
@@ -285,7 +276,7 @@ static void run_one(lua_State *L, Timers *T, int anchor, const ml_Entry *e) {
   }
   for (i = 1; n && i <= n + 1; i++) lua_getiuservalue(L, base + 1, i);
   if (lua_pcall(L, n, 0, base) != LUA_OK) {
-    lua_getfield(L, LUA_REGISTRYINDEX, CBTB_KEY);
+    ml__callback_traceback(L);
     ml__report_tb(L, "Exception in callback");
   }
   lua_settop(L, base - 1);
@@ -334,13 +325,13 @@ static void run_due(lua_State *L, Timers *T, int anchor) {
   T->queued = 0;
   ml__theap_prepare_due(&T->heap);
   do {
-    lua_pushcfunction(L, callback_msgh);
+    lua_pushcfunction(L, ml__callback_msgh);
     lua_pushcfunction(L, run_batch);
     lua_pushlightuserdata(L, T);
     lua_pushvalue(L, anchor);
     st = lua_pcall(L, 2, 0, -4);
     if (st != LUA_OK) {
-      lua_getfield(L, LUA_REGISTRYINDEX, CBTB_KEY);
+      ml__callback_traceback(L);
       ml__report_tb(L, "Exception in callback");
     }
     lua_pop(L, 1);

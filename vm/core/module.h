@@ -69,6 +69,12 @@ int ml__exc_is(lua_State *L, int idx, const char *cls);
  * a failing or yielding __tostring gives a description instead. */
 const char *ml__tostring(lua_State *L, int idx);
 
+/* [-0, +1] pushes the traceback of L from level 1 (in a message handler:
+ * where the error was raised), without its outermost frame when that is
+ * entry: the runtime's own C function that called the user's code (NULL:
+ * keep every frame). */
+void ml__traceback(lua_State *L, lua_CFunction entry);
+
 /* Reports an error that nobody will catch (uncaught in a callback, task
  * exception never retrieved): through the host's handler, or to stderr.
  * [-1, +0] pops the error value; context says where ("in callback"). */
@@ -84,6 +90,13 @@ void ml__report_tb(lua_State *L, const char *context);
  * exception handler with context.  [-(nargs+1), +0]; returns a LUA_*
  * status. */
 int ml__callback(lua_State *L, int nargs, const char *context);
+/* The message handler ml__callback uses, for C that calls back in its own
+ * protected call (a hot path): it leaves the error unchanged and records
+ * the traceback where it was raised.  [-0, +0] */
+int ml__callback_msgh(lua_State *L);
+/* [-0, +1] pushes the traceback ml__callback_msgh last recorded: read it
+ * right after the failed call, before other Lua code runs. */
+void ml__callback_traceback(lua_State *L);
 
 /* ---- Tasks and suspension (task.c) ------------------------------------ */
 

@@ -33,23 +33,15 @@ void ml__task_wake(ml_Task *t) {
 
 /* ---- running a task ---- */
 
+static int task_body(lua_State *L);
+
 /* The message handler of a task's body: records the traceback of an error
  * where it was raised, leaving the error value itself unchanged. */
 static int task_msgh(lua_State *L) {
   ml_State *S = ml__state(L);
   ml_Task *t = S->current;
   if (t == NULL || ml__exc_is(L, 1, "CancelledError")) return 1;
-  luaL_traceback(L, L, NULL, 1);
-  {
-    /* The last frame is task_body, moonloop's own: leave it out. */
-    size_t n;
-    const char *tb = lua_tolstring(L, -1, &n);
-    static const char own[] = "\n\t[C]: in ?";
-    if (n >= sizeof own - 1 && memcmp(tb + n - (sizeof own - 1), own, sizeof own - 1) == 0) {
-      lua_pushlstring(L, tb, n - (sizeof own - 1));
-      lua_replace(L, -2);
-    }
-  }
+  ml__traceback(L, task_body);  /* the last frame, task_body, is moonloop's */
   ml__task_push(L, t);
   /* If this error is one that await re-raised from another task, prepend
    * that task's traceback: the chain of awaits. */
