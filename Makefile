@@ -73,8 +73,8 @@ CORE_OBJ = $(CORE_SRC:%.c=$(BUILD)/%.o) $(BUILD)/core_lua.o
 LIB_OBJ = $(CORE_OBJ) $(EMBED_SRC:%.c=$(BUILD)/%.o) $(STD_C:%.c=$(BUILD)/%.o) $(BUILD)/stdlib_lua.o
 CLI_OBJ = $(CLI_SRC:%.c=$(BUILD)/%.o)
 # Unit suites of the core alone, and of the whole library.
-CHECK_CORE_SRC = $(filter-out tests/unit/check_embed.c tests/unit/check_process.c tests/unit/check_main.c,$(wildcard tests/unit/check_*.c))
-CHECK_LIB_SRC = tests/unit/check_embed.c tests/unit/check_process.c
+CHECK_LIB_SRC = tests/unit/check_embed.c tests/unit/check_process.c tests/unit/check_threads.c
+CHECK_CORE_SRC = $(filter-out $(CHECK_LIB_SRC) tests/unit/check_main.c,$(wildcard tests/unit/check_*.c))
 
 DEB_PKGS = liblua5.4-dev libev-dev check pkg-config libedit-dev tmux socat netcat-openbsd python3
 BENCH_PKGS = python3-uvloop hyperfine nodejs

@@ -273,6 +273,85 @@ int ml_state_call_threadsafe(ml_State *S, ml_ThreadsafeFn fn, void *ud);
  * Returns ML_OK. */
 int ml_state_enable_signals(ml_State *S, int on);
 
+/* ---- Values and promises: completions from other threads -----------
+ * A worker thread has no Lua state, so it builds its result as an
+ * ml_Values list (nil, booleans, integers, numbers, strings, and tables of
+ * those, nested up to 64 deep) and hands it to a promise. */
+
+typedef struct ml_Values ml_Values;
+
+/* A new empty list (NULL if memory ran out); any thread. */
+ml_Values *ml_values_new(void);
+/* Frees v (NULL is fine); completions take ownership instead. */
+void ml_values_free(ml_Values *v);
+/* Append one value.  Inside a table, records alternate key, value; a key
+ * may not be nil or NaN.  ml_values_push_table opens a table, which
+ * ml_values_end_table closes.  Each returns ML_OK, -ENOMEM or -EINVAL
+ * (wrong shape); the first failure sticks to v, so the completion that
+ * takes it fails with the same code and a host may check only there. */
+int ml_values_push_nil(ml_Values *v);
+int ml_values_push_boolean(ml_Values *v, int b);
+int ml_values_push_integer(ml_Values *v, long long i);
+int ml_values_push_number(ml_Values *v, double d);
+int ml_values_push_string(ml_Values *v, const char *s, size_t len);
+int ml_values_push_table(ml_Values *v);
+int ml_values_end_table(ml_Values *v);
+
+/* A promise: the writing end of a Future, for other threads.  Unlike an
+ * ml_Future handle it is reference counted and outlives its state: after
+ * ml_state_close every completion returns -ESHUTDOWN, and the memory
+ * stays until the last ml_promise_release. */
+typedef struct ml_Promise ml_Promise;
+
+/* Called on the loop's thread when the Future is finished by anything but
+ * the host's completion - a script cancelled it (a wait_for timeout, a
+ * cancelled task awaiting it), set it, or the state is closing (then from
+ * within ml_state_close) - so the host can abort the work.  It runs at
+ * most once, never after a completion was queued.  It may release p. */
+typedef void (*ml_CancelFn)(ml_Promise *p, void *ud);
+
+/* [-0, +1] pushes a new pending Future of L's state and sets *p to a
+ * promise for it, holding one reference (the caller's).  While pending,
+ * the Future keeps the loop alive.  on_cancel may be NULL.  Loop thread.
+ * Returns ML_OK, -EINVAL (p is NULL) or -ENOMEM (nothing pushed). */
+int ml_promise_new(lua_State *L, ml_CancelFn on_cancel, void *ud, ml_Promise **p);
+/* Any thread: another reference to p (returns p). */
+ml_Promise *ml_promise_retain(ml_Promise *p);
+/* Any thread: drops a reference; the last one frees p.  Dropping every
+ * reference of a pending promise does not complete its Future. */
+void ml_promise_release(ml_Promise *p);
+/* Any thread: completes the Future with the values of v (NULL: none),
+ * taking ownership of v in every case; the loop applies it in its next
+ * iteration.  Returns ML_OK; -EINVAL if p was already completed or v is
+ * not a complete list; -ECANCELED if the script gave up on the Future
+ * first; -ESHUTDOWN if the state is closed (or closing); -ENOMEM.  The
+ * caller's reference stays: release it when done. */
+int ml_promise_resolve(ml_Promise *p, ml_Values *v);
+/* Any thread: fails the Future with cls(msg) (an asyncio exception class
+ * name, as ml_future_reject) or, if cls is NULL, the string msg.  Returns
+ * as ml_promise_resolve. */
+int ml_promise_reject(ml_Promise *p, const char *cls, const char *msg);
+
+/* ---- Work on the thread pool (as Node-API's async work) -------------
+ * One pool per process, shared by every state and by asyncio.to_thread;
+ * MOONLOOP_THREADPOOL_SIZE threads at most (default 4). */
+
+/* Runs on a pool thread: no Lua, no ml_* call but the thread-safe ones. */
+typedef void (*ml_WorkFn)(void *ud);
+/* Runs on the loop's thread after work: pushes the Future's result values
+ * and returns how many (or raises a Lua error: the Future fails with it).
+ * If a script cancelled the Future meanwhile, it runs all the same (to
+ * free ud) and its results are dropped.  If the state closed before it
+ * could run, it is called as done(NULL, ud), possibly on a pool thread:
+ * free ud and return 0. */
+typedef int (*ml_WorkDoneFn)(lua_State *L, void *ud);
+
+/* [-0, +1] pushes a Future that work(ud) then done(L, ud) complete; a
+ * host C function returns it for scripts to await.  Loop thread.
+ * Returns ML_OK, -EINVAL, -ENOMEM or -EAGAIN (no thread could be
+ * started); on failure nothing is pushed and neither function runs. */
+int ml_work_submit(lua_State *L, ml_WorkFn work, ml_WorkDoneFn done, void *ud);
+
 /* ---- Limits and the sandbox ---------------------------------------- */
 
 /* Caps the bytes the state's Lua heap may hold (0: no cap).  An

@@ -1,5 +1,5 @@
-/* resolver.h: name lookups (getaddrinfo, getnameinfo) on a small pthread
- * pool, so that a lookup never blocks the loop (resolver.c).
+/* resolver.h: name lookups (getaddrinfo, getnameinfo) on the core's
+ * thread pool, so that a lookup never blocks the loop (resolver.c).
  *
  * A lookup is a request, as in libuv: the caller makes one with
  * ml__lookup_new (a userdata handle owns it), fills its inputs, and either
@@ -15,7 +15,6 @@
 
 enum { ML_LOOKUP_GAI, ML_LOOKUP_GNI };
 
-typedef struct ml_Resolver ml_Resolver;  /* a loop's share of the pool */
 typedef struct ml_Lookup ml_Lookup;
 
 struct ml_Lookup {
@@ -33,10 +32,8 @@ struct ml_Lookup {
    * takes it (sets ai to NULL). */
   int rc, err;
   struct addrinfo *ai;
-  /* The pool's (resolver.c). */
-  ml_Lookup *next;
-  ml_Resolver *r;
-  int refs;                /* the handle + the pipeline; under the pool's lock */
+  /* resolver.c's. */
+  int refs;                /* atomic: the handle + the pool */
   ml_Task *task;           /* loop thread: the waiting task, or NULL */
 };
 

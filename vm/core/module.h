@@ -184,4 +184,68 @@ int ml__future_unwrap(lua_State *L, int fidx);
  * calls __await(obj) in the task, and it may suspend too. */
 void ml__push_async(lua_State *L, const char *name, lua_CFunction f);
 
+/* ---- Waking the loop from other threads (wakeup.c) -------------------
+ * The one cross-thread path: every thread that must reach a state's loop
+ * (host workers, the thread pool, the resolver) queues a call here, and
+ * the loop's thread runs it in its next iteration.  It wakes a loop
+ * blocked in ev_run and a host polling the fd of ml_state_step alike. */
+
+/* A queued call: fn(S, ud) on the loop's thread, or fn(NULL, ud) from
+ * ml_state_close if the state closed with the call still queued (free ud
+ * then, touch no Lua). */
+typedef void (*ml_WakeFn)(ml_State *S, void *ud);
+
+/* A caller-owned queue record, for senders that must not fail for lack of
+ * memory (embed it in the request).  Fill fn and ud; next is the queue's.
+ * The record must stay valid until fn runs. */
+typedef struct ml_WakeNode {
+  struct ml_WakeNode *next;
+  ml_WakeFn fn;
+  void *ud;
+} ml_WakeNode;
+
+/* A counted reference on a state's wake-up: it stays valid after the
+ * state closes, until released. */
+typedef struct ml_Wakeup ml_Wakeup;
+
+/* Loop thread: takes a reference on S's wake-up (NULL if it has none). */
+ml_Wakeup *ml__wakeup_acquire(ml_State *S);
+/* Any thread: drops a reference. */
+void ml__wakeup_release(ml_Wakeup *w);
+/* Any thread: queues n (n->fn(S, n->ud) runs on the loop's thread) and
+ * wakes the loop.  Returns 0, -ESHUTDOWN if the state has closed (n was
+ * not queued: the caller still owns it), or -EINVAL. */
+int ml__wakeup_send(ml_Wakeup *w, ml_WakeNode *n);
+/* Any thread: 1 if the state of w has closed (sends will fail), else 0. */
+int ml__wakeup_closed(ml_Wakeup *w);
+/* Any thread while S is open (the caller knows it cannot close meanwhile):
+ * queues fn(S, ud), allocating the record.  Returns 0, -ENOMEM, -EINVAL or
+ * -ESHUTDOWN (then fn will not run). */
+int ml__wakeup_post(ml_State *S, ml_WakeFn fn, void *ud);
+/* Loop thread: something in flight will post back, so keep the loop
+ * running (as an active watcher would) until the matching unhold. */
+void ml__loop_hold(ml_State *S);
+void ml__loop_unhold(ml_State *S);
+
+/* ---- The worker thread pool (threadpool.c) ---------------------------
+ * One pool per process, shared by every state: resolution, ml_work_submit,
+ * asyncio.to_thread.  Threads start on demand up to
+ * MOONLOOP_THREADPOOL_SIZE (default 4), block all signals, and never touch
+ * a Lua state they were not given. */
+
+/* Runs on a pool thread. */
+typedef void (*ml_PoolWorkFn)(void *ud);
+
+/* Loop thread: runs work(ud) on a pool thread, then done(S, ud) on S's
+ * loop thread (through the wake-up).  Exactly once each, in that order;
+ * if S closes first, done runs as done(NULL, ud) instead - on the worker
+ * or inside ml_state_close - so that ud can be freed.  The loop is held
+ * alive until done runs.  Requests run in submission order, at most
+ * ml__pool_size() at once; one that blocks forever holds a thread forever.
+ * Returns 0, -ENOMEM, -EINVAL, or -EAGAIN if no thread could be started
+ * (nothing was queued: the caller may run work itself). */
+int ml__pool_submit(ml_State *S, ml_PoolWorkFn work, ml_WakeFn done, void *ud);
+/* The most threads the pool runs at once. */
+int ml__pool_size(void);
+
 #endif

@@ -10,6 +10,7 @@
 #include "coro.h"
 #include "sched.h"
 #include "exc.h"
+#include "wakeup.h"
 #include "dialect/loader.h"
 
 void ml__emit_error(ml_State *S, const char *msg) {
@@ -78,10 +79,12 @@ ml_State *ml__state_new(struct ev_loop *loop) {
   }
   if (getenv("MOONLOOP_DEBUG") && *getenv("MOONLOOP_DEBUG") && strcmp(getenv("MOONLOOP_DEBUG"), "0"))
     S->debug = 1;
+  if (ml__wakeup_open(S) < 0) goto fail;
   lua_pushcfunction(L, init);
   if (lua_pcall(L, 0, 0, 0) != LUA_OK) goto fail;
   return S;
 fail:
+  ml__wakeup_close(S);
   if (S->L) lua_close(S->L);
   if (S->own_loop && S->loop) ev_loop_destroy(S->loop);
   if (S->alloc) ml__alloc_free(S->alloc);
@@ -137,6 +140,8 @@ void ml__state_close(ml_State *S) {
   lua_pushcfunction(S->L, close_tasks);
   if (lua_pcall(S->L, 0, 0, 0) != LUA_OK) lua_pop(S->L, 1);  /* close anyway */
   ml__task_stop_timers(S);  /* a host's loop outlives us */
+  /* Other threads see -ESHUTDOWN from here on; what they queued is freed. */
+  ml__wakeup_close(S);
   lua_close(S->L);
   ml__readyq_free(&S->ready);
   if (S->own_loop) ev_loop_destroy(S->loop);

@@ -40,6 +40,7 @@ struct ml_State {
   void *on_error_ud;
   struct ml_Embed *embed; /* the embedding API's data (vm/embed) */
   int signals;           /* the host lets scripts catch signals */
+  struct ml_Wakeup *wakeup; /* other threads' way in (wakeup.c) */
   /* Metatables, for fast type tests, and refs (registry slots) to set
    * them without a name lookup. */
   const void *future_mt, *task_mt, *coro_mt;

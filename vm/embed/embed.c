@@ -68,12 +68,11 @@ lua_State *ml_state_lua(ml_State *S) { return S->L; }
 ml_Embed *ml__embed(ml_State *S) {
   ml_Embed *E = S->embed;
   lua_State *L = S->L;
-  if (E) return E->wake >= 0 || ml__hostfuture_init(E) == 0 ? E : NULL;
+  if (E) return E;
   E = calloc(1, sizeof *E);
   if (E == NULL) return NULL;
   E->S = S;
   E->backend_fd = -2;
-  E->wake = -1;
   if (!lua_checkstack(L, 3)) {
     free(E);
     return NULL;
@@ -85,10 +84,8 @@ ml_Embed *ml__embed(ml_State *S) {
     free(E);
     return NULL;
   }
-  /* From here on the box owns E, even if the watcher cannot start (then
-   * every call fails with -ENOMEM until it can). */
+  /* From here on the box owns E. */
   S->embed = E;
-  if (E->wake < 0 && ml__hostfuture_init(E) < 0) return NULL;
   return E;
 }
 

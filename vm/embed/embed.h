@@ -8,18 +8,8 @@
 #include "core/coro.h"
 #include "core/sched.h"
 #include "core/exc.h"
+#include "core/wakeup.h"
 #include "dialect/loader.h"
-
-/* A completion queued by another thread (see hostfuture.c). */
-typedef struct ml_Post {
-  struct ml_Post *next;
-  int kind;               /* POST_* in hostfuture.c */
-  ml_Future *f;
-  ml_ThreadsafeFn fn;
-  void *ud;
-  char *s, *cls;          /* malloc'd copies */
-  size_t len;
-} ml_Post;
 
 /* The embedding API's per-state data.  It is malloc'd (other threads
  * touch the queue), reached through S->embed, and freed by the __gc of
@@ -29,13 +19,8 @@ typedef struct ml_Embed {
   ml_State *S;
   void *userdata;         /* ml_state_set_userdata */
   char err[512];          /* ml_state_error */
-  /* Thread-safe calls: a queue under mu, drained on the loop's thread
-   * when wake (an eventfd, watched by wake_w) is written. */
-  pthread_mutex_t mu;
-  ml_Post *head, *tail;
-  int wake;
-  ev_io wake_w;
-  int npending;           /* pending host futures: each keeps the loop alive */
+  int npending;           /* pending host futures: each holds the loop */
+  struct ml_Promise *promises; /* pending promises, a list (hostfuture.c) */
   size_t cap;             /* the memory limit, 0 for none */
   /* Foreign-loop stepping (embed.c). */
   int backend_fd;         /* -2 until looked up, -1 if none */
@@ -71,14 +56,21 @@ int ml__anchor_push(lua_State *L, void *p);
 /* [-0, +0] drops the anchor of p. */
 void ml__anchor_clear(lua_State *L, void *p);
 
-/* Starts the thread-safe queue's watcher (hostfuture.c); 0 or -ENOMEM. */
-int ml__hostfuture_init(ml_Embed *E);
-/* Stops it and frees what is still queued (hostfuture.c). */
+/* Lets go of the pending promises of a closing state: their cancel
+ * callbacks run, completions from then on return -ESHUTDOWN (hostfuture.c,
+ * from the __gc of E's box during lua_close). */
 void ml__hostfuture_close(ml_Embed *E);
 
 /* Puts every stdlib module in package.preload (stdlib/init.c, the module
  * list; declared here, as vm/ includes no stdlib header).  [-0, +0] */
 void ml__stdlib_open(lua_State *L);
+
+/* ml_Values (values.c): 0 if v (may be NULL) is a complete list, or its
+ * error; the number of its top-level values; [-0, +n] pushes them in
+ * order and returns n, raising if memory runs out (protected mode). */
+int ml__values_check(const ml_Values *v);
+int ml__values_count(const ml_Values *v);
+int ml__values_push(lua_State *L, const ml_Values *v);
 
 /* The embedding API's per-state data, made on first use on the loop's
  * thread; NULL if memory ran out.  ml_state_new makes it. */

@@ -1,0 +1,141 @@
+/* threadpool.c: a small pool of worker threads shared by every state of
+ * the process, for work that would block the loop: name resolution,
+ * ml_work_submit's host work, asyncio.to_thread.
+ *
+ * A request runs work(ud) on a worker, then done(S, ud) on its state's
+ * loop thread through the state's wake-up (wakeup.c) - the one
+ * cross-thread path.  While a request is in flight its state's loop is
+ * held alive.  Threads start lazily, up to MOONLOOP_THREADPOOL_SIZE (4 by
+ * default, as libuv's UV_THREADPOOL_SIZE), are detached, block every
+ * signal, and live as long as the process. */
+#include <errno.h>
+#include <signal.h>
+#include <stdlib.h>
+#include <pthread.h>
+#include "state.h"
+#include "wakeup.h"
+#include "threadpool.h"
+
+#define POOL_DEFAULT 4
+#define POOL_LIMIT 128
+#define POOL_STACK (1024 * 1024)
+
+typedef struct Req {
+  ml_WakeNode node;      /* first: the wake-up's record */
+  struct Req *next;      /* the pool's queue */
+  ml_PoolWorkFn work;
+  ml_WakeFn done;
+  void *ud;
+  ml_Wakeup *wake;       /* a counted reference: valid after the state closes */
+} Req;
+
+static struct {
+  pthread_mutex_t mu;
+  pthread_cond_t cv;
+  Req *head, *tail;
+  int nthreads, idle, max;
+} pool = { PTHREAD_MUTEX_INITIALIZER, PTHREAD_COND_INITIALIZER, NULL, NULL, 0, 0, 0 };
+
+/* On the loop thread (or with S == NULL from ml_state_close): the
+ * request is back. */
+static void req_back(ml_State *S, void *ud) {
+  Req *q = ud;
+  ml_WakeFn done = q->done;
+  void *dud = q->ud;
+  if (S) ml__loop_unhold(S);
+  ml__wakeup_release(q->wake);
+  free(q);
+  done(S, dud);
+}
+
+/* Hands the finished q to its state; if that state has closed, the
+ * caller's done learns it here, on the worker, with S == NULL. */
+static void req_finish(Req *q) {
+  q->node.fn = req_back;
+  q->node.ud = q;
+  if (ml__wakeup_send(q->wake, &q->node) < 0) req_back(NULL, q);
+}
+
+static void *worker(void *arg) {
+  (void)arg;
+  pthread_mutex_lock(&pool.mu);
+  for (;;) {
+    Req *q;
+    while (pool.head == NULL) {
+      pool.idle++;
+      pthread_cond_wait(&pool.cv, &pool.mu);
+      pool.idle--;
+    }
+    q = pool.head;
+    pool.head = q->next;
+    if (pool.head == NULL) pool.tail = NULL;
+    pthread_mutex_unlock(&pool.mu);
+    q->work(q->ud);
+    req_finish(q);
+    pthread_mutex_lock(&pool.mu);
+  }
+  return NULL;
+}
+
+static int pool_max(void) {
+  const char *e;
+  if (pool.max) return pool.max;
+  pool.max = POOL_DEFAULT;
+  if ((e = getenv("MOONLOOP_THREADPOOL_SIZE")) != NULL) {
+    long n = strtol(e, NULL, 10);
+    if (n >= 1) pool.max = n > POOL_LIMIT ? POOL_LIMIT : (int)n;
+  }
+  return pool.max;
+}
+
+/* Starts a worker if none is idle and the pool may grow; pool.mu held.
+ * Returns the number of threads. */
+static int grow_locked(void) {
+  pthread_t th;
+  pthread_attr_t attr;
+  sigset_t all, old;
+  if (pool.idle > 0 || pool.nthreads >= pool_max()) return pool.nthreads;
+  /* Workers must never take the process's signals (SIGINT, SIGCHLD). */
+  sigfillset(&all);
+  pthread_sigmask(SIG_SETMASK, &all, &old);
+  pthread_attr_init(&attr);
+  pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
+  pthread_attr_setstacksize(&attr, POOL_STACK);
+  if (pthread_create(&th, &attr, worker, NULL) == 0) pool.nthreads++;
+  pthread_attr_destroy(&attr);
+  pthread_sigmask(SIG_SETMASK, &old, NULL);
+  return pool.nthreads;
+}
+
+int ml__pool_submit(ml_State *S, ml_PoolWorkFn work, ml_WakeFn done, void *ud) {
+  Req *q;
+  if (S == NULL || work == NULL || done == NULL || S->wakeup == NULL) return -EINVAL;
+  if ((q = calloc(1, sizeof *q)) == NULL) return -ENOMEM;
+  q->work = work;
+  q->done = done;
+  q->ud = ud;
+  q->wake = ml__wakeup_acquire(S);
+  ml__loop_hold(S);
+  pthread_mutex_lock(&pool.mu);
+  if (grow_locked() == 0) {
+    pthread_mutex_unlock(&pool.mu);
+    ml__loop_unhold(S);
+    ml__wakeup_release(q->wake);
+    free(q);
+    return -EAGAIN;
+  }
+  if (pool.tail) pool.tail->next = q;
+  else pool.head = q;
+  pool.tail = q;
+  pthread_cond_signal(&pool.cv);
+  pthread_mutex_unlock(&pool.mu);
+  return 0;
+}
+
+int ml__pool_size(void) {
+  int n;
+  pthread_mutex_lock(&pool.mu);
+  n = pool_max();
+  pthread_mutex_unlock(&pool.mu);
+  return n;
+}
