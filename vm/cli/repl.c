@@ -39,6 +39,7 @@ typedef struct Repl {
   struct ev_loop *loop;
   int tty;             /* stdin is a terminal: libedit edits the line */
   int editing;         /* the rl_callback handler is installed */
+  int fresh;           /* no key read since: the line is empty */
   int hidden;          /* the prompt was erased for output */
   int at_bol;          /* the last output ended with a newline */
   int eof;             /* stdin ended (Ctrl+D) */
@@ -85,7 +86,11 @@ static int term_cols(void) {
 static void out_begin(void) {
   if (R.editing && !R.hidden) {
     const char *p = R.chunk ? PROMPT2 : PROMPT1;
-    int row = ((int)strlen(p) + (rl_point > 0 ? rl_point : 0)) / term_cols();
+    /* libedit updates rl_point only as it reads keys: until the first
+     * key of a new prompt it still holds the last line's cursor (a long
+     * line made this erase rows of output above the prompt). */
+    int point = R.fresh || rl_point < 0 ? 0 : rl_point;
+    int row = ((int)strlen(p) + point) / term_cols();
     if (row > 0) fprintf(stdout, "\033[%dA", row);
     fputs("\r\033[J", stdout);
     R.hidden = 1;
@@ -342,6 +347,7 @@ static void editor_start(void) {
     fflush(stdout);
     tty_normal();  /* libedit takes its cooked modes from the terminal */
     rl_callback_handler_install(R.chunk ? PROMPT2 : PROMPT1, line_cb);
+    R.fresh = 1;
     fflush(stdout);
     R.editing = 1;
     R.hidden = 0;
@@ -369,6 +375,7 @@ static void tty_cb(struct ev_loop *loop, ev_io *w, int revents) {
   if (!R.editing) return;
   redraw();  /* libedit draws keys on the display it believes is there */
   rl_callback_read_char();
+  R.fresh = 0;
   if (R.nlines > 0 || R.eof) {
     /* libedit has already shown a fresh prompt for the next line; the
      * REPL shows it when that line is wanted, so erase it. */
