@@ -37,6 +37,8 @@ EDIT_CFLAGS = $(shell $(PKG_CONFIG) --cflags libedit 2>/dev/null)
 EDIT_LIBS = $(shell $(PKG_CONFIG) --libs libedit 2>/dev/null)
 CHECK_CFLAGS = $(shell $(PKG_CONFIG) --cflags check 2>/dev/null)
 CHECK_LIBS = $(shell $(PKG_CONFIG) --libs check 2>/dev/null)
+SSL_CFLAGS = $(shell $(PKG_CONFIG) --cflags openssl 2>/dev/null)
+SSL_LIBS = $(shell $(PKG_CONFIG) --libs openssl 2>/dev/null)
 
 # The version and the shared library's soname come from moonloop.h.
 VERSION := $(shell sed -n 's/^\#define MOONLOOP_VERSION "\(.*\)"/\1/p' vm/moonloop.h)
@@ -52,10 +54,10 @@ CFLAGS ?= $(OPT) -g
 # version script below makes every non-ml_ symbol local anyway).
 ALL_CFLAGS = -std=gnu11 -Wall -Wextra -Wno-unused-parameter -D_GNU_SOURCE -MMD -MP \
 	-fPIC -fno-semantic-interposition \
-	-Ivm -Istdlib -I$(BUILD) $(LUA_CFLAGS) $(SANFLAGS) $(CFLAGS)
+	-Ivm -Istdlib -I$(BUILD) $(LUA_CFLAGS) $(SSL_CFLAGS) $(SANFLAGS) $(CFLAGS)
 # What the library needs (moonloop.pc says the same to hosts), and what the
 # CLI adds: libedit, for the REPL only.
-LIB_LIBS = $(LUA_LIBS) -lev -lpthread -lm -ldl
+LIB_LIBS = $(LUA_LIBS) $(SSL_LIBS) -lev -lpthread -lm -ldl
 LIBS = $(LIB_LIBS) $(EDIT_LIBS)
 LDFLAGS += $(SANFLAGS) -rdynamic
 
@@ -76,7 +78,7 @@ CLI_OBJ = $(CLI_SRC:%.c=$(BUILD)/%.o)
 CHECK_LIB_SRC = tests/unit/check_embed.c tests/unit/check_process.c tests/unit/check_threads.c
 CHECK_CORE_SRC = $(filter-out $(CHECK_LIB_SRC) tests/unit/check_main.c,$(wildcard tests/unit/check_*.c))
 
-DEB_PKGS = liblua5.4-dev libev-dev check pkg-config libedit-dev tmux socat netcat-openbsd python3
+DEB_PKGS = liblua5.4-dev libev-dev check pkg-config libedit-dev tmux socat netcat-openbsd python3 libssl-dev openssl
 BENCH_PKGS = python3-uvloop hyperfine nodejs
 
 .PHONY: FORCE all build test run bench deps bench-deps need need-check install uninstall clean \
@@ -121,6 +123,7 @@ need:
 	if command -v $(PKG_CONFIG) >/dev/null 2>&1; then \
 	  $(PKG_CONFIG) --exists lua5.4 || missing="$$missing liblua5.4-dev"; \
 	  $(PKG_CONFIG) --exists libedit || missing="$$missing libedit-dev"; \
+	  $(PKG_CONFIG) --exists openssl || missing="$$missing libssl-dev"; \
 	else missing=" pkg-config"; fi; \
 	printf '\#include <ev.h>\n' | $(CC) -E -x c - >/dev/null 2>&1 || missing="$$missing libev-dev"; \
 	if [ -n "$$missing" ]; then \
@@ -255,6 +258,7 @@ Name: moonloop
 Description: Lua 5.4 with async/await on a libev event loop, for embedding
 Version: $(VERSION)
 Requires: lua5.4
+Requires.private: openssl
 Cflags: -I$${includedir}
 Libs: -L$${libdir} -lmoonloop
 Libs.private: -lev -lpthread -lm -ldl
