@@ -460,13 +460,15 @@ static int writer_is_closing(lua_State *L) {
 }
 
 static int writer_write_eof(lua_State *L) {
-  ml__conn_write_eof(stream_conn(L, "StreamWriter"));
+  ml_Conn *c = stream_conn(L, "StreamWriter");
+  if (c->layer) return ml__exc_raise(L, "NotImplementedError", "SSL doesn't support half-closes");
+  ml__conn_write_eof(c);
   return 0;
 }
 
 static int writer_can_write_eof(lua_State *L) {
   ml_Conn *c = stream_conn(L, "StreamWriter");
-  lua_pushboolean(L, c->is_sock || c->pipe == ML_PIPE_WRITE);
+  lua_pushboolean(L, (c->is_sock || c->pipe == ML_PIPE_WRITE) && c->layer == NULL);
   return 1;
 }
 

@@ -132,16 +132,8 @@ static void fatal(ml_Conn *c, int err) {
   schedule_lost(c);
 }
 
-void ml__conn_update_reading(ml_Conn *c) {
+int ml__conn_wants_data(ml_Conn *c) {
   int want = c->fd >= 0 && !c->closing && !c->lost && !c->paused;
-  if (c->pipe == ML_PIPE_WRITE) {
-    /* Not for data: epoll reports the reader's close as an error on the
-     * write end, which libev hands to the read watcher. */
-    want = c->fd >= 0 && !c->lost;
-    if (want && !ev_is_active(&c->rio)) ev_io_start(ml__loop(c->S), &c->rio);
-    else if (!want && ev_is_active(&c->rio)) ev_io_stop(ml__loop(c->S), &c->rio);
-    return;
-  }
   if (c->kind != ML_CONN_DGRAM) want = want && !c->eof;
   if (want && c->kind == ML_CONN_STREAM) {
     /* asyncio's StreamReaderProtocol rule: pause over twice the limit,
@@ -151,15 +143,61 @@ void ml__conn_update_reading(ml_Conn *c) {
     else if (c->rbuf.len <= c->limit) c->rpaused = 0;
     want = !c->rpaused;
   }
+  return want;
+}
+
+void ml__conn_update_reading(ml_Conn *c) {
+  int want;
+  if (c->pipe == ML_PIPE_WRITE) {
+    /* Not for data: epoll reports the reader's close as an error on the
+     * write end, which libev hands to the read watcher. */
+    want = c->fd >= 0 && !c->lost;
+    if (want && !ev_is_active(&c->rio)) ev_io_start(ml__loop(c->S), &c->rio);
+    else if (!want && ev_is_active(&c->rio)) ev_io_stop(ml__loop(c->S), &c->rio);
+    return;
+  }
+  want = ml__conn_wants_data(c);
+  if (c->layer) {
+    if (want) c->layer->resume(c);
+    want = want && !c->sock_eof;
+  }
   if (want && !ev_is_active(&c->rio)) ev_io_start(ml__loop(c->S), &c->rio);
   else if (!want && ev_is_active(&c->rio)) ev_io_stop(ml__loop(c->S), &c->rio);
 }
+
+void ml__conn_wake_reader(ml_Conn *c) {
+  if (c->reader) {
+    ml_Task *t = c->reader;
+    c->reader = NULL;
+    ml__task_wake(t);
+  }
+}
+
+void ml__conn_fail_errno(ml_Conn *c, int err) {
+  fatal(c, err);
+}
+
 
 static ssize_t conn_send(ml_Conn *c, const char *p, size_t n) {
   ssize_t r;
   do r = c->is_sock ? send(c->fd, p, n, MSG_NOSIGNAL) : write(c->fd, p, n);
   while (r < 0 && errno == EINTR);
   return r;
+}
+
+void ml__conn_flush(ml_Conn *c) {
+  if (c->fd < 0 || c->lost || c->wbuf.len == 0 || ev_is_active(&c->wio)) return;
+  while (c->wbuf.len > 0) {
+    ssize_t r = conn_send(c, c->wbuf.data + c->wbuf.off, c->wbuf.len);
+    if (r < 0) {
+      if (errno == EAGAIN || errno == EWOULDBLOCK) break;
+      fatal(c, errno);
+      return;
+    }
+    ml__bq_consume(&c->wbuf, (size_t)r);
+  }
+  if (c->wbuf.len > 0) ev_io_start(ml__loop(c->S), &c->wio);
+  else if (c->closing) schedule_lost(c);
 }
 
 static ssize_t conn_recv(ml_Conn *c, char *p, size_t n) {
@@ -201,6 +239,11 @@ static void maybe_resume_writing(lua_State *L, ml_Conn *c) {
 
 int ml__conn_write(lua_State *L, ml_Conn *c, const char *p, size_t n) {
   if (n == 0 || c->closing || c->lost || c->fd < 0) return 0;
+  if (c->layer) {
+    if (c->layer->write(L, c, p, n) < 0) return -ENOMEM;
+    maybe_pause_writing(L, c);
+    return 0;
+  }
   if (c->wbuf.len == 0) {
     ssize_t r = conn_send(c, p, n);
     if (r < 0) {
@@ -228,6 +271,8 @@ void ml__conn_close(ml_Conn *c, int abort) {
     fatal(c, 0);
     return;
   }
+  if (c->closing) return;
+  if (c->layer) c->layer->close(c);  /* may fail the connection */
   if (c->closing) return;
   c->closing = 1;
   ml__conn_update_reading(c);
@@ -284,12 +329,36 @@ static void proto_readable(ml_Conn *c);
 /* Datagram mode: runs in protected mode (ml__callback). */
 static int dgram_readable(lua_State *L);
 
+/* With a layer: one read handed to it. */
+static void layer_readable(ml_Conn *c) {
+  if (c->fd < 0 || c->lost) return;
+  if (ev_is_active(&c->rio)) {
+    ssize_t r = conn_recv(c, c->scratch, c->scratch_size);
+    if (r > 0) {
+      c->layer->input(c, c->scratch, (size_t)r);
+      return;
+    }
+    if (r == 0) {
+      c->sock_eof = 1;
+      ev_io_stop(ml__loop(c->S), &c->rio);
+    } else if (errno != EAGAIN && errno != EWOULDBLOCK) {
+      fatal(c, errno);
+      return;
+    }
+  }
+  c->layer->input(c, NULL, 0);
+}
+
 static void read_cb(struct ev_loop *loop, ev_io *w, int revents) {
   ml_Conn *c = w->data;
   lua_State *L = ml__main_lua(c->S);
   (void)loop; (void)revents;
   if (c->pipe == ML_PIPE_WRITE) {
     wpipe_hup(c);
+    return;
+  }
+  if (c->layer) {
+    layer_readable(c);
     return;
   }
   if (c->kind == ML_CONN_STREAM) {
@@ -367,6 +436,7 @@ static void later_cb(struct ev_loop *loop, ev_timer *w, int revents) {
   if (c->lost) return;
   c->lost = 1;
   teardown(c);
+  if (c->layer) c->layer->lost(c);
   if (c->kind == ML_CONN_STREAM) {
     if (c->err == 0 && !c->has_exc) c->eof = 1;
     ml__conn_wake_all(c);
@@ -507,14 +577,16 @@ static int proto_eof(lua_State *L) {
   return 0;
 }
 
-/* Protected: protocol:data_received(bytes), the n bytes read into the
- * scratch area.  Stack: 1 the transport (light), 2 n. */
+/* Protected: protocol:data_received(bytes), the n bytes at p (the
+ * scratch area, usually).  Stack: 1 the transport (light), 2 n, 3 p. */
 static int proto_data(lua_State *L) {
   ml_Conn *c = lua_touserdata(L, 1);
   size_t n = (size_t)lua_tointeger(L, 2);
+  const char *p = lua_touserdata(L, 3);
+  lua_settop(L, 2);
   /* The string first: __index code run by the lookup below may reuse
    * the scratch area. */
-  lua_pushlstring(L, c->scratch, n);
+  lua_pushlstring(L, p, n);
   if (!push_conn(L, c)) return 0;
   lua_getiuservalue(L, -1, XUV_PROTO);
   if (lua_getfield(L, -1, "data_received") == LUA_TNIL) return 0;
@@ -529,24 +601,46 @@ static int proto_data(lua_State *L) {
  * The loop's ml__callback would do the same with a second protected call
  * around the first; here its message handler and report are inlined, and
  * a failure (asyncio: fatal to the connection) is seen directly. */
-static void proto_readable(ml_Conn *c) {
+void ml__conn_deliver_eof(ml_Conn *c) {
   lua_State *L = ml__main_lua(c->S);
+  c->eof = 1;
+  ml__conn_update_reading(c);
+  if (c->ref == LUA_NOREF || !lua_checkstack(L, 4)) return;
+  lua_pushcfunction(L, proto_eof);
+  lua_pushlightuserdata(L, c);
+  ml__callback(L, 1, "Exception in protocol callback");
+}
+
+static void proto_readable(ml_Conn *c) {
   ssize_t r;
-  int base, st;
   if (c->fd < 0 || c->lost || c->ref == LUA_NOREF) return;
   r = conn_recv(c, c->scratch, c->scratch_size);
   if (r == 0) {
-    c->eof = 1;
-    ml__conn_update_reading(c);
-    lua_pushcfunction(L, proto_eof);
-    lua_pushlightuserdata(L, c);
-    ml__callback(L, 1, "Exception in protocol callback");
+    ml__conn_deliver_eof(c);
     return;
   }
   if (r < 0) {
     if (errno != EAGAIN && errno != EWOULDBLOCK) fatal(c, errno);
     return;
   }
+  ml__conn_deliver(c, c->scratch, (size_t)r);
+}
+
+void ml__conn_fail(lua_State *L, ml_Conn *c) {
+  if (push_conn(L, c)) {
+    lua_pushvalue(L, -2);
+    lua_setiuservalue(L, -2, XUV_EXC);
+    lua_pop(L, 1);
+    c->has_exc = 1;
+  }
+  lua_pop(L, 1);
+  fatal(c, 0);
+}
+
+void ml__conn_deliver(ml_Conn *c, const char *p, size_t r) {
+  lua_State *L = ml__main_lua(c->S);
+  int base, st;
+  if (c->fd < 0 || c->lost || c->ref == LUA_NOREF) return;
   if (!lua_checkstack(L, 8)) {
     fatal(c, ENOMEM);  /* the bytes cannot be delivered */
     return;
@@ -556,7 +650,8 @@ static void proto_readable(ml_Conn *c) {
   lua_pushcfunction(L, proto_data);
   lua_pushlightuserdata(L, c);
   lua_pushinteger(L, (lua_Integer)r);
-  st = lua_pcall(L, 2, 0, base + 1);
+  lua_pushlightuserdata(L, (void *)p);
+  st = lua_pcall(L, 3, 0, base + 1);
   if (st != LUA_OK) {
     /* [msgh, error]: asyncio closes the connection, connection_lost(exc). */
     if (push_conn(L, c)) {
@@ -812,13 +907,15 @@ static int t_writelines(lua_State *L) {
 }
 
 static int t_write_eof(lua_State *L) {
-  ml__conn_write_eof(check_stream_t(L));
+  ml_Conn *c = check_stream_t(L);
+  if (c->layer) return ml__exc_raise(L, "NotImplementedError", "SSL doesn't support half-closes");
+  ml__conn_write_eof(c);
   return 0;
 }
 
 static int t_can_write_eof(lua_State *L) {
   ml_Conn *c = check_stream_t(L);
-  lua_pushboolean(L, c->is_sock || c->pipe == ML_PIPE_WRITE || c->fd < 0);
+  lua_pushboolean(L, (c->is_sock || c->pipe == ML_PIPE_WRITE || c->fd < 0) && c->layer == NULL);
   return 1;
 }
 
@@ -839,6 +936,7 @@ static int t_is_closing(lua_State *L) {
 
 int ml__conn_extra(lua_State *L, int cidx, ml_Conn *c, int nameidx) {
   const char *name = luaL_checkstring(L, nameidx);
+  if (c->layer && c->layer->extra(L, cidx, c, name)) return 1;
   if (strcmp(name, "peername") == 0 && c->plen > 0) {
     ml__sock_pushaddr(L, (struct sockaddr *)&c->peer, c->plen);
   } else if (strcmp(name, "sockname") == 0 && c->llen > 0) {
@@ -954,6 +1052,8 @@ static int conn_gc(lua_State *L) {
   if (c->pipe && c->fd >= 0) close(c->fd);
   c->fd = -1;
   if (ev_is_active(&c->later)) ev_timer_stop(loop, &c->later);
+  if (c->layer) c->layer->free(c);
+  c->layer = NULL;
   ml__bq_free(&c->rbuf);
   ml__waiters_free(c, &c->drainers);
   ml__waiters_free(c, &c->closers);

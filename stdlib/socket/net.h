@@ -75,7 +75,7 @@ void ml__net_push_loop_methods(lua_State *L);
 enum { ML_CONN_PROTO = 1, ML_CONN_STREAM, ML_CONN_DGRAM };
 
 /* User values of a transport. */
-enum { XUV_SOCK = 1, XUV_PROTO, XUV_EXC, XUV_ONLOST, XUV_N = XUV_ONLOST };
+enum { XUV_SOCK = 1, XUV_PROTO, XUV_EXC, XUV_ONLOST, XUV_LAYER, XUV_N = XUV_LAYER };
 
 /* The first field of every transport: with the userdata's size, it proves
  * that a userdata is one (ml__conn_test; only C makes userdata) in two
@@ -96,7 +96,38 @@ typedef struct ml_Waiters {
 
 typedef struct ml_Dgram ml_Dgram;  /* a queued datagram */
 
-typedef struct ml_Conn {
+/* A layer between a stream transport's socket and its protocol or
+ * StreamReader (TLS, stdlib/ssl/_tls.c): the transport keeps its socket,
+ * watchers, buffers and flow control, and hands the layer the bytes it
+ * reads and the bytes the user writes.  The layer appends what goes to
+ * the socket to c->wbuf and calls ml__conn_flush; it delivers what comes
+ * out to rbuf (stream mode, waking the reader) or ml__conn_deliver. */
+typedef struct ml_Conn ml_Conn;
+typedef struct ml_Layer {
+  /* n bytes were read from the socket (n == 0: the socket's EOF, also
+   * set in c->sock_eof); also called with p == NULL after a readable
+   * event that read nothing. */
+  void (*input)(ml_Conn *c, const char *p, size_t n);
+  /* The user writes n bytes.  Returns 0 or -ENOMEM. */
+  int (*write)(lua_State *L, ml_Conn *c, const char *p, size_t n);
+  /* close() (not abort): the layer may queue its goodbye (close_notify)
+   * before the transport flushes and closes. */
+  void (*close)(ml_Conn *c);
+  /* Reading is wanted again: bytes the layer holds (decrypted, or read
+   * before a pause) are delivered soon, from the loop, never from inside
+   * the caller (take, resume_reading). */
+  void (*resume)(ml_Conn *c);
+  /* get_extra_info(name): [-0, +1] pushes the value and returns 1, or
+   * returns 0 (pushing nothing) for names it does not know. */
+  int (*extra)(lua_State *L, int cidx, ml_Conn *c, const char *name);
+  /* The connection is being lost (connection_lost comes next): the
+   * layer completes what waits on it (its handshake). */
+  void (*lost)(ml_Conn *c);
+  /* The transport is collected or the state closes: free everything. */
+  void (*free)(ml_Conn *c);
+} ml_Layer;
+
+struct ml_Conn {
   unsigned magic;           /* ML_CONN_MAGIC */
   ml_State *S;
   ml_Socket *sock;          /* NULL for a StreamReader of its own */
@@ -131,7 +162,10 @@ typedef struct ml_Conn {
   struct sockaddr_storage local, peer;
   socklen_t llen, plen;
   int connected;            /* datagram: has a default peer */
-} ml_Conn;
+  const ml_Layer *layer;    /* TLS over the socket, or NULL */
+  void *layer_ud;
+  unsigned char sock_eof;   /* with a layer: the socket's EOF was read */
+};
 
 /* The transports module (asyncio/_transport.c). */
 int luaopen_asyncio__transport(lua_State *L);
@@ -181,6 +215,26 @@ void ml__conn_write_eof(ml_Conn *c);
 void ml__conn_push_exc(lua_State *L, int cidx, ml_Conn *c);
 /* [-0, +1] get_extra_info(name, default) of the transport at cidx. */
 int ml__conn_extra(lua_State *L, int cidx, ml_Conn *c, int nameidx);
+
+/* Sends what c->wbuf holds now if the kernel takes it, and arms the
+ * write watcher for the rest (a layer's output path). */
+void ml__conn_flush(ml_Conn *c);
+/* Protocol mode: calls protocol:data_received(bytes) with the n bytes at
+ * p (protected; a failure closes the transport, as asyncio does). */
+void ml__conn_deliver(ml_Conn *c, const char *p, size_t n);
+/* Protocol mode: calls protocol:eof_received() (protected); the
+ * transport is closed unless it returns true. */
+void ml__conn_deliver_eof(ml_Conn *c);
+/* [-1, +0] ends the connection with the exception on top of L's stack
+ * (connection_lost(exc), readers and wait_closed raise it). */
+void ml__conn_fail(lua_State *L, ml_Conn *c);
+/* Ends the connection with errno err, as a failed send or recv does. */
+void ml__conn_fail_errno(ml_Conn *c, int err);
+/* 1 if the reader side wants data now (open, not paused, stream buffer
+ * under its limit or a reader waiting). */
+int ml__conn_wants_data(ml_Conn *c);
+/* Wakes the stream's waiting reader, if any. */
+void ml__conn_wake_reader(ml_Conn *c);
 
 /* Waiter sets.  add returns 0 or -ENOMEM; wake_all wakes and empties. */
 int ml__waiters_add(ml_Conn *c, ml_Waiters *w, ml_Task *t);
