@@ -12,6 +12,7 @@ int luaopen_asyncio__signal(lua_State *L);
 int luaopen_asyncio__server(lua_State *L);
 int luaopen_asyncio__stream(lua_State *L);
 int luaopen_asyncio__transport(lua_State *L);
+int luaopen_ssl__ssl(lua_State *L);
 
 /* The C modules, by the name scripts require them by. */
 static const luaL_Reg c_modules[] = {
@@ -23,6 +24,7 @@ static const luaL_Reg c_modules[] = {
   { "asyncio._signal", luaopen_asyncio__signal },
   { "asyncio._stream", luaopen_asyncio__stream },
   { "asyncio._transport", luaopen_asyncio__transport },
+  { "ssl._ssl", luaopen_ssl__ssl },
   { NULL, NULL }
 };
 

@@ -19,15 +19,38 @@ local function check_opts(opts, fn)
   if opts ~= nil and type(opts) ~= "table" then
     error(string.format("bad argument to '%s' (options table expected, got %s)", fn, type(opts)), 3)
   end
-  opts = opts or {}
-  if opts.ssl then error(asyncio.NotImplementedError(fn .. ": ssl is not supported"), 0) end
-  return opts
+  return opts or {}
 end
 
--- open_connection(host, port, {limit=, local_addr=, family=, sock=, ...})
--- -> reader, writer
+-- TLS options (the ssl module is loaded only when they are used).
+local function no_tls(opts)
+  return opts.ssl == nil and opts.server_hostname == nil and opts.ssl_handshake_timeout == nil
+    and opts.ssl_shutdown_timeout == nil
+end
+
+local function client_tls(opts, host)
+  if no_tls(opts) then return nil end
+  return require("ssl")._client_opts(opts, host)
+end
+
+local function server_tls(opts)
+  if no_tls(opts) then return nil end
+  return require("ssl")._server_opts(opts)
+end
+
+-- Makes the stream pair over sock and, with tls, runs the handshake.
+local async function make_stream(sock, opts, tls)
+  local ok, reader, writer = pcall(S._stream, sock, opts.limit)
+  if not ok then sock:close(); error(reader, 0) end
+  if tls then await require("ssl")._handshake(loop_of(), writer.transport, tls) end
+  return reader, writer
+end
+
+-- open_connection(host, port, {limit=, local_addr=, family=, sock=, ssl=,
+-- server_hostname=, ssl_handshake_timeout=, ...}) -> reader, writer
 async function M.open_connection(host, port, opts)
   opts = check_opts(opts, "open_connection")
+  local tls = client_tls(opts, host)
   local sock
   if opts.sock then
     sock = tr._given_sock(opts.sock, socket.SOCK_STREAM, "open_connection")
@@ -37,23 +60,34 @@ async function M.open_connection(host, port, opts)
     end
     sock = await tr._open_tcp(loop_of(), host, port, opts)
   end
-  local ok, reader, writer = pcall(S._stream, sock, opts.limit)
-  if not ok then sock:close(); error(reader, 0) end
-  return reader, writer
+  return await make_stream(sock, opts, tls)
 end
 
 -- open_unix_connection(path, {limit=, sock=}) -> reader, writer
 async function M.open_unix_connection(path, opts)
   opts = check_opts(opts, "open_unix_connection")
+  local tls = client_tls(opts, nil)
   local sock = opts.sock or await tr._open_unix(loop_of(), path, opts)
-  local ok, reader, writer = pcall(S._stream, sock, opts.limit)
-  if not ok then sock:close(); error(reader, 0) end
-  return reader, writer
+  return await make_stream(sock, opts, tls)
 end
 
 -- Runs client_connected_cb(reader, writer) in the client's task: an async
--- callback is awaited, a plain one just called.
-local async function run_client(cb, reader, writer)
+-- callback is awaited, a plain one just called.  With tls, after the
+-- handshake; a client whose handshake fails is dropped quietly (reported
+-- in debug mode only), as asyncio does.
+local async function run_client(cb, reader, writer, tls, server)
+  if tls then
+    local ssl = require "ssl"
+    local ok, err = pcall(function() await ssl._handshake(server._loop, writer.transport, tls) end)
+    if not ok then
+      if asyncio.isinstance(err, asyncio.CancelledError) then error(err, 0) end
+      if server._loop:get_debug() then
+        server._loop:call_exception_handler({
+          message = "SSL handshake failed", exception = err, transport = writer.transport })
+      end
+      return
+    end
+  end
   local r = cb(reader, writer)
   if asyncio.iscoroutine(r) or asyncio.isfuture(r) then return await(r) end
   return r
@@ -62,12 +96,13 @@ end
 -- The accept handler of stream servers: one task per connection.  A
 -- failing callback closes its connection and is reported through the
 -- loop's exception handler, as asyncio does.
-local function stream_accept(cb, limit)
+local function stream_accept(cb, limit, tls)
   return function(server, sock)
     local ok, reader, writer = pcall(S._stream, sock, limit, server._detach)
     if not ok then sock:close(); error(reader, 0) end
     server:_attach(writer.transport)
-    local task = asyncio.create_task(run_client(cb, reader, writer))
+    writer._server_side = true
+    local task = asyncio.create_task(run_client(cb, reader, writer, tls, server))
     task:add_done_callback(function(t)
       if t:cancelled() then return end
       local e = t:exception()
@@ -92,6 +127,7 @@ async function M.start_server(cb, host, port, opts)
   if type(cb) ~= "function" then
     error("bad argument #1 to 'start_server' (function expected, got " .. type(cb) .. ")", 2)
   end
+  local tls = server_tls(opts)
   local loop = loop_of()
   local socks
   if opts.sock then
@@ -99,7 +135,7 @@ async function M.start_server(cb, host, port, opts)
   else
     socks = await tr._bind_tcp(loop, host, port, opts)
   end
-  return tr._server(loop, socks, stream_accept(cb, opts.limit), opts)
+  return tr._server(loop, socks, stream_accept(cb, opts.limit, tls), opts)
 end
 
 -- start_unix_server(client_connected_cb, path, {limit=, backlog=, sock=,
@@ -109,9 +145,36 @@ async function M.start_unix_server(cb, path, opts)
   if type(cb) ~= "function" then
     error("bad argument #1 to 'start_unix_server' (function expected, got " .. type(cb) .. ")", 2)
   end
+  local tls = server_tls(opts)
   local socks = opts.sock and { tr._given_sock(opts.sock, socket.SOCK_STREAM, "start_unix_server") }
                 or { tr._bind_unix(path, opts) }
-  return tr._server(loop_of(), socks, stream_accept(cb, opts.limit), opts, true)
+  return tr._server(loop_of(), socks, stream_accept(cb, opts.limit, tls), opts, true)
+end
+
+-- writer:start_tls(sslcontext, {server_hostname=, ssl_handshake_timeout=,
+-- server_side=}): upgrades the connection to TLS in place (STARTTLS);
+-- the reader and writer go on over it.  A writer of start_server's is the
+-- server side, as in asyncio.
+S.StreamWriter.start_tls = async function(self, ctx, opts)
+  local ssl = require "ssl"
+  if type(opts) ~= "nil" and type(opts) ~= "table" then
+    error("bad argument #2 to 'start_tls' (options table expected, got " .. type(opts) .. ")", 2)
+  end
+  opts = opts or {}
+  if not ssl._is_context(ctx) then
+    error(asyncio.TypeError("sslcontext is expected to be an instance of ssl.SSLContext, got "
+      .. tostring(ctx)), 0)
+  end
+  local server_side = opts.server_side
+  if server_side == nil then server_side = self._server_side or false end
+  local tls
+  if server_side then
+    tls = ssl._server_opts({ ssl = ctx, ssl_handshake_timeout = opts.ssl_handshake_timeout })
+  else
+    tls = ssl._client_opts({ ssl = ctx, ssl_handshake_timeout = opts.ssl_handshake_timeout,
+                             server_hostname = opts.server_hostname or "" }, nil)
+  end
+  await ssl._handshake(loop_of(), self.transport, tls)
 end
 
 return M

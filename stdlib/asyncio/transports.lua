@@ -49,10 +49,28 @@ local function check_opts(opts, fn)
   if opts ~= nil and type(opts) ~= "table" then
     error(string.format("bad argument to '%s' (options table expected, got %s)", fn, type(opts)), 3)
   end
-  opts = opts or {}
-  if opts.ssl then raise("NotImplementedError", fn .. ": ssl is not supported") end
-  return opts
+  return opts or {}
 end
+
+-- TLS options (the ssl module is loaded only when they are used).
+local function no_tls(opts)
+  return opts.ssl == nil and opts.server_hostname == nil and opts.ssl_handshake_timeout == nil
+    and opts.ssl_shutdown_timeout == nil
+end
+
+local function client_tls(opts, host)
+  if no_tls(opts) then return nil end
+  return require("ssl")._client_opts(opts, host)
+end
+
+local function server_tls(opts)
+  if no_tls(opts) then return nil end
+  return require("ssl")._server_opts(opts)
+end
+
+-- A stand-in protocol for a TLS transport until its handshake is over:
+-- the user's protocol sees connection_made only then, as in asyncio.
+local Handshaking = {}
 
 -- Binds sock to the first local address of its family; raises otherwise.
 local function bind_local(sock, family, laddrs, errors)
@@ -140,10 +158,29 @@ local function make_transport(sock, factory, onlost)
   return tr, proto
 end
 
+-- The same over TLS: the handshake runs before connection_made.
+local async function make_tls_transport(loop, sock, factory, tls)
+  local ok, proto = pcall(factory)
+  if not ok then sock:close(); error(proto, 0) end
+  local ok2, tr = pcall(T._transport, sock, Handshaking)
+  if not ok2 then sock:close(); error(tr, 0) end
+  local ssl = require "ssl"
+  await ssl._handshake(loop, tr, tls, true)
+  tr:set_protocol(proto)
+  if proto.connection_made then
+    local ok3, err = pcall(proto.connection_made, proto, tr)
+    if not ok3 then tr:abort(); error(err, 0) end
+  end
+  ssl._release(tr)
+  return tr, proto
+end
+
 -- loop:create_connection(protocol_factory, host, port, {sock=, local_addr=,
--- family=, proto=, flags=}) -> transport, protocol
+-- family=, proto=, flags=, ssl=, server_hostname=, ssl_handshake_timeout=})
+-- -> transport, protocol
 async function Loop:create_connection(factory, host, port, opts)
   opts = check_opts(opts, "create_connection")
+  local tls = client_tls(opts, host)
   local sock
   if opts.sock then
     if host ~= nil or port ~= nil then
@@ -156,12 +193,14 @@ async function Loop:create_connection(factory, host, port, opts)
     end
     sock = await M._open_tcp(self, host, port, opts)
   end
+  if tls then return await make_tls_transport(self, sock, factory, tls) end
   return make_transport(sock, factory)
 end
 
 -- loop:create_unix_connection(protocol_factory, path, {sock=})
 async function Loop:create_unix_connection(factory, path, opts)
   opts = check_opts(opts, "create_unix_connection")
+  local tls = client_tls(opts, nil)
   local sock
   if opts.sock then
     if path ~= nil then raise("ValueError", "path and sock can not be specified at the same time") end
@@ -169,6 +208,7 @@ async function Loop:create_unix_connection(factory, path, opts)
   else
     sock = await M._open_unix(self, path, opts)
   end
+  if tls then return await make_tls_transport(self, sock, factory, tls) end
   return make_transport(sock, factory)
 end
 
@@ -402,7 +442,39 @@ function M._server(loop, socks, on_accept, opts, unix)
   return server
 end
 
-local function protocol_accept(factory)
+local function protocol_accept(factory, tls)
+  if tls then
+    -- The handshake runs from callbacks (no task per connection); the
+    -- user's protocol is made and connected once it is over.
+    return function(server, sock)
+      local tr = T._transport(sock, Handshaking, server._detach)
+      server:_attach(tr)
+      local ssl = require "ssl"
+      ssl._start(server._loop, tr, tls, true, function(exc)
+        if exc ~= nil then
+          if server._loop:get_debug() then
+            server._loop:call_exception_handler({
+              message = "SSL handshake failed", exception = exc, transport = tr })
+          end
+          tr:abort()
+          return
+        end
+        local ok, proto = pcall(factory)
+        if ok then
+          tr:set_protocol(proto)
+          if proto.connection_made then ok, proto = pcall(proto.connection_made, proto, tr) end
+        end
+        if not ok then
+          tr:abort()
+          server._loop:call_exception_handler({
+            message = "Error on transport creation for incoming connection",
+            exception = proto, transport = tr })
+          return
+        end
+        ssl._release(tr)
+      end)
+    end
+  end
   return function(server, sock)
     local tr = make_transport(sock, factory, server._detach)
     server:_attach(tr)
@@ -413,6 +485,7 @@ end
 -- reuse_address=, reuse_port=, family=, flags=, start_serving=true})
 async function Loop:create_server(factory, host, port, opts)
   opts = check_opts(opts, "create_server")
+  local tls = server_tls(opts)
   local socks
   if opts.sock then
     if host ~= nil or port ~= nil then
@@ -422,20 +495,46 @@ async function Loop:create_server(factory, host, port, opts)
   else
     socks = await M._bind_tcp(self, host, port, opts)
   end
-  return M._server(self, socks, protocol_accept(factory), opts)
+  return M._server(self, socks, protocol_accept(factory, tls), opts)
 end
 
 -- loop:create_unix_server(protocol_factory, path, {sock=, backlog=,
 -- start_serving=, cleanup_socket=true})
 async function Loop:create_unix_server(factory, path, opts)
   opts = check_opts(opts, "create_unix_server")
+  local tls = server_tls(opts)
   local socks
   if opts.sock then
     socks = { given_sock(opts.sock, socket.SOCK_STREAM, "create_unix_server") }
   else
     socks = { M._bind_unix(path, opts) }
   end
-  return M._server(self, socks, protocol_accept(factory), opts, true)
+  return M._server(self, socks, protocol_accept(factory, tls), opts, true)
+end
+
+-- loop:start_tls(transport, protocol, sslcontext, {server_side=,
+-- server_hostname=, ssl_handshake_timeout=}) -> transport: upgrades a
+-- connected stream transport to TLS (STARTTLS).  The transport returned
+-- is the same object, encrypted from now on, with protocol as its
+-- protocol; nothing is delivered to either protocol during the
+-- handshake.
+async function Loop:start_tls(transport, protocol, ctx, opts)
+  local ssl = require "ssl"
+  opts = check_opts(opts, "start_tls")
+  if not ssl._is_context(ctx) then
+    raise("TypeError", "sslcontext is expected to be an instance of ssl.SSLContext, got " .. tostring(ctx))
+  end
+  local tls
+  if opts.server_side then
+    tls = ssl._server_opts({ ssl = ctx, ssl_handshake_timeout = opts.ssl_handshake_timeout })
+  else
+    tls = ssl._client_opts({ ssl = ctx, ssl_handshake_timeout = opts.ssl_handshake_timeout,
+                             server_hostname = opts.server_hostname or "" }, nil)
+  end
+  await ssl._handshake(self, transport, tls, true)
+  transport:set_protocol(protocol)
+  ssl._release(transport)
+  return transport
 end
 
 -------------------------------------------------------------------------------
