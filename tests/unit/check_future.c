@@ -168,6 +168,129 @@ START_TEST(test_task_close_with_pending) {
 }
 END_TEST
 
+/* ---- C done-callback records (module.h, ml_DoneCb) ---- */
+
+typedef struct Rec {
+  ml_DoneCb cb;
+  int fired;
+  int state_seen;   /* the future's state when it fired */
+  int top_is_self;  /* the record's value was on the top of the stack */
+  int order;        /* its place among the callbacks that fired */
+} Rec;
+
+static int fired_seq;
+
+static void rec_fn(lua_State *L, ml_DoneCb *self, int fidx) {
+  Rec *r = (Rec *)self;
+  r->fired++;
+  r->state_seen = ml__future_state(lua_touserdata(L, fidx));
+  r->top_is_self = lua_touserdata(L, -1) == (void *)r;
+  r->order = ++fired_seq;
+}
+
+/* [-0, +1] a full-userdata record. */
+static Rec *push_rec(void) {
+  Rec *r = lua_newuserdatauv(L, sizeof *r, 0);
+  memset(r, 0, sizeof *r);
+  r->cb.fn = rec_fn;
+  return r;
+}
+
+/* A record fires once, after the future is done, from the ready queue
+ * (not inside add, not inside set_result), with itself on the top. */
+START_TEST(test_future_done_record_fires_once_from_queue) {
+  Rec *r;
+  int top;
+  ml__future_new(L);
+  r = push_rec();
+  ml__future_add_done_cb(L, -2, -1);
+  lua_pop(L, 1);  /* only the future's callback list holds it now */
+  lua_gc(L, LUA_GCCOLLECT);
+  top = lua_gettop(L);
+  lua_pushinteger(L, 7);
+  ck_assert_int_eq(ml__future_set_result(L, -2, 1), 0);
+  ck_assert_int_eq(r->fired, 0);
+  ml__sched_step(S);
+  ck_assert_int_eq(r->fired, 1);
+  ck_assert_int_eq(r->state_seen, ML_RESULT);
+  ck_assert_int_eq(r->top_is_self, 1);
+  ck_assert_int_eq(lua_gettop(L), top);
+  ml__sched_step(S);
+  ck_assert_int_eq(r->fired, 1);
+  lua_pop(L, 1);
+}
+END_TEST
+
+/* Added to a future already done, it is scheduled, not called. */
+START_TEST(test_future_done_record_on_done_future_is_scheduled) {
+  Rec *r;
+  ml__future_new(L);
+  ml__future_cancel(L, -1, NULL);
+  r = push_rec();
+  ml__future_add_done_cb(L, -2, -1);
+  ck_assert_int_eq(r->fired, 0);
+  ml__sched_step(S);
+  ck_assert_int_eq(r->fired, 1);
+  ck_assert_int_eq(r->state_seen, ML_CANCELLED);
+  lua_pop(L, 2);
+}
+END_TEST
+
+/* Records, light or full, fire in order with Lua callbacks. */
+START_TEST(test_future_done_records_keep_order_with_lua) {
+  static Rec light;
+  Rec *a;
+  const char *src = "local f, n = ... ; f:add_done_callback(function() n.lua = n.count + 1 end)";
+  int fidx;
+  fired_seq = 0;
+  memset(&light, 0, sizeof light);
+  light.cb.fn = rec_fn;
+  ml__future_new(L);
+  fidx = lua_gettop(L);
+  a = push_rec();
+  ml__future_add_done_cb(L, fidx, -1);
+  lua_pop(L, 1);
+  ck_assert_int_eq(ml__load(L, src, strlen(src), "=test"), LUA_OK);
+  lua_pushvalue(L, fidx);
+  lua_newtable(L);
+  lua_pushinteger(L, 1);
+  lua_setfield(L, -2, "count");
+  lua_pushvalue(L, -1);
+  lua_setglobal(L, "N");
+  lua_call(L, 2, 0);
+  lua_pushlightuserdata(L, &light);
+  ml__future_add_done_cb(L, fidx, -1);
+  lua_pop(L, 1);
+  ml__future_set_result(L, fidx, 0);
+  ml__sched_step(S);
+  ck_assert_int_eq(a->fired, 1);
+  ck_assert_int_eq(light.fired, 1);
+  ck_assert_int_eq(a->order, 1);
+  ck_assert_int_eq(light.order, 2);
+  ck_assert_int_eq(light.top_is_self, 1);
+  lua_getglobal(L, "N");
+  ck_assert_int_eq(lua_getfield(L, -1, "lua"), LUA_TNUMBER);  /* the Lua one ran too */
+  lua_pop(L, 3);
+}
+END_TEST
+
+/* The only callback of a task fires as the task finishes. */
+START_TEST(test_future_done_record_of_finishing_task_fires_at_once) {
+  const char *src = "return 1";
+  Rec *r;
+  ck_assert_int_eq(ml__load(L, src, strlen(src), "=test"), LUA_OK);
+  ml__task_spawn(L, 0, "test");
+  r = push_rec();
+  ml__future_add_done_cb(L, -2, -1);
+  lua_pop(L, 1);
+  ml__sched_step(S);  /* the task runs and finishes */
+  ck_assert_int_eq(r->fired, 1);
+  ck_assert_int_eq(r->state_seen, ML_RESULT);
+  ck_assert_int_eq(r->top_is_self, 1);
+  lua_pop(L, 1);
+}
+END_TEST
+
 Suite *future_suite(void) {
   Suite *s = suite_create("future");
   TCase *tc = tcase_create("state");
@@ -182,6 +305,10 @@ Suite *future_suite(void) {
   tcase_add_test(tc, test_future_callbacks_are_scheduled_not_called);
   tcase_add_test(tc, test_future_cancel_wakes_waiter);
   tcase_add_test(tc, test_future_many_waiters_all_wake);
+  tcase_add_test(tc, test_future_done_record_fires_once_from_queue);
+  tcase_add_test(tc, test_future_done_record_on_done_future_is_scheduled);
+  tcase_add_test(tc, test_future_done_records_keep_order_with_lua);
+  tcase_add_test(tc, test_future_done_record_of_finishing_task_fires_at_once);
   suite_add_tcase(s, tc);
   tc = tcase_create("tasks");
   tcase_add_checked_fixture(tc, setup, teardown);

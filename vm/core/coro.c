@@ -11,10 +11,7 @@ typedef struct Coro {
   int line;              /* where it was created (line in the creator) */
   unsigned char awaited; /* consumed by await, a task, or close() */
   unsigned char reusable; /* a shared constant coroutine: sleep(0) */
-  unsigned short magic;  /* CORO_MAGIC: __gc checks what it is given */
 } Coro;
-
-#define CORO_MAGIC 0xC0C0u
 
 /* User values of a Coroutine: its name, the function, the function that
  * created it, then the arguments. */
@@ -31,9 +28,8 @@ static int coro_make(lua_State *L) {
   c->nargs = n;
   c->awaited = 0;
   c->reusable = 0;
-  c->magic = CORO_MAGIC;
   c->line = -1;
-  lua_rawgeti(L, LUA_REGISTRYINDEX, ml__state(L)->coro_mt_ref);  /* no name lookup */
+  lua_rawgeti(L, LUA_REGISTRYINDEX, ml__state(L)->udata_mtref[ML_UT_CORO]);  /* ml__udata_setmt, inline */
   lua_setmetatable(L, -2);
   lua_pushvalue(L, lua_upvalueindex(1));
   lua_setiuservalue(L, -2, CUV_NAME);
@@ -72,13 +68,13 @@ static int l_async(lua_State *L) {
   return 1;
 }
 
+/* ml__udata_test(L, idx, ML_UT_CORO), inline: once per task spawned. */
 static Coro *test_coro(lua_State *L, int idx) {
-  Coro *c = lua_touserdata(L, idx);
   const void *mt;
-  if (c == NULL || !lua_getmetatable(L, idx)) return NULL;
+  if (!lua_getmetatable(L, idx)) return NULL;
   mt = lua_topointer(L, -1);
   lua_pop(L, 1);
-  return mt == ml__state(L)->coro_mt ? c : NULL;
+  return mt == ml__state(L)->udata_mt[ML_UT_CORO] ? lua_touserdata(L, idx) : NULL;
 }
 
 int ml__coro_unpack(lua_State *L, int idx) {
@@ -141,7 +137,7 @@ static int l_await(lua_State *L) {
     const void *mt = lua_topointer(L, -1);
     lua_pop(L, 1);
     if (ml__is_future_mt(S, mt)) return ml__await_future(L, p);
-    if (mt == S->coro_mt) {
+    if (mt == S->udata_mt[ML_UT_CORO]) {
       n = ml__coro_unpack(L, 1);
       lua_callk(L, n - 1, LUA_MULTRET, 1, call_k);
       return call_k(L, LUA_OK, 1);
@@ -283,22 +279,25 @@ static int l_iscoroutinefunction(lua_State *L) {
 }
 
 static int coro_close(lua_State *L) {
-  Coro *c = luaL_checkudata(L, 1, ML_CORO_MT);
+  Coro *c = ml__udata_check(L, 1, ML_UT_CORO);
   c->awaited = 1;
   return 0;
 }
 
 static int coro_tostring(lua_State *L) {
-  luaL_checkudata(L, 1, ML_CORO_MT);
+  ml__udata_check(L, 1, ML_UT_CORO);
   lua_getiuservalue(L, 1, CUV_NAME);
   lua_pushfstring(L, "<coroutine %s>", lua_tostring(L, -1));
   return 1;
 }
 
 static int coro_gc(lua_State *L) {
-  Coro *c = lua_touserdata(L, 1);
-  if (c == NULL || lua_rawlen(L, 1) != sizeof *c || c->magic != CORO_MAGIC)
+  Coro *c;
+  /* ml__udata_test, inline and leaving the metatable at 2 (nothing here
+   * uses index 2): once per coroutine. */
+  if (!lua_getmetatable(L, 1) || lua_topointer(L, -1) != ml__state(L)->udata_mt[ML_UT_CORO])
     return 0;  /* a script calling __gc on something else */
+  c = lua_touserdata(L, 1);
   if (!c->awaited && !c->reusable) {
     lua_Debug ar;
     c->awaited = 1;
@@ -322,15 +321,14 @@ static const luaL_Reg coro_methods[] = {
 };
 
 void ml__coro_open(lua_State *L) {
-  luaL_newmetatable(L, ML_CORO_MT);
+  ml__udata_newmt(L, ML_UT_CORO, ML_CORO_MT);
   luaL_newlib(L, coro_methods);
   lua_setfield(L, -2, "__index");
   lua_pushcfunction(L, coro_tostring);
   lua_setfield(L, -2, "__tostring");
   lua_pushcfunction(L, coro_gc);
   lua_setfield(L, -2, "__gc");
-  ml__state(L)->coro_mt = lua_topointer(L, -1);
-  ml__state(L)->coro_mt_ref = luaL_ref(L, LUA_REGISTRYINDEX);
+  lua_pop(L, 1);
   {
     struct ml_AsyncC *A = lua_newuserdatauv(L, sizeof *A, 0);
     memset(A, 0, sizeof *A);

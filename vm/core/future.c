@@ -3,7 +3,6 @@
 #include <string.h>
 #include "task.h"
 #include "coro.h"
-#include "gather.h"
 #include "loop.h"
 #include "exc.h"
 
@@ -12,7 +11,7 @@ ml_Future *ml__future_alloc(lua_State *L, size_t size, int nuv, int is_task) {
   ml_Future *f = lua_newuserdatauv(L, size, nuv);
   memset(f, 0, size);
   f->S = S;
-  lua_rawgeti(L, LUA_REGISTRYINDEX, is_task ? S->task_mt_ref : S->future_mt_ref);
+  lua_rawgeti(L, LUA_REGISTRYINDEX, S->udata_mtref[is_task ? ML_UT_TASK : ML_UT_FUTURE]);
   lua_setmetatable(L, -2);
   return f;
 }
@@ -96,6 +95,23 @@ static void cbs_set(lua_State *L, int fidx, ml_Future *f) {
   }
 }
 
+/* The record (module.h, ml_DoneCb) at idx, of Lua type tp, or NULL.  A
+ * callback list holds functions, tasks (waiters) and records: a light
+ * userdata is a record, and a full one that is not a Task.  A record
+ * without a metatable (gather's) is told in one API call. */
+static ml_DoneCb *test_done_cb(lua_State *L, int idx, int tp, ml_State *S) {
+  if (tp == LUA_TUSERDATA) {
+    if (lua_getmetatable(L, idx)) {
+      const void *mt = lua_topointer(L, -1);
+      lua_pop(L, 1);
+      if (mt == S->udata_mt[ML_UT_TASK]) return NULL;
+    }
+  } else if (tp != LUA_TLIGHTUSERDATA) {
+    return NULL;
+  }
+  return lua_touserdata(L, idx);
+}
+
 void ml__future_schedule(lua_State *L, int fidx, ml_Future *f) {
   ml_Task *t = f->waiter;
   if (t) {
@@ -103,16 +119,19 @@ void ml__future_schedule(lua_State *L, int fidx, ml_Future *f) {
     if (t->awaiting == f) ml__task_wake(t);
   }
   if (f->ncallbacks == 1 && !f->cb_queued && f->is_task && ((ml_Task *)f)->ref != LUA_NOREF) {
-    /* A task finishing whose one callback is a gather's: the gather counts
-     * it down now rather than from the ready queue, as no script runs in
-     * between (the gather's outer future may be done an iteration sooner
-     * than asyncio's; its awaiters still wake through the queue).  A
-     * queued callback entry cost ~450 instructions a gathered task. */
+    /* A task finishing whose one callback is a C record (a gather's
+     * child): the record runs now rather than from the ready queue, as no
+     * script runs in between (a gather's outer future may be done an
+     * iteration sooner than asyncio's; its awaiters still wake through
+     * the queue).  A queued callback entry cost ~450 instructions a
+     * gathered task. */
+    ml_DoneCb *rec;
     cbs_get(L, fidx, f);
-    if (ml__gather_done(L, lua_gettop(L), fidx)) {
-      lua_pushnil(L);
+    if ((rec = test_done_cb(L, -1, lua_type(L, -1), f->S)) != NULL) {
+      lua_pushnil(L);  /* the stack anchors the record from here on */
       cbs_set(L, fidx, f);
       f->ncallbacks = 0;
+      rec->fn(L, rec, fidx);
       lua_pop(L, 1);
       return;
     }
@@ -147,17 +166,20 @@ void ml__future_schedule(lua_State *L, int fidx, ml_Future *f) {
 /* Runs or wakes callback cb (at the top) of the done future at fidx.
  * [-1, +0] */
 static void run_callback(lua_State *L, int fidx, ml_Future *f) {
-  ml_Future *w = lua_touserdata(L, -1);
-  if (w) {
-    /* Userdata callbacks are a gather's (gather.c), or tasks: a task that
-     * awaits f is woken if it still does. */
-    ml_Task *t = (ml_Task *)w;
-    if (!ml__gather_done(L, lua_gettop(L), fidx) && t->awaiting == f) ml__task_wake(t);
+  int tp = lua_type(L, -1);
+  ml_DoneCb *rec;
+  if (tp == LUA_TFUNCTION) {
+    lua_pushvalue(L, fidx);
+    ml__callback(L, 1, "done callback");
+  } else if ((rec = test_done_cb(L, -1, tp, f->S)) != NULL) {
+    rec->fn(L, rec, fidx);
     lua_pop(L, 1);
-    return;
+  } else {
+    /* A task that awaits f is woken if it still does. */
+    ml_Task *t = lua_touserdata(L, -1);
+    if (t->awaiting == f) ml__task_wake(t);
+    lua_pop(L, 1);
   }
-  lua_pushvalue(L, fidx);
-  ml__callback(L, 1, "done callback");
 }
 
 void ml__future_run_callbacks(lua_State *L) {
@@ -204,17 +226,13 @@ static void complete(lua_State *L, int fidx, ml_Future *f, int st) {
  * exception disarms it. */
 
 typedef struct Sentinel {
-  unsigned magic;  /* SENTINEL_MAGIC: its __gc checks what it is given */
   unsigned char armed;
 } Sentinel;
-
-#define SENTINEL_MAGIC 0x53656e74u
 enum { SUV_EXC = 1, SUV_TB, SUV_WHAT, SUV_N = SUV_WHAT };
 
 static int sentinel_gc(lua_State *L) {
-  Sentinel *s = lua_touserdata(L, 1);
-  if (s == NULL || lua_rawlen(L, 1) != sizeof *s || s->magic != SENTINEL_MAGIC || !s->armed)
-    return 0;
+  Sentinel *s = ml__udata_test(L, 1, ML_UT_SENTINEL);  /* a script may call __gc on anything */
+  if (s == NULL || !s->armed) return 0;
   s->armed = 0;
   lua_settop(L, 1);
   lua_getiuservalue(L, 1, SUV_EXC);
@@ -232,10 +250,8 @@ static int sentinel_gc(lua_State *L) {
 /* Gives the future at fidx, which just failed, an armed sentinel. */
 static void arm_sentinel(lua_State *L, int fidx, ml_Future *f) {
   Sentinel *s = lua_newuserdatauv(L, sizeof *s, SUV_N);
-  s->magic = SENTINEL_MAGIC;
   s->armed = 1;
-  lua_rawgeti(L, LUA_REGISTRYINDEX, f->S->sentinel_mt_ref);
-  lua_setmetatable(L, -2);  /* a new object: no search */
+  ml__udata_setmt(L, ML_UT_SENTINEL);  /* a new object: no search */
   lua_getiuservalue(L, fidx, FUV_RESULT);
   lua_setiuservalue(L, -2, SUV_EXC);
   if (f->is_task) {
@@ -489,6 +505,13 @@ void ml__future_add_callback(lua_State *L, int fidx, ml_Future *f) {
   if (f->state != ML_PENDING) ml__future_schedule(L, fidx, f);
 }
 
+void ml__future_add_done_cb(lua_State *L, int fidx, int recidx) {
+  ml_Future *f = lua_touserdata(L, fidx);
+  fidx = lua_absindex(L, fidx);
+  lua_pushvalue(L, recidx);
+  ml__future_add_callback(L, fidx, f);
+}
+
 void ml__future_add_waiter(lua_State *L, int fidx, ml_Future *f, ml_Task *t) {
   if (f->waiter == NULL && f->ncallbacks == 0) {
     f->waiter = t;
@@ -587,29 +610,23 @@ const luaL_Reg ml__future_methods[] = {
 
 void ml__future_mt_init(lua_State *L, int is_task, const luaL_Reg *methods,
                         lua_CFunction tostring) {
-  ml_State *S = ml__state(L);
-  luaL_newmetatable(L, is_task ? ML_TASK_MT : ML_FUTURE_MT);  /* sets __name */
+  if (is_task) ml__udata_newmt(L, ML_UT_TASK, ML_TASK_MT);  /* sets __name */
+  else ml__udata_newmt(L, ML_UT_FUTURE, ML_FUTURE_MT);
   lua_newtable(L);
   luaL_setfuncs(L, ml__future_methods, 0);
   if (methods) luaL_setfuncs(L, methods, 0);
   lua_setfield(L, -2, "__index");
   lua_pushcfunction(L, tostring);
   lua_setfield(L, -2, "__tostring");
-  if (is_task) S->task_mt = lua_topointer(L, -1);
-  else S->future_mt = lua_topointer(L, -1);
-  lua_pushvalue(L, -1);
-  *(is_task ? &S->task_mt_ref : &S->future_mt_ref) = luaL_ref(L, LUA_REGISTRYINDEX);
   lua_pop(L, 1);
 }
 
 void ml__future_open(lua_State *L) {
   ml__future_mt_init(L, 0, NULL, future_tostring);
-  lua_createtable(L, 0, 2);  /* the sentinels' */
-  lua_pushliteral(L, "asyncio.ExceptionSentinel");
-  lua_setfield(L, -2, "__name");
+  ml__udata_newmt(L, ML_UT_SENTINEL, "asyncio.ExceptionSentinel");  /* the sentinels' */
   lua_pushcfunction(L, sentinel_gc);
   lua_setfield(L, -2, "__gc");
-  ml__state(L)->sentinel_mt_ref = luaL_ref(L, LUA_REGISTRYINDEX);
+  lua_pop(L, 1);
 }
 
 /* core._set_cancel_hook(fut, fn): fut:cancel(msg) calls fn(fut, msg) and

@@ -51,8 +51,10 @@ struct ml_Future {
 #define ML_FUTURE_MT "asyncio.Future"
 #define ML_TASK_MT "asyncio.Task"
 
-/* 1 if mt (lua_topointer of a metatable) is a Future's or a Task's. */
-#define ml__is_future_mt(S, mt) ((mt) == (S)->future_mt || (mt) == (S)->task_mt)
+/* 1 if mt (lua_topointer of a metatable) is a Future's or a Task's: the
+ * test of ml__udata_test for two types at once. */
+#define ml__is_future_mt(S, mt) \
+  ((mt) == (S)->udata_mt[ML_UT_FUTURE] || (mt) == (S)->udata_mt[ML_UT_TASK])
 
 /* Schedules a done future's waiters and callbacks.  [-0, +0] */
 void ml__future_schedule(lua_State *L, int fidx, ml_Future *f);

@@ -8,13 +8,11 @@
 #include "exc.h"
 
 
-/* The first field of a Gather: a Task's is its ml_State pointer, never
- * this static's address, so run_callback tells the two apart without a
- * metatable lookup. */
-static const char gather_tag = 'g';
-
+/* Every child's done callback is the Gather itself: a C record
+ * (module.h, ml_DoneCb) anchored by each child's callback list, whose user
+ * values keep the outer future and the children. */
 typedef struct Gather {
-  const void *tag;  /* &gather_tag */
+  ml_DoneCb cb;     /* done_cb */
   ml_Future *outer; /* GUV_OUTER's, which keeps it alive */
   int n, left;
   unsigned char return_exc, cancel_requested;
@@ -45,11 +43,9 @@ static void push_outcome(lua_State *L, int cidx) {
   }
 }
 
-/* A child's done callback: [gather, child].  The Gather itself is the
- * callback in every child's list: run_callback (future.c) knows it by its
- * tag and calls this in protected mode, without the closure call
- * and message handler of a Lua callback (profile: -420 instructions a
- * gathered task). */
+/* A child's done callback, in protected mode: [gather, child].  done_cb
+ * calls it without the closure call and message handler of a Lua
+ * callback (profile: -420 instructions a gathered task). */
 static int child_done(lua_State *L) {
   Gather *g = lua_touserdata(L, 1);
   ml_Future *child = lua_touserdata(L, 2), *outer;
@@ -91,22 +87,21 @@ static int child_done(lua_State *L) {
   return 0;
 }
 
-int ml__gather_done(lua_State *L, int cbidx, int fidx) {
-  Gather *g = lua_touserdata(L, cbidx);
-  const ml_Future *child;
-  if (g == NULL || g->tag != &gather_tag) return 0;
-  child = lua_touserdata(L, fidx);
+/* The Gather's ml_DoneCb: its child at fidx is done; the Gather is on
+ * the top of the stack. */
+static void done_cb(lua_State *L, ml_DoneCb *self, int fidx) {
+  Gather *g = (Gather *)self;
+  const ml_Future *child = lua_touserdata(L, fidx);
   if (child->state == ML_RESULT && g->left > 1 && g->outer->state == ML_PENDING) {
     /* Most children: one done, others still to come.  No API call, no
      * protected call (-600 instructions a gathered task). */
     g->left--;
-    return 1;
+    return;
   }
   lua_pushcfunction(L, child_done);
-  lua_pushvalue(L, cbidx);
+  lua_pushvalue(L, -2);
   lua_pushvalue(L, fidx);
   if (lua_pcall(L, 2, 0, 0) != LUA_OK) ml__report(L, "Exception in gather");
-  return 1;
 }
 
 /* The outer future's cancel: asks every child; the gather finishes once
@@ -177,7 +172,7 @@ int ml__gather(lua_State *L) {
   }
   g = lua_newuserdatauv(L, sizeof *g, GUV_N);
   memset(g, 0, sizeof *g);
-  g->tag = &gather_tag;
+  g->cb.fn = done_cb;
   g->outer = outer;
   g->n = g->left = n;
   g->return_exc = lua_toboolean(L, 3);
@@ -185,11 +180,10 @@ int ml__gather(lua_State *L) {
   lua_setiuservalue(L, -2, GUV_OUTER);
   lua_pushvalue(L, 2);
   lua_setiuservalue(L, -2, GUV_CHILDREN);
-  /* The Gather is every child's callback: see child_done. */
+  /* The Gather is every child's callback (done_cb). */
   for (i = 1; i <= n; i++) {
     lua_rawgeti(L, 2, i);
-    lua_pushvalue(L, -2);
-    ml__future_add_callback(L, -2, lua_touserdata(L, -2));
+    ml__future_add_done_cb(L, -1, -2);
     lua_pop(L, 1);
   }
   lua_pushcfunction(L, ml__future_set_cancel_hook);

@@ -359,7 +359,7 @@ struct Timers *ml__handles_push_anchor(lua_State *L) {
 /* The Handle at index 1 (upvalues of its methods: the Timers, the anchor
  * table). */
 static Handle *check_handle(lua_State *L) {
-  return luaL_checkudata(L, 1, ML_HANDLE_MT);
+  return ml__udata_check(L, 1, ML_UT_HANDLE);
 }
 
 static int handle_cancel(lua_State *L) {
@@ -404,7 +404,7 @@ static const luaL_Reg handle_methods[] = {
 };
 
 void ml__handles_push_upvalues(lua_State *L) {
-  luaL_getmetatable(L, ML_HANDLE_MT);
+  lua_rawgeti(L, LUA_REGISTRYINDEX, ml__state(L)->udata_mtref[ML_UT_HANDLE]);
   lua_rawgetp(L, LUA_REGISTRYINDEX, &timers_key);
   lua_getiuservalue(L, -1, 1);
 }
@@ -427,7 +427,7 @@ void ml__handles_open(lua_State *L) {
   lua_setiuservalue(L, -2, 1);
   lua_rawsetp(L, LUA_REGISTRYINDEX, &timers_key);
   S->timers = T;
-  luaL_newmetatable(L, ML_HANDLE_MT);
+  ml__udata_newmt(L, ML_UT_HANDLE, ML_HANDLE_MT);
   lua_newtable(L);
   lua_rawgetp(L, LUA_REGISTRYINDEX, &timers_key);  /* the Timers, */
   lua_getiuservalue(L, -1, 1);                     /* the anchor table */

@@ -32,6 +32,38 @@ lua_State *ml__main_lua(ml_State *S);
  * the host turned it on with ml_state_enable_signals; the CLI does. */
 int ml__signals_enabled(ml_State *S);
 
+/* ---- Userdata types (state.c) --------------------------------------- */
+
+/* The one way to tell a userdata's type.  Every type of userdata that the
+ * core and the stdlib make has a tag below; its metatable's address is
+ * cached in the state when the metatable is made (ml__udata_newmt), so a
+ * test is one metatable fetch and a pointer comparison: no name lookup in
+ * the registry (luaL_testudata's), no size or magic number punning on the
+ * block.  A new type adds its tag here (like Lua's LUA_T* tags);
+ * docs/internals.md lists them.  The tags are per process, the cached
+ * metatables per state. */
+enum {
+  ML_UT_FUTURE, ML_UT_TASK, ML_UT_CORO, ML_UT_HANDLE, ML_UT_SENTINEL,
+  ML_UT_QUEUE, ML_UT_SOCKET, ML_UT_BUFFER, ML_UT_LISTENER, ML_UT_RESOLVER,
+  ML_UT_GAIREQ, ML_UT_FDWATCH, ML_UT_PROCESS,
+  ML_UT_N
+};
+
+/* [-0, +1] pushes the metatable of type, made with luaL_newmetatable(L,
+ * tname) (so its __name names the type in error messages), and caches
+ * it.  Returns 1 if it made it now, 0 if the registry had it already
+ * (the module was opened before): as luaL_newmetatable, fill it if 1. */
+int ml__udata_newmt(lua_State *L, int type, const char *tname);
+/* [-0, +0] sets type's metatable on the value at the top: no name
+ * lookup (luaL_setmetatable's). */
+void ml__udata_setmt(lua_State *L, int type);
+/* [-0, +0] the block of the userdata at idx if it is of type, else NULL
+ * (also for a value that is not a userdata, or a type not made yet). */
+void *ml__udata_test(lua_State *L, int idx, int type);
+/* [-0, +0] the same, raising a type error otherwise ("bad argument #1 to
+ * 'send' (socket.socket expected, got table)", as luaL_checkudata). */
+void *ml__udata_check(lua_State *L, int idx, int type);
+
 /* ---- Compiled-in Lua modules (state.c) ----------------------------- */
 
 /* A Lua module compiled into the library as bytecode at build time
@@ -173,6 +205,50 @@ int ml__future_cancel_msg(lua_State *L, int fidx, int msgidx);
 /* Pushes the result values of a done future and returns how many, or
  * raises its exception / CancelledError. */
 int ml__future_unwrap(lua_State *L, int fidx);
+
+/* ---- C done callbacks (future.c) -------------------------------------- */
+
+/* A done callback written in C, for what plugs into futures from C
+ * (gather; later wait, shield, TLS, HTTP): a record whose first field is
+ * this struct, so that future.c calls it without naming its owner.
+ *
+ *   typedef struct Gather { ml_DoneCb cb; int left; ... } Gather;
+ *   static void child_done(lua_State *L, ml_DoneCb *self, int fidx) {
+ *     Gather *g = (Gather *)self; ...
+ *   }
+ *   g = lua_newuserdatauv(L, sizeof *g, 1); g->cb.fn = child_done;
+ *   ml__future_add_done_cb(L, fidx, -1);
+ *
+ * When it fires: once, when the future is done, in the order the
+ * callbacks were added, like a Lua done callback: from the ready queue
+ * (never inside ml__future_add_done_cb, even for a future already done).
+ * One exception: when a task finishes and the record is its only
+ * callback, fn runs at once as the task completes (no script runs in
+ * between; a queue entry saved ~450 instructions a gathered task).
+ *
+ * How fn is called: fn(L, self, fidx) with the record's value (the
+ * userdata, or light userdata, that was added) on the top of the stack
+ * and the done future at fidx; fn must leave the stack as it found it,
+ * and must not raise or yield: it runs outside any protected call, so
+ * whatever may fail goes under lua_pcall (report errors with ml__report).
+ * fn may complete other futures (their callbacks are scheduled, not run).
+ *
+ * Who owns it, how it is anchored: a full userdata is anchored by the
+ * future's callback list from ml__future_add_done_cb until it has fired,
+ * so a record that keeps what it needs in its user values lives exactly
+ * as long as some future may still call it.  A light userdata anchors
+ * nothing: its owner keeps the memory alive (a struct of an object that
+ * outlives the future) until fn ran.  The record is never freed by the
+ * future; a full userdata goes with the collector. */
+typedef struct ml_DoneCb ml_DoneCb;
+struct ml_DoneCb {
+  void (*fn)(lua_State *L, ml_DoneCb *self, int fidx);
+};
+
+/* Adds the record at recidx (a full or light userdata whose memory starts
+ * with an ml_DoneCb) to the done callbacks of the Future or Task at fidx.
+ * [-0, +0]; raises if out of memory. */
+void ml__future_add_done_cb(lua_State *L, int fidx, int recidx);
 
 /* ---- Async C functions (coro.c) -------------------------------------- */
 

@@ -92,6 +92,40 @@ fail:
   return NULL;
 }
 
+int ml__udata_newmt(lua_State *L, int type, const char *tname) {
+  ml_State *S = ml__state(L);
+  int made = luaL_newmetatable(L, tname);
+  S->udata_mt[type] = lua_topointer(L, -1);
+  S->udata_name[type] = tname;
+  if (S->udata_mtref[type] == 0) {  /* 0: never made (refs are > 0) */
+    lua_pushvalue(L, -1);
+    S->udata_mtref[type] = luaL_ref(L, LUA_REGISTRYINDEX);
+  }
+  return made;
+}
+
+void ml__udata_setmt(lua_State *L, int type) {
+  lua_rawgeti(L, LUA_REGISTRYINDEX, ml__state(L)->udata_mtref[type]);
+  lua_setmetatable(L, -2);
+}
+
+void *ml__udata_test(lua_State *L, int idx, int type) {
+  const void *mt;
+  if (!lua_getmetatable(L, idx)) return NULL;  /* no metatable, or not a userdata of ours */
+  mt = lua_topointer(L, -1);
+  lua_pop(L, 1);
+  return mt == ml__state(L)->udata_mt[type] ? lua_touserdata(L, idx) : NULL;
+}
+
+void *ml__udata_check(lua_State *L, int idx, int type) {
+  void *p = ml__udata_test(L, idx, type);
+  if (p == NULL) {
+    const char *name = ml__state(L)->udata_name[type];
+    luaL_typeerror(L, idx, name ? name : "userdata");
+  }
+  return p;
+}
+
 struct ev_loop *ml__loop(ml_State *S) { return S->loop; }
 lua_State *ml__main_lua(ml_State *S) { return S->L; }
 int ml__signals_enabled(ml_State *S) { return S->signals; }

@@ -41,10 +41,12 @@ struct ml_State {
   struct ml_Embed *embed; /* the embedding API's data (vm/embed) */
   int signals;           /* the host lets scripts catch signals */
   struct ml_Wakeup *wakeup; /* other threads' way in (wakeup.c) */
-  /* Metatables, for fast type tests, and refs (registry slots) to set
-   * them without a name lookup. */
-  const void *future_mt, *task_mt, *coro_mt;
-  int future_mt_ref, task_mt_ref, coro_mt_ref, sentinel_mt_ref;
+  /* Userdata types (module.h, ML_UT_*): their metatables, for type
+   * tests, refs (registry slots) to set them without a name lookup, and
+   * their names, for type errors. */
+  const void *udata_mt[ML_UT_N];
+  int udata_mtref[ML_UT_N];
+  const char *udata_name[ML_UT_N];
   const void *sleep0;    /* the shared asyncio.sleep(0) coroutine */
   struct ml_AsyncC *asyncc; /* async C functions, for await (coro.c) */
 };
