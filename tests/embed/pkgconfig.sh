@@ -107,6 +107,18 @@ if command -v groff > /dev/null; then
   [ -s "$tmp/man.err" ] && cat "$tmp/man.err"
 else echo "(groff not installed: moonloop.1 not rendered)"; fi
 
+# The man page is the command's: its version, every option of the usage
+# text in vm/cli/main.c, the environment variable.
+man=docs/moonloop.1
+check "moonloop.1 is of version $version" grep -q "^\.TH MOONLOOP 1 .*\"moonloop $version\"" "$man"
+for opt in $(sed -n '/static const char usage/,/;$/p' vm/cli/main.c | grep -oE '(^|[ ,])--?[a-z]+' |
+             sed 's/^[ ,]*//' | sort -u); do
+  # as a bold roff token of its own: `.B \-i`, `.BR \-v ", " \-\-version`
+  re=$(printf '%s' "$opt" | sed 's/-/\\\\-/g')
+  check "moonloop.1 documents $opt" grep -qE -- "^\.B[IR]? (.* )?$re( |\$)" "$man"
+done
+check "moonloop.1 documents MOONLOOP_DEBUG" grep -q MOONLOOP_DEBUG "$man"
+
 # run_host NAME BINARY [ENV...]: runs the host on its level script and
 # checks what it prints (the same lines as tests/embed/host.sh).
 run_host() {
