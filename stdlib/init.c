@@ -9,6 +9,7 @@ int luaopen_asyncio__net(lua_State *L);
 int luaopen_asyncio__process(lua_State *L);
 int luaopen_asyncio__queue(lua_State *L);
 int luaopen_asyncio__signal(lua_State *L);
+int luaopen_asyncio__thread(lua_State *L);
 int luaopen_asyncio__server(lua_State *L);
 int luaopen_asyncio__stream(lua_State *L);
 int luaopen_asyncio__transport(lua_State *L);
@@ -22,6 +23,7 @@ static const luaL_Reg c_modules[] = {
   { "asyncio._queue", luaopen_asyncio__queue },
   { "asyncio._server", luaopen_asyncio__server },
   { "asyncio._signal", luaopen_asyncio__signal },
+  { "asyncio._thread", luaopen_asyncio__thread },
   { "asyncio._stream", luaopen_asyncio__stream },
   { "asyncio._transport", luaopen_asyncio__transport },
   { "ssl._ssl", luaopen_ssl__ssl },

@@ -135,6 +135,16 @@ static const char sandbox_lua[] =
   "    end\n"
   "  end\n"
   "end\n"
+  /* Worker threads run in plain states with every standard library: only
+   * for a script that may have io and os anyway. */
+  "if not (allow.io and allow.os) then\n"
+  "  preload['asyncio._thread'], loaded['asyncio._thread'] = nil, nil\n"
+  "  if type(asyncio) == 'table' then\n"
+  "    asyncio.to_thread, asyncio.ThreadPoolExecutor = nil, nil\n"
+  "    local methods = asyncio.Loop\n"
+  "    if type(methods) == 'table' then methods.run_in_executor, methods.set_default_executor = nil, nil end\n"
+  "  end\n"
+  "end\n"
   "G.arg = nil\n";
 
 typedef struct Sandbox {

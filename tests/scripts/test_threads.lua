@@ -1,0 +1,134 @@
+-- Worker threads: to_thread, run_in_executor, ThreadPoolExecutor; what
+-- crosses between states and what is refused.
+local T = require "asyncio.test"
+local loop = asyncio.get_running_loop()
+
+T.case("to_thread returns every result of the function", async function()
+  local a, b, c = await asyncio.to_thread(function(x, y) return x + y, x .. y, nil end, 1, 2)
+  T.eq({ a, b, c }, { 3, "12", nil }, "results")
+end)
+
+T.case("tables cross by value, shared and cyclic ones keep their shape", async function()
+  local shared = { "s" }
+  local t = { a = shared, b = shared, n = 1.5, flag = true, [10] = "ten" }
+  t.self = t
+  local ok, r = await asyncio.to_thread(function(x)
+    return x.a == x.b and x.self == x, { got = x.a[1], n = x.n, ten = x[10], flag = x.flag }
+  end, t)
+  T.eq(ok, true, "identities kept")
+  T.eq(r, { got = "s", n = 1.5, ten = "ten", flag = true }, "values")
+end)
+
+T.case("upvalues: plain data, recursion, C functions of libraries, nested functions", async function()
+  local insert, concat = table.insert, table.concat
+  local base = { 10, 20 }
+  local function fib(n) if n < 2 then return n end return fib(n - 1) + fib(n - 2) end
+  local function twice(f, x) return f(f(x)) end
+  local r = await asyncio.to_thread(function()
+    local out = {}
+    insert(out, tostring(fib(20)))
+    insert(out, tostring(twice(function(v) return v + base[1] end, base[2])))
+    return concat(out, ",")
+  end)
+  T.eq(r, "6765,40", "computed in the worker")
+end)
+
+T.case("a module upvalue is required again by name in the worker", async function()
+  local dir = T.tmpname("")
+  os.execute("mkdir -p " .. dir)
+  local f = io.open(dir .. "/moon_thread_mod.lua", "w")
+  f:write("local M = {}\nM.loaded_in = tostring(M)\nfunction M.shout(s) return s:upper() .. '!' end\nreturn M\n")
+  f:close()
+  package.path = dir .. "/?.lua;" .. package.path
+  local mod = require "moon_thread_mod"
+  local r, addr = await asyncio.to_thread(function(s) return mod.shout(s), mod.loaded_in end, "hi")
+  T.eq(r, "HI!", "the module's function")
+  T.ok(addr ~= mod.loaded_in, "a fresh copy of the module in the worker")
+end)
+
+T.case("an error in the worker is raised in the awaiting task", async function()
+  local e = T.raises(nil, asyncio.to_thread(function() error("boom") end), "string error")
+  T.match(e, "test_threads%.lua:%d+: boom$", "the string, with the worker's position")
+  e = T.raises(nil, asyncio.to_thread(function() error({ code = 7 }) end), "table error")
+  T.eq(e.code, 7, "the table's fields")
+  T.match(e.worker_traceback, "stack traceback", "the worker's traceback")
+  e = T.raises(nil, asyncio.to_thread(function() return undefined_global.x end), "runtime error")
+  T.match(e, "undefined_global", "names the culprit")
+end)
+
+T.case("what cannot cross raises TypeError naming it", async function()
+  local sock = require("socket").socket(require("socket").AF_INET, require("socket").SOCK_STREAM)
+  local e = T.raises(asyncio.TypeError, function()
+    return asyncio.to_thread(function() return sock end)
+  end, "userdata upvalue")
+  T.match(tostring(e), "upvalue 'sock'", "names the upvalue")
+  sock:close()
+  e = T.raises(asyncio.TypeError, function()
+    return asyncio.to_thread(function(c) end, coroutine.create(print))
+  end, "a coroutine argument")
+  T.match(tostring(e), "argument #1", "names the argument")
+  e = T.raises(asyncio.TypeError, asyncio.to_thread(function() return coroutine.create(print) end), "result")
+  T.match(tostring(e), "thread", "says what")
+  T.raises(nil, function() return asyncio.to_thread(42) end, "not a function")
+end)
+
+T.case("results come back in order for each job; 10,000 jobs", async function()
+  local futs = {}
+  for i = 1, 10000 do
+    futs[i] = loop:run_in_executor(nil, function(x) return x * 2 end, i)
+  end
+  local r = await asyncio.gather(table.unpack(futs))
+  local bad
+  for i = 1, 10000 do if r[i] ~= 2 * i then bad = i; break end end
+  T.eq(bad, nil, "first wrong result")
+end)
+
+T.case("cancelling the awaiting task raises CancelledError at once", async function()
+  local ex = asyncio.ThreadPoolExecutor(1)
+  local started = os.time()
+  local task = asyncio.create_task(function()
+    return await loop:run_in_executor(ex, function()
+      local t0 = os.clock()
+      while os.clock() - t0 < 0.3 do end
+      return "finished"
+    end)
+  end)
+  await asyncio.sleep(0)
+  task:cancel()
+  T.raises(asyncio.CancelledError, task, "the task")
+  T.ok(task:cancelled(), "cancelled")
+  -- The thread finishes its call; the executor still works after.
+  T.eq(await ex:submit(function() return "next" end), "next", "the next job")
+  ex:shutdown(true)
+  T.ok(os.time() - started < 30, "bounded")
+end)
+
+T.case("ThreadPoolExecutor: submit, set_default_executor, shutdown", async function()
+  local ex = asyncio.ThreadPoolExecutor(2)
+  T.eq(ex:max_workers(), 2, "max_workers")
+  T.eq(await ex:submit(function(a) return a .. "!" end, "sub"), "sub!", "submit")
+  loop:set_default_executor(ex)
+  T.eq(await asyncio.to_thread(function() return "default" end), "default", "to_thread on it")
+  ex:shutdown(true)
+  T.raises(asyncio.RuntimeError, function() ex:submit(print) end, "after shutdown")
+  loop:set_default_executor(asyncio.ThreadPoolExecutor())
+  T.eq(await asyncio.to_thread(function() return 1 end), 1, "a new default")
+  T.raises(asyncio.ValueError, function() asyncio.ThreadPoolExecutor(0) end, "0 workers")
+  T.raises(asyncio.TypeError, function() loop:set_default_executor({}) end, "not an executor")
+end)
+
+T.case("the default size is Python's, min(32, cores + 4)", function()
+  local ex = asyncio.ThreadPoolExecutor()
+  local cores = tonumber((T.sh("nproc")))
+  T.eq(ex:max_workers(), math.min(32, cores + 4), "max_workers")
+  ex:shutdown(false)
+end)
+
+T.case("workers have the standard libraries and no loop", async function()
+  local r = await asyncio.to_thread(function()
+    return type(string.format) .. type(os.time) .. type(io.open) .. type(asyncio) .. type(await)
+  end)
+  T.eq(r, "functionfunctionfunctionnilnil", "globals in the worker")
+end)
+
+T.run()
