@@ -68,4 +68,28 @@ T.case("pipeline.lua runs stages with backpressure and stops cleanly", function(
   T.match(out, "high%-water marks %(bound 8%): raw [1-8], parsed [1-8], enriched [1-8]\n", "bounded queues")
 end)
 
+T.case("jobs.lua --demo runs commands 3 at a time and kills the straggler", function()
+  local out, st = run("scripts/jobs.lua --demo")
+  T.eq(st, 0, "status")
+  T.match(out, "%[2%] echo beta >&2; exit 3 +exit 3\n    err: beta", "an exit status and stderr")
+  T.match(out, "%[3%] sleep 30 +killed after 1 s", "the straggler")
+  T.match(out, "%[5%] yes | head %-n 1000 | wc %-l +exit 0\n    out: 1000", "a pipeline")
+  T.match(out, "6 jobs, 3 at a time: 4 ok, 2 failed or killed", "summary")
+end)
+
+T.case("graceful_server.lua --demo drains on SIGTERM and aborts the straggler", function()
+  local out, st = run("scripts/graceful_server.lua --demo")
+  T.eq(st, 0, "status")
+  T.match(out, "got SIGTERM: no new connections, draining 2 client%(s%)", "the signal")
+  T.match(out, "polite client got: server shutting down", "clients told")
+  T.match(out, "aborted 1 client%(s%)", "the stubborn one")
+  T.match(out, "shut down cleanly", "the end")
+end)
+
+T.case("parallel_hash.lua hashes on worker threads, checked inline", function()
+  local out, st = run("scripts/parallel_hash.lua 4 32")
+  T.eq(st, 0, "status: " .. out)
+  T.match(out, "hashed 4 chunks of 32 KiB in worker threads: %x+", "summary")
+end)
+
 T.run()
