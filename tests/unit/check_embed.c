@@ -421,7 +421,8 @@ START_TEST(test_embed_sandbox_removes_unsafe_modules)
     "gone(asyncio.create_subprocess_exec, 'asyncio.create_subprocess_exec')\n"
     "gone(asyncio.to_thread, 'asyncio.to_thread'); gone(asyncio.ThreadPoolExecutor, 'ThreadPoolExecutor')\n"
     "gone(asyncio.get_running_loop().subprocess_exec, 'loop:subprocess_exec')\n"
-    "for _, m in ipairs { 'io', 'debug', 'socket', 'asyncio._net', 'asyncio._process', 'asyncio._thread' } do\n"
+    "for _, m in ipairs { 'io', 'debug', 'socket', 'asyncio._net', 'asyncio._process', 'asyncio._thread',\n"
+    "                     'ssl', 'ssl._ssl' } do\n"
     "  local ok = pcall(require, m); assert(not ok, 'require ' .. m .. ' worked')\n"
     "end\n"
     "assert(require('os').execute == nil, 'require os gives all of os')\n"
@@ -442,6 +443,7 @@ START_TEST(test_embed_sandbox_allow_list_keeps_what_is_named)
   ck_assert_int_eq(ml_state_sandbox(S, allow), ML_OK);
   ck_assert_str_eq(run("assert(io == nil and table == nil and math == nil)\n"
                        "assert(os.getenv and require('socket').socketpair)\n"
+                       "assert(require('ssl').create_default_context().check_hostname)\n"
                        "return tostring(asyncio.get_running_loop().sock_recv ~= nil)"), "true");
 }
 END_TEST

@@ -58,10 +58,12 @@ static const char sandbox_lua[] =
   "    partial[lib][field] = true\n"
   "  end\n"
   "end\n"
-  /* asyncio's network, process and thread parts come with \"socket\". */
+  /* asyncio's network (TLS too), process and thread parts come with
+   * \"socket\". */
   "local net = allow.socket\n"
   "local function io_module(name)\n"
   "  return name == 'socket' or name == 'asyncio._net' or name:match('^asyncio%.subprocess')\n"
+  "      or name == 'ssl' or name:match('^ssl%.')\n"
   "      or name:match('^asyncio%.streams') or name:match('^asyncio%.threads')\n"
   "      or name == 'asyncio._process' or name:match('^asyncio%._?signal') or name == 'asyncio._thread'\n"
   "end\n"
