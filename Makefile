@@ -82,7 +82,7 @@ DEB_PKGS = liblua5.4-dev libev-dev check pkg-config libedit-dev tmux socat netca
 BENCH_PKGS = python3-uvloop hyperfine nodejs
 
 .PHONY: FORCE all build test run bench deps bench-deps need need-check install uninstall clean \
-	check-suites script-tests embed-host embed-pkgconfig fuzz
+	check-suites script-tests embed-host embed-pkgconfig fuzz fuzz-tls
 
 all: $(BUILD)/moonloop $(BUILD)/libmoonloop.a $(BUILD)/libmoonloop.so
 
@@ -235,7 +235,7 @@ $(BUILD)/tests/%.o: tests/%.c $(BUILD)/cflags | need-check
 
 -include $(shell find $(BUILD) -name '*.d' 2>/dev/null)
 
-# Fuzzes the source pass for a bounded time with libFuzzer (needs clang,
+# Fuzzes the source pass, then the TLS record path, for a bounded time with libFuzzer (needs clang,
 # which this target installs); not part of `make test`.
 FUZZ_SECONDS ?= 60
 fuzz: deps
@@ -245,6 +245,19 @@ fuzz: deps
 	clang -g -O1 -fsanitize=fuzzer,address,undefined -Ivm $(LUA_CFLAGS) -o build/fuzz/asyncpass \
 	  tests/fuzz/asyncpass.c vm/dialect/asyncpass.c vm/dialect/buf.c $(LUA_LIBS)
 	build/fuzz/asyncpass -max_total_time=$(FUZZ_SECONDS) -max_len=4096 build/fuzz/corpus-asyncpass scripts tests/scripts 2>&1 | tail -n 5
+	@$(MAKE) --no-print-directory fuzz-tls
+
+# The TLS record path: a server-side TLS stream fed arbitrary bytes.  The
+# library is built again by clang with coverage for libFuzzer, in
+# build/fuzz-lib.
+fuzz-tls:
+	@mkdir -p build/fuzz/corpus-tls
+	@$(MAKE) --no-print-directory BUILD=build/fuzz-lib CC=clang CFLAGS="-g -O1" \
+	  SANFLAGS="-fsanitize=fuzzer-no-link,address,undefined" build/fuzz-lib/libmoonloop.a
+	clang -g -O1 -fsanitize=fuzzer,address,undefined -Ivm $(LUA_CFLAGS) -o build/fuzz/tls_record \
+	  tests/fuzz/tls_record.c build/fuzz-lib/libmoonloop.a $(LIB_LIBS)
+	build/fuzz/tls_record -max_total_time=$(FUZZ_SECONDS) -max_len=16384 -timeout=10 \
+	  build/fuzz/corpus-tls tests/fuzz/tls_record 2>&1 | tail -n 5
 
 # moonloop.pc: a host compiles with `pkg-config --cflags --libs moonloop`
 # (the shared library) or adds --static (the static one, which needs
