@@ -11,7 +11,7 @@
 #   STARTUP_RUNS=200
 #   QUICK=1         one run of everything, short echo runs (a smoke test)
 #   PIN=0           do not pin the echo server and load client to cores
-#   ONLY="gather sleep0 queue timers echo memory startup"   a subset
+#   ONLY="gather sleep0 queue timers echo memory startup spawn tothread pipe64"   a subset
 #
 # Everything runs on 127.0.0.1 with ports found free; every process this
 # script starts is killed when it exits, however it exits.
@@ -28,7 +28,7 @@ ECHO_RUNS=${ECHO_RUNS:-5}
 ECHO_SECONDS=${ECHO_SECONDS:-4}
 MEM_RUNS=${MEM_RUNS:-3}
 STARTUP_RUNS=${STARTUP_RUNS:-200}
-ONLY=${ONLY:-gather sleep0 queue timers echo memory startup}
+ONLY=${ONLY:-gather sleep0 queue timers echo memory startup spawn tothread pipe64}
 if [ "${QUICK:-0}" = 1 ]; then
   RUNS=1 ECHO_RUNS=1 ECHO_SECONDS=1 MEM_RUNS=1 STARTUP_RUNS=30
 fi
@@ -233,6 +233,19 @@ if want memory; then
   done
 fi
 
+# ---- 9-11: processes and threads -------------------------------------------
+
+for bench in spawn tothread pipe64; do
+  want "$bench" || continue
+  echo "running $bench ($RUNS runs)..." >&2
+  for r in $(seq "$RUNS"); do
+    [ $have_ml = 1 ] && run_rate $bench moonloop "$ML" "$HERE/ml_proc.lua" $bench
+    [ $have_asyncio = 1 ] && run_rate $bench asyncio "$PY" "$HERE/peer_proc.py" asyncio $bench
+    [ $have_uvloop = 1 ] && run_rate $bench uvloop "$PY" "$HERE/peer_proc.py" uvloop $bench
+    [ $have_node = 1 ] && [ $bench != tothread ] && run_rate $bench node node "$HERE/peer_proc.js" $bench
+  done
+done
+
 # ---- 8: start-up -------------------------------------------------------------
 
 # Records the median wall time of one run in milliseconds.
@@ -314,6 +327,15 @@ if want memory; then
   row "parked task, Lua heap" "B/task" mem mem_heap.tasks "Lua coroutine" mem_heap.coroutine 1.3 "$T_MEM"
   row "parked task, RSS" "B/task" mem mem_rss.tasks "Lua coroutine" mem_rss.coroutine - "$T_MEM"
 fi
+for b in spawn:"spawn+wait /bin/true":"≥ 3× asyncio, ≥ Node":3:1:"procs/s" \
+         tothread:"to_thread round trip":"≥ 5× asyncio":5:-:"ops/s" \
+         pipe64:"64 MiB pipe read":"≥ the others":1:1:"MiB/s"; do
+  IFS=: read -r bench label target tpy tnode unit <<<"$b"
+  want "$bench" || continue
+  row "$label" "$unit" rate "$bench.moonloop" asyncio "$bench.asyncio" "$tpy" "$target"
+  row "$label" "$unit" rate "$bench.moonloop" uvloop "$bench.uvloop" - "$target"
+  [ "$bench" != tothread ] && row "$label" "$unit" rate "$bench.moonloop" node "$bench.node" "$tnode" "$target"
+done
 if want startup; then
   row "start-up, hello world" "ms" time startup.moonloop "python -c 'import asyncio'" startup.python 25 "$T_START"
   row "start-up, hello world" "ms" time startup.moonloop "node" startup.node - "$T_START"
