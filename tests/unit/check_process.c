@@ -138,6 +138,51 @@ START_TEST(test_process_state_close_leaves_the_child_running_then_reaped)
 }
 END_TEST
 
+/* ---- worker threads ---- */
+
+/* Worker completions wake a host polling the state's fd, and a private
+ * loop run by ml_state_run. */
+static const char thread_script[] =
+  "local function fib(n) if n < 2 then return n end return fib(n - 1) + fib(n - 2) end\n"
+  "local futs = {}\n"
+  "for i = 1, 50 do futs[i] = asyncio.to_thread(fib, 15) end\n"
+  "local r = await asyncio.gather(table.unpack(futs))\n"
+  "return tostring(r[1] + r[50])";
+
+START_TEST(test_process_thread_completion_wakes_a_polling_host)
+{
+  ml_Future *t = spawn(thread_script);
+  int fd, rc, steps = 0;
+  double timeout;
+  while ((rc = ml_state_step(S, &fd, &timeout)) > 0) {
+    struct pollfd p = { fd, POLLIN, 0 };
+    ck_assert_int_lt(++steps, 100000);
+    if (timeout != 0) poll(&p, fd >= 0 ? 1 : 0, timeout < 0 ? -1 : (int)(timeout * 1000));
+  }
+  ck_assert_int_eq(rc, 0);
+  ck_assert_str_eq(result_of(t), "1220");
+  ml_future_release(L, t);
+}
+END_TEST
+
+START_TEST(test_process_thread_completion_on_a_private_loop)
+{
+  ck_assert_str_eq(run(thread_script), "1220");
+}
+END_TEST
+
+/* A state closed with jobs in flight: the workers drop the results. */
+START_TEST(test_process_state_close_with_jobs_in_flight)
+{
+  run("for i = 1, 20 do asyncio.get_running_loop():run_in_executor(nil, function() local t = os.clock()\n"
+      "  while os.clock() - t < 0.01 do end end) end\n"
+      "asyncio.get_running_loop():stop()\n"
+      "return 'ok'");
+  ml_state_close(S);
+  S = NULL;
+}
+END_TEST
+
 /* ---- signals ---- */
 
 START_TEST(test_process_signals_are_off_in_a_host_state)
@@ -187,6 +232,14 @@ Suite *process_suite(void) {
   tcase_add_test(tc, test_process_exit_without_pidfd_polls);
   tcase_add_test(tc, test_process_exit_wakes_a_polling_host);
   tcase_add_test(tc, test_process_state_close_leaves_the_child_running_then_reaped);
+  suite_add_tcase(s, tc);
+
+  tc = tcase_create("threads");
+  tcase_add_checked_fixture(tc, setup, teardown);
+  tcase_set_timeout(tc, 30);
+  tcase_add_test(tc, test_process_thread_completion_wakes_a_polling_host);
+  tcase_add_test(tc, test_process_thread_completion_on_a_private_loop);
+  tcase_add_test(tc, test_process_state_close_with_jobs_in_flight);
   suite_add_tcase(s, tc);
 
   tc = tcase_create("signals");
