@@ -92,8 +92,8 @@ void *ml_state_userdata(ml_State *S);
  * with the message in ml_state_error. */
 int ml_load_string(lua_State *L, const char *src, size_t len, const char *chunkname);
 
-/* The same for the file at path (chunk name "@path"); also returns the
- * -errno of opening or reading it. */
+/* The same for the file at path (chunk name "@path"; NULL: standard
+ * input, "=stdin"); also returns the -errno of opening or reading it. */
 int ml_load_file(lua_State *L, const char *path);
 
 /* [-(nargs+1), +0] pops a function (or a Coroutine) and its nargs
@@ -405,6 +405,19 @@ int ml_state_sandbox(ml_State *S, const char *const *allow);
  * or src or out NULL) or -ENOMEM. */
 int ml_dialect_translate(const char *src, size_t len, const char *chunkname, char **out,
                          size_t *outlen, char *err, size_t errsz);
+
+/* Reads the whole file at path (NULL: standard input) for
+ * ml_dialect_translate or ml_load_string, as ml_load_file reads it.
+ * Returns its bytes, NUL-terminated, in malloc'd memory the caller frees
+ * with free(), and *len (if len is not NULL) their count; or NULL with
+ * errno set.  Needs no state. */
+char *ml_file_read(const char *path, size_t *len);
+
+/* The i-th (from 0) reserved word of Lua 5.4, in alphabetical order, or
+ * NULL past the last: for a host's completion or printing of names.
+ * "async" and "await" are contextual keywords, not reserved (a field or
+ * variable may be named so): they are not among them.  Needs no state. */
+const char *ml_dialect_keyword(int i);
 
 #ifdef __cplusplus
 }

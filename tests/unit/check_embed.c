@@ -2,6 +2,7 @@
  * it (only moonloop.h, libev and the Lua C API). */
 #include <dirent.h>
 #include <errno.h>
+#include <fcntl.h>
 #include <poll.h>
 #include <pthread.h>
 #include <signal.h>
@@ -9,6 +10,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/time.h>
+#include <unistd.h>
 #include <check.h>
 #include <ev.h>
 #include "moonloop.h"
@@ -872,6 +874,61 @@ START_TEST(test_embed_dialect_translate_keeps_lines_and_reports_syntax)
 }
 END_TEST
 
+/* ml_file_read reads what ml_load_file reads: the whole file, an empty one
+ * as "", a missing one as NULL with errno. */
+START_TEST(test_embed_file_read_reads_whole_files)
+{
+  char path[] = "/tmp/moonloop_check_XXXXXX";
+  const char *text = "return 40 + 2\n";
+  size_t len = 99;
+  char *got;
+  int fd = mkstemp(path);
+  ck_assert_int_ge(fd, 0);
+  ck_assert_int_eq(write(fd, text, strlen(text)), (int)strlen(text));
+  close(fd);
+  got = ml_file_read(path, &len);
+  ck_assert_ptr_nonnull(got);
+  ck_assert_uint_eq(len, strlen(text));
+  ck_assert_str_eq(got, text);
+  free(got);
+  ck_assert_int_eq(ml_load_file(L, path), ML_OK);
+  ck_assert_int_eq(lua_pcall(L, 0, 1, 0), LUA_OK);
+  ck_assert_int_eq(lua_tointeger(L, -1), 42);
+  lua_pop(L, 1);
+  fd = open(path, O_WRONLY | O_TRUNC);
+  ck_assert_int_ge(fd, 0);
+  close(fd);
+  got = ml_file_read(path, &len);
+  ck_assert_ptr_nonnull(got);
+  ck_assert_uint_eq(len, 0);
+  ck_assert_str_eq(got, "");
+  free(got);
+  unlink(path);
+  errno = 0;
+  ck_assert_ptr_null(ml_file_read(path, &len));
+  ck_assert_int_eq(errno, ENOENT);
+  ck_assert_int_eq(ml_load_file(L, path), -ENOENT);
+  ck_assert_ptr_nonnull(strstr(ml_state_error(S), "cannot open"));
+}
+END_TEST
+
+/* The reserved words, the list the REPL completes and prints names by. */
+START_TEST(test_embed_dialect_keyword_lists_reserved_words)
+{
+  int i, n = 0;
+  ck_assert_str_eq(ml_dialect_keyword(0), "and");
+  for (i = 0; ml_dialect_keyword(i) != NULL; i++) {
+    n++;
+    if (i > 0) ck_assert_int_lt(strcmp(ml_dialect_keyword(i - 1), ml_dialect_keyword(i)), 0);
+    ck_assert_str_ne(ml_dialect_keyword(i), "async");
+    ck_assert_str_ne(ml_dialect_keyword(i), "await");
+  }
+  ck_assert_int_eq(n, 22);
+  ck_assert_str_eq(ml_dialect_keyword(21), "while");
+  ck_assert_ptr_null(ml_dialect_keyword(-1));
+}
+END_TEST
+
 /* asyncio.run from a host gives the tasks the coroutine made in its last
  * step their first step before cancelling them, as asyncio's loop does. */
 START_TEST(test_embed_run_from_host_gives_leftover_tasks_a_first_step) {
@@ -943,6 +1000,8 @@ Suite *embed_suite(void) {
   tcase_add_test(tc, test_embed_interrupt_stops_code_that_never_awaits);
   tcase_add_test(tc, test_embed_error_handler_is_read_back);
   tcase_add_test(tc, test_embed_dialect_translate_keeps_lines_and_reports_syntax);
+  tcase_add_test(tc, test_embed_file_read_reads_whole_files);
+  tcase_add_test(tc, test_embed_dialect_keyword_lists_reserved_words);
   suite_add_tcase(s, tc);
   return s;
 }

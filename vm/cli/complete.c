@@ -16,11 +16,8 @@ static struct {
   size_t nmatches, nextmatch;
 } M;
 
-static const char *const lua_keywords[] = {
-  "and", "async", "await", "break", "do", "else", "elseif", "end", "false",
-  "for", "function", "goto", "if", "in", "local", "nil", "not", "or",
-  "repeat", "return", "then", "true", "until", "while", NULL
-};
+/* Completed as words besides the reserved ones (ml_dialect_keyword). */
+static const char *const contextual[] = { "async", "await" };
 
 static int is_ident(const char *s, size_t n) {
   size_t i;
@@ -108,14 +105,15 @@ static int build_matches(lua_State *L) {
   for (p = text; *p; p++)
     if (*p == '.' || *p == ':') sep = p;
   if (sep == NULL) {
-    int k;
+    const char *kw;
+    int k, nctx = (int)(sizeof contextual / sizeof contextual[0]);
     word = text;
     lua_rawgeti(L, LUA_REGISTRYINDEX, LUA_RIDX_GLOBALS);
     collect(L, 2, word, 0, set);
-    for (k = 0; lua_keywords[k]; k++)
-      if (strncmp(lua_keywords[k], word, strlen(word)) == 0) {
+    for (k = 0; (kw = k < nctx ? contextual[k] : ml_dialect_keyword(k - nctx)) != NULL; k++)
+      if (strncmp(kw, word, strlen(word)) == 0) {
         lua_pushboolean(L, 1);
-        lua_setfield(L, set, lua_keywords[k]);
+        lua_setfield(L, set, kw);
       }
   } else {
     /* Resolves the path before sep, part by part, from the globals. */

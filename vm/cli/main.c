@@ -54,34 +54,7 @@ static void sigint_cb(struct ev_loop *loop, ev_async *w, int revents) {
 /* Reads a whole file (or stdin for "-").  Returns malloc'ed data, or NULL
  * with errno set. */
 static char *read_file(const char *path, size_t *len) {
-  FILE *f = strcmp(path, "-") == 0 ? stdin : fopen(path, "rb");
-  char *buf = NULL;
-  size_t cap = 0, n = 0, r;
-  if (f == NULL) return NULL;
-  do {
-    if (n + 4096 > cap) {
-      char *nb = realloc(buf, cap = cap ? cap * 2 : 65536);
-      if (nb == NULL) {
-        free(buf);
-        if (f != stdin) fclose(f);
-        errno = ENOMEM;
-        return NULL;
-      }
-      buf = nb;
-    }
-    r = fread(buf + n, 1, cap - n, f);
-    n += r;
-  } while (r > 0);
-  if (ferror(f)) {
-    int e = errno ? errno : EIO;
-    free(buf);
-    if (f != stdin) fclose(f);
-    errno = e;
-    return NULL;
-  }
-  if (f != stdin) fclose(f);
-  *len = n;
-  return buf;
+  return ml_file_read(strcmp(path, "-") == 0 ? NULL : path, len);
 }
 
 static int emit(const char *path) {

@@ -16,22 +16,17 @@
 #define MAX_ITEMS 40
 #define WIDTH 78
 
-static const char *const keywords[] = {
-  "and", "break", "do", "else", "elseif", "end", "false", "for", "function",
-  "goto", "if", "in", "local", "nil", "not", "or", "repeat", "return", "then",
-  "true", "until", "while", NULL
-};
-
 /* 1 if s (of length n) can be written as a field name: `t.s`. */
 static int is_name(const char *s, size_t n) {
+  const char *kw;
   size_t i;
   int k;
   if (n == 0 || !(s[0] == '_' || ((s[0] | 32) >= 'a' && (s[0] | 32) <= 'z'))) return 0;
   for (i = 1; i < n; i++)
     if (!(s[i] == '_' || (s[i] >= '0' && s[i] <= '9') || ((s[i] | 32) >= 'a' && (s[i] | 32) <= 'z')))
       return 0;
-  for (k = 0; keywords[k]; k++)
-    if (strlen(keywords[k]) == n && memcmp(keywords[k], s, n) == 0) return 0;
+  for (k = 0; (kw = ml_dialect_keyword(k)) != NULL; k++)
+    if (strlen(kw) == n && memcmp(kw, s, n) == 0) return 0;
   return 1;
 }
 

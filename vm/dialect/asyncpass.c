@@ -31,10 +31,12 @@ enum {
   K_THEN, K_TRUE, K_UNTIL, K_WHILE, NKW
 };
 
-static const char *const kwnames[NKW] = {
+/* The reserved words, in K_* order (alphabetical): the one list of them
+ * in moonloop (the CLI reaches it through ml_dialect_keyword). */
+const char *const ml__lua_keywords[NKW + 1] = {
   "and", "break", "do", "else", "elseif", "end", "false", "for", "function",
   "goto", "if", "in", "local", "nil", "not", "or", "repeat", "return",
-  "then", "true", "until", "while"
+  "then", "true", "until", "while", NULL
 };
 
 /* Operators of more than one character; the others are their own char. */
@@ -382,7 +384,7 @@ static int lex(Pass *P, Tok *t) {
       n = P->p - t->start;
       t->kind = TK_NAME;
       for (k = 0; k < NKW; k++)
-        if (strlen(kwnames[k]) == n && memcmp(kwnames[k], P->src + t->start, n) == 0) {
+        if (strlen(ml__lua_keywords[k]) == n && memcmp(ml__lua_keywords[k], P->src + t->start, n) == 0) {
           t->kind = TK_KW;
           t->code = k;
           break;

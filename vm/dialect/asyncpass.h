@@ -14,6 +14,16 @@ typedef struct ml_Buf {
 /* Appends n bytes; returns 0 or -ENOMEM.  data stays NUL-terminated. */
 int ml__buf_add(ml_Buf *b, const char *s, size_t n);
 void ml__buf_free(ml_Buf *b);
+/* Appends the whole file at path (NULL: standard input, which is not
+ * closed) to b: the one file reader of moonloop (the loader, ml_load_file,
+ * ml_file_read).  Returns 0, or -errno with *failed (if failed is not
+ * NULL) set to "open" or "read", for the message "cannot open x: ...";
+ * on failure b holds what it held before, or more. */
+int ml__buf_read_file(ml_Buf *b, const char *path, const char **failed);
+
+/* Lua 5.4's reserved words, alphabetical, ending with NULL.  "async" and
+ * "await" are contextual keywords, not reserved: they are not in it. */
+extern const char *const ml__lua_keywords[];
 
 /* Translates the dialect in src[0..len) to plain Lua 5.4, appended to
  * out, keeping every token on its line (same number of lines).  chunkname

@@ -1,6 +1,8 @@
-/* buf.c: the growable byte buffer (ml_Buf) shared by the vm/ files. */
+/* buf.c: the growable byte buffer (ml_Buf) shared by the vm/ files, and
+ * the file reader that fills one. */
 #include <errno.h>
 #include <stdint.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -29,6 +31,21 @@ int ml__buf_add(ml_Buf *b, const char *s, size_t n) {
   b->len += n;
   b->data[b->len] = '\0';
   return 0;
+}
+
+int ml__buf_read_file(ml_Buf *b, const char *path, const char **failed) {
+  FILE *f = path ? fopen(path, "rb") : stdin;
+  char chunk[16384];
+  size_t n;
+  int rc = 0;
+  if (failed) *failed = "open";
+  if (f == NULL) return errno ? -errno : -EIO;
+  if (failed) *failed = "read";
+  while (rc == 0 && (n = fread(chunk, 1, sizeof chunk, f)) > 0)
+    rc = ml__buf_add(b, chunk, n);
+  if (rc == 0 && ferror(f)) rc = errno ? -errno : -EIO;
+  if (f != stdin) fclose(f);
+  return rc;
 }
 
 /* Releases the bytes of b and leaves it a valid empty buffer. */

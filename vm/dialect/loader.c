@@ -36,48 +36,23 @@ int ml__load(lua_State *L, const char *src, size_t len, const char *chunkname) {
   return rc;
 }
 
-/* Reads the file at path into a string.  [-0, +1] pushes it, or the error
- * message; returns 0 or -errno. */
-static int push_file(lua_State *L, const char *path) {
-  FILE *f = path ? fopen(path, "rb") : stdin;
-  luaL_Buffer b;
-  size_t n;
-  if (f == NULL) {
-    int e = errno;
-    lua_pushfstring(L, "cannot open %s: %s", path, strerror(e));
-    return -e;
-  }
-  luaL_buffinit(L, &b);
-  do {
-    char *p = luaL_prepbuffer(&b);
-    n = fread(p, 1, LUAL_BUFFERSIZE, f);
-    luaL_addsize(&b, n);
-  } while (n == LUAL_BUFFERSIZE);
-  if (ferror(f)) {
-    int e = errno ? errno : EIO;
-    if (f != stdin) fclose(f);
-    luaL_pushresult(&b);
-    lua_pop(L, 1);
-    lua_pushfstring(L, "cannot read %s: %s", path ? path : "stdin", strerror(e));
-    return -e;
-  }
-  if (f != stdin) fclose(f);
-  luaL_pushresult(&b);
-  return 0;
-}
-
 /* Loads the file at path (NULL: stdin) in the dialect.  [-0, +1] pushes the
  * function or the message; returns a LUA_* status. */
 static int load_file(lua_State *L, const char *path) {
-  size_t len;
-  const char *src;
-  int st;
-  if (push_file(L, path) < 0) return LUA_ERRFILE;
-  src = lua_tolstring(L, -1, &len);
+  ml_Buf b = { 0 };
+  const char *failed;
+  int rc, st;
   lua_pushfstring(L, path ? "@%s" : "=stdin", path);
-  st = ml__load(L, src, len, lua_tostring(L, -1));
-  lua_replace(L, -3);
-  lua_pop(L, 1);
+  rc = ml__buf_read_file(&b, path, &failed);
+  if (rc < 0) {
+    ml__buf_free(&b);
+    lua_pop(L, 1);
+    lua_pushfstring(L, "cannot %s %s: %s", failed, path ? path : "stdin", strerror(-rc));
+    return LUA_ERRFILE;
+  }
+  st = ml__load(L, b.data ? b.data : "", b.len, lua_tostring(L, -1));
+  ml__buf_free(&b);
+  lua_remove(L, -2);
   return st;
 }
 

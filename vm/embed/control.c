@@ -131,6 +131,25 @@ ml_ErrorHandler ml_state_error_handler(ml_State *S, void **ud) {
 
 /* ---- the dialect ---- */
 
+char *ml_file_read(const char *path, size_t *len) {
+  ml_Buf b = { 0 };
+  int rc = ml__buf_read_file(&b, path, NULL);
+  if (rc == 0 && b.data == NULL) rc = ml__buf_add(&b, NULL, 0);  /* an empty file */
+  if (rc < 0) {
+    ml__buf_free(&b);
+    errno = -rc;
+    return NULL;
+  }
+  if (len) *len = b.len;
+  return b.data;  /* malloc'd by the buffer: the caller frees it */
+}
+
+const char *ml_dialect_keyword(int i) {
+  int n = 0;
+  while (ml__lua_keywords[n]) n++;
+  return i >= 0 && i < n ? ml__lua_keywords[i] : NULL;
+}
+
 int ml_dialect_translate(const char *src, size_t len, const char *chunkname, char **out,
                          size_t *outlen, char *err, size_t errsz) {
   ml_Buf b = { 0 };

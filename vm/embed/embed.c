@@ -9,6 +9,7 @@
 #include <string.h>
 #include <time.h>
 #include "embed.h"
+#include "dialect/asyncpass.h"
 
 #define EMBED_MT "moonloop.embed"
 
@@ -246,36 +247,20 @@ int ml_load_string(lua_State *L, const char *src, size_t len, const char *chunkn
 
 int ml_load_file(lua_State *L, const char *path) {
   ml_State *S = ml__state(L);
-  FILE *fp;
-  char *buf = NULL, name[1024];
-  size_t n = 0, cap = 0, r;
+  ml_Buf b = { 0 };
+  const char *failed, *shown = path ? path : "stdin";
+  char name[1024];
   int rc;
   ENTER(S, E);
-  fp = fopen(path, "rb");
-  if (fp == NULL) return ml__embed_fail(S, -errno, "cannot open %s: %s", path, strerror(errno));
-  do {
-    if (cap - n < 4096) {
-      char *nb = realloc(buf, cap = cap ? cap * 2 : 16384);
-      if (nb == NULL) {
-        free(buf);
-        fclose(fp);
-        return ml__embed_fail(S, -ENOMEM, "cannot read %s: not enough memory", path);
-      }
-      buf = nb;
-    }
-    r = fread(buf + n, 1, cap - n, fp);
-    n += r;
-  } while (r > 0);
-  if (ferror(fp)) {
-    int e = errno ? errno : EIO;
-    free(buf);
-    fclose(fp);
-    return ml__embed_fail(S, -e, "cannot read %s: %s", path, strerror(e));
+  rc = ml__buf_read_file(&b, path, &failed);
+  if (rc < 0) {
+    ml__buf_free(&b);
+    if (rc == -ENOMEM) return ml__embed_fail(S, rc, "cannot read %s: not enough memory", shown);
+    return ml__embed_fail(S, rc, "cannot %s %s: %s", failed, shown, strerror(-rc));
   }
-  fclose(fp);
-  snprintf(name, sizeof name, "@%s", path);
-  rc = ml_load_string(L, buf, n, name);
-  free(buf);
+  snprintf(name, sizeof name, path ? "@%s" : "=stdin", path);
+  rc = ml_load_string(L, b.data ? b.data : "", b.len, name);
+  ml__buf_free(&b);
   return rc;
 }
 
