@@ -475,13 +475,10 @@ static int format_error(lua_State *L) {
   else
     ml__pretty(L, 1, 1);
   if (lua_isstring(L, 2)) {
-    /* The task's own base frame says nothing to the user. */
-    static const char tail[] = "\n\t[C]: in ?";
-    size_t n;
-    const char *tb = lua_tolstring(L, 2, &n);
-    if (n >= sizeof tail - 1 && strcmp(tb + n - (sizeof tail - 1), tail) == 0) n -= sizeof tail - 1;
+    /* The task's own base frame is left out already (the core's
+     * ml__traceback). */
     lua_pushliteral(L, "\n");
-    lua_pushlstring(L, tb, n);
+    lua_pushvalue(L, 2);
     lua_concat(L, 3);
   }
   return 1;
