@@ -493,7 +493,7 @@ static void fdwatch_stop(lua_State *L, FdWatch *fw) {
 }
 
 static int fdwatch_gc(lua_State *L) {
-  FdWatch *fw = luaL_testudata(L, 1, FDWATCH_MT);
+  FdWatch *fw = ml__udata_test(L, 1, ML_UT_FDWATCH);
   if (fw && ev_is_active(&fw->io)) ev_io_stop(ml__loop(fw->S), &fw->io);
   return 0;
 }
@@ -559,7 +559,7 @@ static int add_watch(lua_State *L, int events, const char *key) {
   fw->S = S;
   fw->ref = LUA_NOREF;
   fw->nargs = nargs;
-  if (luaL_newmetatable(L, FDWATCH_MT)) {
+  if (ml__udata_newmt(L, ML_UT_FDWATCH, FDWATCH_MT)) {
     lua_pushcfunction(L, fdwatch_gc);
     lua_setfield(L, -2, "__gc");
   }

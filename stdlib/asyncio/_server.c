@@ -120,7 +120,7 @@ static int l_listener(lua_State *L) {
   ls->backlog = backlog < 1 ? 1 : backlog > 1024 ? 1024 : backlog;
   ev_init(&ls->retry, retry_cb);
   ls->retry.data = ls;
-  luaL_setmetatable(L, ML_LISTENER);
+  ml__udata_setmt(L, ML_UT_LISTENER);
   for (int i = 0; i < n; i++) {
     lua_geti(L, 1, i + 1);
     ml_Socket *s = ml__sock_checkopen(L, -1);
@@ -139,7 +139,7 @@ static int l_listener(lua_State *L) {
 }
 
 static Listener *check_listener(lua_State *L) {
-  return luaL_checkudata(L, 1, ML_LISTENER);
+  return ml__udata_check(L, 1, ML_UT_LISTENER);
 }
 
 static int listener_start(lua_State *L) {
@@ -185,7 +185,7 @@ static int listener_is_serving(lua_State *L) {
 }
 
 static int listener_gc(lua_State *L) {
-  Listener *ls = luaL_testudata(L, 1, ML_LISTENER);
+  Listener *ls = ml__udata_test(L, 1, ML_UT_LISTENER);
   if (ls == NULL) return 0;  /* a script calling __gc on something else */
   for (int i = 0; i < ls->n; i++)
     if (ev_is_active(&ls->socks[i].io)) ev_io_stop(ml__loop(ls->S), &ls->socks[i].io);
@@ -209,7 +209,7 @@ static const luaL_Reg module_funcs[] = {
 int luaopen_asyncio__server(lua_State *L) {
   luaL_requiref(L, "socket", luaopen_socket, 0);
   lua_pop(L, 1);
-  if (luaL_newmetatable(L, ML_LISTENER)) {
+  if (ml__udata_newmt(L, ML_UT_LISTENER, ML_LISTENER)) {
     lua_newtable(L);
     luaL_setfuncs(L, listener_methods, 0);
     lua_setfield(L, -2, "__index");

@@ -159,13 +159,13 @@ static void set_close(SigSet *ss) {
 }
 
 static int set_gc(lua_State *L) {
-  SigSet *ss = luaL_testudata(L, 1, ML_SIGSET);
+  SigSet *ss = ml__udata_test(L, 1, ML_UT_SIGSET);
   if (ss) set_close(ss);
   return 0;
 }
 
 static SigSet *check_set(lua_State *L) {
-  SigSet *ss = luaL_checkudata(L, 1, ML_SIGSET);
+  SigSet *ss = ml__udata_check(L, 1, ML_UT_SIGSET);
   if (ss->slot < 0) luaL_error(L, "the signal set is closed");
   return ss;
 }
@@ -191,7 +191,7 @@ static int l_new(lua_State *L) {
   memset(ss, 0, sizeof *ss);
   ss->slot = -1;
   ss->ref = LUA_NOREF;
-  luaL_setmetatable(L, ML_SIGSET);
+  ml__udata_setmt(L, ML_UT_SIGSET);
   lua_newtable(L);
   lua_setiuservalue(L, -2, 1);
   pthread_mutex_lock(&mu);
@@ -306,7 +306,7 @@ static const luaL_Reg funcs[] = {
 };
 
 int luaopen_asyncio__signal(lua_State *L) {
-  if (luaL_newmetatable(L, ML_SIGSET)) {
+  if (ml__udata_newmt(L, ML_UT_SIGSET, ML_SIGSET)) {
     luaL_newlib(L, set_methods);
     lua_setfield(L, -2, "__index");
     lua_pushcfunction(L, set_gc);

@@ -6,7 +6,7 @@
 typedef struct { size_t size; char data[]; } Buffer;
 
 static Buffer *checkbuffer(lua_State *L, int idx) {
-  return luaL_checkudata(L, idx, ML_BUFFER);
+  return ml__udata_check(L, idx, ML_UT_BUFFER);
 }
 
 char *ml__buffer_check(lua_State *L, int idx, size_t *size) {
@@ -28,7 +28,7 @@ int ml__buffer_new(lua_State *L) {
   b->size = n;
   if (init) memcpy(b->data, init, n);
   else memset(b->data, 0, n);
-  luaL_setmetatable(L, ML_BUFFER);
+  ml__udata_setmt(L, ML_UT_BUFFER);
   return 1;
 }
 
@@ -83,7 +83,7 @@ static const luaL_Reg buffer_methods[] = {
 };
 
 void ml__buffer_open(lua_State *L) {
-  if (luaL_newmetatable(L, ML_BUFFER)) {
+  if (ml__udata_newmt(L, ML_UT_BUFFER, ML_BUFFER)) {
     luaL_newlib(L, buffer_methods);
     lua_setfield(L, -2, "__index");
     lua_pushcfunction(L, buffer_len);

@@ -57,7 +57,7 @@ static void lookup_done(ml_State *S, void *ud) {
 
 /* A request handle: the userdata that owns the script side of a request. */
 static int reqhandle_gc(lua_State *L) {
-  ml_Lookup **pq = luaL_testudata(L, 1, REQ_MT);
+  ml_Lookup **pq = ml__udata_test(L, 1, ML_UT_LOOKUP);
   if (pq && *pq) {
     (*pq)->task = NULL;
     req_unref(*pq);
@@ -69,7 +69,7 @@ static int reqhandle_gc(lua_State *L) {
 ml_Lookup *ml__lookup_new(lua_State *L, int kind) {
   ml_Lookup **pq = lua_newuserdatauv(L, sizeof *pq, 0);
   *pq = NULL;
-  if (luaL_newmetatable(L, REQ_MT)) {
+  if (ml__udata_newmt(L, ML_UT_LOOKUP, REQ_MT)) {
     lua_pushcfunction(L, reqhandle_gc);
     lua_setfield(L, -2, "__gc");
   }
@@ -83,7 +83,7 @@ ml_Lookup *ml__lookup_new(lua_State *L, int kind) {
 }
 
 ml_Lookup *ml__lookup_check(lua_State *L, int idx) {
-  ml_Lookup **pq = luaL_checkudata(L, idx, REQ_MT);
+  ml_Lookup **pq = ml__udata_check(L, idx, ML_UT_LOOKUP);
   return *pq;
 }
 

@@ -28,16 +28,16 @@ ml_Socket *ml__sock_push(lua_State *L, int fd, int family, int type, int proto) 
   s->family = family;
   s->type = type;
   s->proto = proto;
-  luaL_setmetatable(L, ML_SOCKET);
+  ml__udata_setmt(L, ML_UT_SOCKET);
   return s;
 }
 
 ml_Socket *ml__sock_check(lua_State *L, int idx) {
-  return luaL_checkudata(L, idx, ML_SOCKET);
+  return ml__udata_check(L, idx, ML_UT_SOCKET);
 }
 
 ml_Socket *ml__sock_checkopen(lua_State *L, int idx) {
-  ml_Socket *s = luaL_checkudata(L, idx, ML_SOCKET);
+  ml_Socket *s = ml__udata_check(L, idx, ML_UT_SOCKET);
   if (s->fd < 0) ml__exc_raise_errno(L, EBADF, NULL);
   return s;
 }
@@ -117,7 +117,7 @@ static int sock_close(lua_State *L) {
 }
 
 static int sock_gc(lua_State *L) {
-  ml_Socket *s = luaL_testudata(L, 1, ML_SOCKET);
+  ml_Socket *s = ml__udata_test(L, 1, ML_UT_SOCKET);
   if (s) ml__sock_close(s);
   return 0;
 }
@@ -126,7 +126,7 @@ static int sock_gc(lua_State *L) {
  * transport owns (that would close the fd under the transport, and the
  * next connection could get its number). */
 static int sock_tbc(lua_State *L) {
-  ml_Socket *s = luaL_testudata(L, 1, ML_SOCKET);
+  ml_Socket *s = ml__udata_test(L, 1, ML_UT_SOCKET);
   if (s == NULL || s->transport) return 0;
   ml__sock_close(s);
   return 0;
@@ -622,7 +622,7 @@ static const struct { const char *name; int value; } constants[] = {
 #undef C
 
 int luaopen_socket(lua_State *L) {
-  if (luaL_newmetatable(L, ML_SOCKET)) {
+  if (ml__udata_newmt(L, ML_UT_SOCKET, ML_SOCKET)) {
     luaL_newlib(L, sock_methods);
     lua_pushcclosure(L, sock_index, 1);
     lua_setfield(L, -2, "__index");

@@ -113,7 +113,7 @@ int ml__ssl_raise(lua_State *L, const char *what) {
 /* SSLContext.                                                        */
 
 ml_SslCtx *ml__sslctx_check(lua_State *L, int idx) {
-  ml_SslCtx *x = luaL_checkudata(L, idx, ML_SSLCONTEXT);
+  ml_SslCtx *x = ml__udata_check(L, idx, ML_UT_SSLCONTEXT);
   if (x->ctx == NULL) luaL_argerror(L, idx, "SSLContext is closed");
   return x;
 }
@@ -177,7 +177,7 @@ static int ctx_new(lua_State *L) {
   x = lua_newuserdatauv(L, sizeof *x, 1);
   memset(x, 0, sizeof *x);
   x->sni_ref = LUA_NOREF;
-  luaL_setmetatable(L, ML_SSLCONTEXT);
+  ml__udata_setmt(L, ML_UT_SSLCONTEXT);
   x->ctx = SSL_CTX_new(m);
   if (x->ctx == NULL) return ml__ssl_raise(L, "SSL_CTX_new");
   SSL_CTX_set_ex_data(x->ctx, ctx_index, x);
@@ -205,7 +205,7 @@ static int ctx_new(lua_State *L) {
 }
 
 static int ctx_gc(lua_State *L) {
-  ml_SslCtx *x = luaL_checkudata(L, 1, ML_SSLCONTEXT);
+  ml_SslCtx *x = ml__udata_check(L, 1, ML_UT_SSLCONTEXT);
   if (x->ctx) {
     SSL_CTX_set_ex_data(x->ctx, ctx_index, NULL);
     SSL_CTX_free(x->ctx);  /* connections may still hold it */
@@ -408,7 +408,7 @@ static int version_get(int v) {
 /* Fields: check_hostname, verify_mode, minimum_version, maximum_version,
  * options, protocol, sni_callback; then the methods. */
 static int ctx_index_mm(lua_State *L) {
-  ml_SslCtx *x = luaL_checkudata(L, 1, ML_SSLCONTEXT);
+  ml_SslCtx *x = ml__udata_check(L, 1, ML_UT_SSLCONTEXT);
   const char *k = lua_tostring(L, 2);
   if (k && x->ctx) {
     if (strcmp(k, "check_hostname") == 0) { lua_pushboolean(L, x->check_hostname); return 1; }
@@ -483,7 +483,7 @@ static int ctx_newindex_mm(lua_State *L) {
 }
 
 static int ctx_tostring(lua_State *L) {
-  ml_SslCtx *x = luaL_checkudata(L, 1, ML_SSLCONTEXT);
+  ml_SslCtx *x = ml__udata_check(L, 1, ML_UT_SSLCONTEXT);
   lua_pushfstring(L, "<ssl.SSLContext %s>", x->protocol == ML_PROTOCOL_TLS_CLIENT ? "client"
                                             : x->protocol == ML_PROTOCOL_TLS_SERVER ? "server" : "tls");
   return 1;
@@ -556,7 +556,7 @@ int luaopen_ssl__ssl(lua_State *L) {
   lua_newtable(L);
   luaL_setfuncs(L, ctx_methods, 0);
   lua_rawsetp(L, LUA_REGISTRYINDEX, (void *)ctx_methods);
-  if (luaL_newmetatable(L, ML_SSLCONTEXT)) {
+  if (ml__udata_newmt(L, ML_UT_SSLCONTEXT, ML_SSLCONTEXT)) {
     lua_pushcfunction(L, ctx_index_mm);
     lua_setfield(L, -2, "__index");
     lua_pushcfunction(L, ctx_newindex_mm);

@@ -640,12 +640,12 @@ static int push_sslobject(lua_State *L, int cidx) {
   o->c = ml__conn_test(L, cidx);
   lua_pushvalue(L, cidx);
   lua_setiuservalue(L, -2, 1);
-  luaL_setmetatable(L, ML_SSLOBJECT);
+  ml__udata_setmt(L, ML_UT_SSLOBJECT);
   return 1;
 }
 
 static ml_Tls *obj_tls(lua_State *L) {
-  ml_SslObj *o = luaL_checkudata(L, 1, ML_SSLOBJECT);
+  ml_SslObj *o = ml__udata_check(L, 1, ML_UT_SSLOBJECT);
   ml_Tls *t = tls_of(o->c);
   if (t == NULL || t->ssl == NULL) luaL_error(L, "the SSL object's connection is gone");
   return t;
@@ -858,7 +858,7 @@ static int obj_newindex(lua_State *L) {
 }
 
 static int obj_tostring(lua_State *L) {
-  ml_SslObj *o = luaL_checkudata(L, 1, ML_SSLOBJECT);
+  ml_SslObj *o = ml__udata_check(L, 1, ML_UT_SSLOBJECT);
   lua_pushfstring(L, "<ssl.SSLObject %s>", tls_of(o->c) ? "open" : "closed");
   return 1;
 }
@@ -874,7 +874,7 @@ static const luaL_Reg obj_methods[] = {
 };
 
 void ml__tls_open(lua_State *L) {
-  if (luaL_newmetatable(L, ML_SSLOBJECT)) {
+  if (ml__udata_newmt(L, ML_UT_SSLOBJECT, ML_SSLOBJECT)) {
     lua_newtable(L);
     luaL_setfuncs(L, obj_methods, 0);
     lua_setfield(L, -2, "__methods");

@@ -69,7 +69,7 @@ typedef struct Proc {
 } Proc;
 
 static Proc *check_proc(lua_State *L) {
-  return luaL_checkudata(L, 1, ML_PROC);
+  return ml__udata_check(L, 1, ML_UT_PROCESS);
 }
 
 /* ---------------------------------------------------------------- */
@@ -202,7 +202,7 @@ static void *reaper(void *arg) {
 }
 
 static int proc_gc(lua_State *L) {
-  Proc *p = luaL_testudata(L, 1, ML_PROC);
+  Proc *p = ml__udata_test(L, 1, ML_UT_PROCESS);
   if (p == NULL || p->S == NULL) return 0;
   stop_watching(p);
   if (p->state == P_RUNNING && !reap(p)) {
@@ -373,7 +373,7 @@ static int l_spawn(lua_State *L) {
   ev_init(&p->pt, poll_cb);
   ev_init(&p->cw, child_cb);
   p->pw.data = p->pt.data = p->cw.data = p;
-  luaL_setmetatable(L, ML_PROC);
+  ml__udata_setmt(L, ML_UT_PROCESS);
   lua_pushvalue(L, 3);
   lua_setiuservalue(L, -2, PUV_ONEXIT);
   int hidx = lua_gettop(L);
@@ -581,7 +581,7 @@ int luaopen_asyncio__process(lua_State *L) {
   };
   luaL_requiref(L, "asyncio._stream", luaopen_asyncio__stream, 0);
   lua_pop(L, 1);
-  if (luaL_newmetatable(L, ML_PROC)) {
+  if (ml__udata_newmt(L, ML_UT_PROCESS, ML_PROC)) {
     luaL_newlib(L, proc_methods);
     lua_setfield(L, -2, "__index");
     lua_pushcfunction(L, proc_gc);
