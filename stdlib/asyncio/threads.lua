@@ -11,7 +11,7 @@ local M = {}
 
 -- ThreadPoolExecutor(max_workers): threads with their own Lua states;
 -- max_workers defaults to Python's min(32, cores + 4).
-local Executor = debug.getregistry()["asyncio.ThreadPoolExecutor"].__index
+local Executor = C.Executor.__index
 function M.ThreadPoolExecutor(n)
   if n == nil then n = math.min(32, C.cpu_count() + 4) end
   return C.new(n)
@@ -29,7 +29,7 @@ local default  -- the process-wide default executor, made on first use
 
 -- loop:set_default_executor(executor)
 function Loop:set_default_executor(ex)
-  if getmetatable(ex) ~= debug.getregistry()["asyncio.ThreadPoolExecutor"] then
+  if getmetatable(ex) ~= C.Executor then
     error(asyncio.TypeError("executor must be a ThreadPoolExecutor"), 2)
   end
   self._default_executor = ex

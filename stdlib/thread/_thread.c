@@ -512,14 +512,19 @@ static void run_job(lua_State *W, Job *j) {
   int st, n;
   Buf out = { 0 };
   lua_settop(W, 0);
-  if (j->path) {
-    lua_getglobal(W, "package");
+  /* An earlier job may have replaced package: raw access, no metamethods,
+   * as nothing here may raise outside a protected call. */
+  lua_pushglobaltable(W);
+  lua_pushliteral(W, "package");
+  if (j->path && lua_rawget(W, -2) == LUA_TTABLE) {
+    lua_pushliteral(W, "path");
     lua_pushstring(W, j->path);
-    lua_setfield(W, -2, "path");
+    lua_rawset(W, -3);
+    lua_pushliteral(W, "cpath");
     lua_pushstring(W, j->cpath);
-    lua_setfield(W, -2, "cpath");
-    lua_pop(W, 1);
+    lua_rawset(W, -3);
   }
+  lua_settop(W, 0);
   lua_pushcfunction(W, traceback_msgh);
   lua_pushcfunction(W, decode_p);
   lua_pushlightuserdata(W, j->in);
@@ -871,5 +876,7 @@ int luaopen_asyncio__thread(lua_State *L) {
   }
   lua_pop(L, 1);
   luaL_newlib(L, funcs);
+  luaL_getmetatable(L, ML_EXECUTOR);
+  lua_setfield(L, -2, "Executor");  /* the metatable: methods in __index */
   return 1;
 }

@@ -131,4 +131,11 @@ T.case("workers have the standard libraries and no loop", async function()
   T.eq(r, "functionfunctionfunctionnilnil", "globals in the worker")
 end)
 
+T.case("a job that breaks its worker's globals does not break the next one", async function()
+  local ex = asyncio.ThreadPoolExecutor(1)
+  await ex:submit(function() package = nil; setmetatable(_G, { __index = function() error("no") end }) end)
+  T.eq(await ex:submit(function(x) return x end, "still"), "still", "the next job")
+  ex:shutdown(true)
+end)
+
 T.run()
