@@ -568,15 +568,14 @@ static void run_job(lua_State *W, Job *j) {
     lua_pushliteral(W, "error");
     lua_insert(W, 4);
     if (lua_pcall(W, 4, 0, 0) != LUA_OK) {
-      /* An error that cannot be copied: send its description. */
-      const char *msg = luaL_tolstring(W, 2, NULL);
+      /* The error itself cannot be copied: the reason goes back. */
+      size_t n = 0;
+      const char *m = lua_type(W, -1) == LUA_TSTRING ? lua_tolstring(W, -1, &n) : NULL;
       free(out.p);
       memset(&out, 0, sizeof out);
-      lua_pushcfunction(W, encode_p);
-      lua_pushlightuserdata(W, &out);
-      lua_pushliteral(W, "error");
-      lua_pushstring(W, msg);
-      lua_pcall(W, 3, 0, 0);
+      if (m && (j->copy_err = malloc(n + 1)) != NULL) memcpy(j->copy_err, m, n + 1);
+      lua_settop(W, 0);
+      return;
     }
   }
   lua_settop(W, 0);

@@ -69,6 +69,8 @@ T.case("what cannot cross raises TypeError naming it", async function()
   T.match(tostring(e), "argument #1", "names the argument")
   e = T.raises(asyncio.TypeError, asyncio.to_thread(function() return coroutine.create(print) end), "result")
   T.match(tostring(e), "thread", "says what")
+  e = T.raises(asyncio.TypeError, asyncio.to_thread(function() error(coroutine.create(print)) end), "error value")
+  T.match(tostring(e), "cannot copy", "says why")
   T.raises(nil, function() return asyncio.to_thread(42) end, "not a function")
 end)
 
