@@ -151,7 +151,7 @@ local DEFAULT_HANDSHAKE_TIMEOUT = 60.0
 -- calls done(nil) once the handshake is over, or done(exc) when it failed
 -- or took longer than its timeout (the transport is then closed).
 function M._start(loop, tr, tls, hold, done)
-  local fut = C._wrap(tr, tls.ctx, tls.server, tls.hostname, hold)
+  local fut = C._wrap(tr, tls.ctx, tls.server, tls.hostname, hold, tls.shutdown)
   local timeout = tls.timeout or DEFAULT_HANDSHAKE_TIMEOUT
   local timer = loop:call_later(timeout, function()
     C._abort(tr, E.ConnectionAbortedError(string.format(
@@ -167,7 +167,7 @@ end
 -- The same in the running task: returns once the handshake is over, or
 -- raises what ended it.  Cancelling the task aborts the connection.
 async function M._handshake(loop, tr, tls, hold)
-  local fut = C._wrap(tr, tls.ctx, tls.server, tls.hostname, hold)
+  local fut = C._wrap(tr, tls.ctx, tls.server, tls.hostname, hold, tls.shutdown)
   local timeout = tls.timeout or DEFAULT_HANDSHAKE_TIMEOUT
   local timer = loop:call_later(timeout, function()
     C._abort(tr, E.ConnectionAbortedError(string.format(

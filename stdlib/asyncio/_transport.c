@@ -159,6 +159,7 @@ void ml__conn_update_reading(ml_Conn *c) {
   want = ml__conn_wants_data(c);
   if (c->layer) {
     if (want) c->layer->resume(c);
+    if (c->linger && c->fd >= 0 && !c->lost) want = 1;
     want = want && !c->sock_eof;
   }
   if (want && !ev_is_active(&c->rio)) ev_io_start(ml__loop(c->S), &c->rio);
@@ -197,7 +198,14 @@ void ml__conn_flush(ml_Conn *c) {
     ml__bq_consume(&c->wbuf, (size_t)r);
   }
   if (c->wbuf.len > 0) ev_io_start(ml__loop(c->S), &c->wio);
-  else if (c->closing) schedule_lost(c);
+  else if (c->closing && !c->linger) schedule_lost(c);
+}
+
+void ml__conn_unlinger(ml_Conn *c) {
+  if (!c->linger) return;
+  c->linger = 0;
+  ml__conn_update_reading(c);
+  if (c->closing && wqueued(c) == 0) schedule_lost(c);
 }
 
 static ssize_t conn_recv(ml_Conn *c, char *p, size_t n) {
@@ -276,7 +284,7 @@ void ml__conn_close(ml_Conn *c, int abort) {
   if (c->closing) return;
   c->closing = 1;
   ml__conn_update_reading(c);
-  if (wqueued(c) == 0) schedule_lost(c);
+  if (wqueued(c) == 0 && !c->linger) schedule_lost(c);
 }
 
 void ml__conn_write_eof(ml_Conn *c) {
@@ -420,7 +428,7 @@ static void write_cb(struct ev_loop *loop, ev_io *w, int revents) {
     ev_io_stop(loop, w);
     ml__bq_trim(&c->wbuf, WBUF_KEEP);
     if (c->eof_req && !c->eof_sent) do_shutdown(c);
-    if (c->closing) schedule_lost(c);
+    if (c->closing && !c->linger) schedule_lost(c);
   }
   maybe_resume_writing(ml__main_lua(c->S), c);
 }

@@ -165,6 +165,9 @@ struct ml_Conn {
   const ml_Layer *layer;    /* TLS over the socket, or NULL */
   void *layer_ud;
   unsigned char sock_eof;   /* with a layer: the socket's EOF was read */
+  unsigned char linger;     /* closing, but the layer still reads (the
+                             * peer's close_notify): connection_lost waits
+                             * for ml__conn_unlinger */
 };
 
 /* The transports module (asyncio/_transport.c). */
@@ -230,6 +233,9 @@ void ml__conn_deliver_eof(ml_Conn *c);
 void ml__conn_fail(lua_State *L, ml_Conn *c);
 /* Ends the connection with errno err, as a failed send or recv does. */
 void ml__conn_fail_errno(ml_Conn *c, int err);
+/* The layer is done with a close it lingered on: the transport closes
+ * once its write queue is flushed. */
+void ml__conn_unlinger(ml_Conn *c);
 /* 1 if the reader side wants data now (open, not paused, stream buffer
  * under its limit or a reader waiting). */
 int ml__conn_wants_data(ml_Conn *c);

@@ -38,6 +38,8 @@ typedef struct ml_Tls {
   ml_BQ pend;               /* plaintext written before the handshake ended */
   unsigned char server, hs_done, held, shut_sent, eof_marked, busy, failed;
   ev_timer kick;            /* delivers held bytes when reading resumes */
+  ev_timer shut;            /* bounds the wait for the peer's close_notify */
+  double shutdown_timeout;
   char host[256];           /* server_hostname, or "" */
   char key[300];            /* the session cache key: host, else the address */
 } ml_Tls;
@@ -279,6 +281,33 @@ static int decrypt(ml_Conn *c, ml_Tls *t) {
   return -1;
 }
 
+static void end_linger(ml_Conn *c, ml_Tls *t) {
+  if (ev_is_active(&t->shut)) ev_timer_stop(ml__loop(c->S), &t->shut);
+  ml__conn_unlinger(c);
+}
+
+/* After our close_notify: what comes is dropped until the peer's
+ * close_notify, its EOF or an error ends the wait. */
+static void linger_read(ml_Conn *c, ml_Tls *t) {
+  size_t n;
+  for (;;) {
+    ERR_clear_error();
+    if (SSL_read_ex(t->ssl, c->scratch, c->scratch_size, &n) == 1) continue;
+    int e = SSL_get_error(t->ssl, 0);
+    ERR_clear_error();
+    if (e == SSL_ERROR_WANT_READ && !c->sock_eof) return;
+    break;
+  }
+  end_linger(c, t);
+}
+
+static void shut_cb(struct ev_loop *loop, ev_timer *w, int revents) {
+  ml_Tls *t = w->data;
+  (void)loop; (void)revents;
+  if (tls_of(t->c) == NULL) return;
+  ml__conn_close(t->c, 1);  /* the peer never answered: as asyncio, abort */
+}
+
 static void pump(ml_Conn *c) {
   ml_Tls *t = tls_of(c);
   int e;
@@ -289,6 +318,10 @@ static void pump(ml_Conn *c) {
     BIO_set_mem_eof_return(t->rbio, 0);  /* reads past the data now see EOF */
   }
   if (!t->hs_done && !handshake(c, t)) goto out;
+  if (c->linger) {
+    linger_read(c, t);
+    goto out;
+  }
   if (t->held || c->closing) goto out;
   e = decrypt(c, t);
   if (gone(c)) goto out;
@@ -343,14 +376,23 @@ static int tls_write(lua_State *L, ml_Conn *c, const char *p, size_t n) {
   return 0;
 }
 
+/* Queues close_notify and, unless the peer's came already, lingers:
+ * the transport keeps reading until the peer answers (or its socket
+ * ends, or the shutdown timeout passes), then closes. */
 static void tls_close(ml_Conn *c) {
   ml_Tls *t = tls_of(c);
+  int r;
   if (t == NULL || !t->hs_done || t->shut_sent || t->failed) return;
   t->shut_sent = 1;
   ERR_clear_error();
-  SSL_shutdown(t->ssl);  /* queues close_notify */
+  r = SSL_shutdown(t->ssl);  /* queues close_notify */
   ERR_clear_error();
   ml__conn_flush(c);
+  if (r == 0 && !gone(c) && !c->sock_eof && t->shutdown_timeout > 0) {
+    c->linger = 1;
+    ev_timer_set(&t->shut, t->shutdown_timeout, 0.);
+    ev_timer_start(ml__loop(c->S), &t->shut);
+  }
 }
 
 static void kick_cb(struct ev_loop *loop, ev_timer *w, int revents) {
@@ -373,6 +415,8 @@ static void tls_resume(ml_Conn *c) {
 static void tls_lost(ml_Conn *c) {
   ml_Tls *t = tls_of(c);
   if (t != NULL && ev_is_active(&t->kick)) ev_timer_stop(ml__loop(c->S), &t->kick);
+  if (t != NULL && ev_is_active(&t->shut)) ev_timer_stop(ml__loop(c->S), &t->shut);
+  c->linger = 0;
   if (t != NULL && !t->hs_done && !t->failed) {
     t->failed = 1;
     notify_call(c, N_LOST, 0);
@@ -383,6 +427,7 @@ static void tls_free(ml_Conn *c) {
   ml_Tls *t = c->layer_ud;
   if (t == NULL) return;
   if (ev_is_active(&t->kick)) ev_timer_stop(ml__loop(c->S), &t->kick);
+  if (ev_is_active(&t->shut)) ev_timer_stop(ml__loop(c->S), &t->shut);
   if (t->ssl) {
     BIO *w = SSL_get_wbio(t->ssl);
     if (w) BIO_set_data(w, NULL);
@@ -491,8 +536,8 @@ static int is_ip(const char *host) {
   return inet_pton(AF_INET, host, buf) == 1 || inet_pton(AF_INET6, host, buf) == 1;
 }
 
-/* _wrap(transport, context, server_side, server_hostname, hold) ->
- * handshake future.  Puts TLS over the open stream transport (a
+/* _wrap(transport, context, server_side, server_hostname, hold,
+ * shutdown_timeout) -> handshake future.  Puts TLS over the open stream transport (a
  * StreamWriter's or a protocol's); the bytes its stream buffer holds
  * unread (STARTTLS pipelining) are the first TLS input.  With hold, the
  * protocol gets nothing until _release. */
@@ -504,7 +549,8 @@ int ml__tls_wrap(lua_State *L) {
   int hold = lua_toboolean(L, 5);
   ml_Tls *t;
   BIO *wbio;
-  lua_settop(L, 5);
+  luaL_optnumber(L, 6, 30.0);
+  lua_settop(L, 6);
   if (c->kind == ML_CONN_DGRAM) return luaL_argerror(L, 1, "a stream transport expected");
   if (c->layer) return ml__exc_raise(L, "RuntimeError", "the transport already uses TLS");
   if (c->closing || c->lost || c->fd < 0) return ml__exc_raise(L, "RuntimeError", "the transport is closing");
@@ -513,12 +559,12 @@ int ml__tls_wrap(lua_State *L) {
   pthread_once(&out_once, make_out_method);
   if (out_method == NULL) return ml__exc_raise(L, "MemoryError", "BIO method");
 
-  lua_createtable(L, 2, 0);                 /* 6 the layer table */
+  lua_createtable(L, 2, 0);                 /* 7 the layer table */
   lua_pushvalue(L, 2);
-  lua_rawseti(L, 6, LUV_CTX);
-  ml__future_new(L);                        /* 7 */
-  lua_pushvalue(L, 7);
-  lua_rawseti(L, 6, LUV_FUTURE);
+  lua_rawseti(L, 7, LUV_CTX);
+  ml__future_new(L);                        /* 8 */
+  lua_pushvalue(L, 8);
+  lua_rawseti(L, 7, LUV_FUTURE);
 
   t = c->wbuf.alloc(c->wbuf.ud, NULL, 0, sizeof *t);
   if (t == NULL) return ml__exc_raise(L, "MemoryError", "TLS state");
@@ -526,6 +572,9 @@ int ml__tls_wrap(lua_State *L) {
   t->c = c;
   ev_init(&t->kick, kick_cb);
   t->kick.data = t;
+  ev_init(&t->shut, shut_cb);
+  t->shut.data = t;
+  t->shutdown_timeout = luaL_optnumber(L, 6, 30.0);
   t->server = (unsigned char)server;
   t->held = (unsigned char)hold;
   ml__bq_init(&t->pend, L);
@@ -546,7 +595,7 @@ int ml__tls_wrap(lua_State *L) {
   /* From here t belongs to the transport (freed by its __gc). */
   c->layer = &tls_layer;
   c->layer_ud = t;
-  lua_pushvalue(L, 6);
+  lua_pushvalue(L, 7);
   lua_setiuservalue(L, 1, XUV_LAYER);
   if (host) snprintf(t->host, sizeof t->host, "%s", host);
   if (server) {
@@ -588,7 +637,7 @@ int ml__tls_wrap(lua_State *L) {
   }
   if (!server || BIO_ctrl_pending(t->rbio) > 0) pump(c);
   if (!gone(c)) ml__conn_update_reading(c);
-  lua_settop(L, 7);
+  lua_settop(L, 8);
   return 1;
 }
 

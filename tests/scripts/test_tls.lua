@@ -545,9 +545,10 @@ case("a peer that resets mid-handshake or mid-record", async function()
 end)
 
 -- A proxy to a TLS server that passes the server's first `cut` bytes on,
--- then ends the client's side: reset (RST) or a plain FIN.  With cut past
--- the handshake, that is in the middle of a 16 KiB application record.
-local async function cutting_proxy(tport, cut, reset)
+-- then ends the client's side: reset (RST) or a plain FIN, or (stall)
+-- passes nothing more until the client goes.  With cut past the
+-- handshake, that is in the middle of a 16 KiB application record.
+local async function cutting_proxy(tport, cut, reset, stall)
   return await raw_server(async function(r, w)
     local ur, uw = await asyncio.open_connection("127.0.0.1", tport)
     local up = asyncio.create_task((async function()
@@ -565,7 +566,10 @@ local async function cutting_proxy(tport, cut, reset)
       w:write(d)
       await w:drain()
     end
-    if reset then
+    if stall then
+      await up  -- until the client goes
+      w:close()
+    elseif reset then
       w:get_extra_info("socket"):setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, string.pack("ii", 1, 0))
       w.transport:abort()
     else
@@ -635,6 +639,36 @@ case("a peer that sends garbage", async function()
   local rest = await r:read()  -- at most the server's alert, then EOF
   T.ok(not rest:find("GET", 1, true), "nothing echoed: " .. #rest .. " bytes")
   w:close()
+end)
+
+case("close waits for the peer's close_notify, as long as ssl_shutdown_timeout", async function()
+  local big = string.rep("z", 100 * 1024)
+  local tsrv <close> = await asyncio.start_server(async function(r, w)
+    pcall(function()
+      await r:readline()
+      w:write(big)
+      await w:drain()
+      await r:read()
+    end)
+    w:close()
+  end, "127.0.0.1", 0, { ssl = server_ctx() })
+  local tport = tsrv.sockets[1]:getsockname()[2]
+  -- The proxy stops passing the server's bytes (its close_notify too).
+  local psrv <close>, pport = await cutting_proxy(tport, 30000, false, true)
+  local r, w = await asyncio.open_connection("127.0.0.1", pport, { ssl = client_ctx(), server_hostname = "localhost",
+                                                                   ssl_shutdown_timeout = 0.3 })
+  w:write("go\n")
+  T.ok(#(await r:read(65536)) > 0, "some data came")
+  w:close()
+  T.eq(w.transport:is_closing(), true, "closing")
+  -- With the default (30 s) this wait would fail.
+  await asyncio.wait_for(w:wait_closed(), 10)
+  -- A peer that answers: both sides close cleanly, at once.
+  local r2, w2 = await asyncio.open_connection("localhost", tport, { ssl = client_ctx() })
+  w2:write("go\n")
+  await r2:readexactly(#big)
+  w2:close()
+  await asyncio.wait_for(w2:wait_closed(), 10)
 end)
 
 -------------------------------------------------------------------------------
