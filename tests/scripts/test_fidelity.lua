@@ -223,6 +223,43 @@ T.case("a Unix server given sock= removes its socket file when closed, unless cl
   end
 end)
 
+-- ---- errors that guide ----
+
+T.case("await asyncio.typo() names the missing field, as plain Lua does", async function()
+  local ok, e = pcall(function() await asyncio.typo() end)
+  T.eq(ok, false, "raised")
+  T.match(e, "test_fidelity%.lua:%d+: attempt to call a nil value %(field 'typo'%)$", "message")
+  local obj = {}
+  ok, e = pcall(function() await obj:missing() end)
+  T.match(e, ":%d+: attempt to call a nil value %(method 'missing'%)$", "method")
+end)
+
+local never_set
+T.case("an awaited call of a nil local, upvalue or global names it", async function()
+  local nothing
+  local _, e = pcall(function() local x; await x(1) end)
+  T.match(e, "%(local 'x'%)$", "local")
+  _, e = pcall(function() await never_set() end)
+  T.match(e, "%(upvalue 'never_set'%)$", "upvalue")
+  _, e = pcall(function() await no_such_global_fn() end)
+  T.match(e, "%(global 'no_such_global_fn'%)$", "global")
+  _, e = pcall(function() await asyncio.sleep(0) await nothing() end)
+  T.eq(e:match("%(.*%)$"), nil, "two awaited calls on one line: no name guessed")
+end)
+
+T.case("the traceback of a failed await shows no __awcall or __awmeth frame", function()
+  local out = run_script("local t = {}\nasync function f() await t:nope() end\nawait f()\nawait asyncio.typo()\n")
+  T.match(out, "attempt to call a nil value %(method 'nope'%)", "message")
+  T.ok(not out:find("__aw"), "no __aw frame in: " .. out)
+  T.match(out, ":3: in main chunk", "the user's line")
+end)
+
+T.case("the never-awaited report of pcall(async_fn) suggests pcall(await, f(...))", function()
+  local out = run_script("async function fetch(x) error('boom') end\nlocal ok, c = pcall(fetch, 1)\nc = nil\ncollectgarbage()\ncollectgarbage()\n")
+  T.match(out, "coroutine 'fetch' was never awaited %(created at [^\n]*:2 by pcall", "where")
+  T.match(out, "pcall%(await, fetch%(%.%.%.%)%)", "the idiom")
+end)
+
 -- ---- asyncio.run ----
 
 T.case("asyncio.run from the main task gives left-behind tasks their first step", async function()

@@ -905,6 +905,22 @@ START_TEST(test_asyncpass_random_token_soup) {
 }
 END_TEST
 
+/* The pass records each __awcall's callee by line, for the runtime's
+ * "attempt to call a nil value (field 'x')". */
+START_TEST(test_asyncpass_names_record_awaited_callees) {
+  ml_Buf names = { 0 };
+  const char *src = "await asyncio.typo()\nawait f(1)\nawait a.b\n  .c \"s\"\n"
+                    "await g()(x)\nawait o:m()\nawait t[1]()\n";
+  ck_assert_int_eq(ml__asyncpass_names(src, strlen(src), "@t.lua", &out, &names, err, sizeof err), 0);
+  ck_assert_str_eq(names.data, "1\tfield 'typo'\n2\t'f'\n3\tfield 'c'\n5\t\n7\t\n");
+  /* A failed pass leaves names as it was. */
+  ck_assert_int_eq(ml__asyncpass_names("await f() async x", 17, "@t.lua", &out, &names, err, sizeof err),
+                   -EINVAL);
+  ck_assert_str_eq(names.data, "1\tfield 'typo'\n2\t'f'\n3\tfield 'c'\n5\t\n7\t\n");
+  ml__buf_free(&names);
+}
+END_TEST
+
 Suite *asyncpass_suite(void) {
   Suite *s = suite_create("asyncpass");
   TCase *tc;
@@ -983,6 +999,11 @@ Suite *asyncpass_suite(void) {
   tcase_add_test(tc, test_asyncpass_semantics_method_forms);
   tcase_add_test(tc, test_asyncpass_semantics_method_object_evaluated_once);
   tcase_add_test(tc, test_asyncpass_semantics_awaited_call_makes_no_coroutine);
+  suite_add_tcase(s, tc);
+
+  tc = tcase_create("callee names");
+  tcase_add_checked_fixture(tc, setup, teardown);
+  tcase_add_test(tc, test_asyncpass_names_record_awaited_callees);
   suite_add_tcase(s, tc);
 
   tc = tcase_create("robustness");

@@ -9,8 +9,9 @@
 typedef struct Coro {
   int nargs;
   int line;              /* where it was created (line in the creator) */
-  unsigned char awaited; /* consumed by await, a task, or close() */
-  unsigned char reusable; /* a shared constant coroutine: sleep(0) */
+  unsigned char awaited : 1;  /* consumed by await, a task, or close() */
+  unsigned char reusable : 1; /* a shared constant coroutine: sleep(0) */
+  unsigned char by_pcall : 1; /* made by pcall(f, ...): line is its caller's */
 } Coro;
 
 /* User values of a Coroutine: its name, the function, the function that
@@ -28,6 +29,7 @@ static int coro_make(lua_State *L) {
   c->nargs = n;
   c->awaited = 0;
   c->reusable = 0;
+  c->by_pcall = 0;
   c->line = -1;
   lua_rawgeti(L, LUA_REGISTRYINDEX, ml__state(L)->udata_mtref[ML_UT_CORO]);  /* ml__udata_setmt, inline */
   lua_setmetatable(L, -2);
@@ -40,6 +42,14 @@ static int coro_make(lua_State *L) {
     luaL_traceback(L, L, NULL, 1);
     lua_setiuservalue(L, -2, CUV_CREATOR);
   } else if (lua_getstack(L, 1, &ar) && lua_getinfo(L, "lf", &ar)) {
+    if (ar.currentline < 0 && lua_getinfo(L, "n", &ar) && ar.name != NULL &&
+        (strcmp(ar.name, "pcall") == 0 || strcmp(ar.name, "xpcall") == 0) &&
+        lua_getstack(L, 2, &ar) && lua_getinfo(L, "lf", &ar)) {
+      /* pcall(f, ...) made it, and runs nothing of f: the newcomer's trap.
+       * The report names the pcall's line and the idiom. */
+      lua_replace(L, -2);
+      c->by_pcall = 1;
+    }
     c->line = ar.currentline;
     lua_setiuservalue(L, -2, CUV_CREATOR);
   }
@@ -203,6 +213,42 @@ static void async_c_register(lua_State *L, lua_CFunction f) {
   A->e[i].body = f;
 }
 
+/* Raises Lua's own error for calling the value at 1 from `await f(...)`:
+ * "attempt to call a nil value (field 'typo')", naming the callee as the
+ * pass recorded it (dialect/loader.c, registry "moonloop.awnames"), at
+ * the line of the caller, level 1. */
+static int awcall_error(lua_State *L) {
+  lua_Debug ar;
+  const char *what = NULL;
+  if (lua_getstack(L, 1, &ar) && lua_getinfo(L, "Sl", &ar) && ar.currentline > 0 &&
+      lua_getfield(L, LUA_REGISTRYINDEX, "moonloop.awnames") == LUA_TTABLE &&
+      lua_getfield(L, -1, ar.source) == LUA_TTABLE &&
+      lua_rawgeti(L, -1, ar.currentline) == LUA_TSTRING) {
+    what = lua_tostring(L, -1);
+    if (*what == '\'') {
+      /* A name: a local of the caller, an upvalue of it, or a global. */
+      size_t n = strlen(what) - 2;
+      const char *kind = "global", *nm;
+      int i;
+      for (i = 1; (nm = lua_getlocal(L, &ar, i)) != NULL; i++) {
+        lua_pop(L, 1);
+        if (strlen(nm) == n && memcmp(nm, what + 1, n) == 0) kind = "local";
+      }
+      if (*kind == 'g' && lua_getinfo(L, "f", &ar)) {
+        for (i = 1; (nm = lua_getupvalue(L, -1, i)) != NULL; i++) {
+          lua_pop(L, 1);
+          if (strlen(nm) == n && memcmp(nm, what + 1, n) == 0) kind = "upvalue";
+        }
+        lua_pop(L, 1);
+      }
+      what = lua_pushfstring(L, "%s %s", kind, what);
+    }
+  }
+  if (what)
+    return luaL_error(L, "attempt to call a %s value (%s)", luaL_typename(L, 1), what);
+  return luaL_error(L, "attempt to call a %s value", luaL_typename(L, 1));
+}
+
 /* [f, args...]: an await of f(args...): an async function's body runs
  * inline with no Coroutine object; anything else is called and its result
  * awaited. */
@@ -233,10 +279,28 @@ static int awcall(lua_State *L) {
     return lua_gettop(L);
   }
   if (!lua_isfunction(L, 1) && luaL_getmetafield(L, 1, "__call") == LUA_TNIL)
-    return luaL_error(L, "attempt to call a %s value", luaL_typename(L, 1));
+    return awcall_error(L);
   lua_settop(L, n + 1);
   lua_callk(L, n, 1, 0, awcall_k);
   return awcall_k(L, LUA_OK, 0);
+}
+
+void ml__coro_clean_traceback(lua_State *L) {
+  static const char frame[] = "\n\t[C]: in function '__aw";
+  size_t len;
+  const char *tb = lua_tolstring(L, -1, &len), *p, *end, *hit;
+  luaL_Buffer b;
+  if (tb == NULL || strstr(tb, frame) == NULL) return;
+  end = tb + len;
+  luaL_buffinit(L, &b);
+  for (p = tb; (hit = strstr(p, frame)) != NULL;) {
+    const char *nl = memchr(hit + 1, '\n', (size_t)(end - hit - 1));
+    luaL_addlstring(&b, p, (size_t)(hit - p));
+    p = nl ? nl : end;
+  }
+  luaL_addlstring(&b, p, (size_t)(end - p));
+  luaL_pushresult(&b);
+  lua_remove(L, -2);
 }
 
 /* __awcall(f, ...): what the pass makes of `await f(...)`. */
@@ -306,8 +370,12 @@ static int coro_gc(lua_State *L) {
       lua_pushfstring(L, "coroutine '%s' was never awaited\nCoroutine created at (most recent call first):\n%s",
                       lua_tostring(L, -2), lua_tostring(L, -1));
     else if (c->line > 0 && lua_type(L, -1) == LUA_TFUNCTION && lua_getinfo(L, ">S", &ar))
-      lua_pushfstring(L, "coroutine '%s' was never awaited (created at %s:%d)",
-                      lua_tostring(L, -1), ar.short_src, c->line);
+      lua_pushfstring(L, "coroutine '%s' was never awaited (created at %s:%d%s%s%s)",
+                      lua_tostring(L, -1), ar.short_src, c->line,
+                      c->by_pcall ? " by pcall, which only made it: to run it and catch its "
+                                    "errors, write pcall(await, " : "",
+                      !c->by_pcall ? "" : strchr(lua_tostring(L, -1), ' ') ? "f" : lua_tostring(L, -1),
+                      c->by_pcall ? "(...))" : "");
     else
       lua_pushfstring(L, "coroutine '%s' was never awaited", lua_tostring(L, -2));
     ml__report(L, "RuntimeWarning");

@@ -18,6 +18,10 @@ int ml__coro_claim(lua_State *L, int idx);
 int ml__coro_push(lua_State *L, int idx);
 /* [-0, +1] pushes the name of the Coroutine at idx. */
 void ml__coro_push_name(lua_State *L, int idx);
+/* [-1, +1] replaces the traceback string on top with one without the
+ * frames of __awcall and __awmeth (what the pass makes of `await f()`):
+ * the user wrote an await there, not a call of them. */
+void ml__coro_clean_traceback(lua_State *L);
 /* await of a pending-or-done Future/Task at stack index 1. */
 int ml__await_future(lua_State *L, ml_Future *f);
 int ml__coro_iscoroutine(lua_State *L);          /* (x) -> boolean */

@@ -4,6 +4,7 @@
 #include <stdio.h>
 #include <string.h>
 #include "exc.h"
+#include "coro.h"
 
 #define EXC_KEY "moonloop.exceptions"
 
@@ -126,6 +127,7 @@ void ml__traceback(lua_State *L, lua_CFunction entry) {
   lua_Debug ar;
   int level = 1;
   luaL_traceback(L, L, NULL, 1);
+  ml__coro_clean_traceback(L);  /* no __awcall frames: the user wrote await */
   if (entry == NULL) return;
   while (lua_getstack(L, level + 1, &ar)) level++;
   if (lua_getstack(L, level, &ar) && lua_getinfo(L, "f", &ar)) {

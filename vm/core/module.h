@@ -110,7 +110,7 @@ const char *ml__tostring(lua_State *L, int idx);
 /* [-0, +1] pushes the traceback of L from level 1 (in a message handler:
  * where the error was raised), without its outermost frame when that is
  * entry: the runtime's own C function that called the user's code (NULL:
- * keep every frame). */
+ * keep every frame), and without the frames of __awcall and __awmeth. */
 void ml__traceback(lua_State *L, lua_CFunction entry);
 
 /* Reports an error that nobody will catch (uncaught in a callback, task

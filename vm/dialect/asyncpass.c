@@ -75,6 +75,7 @@ typedef struct Pass {
   int ned, caped;
   ml_Buf text;       /* the replacement texts of the edits */
   const char *chunk; /* chunkname for messages */
+  ml_Buf *names;     /* the callees of __awcall, or NULL: see ml__asyncpass_names */
   char *err;
   size_t errsz;
 } Pass;
@@ -682,6 +683,33 @@ static int last_call(const Pass *P, int k, int e, int *meth) {
   return j == e ? last : -1;
 }
 
+/* Records in P->names what the callee of the __awcall made of the await
+ * at token i is, the call's first token being c: "line\tfield 'x'\n" for
+ * a.b.x, "line\t'x'\n" for the name x, "line\t\n" for anything else. */
+static int note_callee(Pass *P, int i, int c) {
+  const Tok *T = P->tok;
+  char num[24];
+  int j = i + 1;
+  if (P->names == NULL)
+    return 0;
+  snprintf(num, sizeof num, "%d\t", T[i].line);
+  if (ml__buf_add(P->names, num, strlen(num)) != 0)
+    return -ENOMEM;
+  if (T[j].kind == TK_NAME) {
+    while (j + 2 < c && is_op(&T[j + 1], '.') && T[j + 2].kind == TK_NAME)
+      j += 2;
+    if (j == c - 1) {
+      const Tok *n = &T[j];
+      if ((j > i + 1 && ml__buf_add(P->names, "field ", 6) != 0) ||
+          ml__buf_add(P->names, "'", 1) != 0 ||
+          ml__buf_add(P->names, P->src + n->start, n->end - n->start) != 0 ||
+          ml__buf_add(P->names, "'", 1) != 0)
+        return -ENOMEM;
+    }
+  }
+  return ml__buf_add(P->names, "\n", 1) != 0 ? -ENOMEM : 0;
+}
+
 /* `await f(args)` -> `__awcall(f, args)` and `await o:m(args)` ->
  * `__awmeth(o, "m", args)`: the runtime calls an async function's body
  * directly, with no Coroutine object (an await of a call allocates
@@ -705,6 +733,8 @@ static int do_await(Pass *P, int i) {
     return 0;
   }
   if (edit_str(P, a->start, head_end, meth ? "__awmeth(" : "__awcall(") != 0)
+    return -ENOMEM;
+  if (!meth && note_callee(P, i, c) != 0)
     return -ENOMEM;
   if (meth) {
     /* ":m(" -> ", "m", ", or ", "m"" before ")" */
@@ -821,10 +851,16 @@ static int translate(Pass *P) {
  * as it was. */
 int ml__asyncpass(const char *src, size_t len, const char *chunkname,
                   ml_Buf *out, char *err, size_t errsz) {
+  return ml__asyncpass_names(src, len, chunkname, out, NULL, err, errsz);
+}
+
+int ml__asyncpass_names(const char *src, size_t len, const char *chunkname,
+                        ml_Buf *out, ml_Buf *names, char *err, size_t errsz) {
   Pass P;
-  size_t from = 0, outlen = out->len;
+  size_t from = 0, outlen = out->len, nameslen = names ? names->len : 0;
   int r;
   memset(&P, 0, sizeof P);
+  P.names = names;
   if (err != NULL && errsz > 0)
     err[0] = '\0';
   if (chunkname == NULL)
@@ -862,6 +898,11 @@ done:
     out->len = outlen;
     if (out->data != NULL)
       out->data[outlen] = '\0';
+    if (names != NULL) {
+      names->len = nameslen;
+      if (names->data != NULL)
+        names->data[nameslen] = '\0';
+    }
     if (r == -ENOMEM && err != NULL && errsz > 0)
       snprintf(err, errsz, "%s: not enough memory", chunkname);
   }

@@ -2,13 +2,68 @@
  * (scripts, require, load, loadfile, dofile) goes through the async pass. */
 #include <errno.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <lauxlib.h>
 #include "asyncpass.h"
 #include "loader.h"
 
+/* The callees of the awaited calls of each chunk loaded from a file or a
+ * named source ('@' or '=' chunknames: a bounded set, unlike load()'s
+ * strings), by line: registry[AWNAMES][chunkname][line] = "field 'x'",
+ * or false where a line's awaited calls are not told apart.  coro.c
+ * reads it (by the same key) when an awaited call fails, to name what was
+ * nil as Lua does.  A chunkname loaded again merges: a line that now
+ * names something else becomes false, so a name shown is never wrong. */
+#define AWNAMES "moonloop.awnames"
+
+static void note_names(lua_State *L, const char *chunkname, const ml_Buf *names) {
+  const char *p = names->data, *end = names->data + names->len;
+  if (names->len == 0 || (*chunkname != '@' && *chunkname != '=')) return;
+  if (lua_getfield(L, LUA_REGISTRYINDEX, AWNAMES) != LUA_TTABLE) {
+    lua_pop(L, 1);
+    lua_newtable(L);
+    lua_pushvalue(L, -1);
+    lua_setfield(L, LUA_REGISTRYINDEX, AWNAMES);
+  }
+  if (lua_getfield(L, -1, chunkname) != LUA_TTABLE) {
+    lua_pop(L, 1);
+    lua_newtable(L);
+    lua_pushvalue(L, -1);
+    lua_setfield(L, -3, chunkname);
+  }
+  while (p < end) {
+    const char *tab = memchr(p, '\t', (size_t)(end - p)), *nl;
+    lua_Integer line;
+    if (tab == NULL || (nl = memchr(tab, '\n', (size_t)(end - tab))) == NULL) break;
+    line = strtol(p, NULL, 10);
+    if (nl > tab + 1) lua_pushlstring(L, tab + 1, (size_t)(nl - tab - 1));
+    else lua_pushboolean(L, 0);
+    switch (lua_rawgeti(L, -2, line)) {
+    case LUA_TNIL:  /* the first on the line */
+      lua_pop(L, 1);
+      lua_rawseti(L, -2, line);
+      break;
+    default:
+      if (!lua_rawequal(L, -1, -2)) {
+        lua_pushboolean(L, 0);
+        lua_rawseti(L, -4, line);
+      }
+      lua_pop(L, 2);
+    }
+    p = nl + 1;
+  }
+  lua_pop(L, 2);
+}
+
+/* [-0, +0] note_names in protected mode: memory for it may be short. */
+static int note_names_p(lua_State *L) {
+  note_names(L, lua_touserdata(L, 1), lua_touserdata(L, 2));
+  return 0;
+}
+
 int ml__load(lua_State *L, const char *src, size_t len, const char *chunkname) {
-  ml_Buf out = { 0 };
+  ml_Buf out = { 0 }, names = { 0 };
   char err[512];
   int rc;
   /* A first line starting with '#' (a shebang) is skipped, keeping its
@@ -20,19 +75,28 @@ int ml__load(lua_State *L, const char *src, size_t len, const char *chunkname) {
     lua_pushfstring(L, "%s: binary chunks are not loaded", chunkname);
     return LUA_ERRSYNTAX;
   }
-  rc = ml__asyncpass(src, len, chunkname, &out, err, sizeof err);
+  rc = ml__asyncpass_names(src, len, chunkname, &out, &names, err, sizeof err);
   if (rc == -ENOMEM) {
+    ml__buf_free(&names);
     ml__buf_free(&out);
     lua_pushliteral(L, "not enough memory");
     return LUA_ERRMEM;
   }
   if (rc < 0) {
+    ml__buf_free(&names);
     ml__buf_free(&out);
     lua_pushstring(L, err);
     return LUA_ERRSYNTAX;
   }
   rc = luaL_loadbufferx(L, out.data ? out.data : "", out.len, chunkname, "t");
   ml__buf_free(&out);
+  if (rc == LUA_OK && names.len > 0 && chunkname != NULL) {
+    lua_pushcfunction(L, note_names_p);
+    lua_pushlightuserdata(L, (void *)chunkname);
+    lua_pushlightuserdata(L, &names);
+    if (lua_pcall(L, 2, 0, 0) != LUA_OK) lua_pop(L, 1);  /* only messages lose a name */
+  }
+  ml__buf_free(&names);
   return rc;
 }
 
