@@ -104,6 +104,24 @@ function M._check_opts(fname, opts, allowed, level)
   return opts
 end
 
+-- _positional(fname, opts, names, ...): the values of the positional
+-- parameters named in the list names, given as ... or by name in opts
+-- (Python's keywords: open_connection({host = h, port = p})).  Both at
+-- once is a TypeError, as Python's "got multiple values for argument".
+function M._positional(fname, opts, names, ...)
+  local v = table.pack(...)
+  for i = 1, #names do
+    local given = opts[names[i]]
+    if given ~= nil then
+      if v[i] ~= nil then
+        error(M.TypeError(fname .. "() got multiple values for argument '" .. names[i] .. "'"), 3)
+      end
+      v[i] = given
+    end
+  end
+  return table.unpack(v, 1, #names)
+end
+
 local Future, isfuture, iscoroutine = core.Future, core.isfuture, core.iscoroutine
 local create_task = core.create_task
 
@@ -175,10 +193,12 @@ end
 -- run(coro, [{debug = bool}]): from the main task, awaits coro and then
 -- cancels and awaits the tasks it left behind; from a host with no
 -- running task, drives the loop until coro is done.
+local RUN_OPTS = { debug = true }
 function M.run(coro, opts)
   if not iscoroutine(coro) then
     error(M.ValueError("a coroutine was expected, got " .. tostring(coro)), 2)
   end
+  M._check_opts("run", opts, RUN_OPTS)
   if opts and opts.debug ~= nil then core._set_debug(opts.debug) end
   if core.current_task() then
     local before = {}

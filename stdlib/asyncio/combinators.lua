@@ -59,7 +59,11 @@ end
 -- cancels aw, waits for it to finish and raises TimeoutError.  If aw
 -- swallows the cancellation and returns, its results are returned.  A
 -- cancellation of the caller cancels aw too.
+local WAIT_FOR_OPTS = { timeout = true }
 async function M.wait_for(aw, timeout)
+  if type(timeout) == "table" then  -- wait_for(aw, {timeout = s}), Python's keyword
+    timeout = asyncio._check_opts("wait_for", timeout, WAIT_FOR_OPTS).timeout
+  end
   if timeout ~= nil and type(timeout) ~= "number" then
     raise("TypeError", "timeout must be a number or nil")
   end
@@ -91,10 +95,11 @@ local RETURN_WHEN = {
 -- opts.return_when (default ALL_COMPLETED) holds or opts.timeout seconds
 -- pass.  Returns two lists (with n): done and pending.  Never raises
 -- TimeoutError, never cancels anything.
+local WAIT_OPTS = { timeout = true, return_when = true }
 async function M.wait(fs, opts)
   local timeout, return_when = nil, M.ALL_COMPLETED
   if opts ~= nil then
-    if type(opts) ~= "table" then raise("TypeError", "wait: options must be a table") end
+    asyncio._check_opts("wait", opts, WAIT_OPTS)
     timeout = opts.timeout
     if opts.return_when ~= nil then return_when = opts.return_when end
   end
@@ -163,8 +168,9 @@ local TIMED_OUT = {}
 -- the completed future: the Task or Future itself if one was passed, the Task
 -- wrapping it if a Coroutine was (Python 3.13's `async for` form).  If the
 -- timeout passes first, the step raises TimeoutError.  Nothing is cancelled.
+local AS_COMPLETED_OPTS = { timeout = true }
 function M.as_completed(aws, opts)
-  local timeout = opts and opts.timeout
+  local timeout = asyncio._check_opts("as_completed", opts, AS_COMPLETED_OPTS).timeout
   if timeout ~= nil and type(timeout) ~= "number" then
     raise("TypeError", "timeout must be a number or nil")
   end

@@ -40,7 +40,11 @@ end
 local Queue = builtin_class("Queue", nil, C._FIFO)
 M.Queue = Queue
 
+local QUEUE_OPTS = { maxsize = true }
 function Queue.new(cls, maxsize)
+  if type(maxsize) == "table" then  -- Queue({maxsize = n}), Python's keyword
+    maxsize = asyncio._check_opts(cls._classname or "Queue", maxsize, QUEUE_OPTS).maxsize
+  end
   if maxsize == nil then maxsize = 0 end
   if type(maxsize) ~= "number" then
     error(asyncio.TypeError("maxsize must be a number"), 2)

@@ -15,10 +15,29 @@ local function loop_of()
   return core.get_running_loop()
 end
 
-local function check_opts(opts, fn)
-  if opts ~= nil and type(opts) ~= "table" then
-    error(string.format("bad argument to '%s' (options table expected, got %s)", fn, type(opts)), 3)
-  end
+-- The options each function takes (Python's keyword parameters), the
+-- positional ones by name included.
+local TCP = { limit = true, sock = true, local_addr = true, family = true, proto = true,
+              flags = true, host = true, port = true, ssl = true, server_hostname = true,
+              ssl_handshake_timeout = true, ssl_shutdown_timeout = true }
+local UNIX = { limit = true, sock = true, path = true, ssl = true, server_hostname = true,
+               ssl_handshake_timeout = true, ssl_shutdown_timeout = true }
+local TCP_SERVER = { limit = true, sock = true, backlog = true, reuse_address = true,
+                     reuse_port = true, family = true, flags = true, start_serving = true,
+                     host = true, port = true, ssl = true, ssl_handshake_timeout = true,
+                     ssl_shutdown_timeout = true }
+local UNIX_SERVER = { limit = true, sock = true, backlog = true, start_serving = true,
+                      cleanup_socket = true, path = true, ssl = true,
+                      ssl_handshake_timeout = true, ssl_shutdown_timeout = true }
+
+-- A table where a host or path goes, and no port or options after it: the
+-- options, with the positional parameters by name.
+local function is_opts(v, after)
+  return type(v) == "table" and v[1] == nil and after == nil
+end
+
+local function check_opts(opts, fn, allowed)
+  asyncio._check_opts(fn, opts, allowed, 3)
   return opts or {}
 end
 
@@ -49,7 +68,10 @@ end
 -- open_connection(host, port, {limit=, local_addr=, family=, sock=, ssl=,
 -- server_hostname=, ssl_handshake_timeout=, ...}) -> reader, writer
 async function M.open_connection(host, port, opts)
-  opts = check_opts(opts, "open_connection")
+  if is_opts(host, port) then opts, host = host, nil end
+  opts = check_opts(opts, "open_connection", TCP)
+  host, port = asyncio._positional("open_connection", opts, { "host", "port" }, host, port)
+  tr._check_hostport("open_connection", host, port)
   local tls = client_tls(opts, host)
   local sock
   if opts.sock then
@@ -65,7 +87,9 @@ end
 
 -- open_unix_connection(path, {limit=, sock=}) -> reader, writer
 async function M.open_unix_connection(path, opts)
-  opts = check_opts(opts, "open_unix_connection")
+  if is_opts(path, opts) then opts, path = path, nil end
+  opts = check_opts(opts, "open_unix_connection", UNIX)
+  path = asyncio._positional("open_unix_connection", opts, { "path" }, path)
   local tls = client_tls(opts, nil)
   local sock = opts.sock or await tr._open_unix(loop_of(), path, opts)
   return await make_stream(sock, opts, tls)
@@ -123,9 +147,12 @@ end
 -- reuse_address=, reuse_port=, family=, flags=, sock=, start_serving=})
 -- -> Server
 async function M.start_server(cb, host, port, opts)
-  opts = check_opts(opts, "start_server")
+  if is_opts(host, port) then opts, host = host, nil end
+  opts = check_opts(opts, "start_server", TCP_SERVER)
+  host, port = asyncio._positional("start_server", opts, { "host", "port" }, host, port)
+  tr._check_hostport("start_server", host, port, true)
   if type(cb) ~= "function" then
-    error("bad argument #1 to 'start_server' (function expected, got " .. type(cb) .. ")", 2)
+    error(asyncio.TypeError("start_server() client_connected_cb must be a function, got " .. type(cb)), 2)
   end
   local tls = server_tls(opts)
   local loop = loop_of()
@@ -141,9 +168,11 @@ end
 -- start_unix_server(client_connected_cb, path, {limit=, backlog=, sock=,
 -- start_serving=, cleanup_socket=true}) -> Server
 async function M.start_unix_server(cb, path, opts)
-  opts = check_opts(opts, "start_unix_server")
+  if is_opts(path, opts) then opts, path = path, nil end
+  opts = check_opts(opts, "start_unix_server", UNIX_SERVER)
+  path = asyncio._positional("start_unix_server", opts, { "path" }, path)
   if type(cb) ~= "function" then
-    error("bad argument #1 to 'start_unix_server' (function expected, got " .. type(cb) .. ")", 2)
+    error(asyncio.TypeError("start_unix_server() client_connected_cb must be a function, got " .. type(cb)), 2)
   end
   local tls = server_tls(opts)
   local socks = opts.sock and { tr._given_sock(opts.sock, socket.SOCK_STREAM, "start_unix_server") }

@@ -45,10 +45,31 @@ local function aggregate(errors)
   return asyncio.OSError("Multiple exceptions: " .. table.concat(msgs, ", "))
 end
 
+-- The options each loop method takes (Python's keyword parameters), the
+-- positional ones by name included.
+local OPTS = {
+  create_connection = { sock = true, local_addr = true, family = true, proto = true,
+                        flags = true, host = true, port = true, ssl = true,
+                        server_hostname = true, ssl_handshake_timeout = true,
+                        ssl_shutdown_timeout = true },
+  create_unix_connection = { sock = true, path = true, ssl = true, server_hostname = true,
+                             ssl_handshake_timeout = true, ssl_shutdown_timeout = true },
+  create_server = { sock = true, backlog = true, reuse_address = true, reuse_port = true,
+                    family = true, flags = true, start_serving = true,
+                    host = true, port = true, ssl = true, ssl_handshake_timeout = true,
+                    ssl_shutdown_timeout = true },
+  create_unix_server = { sock = true, backlog = true, start_serving = true,
+                         cleanup_socket = true, path = true, ssl = true,
+                         ssl_handshake_timeout = true, ssl_shutdown_timeout = true },
+  start_tls = { server_side = true, server_hostname = true, ssl_handshake_timeout = true,
+                ssl_shutdown_timeout = true },
+  create_datagram_endpoint = { sock = true, local_addr = true, remote_addr = true,
+                               family = true, proto = true, flags = true,
+                               reuse_port = true, allow_broadcast = true },
+}
+
 local function check_opts(opts, fn)
-  if opts ~= nil and type(opts) ~= "table" then
-    error(string.format("bad argument to '%s' (options table expected, got %s)", fn, type(opts)), 3)
-  end
+  asyncio._check_opts(fn, opts, OPTS[fn], 3)
   return opts or {}
 end
 
@@ -89,6 +110,22 @@ local function bind_local(sock, family, laddrs, errors)
     "no matching local address with family=%d found", family)), 0)
 end
 
+-- Raises TypeError, naming fn (the user's call), unless host is nil or a
+-- string (or, for a server, a list of strings) and port nil, a number or
+-- a string: they would fail deep inside getaddrinfo with its own name.
+function M._check_hostport(fn, host, port, hostlist)
+  local th = type(host)
+  if not (th == "nil" or th == "string" or (hostlist and th == "table")) then
+    raise("TypeError", fn .. "() host must be a string" .. (hostlist and " or a list of strings" or "")
+      .. " or nil, got " .. th)
+  end
+  local tp = type(port)
+  if not (tp == "nil" or tp == "number" or tp == "string") then
+    raise("TypeError", fn .. "() port must be a number, a string or nil, got " .. tp)
+  end
+end
+local check_hostport = M._check_hostport
+
 -- Opens a connected TCP socket to host:port (opts: family, proto, flags,
 -- local_addr).  Cancellation closes whatever socket was being connected.
 async function M._open_tcp(loop, host, port, opts)
@@ -123,7 +160,7 @@ end
 -- Opens a connected Unix stream socket to path.
 async function M._open_unix(loop, path, opts)
   if type(path) ~= "string" then
-    error("bad argument #1 to 'open_unix_connection' (path string expected)", 3)
+    raise("TypeError", "open_unix_connection() path must be a string, got " .. type(path))
   end
   local sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
   local ok, err = pcall(function() await loop:sock_connect(sock, path) end)
@@ -138,7 +175,7 @@ end
 local function given_sock(sock, stype, fn)
   local mt = getmetatable(sock)
   if type(mt) ~= "table" or mt.__name ~= "socket.socket" then
-    error(string.format("bad argument to '%s' (sock must be a socket)", fn), 3)
+    raise("TypeError", fn .. "() sock must be a socket.socket, got " .. type(sock))
   end
   if sock.type ~= stype then
     raise("ValueError", string.format("A %s Socket was expected, got %s",
@@ -179,7 +216,10 @@ end
 -- family=, proto=, flags=, ssl=, server_hostname=, ssl_handshake_timeout=})
 -- -> transport, protocol
 async function Loop:create_connection(factory, host, port, opts)
+  if type(host) == "table" and host[1] == nil and port == nil then opts, host = host, nil end
   opts = check_opts(opts, "create_connection")
+  host, port = asyncio._positional("create_connection", opts, { "host", "port" }, host, port)
+  check_hostport("create_connection", host, port)
   local tls = client_tls(opts, host)
   local sock
   if opts.sock then
@@ -199,7 +239,9 @@ end
 
 -- loop:create_unix_connection(protocol_factory, path, {sock=})
 async function Loop:create_unix_connection(factory, path, opts)
+  if type(path) == "table" and opts == nil then opts, path = path, nil end
   opts = check_opts(opts, "create_unix_connection")
+  path = asyncio._positional("create_unix_connection", opts, { "path" }, path)
   local tls = client_tls(opts, nil)
   local sock
   if opts.sock then
@@ -410,7 +452,7 @@ end
 -- Binds a Unix listening socket at path, removing a stale socket file.
 function M._bind_unix(path, opts)
   if type(path) ~= "string" then
-    error("bad argument #1 to 'create_unix_server' (path string expected)", 3)
+    raise("TypeError", "create_unix_server() path must be a string, got " .. type(path))
   end
   if path:sub(1, 1) ~= "\0" then T._unlink_socket(path) end
   local sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -484,7 +526,10 @@ end
 -- loop:create_server(protocol_factory, host, port, {sock=, backlog=100,
 -- reuse_address=, reuse_port=, family=, flags=, start_serving=true})
 async function Loop:create_server(factory, host, port, opts)
+  if type(host) == "table" and host[1] == nil and port == nil then opts, host = host, nil end
   opts = check_opts(opts, "create_server")
+  host, port = asyncio._positional("create_server", opts, { "host", "port" }, host, port)
+  check_hostport("create_server", host, port, true)
   local tls = server_tls(opts)
   local socks
   if opts.sock then
@@ -501,7 +546,9 @@ end
 -- loop:create_unix_server(protocol_factory, path, {sock=, backlog=,
 -- start_serving=, cleanup_socket=true})
 async function Loop:create_unix_server(factory, path, opts)
+  if type(path) == "table" and opts == nil then opts, path = path, nil end
   opts = check_opts(opts, "create_unix_server")
+  path = asyncio._positional("create_unix_server", opts, { "path" }, path)
   local tls = server_tls(opts)
   local socks
   if opts.sock then

@@ -260,6 +260,73 @@ T.case("the never-awaited report of pcall(async_fn) suggests pcall(await, f(...)
   T.match(out, "pcall%(await, fetch%(%.%.%.%)%)", "the idiom")
 end)
 
+-- ---- options tables ----
+
+T.case("an unknown option raises TypeError naming it, as Python's unknown keyword", async function()
+  local function msg(f)
+    local e = T.raises(asyncio.TypeError, f)
+    return e.message
+  end
+  T.eq(msg(function() asyncio.create_task(asyncio.sleep(0), { nme = "x" }) end),
+       "create_task() got an unexpected option 'nme'", "create_task")
+  T.eq(msg(function() return asyncio.wait({ asyncio.create_task(asyncio.sleep(0)) }, { timout = 1 }) end),
+       "wait() got an unexpected option 'timout'", "wait")
+  T.eq(msg(function() return asyncio.wait_for(asyncio.sleep(0), { timeot = 1 }) end),
+       "wait_for() got an unexpected option 'timeot'", "wait_for")
+  T.eq(msg(function() return asyncio.open_connection("127.0.0.1", 1, { limt = 10 }) end),
+       "open_connection() got an unexpected option 'limt'", "open_connection")
+  T.eq(msg(function() return asyncio.start_server(function() end, "127.0.0.1", 0, { backlg = 1 }) end),
+       "start_server() got an unexpected option 'backlg'", "start_server")
+  T.eq(msg(function() return loop:create_connection(function() end, "127.0.0.1", 1, { sok = 1 }) end),
+       "create_connection() got an unexpected option 'sok'", "create_connection")
+  T.eq(msg(function() asyncio.Queue({ maxsiz = 1 }) end), "Queue() got an unexpected option 'maxsiz'", "Queue")
+  T.eq(msg(function() for _ in asyncio.as_completed({}, { tmeout = 1 }) do end end),
+       "as_completed() got an unexpected option 'tmeout'", "as_completed")
+  await asyncio.sleep(0)
+end)
+
+T.case("Python's keyword names are accepted by name", async function()
+  T.eq(asyncio.Queue({ maxsize = 5 }).maxsize, 5, "Queue({maxsize = 5})")
+  T.eq(asyncio.PriorityQueue({ maxsize = 2 }).maxsize, 2, "PriorityQueue")
+  T.eq(await asyncio.wait_for(asyncio.sleep(0, "v"), { timeout = 1 }), "v", "wait_for(aw, {timeout = 1})")
+  T.eq(await asyncio.sleep(0, { result = "r" }), "r", "sleep(0, {result = x})")
+  T.eq(await asyncio.sleep(0.001, { result = "r2" }), "r2", "sleep(d, {result = x})")
+  local plain = { result = 1, other = 2 }
+  T.ok(rawequal(await asyncio.sleep(0, plain), plain), "any other table is a value")
+  local srv <close> = await asyncio.start_server(echo, { host = "127.0.0.1", port = 0 })
+  local port = srv.sockets[1]:getsockname()[2]
+  local r, w = await asyncio.open_connection({ host = "127.0.0.1", port = port })
+  w:write("kw\n")
+  T.eq(await r:readline(), "kw\n", "served and connected by keywords")
+  w:close()
+  local e = T.raises(asyncio.TypeError, function()
+    return asyncio.open_connection("127.0.0.1", port, { host = "127.0.0.1" })
+  end)
+  T.eq(e.message, "open_connection() got multiple values for argument 'host'", "both ways")
+  local path = T.tmpname(".sock")
+  local us <close> = await asyncio.start_unix_server(echo, { path = path })
+  local r2, w2 = await asyncio.open_unix_connection({ path = path })
+  w2:write("u\n")
+  T.eq(await r2:readline(), "u\n", "unix by keywords")
+  w2:close()
+end)
+
+T.case("a wrong argument to a stdlib call is a TypeError naming the call, not a stdlib line", async function()
+  local cases = {
+    { function() return asyncio.open_connection("127.0.0.1", {}) end, "^open_connection%(%) port must be" },
+    { function() return asyncio.open_connection(123, 80) end, "^open_connection%(%) host must be" },
+    { function() return asyncio.start_server(nil, "127.0.0.1", 0) end, "^start_server%(%) client_connected_cb" },
+    { function() return asyncio.open_unix_connection(5) end, "^open_unix_connection%(%) path must be" },
+    { function() return asyncio.sleep("x") end, "^sleep%(%) delay must be a number, got string" },
+    { function() return loop:create_connection(function() end, "127.0.0.1", true) end, "^create_connection%(%) port" },
+  }
+  for i, c in ipairs(cases) do
+    local e = T.raises(asyncio.TypeError, c[1], "case " .. i)
+    T.match(e.message, c[2], "case " .. i)
+    T.ok(not tostring(e):find("stdlib"), "no stdlib line: " .. tostring(e))
+  end
+end)
+
 -- ---- asyncio.run ----
 
 T.case("asyncio.run from the main task gives left-behind tasks their first step", async function()

@@ -8,12 +8,36 @@
 #include "loop.h"
 #include "gather.h"
 
+/* Raises TypeError unless every key of the options table at idx is one
+ * of allowed (NULL-terminated), as Python does for an unknown keyword. */
+void ml__check_options(lua_State *L, int idx, const char *fname, const char *const allowed[]) {
+  idx = lua_absindex(L, idx);
+  lua_pushnil(L);
+  while (lua_next(L, idx)) {
+    int i, ok = 0;
+    lua_pop(L, 1);
+    if (lua_type(L, -1) == LUA_TSTRING)
+      for (i = 0; allowed[i] && !ok; i++) ok = strcmp(lua_tostring(L, -1), allowed[i]) == 0;
+    if (!ok) {
+      if (lua_type(L, -1) == LUA_TSTRING)
+        ml__exc_raise(L, "TypeError", "%s() got an unexpected option '%s'", fname, lua_tostring(L, -1));
+      ml__exc_raise(L, "TypeError", "%s() got an unexpected option [%s] (options are named: {name = value})",
+                    fname, luaL_tolstring(L, -1, NULL));
+    }
+  }
+}
+
 int ml__core_create_task(lua_State *L) {
+  static const char *const opts[] = { "name", NULL };
   const char *name = NULL;
   int tp = lua_type(L, 1);
   if (lua_type(L, 2) == LUA_TTABLE) {
+    ml__check_options(L, 2, "create_task", opts);
     lua_getfield(L, 2, "name");
     if (!lua_isnil(L, -1)) name = luaL_tolstring(L, -1, NULL);
+  } else if (!lua_isnoneornil(L, 2)) {
+    return ml__exc_raise(L, "TypeError", "create_task() options must be a table, got %s",
+                         luaL_typename(L, 2));
   }
   /* One type test: claiming tells a Coroutine too. */
   if (tp != LUA_TFUNCTION && (tp != LUA_TUSERDATA || !ml__coro_claim(L, 1)))

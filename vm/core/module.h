@@ -103,6 +103,9 @@ int ml__exc_raise_errno(lua_State *L, int err, const char *what);
 /* [-0, +0] 1 if the value at idx is an instance of class cls (or of a
  * subclass of it). */
 int ml__exc_is(lua_State *L, int idx, const char *cls);
+/* Raises TypeError ("gather() got an unexpected option 'x'") unless every
+ * key of the options table at idx is one of allowed (NULL-terminated). */
+void ml__check_options(lua_State *L, int idx, const char *fname, const char *const allowed[]);
 /* [-0, +1] pushes tostring(value at idx) and returns it, never raising:
  * a failing or yielding __tostring gives a description instead. */
 const char *ml__tostring(lua_State *L, int idx);

@@ -751,10 +751,27 @@ int ml__task_yield_now(lua_State *L) {
 int ml__task_sleep(lua_State *L) {
   ml_State *S = ml__state(L);
   ml_Task *t = S->current;
-  lua_Number d = luaL_checknumber(L, 1);
+  int isnum;
+  lua_Number d = lua_tonumberx(L, 1, &isnum);
   ev_timer *w;
+  /* Named here: run inline by an await, a C body has no name of its own
+   * for luaL_argerror ("bad argument #1 to '?'"). */
+  if (!isnum) return ml__exc_raise(L, "TypeError", "sleep() delay must be a number, got %s", luaL_typename(L, 1));
   if (t == NULL) return ml__task_raise_outside(L);
   if (d != d) return luaL_argerror(L, 1, "delay is NaN");
+  if (lua_gettop(L) == 2 && lua_type(L, 2) == LUA_TTABLE && !lua_getmetatable(L, 2)) {
+    /* sleep(d, {result = x}): Python's keyword; a plain table whose only
+     * key is result.  Any other table is a value sleep returns. */
+    lua_pushnil(L);
+    if (lua_next(L, 2) && lua_type(L, -2) == LUA_TSTRING && strcmp(lua_tostring(L, -2), "result") == 0) {
+      lua_pop(L, 1);
+      if (!lua_next(L, 2)) {
+        lua_getfield(L, 2, "result");
+        lua_replace(L, 2);
+      }
+    }
+    lua_settop(L, 2);
+  }
   if (d <= 0) return suspend(L, NULL, NULL, 0, sleep_k, 1, 0);  /* no libev */
   /* What would make the suspension raise, raise now: a timer left running
    * for a task that never slept would wake it, or a task long gone. */
