@@ -609,18 +609,22 @@ int ml__tls_wrap(lua_State *L) {
       if (is_ip(host)) X509_VERIFY_PARAM_set1_ip_asc(vp, host);
       else X509_VERIFY_PARAM_set1_host(vp, host, 0);
     }
-    if (host) {
-      snprintf(t->key, sizeof t->key, "%s", host);
-    } else if (c->plen > 0) {
+    /* The cache key: the name and the peer's port (a session of one
+     * server is no use to another on the same host), else the address. */
+    if (c->plen > 0) {
       ml__sock_pushaddr(L, (struct sockaddr *)&c->peer, c->plen);
       if (lua_istable(L, -1)) {
         lua_rawgeti(L, -1, 1);
         lua_rawgeti(L, -2, 2);
-        snprintf(t->key, sizeof t->key, "%s:%s", lua_tostring(L, -2) ? lua_tostring(L, -2) : "",
+        snprintf(t->key, sizeof t->key, "%s:%s", host ? host : lua_tostring(L, -2) ? lua_tostring(L, -2) : "",
                  lua_tostring(L, -1) ? lua_tostring(L, -1) : "");
         lua_pop(L, 2);
+      } else if (lua_isstring(L, -1)) {
+        snprintf(t->key, sizeof t->key, "%s@%s", host ? host : "", lua_tostring(L, -1));
       }
       lua_pop(L, 1);
+    } else if (host) {
+      snprintf(t->key, sizeof t->key, "%s", host);
     }
     if (t->key[0]) {
       SSL_SESSION *s = ml__sslctx_session(x, t->key);

@@ -16,7 +16,8 @@ enum { ML_CERT_NONE = 0, ML_CERT_OPTIONAL = 1, ML_CERT_REQUIRED = 2 };
 
 #define ML_SESSION_CACHE 16
 
-/* A client context remembers the last session per server name, so that
+/* A client context remembers the last session per server (name and
+ * port), so that
  * a second connection to the same server resumes (TLS 1.2 session ids
  * or TLS 1.3 tickets). */
 typedef struct ml_SessionSlot {
