@@ -23,6 +23,8 @@ SAN ?= 0
 ifeq ($(SAN),1)
 BUILD ?= build-san
 SANFLAGS = -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined
+# ml_assert and the stack-balance checks of vm/core/module.h
+CHECKS = -DML_CHECKS=1
 OPT = -O1
 else
 BUILD ?= build
@@ -54,7 +56,7 @@ CFLAGS ?= $(OPT) -g
 # version script below makes every non-ml_ symbol local anyway).
 ALL_CFLAGS = -std=gnu11 -Wall -Wextra -Wno-unused-parameter -D_GNU_SOURCE -MMD -MP \
 	-fPIC -fno-semantic-interposition \
-	-Ivm -Istdlib -I$(BUILD) $(LUA_CFLAGS) $(SSL_CFLAGS) $(SANFLAGS) $(CFLAGS)
+	-Ivm -Istdlib -I$(BUILD) $(LUA_CFLAGS) $(SSL_CFLAGS) $(SANFLAGS) $(CHECKS) $(CFLAGS)
 # What the library needs (moonloop.pc says the same to hosts), and what the
 # CLI adds: libedit, for the REPL only.
 LIB_LIBS = $(LUA_LIBS) $(SSL_LIBS) -lev -lpthread -lm -ldl

@@ -1,4 +1,4 @@
-/* asyncio_queuelib.c: the C core of asyncio.Queue, PriorityQueue and
+/* _queue.c: asyncio._queue, the C core of asyncio.Queue, PriorityQueue and
  * LifoQueue (the classes are stdlib/asyncio/queues.lua): the items, and the
  * tasks waiting to get, put or join, with no allocation per put or get,
  * even when a task has to wait.

@@ -1,4 +1,4 @@
-/* asyncio_serverlib.c: the listener behind every Server: accepts
+/* _server.c: asyncio._server, the listener behind every Server: accepts
  * connections on the listening sockets and hands each one to a Lua
  * function (asyncio/transports.lua makes the transport or the stream and
  * its task).  When accept() runs out of file descriptors or memory it

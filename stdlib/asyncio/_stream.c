@@ -1,4 +1,4 @@
-/* asyncio_streamlib.c: StreamReader and StreamWriter, the hot path of the
+/* _stream.c: asyncio._stream, StreamReader and StreamWriter, the hot path of the
  * streams API, in C over a stream-mode transport (net.h).
  *
  * A reader method looks at the transport's read buffer first (readline

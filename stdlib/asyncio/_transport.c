@@ -1,4 +1,4 @@
-/* asyncio_transportlib.c: transports (asyncio's callback-style fast path)
+/* _transport.c: asyncio._transport, transports (asyncio's callback-style fast path)
  * over sockets: the stream transport (connected TCP and Unix sockets), the
  * datagram transport.  The listener that accepts connections for servers
  * is in asyncio_serverlib.c.  See net.h for the ml_Conn object and its

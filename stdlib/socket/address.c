@@ -222,9 +222,11 @@ static int pushaddrinfo(lua_State *L) {
 }
 
 void ml__sock_pushaddrinfo(lua_State *L, struct addrinfo *ai) {
+  ML_STACK_MARK(L);
   lua_pushcfunction(L, pushaddrinfo);
   lua_pushlightuserdata(L, ai);
   int rc = lua_pcall(L, 1, 1, 0);
   if (ai) freeaddrinfo(ai);
   if (rc != LUA_OK) lua_error(L);
+  ML_STACK_CHECK(L, 1);
 }

@@ -3,6 +3,7 @@
  * streams, and the state-wide scratch area reads land in. */
 #include <errno.h>
 #include <string.h>
+#include "core/module.h"
 #include "socket/bytequeue.h"
 
 void ml__bq_init(ml_BQ *q, lua_State *L) {
@@ -42,7 +43,10 @@ char *ml__bq_reserve(ml_BQ *q, size_t n) {
   return q->data + q->len;
 }
 
-void ml__bq_commit(ml_BQ *q, size_t n) { q->len += n; }
+void ml__bq_commit(ml_BQ *q, size_t n) {
+  ml_assert(n <= ml__bq_room(q));
+  q->len += n;
+}
 
 int ml__bq_add(ml_BQ *q, const char *s, size_t n) {
   char *p = ml__bq_reserve(q, n);

@@ -5,6 +5,7 @@
 
 void ml__net_setfuncs(lua_State *L, int idx, const char *prefix,
                       const luaL_Reg *sync, const luaL_Reg *async) {
+  ML_STACK_MARK(L);
   idx = lua_absindex(L, idx);
   for (; sync && sync->name; sync++) {
     lua_pushcfunction(L, sync->func);
@@ -16,6 +17,7 @@ void ml__net_setfuncs(lua_State *L, int idx, const char *prefix,
     lua_setfield(L, idx, async->name);
     lua_pop(L, 1);
   }
+  ML_STACK_CHECK(L, 0);
 }
 
 void ml__net_push_loop_methods(lua_State *L) {

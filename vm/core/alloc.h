@@ -4,9 +4,18 @@
 
 #include <stddef.h>
 
-/* An allocator for one Lua state: blocks of up to 512 bytes come from
- * size-class pools carved out of 64 KiB slabs, larger ones from malloc.
- * It is not thread-safe: only the thread that runs the state may use it.
+/* An allocator for one Lua state.  Blocks of up to 2 KiB come from 25
+ * size classes (multiples of 16: every 16 bytes up to 128, coarser steps
+ * up to 2048), each a free list, carved from slabs: 64 KiB malloc'd
+ * slabs, and past the first 32 (2 MiB) 2 MiB slabs mapped with their pages
+ * populated at once.  The tail of a slab too small for the next block
+ * goes to the free list of the largest class it holds.  Larger blocks come
+ * from malloc, with a 16-byte header linking them in a ring, so that
+ * ml__alloc_free releases everything still live.  A block is resized in
+ * place while it stays in its class; a shrink never fails (when no
+ * smaller block can be had, the old one is kept).  It is not thread-safe:
+ * only the thread that runs the state may use it.  Under AddressSanitizer,
+ * free blocks and the uncarved slab tail are poisoned.
  *
  * Accounting: "used" is the sum of the sizes Lua asked for (osize/nsize),
  * the same number Lua reports with collectgarbage("count"), and the cap

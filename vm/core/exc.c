@@ -22,10 +22,12 @@ static void push_module(lua_State *L) {
 }
 
 void ml__exc_push_class(lua_State *L, const char *cls) {
+  ML_STACK_MARK(L);
   push_module(L);
   lua_getfield(L, -1, cls);
   lua_remove(L, -2);
   if (lua_isnil(L, -1)) luaL_error(L, "no exception class '%s'", cls);
+  ML_STACK_CHECK(L, 1);
 }
 
 static void push_vexc(lua_State *L, const char *cls, const char *fmt, va_list ap) {
@@ -126,6 +128,7 @@ void ml__exc_init(lua_State *L) {
 void ml__traceback(lua_State *L, lua_CFunction entry) {
   lua_Debug ar;
   int level = 1;
+  ML_STACK_MARK(L);
   luaL_traceback(L, L, NULL, 1);
   ml__coro_clean_traceback(L);  /* no __awcall frames: the user wrote await */
   if (entry == NULL) return;
@@ -140,6 +143,7 @@ void ml__traceback(lua_State *L, lua_CFunction entry) {
     }
     lua_pop(L, 1);
   }
+  ML_STACK_CHECK(L, 1);
 }
 
 static int tostring_p(lua_State *L) {

@@ -93,6 +93,7 @@ void ml__callback_traceback(lua_State *L) {
 
 int ml__callback(lua_State *L, int nargs, const char *context) {
   int base = lua_gettop(L) - nargs, st;
+  ML_STACK_MARK(L);
   lua_pushcfunction(L, ml__callback_msgh);
   lua_insert(L, base);
   st = lua_pcall(L, nargs, 0, base);
@@ -101,6 +102,7 @@ int ml__callback(lua_State *L, int nargs, const char *context) {
     ml__report_tb(L, context);
   }
   lua_remove(L, base);
+  ML_STACK_CHECK(L, -(nargs + 1));
   return st;
 }
 

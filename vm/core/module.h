@@ -15,6 +15,30 @@
 
 typedef struct ml_Task ml_Task;
 
+/* ---- Checks ------------------------------------------------------- */
+
+/* Compiled in only with ML_CHECKS (`make SAN=1` sets it), so they cost
+ * nothing in a release build.  ml_assert(cond) aborts with the file and
+ * line when cond is false.  ML_STACK_MARK(L) remembers the top of L's
+ * stack (a declaration: once per block, before the check);
+ * ML_STACK_CHECK(L, d) asserts that the top has moved by d since, the
+ * p - o of the function's [-o, +p]. */
+#if ML_CHECKS
+#include <stdio.h>
+#include <stdlib.h>
+#define ml_assert(cond)                                                          \
+  ((cond) ? (void)0                                                              \
+          : (fprintf(stderr, "%s:%d: ml_assert(%s) failed\n", __FILE__, __LINE__, \
+                     #cond),                                                     \
+             abort()))
+#define ML_STACK_MARK(L) const int ml_stack_mark_ = lua_gettop(L)
+#define ML_STACK_CHECK(L, d) ml_assert(lua_gettop(L) == ml_stack_mark_ + (d))
+#else
+#define ml_assert(cond) ((void)0)
+#define ML_STACK_MARK(L) ((void)0)
+#define ML_STACK_CHECK(L, d) ((void)0)
+#endif
+
 /* ---- The state ------------------------------------------------------ */
 
 /* The state a Lua thread belongs to, kept in lua_getextraspace; the low

@@ -845,7 +845,7 @@ static int translate(Pass *P) {
 
 /* ---------------------------------------------------------------- */
 
-/* See internal.h.  Also: a UTF-8 byte order mark at the start is dropped,
+/* See asyncpass.h.  Also: a UTF-8 byte order mark at the start is dropped,
  * and a first line starting with '#' (a shebang, which luaL_loadfile would
  * skip) becomes a comment by prefixing it with "--".  On error out is left
  * as it was. */

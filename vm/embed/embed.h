@@ -49,7 +49,7 @@ int ml__embed_pcall(lua_State *L, lua_CFunction f, void *ud);
 
 /* Handles: the registry table anchors[light userdata p] = the Future or
  * Task p points at, which keeps it alive while the host holds p. */
-/* [-0, +0] anchors the Future or Task at idx; returns 0 or raises. */
+/* [-0, +0] anchors the Future or Task at idx; raises on a memory error. */
 void ml__anchor_set(lua_State *L, int idx, void *p);
 /* [-0, +1] pushes what p anchors, or nil; returns the type pushed. */
 int ml__anchor_push(lua_State *L, void *p);
