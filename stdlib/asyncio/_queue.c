@@ -233,9 +233,8 @@ static int wait_hook(lua_State *L, ml_Task *t, void *ud) {
 /* Makes the running task wait in list, then returns k(L, status, i): with
  * LUA_YIELD when it was woken, or LUA_ERRRUN with the CancelledError on
  * top if it was cancelled.  Whatever could raise is checked before the
- * waiter is linked, so k always runs once it is.  (This was a lua_pcallk
- * around the suspension until ml__task_suspend_always: -450 instructions
- * a wait, -15% a queue round trip.) */
+ * waiter is linked, so k always runs once it is: no lua_pcallk around
+ * the suspension (docs/performance.md, "Queue ping-pong"). */
 static int wait(lua_State *L, Queue *q, int ci, int list, lua_KFunction k) {
   ml_Task *t = ml__task_current(L);
   int i;

@@ -8,8 +8,8 @@
  * more.  The cancel hook unparks it, so wait_for(reader:readline(), t)
  * leaves the stream usable.  Reader and writer are small tables that hold
  * the transport at [1], in the array part (the writer also as
- * `transport`): a private light-userdata key cost a hash lookup, ~150
- * instructions, on every method call. */
+ * `transport`): a private light-userdata key would cost a hash lookup on
+ * every method call (docs/performance.md, "Echo"). */
 #include <errno.h>
 #include <string.h>
 #include "socket/net.h"
@@ -500,8 +500,7 @@ static int writer_gc(lua_State *L) {
 /* The methods a stream's table holds itself, copied from its class: the
  * ones an echo or line protocol calls per message.  Found through the
  * metatable's __index they cost a failed lookup in the table, one in the
- * metatable and one in the class, ~100 instructions a call (profile of
- * the streams echo: -7% instructions a message).  Other methods, and
+ * metatable and one in the class (docs/performance.md, "Echo").  Other methods, and
  * methods a script adds to the class, are still found there; a script
  * that replaces one of these in the class affects streams made after. */
 static const char *const hot_reader[] = { "read", "readline", "readexactly", "readuntil", NULL };

@@ -28,11 +28,10 @@
 #define SLAB_SIZE (64 * 1024)
 /* Past HUGE_AFTER slabs (2 MiB), a slab is 2 MiB mapped with its pages
  * populated at once, where the kernel can (MAP_POPULATE): a heap that
- * grows that far takes one mmap per 2 MiB instead of 512 page faults
- * (perf of gather 200k tasks: page faults were ~13% of its time; this
- * took 5-8% off).  Transparent huge pages (MADV_HUGEPAGE) took 20% off
- * but stalled some runs by half as much again (direct compaction), a
- * latency a server must not have. */
+ * grows that far takes one mmap per 2 MiB instead of 512 page faults.
+ * No transparent huge pages (MADV_HUGEPAGE): direct compaction stalls
+ * runs, a latency a server must not have.  The measurements are in
+ * docs/performance.md ("Allocator"). */
 #define HUGE_SLAB (2 * 1024 * 1024)
 #define HUGE_AFTER 32
 #define SMALL_MAX 2048  /* larger blocks come from malloc */
@@ -45,7 +44,7 @@
  * short strings 24 + length); coarser steps above waste under a quarter.
  * Classes go up to 2 KiB because network code makes a Lua string of each
  * message read (a 1 KiB message is a ~1,065-byte block, past glibc's fast
- * path too): pooling them took 10-17% off the echo benchmarks. */
+ * path too; docs/performance.md, "Allocator"). */
 static const uint16_t class_size[NCLASS] = {
   16, 32, 48, 64, 80, 96, 112, 128, 160, 192, 224, 256, 320, 384, 448, 512,
   640, 768, 896, 1024, 1152, 1280, 1536, 1792, 2048

@@ -173,8 +173,8 @@ static int awcall_k(lua_State *L, int status, lua_KContext ctx) {
  * from the closure's address to its body, filled as they are made, with
  * the closures anchored (so an address is never reused while it is in the
  * table).  awcall finds a C body with one lua_topointer instead of
- * lua_tocfunction, lua_getupvalue and lua_tocfunction (profile: -600
- * instructions a queue round trip, 4 awaits). */
+ * lua_tocfunction, lua_getupvalue and lua_tocfunction (docs/performance.md,
+ * "Queue ping-pong"). */
 #define ASYNC_C_SLOTS 64  /* a power of two; moonloop makes about ten */
 static const char async_c_key = 'C';
 
@@ -259,8 +259,8 @@ static int awcall(lua_State *L) {
   if (S->current == NULL) return ml__task_raise_outside(L);
   if ((cf = async_c_body(S, lua_topointer(L, 1))) != NULL) {
     /* An async C body runs in this very frame, its arguments at 1..n: its
-     * continuations become ours, and a C call boundary is saved (profile:
-     * -330 instructions per awaited queue operation). */
+     * continuations become ours, and a C call boundary is saved
+     * (docs/performance.md, "Queue ping-pong"). */
     lua_remove(L, 1);
     return cf(L);
   }
@@ -310,8 +310,9 @@ static int l_awcall(lua_State *L) {
 }
 
 /* __awmeth(obj, name, ...): what the pass makes of `await obj:name(...)`.
- * The stack moves are the fewest API calls for each case: they cost ~25
- * instructions each, and a queue round trip makes four of these. */
+ * The stack moves are the fewest API calls for each case: each costs
+ * (docs/performance.md, "Where the time goes"), and a queue round trip makes
+ * four of these. */
 static int l_awmeth(lua_State *L) {
   ml_State *S = ml__state(L);
   lua_CFunction body;

@@ -123,8 +123,8 @@ void ml__future_schedule(lua_State *L, int fidx, ml_Future *f) {
      * child): the record runs now rather than from the ready queue, as no
      * script runs in between (a gather's outer future may be done an
      * iteration sooner than asyncio's; its awaiters still wake through
-     * the queue).  A queued callback entry cost ~450 instructions a
-     * gathered task. */
+     * the queue).  A queued callback entry costs more than the record
+     * (docs/performance.md, "Tasks (gather)"). */
     ml_DoneCb *rec;
     cbs_get(L, fidx, f);
     if ((rec = test_done_cb(L, -1, lua_type(L, -1), f->S)) != NULL) {
@@ -160,8 +160,7 @@ void ml__future_schedule(lua_State *L, int fidx, ml_Future *f) {
 
 /* The done callbacks are kept in FUV_MISC: the callback itself while
  * there is one (a gather's child, a task awaiting it), a list from the
- * second on.  Profile: a table per future was ~400 instructions of the
- * ~10k a gathered task cost, and 56 bytes. */
+ * second on: no table per future (docs/performance.md, "Tasks (gather)"). */
 
 /* Runs or wakes callback cb (at the top) of the done future at fidx.
  * [-1, +0] */

@@ -45,7 +45,7 @@ static void push_outcome(lua_State *L, int cidx) {
 
 /* A child's done callback, in protected mode: [gather, child].  done_cb
  * calls it without the closure call and message handler of a Lua
- * callback (profile: -420 instructions a gathered task). */
+ * callback (why: docs/performance.md, "Tasks (gather)"). */
 static int child_done(lua_State *L) {
   Gather *g = lua_touserdata(L, 1);
   ml_Future *child = lua_touserdata(L, 2), *outer;
@@ -94,7 +94,7 @@ static void done_cb(lua_State *L, ml_DoneCb *self, int fidx) {
   const ml_Future *child = lua_touserdata(L, fidx);
   if (child->state == ML_RESULT && g->left > 1 && g->outer->state == ML_PENDING) {
     /* Most children: one done, others still to come.  No API call, no
-     * protected call (-600 instructions a gathered task). */
+     * protected call (docs/performance.md, "Tasks (gather)"). */
     g->left--;
     return;
   }

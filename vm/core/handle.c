@@ -19,19 +19,9 @@
  * nothing anchors: a script that drops it leaves it to the collector at
  * once, and it holds no user value for the collector to traverse.
  *
- * The profile's lesson (callgrind, ml_bench.lua timers 50000: all
- * instructions over 50,000, start-up and close included): ~2,460 a timer
- * (~2,330 once tasks got smaller) when each Handle was an 88-byte
- * userdata anchored in the table with its function as a user value.
- * Making it cost ~830 (the userdata ~450, of which the collector ~270, a
- * user value set per value, the metatable, the anchor) and firing it ~880
- * (the heap pop ~310, the anchor, the user values, the call).  With the
- * function itself in the anchor and the state in C (a 56-byte Handle, no
- * user value): ~2,070.  With the sort (~70 a timer, where the pops were
- * ~330): ~1,770, and half the wall time (the pops missed the cache).
- * What is left is mostly the Lua API: the userdata and its collection
- * (~250), the anchor's three table accesses (~200), the metatable (~95),
- * and the call of the callback (~300).
+ * The invariant this layout keeps: making and firing a timer takes one
+ * small userdata, no user value on it and no table of its own; the
+ * profile that chose it is in docs/performance.md ("Timers").
  *
  * cancel() is O(1): the handle lets go of its function and arguments (it
  * clears its anchor slot) and the heap keeps its entry until it reaches

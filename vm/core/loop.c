@@ -177,7 +177,7 @@ void ml__loop_open(lua_State *L) {
   lua_pushvalue(L, -1);
   lua_setfield(L, -3, "__index");
   /* The loop object itself: a table holding the timer methods (the hot
-   * ones: no __index hop per call_later, -120 instructions a timer), whose
+   * ones: no __index hop per call_later; docs/performance.md, "Timers"), whose
    * metatable's __index has the rest, including those modules add. */
   lua_newtable(L);
   ml__handles_push_upvalues(L);

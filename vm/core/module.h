@@ -257,7 +257,7 @@ int ml__future_unwrap(lua_State *L, int fidx);
  * (never inside ml__future_add_done_cb, even for a future already done).
  * One exception: when a task finishes and the record is its only
  * callback, fn runs at once as the task completes (no script runs in
- * between; a queue entry saved ~450 instructions a gathered task).
+ * between; it saves a queue entry: docs/performance.md, "Tasks (gather)").
  *
  * How fn is called: fn(L, self, fidx) with the record's value (the
  * userdata, or light userdata, that was added) on the top of the stack

@@ -112,8 +112,7 @@ static void unlink_task(ml_State *S, ml_Task *t) {
  * of its own, and creating many tasks allocates no thread until they run.
  * A pooled thread stays anchored in its slot of the pool (a user value of
  * the pool's userdata) while a task has it, so lending and returning it
- * is C bookkeeping only: a profile of gather showed the table moves this
- * replaced at ~400 instructions a task.  Past THREAD_POOL_MAX threads
+ * is C bookkeeping only (docs/performance.md, "Tasks (gather)").  Past THREAD_POOL_MAX threads
  * lent at once, a task's thread is its own, anchored in TUV_THREAD.  (A
  * script that kept coroutine.running() of a finished task would see the
  * thread reused; nothing in asyncio's model gives it reason to.) */

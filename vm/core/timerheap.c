@@ -130,8 +130,8 @@ static int count_due(const HeapEnt *hp, int n, int i, uint64_t bits, int limit) 
  * fewer for fewer entries (counts for at most half as many, at least
  * 256).  Past MAXPASSES passes, it sorts by the highest bits that differ
  * only, and *below tells from which bit on (else 0).  A macro, for a
- * function of each half: one taking the half as an argument measured
- * ~20 instructions a timer slower (a test per entry and pass). */
+ * function of each half: one taking the half as an argument tests it
+ * per entry and pass, which measured slower (docs/performance.md, "Timers"). */
 #define RADIX_BITS 16
 #define RADIX_SORT(name, WORD, MAXPASSES) \
 static HeapEnt *name(HeapEnt *a, HeapEnt *tmp, uint32_t *cnt, size_t n, int *below) { \
