@@ -33,6 +33,8 @@ static void sock_io_cb(struct ev_loop *loop, ev_io *w, int revents) {
   }
 }
 
+/* The cancel hook of a task parked to read s: stops the watcher.
+ * [-0, +0] */
 static int rhook(lua_State *L, ml_Task *t, void *ud) {
   ml_Socket *s = ud;
   (void)L;
@@ -43,6 +45,7 @@ static int rhook(lua_State *L, ml_Task *t, void *ud) {
   return 0;
 }
 
+/* The same for a task parked to write.  [-0, +0] */
 static int whook(lua_State *L, ml_Task *t, void *ud) {
   ml_Socket *s = ud;
   (void)L;
@@ -54,7 +57,7 @@ static int whook(lua_State *L, ml_Task *t, void *ud) {
 }
 
 /* Suspends the running task until s is readable (or writable); then
- * k(L, LUA_YIELD, ctx) retries the operation. */
+ * k(L, LUA_YIELD, ctx) retries the operation.  [-0, +0] */
 static int park(lua_State *L, ml_Socket *s, int write, lua_KContext ctx, lua_KFunction k) {
   ml_State *S = ml__state(L);
   ml_Task **slot = write ? &s->wwait : &s->rwait;
@@ -76,7 +79,7 @@ static int park(lua_State *L, ml_Socket *s, int write, lua_KContext ctx, lua_KFu
 }
 
 /* The socket argument of a loop:sock_* method: open, non-blocking, not
- * owned by a transport. */
+ * owned by a transport.  [-0, +0] */
 static ml_Socket *check_nb(lua_State *L, int idx) {
   ml_Socket *s = ml__sock_checkopen(L, idx);
   if (s->blocking) luaL_argerror(L, idx, "the socket must be non-blocking");
@@ -93,7 +96,7 @@ static void req_push_error(lua_State *L, ml_Lookup *q) {
   ml__sock_push_gaierror(L, q->rc, q->err);
 }
 
-/* Fills the request's getaddrinfo input from script values. */
+/* Fills the request's getaddrinfo input from script values.  [-0, +0] */
 static void gai_args(lua_State *L, ml_Lookup *q, int hi, int pi) {
   size_t n;
   if (!lua_isnoneornil(L, hi)) {
@@ -114,6 +117,7 @@ static void gai_args(lua_State *L, ml_Lookup *q, int hi, int pi) {
   }
 }
 
+/* [-0, +0] the integer field k of the options table at t, or dflt. */
 static int opt_int(lua_State *L, int t, const char *k, int dflt) {
   int v = dflt;
   if (lua_istable(L, t)) {
@@ -128,7 +132,7 @@ static int opt_int(lua_State *L, int t, const char *k, int dflt) {
 }
 
 /* Tries getaddrinfo without any lookup (numeric host and port); returns 1
- * with the result list pushed, or 0 if a lookup is needed. */
+ * with the result list pushed, or 0 if a lookup is needed.  [-0, +1|0] */
 static int gai_numeric(lua_State *L, ml_Lookup *q) {
   struct addrinfo hints = q->hints, *res = NULL;
   int rc;
@@ -187,7 +191,7 @@ static int getnameinfo_k(lua_State *L, int status, lua_KContext ctx) {
   return 2;
 }
 
-/* Picks the family of a script address for getnameinfo. */
+/* Picks the family of a script address for getnameinfo.  [-0, +0] */
 static int addr_family(lua_State *L, int idx) {
   if (lua_type(L, idx) == LUA_TSTRING) return AF_UNIX;
   if (lua_istable(L, idx)) {
@@ -247,7 +251,8 @@ static int resolved_k(lua_State *L, int status, lua_KContext ctx) {
   return c->k(L, LUA_OK, 0);
 }
 
-/* Looks up the host of the address at c->aidx for socket s on the pool. */
+/* Looks up the host of the address at c->aidx for socket s on the pool.
+ * [-0, +1] */
 static int resolve_then(lua_State *L, ml_Socket *s, const Cont *c) {
   ml_Lookup *q = ml__lookup_new(L, ML_LOOKUP_GAI);
   lua_geti(L, c->aidx, 1);
@@ -313,7 +318,8 @@ static int recv_new(lua_State *L, lua_KContext want_addr) {
   return recv_k(L, LUA_OK, want_addr);
 }
 
-/* Checks (sock, buf [, nbytes]) and runs recv_k. */
+/* Checks (sock, buf [, nbytes]) and runs recv_k.
+ * [-0, +0] (then as recv_k) */
 static int recv_into(lua_State *L, lua_KContext want_addr) {
   check_nb(L, 2);
   size_t size;
@@ -484,6 +490,7 @@ static void fdwatch_cb(struct ev_loop *loop, ev_io *w, int revents) {
                                                    : "Exception in writer callback");
 }
 
+/* [-0, +0] */
 static void fdwatch_stop(lua_State *L, FdWatch *fw) {
   if (ev_is_active(&fw->io)) ev_io_stop(ml__loop(fw->S), &fw->io);
   if (fw->ref != LUA_NOREF) {
@@ -498,7 +505,7 @@ static int fdwatch_gc(lua_State *L) {
   return 0;
 }
 
-/* The fd of an integer or of an object with fileno(). */
+/* The fd of an integer or of an object with fileno().  [-0, +0] */
 static int check_fd(lua_State *L, int idx) {
   int fd;
   if (lua_isinteger(L, idx)) {
@@ -527,6 +534,7 @@ static void push_table(lua_State *L, const char *key) {
   }
 }
 
+/* [-0, +0] removes the watcher of fd in the direction key; 1 if there was one. */
 static int remove_watch(lua_State *L, int fd, const char *key) {
   FdWatch *fw;
   push_table(L, key);
@@ -543,6 +551,7 @@ static int remove_watch(lua_State *L, int fd, const char *key) {
   return 1;
 }
 
+/* [-0, +0] */
 static int add_watch(lua_State *L, int events, const char *key) {
   ml_State *S = ml__state(L);
   int fd = check_fd(L, 2), i, nargs = lua_gettop(L) - 3;

@@ -33,7 +33,8 @@ void ml__sock_push_gaierror(lua_State *L, int code, int sys_errno) {
 
 static int is_broadcast_name(const char *h) { return strcmp(h, "<broadcast>") == 0; }
 
-/* Blocking lookup of a host name for family; fills ss.  Raises on failure. */
+/* Blocking lookup of a host name for family; fills ss.  Raises on failure.
+ * [-0, +0] */
 static void lookup(lua_State *L, const char *host, int family, int port,
                    struct sockaddr_storage *ss, socklen_t *len) {
   struct addrinfo hints, *res = NULL;
@@ -53,6 +54,7 @@ static void lookup(lua_State *L, const char *host, int family, int port,
   else ((struct sockaddr_in6 *)ss)->sin6_port = htons(port);
 }
 
+/* [-0, +0] the integer at t[i] of the table at idx, or dflt; raises naming what. */
 static lua_Integer field_int(lua_State *L, int idx, int i, lua_Integer dflt,
                              const char *what) {
   lua_Integer v = dflt;

@@ -5,6 +5,7 @@
 
 typedef struct { size_t size; char data[]; } Buffer;
 
+/* [-0, +0] */
 static Buffer *checkbuffer(lua_State *L, int idx) {
   return ml__udata_check(L, idx, ML_UT_BUFFER);
 }
@@ -37,7 +38,8 @@ static int buffer_len(lua_State *L) {
   return 1;
 }
 
-/* Normalises a string.sub-style range [i, j] for size; returns the length. */
+/* Normalises a string.sub-style range [i, j] for size; returns the length.
+ * [-0, +0] */
 static size_t subrange(lua_State *L, int ii, int ij, size_t size, size_t *start) {
   lua_Integer i = luaL_optinteger(L, ii, 1), j = luaL_optinteger(L, ij, -1);
   lua_Integer n = (lua_Integer)size;

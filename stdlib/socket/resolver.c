@@ -87,6 +87,8 @@ ml_Lookup *ml__lookup_check(lua_State *L, int idx) {
   return *pq;
 }
 
+/* The cancel hook of a task waiting for q: the worker finishes, the
+ * handle frees the result.  [-0, +0] */
 static int req_hook(lua_State *L, ml_Task *t, void *ud) {
   ml_Lookup *q = ud;
   (void)L; (void)t;

@@ -161,6 +161,7 @@ static int sock_listen(lua_State *L) {
   return 0;
 }
 
+/* [-0, +ex] connect or connect_ex of the socket at 1 to the address at 2; connect_ex pushes the errno (0 on success). */
 static int do_connect(lua_State *L, int ex) {
   ml_Socket *s = ml__sock_checkopen(L, 1);
   struct sockaddr_storage ss;
@@ -231,7 +232,8 @@ static int sock_recvfrom(lua_State *L) {
 /* ---------------------------------------------------------------- */
 /* Receiving into a socket.buffer.                                    */
 
-/* Receives into the buffer at 1-based offset; returns the byte count. */
+/* Receives into the buffer at 1-based offset; returns the byte count.
+ * [-0, +0] */
 static ssize_t recv_into(lua_State *L, ml_Socket *s, int bi, int ni, int fi,
                          struct sockaddr_storage *ss, socklen_t *len) {
   size_t size;
@@ -370,7 +372,8 @@ static int sock_getsockopt(lua_State *L) {
   return 1;
 }
 
-/* getsockname or getpeername (which) of the socket at 1, as an address. */
+/* getsockname or getpeername (which) of the socket at 1, as an address.
+ * [-0, +1] */
 static int push_name(lua_State *L, int (*which)(int, struct sockaddr *, socklen_t *)) {
   ml_Socket *s = ml__sock_checkopen(L, 1);
   struct sockaddr_storage ss;
