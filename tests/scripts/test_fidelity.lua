@@ -327,6 +327,46 @@ T.case("a wrong argument to a stdlib call is a TypeError naming the call, not a 
   end
 end)
 
+-- ---- ExceptionGroup ----
+
+local function sample_group()
+  return asyncio.ExceptionGroup("many", { asyncio.ValueError("v"), asyncio.TypeError("t"),
+    asyncio.ExceptionGroup("inner", { asyncio.ValueError("v2"), asyncio.OSError(111, "refused") }) })
+end
+
+T.case("ExceptionGroup:split and subgroup keep the nesting, by class or predicate", function()
+  local eg = sample_group()
+  local m, r = eg:split(asyncio.ValueError)
+  T.eq(m.exceptions.n, 2, "matching leaves at the top and in the inner group")
+  T.eq(m.exceptions[1].message, "v", "first")
+  T.eq(m.exceptions[2].message, "inner", "the inner group kept")
+  T.eq(m.exceptions[2].exceptions[1].message, "v2", "inner leaf")
+  T.eq(r.exceptions.n, 2, "the rest")
+  T.ok(getmetatable(m) == asyncio.ExceptionGroup and m.message == "many", "same class and message")
+  T.eq(eg:subgroup(asyncio.KeyError), nil, "nothing matches")
+  T.ok(eg:subgroup(function(e) return e == eg end) == eg, "the whole group matches: itself")
+  local only, none = eg:split(asyncio.Exception)
+  T.ok(only == eg and none == nil, "all match")
+  T.raises(asyncio.TypeError, function() eg:split(42) end, "a bad condition")
+end)
+
+T.case("asyncio.catch is except*: each leaf to the most specific handler, the rest raised again", function()
+  local seen = {}
+  local ok, e = pcall(asyncio.catch, sample_group(), {
+    [asyncio.ValueError] = function(g) seen[#seen + 1] = "value:" .. g.exceptions.n end,
+    [asyncio.OSError] = function() seen[#seen + 1] = "os" end,
+    [asyncio.ConnectionError] = function() seen[#seen + 1] = "conn" end,
+  })
+  table.sort(seen)
+  T.eq(seen, { "conn", "value:2" }, "handlers called once each, the most specific one")
+  T.eq(ok, false, "the unhandled rest is raised")
+  T.ok(asyncio.isinstance(e, asyncio.ExceptionGroup) and e.exceptions.n == 1
+       and asyncio.isinstance(e.exceptions[1], asyncio.TypeError), "the rest: " .. tostring(e))
+  local got
+  asyncio.catch(asyncio.ValueError("plain"), { [asyncio.ValueError] = function(g) got = g end })
+  T.eq(got.exceptions[1].message, "plain", "a plain error is a group of one")
+end)
+
 -- ---- asyncio.run ----
 
 T.case("asyncio.run from the main task gives left-behind tasks their first step", async function()

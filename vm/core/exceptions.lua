@@ -118,6 +118,88 @@ end)
 class("ExceptionGroup", M.BaseExceptionGroup)
 M.ExceptionGroup.__bases = { Exception }  -- also an Exception, as in Python
 
+-- The test of split/subgroup: a class, or a function of the exception.
+local function matcher(cond)
+  if type(cond) == "function" then return cond end
+  if type(cond) == "table" and getmetatable(cond) ~= nil and rawget(cond, "__name") then
+    return function(e) return M.isinstance(e, cond) end
+  end
+  error(M.TypeError("expected an exception class or a function, got " .. tostring(cond)), 3)
+end
+
+-- eg:derive(excs): a group of the same class and message over excs.
+function M.BaseExceptionGroup:derive(excs)
+  return getmetatable(self)(self.message, excs)
+end
+
+-- Splits self by match: the group of what matches and the group of the
+-- rest (nil for an empty one), nested groups kept as they are nested, as
+-- Python's BaseExceptionGroup.split.
+local function split(self, match)
+  if match(self) then return self, nil end
+  local yes, no = { n = 0 }, { n = 0 }
+  for i = 1, self.exceptions.n do
+    local x = self.exceptions[i]
+    if M.isinstance(x, M.BaseExceptionGroup) then
+      local a, b = split(x, match)
+      if a then yes.n = yes.n + 1; yes[yes.n] = a end
+      if b then no.n = no.n + 1; no[no.n] = b end
+    elseif match(x) then
+      yes.n = yes.n + 1; yes[yes.n] = x
+    else
+      no.n = no.n + 1; no[no.n] = x
+    end
+  end
+  return yes.n > 0 and self:derive(yes) or nil, no.n > 0 and self:derive(no) or nil
+end
+
+-- eg:split(cls_or_fn) -> matching group, rest (either may be nil).
+function M.BaseExceptionGroup:split(cond)
+  return split(self, matcher(cond))
+end
+
+-- eg:subgroup(cls_or_fn) -> the matching group, or nil.
+function M.BaseExceptionGroup:subgroup(cond)
+  return (split(self, matcher(cond)))
+end
+
+-- How many bases deep class c is: the most specific handler wins.
+local function depth(c)
+  local d = 0
+  while type(c) == "table" and rawget(c, "__base") do d = d + 1; c = rawget(c, "__base") end
+  return d
+end
+
+-- catch(err, {[cls] = fn, ...}): Python's except* for Lua.  err is an
+-- ExceptionGroup (any other error is taken as a group of one, as except*
+-- does); each leaf goes to the handler of the most specific class it is an
+-- instance of, and each handler is called once, with the group of its
+-- leaves.  What no handler takes is raised again, as a group; an error a
+-- handler raises propagates.
+function M.catch(err, handlers)
+  if type(handlers) ~= "table" then
+    error(M.TypeError("catch() handlers must be a table {[class] = function}"), 2)
+  end
+  local classes = {}
+  for cls, fn in pairs(handlers) do
+    if type(fn) ~= "function" then error(M.TypeError("catch() handler for " .. tostring(cls) .. " is not a function"), 2) end
+    matcher(cls)
+    classes[#classes + 1] = cls
+  end
+  table.sort(classes, function(a, b) return depth(a) > depth(b) end)
+  local rest = err
+  if not M.isinstance(err, M.BaseExceptionGroup) then rest = M.ExceptionGroup("", { err }) end
+  local calls = {}
+  for _, cls in ipairs(classes) do
+    if rest == nil then break end
+    local got
+    got, rest = split(rest, function(e) return M.isinstance(e, cls) end)
+    if got then calls[#calls + 1] = { handlers[cls], got } end
+  end
+  for _, c in ipairs(calls) do c[1](c[2]) end
+  if rest ~= nil then error(rest, 0) end
+end
+
 -- OSError(errno, strerror): picks the subclass for errno, as Python does.
 local OSError = class("OSError", Exception, function(e, errno, strerror, filename)
   if type(errno) == "number" then
