@@ -15,28 +15,46 @@ int luaopen_asyncio__stream(lua_State *L);
 int luaopen_asyncio__transport(lua_State *L);
 int luaopen_ssl__ssl(lua_State *L);
 
-/* The C modules, by the name scripts require them by. */
-static const luaL_Reg c_modules[] = {
-  { "socket", luaopen_socket },
-  { "asyncio._net", luaopen_asyncio__net },
-  { "asyncio._process", luaopen_asyncio__process },
-  { "asyncio._queue", luaopen_asyncio__queue },
-  { "asyncio._server", luaopen_asyncio__server },
-  { "asyncio._signal", luaopen_asyncio__signal },
-  { "asyncio._thread", luaopen_asyncio__thread },
-  { "asyncio._stream", luaopen_asyncio__stream },
-  { "asyncio._transport", luaopen_asyncio__transport },
-  { "ssl._ssl", luaopen_ssl__ssl },
-  { NULL, NULL }
+/* The C modules, by the name scripts require them by, with what each
+ * reaches outside the state: "net", "process", "signal", "thread",
+ * "file", or "none".  The sandbox (vm/embed/sandbox.lua) allows a module
+ * only if its capability and those of every module it requires are
+ * allowed; the Lua modules' requires are read from their source by the
+ * build, so only this column is written by hand. */
+static const struct {
+  const char *name;
+  lua_CFunction open;
+  const char *cap;
+} c_modules[] = {
+  { "socket", luaopen_socket, "net" },
+  { "asyncio._net", luaopen_asyncio__net, "net" },
+  { "asyncio._process", luaopen_asyncio__process, "process" },
+  { "asyncio._queue", luaopen_asyncio__queue, "none" },
+  { "asyncio._server", luaopen_asyncio__server, "net" },
+  { "asyncio._signal", luaopen_asyncio__signal, "signal" },
+  { "asyncio._thread", luaopen_asyncio__thread, "thread" },
+  { "asyncio._stream", luaopen_asyncio__stream, "net" },
+  { "asyncio._transport", luaopen_asyncio__transport, "net" },
+  { "ssl._ssl", luaopen_ssl__ssl, "net" },
+  { NULL, NULL, NULL }
 };
 
 void ml__stdlib_open(lua_State *L) {
-  const luaL_Reg *c;
+  int i;
   ml__preload_embedded(L, ml__embedded_lua);
   luaL_getsubtable(L, LUA_REGISTRYINDEX, LUA_PRELOAD_TABLE);
-  for (c = c_modules; c->name; c++) {
-    lua_pushcfunction(L, c->func);
-    lua_setfield(L, -2, c->name);
+  for (i = 0; c_modules[i].name; i++) {
+    lua_pushcfunction(L, c_modules[i].open);
+    lua_setfield(L, -2, c_modules[i].name);
   }
   lua_pop(L, 1);
+}
+
+void ml__stdlib_caps(lua_State *L) {
+  int i;
+  lua_newtable(L);
+  for (i = 0; c_modules[i].name; i++) {
+    lua_pushstring(L, c_modules[i].cap ? c_modules[i].cap : "none");
+    lua_setfield(L, -2, c_modules[i].name);
+  }
 }

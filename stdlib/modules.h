@@ -12,4 +12,8 @@ extern const ml_Embedded ml__embedded_lua[];
 /* Puts every stdlib module, C and Lua, in package.preload.  [-0, +0] */
 void ml__stdlib_open(lua_State *L);
 
+/* [-0, +1] pushes {C module name = its capability} (init.c), which the
+ * sandbox reads. */
+void ml__stdlib_caps(lua_State *L);
+
 #endif

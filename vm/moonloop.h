@@ -367,28 +367,58 @@ size_t ml_state_memory_peak(ml_State *S);
 
 /* Limits every step of a task (from one await to the next) to about
  * instructions Lua VM instructions (0: no limit, the default).  A task
- * that runs past it fails with a RuntimeError; the loop and the other
- * tasks carry on. */
+ * that runs past it is terminated: it fails with a RuntimeError ("task
+ * ran past its CPU budget ...") that the script cannot catch - a pcall,
+ * xpcall, error handler, coroutine or __close that catches it is stopped
+ * again at its next instruction, until the task's frames have unwound.
+ * The loop and the other tasks carry on (or see ml_state_set_budget_scope).
+ * In a sandboxed state, finalizers (__gc) run under the same budget; while
+ * the state closes, under a fixed limit, so a finalizer that never stops
+ * cannot keep it from closing.  Cost: Lua 5.4 calls a counting hook at
+ * every instruction, so a budgeted state runs Lua code about 2-3x slower
+ * (docs/embedding.md has the figures); C functions (string matching)
+ * are one instruction each. */
 void ml_state_set_cpu_budget(ml_State *S, unsigned long instructions);
+
+/* What running past the CPU budget ends: the task (ML_BUDGET_TASK, the
+ * default), or the whole state (ML_BUDGET_STATE): then the run returns
+ * and every later ml_state_run / _run_until / _step returns -ETIMEDOUT;
+ * the host closes the state.  Returns ML_OK or -EINVAL. */
+enum { ML_BUDGET_TASK = 0, ML_BUDGET_STATE = 1 };
+int ml_state_set_budget_scope(ml_State *S, int scope);
 
 /* The modules ml_state_sandbox keeps when allow is NULL. */
 #define ML_SANDBOX_DEFAULT \
   "string", "table", "math", "utf8", "coroutine", "asyncio", \
   "os.time", "os.clock", "os.date", "os.difftime"
 
-/* Restricts what scripts of S can reach, for untrusted code.  allow is a
- * NULL-terminated list of the modules to keep (NULL: ML_SANDBOX_DEFAULT):
- * a library name ("string", "io", "os", "debug", "socket", "asyncio",
- * "package"), or "lib.field" to keep one function of a library that is
- * otherwise removed ("os.clock").  Everything else goes: the globals and
- * package.loaded entries of the other libraries, their package.preload
- * entries, require's searchers of the file system and package.loadlib,
- * dofile and loadfile, binary chunks in load, string.dump, and - unless
- * "socket" is allowed - asyncio's network, process and thread functions.
- * The base functions (print, pcall, pairs, ...), `await`, the asyncio
- * module (tasks, timers, futures, queues, locks, ...) and every module
- * the host registered, before or after, stay.  Call it before loading
- * untrusted code; it cannot be undone.  Returns ML_OK or -ENOMEM. */
+/* Restricts what scripts of S can reach, for untrusted code: default
+ * deny.  Scripts get new globals holding only what allow names (NULL:
+ * ML_SANDBOX_DEFAULT), while the stdlib keeps running in the state's own.
+ * allow is a NULL-terminated list of:
+ *  - a library or module name ("string", "os", "io", "debug", "package",
+ *    "asyncio", "socket", "asyncio.streams", ...): kept whole (the
+ *    standard libraries as copies, so a script cannot change what the
+ *    stdlib calls); naming a module grants what it needs ("socket" turns
+ *    networking on);
+ *  - "lib.field" to keep one function of a library ("os.clock");
+ *  - a switch: "net" (sockets, streams, transports, name lookups),
+ *    "process" (subprocesses, os.execute), "signal" (signal handlers),
+ *    "thread" (work on threads), "file" (io, loadfile, dofile, os.remove,
+ *    os.rename, os.tmpname).
+ * A stdlib module is reachable only if everything it needs is allowed (the
+ * build derives what each needs from the module list); the others are
+ * never loaded, so a sandboxed state is also cheaper.  Internal modules
+ * (asyncio.core, asyncio._*) are reachable by no path: not by require,
+ * not in package (which scripts see only if "package" is allowed, and then
+ * only what they loaded), not through getmetatable("") (false).  Always:
+ * load takes text chunks only, string.dump is gone, collectgarbage takes
+ * only "collect", "count", "step" and "isrunning", __gc and xpcall message
+ * handlers run under the CPU budget (ml_state_set_cpu_budget), and require
+ * never reads files.  The base functions, `await` and every module the
+ * host registers, before or after, stay.  Call it once, before loading
+ * untrusted code; it cannot be undone.  Returns ML_OK, -EINVAL (already
+ * sandboxed) or -ENOMEM. */
 int ml_state_sandbox(ml_State *S, const char *const *allow);
 
 /* ---- The dialect ------------------------------------------------------ */

@@ -21,9 +21,7 @@ void ml__net_setfuncs(lua_State *L, int idx, const char *prefix,
 }
 
 void ml__net_push_loop_methods(lua_State *L) {
-  lua_getglobal(L, "require");
-  lua_pushliteral(L, "asyncio.core");
-  lua_call(L, 1, 1);
+  ml__require(L, "asyncio.core");
   lua_getfield(L, -1, "Loop");
   lua_remove(L, -2);
   if (!lua_istable(L, -1)) luaL_error(L, "asyncio.core has no Loop methods table");

@@ -13,9 +13,7 @@
 static void push_module(lua_State *L) {
   if (lua_getfield(L, LUA_REGISTRYINDEX, EXC_KEY) == LUA_TTABLE) return;
   lua_pop(L, 1);
-  lua_getglobal(L, "require");
-  lua_pushliteral(L, "asyncio.exceptions");
-  lua_call(L, 1, 1);
+  ml__require(L, "asyncio.exceptions");
   if (lua_type(L, -1) != LUA_TTABLE) luaL_error(L, "asyncio.exceptions did not load");
   lua_pushvalue(L, -1);
   lua_setfield(L, LUA_REGISTRYINDEX, EXC_KEY);

@@ -94,6 +94,11 @@ void *ml__udata_test(lua_State *L, int idx, int type);
  * 'send' (socket.socket expected, got table)", as luaL_checkudata). */
 void *ml__udata_check(lua_State *L, int idx, int type);
 
+/* [-0, +1] pushes require(name) as the stdlib sees it: also in a
+ * sandboxed state, whose scripts' require refuses internal modules.
+ * Raises as require does.  Use it instead of the global require. */
+void ml__require(lua_State *L, const char *name);
+
 /* ---- Compiled-in Lua modules (state.c) ----------------------------- */
 
 /* A Lua module compiled into the library as bytecode at build time

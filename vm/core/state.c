@@ -28,6 +28,13 @@ static int load_embedded(lua_State *L) {
   const ml_Embedded *list = lua_touserdata(L, lua_upvalueindex(1));
   const ml_Embedded *m = &list[lua_tointeger(L, lua_upvalueindex(2))];
   if (luaL_loadbufferx(L, m->src, m->len, m->name, "b") != LUA_OK) return lua_error(L);
+  /* In a sandboxed state the globals are the scripts'; the stdlib runs in
+   * the trusted ones the sandbox kept aside. */
+  if (lua_getfield(L, LUA_REGISTRYINDEX, ML_TRUSTED_ENV_KEY) == LUA_TTABLE) {
+    if (lua_setupvalue(L, -2, 1) == NULL) lua_pop(L, 1);
+  } else {
+    lua_pop(L, 1);
+  }
   lua_pushstring(L, m->name);
   lua_call(L, 1, 1);
   return 1;
@@ -127,6 +134,24 @@ void *ml__udata_check(lua_State *L, int idx, int type) {
 }
 
 struct ev_loop *ml__loop(ml_State *S) { return S->loop; }
+
+void ml__require(lua_State *L, const char *name) {
+  luaL_getsubtable(L, LUA_REGISTRYINDEX, LUA_LOADED_TABLE);
+  if (lua_getfield(L, -1, name) != LUA_TNIL) {
+    lua_remove(L, -2);
+    return;
+  }
+  lua_pop(L, 2);
+  /* The trusted globals' require: a sandboxed script's refuses internals. */
+  if (lua_getfield(L, LUA_REGISTRYINDEX, ML_TRUSTED_ENV_KEY) != LUA_TTABLE) {
+    lua_pop(L, 1);
+    lua_rawgeti(L, LUA_REGISTRYINDEX, LUA_RIDX_GLOBALS);
+  }
+  lua_getfield(L, -1, "require");
+  lua_remove(L, -2);
+  lua_pushstring(L, name);
+  lua_call(L, 1, 1);
+}
 lua_State *ml__main_lua(ml_State *S) { return S->L; }
 int ml__signals_enabled(ml_State *S) { return S->signals; }
 
@@ -176,6 +201,7 @@ void ml__state_close(ml_State *S) {
   ml__task_stop_timers(S);  /* a host's loop outlives us */
   /* Other threads see -ESHUTDOWN from here on; what they queued is freed. */
   ml__wakeup_close(S);
+  S->closing = 1;  /* finalizers run under a limit from here (sandbox.c) */
   lua_close(S->L);
   ml__readyq_free(&S->ready);
   if (S->own_loop) ev_loop_destroy(S->loop);

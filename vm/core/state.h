@@ -36,6 +36,9 @@ struct ml_State {
   int alive;             /* the last ev_run saw active watchers */
   unsigned long instr_budget; /* per task step, 0 = none */
   unsigned long step_instr;   /* instructions counted in this step */
+  int over_budget;       /* this step ran past the budget: terminating */
+  int budget_whole_state; /* running past it stops the state, not the task */
+  int budget_dead;       /* it did: the state runs nothing more */
   ml_ErrorHandler on_error;
   void *on_error_ud;
   struct ml_Embed *embed; /* the embedding API's data (vm/embed) */
@@ -47,9 +50,15 @@ struct ml_State {
   const void *udata_mt[ML_UT_N];
   int udata_mtref[ML_UT_N];
   const char *udata_name[ML_UT_N];
+  int closing;           /* lua_close is running (ml__state_close) */
+  unsigned long gc_instr; /* instructions of the running wrapped finalizer */
   const void *sleep0;    /* the shared asyncio.sleep(0) coroutine */
   struct ml_AsyncC *asyncc; /* async C functions, for await (coro.c) */
 };
+
+/* Registry field: the globals the stdlib runs in, once ml_state_sandbox
+ * gave scripts globals of their own (embedded modules load in it). */
+#define ML_TRUSTED_ENV_KEY "moonloop.trustedenv"
 
 /* Marks the thread L as parked in an await, or not: the low bit of its
  * extra space (ml__state masks it off).  A macro for the task switch. */

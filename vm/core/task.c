@@ -226,21 +226,42 @@ static void finish(ml_State *S, ml_Task *t, int n, int failed) {
 }
 
 /* The CPU budget: the hook counts instructions in slices, and a task step
- * that runs past the state's budget fails with an error instead of
- * stalling the loop.  Threads a task creates inherit the hook. */
+ * that runs past the state's budget is terminated: from then on the hook
+ * fires at every instruction, call and return of the task's threads and
+ * raises each time, so a pcall, an error handler or a __close that
+ * catches the error only gets one instruction further - the task's frames
+ * unwind to the scheduler (as V8's TerminateExecution).  Threads a task
+ * creates inherit the hook. */
 #define BUDGET_SLICE 1000
 
 static void budget_hook(lua_State *L, lua_Debug *ar) {
   ml_State *S = ml__state(L);
   (void)ar;
-  S->step_instr += BUDGET_SLICE;
-  if (S->instr_budget && S->step_instr > S->instr_budget) {
-    S->step_instr = 0;
-    ml__exc_raise(L, "RuntimeError",
-                  "task ran past its CPU budget of %d instructions without awaiting; "
-                  "it was stopped so the loop keeps running (await something, or "
-                  "raise the budget with ml_state_set_cpu_budget)", (int)S->instr_budget);
+  if (!S->over_budget) {
+    S->step_instr += BUDGET_SLICE;
+    if (S->instr_budget == 0 || S->step_instr <= S->instr_budget) return;
+    S->over_budget = 1;
+    if (S->budget_whole_state) {
+      S->budget_dead = 1;
+      S->stopping = 1;
+    }
+    if (S->current && S->current->co && S->current->co != L)
+      lua_sethook(S->current->co, budget_hook, LUA_MASKCOUNT | LUA_MASKCALL | LUA_MASKRET, 1);
+    lua_sethook(L, budget_hook, LUA_MASKCOUNT | LUA_MASKCALL | LUA_MASKRET, 1);
+  } else if (lua_gethookcount(L) != 1) {
+    lua_sethook(L, budget_hook, LUA_MASKCOUNT | LUA_MASKCALL | LUA_MASKRET, 1);
   }
+  ml__exc_raise(L, "RuntimeError",
+                "task ran past its CPU budget of %I instructions without awaiting; "
+                "it was stopped so the loop keeps running (await something, or "
+                "raise the budget with ml_state_set_cpu_budget)", (lua_Integer)S->instr_budget);
+}
+
+void ml__budget_arm(lua_State *co) {
+  ml_State *S = ml__state(co);
+  if (S->instr_budget == 0) return;
+  if (S->over_budget) lua_sethook(co, budget_hook, LUA_MASKCOUNT | LUA_MASKCALL | LUA_MASKRET, 1);
+  else lua_sethook(co, budget_hook, LUA_MASKCOUNT, BUDGET_SLICE);
 }
 
 /* A task's first step: takes a thread and puts task_body, the function
@@ -316,7 +337,9 @@ void ml__task_step(ml_State *S, ml_Task *t) {
   S->current = t;
   S->nstep++;
   if (S->instr_budget) lua_sethook(co, budget_hook, LUA_MASKCOUNT, BUDGET_SLICE);
+  else if (lua_gethook(co) == budget_hook) lua_sethook(co, NULL, 0, 0);
   S->step_instr = 0;
+  S->over_budget = 0;
   status = lua_resume(co, L, nargs, &nres);
   S->current = prev;
 

@@ -27,6 +27,10 @@ struct ml_Task {
   lua_KContext kctx;
 };
 
+/* Puts the CPU budget's hook on thread co, which runs script code where
+ * Lua turns hooks off (an xpcall message handler, in the sandbox): the
+ * running step's count goes on, and past the budget it raises at once. */
+void ml__budget_arm(lua_State *co);
 /* Stops the timer of every sleeping task (the state is closing). */
 void ml__task_stop_timers(ml_State *S);
 /* The timer of task t if it sleeps in asyncio.sleep, or NULL. */

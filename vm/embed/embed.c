@@ -351,6 +351,7 @@ static int run(ml_State *S, Run *a) {
   ml_Task *current = S->current;
   if (S->running || S->current)
     return ml__embed_fail(S, -EBUSY, "the loop is already running (called from a host function?)");
+  if (S->budget_dead) goto dead;
   rc = ml__embed_pcall(S->L, run_p, a);
   if (rc < 0) {
     S->running = running;
@@ -360,7 +361,11 @@ static int run(ml_State *S, Run *a) {
    * no later one: the run may have ended first for another reason (its
    * future done, a step's one iteration over). */
   S->stopping = 0;
+  if (S->budget_dead) goto dead;
   return rc;
+dead:
+  return ml__embed_fail(S, -ETIMEDOUT, "a task ran past the CPU budget and the host chose to stop "
+                        "the whole state (ML_BUDGET_STATE): it runs nothing more; close it");
 }
 
 int ml_state_run(ml_State *S) {

@@ -36,118 +36,103 @@ void ml_state_set_cpu_budget(ml_State *S, unsigned long instructions) {
   S->instr_budget = instructions;
 }
 
+int ml_state_set_budget_scope(ml_State *S, int scope) {
+  ml_Embed *E = ml__embed(S);
+  if (E == NULL) return -ENOMEM;
+  E->err[0] = '\0';
+  if (scope != ML_BUDGET_TASK && scope != ML_BUDGET_STATE)
+    return ml__embed_fail(S, -EINVAL, "ml_state_set_budget_scope: ML_BUDGET_TASK or ML_BUDGET_STATE");
+  S->budget_whole_state = scope == ML_BUDGET_STATE;
+  return ML_OK;
+}
+
 /* ---- the sandbox ----
  *
- * Policy, so Lua: the chunk below gets the set of allowed names and the
- * set of host modules, and strips everything else from the globals,
- * package.loaded, package.preload, require's searchers and asyncio. */
+ * The policy is Lua (sandbox.lua, embedded as bytecode with the module
+ * graph the build derives from the module list): it returns the scripts'
+ * new globals, which replace the state's; the old ones are kept aside as
+ * the trusted environment the stdlib runs in (state.c). */
 
-static const char sandbox_lua[] =
-  "local allow, hostmods = ...\n"
-  "local G, loaded, preload = _G, package.loaded, package.preload\n"
-  /* asyncio loads its parts on first use, through package: load them now. */
-  "if type(loaded.asyncio) == 'table' then for _ in pairs(loaded.asyncio) do end end\n"
-  "local stdlibs = { io = true, os = true, debug = true, string = true, table = true,\n"
-  "                  math = true, utf8 = true, coroutine = true, package = true }\n"
-  /* "lib.field" keeps one field of a standard library that is not kept. */
-  "local partial = {}\n"
-  "for name in pairs(allow) do\n"
-  "  local lib, field = name:match('^([%w_]+)%.([%w_]+)$')\n"
-  "  if lib and stdlibs[lib] and not allow[lib] then\n"
-  "    partial[lib] = partial[lib] or {}\n"
-  "    partial[lib][field] = true\n"
-  "  end\n"
-  "end\n"
-  /* asyncio's network (TLS too), process and thread parts come with
-   * \"socket\". */
-  "local net = allow.socket\n"
-  "local function io_module(name)\n"
-  "  return name == 'socket' or name == 'asyncio._net' or name:match('^asyncio%.subprocess')\n"
-  "      or name == 'ssl' or name:match('^ssl%.')\n"
-  "      or name:match('^asyncio%.streams') or name:match('^asyncio%.threads')\n"
-  "      or name == 'asyncio._process' or name:match('^asyncio%._?signal') or name == 'asyncio._thread'\n"
-  "end\n"
-  "local function keep_module(name)\n"
-  "  if hostmods[name] or allow[name] then return true end\n"
-  "  if io_module(name) then return net end\n"
-  "  return allow.asyncio and name:match('^asyncio%.') ~= nil\n"
-  "end\n"
-  /* Standard libraries. */
-  "for lib in pairs(stdlibs) do\n"
-  "  local t = G[lib] or loaded[lib]\n"
-  "  if lib == 'package' then\n"
-  "  elseif allow[lib] or hostmods[lib] then\n"
-  "  elseif partial[lib] and type(t) == 'table' then\n"
-  "    local kept = {}\n"
-  "    for f in pairs(partial[lib]) do kept[f] = t[f] end\n"
-  "    G[lib], loaded[lib] = kept, kept\n"
-  "  else\n"
-  "    G[lib], loaded[lib] = nil, nil\n"
-  "  end\n"
-  "end\n"
-  "string.dump = nil\n"
-  /* require: only package.preload, no file system, no C libraries. */
-  "local searchers = package.searchers\n"
-  "for i = #searchers, 2, -1 do searchers[i] = nil end\n"
-  "package.path, package.cpath = '', ''\n"
-  "package.loadlib, package.searchpath = nil, nil\n"
-  "if not allow.package then G.package, loaded.package = nil, nil end\n"
-  "for name in pairs(preload) do\n"
-  "  if not keep_module(name) then preload[name] = nil end\n"
-  "end\n"
-  "for name in pairs(loaded) do\n"
-  "  if name ~= '_G' and not stdlibs[name] and not keep_module(name) then loaded[name] = nil end\n"
-  "end\n"
-  /* The base library. */
-  "G.dofile, G.loadfile = nil, nil\n"
-  "local raw_load = load\n"
-  "G.load = function(chunk, name, mode, ...)\n"
-  "  if select('#', ...) > 0 then return raw_load(chunk, name, 't', (...)) end\n"
-  "  return raw_load(chunk, name, 't')\n"
-  "end\n"
-  "local raw_gc = collectgarbage\n"
-  "local gc_ok = { collect = true, count = true, step = true, isrunning = true }\n"
-  "G.collectgarbage = function(opt, ...)\n"
-  "  if opt ~= nil and not gc_ok[opt] then\n"
-  "    error(\"bad argument #1 to 'collectgarbage' (option '\" .. tostring(opt) .. \"' is not allowed here)\", 2)\n"
-  "  end\n"
-  "  return raw_gc(opt, ...)\n"
-  "end\n"
-  /* asyncio without network, processes and threads. */
-  "local asyncio = loaded.asyncio\n"
-  "if not allow.asyncio then G.asyncio = nil\n"
-  "elseif not net and type(asyncio) == 'table' then\n"
-  "  for k in pairs(asyncio) do\n"
-  "    if type(k) == 'string' and (k:match('^open_') or k:match('^start_') or k:match('subprocess')\n"
-  "        or k == 'to_thread' or k == 'run_in_executor' or k:match('^sock_')\n"
-  "        or k == 'getaddrinfo' or k == 'getnameinfo' or k == 'StreamReader' or k == 'StreamWriter') then\n"
-  "      asyncio[k] = nil\n"
-  "    end\n"
-  "  end\n"
-  "  local methods = asyncio.Loop\n"
-  "  local pure = { time = true, call_soon = true, call_later = true, call_at = true,\n"
-  "    create_future = true, create_task = true, stop = true, is_running = true,\n"
-  "    is_closed = true, get_debug = true, set_debug = true, set_exception_handler = true,\n"
-  "    get_exception_handler = true, call_exception_handler = true,\n"
-  "    default_exception_handler = true, call_soon_threadsafe = true,\n"
-  "    run_until_complete = true, run_forever = true }\n"
-  "  if type(methods) == 'table' then\n"
-  "    for k in pairs(methods) do\n"
-  "      if not pure[k] then methods[k] = nil end\n"
-  "    end\n"
-  "  end\n"
-  "end\n"
-  /* Worker threads run in plain states with every standard library: only
-   * for a script that may have io and os anyway. */
-  "if not (allow.io and allow.os) then\n"
-  "  preload['asyncio._thread'], loaded['asyncio._thread'] = nil, nil\n"
-  "  if type(asyncio) == 'table' then\n"
-  "    asyncio.to_thread, asyncio.ThreadPoolExecutor = nil, nil\n"
-  "    local methods = asyncio.Loop\n"
-  "    if type(methods) == 'table' then methods.run_in_executor, methods.set_default_executor = nil, nil end\n"
-  "  end\n"
-  "end\n"
-  "G.arg = nil\n";
+/* sandbox.lua and the generated module graph (sandbox_lua.c, generated). */
+extern const ml_Embedded ml__sandbox_lua[];
+
+/* Finalizers: a __gc wrapped by the policy runs on a thread of its own,
+ * where hooks work (Lua turns them off for the finalizing thread), with
+ * the state's CPU budget - or, while the state closes, a fixed limit, so
+ * that a finalizer that never stops cannot keep the state from closing. */
+#define GC_SLICE 1000
+#define GC_CLOSE_LIMIT 10000000UL
+
+static void gc_hook(lua_State *L, lua_Debug *ar) {
+  ml_State *S = ml__state(L);
+  unsigned long limit = S->instr_budget ? S->instr_budget : GC_CLOSE_LIMIT;
+  (void)ar;
+  S->gc_instr += GC_SLICE;
+  if (S->gc_instr > limit) {
+    /* From here on at every instruction: a pcall in the finalizer only
+     * delays the end by one. */
+    lua_sethook(L, gc_hook, LUA_MASKCOUNT | LUA_MASKCALL | LUA_MASKRET, 1);
+    luaL_error(L, "finalizer ran past its CPU budget and was stopped");
+  }
+}
+
+/* The wrapped __gc (upvalue 1: the script's function). */
+static int gc_run(lua_State *L) {
+  ml_State *S = ml__state(L);
+  lua_State *co;
+  int nres, st;
+  co = lua_newthread(L);
+  lua_pushvalue(L, lua_upvalueindex(1));
+  lua_pushvalue(L, 1);
+  lua_xmove(L, co, 2);
+  S->gc_instr = 0;
+  if (S->instr_budget || S->closing) lua_sethook(co, gc_hook, LUA_MASKCOUNT, GC_SLICE);
+  st = lua_resume(co, L, 1, &nres);
+  if (st != LUA_OK && st != LUA_YIELD) {
+    /* As Lua does for a failing finalizer: a warning, nothing else. */
+    const char *m = lua_tostring(co, -1);
+    lua_warning(L, "error in __gc: ", 1);
+    lua_warning(L, m ? m : "(not a string)", 0);
+  }
+  lua_resetthread(co);
+  lua_pop(L, 1);
+  return 0;
+}
+
+static int wrap_gc(lua_State *L) {
+  luaL_checktype(L, 1, LUA_TFUNCTION);
+  lua_settop(L, 1);
+  lua_pushcclosure(L, gc_run, 1);
+  return 1;
+}
+
+/* guarded(fn, ...): calls fn(...) on a thread of its own under the CPU
+ * budget, and returns its results, or raises its error.  The sandbox's
+ * xpcall runs the script's message handler through it: Lua calls a
+ * message handler with hooks off when the error came from a hook (the
+ * budget's), so a handler that loops would escape the budget. */
+static int guarded(lua_State *L) {
+  int n = lua_gettop(L), nres, st;
+  lua_State *co;
+  luaL_checktype(L, 1, LUA_TFUNCTION);
+  co = lua_newthread(L);
+  lua_insert(L, 1);
+  ml__budget_arm(co);
+  if (!lua_checkstack(co, n)) return luaL_error(L, "stack overflow");
+  lua_xmove(L, co, n);
+  st = lua_resume(co, L, n - 1, &nres);
+  if (st == LUA_YIELD) {
+    lua_resetthread(co);
+    return luaL_error(L, "a message handler cannot yield");
+  }
+  if (st != LUA_OK) {
+    lua_xmove(co, L, 1);
+    return lua_error(L);
+  }
+  if (!lua_checkstack(L, nres)) return luaL_error(L, "stack overflow");
+  lua_xmove(co, L, nres);
+  return nres;
+}
 
 typedef struct Sandbox {
   const char *const *allow;
@@ -155,18 +140,40 @@ typedef struct Sandbox {
 
 static const char *const default_allow[] = { ML_SANDBOX_DEFAULT, NULL };
 
+/* [-0, +1] pushes the result of the embedded chunk name (called with no
+ * arguments if nargs < 0, or with the nargs values below it). */
+static void run_embedded(lua_State *L, const char *name, int nargs) {
+  const ml_Embedded *m;
+  for (m = ml__sandbox_lua; m->name && strcmp(m->name, name) != 0; m++) {}
+  if (m->name == NULL) luaL_error(L, "the sandbox policy %s is not built in", name);
+  if (luaL_loadbufferx(L, m->src, m->len, m->name, "b") != LUA_OK) lua_error(L);
+  if (nargs > 0) lua_insert(L, -nargs - 1);
+  lua_call(L, nargs > 0 ? nargs : 0, 1);
+}
+
 static int sandbox_p(lua_State *L) {
   Sandbox *a = lua_touserdata(L, 1);
   const char *const *p;
-  if (luaL_loadbufferx(L, sandbox_lua, sizeof sandbox_lua - 1, "=[sandbox]", "t") != LUA_OK)
-    return lua_error(L);
-  lua_newtable(L);
+  lua_settop(L, 0);
+  if (lua_getfield(L, LUA_REGISTRYINDEX, ML_TRUSTED_ENV_KEY) != LUA_TNIL)
+    return luaL_error(L, "ml_state_sandbox: the state is sandboxed already");
+  lua_pop(L, 1);
+  lua_newtable(L);                                      /* allow */
   for (p = a->allow; *p; p++) {
     lua_pushboolean(L, 1);
     lua_setfield(L, -2, *p);
   }
-  luaL_getsubtable(L, LUA_REGISTRYINDEX, ML_HOSTMODS_KEY);
-  lua_call(L, 2, 0);
+  luaL_getsubtable(L, LUA_REGISTRYINDEX, ML_HOSTMODS_KEY);  /* hostmods */
+  run_embedded(L, "moonloop.modgraph", 0);              /* graph */
+  ml__stdlib_caps(L);                                   /* ccaps */
+  lua_rawgeti(L, LUA_REGISTRYINDEX, LUA_RIDX_GLOBALS);  /* G */
+  lua_pushcfunction(L, wrap_gc);
+  lua_pushcfunction(L, guarded);
+  run_embedded(L, "moonloop.sandbox", 7);               /* env */
+  luaL_checktype(L, -1, LUA_TTABLE);
+  lua_rawgeti(L, LUA_REGISTRYINDEX, LUA_RIDX_GLOBALS);
+  lua_setfield(L, LUA_REGISTRYINDEX, ML_TRUSTED_ENV_KEY);
+  lua_rawseti(L, LUA_REGISTRYINDEX, LUA_RIDX_GLOBALS);
   return 0;
 }
 
