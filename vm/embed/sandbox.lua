@@ -79,7 +79,9 @@ local function public_ok(name)
   local n = needs(name)
   if n == nil or internal(name) then return false end
   if not within(n) then return false end
-  return allow[name] or (allow.asyncio and name:find("^asyncio%.") ~= nil) or false
+  -- Named, part of an allowed asyncio, or a module of a granted switch
+  -- (networking on: socket and ssl too).
+  return allow[name] or (allow.asyncio and name:find("^asyncio%.") ~= nil) or next(n) ~= nil
 end
 
 -- Prune what can never load: the asyncio module merges only what stays.
