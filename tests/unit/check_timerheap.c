@@ -224,9 +224,9 @@ END_TEST
 /* A large heap with a quarter or more due is sorted before the batch
  * pops, by the radix sort, and pops in order after. */
 START_TEST(test_timerheap_radix_large_batch) {
-  static double when_of[20001];
-  static int rank_of[20001];
-  int i, id, n = 20000;
+  static double when_of[4001];
+  static int rank_of[4001];
+  int i, id, n = 4000;
   rnd_state = 42;
   for (i = 0; i < n; i++) {
     double w = rnd_when();
@@ -255,7 +255,7 @@ END_TEST
 START_TEST(test_timerheap_radix_runs_and_close_whens) {
   static double when_of[6001];
   static int rank_of[6001];
-  int i, id, n = 6000;
+  int i, id, n = 3000;
   for (i = 0; i < n; i++) {
     double w = (i % 3 == 0) ? 1.0 : 1.0 + (double)((i * 7919) % 2000) * 1e-15;
     id = push(i % 5 == 0 ? 0.5 : w);
