@@ -102,8 +102,11 @@ int ml_load_file(lua_State *L, const char *path);
  * name may be NULL.  If task is not NULL, *task receives a handle on the
  * Task, valid until ml_future_release; the host then owns its outcome.
  * If task is NULL, a failure of the Task goes to the error handler as
- * soon as it happens.  Returns ML_OK, or -ENOMEM (nothing spawned; the
- * values are popped all the same). */
+ * soon as it happens.  An async function is called for its Coroutine,
+ * whose body the task runs.  Returns ML_OK; -EINVAL if the value is not
+ * callable (not a function, Coroutine or value with __call; the message
+ * says what it was); or -ENOMEM (nothing spawned; the values are popped
+ * all the same, in every failure). */
 int ml_task_spawn(lua_State *L, int nargs, const char *name, ml_Future **task);
 
 /* Asks every pending Task of S to cancel, as task:cancel(msg) does (msg

@@ -241,6 +241,31 @@ START_TEST(test_embed_promise_outlives_the_state)
 }
 END_TEST
 
+/* ml_task_spawn runs an async function's body; refuses what cannot run. */
+START_TEST(test_embed_spawn_runs_async_functions_and_refuses_values)
+{
+  ml_Future *t = NULL, *c = NULL;
+  const char *src = "return async function(x) await asyncio.sleep(0) return 'ran ' .. x end";
+  ck_assert_int_eq(ml_load_string(L, src, strlen(src), "=af"), ML_OK);
+  ck_assert_int_eq(lua_pcall(L, 0, 1, 0), LUA_OK);
+  lua_pushvalue(L, -1);
+  lua_pushinteger(L, 7);
+  ck_assert_int_eq(ml_task_spawn(L, 1, "af", &t), ML_OK);
+  lua_pushinteger(L, 8);
+  ck_assert_int_eq(lua_pcall(L, 1, 1, 0), LUA_OK);  /* a Coroutine */
+  ck_assert_int_eq(ml_task_spawn(L, 0, "coro", &c), ML_OK);
+  lua_pushinteger(L, 42);
+  ck_assert_int_eq(ml_task_spawn(L, 0, "n", NULL), -EINVAL);
+  ck_assert_ptr_nonnull(strstr(ml_state_error(S), "not callable"));
+  ck_assert_int_eq(lua_gettop(L), 0);
+  ck_assert_int_eq(ml_state_run(S), ML_OK);
+  ck_assert_str_eq(result_of(t), "ran 7");
+  ck_assert_str_eq(result_of(c), "ran 8");
+  ml_future_release(L, t);
+  ml_future_release(L, c);
+}
+END_TEST
+
 Suite *threads_suite(void) {
   Suite *s = suite_create("threads");
   TCase *tc = tcase_create("wake-up, pool, promises");
@@ -250,6 +275,7 @@ Suite *threads_suite(void) {
   tcase_add_test(tc, test_embed_work_submit_runs_on_the_pool);
   tcase_add_test(tc, test_embed_promise_carries_tables_and_learns_of_cancel);
   tcase_add_test(tc, test_embed_promise_outlives_the_state);
+  tcase_add_test(tc, test_embed_spawn_runs_async_functions_and_refuses_values);
   suite_add_tcase(s, tc);
   return s;
 }

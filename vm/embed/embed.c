@@ -292,7 +292,21 @@ static int report_failure(lua_State *L) {
 static int spawn_p(lua_State *L) {
   Spawn *a = lua_touserdata(L, -1);
   ml_Task *t;
+  int fidx;
   lua_pop(L, 1);
+  fidx = lua_gettop(L) - a->nargs;
+  /* An async function: call it for its Coroutine, which the task runs
+   * (spawning the function itself would only make the Coroutine). */
+  lua_pushcfunction(L, ml__coro_iscoroutinefunction);
+  lua_pushvalue(L, fidx);
+  lua_call(L, 1, 1);
+  if (lua_toboolean(L, -1)) {
+    lua_pop(L, 1);
+    lua_call(L, a->nargs, 1);
+    a->nargs = 0;
+  } else {
+    lua_pop(L, 1);
+  }
   t = ml__task_spawn(L, a->nargs, a->name);
   if (a->out) {
     ml__anchor_set(L, -1, &t->fut);
@@ -306,6 +320,18 @@ static int spawn_p(lua_State *L) {
   return 0;
 }
 
+/* 1 if the value at idx is a Coroutine.  [-0, +0]; never raises. */
+static int is_coroutine(lua_State *L, int idx) {
+  int r;
+  idx = lua_absindex(L, idx);
+  lua_pushcfunction(L, ml__coro_iscoroutine);
+  lua_pushvalue(L, idx);
+  lua_call(L, 1, 1);
+  r = lua_toboolean(L, -1);
+  lua_pop(L, 1);
+  return r;
+}
+
 int ml_task_spawn(lua_State *L, int nargs, const char *name, ml_Future **task) {
   ml_State *S = ml__state(L);
   ml_Embed *E = enter(S);
@@ -314,6 +340,15 @@ int ml_task_spawn(lua_State *L, int nargs, const char *name, ml_Future **task) {
   if (task) *task = NULL;
   if (nargs < 0 || lua_gettop(L) < nargs + 1)
     return ml__embed_fail(S, -EINVAL, "ml_task_spawn: fewer than nargs + 1 values on the stack");
+  if (!lua_isfunction(L, -nargs - 1) && !is_coroutine(L, -nargs - 1)
+      && !luaL_getmetafield(L, -nargs - 1, "__call")) {
+    const char *tn = luaL_typename(L, -nargs - 1);
+    lua_pop(L, nargs + 1);
+    return ml__embed_fail(S, -EINVAL, "ml_task_spawn: a %s is not callable (a function, an async "
+                          "function or a Coroutine is needed)", tn);
+  } else if (!lua_isfunction(L, -nargs - 1) && !is_coroutine(L, -nargs - 1)) {
+    lua_pop(L, 1);  /* the metafield */
+  }
   if (E == NULL || !lua_checkstack(L, 3)) {
     lua_pop(L, nargs + 1);
     return ml__embed_fail(S, -ENOMEM, "not enough memory");
