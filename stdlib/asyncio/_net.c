@@ -8,6 +8,7 @@
  * allocation) and retry when woken.  The cancel hooks stop the watcher, so
  * a cancelled task leaves nothing armed. */
 #include <errno.h>
+#include <limits.h>
 #include <netdb.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -123,8 +124,9 @@ static int opt_int(lua_State *L, int t, const char *k, int dflt) {
   if (lua_istable(L, t)) {
     if (lua_getfield(L, t, k) != LUA_TNIL) {
       int ok;
-      v = (int)lua_tointegerx(L, -1, &ok);
-      if (!ok) luaL_error(L, "option '%s' must be an integer", k);
+      lua_Integer x = lua_tointegerx(L, -1, &ok);
+      if (!ok || x < INT_MIN || x > INT_MAX) luaL_error(L, "option '%s' must be an integer (32 bits)", k);
+      v = (int)x;
     }
     lua_pop(L, 1);
   }
@@ -212,7 +214,7 @@ static int loop_getnameinfo(lua_State *L) {
   ml_Lookup *q = ml__lookup_new(L, ML_LOOKUP_GNI);
   if (ml__sock_toaddr(L, 2, family, 0, &q->sa, &q->salen) != 0)
     return luaL_argerror(L, 2, "getnameinfo needs a numeric address");
-  q->flags = (int)luaL_optinteger(L, 3, 0);
+  q->flags = ml__optint(L, 3, 0);
   if ((q->flags & (NI_NUMERICHOST | NI_NUMERICSERV)) == (NI_NUMERICHOST | NI_NUMERICSERV)) {
     ml__lookup_run(q);
     return getnameinfo_k(L, LUA_OK, 0);
@@ -445,7 +447,7 @@ static int accept_k(lua_State *L, int status, lua_KContext ctx) {
   for (;;) {
     int fd = accept4(s->fd, (struct sockaddr *)&ss, &len, SOCK_NONBLOCK | SOCK_CLOEXEC);
     if (fd >= 0) {
-      c->fd = fd;
+      ml__sock_setfd(L, c, fd);
       ml__sock_pushaddr(L, (struct sockaddr *)&ss, len);
       return 2;
     }
@@ -549,6 +551,23 @@ static int remove_watch(lua_State *L, int fd, const char *key) {
   lua_rawseti(L, -2, fd);
   lua_pop(L, 1);
   return 1;
+}
+
+/* Stops the watcher of fd in the table at key, if that table exists (it
+ * is never made here: this runs when any socket closes).  [-0, +0] */
+static void forget(lua_State *L, int fd, const char *key) {
+  if (lua_rawgetp(L, LUA_REGISTRYINDEX, key) == LUA_TTABLE) {
+    lua_pop(L, 1);
+    remove_watch(L, fd, key);
+  } else {
+    lua_pop(L, 1);
+  }
+}
+
+void ml__fdwatch_forget(lua_State *L, int fd) {
+  if (fd < 0 || !lua_checkstack(L, 4)) return;
+  forget(L, fd, &readers_key);
+  forget(L, fd, &writers_key);
 }
 
 /* [-0, +0] */

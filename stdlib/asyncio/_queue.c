@@ -688,7 +688,7 @@ static int queue_gc(lua_State *L) {
 
 /* _new(self, kind, maxsize): makes self's Queue, self[1]. */
 static int queue_new(lua_State *L) {
-  int kind = (int)luaL_checkinteger(L, 2), i;
+  int kind = ml__checkint(L, 2), i;
   lua_Number maxsize = luaL_checknumber(L, 3);
   Queue *q;
   luaL_checktype(L, 1, LUA_TTABLE);

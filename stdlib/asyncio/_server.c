@@ -81,7 +81,7 @@ static int accept_event(lua_State *L) {
         return 0;
       }
     }
-    c->fd = fd;
+    ml__sock_setfd(L, c, fd);
     ml__sock_pushaddr(L, (struct sockaddr *)&ss, len);
     if (lua_pcall(L, 2, 0, 0) != LUA_OK) ml__report(L, "Exception in accept callback");
     lua_settop(L, 1);
@@ -111,7 +111,7 @@ static void retry_cb(struct ev_loop *loop, ev_timer *w, int revents) {
 static int l_listener(lua_State *L) {
   luaL_checktype(L, 1, LUA_TTABLE);
   luaL_checktype(L, 2, LUA_TFUNCTION);
-  int backlog = (int)luaL_optinteger(L, 3, 100);
+  int backlog = ml__optint(L, 3, 100);
   int n = (int)luaL_len(L, 1);
   Listener *ls = lua_newuserdatauv(L, sizeof *ls + (size_t)n * sizeof(LSock), 2);
   memset(ls, 0, sizeof *ls);
@@ -174,7 +174,7 @@ static int listener_close(lua_State *L) {
   listener_stop(L, ls);
   if (ls->closed) return 0;
   ls->closed = 1;
-  for (int i = 0; i < ls->n; i++) ml__sock_close(ls->socks[i].s);
+  for (int i = 0; i < ls->n; i++) ml__sock_close(L, ls->socks[i].s);
   return 0;
 }
 

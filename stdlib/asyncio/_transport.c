@@ -450,7 +450,7 @@ static void later_cb(struct ev_loop *loop, ev_timer *w, int revents) {
     ml__conn_wake_all(c);
   }
   proto_event_call(L, c, EVT_LOST, 0);
-  if (c->sock) ml__sock_close(c->sock);
+  if (c->sock) ml__sock_close(L, c->sock);
   else if (c->pipe && c->fd >= 0) close(c->fd);
   c->fd = -1;
   if (c->ref != LUA_NOREF) {
@@ -978,6 +978,7 @@ static int t_resume_reading(lua_State *L) {
   if (c->closing || !c->paused) return 0;
   c->paused = 0;
   ml__conn_update_reading(c);
+  ml__sched_poll_soon(c->S);
   return 0;
 }
 
@@ -998,15 +999,17 @@ static int t_set_write_buffer_limits(lua_State *L) {
     lua_replace(L, 3);
     lua_replace(L, 2);
   }
+  /* Range-checked first: 4 * low must not overflow (it did, under UBSan,
+   * for set_write_buffer_limits(nil, math.mininteger)). */
   if (lua_isnoneornil(L, 2)) {
-    high = lua_isnoneornil(L, 3) ? DEFAULT_HIGH : 4 * luaL_checkinteger(L, 3);
+    high = lua_isnoneornil(L, 3) ? DEFAULT_HIGH : 4 * ml__checkrange(L, 3, 0, LUA_MAXINTEGER / 4);
   } else {
-    high = luaL_checkinteger(L, 2);
+    high = ml__checkrange(L, 2, 0, LUA_MAXINTEGER);
   }
-  low = lua_isnoneornil(L, 3) ? high / 4 : luaL_checkinteger(L, 3);
+  low = lua_isnoneornil(L, 3) ? high / 4 : ml__checkrange(L, 3, 0, LUA_MAXINTEGER);
   if (!(high >= low && low >= 0))
-    return ml__exc_raise(L, "ValueError", "high (%d) must be >= low (%d) must be >= 0",
-                         (int)high, (int)low);
+    return ml__exc_raise(L, "ValueError", "high (%I) must be >= low (%I) must be >= 0",
+                         (LUAI_UACINT)high, (LUAI_UACINT)low);
   c->high = (size_t)high;
   c->low = (size_t)low;
   maybe_pause_writing(L, c);

@@ -42,10 +42,19 @@ ml_Socket *ml__sock_checkopen(lua_State *L, int idx);
  * so callers that make an fd push the object first with fd -1 and store
  * the fd into it afterwards: then it cannot leak. */
 ml_Socket *ml__sock_push(lua_State *L, int fd, int family, int type, int proto);
-/* Stops the socket's watchers, wakes the tasks parked on them (they see
- * the socket closed) and closes the fd.  Idempotent.  Returns 0 or -errno
+/* Stops the socket's watchers and the loop's add_reader/add_writer
+ * callbacks on its fd, wakes the tasks parked on them (they see the
+ * socket closed) and closes the fd.  Idempotent.  Returns 0 or -errno
  * from close(2) (the fd is gone either way). */
-int ml__sock_close(ml_Socket *s);
+int ml__sock_close(lua_State *L, ml_Socket *s);
+/* Gives the socket s the open fd fd, which it owns from then on: the
+ * socket module keeps a table of the fds its sockets own, so that
+ * socket.socket(..., fd) refuses to wrap one of them (closing the wrapper
+ * would pull the fd from under its owner's watchers).  [-0, +0] */
+void ml__sock_setfd(lua_State *L, ml_Socket *s, int fd);
+/* Stops and forgets the loop's add_reader/add_writer callbacks on fd, as
+ * asyncio does for a socket it closes (_net.c; nothing if none).  [-0, +0] */
+void ml__fdwatch_forget(lua_State *L, int fd);
 /* Makes a non-blocking, close-on-exec socket; returns the fd or -errno. */
 int ml__sock_open(int family, int type, int proto);
 

@@ -21,10 +21,44 @@ int ml__sock_open(int family, int type, int proto) {
   return fd < 0 ? -errno : fd;
 }
 
+/* The registry table of the fds this state's sockets own: fd -> true. */
+static const char owned_key = 'O';
+
+/* [-0, +0] owned[fd] = v (nil to forget). */
+static void set_owned(lua_State *L, int fd, int v) {
+  if (fd < 0 || !lua_checkstack(L, 3)) return;
+  if (lua_rawgetp(L, LUA_REGISTRYINDEX, &owned_key) != LUA_TTABLE) {
+    lua_pop(L, 1);
+    if (!v) return;
+    lua_newtable(L);
+    lua_pushvalue(L, -1);
+    lua_rawsetp(L, LUA_REGISTRYINDEX, &owned_key);
+  }
+  if (v) lua_pushboolean(L, 1);
+  else lua_pushnil(L);
+  lua_rawseti(L, -2, fd);
+  lua_pop(L, 1);
+}
+
+/* 1 if a socket of this state owns fd.  [-0, +0] */
+static int is_owned(lua_State *L, int fd) {
+  int r = 0;
+  if (lua_rawgetp(L, LUA_REGISTRYINDEX, &owned_key) == LUA_TTABLE)
+    r = lua_rawgeti(L, -1, fd) != LUA_TNIL, lua_pop(L, 1);
+  lua_pop(L, 1);
+  return r;
+}
+
+void ml__sock_setfd(lua_State *L, ml_Socket *s, int fd) {
+  s->fd = fd;
+  set_owned(L, fd, 1);
+}
+
 ml_Socket *ml__sock_push(lua_State *L, int fd, int family, int type, int proto) {
   ml_Socket *s = lua_newuserdatauv(L, sizeof *s, 1);
   memset(s, 0, sizeof *s);
-  s->fd = fd;
+  s->fd = -1;
+  if (fd >= 0) ml__sock_setfd(L, s, fd);
   s->family = family;
   s->type = type;
   s->proto = proto;
@@ -45,8 +79,10 @@ ml_Socket *ml__sock_checkopen(lua_State *L, int idx) {
 /* Lets go of the open fd of s without closing it: stops the watchers,
  * wakes the parked tasks (they find fd == -1 and raise EBADF) and returns
  * the fd. */
-static int release(ml_Socket *s) {
+static int release(lua_State *L, ml_Socket *s) {
   int fd = s->fd;
+  ml__fdwatch_forget(L, fd);
+  set_owned(L, fd, 0);
   if (s->S != NULL) {
     if (ev_is_active(&s->rio)) ev_io_stop(ml__loop(s->S), &s->rio);
     if (ev_is_active(&s->wio)) ev_io_stop(ml__loop(s->S), &s->wio);
@@ -57,23 +93,34 @@ static int release(ml_Socket *s) {
   return fd;
 }
 
-int ml__sock_close(ml_Socket *s) {
+int ml__sock_close(lua_State *L, ml_Socket *s) {
   if (s->fd < 0) return 0;
-  return close(release(s)) < 0 && errno != EINTR ? -errno : 0;
+  return close(release(L, s)) < 0 && errno != EINTR ? -errno : 0;
 }
 
 static int sock_new(lua_State *L) {
-  int family = (int)luaL_optinteger(L, 1, AF_INET);
-  int type = (int)luaL_optinteger(L, 2, SOCK_STREAM);
-  int proto = (int)luaL_optinteger(L, 3, 0);
+  int family = ml__optint(L, 1, AF_INET);
+  int type = ml__optint(L, 2, SOCK_STREAM);
+  int proto = ml__optint(L, 3, 0);
   if (!lua_isnoneornil(L, 4)) {
-    int fd = (int)luaL_checkinteger(L, 4);
+    int fd = ml__checkint(L, 4);
     luaL_argcheck(L, fd >= 0, 4, "invalid file descriptor");
     int fl = fcntl(fd, F_GETFL);
     if (fl < 0) return ml__exc_raise_errno(L, errno, NULL);
-    /* Take the real family and type from the kernel when it knows them. */
+    /* Only a socket (Python raises ENOTSOCK too): the loop's own epoll
+     * fd, eventfds and pipes are not, and closing one under the loop
+     * aborted the process.  And none that a socket of ours owns already:
+     * closing the wrapper would close it under its owner's watchers. */
     int v; socklen_t vl = sizeof v;
-    if (getsockopt(fd, SOL_SOCKET, SO_TYPE, &v, &vl) == 0) type = v;
+    if (getsockopt(fd, SOL_SOCKET, SO_TYPE, &v, &vl) < 0)
+      return ml__exc_raise_errno(L, errno == ENOTSOCK ? ENOTSOCK : errno,
+                                 lua_pushfstring(L, "socket.socket(fileno=%d)", fd));
+    if (is_owned(L, fd))
+      return ml__exc_raise_errno(L, EBUSY, lua_pushfstring(L,
+          "socket.socket(fileno=%d): the fd belongs to another socket object of this "
+          "state; use that object (or its dup())", fd));
+    type = v;
+    /* Take the real family from the kernel when it knows it. */
     struct sockaddr_storage ss; socklen_t sl = sizeof ss;
     if (getsockname(fd, (struct sockaddr *)&ss, &sl) == 0 && sl > 0) family = ss.ss_family;
     ml__sock_push(L, fd, family, type, proto);
@@ -85,22 +132,22 @@ static int sock_new(lua_State *L) {
   ml_Socket *s = ml__sock_push(L, -1, family, type, proto);
   int fd = ml__sock_open(family, type, proto);
   if (fd < 0) return ml__exc_raise_errno(L, -fd, NULL);
-  s->fd = fd;
+  ml__sock_setfd(L, s, fd);
   return 1;
 }
 
 static int sock_socketpair(lua_State *L) {
-  int family = (int)luaL_optinteger(L, 1, AF_UNIX);
-  int type = (int)luaL_optinteger(L, 2, SOCK_STREAM);
-  int proto = (int)luaL_optinteger(L, 3, 0);
+  int family = ml__optint(L, 1, AF_UNIX);
+  int type = ml__optint(L, 2, SOCK_STREAM);
+  int proto = ml__optint(L, 3, 0);
   lua_settop(L, 0);
   ml_Socket *a = ml__sock_push(L, -1, family, type, proto);
   ml_Socket *b = ml__sock_push(L, -1, family, type, proto);
   int fds[2];
   if (socketpair(family, type | SOCK_NONBLOCK | SOCK_CLOEXEC, proto, fds) < 0)
     return ml__exc_raise_errno(L, errno, NULL);
-  a->fd = fds[0];
-  b->fd = fds[1];
+  ml__sock_setfd(L, a, fds[0]);
+  ml__sock_setfd(L, b, fds[1]);
   return 2;
 }
 
@@ -111,14 +158,14 @@ static int sock_close(lua_State *L) {
      * number be reused while its watchers still point at it. */
     return luaL_error(L, "socket is owned by a transport: close the transport");
   }
-  int rc = ml__sock_close(s);
+  int rc = ml__sock_close(L, s);
   if (rc < 0 && rc != -ECONNRESET) return ml__exc_raise_errno(L, -rc, NULL);
   return 0;
 }
 
 static int sock_gc(lua_State *L) {
   ml_Socket *s = ml__udata_test(L, 1, ML_UT_SOCKET);
-  if (s) ml__sock_close(s);
+  if (s) ml__sock_close(L, s);
   return 0;
 }
 
@@ -128,14 +175,14 @@ static int sock_gc(lua_State *L) {
 static int sock_tbc(lua_State *L) {
   ml_Socket *s = ml__udata_test(L, 1, ML_UT_SOCKET);
   if (s == NULL || s->transport) return 0;
-  ml__sock_close(s);
+  ml__sock_close(L, s);
   return 0;
 }
 
 static int sock_detach(lua_State *L) {
   ml_Socket *s = ml__sock_check(L, 1);
   luaL_argcheck(L, !s->transport, 1, "socket is owned by a transport");
-  lua_pushinteger(L, s->fd >= 0 ? release(s) : -1);
+  lua_pushinteger(L, s->fd >= 0 ? release(L, s) : -1);
   return 1;
 }
 
@@ -155,7 +202,7 @@ static int sock_bind(lua_State *L) {
 
 static int sock_listen(lua_State *L) {
   ml_Socket *s = ml__sock_checkopen(L, 1);
-  int backlog = (int)luaL_optinteger(L, 2, SOMAXCONN < 128 ? SOMAXCONN : 128);
+  int backlog = ml__optint(L, 2, SOMAXCONN < 128 ? SOMAXCONN : 128);
   if (backlog < 0) backlog = 0;
   if (listen(s->fd, backlog) < 0) return ml__exc_raise_errno(L, errno, NULL);
   return 0;
@@ -190,7 +237,7 @@ static int sock_accept(lua_State *L) {
   do fd = accept4(s->fd, (struct sockaddr *)&ss, &len, SOCK_NONBLOCK | SOCK_CLOEXEC);
   while (fd < 0 && errno == EINTR);
   if (fd < 0) return ml__exc_raise_errno(L, errno, NULL);
-  c->fd = fd;
+  ml__sock_setfd(L, c, fd);
   ml__sock_pushaddr(L, (struct sockaddr *)&ss, len);
   return 2;
 }
@@ -198,7 +245,7 @@ static int sock_accept(lua_State *L) {
 static int sock_recv(lua_State *L) {
   ml_Socket *s = ml__sock_checkopen(L, 1);
   lua_Integer n = luaL_checkinteger(L, 2);
-  int flags = (int)luaL_optinteger(L, 3, 0);
+  int flags = ml__optint(L, 3, 0);
   luaL_argcheck(L, n >= 0, 2, "negative buffersize in recv");
   luaL_Buffer b;
   char *p = luaL_buffinitsize(L, &b, n ? (size_t)n : 1);
@@ -213,7 +260,7 @@ static int sock_recv(lua_State *L) {
 static int sock_recvfrom(lua_State *L) {
   ml_Socket *s = ml__sock_checkopen(L, 1);
   lua_Integer n = luaL_checkinteger(L, 2);
-  int flags = (int)luaL_optinteger(L, 3, 0);
+  int flags = ml__optint(L, 3, 0);
   luaL_argcheck(L, n >= 0, 2, "negative buffersize in recvfrom");
   struct sockaddr_storage ss;
   socklen_t len = sizeof ss;
@@ -239,7 +286,7 @@ static ssize_t recv_into(lua_State *L, ml_Socket *s, int bi, int ni, int fi,
   size_t size;
   char *data = ml__buffer_check(L, bi, &size);
   lua_Integer n = luaL_optinteger(L, ni, 0);
-  int flags = (int)luaL_optinteger(L, fi, 0);
+  int flags = ml__optint(L, fi, 0);
   luaL_argcheck(L, n >= 0 && (size_t)n <= size, ni, "nbytes out of range");
   if (n == 0) n = (lua_Integer)size;
   ssize_t r;
@@ -278,7 +325,7 @@ static int sock_send(lua_State *L) {
   ml_Socket *s = ml__sock_checkopen(L, 1);
   size_t n;
   const char *p = luaL_checklstring(L, 2, &n);
-  int flags = (int)luaL_optinteger(L, 3, 0) | MSG_NOSIGNAL;
+  int flags = ml__optint(L, 3, 0) | MSG_NOSIGNAL;
   ssize_t r;
   do r = send(s->fd, p, n, flags);
   while (r < 0 && errno == EINTR);
@@ -291,7 +338,7 @@ static int sock_sendall(lua_State *L) {
   ml_Socket *s = ml__sock_checkopen(L, 1);
   size_t n, off = 0;
   const char *p = luaL_checklstring(L, 2, &n);
-  int flags = (int)luaL_optinteger(L, 3, 0) | MSG_NOSIGNAL;
+  int flags = ml__optint(L, 3, 0) | MSG_NOSIGNAL;
   while (off < n) {
     ssize_t r = send(s->fd, p + off, n - off, flags);
     if (r < 0) {
@@ -309,7 +356,7 @@ static int sock_sendto(lua_State *L) {
   const char *p = luaL_checklstring(L, 2, &n);
   int flags = 0, ai = 3;
   if (lua_gettop(L) >= 4) {  /* sendto(data, flags, address) as Python */
-    flags = (int)luaL_checkinteger(L, 3);
+    flags = ml__checkint(L, 3);
     ai = 4;
   }
   struct sockaddr_storage ss;
@@ -325,7 +372,7 @@ static int sock_sendto(lua_State *L) {
 
 static int sock_shutdown(lua_State *L) {
   ml_Socket *s = ml__sock_checkopen(L, 1);
-  int how = (int)luaL_checkinteger(L, 2);
+  int how = ml__checkint(L, 2);
   if (shutdown(s->fd, how) < 0) return ml__exc_raise_errno(L, errno, NULL);
   return 0;
 }
@@ -335,8 +382,8 @@ static int sock_shutdown(lua_State *L) {
 
 static int sock_setsockopt(lua_State *L) {
   ml_Socket *s = ml__sock_checkopen(L, 1);
-  int level = (int)luaL_checkinteger(L, 2);
-  int opt = (int)luaL_checkinteger(L, 3);
+  int level = ml__checkint(L, 2);
+  int opt = ml__checkint(L, 3);
   int rc;
   if (lua_type(L, 4) == LUA_TSTRING) {
     size_t n;
@@ -345,7 +392,7 @@ static int sock_setsockopt(lua_State *L) {
   } else {
     int v;
     if (lua_isboolean(L, 4)) v = lua_toboolean(L, 4);
-    else v = (int)luaL_checkinteger(L, 4);
+    else v = ml__checkint(L, 4);
     rc = setsockopt(s->fd, level, opt, &v, sizeof v);
   }
   if (rc < 0) return ml__exc_raise_errno(L, errno, NULL);
@@ -354,8 +401,8 @@ static int sock_setsockopt(lua_State *L) {
 
 static int sock_getsockopt(lua_State *L) {
   ml_Socket *s = ml__sock_checkopen(L, 1);
-  int level = (int)luaL_checkinteger(L, 2);
-  int opt = (int)luaL_checkinteger(L, 3);
+  int level = ml__checkint(L, 2);
+  int opt = ml__checkint(L, 3);
   if (lua_isnoneornil(L, 4)) {
     int v = 0;
     socklen_t len = sizeof v;
@@ -487,10 +534,10 @@ static int socket_getaddrinfo(lua_State *L) {
   }
   struct addrinfo hints, *res = NULL;
   memset(&hints, 0, sizeof hints);
-  hints.ai_family = (int)luaL_optinteger(L, 3, AF_UNSPEC);
-  hints.ai_socktype = (int)luaL_optinteger(L, 4, 0);
-  hints.ai_protocol = (int)luaL_optinteger(L, 5, 0);
-  hints.ai_flags = (int)luaL_optinteger(L, 6, 0);
+  hints.ai_family = ml__optint(L, 3, AF_UNSPEC);
+  hints.ai_socktype = ml__optint(L, 4, 0);
+  hints.ai_protocol = ml__optint(L, 5, 0);
+  hints.ai_flags = ml__optint(L, 6, 0);
   if (host && host[0] == '\0') host = NULL;
   int rc = getaddrinfo(host, port, &hints, &res);
   if (rc != 0) {
@@ -503,7 +550,7 @@ static int socket_getaddrinfo(lua_State *L) {
 
 static int socket_getnameinfo(lua_State *L) {
   luaL_checkany(L, 1);
-  int flags = (int)luaL_optinteger(L, 2, 0);
+  int flags = ml__optint(L, 2, 0);
   struct sockaddr_storage ss;
   socklen_t len;
   int family = AF_INET;
@@ -536,7 +583,7 @@ static int socket_gethostname(lua_State *L) {
 }
 
 static int socket_inet_pton(lua_State *L) {
-  int family = (int)luaL_checkinteger(L, 1);
+  int family = ml__checkint(L, 1);
   const char *s = luaL_checkstring(L, 2);
   unsigned char buf[sizeof(struct in6_addr)];
   luaL_argcheck(L, family == AF_INET || family == AF_INET6, 1, "AF_INET or AF_INET6");
@@ -547,7 +594,7 @@ static int socket_inet_pton(lua_State *L) {
 }
 
 static int socket_inet_ntop(lua_State *L) {
-  int family = (int)luaL_checkinteger(L, 1);
+  int family = ml__checkint(L, 1);
   size_t n;
   const char *b = luaL_checklstring(L, 2, &n);
   char out[INET6_ADDRSTRLEN];

@@ -100,11 +100,37 @@ class("LimitOverrunError", Exception, function(e, message, consumed)
 end, function(e) return e.message end)
 
 -- ExceptionGroup(message, exceptions): e.exceptions is a list with n.
+-- The arguments are checked as Python checks them; a list's n is trusted
+-- only as far as its elements go (an n of 2^40 over an empty table fails
+-- at the first missing element instead of looping for ever).
 class("BaseExceptionGroup", BaseException, function(e, message, excs)
+  if type(message) ~= "string" then
+    error(M.TypeError("ExceptionGroup: argument 1 (message) must be a string, not " .. type(message)), 3)
+  end
+  if type(excs) ~= "table" or getmetatable(excs) ~= nil then
+    error(M.TypeError("ExceptionGroup: argument 2 (exceptions) must be a list table, not " ..
+                      (type(excs) == "table" and "an object" or type(excs))), 3)
+  end
+  local n = excs.n
+  if n == nil then
+    n = #excs
+  elseif math.type(n) ~= "integer" or n < 0 then
+    error(M.ValueError("ExceptionGroup: the exceptions list's n must be a non-negative integer, got " ..
+                       tostring(n)), 3)
+  end
+  if n == 0 then
+    error(M.ValueError("ExceptionGroup: argument 2 (exceptions) must be a non-empty list"), 3)
+  end
   e.message = message
   local list = { n = 0 }
-  if excs then
-    for i = 1, excs.n or #excs do list[i] = excs[i]; list.n = i end
+  for i = 1, n do
+    local x = excs[i]
+    if x == nil then
+      error(M.ValueError(string.format(
+        "ExceptionGroup: item %d of argument 2 (exceptions) is nil (the list has n = %d)", i, n)), 3)
+    end
+    list[i] = x
+    list.n = i
   end
   e.exceptions = list
 end, function(e)

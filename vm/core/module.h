@@ -6,6 +6,7 @@
 #ifndef ML_MODULE_H
 #define ML_MODULE_H
 
+#include <limits.h>
 #include <stddef.h>
 #include <stdint.h>
 #include <ev.h>
@@ -153,6 +154,17 @@ void ml__report(lua_State *L, const char *context);
  * (a string, or nil). */
 void ml__report_tb(lua_State *L, const char *context);
 
+/* ---- Integer arguments (args.c) ------------------------------------ */
+
+/* [-0, +0] the integer argument arg, which must lie in [lo, hi]; else a
+ * bad-argument error naming the range.  Every integer a script passes to C
+ * is range-checked before a cast or arithmetic (DESIGN.md "Reliability").
+ * ml__optrange returns def for none or nil. */
+lua_Integer ml__checkrange(lua_State *L, int arg, lua_Integer lo, lua_Integer hi);
+lua_Integer ml__optrange(lua_State *L, int arg, lua_Integer def, lua_Integer lo, lua_Integer hi);
+#define ml__checkint(L, arg) ((int)ml__checkrange((L), (arg), INT_MIN, INT_MAX))
+#define ml__optint(L, arg, def) ((int)ml__optrange((L), (arg), (def), INT_MIN, INT_MAX))
+
 /* ---- Calling back ---------------------------------------------------- */
 
 /* Calls the function below nargs arguments in protected mode, as the loop
@@ -167,6 +179,12 @@ int ml__callback_msgh(lua_State *L);
 /* [-0, +1] pushes the traceback ml__callback_msgh last recorded: read it
  * right after the failed call, before other Lua code runs. */
 void ml__callback_traceback(lua_State *L);
+
+/* Asks the scheduler to poll I/O at the end of the current iteration even
+ * if the poll rule would wait longer: for a watcher restarted while the
+ * ready queue stays busy (a protocol that resumes reading on one
+ * iteration and pauses on the next must still be polled while reading). */
+void ml__sched_poll_soon(ml_State *S);
 
 /* ---- Tasks and suspension (task.c) ------------------------------------ */
 

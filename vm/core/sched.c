@@ -18,7 +18,15 @@
  * round trip, and iterations of one entry each (ping-pong between two
  * tasks) read it on every step (perf: 8% of the queue benchmark's time).
  * So with slow steps a socket may wait up to POLL_CLOCK_STEPS of them
- * instead of one.
+ * instead of one.  Every entry counts, callbacks and done callbacks as
+ * well as task steps (a callback that re-schedules itself with call_soon
+ * starved timers and I/O for ever when only task steps counted), so the
+ * bound holds whatever the queue holds: a ready fd or a due timer is seen
+ * after at most POLL_STEPS entries, or POLL_SECONDS plus
+ * POLL_CLOCK_STEPS entries.  A watcher restarted during an iteration
+ * (resume_reading) asks for a poll at its end (ml__sched_poll_soon): with
+ * polls every POLL_STEPS entries, a rate limiter that resumes and pauses
+ * on alternate iterations was paused at every poll and never read.
  *
  * The end.  The loop returns when the future it was asked to wait for is
  * done, when loop:stop() was called, or when nothing is ready and nothing
@@ -94,7 +102,10 @@ static void run_ready(ml_State *S) {
   ml_Entry e;
   struct Timers *T = NULL;
   int anchor = 0;
-  while (n-- > 0 && ml__readyq_pop(&S->ready, &e) == 0) run_entry(S, &e, &T, &anchor);
+  while (n-- > 0 && ml__readyq_pop(&S->ready, &e) == 0) {
+    S->nstep++;
+    run_entry(S, &e, &T, &anchor);
+  }
   if (anchor) lua_remove(S->L, anchor);
 }
 
@@ -103,11 +114,15 @@ static void poll_io(ml_State *S, int flags) {
   S->alive = ev_run(S->loop, flags);  /* nonzero: active watchers remain */
   S->last_poll = ml__now();
   S->last_poll_step = S->clock_step = S->nstep;
+  S->poll_soon = 0;
 }
+
+void ml__sched_poll_soon(ml_State *S) { S->poll_soon = 1; }
 
 /* The poll rule, for a queue that did not empty: POLL_STEPS steps, or
  * POLL_SECONDS with the clock read at most every POLL_CLOCK_STEPS steps. */
 static int poll_due(ml_State *S) {
+  if (S->poll_soon) return 1;
   if (S->nstep - S->last_poll_step >= POLL_STEPS) return 1;
   if (S->nstep - S->clock_step < POLL_CLOCK_STEPS) return 0;
   S->clock_step = S->nstep;

@@ -28,7 +28,8 @@ struct ml_State {
   int nsleeping;         /* tasks in asyncio.sleep with a timer (task.c) */
   int debug;             /* MOONLOOP_DEBUG / run(c, {debug=true}) */
   int stopping;          /* loop:stop() was called */
-  int nstep;             /* steps run, for the I/O poll rule */
+  int nstep;             /* entries run, for the I/O poll rule */
+  int poll_soon;         /* poll at the end of this iteration (ml__sched_poll_soon) */
   int last_poll_step;
   int clock_step;        /* the step the poll rule last read the clock at */
   double last_poll;      /* monotonic time of the last I/O poll */

@@ -335,7 +335,6 @@ void ml__task_step(ml_State *S, ml_Task *t) {
     nargs = lua_gettop(co) - 1;
   }
   S->current = t;
-  S->nstep++;
   if (S->instr_budget) lua_sethook(co, budget_hook, LUA_MASKCOUNT, BUDGET_SLICE);
   else if (lua_gethook(co) == budget_hook) lua_sethook(co, NULL, 0, 0);
   S->step_instr = 0;
