@@ -61,6 +61,19 @@ ALL_CFLAGS = -std=gnu11 -Wall -Wextra -Wno-unused-parameter -D_GNU_SOURCE -MMD -
 # CLI adds: libedit, for the REPL only.
 LIB_LIBS = $(LUA_LIBS) $(SSL_LIBS) -lev -lpthread -lm -ldl
 LIBS = $(LIB_LIBS) $(EDIT_LIBS)
+# The moonloop binary links OpenSSL statically when Debian's libssl-dev
+# has the archives: loading libssl.so and libcrypto.so cost 3.2M of the
+# 5.8M instructions of a hello-world start-up (the dynamic linker resolving
+# libcrypto's symbols), in every script, TLS or not.  The trade-off: an
+# OpenSSL security update reaches the binary only when it is rebuilt (the
+# shared and static libraries keep linking the system's libssl.so).
+# SSL_STATIC=0 links it dynamically.  docs/performance.md, "Start-up".
+SSL_STATIC ?= $(if $(wildcard $(shell $(PKG_CONFIG) --variable=libdir openssl 2>/dev/null)/libcrypto.a),1,0)
+ifeq ($(SSL_STATIC),1)
+BIN_LIBS = $(LUA_LIBS) -Wl,-Bstatic -lssl -lcrypto -Wl,-Bdynamic -lev -lpthread -lm -ldl $(EDIT_LIBS)
+else
+BIN_LIBS = $(LIBS)
+endif
 LDFLAGS += $(SANFLAGS) -rdynamic
 
 # The layers (docs/internals.md): the core and the dialect link alone (the
@@ -231,7 +244,7 @@ $(BUILD)/libmoonloop.so: $(BUILD)/$(SONAME)
 
 # The binary links the static library: no search path to get right.
 $(BUILD)/moonloop: $(CLI_OBJ) $(BUILD)/libmoonloop.a
-	$(CC) $(LDFLAGS) -o $@ $^ $(LIBS)
+	$(CC) $(LDFLAGS) -o $@ $^ $(BIN_LIBS)
 
 $(BUILD)/tests/unit/check_core_suites.h: $(CHECK_CORE_SRC)
 	@mkdir -p $(dir $@)
