@@ -5,13 +5,15 @@
 #   make test SAN=1 the same under AddressSanitizer + UBSan (in build-san/)
 #   make run        install missing packages, build, run the tour script
 #   make bench      benchmarks against peers (see docs/performance.md)
-#   make deps       install missing Debian packages (apt-get, as root)
+#   make deps       install missing Debian packages (apt-get, as root);
+#                   make bench-deps and make fuzz-deps, the peers and clang
 #   make install    PREFIX=/usr/local (and DESTDIR= for staging); make uninstall
 #
-# Only deps, test, run, bench and fuzz install packages: they run `deps`
-# first, then re-enter make so that the pkg-config queries below see what
-# deps has just installed.  `make`, `make build` and `make install` never
-# install anything: if a package is missing they stop and name `make deps`.
+# Only deps, test and run install packages (and bench-deps, fuzz-deps when
+# asked by name): they run `deps` first, then re-enter make so that the
+# pkg-config queries below see what deps has just installed.  Every other
+# target (`make`, `make install`, `make bench`, `make fuzz`) installs
+# nothing: if a package is missing it stops and names the target that does.
 
 PREFIX ?= /usr/local
 BINDIR ?= $(PREFIX)/bin
@@ -97,7 +99,7 @@ CHECK_CORE_SRC = $(filter-out $(CHECK_LIB_SRC) tests/unit/check_main.c,$(wildcar
 DEB_PKGS = liblua5.4-dev libev-dev check pkg-config libedit-dev tmux socat netcat-openbsd python3 libssl-dev openssl
 BENCH_PKGS = python3-uvloop hyperfine nodejs
 
-.PHONY: FORCE all build test run bench deps bench-deps need need-check install uninstall clean \
+.PHONY: bench-check fuzz-deps FORCE all build test run bench deps bench-deps need need-check install uninstall clean \
 	check-suites script-tests embed-host embed-pkgconfig fuzz fuzz-tls
 
 all: $(BUILD)/moonloop $(BUILD)/libmoonloop.a $(BUILD)/libmoonloop.so
@@ -112,7 +114,9 @@ run: deps
 	@$(MAKE) --no-print-directory build
 	$(BUILD)/moonloop scripts/tour.lua
 
-bench: deps bench-deps
+# bench installs nothing (only deps, run and test may): the peers it finds
+# missing are named and skipped; `make bench-deps` installs them.
+bench: need bench-check
 	@$(MAKE) --no-print-directory build
 	bash scripts/bench/run.sh $(BUILD)/moonloop
 
@@ -168,6 +172,13 @@ deps:
 	  fi; \
 	fi
 
+bench-check:
+	@missing=""; for p in $(BENCH_PKGS); do \
+	  dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q 'ok installed' || missing="$$missing $$p"; \
+	done; \
+	[ -z "$$missing" ] || echo "make bench: not installed:$$missing (those peers are skipped; make bench-deps installs them)"
+
+# Installs the benchmarks' peers (apt-get, as root).
 bench-deps:
 	@missing=""; for p in $(BENCH_PKGS); do \
 	  dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q 'ok installed' || missing="$$missing $$p"; \
@@ -270,17 +281,22 @@ $(BUILD)/tests/%.o: tests/%.c $(BUILD)/cflags | need-check
 
 -include $(shell find $(BUILD) -name '*.d' 2>/dev/null)
 
-# Fuzzes the source pass, then the TLS record path, for a bounded time with libFuzzer (needs clang,
-# which this target installs); not part of `make test`.
+# Fuzzes the source pass, then the TLS record path, for a bounded time with
+# libFuzzer (needs clang: `make fuzz-deps` installs it); not part of `make test`.
 FUZZ_SECONDS ?= 60
-fuzz: deps
-	@command -v clang >/dev/null || { [ "$$(id -u)" = 0 ] && apt-get install -y -qq clang >/dev/null; } || \
-	  { echo "make fuzz: needs clang (apt-get install clang)"; exit 1; }
+fuzz: need
+	@command -v clang >/dev/null || \
+	  { echo "make fuzz: needs clang: run 'make fuzz-deps' as root (or: sudo apt-get install clang)" >&2; exit 1; }
 	@mkdir -p build/fuzz/corpus-asyncpass
 	clang -g -O1 -fsanitize=fuzzer,address,undefined -Ivm $(LUA_CFLAGS) -o build/fuzz/asyncpass \
 	  tests/fuzz/asyncpass.c vm/dialect/asyncpass.c vm/dialect/buf.c $(LUA_LIBS)
 	build/fuzz/asyncpass -max_total_time=$(FUZZ_SECONDS) -max_len=4096 build/fuzz/corpus-asyncpass scripts tests/scripts 2>&1 | tail -n 5
 	@$(MAKE) --no-print-directory fuzz-tls
+
+fuzz-deps:
+	@command -v clang >/dev/null || { [ "$$(id -u)" = 0 ] && \
+	  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq clang >/dev/null; } || \
+	  { echo "make fuzz-deps: run as root, or: sudo apt-get install clang" >&2; exit 1; }
 
 # The TLS record path: a server-side TLS stream fed arbitrary bytes.  The
 # library is built again by clang with coverage for libFuzzer, in
