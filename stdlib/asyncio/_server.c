@@ -38,6 +38,9 @@ static void listener_arm(Listener *ls, int on) {
   }
 }
 
+/* Protected body of accept_cb, called as accept_event(listener lightuserdata,
+ * socket index) -> nothing: accepts up to backlog connections and calls
+ * on_accept(sock, addr) for each.  [-2, +0] */
 static int accept_event(lua_State *L) {
   Listener *ls = lua_touserdata(L, 1);
   LSock *l = &ls->socks[lua_tointeger(L, 2)];
@@ -89,6 +92,7 @@ static int accept_event(lua_State *L) {
   return 0;
 }
 
+/* [-0, +0] on the main state: runs accept_event protected. */
 static void accept_cb(struct ev_loop *loop, ev_io *w, int revents) {
   LSock *l = w->data;
   lua_State *L = ml__main_lua(l->ls->S);
@@ -107,7 +111,7 @@ static void retry_cb(struct ev_loop *loop, ev_timer *w, int revents) {
   if (ls->serving && !ls->closed) listener_arm(ls, 1);
 }
 
-/* _listener(sockets, on_accept, backlog) */
+/* _listener(sockets, on_accept, backlog) -> listener */
 static int l_listener(lua_State *L) {
   luaL_checktype(L, 1, LUA_TTABLE);
   luaL_checktype(L, 2, LUA_TFUNCTION);
@@ -138,10 +142,12 @@ static int l_listener(lua_State *L) {
   return 1;
 }
 
+/* [-0, +0] the listener at index 1, or raises. */
 static Listener *check_listener(lua_State *L) {
   return ml__udata_check(L, 1, ML_UT_LISTENER);
 }
 
+/* l:start() -> nothing; anchors the listener while serving. */
 static int listener_start(lua_State *L) {
   Listener *ls = check_listener(L);
   if (ls->closed || ls->serving) return 0;
@@ -152,6 +158,7 @@ static int listener_start(lua_State *L) {
   return 0;
 }
 
+/* [-0, +0] stops the watchers and drops the serving anchor. */
 static void listener_stop(lua_State *L, Listener *ls) {
   ls->serving = 0;
   listener_arm(ls, 0);
@@ -163,12 +170,13 @@ static void listener_stop(lua_State *L, Listener *ls) {
   }
 }
 
+/* l:stop() -> nothing */
 static int listener_lstop(lua_State *L) {
   listener_stop(L, check_listener(L));
   return 0;
 }
 
-/* close(): stops accepting and closes the listening sockets. */
+/* l:close() -> nothing: stops accepting and closes the listening sockets. */
 static int listener_close(lua_State *L) {
   Listener *ls = check_listener(L);
   listener_stop(L, ls);
@@ -178,12 +186,14 @@ static int listener_close(lua_State *L) {
   return 0;
 }
 
+/* l:is_serving() -> boolean */
 static int listener_is_serving(lua_State *L) {
   Listener *ls = check_listener(L);
   lua_pushboolean(L, ls->serving && !ls->closed);
   return 1;
 }
 
+/* __gc(l) -> nothing: stops the watchers. */
 static int listener_gc(lua_State *L) {
   Listener *ls = ml__udata_test(L, 1, ML_UT_LISTENER);
   if (ls == NULL) return 0;  /* a script calling __gc on something else */
@@ -206,6 +216,7 @@ static const luaL_Reg module_funcs[] = {
   {NULL, NULL}
 };
 
+/* [-0, +1] pushes the module table. */
 int luaopen_asyncio__server(lua_State *L) {
   luaL_requiref(L, "socket", luaopen_socket, 0);
   lua_pop(L, 1);
