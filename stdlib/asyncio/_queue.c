@@ -205,7 +205,8 @@ static void give_back(lua_State *L, Queue *q, int ci, int vi);
  * runs for a getter cancelled after it was handed an item but before it
  * ran (ml__task_suspend_always asks for that): the item goes on at once to
  * the next getter, or back to the front of the queue, so that an item put
- * later cannot overtake it (asyncio keeps that order too). */
+ * later cannot overtake it (asyncio keeps that order too).  [-0, +0] on L
+ * (the handed item moves off the getter's stack). */
 static int wait_hook(lua_State *L, ml_Task *t, void *ud) {
   Queue *q = ud;
   int i = (int)ml__task_kctx(t);
@@ -234,7 +235,9 @@ static int wait_hook(lua_State *L, ml_Task *t, void *ud) {
  * LUA_YIELD when it was woken, or LUA_ERRRUN with the CancelledError on
  * top if it was cancelled.  Whatever could raise is checked before the
  * waiter is linked, so k always runs once it is: no lua_pcallk around
- * the suspension (docs/performance.md, "Queue ping-pong"). */
+ * the suspension (docs/performance.md, "Queue ping-pong").  [-0, +0]
+ * up to the suspension: k sees the stack as it was (a getter handed an
+ * item has it pushed on top, see handoff). */
 static int wait(lua_State *L, Queue *q, int ci, int list, lua_KFunction k) {
   ml_Task *t = ml__task_current(L);
   int i;
@@ -289,6 +292,7 @@ static void items_room(lua_State *L, Queue *q, int ci) {
   lua_remove(L, -2);
 }
 
+/* The pushes: [-0, +0] store the value at vi. */
 static void fifo_push(lua_State *L, Queue *q, int ci, int vi) {
   items_room(L, q, ci);
   lua_pushvalue(L, vi);
@@ -308,6 +312,7 @@ static void fifo_pop(lua_State *L, Queue *q, int ci) {
   if (q->nback > 0) q->nback--;
 }
 
+/* [-0, +0] */
 static void lifo_push(lua_State *L, Queue *q, int ci, int vi) {
   items_room(L, q, ci);
   lua_pushvalue(L, vi);
@@ -316,6 +321,7 @@ static void lifo_push(lua_State *L, Queue *q, int ci, int vi) {
   lua_pop(L, 1);
 }
 
+/* [-0, +2] pushes the items table, then the item removed. */
 static void lifo_pop(lua_State *L, Queue *q, int ci) {
   lua_getiuservalue(L, ci, UV_ITEMS);
   lua_rawgeti(L, -1, q->len);
@@ -328,7 +334,7 @@ static void lifo_pop(lua_State *L, Queue *q, int ci) {
 /* a < b, where list tables without __lt compare element by element like
  * Python's tuples: the first pair of elements that are not == decides,
  * and a list that is a prefix of the other is smaller.  May raise (items
- * that do not compare); a and b are absolute indexes. */
+ * that do not compare); a and b are absolute indexes.  [-0, +0] */
 static int lt(lua_State *L, int a, int b, int depth) {
   lua_Integer na, nb, i, m;
   if (lua_type(L, a) != LUA_TTABLE || lua_type(L, b) != LUA_TTABLE)
@@ -357,6 +363,7 @@ static int lt(lua_State *L, int a, int b, int depth) {
   return na < nb;
 }
 
+/* [-0, +0] sifts the value at vi up into the heap. */
 static void heap_push(lua_State *L, Queue *q, int ci, int vi) {
   lua_Integer i, p;
   int t;
@@ -377,6 +384,7 @@ static void heap_push(lua_State *L, Queue *q, int ci, int vi) {
   lua_settop(L, t - 1);
 }
 
+/* [-0, +2] pushes the items table, then the smallest item removed. */
 static void heap_pop(lua_State *L, Queue *q, int ci) {
   lua_Integer i, c, n = q->len;
   int t;
@@ -503,7 +511,8 @@ static void get_now(lua_State *L, Queue *q, int ci) {
 
 static int put_k(lua_State *L, int status, lua_KContext ctx);
 
-/* [self, item, core] */
+/* [self, item, core]: puts, or waits for room (then put_k).  [-0, +0];
+ * returns 0 results, or yields. */
 static int put_loop(lua_State *L, Queue *q) {
   if (q->shutdown) return ml__exc_raise(L, "QueueShutDown", NULL);
   if (!full(q)) {
@@ -513,6 +522,8 @@ static int put_loop(lua_State *L, Queue *q) {
   return wait(L, q, 3, PUTTERS, put_k);
 }
 
+/* Continuation of put_loop's wait: [self, item, core], and the error on
+ * top if it failed (rethrown).  [-0, +0] */
 static int put_k(lua_State *L, int status, lua_KContext ctx) {
   Queue *q = lua_touserdata(L, 3);
   int st = w_finish(q, (int)ctx);  /* never W_HANDED */
@@ -525,7 +536,7 @@ static int put_k(lua_State *L, int status, lua_KContext ctx) {
   return put_loop(L, q);
 }
 
-/* await q:put(item) */
+/* await q:put(item) -> nothing */
 static int queue_put(lua_State *L) {
   Queue *q;
   if (lua_gettop(L) != 2) lua_settop(L, 2);
@@ -533,6 +544,7 @@ static int queue_put(lua_State *L) {
   return put_loop(L, q);
 }
 
+/* q:put_nowait(item) -> nothing; raises QueueFull or QueueShutDown. */
 static int queue_put_nowait(lua_State *L) {
   Queue *q;
   lua_settop(L, 2);
@@ -545,7 +557,8 @@ static int queue_put_nowait(lua_State *L) {
 
 static int get_k(lua_State *L, int status, lua_KContext ctx);
 
-/* [self, core] */
+/* [self, core]: returns 1 result, the item pushed (get_now pushes the
+ * items table, then the item), or waits (then get_k). */
 static int get_loop(lua_State *L, Queue *q) {
   if (count(q) > 0) {
     get_now(L, q, 2);
@@ -556,7 +569,7 @@ static int get_loop(lua_State *L, Queue *q) {
 }
 
 /* [self, core], and the item if it was handed one (handoff), and the
- * error if it failed. */
+ * error if it failed.  Returns the item on top, or rethrows. */
 static int get_k(lua_State *L, int status, lua_KContext ctx) {
   Queue *q = lua_touserdata(L, 2);
   int st = w_finish(q, (int)ctx);
@@ -574,7 +587,7 @@ static int get_k(lua_State *L, int status, lua_KContext ctx) {
   return get_loop(L, q);  /* woken by shutdown */
 }
 
-/* await q:get() */
+/* await q:get() -> item */
 static int queue_get(lua_State *L) {
   Queue *q;
   if (lua_gettop(L) != 1) lua_settop(L, 1);
@@ -582,6 +595,7 @@ static int queue_get(lua_State *L) {
   return get_loop(L, q);
 }
 
+/* q:get_nowait() -> item; raises QueueEmpty or QueueShutDown. */
 static int queue_get_nowait(lua_State *L) {
   Queue *q;
   lua_settop(L, 1);
@@ -596,6 +610,8 @@ static int queue_get_nowait(lua_State *L) {
 /* ---------------------------------------------------------------- */
 /* join, task_done, shutdown.                                          */
 
+/* Continuation of q:join(): [self, core], the error on top if it
+ * failed (rethrown); returns nothing. */
 static int join_k(lua_State *L, int status, lua_KContext ctx) {
   Queue *q = lua_touserdata(L, 2);
   w_finish(q, (int)ctx);  /* never W_HANDED */
@@ -603,7 +619,7 @@ static int join_k(lua_State *L, int status, lua_KContext ctx) {
   return 0;  /* woken when the count reached zero, as asyncio's Event */
 }
 
-/* await q:join() */
+/* await q:join() -> nothing */
 static int queue_join(lua_State *L) {
   Queue *q;
   lua_settop(L, 1);
@@ -612,6 +628,7 @@ static int queue_join(lua_State *L) {
   return wait(L, q, 2, JOINERS, join_k);
 }
 
+/* q:task_done() -> nothing; raises ValueError if called too often. */
 static int queue_task_done(lua_State *L) {
   Queue *q = check_queue(L);
   if (q->unfinished <= 0)
@@ -623,7 +640,7 @@ static int queue_task_done(lua_State *L) {
 /* q:shutdown(immediate): put raises QueueShutDown from now on, blocked
  * putters too; get drains what is queued, then raises.  immediate drops
  * the queued items, and those handed to getters that have not run yet,
- * each counting as done for join. */
+ * each counting as done for join.  -> nothing */
 static int queue_shutdown(lua_State *L) {
   Queue *q;
   int i;
@@ -652,16 +669,19 @@ static int queue_shutdown(lua_State *L) {
 /* ---------------------------------------------------------------- */
 /* The rest.                                                           */
 
+/* q:qsize() -> integer */
 static int queue_qsize(lua_State *L) {
   lua_pushinteger(L, count(check_queue(L)));
   return 1;
 }
 
+/* q:empty() -> boolean */
 static int queue_empty(lua_State *L) {
   lua_pushboolean(L, count(check_queue(L)) == 0);
   return 1;
 }
 
+/* q:full() -> boolean */
 static int queue_full(lua_State *L) {
   lua_pushboolean(L, full(check_queue(L)));
   return 1;
@@ -671,7 +691,8 @@ static int queue_full(lua_State *L) {
  * the suspended frame holds the queue, so the queue outlives its waiters;
  * unless that frame is thrown away without unwinding (coroutine.close on a
  * generator that awaits inside a task).  Then the task still points its
- * cancel hook at this queue: disarm it before the queue goes. */
+ * cancel hook at this queue: disarm it before the queue goes.
+ * __gc(core) -> nothing */
 static int queue_gc(lua_State *L) {
   Queue *q = ml__udata_test(L, 1, ML_UT_QUEUE);
   int i;
@@ -686,7 +707,7 @@ static int queue_gc(lua_State *L) {
   return 0;
 }
 
-/* _new(self, kind, maxsize): makes self's Queue, self[1]. */
+/* _new(self, kind, maxsize) -> nothing: makes self's Queue, self[1]. */
 static int queue_new(lua_State *L) {
   int kind = ml__checkint(L, 2), i;
   lua_Number maxsize = luaL_checknumber(L, 3);
@@ -731,7 +752,8 @@ static int queue_info(lua_State *L) {
 
 /* The storage of each kind as the methods _put(self, item) and _get(self),
  * for classes that override one and call the other (or their parent's).
- * They move items only: the count is kept by the caller. */
+ * They move items only: the count is kept by the caller.
+ * storage._put(self, item) -> nothing */
 static int storage_put(lua_State *L) {
   Queue *q;
   lua_settop(L, 2);
@@ -744,6 +766,7 @@ static int storage_put(lua_State *L) {
   return 0;
 }
 
+/* storage._get(self) -> item; raises if the storage is empty. */
 static int storage_get(lua_State *L) {
   Queue *q;
   lua_settop(L, 1);
@@ -770,7 +793,8 @@ static const luaL_Reg methods[] = {
 
 /* The module: {_methods = {...}, _new, _info, _storage = {[kind] = {put,
  * get}}, _FIFO, _LIFO, _HEAP, _CUSTOM}.  Every name starts with "_", so
- * that asyncio merges none of them; queues.lua builds the classes. */
+ * that asyncio merges none of them; queues.lua builds the classes.
+ * [-0, +1] pushes that table. */
 int luaopen_asyncio__queue(lua_State *L) {
   int k;
   lua_newtable(L);
