@@ -31,7 +31,8 @@ static ml_Conn *stream_conn(lua_State *L, const char *what) {
 }
 
 /* Fixes the stack to nargs values and the transport after them, at
- * nargs + 1, where the continuations find it. */
+ * nargs + 1, where the continuations find it.  [-?, +?]: the stack ends
+ * exactly nargs + 1 values high. */
 static ml_Conn *setup(lua_State *L, int nargs, const char *what) {
   ml_Conn *c = stream_conn(L, what);
   if (lua_gettop(L) != nargs + 1) {
@@ -42,6 +43,8 @@ static ml_Conn *setup(lua_State *L, int nargs, const char *what) {
   return c;
 }
 
+/* [-0, +1] pushes IncompleteReadError(the first n bytes, taken; expected,
+ * nil if < 0) and raises it: never returns. */
 static int raise_incomplete(lua_State *L, ml_Conn *c, size_t n, lua_Integer expected) {
   ml__exc_push_class(L, "IncompleteReadError");
   lua_pushlstring(L, c->rbuf.data + c->rbuf.off, n);
@@ -53,6 +56,8 @@ static int raise_incomplete(lua_State *L, ml_Conn *c, size_t n, lua_Integer expe
   return lua_error(L);
 }
 
+/* [-0, +1] pushes LimitOverrunError(msg, consumed) and raises it: never
+ * returns. */
 static int raise_overrun(lua_State *L, const char *msg, size_t consumed) {
   ml__exc_push_class(L, "LimitOverrunError");
   lua_pushstring(L, msg);
@@ -61,7 +66,8 @@ static int raise_overrun(lua_State *L, const char *msg, size_t consumed) {
   return lua_error(L);
 }
 
-/* Raises the exception that ended the stream, if any. */
+/* Raises the exception that ended the stream (transport at cidx), if any.
+ * [-0, +0] when it returns. */
 static void check_exc(lua_State *L, int cidx, ml_Conn *c) {
   if (c->has_exc || c->err) {
     ml__conn_push_exc(L, cidx, c);
@@ -77,6 +83,7 @@ static void take(lua_State *L, ml_Conn *c, size_t n) {
   ml__conn_update_reading(c);
 }
 
+/* Cancel hook of a parked reader: unparks it.  [-0, +0] */
 static int reader_hook(lua_State *L, ml_Task *t, void *ud) {
   ml_Conn *c = ud;
   (void)L;
@@ -87,7 +94,8 @@ static int reader_hook(lua_State *L, ml_Task *t, void *ud) {
   return 0;
 }
 
-/* Parks the running task until more data, EOF or an error arrives. */
+/* Parks the running task until more data, EOF or an error arrives.
+ * [-0, +0]: k then runs on the stack as it is. */
 static int wait_data(lua_State *L, ml_Conn *c, lua_KContext ctx, lua_KFunction k,
                      const char *what) {
   ml__task_check_suspendable(L);
@@ -104,7 +112,8 @@ static int wait_data(lua_State *L, ml_Conn *c, lua_KContext ctx, lua_KFunction k
 /* Reading.                                                           */
 
 /* read(n): up to n bytes (n < 0: everything up to EOF); "" at EOF.
- * Stack: 1 reader, 2 n, 3 transport. */
+ * Stack: 1 reader, 2 n, 3 transport.  [-0, +1] pushes the bytes, or
+ * parks (wait_data). */
 static int read_k(lua_State *L, int status, lua_KContext ctx) {
   ml_Conn *c = lua_touserdata(L, 3);
   lua_Integer n = lua_tointeger(L, 2);
@@ -128,7 +137,9 @@ static int read_k(lua_State *L, int status, lua_KContext ctx) {
   return 1;
 }
 
-/* readexactly(n): exactly n bytes, or IncompleteReadError(partial, n). */
+/* readexactly(n): exactly n bytes, or IncompleteReadError(partial, n).
+ * Stack: 1 reader, 2 n, 3 transport.  [-0, +1] pushes the bytes, or
+ * parks. */
 static int readexactly_k(lua_State *L, int status, lua_KContext ctx) {
   ml_Conn *c = lua_touserdata(L, 3);
   lua_Integer n = lua_tointeger(L, 2);
@@ -147,7 +158,7 @@ enum { U_FOUND, U_WAIT };
 /* Looks for the separator(s) at 2 (a string or a list of strings) from
  * *offset on.  Returns U_FOUND with the chunk pushed and taken, or U_WAIT
  * after updating *offset; raises LimitOverrunError (data kept) and, at
- * EOF, IncompleteReadError (data taken). */
+ * EOF, IncompleteReadError (data taken).  [-0, +1|0] */
 static int until_core(lua_State *L, ml_Conn *c, size_t *offset) {
   const char *buf = c->rbuf.data + c->rbuf.off;
   size_t buflen = c->rbuf.len, mstart = 0, mend = 0, minlen, maxlen;
@@ -203,7 +214,8 @@ static int until_core(lua_State *L, ml_Conn *c, size_t *offset) {
   return U_WAIT;
 }
 
-/* readuntil(sep): stack 1 reader, 2 separator(s), 3 transport. */
+/* readuntil(sep): stack 1 reader, 2 separator(s), 3 transport.  [-0, +1]
+ * pushes the chunk, separator included, or parks. */
 static int readuntil_k(lua_State *L, int status, lua_KContext ctx) {
   ml_Conn *c = lua_touserdata(L, 3);
   size_t offset = (size_t)ctx;
@@ -214,7 +226,8 @@ static int readuntil_k(lua_State *L, int status, lua_KContext ctx) {
 }
 
 /* readline(): stack 1 reader, 2 "\n", 3 transport, 4 true when called as
- * the lines() iterator (nil instead of "" at EOF). */
+ * the lines() iterator (nil instead of "" at EOF).  [-0, +1] pushes the
+ * line, or parks. */
 static int readline_k(lua_State *L, int status, lua_KContext ctx) {
   ml_Conn *c = lua_touserdata(L, 3);
   size_t offset = (size_t)ctx;
@@ -258,6 +271,7 @@ static int readline_k(lua_State *L, int status, lua_KContext ctx) {
  * `await reader:readline()` runs it inline with none, see coro.c), whose
  * bodies are the continuations above. */
 
+/* await r:read(n = -1) -> bytes ("" at EOF) */
 static int reader_read(lua_State *L) {
   lua_Integer n = luaL_optinteger(L, 2, -1);
   setup(L, 2, "StreamReader");
@@ -268,6 +282,7 @@ static int reader_read(lua_State *L) {
   return read_k(L, LUA_OK, 0);
 }
 
+/* await r:readexactly(n) -> bytes */
 static int reader_readexactly(lua_State *L) {
   lua_Integer n = luaL_checkinteger(L, 2);
   setup(L, 2, "StreamReader");
@@ -275,6 +290,7 @@ static int reader_readexactly(lua_State *L) {
   return readexactly_k(L, LUA_OK, 0);
 }
 
+/* await r:readuntil(sep = "\n" | {sep, ...}) -> bytes, separator included */
 static int reader_readuntil(lua_State *L) {
   if (lua_isnoneornil(L, 2)) {
     lua_settop(L, 1);
@@ -299,6 +315,7 @@ static int reader_readuntil(lua_State *L) {
   return readuntil_k(L, LUA_OK, 0);
 }
 
+/* await r:readline() -> line ("" at EOF) */
 static int reader_readline(lua_State *L) {
   setup(L, 1, "StreamReader");
   lua_pushliteral(L, "\n");
@@ -307,7 +324,8 @@ static int reader_readline(lua_State *L) {
   return readline_k(L, LUA_OK, 0);
 }
 
-/* The iterator lines() returns: each call reads one line; nil at EOF. */
+/* The iterator lines() returns: each call reads one line; nil at EOF.
+ * iter() -> line | nil */
 static int lines_iter(lua_State *L) {
   lua_settop(L, 0);
   lua_pushvalue(L, lua_upvalueindex(1));
@@ -317,6 +335,7 @@ static int lines_iter(lua_State *L) {
   return readline_k(L, LUA_OK, 0);
 }
 
+/* r:lines() -> iterator (for line in r:lines() do ... end, in a task) */
 static int reader_lines(lua_State *L) {
   stream_conn(L, "StreamReader");
   lua_settop(L, 1);
@@ -324,18 +343,21 @@ static int reader_lines(lua_State *L) {
   return 1;
 }
 
+/* r:at_eof() -> boolean: EOF seen and the buffer empty */
 static int reader_at_eof(lua_State *L) {
   ml_Conn *c = stream_conn(L, "StreamReader");
   lua_pushboolean(L, c->eof && c->rbuf.len == 0);
   return 1;
 }
 
+/* r:exception() -> the exception that ended the stream, or nil */
 static int reader_exception(lua_State *L) {
   ml_Conn *c = setup(L, 1, "StreamReader");
   ml__conn_push_exc(L, 2, c);
   return 1;
 }
 
+/* r:set_exception(exc) -> nothing; wakes a parked reader. */
 static int reader_set_exception(lua_State *L) {
   ml_Conn *c = setup(L, 2, "StreamReader");
   lua_pushvalue(L, 2);
@@ -349,7 +371,7 @@ static int reader_set_exception(lua_State *L) {
   return 0;
 }
 
-/* feed_data(data): for readers without a socket (and tests). */
+/* r:feed_data(data) -> nothing: for readers without a socket (and tests). */
 static int reader_feed_data(lua_State *L) {
   ml_Conn *c = stream_conn(L, "StreamReader");
   size_t n;
@@ -366,6 +388,7 @@ static int reader_feed_data(lua_State *L) {
   return 0;
 }
 
+/* r:feed_eof() -> nothing */
 static int reader_feed_eof(lua_State *L) {
   ml_Conn *c = stream_conn(L, "StreamReader");
   c->eof = 1;
@@ -378,6 +401,7 @@ static int reader_feed_eof(lua_State *L) {
   return 0;
 }
 
+/* __tostring(r) -> string */
 static int reader_tostring(lua_State *L) {
   ml_Conn *c = stream_conn(L, "StreamReader");
   lua_pushfstring(L, "<StreamReader %d bytes%s%s>", (int)c->rbuf.len, c->eof ? " eof" : "",
@@ -388,6 +412,7 @@ static int reader_tostring(lua_State *L) {
 /* ---------------------------------------------------------------- */
 /* Writing.                                                           */
 
+/* w:write(data) -> nothing */
 static int writer_write(lua_State *L) {
   ml_Conn *c = stream_conn(L, "StreamWriter");
   size_t n;
@@ -397,19 +422,21 @@ static int writer_write(lua_State *L) {
   return 0;
 }
 
+/* w:writelines(list) -> nothing */
 static int writer_writelines(lua_State *L) {
   return ml__conn_writelines(L, stream_conn(L, "StreamWriter"));
 }
 
 /* Cancel hook of drain() and wait_closed(): ud is the waiter list the
- * task is in. */
+ * task is in.  [-0, +0] */
 static int waiters_hook(lua_State *L, ml_Task *t, void *ud) {
   (void)L;
   ml__waiters_remove(ud, t);
   return 0;
 }
 
-/* drain(): stack 1 writer, 2 transport. */
+/* drain(): stack 1 writer, 2 transport.  [-0, +0] returns nothing, or
+ * parks until the write buffer drains. */
 static int drain_k(lua_State *L, int status, lua_KContext ctx) {
   ml_Conn *c = lua_touserdata(L, 2);
   (void)status; (void)ctx;
@@ -424,13 +451,15 @@ static int drain_k(lua_State *L, int status, lua_KContext ctx) {
   return ml__task_suspend(L, waiters_hook, &c->drainers, 0, drain_k);
 }
 
+/* await w:drain() -> nothing */
 static int writer_drain(lua_State *L) {
   setup(L, 1, "StreamWriter");
   return drain_k(L, LUA_OK, 0);
 }
 
 /* wait_closed(): until connection_lost; raises the error that ended the
- * connection, as asyncio does.  Stack: 1 writer, 2 transport. */
+ * connection, as asyncio does.  Stack: 1 writer, 2 transport.  [-0, +0]
+ * returns nothing, or parks. */
 static int wait_closed_k(lua_State *L, int status, lua_KContext ctx) {
   ml_Conn *c = lua_touserdata(L, 2);
   (void)status; (void)ctx;
@@ -444,21 +473,25 @@ static int wait_closed_k(lua_State *L, int status, lua_KContext ctx) {
   return ml__task_suspend(L, waiters_hook, &c->closers, 0, wait_closed_k);
 }
 
+/* await w:wait_closed() -> nothing */
 static int writer_wait_closed(lua_State *L) {
   setup(L, 1, "StreamWriter");
   return wait_closed_k(L, LUA_OK, 0);
 }
 
+/* w:close() -> nothing */
 static int writer_close(lua_State *L) {
   ml__conn_close(stream_conn(L, "StreamWriter"), 0);
   return 0;
 }
 
+/* w:is_closing() -> boolean */
 static int writer_is_closing(lua_State *L) {
   lua_pushboolean(L, stream_conn(L, "StreamWriter")->closing);
   return 1;
 }
 
+/* w:write_eof() -> nothing */
 static int writer_write_eof(lua_State *L) {
   ml_Conn *c = stream_conn(L, "StreamWriter");
   if (c->layer) return ml__exc_raise(L, "NotImplementedError", "SSL doesn't support half-closes");
@@ -466,17 +499,20 @@ static int writer_write_eof(lua_State *L) {
   return 0;
 }
 
+/* w:can_write_eof() -> boolean */
 static int writer_can_write_eof(lua_State *L) {
   ml_Conn *c = stream_conn(L, "StreamWriter");
   lua_pushboolean(L, (c->is_sock || c->pipe == ML_PIPE_WRITE) && c->layer == NULL);
   return 1;
 }
 
+/* w:get_extra_info(name, default) -> value */
 static int writer_get_extra_info(lua_State *L) {
   ml_Conn *c = setup(L, 3, "StreamWriter");
   return ml__conn_extra(L, 4, c, 2);
 }
 
+/* __tostring(w) -> string */
 static int writer_tostring(lua_State *L) {
   ml_Conn *c = stream_conn(L, "StreamWriter");
   lua_pushfstring(L, "<StreamWriter fd=%d%s>", c->fd, c->closing ? " closing" : "");
@@ -484,7 +520,8 @@ static int writer_tostring(lua_State *L) {
 }
 
 /* A writer nobody holds any more closes its transport (asyncio's
- * StreamWriter.__del__), so a handler that forgets close() frees the fd. */
+ * StreamWriter.__del__), so a handler that forgets close() frees the fd.
+ * __gc(w) -> nothing */
 static int writer_gc(lua_State *L) {
   ml_Conn *c;
   if (!lua_istable(L, 1)) return 0;  /* a script calling __gc on something else */
@@ -533,6 +570,8 @@ static void push_pair(lua_State *L, int cidx) {
   lua_setfield(L, -2, "transport");
 }
 
+/* [-0, +1] pushes a reader (pipe == ML_PIPE_READ) or a writer table over
+ * the transport at cidx. */
 void ml__stream_push(lua_State *L, int cidx, int pipe) {
   cidx = lua_absindex(L, cidx);
   if (pipe == ML_PIPE_READ) {
@@ -544,6 +583,8 @@ void ml__stream_push(lua_State *L, int cidx, int pipe) {
   }
 }
 
+/* [-0, +0] the limit at idx (an integer, or a table's limit field), or
+ * DEFAULT_LIMIT; raises ValueError if <= 0. */
 static size_t opt_limit(lua_State *L, int idx) {
   lua_Integer limit = DEFAULT_LIMIT;
   if (lua_type(L, idx) == LUA_TNUMBER) {
@@ -572,7 +613,7 @@ static int l_stream(lua_State *L) {
   return 2;
 }
 
-/* StreamReader([limit | {limit=}]): a reader fed by feed_data/feed_eof. */
+/* StreamReader([limit | {limit=}]) -> reader: fed by feed_data/feed_eof. */
 static int reader_new(lua_State *L) {
   size_t limit = opt_limit(L, 2);  /* 1 is the class (__call) */
   ml_Conn *c = ml__conn_new(L, 0, ML_CONN_STREAM);
@@ -618,6 +659,7 @@ static const luaL_Reg writer_async[] = {
   {NULL, NULL}
 };
 
+/* [-0, +1] pushes the module table (StreamReader, StreamWriter, _stream). */
 int luaopen_asyncio__stream(lua_State *L) {
   luaL_requiref(L, "asyncio._transport", luaopen_asyncio__transport, 0);
   lua_pop(L, 1);
