@@ -230,6 +230,8 @@ static void do_shutdown(ml_Conn *c) {
 /* [-0, +0] calls a protocol event through ml__callback on L. */
 static void proto_event_call(lua_State *L, ml_Conn *c, int evt, int err);
 
+/* [-0, +0] pauses the protocol (pause_writing, protected) or the
+ * stream's drain() past the high-water mark. */
 static void maybe_pause_writing(lua_State *L, ml_Conn *c) {
   if (!c->wpaused && wqueued(c) > c->high) {
     c->wpaused = 1;
@@ -237,6 +239,8 @@ static void maybe_pause_writing(lua_State *L, ml_Conn *c) {
   }
 }
 
+/* [-0, +0] resumes it at the low-water mark (resume_writing, or wakes
+ * the drainers). */
 static void maybe_resume_writing(lua_State *L, ml_Conn *c) {
   if (c->wpaused && wqueued(c) <= c->low) {
     c->wpaused = 0;
@@ -245,6 +249,8 @@ static void maybe_resume_writing(lua_State *L, ml_Conn *c) {
   }
 }
 
+/* [-0, +0] writes or queues n bytes; -ENOMEM if they could not be
+ * queued.  May call pause_writing (protected). */
 int ml__conn_write(lua_State *L, ml_Conn *c, const char *p, size_t n) {
   if (n == 0 || c->closing || c->lost || c->fd < 0) return 0;
   if (c->layer) {
@@ -357,6 +363,8 @@ static void layer_readable(ml_Conn *c) {
   c->layer->input(c, NULL, 0);
 }
 
+/* [-0, +0] on the main state; datagrams go through dgram_readable,
+ * protected. */
 static void read_cb(struct ev_loop *loop, ev_io *w, int revents) {
   ml_Conn *c = w->data;
   lua_State *L = ml__main_lua(c->S);
@@ -382,6 +390,8 @@ static void read_cb(struct ev_loop *loop, ev_io *w, int revents) {
   ml__callback(L, 1, "Exception in datagram protocol");
 }
 
+/* [-0, +0] on the main state: sends the queued datagrams;
+ * error_received (protected) for each that fails. */
 static void dgram_flush(ml_Conn *c) {
   lua_State *L = ml__main_lua(c->S);
   while (c->dq_head) {
@@ -402,6 +412,7 @@ static void dgram_flush(ml_Conn *c) {
   }
 }
 
+/* [-0, +0] on the main state. */
 static void write_cb(struct ev_loop *loop, ev_io *w, int revents) {
   ml_Conn *c = w->data;
   (void)revents;
@@ -435,7 +446,8 @@ static void write_cb(struct ev_loop *loop, ev_io *w, int revents) {
 
 /* Delivers connection_lost: wakes the stream's waiters, calls the
  * protocol and the owner's on-lost function, closes the socket and drops
- * the anchor. */
+ * the anchor.
+ * [-0, +0] on the main state. */
 static void later_cb(struct ev_loop *loop, ev_timer *w, int revents) {
   ml_Conn *c = w->data;
   lua_State *L = ml__main_lua(c->S);
@@ -478,6 +490,8 @@ static void proto_call(lua_State *L, int cidx, const char *method, int nargs, in
   lua_call(L, nargs + 1, nres);
 }
 
+/* [-0, +1] pushes the exception that ended c (transport at cidx), made
+ * from c->err the first time and kept in XUV_EXC, or nil. */
 void ml__conn_push_exc(lua_State *L, int cidx, ml_Conn *c) {
   cidx = lua_absindex(L, cidx);
   if (c->has_exc) {
@@ -492,13 +506,18 @@ void ml__conn_push_exc(lua_State *L, int cidx, ml_Conn *c) {
   }
 }
 
-/* [-0, +1] pushes the transport userdata of c (anchored while open). */
+/* [-0, +1|0] pushes the transport userdata of c (anchored while open)
+ * and returns 1; returns 0 with nothing pushed once it is no longer
+ * anchored. */
 static int push_conn(lua_State *L, ml_Conn *c) {
   if (c->ref == LUA_NOREF) return 0;
   lua_rawgeti(L, LUA_REGISTRYINDEX, c->ref);
   return 1;
 }
 
+/* Protected body of proto_event_call: proto_event(c lightuserdata,
+ * evt, err) -> nothing; calls the protocol's method for evt (and the
+ * owner's on-lost function for EVT_LOST). */
 static int proto_event(lua_State *L) {
   ml_Conn *c = lua_touserdata(L, 1);
   int evt = (int)lua_tointeger(L, 2), err = (int)lua_tointeger(L, 3);
@@ -541,6 +560,7 @@ static int proto_event(lua_State *L) {
   return 0;
 }
 
+/* [-0, +0]; see the declaration above. */
 static void proto_event_call(lua_State *L, ml_Conn *c, int evt, int err) {
   if (c->kind == ML_CONN_STREAM && evt != EVT_LOST) return;
   if (!lua_checkstack(L, 8)) return;
@@ -551,6 +571,8 @@ static void proto_event_call(lua_State *L, ml_Conn *c, int evt, int err) {
   ml__callback(L, 3, evt == EVT_LOST ? "Exception in connection_lost" : "Exception in protocol callback");
 }
 
+/* dgram_readable(c lightuserdata) -> nothing: one recvfrom, then
+ * datagram_received(data, addr) or error_received(exc). */
 static int dgram_readable(lua_State *L) {
   ml_Conn *c = lua_touserdata(L, 1);
   struct sockaddr_storage ss;
@@ -575,7 +597,8 @@ static int dgram_readable(lua_State *L) {
 }
 
 /* protocol:eof_received(), through ml__callback: a true result keeps the
- * transport half-open; otherwise it is closed. */
+ * transport half-open; otherwise it is closed.
+ * proto_eof(c lightuserdata) -> nothing */
 static int proto_eof(lua_State *L) {
   ml_Conn *c = lua_touserdata(L, 1);
   lua_settop(L, 0);
@@ -586,7 +609,8 @@ static int proto_eof(lua_State *L) {
 }
 
 /* Protected: protocol:data_received(bytes), the n bytes at p (the
- * scratch area, usually).  Stack: 1 the transport (light), 2 n, 3 p. */
+ * scratch area, usually).  Stack: 1 the transport (light), 2 n, 3 p.
+ * proto_data(c, n, p) -> nothing */
 static int proto_data(lua_State *L) {
   ml_Conn *c = lua_touserdata(L, 1);
   size_t n = (size_t)lua_tointeger(L, 2);
@@ -608,7 +632,9 @@ static int proto_data(lua_State *L) {
  * and one protected call that makes the string and calls data_received.
  * The loop's ml__callback would do the same with a second protected call
  * around the first; here its message handler and report are inlined, and
- * a failure (asyncio: fatal to the connection) is seen directly. */
+ * a failure (asyncio: fatal to the connection) is seen directly.
+ * ml__conn_deliver_eof: [-0, +0] on the main state; marks EOF and calls
+ * eof_received (protected). */
 void ml__conn_deliver_eof(ml_Conn *c) {
   lua_State *L = ml__main_lua(c->S);
   c->eof = 1;
@@ -619,6 +645,7 @@ void ml__conn_deliver_eof(ml_Conn *c) {
   ml__callback(L, 1, "Exception in protocol callback");
 }
 
+/* [-0, +0] on the main state (ml__conn_deliver, ml__conn_deliver_eof). */
 static void proto_readable(ml_Conn *c) {
   ssize_t r;
   if (c->fd < 0 || c->lost || c->ref == LUA_NOREF) return;
@@ -634,6 +661,8 @@ static void proto_readable(ml_Conn *c) {
   ml__conn_deliver(c, c->scratch, (size_t)r);
 }
 
+/* [-1, +0] pops the exception on top, keeps it as the one that ended c
+ * (if c is still anchored) and fails the connection. */
 void ml__conn_fail(lua_State *L, ml_Conn *c) {
   if (push_conn(L, c)) {
     lua_pushvalue(L, -2);
@@ -645,6 +674,8 @@ void ml__conn_fail(lua_State *L, ml_Conn *c) {
   fatal(c, 0);
 }
 
+/* [-0, +0] on the main state: data_received(bytes) in one protected
+ * call; a failure is kept as c's exception and fails the connection. */
 void ml__conn_deliver(ml_Conn *c, const char *p, size_t r) {
   lua_State *L = ml__main_lua(c->S);
   int base, st;
@@ -682,12 +713,16 @@ void ml__conn_deliver(ml_Conn *c, const char *p, size_t r) {
 
 static int conn_gc(lua_State *L);
 
+/* [-0, +0] the transport at idx, or NULL if it is none. */
 ml_Conn *ml__conn_test(lua_State *L, int idx) {
   ml_Conn *c = lua_touserdata(L, idx);
   if (c == NULL || lua_rawlen(L, idx) != sizeof *c || c->magic != ML_CONN_MAGIC) return NULL;
   return c;
 }
 
+/* [-0, +1] pushes a new transport of kind, over the socket at sidx (0:
+ * none yet; a socket one is anchored at once); raises if that socket
+ * cannot take a transport. */
 ml_Conn *ml__conn_new(lua_State *L, int sidx, int kind) {
   ml_Socket *s = NULL;
   ml_Conn *c;
@@ -739,6 +774,7 @@ ml_Conn *ml__conn_new(lua_State *L, int sidx, int kind) {
   return c;
 }
 
+/* [-0, +0] anchors the transport at cidx in the registry, if it is not. */
 void ml__conn_anchor(lua_State *L, int cidx, ml_Conn *c) {
   if (c->ref != LUA_NOREF) return;
   lua_pushvalue(L, cidx);
@@ -755,7 +791,8 @@ void ml__conn_set_pipe(ml_Conn *c, int fd, int pipe) {
 }
 
 /* Checks that fd at idx is an open pipe, socket or character device (what
- * epoll can watch; asyncio's rule) and makes it non-blocking. */
+ * epoll can watch; asyncio's rule) and makes it non-blocking.
+ * [-0, +0] returns the fd; raises OSError(EBADF) or ValueError. */
 static int check_pipe_fd(lua_State *L, int idx) {
   struct stat st;
   lua_Integer fd = luaL_checkinteger(L, idx);
@@ -777,7 +814,7 @@ static int set_nonblock(int fd) {
 /* _pipe(fd, protocol, mode): a protocol transport over the pipe fd, which
  * it owns from then on; mode "r" reads (data_received, eof_received),
  * "w" writes.  connection_made(transport) is called (errors go to the
- * exception handler). */
+ * exception handler).  _pipe(fd, protocol, mode) -> transport */
 static int l_pipe(lua_State *L) {
   int fd = check_pipe_fd(L, 1);
   const char *mode = luaL_checkstring(L, 3);
@@ -811,6 +848,7 @@ static int l_pipe(lua_State *L) {
   return 1;
 }
 
+/* [-0, +0] the transport at idx, or a type error. */
 ml_Conn *ml__conn_check(lua_State *L, int idx) {
   ml_Conn *c = ml__conn_test(L, idx);
   if (c == NULL) luaL_typeerror(L, idx, "transport");
@@ -819,7 +857,9 @@ ml_Conn *ml__conn_check(lua_State *L, int idx) {
 
 /* _transport(sock, protocol, onlost) / _datagram(...): makes the
  * transport, calls protocol:connection_made(transport) (errors go to the
- * exception handler) and starts reading. */
+ * exception handler) and starts reading.
+ * [-?, +?]: sets the stack to [sock, protocol, onlost, transport] and
+ * returns 1, the transport. */
 static int make_proto_transport(lua_State *L, int kind) {
   ml_Conn *c;
   luaL_checkany(L, 2);
@@ -843,14 +883,17 @@ static int make_proto_transport(lua_State *L, int kind) {
   return 1;
 }
 
+/* _transport(sock, protocol, onlost) -> transport */
 static int l_transport(lua_State *L) { return make_proto_transport(L, ML_CONN_PROTO); }
+/* _datagram(sock, protocol, onlost) -> datagram transport */
 static int l_datagram(lua_State *L) { return make_proto_transport(L, ML_CONN_DGRAM); }
 
 /* _unlink_socket(path, [dev, ino]): removes path if it is a Unix socket
  * (a stale one left by an earlier server) and, given dev and ino (from
  * _socket_ident), the very one: a server removes its own socket file,
  * never one another process bound at the path after it (Python 3.13).
- * Returns true if it removed something. */
+ * Returns true if it removed something.
+ * _unlink_socket(path, [dev, ino]) -> boolean */
 static int l_unlink_socket(lua_State *L) {
   const char *path = luaL_checkstring(L, 1);
   struct stat st;
@@ -879,12 +922,14 @@ static int l_socket_ident(lua_State *L) {
 /* ---------------------------------------------------------------- */
 /* Transport methods.                                                 */
 
+/* [-0, +0] the stream or protocol transport at 1, or a type error. */
 static ml_Conn *check_stream_t(lua_State *L) {
   ml_Conn *c = ml__conn_test(L, 1);
   if (c == NULL || c->kind == ML_CONN_DGRAM) luaL_typeerror(L, 1, ML_TRANSPORT);
   return c;
 }
 
+/* t:write(data) -> nothing */
 static int t_write(lua_State *L) {
   ml_Conn *c = check_stream_t(L);
   size_t n;
@@ -894,6 +939,8 @@ static int t_write(lua_State *L) {
   return 0;
 }
 
+/* [-0, +0] writes each string of the list at 2; returns 0 (the
+ * results of t:writelines(list) and w:writelines(list): nothing). */
 int ml__conn_writelines(lua_State *L, ml_Conn *c) {
   luaL_checktype(L, 2, LUA_TTABLE);
   if (c->eof_req) return ml__exc_raise(L, "RuntimeError", "Cannot call write() after write_eof()");
@@ -910,10 +957,12 @@ int ml__conn_writelines(lua_State *L, ml_Conn *c) {
   return 0;
 }
 
+/* t:writelines(list) -> nothing */
 static int t_writelines(lua_State *L) {
   return ml__conn_writelines(L, check_stream_t(L));
 }
 
+/* t:write_eof() -> nothing */
 static int t_write_eof(lua_State *L) {
   ml_Conn *c = check_stream_t(L);
   if (c->layer) return ml__exc_raise(L, "NotImplementedError", "SSL doesn't support half-closes");
@@ -921,27 +970,33 @@ static int t_write_eof(lua_State *L) {
   return 0;
 }
 
+/* t:can_write_eof() -> boolean */
 static int t_can_write_eof(lua_State *L) {
   ml_Conn *c = check_stream_t(L);
   lua_pushboolean(L, (c->is_sock || c->pipe == ML_PIPE_WRITE || c->fd < 0) && c->layer == NULL);
   return 1;
 }
 
+/* t:close() -> nothing */
 static int t_close(lua_State *L) {
   ml__conn_close(ml__conn_check(L, 1), 0);
   return 0;
 }
 
+/* t:abort() -> nothing */
 static int t_abort(lua_State *L) {
   ml__conn_close(ml__conn_check(L, 1), 1);
   return 0;
 }
 
+/* t:is_closing() -> boolean */
 static int t_is_closing(lua_State *L) {
   lua_pushboolean(L, ml__conn_check(L, 1)->closing);
   return 1;
 }
 
+/* [-0, +1] pushes the extra info named at nameidx of the transport at
+ * cidx (the layer's first), else the default at nameidx + 1; returns 1. */
 int ml__conn_extra(lua_State *L, int cidx, ml_Conn *c, int nameidx) {
   const char *name = luaL_checkstring(L, nameidx);
   if (c->layer && c->layer->extra(L, cidx, c, name)) return 1;
@@ -959,12 +1014,14 @@ int ml__conn_extra(lua_State *L, int cidx, ml_Conn *c, int nameidx) {
   return 1;
 }
 
+/* t:get_extra_info(name, default) -> value */
 static int t_get_extra_info(lua_State *L) {
   ml_Conn *c = ml__conn_check(L, 1);
   lua_settop(L, 3);
   return ml__conn_extra(L, 1, c, 2);
 }
 
+/* t:pause_reading() -> nothing */
 static int t_pause_reading(lua_State *L) {
   ml_Conn *c = ml__conn_check(L, 1);
   if (c->closing || c->paused) return 0;
@@ -973,6 +1030,7 @@ static int t_pause_reading(lua_State *L) {
   return 0;
 }
 
+/* t:resume_reading() -> nothing */
 static int t_resume_reading(lua_State *L) {
   ml_Conn *c = ml__conn_check(L, 1);
   if (c->closing || !c->paused) return 0;
@@ -982,6 +1040,7 @@ static int t_resume_reading(lua_State *L) {
   return 0;
 }
 
+/* t:is_reading() -> boolean */
 static int t_is_reading(lua_State *L) {
   ml_Conn *c = ml__conn_check(L, 1);
   lua_pushboolean(L, !c->closing && !c->paused);
@@ -989,7 +1048,7 @@ static int t_is_reading(lua_State *L) {
 }
 
 /* set_write_buffer_limits(high, low) or ({high=, low=}): asyncio's
- * defaults (64 KiB, high/4) when omitted. */
+ * defaults (64 KiB, high/4) when omitted.  -> nothing */
 static int t_set_write_buffer_limits(lua_State *L) {
   ml_Conn *c = ml__conn_check(L, 1);
   lua_Integer high, low;
@@ -1017,6 +1076,7 @@ static int t_set_write_buffer_limits(lua_State *L) {
   return 0;
 }
 
+/* t:get_write_buffer_limits() -> low, high */
 static int t_get_write_buffer_limits(lua_State *L) {
   ml_Conn *c = ml__conn_check(L, 1);
   lua_pushinteger(L, (lua_Integer)c->low);
@@ -1024,17 +1084,20 @@ static int t_get_write_buffer_limits(lua_State *L) {
   return 2;
 }
 
+/* t:get_write_buffer_size() -> integer */
 static int t_get_write_buffer_size(lua_State *L) {
   lua_pushinteger(L, (lua_Integer)wqueued(ml__conn_check(L, 1)));
   return 1;
 }
 
+/* t:get_protocol() -> protocol */
 static int t_get_protocol(lua_State *L) {
   ml__conn_check(L, 1);
   lua_getiuservalue(L, 1, XUV_PROTO);
   return 1;
 }
 
+/* t:set_protocol(protocol) -> nothing */
 static int t_set_protocol(lua_State *L) {
   ml__conn_check(L, 1);
   luaL_checkany(L, 2);
@@ -1043,6 +1106,7 @@ static int t_set_protocol(lua_State *L) {
   return 0;
 }
 
+/* __tostring(t) -> string */
 static int t_tostring(lua_State *L) {
   ml_Conn *c = ml__conn_check(L, 1);
   const char *st = c->lost ? "closed" : c->closing ? "closing" : "open";
@@ -1051,6 +1115,7 @@ static int t_tostring(lua_State *L) {
   return 1;
 }
 
+/* __gc(t) -> nothing: stops the watchers, frees the buffers. */
 static int conn_gc(lua_State *L) {
   ml_Conn *c = ml__conn_test(L, 1);
   struct ev_loop *loop;
@@ -1073,13 +1138,14 @@ static int conn_gc(lua_State *L) {
 
 /* ---- datagram transport ---- */
 
+/* [-0, +0] the datagram transport at 1, or a type error. */
 static ml_Conn *check_dgram(lua_State *L) {
   ml_Conn *c = ml__conn_test(L, 1);
   if (c == NULL || c->kind != ML_CONN_DGRAM) luaL_typeerror(L, 1, ML_DGRAM_TRANSPORT);
   return c;
 }
 
-/* sendto(data [, addr]) */
+/* t:sendto(data [, addr]) -> nothing */
 static int d_sendto(lua_State *L) {
   ml_Conn *c = check_dgram(L);
   size_t n;
@@ -1174,6 +1240,7 @@ static const luaL_Reg module_funcs[] = {
   {NULL, NULL}
 };
 
+/* [-0, +0] registers metatable name with methods as __index. */
 static void newclass(lua_State *L, const char *name, const luaL_Reg *methods,
                      lua_CFunction gc, lua_CFunction tostr) {
   luaL_newmetatable(L, name);
@@ -1191,6 +1258,7 @@ static void newclass(lua_State *L, const char *name, const luaL_Reg *methods,
   lua_pop(L, 1);
 }
 
+/* [-0, +1] pushes the module table. */
 int luaopen_asyncio__transport(lua_State *L) {
   luaL_requiref(L, "socket", luaopen_socket, 0);
   lua_pop(L, 1);
