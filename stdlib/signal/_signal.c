@@ -103,7 +103,9 @@ typedef struct SigSet {
 
 /* User values: 1 the table sig -> {fn, args..., n = k}. */
 
-/* Protected: calls the handlers of every pending signal. */
+/* Protected: calls the handlers of every pending signal.
+ * dispatch_p(set lightuserdata) -> nothing; each handler runs as its
+ * own loop callback (ml__callback), so one failing does not stop the rest. */
 static int dispatch_p(lua_State *L) {
   SigSet *ss = lua_touserdata(L, 1);
   Slot *s;
@@ -130,6 +132,7 @@ static int dispatch_p(lua_State *L) {
   return 0;
 }
 
+/* [-0, +0] on the main state: runs dispatch_p protected. */
 static void sig_cb(struct ev_loop *loop, ev_io *w, int revents) {
   SigSet *ss = w->data;
   lua_State *L = ml__main_lua(ss->S);
@@ -158,18 +161,21 @@ static void set_close(SigSet *ss) {
   ss->slot = -1;
 }
 
+/* __gc(set) -> nothing: gives the slot and its signals back. */
 static int set_gc(lua_State *L) {
   SigSet *ss = ml__udata_test(L, 1, ML_UT_SIGSET);
   if (ss) set_close(ss);
   return 0;
 }
 
+/* [-0, +0] the open SignalSet at 1, or raises. */
 static SigSet *check_set(lua_State *L) {
   SigSet *ss = ml__udata_check(L, 1, ML_UT_SIGSET);
   if (ss->slot < 0) luaL_error(L, "the signal set is closed");
   return ss;
 }
 
+/* [-0, +0] the signal number at idx; raises ValueError or RuntimeError. */
 static int check_sig(lua_State *L, int idx) {
   lua_Integer sig = luaL_checkinteger(L, idx);
   if (sig < 1 || sig >= NSIG)
@@ -221,7 +227,8 @@ static int l_new(lua_State *L) {
 }
 
 /* set:catch(sig, entry): entry = {call, arg} is called as call(arg) from
- * the loop when sig arrives; replaces an earlier one. */
+ * the loop when sig arrives; replaces an earlier one.
+ * -> nothing */
 static int set_catch(lua_State *L) {
   SigSet *ss = check_set(L);
   int sig = check_sig(L, 2), err = 0;
@@ -305,6 +312,7 @@ static const luaL_Reg funcs[] = {
   {NULL, NULL}
 };
 
+/* [-0, +1] pushes the module table (new, raise, getpid, NSIG). */
 int luaopen_asyncio__signal(lua_State *L) {
   if (ml__udata_newmt(L, ML_UT_SIGSET, ML_SIGSET)) {
     luaL_newlib(L, set_methods);
