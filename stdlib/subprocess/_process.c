@@ -68,6 +68,7 @@ typedef struct Proc {
   ev_child cw;
 } Proc;
 
+/* [-0, +0] the process handle at 1, or raises. */
 static Proc *check_proc(lua_State *L) {
   return ml__udata_check(L, 1, ML_UT_PROCESS);
 }
@@ -87,7 +88,8 @@ static void stop_watching(Proc *p) {
 }
 
 /* Protected: calls on_exit(returncode) of the handle (light userdata at 1)
- * and drops its anchor. */
+ * and drops its anchor.
+ * exited_p(handle lightuserdata) -> nothing */
 static int exited_p(lua_State *L) {
   Proc *p = lua_touserdata(L, 1);
   int ref = p->ref;
@@ -134,6 +136,7 @@ static void child_cb(struct ev_loop *loop, ev_child *w, int revents) {
   report(p);
 }
 
+/* [-0, +0] on the main state: runs exited_p protected. */
 static void report(Proc *p) {
   lua_State *L;
   stop_watching(p);
@@ -201,6 +204,8 @@ static void *reaper(void *arg) {
   return NULL;
 }
 
+/* __gc(handle) -> nothing; a child still running is waited for by a
+ * detached thread, so it never stays a zombie. */
 static int proc_gc(lua_State *L) {
   Proc *p = ml__udata_test(L, 1, ML_UT_PROCESS);
   if (p == NULL || p->S == NULL) return 0;
@@ -261,7 +266,9 @@ static int high_fd(int fd) {
   return h;
 }
 
-/* Reads opts[name]: nil, "pipe", "devnull", "stdout" or an fd. */
+/* Reads opts[name]: nil, "pipe", "devnull", "stdout" or an fd.
+ * [-0, +0] returns an IO_* mode (the fd in *fd for IO_FD); raises on a
+ * bad option. */
 static int io_mode(lua_State *L, int opts, const char *name, int *fd) {
   int mode = IO_INHERIT, t = lua_getfield(L, opts, name);
   if (t == LUA_TSTRING) {
@@ -304,8 +311,8 @@ static char **push_strv(lua_State *L, int idx, const char *what, int min) {
   return v;
 }
 
-/* [-0, +1] a stream-mode pipe transport, anchored, with no fd yet, under
- * its reader or writer table.  Returns the transport; the table is on top,
+/* [-0, +2] pushes a stream-mode pipe transport, anchored, with no fd
+ * yet, then its reader or writer table.  Returns the transport; the table is on top,
  * the transport below it. */
 static ml_Conn *pre_stream(lua_State *L, int pipe, size_t limit) {
   ml_Conn *c = ml__conn_new(L, 0, ML_CONN_STREAM);
@@ -491,12 +498,14 @@ static int l_spawn(lua_State *L) {
 /* ---------------------------------------------------------------- */
 /* The handle.                                                         */
 
+/* h:pid() -> integer */
 static int proc_pid(lua_State *L) {
   lua_pushinteger(L, check_proc(L)->pid);
   return 1;
 }
 
-/* returncode(): nil while the child runs. */
+/* returncode(): nil while the child runs.
+ * h:returncode() -> integer | nil */
 static int proc_returncode(lua_State *L) {
   Proc *p = check_proc(L);
   if (p->state != P_EXITED || p->S == NULL) lua_pushnil(L);
@@ -505,7 +514,8 @@ static int proc_returncode(lua_State *L) {
 }
 
 /* signal(sig): sends sig to the child, unless it has been reaped (its pid
- * may then be another process's).  Returns true if it was sent. */
+ * may then be another process's).  h:signal(sig) -> boolean: true if
+ * it was sent. */
 static int proc_signal(lua_State *L) {
   Proc *p = check_proc(L);
   lua_Integer sig = luaL_checkinteger(L, 2);
@@ -526,6 +536,7 @@ static int proc_signal(lua_State *L) {
   return 1;
 }
 
+/* __tostring(h) -> string */
 static int proc_tostring(lua_State *L) {
   Proc *p = check_proc(L);
   if (p->state == P_EXITED) lua_pushfstring(L, "<ProcessHandle pid=%d returncode=%d>", (int)p->pid, p->returncode);
@@ -533,7 +544,8 @@ static int proc_tostring(lua_State *L) {
   return 1;
 }
 
-/* _close_fd(fd): closes a pipe end spawn returned that nothing took. */
+/* close_fd(fd) -> nothing: closes a pipe end spawn returned that nothing
+ * took. */
 static int l_close_fd(lua_State *L) {
   lua_Integer fd = luaL_checkinteger(L, 1);
   if (fd > 2 && fd <= 0x7fffffff) close((int)fd);
@@ -568,6 +580,7 @@ static const luaL_Reg funcs[] = {
   {NULL, NULL}
 };
 
+/* [-0, +1] pushes the module table (spawn, close_fd, dup_file, signals). */
 int luaopen_asyncio__process(lua_State *L) {
   static const struct { const char *name; int sig; } sigs[] = {
     {"SIGHUP", SIGHUP}, {"SIGINT", SIGINT}, {"SIGQUIT", SIGQUIT}, {"SIGILL", SIGILL},
