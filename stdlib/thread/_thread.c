@@ -80,6 +80,7 @@ static void put_str(Buf *b, const char *s, size_t n) {
   put(b, s, n);
 }
 
+/* lua_Writer for lua_dump: [-0, +0], appends to the Buf. */
 static int dump_writer(lua_State *L, const void *p, size_t n, void *ud) {
   (void)L;
   put(ud, p, n);
@@ -98,7 +99,8 @@ typedef struct Enc {
 static int encode(lua_State *L, Enc *e, int idx, int depth, const char *name);
 
 /* Raises cls(message); in a worker's state, which has no exception
- * classes, a string "cls\0message" that run_job hands back as such. */
+ * classes, a string "cls\0message" that run_job hands back as such.
+ * [-0, +2] never returns. */
 static int enc_raise(lua_State *L, const char *cls, const char *fmt, ...) {
   char msg[512];
   va_list ap;
@@ -111,15 +113,17 @@ static int enc_raise(lua_State *L, const char *cls, const char *fmt, ...) {
   return lua_error(L);
 }
 
+/* [-0, +0] raises TypeError naming the value at idx: never returns. */
 static int type_error(lua_State *L, Enc *e, const char *name, int idx) {
   return enc_raise(L, "TypeError", "cannot copy %s to another thread: a %s cannot cross (nil, "
                        "booleans, numbers, strings, tables, Lua functions and modules can)",
                        name ? name : e->what, luaL_typename(L, idx));
 }
 
-/* [-0, +0] the name in package.loaded of the value at idx, or NULL. */
 static void push_names(lua_State *L);
 
+/* [-0, +0] the name in package.loaded of the value at idx, or NULL
+ * (the names table at e->names is made on first call). */
 static const char *loaded_name(lua_State *L, Enc *e, int idx, size_t *len) {
   const char *s = NULL;
   if (lua_isnil(L, e->names)) {  /* made on first need: most jobs never look */
@@ -132,6 +136,8 @@ static const char *loaded_name(lua_State *L, Enc *e, int idx, size_t *len) {
   return s;
 }
 
+/* [-0, +0] encodes the function at idx: a C function by its name in
+ * package.loaded, a Lua one as bytecode and its upvalues. */
 static int encode_func(lua_State *L, Enc *e, int idx, int depth, const char *name) {
   int i;
   lua_Debug ar;
@@ -183,7 +189,8 @@ static int encode_func(lua_State *L, Enc *e, int idx, int depth, const char *nam
   return 0;
 }
 
-/* Encodes the value at idx.  Raises TypeError for what cannot cross. */
+/* Encodes the value at idx.  Raises TypeError for what cannot cross.
+ * [-0, +0] */
 static int encode(lua_State *L, Enc *e, int idx, int depth, const char *name) {
   idx = lua_absindex(L, idx);
   if (depth > MAX_DEPTH) return enc_raise(L, "ValueError", "%s is nested too deeply to copy", e->what);
@@ -315,7 +322,8 @@ static void push_names(lua_State *L) {
 }
 
 /* Protected: encodes values 2..n of the stack (1 is the Buf light
- * userdata, then what). */
+ * userdata, then what).
+ * encode_p(buf, what, values...) -> nothing */
 static int encode_p(lua_State *L) {
   Buf *b = lua_touserdata(L, 1);
   Enc e;
@@ -343,6 +351,7 @@ typedef struct Dec {
   int seen, ntables;
 } Dec;
 
+/* [-0, +0] reads n bytes; raises "corrupt copy" past the end. */
 static int get(lua_State *L, Dec *d, void *out, size_t n) {
   if ((size_t)(d->end - d->p) < n) return luaL_error(L, "corrupt copy");
   memcpy(out, d->p, n);
@@ -352,6 +361,8 @@ static int get(lua_State *L, Dec *d, void *out, size_t n) {
 
 static void decode(lua_State *L, Dec *d);
 
+/* [-0, +1] pushes field of module mod (s is "mod\0field", n long),
+ * required in this state; raises if it is not a function there. */
 static void push_cfunc(lua_State *L, const char *s, size_t n) {
   const char *mod = s, *field = s + strlen(s) + 1;
   if (field > s + n) luaL_error(L, "corrupt copy");
@@ -366,6 +377,7 @@ static void push_cfunc(lua_State *L, const char *s, size_t n) {
   lua_remove(L, -2);
 }
 
+/* [-0, +1] pushes the next value decoded. */
 static void decode(lua_State *L, Dec *d) {
   unsigned char tag = 0;
   size_t n = 0;
@@ -437,7 +449,8 @@ static void decode(lua_State *L, Dec *d) {
 }
 
 /* Protected: pushes the values encoded in the buffer (light userdata 1,
- * size 2); returns how many. */
+ * size 2); returns how many.
+ * decode_p(buf, size) -> the values */
 static int decode_p(lua_State *L) {
   const char *p = lua_touserdata(L, 1);
   size_t len = (size_t)lua_tointeger(L, 2), n = 0;
@@ -500,14 +513,16 @@ static void job_free(Job *j) {
 static const char tb_key = 0;
 
 /* The worker's message handler: keeps the traceback (registry) and the
- * error unchanged. */
+ * error unchanged.
+ * msgh(error) -> error */
 static int traceback_msgh(lua_State *L) {
   luaL_traceback(L, L, NULL, 1);
   lua_rawsetp(L, LUA_REGISTRYINDEX, &tb_key);
   return 1;
 }
 
-/* Runs the job on the worker's state W and encodes its outcome. */
+/* Runs the job on the worker's state W and encodes its outcome.
+ * [-?, +0] leaves W's stack empty. */
 static void run_job(lua_State *W, Job *j) {
   int st, n;
   Buf out = { 0 };
@@ -645,7 +660,8 @@ static int pool_grow(Pool *p) {
   return 0;
 }
 
-/* Loop thread: the job is back (or its state closed: S == NULL). */
+/* Loop thread: the job is back (or its state closed: S == NULL).
+ * [-0, +0] on the main state: settles the job's Future. */
 static void job_done(ml_State *S, void *ud) {
   Job *j = ud;
   lua_State *L;
@@ -703,11 +719,12 @@ typedef struct Exec {
   Pool *pool;
 } Exec;
 
+/* [-0, +0] the executor at 1, or raises. */
 static Exec *check_exec(lua_State *L) {
   return luaL_checkudata(L, 1, ML_EXECUTOR);
 }
 
-/* ThreadPoolExecutor(n): a pool of up to n threads (n >= 1). */
+/* new(n) -> executor: a pool of up to n threads (n >= 1). */
 static int l_new(lua_State *L) {
   lua_Integer n = luaL_checkinteger(L, 1);
   Exec *x;
@@ -728,6 +745,7 @@ static int l_new(lua_State *L) {
   return 1;
 }
 
+/* [-0, +0] a malloc'd copy of package[field], or NULL. */
 static char *dupstr(lua_State *L, const char *field) {
   const char *s;
   char *r;
@@ -804,7 +822,7 @@ static int ex_submit(lua_State *L) {
 }
 
 /* ex:shutdown(wait): no new jobs; the queued ones still run.  With wait
- * (the default), blocks until every thread has finished. */
+ * (the default), blocks until every thread has finished.  -> nothing */
 static int ex_shutdown(lua_State *L) {
   Exec *x = check_exec(L);
   Pool *p = x->pool;
@@ -820,6 +838,7 @@ static int ex_shutdown(lua_State *L) {
   return 0;
 }
 
+/* __gc(ex) -> nothing: shuts down without waiting. */
 static int ex_gc(lua_State *L) {
   Exec *x = luaL_testudata(L, 1, ML_EXECUTOR);
   if (x == NULL || x->pool == NULL) return 0;
@@ -831,12 +850,14 @@ static int ex_gc(lua_State *L) {
   return 0;
 }
 
+/* ex:max_workers() -> integer */
 static int ex_max_workers(lua_State *L) {
   Exec *x = check_exec(L);
   lua_pushinteger(L, x->pool ? x->pool->max : 0);
   return 1;
 }
 
+/* __tostring(ex) -> string */
 static int ex_tostring(lua_State *L) {
   Exec *x = check_exec(L);
   lua_pushfstring(L, "<ThreadPoolExecutor max_workers=%d%s>", x->pool ? x->pool->max : 0,
@@ -864,6 +885,7 @@ static const luaL_Reg funcs[] = {
   {NULL, NULL}
 };
 
+/* [-0, +1] pushes the module table (new, cpu_count, Executor). */
 int luaopen_asyncio__thread(lua_State *L) {
   if (luaL_newmetatable(L, ML_EXECUTOR)) {
     luaL_newlib(L, ex_methods);
