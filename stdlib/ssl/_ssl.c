@@ -38,6 +38,8 @@ static const char *lib_name(unsigned long e) {
   }
 }
 
+/* [-0, +1] pushes the SSLError (or subclass) for sslerr and OpenSSL's
+ * error queue, which it clears; host names a verification failure. */
 void ml__ssl_push_error(lua_State *L, SSL *ssl, int sslerr, const char *host) {
   unsigned long e = ERR_peek_last_error();
   const char *cls = "SSLError", *reason_s;
@@ -103,6 +105,8 @@ void ml__ssl_push_error(lua_State *L, SSL *ssl, int sslerr, const char *host) {
   }
 }
 
+/* [-0, +1] raises the SSLError of OpenSSL's queue (or "what failed"):
+ * never returns. */
 int ml__ssl_raise(lua_State *L, const char *what) {
   if (ERR_peek_last_error() == 0) return ml__exc_raise(L, "SSLError", "%s failed", what);
   ml__ssl_push_error(L, NULL, 0, NULL);
@@ -112,6 +116,7 @@ int ml__ssl_raise(lua_State *L, const char *what) {
 /* ---------------------------------------------------------------- */
 /* SSLContext.                                                        */
 
+/* [-0, +0] the open SSLContext at idx, or raises. */
 ml_SslCtx *ml__sslctx_check(lua_State *L, int idx) {
   ml_SslCtx *x = ml__udata_check(L, idx, ML_UT_SSLCONTEXT);
   if (x->ctx == NULL) luaL_argerror(L, idx, "SSLContext is closed");
@@ -165,7 +170,8 @@ static void apply_verify(ml_SslCtx *x) {
 
 /* SSLContext(protocol): PROTOCOL_TLS_CLIENT (verification and hostname
  * checks on), PROTOCOL_TLS_SERVER, or PROTOCOL_TLS (either side, checks
- * off), as Python's. */
+ * off), as Python's.
+ * [-0, +1] pushes the new context (its methods are set by ctx_new_l). */
 static int ctx_new(lua_State *L) {
   int protocol = (int)luaL_optinteger(L, 1, ML_PROTOCOL_TLS);
   const SSL_METHOD *m;
@@ -204,6 +210,7 @@ static int ctx_new(lua_State *L) {
   return 1;
 }
 
+/* __gc(ctx) / __close(ctx) -> nothing */
 static int ctx_gc(lua_State *L) {
   ml_SslCtx *x = ml__udata_check(L, 1, ML_UT_SSLCONTEXT);
   if (x->ctx) {
@@ -232,7 +239,7 @@ static int password_cb(char *buf, int size, int rwflag, void *ud) {
   return n;
 }
 
-/* load_cert_chain(certfile, [keyfile], [password]) */
+/* ctx:load_cert_chain(certfile, [keyfile], [password]) -> nothing */
 static int ctx_load_cert_chain(lua_State *L) {
   ml_SslCtx *x = ml__sslctx_check(L, 1);
   const char *cert = luaL_checkstring(L, 2);
@@ -263,7 +270,8 @@ static int ctx_load_cert_chain(lua_State *L) {
 }
 
 /* load_verify_locations([cafile], [capath], [cadata]): cadata is PEM
- * text (one or more certificates). */
+ * text (one or more certificates).
+ * -> nothing */
 static int ctx_load_verify_locations(lua_State *L) {
   ml_SslCtx *x = ml__sslctx_check(L, 1);
   const char *cafile = luaL_optstring(L, 2, NULL);
@@ -299,6 +307,7 @@ static int ctx_load_verify_locations(lua_State *L) {
   return 0;
 }
 
+/* ctx:set_default_verify_paths() -> nothing */
 static int ctx_set_default_verify_paths(lua_State *L) {
   ml_SslCtx *x = ml__sslctx_check(L, 1);
   ERR_clear_error();
@@ -306,6 +315,7 @@ static int ctx_set_default_verify_paths(lua_State *L) {
   return 0;
 }
 
+/* ctx:set_ciphers(spec) -> nothing */
 static int ctx_set_ciphers(lua_State *L) {
   ml_SslCtx *x = ml__sslctx_check(L, 1);
   const char *s = luaL_checkstring(L, 2);
@@ -329,7 +339,7 @@ static int alpn_select_cb(SSL *ssl, const unsigned char **out, unsigned char *ou
   return SSL_TLSEXT_ERR_OK;
 }
 
-/* set_alpn_protocols({"h2", "http/1.1"}) */
+/* ctx:set_alpn_protocols({"h2", "http/1.1"}) -> nothing */
 static int ctx_set_alpn_protocols(lua_State *L) {
   ml_SslCtx *x = ml__sslctx_check(L, 1);
   lua_Integer n;
@@ -369,7 +379,8 @@ static int ctx_set_alpn_protocols(lua_State *L) {
 
 /* set_servername_callback(fn | nil): fn(ssl_object, server_name,
  * context) runs during a server-side handshake; it may switch
- * ssl_object.context, and return nil (go on) or an alert number. */
+ * ssl_object.context, and return nil (go on) or an alert number.
+ * -> nothing */
 static int ctx_set_servername_callback(lua_State *L) {
   ml_SslCtx *x = ml__sslctx_check(L, 1);
   if (!lua_isnil(L, 2)) luaL_checktype(L, 2, LUA_TFUNCTION);
@@ -387,6 +398,7 @@ static int ctx_set_servername_callback(lua_State *L) {
   return 0;
 }
 
+/* ctx:session_stats() -> {accept=, hits=, connect=, misses=} */
 static int ctx_session_stats(lua_State *L) {
   ml_SslCtx *x = ml__sslctx_check(L, 1);
   lua_createtable(L, 0, 4);
@@ -406,7 +418,8 @@ static int version_get(int v) {
 }
 
 /* Fields: check_hostname, verify_mode, minimum_version, maximum_version,
- * options, protocol, sni_callback; then the methods. */
+ * options, protocol, sni_callback; then the methods.
+ * __index(ctx, key) -> value */
 static int ctx_index_mm(lua_State *L) {
   ml_SslCtx *x = ml__udata_check(L, 1, ML_UT_SSLCONTEXT);
   const char *k = lua_tostring(L, 2);
@@ -436,6 +449,8 @@ static int ctx_index_mm(lua_State *L) {
   return 1;
 }
 
+/* [-0, +0] the TLS version at idx (0 for MINIMUM/MAXIMUM_SUPPORTED);
+ * raises ValueError. */
 static int check_version(lua_State *L, int idx) {
   lua_Integer v = luaL_checkinteger(L, idx);
   if (v == -2 || v == -1) return 0;
@@ -444,6 +459,7 @@ static int check_version(lua_State *L, int idx) {
   return (int)v;
 }
 
+/* __newindex(ctx, key, value) -> nothing */
 static int ctx_newindex_mm(lua_State *L) {
   ml_SslCtx *x = ml__sslctx_check(L, 1);
   const char *k = luaL_checkstring(L, 2);
@@ -482,6 +498,7 @@ static int ctx_newindex_mm(lua_State *L) {
   return 0;
 }
 
+/* __tostring(ctx) -> string */
 static int ctx_tostring(lua_State *L) {
   ml_SslCtx *x = ml__udata_check(L, 1, ML_UT_SSLCONTEXT);
   lua_pushfstring(L, "<ssl.SSLContext %s>", x->protocol == ML_PROTOCOL_TLS_CLIENT ? "client"
@@ -501,7 +518,8 @@ static const luaL_Reg ctx_methods[] = {
 };
 
 /* SSLContext objects get their methods table as user value 1, so that
- * __index finds methods without a second metatable. */
+ * __index finds methods without a second metatable.
+ * SSLContext(protocol) -> ctx */
 static int ctx_new_l(lua_State *L) {
   ctx_new(L);
   lua_rawgetp(L, LUA_REGISTRYINDEX, (void *)ctx_methods);
@@ -549,6 +567,7 @@ static const struct { const char *name; int v; } versions[] = {
   {NULL, 0}
 };
 
+/* [-0, +1] pushes the module table. */
 int luaopen_ssl__ssl(lua_State *L) {
   luaL_requiref(L, "asyncio._transport", luaopen_asyncio__transport, 0);
   lua_pop(L, 1);
