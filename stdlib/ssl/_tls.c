@@ -105,7 +105,8 @@ enum { N_OK, N_SSL, N_RESET, N_LOST };
 /* Protected: stack 1 c (light), 2 what (N_*), 3 SSL_get_error code.
  * Resolves the handshake future (N_OK), or makes the exception, fails the
  * future with it and ends the connection with it (N_SSL, N_RESET), or
- * fails the future with the error that ended the connection (N_LOST). */
+ * fails the future with the error that ended the connection (N_LOST).
+ * notify(c, what, err) -> nothing */
 static int notify(lua_State *L) {
   ml_Conn *c = lua_touserdata(L, 1);
   int what = (int)lua_tointeger(L, 2), err = (int)lua_tointeger(L, 3);
@@ -150,6 +151,7 @@ static int notify(lua_State *L) {
   return 0;
 }
 
+/* [-0, +0] on the main state: runs notify protected. */
 static void notify_call(ml_Conn *c, int what, int err) {
   lua_State *L = ml__main_lua(c->S);
   if (!lua_checkstack(L, 10)) {
@@ -359,6 +361,8 @@ static void tls_input(ml_Conn *c, const char *p, size_t n) {
   pump(c);
 }
 
+/* The layer's write: [-0, +0], L unused; < 0 if the bytes could not be
+ * queued. */
 static int tls_write(lua_State *L, ml_Conn *c, const char *p, size_t n) {
   ml_Tls *t = tls_of(c);
   size_t w;
@@ -442,6 +446,8 @@ static int push_sslobject(lua_State *L, int cidx);
 static int push_peercert(lua_State *L, ml_Tls *t, int binary);
 static int push_cipher(lua_State *L, ml_Tls *t);
 
+/* The layer's get_extra_info: [-0, +1|0] pushes the value of name and
+ * returns 1, or returns 0 with nothing pushed (not a TLS field). */
 static int tls_extra(lua_State *L, int cidx, ml_Conn *c, const char *name) {
   ml_Tls *t = tls_of(c);
   if (t == NULL) return 0;
@@ -479,7 +485,8 @@ int ml__tls_new_session_cb(SSL *ssl, SSL_SESSION *sess) {
 }
 
 /* Protected: stack 1 c (light), 2 the alert slot (light).  Calls
- * sni_callback(ssl_object, server_name, context). */
+ * sni_callback(ssl_object, server_name, context).
+ * sni_call(c, alert) -> nothing */
 static int sni_call(lua_State *L) {
   ml_Conn *c = lua_touserdata(L, 1);
   int *alert = lua_touserdata(L, 2);
@@ -506,6 +513,7 @@ static int sni_call(lua_State *L) {
   return 0;
 }
 
+/* [-0, +0] on the main state: runs sni_call protected. */
 int ml__tls_sni_cb(SSL *ssl, int *al, void *arg) {
   ml_Conn *c = SSL_get_app_data(ssl);
   lua_State *L;
@@ -645,7 +653,8 @@ int ml__tls_wrap(lua_State *L) {
   return 1;
 }
 
-/* _release(transport): a held protocol transport starts delivering. */
+/* _release(transport) -> nothing: a held protocol transport starts
+ * delivering. */
 int ml__tls_release(lua_State *L) {
   ml_Conn *c = ml__conn_check(L, 1);
   ml_Tls *t = tls_of(c);
@@ -658,7 +667,8 @@ int ml__tls_release(lua_State *L) {
 }
 
 /* _abort(transport, exc): ends the connection with exc (a handshake
- * timeout); the handshake future fails with it if it is pending. */
+ * timeout); the handshake future fails with it if it is pending.
+ * -> nothing */
 int ml__tls_abort(lua_State *L) {
   ml_Conn *c = ml__conn_check(L, 1);
   ml_Tls *t = tls_of(c);
@@ -686,6 +696,7 @@ typedef struct ml_SslObj {
   ml_Conn *c;
 } ml_SslObj;
 
+/* [-0, +1] pushes a new SSLObject over the transport at cidx; returns 1. */
 static int push_sslobject(lua_State *L, int cidx) {
   ml_SslObj *o;
   cidx = lua_absindex(L, cidx);
@@ -697,6 +708,7 @@ static int push_sslobject(lua_State *L, int cidx) {
   return 1;
 }
 
+/* [-0, +0] the live TLS state of the SSLObject at 1, or raises. */
 static ml_Tls *obj_tls(lua_State *L) {
   ml_SslObj *o = ml__udata_check(L, 1, ML_UT_SSLOBJECT);
   ml_Tls *t = tls_of(o->c);
@@ -706,7 +718,8 @@ static ml_Tls *obj_tls(lua_State *L) {
 
 /* Python's getpeercert(): subject and issuer as lists of RDNs, each a
  * list of {name, value}; subjectAltName as a list of {"DNS", name}.
- * Empty when the certificate was not verified; with binary, the DER. */
+ * Empty when the certificate was not verified; with binary, the DER.
+ * [-0, +1] pushes name as a list of RDNs. */
 static void push_name(lua_State *L, X509_NAME *name) {
   int n = X509_NAME_entry_count(name);
   lua_createtable(L, n, 0);
@@ -731,6 +744,7 @@ static void push_name(lua_State *L, X509_NAME *name) {
   }
 }
 
+/* [-0, +1] pushes tm as text (nil if out of memory). */
 static void push_time(lua_State *L, const ASN1_TIME *tm) {
   BIO *b = BIO_new(BIO_s_mem());
   char *p;
@@ -742,6 +756,8 @@ static void push_time(lua_State *L, const ASN1_TIME *tm) {
   BIO_free(b);
 }
 
+/* [-0, +1] pushes the peer certificate (a table, or the DER string with
+ * binary; nil if none); returns 1. */
 static int push_peercert(lua_State *L, ml_Tls *t, int binary) {
   X509 *cert = SSL_get1_peer_certificate(t->ssl);
   if (cert == NULL) {
@@ -818,6 +834,7 @@ static int push_peercert(lua_State *L, ml_Tls *t, int binary) {
   return 1;
 }
 
+/* [-0, +1] pushes {name, version, bits}, or nil; returns 1. */
 static int push_cipher(lua_State *L, ml_Tls *t) {
   const SSL_CIPHER *ci = SSL_get_current_cipher(t->ssl);
   if (ci == NULL) {
@@ -834,6 +851,7 @@ static int push_cipher(lua_State *L, ml_Tls *t) {
   return 1;
 }
 
+/* o:version() -> string | nil (before the handshake) */
 static int obj_version(lua_State *L) {
   ml_Tls *t = obj_tls(L);
   if (!t->hs_done) lua_pushnil(L);
@@ -841,15 +859,18 @@ static int obj_version(lua_State *L) {
   return 1;
 }
 
+/* o:cipher() -> {name, version, bits} | nil */
 static int obj_cipher(lua_State *L) {
   return push_cipher(L, obj_tls(L));
 }
 
+/* o:getpeercert(binary) -> table | string | nil */
 static int obj_getpeercert(lua_State *L) {
   ml_Tls *t = obj_tls(L);
   return push_peercert(L, t, lua_toboolean(L, 2));
 }
 
+/* o:selected_alpn_protocol() -> string | nil */
 static int obj_selected_alpn_protocol(lua_State *L) {
   ml_Tls *t = obj_tls(L);
   const unsigned char *p;
@@ -860,17 +881,20 @@ static int obj_selected_alpn_protocol(lua_State *L) {
   return 1;
 }
 
+/* o:compression() -> nil */
 static int obj_compression(lua_State *L) {
   obj_tls(L);
   lua_pushnil(L);
   return 1;
 }
 
+/* o:pending() -> integer */
 static int obj_pending(lua_State *L) {
   lua_pushinteger(L, SSL_pending(obj_tls(L)->ssl));
   return 1;
 }
 
+/* __index(o, key) -> value (fields, then the methods) */
 static int obj_index(lua_State *L) {
   const char *k = luaL_checkstring(L, 2);
   ml_Tls *t = obj_tls(L);
@@ -894,7 +918,8 @@ static int obj_index(lua_State *L) {
 }
 
 /* ssl_object.context = ctx: the servername callback switches the
- * connection to another context (its certificate). */
+ * connection to another context (its certificate).
+ * __newindex(o, key, value) -> nothing */
 static int obj_newindex(lua_State *L) {
   ml_Tls *t = obj_tls(L);
   const char *k = luaL_checkstring(L, 2);
@@ -910,6 +935,7 @@ static int obj_newindex(lua_State *L) {
   return 0;
 }
 
+/* __tostring(o) -> string */
 static int obj_tostring(lua_State *L) {
   ml_SslObj *o = ml__udata_check(L, 1, ML_UT_SSLOBJECT);
   lua_pushfstring(L, "<ssl.SSLObject %s>", tls_of(o->c) ? "open" : "closed");
@@ -926,6 +952,7 @@ static const luaL_Reg obj_methods[] = {
   {NULL, NULL}
 };
 
+/* [-0, +0] registers the SSLObject metatable. */
 void ml__tls_open(lua_State *L) {
   if (ml__udata_newmt(L, ML_UT_SSLOBJECT, ML_SSLOBJECT)) {
     lua_newtable(L);
