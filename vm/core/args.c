@@ -4,6 +4,8 @@
  * overflow. */
 #include "module.h"
 
+/* [-0, +0] the integer argument arg, or an argument error naming the
+ * range. */
 lua_Integer ml__checkrange(lua_State *L, int arg, lua_Integer lo, lua_Integer hi) {
   lua_Integer v = luaL_checkinteger(L, arg);
   if (v < lo || v > hi)
@@ -12,6 +14,7 @@ lua_Integer ml__checkrange(lua_State *L, int arg, lua_Integer lo, lua_Integer hi
   return v;
 }
 
+/* [-0, +0] the same, def when arg is none or nil. */
 lua_Integer ml__optrange(lua_State *L, int arg, lua_Integer def, lua_Integer lo, lua_Integer hi) {
   return lua_isnoneornil(L, arg) ? def : ml__checkrange(L, arg, lo, hi);
 }

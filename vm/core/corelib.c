@@ -9,7 +9,8 @@
 #include "gather.h"
 
 /* Raises TypeError unless every key of the options table at idx is one
- * of allowed (NULL-terminated), as Python does for an unknown keyword. */
+ * of allowed (NULL-terminated), as Python does for an unknown keyword.
+ * [-0, +0] */
 void ml__check_options(lua_State *L, int idx, const char *fname, const char *const allowed[]) {
   idx = lua_absindex(L, idx);
   lua_pushnil(L);
@@ -27,6 +28,7 @@ void ml__check_options(lua_State *L, int idx, const char *fname, const char *con
   }
 }
 
+/* create_task(coro | fn, {name=}) -> task */
 int ml__core_create_task(lua_State *L) {
   static const char *const opts[] = { "name", NULL };
   const char *name = NULL;
@@ -49,20 +51,21 @@ int ml__core_create_task(lua_State *L) {
   return 1;
 }
 
-/* _parked(co): the thread co is parked in an await. */
+/* _parked(co) -> boolean: the thread co is parked in an await. */
 static int core_parked(lua_State *L) {
   lua_State *co = lua_tothread(L, 1);
   lua_pushboolean(L, co != NULL && co != L && ml__task_parked(co));
   return 1;
 }
 
-/* _park(on): marks the calling thread as parked in an await, or not (a
+/* _park(on) -> nothing: marks the calling thread as parked in an await, or not (a
  * generator's await passes through it: asyncio.lua's pass). */
 static int core_park(lua_State *L) {
   ml__set_parked(L, lua_toboolean(L, 1));
   return 0;
 }
 
+/* current_task() -> task | nil */
 static int core_current_task(lua_State *L) {
   ml_Task *t = ml__task_current(L);
   if (t) ml__task_push(L, t);
@@ -70,7 +73,7 @@ static int core_current_task(lua_State *L) {
   return 1;
 }
 
-/* all_tasks(): the pending tasks, as a list with n. */
+/* all_tasks() -> the pending tasks, as a list with n. */
 static int core_all_tasks(lua_State *L) {
   ml_Task *t;
   int n = 0;
@@ -84,6 +87,7 @@ static int core_all_tasks(lua_State *L) {
   return 1;
 }
 
+/* get_running_loop() -> loop; RuntimeError outside the running loop. */
 static int core_get_running_loop(lua_State *L) {
   ml_State *S = ml__state(L);
   if (S->running == 0 && S->current == NULL)
@@ -92,18 +96,21 @@ static int core_get_running_loop(lua_State *L) {
   return 1;
 }
 
+/* get_event_loop() -> loop */
 static int core_get_event_loop(lua_State *L) {
   ml__push_loop(L);
   return 1;
 }
 
+/* isfuture(x) -> boolean */
 static int core_isfuture(lua_State *L) {
   lua_pushboolean(L, ml__future_test(L, 1) != NULL);
   return 1;
 }
 
 /* run_until_complete(fut): drives the loop from outside any task until
- * fut is done, then returns its results (or raises its exception). */
+ * fut is done, then returns its results (or raises its exception).
+ * run_until_complete(fut) -> fut's results */
 static int core_run_until_complete(lua_State *L) {
   ml_State *S = ml__state(L);
   ml_Future *f = ml__future_test(L, 1);
@@ -122,7 +129,7 @@ static int core_run_until_complete(lua_State *L) {
   return ml__future_unwrap(L, 1);
 }
 
-/* _set_debug(b) */
+/* _set_debug(b) -> nothing */
 static int core_set_debug(lua_State *L) {
   ml__state(L)->debug = lua_toboolean(L, 1);
   return 0;
@@ -147,6 +154,7 @@ static const luaL_Reg core_funcs[] = {
   { NULL, NULL }
 };
 
+/* [-0, +1] pushes the asyncio.core table. */
 int ml__corelib_open(lua_State *L) {
   luaL_newlib(L, core_funcs);
   ml__loop_open(L);

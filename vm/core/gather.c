@@ -45,7 +45,8 @@ static void push_outcome(lua_State *L, int cidx) {
 
 /* A child's done callback, in protected mode: [gather, child].  done_cb
  * calls it without the closure call and message handler of a Lua
- * callback (why: docs/performance.md, "Tasks (gather)"). */
+ * callback (why: docs/performance.md, "Tasks (gather)").
+ * child_done(gather, child) -> nothing */
 static int child_done(lua_State *L) {
   Gather *g = lua_touserdata(L, 1);
   ml_Future *child = lua_touserdata(L, 2), *outer;
@@ -88,7 +89,7 @@ static int child_done(lua_State *L) {
 }
 
 /* The Gather's ml_DoneCb: its child at fidx is done; the Gather is on
- * the top of the stack. */
+ * the top of the stack.  [-0, +0] */
 static void done_cb(lua_State *L, ml_DoneCb *self, int fidx) {
   Gather *g = (Gather *)self;
   const ml_Future *child = lua_touserdata(L, fidx);
@@ -105,7 +106,8 @@ static void done_cb(lua_State *L, ml_DoneCb *self, int fidx) {
 }
 
 /* The outer future's cancel: asks every child; the gather finishes once
- * they have.  Upvalue 1 the Gather; returns whether any child took it. */
+ * they have.  Upvalue 1 the Gather; returns whether any child took it.
+ * cancel(outer, msg) -> boolean */
 static int outer_cancel(lua_State *L) {
   Gather *g = lua_touserdata(L, lua_upvalueindex(1));
   int i, any = 0;
@@ -127,7 +129,7 @@ static int outer_cancel(lua_State *L) {
 
 /* core._gather(outer, children, return_exceptions, ensure_future): wires
  * the children (a list with n; what is not a future yet is replaced by
- * ensure_future(it)) to the pending future outer. */
+ * ensure_future(it)) to the pending future outer.  -> nothing */
 int ml__gather(lua_State *L) {
   ml_Future *outer = ml__future_test(L, 1);
   Gather *g;
