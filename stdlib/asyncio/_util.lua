@@ -34,4 +34,12 @@ function M.call(fn, ...)
   return finish(fn(...))
 end
 
+-- Checks the options table of the API function fn (nil or a table whose
+-- keys are all in allowed; the error names the caller of fn) and returns it,
+-- or {} for nil.
+function M.check_opts(opts, fn, allowed)
+  asyncio._check_opts(fn, opts, allowed, 3)
+  return opts or {}
+end
+
 return M

@@ -36,26 +36,8 @@ local function is_opts(v, after)
   return type(v) == "table" and v[1] == nil and after == nil
 end
 
-local function check_opts(opts, fn, allowed)
-  asyncio._check_opts(fn, opts, allowed, 3)
-  return opts or {}
-end
-
--- TLS options (the ssl module is loaded only when they are used).
-local function no_tls(opts)
-  return opts.ssl == nil and opts.server_hostname == nil and opts.ssl_handshake_timeout == nil
-    and opts.ssl_shutdown_timeout == nil
-end
-
-local function client_tls(opts, host)
-  if no_tls(opts) then return nil end
-  return require("ssl")._client_opts(opts, host)
-end
-
-local function server_tls(opts)
-  if no_tls(opts) then return nil end
-  return require("ssl")._server_opts(opts)
-end
+local check_opts = require("asyncio._util").check_opts
+local client_tls, server_tls = tr._client_tls, tr._server_tls
 
 -- Makes the stream pair over sock and, with tls, runs the handshake.
 local async function make_stream(sock, opts, tls)

@@ -13,7 +13,8 @@
 local asyncio = require "asyncio"
 local core = require "asyncio.core"
 local socket = require "socket"
-local raise = require("asyncio._util").raise
+local util = require "asyncio._util"
+local raise = util.raise
 local T = require "asyncio._transport"
 local listener = require("asyncio._server")._listener
 require "asyncio._net"  -- loop:sock_connect, loop:getaddrinfo
@@ -68,26 +69,32 @@ local OPTS = {
                                reuse_port = true, allow_broadcast = true },
 }
 
+-- A tail call, so that the error still names the caller of the API function.
 local function check_opts(opts, fn)
-  asyncio._check_opts(fn, opts, OPTS[fn], 3)
-  return opts or {}
+  return util.check_opts(opts, fn, OPTS[fn])
 end
 
--- TLS options (the ssl module is loaded only when they are used).
+-- TLS options (the ssl module is loaded only when they are used).  Here, not
+-- in asyncio._util: the sandbox derives a module's needs from its requires,
+-- and every module uses _util.
 local function no_tls(opts)
   return opts.ssl == nil and opts.server_hostname == nil and opts.ssl_handshake_timeout == nil
     and opts.ssl_shutdown_timeout == nil
 end
 
+-- The client TLS options for a connection to host, or nil without TLS.
 local function client_tls(opts, host)
   if no_tls(opts) then return nil end
   return require("ssl")._client_opts(opts, host)
 end
+M._client_tls = client_tls
 
+-- The server TLS options, or nil without TLS.
 local function server_tls(opts)
   if no_tls(opts) then return nil end
   return require("ssl")._server_opts(opts)
 end
+M._server_tls = server_tls
 
 -- A stand-in protocol for a TLS transport until its handshake is over:
 -- the user's protocol sees connection_made only then, as in asyncio.
