@@ -290,7 +290,7 @@ fuzz: need
 	@mkdir -p build/fuzz/corpus-asyncpass
 	clang -g -O1 -fsanitize=fuzzer,address,undefined -Ivm $(LUA_CFLAGS) -o build/fuzz/asyncpass \
 	  tests/fuzz/asyncpass.c vm/dialect/asyncpass.c vm/dialect/buf.c $(LUA_LIBS)
-	build/fuzz/asyncpass -max_total_time=$(FUZZ_SECONDS) -max_len=4096 build/fuzz/corpus-asyncpass scripts tests/scripts 2>&1 | tail -n 5
+	build/fuzz/asyncpass -max_total_time=$(FUZZ_SECONDS) -max_len=4096 build/fuzz/corpus-asyncpass tests/fuzz/asyncpass scripts tests/scripts 2>&1 | tail -n 5
 	@$(MAKE) --no-print-directory fuzz-tls
 
 fuzz-deps:

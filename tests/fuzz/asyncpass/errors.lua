@@ -1,0 +1,3 @@
+async x = 1
+await
+async function

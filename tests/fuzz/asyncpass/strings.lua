@@ -1,0 +1,2 @@
+--[==[ async function ]==] local s = [[await x]] .. "async function"
+local async function m(...) return ... end
