@@ -19,6 +19,7 @@ static void push_module(lua_State *L) {
   lua_setfield(L, LUA_REGISTRYINDEX, EXC_KEY);
 }
 
+/* [-0, +1] pushes the exception class cls; raises if there is none. */
 void ml__exc_push_class(lua_State *L, const char *cls) {
   ML_STACK_MARK(L);
   push_module(L);
@@ -28,6 +29,7 @@ void ml__exc_push_class(lua_State *L, const char *cls) {
   ML_STACK_CHECK(L, 1);
 }
 
+/* [-0, +1] pushes cls(message formatted from fmt), or cls() if fmt is NULL. */
 static void push_vexc(lua_State *L, const char *cls, const char *fmt, va_list ap) {
   ml__exc_push_class(L, cls);
   if (fmt) {
@@ -38,6 +40,7 @@ static void push_vexc(lua_State *L, const char *cls, const char *fmt, va_list ap
   }
 }
 
+/* [-0, +1] pushes cls(message). */
 void ml__exc_push(lua_State *L, const char *cls, const char *fmt, ...) {
   va_list ap;
   va_start(ap, fmt);
@@ -45,6 +48,7 @@ void ml__exc_push(lua_State *L, const char *cls, const char *fmt, ...) {
   va_end(ap);
 }
 
+/* [-0, +1] raises cls(message): never returns. */
 int ml__exc_raise(lua_State *L, const char *cls, const char *fmt, ...) {
   va_list ap;
   va_start(ap, fmt);
@@ -53,6 +57,7 @@ int ml__exc_raise(lua_State *L, const char *cls, const char *fmt, ...) {
   return lua_error(L);
 }
 
+/* [-1, +1] pops the message on top (nil: none) and pushes cls(message). */
 void ml__exc_push_with(lua_State *L, const char *cls) {
   int nil = lua_isnil(L, -1);
   ml__exc_push_class(L, cls);
@@ -65,6 +70,7 @@ void ml__exc_push_with(lua_State *L, const char *cls) {
   }
 }
 
+/* [-0, +1] pushes OSError (the subclass for err)(err, "what: strerror"). */
 void ml__exc_push_errno(lua_State *L, int err, const char *what) {
   char msg[256];
   if (err < 0) err = -err;
@@ -78,11 +84,13 @@ void ml__exc_push_errno(lua_State *L, int err, const char *what) {
   lua_call(L, 2, 1);
 }
 
+/* [-0, +1] raises that OSError: never returns. */
 int ml__exc_raise_errno(lua_State *L, int err, const char *what) {
   ml__exc_push_errno(L, err, what);
   return lua_error(L);
 }
 
+/* [-0, +0] whether the value at idx is an instance of exception class cls. */
 int ml__exc_is(lua_State *L, int idx, const char *cls) {
   int r;
   if (lua_type(L, idx) != LUA_TTABLE) return 0;
@@ -123,6 +131,8 @@ void ml__exc_init(lua_State *L) {
   lua_pop(L, 2);
 }
 
+/* [-0, +1] pushes the traceback of L, without the frames of the await
+ * machinery nor, given entry, the line of that C entry point. */
 void ml__traceback(lua_State *L, lua_CFunction entry) {
   lua_Debug ar;
   int level = 1;
@@ -144,11 +154,14 @@ void ml__traceback(lua_State *L, lua_CFunction entry) {
   ML_STACK_CHECK(L, 1);
 }
 
+/* tostring_p(v) -> tostring(v) */
 static int tostring_p(lua_State *L) {
   luaL_tolstring(L, 1, NULL);
   return 1;
 }
 
+/* [-0, +1] pushes tostring of the value at idx (a fixed text if its
+ * __tostring fails) and returns it. */
 const char *ml__tostring(lua_State *L, int idx) {
   idx = lua_absindex(L, idx);
   lua_pushcfunction(L, tostring_p);
