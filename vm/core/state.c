@@ -23,7 +23,8 @@ void ml__emit_error(ml_State *S, const char *msg) {
 extern const ml_Embedded ml__core_lua[];
 
 /* package.preload entry for an embedded Lua module (upvalues: its list
- * and index). */
+ * and index).
+ * preload(name) -> the module */
 static int load_embedded(lua_State *L) {
   const ml_Embedded *list = lua_touserdata(L, lua_upvalueindex(1));
   const ml_Embedded *m = &list[lua_tointeger(L, lua_upvalueindex(2))];
@@ -40,6 +41,7 @@ static int load_embedded(lua_State *L) {
   return 1;
 }
 
+/* [-0, +0] puts a package.preload entry for each module of list. */
 void ml__preload_embedded(lua_State *L, const ml_Embedded *list) {
   int i;
   luaL_getsubtable(L, LUA_REGISTRYINDEX, LUA_PRELOAD_TABLE);
@@ -52,7 +54,8 @@ void ml__preload_embedded(lua_State *L, const ml_Embedded *list) {
   lua_pop(L, 1);
 }
 
-/* State set-up, run in protected mode. */
+/* State set-up, run in protected mode.
+ * init() -> nothing */
 static int init(lua_State *L) {
   luaL_openlibs(L);
   ml__loader_open(L);
@@ -68,6 +71,7 @@ static int init(lua_State *L) {
   return 0;
 }
 
+/* [-0, +0] on the new state's stack: init runs protected. */
 ml_State *ml__state_new(struct ev_loop *loop) {
   ml_State *S = calloc(1, sizeof *S);
   lua_State *L;
@@ -99,6 +103,8 @@ fail:
   return NULL;
 }
 
+/* [-0, +1] pushes the metatable of type (made and registered on first
+ * call); returns 1 if it was made now, so the caller fills it. */
 int ml__udata_newmt(lua_State *L, int type, const char *tname) {
   ml_State *S = ml__state(L);
   int made = luaL_newmetatable(L, tname);
@@ -111,11 +117,13 @@ int ml__udata_newmt(lua_State *L, int type, const char *tname) {
   return made;
 }
 
+/* [-0, +0] sets type's metatable on the userdata on top. */
 void ml__udata_setmt(lua_State *L, int type) {
   lua_rawgeti(L, LUA_REGISTRYINDEX, ml__state(L)->udata_mtref[type]);
   lua_setmetatable(L, -2);
 }
 
+/* [-0, +0] the userdata at idx if it is of type, else NULL. */
 void *ml__udata_test(lua_State *L, int idx, int type) {
   const void *mt;
   if (!lua_getmetatable(L, idx)) return NULL;  /* no metatable, or not a userdata of ours */
@@ -124,6 +132,7 @@ void *ml__udata_test(lua_State *L, int idx, int type) {
   return mt == ml__state(L)->udata_mt[type] ? lua_touserdata(L, idx) : NULL;
 }
 
+/* [-0, +0] the same, or a type error. */
 void *ml__udata_check(lua_State *L, int idx, int type) {
   void *p = ml__udata_test(L, idx, type);
   if (p == NULL) {
@@ -135,6 +144,8 @@ void *ml__udata_check(lua_State *L, int idx, int type) {
 
 struct ev_loop *ml__loop(ml_State *S) { return S->loop; }
 
+/* [-0, +1] pushes require(name) of the trusted globals (package.loaded
+ * first). */
 void ml__require(lua_State *L, const char *name) {
   luaL_getsubtable(L, LUA_REGISTRYINDEX, LUA_LOADED_TABLE);
   if (lua_getfield(L, -1, name) != LUA_TNIL) {
@@ -157,6 +168,8 @@ int ml__signals_enabled(ml_State *S) { return S->signals; }
 
 static const char memerr_key = 'M';
 
+/* [-0, +1] pushes the prepared MemoryError, or Lua's own message;
+ * never allocates. */
 void ml__push_memory_error(lua_State *L) {
   /* Neither call allocates: the key is a light userdata, and "not enough
    * memory" is the string Lua keeps for its own memory errors. */
@@ -165,6 +178,7 @@ void ml__push_memory_error(lua_State *L) {
   lua_pushliteral(L, "not enough memory");
 }
 
+/* [-0, +0] makes the MemoryError ml__push_memory_error pushes, once. */
 int ml__prepare_memory_error(lua_State *L) {
   if (lua_rawgetp(L, LUA_REGISTRYINDEX, &memerr_key) == LUA_TTABLE) {
     lua_pop(L, 1);
@@ -181,7 +195,8 @@ int ml__prepare_memory_error(lua_State *L) {
 #define CLOSE_ITERATIONS 100
 
 /* Cancels the pending tasks and gives them a few iterations to unwind;
- * in protected mode, as out of memory can strike there too. */
+ * in protected mode, as out of memory can strike there too.
+ * close_tasks() -> nothing */
 static int close_tasks(lua_State *L) {
   ml_State *S = ml__state(L);
   int i;
@@ -194,6 +209,7 @@ static int close_tasks(lua_State *L) {
   return 0;
 }
 
+/* [-0, +0] on S's stack before it closes. */
 void ml__state_close(ml_State *S) {
   if (S == NULL) return;
   lua_pushcfunction(S->L, close_tasks);
