@@ -18,51 +18,61 @@ double ml__now(void) {
   return ts.tv_sec + ts.tv_nsec * 1e-9;
 }
 
+/* [-0, +1] pushes the loop object. */
 void ml__push_loop(lua_State *L) {
   lua_getfield(L, LUA_REGISTRYINDEX, ML_LOOP_MT ".instance");
 }
 
+/* loop:time() -> seconds (monotonic) */
 static int loop_time(lua_State *L) {
   lua_pushnumber(L, ml__now());
   return 1;
 }
 
+/* loop:create_future() -> future */
 static int loop_create_future(lua_State *L) {
   ml__future_new(L);
   return 1;
 }
 
+/* loop:create_task(coro, {name=}) -> task */
 static int loop_create_task(lua_State *L) {
   lua_remove(L, 1);
   return ml__core_create_task(L);
 }
 
+/* loop:stop() -> nothing */
 static int loop_stop(lua_State *L) {
   ml__state(L)->stopping = 1;
   return 0;
 }
 
+/* loop:is_running() -> boolean */
 static int loop_is_running(lua_State *L) {
   ml_State *S = ml__state(L);
   lua_pushboolean(L, S->running > 0 || S->current != NULL);
   return 1;
 }
 
+/* loop:is_closed() -> false */
 static int loop_is_closed(lua_State *L) {
   lua_pushboolean(L, 0);
   return 1;
 }
 
+/* loop:get_debug() -> boolean */
 static int loop_get_debug(lua_State *L) {
   lua_pushboolean(L, ml__state(L)->debug);
   return 1;
 }
 
+/* loop:set_debug(b) -> nothing */
 static int loop_set_debug(lua_State *L) {
   ml__state(L)->debug = lua_toboolean(L, 2);
   return 0;
 }
 
+/* loop:set_exception_handler(fn | nil) -> nothing */
 static int loop_set_exception_handler(lua_State *L) {
   if (!lua_isnil(L, 2)) luaL_checktype(L, 2, LUA_TFUNCTION);
   lua_settop(L, 2);
@@ -70,6 +80,7 @@ static int loop_set_exception_handler(lua_State *L) {
   return 0;
 }
 
+/* loop:get_exception_handler() -> fn | nil */
 static int loop_get_exception_handler(lua_State *L) {
   lua_getfield(L, LUA_REGISTRYINDEX, HANDLER_KEY);
   return 1;
@@ -99,6 +110,7 @@ static void format_context(lua_State *L, int ctx) {
   luaL_pushresult(&b);
 }
 
+/* loop:default_exception_handler(context) -> nothing */
 static int loop_default_exception_handler(lua_State *L) {
   ml_State *S = ml__state(L);
   luaL_checktype(L, 2, LUA_TTABLE);
@@ -107,6 +119,7 @@ static int loop_default_exception_handler(lua_State *L) {
   return 0;
 }
 
+/* loop:call_exception_handler(context) -> nothing */
 static int loop_call_exception_handler(lua_State *L) {
   luaL_checktype(L, 2, LUA_TTABLE);
   if (lua_getfield(L, LUA_REGISTRYINDEX, HANDLER_KEY) == LUA_TFUNCTION) {
@@ -120,6 +133,9 @@ static int loop_call_exception_handler(lua_State *L) {
   return loop_default_exception_handler(L);
 }
 
+/* [-2, +0] pops the error and its traceback (or nil) and hands them to
+ * the loop's exception handler as {message = context, exception,
+ * traceback}. */
 void ml__report_tb(lua_State *L, const char *context) {
   int top = lua_gettop(L);
   lua_createtable(L, 0, 3);
@@ -137,6 +153,7 @@ void ml__report_tb(lua_State *L, const char *context) {
   lua_settop(L, top - 2);
 }
 
+/* [-1, +0] the same without a traceback. */
 void ml__report(lua_State *L, const char *context) {
   lua_pushnil(L);
   ml__report_tb(L, context);
@@ -167,6 +184,7 @@ static const luaL_Reg timer_methods[] = {
   { NULL, NULL }
 };
 
+/* [-0, +1] registers the loop object and pushes its methods table. */
 void ml__loop_open(lua_State *L) {
   ml__state(L)->last_poll = ml__now();  /* the scheduler's poll rule starts now */
   ml__handles_open(L);
