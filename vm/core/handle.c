@@ -69,6 +69,8 @@ static const char timers_key = 0;  /* registry[&timers_key] = the Timers */
 
 static int run_batch(lua_State *L);
 
+/* Message handler: msgh(error) -> error; keeps the traceback in the
+ * registry for ml__callback_traceback. */
 int ml__callback_msgh(lua_State *L) {
   /* Under run_due, the last frame is run_batch's, which the user did not
    * write: leave its line out, as a callback's own pcall would. */
@@ -77,10 +79,13 @@ int ml__callback_msgh(lua_State *L) {
   return 1;
 }
 
+/* [-0, +1] pushes the traceback the message handler kept. */
 void ml__callback_traceback(lua_State *L) {
   lua_getfield(L, LUA_REGISTRYINDEX, CBTB_KEY);
 }
 
+/* [-(nargs+1), +0] calls the function below the nargs arguments
+ * protected; an error goes to the exception handler with context. */
 int ml__callback(lua_State *L, int nargs, const char *context) {
   int base = lua_gettop(L) - nargs, st;
   ML_STACK_MARK(L);
@@ -146,6 +151,7 @@ int ml__handles_remaining(ml_State *S, double *r) {
   return 1;
 }
 
+/* __gc(timers) -> nothing */
 static int timers_gc(lua_State *L) {
   Timers *T = lua_touserdata(L, 1);
   if (T == NULL || T != ml__state(L)->timers) return 0;  /* only the state's own */
@@ -198,13 +204,14 @@ static int handle_queue(Timers *T, int slot) {
 }
 
 /* The state's Timers (NULL once it closed): no API call, unlike the
- * upvalue the loop's methods also have. */
+ * upvalue the loop's methods also have.  [-0, +0]; raises if closed. */
 static Timers *check_timers(lua_State *L) {
   Timers *T = ml__state(L)->timers;
   if (T == NULL) luaL_error(L, "the event loop is closed");
   return T;
 }
 
+/* loop:call_soon(fn, ...) -> handle */
 int ml__handle_call_soon(lua_State *L) {
   Timers *T = check_timers(L);
   Handle *h = handle_make(L, 2, NAN);  /* NaN: a call_soon's (call_at refuses NaN) */
@@ -222,7 +229,7 @@ int ml__handle_call_soon(lua_State *L) {
 
 /* call_later(delay, fn, ...) if relative, else call_at(when, fn, ...):
  * one function for both, which their methods call last, so that the hot
- * path is one C frame. */
+ * path is one C frame.  -> handle */
 static int call_timer(lua_State *L, int relative) {
   Timers *T = check_timers(L);
   Handle *h;
@@ -240,10 +247,12 @@ static int call_timer(lua_State *L, int relative) {
   return 1;
 }
 
+/* loop:call_later(delay, fn, ...) -> handle */
 int ml__handle_call_later(lua_State *L) {
   return call_timer(L, 1);
 }
 
+/* loop:call_at(when, fn, ...) -> handle */
 int ml__handle_call_at(lua_State *L) {
   return call_timer(L, 0);
 }
@@ -278,7 +287,7 @@ static void run_one(lua_State *L, Timers *T, int anchor, const ml_Entry *e) {
  * handle is called with lua_call: one protected call for the batch, not
  * one per callback.  An error leaves the rest for the next call.  Nothing
  * here holds a pointer into the heap or its ids across a callback, which
- * may grow them. */
+ * may grow them.  run_batch(T, anchor) -> nothing */
 static int run_batch(lua_State *L) {
   Timers *T = lua_touserdata(L, 1);
   ml_State *S = T->S;
@@ -332,11 +341,13 @@ static void run_due(lua_State *L, Timers *T, int anchor) {
   timers_arm(T);
 }
 
+/* [-0, +0] runs the handle of entry e, or every due one. */
 void ml__handles_run(lua_State *L, Timers *T, int anchor, const ml_Entry *e) {
   if (e->p) run_one(L, T, anchor, e);
   else run_due(L, T, anchor);
 }
 
+/* [-0, +1] pushes the anchor table; returns the state's Timers. */
 struct Timers *ml__handles_push_anchor(lua_State *L) {
   Timers *T;
   lua_rawgetp(L, LUA_REGISTRYINDEX, &timers_key);
@@ -349,11 +360,12 @@ struct Timers *ml__handles_push_anchor(lua_State *L) {
 /* ---- the Handle's methods ---- */
 
 /* The Handle at index 1 (upvalues of its methods: the Timers, the anchor
- * table). */
+ * table).  [-0, +0], or a type error. */
 static Handle *check_handle(lua_State *L) {
   return ml__udata_check(L, 1, ML_UT_HANDLE);
 }
 
+/* h:cancel() -> nothing */
 static int handle_cancel(lua_State *L) {
   Handle *h = check_handle(L);
   Timers *T = lua_touserdata(L, lua_upvalueindex(1));
@@ -368,11 +380,13 @@ static int handle_cancel(lua_State *L) {
   return 0;
 }
 
+/* h:cancelled() -> boolean */
 static int handle_cancelled(lua_State *L) {
   lua_pushboolean(L, check_handle(L)->cancelled);
   return 1;
 }
 
+/* h:when() -> time | nil (a call_soon handle) */
 static int handle_when(lua_State *L) {
   Handle *h = check_handle(L);
   if (h->when != h->when) lua_pushnil(L);  /* call_soon's */
@@ -380,6 +394,7 @@ static int handle_when(lua_State *L) {
   return 1;
 }
 
+/* __tostring(h) -> string */
 static int handle_tostring(lua_State *L) {
   Handle *h = check_handle(L);
   lua_pushfstring(L, "<%sHandle%s>", h->when != h->when ? "" : "Timer",
@@ -395,12 +410,15 @@ static const luaL_Reg handle_methods[] = {
   { NULL, NULL }
 };
 
+/* [-0, +3] pushes the upvalues of the timer methods: the Handle
+ * metatable, the Timers, the anchor table. */
 void ml__handles_push_upvalues(lua_State *L) {
   lua_rawgeti(L, LUA_REGISTRYINDEX, ml__state(L)->udata_mtref[ML_UT_HANDLE]);
   lua_rawgetp(L, LUA_REGISTRYINDEX, &timers_key);
   lua_getiuservalue(L, -1, 1);
 }
 
+/* [-0, +0] makes the state's Timers and the Handle metatable. */
 void ml__handles_open(lua_State *L) {
   ml_State *S = ml__state(L);
   Timers *T;
