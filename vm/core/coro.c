@@ -19,7 +19,8 @@ typedef struct Coro {
 enum { CUV_NAME = 1, CUV_FN, CUV_CREATOR, CUV_ARGS };
 
 /* The callable an async function becomes: makes a Coroutine of the
- * function (upvalue 2) and the call's arguments; runs nothing. */
+ * function (upvalue 2) and the call's arguments; runs nothing.
+ * f(...) -> coroutine */
 static int coro_make(lua_State *L) {
   int i, n = lua_gettop(L);
   lua_Debug ar;
@@ -62,7 +63,7 @@ static int coro_make(lua_State *L) {
 
 static int sleep_make(lua_State *L);
 
-/* __ml_async(name, fn): the value of `async function name(...)`. */
+/* __ml_async(name, fn) -> the value of `async function name(...)`. */
 static int l_async(lua_State *L) {
   luaL_checktype(L, 2, LUA_TFUNCTION);
   if (!lua_isnil(L, 1)) luaL_checktype(L, 1, LUA_TSTRING);  /* the pass gives one */
@@ -78,7 +79,8 @@ static int l_async(lua_State *L) {
   return 1;
 }
 
-/* ml__udata_test(L, idx, ML_UT_CORO), inline: once per task spawned. */
+/* ml__udata_test(L, idx, ML_UT_CORO), inline: once per task spawned.
+ * [-0, +0] */
 static Coro *test_coro(lua_State *L, int idx) {
   const void *mt;
   if (!lua_getmetatable(L, idx)) return NULL;
@@ -87,6 +89,9 @@ static Coro *test_coro(lua_State *L, int idx) {
   return mt == ml__state(L)->udata_mt[ML_UT_CORO] ? lua_touserdata(L, idx) : NULL;
 }
 
+/* [-0, +(nargs+1)|0] pushes the function and arguments of the Coroutine
+ * at idx and returns how many (it is awaited from now on), or returns
+ * -1 with nothing pushed if it is not one; raises if it was awaited. */
 int ml__coro_unpack(lua_State *L, int idx) {
   Coro *c = test_coro(L, idx);
   int i;
@@ -103,6 +108,8 @@ int ml__coro_unpack(lua_State *L, int idx) {
   return c->nargs + 1;
 }
 
+/* [-0, +0] marks the Coroutine at idx awaited: 1, or 0 if it is not one;
+ * raises if it was awaited already. */
 int ml__coro_claim(lua_State *L, int idx) {
   Coro *c = test_coro(L, idx);
   if (c == NULL) return 0;
@@ -115,6 +122,8 @@ int ml__coro_claim(lua_State *L, int idx) {
   return 1;
 }
 
+/* [-0, +(nargs+1)] pushes the function and arguments of the task's
+ * Coroutine at idx; returns how many. */
 int ml__coro_push(lua_State *L, int idx) {
   Coro *c = lua_touserdata(L, idx);  /* a task's: known to be one */
   int i;
@@ -125,17 +134,20 @@ int ml__coro_push(lua_State *L, int idx) {
   return c->nargs + 1;
 }
 
+/* [-0, +1] pushes the name of the Coroutine at idx. */
 void ml__coro_push_name(lua_State *L, int idx) {
   lua_getiuservalue(L, idx, CUV_NAME);
 }
 
+/* Continuation: returns the values above base. */
 static int call_k(lua_State *L, int status, lua_KContext base) {
   (void)status;
   return lua_gettop(L) - (int)base;
 }
 
 /* await(x): a Coroutine runs inline; a Future or Task suspends the task
- * until it is done; an object with __await has it called. */
+ * until it is done; an object with __await has it called.
+ * await(x) -> x's results */
 static int l_await(lua_State *L) {
   ml_State *S = ml__state(L);
   void *p = lua_touserdata(L, 1);
@@ -163,7 +175,7 @@ static int l_await(lua_State *L) {
 }
 
 /* What awcall does after calling something that is not an async
- * function: await its result (left at index 1). */
+ * function: await its result (left at index 1).  -> its results */
 static int awcall_k(lua_State *L, int status, lua_KContext ctx) {
   (void)status; (void)ctx;
   return l_await(L);
@@ -216,7 +228,7 @@ static void async_c_register(lua_State *L, lua_CFunction f) {
 /* Raises Lua's own error for calling the value at 1 from `await f(...)`:
  * "attempt to call a nil value (field 'typo')", naming the callee as the
  * pass recorded it (dialect/loader.c, registry "moonloop.awnames"), at
- * the line of the caller, level 1. */
+ * the line of the caller, level 1.  Never returns. */
 static int awcall_error(lua_State *L) {
   lua_Debug ar;
   const char *what = NULL;
@@ -251,7 +263,7 @@ static int awcall_error(lua_State *L) {
 
 /* [f, args...]: an await of f(args...): an async function's body runs
  * inline with no Coroutine object; anything else is called and its result
- * awaited. */
+ * awaited.  -> the await's results */
 static int awcall(lua_State *L) {
   ml_State *S = ml__state(L);
   lua_CFunction cf;
@@ -285,6 +297,8 @@ static int awcall(lua_State *L) {
   return awcall_k(L, LUA_OK, 0);
 }
 
+/* [-1, +1] replaces the traceback string on top by one without the
+ * __awcall/__awmeth frames (the user wrote await). */
 void ml__coro_clean_traceback(lua_State *L) {
   static const char frame[] = "\n\t[C]: in function '__aw";
   size_t len;
@@ -303,13 +317,14 @@ void ml__coro_clean_traceback(lua_State *L) {
   lua_remove(L, -2);
 }
 
-/* __awcall(f, ...): what the pass makes of `await f(...)`. */
+/* __awcall(f, ...) -> the results: what the pass makes of `await f(...)`. */
 static int l_awcall(lua_State *L) {
   luaL_checkany(L, 1);
   return awcall(L);
 }
 
-/* __awmeth(obj, name, ...): what the pass makes of `await obj:name(...)`.
+/* __awmeth(obj, name, ...) -> the results: what the pass makes of
+ * `await obj:name(...)`.
  * The stack moves are the fewest API calls for each case: each costs
  * (docs/performance.md, "Where the time goes"), and a queue round trip makes
  * four of these. */
@@ -330,25 +345,27 @@ static int l_awmeth(lua_State *L) {
   return awcall(L);
 }
 
-/* asyncio.iscoroutine(x) */
+/* asyncio.iscoroutine(x) -> boolean */
 static int l_iscoroutine(lua_State *L) {
   lua_pushboolean(L, test_coro(L, 1) != NULL);
   return 1;
 }
 
-/* asyncio.iscoroutinefunction(f) */
+/* asyncio.iscoroutinefunction(f) -> boolean */
 static int l_iscoroutinefunction(lua_State *L) {
   lua_CFunction f = lua_tocfunction(L, 1);
   lua_pushboolean(L, f == coro_make || f == sleep_make);
   return 1;
 }
 
+/* c:close() -> nothing */
 static int coro_close(lua_State *L) {
   Coro *c = ml__udata_check(L, 1, ML_UT_CORO);
   c->awaited = 1;
   return 0;
 }
 
+/* __tostring(c) -> string */
 static int coro_tostring(lua_State *L) {
   ml__udata_check(L, 1, ML_UT_CORO);
   lua_getiuservalue(L, 1, CUV_NAME);
@@ -356,6 +373,7 @@ static int coro_tostring(lua_State *L) {
   return 1;
 }
 
+/* __gc(c) -> nothing; reports a coroutine never awaited. */
 static int coro_gc(lua_State *L) {
   Coro *c;
   /* ml__udata_test, inline and leaving the metatable at 2 (nothing here
@@ -389,6 +407,8 @@ static const luaL_Reg coro_methods[] = {
   { NULL, NULL }
 };
 
+/* [-0, +0] registers the Coroutine metatable and the globals await,
+ * __ml_async, __awcall, __awmeth. */
 void ml__coro_open(lua_State *L) {
   ml__udata_newmt(L, ML_UT_CORO, ML_CORO_MT);
   luaL_newlib(L, coro_methods);
@@ -418,7 +438,8 @@ void ml__coro_open(lua_State *L) {
 
 /* asyncio.sleep: like any async C function, except that sleep(0) (the
  * "let the others run" idiom, often in a hot loop) returns one shared,
- * reusable Coroutine instead of allocating one per call. */
+ * reusable Coroutine instead of allocating one per call.
+ * sleep(delay, ...) -> coroutine */
 static int sleep_make(lua_State *L) {
   if (lua_gettop(L) == 1 && lua_type(L, 1) == LUA_TNUMBER && lua_tonumber(L, 1) <= 0) {
     lua_pushvalue(L, lua_upvalueindex(3));
@@ -427,6 +448,7 @@ static int sleep_make(lua_State *L) {
   return coro_make(L);
 }
 
+/* [-0, +1] pushes asyncio.sleep, of C body f. */
 void ml__push_async_sleep(lua_State *L, lua_CFunction f) {
   Coro *c;
   lua_pushliteral(L, "sleep");
@@ -445,6 +467,7 @@ void ml__push_async_sleep(lua_State *L, lua_CFunction f) {
   async_c_register(L, f);  /* sleep(0) runs f too: it yields to the others */
 }
 
+/* [-0, +1] pushes an async function named name, of C body f. */
 void ml__push_async(lua_State *L, const char *name, lua_CFunction f) {
   lua_pushstring(L, name);
   lua_pushcfunction(L, f);
