@@ -6,6 +6,8 @@
 #include "loop.h"
 #include "exc.h"
 
+/* [-0, +1] pushes a new zeroed future (or task, is_task) userdata of
+ * size bytes and nuv user values. */
 ml_Future *ml__future_alloc(lua_State *L, size_t size, int nuv, int is_task) {
   ml_State *S = ml__state(L);
   ml_Future *f = lua_newuserdatauv(L, size, nuv);
@@ -16,10 +18,12 @@ ml_Future *ml__future_alloc(lua_State *L, size_t size, int nuv, int is_task) {
   return f;
 }
 
+/* [-0, +1] pushes a new pending Future. */
 ml_Future *ml__future_new(lua_State *L) {
   return ml__future_alloc(L, sizeof(ml_Future), FUV_NFUTURE, 0);
 }
 
+/* [-0, +0] the future or task at idx, or NULL. */
 ml_Future *ml__future_test(lua_State *L, int idx) {
   ml_Future *f = lua_touserdata(L, idx);
   const void *mt;
@@ -29,6 +33,7 @@ ml_Future *ml__future_test(lua_State *L, int idx) {
   return ml__is_future_mt(ml__state(L), mt) ? f : NULL;
 }
 
+/* [-0, +0] the same, or a type error. */
 static ml_Future *check_future(lua_State *L, int idx) {
   ml_Future *f = ml__future_test(L, idx);
   if (f == NULL) luaL_typeerror(L, idx, "Future");
@@ -37,6 +42,8 @@ static ml_Future *check_future(lua_State *L, int idx) {
 
 int ml__future_state(const ml_Future *f) { return f->state; }
 
+/* [-0, +1] pushes field key of the extra table of the future at idx
+ * (nil if it has none); returns its type. */
 int ml__xget(lua_State *L, int idx, int key) {
   ml_Future *f = lua_touserdata(L, idx);
   int t;
@@ -50,6 +57,8 @@ int ml__xget(lua_State *L, int idx, int key) {
   return t;
 }
 
+/* [-1, +0] pops the value on top into field key of the extra table of
+ * the future at idx (made on first need). */
 void ml__xset(lua_State *L, int idx, int key) {
   ml_Future *f = lua_touserdata(L, idx);
   idx = lua_absindex(L, idx);
@@ -98,7 +107,8 @@ static void cbs_set(lua_State *L, int fidx, ml_Future *f) {
 /* The record (module.h, ml_DoneCb) at idx, of Lua type tp, or NULL.  A
  * callback list holds functions, tasks (waiters) and records: a light
  * userdata is a record, and a full one that is not a Task.  A record
- * without a metatable (gather's) is told in one API call. */
+ * without a metatable (gather's) is told in one API call.
+ * [-0, +0] */
 static ml_DoneCb *test_done_cb(lua_State *L, int idx, int tp, ml_State *S) {
   if (tp == LUA_TUSERDATA) {
     if (lua_getmetatable(L, idx)) {
@@ -112,6 +122,8 @@ static ml_DoneCb *test_done_cb(lua_State *L, int idx, int tp, ml_State *S) {
   return lua_touserdata(L, idx);
 }
 
+/* [-0, +0] wakes the done future's waiter and queues its callbacks (a
+ * lone C record runs now). */
 void ml__future_schedule(lua_State *L, int fidx, ml_Future *f) {
   ml_Task *t = f->waiter;
   if (t) {
@@ -181,6 +193,7 @@ static void run_callback(lua_State *L, int fidx, ml_Future *f) {
   }
 }
 
+/* [-1, +0] pops the future on top and runs its done callbacks. */
 void ml__future_run_callbacks(lua_State *L) {
   int fidx = lua_gettop(L), i, n;
   ml_Future *f = lua_touserdata(L, fidx);
@@ -229,6 +242,7 @@ typedef struct Sentinel {
 } Sentinel;
 enum { SUV_EXC = 1, SUV_TB, SUV_WHAT, SUV_N = SUV_WHAT };
 
+/* __gc(sentinel) -> nothing; reports the exception if still armed. */
 static int sentinel_gc(lua_State *L) {
   Sentinel *s = ml__udata_test(L, 1, ML_UT_SENTINEL);  /* a script may call __gc on anything */
   if (s == NULL || !s->armed) return 0;
@@ -246,7 +260,8 @@ static int sentinel_gc(lua_State *L) {
   return 0;
 }
 
-/* Gives the future at fidx, which just failed, an armed sentinel. */
+/* Gives the future at fidx, which just failed, an armed sentinel.
+ * [-0, +0] */
 static void arm_sentinel(lua_State *L, int fidx, ml_Future *f) {
   Sentinel *s = lua_newuserdatauv(L, sizeof *s, SUV_N);
   s->armed = 1;
@@ -271,6 +286,7 @@ static void arm_sentinel(lua_State *L, int fidx, ml_Future *f) {
   f->log_exc = 1;
 }
 
+/* [-0, +0] disarms the future's sentinel: its exception was seen. */
 void ml__future_retrieved(lua_State *L, int fidx, ml_Future *f) {
   if (!f->log_exc) return;
   f->log_exc = 0;
@@ -281,6 +297,8 @@ void ml__future_retrieved(lua_State *L, int fidx, ml_Future *f) {
   lua_pop(L, 1);
 }
 
+/* [-n, +0] pops the n results into the pending future at fidx and
+ * completes it; -EINVAL (results popped) if it is done already. */
 int ml__future_set_result(lua_State *L, int fidx, int n) {
   ml_Future *f = lua_touserdata(L, fidx);
   fidx = lua_absindex(L, fidx);
@@ -302,6 +320,8 @@ int ml__future_set_result(lua_State *L, int fidx, int n) {
   return 0;
 }
 
+/* [-1, +0] pops the exception into the pending future at fidx and
+ * completes it; -EINVAL (popped) if it is done already. */
 int ml__future_set_exception(lua_State *L, int fidx) {
   ml_Future *f = lua_touserdata(L, fidx);
   fidx = lua_absindex(L, fidx);
@@ -315,6 +335,8 @@ int ml__future_set_exception(lua_State *L, int fidx) {
   return 0;
 }
 
+/* [-0, +0] cancels the future at fidx (message at msgidx, 0: none);
+ * returns whether it took the request. */
 int ml__future_cancel_msg(lua_State *L, int fidx, int msgidx) {
   ml_Future *f = lua_touserdata(L, fidx);
   fidx = lua_absindex(L, fidx);
@@ -346,6 +368,7 @@ int ml__future_cancel_msg(lua_State *L, int fidx, int msgidx) {
   return 1;
 }
 
+/* [-0, +0] the same with a C string message (NULL: none). */
 int ml__future_cancel(lua_State *L, int fidx, const char *msg) {
   int r;
   fidx = lua_absindex(L, fidx);
@@ -365,6 +388,8 @@ void ml__future_push_cancelled(lua_State *L, int fidx) {
   ml__exc_push_with(L, "CancelledError");
 }
 
+/* [-0, +nres] pushes the results of the done future at fidx and returns
+ * how many; raises its exception, CancelledError or InvalidStateError. */
 int ml__future_unwrap(lua_State *L, int fidx) {
   ml_Future *f = lua_touserdata(L, fidx);
   fidx = lua_absindex(L, fidx);
@@ -406,16 +431,19 @@ int ml__future_unwrap(lua_State *L, int fidx) {
 
 /* ---- Lua methods ---- */
 
+/* Future() -> future */
 static int future_new(lua_State *L) {
   ml__future_new(L);
   return 1;
 }
 
+/* f:result() -> the results */
 static int future_result(lua_State *L) {
   check_future(L, 1);
   return ml__future_unwrap(L, 1);
 }
 
+/* f:exception() -> exception | nil */
 static int future_exception(lua_State *L) {
   ml_Future *f = check_future(L, 1);
   switch (f->state) {
@@ -434,6 +462,7 @@ static int future_exception(lua_State *L) {
   }
 }
 
+/* f:set_result(...) -> nothing */
 static int future_set_result(lua_State *L) {
   ml_Future *f = check_future(L, 1);
   if (f->is_task) return ml__exc_raise(L, "RuntimeError", "Task does not support set_result operation");
@@ -442,6 +471,7 @@ static int future_set_result(lua_State *L) {
   return 0;
 }
 
+/* f:set_exception(exc) -> nothing */
 static int future_set_exception(lua_State *L) {
   ml_Future *f = check_future(L, 1);
   if (f->is_task) return ml__exc_raise(L, "RuntimeError", "Task does not support set_exception operation");
@@ -452,16 +482,19 @@ static int future_set_exception(lua_State *L) {
   return 0;
 }
 
+/* f:done() -> boolean */
 static int future_done(lua_State *L) {
   lua_pushboolean(L, check_future(L, 1)->state != ML_PENDING);
   return 1;
 }
 
+/* f:cancelled() -> boolean */
 static int future_cancelled(lua_State *L) {
   lua_pushboolean(L, check_future(L, 1)->state == ML_CANCELLED);
   return 1;
 }
 
+/* f:cancel(msg) -> boolean */
 static int future_cancel(lua_State *L) {
   check_future(L, 1);
   lua_settop(L, 2);
@@ -498,12 +531,15 @@ static void add_callback(lua_State *L, int fidx, ml_Future *f) {
   lua_pop(L, 1);
 }
 
+/* [-1, +0] pops a callback (function, task or record) into the done
+ * callbacks of the future at fidx; scheduled at once if it is done. */
 void ml__future_add_callback(lua_State *L, int fidx, ml_Future *f) {
   fidx = lua_absindex(L, fidx);
   add_callback(L, fidx, f);
   if (f->state != ML_PENDING) ml__future_schedule(L, fidx, f);
 }
 
+/* [-0, +0] adds the record at recidx as a done callback. */
 void ml__future_add_done_cb(lua_State *L, int fidx, int recidx) {
   ml_Future *f = lua_touserdata(L, fidx);
   fidx = lua_absindex(L, fidx);
@@ -511,6 +547,7 @@ void ml__future_add_done_cb(lua_State *L, int fidx, int recidx) {
   ml__future_add_callback(L, fidx, f);
 }
 
+/* [-0, +0] makes task t a waiter of the future at fidx. */
 void ml__future_add_waiter(lua_State *L, int fidx, ml_Future *f, ml_Task *t) {
   if (f->waiter == NULL && f->ncallbacks == 0) {
     f->waiter = t;
@@ -521,6 +558,7 @@ void ml__future_add_waiter(lua_State *L, int fidx, ml_Future *f, ml_Task *t) {
   add_callback(L, fidx, f);
 }
 
+/* f:add_done_callback(fn) -> nothing */
 int ml__future_add_done_callback(lua_State *L) {
   ml_Future *f = check_future(L, 1);
   luaL_checktype(L, 2, LUA_TFUNCTION);
@@ -529,6 +567,7 @@ int ml__future_add_done_callback(lua_State *L) {
   return 0;
 }
 
+/* f:remove_done_callback(fn) -> how many were removed */
 static int future_remove_done_callback(lua_State *L) {
   ml_Future *f = check_future(L, 1);
   int i, j = 0, n = f->ncallbacks;
@@ -567,12 +606,14 @@ static int future_remove_done_callback(lua_State *L) {
   return 1;
 }
 
+/* f:get_loop() -> loop */
 static int future_get_loop(lua_State *L) {
   check_future(L, 1);
   ml__push_loop(L);
   return 1;
 }
 
+/* __tostring(f) -> string */
 static int future_tostring(lua_State *L) {
   ml_Future *f = check_future(L, 1);
   switch (f->state) {
@@ -607,6 +648,7 @@ const luaL_Reg ml__future_methods[] = {
   { NULL, NULL }
 };
 
+/* [-0, +0] registers the Future (or Task) metatable. */
 void ml__future_mt_init(lua_State *L, int is_task, const luaL_Reg *methods,
                         lua_CFunction tostring) {
   if (is_task) ml__udata_newmt(L, ML_UT_TASK, ML_TASK_MT);  /* sets __name */
@@ -620,6 +662,7 @@ void ml__future_mt_init(lua_State *L, int is_task, const luaL_Reg *methods,
   lua_pop(L, 1);
 }
 
+/* [-0, +0] */
 void ml__future_open(lua_State *L) {
   ml__future_mt_init(L, 0, NULL, future_tostring);
   ml__udata_newmt(L, ML_UT_SENTINEL, "asyncio.ExceptionSentinel");  /* the sentinels' */
@@ -629,7 +672,7 @@ void ml__future_open(lua_State *L) {
 }
 
 /* core._set_cancel_hook(fut, fn): fut:cancel(msg) calls fn(fut, msg) and
- * returns its result, instead of cancelling fut itself. */
+ * returns its result, instead of cancelling fut itself.  -> nothing */
 int ml__future_set_cancel_hook(lua_State *L) {
   ml_Future *f = check_future(L, 1);
   luaL_checktype(L, 2, LUA_TFUNCTION);
@@ -639,5 +682,5 @@ int ml__future_set_cancel_hook(lua_State *L) {
   return 0;
 }
 
-/* asyncio.Future(): a new pending future. */
+/* asyncio.Future() -> a new pending future. */
 int ml__future_lnew(lua_State *L) { return future_new(L); }
