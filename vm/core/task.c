@@ -13,6 +13,7 @@ static const char err_marker = 'E';
 
 ml_Task *ml__task_current(lua_State *L) { return ml__state(L)->current; }
 
+/* [-0, +1] pushes task t (anchored while pending). */
 void ml__task_push(lua_State *L, ml_Task *t) {
   lua_rawgeti(L, LUA_REGISTRYINDEX, t->ref);
 }
@@ -36,7 +37,8 @@ void ml__task_wake(ml_Task *t) {
 static int task_body(lua_State *L);
 
 /* The message handler of a task's body: records the traceback of an error
- * where it was raised, leaving the error value itself unchanged. */
+ * where it was raised, leaving the error value itself unchanged.
+ * msgh(error) -> error */
 static int task_msgh(lua_State *L) {
   ml_State *S = ml__state(L);
   ml_Task *t = S->current;
@@ -64,11 +66,14 @@ static int task_msgh(lua_State *L) {
   return 1;
 }
 
+/* push_memory_error() -> MemoryError */
 static int push_memory_error(lua_State *L) {
   ml__exc_push(L, "MemoryError", "not enough memory");
   return 1;
 }
 
+/* Continuation of task_body's pcall: -> results, or err_marker and the
+ * error. */
 static int task_body_k(lua_State *L, int status, lua_KContext ctx) {
   (void)ctx;
   if (status == LUA_ERRMEM) {
@@ -156,7 +161,8 @@ static lua_State *take_thread(ml_State *S, ml_Task *t, int tidx) {
   return P->co[slot];
 }
 
-/* Task t (at tidx) is done with its thread co. */
+/* Task t (at tidx) is done with its thread co.
+ * [-0, +0] on the main state. */
 static void give_thread(ml_State *S, ml_Task *t, int tidx, lua_State *co) {
   lua_State *L = S->L;
   struct ml_Pool *P = S->pool;
@@ -234,6 +240,8 @@ static void finish(ml_State *S, ml_Task *t, int n, int failed) {
  * creates inherit the hook. */
 #define BUDGET_SLICE 1000
 
+/* A lua_Hook: raises RuntimeError once the budget is spent (never
+ * returns then). */
 static void budget_hook(lua_State *L, lua_Debug *ar) {
   ml_State *S = ml__state(L);
   (void)ar;
@@ -257,6 +265,7 @@ static void budget_hook(lua_State *L, lua_Debug *ar) {
                 "raise the budget with ml_state_set_cpu_budget)", (lua_Integer)S->instr_budget);
 }
 
+/* [-0, +0] */
 void ml__budget_arm(lua_State *co) {
   ml_State *S = ml__state(co);
   if (S->instr_budget == 0) return;
@@ -267,7 +276,9 @@ void ml__budget_arm(lua_State *co) {
 /* A task's first step: takes a thread and puts task_body, the function
  * and its arguments on it.  A Coroutine gives way to its name: a running
  * task keeps its function alive through its thread, and a parked task is
- * ~100 bytes smaller without it (get_coro() returns nil from then on). */
+ * ~100 bytes smaller without it (get_coro() returns nil from then on).
+ * [-0, +0] on the main state: task_body, the message handler, the
+ * function and its arguments go to the thread it returns. */
 static lua_State *start(ml_State *S, ml_Task *t) {
   lua_State *L = S->L, *co;
   int tidx, base, n;
@@ -313,6 +324,7 @@ static const char *push_task_name(lua_State *L, ml_Task *t) {
   return lua_tostring(L, -1);
 }
 
+/* [-0, +0] on the main state. */
 void ml__task_step(ml_State *S, ml_Task *t) {
   lua_State *L = S->L, *co = t->co;
   ml_Task *prev = S->current;
@@ -391,7 +403,8 @@ int ml__task_parked(lua_State *co) {
   return lua_status(co) == LUA_YIELD && (*(uintptr_t *)lua_getextraspace(co) & 1);
 }
 
-/* The continuation of every suspension. */
+/* The continuation of every suspension: -> what the suspension's k
+ * returns, or raises CancelledError. */
 static int resume_k(lua_State *L, int status, lua_KContext unused) {
   ml_Task *t = ml__state(L)->current;
   lua_KFunction k;
@@ -421,13 +434,15 @@ static int resume_k(lua_State *L, int status, lua_KContext unused) {
 
 /* Suspends the running task; with requeue, it is put straight back on the
  * ready queue (sleep(0)); with always, k runs on cancellation too.
- * lua_yieldk does not return. */
+ * lua_yieldk does not return.
+ * [-0, +1] raises RuntimeError: never returns. */
 int ml__task_raise_outside(lua_State *L) {
   return ml__exc_raise(L, "RuntimeError", "await outside of a running task");
 }
 
 /* Raises the error of a suspension that cannot be: t is the running task
- * (or NULL).  Out of line: suspend() is on every await's path. */
+ * (or NULL).  Out of line: suspend() is on every await's path.  Never
+ * returns. */
 static int raise_unsuspendable(lua_State *L, ml_Task *t) {
   if (t == NULL) return ml__task_raise_outside(L);
   return ml__exc_raise(L, "RuntimeError",
@@ -435,12 +450,15 @@ static int raise_unsuspendable(lua_State *L, ml_Task *t) {
                        "yield is on the stack (for instance table.sort's comparator)");
 }
 
+/* [-0, +0] or raises RuntimeError. */
 int ml__task_check_suspendable(lua_State *L) {
   ml_Task *t = ml__state(L)->current;
   if (t == NULL || !lua_isyieldable(L)) return raise_unsuspendable(L, t);
   return 0;
 }
 
+/* [-0, +0]: yields (lua_yieldk does not return); k then runs on the
+ * stack as it was. */
 static int suspend(lua_State *L, ml_CancelHook hook, void *ud,
                    lua_KContext ctx, lua_KFunction k, int requeue, int always) {
   ml_Task *t = ml__state(L)->current;
@@ -466,11 +484,14 @@ static int suspend(lua_State *L, ml_CancelHook hook, void *ud,
   return lua_yieldk(L, 1, 0, resume_k);
 }
 
+/* [-0, +0]; suspends; k runs when woken (not on cancellation). */
 int ml__task_suspend(lua_State *L, ml_CancelHook hook, void *ud,
                      lua_KContext ctx, lua_KFunction k) {
   return suspend(L, hook, ud, ctx, k, 0, 0);
 }
 
+/* [-0, +0]; suspends; k runs on cancellation too (status LUA_ERRRUN,
+ * the CancelledError on top). */
 int ml__task_suspend_always(lua_State *L, ml_CancelHook hook, void *ud,
                             lua_KContext ctx, lua_KFunction k) {
   return suspend(L, hook, ud, ctx, k, 0, 1);
@@ -481,6 +502,8 @@ int ml__task_suspend_always(lua_State *L, ml_CancelHook hook, void *ud,
 /* spawn's kind: what the value below the arguments is. */
 enum { SPAWN_ANY, SPAWN_CORO };
 
+/* [-(nargs+1), +1] pops the function (or Coroutine) and its nargs
+ * arguments, pushes the new task, queued to run. */
 static ml_Task *spawn(lua_State *L, int nargs, const char *name, int kind) {
   ml_State *S = ml__state(L);
   int fidx = lua_gettop(L) - nargs;  /* the function or Coroutine */
@@ -522,16 +545,19 @@ static ml_Task *spawn(lua_State *L, int nargs, const char *name, int kind) {
   return t;
 }
 
+/* [-(nargs+1), +1] */
 ml_Task *ml__task_spawn(lua_State *L, int nargs, const char *name) {
   return spawn(L, nargs, name, SPAWN_ANY);
 }
 
+/* [-1, +1] */
 ml_Task *ml__task_spawn_coro(lua_State *L, const char *name) {
   return spawn(L, 0, name, SPAWN_CORO);
 }
 
 /* ---- Lua methods ---- */
 
+/* [-0, +0] the task at idx, or a type error. */
 static ml_Task *check_task(lua_State *L, int idx) {
   ml_Future *f = ml__future_test(L, idx);
   if (f == NULL || !f->is_task) luaL_typeerror(L, idx, ML_TASK_MT);
@@ -542,7 +568,8 @@ static ml_Task *check_task(lua_State *L, int idx) {
  * is woken by the future's completion.  ud is the thread that awaits (the
  * task's, or a generator's inside it), suspended in ml__await_future,
  * whose first value is the future: that keeps it alive, and a user value
- * of the task for it would cost every parked task 16 bytes. */
+ * of the task for it would cost every parked task 16 bytes.
+ * [-0, +0] */
 static int await_cancel_hook(lua_State *L, ml_Task *t, void *ud) {
   lua_State *aw = ud;
   int r;
@@ -555,6 +582,8 @@ static int await_cancel_hook(lua_State *L, ml_Task *t, void *ud) {
   return r;
 }
 
+/* [-0, +0] asks task t to cancel (message at msgidx, 0: none); returns
+ * 1 if it was pending. */
 int ml__task_cancel(lua_State *L, ml_Task *t, int msgidx) {
   if (t->fut.state != ML_PENDING) return 0;
   t->num_cancels++;
@@ -575,17 +604,20 @@ int ml__task_cancel(lua_State *L, ml_Task *t, int msgidx) {
   return 1;
 }
 
+/* t:cancel(msg) -> boolean */
 static int task_cancel(lua_State *L) {
   ml_Task *t = check_task(L, 1);
   lua_pushboolean(L, ml__task_cancel(L, t, 2));
   return 1;
 }
 
+/* t:cancelling() -> integer */
 static int task_cancelling(lua_State *L) {
   lua_pushinteger(L, check_task(L, 1)->num_cancels);
   return 1;
 }
 
+/* t:uncancel() -> integer */
 static int task_uncancel(lua_State *L) {
   ml_Task *t = check_task(L, 1);
   if (t->num_cancels > 0 && --t->num_cancels == 0) t->must_cancel = 0;
@@ -593,6 +625,7 @@ static int task_uncancel(lua_State *L) {
   return 1;
 }
 
+/* t:get_name() -> string */
 static int task_get_name(lua_State *L) {
   ml_Task *t = check_task(L, 1);
   if (ml__xget(L, 1, X_NAME) == LUA_TNIL) {
@@ -602,6 +635,7 @@ static int task_get_name(lua_State *L) {
   return 1;
 }
 
+/* t:set_name(name) -> nothing */
 static int task_set_name(lua_State *L) {
   check_task(L, 1);
   luaL_tolstring(L, 2, NULL);
@@ -610,7 +644,8 @@ static int task_set_name(lua_State *L) {
 }
 
 /* task:get_coro(): the Coroutine the task was made of, until it starts
- * (then nil: see start()); or its function, if made of one. */
+ * (then nil: see start()); or its function, if made of one.
+ * -> coroutine | function | nil */
 static int task_get_coro(lua_State *L) {
   ml_Task *t = check_task(L, 1);
   if (t->fut.state != ML_PENDING || lua_getiuservalue(L, 1, FUV_RESULT) == LUA_TSTRING)
@@ -619,7 +654,7 @@ static int task_get_coro(lua_State *L) {
 }
 
 /* task:get_stack(): the frames of a suspended task, innermost first, as
- * strings "file:line: in function 'f'". */
+ * strings "file:line: in function 'f'".  -> list with n */
 static int task_get_stack(lua_State *L) {
   ml_Task *t = check_task(L, 1);
   lua_Debug ar;
@@ -640,7 +675,8 @@ static int task_get_stack(lua_State *L) {
   return 1;
 }
 
-/* task:get_traceback(): the traceback recorded when the task failed. */
+/* task:get_traceback() -> the traceback recorded when the task failed,
+ * or nil. */
 static int task_get_traceback(lua_State *L) {
   check_task(L, 1);
   ml__xget(L, 1, X_TB);
@@ -649,7 +685,8 @@ static int task_get_traceback(lua_State *L) {
 
 /* <Task pending name='Task-1' coro=<coroutine worker>>, and once done
  * <Task finished name='Task-1' result=42> (or exception=..., or
- * <Task cancelled name='Task-1'>), as asyncio's repr. */
+ * <Task cancelled name='Task-1'>), as asyncio's repr.  __tostring(t) ->
+ * string */
 static int task_tostring(lua_State *L) {
   ml_Task *t = check_task(L, 1);
   const char *name;
@@ -746,29 +783,34 @@ static void sleep_cb(struct ev_loop *loop, ev_timer *w, int revents) {
   ml__task_wake(t);
 }
 
+/* [-0, +0] */
 static int sleep_hook(lua_State *L, ml_Task *t, void *ud) {
   (void)L;
   sleep_stop(t->fut.S, t, ud);
   return 0;
 }
 
+/* Continuation: -> the values after the delay. */
 static int sleep_k(lua_State *L, int status, lua_KContext ctx) {
   (void)status; (void)ctx;
   return lua_gettop(L) - 1;  /* the values after the delay */
 }
 
+/* Continuation: -> nothing. */
 static int yield_k(lua_State *L, int status, lua_KContext ctx) {
   (void)L; (void)status; (void)ctx;
   return 0;
 }
 
+/* Yields to the other ready tasks: -> nothing. */
 int ml__task_yield_now(lua_State *L) {
   if (ml__state(L)->current == NULL) return ml__task_raise_outside(L);
   return suspend(L, NULL, NULL, 0, yield_k, 1, 0);
 }
 
 /* asyncio.sleep(delay, ...): returns its extra arguments after delay
- * seconds; sleep(0) only yields to the other ready tasks. */
+ * seconds; sleep(0) only yields to the other ready tasks.
+ * -> the extra arguments */
 int ml__task_sleep(lua_State *L) {
   ml_State *S = ml__state(L);
   ml_Task *t = S->current;
@@ -814,6 +856,7 @@ int ml__task_sleep(lua_State *L) {
   return ml__task_suspend(L, sleep_hook, w, 0, sleep_k);
 }
 
+/* [-0, +0] makes the thread pool and the Task metatable. */
 void ml__task_open(lua_State *L) {
   struct ml_Pool *P = lua_newuserdatauv(L, sizeof *P, THREAD_POOL_MAX);
   memset(P, 0, sizeof *P);
@@ -822,7 +865,8 @@ void ml__task_open(lua_State *L) {
   ml__future_mt_init(L, 1, task_methods, task_tostring);
 }
 
-/* The await of futures and tasks: see coro.c for the dispatch. */
+/* The await of futures and tasks: see coro.c for the dispatch.
+ * Continuation: -> the future's results, or raises. */
 static int await_k(lua_State *L, int status, lua_KContext ctx) {
   ml_Task *t = ml__state(L)->current;
   (void)status; (void)ctx;
@@ -830,6 +874,7 @@ static int await_k(lua_State *L, int status, lua_KContext ctx) {
   return ml__future_unwrap(L, 1);
 }
 
+/* await of f (at 1): -> its results, now or once it is done. */
 int ml__await_future(lua_State *L, ml_Future *f) {
   ml_Task *t = ml__state(L)->current;
   if (f->state != ML_PENDING) return ml__future_unwrap(L, 1);
