@@ -44,6 +44,8 @@
 #define POLL_SECONDS 0.0005
 #define POLL_CLOCK_STEPS 4
 
+/* [-1, +0] on the main state: pops what ran (a task, or nil) and warns
+ * that it took too long. */
 void ml__sched_warn_slow(ml_State *S, const ml_Entry *e, double took) {
   lua_State *L = S->L;
   char msg[512];
@@ -61,7 +63,7 @@ void ml__sched_warn_slow(ml_State *S, const ml_Entry *e, double took) {
 
 /* Runs one entry.  *anchor: the stack index of the handles' anchor
  * table, pushed (with *T) on the first handle of an iteration; the caller
- * pops it. */
+ * pops it.  [-0, +1|0] on the main state: +1 only then. */
 static void run_entry(ml_State *S, ml_Entry *e, struct Timers **T, int *anchor) {
   lua_State *L = S->L;
   double t0 = 0;
@@ -96,7 +98,8 @@ static void run_entry(ml_State *S, ml_Entry *e, struct Timers **T, int *anchor) 
   }
 }
 
-/* Runs the entries that were ready when it was called (fairness). */
+/* Runs the entries that were ready when it was called (fairness).
+ * [-0, +0] on the main state. */
 static void run_ready(ml_State *S) {
   size_t n = S->ready.len;
   ml_Entry e;
