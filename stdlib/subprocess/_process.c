@@ -205,7 +205,7 @@ static void *reaper(void *arg) {
 }
 
 /* __gc(handle) -> nothing; a child still running is waited for by a
- * detached thread, so it never stays a zombie. */
+ * detached thread (if one can be started). */
 static int proc_gc(lua_State *L) {
   Proc *p = ml__udata_test(L, 1, ML_UT_PROCESS);
   if (p == NULL || p->S == NULL) return 0;
