@@ -282,7 +282,8 @@ static int set_release(lua_State *L) {
   return 1;
 }
 
-/* raise(sig): sends sig to this process (tests, and os.kill(getpid())). */
+/* raise(sig) -> nothing: sends sig to this process (tests, and
+ * os.kill(getpid())). */
 static int l_raise(lua_State *L) {
   lua_Integer sig = luaL_checkinteger(L, 1);
   luaL_argcheck(L, sig >= 0 && sig < NSIG, 1, "not a signal number");
