@@ -12,6 +12,11 @@ function M.raise(cls, ...)
   error(asyncio[cls](...), 0)
 end
 
+-- Raises the TypeError of a timeout that is not a number (or nil).
+function M.bad_timeout()
+  M.raise("TypeError", "timeout must be a number or nil")
+end
+
 -- True if e is a CancelledError.
 function M.is_cancel(e)
   return asyncio.isinstance(e, asyncio.CancelledError)

@@ -65,7 +65,7 @@ async function M.wait_for(aw, timeout)
     timeout = asyncio._check_opts("wait_for", timeout, WAIT_FOR_OPTS).timeout
   end
   if timeout ~= nil and type(timeout) ~= "number" then
-    raise("TypeError", "timeout must be a number or nil")
+    util.bad_timeout()
   end
   if timeout ~= timeout then
     if asyncio.iscoroutine(aw) then aw:close() end  -- it will never run
@@ -118,7 +118,7 @@ async function M.wait(fs, opts)
     end
   end
   if timeout ~= nil and type(timeout) ~= "number" then
-    raise("TypeError", "timeout must be a number or nil")
+    util.bad_timeout()
   end
 
   local loop = asyncio.get_running_loop()
@@ -172,7 +172,7 @@ local AS_COMPLETED_OPTS = { timeout = true }
 function M.as_completed(aws, opts)
   local timeout = asyncio._check_opts("as_completed", opts, AS_COMPLETED_OPTS).timeout
   if timeout ~= nil and type(timeout) ~= "number" then
-    raise("TypeError", "timeout must be a number or nil")
+    util.bad_timeout()
   end
   local list = unique(aws, "as_completed")
   local todo, ntodo = {}, 0

@@ -108,7 +108,7 @@ end
 -- Python's __aenter__ (the object is entered as soon as it exists).
 local function enter(when)
   if when ~= nil and type(when) ~= "number" then
-    raise("TypeError", "timeout must be a number or nil")
+    util.bad_timeout()
   end
   if when ~= when then raise("ValueError", "timeout is NaN") end
   local task = asyncio.current_task()
@@ -130,7 +130,7 @@ end
 -- inside a timeout ending at when.  Returns fn's results.
 local async function run(when, is_delay, fn)
   if is_delay and when ~= nil then
-    if type(when) ~= "number" then raise("TypeError", "timeout must be a number or nil") end
+    if type(when) ~= "number" then util.bad_timeout() end
     when = asyncio.get_running_loop():time() + when
   end
   local cm <close> = enter(when)
@@ -145,7 +145,7 @@ function M.timeout(delay, fn)
   if fn ~= nil then return run(delay, true, fn) end
   local when = nil
   if delay ~= nil then
-    if type(delay) ~= "number" then raise("TypeError", "timeout must be a number or nil") end
+    if type(delay) ~= "number" then util.bad_timeout() end
     when = asyncio.get_running_loop():time() + delay
   end
   return enter(when)

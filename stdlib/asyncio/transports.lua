@@ -15,6 +15,9 @@ local core = require "asyncio.core"
 local socket = require "socket"
 local util = require "asyncio._util"
 local raise = util.raise
+
+-- The OSError of a name that resolved to no address (Python's words).
+local NO_ADDRESS = "getaddrinfo() returned empty list"
 local T = require "asyncio._transport"
 local listener = require("asyncio._server")._listener
 require "asyncio._net"  -- loop:sock_connect, loop:getaddrinfo
@@ -139,14 +142,14 @@ async function M._open_tcp(loop, host, port, opts)
   local infos = await loop:getaddrinfo(host, port, {
     family = opts.family or 0, type = socket.SOCK_STREAM,
     proto = opts.proto or 0, flags = opts.flags or 0 })
-  if infos.n == 0 then raise("OSError", "getaddrinfo() returned empty list") end
+  if infos.n == 0 then raise("OSError", NO_ADDRESS) end
   local laddrs
   if opts.local_addr then
     local la = opts.local_addr
     laddrs = await loop:getaddrinfo(la[1], la[2], {
       family = opts.family or 0, type = socket.SOCK_STREAM,
       proto = opts.proto or 0, flags = opts.flags or 0 })
-    if laddrs.n == 0 then raise("OSError", "getaddrinfo() returned empty list") end
+    if laddrs.n == 0 then raise("OSError", NO_ADDRESS) end
   end
   local errors = {}
   for i = 1, infos.n do
@@ -419,7 +422,7 @@ async function M._bind_tcp(loop, host, port, opts)
       end
     end
   end
-  if #infos == 0 then raise("OSError", "getaddrinfo() returned empty list") end
+  if #infos == 0 then raise("OSError", NO_ADDRESS) end
   local socks = {}
   local ok, err = pcall(function()
     for _, info in ipairs(infos) do

@@ -33,6 +33,9 @@
 #include <lualib.h>
 #include "core/module.h"
 
+/* The error of a copy that does not decode (a bug, or memory overwritten). */
+#define CORRUPT_COPY "corrupt copy"
+
 #define ML_EXECUTOR "asyncio.ThreadPoolExecutor"
 #define MAX_DEPTH 200
 
@@ -353,7 +356,7 @@ typedef struct Dec {
 
 /* [-0, +0] reads n bytes; raises "corrupt copy" past the end. */
 static int get(lua_State *L, Dec *d, void *out, size_t n) {
-  if ((size_t)(d->end - d->p) < n) return luaL_error(L, "corrupt copy");
+  if ((size_t)(d->end - d->p) < n) return luaL_error(L, CORRUPT_COPY);
   memcpy(out, d->p, n);
   d->p += n;
   return 0;
@@ -365,7 +368,7 @@ static void decode(lua_State *L, Dec *d);
  * required in this state; raises if it is not a function there. */
 static void push_cfunc(lua_State *L, const char *s, size_t n) {
   const char *mod = s, *field = s + strlen(s) + 1;
-  if (field > s + n) luaL_error(L, "corrupt copy");
+  if (field > s + n) luaL_error(L, CORRUPT_COPY);
   if (strcmp(mod, "_G") == 0) lua_pushglobaltable(L);
   else {
     lua_getglobal(L, "require");
@@ -394,7 +397,7 @@ static void decode(lua_State *L, Dec *d) {
   case T_MODULE:
   case T_CFUNC:
     get(L, d, &n, sizeof n);
-    if ((size_t)(d->end - d->p) < n) luaL_error(L, "corrupt copy");
+    if ((size_t)(d->end - d->p) < n) luaL_error(L, CORRUPT_COPY);
     if (tag == T_STR) {
       lua_pushlstring(L, d->p, n);
     } else if (tag == T_MODULE) {
@@ -424,14 +427,14 @@ static void decode(lua_State *L, Dec *d) {
       }
       decode(L, d);
       decode(L, d);
-      if (lua_isnil(L, -2)) luaL_error(L, "corrupt copy");
+      if (lua_isnil(L, -2)) luaL_error(L, CORRUPT_COPY);
       lua_rawset(L, -3);
     }
     break;
   case T_FUNC: {
     unsigned char nups = 0;
     get(L, d, &n, sizeof n);
-    if ((size_t)(d->end - d->p) < n) luaL_error(L, "corrupt copy");
+    if ((size_t)(d->end - d->p) < n) luaL_error(L, CORRUPT_COPY);
     if (luaL_loadbufferx(L, d->p, n, "=copied function", "b") != LUA_OK) lua_error(L);
     d->p += n;
     lua_pushvalue(L, -1);
@@ -444,7 +447,7 @@ static void decode(lua_State *L, Dec *d) {
     break;
   }
   default:
-    luaL_error(L, "corrupt copy");
+    luaL_error(L, CORRUPT_COPY);
   }
 }
 
