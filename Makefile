@@ -272,7 +272,7 @@ $(BUILD)/tests/unit/check_%_main.o: tests/unit/check_main.c $(BUILD)/tests/unit/
 $(BUILD)/check_core: $(CHECK_CORE_SRC:%.c=$(BUILD)/%.o) $(BUILD)/tests/unit/check_core_main.o $(CORE_OBJ)
 	$(CC) $(LDFLAGS) -o $@ $^ $(CHECK_LIBS) $(LUA_LIBS) -lev -lpthread -lm -ldl
 
-$(BUILD)/check_lib: $(CHECK_LIB_SRC:%.c=$(BUILD)/%.o) $(BUILD)/tests/unit/check_lib_main.o $(BUILD)/libmoonloop.a
+$(BUILD)/check_lib: $(CHECK_LIB_SRC:%.c=$(BUILD)/%.o) $(BUILD)/tests/unit/host_util.o $(BUILD)/tests/unit/check_lib_main.o $(BUILD)/libmoonloop.a
 	$(CC) $(LDFLAGS) -o $@ $^ $(CHECK_LIBS) $(LIB_LIBS)
 
 $(BUILD)/tests/%.o: tests/%.c $(BUILD)/cflags | need-check

@@ -14,6 +14,7 @@
 #include <check.h>
 #include <ev.h>
 #include "moonloop.h"
+#include "host_util.h"
 
 static ml_State *S;
 static lua_State *L;
@@ -44,50 +45,17 @@ static void teardown(void) {
 }
 
 /* Loads src and spawns it as a task; returns the task's handle. */
-static ml_Future *spawn(const char *src) {
-  ml_Future *t = NULL;
-  int rc = ml_load_string(L, src, strlen(src), "=test");
-  ck_assert_msg(rc == ML_OK, "load failed (%d): %s", rc, ml_state_error(S));
-  rc = ml_task_spawn(L, 0, "test", &t);
-  ck_assert_msg(rc == ML_OK, "spawn failed (%d): %s", rc, ml_state_error(S));
-  ck_assert_ptr_nonnull(t);
-  return t;
-}
+static ml_Future *spawn(const char *src) { return hu_spawn(S, L, src); }
 
 /* The message of a failed future, as tostring() gives it (static). */
-static const char *error_of(ml_Future *f) {
-  static char buf[1024];
-  int top = lua_gettop(L);
-  ck_assert_int_eq(ml_future_push_error(L, f), ML_OK);
-  snprintf(buf, sizeof buf, "%s", luaL_tolstring(L, -1, NULL));
-  lua_settop(L, top);
-  return buf;
-}
+static const char *error_of(ml_Future *f) { return hu_error_of(L, f); }
 
 /* Asserts that task t finished with a result, and returns its first value
  * as a string (static), or "" if it has none. */
-static const char *result_of(ml_Future *t) {
-  static char buf[1024];
-  int top = lua_gettop(L), n;
-  ck_assert_msg(ml_future_state(t) == ML_FUTURE_RESULT, "task did not succeed (state %d): %s",
-                ml_future_state(t),
-                ml_future_state(t) == ML_FUTURE_ERROR ? error_of(t) : "pending or cancelled");
-  n = ml_future_push_result(L, t);
-  ck_assert_int_ge(n, 0);
-  snprintf(buf, sizeof buf, "%s", n > 0 && lua_tostring(L, top + 1) ? lua_tostring(L, top + 1) : "");
-  lua_settop(L, top);
-  return buf;
-}
+static const char *result_of(ml_Future *t) { return hu_result_of(L, t); }
 
 /* Runs src as a task until the loop is idle; returns its first result. */
-static const char *run(const char *src) {
-  ml_Future *t = spawn(src);
-  const char *r;
-  ck_assert_int_eq(ml_state_run(S), ML_OK);
-  r = result_of(t);
-  ml_future_release(L, t);
-  return r;
-}
+static const char *run(const char *src) { return hu_run(S, L, src); }
 
 static int count_fds(void) {
   DIR *d = opendir("/proc/self/fd");

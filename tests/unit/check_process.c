@@ -13,6 +13,7 @@
 #include <check.h>
 #include <ev.h>
 #include "moonloop.h"
+#include "host_util.h"
 
 static ml_State *S;
 static lua_State *L;
@@ -30,41 +31,12 @@ static void teardown(void) {
   unsetenv("MOONLOOP_NO_PIDFD");
 }
 
-static ml_Future *spawn(const char *src) {
-  ml_Future *t = NULL;
-  int rc = ml_load_string(L, src, strlen(src), "=test");
-  ck_assert_msg(rc == ML_OK, "load failed (%d): %s", rc, ml_state_error(S));
-  rc = ml_task_spawn(L, 0, "test", &t);
-  ck_assert_msg(rc == ML_OK, "spawn failed (%d): %s", rc, ml_state_error(S));
-  return t;
-}
+static ml_Future *spawn(const char *src) { return hu_spawn(S, L, src); }
 
 /* The first result of the finished task t, as a string (static). */
-static const char *result_of(ml_Future *t) {
-  static char buf[1024];
-  int top = lua_gettop(L), n;
-  if (ml_future_state(t) != ML_FUTURE_RESULT) {
-    const char *msg = "pending or cancelled";
-    if (ml_future_state(t) == ML_FUTURE_ERROR) {
-      ml_future_push_error(L, t);
-      msg = luaL_tolstring(L, -1, NULL);
-    }
-    ck_abort_msg("task did not succeed: %s", msg);
-  }
-  n = ml_future_push_result(L, t);
-  snprintf(buf, sizeof buf, "%s", n > 0 && lua_tostring(L, top + 1) ? lua_tostring(L, top + 1) : "");
-  lua_settop(L, top);
-  return buf;
-}
+static const char *result_of(ml_Future *t) { return hu_result_of(L, t); }
 
-static const char *run(const char *src) {
-  ml_Future *t = spawn(src);
-  const char *r;
-  ck_assert_int_eq(ml_state_run(S), ML_OK);
-  r = result_of(t);
-  ml_future_release(L, t);
-  return r;
-}
+static const char *run(const char *src) { return hu_run(S, L, src); }
 
 static const char script[] =
   "local p = await asyncio.create_subprocess_shell('cat; exit 3',\n"

@@ -10,6 +10,7 @@
 #include <string.h>
 #include <check.h>
 #include "moonloop.h"
+#include "host_util.h"
 
 static ml_State *S;
 static lua_State *L;
@@ -27,46 +28,12 @@ static void teardown(void) {
 }
 
 /* Loads src and spawns it as a task; returns the task's handle. */
-static ml_Future *spawn(const char *src) {
-  ml_Future *t = NULL;
-  int rc = ml_load_string(L, src, strlen(src), "=test");
-  ck_assert_msg(rc == ML_OK, "load failed (%d): %s", rc, ml_state_error(S));
-  rc = ml_task_spawn(L, 0, "test", &t);
-  ck_assert_msg(rc == ML_OK, "spawn failed (%d): %s", rc, ml_state_error(S));
-  return t;
-}
-
-static const char *error_of(ml_Future *f) {
-  static char buf[1024];
-  int top = lua_gettop(L);
-  ck_assert_int_eq(ml_future_push_error(L, f), ML_OK);
-  snprintf(buf, sizeof buf, "%s", luaL_tolstring(L, -1, NULL));
-  lua_settop(L, top);
-  return buf;
-}
+static ml_Future *spawn(const char *src) { return hu_spawn(S, L, src); }
 
 /* The first result of the successful task t as a string (static). */
-static const char *result_of(ml_Future *t) {
-  static char buf[1024];
-  int top = lua_gettop(L), n;
-  ck_assert_msg(ml_future_state(t) == ML_FUTURE_RESULT, "task did not succeed (state %d): %s",
-                ml_future_state(t),
-                ml_future_state(t) == ML_FUTURE_ERROR ? error_of(t) : "pending or cancelled");
-  n = ml_future_push_result(L, t);
-  ck_assert_int_ge(n, 0);
-  snprintf(buf, sizeof buf, "%s", n > 0 && lua_tostring(L, top + 1) ? lua_tostring(L, top + 1) : "");
-  lua_settop(L, top);
-  return buf;
-}
+static const char *result_of(ml_Future *t) { return hu_result_of(L, t); }
 
-static const char *run(const char *src) {
-  ml_Future *t = spawn(src);
-  const char *r;
-  ck_assert_int_eq(ml_state_run(S), ML_OK);
-  r = result_of(t);
-  ml_future_release(L, t);
-  return r;
-}
+static const char *run(const char *src) { return hu_run(S, L, src); }
 
 /* A foreign loop built on poll(2) and nothing else: steps until idle,
  * waiting on the state's fd with its timeout. */
