@@ -1,5 +1,5 @@
 /* net.h: what the networking C modules of stdlib/ share (the files of
- * socket/, asyncio/_net.c, _transport.c, _stream.c, _server.c): the
+ * socket/, asyncio/_net.c, conn.c, _transport.c, _stream.c, _server.c): the
  * socket object, the transport object, and through the headers below
  * address conversion (address.h), socket.buffer (buffer.h) and byte
  * queues (bytequeue.h). */
@@ -68,7 +68,8 @@ void ml__net_setfuncs(lua_State *L, int idx, const char *prefix,
 void ml__net_push_loop_methods(lua_State *L);
 
 /* ---------------------------------------------------------------- */
-/* Transports (asyncio/_transport.c) and streams (asyncio/_stream.c).
+/* Transports (the engine asyncio/conn.c, the Lua objects
+ * asyncio/_transport.c) and streams (asyncio/_stream.c).
  *
  * One userdata, ml_Conn, is the transport of a connected socket (or of a
  * datagram socket), and also the state of a stream: in stream mode the
@@ -179,7 +180,7 @@ struct ml_Conn {
                              * for ml__conn_unlinger */
 };
 
-/* The transports module (asyncio/_transport.c). */
+/* The connection engine (asyncio/conn.c). */
 int luaopen_asyncio__transport(lua_State *L);
 
 /* The transport at idx (of either kind), or a type error naming it. */
@@ -259,5 +260,24 @@ void ml__waiters_free(ml_Conn *c, ml_Waiters *w);
 
 /* Wakes every task waiting on c (reader, drainers, closers). */
 void ml__conn_wake_all(ml_Conn *c);
+
+/* asyncio's default high-water mark of a write queue (low is high/4). */
+#define ML_CONN_HIGH_DEFAULT (64 * 1024)
+/* Bytes queued for writing (stream bytes, or datagram payloads). */
+size_t ml__conn_queued(const ml_Conn *c);
+/* [-0, +0] sets the write buffer limits (high >= low, checked by the
+ * caller), then pauses or resumes the writer as the queue now stands
+ * (pause_writing/resume_writing run protected). */
+void ml__conn_set_limits(lua_State *L, ml_Conn *c, size_t high, size_t low);
+/* [-0, +0] sends the datagram p[0..n) to ss (NULL: the connected peer),
+ * or queues it if the kernel refuses it now; a hard error goes to the
+ * protocol's error_received.  Nothing is sent once the transport closes.
+ * Returns 0, or -ENOMEM if it could not be queued. */
+int ml__conn_sendto(lua_State *L, ml_Conn *c, const char *p, size_t n,
+                    const struct sockaddr_storage *ss, socklen_t alen);
+/* The transport's finaliser: marks it lost (every later operation is a
+ * no-op), stops its watchers, closes a pipe it owns and frees its
+ * buffers, layer and waiter sets.  Idempotent. */
+void ml__conn_free(ml_Conn *c);
 
 #endif
