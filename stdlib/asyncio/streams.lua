@@ -140,7 +140,10 @@ async function M.start_server(cb, host, port, opts)
   local loop = loop_of()
   local socks
   if opts.sock then
-    socks = { tr._given_sock(opts.sock, socket.SOCK_STREAM, "start_server") }
+    if host ~= nil or port ~= nil then
+      error(asyncio.ValueError("host/port and sock can not be specified at the same time"), 0)
+    end
+    socks = { tr._given_server_sock(opts.sock, "start_server") }
   else
     socks = await tr._bind_tcp(loop, host, port, opts)
   end
@@ -157,8 +160,15 @@ async function M.start_unix_server(cb, path, opts)
     error(asyncio.TypeError("start_unix_server() client_connected_cb must be a function, got " .. type(cb)), 2)
   end
   local tls = server_tls(opts)
-  local socks = opts.sock and { tr._given_sock(opts.sock, socket.SOCK_STREAM, "start_unix_server") }
-                or { tr._bind_unix(path, opts) }
+  local socks
+  if opts.sock then
+    if path ~= nil then
+      error(asyncio.ValueError("path and sock can not be specified at the same time"), 0)
+    end
+    socks = { tr._given_server_sock(opts.sock, "start_unix_server") }
+  else
+    socks = { tr._bind_unix(path, opts) }
+  end
   return tr._server(loop_of(), socks, stream_accept(cb, opts.limit, tls), opts, true)
 end
 

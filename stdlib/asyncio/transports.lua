@@ -195,6 +195,39 @@ local function given_sock(sock, stype, fn)
 end
 M._given_sock = given_sock
 
+-- Whether sock is listening already (an inherited or pre-made listener).
+local function is_listening(sock)
+  local ok, v = pcall(sock.getsockopt, sock, socket.SOL_SOCKET, socket.SO_ACCEPTCONN)
+  return ok and v ~= 0 and v ~= false
+end
+
+-- Checks a socket passed as a server's opts.sock: an open stream socket
+-- that listens already (inherited from a supervisor or made with the
+-- socket module) or is at least bound (the server then listens on it, as
+-- asyncio does); not a connected one.
+local function given_server_sock(sock, fn)
+  local mt = getmetatable(sock)
+  if type(mt) == "table" and mt.__name == "socket.socket" and sock:fileno() < 0 then
+    raise("ValueError", fn .. "() sock is closed; a listening socket was expected")
+  end
+  given_sock(sock, socket.SOCK_STREAM, fn)
+  if is_listening(sock) then return sock end
+  local okp, peer = pcall(sock.getpeername, sock)
+  if okp then
+    raise("ValueError", string.format("%s() sock is connected to %s; a listening socket was expected",
+      fn, fmt_addr(peer)))
+  end
+  local okn, name = pcall(sock.getsockname, sock)
+  local bound = okn and (type(name) == "string" and name ~= ""
+                         or type(name) == "table" and name[2] ~= 0)
+  if not bound then
+    raise("ValueError", fn .. "() sock is neither listening nor bound; bind it (and listen) "
+      .. "before passing it as sock, or pass host and port instead")
+  end
+  return sock
+end
+M._given_server_sock = given_server_sock
+
 -- Calls factory() and makes the transport; the socket is closed if that
 -- fails.  [sock -> transport, protocol]
 local function make_transport(sock, factory, onlost)
@@ -330,7 +363,11 @@ end
 function Server:_start_serving()
   if self._serving or self._closed then return end
   self._serving = true
-  for _, sock in ipairs(self.sockets) do sock:listen(self._backlog) end
+  -- A socket that listens already keeps its backlog: a supervisor's
+  -- shared listener is listened on by every worker.
+  for _, sock in ipairs(self.sockets) do
+    if not is_listening(sock) then sock:listen(self._backlog) end
+  end
   self._listener:start()
 end
 
@@ -546,7 +583,7 @@ async function Loop:create_server(factory, host, port, opts)
     if host ~= nil or port ~= nil then
       raise("ValueError", "host/port and sock can not be specified at the same time")
     end
-    socks = { given_sock(opts.sock, socket.SOCK_STREAM, "create_server") }
+    socks = { given_server_sock(opts.sock, "create_server") }
   else
     socks = await M._bind_tcp(self, host, port, opts)
   end
@@ -562,7 +599,8 @@ async function Loop:create_unix_server(factory, path, opts)
   local tls = server_tls(opts)
   local socks
   if opts.sock then
-    socks = { given_sock(opts.sock, socket.SOCK_STREAM, "create_unix_server") }
+    if path ~= nil then raise("ValueError", "path and sock can not be specified at the same time") end
+    socks = { given_server_sock(opts.sock, "create_unix_server") }
   else
     socks = { M._bind_unix(path, opts) }
   end

@@ -341,4 +341,120 @@ T.case("__gc and __close called by a script on the wrong object do nothing; a tr
   w:close()
 end)
 
+-- ---- servers on given sockets, reuse_port ----
+
+-- One line from a fresh connection to port (the server greets with a line).
+local async function greeting(port)
+  local r, w = await asyncio.open_connection("127.0.0.1", port)
+  local line = await r:readline()
+  w:close()
+  return line
+end
+
+local function greeter(text)
+  return async function(r, w)
+    w:write(text .. "\n")
+    await w:drain()
+    w:close()
+  end
+end
+
+T.case("start_server with reuse_port: two servers share a port, both accept", async function()
+  local a <close> = await asyncio.start_server(greeter("a"), "127.0.0.1", 0, { reuse_port = true })
+  local port = a.sockets[1]:getsockname()[2]
+  local b <close> = await asyncio.start_server(greeter("b"), "127.0.0.1", port, { reuse_port = true })
+  T.eq(b.sockets[1]:getsockname()[2], port, "the same port")
+  T.eq(b.sockets[1]:getsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT), 1, "SO_REUSEPORT set")
+  -- The kernel spreads connections by a hash of the client's address and
+  -- port: closing a stops it getting any, and b answers alone.
+  a:close()
+  await a:wait_closed()
+  T.eq(await greeting(port), "b\n", "b serves once a is closed")
+  local e = T.raises(asyncio.OSError, asyncio.start_server(greeter("c"), "127.0.0.1", port),
+                     "without reuse_port the port is taken")
+  T.eq(e.errno, 98, "EADDRINUSE")
+end)
+
+T.case("start_server with sock=: a listening socket, an inherited fd, a bound one", async function()
+  -- A socket that listens already keeps its backlog (a supervisor's).
+  local s = socket.socket()
+  s:setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, true)
+  s:bind({ "127.0.0.1", 0 })
+  s:listen(7)
+  local port = s:getsockname()[2]
+  local srv = await asyncio.start_server(greeter("given"), { sock = s })
+  T.eq(srv.sockets[1], s, "the server's socket is the one given")
+  T.eq(await greeting(port), "given\n", "serves on it")
+  srv:close()
+  await srv:wait_closed()
+  T.eq(s:fileno(), -1, "closed with the server")
+  -- An fd inherited from a parent process: wrapped with socket.socket(fileno=).
+  local p = socket.socket()
+  p:bind({ "127.0.0.1", 0 })
+  p:listen(16)
+  local pport = p:getsockname()[2]
+  local fd = p:detach()
+  local inherited = socket.socket(nil, nil, nil, fd)
+  local srv2 <close> = await asyncio.start_server(greeter("inherited"), nil, nil, { sock = inherited })
+  T.eq(await greeting(pport), "inherited\n", "serves on the inherited fd")
+  -- A bound socket that does not listen yet: the server listens (asyncio's way).
+  local b = socket.socket()
+  b:bind({ "127.0.0.1", 0 })
+  local srv3 <close> = await asyncio.start_server(greeter("bound"), { sock = b })
+  T.eq(b:getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN), 1, "listening now")
+  T.eq(await greeting(b:getsockname()[2]), "bound\n", "serves on it")
+end)
+
+T.case("loop:create_server with sock= and reuse_port", async function()
+  local loop = asyncio.get_running_loop()
+  local P = {}
+  P.__index = P
+  function P.connection_made(self, tr) tr:write("proto\n"); tr:close() end
+  local s = socket.socket()
+  s:bind({ "127.0.0.1", 0 })
+  s:listen(8)
+  local srv <close> = await loop:create_server(function() return setmetatable({}, P) end, { sock = s })
+  T.eq(await greeting(s:getsockname()[2]), "proto\n", "serves on the given socket")
+  local r1 <close> = await loop:create_server(function() return setmetatable({}, P) end, "127.0.0.1", 0,
+                                              { reuse_port = true })
+  local rport = r1.sockets[1]:getsockname()[2]
+  local r2 <close> = await loop:create_server(function() return setmetatable({}, P) end, "127.0.0.1", rport,
+                                              { reuse_port = true })
+  T.eq(await greeting(rport), "proto\n", "a reuse_port pair serves")
+end)
+
+T.case("a server's sock= is checked: stream, open, listening or bound, not connected", async function()
+  local loop = asyncio.get_running_loop()
+  local function check(fn, cls, sock, pattern, what)
+    local e = T.raises(cls, fn(sock), what)
+    T.match(tostring(e), pattern, what .. ": message")
+  end
+  local variants = {
+    { "start_server", function(sock) return asyncio.start_server(greeter("x"), { sock = sock }) end },
+    { "start_unix_server", function(sock) return asyncio.start_unix_server(greeter("x"), { sock = sock }) end },
+    { "create_server", function(sock) return loop:create_server(function() return {} end, { sock = sock }) end },
+  }
+  for _, v in ipairs(variants) do
+    local name, fn = v[1], v[2]
+    check(fn, asyncio.TypeError, 42, name .. "%(%) sock must be a socket.socket, got number", name .. " number")
+    local udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    check(fn, asyncio.ValueError, udp, "A Stream Socket was expected", name .. " UDP")
+    udp:close()
+    local closed = socket.socket()
+    closed:close()
+    check(fn, asyncio.ValueError, closed, name .. "%(%) sock is closed", name .. " closed")
+    local unbound = socket.socket()
+    check(fn, asyncio.ValueError, unbound, name .. "%(%) sock is neither listening nor bound", name .. " unbound")
+    unbound:close()
+    local a, b = socket.socketpair()
+    check(fn, asyncio.ValueError, a, name .. "%(%) sock is connected to", name .. " connected")
+    a:close(); b:close()
+  end
+  local s = socket.socket()
+  s:bind({ "127.0.0.1", 0 })
+  T.raises(asyncio.ValueError, asyncio.start_server(greeter("x"), "127.0.0.1", 1, { sock = s }),
+           "host/port with sock")
+  s:close()
+end)
+
 T.run()
