@@ -141,6 +141,28 @@ function M.ensure_future(aw)
   error(M.TypeError("An asyncio.Future, a coroutine or an awaitable is required"), 2)
 end
 
+-- create_eager_task_factory(ctor) -> a task factory for
+-- loop:set_task_factory whose tasks ctor makes, started eagerly:
+-- factory(loop, coro, opts) calls ctor(coro, {loop =, eager_start = true,
+-- and opts' keys}).  asyncio.eager_task_factory is
+-- create_eager_task_factory(asyncio.Task), made in C.
+function M.create_eager_task_factory(ctor)
+  if type(ctor) ~= "function" and not (getmetatable(ctor) or {}).__call then
+    error(M.TypeError("create_eager_task_factory() expects a task constructor, got "
+      .. type(ctor)), 2)
+  end
+  return function(loop, coro, opts)
+    local o = { loop = loop, eager_start = true }
+    if opts ~= nil then
+      if type(opts) ~= "table" then
+        error(M.TypeError("create_task() options must be a table, got " .. type(opts)), 2)
+      end
+      for k, v in pairs(opts) do o[k] = v end
+    end
+    return ctor(coro, o)
+  end
+end
+
 -- gather(aw1, aw2, ..., [{return_exceptions = bool}]) -> a Future whose
 -- result is the list {r1, r2, ..., n = k} of each awaitable's first result.
 -- The first failure fails the gather (the others keep running) unless

@@ -28,17 +28,19 @@ void ml__check_options(lua_State *L, int idx, const char *fname, const char *con
   }
 }
 
-/* create_task(coro | fn, {name=}) -> task */
-int ml__core_create_task(lua_State *L) {
-  static const char *const opts[] = { "name", NULL };
+/* Makes a task of the coroutine (or function) at 1 with the options
+ * table at 2 (or none), whose keys must be among opts; eager runs its
+ * first step at once, as does the option eager_start if allowed.
+ * [-0, +1] pushes the task. */
+static int new_task(lua_State *L, const char *fname, const char *const opts[], int eager) {
   const char *name = NULL;
   int tp = lua_type(L, 1);
   if (lua_type(L, 2) == LUA_TTABLE) {
-    ml__check_options(L, 2, "create_task", opts);
-    lua_getfield(L, 2, "name");
-    if (!lua_isnil(L, -1)) name = luaL_tolstring(L, -1, NULL);
+    ml__check_options(L, 2, fname, opts);
+    if (lua_getfield(L, 2, "name") != LUA_TNIL) name = luaL_tolstring(L, -1, NULL);
+    if (lua_getfield(L, 2, "eager_start") != LUA_TNIL) eager = lua_toboolean(L, -1);
   } else if (!lua_isnoneornil(L, 2)) {
-    return ml__exc_raise(L, "TypeError", "create_task() options must be a table, got %s",
+    return ml__exc_raise(L, "TypeError", "%s() options must be a table, got %s", fname,
                          luaL_typename(L, 2));
   }
   /* One type test: claiming tells a Coroutine too. */
@@ -46,8 +48,75 @@ int ml__core_create_task(lua_State *L) {
     return ml__exc_raise(L, "TypeError", "a coroutine was expected, got %s",
                          luaL_tolstring(L, 1, NULL));
   lua_pushvalue(L, 1);
-  if (tp == LUA_TFUNCTION) ml__task_spawn(L, 0, name);
-  else ml__task_spawn_coro(L, name);
+  if (tp == LUA_TFUNCTION) ml__task_spawn_fn(L, name, eager);
+  else ml__task_spawn_coro(L, name, eager);
+  return 1;
+}
+
+/* asyncio.eager_task_factory's, without the loop argument. */
+static int core_eager_task_factory_body(lua_State *L) {
+  static const char *const opts[] = { "name", "eager_start", NULL };
+  return new_task(L, "create_task", opts, 1);
+}
+
+/* create_task(coro | fn, {name=}) -> task, or what the loop's task
+ * factory returns: factory(loop, coro, opts). */
+int ml__core_create_task(lua_State *L) {
+  static const char *const opts[] = { "name", NULL };
+  ml_State *S = ml__state(L);
+  if (S->task_factory_ref > 0 && !S->task_factory_eager) {
+    lua_settop(L, 2);
+    lua_rawgeti(L, LUA_REGISTRYINDEX, S->task_factory_ref);
+    ml__push_loop(L);
+    lua_pushvalue(L, 1);
+    lua_pushvalue(L, 2);
+    lua_call(L, 3, 1);
+    return 1;
+  }
+  if (S->task_factory_eager) return core_eager_task_factory_body(L);
+  return new_task(L, "create_task", opts, 0);
+}
+
+/* Task(coro | fn, {name=, eager_start=, loop=}) -> task: the Task
+ * constructor, which no task factory sees (Python's asyncio.Task). */
+static int core_task(lua_State *L) {
+  static const char *const opts[] = { "name", "eager_start", "loop", NULL };
+  return new_task(L, "Task", opts, 0);
+}
+
+/* eager_task_factory(loop, coro, {name=}) -> task, whose first step has
+ * run (Python 3.12's asyncio.eager_task_factory). */
+static int core_eager_task_factory(lua_State *L) {
+  lua_remove(L, 1);
+  return core_eager_task_factory_body(L);
+}
+
+/* loop:set_task_factory(factory | nil) -> nothing: create_task calls
+ * factory(loop, coro, opts) from now on.  asyncio.eager_task_factory is
+ * recognised and not called: create_task makes the eager task itself. */
+static int loop_set_task_factory(lua_State *L) {
+  ml_State *S = ml__state(L);
+  int ref = 0;
+  if (!lua_isnoneornil(L, 2)) {
+    if (!lua_isfunction(L, 2) && luaL_getmetafield(L, 2, "__call") == LUA_TNIL)
+      return ml__exc_raise(L, "TypeError", "task factory must be a callable or nil, got %s",
+                           luaL_typename(L, 2));
+    S->task_factory_eager = lua_tocfunction(L, 2) == core_eager_task_factory;
+    lua_settop(L, 2);
+    ref = luaL_ref(L, LUA_REGISTRYINDEX);
+  } else {
+    S->task_factory_eager = 0;
+  }
+  if (S->task_factory_ref > 0) luaL_unref(L, LUA_REGISTRYINDEX, S->task_factory_ref);
+  S->task_factory_ref = ref;
+  return 0;
+}
+
+/* loop:get_task_factory() -> factory | nil */
+static int loop_get_task_factory(lua_State *L) {
+  ml_State *S = ml__state(L);
+  if (S->task_factory_ref > 0) lua_rawgeti(L, LUA_REGISTRYINDEX, S->task_factory_ref);
+  else lua_pushnil(L);
   return 1;
 }
 
@@ -138,6 +207,8 @@ static int core_set_debug(lua_State *L) {
 static const luaL_Reg core_funcs[] = {
   { "Future", ml__future_lnew },
   { "create_task", ml__core_create_task },
+  { "Task", core_task },
+  { "eager_task_factory", core_eager_task_factory },
   { "current_task", core_current_task },
   { "all_tasks", core_all_tasks },
   { "get_running_loop", core_get_running_loop },
@@ -158,6 +229,10 @@ static const luaL_Reg core_funcs[] = {
 int ml__corelib_open(lua_State *L) {
   luaL_newlib(L, core_funcs);
   ml__loop_open(L);
+  lua_pushcfunction(L, loop_set_task_factory);
+  lua_setfield(L, -2, "set_task_factory");
+  lua_pushcfunction(L, loop_get_task_factory);
+  lua_setfield(L, -2, "get_task_factory");
   lua_setfield(L, -2, "Loop");
   ml__push_async_sleep(L, ml__task_sleep);
   lua_setfield(L, -2, "sleep");

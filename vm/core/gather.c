@@ -182,10 +182,14 @@ int ml__gather(lua_State *L) {
   lua_setiuservalue(L, -2, GUV_OUTER);
   lua_pushvalue(L, 2);
   lua_setiuservalue(L, -2, GUV_CHILDREN);
-  /* The Gather is every child's callback (done_cb). */
+  /* The Gather is every child's callback (done_cb).  A child already
+   * done with a result (an eager task that never suspended) is counted
+   * here as done_cb would, with no callback entry queued for it: all but
+   * the last, whose callback completes the gather. */
   for (i = 1; i <= n; i++) {
     lua_rawgeti(L, 2, i);
-    ml__future_add_done_cb(L, -1, -2);
+    if (((ml_Future *)lua_touserdata(L, -1))->state == ML_RESULT && g->left > 1) g->left--;
+    else ml__future_add_done_cb(L, -1, -2);
     lua_pop(L, 1);
   }
   lua_pushcfunction(L, ml__future_set_cancel_hook);

@@ -135,10 +135,11 @@ static void push_pool(lua_State *L) {
   lua_rawgetp(L, LUA_REGISTRYINDEX, &pool_key);
 }
 
-/* Gives task t (at tidx) a thread: a pooled one, or its own.  [-0, +0] */
-static lua_State *take_thread(ml_State *S, ml_Task *t, int tidx) {
+/* Gives task t (at tidx of L) a thread: a pooled one, or its own.
+ * [-0, +0] */
+static lua_State *take_thread(ml_State *S, lua_State *L, ml_Task *t, int tidx) {
   struct ml_Pool *P = S->pool;
-  lua_State *L = S->L, *co;
+  lua_State *co;
   int slot;
   if (P->nidle > 0 && P->co[P->idle[P->nidle - 1]] != NULL) {
     slot = P->idle[--P->nidle];
@@ -161,10 +162,8 @@ static lua_State *take_thread(ml_State *S, ml_Task *t, int tidx) {
   return P->co[slot];
 }
 
-/* Task t (at tidx) is done with its thread co.
- * [-0, +0] on the main state. */
-static void give_thread(ml_State *S, ml_Task *t, int tidx, lua_State *co) {
-  lua_State *L = S->L;
+/* Task t (at tidx of L) is done with its thread co.  [-0, +0] */
+static void give_thread(ml_State *S, lua_State *L, ml_Task *t, int tidx, lua_State *co) {
   struct ml_Pool *P = S->pool;
   int slot = t->pool_slot;
   if (slot == 0) {
@@ -186,10 +185,10 @@ static void give_thread(ml_State *S, ml_Task *t, int tidx, lua_State *co) {
   P->idle[P->nidle++] = slot;
 }
 
-/* Completes task t with the n values on top of L (or, if failed, the
- * error value on top).  [-n, +0] */
-static void finish(ml_State *S, ml_Task *t, int n, int failed) {
-  lua_State *L = S->L;
+/* Completes task t with the n values on top of L (the thread that
+ * steps it: the main state, or an eager task's creator), or, if failed,
+ * the error value on top.  [-n, +0] */
+static void finish(ml_State *S, lua_State *L, ml_Task *t, int n, int failed) {
   int tidx;
   ml__task_push(L, t);
   tidx = lua_gettop(L);
@@ -200,7 +199,7 @@ static void finish(ml_State *S, ml_Task *t, int n, int failed) {
   if (t->co) {
     lua_State *co = t->co;
     t->co = NULL;
-    give_thread(S, t, tidx, co);
+    give_thread(S, L, t, tidx, co);
   }
   t->awaiting = NULL;
   unlink_task(S, t);
@@ -277,10 +276,10 @@ void ml__budget_arm(lua_State *co) {
  * and its arguments on it.  A Coroutine gives way to its name: a running
  * task keeps its function alive through its thread, and a parked task is
  * ~100 bytes smaller without it (get_coro() returns nil from then on).
- * [-0, +0] on the main state: task_body, the message handler, the
- * function and its arguments go to the thread it returns. */
-static lua_State *start(ml_State *S, ml_Task *t) {
-  lua_State *L = S->L, *co;
+ * [-0, +0] on L: task_body, the message handler, the function and its
+ * arguments go to the thread it returns. */
+static lua_State *start(ml_State *S, lua_State *L, ml_Task *t) {
+  lua_State *co;
   int tidx, base, n;
   ml__task_push(L, t);
   tidx = lua_gettop(L);
@@ -289,7 +288,7 @@ static lua_State *start(ml_State *S, ml_Task *t) {
     lua_pushnil(L);
     lua_setiuservalue(L, tidx, TUV_THREAD);
   }
-  co = take_thread(S, t, tidx);
+  co = take_thread(S, L, t, tidx);
   t->co = co;
   t->started = 1;
   base = lua_gettop(L);
@@ -324,9 +323,10 @@ static const char *push_task_name(lua_State *L, ml_Task *t) {
   return lua_tostring(L, -1);
 }
 
-/* [-0, +0] on the main state. */
-void ml__task_step(ml_State *S, ml_Task *t) {
-  lua_State *L = S->L, *co = t->co;
+/* Runs one step of t from thread L: the main state (the scheduler), or
+ * the running thread that creates t eagerly (spawn).  [-0, +0] on L. */
+static void step(ml_State *S, lua_State *L, ml_Task *t) {
+  lua_State *co = t->co;
   ml_Task *prev = S->current;
   int nargs = 0, nres = 0, status;
 
@@ -340,17 +340,19 @@ void ml__task_step(ml_State *S, ml_Task *t) {
       ml__xget(L, -1, X_MSG);
       ml__exc_push_with(L, "CancelledError");
       lua_remove(L, -2);
-      finish(S, t, 1, 1);
+      finish(S, L, t, 1, 1);
       return;
     }
-    co = start(S, t);
+    co = start(S, L, t);
     nargs = lua_gettop(co) - 1;
   }
   S->current = t;
-  if (S->instr_budget) lua_sethook(co, budget_hook, LUA_MASKCOUNT, BUDGET_SLICE);
+  if (prev == NULL) {  /* an eager step is part of its creator's */
+    S->step_instr = 0;
+    S->over_budget = 0;
+  }
+  if (S->instr_budget) ml__budget_arm(co);
   else if (lua_gethook(co) == budget_hook) lua_sethook(co, NULL, 0, 0);
-  S->step_instr = 0;
-  S->over_budget = 0;
   status = lua_resume(co, L, nargs, &nres);
   S->current = prev;
 
@@ -366,30 +368,36 @@ void ml__task_step(ml_State *S, ml_Task *t) {
                  "task '%s' yielded with coroutine.yield() outside a generator; "
                  "use await to wait for something", push_task_name(L, t));
     lua_remove(L, -2);
-    finish(S, t, 1, 1);
+    finish(S, L, t, 1, 1);
     return;
   }
   if (status == LUA_OK) {
     if (nres == 2 && lua_touserdata(co, -2) == &err_marker) {
       lua_xmove(co, L, 1);
       lua_settop(co, 0);
-      finish(S, t, 1, 1);
+      finish(S, L, t, 1, 1);
     } else if (nres > 0 && !lua_checkstack(L, nres + LUA_MINSTACK)) {
       /* More results than a stack holds (about a million). */
       lua_settop(co, 0);
       ml__exc_push(L, "RuntimeError", "task '%s' returned too many values (%d)",
                    push_task_name(L, t), nres);
       lua_remove(L, -2);
-      finish(S, t, 1, 1);
+      finish(S, L, t, 1, 1);
     } else {
       if (nres > 0) lua_xmove(co, L, nres);
-      finish(S, t, nres, 0);
+      finish(S, L, t, nres, 0);
     }
     return;
   }
-  /* An error task_body could not catch (out of memory in the handler). */
+  /* An error task_body could not catch (out of memory in the handler, or
+   * eager tasks nested past Lua's C stack limit). */
   lua_xmove(co, L, 1);
-  finish(S, t, 1, 1);
+  finish(S, L, t, 1, 1);
+}
+
+/* [-0, +0] on the main state. */
+void ml__task_step(ml_State *S, ml_Task *t) {
+  step(S, S->L, t);
 }
 
 /* ---- suspension ---- */
@@ -503,8 +511,13 @@ int ml__task_suspend_always(lua_State *L, ml_CancelHook hook, void *ud,
 enum { SPAWN_ANY, SPAWN_CORO };
 
 /* [-(nargs+1), +1] pops the function (or Coroutine) and its nargs
- * arguments, pushes the new task, queued to run. */
-static ml_Task *spawn(lua_State *L, int nargs, const char *name, int kind) {
+ * arguments, pushes the new task, queued to run; or, eager and with the
+ * loop running, runs its first step at once from L (Python 3.12's eager
+ * tasks): a task that finishes in it never touches the ready queue, and
+ * one that suspends is woken as any other.  The step runs as part of the
+ * creator's (current_task() is the new task inside it, the creator's
+ * again after; the CPU budget counts on). */
+static ml_Task *spawn(lua_State *L, int nargs, const char *name, int kind, int eager) {
   ml_State *S = ml__state(L);
   int fidx = lua_gettop(L) - nargs;  /* the function or Coroutine */
   ml_Task *t;
@@ -540,6 +553,10 @@ static ml_Task *spawn(lua_State *L, int nargs, const char *name, int kind) {
   t->next = S->tasks;
   if (S->tasks) S->tasks->prev = t;
   S->tasks = t;
+  if (eager && (S->running > 0 || S->current != NULL)) {
+    step(S, L, t);  /* leaves the task on top */
+    return t;
+  }
   t->suspended = 1;
   ml__task_wake(t);
   return t;
@@ -547,12 +564,17 @@ static ml_Task *spawn(lua_State *L, int nargs, const char *name, int kind) {
 
 /* [-(nargs+1), +1] */
 ml_Task *ml__task_spawn(lua_State *L, int nargs, const char *name) {
-  return spawn(L, nargs, name, SPAWN_ANY);
+  return spawn(L, nargs, name, SPAWN_ANY, 0);
 }
 
 /* [-1, +1] */
-ml_Task *ml__task_spawn_coro(lua_State *L, const char *name) {
-  return spawn(L, 0, name, SPAWN_CORO);
+ml_Task *ml__task_spawn_coro(lua_State *L, const char *name, int eager) {
+  return spawn(L, 0, name, SPAWN_CORO, eager);
+}
+
+/* [-1, +1] */
+ml_Task *ml__task_spawn_fn(lua_State *L, const char *name, int eager) {
+  return spawn(L, 0, name, SPAWN_ANY, eager);
 }
 
 /* ---- Lua methods ---- */

@@ -53,8 +53,12 @@ int ml__task_parked(lua_State *co);
 /* [-(nargs+1), +1] pops a function (or a Coroutine) and its arguments,
  * pushes a new Task that will run it.  name may be NULL. */
 ml_Task *ml__task_spawn(lua_State *L, int nargs, const char *name);
-/* The same for a Coroutine already claimed (ml__coro_claim): [-1, +1]. */
-ml_Task *ml__task_spawn_coro(lua_State *L, const char *name);
+/* The same for a Coroutine already claimed (ml__coro_claim), and with
+ * eager, its first step runs at once if the loop is running (an eager
+ * task, Python 3.12's eager_start): [-1, +1]. */
+ml_Task *ml__task_spawn_coro(lua_State *L, const char *name, int eager);
+/* The same for a function with no arguments.  [-1, +1] */
+ml_Task *ml__task_spawn_fn(lua_State *L, const char *name, int eager);
 
 /* asyncio.create_task(coro, {name=}) */
 int ml__core_create_task(lua_State *L);
