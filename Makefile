@@ -104,7 +104,7 @@ BENCH_PKGS = python3-uvloop hyperfine nodejs
 
 all: $(BUILD)/moonloop $(BUILD)/libmoonloop.a $(BUILD)/libmoonloop.so
 
-build: all $(BUILD)/check_core $(BUILD)/check_lib
+build: all $(BUILD)/check_core $(BUILD)/check_lib $(BUILD)/embed_bench
 
 test: deps
 	@$(MAKE) --no-print-directory build
@@ -119,6 +119,11 @@ run: deps
 bench: need bench-check
 	@$(MAKE) --no-print-directory build
 	bash scripts/bench/run.sh $(BUILD)/moonloop
+
+# The embedding API's figures (docs/performance.md, "Embedding"), a host
+# built against libmoonloop.a and moonloop.h alone; run.sh runs it.
+$(BUILD)/embed_bench: scripts/bench/embed_bench.c $(BUILD)/libmoonloop.a vm/moonloop.h
+	$(CC) -std=gnu11 -O2 -g -Wall -Wextra $(SANFLAGS) -Ivm $(LUA_CFLAGS) -o $@ $< $(BUILD)/libmoonloop.a $(LIB_LIBS)
 
 check-suites: $(BUILD)/check_core $(BUILD)/check_lib
 	$(BUILD)/check_core

@@ -171,6 +171,41 @@ START_TEST(test_embed_step_reports_idle_and_fd)
 }
 END_TEST
 
+/* Steps until nothing is ready; returns the timeout of the last step. */
+static double step_until_waiting(ml_State *s) {
+  int i, fd;
+  double timeout = 0;
+  for (i = 0; i < 100 && timeout == 0; i++) ck_assert_int_ge(ml_state_step(s, &fd, &timeout), 0);
+  return timeout;
+}
+
+/* The step's timeout is the earliest sleeper's, whatever order they went
+ * to sleep in, and moves on when that one is cancelled or wakes (the
+ * deadlines' heap, not a walk over the tasks). */
+START_TEST(test_embed_step_timeout_is_the_first_sleeper)
+{
+  double timeout;
+  ml_Future *t = spawn(
+    "A = asyncio.create_task(asyncio.sleep(50))\n"
+    "B = asyncio.create_task(asyncio.sleep(10))\n"
+    "C = asyncio.create_task(asyncio.sleep(30))\n"
+    "for i = 1, 100 do asyncio.create_task(asyncio.sleep(40 + i)) end\n"
+    "await asyncio.sleep(0)\n"
+    "return 'ok'");
+  timeout = step_until_waiting(S);
+  ck_assert_msg(timeout > 9.9 && timeout <= 10.001, "timeout %f, wanted B's 10 s", timeout);
+  ml_future_release(L, t);
+  t = spawn("B:cancel() return 'ok'");
+  timeout = step_until_waiting(S);
+  ck_assert_msg(timeout > 29.9 && timeout <= 30.001, "timeout %f, wanted C's 30 s", timeout);
+  ml_future_release(L, t);
+  t = spawn("C:cancel() A:cancel() return 'ok'");
+  timeout = step_until_waiting(S);
+  ck_assert_msg(timeout > 40.9 && timeout <= 41.001, "timeout %f, wanted the 41 s sleeper's", timeout);
+  ml_future_release(L, t);
+}
+END_TEST
+
 /* ---- host futures ---- */
 
 static int host_fail(lua_State *Lt) {
@@ -923,6 +958,7 @@ Suite *embed_suite(void) {
   tcase_add_test(tc, test_embed_run_from_host_gives_leftover_tasks_a_first_step);
   tcase_add_test(tc, test_embed_shared_loop_runs_host_watchers);
   tcase_add_test(tc, test_embed_foreign_loop_steps_with_fd_and_timeout);
+  tcase_add_test(tc, test_embed_step_timeout_is_the_first_sleeper);
   tcase_add_test(tc, test_embed_step_reports_idle_and_fd);
   suite_add_tcase(s, tc);
 

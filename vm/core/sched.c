@@ -178,17 +178,12 @@ int ml__sched_step(ml_State *S) {
 }
 
 double ml__sched_next_timer(ml_State *S) {
-  ml_Task *t;
-  double best = 0;
+  double best = 0, r;
   int found = ml__handles_remaining(S, &best);
-  /* Sleeping tasks have a timer each: walk the tasks only if some do. */
-  for (t = S->nsleeping > 0 ? S->tasks : NULL; t; t = t->next) {
-    ev_timer *w = ml__task_sleep_timer(t);
-    if (w) {
-      double r = ev_timer_remaining(S->loop, w);
-      if (!found || r < best) best = r;
-      found = 1;
-    }
+  /* Sleeping tasks have a timer each, their deadlines a heap. */
+  if (ml__task_sleep_next(S, &r)) {
+    if (!found || r < best) best = r;
+    found = 1;
   }
   if (!found) return -1;
   return best > 0 ? best : 0;

@@ -80,6 +80,7 @@ ml_State *ml__state_new(struct ev_loop *loop) {
   if (S->alloc == NULL) goto fail;
   L = lua_newstate(ml__alloc_lua, S->alloc);
   if (L == NULL) goto fail;
+  ml__theap_init(&S->sleepers, ml__alloc_lua, S->alloc);
   S->L = L;
   *(ml_State **)lua_getextraspace(L) = S;
   S->loop = loop;
@@ -215,6 +216,7 @@ void ml__state_close(ml_State *S) {
   lua_pushcfunction(S->L, close_tasks);
   if (lua_pcall(S->L, 0, 0, 0) != LUA_OK) lua_pop(S->L, 1);  /* close anyway */
   ml__task_stop_timers(S);  /* a host's loop outlives us */
+  ml__theap_free(&S->sleepers);
   /* Other threads see -ESHUTDOWN from here on; what they queued is freed. */
   ml__wakeup_close(S);
   S->closing = 1;  /* finalizers run under a limit from here (sandbox.c) */

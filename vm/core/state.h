@@ -11,6 +11,7 @@
 #include "module.h"
 #include "alloc.h"
 #include "readyq.h"
+#include "timerheap.h"
 
 struct Timers;  /* handle.c: the handles, their timer heap and ev_timer */
 
@@ -26,6 +27,8 @@ struct ml_State {
   struct ml_Pool *pool;  /* task threads for reuse (task.c) */
   struct Timers *timers; /* call_soon/call_later/call_at handles (handle.c) */
   int nsleeping;         /* tasks in asyncio.sleep with a timer (task.c) */
+  ml_TimerHeap sleepers; /* their deadlines, for the next timeout (task.c) */
+  int track_sleepers;    /* kept in sleepers since a host first asked */
   int debug;             /* MOONLOOP_DEBUG / run(c, {debug=true}) */
   int stopping;          /* loop:stop() was called */
   int nstep;             /* entries run, for the I/O poll rule */

@@ -33,8 +33,12 @@ struct ml_Task {
 void ml__budget_arm(lua_State *co);
 /* Stops the timer of every sleeping task (the state is closing). */
 void ml__task_stop_timers(ml_State *S);
-/* The timer of task t if it sleeps in asyncio.sleep, or NULL. */
-ev_timer *ml__task_sleep_timer(ml_Task *t);
+/* Seconds until the first sleeping task wakes (0 if overdue) in
+ * *remaining, and 1; 0 if no task sleeps.  From its first call on, the
+ * deadlines are also kept in a heap (S->sleepers), so that it is O(1) and
+ * a sleep O(log n): a host stepping the loop does not walk 10,000
+ * sleepers to learn its timeout (task.c, "sleep"). */
+int ml__task_sleep_next(ml_State *S, double *remaining);
 /* Runs one step of t (the one place that calls lua_resume). */
 void ml__task_step(ml_State *S, ml_Task *t);
 /* Sets up the Task metatable.  [-0, +0] */
