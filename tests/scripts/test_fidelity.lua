@@ -98,6 +98,16 @@ end)
 
 -- ---- gather ----
 
+T.case("cancel() with no message from another task: e.message is nil, not the task", async function()
+  local t = asyncio.create_task(T.forever())
+  await asyncio.sleep(0)
+  t:cancel()
+  local ok, e = pcall(await, t)
+  T.ok(asyncio.isinstance(e, asyncio.CancelledError), "CancelledError, got " .. tostring(e))
+  T.eq(e.message, nil, "no message")
+  T.eq(tostring(e), "CancelledError", "tostring")
+end)
+
 T.case("gather(c, c) wraps the coroutine once and fills both places", async function()
   local runs = 0
   local async function c() runs = runs + 1; return "v" end

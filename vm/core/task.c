@@ -610,8 +610,11 @@ static int await_cancel_hook(lua_State *L, ml_Task *t, void *ud) {
 int ml__task_cancel(lua_State *L, ml_Task *t, int msgidx) {
   if (t->fut.state != ML_PENDING) return 0;
   t->num_cancels++;
+  /* Tested before the push: t:cancel() with no message has none at 2,
+   * where the task would be once pushed. */
+  if (msgidx && lua_isnoneornil(L, msgidx)) msgidx = 0;
   ml__task_push(L, t);
-  if (msgidx && !lua_isnoneornil(L, msgidx)) lua_pushvalue(L, msgidx);
+  if (msgidx) lua_pushvalue(L, msgidx);
   else lua_pushnil(L);
   ml__xset(L, -2, X_MSG);
   lua_pop(L, 1);
