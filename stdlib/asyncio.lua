@@ -189,6 +189,139 @@ function M.gather(...)
   return outer
 end
 
+-- ---- The loop's lifecycle ----
+-- One scheduler per state; loop objects are handles on it: the state's
+-- own (what futures, callbacks and the stdlib use) and those that
+-- new_event_loop() makes (asyncio/runners.lua).  A lifecycle run -
+-- loop:run_until_complete, loop:run_forever, asyncio.run, Runner:run - is
+-- what Python calls "the loop is running": one at a time, life.loop is
+-- its loop object (get_running_loop() returns it).  Run in a task (a
+-- script's top level is one), it waits on life.stopper, which its
+-- future's completion or loop:stop() resolves; from a host with no task,
+-- it drives the scheduler itself.
+local Loop, own = core.Loop, core._own_loop()
+local RuntimeError = M.RuntimeError
+local life = { loop = nil, stopper = nil, set = nil,
+               closed = setmetatable({}, { __mode = "k" }),
+               stop_pending = setmetatable({}, { __mode = "k" }) }
+M._life = life
+
+local function wake(f) if not f:done() then f:set_result() end end
+
+local function running_error(loop)
+  return RuntimeError(life.loop == loop and "This event loop is already running"
+    or "Cannot run the event loop while another loop is running")
+end
+
+-- The lifecycle run of loop in a task: waits until fut is done (fut
+-- nil: until loop:stop()) or the loop is stopped.  A run left by an error
+-- (the task was cancelled) cancels fut if it is owned.
+local function wait_run(loop, fut, owned)
+  local stopper = Future()
+  life.loop, life.stopper = loop, stopper
+  core._set_running(loop)
+  local guard <close> = setmetatable({}, { __close = function(_, err)
+    life.loop, life.stopper = nil, nil
+    core._set_running(nil)
+    if err ~= nil and owned and not fut:done() then
+      fut:cancel(M.isinstance(err, M.CancelledError) and err.message or nil)
+    end
+  end })
+  if life.stop_pending[loop] then life.stop_pending[loop] = nil; own:call_soon(wake, stopper) end
+  if fut then
+    if fut:done() then wake(stopper) else fut:add_done_callback(function() wake(stopper) end) end
+  end
+  await(stopper)
+end
+
+-- Runs loop until fut is done (fut nil: until loop:stop()) and returns
+-- fut's results.  owned: fut is a task made for this run, cancelled if
+-- the run is left by an error (its caller was cancelled).  Errors are
+-- raised at level (of the caller of _run_loop).
+function M._run_loop(loop, fut, owned, level)
+  level = level + 1
+  if life.loop ~= nil then error(running_error(loop), level) end
+  if core.current_task() == nil then
+    if core._in_loop() then  -- a callback: the scheduler is busy running it
+      error(RuntimeError("This event loop is already running"), level)
+    end
+    life.loop = loop
+    core._set_running(loop)
+    if life.stop_pending[loop] then life.stop_pending[loop] = nil; own:call_soon(core._stop) end
+    local r = table.pack(pcall(fut and core.run_until_complete or core._run_forever, fut))
+    life.loop = nil
+    core._set_running(nil)
+    if not r[1] then error(r[2], 0) end
+    return table.unpack(r, 2, r.n)
+  end
+  wait_run(loop, fut, owned)
+  if fut == nil then return end
+  if not fut:done() then error(RuntimeError("Event loop stopped before Future completed."), level) end
+  return await(fut)
+end
+
+-- loop:run_until_complete(aw) -> aw's results: runs the loop until aw (a
+-- Future, or a coroutine or awaitable wrapped in a Task) is done.
+function Loop:run_until_complete(aw)
+  if life.loop ~= nil then error(running_error(self), 2) end
+  local fut = M.ensure_future(aw)
+  return M._run_loop(self, fut, fut ~= aw, 2)
+end
+
+-- loop:run_forever(): runs the loop until loop:stop().
+function Loop:run_forever()
+  return M._run_loop(self, nil, false, 2)
+end
+
+-- loop:stop(): ends the lifecycle run of this loop after the current
+-- iteration; with none in progress, the state's own loop stops the
+-- scheduler's run (the host's ml_state_run; in the moonloop command, the
+-- main task's), another loop stops its next run after one iteration.
+function Loop:stop()
+  if life.loop == self then
+    if life.stopper then wake(life.stopper) else core._stop() end
+  elseif rawequal(self, own) then
+    core._stop()
+  else
+    life.stop_pending[self] = true
+  end
+end
+
+-- loop:is_running(): in a lifecycle run; the state's own loop is running
+-- whenever code runs in the scheduler, as every script's code does.
+function Loop:is_running()
+  if rawequal(self, own) then return core._in_loop() end
+  return life.loop == self
+end
+
+function Loop:is_closed() return life.closed[self] == true end
+
+-- A closed loop object: what Python checks (_check_closed) raises
+-- RuntimeError('Event loop is closed'); what it does not check works.
+local AFTER_CLOSE = { close = true, is_closed = true, is_running = true, stop = true, time = true,
+                      get_debug = true, set_debug = true, create_future = true,
+                      set_exception_handler = true, get_exception_handler = true,
+                      call_exception_handler = true, default_exception_handler = true }
+local function closed_method() error(RuntimeError("Event loop is closed"), 2) end
+local ClosedLoop = { __name = "asyncio.Loop", __index = function(_, k)
+  local m = Loop[k]
+  if type(m) == "function" and not AFTER_CLOSE[k] then return closed_method end
+  return m
+end }
+
+-- loop:close(): a loop object from new_event_loop is closed for good;
+-- the state's own loop runs every script and lasts as long as the state.
+function Loop:close()
+  if self:is_running() then error(RuntimeError("Cannot close a running event loop"), 2) end
+  if rawequal(self, own) then
+    error(RuntimeError("the state's own event loop cannot be closed: it lasts as long as the state"), 2)
+  end
+  if life.closed[self] then return end
+  life.closed[self] = true
+  life.stop_pending[self] = nil
+  setmetatable(self, ClosedLoop)
+end
+
 -- The tasks coro made in its last step have not run yet: asyncio's loop
 -- gives them their first step in the iteration that sees coro done, so a
 -- fire-and-forget task runs (and a failing one is reported) before the
@@ -205,38 +338,45 @@ local function cancel_leftovers(before)
   for _, t in ipairs(left) do
     local ok = pcall(await, t)
     if not ok and not t:cancelled() and t:exception() ~= nil then
-      core.get_event_loop():call_exception_handler({
+      own:call_exception_handler({
         message = "unhandled exception during asyncio.run() shutdown",
         exception = t:exception(), task = t })
     end
   end
 end
+M._cancel_leftovers = cancel_leftovers
 
--- run(coro, [{debug = bool}]): from the main task, awaits coro and then
--- cancels and awaits the tasks it left behind; from a host with no
--- running task, drives the loop until coro is done.
+-- [-0, +0] the set of the pending tasks now.
+function M._task_set()
+  local set, all = {}, core.all_tasks()
+  for i = 1, all.n do set[all[i]] = true end
+  return set
+end
+
+-- run(coro, [{debug = bool}]): runs coro as a task until it is done,
+-- then cancels and awaits the tasks it left behind.  In a task (a
+-- script's top level), the task waits meanwhile; from a host with no
+-- running task, it drives the loop.
 local RUN_OPTS = { debug = true }
 function M.run(coro, opts)
   if not iscoroutine(coro) then
     error(M.ValueError("a coroutine was expected, got " .. tostring(coro)), 2)
   end
   M._check_opts("run", opts, RUN_OPTS)
+  if life.loop ~= nil or (core._in_loop() and core.current_task() == nil) then
+    error(RuntimeError("asyncio.run() cannot be called from a running event loop"), 2)
+  end
   if opts and opts.debug ~= nil then core._set_debug(opts.debug) end
   if core.current_task() then
-    local before = {}
-    local all = core.all_tasks()
-    for i = 1, all.n do before[all[i]] = true end
+    local before = M._task_set()
     local guard <close> = setmetatable({}, { __close = function() cancel_leftovers(before) end })
-    return await(coro)
-  end
-  if core.get_event_loop():is_running() then  -- a callback of the running loop
-    error(M.RuntimeError("asyncio.run() cannot be called from a running event loop"), 2)
+    return M._run_loop(own, create_task(coro), true, 2)
   end
   local task = create_task(coro)
-  local results = table.pack(pcall(core.run_until_complete, task))
+  local results = table.pack(pcall(M._run_loop, own, task, true, 1))
   -- One more iteration: the first steps of the tasks made last (above).
-  local loop, tick = core.get_event_loop(), Future()
-  loop:call_soon(tick.set_result, tick)
+  local tick = Future()
+  own:call_soon(tick.set_result, tick)
   pcall(core.run_until_complete, tick)
   -- Cancel and finish what the coroutine left behind.
   local all = core.all_tasks()

@@ -636,6 +636,28 @@ START_TEST(test_embed_run_from_host_drives_the_loop) {
 }
 END_TEST
 
+/* Python's lifecycle from a host with no running task: each run drives
+ * the loop itself. */
+START_TEST(test_embed_loop_lifecycle_from_the_host) {
+  const char *src =
+    "local loop = asyncio.new_event_loop()\n"
+    "local a = loop:run_until_complete((async function() return await asyncio.sleep(0.001, 'ran') end)())\n"
+    "loop:call_later(0.001, loop.stop, loop)\n"
+    "loop:run_forever()\n"
+    "local ok, e = pcall(loop.run_until_complete, loop, (async function()\n"
+    "  loop:stop(); await asyncio.sleep(0.01) end)())\n"
+    "loop:close()\n"
+    "local r = asyncio.Runner()\n"
+    "local b = r:run((async function() return asyncio.get_running_loop() == r:get_loop() end)())\n"
+    "r:close()\n"
+    "return a .. '|' .. tostring(e) .. '|' .. tostring(b) .. '|' .. tostring(loop:is_closed())\n";
+  ck_assert_int_eq(ml_load_string(L, src, strlen(src), "=host"), ML_OK);
+  ck_assert_int_eq(lua_pcall(L, 0, 1, 0), LUA_OK);
+  ck_assert_str_eq(lua_tostring(L, -1), "ran|RuntimeError: Event loop stopped before Future completed.|true|true");
+  lua_pop(L, 1);
+}
+END_TEST
+
 /* ---- controls: stop, interrupt, cancel, reading a failure ---- */
 
 /* Calls ml_state_stop from a task (a host C function). */
@@ -956,6 +978,7 @@ Suite *embed_suite(void) {
   tcase_add_test(tc, test_embed_private_loop_runs_a_script);
   tcase_add_test(tc, test_embed_run_from_host_drives_the_loop);
   tcase_add_test(tc, test_embed_run_from_host_gives_leftover_tasks_a_first_step);
+  tcase_add_test(tc, test_embed_loop_lifecycle_from_the_host);
   tcase_add_test(tc, test_embed_shared_loop_runs_host_watchers);
   tcase_add_test(tc, test_embed_foreign_loop_steps_with_fd_and_timeout);
   tcase_add_test(tc, test_embed_step_timeout_is_the_first_sleeper);

@@ -132,6 +132,25 @@ static int report_main(ml_State *S, ml_Future *f) {
   return 1;
 }
 
+/* Cancels every task and runs the loop until they have all unwound, as
+ * asyncio's Runner.close does (servers and watchers do not keep it
+ * running). */
+static void unwind_all(ml_State *S) {
+  static const char src[] =
+    "local all, left = asyncio.all_tasks(), {}\n"
+    "for i = 1, all.n do if all[i] ~= asyncio.current_task() then all[i]:cancel(); left[#left + 1] = all[i] end end\n"
+    "if #left > 0 then await asyncio.gather(table.unpack(left), { return_exceptions = true }) end\n";
+  lua_State *L = ml_state_lua(S);
+  ml_Future *t;
+  if (ml_load_string(L, src, sizeof src - 1, "=(unwind)") != ML_OK ||
+      ml_task_spawn(L, 0, "unwind", &t) != ML_OK) {
+    fprintf(stderr, "moonloop: %s\n", ml_state_error(S));
+    return;
+  }
+  if (ml_state_run_until(S, t) < 0) fprintf(stderr, "moonloop: %s\n", ml_state_error(S));
+  ml_future_release(L, t);
+}
+
 /* Runs the function (and nargs arguments) on the stack as the main task,
  * then the loop until nothing is left.  Returns the exit status.  With
  * interactive, the REPL follows at once: the loop keeps running under it,
@@ -154,6 +173,16 @@ static int run_main(ml_State *S, int nargs, int interactive) {
   } else if (rc < 0) {
     fprintf(stderr, "moonloop: %s\n", ml_state_error(S));
     status = 1;
+  } else if (ml_future_state(g_main) == ML_FUTURE_PENDING) {
+    /* loop:stop() outside run_forever/run_until_complete stopped the run
+     * of the main task: as asyncio.run's run_until_complete raises, then
+     * cancels what is left and lets it unwind. */
+    fprintf(stderr, "moonloop: RuntimeError: Event loop stopped before Future completed. "
+                    "(loop:stop() was called while the main task ran, outside "
+                    "loop:run_forever() or loop:run_until_complete())\n");
+    status = 1;
+    unwind_all(S);
+    rc = -ECANCELED;  /* no Node's rule after it */
   } else {
     status = report_main(S, g_main);
   }

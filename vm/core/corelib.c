@@ -156,17 +156,46 @@ static int core_all_tasks(lua_State *L) {
   return 1;
 }
 
+/* The loop objects of the lifecycle (stdlib/asyncio.lua): the one of the
+ * run in progress (loop:run_until_complete, run_forever, asyncio.run,
+ * Runner:run), and the one set_event_loop set.  Either may be nil; the
+ * state's own loop object (ml__push_loop) stands in for both. */
+#define RUNNING_LOOP_KEY "asyncio.Loop.running"
+#define CURRENT_LOOP_KEY "asyncio.Loop.current"
+
 /* get_running_loop() -> loop; RuntimeError outside the running loop. */
 static int core_get_running_loop(lua_State *L) {
   ml_State *S = ml__state(L);
   if (S->running == 0 && S->current == NULL)
     return ml__exc_raise(L, "RuntimeError", "no running event loop");
+  if (lua_getfield(L, LUA_REGISTRYINDEX, RUNNING_LOOP_KEY) == LUA_TNIL) ml__push_loop(L);
+  return 1;
+}
+
+/* get_event_loop() -> loop: the running one, else the one set, else the
+ * state's own. */
+static int core_get_event_loop(lua_State *L) {
+  if (lua_getfield(L, LUA_REGISTRYINDEX, RUNNING_LOOP_KEY) != LUA_TNIL) return 1;
+  if (lua_getfield(L, LUA_REGISTRYINDEX, CURRENT_LOOP_KEY) != LUA_TNIL) return 1;
   ml__push_loop(L);
   return 1;
 }
 
-/* get_event_loop() -> loop */
-static int core_get_event_loop(lua_State *L) {
+/* _set_running(loop | nil), _set_current(loop | nil) -> nothing */
+static int core_set_running(lua_State *L) {
+  lua_settop(L, 1);
+  lua_setfield(L, LUA_REGISTRYINDEX, RUNNING_LOOP_KEY);
+  return 0;
+}
+
+static int core_set_current(lua_State *L) {
+  lua_settop(L, 1);
+  lua_setfield(L, LUA_REGISTRYINDEX, CURRENT_LOOP_KEY);
+  return 0;
+}
+
+/* _own_loop() -> the state's own loop object. */
+static int core_own_loop(lua_State *L) {
   ml__push_loop(L);
   return 1;
 }
@@ -198,6 +227,32 @@ static int core_run_until_complete(lua_State *L) {
   return ml__future_unwrap(L, 1);
 }
 
+/* _run_forever(): drives the loop from outside any task until stop()
+ * (or until nothing is left that could wake anything).
+ * _run_forever() -> nothing */
+static int core_run_forever(lua_State *L) {
+  ml_State *S = ml__state(L);
+  if (S->current || S->running > 0)
+    return ml__exc_raise(L, "RuntimeError", "this event loop is already running");
+  ml__sched_run(S, NULL);
+  return 0;
+}
+
+/* _stop(): stops the scheduler's run in progress (the host's, the
+ * CLI's) after the current iteration.  _stop() -> nothing */
+static int core_stop(lua_State *L) {
+  ml__state(L)->stopping = 1;
+  return 0;
+}
+
+/* _in_loop() -> boolean: code runs inside the scheduler (a task or a
+ * callback), as all script code does. */
+static int core_in_loop(lua_State *L) {
+  ml_State *S = ml__state(L);
+  lua_pushboolean(L, S->running > 0 || S->current != NULL);
+  return 1;
+}
+
 /* _set_debug(b) -> nothing */
 static int core_set_debug(lua_State *L) {
   ml__state(L)->debug = lua_toboolean(L, 1);
@@ -217,6 +272,12 @@ static const luaL_Reg core_funcs[] = {
   { "iscoroutinefunction", ml__coro_iscoroutinefunction },
   { "isfuture", core_isfuture },
   { "run_until_complete", core_run_until_complete },
+  { "_run_forever", core_run_forever },
+  { "_set_running", core_set_running },
+  { "_set_current", core_set_current },
+  { "_own_loop", core_own_loop },
+  { "_stop", core_stop },
+  { "_in_loop", core_in_loop },
   { "_set_debug", core_set_debug },
   { "_set_cancel_hook", ml__future_set_cancel_hook },
   { "_gather", ml__gather },

@@ -1,8 +1,9 @@
 /* loop.c: the loop object, asyncio's AbstractEventLoop: time,
- * call_soon, call_later, call_at, stop, is_running, debug mode and the
- * exception handler (where every error nobody catches is reported).
- * Modules add methods to its methods table (asyncio.core.Loop): sockets,
- * servers, readers and writers. */
+ * call_soon, call_later, call_at, debug mode and the exception handler
+ * (where every error nobody catches is reported).  Modules add methods to
+ * its methods table (asyncio.core.Loop): sockets, servers, readers and
+ * writers, and the lifecycle (run_until_complete, run_forever, stop,
+ * close: policy, in stdlib/asyncio.lua and asyncio/runners.lua). */
 #include <stdio.h>
 #include <time.h>
 #include "task.h"
@@ -39,25 +40,6 @@ static int loop_create_future(lua_State *L) {
 static int loop_create_task(lua_State *L) {
   lua_remove(L, 1);
   return ml__core_create_task(L);
-}
-
-/* loop:stop() -> nothing */
-static int loop_stop(lua_State *L) {
-  ml__state(L)->stopping = 1;
-  return 0;
-}
-
-/* loop:is_running() -> boolean */
-static int loop_is_running(lua_State *L) {
-  ml_State *S = ml__state(L);
-  lua_pushboolean(L, S->running > 0 || S->current != NULL);
-  return 1;
-}
-
-/* loop:is_closed() -> false */
-static int loop_is_closed(lua_State *L) {
-  lua_pushboolean(L, 0);
-  return 1;
 }
 
 /* loop:get_debug() -> boolean */
@@ -163,9 +145,6 @@ static const luaL_Reg loop_methods[] = {
   { "time", loop_time },
   { "create_future", loop_create_future },
   { "create_task", loop_create_task },
-  { "stop", loop_stop },
-  { "is_running", loop_is_running },
-  { "is_closed", loop_is_closed },
   { "get_debug", loop_get_debug },
   { "set_debug", loop_set_debug },
   { "set_exception_handler", loop_set_exception_handler },

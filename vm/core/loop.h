@@ -1,5 +1,5 @@
 /* loop.h: the loop object (loop.c), asyncio's AbstractEventLoop: its
- * clock, its callbacks (call_soon, call_later, call_at), stop, debug mode
+ * clock, its callbacks (call_soon, call_later, call_at), debug mode
  * and the exception handler that every uncaught error goes to. */
 #ifndef ML_LOOP_H
 #define ML_LOOP_H
