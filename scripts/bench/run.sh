@@ -85,10 +85,11 @@ else note "node not found (apt-get install nodejs): skipped"; fi
 
 mkdir -p "$OUT"
 if ${CC:-cc} -std=gnu11 -O2 -Wall -Wextra -o "$OUT/echo_epoll" "$HERE/echo_epoll.c" &&
-   ${CC:-cc} -std=gnu11 -O2 -Wall -Wextra -o "$OUT/echoload" "$HERE/echoload.c"; then
+   ${CC:-cc} -std=gnu11 -O2 -Wall -Wextra -o "$OUT/echoload" "$HERE/echoload.c" &&
+   ${CC:-cc} -std=gnu11 -O2 -Wall -Wextra -o "$OUT/proc_floor" "$HERE/proc_floor.c"; then
   have_c=1
 else
-  note "could not build echo_epoll/echoload: the echo benchmarks are skipped"
+  note "could not build echo_epoll/echoload/proc_floor: the echo benchmarks and C floors are skipped"
 fi
 
 # On two or more cores the echo server gets core 1 and the load client
@@ -243,6 +244,7 @@ for bench in spawn tothread pipe64; do
     [ $have_asyncio = 1 ] && run_rate $bench asyncio "$PY" "$HERE/peer_proc.py" asyncio $bench
     [ $have_uvloop = 1 ] && run_rate $bench uvloop "$PY" "$HERE/peer_proc.py" uvloop $bench
     [ $have_node = 1 ] && [ $bench != tothread ] && run_rate $bench node node "$HERE/peer_proc.js" $bench
+    [ $have_c = 1 ] && [ $bench != tothread ] && run_rate $bench floor "$OUT/proc_floor" $bench
   done
 done
 
@@ -335,6 +337,8 @@ for b in spawn:"spawn+wait /bin/true":"≥ 3× asyncio, ≥ Node":3:1:"procs/s" 
   row "$label" "$unit" rate "$bench.moonloop" asyncio "$bench.asyncio" "$tpy" "$target"
   row "$label" "$unit" rate "$bench.moonloop" uvloop "$bench.uvloop" - "$target"
   [ "$bench" != tothread ] && row "$label" "$unit" rate "$bench.moonloop" node "$bench.node" "$tnode" "$target"
+  [ "$bench" = spawn ] && row "$label" "$unit" rate "$bench.moonloop" "C posix_spawn (floor)" "$bench.floor" - "$target"
+  [ "$bench" = pipe64 ] && row "$label" "$unit" rate "$bench.moonloop" "C read loop (floor)" "$bench.floor" - "$target"
 done
 if want startup; then
   row "start-up, hello world" "ms" time startup.moonloop "python -c 'import asyncio'" startup.python 25 "$T_START"

@@ -24,6 +24,7 @@
  * dropped by the worker (the send fails with -ESHUTDOWN). */
 #include <errno.h>
 #include <stdarg.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <pthread.h>
 #include <signal.h>
@@ -32,440 +33,9 @@
 #include <unistd.h>
 #include <lualib.h>
 #include "core/module.h"
-
-/* The error of a copy that does not decode (a bug, or memory overwritten). */
-#define CORRUPT_COPY "corrupt copy"
+#include "thread/copy.h"
 
 #define ML_EXECUTOR "asyncio.ThreadPoolExecutor"
-#define MAX_DEPTH 200
-
-/* ---------------------------------------------------------------- */
-/* Encoding values.                                                   */
-
-enum {
-  T_NIL, T_FALSE, T_TRUE, T_INT, T_FLT, T_STR, T_TABLE, T_REF, T_FUNC, T_MODULE,
-  T_CFUNC, T_GLOBALS, T_LIGHT, T_END
-};
-
-typedef struct Buf {
-  char *p;
-  size_t n, cap;
-  int oom;
-} Buf;
-
-static void put(Buf *b, const void *s, size_t n) {
-  if (b->oom) return;
-  if (b->n + n > b->cap) {
-    size_t cap = b->cap ? b->cap : 256;
-    char *np;
-    while (cap < b->n + n) cap *= 2;
-    np = realloc(b->p, cap);
-    if (np == NULL) {
-      b->oom = 1;
-      return;
-    }
-    b->p = np;
-    b->cap = cap;
-  }
-  memcpy(b->p + b->n, s, n);
-  b->n += n;
-}
-
-static void put_byte(Buf *b, int c) {
-  unsigned char u = (unsigned char)c;
-  put(b, &u, 1);
-}
-
-static void put_size(Buf *b, size_t n) { put(b, &n, sizeof n); }
-
-static void put_str(Buf *b, const char *s, size_t n) {
-  put_size(b, n);
-  put(b, s, n);
-}
-
-/* lua_Writer for lua_dump: [-0, +0], appends to the Buf. */
-static int dump_writer(lua_State *L, const void *p, size_t n, void *ud) {
-  (void)L;
-  put(ud, p, n);
-  return ((Buf *)ud)->oom;
-}
-
-/* The encoder's context: idx of the table of tables seen (table -> index),
- * of the reverse map of package.loaded (value -> name), and a counter. */
-typedef struct Enc {
-  Buf *b;
-  int seen, names;
-  int ntables;
-  const char *what;   /* "argument", "result" ... for messages */
-} Enc;
-
-static int encode(lua_State *L, Enc *e, int idx, int depth, const char *name);
-
-/* Raises cls(message); in a worker's state, which has no exception
- * classes, a string "cls\0message" that run_job hands back as such.
- * [-0, +2] never returns. */
-static int enc_raise(lua_State *L, const char *cls, const char *fmt, ...) {
-  char msg[512];
-  va_list ap;
-  va_start(ap, fmt);
-  vsnprintf(msg, sizeof msg, fmt, ap);
-  va_end(ap);
-  lua_getfield(L, LUA_REGISTRYINDEX, LUA_LOADED_TABLE);
-  if (lua_getfield(L, -1, "asyncio.exceptions") == LUA_TTABLE) return ml__exc_raise(L, cls, "%s", msg);
-  lua_pushfstring(L, "%s%c%s", cls, 0, msg);
-  return lua_error(L);
-}
-
-/* [-0, +0] raises TypeError naming the value at idx: never returns. */
-static int type_error(lua_State *L, Enc *e, const char *name, int idx) {
-  return enc_raise(L, "TypeError", "cannot copy %s to another thread: a %s cannot cross (nil, "
-                       "booleans, numbers, strings, tables, Lua functions and modules can)",
-                       name ? name : e->what, luaL_typename(L, idx));
-}
-
-static void push_names(lua_State *L);
-
-/* [-0, +0] the name in package.loaded of the value at idx, or NULL
- * (the names table at e->names is made on first call). */
-static const char *loaded_name(lua_State *L, Enc *e, int idx, size_t *len) {
-  const char *s = NULL;
-  if (lua_isnil(L, e->names)) {  /* made on first need: most jobs never look */
-    push_names(L);
-    lua_replace(L, e->names);
-  }
-  lua_pushvalue(L, idx);
-  if (lua_rawget(L, e->names) == LUA_TSTRING) s = lua_tolstring(L, -1, len);
-  lua_pop(L, 1);  /* the string stays alive in the names table */
-  return s;
-}
-
-/* [-0, +0] encodes the function at idx: a C function by its name in
- * package.loaded, a Lua one as bytecode and its upvalues. */
-static int encode_func(lua_State *L, Enc *e, int idx, int depth, const char *name) {
-  int i;
-  lua_Debug ar;
-  if (lua_iscfunction(L, idx)) {
-    size_t len = 0;
-    const char *n = loaded_name(L, e, idx, &len);
-    if (n == NULL) return type_error(L, e, name, idx);
-    put_byte(e->b, T_CFUNC);
-    put_str(e->b, n, len);
-    return 0;
-  }
-  lua_pushvalue(L, idx);
-  if (lua_rawget(L, e->seen) == LUA_TNUMBER) {  /* recursion: local function f() ... f() end */
-    size_t ref = (size_t)lua_tointeger(L, -1);
-    lua_pop(L, 1);
-    put_byte(e->b, T_REF);
-    put_size(e->b, ref);
-    return 0;
-  }
-  lua_pop(L, 1);
-  lua_pushvalue(L, idx);
-  lua_pushinteger(L, ++e->ntables);
-  lua_rawset(L, e->seen);
-  put_byte(e->b, T_FUNC);
-  lua_pushvalue(L, idx);
-  lua_getinfo(L, ">u", &ar);
-  {
-    Buf code = { 0 };
-    lua_pushvalue(L, idx);
-    lua_dump(L, dump_writer, &code, 0);
-    lua_pop(L, 1);
-    if (code.oom) {
-      free(code.p);
-      return enc_raise(L, "MemoryError", "copying a function");
-    }
-    put_str(e->b, code.p, code.n);
-    free(code.p);
-  }
-  put_byte(e->b, ar.nups);
-  for (i = 1; i <= ar.nups; i++) {
-    const char *up = lua_getupvalue(L, idx, i);
-    char label[128];
-    int top = lua_gettop(L);
-    snprintf(label, sizeof label, "upvalue '%s'%s%s", up && *up ? up : "?",
-             name ? " of " : "", name ? name : "");
-    encode(L, e, top, depth + 1, label);
-    lua_settop(L, top - 1);
-  }
-  return 0;
-}
-
-/* Encodes the value at idx.  Raises TypeError for what cannot cross.
- * [-0, +0] */
-static int encode(lua_State *L, Enc *e, int idx, int depth, const char *name) {
-  idx = lua_absindex(L, idx);
-  if (depth > MAX_DEPTH) return enc_raise(L, "ValueError", "%s is nested too deeply to copy", e->what);
-  luaL_checkstack(L, 8, "copying a value");
-  switch (lua_type(L, idx)) {
-  case LUA_TNIL: put_byte(e->b, T_NIL); break;
-  case LUA_TBOOLEAN: put_byte(e->b, lua_toboolean(L, idx) ? T_TRUE : T_FALSE); break;
-  case LUA_TNUMBER:
-    if (lua_isinteger(L, idx)) {
-      lua_Integer v = lua_tointeger(L, idx);
-      put_byte(e->b, T_INT);
-      put(e->b, &v, sizeof v);
-    } else {
-      lua_Number v = lua_tonumber(L, idx);
-      put_byte(e->b, T_FLT);
-      put(e->b, &v, sizeof v);
-    }
-    break;
-  case LUA_TSTRING: {
-    size_t n;
-    const char *s = lua_tolstring(L, idx, &n);
-    put_byte(e->b, T_STR);
-    put_str(e->b, s, n);
-    break;
-  }
-  case LUA_TLIGHTUSERDATA: {
-    void *p = lua_touserdata(L, idx);
-    put_byte(e->b, T_LIGHT);
-    put(e->b, &p, sizeof p);
-    break;
-  }
-  case LUA_TFUNCTION:
-    return encode_func(L, e, idx, depth, name);
-  case LUA_TTABLE: {
-    const char *mod;
-    lua_pushvalue(L, idx);
-    if (lua_rawget(L, e->seen) == LUA_TNUMBER) {
-      size_t ref = (size_t)lua_tointeger(L, -1);
-      lua_pop(L, 1);
-      put_byte(e->b, T_REF);
-      put_size(e->b, ref);
-      break;
-    }
-    lua_pop(L, 1);
-    lua_rawgeti(L, LUA_REGISTRYINDEX, LUA_RIDX_GLOBALS);
-    if (lua_rawequal(L, -1, idx)) {
-      lua_pop(L, 1);
-      put_byte(e->b, T_GLOBALS);  /* _ENV: the other state's globals */
-      break;
-    }
-    lua_pop(L, 1);
-    size_t mlen = 0;
-    if ((mod = loaded_name(L, e, idx, &mlen)) != NULL) {
-      put_byte(e->b, T_MODULE);
-      put_str(e->b, mod, mlen);
-      break;
-    }
-    lua_pushvalue(L, idx);
-    lua_pushinteger(L, ++e->ntables);
-    lua_rawset(L, e->seen);
-    put_byte(e->b, T_TABLE);
-    lua_pushnil(L);
-    while (lua_next(L, idx)) {
-      int top = lua_gettop(L);
-      encode(L, e, top - 1, depth + 1, name);
-      encode(L, e, top, depth + 1, name);
-      lua_pop(L, 1);
-    }
-    put_byte(e->b, T_END);
-    break;
-  }
-  default:
-    return type_error(L, e, name, idx);
-  }
-  if (e->b->oom) return enc_raise(L, "MemoryError", "copying a value");
-  return 0;
-}
-
-/* [-0, +1] the reverse map of package.loaded: each module table -> its
- * name, and each C function field of one -> "name\0field". */
-static void push_names(lua_State *L) {
-  lua_newtable(L);
-  luaL_getsubtable(L, LUA_REGISTRYINDEX, LUA_LOADED_TABLE);
-  lua_pushnil(L);
-  while (lua_next(L, -2)) {
-    if (lua_type(L, -2) == LUA_TSTRING && lua_istable(L, -1) && strcmp(lua_tostring(L, -2), "_G") != 0) {
-      const char *mod = lua_tostring(L, -2);
-      lua_pushvalue(L, -1);
-      lua_pushvalue(L, -3);
-      lua_rawset(L, -6);
-      lua_pushnil(L);
-      while (lua_next(L, -2)) {
-        if (lua_type(L, -2) == LUA_TSTRING && lua_iscfunction(L, -1)) {
-          lua_pushvalue(L, -1);
-          lua_rawget(L, -7);
-          if (lua_isnil(L, -1)) {
-            lua_pop(L, 1);
-            lua_pushvalue(L, -1);
-            lua_pushfstring(L, "%s%c%s", mod, 0, lua_tostring(L, -3));
-            lua_rawset(L, -8);
-          } else {
-            lua_pop(L, 1);
-          }
-        }
-        lua_pop(L, 1);
-      }
-    }
-    lua_pop(L, 1);
-  }
-  lua_pop(L, 1);
-  /* The base library's C functions (print, pairs...) through _G. */
-  lua_pushglobaltable(L);
-  lua_pushnil(L);
-  while (lua_next(L, -2)) {
-    if (lua_type(L, -2) == LUA_TSTRING && lua_iscfunction(L, -1)) {
-      lua_pushvalue(L, -1);
-      if (lua_rawget(L, -5) == LUA_TNIL) {
-        lua_pop(L, 1);
-        lua_pushvalue(L, -1);
-        lua_pushfstring(L, "_G%c%s", 0, lua_tostring(L, -3));
-        lua_rawset(L, -6);
-      } else {
-        lua_pop(L, 1);
-      }
-    }
-    lua_pop(L, 1);
-  }
-  lua_pop(L, 1);
-}
-
-/* Protected: encodes values 2..n of the stack (1 is the Buf light
- * userdata, then what).
- * encode_p(buf, what, values...) -> nothing */
-static int encode_p(lua_State *L) {
-  Buf *b = lua_touserdata(L, 1);
-  Enc e;
-  int n = lua_gettop(L), i;
-  e.b = b;
-  e.what = lua_tostring(L, 2);
-  e.ntables = 0;
-  lua_newtable(L);
-  e.seen = lua_gettop(L);
-  lua_pushnil(L);
-  e.names = lua_gettop(L);
-  put_size(b, (size_t)(n - 2));
-  for (i = 3; i <= n; i++) {
-    char label[48];
-    if (i == 3) snprintf(label, sizeof label, "the function");
-    else snprintf(label, sizeof label, "argument #%d", i - 3);
-    encode(L, &e, i, 0, strcmp(e.what, "argument") == 0 ? label : NULL);
-  }
-  return 0;
-}
-
-/* Decoding.  d->p .. d->end; tables seen, in order, in the table at seen. */
-typedef struct Dec {
-  const char *p, *end;
-  int seen, ntables;
-} Dec;
-
-/* [-0, +0] reads n bytes; raises "corrupt copy" past the end. */
-static int get(lua_State *L, Dec *d, void *out, size_t n) {
-  if ((size_t)(d->end - d->p) < n) return luaL_error(L, CORRUPT_COPY);
-  memcpy(out, d->p, n);
-  d->p += n;
-  return 0;
-}
-
-static void decode(lua_State *L, Dec *d);
-
-/* [-0, +1] pushes field of module mod (s is "mod\0field", n long),
- * required in this state; raises if it is not a function there. */
-static void push_cfunc(lua_State *L, const char *s, size_t n) {
-  const char *mod = s, *field = s + strlen(s) + 1;
-  if (field > s + n) luaL_error(L, CORRUPT_COPY);
-  if (strcmp(mod, "_G") == 0) lua_pushglobaltable(L);
-  else {
-    lua_getglobal(L, "require");
-    lua_pushstring(L, mod);
-    lua_call(L, 1, 1);
-  }
-  if (!lua_istable(L, -1) || lua_getfield(L, -1, field) != LUA_TFUNCTION)
-    luaL_error(L, "function %s.%s is not in this thread's state", mod, field);
-  lua_remove(L, -2);
-}
-
-/* [-0, +1] pushes the next value decoded. */
-static void decode(lua_State *L, Dec *d) {
-  unsigned char tag = 0;
-  size_t n = 0;
-  luaL_checkstack(L, 8, "copying a value");
-  get(L, d, &tag, 1);
-  switch (tag) {
-  case T_NIL: lua_pushnil(L); break;
-  case T_FALSE: lua_pushboolean(L, 0); break;
-  case T_TRUE: lua_pushboolean(L, 1); break;
-  case T_INT: { lua_Integer v = 0; get(L, d, &v, sizeof v); lua_pushinteger(L, v); break; }
-  case T_FLT: { lua_Number v = 0; get(L, d, &v, sizeof v); lua_pushnumber(L, v); break; }
-  case T_LIGHT: { void *p = NULL; get(L, d, &p, sizeof p); lua_pushlightuserdata(L, p); break; }
-  case T_STR:
-  case T_MODULE:
-  case T_CFUNC:
-    get(L, d, &n, sizeof n);
-    if ((size_t)(d->end - d->p) < n) luaL_error(L, CORRUPT_COPY);
-    if (tag == T_STR) {
-      lua_pushlstring(L, d->p, n);
-    } else if (tag == T_MODULE) {
-      lua_getglobal(L, "require");
-      lua_pushlstring(L, d->p, n);
-      lua_call(L, 1, 1);
-    } else {
-      lua_pushlstring(L, d->p, n);  /* keeps a terminated copy */
-      push_cfunc(L, lua_tostring(L, -1), n);
-      lua_remove(L, -2);
-    }
-    d->p += n;
-    break;
-  case T_GLOBALS: lua_pushglobaltable(L); break;
-  case T_REF:
-    get(L, d, &n, sizeof n);
-    lua_rawgeti(L, d->seen, (lua_Integer)n);
-    break;
-  case T_TABLE:
-    lua_newtable(L);
-    lua_pushvalue(L, -1);
-    lua_rawseti(L, d->seen, ++d->ntables);
-    for (;;) {
-      if (d->p < d->end && (unsigned char)*d->p == T_END) {
-        d->p++;
-        break;
-      }
-      decode(L, d);
-      decode(L, d);
-      if (lua_isnil(L, -2)) luaL_error(L, CORRUPT_COPY);
-      lua_rawset(L, -3);
-    }
-    break;
-  case T_FUNC: {
-    unsigned char nups = 0;
-    get(L, d, &n, sizeof n);
-    if ((size_t)(d->end - d->p) < n) luaL_error(L, CORRUPT_COPY);
-    if (luaL_loadbufferx(L, d->p, n, "=copied function", "b") != LUA_OK) lua_error(L);
-    d->p += n;
-    lua_pushvalue(L, -1);
-    lua_rawseti(L, d->seen, ++d->ntables);
-    get(L, d, &nups, 1);
-    for (int i = 1; i <= nups; i++) {
-      decode(L, d);
-      if (lua_setupvalue(L, -2, i) == NULL) lua_pop(L, 1);
-    }
-    break;
-  }
-  default:
-    luaL_error(L, CORRUPT_COPY);
-  }
-}
-
-/* Protected: pushes the values encoded in the buffer (light userdata 1,
- * size 2); returns how many.
- * decode_p(buf, size) -> the values */
-static int decode_p(lua_State *L) {
-  const char *p = lua_touserdata(L, 1);
-  size_t len = (size_t)lua_tointeger(L, 2), n = 0;
-  Dec d = { p, p + len, 0, 0 };
-  lua_settop(L, 0);
-  lua_newtable(L);
-  d.seen = 1;
-  get(L, &d, &n, sizeof n);
-  luaL_checkstack(L, (int)(n > 100000 ? 100000 : n) + 8, "too many values");
-  for (size_t i = 0; i < n; i++) decode(L, &d);
-  return (int)n;
-}
 
 /* ---------------------------------------------------------------- */
 /* Pools and jobs.                                                     */
@@ -480,8 +50,30 @@ typedef struct Job {
   char *copy_err;    /* "cls\0message": the results could not be copied */
   char *in, *out;    /* encoded call; encoded results or error */
   size_t inlen, outlen;
-  char *path, *cpath;
+  struct Paths *paths;  /* package.path and cpath of the submitting state */
 } Job;
+
+/* The submitting state's package.path and cpath, shared by its jobs while
+ * they do not change (the executor keeps the last one), so that a job
+ * copies no string and a worker sets them only when they differ from
+ * what it set last.  Reference counted: jobs, executors and workers. */
+typedef struct Paths {
+  atomic_int refs;
+  char *path, *cpath;
+} Paths;
+
+static Paths *paths_ref(Paths *ps) {
+  if (ps) atomic_fetch_add(&ps->refs, 1);
+  return ps;
+}
+
+static void paths_unref(Paths *ps) {
+  if (ps && atomic_fetch_sub(&ps->refs, 1) == 1) {
+    free(ps->path);
+    free(ps->cpath);
+    free(ps);
+  }
+}
 
 typedef struct Pool {
   pthread_mutex_t mu;
@@ -507,8 +99,7 @@ static void pool_unref(Pool *p) {
 static void job_free(Job *j) {
   free(j->in);
   free(j->out);
-  free(j->path);
-  free(j->cpath);
+  paths_unref(j->paths);
   free(j->copy_err);
   free(j);
 }
@@ -526,25 +117,29 @@ static int traceback_msgh(lua_State *L) {
 
 /* Runs the job on the worker's state W and encodes its outcome.
  * [-?, +0] leaves W's stack empty. */
-static void run_job(lua_State *W, Job *j) {
+static void run_job(lua_State *W, Job *j, Paths **applied) {
   int st, n;
-  Buf out = { 0 };
+  ml_Copy out = { 0 };
   lua_settop(W, 0);
   /* An earlier job may have replaced package: raw access, no metamethods,
    * as nothing here may raise outside a protected call. */
-  lua_pushglobaltable(W);
-  lua_pushliteral(W, "package");
-  if (j->path && lua_rawget(W, -2) == LUA_TTABLE) {
-    lua_pushliteral(W, "path");
-    lua_pushstring(W, j->path);
-    lua_rawset(W, -3);
-    lua_pushliteral(W, "cpath");
-    lua_pushstring(W, j->cpath);
-    lua_rawset(W, -3);
+  if (j->paths && j->paths != *applied) {
+    lua_pushglobaltable(W);
+    lua_pushliteral(W, "package");
+    if (lua_rawget(W, -2) == LUA_TTABLE) {
+      lua_pushliteral(W, "path");
+      lua_pushstring(W, j->paths->path);
+      lua_rawset(W, -3);
+      lua_pushliteral(W, "cpath");
+      lua_pushstring(W, j->paths->cpath);
+      lua_rawset(W, -3);
+    }
+    paths_unref(*applied);
+    *applied = paths_ref(j->paths);
   }
   lua_settop(W, 0);
   lua_pushcfunction(W, traceback_msgh);
-  lua_pushcfunction(W, decode_p);
+  lua_pushcfunction(W, ml__copy_decode_p);
   lua_pushlightuserdata(W, j->in);
   lua_pushinteger(W, (lua_Integer)j->inlen);
   st = lua_pcall(W, 2, LUA_MULTRET, 1);
@@ -555,7 +150,8 @@ static void run_job(lua_State *W, Job *j) {
   }
   if (st == LUA_OK) {
     j->ok = 1;
-    lua_pushcfunction(W, encode_p);
+    if (ml__copy_fast(W, &out, 2, lua_gettop(W), 0)) goto encoded;
+    lua_pushcfunction(W, ml__copy_encode_p);
     lua_insert(W, 2);
     lua_pushlightuserdata(W, &out);
     lua_insert(W, 3);
@@ -579,7 +175,7 @@ static void run_job(lua_State *W, Job *j) {
     else lua_pushnil(W);
     lua_pushnil(W);
     lua_rawsetp(W, LUA_REGISTRYINDEX, &tb_key);
-    lua_pushcfunction(W, encode_p);
+    lua_pushcfunction(W, ml__copy_encode_p);
     lua_insert(W, 2);
     lua_pushlightuserdata(W, &out);
     lua_insert(W, 3);
@@ -596,6 +192,7 @@ static void run_job(lua_State *W, Job *j) {
       return;
     }
   }
+encoded:
   lua_settop(W, 0);
   j->out = out.p;
   j->outlen = out.oom ? 0 : out.n;
@@ -604,6 +201,7 @@ static void run_job(lua_State *W, Job *j) {
 
 static void *worker_main(void *arg) {
   Pool *p = arg;
+  Paths *applied = NULL;
   lua_State *W = luaL_newstate();
   if (W) luaL_openlibs(W);
   pthread_mutex_lock(&p->mu);
@@ -622,7 +220,7 @@ static void *worker_main(void *arg) {
     p->head = j->next;
     if (p->head == NULL) p->tail = NULL;
     pthread_mutex_unlock(&p->mu);
-    if (W) run_job(W, j);
+    if (W) run_job(W, j, &applied);
     if (ml__wakeup_send(j->wake, &j->node) != 0) {
       /* The state has closed: nobody wants the result. */
       ml__wakeup_release(j->wake);
@@ -631,6 +229,7 @@ static void *worker_main(void *arg) {
     pthread_mutex_lock(&p->mu);
   }
   if (W) lua_close(W);
+  paths_unref(applied);
   pthread_mutex_lock(&p->mu);
   p->nthreads--;
   pthread_cond_broadcast(&p->gone);
@@ -692,7 +291,7 @@ static void job_done(ml_State *S, void *ud) {
       ml__exc_push(L, "MemoryError", "the worker's results could not be copied");
       st = LUA_ERRMEM;
     } else {
-      lua_pushcfunction(L, decode_p);
+      lua_pushcfunction(L, ml__copy_decode_p);
       lua_pushlightuserdata(L, j->out);
       lua_pushinteger(L, (lua_Integer)j->outlen);
       st = lua_pcall(L, 2, LUA_MULTRET, 0);
@@ -720,6 +319,7 @@ static void job_done(ml_State *S, void *ud) {
 
 typedef struct Exec {
   Pool *pool;
+  Paths *paths;   /* what its last job was given */
 } Exec;
 
 /* [-0, +0] the executor at 1, or raises. */
@@ -736,6 +336,7 @@ static int l_new(lua_State *L) {
   if (n > 1024) return ml__exc_raise(L, "ValueError", "max_workers must be at most 1024");
   x = lua_newuserdatauv(L, sizeof *x, 0);
   x->pool = NULL;
+  x->paths = NULL;
   luaL_setmetatable(L, ML_EXECUTOR);
   p = calloc(1, sizeof *p);
   if (p == NULL) return ml__exc_raise(L, "MemoryError", "thread pool");
@@ -748,20 +349,38 @@ static int l_new(lua_State *L) {
   return 1;
 }
 
-/* [-0, +0] a malloc'd copy of package[field], or NULL. */
-static char *dupstr(lua_State *L, const char *field) {
-  const char *s;
-  char *r;
-  lua_getglobal(L, "package");
-  if (!lua_istable(L, -1)) {
+/* [-0, +0] a reference to the Paths of package.path and cpath now: the
+ * executor's last one if they have not changed, or NULL (no package
+ * table, no strings, or no memory: the worker keeps what it has). */
+static Paths *current_paths(lua_State *L, Exec *x) {
+  const char *path, *cpath;
+  Paths *ps = NULL;
+  if (lua_getglobal(L, "package") != LUA_TTABLE) {
     lua_pop(L, 1);
     return NULL;
   }
-  lua_getfield(L, -1, field);
-  s = lua_tostring(L, -1);
-  r = s ? strdup(s) : NULL;
-  lua_pop(L, 2);
-  return r;
+  lua_getfield(L, -1, "path");
+  lua_getfield(L, -2, "cpath");
+  path = lua_tostring(L, -2);
+  cpath = lua_tostring(L, -1);
+  if (path && cpath) {
+    if (x->paths && strcmp(x->paths->path, path) == 0 && strcmp(x->paths->cpath, cpath) == 0) {
+      ps = paths_ref(x->paths);
+    } else if ((ps = calloc(1, sizeof *ps)) != NULL) {
+      ps->path = strdup(path);
+      ps->cpath = strdup(cpath);
+      atomic_init(&ps->refs, 1);
+      if (ps->path == NULL || ps->cpath == NULL) {
+        paths_unref(ps);
+        ps = NULL;
+      } else {
+        paths_unref(x->paths);
+        x->paths = paths_ref(ps);
+      }
+    }
+  }
+  lua_pop(L, 3);
+  return ps;
 }
 
 /* ex:_submit(fn, ...) -> Future: fn(...) on a worker thread. */
@@ -769,19 +388,21 @@ static int ex_submit(lua_State *L) {
   Exec *x = check_exec(L);
   Pool *p = x->pool;
   ml_State *S = ml__state(L);
-  Buf in = { 0 };
+  ml_Copy in = { 0 };
   Job *j;
   int n = lua_gettop(L), r;
   if (p == NULL || p->shutdown) return ml__exc_raise(L, "RuntimeError", "cannot schedule new futures after shutdown");
   luaL_checktype(L, 2, LUA_TFUNCTION);
   /* Encode fn and the arguments first: that raises on what cannot cross. */
-  lua_pushcfunction(L, encode_p);
-  lua_pushlightuserdata(L, &in);
-  lua_pushliteral(L, "argument");
-  for (int i = 2; i <= n; i++) lua_pushvalue(L, i);
-  if (lua_pcall(L, n + 1, 0, 0) != LUA_OK) {
-    free(in.p);
-    return lua_error(L);
+  if (!ml__copy_fast(L, &in, 2, n, 1)) {
+    lua_pushcfunction(L, ml__copy_encode_p);
+    lua_pushlightuserdata(L, &in);
+    lua_pushliteral(L, "argument");
+    for (int i = 2; i <= n; i++) lua_pushvalue(L, i);
+    if (lua_pcall(L, n + 1, 0, 0) != LUA_OK) {
+      free(in.p);
+      return lua_error(L);
+    }
   }
   ml__future_new(L);
   j = calloc(1, sizeof *j);
@@ -792,13 +413,7 @@ static int ex_submit(lua_State *L) {
   }
   j->in = in.p;
   j->inlen = in.n;
-  j->path = dupstr(L, "path");
-  j->cpath = dupstr(L, "cpath");
-  if (j->path == NULL || j->cpath == NULL) {
-    free(j->path);
-    free(j->cpath);
-    j->path = j->cpath = NULL;
-  }
+  j->paths = current_paths(L, x);
   j->node.fn = job_done;
   j->node.ud = j;
   j->pool = p;
@@ -850,6 +465,8 @@ static int ex_gc(lua_State *L) {
   ex_shutdown(L);
   pool_unref(x->pool);
   x->pool = NULL;
+  paths_unref(x->paths);
+  x->paths = NULL;
   return 0;
 }
 

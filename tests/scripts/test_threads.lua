@@ -119,6 +119,31 @@ T.case("ThreadPoolExecutor: submit, set_default_executor, shutdown", async funct
   T.raises(asyncio.TypeError, function() loop:set_default_executor({}) end, "not an executor")
 end)
 
+T.case("a function sent again gets fresh upvalues; closures it left behind keep theirs", async function()
+  local ex = asyncio.ThreadPoolExecutor(1)  -- one worker: the second job finds the first's function
+  local counter = 0
+  local function job(add)
+    counter = counter + add
+    keep = keep or {}              -- a global of the worker's state
+    keep[#keep + 1] = function() return counter end
+    local seen = {}
+    for i, get in ipairs(keep) do seen[i] = get() end
+    return counter, seen
+  end
+  local c1, s1 = await ex:submit(job, 10)
+  local c2, s2 = await ex:submit(job, 5)
+  T.eq({ c1, s1 }, { 10, { 10 } }, "first job")
+  T.eq({ c2, s2 }, { 5, { 10, 5 } }, "second job: its own upvalue, the first closure's kept")
+  T.eq(counter, 0, "the caller's upvalue is untouched")
+  -- Plain data only (the path that skips the protected encoder), changed between calls.
+  local base = 1
+  local function add(x) return x + base end
+  T.eq(await ex:submit(add, 1), 2, "base 1")
+  base = 100
+  T.eq(await ex:submit(add, 1), 101, "base 100: the upvalue's value now, not a cached one")
+  ex:shutdown(true)
+end)
+
 T.case("the default size is Python's, min(32, cores + 4)", function()
   local ex = asyncio.ThreadPoolExecutor()
   local cores = tonumber((T.sh("nproc")))
