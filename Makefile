@@ -89,14 +89,20 @@ STD_C = stdlib/init.c $(wildcard stdlib/*/[a-z_]*.c)
 STD_C := $(filter-out stdlib/tools/%,$(STD_C))
 STD_LUA = $(wildcard stdlib/*.lua stdlib/*/*.lua)
 CORE_OBJ = $(CORE_SRC:%.c=$(BUILD)/%.o) $(BUILD)/core_lua.o
+# llhttp (the HTTP server's parser) is compiled from the C sources Debian's
+# node-llhttp package ships; nothing of it is kept in this repository.
+LLHTTP_SRC ?= /usr/share/llhttp
+LLHTTP_INC ?= /usr/share/include/llhttp
+LLHTTP_OBJ = $(BUILD)/llhttp/llhttp.o $(BUILD)/llhttp/api.o $(BUILD)/llhttp/http.o
 LIB_OBJ = $(CORE_OBJ) $(EMBED_SRC:%.c=$(BUILD)/%.o) $(STD_C:%.c=$(BUILD)/%.o) $(BUILD)/stdlib_lua.o \
-	$(BUILD)/sandbox_lua.o
+	$(BUILD)/sandbox_lua.o $(LLHTTP_OBJ)
 CLI_OBJ = $(CLI_SRC:%.c=$(BUILD)/%.o)
 # Unit suites of the core alone, and of the whole library.
 CHECK_LIB_SRC = tests/unit/check_embed.c tests/unit/check_process.c tests/unit/check_threads.c
 CHECK_CORE_SRC = $(filter-out $(CHECK_LIB_SRC) tests/unit/check_main.c,$(wildcard tests/unit/check_*.c))
 
-DEB_PKGS = liblua5.4-dev libev-dev check pkg-config libedit-dev tmux socat netcat-openbsd python3 libssl-dev openssl
+DEB_PKGS = liblua5.4-dev libev-dev check pkg-config libedit-dev tmux socat netcat-openbsd python3 libssl-dev openssl \
+	node-llhttp libwslay-dev curl wrk python3-websockets lua-cjson
 BENCH_PKGS = python3-uvloop hyperfine nodejs
 
 .PHONY: bench-check fuzz-deps FORCE all build test run bench deps bench-deps need need-check install uninstall clean \
@@ -152,6 +158,7 @@ need:
 	  $(PKG_CONFIG) --exists openssl || missing="$$missing libssl-dev"; \
 	else missing=" pkg-config"; fi; \
 	printf '\#include <ev.h>\n' | $(CC) -E -x c - >/dev/null 2>&1 || missing="$$missing libev-dev"; \
+	[ -f $(LLHTTP_SRC)/llhttp.c ] && [ -f $(LLHTTP_INC)/llhttp.h ] || missing="$$missing node-llhttp"; \
 	if [ -n "$$missing" ]; then \
 	  echo "make: cannot build, missing:$$missing" >&2; \
 	  echo "make: run 'make deps' as root to install them (or: sudo apt-get install$$missing)" >&2; \
@@ -205,6 +212,14 @@ FORCE:
 $(BUILD)/%.o: %.c $(BUILD)/cflags | need
 	@mkdir -p $(dir $@)
 	$(CC) $(ALL_CFLAGS) $(OBJ_CFLAGS) -c $< -o $@
+
+# The HTTP modules see llhttp's header; llhttp itself is built from
+# Debian's sources with the library's flags, minus the warnings that are
+# its authors' business.
+$(BUILD)/stdlib/http/%.o: OBJ_CFLAGS = -I$(LLHTTP_INC)
+$(BUILD)/llhttp/%.o: $(LLHTTP_SRC)/%.c $(BUILD)/cflags | need
+	@mkdir -p $(dir $@)
+	$(CC) $(ALL_CFLAGS) -w -I$(LLHTTP_INC) -c $< -o $@
 
 # libedit's headers, for the REPL's objects only.
 $(CLI_OBJ): OBJ_CFLAGS = $(EDIT_CFLAGS)

@@ -14,6 +14,7 @@ int luaopen_asyncio__server(lua_State *L);
 int luaopen_asyncio__stream(lua_State *L);
 int luaopen_asyncio__transport(lua_State *L);
 int luaopen_ssl__ssl(lua_State *L);
+int luaopen_http__server(lua_State *L);
 
 /* The C modules, by the name scripts require them by, with what each
  * reaches outside the state: "net", "process", "signal", "thread",
@@ -36,6 +37,7 @@ static const struct {
   { "asyncio._stream", luaopen_asyncio__stream, "net" },
   { "asyncio._transport", luaopen_asyncio__transport, "net" },
   { "ssl._ssl", luaopen_ssl__ssl, "net" },
+  { "http._server", luaopen_http__server, "net" },
   { NULL, NULL, NULL }
 };
 
