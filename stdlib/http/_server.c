@@ -22,6 +22,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <math.h>
 #include <time.h>
 #include <llhttp.h>
 #include "socket/net.h"
@@ -35,7 +36,14 @@
 /* User values of a connection. */
 enum { UV_REQMT = 1, UV_HDRMT, UV_REQ, UV_TR, UV_ERR, UV_N = UV_ERR };
 
-enum { P_IDLE, P_HEAD, P_BUSY };
+enum { P_IDLE, P_HEAD, P_BUSY, P_LINGER };
+
+/* After an error answer, how long and how much of the client's input is
+ * read and dropped before closing: closing with unread input would reset
+ * the connection and the client might never see the answer (nginx's
+ * lingering close). */
+#define LINGER_TIME 2.0
+#define LINGER_BYTES (64 * 1024 * 1024)
 enum { W_NONE, W_REQ, W_BODY, W_DRAIN };
 /* What the response is doing. */
 enum { R_NONE, R_STREAM, R_DONE };
@@ -52,6 +60,7 @@ typedef struct HConn {
   ml_Task *waiter;       /* the connection's task, when it waits */
   int wait;              /* W_* */
   int err;               /* errno or status that ended reading the body, 0 if none */
+  int limit_status;      /* 431 or 413: the limit a callback found exceeded */
   ml_BQ in;              /* bytes not parsed yet (the parser is paused) */
   ml_BQ head;            /* target, header names and values of the request being parsed */
   ml_BQ body;            /* body bytes the handler has not taken */
@@ -85,7 +94,8 @@ typedef struct HConn {
   unsigned char wpaused;       /* the transport asked us to pause writing */
   unsigned char rpaused;       /* we paused the transport's reading */
   unsigned char http10;
-  unsigned char in_feed;       /* feed() is running (no re-entry) */
+  unsigned char lingering;     /* answered an error: dropping input until EOF */
+  uint64_t lingered;           /* bytes dropped so far */
 } HConn;
 
 static llhttp_settings_t settings;
@@ -217,6 +227,7 @@ static void out_flush(lua_State *L, HConn *hc) {
 /* A whole response of the server's own (errors it answers for itself),
  * then closes the connection. */
 static void simple_response(lua_State *L, HConn *hc, int status, const char *msg) {
+  hc->limit_status = 0;
   char line[128];
   size_t mlen = strlen(msg);
   if (hc->c == NULL || hc->closed) return;
@@ -231,7 +242,19 @@ static void simple_response(lua_State *L, HConn *hc, int status, const char *msg
   out_add(hc, msg, mlen);
   out_flush(L, hc);
   hc->resp = R_DONE;
-  close_conn(hc, 0);
+  if (hc->c->layer == NULL && !hc->eof && !hc->c->closing) {
+    /* half-close, then drop what the client still sends until its EOF */
+    hc->lingering = 1;
+    set_phase(hc, P_LINGER);
+    ml__conn_write_eof(hc->c);
+    if (hc->rpaused) {
+      hc->rpaused = 0;
+      hc->c->paused = 0;
+      ml__conn_update_reading(hc->c);
+    }
+  } else {
+    close_conn(hc, 0);
+  }
 }
 
 /* ---------------------------------------------------------------- */
@@ -244,7 +267,7 @@ static int head_add(HConn *hc, const char *at, size_t n, int lower) {
   char *d;
   hc->head_bytes += n;
   if (hc->head_bytes > hc->header_limit) {
-    llhttp_set_error_reason(&hc->p, "431");
+    hc->limit_status = 431;
     return HPE_USER;
   }
   d = ml__bq_reserve(&hc->head, n);
@@ -291,7 +314,7 @@ static int on_header_field(llhttp_t *p, const char *at, size_t n) {
   Hdr *h;
   if (hc->nhdr == 0 || hc->in_value) {
     if (hc->nhdr == MAX_HEADERS) {
-      llhttp_set_error_reason(p, "431");
+      hc->limit_status = 431;
       return HPE_USER;
     }
     h = &hc->hdr[hc->nhdr++];
@@ -365,7 +388,7 @@ static int on_headers_complete(llhttp_t *p) {
   size_t ulen = hc->url_len, plen;
   int hcidx;
   if (hc->p.content_length > hc->body_limit && (p->flags & F_CONTENT_LENGTH)) {
-    llhttp_set_error_reason(p, "413");
+    hc->limit_status = 413;
     return HPE_USER;
   }
   hc->keep_alive = (unsigned char)llhttp_should_keep_alive(p);
@@ -438,7 +461,7 @@ static int on_body(llhttp_t *p, const char *at, size_t n) {
   HConn *hc = p->data;
   hc->body_bytes += n;
   if (hc->body_bytes > hc->body_limit) {
-    llhttp_set_error_reason(p, "413");
+    hc->limit_status = 413;
     return HPE_USER;
   }
   if (!hc->active) return 0;  /* the response is done: discarded */
@@ -464,8 +487,7 @@ static int on_message_complete(llhttp_t *p) {
 
 /* The status for a parse error: the reason a callback gave, or 400. */
 static int error_status(HConn *hc, llhttp_errno_t e) {
-  const char *r = llhttp_get_error_reason(&hc->p);
-  if (e == HPE_USER && r && (strcmp(r, "431") == 0 || strcmp(r, "413") == 0)) return atoi(r);
+  if (hc->limit_status) return hc->limit_status;
   if (e == HPE_USER) return 500;
   return 400;
 }
@@ -572,6 +594,11 @@ static int hc_data_received(lua_State *L) {
   HConn *hc = check_hc(L, 1);
   size_t n;
   const char *s = luaL_checklstring(L, 2, &n);
+  if (hc->lingering) {
+    hc->lingered += n;
+    if (hc->lingered > LINGER_BYTES) close_conn(hc, 1);
+    return 0;
+  }
   if (hc->closed || hc->err) return 0;
   lua_settop(L, 2);
   lua_pushvalue(L, 1);
@@ -598,6 +625,7 @@ static int hc_data_received(lua_State *L) {
 static int hc_eof_received(lua_State *L) {
   HConn *hc = check_hc(L, 1);
   hc->eof = 1;
+  if (hc->lingering) return 0;  /* closes */
   if (hc->active && !hc->complete && !hc->upgraded) {
     /* ended mid-body */
     llhttp_errno_t e = llhttp_finish(&hc->p);
@@ -649,12 +677,17 @@ static int on_timeout(lua_State *L) {
     close_conn(hc, 0);
     return 0;
   }
+  if (hc->phase == P_LINGER && now - hc->phase_start >= LINGER_TIME) {
+    close_conn(hc, 1);
+    return 0;
+  }
   if (hc->phase == P_HEAD && now - hc->phase_start >= hc->header_timeout) {
     simple_response(L, hc, 408, "Request Timeout\n");
     return 0;
   }
-  left = hc->phase == P_IDLE ? hc->keepalive_timeout - (now - hc->phase_start)
+  left = hc->phase == P_IDLE ? fmin(hc->keepalive_timeout - (now - hc->phase_start), hc->header_timeout)
          : hc->phase == P_HEAD ? hc->header_timeout - (now - hc->phase_start)
+         : hc->phase == P_LINGER ? LINGER_TIME - (now - hc->phase_start)
          : hc->keepalive_timeout;
   if (left < 0.001) left = 0.001;
   ev_timer_set(&hc->tm, left, 0.);
