@@ -79,13 +79,77 @@ static int park(lua_State *L, ml_Socket *s, int write, lua_KContext ctx, lua_KFu
   return ml__task_suspend(L, write ? whook : rhook, s, ctx, k);
 }
 
+/* ---- argument checks ----
+ * An async method runs in the frame of the await that called it:
+ * __awmeth's for `await loop:sock_recv(...)`, none for a Coroutine
+ * awaited later, where luaL_argerror would name '__awmeth' or '?'.  So
+ * the checks below name the method the script called, and count its
+ * arguments as a method call's (the loop is not one: the socket is #1). */
+
+/* Raises "bad argument #n to 'fn' (msg)" for the value at idx. */
+static int arg_error(lua_State *L, const char *fn, int idx, const char *msg) {
+  return luaL_error(L, "bad argument #%d to '%s' (%s)", idx - 1, fn, msg);
+}
+
+static int arg_typeerror(lua_State *L, const char *fn, int idx, const char *tname) {
+  return arg_error(L, fn, idx, lua_pushfstring(L, "%s expected, got %s", tname, luaL_typename(L, idx)));
+}
+
+/* [-0, +0] */
+static lua_Integer arg_integer(lua_State *L, const char *fn, int idx) {
+  int ok;
+  lua_Integer v = lua_tointegerx(L, idx, &ok);
+  if (!ok) {
+    if (lua_type(L, idx) == LUA_TNUMBER) arg_error(L, fn, idx, "number has no integer representation");
+    arg_typeerror(L, fn, idx, "number");
+  }
+  return v;
+}
+
+/* [-0, +0] a string, or a number converted in place (luaL_checklstring's
+ * rule). */
+static const char *arg_string(lua_State *L, const char *fn, int idx, size_t *len) {
+  int t = lua_type(L, idx);
+  if (t != LUA_TSTRING && t != LUA_TNUMBER) arg_typeerror(L, fn, idx, "string");
+  return lua_tolstring(L, idx, len);
+}
+
 /* The socket argument of a loop:sock_* method: open, non-blocking, not
  * owned by a transport.  [-0, +0] */
-static ml_Socket *check_nb(lua_State *L, int idx) {
-  ml_Socket *s = ml__sock_checkopen(L, idx);
-  if (s->blocking) luaL_argerror(L, idx, "the socket must be non-blocking");
-  if (s->transport) luaL_argerror(L, idx, "the socket is used by a transport");
+static ml_Socket *check_nb(lua_State *L, const char *fn, int idx) {
+  ml_Socket *s = ml__udata_test(L, idx, ML_UT_SOCKET);
+  if (s == NULL) arg_typeerror(L, fn, idx, ML_SOCKET);
+  if (s->fd < 0) ml__exc_raise_errno(L, EBADF, NULL);
+  if (s->blocking) arg_error(L, fn, idx, "the socket must be non-blocking");
+  if (s->transport) arg_error(L, fn, idx, "the socket is used by a transport");
   return s;
+}
+
+/* addr_check_p(address, family): ml__sock_toaddr's checks, without a
+ * lookup. */
+static int addr_check_p(lua_State *L) {
+  struct sockaddr_storage ss;
+  socklen_t len;
+  ml__sock_toaddr(L, 1, (int)lua_tointeger(L, 2), 0, &ss, &len);
+  return 0;
+}
+
+/* Checks the address argument at idx for a socket of family, as the
+ * system call will read it: socket/address.c raises argument errors of
+ * its own frame, so they are caught here (only when the method is called,
+ * not on its continuations) and raised again naming fn.  [-0, +0] */
+static void check_addr(lua_State *L, const char *fn, int idx, int family) {
+  const char *m, *open, *close;
+  lua_pushcfunction(L, addr_check_p);
+  lua_pushvalue(L, idx);
+  lua_pushinteger(L, family);
+  if (lua_pcall(L, 2, 0, 0) == LUA_OK) return;
+  m = lua_tostring(L, -1);
+  if (m == NULL) lua_error(L);  /* an exception object: raised as it is */
+  open = strncmp(m, "bad argument #", 14) == 0 ? strstr(m, "' (") : NULL;
+  close = strrchr(m, ')');
+  if (open && close > open) m = lua_pushlstring(L, open + 3, (size_t)(close - open - 3));
+  arg_error(L, fn, idx, m);
 }
 
 /* ---------------------------------------------------------------- */
@@ -97,22 +161,26 @@ static void req_push_error(lua_State *L, ml_Lookup *q) {
   ml__sock_push_gaierror(L, q->rc, q->err);
 }
 
-/* Fills the request's getaddrinfo input from script values.  [-0, +0] */
-static void gai_args(lua_State *L, ml_Lookup *q, int hi, int pi) {
+/* Fills the request's getaddrinfo input from script values, the host at
+ * hi and the port at pi; errors name fn's argument eidx (0: hi or pi).
+ * [-0, +0] */
+static void gai_args(lua_State *L, ml_Lookup *q, int hi, int pi, const char *fn, int eidx) {
   size_t n;
+  hi = lua_absindex(L, hi);
+  pi = lua_absindex(L, pi);
   if (!lua_isnoneornil(L, hi)) {
-    const char *h = luaL_checklstring(L, hi, &n);
-    luaL_argcheck(L, n < sizeof q->host, hi, "host name too long");
+    const char *h = arg_string(L, fn, hi, &n);
+    if (n >= sizeof q->host) arg_error(L, fn, eidx ? eidx : hi, "host name too long");
     memcpy(q->host, h, n + 1);
     q->has_host = n > 0;
   }
   if (lua_type(L, pi) == LUA_TNUMBER) {
-    lua_Integer p = luaL_checkinteger(L, pi);
+    lua_Integer p = arg_integer(L, fn, pi);
     snprintf(q->serv, sizeof q->serv, "%lld", (long long)p);
     q->has_serv = 1;
   } else if (!lua_isnoneornil(L, pi)) {
-    const char *p = luaL_checklstring(L, pi, &n);
-    luaL_argcheck(L, n < sizeof q->serv, pi, "service name too long");
+    const char *p = arg_string(L, fn, pi, &n);
+    if (n >= sizeof q->serv) arg_error(L, fn, eidx ? eidx : pi, "service name too long");
     memcpy(q->serv, p, n + 1);
     q->has_serv = 1;
   }
@@ -125,7 +193,8 @@ static int opt_int(lua_State *L, int t, const char *k, int dflt) {
     if (lua_getfield(L, t, k) != LUA_TNIL) {
       int ok;
       lua_Integer x = lua_tointegerx(L, -1, &ok);
-      if (!ok || x < INT_MIN || x > INT_MAX) luaL_error(L, "option '%s' must be an integer (32 bits)", k);
+      if (!ok || x < INT_MIN || x > INT_MAX)
+        ml__exc_raise(L, "TypeError", "getaddrinfo() option '%s' must be an integer (32 bits)", k);
       v = (int)x;
     }
     lua_pop(L, 1);
@@ -171,8 +240,9 @@ static int getaddrinfo_k(lua_State *L, int status, lua_KContext ctx) {
 /* loop:getaddrinfo(host, port, {family=, type=, proto=, flags=}) */
 static int loop_getaddrinfo(lua_State *L) {
   lua_settop(L, 4);
+  if (!lua_isnil(L, 4) && !lua_istable(L, 4)) arg_typeerror(L, "getaddrinfo", 4, "table or nil");
   ml_Lookup *q = ml__lookup_new(L, ML_LOOKUP_GAI);
-  gai_args(L, q, 2, 3);
+  gai_args(L, q, 2, 3, "getaddrinfo", 0);
   q->hints.ai_family = opt_int(L, 4, "family", AF_UNSPEC);
   q->hints.ai_socktype = opt_int(L, 4, "type", 0);
   q->hints.ai_protocol = opt_int(L, 4, "proto", 0);
@@ -204,17 +274,20 @@ static int addr_family(lua_State *L, int idx) {
     lua_pop(L, 1);
     return v6 ? AF_INET6 : AF_INET;
   }
-  return luaL_argerror(L, idx, "address expected");
+  return arg_error(L, "getnameinfo", idx, "address expected");
 }
 
 /* loop:getnameinfo(sockaddr, flags) -> host, port */
 static int loop_getnameinfo(lua_State *L) {
   lua_settop(L, 3);
   int family = addr_family(L, 2);
+  check_addr(L, "getnameinfo", 2, family);
+  lua_Integer flags = lua_isnil(L, 3) ? 0 : arg_integer(L, "getnameinfo", 3);
+  if (flags < INT_MIN || flags > INT_MAX) arg_error(L, "getnameinfo", 3, "flags out of range");
   ml_Lookup *q = ml__lookup_new(L, ML_LOOKUP_GNI);
   if (ml__sock_toaddr(L, 2, family, 0, &q->sa, &q->salen) != 0)
-    return luaL_argerror(L, 2, "getnameinfo needs a numeric address");
-  q->flags = ml__optint(L, 3, 0);
+    return arg_error(L, "getnameinfo", 2, "getnameinfo needs a numeric address");
+  q->flags = (int)flags;
   if ((q->flags & (NI_NUMERICHOST | NI_NUMERICSERV)) == (NI_NUMERICHOST | NI_NUMERICSERV)) {
     ml__lookup_run(q);
     return getnameinfo_k(L, LUA_OK, 0);
@@ -227,6 +300,7 @@ static int loop_getnameinfo(lua_State *L) {
 typedef struct Cont {
   int aidx;          /* stack index of the address argument */
   lua_KFunction k;   /* what to run once it is numeric */
+  const char *fn;    /* the method, for errors */
 } Cont;
 
 /* After the lookup: replaces the address argument with the first result
@@ -259,7 +333,7 @@ static int resolve_then(lua_State *L, ml_Socket *s, const Cont *c) {
   ml_Lookup *q = ml__lookup_new(L, ML_LOOKUP_GAI);
   lua_geti(L, c->aidx, 1);
   lua_geti(L, c->aidx, 2);
-  gai_args(L, q, -2, -1);
+  gai_args(L, q, -2, -1, c->fn, c->aidx);
   lua_pop(L, 2);
   q->hints.ai_family = s->family;
   q->hints.ai_socktype = s->type;
@@ -273,9 +347,14 @@ static int resolve_then(lua_State *L, ml_Socket *s, const Cont *c) {
  * socket.buffer to fill or nil for a new string, 4 the byte count (0 with
  * a buffer: all of it).  ctx: 1 if the sender's address is wanted too.
  * Returns the data (or the count filled), then the address if wanted. */
+static const char *recv_name(int into, int want_addr) {
+  return into ? (want_addr ? "sock_recvfrom_into" : "sock_recv_into")
+              : (want_addr ? "sock_recvfrom" : "sock_recv");
+}
+
 static int recv_k(lua_State *L, int status, lua_KContext ctx) {
-  ml_Socket *s = check_nb(L, 2);
   int into = lua_type(L, 3) == LUA_TUSERDATA, want_addr = (int)ctx;
+  ml_Socket *s = check_nb(L, recv_name(into, want_addr), 2);
   size_t n = (size_t)lua_tointeger(L, 4), cap;
   (void)status;
   for (;;) {
@@ -311,9 +390,10 @@ static int recv_k(lua_State *L, int status, lua_KContext ctx) {
 
 /* Checks (sock, nbytes) and runs recv_k.  [loop, sock, n] */
 static int recv_new(lua_State *L, lua_KContext want_addr) {
-  check_nb(L, 2);
-  lua_Integer n = luaL_checkinteger(L, 3);
-  luaL_argcheck(L, n >= 0, 3, "negative buffer size");
+  const char *fn = recv_name(0, (int)want_addr);
+  check_nb(L, fn, 2);
+  lua_Integer n = arg_integer(L, fn, 3);
+  if (n < 0) arg_error(L, fn, 3, "negative buffer size");
   lua_settop(L, 3);
   lua_pushnil(L);
   lua_insert(L, 3);  /* 3: nil (not a buffer), 4: n */
@@ -323,11 +403,12 @@ static int recv_new(lua_State *L, lua_KContext want_addr) {
 /* Checks (sock, buf [, nbytes]) and runs recv_k.
  * [-0, +0] (then as recv_k) */
 static int recv_into(lua_State *L, lua_KContext want_addr) {
-  check_nb(L, 2);
+  const char *fn = recv_name(1, (int)want_addr);
   size_t size;
-  ml__buffer_check(L, 3, &size);
-  lua_Integer n = luaL_optinteger(L, 4, 0);
-  luaL_argcheck(L, n >= 0 && (size_t)n <= size, 4, "nbytes out of range");
+  check_nb(L, fn, 2);
+  if (ml__buffer_test(L, 3, &size) == NULL) arg_typeerror(L, fn, 3, ML_BUFFER);
+  lua_Integer n = lua_isnoneornil(L, 4) ? 0 : arg_integer(L, fn, 4);
+  if (n < 0 || (size_t)n > size) arg_error(L, fn, 4, "nbytes out of range");
   lua_settop(L, 3);
   lua_pushinteger(L, n);
   return recv_k(L, LUA_OK, want_addr);
@@ -343,7 +424,7 @@ static int loop_sock_recvfrom(lua_State *L) { return recv_new(L, 1); }
 static int loop_sock_recvfrom_into(lua_State *L) { return recv_into(L, 1); }
 
 static int sendall_k(lua_State *L, int status, lua_KContext ctx) {
-  ml_Socket *s = check_nb(L, 2);
+  ml_Socket *s = check_nb(L, "sock_sendall", 2);
   size_t len, off = (size_t)ctx;
   const char *p = lua_tolstring(L, 3, &len);
   (void)status;
@@ -362,17 +443,17 @@ static int sendall_k(lua_State *L, int status, lua_KContext ctx) {
 
 /* loop:sock_sendall(sock, data) */
 static int loop_sock_sendall(lua_State *L) {
-  check_nb(L, 2);
-  luaL_checkstring(L, 3);
+  check_nb(L, "sock_sendall", 2);
+  arg_string(L, "sock_sendall", 3, NULL);
   lua_settop(L, 3);
   return sendall_k(L, LUA_OK, 0);
 }
 
 static int sendto_k(lua_State *L, int status, lua_KContext ctx);
-static const Cont sendto_cont = { 4, sendto_k };
+static const Cont sendto_cont = { 4, sendto_k, "sock_sendto" };
 
 static int sendto_k(lua_State *L, int status, lua_KContext ctx) {
-  ml_Socket *s = check_nb(L, 2);
+  ml_Socket *s = check_nb(L, "sock_sendto", 2);
   size_t len;
   const char *p = lua_tolstring(L, 3, &len);
   struct sockaddr_storage ss;
@@ -394,15 +475,15 @@ static int sendto_k(lua_State *L, int status, lua_KContext ctx) {
 
 /* loop:sock_sendto(sock, data, address) -> count */
 static int loop_sock_sendto(lua_State *L) {
-  check_nb(L, 2);
-  luaL_checkstring(L, 3);
-  luaL_checkany(L, 4);
+  ml_Socket *s = check_nb(L, "sock_sendto", 2);
+  arg_string(L, "sock_sendto", 3, NULL);
   lua_settop(L, 4);
+  check_addr(L, "sock_sendto", 4, s->family);
   return sendto_k(L, LUA_OK, 0);
 }
 
 static int connect_done_k(lua_State *L, int status, lua_KContext ctx) {
-  ml_Socket *s = check_nb(L, 2);
+  ml_Socket *s = check_nb(L, "sock_connect", 2);
   int err = 0;
   socklen_t len = sizeof err;
   (void)status; (void)ctx;
@@ -413,10 +494,10 @@ static int connect_done_k(lua_State *L, int status, lua_KContext ctx) {
 }
 
 static int connect_k(lua_State *L, int status, lua_KContext ctx);
-static const Cont connect_cont = { 3, connect_k };
+static const Cont connect_cont = { 3, connect_k, "sock_connect" };
 
 static int connect_k(lua_State *L, int status, lua_KContext ctx) {
-  ml_Socket *s = check_nb(L, 2);
+  ml_Socket *s = check_nb(L, "sock_connect", 2);
   struct sockaddr_storage ss;
   socklen_t len;
   (void)status; (void)ctx;
@@ -431,14 +512,14 @@ static int connect_k(lua_State *L, int status, lua_KContext ctx) {
 
 /* loop:sock_connect(sock, address): host names are looked up on the pool. */
 static int loop_sock_connect(lua_State *L) {
-  check_nb(L, 2);
-  luaL_checkany(L, 3);
+  ml_Socket *s = check_nb(L, "sock_connect", 2);
   lua_settop(L, 3);
+  check_addr(L, "sock_connect", 3, s->family);
   return connect_k(L, LUA_OK, 0);
 }
 
 static int accept_k(lua_State *L, int status, lua_KContext ctx) {
-  ml_Socket *s = check_nb(L, 2);
+  ml_Socket *s = check_nb(L, "sock_accept", 2);
   struct sockaddr_storage ss;
   socklen_t len = sizeof ss;
   (void)status; (void)ctx;
@@ -460,7 +541,7 @@ static int accept_k(lua_State *L, int status, lua_KContext ctx) {
 
 /* loop:sock_accept(sock) -> conn, address */
 static int loop_sock_accept(lua_State *L) {
-  check_nb(L, 2);
+  check_nb(L, "sock_accept", 2);
   return accept_k(L, LUA_OK, 0);
 }
 

@@ -16,6 +16,13 @@ char *ml__buffer_check(lua_State *L, int idx, size_t *size) {
   return b->data;
 }
 
+char *ml__buffer_test(lua_State *L, int idx, size_t *size) {
+  Buffer *b = ml__udata_test(L, idx, ML_UT_BUFFER);
+  if (b == NULL) return NULL;
+  *size = b->size;
+  return b->data;
+}
+
 int ml__buffer_new(lua_State *L) {
   size_t n = 0;
   const char *init = NULL;

@@ -14,5 +14,8 @@ int ml__buffer_new(lua_State *L);
 /* The bytes of the socket.buffer at idx (raises a type error naming the
  * argument if it is not one); *size receives its size.  [-0, +0] */
 char *ml__buffer_check(lua_State *L, int idx, size_t *size);
+/* The same, or NULL if the value at idx is not a socket.buffer.
+ * [-0, +0] */
+char *ml__buffer_test(lua_State *L, int idx, size_t *size);
 
 #endif

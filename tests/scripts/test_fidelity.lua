@@ -344,6 +344,31 @@ local function sample_group()
     asyncio.ExceptionGroup("inner", { asyncio.ValueError("v2"), asyncio.OSError(111, "refused") }) })
 end
 
+T.case("the loop's async socket methods name themselves in argument errors, not '?' or '__awmeth'", async function()
+  local s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+  local u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+  local function err(f) local ok, e = pcall(f); return tostring(e) end
+  T.match(err(function() return await loop:sock_recv(s, "x") end),
+          "bad argument #2 to 'sock_recv' %(number expected, got string%)$", "await loop:sock_recv")
+  local c = loop:sock_recv(s, "x")
+  T.eq(err(function() return await c end), "bad argument #2 to 'sock_recv' (number expected, got string)",
+       "a Coroutine awaited later")
+  T.match(err(function() return await loop:sock_recv_into(s, 5) end),
+          "bad argument #2 to 'sock_recv_into' %(socket.buffer expected, got number%)$", "sock_recv_into")
+  T.match(err(function() return await loop:sock_recvfrom(nil, 5) end),
+          "bad argument #1 to 'sock_recvfrom' %(socket.socket expected, got nil%)$", "sock_recvfrom")
+  T.match(err(function() return await loop:sock_sendall(s, {}) end), "#2 to 'sock_sendall'", "sock_sendall")
+  T.match(err(function() return await loop:sock_sendto(u, "x", { "127.0.0.1", "p" }) end),
+          "#3 to 'sock_sendto' %(bad address", "sock_sendto's address")
+  T.match(err(function() return await loop:sock_connect(s, 42) end),
+          "#2 to 'sock_connect' %(address must be {host, port}%)", "sock_connect's address")
+  T.match(err(function() return await loop:sock_accept("x") end), "#1 to 'sock_accept'", "sock_accept")
+  T.match(err(function() return await loop:getaddrinfo({}, 80) end), "#1 to 'getaddrinfo'", "getaddrinfo")
+  T.match(err(function() return await loop:getnameinfo(5) end),
+          "#1 to 'getnameinfo' %(address expected%)", "getnameinfo")
+  s:close(); u:close()
+end)
+
 T.case("ExceptionGroup:split and subgroup keep the nesting, by class or predicate", function()
   local eg = sample_group()
   local m, r = eg:split(asyncio.ValueError)
