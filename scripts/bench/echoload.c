@@ -8,7 +8,10 @@
  * the next.  Messages completed during the first WARMUP seconds (default
  * 0.5) are not counted; then it counts for SECONDS and stops.  Prints
  *   RESULT echo <seconds> <messages>
- * on stdout and a readable summary on stderr.  Exits 1 if a connection
+ *   LATENCY <p50> <p99> <p99.9> <messages>
+ * on stdout (latency: microseconds from a message's first byte sent to
+ * its last byte echoed, counted messages only, 1 us buckets up to 200 ms)
+ * and a readable summary on stderr.  Exits 1 if a connection
  * fails, closes, or echoes the wrong bytes.
  *
  * One thread and one epoll set, so it needs one core: the harness pins it
@@ -37,7 +40,13 @@ typedef struct Conn {
   int connected;
   uint32_t events;   /* what epoll watches for now */
   size_t sent, got;  /* bytes of the current message sent / echoed */
+  double t_sent;     /* when the current message's first byte went */
 } Conn;
+
+/* Latency histogram: 1 us buckets, the last one for everything slower. */
+#define LAT_BUCKETS 200000
+static uint32_t lat_hist[LAT_BUCKETS];
+static int counting;  /* inside the measured window */
 
 static char *msg, *rbuf;
 static size_t size;
@@ -64,6 +73,7 @@ static void arm(int ep, Conn *c, uint32_t events) {
 /* Sends as much of the current message as the kernel takes; watches for
  * EPOLLOUT only while it pushes back. */
 static void pump_send(int ep, Conn *c) {
+  if (c->sent == 0) c->t_sent = now();
   while (c->sent < size) {
     ssize_t w = send(c->fd, msg + c->sent, size - c->sent, MSG_NOSIGNAL);
     if (w < 0) {
@@ -96,6 +106,11 @@ static int pump_recv(int ep, Conn *c) {
     }
     c->got += (size_t)r;
     if (c->got == size) {
+      if (counting) {
+        double us = (now() - c->t_sent) * 1e6;
+        long b = us < 0 ? 0 : (long)us;
+        lat_hist[b < LAT_BUCKETS ? b : LAT_BUCKETS - 1]++;
+      }
       done++;
       c->got = c->sent = 0;
       pump_send(ep, c);
@@ -159,6 +174,7 @@ int main(int argc, char **argv) {
   for (;;) {
     double t = now();
     if (t >= end) break;
+    counting = t >= start;
     if (nconnected < nconn && t > connect_deadline) {
       fprintf(stderr, "echoload: only %d of %d connections made in 5 s\n",
               nconnected, nconn);
@@ -189,6 +205,18 @@ int main(int argc, char **argv) {
     if (done > 0 && now() >= start) counted += done;
   }
   printf("RESULT echo %.6f %ld\n", seconds, counted);
+  {
+    /* Percentiles from the histogram: the bucket holding the rank. */
+    const double q[3] = { 0.50, 0.99, 0.999 };
+    long total = 0, acc = 0, p[3] = { 0, 0, 0 };
+    int k = 0;
+    for (long b = 0; b < LAT_BUCKETS; b++) total += lat_hist[b];
+    for (long b = 0; b < LAT_BUCKETS && k < 3; b++) {
+      acc += lat_hist[b];
+      while (k < 3 && total > 0 && acc >= (long)(q[k] * (double)total + 0.5)) p[k++] = b;
+    }
+    printf("LATENCY %ld %ld %ld %ld\n", p[0], p[1], p[2], total);
+  }
   fprintf(stderr, "echoload: %d conns, %zu-byte messages: %ld in %.2f s = %.0f msg/s\n",
           nconn, size, counted, seconds, (double)counted / seconds);
   for (int i = 0; i < nconn; i++) close(conns[i].fd);

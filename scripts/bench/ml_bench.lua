@@ -1,6 +1,6 @@
 -- ml_bench.lua: moonloop's side of benchmarks 1-4 (peers: peer.py, peer.js).
 --
--- usage: moonloop ml_bench.lua gather|gather_eager|sleep0|queue|timers [N]
+-- usage: moonloop ml_bench.lua gather|gather_eager|sleep0|queue|timers|timers1m [N]
 --
 -- Prints one line: RESULT <name> <seconds> <ops>.  gather, sleep0 and queue
 -- are CPU-bound in one thread, so they are timed with os.clock() (process
@@ -78,12 +78,35 @@ bench.timers = async function(n)
   return loop:time() - t0
 end
 
+-- Many timers: n pending call_later handles (delays 0..100 ms, MINSTD),
+-- half of them cancelled once all are scheduled, the rest fired; the time
+-- from scheduling the first to the last one firing.
+bench.timers1m = async function(n)
+  local loop = asyncio.get_running_loop()
+  local done = asyncio.Future()
+  local left = n - n // 2
+  local function fire()
+    left = left - 1
+    if left == 0 then done:set_result(true) end
+  end
+  local handles = {}
+  local x = 42
+  local t0 = loop:time()
+  for i = 1, n do
+    x = x * 48271 % 2147483647
+    handles[i] = loop:call_later((x % 100000) / 1e6, fire)
+  end
+  for i = 2, n, 2 do handles[i]:cancel() end
+  await done
+  return loop:time() - t0
+end
+
 local DEFAULT_N = {gather = 200000, gather_eager = 200000, sleep0 = 1000000, queue = 200000,
-                   timers = 200000}
+                   timers = 200000, timers1m = 1000000}
 
 local name = arg and arg[1]
 if not bench[name] then
-  io.stderr:write("usage: moonloop ml_bench.lua gather|gather_eager|sleep0|queue|timers [N]\n")
+  io.stderr:write("usage: moonloop ml_bench.lua gather|gather_eager|sleep0|queue|timers|timers1m [N]\n")
   os.exit(2)
 end
 local n = tonumber(arg[2]) or DEFAULT_N[name]

@@ -1,6 +1,6 @@
 // peer.js: the Node peers of benchmarks 1-4.
 //
-// usage: node peer.js gather|sleep0|queue|timers [N]
+// usage: node peer.js gather|sleep0|queue|timers|timers1m [N]
 //
 // Prints one line: RESULT <name> <seconds> <ops>, timed with hrtime.
 // Node's counterparts: a task is a call of an async function (a promise),
@@ -79,12 +79,30 @@ async function benchTimers(n) {
   return now() - t0;
 }
 
-const DEFAULT_N = { gather: 200000, sleep0: 1000000, queue: 200000, timers: 200000 };
-const benches = { gather: benchGather, sleep0: benchSleep0, queue: benchQueue, timers: benchTimers };
+async function benchTimers1m(n) {
+  // Many timers: n pending setTimeout handles (delays 0..100 ms, MINSTD),
+  // half cleared once all are scheduled, the rest fired.
+  let left = n - Math.floor(n / 2), x = 42, done;
+  const finished = new Promise((resolve) => { done = resolve; });
+  const fire = () => { if (--left === 0) done(); };
+  const handles = new Array(n);
+  const t0 = now();
+  for (let i = 0; i < n; i++) {
+    x = (x * 48271) % 2147483647;
+    handles[i] = setTimeout(fire, (x % 100000) / 1000);
+  }
+  for (let i = 1; i < n; i += 2) clearTimeout(handles[i]);
+  await finished;
+  return now() - t0;
+}
+
+const DEFAULT_N = { gather: 200000, sleep0: 1000000, queue: 200000, timers: 200000, timers1m: 1000000 };
+const benches = { gather: benchGather, sleep0: benchSleep0, queue: benchQueue, timers: benchTimers,
+                  timers1m: benchTimers1m };
 
 const name = process.argv[2];
 if (!(name in benches)) {
-  console.error('usage: node peer.js gather|sleep0|queue|timers [N]');
+  console.error('usage: node peer.js gather|sleep0|queue|timers|timers1m [N]');
   process.exit(2);
 }
 const n = Number(process.argv[3]) || DEFAULT_N[name];

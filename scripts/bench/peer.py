@@ -1,6 +1,6 @@
 """peer.py: the Python peers of benchmarks 1-4, on asyncio or uvloop.
 
-usage: python3 peer.py asyncio|uvloop gather|sleep0|queue|timers [N]
+usage: python3 peer.py asyncio|uvloop gather|sleep0|queue|timers|timers1m [N]
 
 Prints one line: RESULT <name> <seconds> <ops>, timed with perf_counter
 inside the running loop (interpreter and loop start-up excluded).
@@ -69,8 +69,33 @@ async def bench_timers(n):
     return time.perf_counter() - t0
 
 
+async def bench_timers1m(n):
+    # Many timers: n pending call_later handles (delays 0..100 ms, MINSTD),
+    # half cancelled once all are scheduled, the rest fired.
+    loop = asyncio.get_running_loop()
+    done = loop.create_future()
+    left = n - n // 2
+
+    def fire():
+        nonlocal left
+        left -= 1
+        if left == 0:
+            done.set_result(None)
+
+    handles = []
+    x = 42
+    t0 = time.perf_counter()
+    for _ in range(n):
+        x = x * 48271 % 2147483647
+        handles.append(loop.call_later((x % 100000) / 1e6, fire))
+    for i in range(1, n, 2):
+        handles[i].cancel()
+    await done
+    return time.perf_counter() - t0
+
+
 DEFAULT_N = {"gather": 200000, "sleep0": 1000000, "queue": 200000,
-             "timers": 200000}
+             "timers": 200000, "timers1m": 1000000}
 
 
 def main():

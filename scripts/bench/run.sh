@@ -11,7 +11,10 @@
 #   STARTUP_RUNS=200
 #   QUICK=1         one run of everything, short echo runs (a smoke test)
 #   PIN=0           do not pin the echo server and load client to cores
-#   ONLY="gather sleep0 queue timers echo memory startup spawn tothread pipe64"   a subset
+#   ONLY="gather gather_eager sleep0 queue timers timers1m echo echo1 idle memory startup
+#         spawn tothread pipe64"   a subset (echo and echo1 also give the latency rows)
+#   TIMERS1M_RUNS=1 runs of the 1,000,000-timer benchmark (tens of seconds in Python)
+#   IDLE_CONNS=10000 connections of the idle-connections benchmark
 #
 # Everything runs on 127.0.0.1 with ports found free; every process this
 # script starts is killed when it exits, however it exits.
@@ -28,9 +31,11 @@ ECHO_RUNS=${ECHO_RUNS:-5}
 ECHO_SECONDS=${ECHO_SECONDS:-4}
 MEM_RUNS=${MEM_RUNS:-3}
 STARTUP_RUNS=${STARTUP_RUNS:-200}
-ONLY=${ONLY:-gather sleep0 queue timers echo memory startup spawn tothread pipe64}
+TIMERS1M_RUNS=${TIMERS1M_RUNS:-1}
+IDLE_CONNS=${IDLE_CONNS:-10000}
+ONLY=${ONLY:-gather gather_eager sleep0 queue timers timers1m echo echo1 idle memory startup spawn tothread pipe64}
 if [ "${QUICK:-0}" = 1 ]; then
-  RUNS=1 ECHO_RUNS=1 ECHO_SECONDS=1 MEM_RUNS=1 STARTUP_RUNS=30
+  RUNS=1 ECHO_RUNS=1 ECHO_SECONDS=1 MEM_RUNS=1 STARTUP_RUNS=30 IDLE_CONNS=2000
 fi
 ECHO_CONNS=50
 ECHO_SIZE=1024
@@ -86,10 +91,11 @@ else note "node not found (apt-get install nodejs): skipped"; fi
 mkdir -p "$OUT"
 if ${CC:-cc} -std=gnu11 -O2 -Wall -Wextra -o "$OUT/echo_epoll" "$HERE/echo_epoll.c" &&
    ${CC:-cc} -std=gnu11 -O2 -Wall -Wextra -o "$OUT/echoload" "$HERE/echoload.c" &&
-   ${CC:-cc} -std=gnu11 -O2 -Wall -Wextra -o "$OUT/proc_floor" "$HERE/proc_floor.c"; then
+   ${CC:-cc} -std=gnu11 -O2 -Wall -Wextra -o "$OUT/proc_floor" "$HERE/proc_floor.c" &&
+   ${CC:-cc} -std=gnu11 -O2 -Wall -Wextra -o "$OUT/idleload" "$HERE/idleload.c"; then
   have_c=1
 else
-  note "could not build echo_epoll/echoload/proc_floor: the echo benchmarks and C floors are skipped"
+  note "could not build echo_epoll/echoload/proc_floor/idleload: the echo benchmarks and C floors are skipped"
 fi
 
 # On two or more cores the echo server gets core 1 and the load client
@@ -148,11 +154,16 @@ run_rate() {
 
 # ---- 1-4: tasks, sleep(0), queues, timers ---------------------------------
 
-for bench in gather sleep0 queue timers; do
+for bench in gather gather_eager sleep0 queue timers timers1m; do
   want "$bench" || continue
-  echo "running $bench ($RUNS runs)..." >&2
-  for r in $(seq "$RUNS"); do
+  runs=$RUNS
+  [ $bench = timers1m ] && runs=$TIMERS1M_RUNS
+  echo "running $bench ($runs runs)..." >&2
+  for r in $(seq "$runs"); do
     [ $have_ml = 1 ] && run_rate $bench moonloop "$ML" "$HERE/ml_bench.lua" $bench
+    # Python 3.11 has no eager tasks: the eager row's peers are the plain
+    # gather's, measured above.
+    [ $bench = gather_eager ] && continue
     [ $have_asyncio = 1 ] && run_rate $bench asyncio "$PY" "$HERE/peer.py" asyncio $bench
     [ $have_uvloop = 1 ] && run_rate $bench uvloop "$PY" "$HERE/peer.py" uvloop $bench
     [ $have_node = 1 ] && run_rate $bench node node "$HERE/peer.js" $bench
@@ -162,9 +173,12 @@ done
 # ---- 5-6: TCP echo ---------------------------------------------------------
 
 # echo_run IMPL CMD...: starts the server (CMD gets the port appended),
-# drives it with echoload, records messages/second.
+# drives it with echoload over $CONNS connections (default ECHO_CONNS),
+# records messages/second in echo$TAG.IMPL and the latency percentiles
+# in lat$TAG.p50.IMPL, .p99., .p999.
 echo_run() {
   local impl=$1; shift
+  local conns=${CONNS:-$ECHO_CONNS} tag=${TAG:-}
   local port pid out
   port=$(free_port) || { note "no free port found"; return; }
   # timeout (not --foreground) leads a process group of its own, which
@@ -179,10 +193,13 @@ echo_run() {
     touch "$TMP/failed.echo.$impl"
   else
     out=$(timeout --foreground -k 2 $((ECHO_SECONDS + 30)) "${CLIENT_PIN[@]}" "$OUT/echoload" \
-            127.0.0.1 "$port" $ECHO_CONNS $ECHO_SIZE "$ECHO_SECONDS" 2>>"$TMP/err.$impl" |
-          grep '^RESULT')
+            127.0.0.1 "$port" "$conns" $ECHO_SIZE "$ECHO_SECONDS" 2>>"$TMP/err.$impl" |
+          grep -E '^(RESULT|LATENCY)')
     if [ -n "$out" ]; then
-      echo "$out" | awk '{ printf "%.6g\n", $4 / $3 }' >> "$TMP/echo.$impl"
+      echo "$out" | awk '$1 == "RESULT" { printf "%.6g\n", $4 / $3 }' >> "$TMP/echo$tag.$impl"
+      echo "$out" | awk '$1 == "LATENCY" { print $2 }' >> "$TMP/lat$tag.p50.$impl"
+      echo "$out" | awk '$1 == "LATENCY" { print $3 }' >> "$TMP/lat$tag.p99.$impl"
+      echo "$out" | awk '$1 == "LATENCY" { print $4 }' >> "$TMP/lat$tag.p999.$impl"
     else
       note "$impl: echo run failed: $(tail -1 "$TMP/err.$impl")"
     fi
@@ -202,6 +219,57 @@ if want echo && [ $have_c = 1 ]; then
     [ $have_asyncio = 1 ] && echo_run asyncio_streams "$PY" "$HERE/echo_server.py" asyncio streams
     [ $have_node = 1 ] && echo_run node node "$HERE/echo_server.js"
   done
+fi
+
+# The 1-connection echo (ping-pong): one message in flight, so its rate is
+# the round-trip latency of each server.
+if want echo1 && [ $have_c = 1 ]; then
+  echo "running echo1 ($ECHO_RUNS runs of ${ECHO_SECONDS}s per server, 1 connection)..." >&2
+  for r in $(seq "$ECHO_RUNS"); do
+    [ $have_ml = 1 ] && CONNS=1 TAG=1 echo_run ml_streams "$ML" "$HERE/echo_streams.lua"
+    CONNS=1 TAG=1 echo_run epoll "$OUT/echo_epoll"
+    [ $have_uvloop = 1 ] && CONNS=1 TAG=1 echo_run uvloop_protocols "$PY" "$HERE/echo_server.py" uvloop protocols
+    [ $have_node = 1 ] && CONNS=1 TAG=1 echo_run node node "$HERE/echo_server.js"
+  done
+fi
+
+# ---- idle connections -------------------------------------------------------
+
+# idle_run IMPL CMD...: starts the server (CMD gets the port and
+# IDLE_CONNS appended), opens IDLE_CONNS idle connections with idleload;
+# the server prints the RSS bytes per connection and exits.
+idle_run() {
+  local impl=$1; shift
+  local port pid out
+  port=$(free_port) || { note "no free port found"; return; }
+  timeout -k 2 90 "$@" "$port" "$IDLE_CONNS" >"$TMP/out.idle.$impl" 2>"$TMP/err.idle.$impl" &
+  pid=$!
+  SERVER_PID=$pid
+  if ! wait_port "$pid" "$port"; then
+    note "$impl idle server did not start: $(head -1 "$TMP/err.idle.$impl")"
+  elif ! timeout --foreground -k 2 80 "$OUT/idleload" 127.0.0.1 "$port" "$IDLE_CONNS" 60 \
+         2>>"$TMP/err.idle.$impl"; then
+    note "$impl: idle run failed: $(tail -1 "$TMP/err.idle.$impl")"
+  fi
+  wait "$pid" 2>/dev/null
+  SERVER_PID=""
+  out=$(grep '^RESULT' "$TMP/out.idle.$impl" | tail -1)
+  [ -n "$out" ] && echo "$out" | awk '{ print $3 }' >> "$TMP/idle.$impl"
+}
+
+if want idle && [ $have_c = 1 ]; then
+  echo "running idle ($MEM_RUNS runs of $IDLE_CONNS connections)..." >&2
+  # Server and client each hold IDLE_CONNS descriptors.
+  if ulimit -n $((IDLE_CONNS + 1000)) 2>/dev/null; then
+    for r in $(seq "$MEM_RUNS"); do
+      [ $have_ml = 1 ] && idle_run ml "$ML" "$HERE/idle_streams.lua"
+      [ $have_uvloop = 1 ] && idle_run uvloop "$PY" "$HERE/idle_server.py" uvloop
+      [ $have_asyncio = 1 ] && idle_run asyncio "$PY" "$HERE/idle_server.py" asyncio
+      [ $have_node = 1 ] && idle_run node node --expose-gc "$HERE/idle_server.js"
+    done
+  else
+    note "ulimit -n $((IDLE_CONNS + 1000)) refused (hard limit $(ulimit -Hn)): idle skipped"
+  fi
 fi
 
 # ---- 7: memory per parked task ---------------------------------------------
@@ -299,6 +367,9 @@ T_GATHER="≥ 15× asyncio, ≥ Node"
 T_SLEEP="≥ 10× asyncio"
 T_QUEUE="≥ 15× asyncio"
 T_TIMERS="≥ 10× asyncio"
+T_LAT="p99 within 1.2× raw C"
+T_ECHO1="≥ 0.95× raw C"
+T_IDLE="≤ uvloop"
 T_STREAMS="≥ uvloop protocols; ≥ 0.85× raw C"
 T_PROTO="≥ 0.9× raw C"
 T_MEM="≤ 1.3× the raw coroutine"
@@ -308,12 +379,16 @@ T_START="≤ 5 ms; ≥ 25× faster than Python"
 for b in gather:"create+gather 200k tasks":"$T_GATHER":15:1 \
          sleep0:"sleep(0) x 1M":"$T_SLEEP":10:- \
          queue:"Queue ping-pong 200k":"$T_QUEUE":15:- \
-         timers:"200k timers":"$T_TIMERS":10:-; do
+         gather_eager:"gather 200k, eager factory":"(peers run plain gather)":-:- \
+         timers:"200k timers":"$T_TIMERS":10:- \
+         timers1m:"1M timers, cancel half":"(measure)":-:-; do
   IFS=: read -r bench label target tpy tnode <<<"$b"
   want "$bench" || continue
-  row "$label" "ops/s" rate "$bench.moonloop" asyncio "$bench.asyncio" "$tpy" "$target"
-  row "$label" "ops/s" rate "$bench.moonloop" uvloop "$bench.uvloop" - "$target"
-  row "$label" "ops/s" rate "$bench.moonloop" node "$bench.node" "$tnode" "$target"
+  peers=$bench
+  [ $bench = gather_eager ] && peers=gather
+  row "$label" "ops/s" rate "$bench.moonloop" asyncio "$peers.asyncio" "$tpy" "$target"
+  row "$label" "ops/s" rate "$bench.moonloop" uvloop "$peers.uvloop" - "$target"
+  row "$label" "ops/s" rate "$bench.moonloop" node "$peers.node" "$tnode" "$target"
 done
 if want echo; then
   for b in streams:"TCP echo, streams":"$T_STREAMS":0.85:1 \
@@ -324,6 +399,26 @@ if want echo; then
     row "$label" "msg/s" rate "echo.ml_$api" "asyncio streams" echo.asyncio_streams - "$target"
     row "$label" "msg/s" rate "echo.ml_$api" node echo.node - "$target"
   done
+fi
+for tag in "" 1; do
+  if [ -z "$tag" ]; then want echo || continue; what="echo 50c,"; else want echo1 || continue; what="echo 1c,"; fi
+  for q in p50:p50 p99:p99 p999:p99.9; do
+    IFS=: read -r qf ql <<<"$q"
+    thr=-; [ $qf = p99 ] && thr=0.833
+    row "$what $ql latency" "us" lat "lat$tag.$qf.ml_streams" "raw C epoll" "lat$tag.$qf.epoll" "$thr" "$T_LAT"
+    row "$what $ql latency" "us" lat "lat$tag.$qf.ml_streams" "uvloop protocols" "lat$tag.$qf.uvloop_protocols" - "$T_LAT"
+    row "$what $ql latency" "us" lat "lat$tag.$qf.ml_streams" node "lat$tag.$qf.node" - "$T_LAT"
+  done
+done
+if want echo1; then
+  row "TCP echo, 1 conn, streams" "msg/s" rate echo1.ml_streams "raw C epoll" echo1.epoll 0.95 "$T_ECHO1"
+  row "TCP echo, 1 conn, streams" "msg/s" rate echo1.ml_streams "uvloop protocols" echo1.uvloop_protocols - "$T_ECHO1"
+  row "TCP echo, 1 conn, streams" "msg/s" rate echo1.ml_streams node echo1.node - "$T_ECHO1"
+fi
+if want idle; then
+  row "idle conn (readline), RSS" "B/conn" mem idle.ml "uvloop streams" idle.uvloop 1.0 "$T_IDLE"
+  row "idle conn (readline), RSS" "B/conn" mem idle.ml "asyncio streams" idle.asyncio - "$T_IDLE"
+  row "idle conn (readline), RSS" "B/conn" mem idle.ml "node readline" idle.node - "$T_IDLE"
 fi
 if want memory; then
   row "parked task, Lua heap" "B/task" mem mem_heap.tasks "Lua coroutine" mem_heap.coroutine 1.3 "$T_MEM"
@@ -357,7 +452,7 @@ fi
        "$ECHO_SIZE B; memory: $MEM_RUNS; start-up: $STARTUP_RUNS)"
   if [ $pin = 1 ]; then echo "  echo: server pinned to core 1, load client to core 0 (taskset)"; fi
   echo "  ratio: rates moonloop/peer, times peer/moonloop (both: >1 = moonloop better);"
-  echo "         memory moonloop/peer (<1.3 wanted)"
+  echo "         memory moonloop/peer (<1.3 wanted); latencies (us) peer/moonloop (>1 = moonloop faster)"
   echo
   awk -F'\t' '
     function human(v, kind) {
@@ -368,6 +463,7 @@ fi
         return sprintf("%.0f", v)
       }
       if (kind == "time") return sprintf("%.2f", v)
+      if (kind == "lat") return sprintf("%.0f", v)
       return sprintf("%.0f", v)
     }
     BEGIN {
@@ -379,7 +475,7 @@ fi
       group = $1; unit = $2; kind = $3; ml = $4; peer = $5; pv = $6; thr = $7; target = $8
       ratio = "-"; met = ""
       if (ml != "-" && pv != "-" && ml > 0 && pv > 0) {
-        r = (kind == "time") ? pv / ml : ml / pv
+        r = (kind == "time" || kind == "lat") ? pv / ml : ml / pv
         ratio = sprintf("%.2fx", r)
         if (thr != "-") met = (kind == "mem") ? (r <= thr ? "yes" : "NO") : (r >= thr ? "yes" : "NO")
         if (kind == "time" && thr != "-" && ml > 5) met = "NO"  # the 5 ms ceiling
