@@ -79,14 +79,30 @@ static int l_async(lua_State *L) {
   return 1;
 }
 
-/* ml__udata_test(L, idx, ML_UT_CORO), inline: once per task spawned.
- * [-0, +0] */
+/* A Coroutine has one of two metatables: the one made with its __gc
+ * (which reports it if never awaited), and, once a task took it, the same
+ * without __gc (S->coro_taken_mt): a taken Coroutine can never need the
+ * report, and its collection then skips the finaliser's call
+ * (docs/performance.md, "Tasks (gather)"). */
+#define is_coro_mt(S, mt) ((mt) == (S)->udata_mt[ML_UT_CORO] || (mt) == (S)->coro_taken_mt)
+
+/* ml__udata_test(L, idx, ML_UT_CORO), inline, for both metatables: once
+ * per task spawned.  [-0, +0] */
 static Coro *test_coro(lua_State *L, int idx) {
   const void *mt;
+  ml_State *S;
   if (!lua_getmetatable(L, idx)) return NULL;
   mt = lua_topointer(L, -1);
   lua_pop(L, 1);
-  return mt == ml__state(L)->udata_mt[ML_UT_CORO] ? lua_touserdata(L, idx) : NULL;
+  S = ml__state(L);
+  return is_coro_mt(S, mt) ? lua_touserdata(L, idx) : NULL;
+}
+
+/* [-0, +0] the Coroutine at idx, or a type error. */
+static Coro *check_coro(lua_State *L, int idx) {
+  Coro *c = test_coro(L, idx);
+  if (c == NULL) luaL_typeerror(L, idx, ML_CORO_MT);
+  return c;
 }
 
 /* [-0, +(nargs+1)|0] pushes the function and arguments of the Coroutine
@@ -119,6 +135,10 @@ int ml__coro_claim(lua_State *L, int idx) {
                   lua_tostring(L, -1));
   }
   c->awaited = !c->reusable;
+  if (!c->reusable) {  /* taken: it needs no finaliser from now on */
+    lua_rawgeti(L, LUA_REGISTRYINDEX, ml__state(L)->coro_taken_mtref);
+    lua_setmetatable(L, idx);
+  }
   return 1;
 }
 
@@ -159,7 +179,7 @@ static int l_await(lua_State *L) {
     const void *mt = lua_topointer(L, -1);
     lua_pop(L, 1);
     if (ml__is_future_mt(S, mt)) return ml__await_future(L, p);
-    if (mt == S->udata_mt[ML_UT_CORO]) {
+    if (is_coro_mt(S, mt)) {
       n = ml__coro_unpack(L, 1);
       lua_callk(L, n - 1, LUA_MULTRET, 1, call_k);
       return call_k(L, LUA_OK, 1);
@@ -360,14 +380,14 @@ static int l_iscoroutinefunction(lua_State *L) {
 
 /* c:close() -> nothing */
 static int coro_close(lua_State *L) {
-  Coro *c = ml__udata_check(L, 1, ML_UT_CORO);
+  Coro *c = check_coro(L, 1);
   c->awaited = 1;
   return 0;
 }
 
 /* __tostring(c) -> string */
 static int coro_tostring(lua_State *L) {
-  ml__udata_check(L, 1, ML_UT_CORO);
+  check_coro(L, 1);
   lua_getiuservalue(L, 1, CUV_NAME);
   lua_pushfstring(L, "<coroutine %s>", lua_tostring(L, -1));
   return 1;
@@ -415,6 +435,16 @@ void ml__coro_open(lua_State *L) {
   lua_setfield(L, -2, "__index");
   lua_pushcfunction(L, coro_tostring);
   lua_setfield(L, -2, "__tostring");
+  /* The taken Coroutine's metatable: the same fields but __gc. */
+  lua_createtable(L, 0, 4);
+  lua_pushnil(L);
+  while (lua_next(L, -3)) {
+    lua_pushvalue(L, -2);
+    lua_insert(L, -2);
+    lua_rawset(L, -4);
+  }
+  ml__state(L)->coro_taken_mt = lua_topointer(L, -1);
+  ml__state(L)->coro_taken_mtref = luaL_ref(L, LUA_REGISTRYINDEX);
   lua_pushcfunction(L, coro_gc);
   lua_setfield(L, -2, "__gc");
   lua_pop(L, 1);

@@ -58,6 +58,8 @@ struct ml_State {
   unsigned long gc_instr; /* instructions of the running wrapped finalizer */
   const void *sleep0;    /* the shared asyncio.sleep(0) coroutine */
   struct ml_AsyncC *asyncc; /* async C functions, for await (coro.c) */
+  const void *coro_taken_mt; /* a Coroutine's once a task took it: no __gc (coro.c) */
+  int coro_taken_mtref;
   int task_factory_ref;  /* loop:set_task_factory's, a registry ref; 0: none */
   int task_factory_eager; /* it is asyncio.eager_task_factory (no call) */
 };
