@@ -43,6 +43,15 @@ CHECK_CFLAGS = $(shell $(PKG_CONFIG) --cflags check 2>/dev/null)
 CHECK_LIBS = $(shell $(PKG_CONFIG) --libs check 2>/dev/null)
 SSL_CFLAGS = $(shell $(PKG_CONFIG) --cflags openssl 2>/dev/null)
 SSL_LIBS = $(shell $(PKG_CONFIG) --libs openssl 2>/dev/null)
+# libcurl's headers only: stdlib/http/_curl.c loads libcurl.so.4 with
+# dlopen on the first `require "http"`, because linking it costs every
+# start-up ~12M instructions (the dynamic linker loading its 30-odd
+# libraries), HTTP or not.  docs/performance.md, "Start-up".
+CURL_CFLAGS = $(shell $(PKG_CONFIG) --cflags libcurl 2>/dev/null)
+# lua-cjson (the json module) is linked into the library itself: the
+# objects of Debian's liblua5.4-cjson.a (position-independent) go into
+# libmoonloop.a and libmoonloop.so, so hosts link nothing more.
+CJSON_A = $(shell $(CC) -print-file-name=liblua5.4-cjson.a)
 
 # The version and the shared library's soname come from moonloop.h.
 VERSION := $(shell sed -n 's/^\#define MOONLOOP_VERSION "\(.*\)"/\1/p' vm/moonloop.h)
@@ -58,7 +67,7 @@ CFLAGS ?= $(OPT) -g
 # version script below makes every non-ml_ symbol local anyway).
 ALL_CFLAGS = -std=gnu11 -Wall -Wextra -Wno-unused-parameter -D_GNU_SOURCE -MMD -MP \
 	-fPIC -fno-semantic-interposition \
-	-Ivm -Istdlib -I$(BUILD) $(LUA_CFLAGS) $(SSL_CFLAGS) $(SANFLAGS) $(CHECKS) $(CFLAGS)
+	-Ivm -Istdlib -I$(BUILD) $(LUA_CFLAGS) $(SSL_CFLAGS) $(CURL_CFLAGS) $(SANFLAGS) $(CHECKS) $(CFLAGS)
 # What the library needs (moonloop.pc says the same to hosts), and what the
 # CLI adds: libedit, for the REPL only.
 LIB_LIBS = $(LUA_LIBS) $(SSL_LIBS) -lev -lpthread -lm -ldl
@@ -72,7 +81,11 @@ LIBS = $(LIB_LIBS) $(EDIT_LIBS)
 # SSL_STATIC=0 links it dynamically.  docs/performance.md, "Start-up".
 SSL_STATIC ?= $(if $(wildcard $(shell $(PKG_CONFIG) --variable=libdir openssl 2>/dev/null)/libcrypto.a),1,0)
 ifeq ($(SSL_STATIC),1)
-BIN_LIBS = $(LUA_LIBS) -Wl,-Bstatic -lssl -lcrypto -Wl,-Bdynamic -lev -lpthread -lm -ldl $(EDIT_LIBS)
+# --exclude-libs keeps that static copy out of the binary's dynamic symbol
+# table (-rdynamic exports the rest, for Lua C modules): libcurl, loaded
+# with dlopen, must bind to its own libssl.so, not to half of our copy.
+BIN_LIBS = $(LUA_LIBS) -Wl,-Bstatic -lssl -lcrypto -Wl,-Bdynamic -Wl,--exclude-libs,libssl.a:libcrypto.a \
+	-lev -lpthread -lm -ldl $(EDIT_LIBS)
 else
 BIN_LIBS = $(LIBS)
 endif
@@ -94,15 +107,17 @@ CORE_OBJ = $(CORE_SRC:%.c=$(BUILD)/%.o) $(BUILD)/core_lua.o
 LLHTTP_SRC ?= /usr/share/llhttp
 LLHTTP_INC ?= /usr/share/include/llhttp
 LLHTTP_OBJ = $(BUILD)/llhttp/llhttp.o $(BUILD)/llhttp/api.o $(BUILD)/llhttp/http.o
+CJSON_OBJ = $(BUILD)/cjson/lua_cjson.o $(BUILD)/cjson/strbuf.o $(BUILD)/cjson/fpconv.o
 LIB_OBJ = $(CORE_OBJ) $(EMBED_SRC:%.c=$(BUILD)/%.o) $(STD_C:%.c=$(BUILD)/%.o) $(BUILD)/stdlib_lua.o \
-	$(BUILD)/sandbox_lua.o $(LLHTTP_OBJ)
+	$(BUILD)/sandbox_lua.o $(LLHTTP_OBJ) $(CJSON_OBJ)
 CLI_OBJ = $(CLI_SRC:%.c=$(BUILD)/%.o)
 # Unit suites of the core alone, and of the whole library.
 CHECK_LIB_SRC = tests/unit/check_embed.c tests/unit/check_process.c tests/unit/check_threads.c
 CHECK_CORE_SRC = $(filter-out $(CHECK_LIB_SRC) tests/unit/check_main.c,$(wildcard tests/unit/check_*.c))
 
 DEB_PKGS = liblua5.4-dev libev-dev check pkg-config libedit-dev tmux socat netcat-openbsd python3 libssl-dev openssl \
-	node-llhttp libwslay-dev curl wrk python3-websockets lua-cjson
+	node-llhttp libwslay-dev curl wrk python3-websockets lua-cjson \
+	lua-cjson-dev libcurl4-openssl-dev nginx-light
 BENCH_PKGS = python3-uvloop hyperfine nodejs
 
 .PHONY: bench-check fuzz-deps FORCE all build test run bench deps bench-deps need need-check install uninstall clean \
@@ -156,6 +171,8 @@ need:
 	  $(PKG_CONFIG) --exists lua5.4 || missing="$$missing liblua5.4-dev"; \
 	  $(PKG_CONFIG) --exists libedit || missing="$$missing libedit-dev"; \
 	  $(PKG_CONFIG) --exists openssl || missing="$$missing libssl-dev"; \
+	  $(PKG_CONFIG) --exists libcurl || missing="$$missing libcurl4-openssl-dev"; \
+	  $(PKG_CONFIG) --exists lua5.4-cjson || missing="$$missing lua-cjson-dev"; \
 	else missing=" pkg-config"; fi; \
 	printf '\#include <ev.h>\n' | $(CC) -E -x c - >/dev/null 2>&1 || missing="$$missing libev-dev"; \
 	[ -f $(LLHTTP_SRC)/llhttp.c ] && [ -f $(LLHTTP_INC)/llhttp.h ] || missing="$$missing node-llhttp"; \
@@ -256,6 +273,18 @@ $(BUILD)/sandbox_lua.c: vm/embed/sandbox.lua $(BUILD)/modgraph.lua $(BUILD)/byte
 
 $(BUILD)/core_lua.o $(BUILD)/stdlib_lua.o $(BUILD)/sandbox_lua.o: $(BUILD)/%.o: $(BUILD)/%.c $(BUILD)/cflags
 	$(CC) $(ALL_CFLAGS) -c $< -o $@
+
+# lua-cjson's objects, taken out of Debian's static archive; lua_cjson.o
+# reads and writes numbers through stdlib/json/_numbers.c (its comment
+# says why), by four renamed symbols.  The archive is built -fPIC but for
+# its references to stderr, which go to a hidden copy in _numbers.c so
+# that the objects also link into libmoonloop.so.
+CJSON_RENAME = --redefine-sym lua_tonumberx=ml__json_tonumberx --redefine-sym fpconv_g_fmt=ml__json_fmt \
+	--redefine-sym fpconv_strtod=ml__json_strtod --redefine-sym lua_pushnumber=ml__json_pushnumber
+$(CJSON_OBJ): $(CJSON_A) | need
+	@mkdir -p $(BUILD)/cjson
+	cd $(BUILD)/cjson && ar x $(abspath $(CJSON_A)) $(notdir $@) && touch $(notdir $@)
+	objcopy $(if $(filter %/lua_cjson.o,$@),$(CJSON_RENAME),--redefine-sym stderr=ml__json_stderr) $@
 
 $(BUILD)/libmoonloop.a: $(LIB_OBJ)
 	@rm -f $@

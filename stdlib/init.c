@@ -15,6 +15,7 @@ int luaopen_asyncio__stream(lua_State *L);
 int luaopen_asyncio__transport(lua_State *L);
 int luaopen_ssl__ssl(lua_State *L);
 int luaopen_http__server(lua_State *L);
+int luaopen_cjson(lua_State *L);  /* lua-cjson's, linked in whole */
 
 /* The C modules, by the name scripts require them by, with what each
  * reaches outside the state: "net", "process", "signal", "thread",
@@ -38,6 +39,7 @@ static const struct {
   { "asyncio._transport", luaopen_asyncio__transport, "net" },
   { "ssl._ssl", luaopen_ssl__ssl, "net" },
   { "http._server", luaopen_http__server, "net" },
+  { "json._cjson", luaopen_cjson, "none" },
   { NULL, NULL, NULL }
 };
 

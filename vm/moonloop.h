@@ -392,7 +392,7 @@ int ml_state_set_budget_scope(ml_State *S, int scope);
 
 /* The modules ml_state_sandbox keeps when allow is NULL. */
 #define ML_SANDBOX_DEFAULT \
-  "string", "table", "math", "utf8", "coroutine", "asyncio", \
+  "string", "table", "math", "utf8", "coroutine", "asyncio", "json", \
   "os.time", "os.clock", "os.date", "os.difftime"
 
 /* Restricts what scripts of S can reach, for untrusted code: default

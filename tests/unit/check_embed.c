@@ -433,6 +433,7 @@ START_TEST(test_embed_sandbox_removes_unsafe_modules)
     "assert(require('os').execute == nil, 'require os gives all of os')\n"
     "assert(not load('\\27Lua'), 'a binary chunk loaded')\n"
     "assert(load('return 1')() == 1, 'text chunks load')\n"
+    "assert(require('json').encode({ 1, 2 }) == '[1,2]', 'json is kept')\n"
     "assert(type(os.time()) == 'number' and type(os.clock()) == 'number')\n"
     "assert(string.rep('a', 3) == 'aaa' and math.max(1, 2) == 2 and #table.pack(1, 2) == 2)\n"
     "assert(pcall(collectgarbage, 'stop') == false)\n"
