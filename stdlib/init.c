@@ -16,6 +16,7 @@ int luaopen_asyncio__transport(lua_State *L);
 int luaopen_ssl__ssl(lua_State *L);
 int luaopen_http__server(lua_State *L);
 int luaopen_cjson(lua_State *L);  /* lua-cjson's, linked in whole */
+int luaopen_http__curl(lua_State *L);
 
 /* The C modules, by the name scripts require them by, with what each
  * reaches outside the state: "net", "process", "signal", "thread",
@@ -40,6 +41,7 @@ static const struct {
   { "ssl._ssl", luaopen_ssl__ssl, "net" },
   { "http._server", luaopen_http__server, "net" },
   { "json._cjson", luaopen_cjson, "none" },
+  { "http._curl", luaopen_http__curl, "net" },
   { NULL, NULL, NULL }
 };
 

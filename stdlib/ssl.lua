@@ -52,6 +52,45 @@ M.Purpose = { SERVER_AUTH = "SERVER_AUTH", CLIENT_AUTH = "CLIENT_AUTH" }
 
 local methods = C._methods
 
+-- What a context was told about certificates, for clients that verify
+-- with their own TLS stack (the http client hands it to libcurl):
+-- M._settings(ctx) -> {cafiles, capaths, cadata (lists), default_paths,
+-- verify_mode, check_hostname, certfile, keyfile, password}.
+local told = setmetatable({}, { __mode = "k" })
+local function record(ctx)
+  local r = told[ctx]
+  if r == nil then
+    r = { cafiles = {}, capaths = {}, cadata = {}, default_paths = false }
+    told[ctx] = r
+  end
+  return r
+end
+local c_load_verify, c_default_paths, c_cert_chain = methods.load_verify_locations,
+  methods.set_default_verify_paths, methods.load_cert_chain
+function methods:load_verify_locations(cafile, capath, cadata)
+  c_load_verify(self, cafile, capath, cadata)
+  local r = record(self)
+  if cafile then r.cafiles[#r.cafiles + 1] = cafile end
+  if capath then r.capaths[#r.capaths + 1] = capath end
+  if cadata then r.cadata[#r.cadata + 1] = cadata end
+end
+function methods:set_default_verify_paths()
+  c_default_paths(self)
+  record(self).default_paths = true
+end
+function methods:load_cert_chain(certfile, keyfile, password)
+  c_cert_chain(self, certfile, keyfile, password)
+  local r = record(self)
+  r.certfile, r.keyfile, r.password = certfile, keyfile, password
+end
+function M._settings(ctx)
+  local r = record(ctx)
+  return { cafiles = r.cafiles, capaths = r.capaths, cadata = r.cadata,
+           default_paths = r.default_paths, verify_mode = ctx.verify_mode,
+           check_hostname = ctx.check_hostname, certfile = r.certfile, keyfile = r.keyfile,
+           password = type(r.password) == "string" and r.password or nil }
+end
+
 -- ctx:load_default_certs([purpose]): the system's CA store.
 function methods:load_default_certs(purpose)
   if purpose ~= nil and purpose ~= "SERVER_AUTH" and purpose ~= "CLIENT_AUTH" then

@@ -12,9 +12,10 @@
 #   QUICK=1         one run of everything, short echo runs (a smoke test)
 #   PIN=0           do not pin the echo server and load client to cores
 #   ONLY="gather gather_eager sleep0 queue timers timers1m echo echo1 idle memory startup
-#         spawn tothread pipe64"   a subset (echo and echo1 also give the latency rows)
+#         spawn tothread pipe64 httpclient"   a subset (echo and echo1 also give the latency rows)
 #   TIMERS1M_RUNS=1 runs of the 1,000,000-timer benchmark (tens of seconds in Python)
 #   IDLE_CONNS=10000 connections of the idle-connections benchmark
+#   HTTP_N=20000 HTTP_CONC=50   the HTTP client row's GETs and concurrency
 #
 # Everything runs on 127.0.0.1 with ports found free; every process this
 # script starts is killed when it exits, however it exits.
@@ -33,9 +34,11 @@ MEM_RUNS=${MEM_RUNS:-3}
 STARTUP_RUNS=${STARTUP_RUNS:-200}
 TIMERS1M_RUNS=${TIMERS1M_RUNS:-1}
 IDLE_CONNS=${IDLE_CONNS:-10000}
-ONLY=${ONLY:-gather gather_eager sleep0 queue timers timers1m echo echo1 idle memory startup spawn tothread pipe64}
+ONLY=${ONLY:-gather gather_eager sleep0 queue timers timers1m echo echo1 idle memory startup spawn tothread pipe64 httpclient}
+HTTP_N=${HTTP_N:-20000}
+HTTP_CONC=${HTTP_CONC:-50}
 if [ "${QUICK:-0}" = 1 ]; then
-  RUNS=1 ECHO_RUNS=1 ECHO_SECONDS=1 MEM_RUNS=1 STARTUP_RUNS=30 IDLE_CONNS=2000
+  RUNS=1 ECHO_RUNS=1 ECHO_SECONDS=1 MEM_RUNS=1 STARTUP_RUNS=30 IDLE_CONNS=2000 HTTP_N=2000
 fi
 ECHO_CONNS=50
 ECHO_SIZE=1024
@@ -316,6 +319,50 @@ for bench in spawn tothread pipe64; do
   done
 done
 
+# ---- HTTP client: GETs against a local nginx ---------------------------------
+
+# nginx (one worker, no master, its files in $TMP/nginx) answers a 13-byte
+# body on a kept-alive connection; each client makes HTTP_N GETs, HTTP_CONC
+# at once, through one pooled session.  The client runs on core 0 and
+# nginx on core 1, as the echo rows do.
+if want httpclient; then
+  if ! command -v nginx >/dev/null && [ ! -x /usr/sbin/nginx ]; then
+    note "nginx not found (apt-get install nginx-light): the HTTP client row is skipped"
+  else
+    NGINX=$(command -v nginx || echo /usr/sbin/nginx)
+    nd=$TMP/nginx
+    mkdir -p "$nd"
+    port=$(free_port)
+    cat > "$nd/nginx.conf" <<EOF
+daemon off; master_process off; worker_processes 1;
+pid $nd/nginx.pid; error_log $nd/error.log warn;
+events { worker_connections 1024; }
+http {
+  access_log off; keepalive_requests 1000000;
+  client_body_temp_path $nd/body; proxy_temp_path $nd/proxy; fastcgi_temp_path $nd/fastcgi;
+  uwsgi_temp_path $nd/uwsgi; scgi_temp_path $nd/scgi;
+  server { listen 127.0.0.1:$port; location / { return 200 "hello, world\n"; } }
+}
+EOF
+    timeout -k 2 600 "${SERVER_PIN[@]}" "$NGINX" -p "$nd" -c "$nd/nginx.conf" 2>"$TMP/nginx.err" &
+    SERVER_PID=$!
+    if wait_port "$SERVER_PID" "$port"; then
+      url=http://127.0.0.1:$port/
+      echo "running httpclient ($RUNS runs, $HTTP_N GETs at $HTTP_CONC)..." >&2
+      for r in $(seq "$RUNS"); do
+        [ $have_ml = 1 ] && run_rate httpclient moonloop "${CLIENT_PIN[@]}" "$ML" "$HERE/http_client.lua" "$url" "$HTTP_N" "$HTTP_CONC"
+        if [ $have_asyncio = 1 ] && "$PY" -c 'import aiohttp' 2>/dev/null; then
+          run_rate httpclient aiohttp "${CLIENT_PIN[@]}" "$PY" "$HERE/http_client.py" "$url" "$HTTP_N" "$HTTP_CONC"
+        elif [ "$r" = 1 ]; then note "aiohttp not importable by $PY (apt-get install python3-aiohttp): skipped"; fi
+        [ $have_node = 1 ] && run_rate httpclient node "${CLIENT_PIN[@]}" node "$HERE/http_client.js" "$url" "$HTTP_N" "$HTTP_CONC"
+      done
+    else
+      note "nginx did not start: $(head -1 "$TMP/nginx.err")"
+    fi
+    stop_server
+  fi
+fi
+
 # ---- 8: start-up -------------------------------------------------------------
 
 # Records the median wall time of one run in milliseconds.
@@ -435,6 +482,10 @@ for b in spawn:"spawn+wait /bin/true":"≥ 3× asyncio, ≥ Node":3:1:"procs/s" 
   [ "$bench" = spawn ] && row "$label" "$unit" rate "$bench.moonloop" "C posix_spawn (floor)" "$bench.floor" - "$target"
   [ "$bench" = pipe64 ] && row "$label" "$unit" rate "$bench.moonloop" "C read loop (floor)" "$bench.floor" - "$target"
 done
+if want httpclient; then
+  row "HTTP client, $HTTP_N GETs at $HTTP_CONC" "req/s" rate httpclient.moonloop "aiohttp client" httpclient.aiohttp 2 "≥ 2× aiohttp, ≥ 1.5× Node"
+  row "HTTP client, $HTTP_N GETs at $HTTP_CONC" "req/s" rate httpclient.moonloop "node fetch" httpclient.node 1.5 "≥ 2× aiohttp, ≥ 1.5× Node"
+fi
 if want startup; then
   row "start-up, hello world" "ms" time startup.moonloop "python -c 'import asyncio'" startup.python 25 "$T_START"
   row "start-up, hello world" "ms" time startup.moonloop "node" startup.node - "$T_START"

@@ -335,6 +335,37 @@ START_TEST(test_embed_foreign_loop_wakes_for_thread_completion)
 }
 END_TEST
 
+/* An HTTP GET (libcurl's multi-socket API on moonloop's watchers) from a
+ * host that steps moonloop from its own poll(): curl's sockets and its
+ * timer are the state's, so the state's fd and timeout are all the host
+ * needs.  The server is a moonloop stream server in the same state. */
+START_TEST(test_embed_foreign_loop_runs_an_http_get)
+{
+  ml_Future *t = spawn(
+    "local http = require 'http'\n"
+    "local srv = await asyncio.start_server(async function(r, w)\n"
+    "  while true do\n"
+    "    local line = await r:readline()\n"
+    "    if line == '' then break end\n"
+    "    if line == '\\r\\n' then\n"
+    "      w:write('HTTP/1.1 200 OK\\r\\nContent-Length: 11\\r\\n\\r\\nfrom a host')\n"
+    "    end\n"
+    "  end\n"
+    "  w:close()\n"
+    "end, '127.0.0.1', 0)\n"
+    "local port = srv.sockets[1]:getsockname()[2]\n"
+    "local s <close> = http.Session()\n"
+    "local r = await s:get('http://127.0.0.1:' .. port .. '/')\n"
+    "local r2 = await s:get('http://127.0.0.1:' .. port .. '/again')\n"
+    "local body = r.status .. ' ' .. (await r:text()) .. ', ' .. (await r2:text())\n"
+    "srv:close()\n"
+    "return body");
+  poll_loop(S, NULL);
+  ck_assert_str_eq(result_of(t), "200 from a host, from a host");
+  ml_future_release(L, t);
+}
+END_TEST
+
 /* ---- limits ---- */
 
 START_TEST(test_embed_memory_cap_stops_a_script_not_the_host)
@@ -427,7 +458,7 @@ START_TEST(test_embed_sandbox_removes_unsafe_modules)
     "gone(asyncio.to_thread, 'asyncio.to_thread'); gone(asyncio.ThreadPoolExecutor, 'ThreadPoolExecutor')\n"
     "gone(asyncio.get_running_loop().subprocess_exec, 'loop:subprocess_exec')\n"
     "for _, m in ipairs { 'io', 'debug', 'socket', 'asyncio._net', 'asyncio._process', 'asyncio._thread',\n"
-    "                     'ssl', 'ssl._ssl' } do\n"
+    "                     'ssl', 'ssl._ssl', 'http', 'http.client', 'http._curl' } do\n"
     "  local ok = pcall(require, m); assert(not ok, 'require ' .. m .. ' worked')\n"
     "end\n"
     "assert(require('os').execute == nil, 'require os gives all of os')\n"
@@ -450,6 +481,7 @@ START_TEST(test_embed_sandbox_allow_list_keeps_what_is_named)
   ck_assert_str_eq(run("assert(io == nil and table == nil and math == nil)\n"
                        "assert(os.getenv and require('socket').socketpair)\n"
                        "assert(require('ssl').create_default_context().check_hostname)\n"
+                       "assert(require('http').Session, 'networking brings http')\n"
                        "return tostring(asyncio.get_running_loop().sock_recv ~= nil)"), "true");
 }
 END_TEST
@@ -992,6 +1024,7 @@ Suite *embed_suite(void) {
   tcase_add_test(tc, test_embed_future_completion_is_refused_twice);
   tcase_add_test(tc, test_embed_future_resolved_from_other_threads);
   tcase_add_test(tc, test_embed_foreign_loop_wakes_for_thread_completion);
+  tcase_add_test(tc, test_embed_foreign_loop_runs_an_http_get);
   suite_add_tcase(s, tc);
 
   tc = tcase_create("limits");
