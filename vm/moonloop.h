@@ -153,13 +153,25 @@ int ml_state_step(ml_State *S, int *fd, double *timeout);
  * later run is affected). */
 int ml_state_stop(ml_State *S);
 
-/* Stops Lua code that never awaits (`while true do end`): the Task
- * running now raises asyncio.KeyboardInterrupt at its next instruction,
- * as lua.c's Ctrl+C does; unless it catches it, the task fails with it.
- * It is async-signal-safe (it only reads S and calls lua_sethook), for a
- * SIGINT handler on the loop's thread; it records no message.  Returns
- * ML_OK, or -ESRCH if no task is running (the loop is waiting, or in a
- * callback: cancel instead, with ml_future_cancel). */
+/* Stops Lua code that never awaits (`while true do end`): the task step
+ * running now is terminated with asyncio.KeyboardInterrupt, which the
+ * script cannot catch (as the CPU budget's error: a pcall, xpcall,
+ * coroutine or __close that catches it is stopped again at its next
+ * instruction), and the task fails with it; the loop and the other tasks
+ * carry on.  Safe from any thread and async-signal-safe (it records no
+ * message):
+ * - from the loop's own thread (a signal handler, as lua.c's Ctrl+C, or
+ *   a host function the script called) it stops the task at its next
+ *   instruction, budget or not;
+ * - from another thread (a watchdog) it only stores an atomic flag, which
+ *   the CPU budget's hook reads on the loop's thread within 1,000
+ *   instructions: so the state needs a budget (ml_state_set_cpu_budget;
+ *   (unsigned long)-1 never runs out).
+ * An interrupt is for the step under way: one that ended meanwhile has
+ * nothing stopped, and no later step is.  Returns ML_OK; -ESRCH if no
+ * task step is running (the loop is waiting, or in a callback: cancel
+ * instead, with ml_future_cancel); -ENOTSUP from another thread if the
+ * state has no budget. */
 int ml_state_interrupt(ml_State *S);
 
 /* ---- Host functions and modules ------------------------------------ */
@@ -377,10 +389,10 @@ size_t ml_state_memory_peak(ml_State *S);
  * The loop and the other tasks carry on (or see ml_state_set_budget_scope).
  * In a sandboxed state, finalizers (__gc) run under the same budget; while
  * the state closes, under a fixed limit, so a finalizer that never stops
- * cannot keep it from closing.  Cost: Lua 5.4 calls a counting hook at
- * every instruction, so a budgeted state runs Lua code about 2-3x slower
- * (docs/embedding.md has the figures); C functions (string matching)
- * are one instruction each. */
+ * cannot keep it from closing.  Cost: while any count hook is set, Lua
+ * 5.4 runs its hook check before every instruction (the count only says
+ * how often the hook itself runs), so budgeted Lua code runs about 2x
+ * slower (docs/embedding.md has the figures). */
 void ml_state_set_cpu_budget(ml_State *S, unsigned long instructions);
 
 /* What running past the CPU budget ends: the task (ML_BUDGET_TASK, the

@@ -40,7 +40,13 @@ struct ml_State {
   int alive;             /* the last ev_run saw active watchers */
   unsigned long instr_budget; /* per task step, 0 = none */
   unsigned long step_instr;   /* instructions counted in this step */
-  int over_budget;       /* this step ran past the budget: terminating */
+  int over_budget;       /* this step is being terminated (budget or interrupt) */
+  int interrupted;       /* ... because of ml_state_interrupt */
+  /* The task step under way, for ml_state_interrupt from other threads
+   * (task.c, "interrupts"): written by the loop's thread only, read by
+   * any, atomically. */
+  unsigned long step_seq;
+  unsigned long interrupt_seq; /* the step to interrupt; atomic, any thread */
   int budget_whole_state; /* running past it stops the state, not the task */
   int budget_dead;       /* it did: the state runs nothing more */
   ml_ErrorHandler on_error;

@@ -31,6 +31,13 @@ struct ml_Task {
  * Lua turns hooks off (an xpcall message handler, in the sandbox): the
  * running step's count goes on, and past the budget it raises at once. */
 void ml__budget_arm(lua_State *co);
+/* ml_state_interrupt (task.c, "interrupts"): asks the task step under way
+ * to stop with KeyboardInterrupt, which the script cannot catch.  Any
+ * thread; async-signal-safe.  0, -ESRCH (no step runs) or -ENOTSUP (from
+ * another thread, a step without the budget's hook). */
+int ml__task_interrupt(ml_State *S);
+/* The state whose task step this thread runs now, or NULL. */
+extern __thread ml_State *ml__tls_stepping __attribute__((tls_model("initial-exec")));
 /* Stops the timer of every sleeping task (the state is closing). */
 void ml__task_stop_timers(ml_State *S);
 /* Seconds until the first sleeping task wakes (0 if overdue) in

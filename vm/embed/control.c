@@ -19,24 +19,11 @@ int ml_state_stop(ml_State *S) {
   return ML_OK;
 }
 
-/* Raises KeyboardInterrupt at the next instruction of the hooked thread,
- * and removes itself. */
-static void interrupt_hook(lua_State *L, lua_Debug *ar) {
-  (void)ar;
-  lua_sethook(L, NULL, 0, 0);
-  ml__exc_push(L, "KeyboardInterrupt", NULL);
-  lua_error(L);
-}
-
 int ml_state_interrupt(ml_State *S) {
-  /* Only reads and lua_sethook, which the Lua manual allows in a signal
-   * handler (lua.c's SIGINT handler does the same).  No ml__embed_fail:
-   * formatting a message is not async-signal-safe. */
-  ml_Task *t = S->current;
-  lua_State *co = t ? t->co : NULL;
-  if (co == NULL) return -ESRCH;
-  lua_sethook(co, interrupt_hook, LUA_MASKCALL | LUA_MASKRET | LUA_MASKCOUNT, 1);
-  return ML_OK;
+  /* Any thread, and signal handlers: the design is in core/task.c
+   * ("interrupts").  No ml__embed_fail: formatting a message is not
+   * async-signal-safe, and E->err is the loop thread's. */
+  return ml__task_interrupt(S);
 }
 
 /* ---- cancelling ---- */
