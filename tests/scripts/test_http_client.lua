@@ -192,6 +192,12 @@ local function rss_kib()
   return tonumber(s:match("VmRSS:%s*(%d+)"))
 end
 
+local ASAN = (function()
+  local f = io.open("/proc/self/maps")
+  local maps = f:read("a"); f:close()
+  return maps:find("libasan", 1, true) ~= nil
+end)()
+
 -- Each case checks that the fds it opened are closed at its end.
 local function case(name, fn)
   T.case(name, async function()
@@ -363,7 +369,9 @@ case("a 20 MiB body streams through chunks() to a slow reader in flat memory", a
   local pauses, most = r._x:stats()
   T.ok(pauses > 0, "the transfer was paused by the slow reader (" .. pauses .. " times)")
   T.ok(most <= 512 * 1024, "at most " .. most .. " bytes buffered")
-  T.ok(peak < 16 * 1024, "RSS grew by " .. peak .. " KiB for a 20 MiB body")
+  -- Under AddressSanitizer freed memory stays mapped (its quarantine), so
+  -- RSS says nothing there; the buffer bound above still holds.
+  if not ASAN then T.ok(peak < 16 * 1024, "RSS grew by " .. peak .. " KiB for a 20 MiB body") end
 end)
 
 case("r:read() of a large body; two readers at once are refused", async function()
@@ -478,6 +486,33 @@ case("closing a session aborts what is in flight; a closed session refuses", asy
   for _, w in ipairs(conns) do w:close() end
   srv:close()
   await srv:wait_closed()
+end)
+
+case("limit_per_host = 1: concurrent requests queue for one connection", async function()
+  local s <close> = http.Session({ base_url = BASE, limit_per_host = 1 })
+  local rs = await asyncio.gather(s:get("/hello.txt"), s:get("/hello.txt"), s:get("/hello.txt"))
+  for i = 1, 3 do
+    T.eq(rs[i].headers["x-connection"], rs[1].headers["x-connection"], "request " .. i .. " on the one connection")
+    T.eq(await rs[i]:text(), "hello from nginx\n", "body " .. i)
+  end
+end)
+
+case("a response dropped unread is closed by the collector", async function()
+  local s <close> = http.Session()
+  do
+    local r = await s:get(BASE .. "/big.bin")
+    T.eq(s._m:active(), 1, "the transfer runs (and pauses: nobody reads it)")
+  end
+  collectgarbage(); collectgarbage()
+  T.eq(s._m:active(), 0, "its finalizer aborted the transfer")
+end)
+
+case("a name that does not resolve raises gaierror", async function()
+  local e = T.raises(asyncio.gaierror, function()
+    return http.get("http://no-such-host.invalid/", { timeout = 20 })
+  end, ".invalid never resolves (RFC 6761)")
+  T.ok(asyncio.isinstance(e, asyncio.OSError), "an OSError")
+  T.match(tostring(e), "no%-such%-host%.invalid", "names the host")
 end)
 
 ---------------------------------------------------------------- misuse
