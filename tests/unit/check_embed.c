@@ -649,6 +649,66 @@ START_TEST(test_embed_close_releases_pending_work)
 }
 END_TEST
 
+/* Closing a state with HTTP transfers in flight (one mid-body and paused
+ * by nobody reading it, one just started) releases their
+ * sockets, curl's handles and the watchers: the fds are back where they
+ * were (and a SAN build sees no leak). */
+START_TEST(test_embed_close_releases_http_transfers)
+{
+  int before, steps = 0, ready = 0;
+  ml_State *s;
+  lua_State *l;
+  ml_Future *f, *t;
+  const char *src =
+    "local http = require 'http'\n"
+    "local srv = await asyncio.start_server(async function(r, w)\n"
+    "  await r:readline()\n"
+    "  w:write('HTTP/1.1 200 OK\\r\\nContent-Length: 10000000\\r\\n\\r\\n' .. string.rep('x', 100000))\n"
+    "  await asyncio.sleep(100)\n"
+    "end, '127.0.0.1', 0)\n"
+    "local port = srv.sockets[1]:getsockname()[2]\n"
+    "local s = http.Session()\n"
+    "local r = await s:get('http://127.0.0.1:' .. port .. '/big')\n"
+    "assert(#r:chunks()() > 0)\n"
+    "local other = asyncio.create_task(s:get('http://127.0.0.1:' .. port .. '/other'))\n"
+    "await asyncio.sleep(0.05)\n"
+    "assert(s._m:active() == 2, s._m:active())\n"
+    "ready = true\n"
+    "return await hostfut\n";
+  ml_state_close(S);  /* the fixture's: this test counts fds itself */
+  S = NULL;
+  before = count_fds();
+  s = ml_state_new(NULL);
+  ck_assert_ptr_nonnull(s);
+  l = ml_state_lua(s);
+  S = s;
+  L = l;
+  f = ml_future_new(l);
+  ck_assert_ptr_nonnull(f);
+  lua_setglobal(l, "hostfut");
+  ck_assert_int_eq(ml_load_string(l, src, strlen(src), "=http"), ML_OK);
+  ck_assert_int_eq(ml_task_spawn(l, 0, NULL, &t), ML_OK);
+  while (!ready) {
+    int fd;
+    double timeout;
+    struct pollfd p;
+    ck_assert_int_gt(ml_state_step(s, &fd, &timeout), 0);
+    ck_assert_msg(ml_future_state(t) == ML_FUTURE_PENDING, "%s",
+                  ml_future_state(t) == ML_FUTURE_ERROR ? error_of(t) : "done");
+    lua_getglobal(l, "ready");
+    ready = lua_toboolean(l, -1);
+    lua_pop(l, 1);
+    p.fd = fd; p.events = POLLIN; p.revents = 0;
+    if (!ready && timeout != 0) poll(&p, 1, timeout < 0 ? 100 : (int)(timeout * 1000) + 1);
+    ck_assert_int_lt(++steps, 10000);
+  }
+  ck_assert_int_gt(count_fds(), before);
+  S = NULL;
+  ml_state_close(s);
+  ck_assert_int_eq(count_fds(), before);
+}
+END_TEST
+
 /* asyncio.run called by a host outside any task drives the loop itself,
  * and cancels what the coroutine left behind. */
 START_TEST(test_embed_run_from_host_drives_the_loop) {
@@ -1048,6 +1108,7 @@ Suite *embed_suite(void) {
   tcase_set_timeout(tc, 20);
   tcase_add_test(tc, test_embed_states_run_on_several_threads);
   tcase_add_test(tc, test_embed_close_releases_pending_work);
+  tcase_add_test(tc, test_embed_close_releases_http_transfers);
   tcase_add_test(tc, test_embed_close_on_host_loop_stops_sleeping_tasks);
   suite_add_tcase(s, tc);
 
