@@ -38,7 +38,7 @@ local function P(f) return dir .. "/" .. f end
 -- and one from another CA.
 sh("openssl req -x509 -newkey rsa:2048 -nodes -keyout ca.key -out ca.pem -days 2 -subj '/CN=moonloop http test CA' 2>/dev/null")
 sh("openssl req -x509 -newkey rsa:2048 -nodes -keyout ca2.key -out ca2.pem -days 2 -subj '/CN=another CA' 2>/dev/null")
-for _, leaf in ipairs({ { "server", "ca" }, { "unknown", "ca2" } }) do
+for _, leaf in ipairs({ { "server", "ca" }, { "unknown", "ca2" }, { "client", "ca" } }) do
   local name, ca = leaf[1], leaf[2]
   sh(string.format("openssl req -newkey rsa:2048 -nodes -keyout %s.key -out %s.csr -subj '/CN=localhost' 2>/dev/null", name, name))
   sh(string.format("printf 'subjectAltName=DNS:localhost,IP:127.0.0.1\\n' > %s.ext", name))
@@ -77,7 +77,8 @@ local async function wait_port(port)
   error("nothing listens on port " .. port)
 end
 
-local PORT, TPORT, TPORT_UNKNOWN = await free_port(), await free_port(), await free_port()
+local PORT, TPORT, TPORT_UNKNOWN, TPORT_MTLS = await free_port(), await free_port(), await free_port(),
+  await free_port()
 write("nginx.conf", ([[
 daemon off;
 master_process off;
@@ -117,8 +118,16 @@ http {
     ssl_certificate_key DIR/unknown.key;
     location / { return 200 "unknown CA\n"; }
   }
+  server {
+    listen 127.0.0.1:TPORT_MTLS ssl;
+    ssl_certificate DIR/server.pem;
+    ssl_certificate_key DIR/server.key;
+    ssl_client_certificate DIR/ca.pem;
+    ssl_verify_client on;
+    location / { return 200 "client $ssl_client_verify\n"; }
+  }
 }
-]]):gsub("TPORT_UNKNOWN", tostring(TPORT_UNKNOWN)):gsub("TPORT", tostring(TPORT))
+]]):gsub("TPORT_MTLS", tostring(TPORT_MTLS)):gsub("TPORT_UNKNOWN", tostring(TPORT_UNKNOWN)):gsub("TPORT", tostring(TPORT))
   :gsub("PORT", tostring(PORT)):gsub("DIR", dir))
 
 -- Python's http.server: echoes what it got as JSON, sets a cookie, and
@@ -413,6 +422,30 @@ case("HTTPS: an unknown CA fails verification; verify = false skips it", async f
   T.eq(await r:text(), "unknown CA\n", "verify = false")
   r = await http.get("https://127.0.0.1:" .. TPORT_UNKNOWN .. "/", { ssl = false })
   T.eq(await r:text(), "unknown CA\n", "ssl = false")
+end)
+
+case("HTTPS: the context's certificate chain authenticates the client", async function()
+  local ctx = ssl.create_default_context({ cafile = P("ca.pem") })
+  local base = "https://127.0.0.1:" .. TPORT_MTLS .. "/"
+  local r = await http.get(base, { ssl = ctx })
+  T.eq(r.status, 400, "without a client certificate nginx refuses")
+  await r:read()
+  ctx:load_cert_chain(P("client.pem"), P("client.key"))
+  r = await http.get(base, { ssl = ctx })
+  T.eq(await r:text(), "client SUCCESS\n", "with load_cert_chain's certificate")
+end)
+
+case("proxies come from the environment (http_proxy)", async function()
+  -- A child moonloop with http_proxy pointing at the Python peer: the
+  -- request for a name that does not exist reaches the proxy, which sees
+  -- the absolute URL.
+  local bin = os.getenv("MOONLOOP_BIN") or arg[-1] or "build/moonloop"
+  local p = await asyncio.create_subprocess_exec(bin, "-e",
+    "local r = await require('http').get('http://no-such-host.invalid/via-proxy'); print((await r:json()).path)",
+    { stdout = PIPE, env = { http_proxy = PYBASE, PATH = os.getenv("PATH") } })
+  local out = await p.stdout:read(-1)
+  T.eq(await p:wait(), 0, "the child's status")
+  T.eq(out, "http://no-such-host.invalid/via-proxy\n", "the proxy got the request")
 end)
 
 ---------------------------------------------------------------- failures
