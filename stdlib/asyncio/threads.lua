@@ -52,12 +52,77 @@ function Loop:run_in_executor(ex, fn, ...)
   return ex:_submit(fn, ...)
 end
 
--- loop:call_soon_threadsafe(fn, ...): call_soon that also wakes the loop.
--- A Lua state runs on one thread at a time, so Lua code calling it is on
--- the loop's thread, where call_soon already is safe; other threads (a
--- host's) use ml_state_call_threadsafe from C.
+-- loop:call_soon_threadsafe(fn, ...): in the loop's own state, Lua code
+-- runs on the loop's thread, where call_soon already is safe.  A worker
+-- thread reaches the loop through the loop copied into its state (a
+-- RemoteLoop: asyncio._thread, remote.c); a host's threads through
+-- ml_state_call_threadsafe from C.
 function Loop:call_soon_threadsafe(fn, ...)
   return self:call_soon(fn, ...)
+end
+
+-- A worker's run_coroutine_threadsafe(coro, loop) arrives here, on the
+-- loop's thread: afn(...) runs as a task and the handle (the worker's
+-- ConcurrentFuture) gets its outcome, copied; an error as its string.
+local function settle(h, t)
+  if t:cancelled() then return h:_settle(false, "CancelledError") end
+  local e = t:exception()
+  if e ~= nil then return h:_settle(false, tostring(e)) end
+  return h:_settle(true, t:result())
+end
+C._set_spawner(function(h, afn, ...)
+  local ok, task = pcall(function(...) return asyncio.ensure_future(afn(...)) end, ...)
+  if not ok then return h:_settle(false, tostring(task)) end
+  task:add_done_callback(function(t) settle(h, t) end)
+end)
+
+-- run_coroutine_threadsafe's result in the loop's own state: Python's
+-- concurrent.futures.Future over the task.  (In a worker's state the C
+-- ConcurrentFuture of asyncio._thread, whose result() blocks the thread.)
+local ConcurrentFuture = { __name = "asyncio.ConcurrentFuture" }
+ConcurrentFuture.__index = ConcurrentFuture
+function ConcurrentFuture:done() return self._task:done() end
+function ConcurrentFuture:cancelled() return self._task:cancelled() end
+function ConcurrentFuture:cancel() return self._task:cancel() end
+function ConcurrentFuture:add_done_callback(fn)
+  self._task:add_done_callback(function() fn(self) end)
+end
+local function not_blocking(self, what)
+  if not self._task:done() then
+    error(asyncio.RuntimeError(what .. "() would block the event loop's own thread forever: "
+      .. "await asyncio.wrap_future(f) instead"), 3)
+  end
+end
+function ConcurrentFuture:result(timeout)
+  not_blocking(self, "result")
+  return self._task:result()
+end
+function ConcurrentFuture:exception(timeout)
+  not_blocking(self, "exception")
+  return self._task:exception()
+end
+function ConcurrentFuture:__tostring()
+  return "<ConcurrentFuture of " .. tostring(self._task) .. ">"
+end
+
+-- run_coroutine_threadsafe(coro, loop) -> ConcurrentFuture: coro runs as a
+-- task of loop.  (From a worker thread, see asyncio._thread.)
+function M.run_coroutine_threadsafe(coro, loop)
+  if not asyncio.iscoroutine(coro) then
+    error(asyncio.TypeError("A coroutine object is required"), 2)
+  end
+  if loop == nil or type(loop.create_task) ~= "function" then
+    error(asyncio.TypeError("run_coroutine_threadsafe() needs the loop as its second argument"), 2)
+  end
+  return setmetatable({ _task = loop:create_task(coro) }, ConcurrentFuture)
+end
+
+-- wrap_future(f) -> an asyncio Future: f itself if it is one (as Python),
+-- the task behind a ConcurrentFuture.
+function M.wrap_future(f)
+  if asyncio.isfuture(f) then return f end
+  if getmetatable(f) == ConcurrentFuture then return f._task end
+  error(asyncio.TypeError("a Future or ConcurrentFuture is expected, got " .. tostring(f)), 2)
 end
 
 -- to_thread(fn, ...): awaits fn(...) run in the default executor.

@@ -34,6 +34,7 @@
 #include <lualib.h>
 #include "core/module.h"
 #include "thread/copy.h"
+#include "thread/remote.h"
 
 #define ML_EXECUTOR "asyncio.ThreadPoolExecutor"
 
@@ -120,6 +121,7 @@ static int traceback_msgh(lua_State *L) {
 static void run_job(lua_State *W, Job *j, Paths **applied) {
   int st, n;
   ml_Copy out = { 0 };
+  out.home = j->wake;  /* the loop goes back as itself */
   lua_settop(W, 0);
   /* An earlier job may have replaced package: raw access, no metamethods,
    * as nothing here may raise outside a protected call. */
@@ -203,7 +205,10 @@ static void *worker_main(void *arg) {
   Pool *p = arg;
   Paths *applied = NULL;
   lua_State *W = luaL_newstate();
-  if (W) luaL_openlibs(W);
+  if (W) {
+    luaL_openlibs(W);
+    ml__remote_worker_open(W);
+  }
   pthread_mutex_lock(&p->mu);
   for (;;) {
     Job *j;
@@ -393,6 +398,10 @@ static int ex_submit(lua_State *L) {
   int n = lua_gettop(L), r;
   if (p == NULL || p->shutdown) return ml__exc_raise(L, "RuntimeError", "cannot schedule new futures after shutdown");
   luaL_checktype(L, 2, LUA_TFUNCTION);
+  /* The loop may cross as itself: the job holds a reference on its
+   * wake-up until the copy is decoded.  (The state holds one meanwhile.) */
+  in.home = ml__wakeup_acquire(S);
+  ml__wakeup_release(in.home);
   /* Encode fn and the arguments first: that raises on what cannot cross. */
   if (!ml__copy_fast(L, &in, 2, n, 1)) {
     lua_pushcfunction(L, ml__copy_encode_p);
@@ -517,6 +526,7 @@ int luaopen_asyncio__thread(lua_State *L) {
   }
   lua_pop(L, 1);
   luaL_newlib(L, funcs);
+  ml__remote_open(L);
   luaL_getmetatable(L, ML_EXECUTOR);
   lua_setfield(L, -2, "Executor");  /* the metatable: methods in __index */
   return 1;

@@ -15,13 +15,17 @@
 #include <string.h>
 #include "core/module.h"
 #include "thread/copy.h"
+#include "thread/remote.h"
 
 #define MAX_DEPTH 200
 
 enum {
   T_NIL, T_FALSE, T_TRUE, T_INT, T_FLT, T_STR, T_TABLE, T_REF, T_FUNC, T_MODULE,
   T_CFUNC, T_GLOBALS, T_LIGHT, T_END,
-  T_FUNC1   /* a function that is not met again (not numbered for T_REF) */
+  T_FUNC1,  /* a function that is not met again (not numbered for T_REF) */
+  T_LOOP,   /* the ml_Wakeup of a loop: ml_Copy.home */
+  T_ASYNC,  /* an async function: its name and function follow */
+  T_FUTURE  /* a Future of the loop's state: the ml_Wakeup, a registry reference */
 };
 
 
@@ -221,6 +225,40 @@ static const char *loaded_name(lua_State *L, Enc *e, int idx, size_t *len) {
   return s;
 }
 
+/* [-0, +0] 1 if the C function at idx is an async function: made by
+ * `async function` in a loop's state, or a copy of one in a worker's. */
+static int is_async(lua_State *L, int idx) {
+  int r;
+  if (lua_tocfunction(L, idx) == ml__remote_async_call) return 1;
+  lua_pushcfunction(L, ml__coro_iscoroutinefunction);
+  lua_pushvalue(L, idx);
+  lua_call(L, 1, 1);
+  r = lua_toboolean(L, -1);
+  lua_pop(L, 1);
+  return r;
+}
+
+/* [-0, +0] 1 in a loop's state, 0 in a worker's. */
+static int is_loop_state(lua_State *L) {
+  int r;
+  ml__push_loop(L);
+  r = !lua_isnil(L, -1);
+  lua_pop(L, 1);
+  return r;
+}
+
+/* [-0, +0] the wake-up of the loop at idx (a loop object of this state, or
+ * a RemoteLoop), or NULL if it is not one. */
+static ml_Wakeup *loop_of(lua_State *L, Enc *e, int idx) {
+  int is;
+  if (lua_type(L, idx) == LUA_TUSERDATA) return ml__remote_test_loop(L, idx);
+  if (!lua_getmetatable(L, idx)) return NULL;
+  luaL_getmetatable(L, "asyncio.Loop");
+  is = lua_rawequal(L, -1, -2) && !lua_isnil(L, -1);
+  lua_pop(L, 2);
+  return is ? e->b->home : NULL;
+}
+
 /* [-0, +0] encodes the function at idx: a C function by its name in
  * package.loaded, a Lua one as its id, bytecode and upvalues. */
 static int encode_func(lua_State *L, Enc *e, int idx, int depth, const Where *w) {
@@ -231,7 +269,21 @@ static int encode_func(lua_State *L, Enc *e, int idx, int depth, const Where *w)
   if (lua_iscfunction(L, idx)) {
     size_t len = 0;
     const char *n = loaded_name(L, e, idx, &len);
-    if (n == NULL) return type_error(L, e, w, idx);
+    if (n == NULL) {
+      if (is_async(L, idx)) {  /* async function f(): its name and function */
+        int top = lua_gettop(L);
+        put_byte(e->b, T_ASYNC);
+        lua_getupvalue(L, idx, 1);
+        lua_getupvalue(L, idx, 2);
+        if (lua_type(L, top + 1) != LUA_TSTRING || lua_type(L, top + 2) != LUA_TFUNCTION)
+          return type_error(L, e, w, idx);
+        encode(L, e, top + 1, depth + 1, w);
+        encode(L, e, top + 2, depth + 1, w);
+        lua_settop(L, top);
+        return 0;
+      }
+      return type_error(L, e, w, idx);
+    }
     put_byte(e->b, T_CFUNC);
     put_str(e->b, n, len);
     return 0;
@@ -306,6 +358,36 @@ static int encode(lua_State *L, Enc *e, int idx, int depth, const Where *w) {
   if (depth > MAX_DEPTH) return enc_raise(L, "ValueError", "%s is nested too deeply to copy", e->what);
   luaL_checkstack(L, 8, "copying a value");
   if (put_simple(L, e->b, idx)) goto done;
+  if (lua_type(L, idx) == LUA_TUSERDATA && e->b->home) {
+    int ref = -1;
+    ml_Wakeup *fw = ml__remote_test_future(L, idx, &ref);
+    if (fw == NULL && ref < 0 && is_loop_state(L) && ml__future_test(L, idx)) {
+      /* The worker's RemoteFuture holds this reference until collected. */
+      lua_pushvalue(L, idx);
+      ref = luaL_ref(L, LUA_REGISTRYINDEX);
+      fw = e->b->home;
+    }
+    if (fw == e->b->home && ref >= 0) {
+      put_byte(e->b, T_FUTURE);
+      put(e->b, &fw, sizeof fw);
+      put(e->b, &ref, sizeof ref);
+      goto done;
+    }
+  }
+  if (lua_type(L, idx) == LUA_TTABLE || lua_type(L, idx) == LUA_TUSERDATA) {
+    ml_Wakeup *lw = loop_of(L, e, idx);
+    if (lw != NULL || (lua_type(L, idx) == LUA_TUSERDATA && ml__remote_test_loop(L, idx))) {
+      char name[512];
+      if (lw == e->b->home && lw != NULL) {
+        put_byte(e->b, T_LOOP);
+        put(e->b, &lw, sizeof lw);
+        goto done;
+      }
+      if (w) where_str(w, name, sizeof name);
+      return enc_raise(L, "TypeError", "cannot copy %s to another thread: a loop crosses only "
+                       "between its own state and its workers", w ? name : e->what);
+    }
+  }
   switch (lua_type(L, idx)) {
   case LUA_TFUNCTION:
     return encode_func(L, e, idx, depth, w);
@@ -612,6 +694,36 @@ static void decode(lua_State *L, Dec *d) {
     d->p += n;
     break;
   case T_GLOBALS: lua_pushglobaltable(L); break;
+  case T_LOOP: {
+    ml_Wakeup *w = NULL;
+    get(L, d, &w, sizeof w);
+    ml__push_loop(L);  /* the loop's own state: the loop; nil in a worker's */
+    if (lua_isnil(L, -1)) {
+      lua_pop(L, 1);
+      ml__remote_push_loop(L, w);
+    }
+    break;
+  }
+  case T_FUTURE: {
+    ml_Wakeup *w = NULL;
+    int ref = -1;
+    get(L, d, &w, sizeof w);
+    get(L, d, &ref, sizeof ref);
+    if (is_loop_state(L)) lua_rawgeti(L, LUA_REGISTRYINDEX, ref);
+    else ml__remote_push_future(L, w, ref);
+    break;
+  }
+  case T_ASYNC:
+    decode(L, d);  /* name */
+    decode(L, d);  /* fn */
+    if (lua_getglobal(L, "__ml_async") == LUA_TFUNCTION) {  /* a loop's state */
+      lua_insert(L, -3);
+      lua_call(L, 2, 1);
+    } else {
+      lua_pop(L, 1);
+      lua_pushcclosure(L, ml__remote_async_call, 2);
+    }
+    break;
   case T_REF:
     get(L, d, &n, sizeof n);
     if (lua_isnil(L, d->seen)) luaL_error(L, CORRUPT_COPY);

@@ -4,7 +4,9 @@
  * What crosses, by value: nil, booleans, numbers, strings, tables of those
  * (shared and cyclic tables keep their shape; metatables are not copied),
  * Lua functions (bytecode with debug information, and their upvalues the
- * same way), light userdata; a table of package.loaded crosses as its
+ * same way), async functions (their name and function: in a worker
+ * calling one makes a RemoteCoroutine for run_coroutine_threadsafe),
+ * light userdata, the loop (above); a table of package.loaded crosses as its
  * name and is required again on the other side, a C function found in
  * such a table is looked up again there, and the globals table is the
  * other state's globals.  Anything else raises TypeError naming it. */
@@ -17,11 +19,17 @@
 /* The error of a copy that does not decode (a bug, or memory overwritten). */
 #define CORRUPT_COPY "corrupt copy"
 
-/* An encoded copy: malloc'd bytes (free p), or oom set. */
+/* An encoded copy: malloc'd bytes (free p), or oom set.  home is set by
+ * the caller before encoding: the wake-up of the one loop that may cross
+ * in this copy (the loop the copy goes to or comes from; NULL: none).  A
+ * loop crosses as a reference to its wake-up: in a worker's state it is a
+ * RemoteLoop (remote.c), back in its own state the loop itself.  Whoever
+ * carries the copy must keep a reference on home until it is decoded. */
 typedef struct ml_Copy {
   char *p;
   size_t n, cap;
   int oom;
+  ml_Wakeup *home;
 } ml_Copy;
 
 /* A lua_CFunction, to be called protected:

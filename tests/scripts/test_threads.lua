@@ -165,4 +165,86 @@ T.case("a job that breaks its worker's globals does not break the next one", asy
   ex:shutdown(true)
 end)
 
+-- From a worker back to the loop: call_soon_threadsafe, Futures by
+-- reference, run_coroutine_threadsafe; wrap_future.
+
+T.case("call_soon_threadsafe from a worker runs the copied callback on the loop, in order", async function()
+  local got, done = {}, loop:create_future()
+  -- The callback's upvalues are copies too: it reaches the loop's state
+  -- through its globals (_ENV is the globals of the state it runs in).
+  _G.__thread_test_sink = function(i, s)
+    got[#got + 1] = i .. s
+    if i == 3 then done:set_result(true) end
+  end
+  local r = await asyncio.to_thread(function(l)
+    for i = 1, 3 do l:call_soon_threadsafe(function(n, s) __thread_test_sink(n, s) end, i, "x") end
+    return tostring(l), l:is_closed()
+  end, loop)
+  await done
+  _G.__thread_test_sink = nil
+  T.eq(got, { "1x", "2x", "3x" }, "all three, in order")
+  T.match(r, "RemoteLoop", "the loop in the worker")
+end)
+
+T.case("an error in a callback from a worker goes to the loop's exception handler", async function()
+  local reported = loop:create_future()
+  local old = loop:get_exception_handler()
+  loop:set_exception_handler(function(_, ctx) if not reported:done() then reported:set_result(ctx) end end)
+  await asyncio.to_thread(function(l) l:call_soon_threadsafe(function() error("cb failed") end) end, loop)
+  local ctx = await reported
+  loop:set_exception_handler(old)
+  T.match(tostring(ctx.exception), "cb failed", "the callback's error")
+  T.match(ctx.message, "call_soon_threadsafe", "says where")
+end)
+
+T.case("a Future crosses by reference: set_result, set_exception, cancel from a worker", async function()
+  local f1, f2, f3, f4 = loop:create_future(), loop:create_future(), loop:create_future(), loop:create_future()
+  await asyncio.to_thread(function(a, b, c, d, l)
+    a:set_result("done", 2)
+    b:set_exception("worker failed")
+    c:cancel()
+    -- Sent back as an argument, a RemoteFuture is the Future itself again.
+    l:call_soon_threadsafe(function(f) f:set_result(tostring(f):match("Future") ~= nil) end, d)
+  end, f1, f2, f3, f4, loop)
+  T.eq({ await f1 }, { "done", 2 }, "set_result")
+  T.eq(T.raises(nil, f2, "set_exception"), "worker failed", "the exception value")
+  T.raises(asyncio.CancelledError, f3, "cancel")
+  T.eq(await f4, true, "the same Future on the loop's side")
+end)
+
+T.case("run_coroutine_threadsafe from a worker: results, errors, timeouts", async function()
+  local async function twice(x) await asyncio.sleep(0.01) return x * 2, "ok" end
+  local async function fail() error("bad coroutine") end
+  local async function slow(f) return await f end
+  local gate = loop:create_future()
+  local r = { await asyncio.to_thread(function(l, g)
+    local asyncio = require "asyncio"   -- the part of asyncio a worker has
+    local a, b = asyncio.run_coroutine_threadsafe(twice(21), l):result(30)
+    local ok, e = pcall(function() return asyncio.run_coroutine_threadsafe(fail(), l):result(30) end)
+    local cf = asyncio.run_coroutine_threadsafe(slow(g), l)  -- g goes back as the Future itself
+    local tok, te = pcall(cf.result, cf, 0.01)
+    local was_done = cf:done()
+    g:set_result("opened")
+    return a, b, e, te, was_done, cf:result(30)
+  end, loop, gate) }
+  T.eq(r[1], 42, "first result")
+  T.eq(r[2], "ok", "second result")
+  T.match(r[3], "bad coroutine", "the coroutine's error, as a string")
+  T.match(r[4], "^TimeoutError", "result(timeout) gave up")
+  T.eq(r[5], false, "still running then")
+  T.eq(r[6], "opened", "and finished once the worker opened the gate")
+end)
+
+T.case("run_coroutine_threadsafe in the loop's own state, and wrap_future", async function()
+  local async function add(a, b) await asyncio.sleep(0) return a + b end
+  local cf = asyncio.run_coroutine_threadsafe(add(1, 2), loop)
+  T.raises(asyncio.RuntimeError, function() cf:result() end, "result() on the loop's thread while pending")
+  T.eq(await asyncio.wrap_future(cf), 3, "wrap_future of a ConcurrentFuture")
+  T.eq(cf:result(), 3, "result() once done")
+  local f = loop:create_future()
+  T.ok(asyncio.wrap_future(f) == f, "a Future is returned as it is")
+  T.raises(asyncio.TypeError, function() asyncio.wrap_future(42) end, "not a future")
+  T.raises(asyncio.TypeError, function() asyncio.run_coroutine_threadsafe(42, loop) end, "not a coroutine")
+end)
+
 T.run()

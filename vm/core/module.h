@@ -309,6 +309,13 @@ void ml__future_add_done_cb(lua_State *L, int fidx, int recidx);
 
 /* ---- Async C functions (coro.c) -------------------------------------- */
 
+/* asyncio.iscoroutinefunction(f) -> boolean, as a lua_CFunction: true for
+ * what `async function` makes.  Needs no loop: any Lua state may call it. */
+int ml__coro_iscoroutinefunction(lua_State *L);
+/* [-0, +1] pushes the state's loop object (nil in a Lua state that is not
+ * a loop's, such as a worker's). */
+void ml__push_loop(lua_State *L);
+
 /* [-0, +1] pushes an async function made of the C function f: calling it
  * returns a Coroutine (one small allocation), and awaiting that runs f
  * inline in the awaiting task, where f may ml__task_suspend().  Use it for
@@ -345,6 +352,9 @@ typedef struct ml_Wakeup ml_Wakeup;
 ml_Wakeup *ml__wakeup_acquire(ml_State *S);
 /* Any thread: drops a reference. */
 void ml__wakeup_release(ml_Wakeup *w);
+/* Any thread that holds a reference on w (or S's loop thread): takes one
+ * more (NULL: nothing). */
+void ml__wakeup_retain(ml_Wakeup *w);
 /* Any thread: queues n (n->fn(S, n->ud) runs on the loop's thread) and
  * wakes the loop.  Returns 0, -ESHUTDOWN if the state has closed (n was
  * not queued: the caller still owns it), or -EINVAL. */

@@ -49,6 +49,13 @@ void ml__wakeup_release(ml_Wakeup *w) {
   if (last) wakeup_free(w);
 }
 
+void ml__wakeup_retain(ml_Wakeup *w) {
+  if (w == NULL) return;
+  pthread_mutex_lock(&w->mu);
+  w->refs++;
+  pthread_mutex_unlock(&w->mu);
+}
+
 ml_Wakeup *ml__wakeup_acquire(ml_State *S) {
   ml_Wakeup *w = S->wakeup;
   if (w == NULL) return NULL;
