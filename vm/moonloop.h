@@ -349,7 +349,7 @@ int ml_promise_reject(ml_Promise *p, const char *cls, const char *msg);
 
 /* ---- Work on the thread pool (as Node-API's async work) -------------
  * One pool per process, shared by every state and by asyncio.to_thread;
- * MOONLOOP_THREADPOOL_SIZE threads at most (default 4). */
+ * MOONLOOP_THREADPOOL_SIZE threads at most (default min(32, cores + 4)). */
 
 /* Runs on a pool thread: no Lua, no ml_* call but the thread-safe ones. */
 typedef void (*ml_WorkFn)(void *ud);

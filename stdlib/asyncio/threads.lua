@@ -25,7 +25,7 @@ function Executor:submit(fn, ...)
   return self:_submit(fn, ...)
 end
 
-local default  -- the process-wide default executor, made on first use
+local default  -- the default executor (the process's shared pool), made on first use
 
 -- loop:set_default_executor(executor)
 function Loop:set_default_executor(ex)
@@ -45,7 +45,7 @@ function Loop:run_in_executor(ex, fn, ...)
   if ex == nil then
     ex = rawget(self, "_default_executor")
     if ex == nil then
-      default = default or M.ThreadPoolExecutor()
+      default = default or C.default_executor()
       ex = default
     end
   end

@@ -201,14 +201,68 @@ encoded:
   if (out.oom) j->ok = 0;
 }
 
+/* A thread's Lua states, one per state whose jobs it runs (so that the
+ * process's shared pool never lets one state's jobs see another's worker
+ * globals): made on the first job of each, closed on the first job after
+ * their state has closed, or when an executor's own thread ends. */
+#define WSTATES_MAX 8
+typedef struct WState {
+  ml_Wakeup *owner;   /* a reference */
+  lua_State *W;
+  Paths *applied;
+} WState;
+static __thread WState wstates[WSTATES_MAX];
+static __thread int nwstates;
+
+static void wstate_close(WState *ws) {
+  if (ws->W) lua_close(ws->W);
+  paths_unref(ws->applied);
+  ml__wakeup_release(ws->owner);
+  memset(ws, 0, sizeof *ws);
+}
+
+/* This thread's state for the jobs of owner, or NULL (out of memory). */
+static WState *wstate_for(ml_Wakeup *owner) {
+  int i;
+  WState *ws;
+  for (i = 0; i < nwstates; i++)
+    if (wstates[i].owner == owner) return &wstates[i];
+  for (i = 0; i < nwstates;) {  /* drop the states of closed states */
+    if (ml__wakeup_closed(wstates[i].owner)) {
+      wstate_close(&wstates[i]);
+      wstates[i] = wstates[--nwstates];
+      memset(&wstates[nwstates], 0, sizeof wstates[0]);
+    } else {
+      i++;
+    }
+  }
+  if (nwstates == WSTATES_MAX) {  /* the oldest makes room */
+    wstate_close(&wstates[0]);
+    memmove(&wstates[0], &wstates[1], sizeof wstates[0] * (WSTATES_MAX - 1));
+    memset(&wstates[--nwstates], 0, sizeof wstates[0]);
+  }
+  ws = &wstates[nwstates];
+  if ((ws->W = luaL_newstate()) == NULL) return NULL;
+  luaL_openlibs(ws->W);
+  ml__remote_worker_open(ws->W);
+  ws->owner = owner;
+  ml__wakeup_retain(owner);
+  nwstates++;
+  return ws;
+}
+
+/* Runs j on this thread, in the state for its owner. */
+static void job_run_here(Job *j) {
+  WState *ws = wstate_for(j->wake);
+  if (ws) run_job(ws->W, j, &ws->applied);
+  else {
+    static const char err[] = "MemoryError\0no memory for a worker's Lua state";
+    if ((j->copy_err = malloc(sizeof err)) != NULL) memcpy(j->copy_err, err, sizeof err);
+  }
+}
+
 static void *worker_main(void *arg) {
   Pool *p = arg;
-  Paths *applied = NULL;
-  lua_State *W = luaL_newstate();
-  if (W) {
-    luaL_openlibs(W);
-    ml__remote_worker_open(W);
-  }
   pthread_mutex_lock(&p->mu);
   for (;;) {
     Job *j;
@@ -225,7 +279,7 @@ static void *worker_main(void *arg) {
     p->head = j->next;
     if (p->head == NULL) p->tail = NULL;
     pthread_mutex_unlock(&p->mu);
-    if (W) run_job(W, j, &applied);
+    job_run_here(j);
     if (ml__wakeup_send(j->wake, &j->node) != 0) {
       /* The state has closed: nobody wants the result. */
       ml__wakeup_release(j->wake);
@@ -233,8 +287,7 @@ static void *worker_main(void *arg) {
     }
     pthread_mutex_lock(&p->mu);
   }
-  if (W) lua_close(W);
-  paths_unref(applied);
+  while (nwstates > 0) wstate_close(&wstates[--nwstates]);
   pthread_mutex_lock(&p->mu);
   p->nthreads--;
   pthread_cond_broadcast(&p->gone);
@@ -269,8 +322,19 @@ static int pool_grow(Pool *p) {
 
 /* Loop thread: the job is back (or its state closed: S == NULL).
  * [-0, +0] on the main state: settles the job's Future. */
+static void job_settle(ml_State *S, Job *j);
+
 static void job_done(ml_State *S, void *ud) {
   Job *j = ud;
+  if (S) ml__loop_unhold(S);
+  job_settle(S, j);
+}
+
+/* The shared pool's two halves (threadpool.c holds the loop itself). */
+static void shared_work(void *ud) { job_run_here(ud); }
+static void shared_done(ml_State *S, void *ud) { job_settle(S, ud); }
+
+static void job_settle(ml_State *S, Job *j) {
   lua_State *L;
   int top, st;
   if (S == NULL) {
@@ -279,7 +343,6 @@ static void job_done(ml_State *S, void *ud) {
     return;
   }
   L = ml__main_lua(S);
-  ml__loop_unhold(S);
   top = lua_gettop(L);
   lua_rawgeti(L, LUA_REGISTRYINDEX, j->fref);
   luaL_unref(L, LUA_REGISTRYINDEX, j->fref);
@@ -323,8 +386,9 @@ static void job_done(ml_State *S, void *ud) {
 }
 
 typedef struct Exec {
-  Pool *pool;
+  Pool *pool;     /* NULL for the default executor: the process's shared pool */
   Paths *paths;   /* what its last job was given */
+  int shared, shut;
 } Exec;
 
 /* [-0, +0] the executor at 1, or raises. */
@@ -340,8 +404,7 @@ static int l_new(lua_State *L) {
   if (n < 1) return ml__exc_raise(L, "ValueError", "max_workers must be greater than 0");
   if (n > 1024) return ml__exc_raise(L, "ValueError", "max_workers must be at most 1024");
   x = lua_newuserdatauv(L, sizeof *x, 0);
-  x->pool = NULL;
-  x->paths = NULL;
+  memset(x, 0, sizeof *x);
   luaL_setmetatable(L, ML_EXECUTOR);
   p = calloc(1, sizeof *p);
   if (p == NULL) return ml__exc_raise(L, "MemoryError", "thread pool");
@@ -351,6 +414,17 @@ static int l_new(lua_State *L) {
   p->max = (int)n;
   p->refs = 1;
   x->pool = p;
+  return 1;
+}
+
+/* default_executor() -> executor: the default executor, whose threads are
+ * the process's one pool (threadpool.c: min(32, cores + 4) threads, shared
+ * with name resolution and ml_work_submit). */
+static int l_default_executor(lua_State *L) {
+  Exec *x = lua_newuserdatauv(L, sizeof *x, 0);
+  memset(x, 0, sizeof *x);
+  x->shared = 1;
+  luaL_setmetatable(L, ML_EXECUTOR);
   return 1;
 }
 
@@ -396,7 +470,8 @@ static int ex_submit(lua_State *L) {
   ml_Copy in = { 0 };
   Job *j;
   int n = lua_gettop(L), r;
-  if (p == NULL || p->shutdown) return ml__exc_raise(L, "RuntimeError", "cannot schedule new futures after shutdown");
+  if (x->shut || (!x->shared && (p == NULL || p->shutdown)))
+    return ml__exc_raise(L, "RuntimeError", "cannot schedule new futures after shutdown");
   luaL_checktype(L, 2, LUA_TFUNCTION);
   /* The loop may cross as itself: the job holds a reference on its
    * wake-up until the copy is decoded.  (The state holds one meanwhile.) */
@@ -428,6 +503,17 @@ static int ex_submit(lua_State *L) {
   j->pool = p;
   lua_pushvalue(L, -1);
   j->fref = luaL_ref(L, LUA_REGISTRYINDEX);
+  if (x->shared) {
+    r = ml__pool_submit(S, shared_work, shared_done, j);
+    if (r != 0) {
+      luaL_unref(L, LUA_REGISTRYINDEX, j->fref);
+      ml__wakeup_release(j->wake);
+      job_free(j);
+      ml__exc_push_errno(L, -r, "starting a worker thread");
+      return lua_error(L);
+    }
+    return 1;
+  }
   pthread_mutex_lock(&p->mu);
   r = pool_grow(p);
   if (r == 0) {
@@ -454,6 +540,7 @@ static int ex_shutdown(lua_State *L) {
   Exec *x = check_exec(L);
   Pool *p = x->pool;
   int wait = lua_isnone(L, 2) || lua_toboolean(L, 2);
+  x->shut = 1;  /* the shared pool itself runs on: it serves the process */
   if (p == NULL) return 0;
   pthread_mutex_lock(&p->mu);
   if (!p->shutdown) {
@@ -468,29 +555,32 @@ static int ex_shutdown(lua_State *L) {
 /* __gc(ex) -> nothing: shuts down without waiting. */
 static int ex_gc(lua_State *L) {
   Exec *x = luaL_testudata(L, 1, ML_EXECUTOR);
-  if (x == NULL || x->pool == NULL) return 0;
+  if (x == NULL) return 0;
+  paths_unref(x->paths);
+  x->paths = NULL;
+  if (x->pool == NULL) return 0;
   lua_settop(L, 1);
   lua_pushboolean(L, 0);
   ex_shutdown(L);
   pool_unref(x->pool);
   x->pool = NULL;
-  paths_unref(x->paths);
-  x->paths = NULL;
   return 0;
 }
 
 /* ex:max_workers() -> integer */
 static int ex_max_workers(lua_State *L) {
   Exec *x = check_exec(L);
-  lua_pushinteger(L, x->pool ? x->pool->max : 0);
+  lua_pushinteger(L, x->shared ? ml__pool_size() : x->pool ? x->pool->max : 0);
   return 1;
 }
 
 /* __tostring(ex) -> string */
 static int ex_tostring(lua_State *L) {
   Exec *x = check_exec(L);
-  lua_pushfstring(L, "<ThreadPoolExecutor max_workers=%d%s>", x->pool ? x->pool->max : 0,
-                  x->pool && !x->pool->shutdown ? "" : " shutdown");
+  lua_pushfstring(L, "<ThreadPoolExecutor max_workers=%d%s%s>",
+                  x->shared ? ml__pool_size() : x->pool ? x->pool->max : 0,
+                  x->shared ? " (the shared pool)" : "",
+                  !x->shut && (x->shared || (x->pool && !x->pool->shutdown)) ? "" : " shutdown");
   return 1;
 }
 
@@ -510,6 +600,7 @@ static const luaL_Reg ex_methods[] = {
 
 static const luaL_Reg funcs[] = {
   {"new", l_new},
+  {"default_executor", l_default_executor},
   {"cpu_count", l_cpu_count},
   {NULL, NULL}
 };

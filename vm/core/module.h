@@ -373,7 +373,7 @@ void ml__loop_unhold(ml_State *S);
 /* ---- The worker thread pool (threadpool.c) ---------------------------
  * One pool per process, shared by every state: resolution, ml_work_submit,
  * asyncio.to_thread.  Threads start on demand up to
- * MOONLOOP_THREADPOOL_SIZE (default 4), block all signals, and never touch
+ * MOONLOOP_THREADPOOL_SIZE (default min(32, cores + 4)), block all signals, and never touch
  * a Lua state they were not given. */
 
 /* Runs on a pool thread. */

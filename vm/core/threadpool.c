@@ -5,18 +5,19 @@
  * A request runs work(ud) on a worker, then done(S, ud) on its state's
  * loop thread through the state's wake-up (wakeup.c) - the one
  * cross-thread path.  While a request is in flight its state's loop is
- * held alive.  Threads start lazily, up to MOONLOOP_THREADPOOL_SIZE (4 by
- * default, as libuv's UV_THREADPOOL_SIZE), are detached, block every
+ * held alive.  Threads start lazily, up to MOONLOOP_THREADPOOL_SIZE
+ * (default min(32, cores + 4), Python's ThreadPoolExecutor's: the pool is
+ * also asyncio.to_thread's default executor), are detached, block every
  * signal, and live as long as the process. */
 #include <errno.h>
 #include <signal.h>
 #include <stdlib.h>
 #include <pthread.h>
+#include <unistd.h>
 #include "state.h"
 #include "wakeup.h"
 #include "threadpool.h"
 
-#define POOL_DEFAULT 4
 #define POOL_LIMIT 128
 #define POOL_STACK (1024 * 1024)
 
@@ -80,7 +81,11 @@ static void *worker(void *arg) {
 static int pool_max(void) {
   const char *e;
   if (pool.max) return pool.max;
-  pool.max = POOL_DEFAULT;
+  {
+    long cores = sysconf(_SC_NPROCESSORS_ONLN);
+    if (cores < 1) cores = 1;
+    pool.max = cores + 4 > 32 ? 32 : (int)cores + 4;
+  }
   if ((e = getenv("MOONLOOP_THREADPOOL_SIZE")) != NULL) {
     long n = strtol(e, NULL, 10);
     if (n >= 1) pool.max = n > POOL_LIMIT ? POOL_LIMIT : (int)n;
