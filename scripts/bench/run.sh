@@ -38,7 +38,7 @@ ONLY=${ONLY:-gather gather_eager sleep0 queue timers timers1m echo echo1 idle me
 HTTP_N=${HTTP_N:-20000}
 HTTP_CONC=${HTTP_CONC:-50}
 if [ "${QUICK:-0}" = 1 ]; then
-  RUNS=1 ECHO_RUNS=1 ECHO_SECONDS=1 MEM_RUNS=1 STARTUP_RUNS=30 IDLE_CONNS=2000 HTTP_N=2000
+  RUNS=1 ECHO_RUNS=1 ECHO_SECONDS=1 MEM_RUNS=1 STARTUP_RUNS=30 TLS_SECONDS=1 IDLE_CONNS=2000 HTTP_N=2000
 fi
 ECHO_CONNS=50
 ECHO_SIZE=1024
@@ -99,6 +99,14 @@ if ${CC:-cc} -std=gnu11 -O2 -Wall -Wextra -o "$OUT/echo_epoll" "$HERE/echo_epoll
   have_c=1
 else
   note "could not build echo_epoll/echoload/proc_floor/idleload: the echo benchmarks and C floors are skipped"
+fi
+
+have_tls=0
+if ${CC:-cc} -std=gnu11 -O2 -Wall -Wextra -o "$OUT/tlsload" "$HERE/tlsload.c" -lssl -lcrypto -lpthread &&
+   command -v openssl >/dev/null; then
+  have_tls=1
+else
+  note "could not build tlsload (libssl-dev) or no openssl command: the TLS benchmarks are skipped"
 fi
 
 # On two or more cores the echo server gets core 1 and the load client
@@ -363,6 +371,65 @@ EOF
   fi
 fi
 
+# ---- 12-15: TLS ---------------------------------------------------------------
+# One load client (tlsload.c, OpenSSL, no session reuse) for every server;
+# server on core 1, client on core 0, as for echo.  Certificates (RSA-2048,
+# ECDSA P-256, self-signed) are made here.
+
+# tls_run IMPL MODE KEY RESULTFILE CLIENTARGS...: starts IMPL's TLS server
+# (MODE echo|bulk, KEY rsa|ec), runs tlsload CLIENTARGS against it.
+tls_run() {
+  local impl=$1 mode=$2 key=$3 file=$4; shift 4
+  local port pid out cmd=()
+  port=$(free_port) || { note "no free port found"; return; }
+  case $impl in
+    moonloop) cmd=("$ML" "$HERE/tls_server.lua" "$port" "$TMP/$key.crt" "$TMP/$key.key" "$mode") ;;
+    uvloop) cmd=("$PY" "$HERE/tls_server.py" uvloop "$port" "$TMP/$key.crt" "$TMP/$key.key" "$mode") ;;
+    node) cmd=(node "$HERE/tls_server.js" "$port" "$TMP/$key.crt" "$TMP/$key.key" "$mode") ;;
+    openssl) cmd=(bash -c "head -c 67108864 /dev/zero | exec openssl s_server -quiet -naccept 1 \
+                  -accept $port -cert $TMP/$key.crt -key $TMP/$key.key >/dev/null") ;;
+  esac
+  timeout -k 2 $((TLS_SECONDS + 60)) "${SERVER_PIN[@]}" "${cmd[@]}" >/dev/null 2>"$TMP/err.tls.$impl" &
+  pid=$!
+  SERVER_PID=$pid
+  if [ "$impl" = openssl ]; then
+    sleep 1  # s_server serves one connection: no probe
+  elif ! wait_port "$pid" "$port"; then
+    note "$impl TLS server did not start: $(head -1 "$TMP/err.tls.$impl")"
+    stop_server
+    return
+  fi
+  out=$(timeout --foreground -k 2 $((TLS_SECONDS + 30)) "${CLIENT_PIN[@]}" "$OUT/tlsload" \
+          "$1" 127.0.0.1 "$port" "${@:2}" 2>>"$TMP/err.tls.$impl" | grep '^RESULT')
+  if [ -n "$out" ]; then
+    echo "$out" | awk '$3 > 0 { printf "%.6g\n", $4 / $3 }' >> "$TMP/$file.$impl"
+  else
+    note "$impl: TLS $file run failed: $(tail -1 "$TMP/err.tls.$impl")"
+  fi
+  stop_server
+}
+
+if want tls && [ $have_tls = 1 ]; then
+  echo "running tls ($RUNS runs of ${TLS_SECONDS}s per server)..." >&2
+  openssl req -x509 -newkey rsa:2048 -nodes -keyout "$TMP/rsa.key" -out "$TMP/rsa.crt" \
+    -days 1 -subj /CN=localhost 2>/dev/null
+  openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -keyout "$TMP/ec.key" \
+    -out "$TMP/ec.crt" -days 1 -subj /CN=localhost 2>/dev/null
+  impls=()
+  [ $have_ml = 1 ] && impls+=(moonloop)
+  [ $have_uvloop = 1 ] && impls+=(uvloop)
+  [ $have_node = 1 ] && impls+=(node)
+  for r in $(seq "$RUNS"); do
+    for impl in "${impls[@]}"; do
+      tls_run "$impl" echo rsa tls_hs_rsa hs "$TLS_SECONDS" 4
+      tls_run "$impl" echo ec tls_hs_ec hs "$TLS_SECONDS" 4
+      tls_run "$impl" echo ec tls_echo echo $ECHO_CONNS $ECHO_SIZE "$TLS_SECONDS"
+      tls_run "$impl" bulk ec tls_bulk bulk 67108864
+    done
+    tls_run openssl bulk ec tls_bulk bulk 67108864
+  done
+fi
+
 # ---- 8: start-up -------------------------------------------------------------
 
 # Records the median wall time of one run in milliseconds.
@@ -485,6 +552,20 @@ done
 if want httpclient; then
   row "HTTP client, $HTTP_N GETs at $HTTP_CONC" "req/s" rate httpclient.moonloop "aiohttp client" httpclient.aiohttp 2 "≥ 2× aiohttp, ≥ 1.5× Node"
   row "HTTP client, $HTTP_N GETs at $HTTP_CONC" "req/s" rate httpclient.moonloop "node fetch" httpclient.node 1.5 "≥ 2× aiohttp, ≥ 1.5× Node"
+fi
+if want tls; then
+  T_TLS="≥ 1.2× uvloop, ≥ Node"
+  for b in tls_hs_rsa:"TLS handshakes, RSA-2048":"hs/s" \
+           tls_hs_ec:"TLS handshakes, ECDSA P256":"hs/s" \
+           tls_echo:"TLS echo 1 KiB x 50 conns":"msg/s" \
+           tls_bulk:"TLS bulk 64 MiB":"MiB/s"; do
+    IFS=: read -r file label unit <<<"$b"
+    target=$T_TLS
+    [ "$file" = tls_bulk ] && target="$T_TLS; ≥ 0.8× openssl s_server"
+    row "$label" "$unit" rate "$file.moonloop" uvloop "$file.uvloop" 1.2 "$target"
+    row "$label" "$unit" rate "$file.moonloop" node "$file.node" 1 "$target"
+    [ "$file" = tls_bulk ] && row "$label" "$unit" rate "$file.moonloop" "openssl s_server" "$file.openssl" 0.8 "$target"
+  done
 fi
 if want startup; then
   row "start-up, hello world" "ms" time startup.moonloop "python -c 'import asyncio'" startup.python 25 "$T_START"
