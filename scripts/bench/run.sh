@@ -224,6 +224,7 @@ if want echo && [ $have_c = 1 ]; then
     if [ $have_ml = 1 ]; then
       echo_run ml_streams "$ML" "$HERE/echo_streams.lua"
       echo_run ml_protocols "$ML" "$HERE/echo_protocol.lua"
+      echo_run ml_buffered "$ML" "$HERE/echo_buffered.lua"
     fi
     echo_run epoll "$OUT/echo_epoll"
     [ $have_uvloop = 1 ] && echo_run uvloop_protocols "$PY" "$HERE/echo_server.py" uvloop protocols
@@ -506,7 +507,8 @@ for b in gather:"create+gather 200k tasks":"$T_GATHER":15:1 \
 done
 if want echo; then
   for b in streams:"TCP echo, streams":"$T_STREAMS":0.85:1 \
-           protocols:"TCP echo, protocols":"$T_PROTO":0.9:-; do
+           protocols:"TCP echo, protocols":"$T_PROTO":0.9:- \
+           buffered:"TCP echo, BufferedProtocol":"$T_PROTO":0.9:-; do
     IFS=: read -r api label target tc tuv <<<"$b"
     row "$label" "msg/s" rate "echo.ml_$api" "raw C epoll" echo.epoll "$tc" "$target"
     row "$label" "msg/s" rate "echo.ml_$api" "uvloop protocols" echo.uvloop_protocols "$tuv" "$target"

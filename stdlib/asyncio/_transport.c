@@ -50,6 +50,7 @@ static int l_pipe(lua_State *L) {
   c = ml__conn_new(L, 0, ML_CONN_PROTO);
   lua_pushvalue(L, 2);
   lua_setiuservalue(L, 4, XUV_PROTO);
+  ml__conn_note_protocol(L, c, 2);
   ml__conn_anchor(L, 4, c);
   if ((err = set_nonblock(fd)) < 0) {
     ml__conn_close(c, 1);
@@ -85,6 +86,7 @@ static int make_proto_transport(lua_State *L, int kind) {
   c = ml__conn_new(L, 1, kind);
   lua_pushvalue(L, 2);
   lua_setiuservalue(L, 4, XUV_PROTO);
+  if (kind == ML_CONN_PROTO) ml__conn_note_protocol(L, c, 2);
   lua_pushvalue(L, 3);
   lua_setiuservalue(L, 4, XUV_ONLOST);
   lua_getiuservalue(L, 4, XUV_PROTO);
@@ -146,11 +148,25 @@ static ml_Conn *check_stream_t(lua_State *L) {
   return c;
 }
 
-/* t:write(data) -> nothing */
+/* t:write(data | buffer [, i [, j]]) -> nothing */
 static int t_write(lua_State *L) {
   ml_Conn *c = check_stream_t(L);
   size_t n;
-  const char *p = luaL_checklstring(L, 2, &n);
+  const char *p = ml__buffer_test(L, 2, &n);
+  if (p != NULL) {
+    /* A socket.buffer (a BufferedProtocol's), bytes i..j as buf:sub(i, j)
+     * counts them: written without making a string. */
+    lua_Integer len = (lua_Integer)n, i = luaL_optinteger(L, 3, 1), j = luaL_optinteger(L, 4, -1);
+    if (i < 0) i = i + len + 1 > 0 ? i + len + 1 : 1;
+    else if (i == 0) i = 1;
+    if (j < 0) j = j + len + 1;
+    else if (j > len) j = len;
+    if (i > j) return 0;
+    p += i - 1;
+    n = (size_t)(j - i + 1);
+  } else {
+    p = luaL_checklstring(L, 2, &n);
+  }
   if (c->eof_req) return ml__exc_raise(L, "RuntimeError", "Cannot call write() after write_eof()");
   if (ml__conn_write(L, c, p, n) < 0) return ml__exc_raise(L, "MemoryError", "write buffer");
   return 0;
@@ -313,9 +329,10 @@ static int t_get_protocol(lua_State *L) {
 
 /* t:set_protocol(protocol) -> nothing */
 static int t_set_protocol(lua_State *L) {
-  ml__conn_check(L, 1);
+  ml_Conn *c = ml__conn_check(L, 1);
   luaL_checkany(L, 2);
   lua_settop(L, 2);
+  if (c->kind == ML_CONN_PROTO) ml__conn_note_protocol(L, c, 2);
   lua_setiuservalue(L, 1, XUV_PROTO);
   return 0;
 }

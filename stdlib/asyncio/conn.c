@@ -627,6 +627,87 @@ static int proto_data(lua_State *L) {
   return 0;
 }
 
+/* [-0, +2] protocol:get_buffer(sizehint) on the protocol at pidx, as a
+ * BufferedProtocol's: pushes the buffer and its offset, and returns where
+ * the bytes go and how many fit (*room > 0).  get_buffer returns a
+ * socket.buffer and, optionally, the 1-based position the bytes go at. */
+static char *get_buffer(lua_State *L, int pidx, lua_Integer sizehint, size_t *room) {
+  size_t size;
+  lua_Integer pos = 1;
+  char *buf;
+  lua_getfield(L, pidx, "get_buffer");
+  lua_pushvalue(L, pidx);
+  lua_pushinteger(L, sizehint);
+  lua_call(L, 2, 2);
+  if ((buf = ml__buffer_test(L, -2, &size)) == NULL)
+    ml__exc_raise(L, "TypeError", "get_buffer() must return a socket.buffer, got %s", luaL_typename(L, -2));
+  if (!lua_isnil(L, -1)) {
+    int ok;
+    pos = lua_tointegerx(L, -1, &ok);
+    if (!ok || pos < 1 || (size_t)pos > size + 1)
+      ml__exc_raise(L, "ValueError", "get_buffer() position out of range 1..%d", (int)size + 1);
+  }
+  *room = size - (size_t)(pos - 1);
+  if (*room == 0) ml__exc_raise(L, "RuntimeError", "get_buffer() returned an empty buffer");
+  return buf + pos - 1;
+}
+
+/* [-0, +0] protocol:buffer_updated(nbytes) on the protocol at pidx. */
+static void buffer_updated(lua_State *L, int pidx, size_t n) {
+  lua_getfield(L, pidx, "buffer_updated");
+  lua_pushvalue(L, pidx);
+  lua_pushinteger(L, (lua_Integer)n);
+  lua_call(L, 2, 0);
+}
+
+/* Protected: a BufferedProtocol's read.  Stack: 1 the transport (light),
+ * 2 n, 3 p.  n < 0: one recv(2) from the socket straight into the buffer
+ * get_buffer(-1) returned, no string made; then buffer_updated(nbytes).
+ * n >= 0: the n bytes at p (a layer's, decrypted) are copied into as
+ * many buffers as it takes.  Pushes what recv returned (0 at EOF, -errno
+ * on failure) or n.  proto_buffered(c, n, p) -> integer */
+static int proto_buffered(lua_State *L) {
+  ml_Conn *c = lua_touserdata(L, 1);
+  lua_Integer n = lua_tointeger(L, 2);
+  const char *p = lua_touserdata(L, 3);
+  size_t room;
+  char *buf;
+  lua_settop(L, 3);
+  if (!push_conn(L, c)) {
+    lua_pushinteger(L, -EAGAIN);
+    return 1;
+  }
+  lua_getiuservalue(L, 4, XUV_PROTO);  /* 5 */
+  if (n < 0) {
+    ssize_t r;
+    buf = get_buffer(L, 5, -1, &room);
+    if (c->fd < 0 || c->lost) {  /* get_buffer closed it */
+      lua_pushinteger(L, -EAGAIN);
+      return 1;
+    }
+    r = conn_recv(c, buf, room);
+    if (r <= 0) {
+      lua_pushinteger(L, r < 0 ? -errno : 0);
+      return 1;
+    }
+    buffer_updated(L, 5, (size_t)r);
+    lua_pushinteger(L, r);
+    return 1;
+  }
+  while (n > 0 && !c->lost) {
+    size_t k;
+    buf = get_buffer(L, 5, n, &room);
+    k = room < (size_t)n ? room : (size_t)n;
+    memcpy(buf, p, k);
+    lua_pop(L, 2);
+    buffer_updated(L, 5, k);
+    p += k;
+    n -= (lua_Integer)k;
+  }
+  lua_pushinteger(L, lua_tointeger(L, 2));
+  return 1;
+}
+
 /* The hot path of the protocols API: one recv(2) into the scratch area
  * and one protected call that makes the string and calls data_received.
  * The loop's ml__callback would do the same with a second protected call
@@ -644,10 +725,58 @@ void ml__conn_deliver_eof(ml_Conn *c) {
   ml__callback(L, 1, "Exception in protocol callback");
 }
 
+/* [-0, +0] on the main state: fn(c, n, p) (proto_data or proto_buffered)
+ * in one protected call; a failure is kept as c's exception, fails the
+ * connection and is reported.  Returns fn's integer result, or -EAGAIN
+ * if it failed (nothing more to do). */
+static lua_Integer proto_pcall(ml_Conn *c, lua_CFunction fn, lua_Integer n, const char *p) {
+  lua_State *L = ml__main_lua(c->S);
+  int base, st;
+  lua_Integer r;
+  if (!lua_checkstack(L, 8)) {
+    fatal(c, ENOMEM);  /* the bytes cannot be delivered */
+    return -EAGAIN;
+  }
+  base = lua_gettop(L);
+  lua_pushcfunction(L, ml__callback_msgh);
+  lua_pushcfunction(L, fn);
+  lua_pushlightuserdata(L, c);
+  lua_pushinteger(L, n);
+  lua_pushlightuserdata(L, (void *)p);
+  st = lua_pcall(L, 3, 1, base + 1);
+  if (st != LUA_OK) {
+    /* [msgh, error]: asyncio closes the connection, connection_lost(exc). */
+    if (push_conn(L, c)) {
+      lua_pushvalue(L, -2);
+      lua_setiuservalue(L, -2, XUV_EXC);
+      lua_pop(L, 1);
+      c->has_exc = 1;
+    }
+    fatal(c, 0);
+    /* The message handler runs for runtime errors only. */
+    if (st == LUA_ERRRUN) ml__callback_traceback(L);
+    else lua_pushnil(L);
+    ml__report_tb(L, "Exception in protocol callback");
+    r = -EAGAIN;
+  } else {
+    r = lua_tointeger(L, -1);
+  }
+  lua_settop(L, base);
+  return r;
+}
+
 /* [-0, +0] on the main state (ml__conn_deliver, ml__conn_deliver_eof). */
 static void proto_readable(ml_Conn *c) {
   ssize_t r;
   if (c->fd < 0 || c->lost || c->ref == LUA_NOREF) return;
+  if (c->buffered) {
+    /* The recv runs inside the protected call, into the protocol's own
+     * buffer. */
+    lua_Integer b = proto_pcall(c, proto_buffered, -1, NULL);
+    if (b == 0) ml__conn_deliver_eof(c);
+    else if (b < 0 && b != -EAGAIN && b != -EWOULDBLOCK) fatal(c, (int)-b);
+    return;
+  }
   r = conn_recv(c, c->scratch, c->scratch_size);
   if (r == 0) {
     ml__conn_deliver_eof(c);
@@ -674,37 +803,22 @@ void ml__conn_fail(lua_State *L, ml_Conn *c) {
 }
 
 /* [-0, +0] on the main state: data_received(bytes) in one protected
- * call; a failure is kept as c's exception and fails the connection. */
+ * call (a BufferedProtocol's buffers filled instead); a failure is kept
+ * as c's exception and fails the connection. */
 void ml__conn_deliver(ml_Conn *c, const char *p, size_t r) {
-  lua_State *L = ml__main_lua(c->S);
-  int base, st;
   if (c->fd < 0 || c->lost || c->ref == LUA_NOREF) return;
-  if (!lua_checkstack(L, 8)) {
-    fatal(c, ENOMEM);  /* the bytes cannot be delivered */
-    return;
+  proto_pcall(c, c->buffered ? proto_buffered : proto_data, (lua_Integer)r, p);
+}
+
+/* [-0, +0] c's protocol is the value at pidx: notes whether it is a
+ * BufferedProtocol (it has get_buffer), as asyncio decides when the
+ * protocol is set. */
+void ml__conn_note_protocol(lua_State *L, ml_Conn *c, int pidx) {
+  c->buffered = 0;
+  if (lua_istable(L, pidx) || lua_isuserdata(L, pidx)) {
+    c->buffered = lua_getfield(L, pidx, "get_buffer") != LUA_TNIL;
+    lua_pop(L, 1);
   }
-  base = lua_gettop(L);
-  lua_pushcfunction(L, ml__callback_msgh);
-  lua_pushcfunction(L, proto_data);
-  lua_pushlightuserdata(L, c);
-  lua_pushinteger(L, (lua_Integer)r);
-  lua_pushlightuserdata(L, (void *)p);
-  st = lua_pcall(L, 3, 0, base + 1);
-  if (st != LUA_OK) {
-    /* [msgh, error]: asyncio closes the connection, connection_lost(exc). */
-    if (push_conn(L, c)) {
-      lua_pushvalue(L, -2);
-      lua_setiuservalue(L, -2, XUV_EXC);
-      lua_pop(L, 1);
-      c->has_exc = 1;
-    }
-    fatal(c, 0);
-    /* The message handler runs for runtime errors only. */
-    if (st == LUA_ERRRUN) ml__callback_traceback(L);
-    else lua_pushnil(L);
-    ml__report_tb(L, "Exception in protocol callback");
-  }
-  lua_settop(L, base);
 }
 
 /* ---------------------------------------------------------------- */

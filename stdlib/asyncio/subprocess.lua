@@ -224,15 +224,9 @@ M.subprocess = {
 -------------------------------------------------------------------------------
 -- Protocols and transports
 
--- Base classes: every method a no-op, as asyncio's.
-local SubprocessProtocol = asyncio._class("SubprocessProtocol")
-M.SubprocessProtocol = SubprocessProtocol
-function SubprocessProtocol.new(cls, t) return setmetatable(t or {}, cls) end
-function SubprocessProtocol:connection_made(transport) end
-function SubprocessProtocol:connection_lost(exc) end
-function SubprocessProtocol:pipe_data_received(fd, data) end
-function SubprocessProtocol:pipe_connection_lost(fd, exc) end
-function SubprocessProtocol:process_exited() end
+-- The base class (every method a no-op, as asyncio's) is
+-- asyncio.protocols'.
+M.SubprocessProtocol = require("asyncio.protocols").SubprocessProtocol
 
 local SubprocessTransport = asyncio._class("SubprocessTransport")
 M.SubprocessTransport = SubprocessTransport

@@ -165,6 +165,7 @@ struct ml_Conn {
   unsigned char is_sock;
   unsigned char pipe;       /* ML_PIPE_READ/WRITE: owns a non-socket fd */
   unsigned char has_exc;    /* XUV_EXC holds the exception */
+  unsigned char buffered;   /* the protocol is a BufferedProtocol */
   ml_Task *reader;          /* the task waiting for data, or NULL */
   ml_Waiters drainers, closers;
   ml_Dgram *dq_head, *dq_tail;  /* datagrams the kernel refused */
@@ -235,6 +236,11 @@ void ml__conn_flush(ml_Conn *c);
 /* Protocol mode: calls protocol:data_received(bytes) with the n bytes at
  * p (protected; a failure closes the transport, as asyncio does). */
 void ml__conn_deliver(ml_Conn *c, const char *p, size_t n);
+/* [-0, +0] the protocol of c is (now) the value at pidx: a protocol
+ * with get_buffer is a BufferedProtocol, whose reads go into the buffers
+ * it returns (get_buffer, buffer_updated) instead of data_received.
+ * Call it wherever XUV_PROTO is set. */
+void ml__conn_note_protocol(lua_State *L, ml_Conn *c, int pidx);
 /* Protocol mode: calls protocol:eof_received() (protected); the
  * transport is closed unless it returns true. */
 void ml__conn_deliver_eof(ml_Conn *c);

@@ -457,6 +457,27 @@ case("protocols: create_server and create_connection over TLS", async function()
   T.eq(made_before[1].made, true, "the server's protocol was connected")
 end)
 
+case("a BufferedProtocol over TLS gets the decrypted bytes in its buffers", async function()
+  local srv <close> = await loop:create_server(function() return setmetatable({}, Echo) end,
+                                               "127.0.0.1", 0, { ssl = server_ctx() })
+  local port = srv.sockets[1]:getsockname()[2]
+  local socket = require "socket"
+  local want = string.rep("0123456789", 3000)
+  local whole = asyncio.Future()
+  local Sink = asyncio.BufferedProtocol:extend()
+  function Sink:connection_made(tr) self.tr = tr; self.buf = socket.buffer(1000); self.parts = {} end
+  function Sink:get_buffer(hint) return self.buf end
+  function Sink:buffer_updated(n)
+    self.parts[#self.parts + 1] = self.buf:tostring(1, n)
+    local got = table.concat(self.parts)
+    if #got >= #want and not whole:done() then whole:set_result(got) end
+  end
+  local tr = await loop:create_connection(Sink, "localhost", port, { ssl = client_ctx() })
+  tr:write(want)
+  T.eq(await whole, want, "echoed through 1000-byte buffers")
+  tr:close()
+end)
+
 case("STARTTLS: streams upgrade in place, both sides", async function()
   local sctx = server_ctx()
   local srv <close> = await asyncio.start_server(async function(r, w)
