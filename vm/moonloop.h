@@ -74,6 +74,20 @@ const char *ml_state_error(ml_State *S);
  * to stderr).  ud is passed to it. */
 void ml_state_set_error_handler(ml_State *S, ml_ErrorHandler h, void *ud);
 
+/* When the error handler hears of a task that failed with nobody to see
+ * it - no task awaits it, it has no done callback, nobody retrieved its
+ * exception: at once when it finishes (on != 0), or when it is collected
+ * (0), as asyncio's "Task exception was never retrieved", which may be
+ * much later (at ml_state_close if a variable keeps the task).  The
+ * default: at once for a state whose host set an error handler
+ * (ml_state_set_error_handler with a handler), at collection otherwise.
+ * Reported at once, an exception is not reported again at collection,
+ * and a later await still raises it; a task that fails before its
+ * creator could await it (create_task(f()) whose f fails at its first
+ * step, before the creator's next await) is reported too, so a host
+ * whose scripts keep failed tasks to await them later turns it off. */
+void ml_state_set_report_at_finish(ml_State *S, int on);
+
 /* The handler of uncaught errors set now (NULL: the default) and, if ud
  * is not NULL, its ud in *ud: for a host that replaces the handler for a
  * while and puts it back. */

@@ -512,6 +512,44 @@ START_TEST(test_embed_errors_are_return_codes)
 }
 END_TEST
 
+static int host_nreported(lua_State *Lt) {
+  lua_pushinteger(Lt, nreported);
+  return 1;
+}
+
+/* With an error handler, a task that fails with nobody to see it is
+ * reported when it finishes, while a variable still keeps it (at
+ * collection it would be reported only at close); an awaited one, one
+ * with a done callback, or one the host holds is not; off, the report
+ * waits for the collection. */
+START_TEST(test_embed_report_at_finish)
+{
+  const char *src =
+    "KEEP = asyncio.create_task((async function() error('lonely') end)())\n"
+    "local awaited = asyncio.create_task((async function() error('awaited') end)())\n"
+    "local watched = asyncio.create_task((async function() error('watched') end)())\n"
+    "watched:add_done_callback(function(t) t:exception() end)\n"
+    "pcall(await, awaited)\n"
+    "await asyncio.sleep(0)\n"
+    "return tostring(nreported())";
+  ck_assert_int_eq(ml_state_register(S, "nreported", host_nreported), ML_OK);
+  ck_assert_str_eq(run(src), "1");
+  ck_assert_int_eq(nreported, 1);
+  ck_assert_ptr_nonnull(strstr(reported, "Task exception was never retrieved"));
+  ck_assert_ptr_nonnull(strstr(reported, "lonely"));
+  /* Not again at collection. */
+  ck_assert_str_eq(run("KEEP = nil collectgarbage() collectgarbage() return 'ok'"), "ok");
+  ck_assert_int_eq(nreported, 1);
+  /* Off: nothing until the task is collected. */
+  ml_state_set_report_at_finish(S, 0);
+  ck_assert_str_eq(run(src), "1");
+  ck_assert_int_eq(nreported, 1);
+  ck_assert_str_eq(run("KEEP = nil collectgarbage() collectgarbage() return 'ok'"), "ok");
+  ck_assert_int_eq(nreported, 2);
+  ck_assert_ptr_nonnull(strstr(reported, "lonely"));
+}
+END_TEST
+
 START_TEST(test_embed_uncaught_task_error_goes_to_handler)
 {
   const char *src = "local function deep() error('lost') end\n"
@@ -1075,6 +1113,7 @@ Suite *embed_suite(void) {
   tcase_add_test(tc, test_embed_shared_loop_runs_host_watchers);
   tcase_add_test(tc, test_embed_foreign_loop_steps_with_fd_and_timeout);
   tcase_add_test(tc, test_embed_step_timeout_is_the_first_sleeper);
+  tcase_add_test(tc, test_embed_report_at_finish);
   tcase_add_test(tc, test_embed_step_reports_idle_and_fd);
   suite_add_tcase(s, tc);
 

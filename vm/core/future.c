@@ -286,6 +286,18 @@ static void arm_sentinel(lua_State *L, int fidx, ml_Future *f) {
   f->log_exc = 1;
 }
 
+void ml__future_report_now(lua_State *L, int fidx, ml_Future *f) {
+  fidx = lua_absindex(L, fidx);
+  if (!f->log_exc || !lua_checkstack(L, 4)) return;
+  lua_pushcfunction(L, sentinel_gc);
+  if (ml__xget(L, fidx, X_SENTINEL) != LUA_TUSERDATA) {
+    lua_pop(L, 2);
+    return;
+  }
+  f->log_exc = 0;
+  if (lua_pcall(L, 1, 0, 0) != LUA_OK) lua_pop(L, 1);  /* out of memory: unreported */
+}
+
 /* [-0, +0] disarms the future's sentinel: its exception was seen. */
 void ml__future_retrieved(lua_State *L, int fidx, ml_Future *f) {
   if (!f->log_exc) return;

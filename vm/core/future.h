@@ -42,6 +42,7 @@ struct ml_Future {
   unsigned char cb_queued;  /* a ML_RUN_FUTURE_CALLBACKS entry is queued */
   unsigned char has_cancel_hook; /* cancel() calls X_CANCEL_HOOK instead */
   unsigned char has_extra;  /* FUV_MISC holds the extra table */
+  unsigned char host_held;  /* a host's handle owns its outcome (embed.c) */
   int nres;                 /* result values (ML_RESULT) */
   int ncallbacks;           /* done callbacks (see FUV_MISC) */
   ml_Task *waiter;          /* the first task to await it: no table needed */
@@ -74,6 +75,9 @@ void ml__future_mt_init(lua_State *L, int is_task, const luaL_Reg *methods,
 /* The exception of the failed future at fidx was seen (result(),
  * exception(), await, gather...): nothing will report it.  [-0, +0] */
 void ml__future_retrieved(lua_State *L, int fidx, ml_Future *f);
+/* [-0, +0] reports the exception of the failed future at fidx now, as its
+ * collection would ("... was never retrieved"), and disarms it. */
+void ml__future_report_now(lua_State *L, int fidx, ml_Future *f);
 /* [-0, +1] pushes the CancelledError the cancelled future at fidx raises
  * (the one its task ended with, or one with its cancel message). */
 void ml__future_push_cancelled(lua_State *L, int fidx);

@@ -50,6 +50,7 @@ struct ml_State {
   int budget_whole_state; /* running past it stops the state, not the task */
   int budget_dead;       /* it did: the state runs nothing more */
   ml_ErrorHandler on_error;
+  int report_at_finish;  /* report a failed task nobody awaits at once */
   void *on_error_ud;
   struct ml_Embed *embed; /* the embedding API's data (vm/embed) */
   int signals;           /* the host lets scripts catch signals */

@@ -222,7 +222,12 @@ static void finish(ml_State *S, lua_State *L, ml_Task *t, int n, int failed) {
     t->fut.state = ML_CANCELLED;
     ml__future_schedule(L, tidx, &t->fut);
   } else {
+    /* Report-at-finish (ml_state_set_report_at_finish): nobody awaits it
+     * and it has no done callback, so nobody is there to see it now. */
+    int lonely = S->report_at_finish && t->fut.waiter == NULL && t->fut.ncallbacks == 0
+                 && !t->fut.host_held;
     ml__future_set_exception(L, tidx);
+    if (lonely) ml__future_report_now(L, tidx, &t->fut);
   }
   if (t->ref != LUA_NOREF) {
     luaL_unref(L, LUA_REGISTRYINDEX, t->ref);

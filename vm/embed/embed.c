@@ -201,9 +201,17 @@ const char *ml_state_error(ml_State *S) {
 }
 
 void ml_state_set_error_handler(ml_State *S, ml_ErrorHandler h, void *ud) {
-  enter(S);
+  ml_Embed *E = enter(S);
   S->on_error = h;
   S->on_error_ud = ud;
+  /* A host that handles errors hears of a failed task when it fails. */
+  if (E && !E->report_at_finish_set) S->report_at_finish = h != NULL;
+}
+
+void ml_state_set_report_at_finish(ml_State *S, int on) {
+  ml_Embed *E = enter(S);
+  if (E) E->report_at_finish_set = 1;
+  S->report_at_finish = on != 0;
 }
 
 void ml_state_set_userdata(ml_State *S, void *ud) {
@@ -310,6 +318,7 @@ static int spawn_p(lua_State *L) {
   t = ml__task_spawn(L, a->nargs, a->name);
   if (a->out) {
     ml__anchor_set(L, -1, &t->fut);
+    t->fut.host_held = 1;  /* no report at finish: the host looks */
     *a->out = &t->fut;
   } else {
     lua_getfield(L, -1, "add_done_callback");

@@ -22,6 +22,7 @@ typedef struct ml_Embed {
   int npending;           /* pending host futures: each holds the loop */
   struct ml_Promise *promises; /* pending promises, a list (hostfuture.c) */
   size_t cap;             /* the memory limit, 0 for none */
+  int report_at_finish_set; /* the host chose (ml_state_set_report_at_finish) */
   /* Foreign-loop stepping (embed.c). */
   int backend_fd;         /* -2 until looked up, -1 if none */
 } ml_Embed;
