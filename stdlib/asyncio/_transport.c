@@ -332,6 +332,8 @@ static int t_set_protocol(lua_State *L) {
   ml_Conn *c = ml__conn_check(L, 1);
   luaL_checkany(L, 2);
   lua_settop(L, 2);
+  c->data_fn = NULL;  /* the new protocol takes strings unless it says otherwise */
+  c->data_ud = NULL;
   if (c->kind == ML_CONN_PROTO) ml__conn_note_protocol(L, c, 2);
   lua_setiuservalue(L, 1, XUV_PROTO);
   return 0;

@@ -807,7 +807,7 @@ void ml__conn_fail(lua_State *L, ml_Conn *c) {
  * as c's exception and fails the connection. */
 void ml__conn_deliver(ml_Conn *c, const char *p, size_t r) {
   if (c->fd < 0 || c->lost || c->ref == LUA_NOREF) return;
-  proto_pcall(c, c->buffered ? proto_buffered : proto_data, (lua_Integer)r, p);
+  proto_pcall(c, c->data_fn ? c->data_fn : c->buffered ? proto_buffered : proto_data, (lua_Integer)r, p);
 }
 
 /* [-0, +0] c's protocol is the value at pidx: notes whether it is a

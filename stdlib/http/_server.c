@@ -207,6 +207,19 @@ static void close_conn(HConn *hc, int abort) {
   }
 }
 
+/* Writes n in decimal at d; returns the length (no snprintf: it cost
+ * ~1,800 instructions a response). */
+static size_t fmt_u(char *d, uint64_t n) {
+  char tmp[24];
+  size_t k = 0, i;
+  do {
+    tmp[k++] = (char)('0' + n % 10);
+    n /= 10;
+  } while (n);
+  for (i = 0; i < k; i++) d[i] = tmp[k - 1 - i];
+  return k;
+}
+
 static int out_add(HConn *hc, const char *s, size_t n) {
   return ml__bq_add(&hc->out, s, n);
 }
@@ -575,11 +588,14 @@ static void finish_request(lua_State *L, HConn *hc) {
 /* Protocol methods (called by the transport).                        */
 
 static void timer_cb(struct ev_loop *loop, ev_timer *w, int revents);
+static int hc_data_raw(lua_State *L);
 
 /* conn:connection_made(transport) */
 static int hc_connection_made(lua_State *L) {
   HConn *hc = check_hc(L, 1);
   hc->c = ml__conn_check(L, 2);
+  hc->c->data_fn = hc_data_raw;
+  hc->c->data_ud = hc;
   lua_pushvalue(L, 2);
   lua_setiuservalue(L, 1, UV_TR);
   set_phase(hc, P_IDLE);
@@ -589,25 +605,20 @@ static int hc_connection_made(lua_State *L) {
   return 0;
 }
 
-/* conn:data_received(bytes) */
-static int hc_data_received(lua_State *L) {
-  HConn *hc = check_hc(L, 1);
-  size_t n;
-  const char *s = luaL_checklstring(L, 2, &n);
+/* The bytes s[0..n) arrived; the connection is on top of L's stack. */
+static void input(lua_State *L, HConn *hc, const char *s, size_t n) {
   if (hc->lingering) {
     hc->lingered += n;
     if (hc->lingered > LINGER_BYTES) close_conn(hc, 1);
-    return 0;
+    return;
   }
-  if (hc->closed || hc->err) return 0;
-  lua_settop(L, 2);
-  lua_pushvalue(L, 1);
+  if (hc->closed || hc->err) return;
   if (hc->upgraded) {
     /* bytes after an upgrade wait for the WebSocket layer */
     if (ml__bq_add(&hc->in, s, n) < 0) close_conn(hc, 1);
     wake(hc, W_BODY);
     update_reading(hc);
-    return 0;
+    return;
   }
   if (hc->in.len == 0 && !hc->paused) {
     size_t k = run_parser(L, hc, s, n);
@@ -616,6 +627,32 @@ static int hc_data_received(lua_State *L) {
   }
   if (n && !hc->closed && hc->err == 0 && ml__bq_add(&hc->in, s, n) < 0) close_conn(hc, 1);
   feed_pending(L, hc);
+}
+
+/* conn:data_received(bytes): the protocol method, for a transport that
+ * hands strings (the raw path below is the usual one). */
+static int hc_data_received(lua_State *L) {
+  HConn *hc = check_hc(L, 1);
+  size_t n;
+  const char *s = luaL_checklstring(L, 2, &n);
+  lua_settop(L, 2);
+  lua_pushvalue(L, 1);
+  input(L, hc, s, n);
+  return 0;
+}
+
+/* The transport's raw data path (net.h, data_fn): raw(transport light,
+ * n, bytes light) -> nothing.  No string is made for the bytes. */
+static int hc_data_raw(lua_State *L) {
+  ml_Conn *c = lua_touserdata(L, 1);
+  size_t n = (size_t)lua_tointeger(L, 2);
+  const char *s = lua_touserdata(L, 3);
+  HConn *hc = c->data_ud;
+  lua_settop(L, 3);
+  lua_rawgeti(L, LUA_REGISTRYINDEX, c->ref);
+  lua_getiuservalue(L, 4, XUV_PROTO);
+  if (lua_touserdata(L, 5) != hc) return 0;
+  input(L, hc, s, n);
   return 0;
 }
 
@@ -843,10 +880,29 @@ static int status_has_body(int status) {
 /* The status line and the server's headers. */
 static void begin_head(HConn *hc, int status) {
   char line[64];
-  int n = snprintf(line, sizeof line, "HTTP/1.1 %d %s\r\n", status, reason(status));
+  size_t n;
+  if (status == 200) {
+    out_add(hc, "HTTP/1.1 200 OK\r\n", 17);
+  } else {
+    memcpy(line, "HTTP/1.1 ", 9);
+    n = 9 + fmt_u(line + 9, (uint64_t)status);
+    line[n++] = ' ';
+    out_add(hc, line, n);
+    out_str(hc, reason(status));
+    out_add(hc, "\r\n", 2);
+  }
   update_date(hc->S);
-  out_add(hc, line, (size_t)n);
   out_add(hc, date_buf, date_len);
+}
+
+static void add_length(HConn *hc, uint64_t len) {
+  char line[48];
+  size_t n = 16;
+  memcpy(line, "Content-Length: ", 16);
+  n += fmt_u(line + n, len);
+  line[n++] = '\r';
+  line[n++] = '\n';
+  out_add(hc, line, n);
 }
 
 static void end_head(HConn *hc) {
@@ -872,7 +928,6 @@ static int hc_respond(lua_State *L) {
   int status = 200, has_len = 0, has_type = 0, has_te = 0;
   const char *body = NULL, *ctype = "text/plain; charset=utf-8";
   size_t blen = 0;
-  char line[64];
   lua_settop(L, 2);
   if (!hc->active || hc->resp != R_NONE) luaL_error(L, "the request has already been answered");
   if (lua_type(L, 2) == LUA_TSTRING) {
@@ -902,14 +957,11 @@ static int hc_respond(lua_State *L) {
   if (!lua_isnil(L, 3)) add_headers(L, hc, 3, &has_len, &has_type, &has_te);
   if (status_has_body(status)) {
     if (!has_type && body) {
-      out_str(hc, "Content-Type: ");
+      out_add(hc, "Content-Type: ", 14);
       out_str(hc, ctype);
       out_add(hc, "\r\n", 2);
     }
-    if (!has_len) {
-      int n = snprintf(line, sizeof line, "Content-Length: %zu\r\n", blen);
-      out_add(hc, line, (size_t)n);
-    }
+    if (!has_len) add_length(hc, blen);
   }
   end_head(hc);
   hc->resp = R_DONE;

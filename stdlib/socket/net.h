@@ -179,6 +179,13 @@ struct ml_Conn {
   unsigned char linger;     /* closing, but the layer still reads (the
                              * peer's close_notify): connection_lost waits
                              * for ml__conn_unlinger */
+  /* A protocol written in C (http._server) may take its bytes raw: then
+   * ml__conn_deliver calls data_fn in protected mode with the arguments
+   * (transport light userdata, n, bytes light userdata) instead of making
+   * a string for protocol:data_received.  data_ud is the protocol's.
+   * set_protocol clears both. */
+  lua_CFunction data_fn;
+  void *data_ud;
 };
 
 /* The connection engine (asyncio/conn.c). */
