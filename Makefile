@@ -116,7 +116,7 @@ CHECK_LIB_SRC = tests/unit/check_embed.c tests/unit/check_process.c tests/unit/c
 CHECK_CORE_SRC = $(filter-out $(CHECK_LIB_SRC) tests/unit/check_main.c,$(wildcard tests/unit/check_*.c))
 
 DEB_PKGS = liblua5.4-dev libev-dev check pkg-config libedit-dev tmux socat netcat-openbsd python3 libssl-dev openssl \
-	node-llhttp libwslay-dev curl wrk python3-websockets lua-cjson \
+	node-llhttp libwslay-dev curl wrk python3-websockets \
 	lua-cjson-dev libcurl4-openssl-dev nginx-light
 BENCH_PKGS = python3-uvloop hyperfine nodejs
 

@@ -52,14 +52,8 @@ function Response.__tostring(r)
   return string.format("<http.Response %d, %d bytes>", r.status, r.body and #r.body or 0)
 end
 
-local json_mod
-local function json()
-  if json_mod == nil then
-    local ok, m = pcall(require, "json")
-    json_mod = ok and m or require("cjson")
-  end
-  return json_mod
-end
+local json_mod = require "json"
+local function json() return json_mod end
 M._json = json
 
 -- http.json(value, [status]): a JSON response.
