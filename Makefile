@@ -70,7 +70,8 @@ ALL_CFLAGS = -std=gnu11 -Wall -Wextra -Wno-unused-parameter -D_GNU_SOURCE -MMD -
 	-Ivm -Istdlib -I$(BUILD) $(LUA_CFLAGS) $(SSL_CFLAGS) $(CURL_CFLAGS) $(SANFLAGS) $(CHECKS) $(CFLAGS)
 # What the library needs (moonloop.pc says the same to hosts), and what the
 # CLI adds: libedit, for the REPL only.
-LIB_LIBS = $(LUA_LIBS) $(SSL_LIBS) -lev -lpthread -lm -ldl
+# libwslay: the WebSocket framing of stdlib/http/_ws.c.
+LIB_LIBS = $(LUA_LIBS) $(SSL_LIBS) -lwslay -lev -lpthread -lm -ldl
 LIBS = $(LIB_LIBS) $(EDIT_LIBS)
 # The moonloop binary links OpenSSL statically when Debian's libssl-dev
 # has the archives: loading libssl.so and libcrypto.so cost 3.2M of the
@@ -85,7 +86,7 @@ ifeq ($(SSL_STATIC),1)
 # table (-rdynamic exports the rest, for Lua C modules): libcurl, loaded
 # with dlopen, must bind to its own libssl.so, not to half of our copy.
 BIN_LIBS = $(LUA_LIBS) -Wl,-Bstatic -lssl -lcrypto -Wl,-Bdynamic -Wl,--exclude-libs,libssl.a:libcrypto.a \
-	-lev -lpthread -lm -ldl $(EDIT_LIBS)
+	-lwslay -lev -lpthread -lm -ldl $(EDIT_LIBS)
 else
 BIN_LIBS = $(LIBS)
 endif
@@ -374,7 +375,7 @@ Requires: lua5.4
 Requires.private: openssl
 Cflags: -I$${includedir}
 Libs: -L$${libdir} -lmoonloop
-Libs.private: -lev -lpthread -lm -ldl
+Libs.private: -lwslay -lev -lpthread -lm -ldl
 endef
 export PC
 

@@ -6,6 +6,9 @@
 local M = {}
 for k, v in pairs(require "http.server") do M[k] = v end
 M.Router = require("http.router").Router
+local websocket = require "http.websocket"
+M.websocket = websocket.connect
+M.WebSocketError, M.ConnectionClosed = websocket.WebSocketError, websocket.ConnectionClosed
 for k, v in pairs(require "http.client") do
   if type(k) == "string" and k:sub(1, 1) ~= "_" then M[k] = v end
 end

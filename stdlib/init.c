@@ -15,6 +15,7 @@ int luaopen_asyncio__stream(lua_State *L);
 int luaopen_asyncio__transport(lua_State *L);
 int luaopen_ssl__ssl(lua_State *L);
 int luaopen_http__server(lua_State *L);
+int luaopen_http__ws(lua_State *L);
 int luaopen_cjson(lua_State *L);  /* lua-cjson's, linked in whole */
 int luaopen_http__curl(lua_State *L);
 
@@ -40,6 +41,7 @@ static const struct {
   { "asyncio._transport", luaopen_asyncio__transport, "net" },
   { "ssl._ssl", luaopen_ssl__ssl, "net" },
   { "http._server", luaopen_http__server, "net" },
+  { "http._ws", luaopen_http__ws, "none" },
   { "json._cjson", luaopen_cjson, "none" },
   { "http._curl", luaopen_http__curl, "net" },
   { NULL, NULL, NULL }

@@ -485,6 +485,11 @@ static int on_body(llhttp_t *p, const char *at, size_t n) {
 
 static int on_message_complete(llhttp_t *p) {
   HConn *hc = p->data;
+  if (p->upgrade && hc->active) {
+    /* llhttp stops with HPE_PAUSED_UPGRADE: what follows is not HTTP */
+    hc->complete = 1;
+    return 0;
+  }
   if (!hc->active) {
     /* Its response went out before the body was all read. */
     set_phase(hc, P_IDLE);
@@ -1139,6 +1144,34 @@ static int hc_take_raw(lua_State *L) {
   return 1;
 }
 
+static int raw_k(lua_State *L, int status, lua_KContext ctx);
+
+/* conn:_raw() (async) -> the bytes read after an upgrade, "" at the
+ * end of the connection. */
+static int hc_raw(lua_State *L) {
+  HConn *hc = check_hc(L, 1);
+  lua_settop(L, 1);
+  if (hc->in.len) {
+    lua_pushlstring(L, hc->in.data + hc->in.off, hc->in.len);
+    ml__bq_consume(&hc->in, hc->in.len);
+    update_reading(hc);
+    return 1;
+  }
+  if (hc->eof || hc->closed || hc->c == NULL) {
+    lua_pushliteral(L, "");
+    return 1;
+  }
+  hc->waiter = ml__task_current(L);
+  hc->wait = W_BODY;
+  return ml__task_suspend(L, cancel_hook, hc, 0, raw_k);
+}
+
+static int raw_k(lua_State *L, int status, lua_KContext ctx) {
+  (void)status; (void)ctx;
+  lua_settop(L, 1);
+  return hc_raw(L);
+}
+
 /* conn:_upgraded() -> true if the parser stopped at an upgrade request. */
 static int hc_is_upgrade(lua_State *L) {
   HConn *hc = check_hc(L, 1);
@@ -1199,6 +1232,7 @@ static const luaL_Reg hc_methods[] = {
 static const luaL_Reg hc_async[] = {
   {"_body", hc_body},
   {"_drain", hc_drain},
+  {"_raw", hc_raw},
   {NULL, NULL}
 };
 
