@@ -5,7 +5,7 @@
  *
  * Build it as a user would (docs/embedding.md walks through it):
  *   cc host.c -Ivm build/libmoonloop.a $(pkg-config --cflags --libs lua5.4 openssl) \
- *      -lev -lm -ldl -lpthread -ledit
+ *      -lwslay -lev -lm -ldl -lpthread -ledit
  * Run:  ./host scripts/embed/script.lua */
 #include <errno.h>
 #include <poll.h>

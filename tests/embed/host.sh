@@ -22,7 +22,7 @@ expect() {
 host=$tmp/host
 # shellcheck disable=SC2086
 if cc $extra -o "$host" scripts/embed/host.c -Ivm "$build/libmoonloop.a" \
-     $(pkg-config --cflags --libs lua5.4 openssl) -lev -lm -ldl -lpthread 2> "$tmp/cc.err"; then
+     $(pkg-config --cflags --libs lua5.4 openssl) -lwslay -lev -lm -ldl -lpthread 2> "$tmp/cc.err"; then
   ok
 else
   ko "host.c does not build"; cat "$tmp/cc.err"

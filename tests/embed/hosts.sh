@@ -18,7 +18,7 @@ for src in tests/embed/*.c tests/embed/*.cc; do
   esac
   # shellcheck disable=SC2086
   if ! $compiler $extra -O1 -g -o "$tmp/$name" "$src" -Ivm "$build/libmoonloop.a" \
-       $(pkg-config --cflags --libs lua5.4 openssl) -lev -lm -ldl -lpthread 2> "$tmp/$name.err"; then
+       $(pkg-config --cflags --libs lua5.4 openssl) -lwslay -lev -lm -ldl -lpthread 2> "$tmp/$name.err"; then
     echo "FAIL $src does not build"; cat "$tmp/$name.err"
     failed=$((failed + 1)); continue
   fi

@@ -95,7 +95,7 @@ cflags=$(pkg-config --cflags moonloop)
 libs=$(pkg-config --libs moonloop)
 slibs=$(pkg-config --static --libs moonloop)
 check "cflags name the prefix and Lua" grep -q -- "-I$prefix/include .*-I.*lua5.4" <<< "$cflags"
-for l in -lmoonloop -llua5.4 -lev -lpthread -lm -ldl; do
+for l in -lmoonloop -llua5.4 -lwslay -lev -lpthread -lm -ldl; do
   check "--static --libs has $l" grep -qw -- "$l" <<< "$slibs"
 done
 check "libedit is the CLI's, not the library's" test -z "$(grep -o 'edit' <<< "$slibs")"
