@@ -164,4 +164,20 @@ function T.sh(cmd)
   return (out:gsub("__status=%d+%s*$", "")), status
 end
 
+-- This process's pid (from /proc/self/stat: no child process needed).
+do
+  local f = assert(io.open("/proc/self/stat"))
+  T.pid = f:read("n")
+  f:close()
+end
+
+-- The number of open fds of this process (for leak checks: compare a
+-- count before and after).  The listing's own pipe is not counted.
+function T.open_fds()
+  local p = io.popen("ls /proc/" .. T.pid .. "/fd | wc -l")
+  local n = tonumber(p:read("a"))
+  p:close()
+  return n - 1
+end
+
 return T

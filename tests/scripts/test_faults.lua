@@ -13,19 +13,7 @@ local PEER = "tests/scripts/peers/fault_peer.py"
 
 local function shquote(s) return "'" .. s:gsub("'", "'\\''") .. "'" end
 
-local pid do
-  local f = assert(io.open("/proc/self/stat"))
-  pid = f:read("n")
-  f:close()
-end
-
--- Open fds of this process.
-local function nfds()
-  local p = io.popen("ls /proc/" .. pid .. "/fd | wc -l")
-  local n = tonumber(p:read("a"))
-  p:close()
-  return n - 1  -- the pipe of this popen
-end
+local nfds = T.open_fds
 
 -- KiB of Lua heap after two full collections.
 local function heap()
@@ -152,7 +140,7 @@ local function both(name, fn)
         if nfds() == fds0 then break end
         await asyncio.sleep(0.01)
       end
-      if os.getenv("FAULT_DEBUG") and nfds() ~= fds0 then os.execute("ls -l /proc/" .. pid .. "/fd | grep socket; ss -tanp | grep moonloop") end
+      if os.getenv("FAULT_DEBUG") and nfds() ~= fds0 then os.execute("ls -l /proc/" .. T.pid .. "/fd | grep socket; ss -tanp | grep moonloop") end
       T.eq(nfds(), fds0, "fds after == before")
       local grown = heap() - heap0
       T.ok(grown < 512, string.format("the Lua heap grew by %.0f KiB (at most 512 expected)", grown))

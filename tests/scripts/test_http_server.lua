@@ -25,17 +25,7 @@ local async function run(...)
   return out, err, p.returncode
 end
 
-local pid do
-  local f = assert(io.open("/proc/self/stat"))
-  pid = f:read("n")
-  f:close()
-end
-local function nfds()
-  local p = io.popen("ls /proc/" .. pid .. "/fd | wc -l")
-  local n = tonumber(p:read("a"))
-  p:close()
-  return n - 1
-end
+local nfds = T.open_fds
 local function heap()
   collectgarbage("collect")
   collectgarbage("collect")

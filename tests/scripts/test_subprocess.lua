@@ -8,10 +8,7 @@ local PIPE, STDOUT, DEVNULL = asyncio.PIPE, asyncio.STDOUT, asyncio.DEVNULL
 -- This process's pid: the parent of the shell io.popen runs.
 local MYPID = tonumber((T.sh("echo $PPID")))
 
-local function count_fds()
-  local out = T.sh("ls /proc/" .. MYPID .. "/fd | wc -l")
-  return tonumber(out) - 1  -- the listing shell's own pipe to us
-end
+local count_fds = T.open_fds
 
 -- Children of this process that are zombies.
 local function count_zombies()

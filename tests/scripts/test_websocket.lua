@@ -7,17 +7,7 @@ local http = require "http"
 local PIPE = asyncio.subprocess.PIPE
 local PY = "/usr/bin/python3"
 
-local pid do
-  local f = assert(io.open("/proc/self/stat"))
-  pid = f:read("n")
-  f:close()
-end
-local function nfds()
-  local p = io.popen("ls /proc/" .. pid .. "/fd | wc -l")
-  local n = tonumber(p:read("a"))
-  p:close()
-  return n - 1
-end
+local nfds = T.open_fds
 
 local closes = {}
 local srv = await http.serve(async function(req)
