@@ -21,6 +21,7 @@
 #include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <pthread.h>
 #include <string.h>
 #include <math.h>
 #include <time.h>
@@ -98,7 +99,9 @@ typedef struct HConn {
   uint64_t lingered;           /* bytes dropped so far */
 } HConn;
 
-static llhttp_settings_t settings;
+static llhttp_settings_t settings;  /* the parser callbacks: read-only once made */
+static pthread_once_t settings_once = PTHREAD_ONCE_INIT;
+
 
 /* ---------------------------------------------------------------- */
 /* The date header, formatted once a second.                          */
@@ -116,7 +119,9 @@ static void update_date(ml_State *S) {
   date_len = strftime(date_buf, sizeof date_buf, "Date: %a, %d %b %Y %H:%M:%S GMT\r\n", &tm);
 }
 
-static const char *reason(int status) {
+/* The reason phrase of a status code the server (and the client, for
+ * responses that carry none, as HTTP/2's) knows by name, or NULL. */
+static const char *known_reason(int status) {
   switch (status) {
   case 100: return "Continue";
   case 101: return "Switching Protocols";
@@ -152,9 +157,24 @@ static const char *reason(int status) {
   case 502: return "Bad Gateway";
   case 503: return "Service Unavailable";
   case 504: return "Gateway Timeout";
-  default: return status < 200 ? "Informational" : status < 300 ? "Success"
-                : status < 400 ? "Redirection" : status < 500 ? "Client Error" : "Server Error";
+  default: return NULL;
   }
+}
+
+/* The reason phrase of any status: a known one, else its class's. */
+static const char *reason(int status) {
+  const char *r = known_reason(status);
+  if (r) return r;
+  return status < 200 ? "Informational" : status < 300 ? "Success"
+       : status < 400 ? "Redirection" : status < 500 ? "Client Error" : "Server Error";
+}
+
+/* reason(status) -> the known reason phrase of the integer status, or nil. */
+static int l_reason(lua_State *L) {
+  const char *r = known_reason((int)ml__checkrange(L, 1, 100, 999));
+  if (r) lua_pushstring(L, r);
+  else lua_pushnil(L);
+  return 1;
 }
 
 /* ---------------------------------------------------------------- */
@@ -1275,11 +1295,11 @@ static int l_conn(lua_State *L) {
 
 static const luaL_Reg module_funcs[] = {
   {"_conn", l_conn},
+  {"reason", l_reason},
   {NULL, NULL}
 };
 
-/* [-0, +1] pushes the module table. */
-int luaopen_http__server(lua_State *L) {
+static void init_settings(void) {
   llhttp_settings_init(&settings);
   settings.on_message_begin = on_message_begin;
   settings.on_method = on_method;
@@ -1289,6 +1309,11 @@ int luaopen_http__server(lua_State *L) {
   settings.on_headers_complete = on_headers_complete;
   settings.on_body = on_body;
   settings.on_message_complete = on_message_complete;
+}
+
+/* [-0, +1] pushes the module table. */
+int luaopen_http__server(lua_State *L) {
+  pthread_once(&settings_once, init_settings);  /* states of several threads share it */
   luaL_requiref(L, "asyncio._transport", luaopen_asyncio__transport, 0);
   lua_pop(L, 1);
   if (luaL_newmetatable(L, ML_HTTPCONN)) {

@@ -276,17 +276,8 @@ end
 
 ---------------------------------------------------------------- Response
 
-local REASONS = {
-  [100] = "Continue", [101] = "Switching Protocols", [200] = "OK", [201] = "Created",
-  [202] = "Accepted", [204] = "No Content", [206] = "Partial Content", [301] = "Moved Permanently",
-  [302] = "Found", [303] = "See Other", [304] = "Not Modified", [307] = "Temporary Redirect",
-  [308] = "Permanent Redirect", [400] = "Bad Request", [401] = "Unauthorized", [403] = "Forbidden",
-  [404] = "Not Found", [405] = "Method Not Allowed", [408] = "Request Timeout", [409] = "Conflict",
-  [410] = "Gone", [413] = "Content Too Large", [415] = "Unsupported Media Type",
-  [429] = "Too Many Requests", [431] = "Request Header Fields Too Large",
-  [500] = "Internal Server Error", [501] = "Not Implemented", [502] = "Bad Gateway",
-  [503] = "Service Unavailable", [504] = "Gateway Timeout",
-}
+-- Reason phrases for responses that carry none (HTTP/2): the server's table.
+local known_reason = (require "http._server").reason
 
 local Response = {}  -- aiohttp's ClientResponse
 Response.__index = Response
@@ -307,7 +298,9 @@ local function new_response(x, method, url)
   local status, version, eff, raw = x:info()
   local line, headers = parse_head(raw)
   local reason = line:match("^HTTP/%S+%s+%d+%s+(.-)%s*$")
-  if reason == nil or reason == "" then reason = REASONS[status] or "" end
+  if reason == nil or reason == "" then
+    reason = (status >= 100 and status <= 999 and known_reason(status)) or ""
+  end
   return setmetatable({
     status = status, reason = reason, headers = headers, url = eff or url,
     http_version = version, method = method, ok = status < 400, _x = x,
