@@ -437,30 +437,12 @@ static const luaL_Reg module_funcs[] = {
   {NULL, NULL}
 };
 
-/* [-0, +0] registers metatable name with methods as __index. */
-static void newclass(lua_State *L, const char *name, const luaL_Reg *methods,
-                     lua_CFunction gc, lua_CFunction tostr) {
-  luaL_newmetatable(L, name);
-  lua_newtable(L);
-  luaL_setfuncs(L, methods, 0);
-  lua_setfield(L, -2, "__index");
-  if (gc) {
-    lua_pushcfunction(L, gc);
-    lua_setfield(L, -2, "__gc");
-  }
-  if (tostr) {
-    lua_pushcfunction(L, tostr);
-    lua_setfield(L, -2, "__tostring");
-  }
-  lua_pop(L, 1);
-}
-
 /* [-0, +1] pushes the module table. */
 int luaopen_asyncio__transport(lua_State *L) {
   luaL_requiref(L, "socket", luaopen_socket, 0);
   lua_pop(L, 1);
-  newclass(L, ML_TRANSPORT, transport_methods, conn_gc, t_tostring);
-  newclass(L, ML_DGRAM_TRANSPORT, dgram_methods, conn_gc, t_tostring);
+  ml__class_new(L, ML_TRANSPORT, transport_methods, conn_gc, t_tostring);
+  ml__class_new(L, ML_DGRAM_TRANSPORT, dgram_methods, conn_gc, t_tostring);
   luaL_newlib(L, module_funcs);
   return 1;
 }

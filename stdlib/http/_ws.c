@@ -263,14 +263,7 @@ static const luaL_Reg module_funcs[] = {
 
 /* [-0, +1] pushes the module table. */
 int luaopen_http__ws(lua_State *L) {
-  if (luaL_newmetatable(L, ML_WSFRAMER)) {
-    lua_newtable(L);
-    luaL_setfuncs(L, fr_methods, 0);
-    lua_setfield(L, -2, "__index");
-    lua_pushcfunction(L, fr_gc);
-    lua_setfield(L, -2, "__gc");
-  }
-  lua_pop(L, 1);
+  ml__class_new(L, ML_WSFRAMER, fr_methods, fr_gc, NULL);
   lua_newtable(L);
   luaL_setfuncs(L, module_funcs, 0);
   lua_pushinteger(L, WSLAY_TEXT_FRAME);

@@ -244,30 +244,11 @@ static const luaL_Reg cfut_methods[] = {
   {NULL, NULL}
 };
 
-/* [-0, +0] makes metatable mt with methods in __index (and __gc) once. */
-static void need_mt(lua_State *L, const char *mt, const luaL_Reg *methods, lua_CFunction gc,
-                    lua_CFunction tostr) {
-  if (luaL_newmetatable(L, mt)) {
-    lua_newtable(L);
-    luaL_setfuncs(L, methods, 0);
-    lua_setfield(L, -2, "__index");
-    if (gc) {
-      lua_pushcfunction(L, gc);
-      lua_setfield(L, -2, "__gc");
-    }
-    if (tostr) {
-      lua_pushcfunction(L, tostr);
-      lua_setfield(L, -2, "__tostring");
-    }
-  }
-  lua_pop(L, 1);
-}
-
 static void push_xf(lua_State *L, const char *mt, XFut *f, const luaL_Reg *methods) {
   XFut **h = lua_newuserdatauv(L, sizeof *h, 0);
   *h = f;
-  if (methods == handle_methods) need_mt(L, mt, methods, handle_gc, NULL);
-  else need_mt(L, mt, methods, cfut_gc, cfut_tostring);
+  if (methods == handle_methods) ml__class_new(L, mt, methods, handle_gc, NULL);
+  else ml__class_new(L, mt, methods, cfut_gc, cfut_tostring);
   luaL_setmetatable(L, mt);
 }
 
@@ -454,7 +435,7 @@ void ml__remote_push_loop(lua_State *L, ml_Wakeup *w) {
   RLoop *r = lua_newuserdatauv(L, sizeof *r, 0);
   r->w = w;
   ml__wakeup_retain(w);
-  need_mt(L, ML_RLOOP, rloop_methods, rloop_gc, rloop_tostring);
+  ml__class_new(L, ML_RLOOP, rloop_methods, rloop_gc, rloop_tostring);
   luaL_setmetatable(L, ML_RLOOP);
 }
 
@@ -589,7 +570,7 @@ void ml__remote_push_future(lua_State *L, ml_Wakeup *w, int ref) {
   f->w = w;
   f->ref = ref;
   ml__wakeup_retain(w);
-  need_mt(L, ML_RFUT, rfut_methods, rfut_gc, rfut_tostring);
+  ml__class_new(L, ML_RFUT, rfut_methods, rfut_gc, rfut_tostring);
   luaL_setmetatable(L, ML_RFUT);
 }
 
@@ -610,7 +591,7 @@ static const luaL_Reg no_methods[] = { {NULL, NULL} };
 int ml__remote_async_call(lua_State *L) {
   int n = lua_gettop(L);
   lua_newuserdatauv(L, 1, 3);
-  need_mt(L, ML_RCORO, no_methods, NULL, NULL);
+  ml__class_new(L, ML_RCORO, no_methods, NULL, NULL);
   luaL_setmetatable(L, ML_RCORO);
   lua_pushvalue(L, lua_upvalueindex(1));
   lua_setiuservalue(L, -2, 1);

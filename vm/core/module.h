@@ -86,6 +86,12 @@ enum {
  * it.  Returns 1 if it made it now, 0 if the registry had it already
  * (the module was opened before): as luaL_newmetatable, fill it if 1. */
 int ml__udata_newmt(lua_State *L, int type, const char *tname);
+/* [-0, +0] makes the metatable tname of a class without a type tag
+ * once (luaL_newmetatable, so its __name names the type in errors): a
+ * table of methods as __index, gc as __gc, tostr as __tostring (either
+ * may be NULL).  Returns 1 if it made it now, 0 if it existed. */
+int ml__class_new(lua_State *L, const char *tname, const luaL_Reg *methods, lua_CFunction gc,
+                  lua_CFunction tostr);
 /* [-0, +0] sets type's metatable on the value at the top: no name
  * lookup (luaL_setmetatable's). */
 void ml__udata_setmt(lua_State *L, int type);

@@ -118,6 +118,29 @@ int ml__udata_newmt(lua_State *L, int type, const char *tname) {
   return made;
 }
 
+/* [-0, +0] makes the class metatable tname on first call: a table of
+ * methods as __index, gc as __gc, tostr as __tostring (either may be
+ * NULL).  Returns 1 if it was made now. */
+int ml__class_new(lua_State *L, const char *tname, const luaL_Reg *methods, lua_CFunction gc,
+                  lua_CFunction tostr) {
+  int made = luaL_newmetatable(L, tname);
+  if (made) {
+    lua_newtable(L);
+    luaL_setfuncs(L, methods, 0);
+    lua_setfield(L, -2, "__index");
+    if (gc) {
+      lua_pushcfunction(L, gc);
+      lua_setfield(L, -2, "__gc");
+    }
+    if (tostr) {
+      lua_pushcfunction(L, tostr);
+      lua_setfield(L, -2, "__tostring");
+    }
+  }
+  lua_pop(L, 1);
+  return made;
+}
+
 /* [-0, +0] sets type's metatable on the userdata on top. */
 void ml__udata_setmt(lua_State *L, int type) {
   lua_rawgeti(L, LUA_REGISTRYINDEX, ml__state(L)->udata_mtref[type]);
