@@ -655,6 +655,17 @@ START_TEST(test_asyncpass_error_leaves_output_untouched) {
 }
 END_TEST
 
+START_TEST(test_asyncpass_error_nul_byte_in_code) {
+  static const char src[] = "x = \"a\0b\" -- c\0\ny = 1 \0 + 2";
+  ck_assert_int_eq(ml__asyncpass(src, sizeof src - 1, "@t.lua", &out, err, sizeof err), -EINVAL);
+  ck_assert_str_eq(err, "t.lua:2: unexpected symbol near '<\\0>' (a NUL byte)");
+  /* In strings and comments a NUL is data, copied as it is. */
+  ck_assert_int_eq(ml__asyncpass(src, 17, "@t.lua", &out, err, sizeof err), 0);
+  ck_assert_uint_eq(out.len, 17);
+  ck_assert_mem_eq(out.data, src, 17);
+}
+END_TEST
+
 START_TEST(test_asyncpass_error_small_buffer_truncates) {
   char small[8];
   ck_assert_int_eq(ml__asyncpass("async x", 7, "@t.lua", &out, small, sizeof small), -EINVAL);
@@ -987,6 +998,7 @@ Suite *asyncpass_suite(void) {
   tcase_add_test(tc, test_asyncpass_error_chunkname_forms);
   tcase_add_test(tc, test_asyncpass_error_missing_function_name);
   tcase_add_test(tc, test_asyncpass_error_leaves_output_untouched);
+  tcase_add_test(tc, test_asyncpass_error_nul_byte_in_code);
   tcase_add_test(tc, test_asyncpass_error_small_buffer_truncates);
   tcase_add_test(tc, test_asyncpass_error_lexical_left_to_lua);
   suite_add_tcase(s, tc);

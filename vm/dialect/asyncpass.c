@@ -399,7 +399,11 @@ static int lex(Pass *P, Tok *t) {
 }
 
 /* Cuts src[from..len) into P->tok, ending with a TK_EOF (placed at the
- * malformed token if lexing stopped early).  Returns 0 or -ENOMEM. */
+ * malformed token if lexing stopped early).  Returns 0, -ENOMEM, or
+ * -EINVAL at a NUL byte outside strings and comments: Lua would refuse it
+ * too, but its message says only "unexpected symbol" (a NUL token drops
+ * the "near" part), and a message with the byte in it would be cut short
+ * wherever it is printed as a C string. */
 static int tokenize(Pass *P, size_t from) {
   P->p = from;
   P->line = 1;
@@ -409,6 +413,11 @@ static int tokenize(Pass *P, size_t from) {
       P->lexerr = 1;
       t.kind = TK_EOF;
       t.end = t.start;
+    } else if (t.kind == TK_OP && t.code == 0) {
+      if (P->err != NULL && P->errsz > 0)
+        snprintf(P->err, P->errsz, "%s:%d: unexpected symbol near '<\\0>' (a NUL byte)",
+                 P->chunk, t.line);
+      return -EINVAL;
     }
     if (P->ntok == P->captok) {
       int cap = P->captok ? P->captok * 2 : 256;

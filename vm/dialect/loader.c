@@ -62,20 +62,60 @@ static int note_names_p(lua_State *L) {
   return 0;
 }
 
+/* Writes chunkname as Lua's messages show it (luaO_chunkid's rules, which
+ * the API does not export): "=name" is name, "@file" is file (its tail,
+ * after "...", if too long), a source string is [string "first line..."].
+ * id has LUA_IDSIZE bytes. */
+static void chunk_id(char *id, const char *chunkname) {
+  size_t n = strlen(chunkname), room = LUA_IDSIZE - 1;
+  if (*chunkname == '=') {
+    snprintf(id, LUA_IDSIZE, "%.*s", (int)room, chunkname + 1);
+  } else if (*chunkname == '@') {
+    if (n - 1 <= room) snprintf(id, LUA_IDSIZE, "%s", chunkname + 1);
+    else snprintf(id, LUA_IDSIZE, "...%s", chunkname + n - (room - 3));
+  } else {
+    const char *nl = strchr(chunkname, '\n');
+    size_t keep = nl ? (size_t)(nl - chunkname) : n;
+    room -= sizeof "[string \"...\"]" - 1;
+    if (keep >= room || nl) {
+      if (keep > room) keep = room;
+      snprintf(id, LUA_IDSIZE, "[string \"%.*s...\"]", (int)keep, chunkname);
+    } else {
+      snprintf(id, LUA_IDSIZE, "[string \"%s\"]", chunkname);
+    }
+  }
+}
+
+/* Lua's parser counts nesting (blocks, brackets, function bodies,
+ * operators, consecutive labels) in C levels and, past LUAI_MAXCCALLS
+ * (200), fails with a bare "C stack overflow": no chunk, no line.  Says
+ * what it means and where.  [-1, +1] replaces the message on top. */
+static void explain_parse_error(lua_State *L, const char *id) {
+  const char *msg = lua_tostring(L, -1);
+  if (msg == NULL || strcmp(msg, "C stack overflow") != 0) return;
+  lua_pop(L, 1);
+  lua_pushfstring(L, "%s: nesting too deep: Lua's parser allows about 200 levels of nested "
+                     "blocks, brackets, functions and operators (C stack overflow)", id);
+}
+
 int ml__load(lua_State *L, const char *src, size_t len, const char *chunkname) {
   ml_Buf out = { 0 }, names = { 0 };
-  char err[512];
+  char err[512], id[LUA_IDSIZE + 1];
   int rc;
+  if (chunkname == NULL) chunkname = "=?";
+  /* The pass names the chunk as Lua will ("=" keeps it as it is). */
+  id[0] = '=';
+  chunk_id(id + 1, chunkname);
   /* A first line starting with '#' (a shebang) is skipped, keeping its
    * newline so that line numbers stay right. */
   if (len > 0 && src[0] == '#') {
     while (len > 0 && *src != '\n') src++, len--;
   }
   if (len > 0 && src[0] == 0x1b) {
-    lua_pushfstring(L, "%s: binary chunks are not loaded", chunkname);
+    lua_pushfstring(L, "%s: binary chunks are not loaded", id + 1);
     return LUA_ERRSYNTAX;
   }
-  rc = ml__asyncpass_names(src, len, chunkname, &out, &names, err, sizeof err);
+  rc = ml__asyncpass_names(src, len, id, &out, &names, err, sizeof err);
   if (rc == -ENOMEM) {
     ml__buf_free(&names);
     ml__buf_free(&out);
@@ -90,7 +130,8 @@ int ml__load(lua_State *L, const char *src, size_t len, const char *chunkname) {
   }
   rc = luaL_loadbufferx(L, out.data ? out.data : "", out.len, chunkname, "t");
   ml__buf_free(&out);
-  if (rc == LUA_OK && names.len > 0 && chunkname != NULL) {
+  if (rc != LUA_OK) explain_parse_error(L, id + 1);
+  if (rc == LUA_OK && names.len > 0) {
     lua_pushcfunction(L, note_names_p);
     lua_pushlightuserdata(L, (void *)chunkname);
     lua_pushlightuserdata(L, &names);
