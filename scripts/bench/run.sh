@@ -11,7 +11,7 @@
 #   STARTUP_RUNS=200
 #   QUICK=1         one run of everything, short echo runs (a smoke test)
 #   PIN=0           do not pin the echo server and load client to cores
-#   ONLY="gather gather_eager sleep0 queue timers timers1m echo echo1 idle memory startup
+#   ONLY="gather gather_eager gather_warm sleep0 queue timers timers_warm timers1m echo echo1 idle memory startup
 #         spawn tothread pipe64 httpclient"   a subset (echo and echo1 also give the latency rows)
 #   TIMERS1M_RUNS=1 runs of the 1,000,000-timer benchmark (tens of seconds in Python)
 #   IDLE_CONNS=10000 connections of the idle-connections benchmark
@@ -34,7 +34,7 @@ MEM_RUNS=${MEM_RUNS:-3}
 STARTUP_RUNS=${STARTUP_RUNS:-200}
 TIMERS1M_RUNS=${TIMERS1M_RUNS:-1}
 IDLE_CONNS=${IDLE_CONNS:-10000}
-ONLY=${ONLY:-gather gather_eager sleep0 queue timers timers1m echo echo1 idle memory startup spawn tothread pipe64 httpclient}
+ONLY=${ONLY:-gather gather_eager gather_warm sleep0 queue timers timers_warm timers1m echo echo1 idle memory startup spawn tothread pipe64 httpclient}
 HTTP_N=${HTTP_N:-20000}
 HTTP_CONC=${HTTP_CONC:-50}
 if [ "${QUICK:-0}" = 1 ]; then
@@ -165,7 +165,7 @@ run_rate() {
 
 # ---- 1-4: tasks, sleep(0), queues, timers ---------------------------------
 
-for bench in gather gather_eager sleep0 queue timers timers1m; do
+for bench in gather gather_eager gather_warm sleep0 queue timers timers_warm timers1m; do
   want "$bench" || continue
   runs=$RUNS
   [ $bench = timers1m ] && runs=$TIMERS1M_RUNS
@@ -496,6 +496,8 @@ for b in gather:"create+gather 200k tasks":"$T_GATHER":15:1 \
          queue:"Queue ping-pong 200k":"$T_QUEUE":15:- \
          gather_eager:"gather 200k, eager factory":"(peers run plain gather)":-:- \
          timers:"200k timers":"$T_TIMERS":10:- \
+         gather_warm:"gather 200k, warm (2nd run)":"(measure)":-:- \
+         timers_warm:"200k timers, warm (2nd run)":"(measure)":-:- \
          timers1m:"1M timers, cancel half":"(measure)":-:-; do
   IFS=: read -r bench label target tpy tnode <<<"$b"
   want "$bench" || continue
