@@ -496,8 +496,8 @@ for b in gather:"create+gather 200k tasks":"$T_GATHER":15:1 \
          queue:"Queue ping-pong 200k":"$T_QUEUE":15:- \
          gather_eager:"gather 200k, eager factory":"(peers run plain gather)":-:- \
          timers:"200k timers":"$T_TIMERS":10:- \
-         gather_warm:"gather 200k, warm (2nd run)":"(measure)":-:- \
-         timers_warm:"200k timers, warm (2nd run)":"(measure)":-:- \
+         gather_warm:"gather 200k, warm":"(measure)":-:- \
+         timers_warm:"200k timers, warm":"(measure)":-:- \
          timers1m:"1M timers, cancel half":"(measure)":-:-; do
   IFS=: read -r bench label target tpy tnode <<<"$b"
   want "$bench" || continue
