@@ -175,9 +175,9 @@ static void notify_call(ml_Conn *c, int what, int err) {
 static void peer_closed(ml_Conn *c, ml_Tls *t) {
   if (!t->shut_sent && !c->sock_eof) {
     t->shut_sent = 1;
-    ERR_clear_error();
+    ml__ssl_err_reset();
     SSL_shutdown(t->ssl);
-    ERR_clear_error();
+    ml__ssl_err_reset();
     ml__conn_flush(c);
   }
   if (c->lost || c->fd < 0) return;
@@ -197,7 +197,7 @@ static int gone(ml_Conn *c) {
 /* 1 if the handshake is over (or the connection failed: check gone). */
 static int handshake(ml_Conn *c, ml_Tls *t) {
   int r, e;
-  ERR_clear_error();
+  ml__ssl_err_reset();
   r = SSL_do_handshake(t->ssl);
   ml__conn_flush(c);
   if (gone(c)) return 0;
@@ -209,7 +209,7 @@ static int handshake(ml_Conn *c, ml_Tls *t) {
     }
     if (c->sock_eof && (e == SSL_ERROR_SYSCALL || ERR_GET_REASON(ERR_peek_last_error()) ==
                                                       SSL_R_UNEXPECTED_EOF_WHILE_READING)) {
-      ERR_clear_error();
+      ml__ssl_err_reset();
       notify_call(c, N_RESET, 0);
     } else {
       notify_call(c, N_SSL, e);
@@ -219,7 +219,7 @@ static int handshake(ml_Conn *c, ml_Tls *t) {
   t->hs_done = 1;
   if (t->pend.len > 0) {
     size_t n;
-    ERR_clear_error();
+    ml__ssl_err_reset();
     if (SSL_write_ex(t->ssl, t->pend.data + t->pend.off, t->pend.len, &n) != 1) {
       notify_call(c, N_SSL, SSL_get_error(t->ssl, 0));
       return 0;
@@ -246,7 +246,7 @@ static int decrypt(ml_Conn *c, ml_Tls *t) {
         ml__conn_fail_errno(c, ENOMEM);
         return -1;
       }
-      ERR_clear_error();
+      ml__ssl_err_reset();
       if (SSL_read_ex(t->ssl, dst, ml__bq_room(&c->rbuf), &n) == 1) {
         ml__bq_commit(&c->rbuf, n);
         /* Woken at once: from here the buffer's limit decides, not the
@@ -264,7 +264,7 @@ static int decrypt(ml_Conn *c, ml_Tls *t) {
     int e = -1;
     /* Several records per data_received, up to the scratch area. */
     while (total + RECORD_ROOM <= c->scratch_size) {
-      ERR_clear_error();
+      ml__ssl_err_reset();
       if (SSL_read_ex(t->ssl, c->scratch + total, c->scratch_size - total, &n) == 1) {
         total += n;
         continue;
@@ -293,10 +293,10 @@ static void end_linger(ml_Conn *c, ml_Tls *t) {
 static void linger_read(ml_Conn *c, ml_Tls *t) {
   size_t n;
   for (;;) {
-    ERR_clear_error();
+    ml__ssl_err_reset();
     if (SSL_read_ex(t->ssl, c->scratch, c->scratch_size, &n) == 1) continue;
     int e = SSL_get_error(t->ssl, 0);
-    ERR_clear_error();
+    ml__ssl_err_reset();
     if (e == SSL_ERROR_WANT_READ && !c->sock_eof) return;
     break;
   }
@@ -333,7 +333,7 @@ static void pump(ml_Conn *c) {
   case SSL_ERROR_WANT_WRITE:
     break;
   case SSL_ERROR_ZERO_RETURN:
-    ERR_clear_error();
+    ml__ssl_err_reset();
     peer_closed(c, t);
     break;
   default:
@@ -369,7 +369,7 @@ static int tls_write(lua_State *L, ml_Conn *c, const char *p, size_t n) {
   (void)L;
   if (t == NULL || t->failed || t->shut_sent) return 0;
   if (!t->hs_done) return ml__bq_add(&t->pend, p, n);
-  ERR_clear_error();
+  ml__ssl_err_reset();
   if (SSL_write_ex(t->ssl, p, n, &w) != 1) {
     /* Only a broken connection gets here (the output BIO takes all). */
     if (ERR_peek_last_error() == 0) return -ENOMEM;
@@ -388,9 +388,9 @@ static void tls_close(ml_Conn *c) {
   int r;
   if (t == NULL || !t->hs_done || t->shut_sent || t->failed) return;
   t->shut_sent = 1;
-  ERR_clear_error();
+  ml__ssl_err_reset();
   r = SSL_shutdown(t->ssl);  /* queues close_notify */
-  ERR_clear_error();
+  ml__ssl_err_reset();
   ml__conn_flush(c);
   if (r == 0 && !gone(c) && !c->sock_eof && t->shutdown_timeout > 0) {
     c->linger = 1;
@@ -586,7 +586,7 @@ int ml__tls_wrap(lua_State *L) {
   t->server = (unsigned char)server;
   t->held = (unsigned char)hold;
   ml__bq_init(&t->pend, L);
-  ERR_clear_error();
+  ml__ssl_err_reset();
   t->ssl = SSL_new(x->ctx);
   t->rbio = BIO_new(BIO_s_mem());
   wbio = BIO_new(out_method);
