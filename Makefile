@@ -379,7 +379,7 @@ Libs.private: -lwslay -lev -lpthread -lm -ldl
 endef
 export PC
 
-INSTALLED = $(BINDIR)/moonloop $(INCLUDEDIR)/moonloop.h $(LIBDIR)/libmoonloop.a \
+INSTALLED = $(BINDIR)/moonloop $(INCLUDEDIR)/moonloop.h $(INCLUDEDIR)/moonloop.hpp $(LIBDIR)/libmoonloop.a \
 	$(LIBDIR)/$(SOFILE) $(LIBDIR)/$(SONAME) $(LIBDIR)/libmoonloop.so \
 	$(PKGCONFIGDIR)/moonloop.pc $(MANDIR)/man1/moonloop.1
 
@@ -388,6 +388,7 @@ install: all
 	  $(DESTDIR)$(PKGCONFIGDIR) $(DESTDIR)$(MANDIR)/man1
 	install -m 755 $(BUILD)/moonloop $(DESTDIR)$(BINDIR)/moonloop
 	install -m 644 vm/moonloop.h $(DESTDIR)$(INCLUDEDIR)/moonloop.h
+	install -m 644 vm/moonloop.hpp $(DESTDIR)$(INCLUDEDIR)/moonloop.hpp
 	install -m 644 $(BUILD)/libmoonloop.a $(DESTDIR)$(LIBDIR)/libmoonloop.a
 	install -m 755 $(BUILD)/$(SOFILE) $(DESTDIR)$(LIBDIR)/
 	ln -sf $(SOFILE) $(DESTDIR)$(LIBDIR)/$(SONAME)

@@ -20,12 +20,19 @@
 #define MOONLOOP_H
 
 #include <stddef.h>
-#include <lua.h>
-#include <lauxlib.h>
 
+/* Lua's headers declare C functions but do not say so to C++ (Lua can be
+ * built as C++ too): as lua.hpp does, they go inside the extern "C" with
+ * moonloop's own declarations, so a C++ host links against the C
+ * libraries.  (A host that links a Lua built as C++, Debian's
+ * liblua5.4-c++, cannot use libmoonloop, which is built against C Lua.)
+ * C++ exceptions must not leave a host C function: moonloop.hpp has a
+ * guard that turns them into Lua errors. */
 #ifdef __cplusplus
 extern "C" {
 #endif
+#include <lua.h>
+#include <lauxlib.h>
 
 #define MOONLOOP_VERSION "0.1.0"
 

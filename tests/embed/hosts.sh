@@ -1,6 +1,7 @@
 #!/bin/bash
-# hosts.sh: builds every host program tests/embed/*.c the way a user would
-# (against libmoonloop.a and moonloop.h only) and runs it; each prints
+# hosts.sh: builds every host program tests/embed/*.c (with cc) and *.cc
+# (C++ hosts, with g++) the way a user would (against libmoonloop.a and
+# moonloop.h / moonloop.hpp only) and runs it; each prints
 # "N passed, N failed".  Prints the sum; exits 1 if any failed.
 # usage: tests/embed/hosts.sh [BUILD_DIR] [EXTRA_CFLAGS]   (from the repo root)
 build=${1:-build}

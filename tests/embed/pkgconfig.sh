@@ -51,7 +51,7 @@ prefix=$tmp/prefix
 if install_into "$prefix"; then ok; else ko "make install failed"; cat "$tmp/install.out"; finish; fi
 if [ -e "$tmp/called" ]; then ko "make install ran: $(cat "$tmp/called")"; else ok; fi
 
-for f in bin/moonloop include/moonloop.h lib/libmoonloop.a "lib/libmoonloop.so.$version" \
+for f in bin/moonloop include/moonloop.h include/moonloop.hpp lib/libmoonloop.a "lib/libmoonloop.so.$version" \
          lib/pkgconfig/moonloop.pc share/man/man1/moonloop.1; do
   check "installed $f" test -f "$prefix/$f"
 done
@@ -146,6 +146,18 @@ expect "host linked to the soname" "$tmp/host_so.dyn" "NEEDED.*\[libmoonloop\.so
 LD_LIBRARY_PATH=$prefix/lib ldd "$tmp/host_so" > "$tmp/ldd" 2>&1
 expect "host loads the installed library" "$tmp/ldd" "libmoonloop\.so\.$major => $prefix/lib/"
 run_host shared "$tmp/host_so" LD_LIBRARY_PATH="$prefix/lib"
+
+# A C++ host, with g++ and the same flags: moonloop.h's declarations (and
+# Lua's) are extern "C", and moonloop.hpp's guard turns exceptions into
+# script errors (tests/embed/cpp_host.cc checks what it prints itself).
+# shellcheck disable=SC2086
+if ${CXX:-g++} $extra -o "$tmp/cpp_host" tests/embed/cpp_host.cc $cflags $libs 2> "$tmp/cxx.err"; then ok; else
+  ko "cpp_host.cc does not build with g++ \$(pkg-config --cflags --libs moonloop)"; cat "$tmp/cxx.err"
+fi
+if [ -x "$tmp/cpp_host" ]; then
+  LD_LIBRARY_PATH=$prefix/lib "$tmp/cpp_host" > "$tmp/cpp_host.out" 2>&1
+  expect "C++ host against the shared library" "$tmp/cpp_host.out" '^[1-9][0-9]* passed, 0 failed$'
+fi
 
 # Against the static library, from a prefix that holds it alone (with the
 # .so beside it the linker would take the .so: that is the rule of -l).
