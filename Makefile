@@ -122,7 +122,7 @@ DEB_PKGS = liblua5.4-dev libev-dev check pkg-config libedit-dev tmux socat netca
 BENCH_PKGS = python3-uvloop hyperfine nodejs
 
 .PHONY: bench-check fuzz-deps FORCE all build test run bench deps bench-deps need need-check install uninstall clean \
-	check-suites script-tests embed-host embed-pkgconfig fuzz fuzz-tls
+	check-suites script-tests embed-host embed-pkgconfig fuzz fuzz-tls fuzz-lib fuzz-stream fuzz-repl
 
 all: $(BUILD)/moonloop $(BUILD)/libmoonloop.a $(BUILD)/libmoonloop.so
 
@@ -331,34 +331,58 @@ $(BUILD)/tests/%.o: tests/%.c $(BUILD)/cflags | need-check
 
 -include $(shell find $(BUILD) -name '*.d' 2>/dev/null)
 
-# Fuzzes the source pass, then the TLS record path, for a bounded time with
-# libFuzzer (needs clang: `make fuzz-deps` installs it); not part of `make test`.
+# Fuzzes the source pass, the TLS record path, the StreamReader and the
+# REPL's input splitter, each for FUZZ_SECONDS, with libFuzzer (needs
+# clang: `make fuzz-deps` installs it); not part of `make test`.  Each
+# target's seed corpus is tests/fuzz/<target>/; what it finds goes to
+# build/fuzz/corpus-<target>.  docs/reliability.md says what each checks.
 FUZZ_SECONDS ?= 60
+FUZZ_FLAGS = -g -O1 -fsanitize=fuzzer,address,undefined
 fuzz: need
 	@command -v clang >/dev/null || \
 	  { echo "make fuzz: needs clang: run 'make fuzz-deps' as root (or: sudo apt-get install clang)" >&2; exit 1; }
 	@mkdir -p build/fuzz/corpus-asyncpass
-	clang -g -O1 -fsanitize=fuzzer,address,undefined -Ivm $(LUA_CFLAGS) -o build/fuzz/asyncpass \
+	clang $(FUZZ_FLAGS) -Ivm $(LUA_CFLAGS) -o build/fuzz/asyncpass \
 	  tests/fuzz/asyncpass.c vm/dialect/asyncpass.c vm/dialect/buf.c $(LUA_LIBS)
 	build/fuzz/asyncpass -max_total_time=$(FUZZ_SECONDS) -max_len=4096 build/fuzz/corpus-asyncpass tests/fuzz/asyncpass scripts tests/scripts 2>&1 | tail -n 5
-	@$(MAKE) --no-print-directory fuzz-tls
+	@$(MAKE) --no-print-directory fuzz-tls fuzz-stream fuzz-repl
 
 fuzz-deps:
 	@command -v clang >/dev/null || { [ "$$(id -u)" = 0 ] && \
 	  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq clang >/dev/null; } || \
 	  { echo "make fuzz-deps: run as root, or: sudo apt-get install clang" >&2; exit 1; }
 
-# The TLS record path: a server-side TLS stream fed arbitrary bytes.  The
-# library is built again by clang with coverage for libFuzzer, in
-# build/fuzz-lib.
-fuzz-tls:
-	@mkdir -p build/fuzz/corpus-tls
+# The targets that drive the whole library: it is built again by clang
+# with coverage for libFuzzer, in build/fuzz-lib.
+fuzz-lib:
 	@$(MAKE) --no-print-directory BUILD=build/fuzz-lib CC=clang CFLAGS="-g -O1" \
 	  SANFLAGS="-fsanitize=fuzzer-no-link,address,undefined" build/fuzz-lib/libmoonloop.a
-	clang -g -O1 -fsanitize=fuzzer,address,undefined -Ivm $(LUA_CFLAGS) -o build/fuzz/tls_record \
+
+# The TLS record path: a server-side TLS stream fed arbitrary bytes.
+fuzz-tls: fuzz-lib
+	@mkdir -p build/fuzz/corpus-tls
+	clang $(FUZZ_FLAGS) -Ivm $(LUA_CFLAGS) -o build/fuzz/tls_record \
 	  tests/fuzz/tls_record.c build/fuzz-lib/libmoonloop.a $(LIB_LIBS)
 	build/fuzz/tls_record -max_total_time=$(FUZZ_SECONDS) -max_len=16384 -timeout=10 \
 	  build/fuzz/corpus-tls tests/fuzz/tls_record 2>&1 | tail -n 5
+
+# The StreamReader over arbitrary chunkings, against a model of CPython's
+# (the property is tests/fuzz/stream_reader.lua, which make test also runs
+# over the seed corpus).
+fuzz-stream: fuzz-lib
+	@mkdir -p build/fuzz/corpus-stream_reader
+	clang $(FUZZ_FLAGS) -Ivm $(LUA_CFLAGS) -DFUZZ_DIR='"$(abspath tests/fuzz)"' -o build/fuzz/stream_reader \
+	  tests/fuzz/stream_reader.c build/fuzz-lib/libmoonloop.a $(LIB_LIBS)
+	build/fuzz/stream_reader -max_total_time=$(FUZZ_SECONDS) -max_len=1024 -timeout=10 \
+	  build/fuzz/corpus-stream_reader tests/fuzz/stream_reader 2>&1 | tail -n 5
+
+# The REPL's input splitter (vm/cli/split.c, a client of moonloop.h).
+fuzz-repl: fuzz-lib
+	@mkdir -p build/fuzz/corpus-repl_split
+	clang $(FUZZ_FLAGS) -Ivm $(LUA_CFLAGS) $(shell $(PKG_CONFIG) --cflags libev 2>/dev/null) -o build/fuzz/repl_split \
+	  tests/fuzz/repl_split.c vm/cli/split.c build/fuzz-lib/libmoonloop.a $(LIB_LIBS)
+	build/fuzz/repl_split -max_total_time=$(FUZZ_SECONDS) -max_len=2048 -timeout=10 \
+	  build/fuzz/corpus-repl_split tests/fuzz/repl_split 2>&1 | tail -n 5
 
 # moonloop.pc: a host compiles with `pkg-config --cflags --libs moonloop`
 # (the shared library) or adds --static (the static one, which needs

@@ -191,7 +191,10 @@ static int until_core(lua_State *L, ml_Conn *c, size_t *offset) {
       const char *p = memmem(buf + *offset, buflen - *offset, sep, sl);
       if (p) {
         size_t e = (size_t)(p - buf) + sl;
-        if (!found || e < mend) {
+        /* The match that ends first; of two that end together, the
+         * shorter separator's, as CPython sorts them by length: that
+         * start is what the limit is checked against. */
+        if (!found || e < mend || (e == mend && (size_t)(p - buf) > mstart)) {
           found = 1;
           mend = e;
           mstart = (size_t)(p - buf);

@@ -31,7 +31,6 @@
 #define PROMPT1 "> "
 #define PROMPT2 ">> "
 #define HISTORY_MAX 1000
-#define EOFMARK "<eof>"
 #define CHUNKNAME "=stdin"
 
 typedef struct Repl {
@@ -561,63 +560,25 @@ static void remember(const char *text) {
   if (R.histfile) write_history(R.histfile);
 }
 
-/* 1 if the failure of ml_load_string (rc) means "the chunk is not
- * finished yet". */
-static int incomplete(ml_State *S, int rc) {
-  size_t lmsg, lmark = sizeof(EOFMARK) - 1;
-  const char *msg = ml_state_error(S);
-  if (rc != -EINVAL) return 0;
-  lmsg = strlen(msg);
-  return lmsg >= lmark && strcmp(msg + lmsg - lmark, EOFMARK) == 0;
-}
-
 /* Handles one line: compiles and runs it, or keeps it for more. */
 static void handle_line(ml_State *S, char *line) {
-  lua_State *L = ml_state_lua(S);
-  int status;
-  if (R.chunk == NULL) {
-    const char *body = line;
-    char *ret;
-    if (line[0] == '=') body = line + 1;  /* "= x", as Lua 5.1 took it */
-    if ((ret = malloc(strlen(body) + 8)) == NULL) goto oom;
-    strcpy(ret, "return ");
-    strcat(ret, body);
-    status = ml_load_string(L, ret, strlen(ret), CHUNKNAME);
-    free(ret);
-    if (status == ML_OK) {
-      remember(line);
-      free(line);
-      run_input(S);
-      return;
-    }
-    R.chunk = line;
-  } else {
-    size_t a = strlen(R.chunk), b = strlen(line);
-    char *c = realloc(R.chunk, a + b + 2);
-    if (c == NULL) {
-      free(line);
-      goto oom;
-    }
-    c[a] = '\n';
-    memcpy(c + a + 1, line, b + 1);
-    R.chunk = c;
-    free(line);
-  }
-  status = ml_load_string(L, R.chunk, strlen(R.chunk), CHUNKNAME);
-  if (incomplete(S, status)) return;  /* more lines on the ">>" prompt */
-  remember(R.chunk);
-  free(R.chunk);
-  R.chunk = NULL;
-  if (status != ML_OK) {
+  char *text;
+  switch (ml__repl_split(S, &R.chunk, line, CHUNKNAME, &text)) {
+  case ML_SPLIT_MORE:
+    return;  /* more lines on the ">>" prompt */
+  case ML_SPLIT_NOMEM:
+    say("moonloop: not enough memory");
+    return;
+  case ML_SPLIT_ERROR:
+    remember(text);
+    free(text);
     say(ml_state_error(S));
     return;
+  default:  /* ML_SPLIT_RUN */
+    remember(text);
+    free(text);
+    run_input(S);
   }
-  run_input(S);
-  return;
-oom:
-  free(R.chunk);
-  R.chunk = NULL;
-  say("moonloop: not enough memory");
 }
 
 /* ---------------------------------------------------------------- */
