@@ -309,6 +309,43 @@ int ml_state_call_threadsafe(ml_State *S, ml_ThreadsafeFn fn, void *ud);
  * Returns ML_OK. */
 int ml_state_enable_signals(ml_State *S, int on);
 
+/* ---- Worker processes (docs/deployment.md) -------------------------
+ * One process per core, each running the same script and sharing the
+ * listening sockets: what `moonloop --workers N` does, and what a host
+ * that forks its own workers can tell its states. */
+
+typedef struct ml_Worker {
+  int id;                /* this process is worker id, 0 <= id < count */
+  int count;             /* of count: asyncio.worker_id(), worker_count() */
+  int ready_fd;          /* -1, or an fd (a pipe's write end) that S writes
+                          * "READY\n" to, then closes, when the first
+                          * server of its scripts listens or a script
+                          * calls asyncio.worker_ready() */
+  const int *listen_fds; /* listening sockets the process inherited: a
+                          * server a script starts on the address one of
+                          * them is bound to serves on a dup() of it
+                          * instead of binding a socket of its own */
+  int nlisten;
+} ml_Worker;
+
+/* Makes S's scripts see themselves as worker w->id of w->count, with
+ * w's inherited listeners (the fds stay the caller's; S never closes
+ * them).  S owns w->ready_fd when this returns ML_OK.  Servers that no
+ * inherited socket matches bind with SO_REUSEPORT by default in a
+ * worker.  Returns ML_OK, or -EINVAL (an id out of range, an fd that is
+ * not a listening socket) or -ENOMEM, with the message in
+ * ml_state_error. */
+int ml_state_set_worker(ml_State *S, const ml_Worker *w);
+
+/* The graceful stop of a worker (the moonloop command runs it on SIGTERM
+ * when the script has no SIGTERM handler of its own): closes every
+ * listening server of S (connections already accepted carry on), and
+ * once their connections are all gone cancels main (a task handle, or
+ * NULL).  Returns at once, the rest runs on S's loop; the process exits
+ * as usual when nothing is left.  Returns ML_OK, or an error code with
+ * the message in ml_state_error. */
+int ml_state_shutdown(ml_State *S, ml_Future *main);
+
 /* ---- Values and promises: completions from other threads -----------
  * A worker thread has no Lua state, so it builds its result as an
  * ml_Values list (nil, booleans, integers, numbers, strings, and tables of

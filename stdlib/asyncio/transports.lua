@@ -25,6 +25,50 @@ require "asyncio._net"  -- loop:sock_connect, loop:getaddrinfo
 local Loop = core.Loop
 local M = {}
 
+-- Every server not closed yet (weak: a serving one is anchored by its
+-- listener), for the worker's graceful stop, M._shutdown.
+local live = setmetatable({}, { __mode = "k" })
+
+-- The listening sockets the process inherited from a supervisor
+-- (ml_state_set_worker): {family =, name =} each, read once.  A server
+-- whose address one of them is bound to serves on a duplicate of it
+-- instead of binding: every worker, and every generation of workers,
+-- shares the one accept queue.
+local inherited
+local inherited_socks = setmetatable({}, { __mode = "k" })  -- sockets made from them
+
+local function inherited_list()
+  if inherited then return inherited end
+  inherited = {}
+  local i = 1
+  while true do
+    local fd = core._listen_dup(i)
+    if fd == nil then break end
+    local s = socket.socket(nil, nil, nil, fd)
+    local ok, name = pcall(s.getsockname, s)
+    inherited[i] = { family = s.family, name = ok and name or nil }
+    s:close()
+    i = i + 1
+  end
+  return inherited
+end
+
+-- A socket on a duplicate of the inherited listener bound to addr (a
+-- sockaddr of family), or nil.
+local function take_inherited(family, addr)
+  if core.worker_id() == nil then return nil end
+  for i, h in ipairs(inherited_list()) do
+    local n = h.name
+    if h.family == family and n ~= nil and (n == addr or type(n) == "table" and type(addr) == "table"
+                                             and n[1] == addr[1] and n[2] == addr[2]) then
+      local s = socket.socket(nil, nil, nil, core._listen_dup(i))
+      inherited_socks[s] = true
+      return s
+    end
+  end
+  return nil
+end
+
 -- "('127.0.0.1', 8080)" for messages, as Python prints addresses.
 local function fmt_addr(a)
   if type(a) ~= "table" then return string.format("%q", tostring(a)) end
@@ -330,6 +374,7 @@ function Server._new(loop, socks, on_accept, opts)
     _unix_path = nil,
   }, Server)
   socks.n = #socks
+  live[self] = true
   self._detach = function(tr) self:_detach_one(tr) end
   self._listener = listener(socks, function(sock, addr)
     on_accept(self, sock, addr)
@@ -369,6 +414,7 @@ function Server:_start_serving()
     if not is_listening(sock) then sock:listen(self._backlog) end
   end
   self._listener:start()
+  core.worker_ready()  -- a worker's first listening server: tell the supervisor
 end
 
 function Server:get_loop() return self._loop end
@@ -387,6 +433,7 @@ function Server:close()
   if self._closed then return end
   self._closed = true
   self._serving = false
+  live[self] = nil
   self._listener:close()
   if self._unix_path then T._unlink_socket(self._unix_path, self._unix_dev, self._unix_ino) end
   self.sockets = { n = 0 }
@@ -461,16 +508,26 @@ async function M._bind_tcp(loop, host, port, opts)
   end
   if #infos == 0 then raise("OSError", NO_ADDRESS) end
   local socks = {}
+  -- In a worker, a server that shares no inherited listener shares its
+  -- port with the other workers' through SO_REUSEPORT.
+  local reuse_port = opts.reuse_port
+  if reuse_port == nil and core.worker_id() ~= nil then reuse_port = true end
   local ok, err = pcall(function()
     for _, info in ipairs(infos) do
       local family, stype, proto, _, sa = table.unpack(info, 1, 5)
-      local made, sock = pcall(socket.socket, family, stype, proto)
+      local given = take_inherited(family, sa)
+      local made, sock
+      if given then
+        socks[#socks + 1] = given
+      else
+        made, sock = pcall(socket.socket, family, stype, proto)
+      end
       if made then  -- an address family the kernel lacks is skipped
         socks[#socks + 1] = sock
         if opts.reuse_address ~= false then
           sock:setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, true)
         end
-        if opts.reuse_port then
+        if reuse_port then
           sock:setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, true)
         end
         if family == socket.AF_INET6 then
@@ -501,6 +558,8 @@ function M._bind_unix(path, opts)
   if type(path) ~= "string" then
     raise("TypeError", "create_unix_server() path must be a string, got " .. type(path))
   end
+  local given = take_inherited(socket.AF_UNIX, path)
+  if given then return given end  -- the supervisor's: never unlinked by a worker
   if path:sub(1, 1) ~= "\0" then T._unlink_socket(path) end
   local sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
   local ok, e = pcall(sock.bind, sock, path)
@@ -520,7 +579,7 @@ end
 -- (sock=), and only if the file is still the one it had (Python 3.13).
 function M._server(loop, socks, on_accept, opts, unix)
   local server = Server._new(loop, socks, on_accept, opts)
-  if unix and opts.cleanup_socket ~= false then
+  if unix and opts.cleanup_socket ~= false and not inherited_socks[socks[1]] then
     local ok, path = pcall(socks[1].getsockname, socks[1])
     if ok and type(path) == "string" and path ~= "" and path:sub(1, 1) ~= "\0" then
       local dev, ino = T._socket_ident(path)
@@ -630,6 +689,23 @@ async function Loop:start_tls(transport, protocol, ctx, opts)
   transport:set_protocol(protocol)
   ssl._release(transport)
   return transport
+end
+
+-- The graceful stop of a worker (ml_state_shutdown): closes every server
+-- (accepted connections carry on), and once their connections are all
+-- gone cancels main (the main task, or nil) if it is still running.
+function M._shutdown(main)
+  local servers = {}
+  for srv in pairs(live) do servers[#servers + 1] = srv end
+  for _, srv in ipairs(servers) do srv:close() end
+  local function finish()
+    if main ~= nil and not main:done() then main:cancel("shutdown") end
+  end
+  if #servers == 0 then return finish() end
+  asyncio.create_task((async function()
+    for _, srv in ipairs(servers) do await srv:wait_closed() end
+    finish()
+  end)(), { name = "shutdown" })
 end
 
 -------------------------------------------------------------------------------

@@ -34,4 +34,27 @@ void ml__complete_free(void);
 enum { ML_SPLIT_RUN, ML_SPLIT_MORE, ML_SPLIT_ERROR, ML_SPLIT_NOMEM };
 int ml__repl_split(ml_State *S, char **pending, char *line, const char *chunkname, char **text);
 
+/* `moonloop --workers N` (workers.c). */
+typedef struct ml_Supervise {
+  int workers;              /* N >= 1 */
+  double grace;             /* seconds a stopping worker gets before SIGKILL */
+  double ready_timeout;     /* seconds a starting worker gets to be ready, 0: no limit */
+  const char *const *listen; /* --listen specs */
+  int nlisten;
+  char **argv;              /* what each worker runs: moonloop's argv without the supervisor's options */
+} ml_Supervise;
+/* Runs the supervisor until it is told to stop (SIGTERM, SIGINT) and
+ * every worker has ended; returns the exit status: 0 if they all
+ * stopped cleanly, 1 otherwise (or if the service could not start). */
+int ml__supervise(const ml_Supervise *o);
+/* In a process the supervisor started: fills w (its listening fds in
+ * fds, at most cap), the grace period and the lifeline fd from the
+ * environment, removes those variables, and returns 1; returns 0 (the
+ * variables removed all the same) in any other process. */
+int ml__worker_env(ml_Worker *w, int *fds, int cap, double *grace, int *lifeline);
+/* "10s", "500ms", "2m", "1h" or plain seconds -> seconds, or -1. */
+double ml__parse_duration(const char *s);
+/* The CPUs this process may run on. */
+int ml__cpu_count(void);
+
 #endif

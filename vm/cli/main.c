@@ -15,6 +15,16 @@ static const char usage[] =
   "  -e CHUNK    run CHUNK as the main task\n"
   "  -i          enter the interactive REPL after running the script\n"
   "  --emit FILE print the plain Lua that the async pass makes of FILE\n"
+  "  --workers N|auto  run the script in N worker processes (auto: one per\n"
+  "              core) under a supervisor: restarts, SIGHUP rolling reload,\n"
+  "              SIGTERM graceful stop (docs/deployment.md)\n"
+  "  --listen ADDR     with --workers: PORT, HOST:PORT, [IPV6]:PORT or a Unix\n"
+  "              socket path the supervisor listens on for every worker\n"
+  "              (repeatable)\n"
+  "  --grace DUR       with --workers: how long a stopping worker may take\n"
+  "              before it is killed (default 10s; 500ms, 2m...)\n"
+  "  --ready-timeout DUR  with --workers: how long a starting worker may take\n"
+  "              to listen (default 30s)\n"
   "  -v, --version  print the version\n"
   "  -h, --help     print this help\n"
   "With no script and a terminal on stdin, moonloop starts the REPL;\n"
@@ -26,6 +36,37 @@ static struct ev_loop *g_loop;
 static ml_Future *g_main;  /* the main task while it runs, or NULL */
 static volatile sig_atomic_t g_sigints;
 static ev_async g_sigint_async;
+/* A worker of `moonloop --workers`: SIGTERM (and SIGINT) stop it
+ * gracefully, unless the script catches them itself. */
+static int g_worker;
+static volatile sig_atomic_t g_stopping;
+static ev_async g_stop_async;
+static ev_io g_lifeline;
+static double g_grace;
+
+static void on_stop_signal(int sig) {
+  (void)sig;
+  if (g_stopping) return;  /* the supervisor escalates, with SIGKILL */
+  g_stopping = 1;
+  ev_async_send(g_loop, &g_stop_async);
+}
+
+/* The loop's side: ml_state_shutdown closes the servers and cancels the
+ * main task once their connections are gone. */
+static void stop_cb(struct ev_loop *loop, ev_async *w, int revents) {
+  (void)loop; (void)w; (void)revents;
+  if (ml_state_shutdown(g_S, g_main) != ML_OK)
+    fprintf(stderr, "moonloop: worker shutdown: %s\n", ml_state_error(g_S));
+}
+
+/* The supervisor is gone (its end of the lifeline closed): its SIGTERM
+ * (the parent-death signal) is under way; whatever the script does with
+ * it, the worker ends within the grace period. */
+static void lifeline_cb(struct ev_loop *loop, ev_io *w, int revents) {
+  (void)revents;
+  ev_io_stop(loop, w);
+  alarm((unsigned)g_grace + 1);
+}
 
 /* The first SIGINT cancels the main task (through the loop); a second one
  * exits at once, even if a task is stuck in a loop that never awaits. */
@@ -112,6 +153,7 @@ static int report_main(ml_State *S, ml_Future *f) {
   int top = lua_gettop(L);
   switch (ml_future_state(f)) {
   case ML_FUTURE_CANCELLED:
+    if (g_stopping) return 0;  /* a worker's graceful stop */
     fprintf(stderr, g_sigints ? "KeyboardInterrupt\n" : "moonloop: the main task was cancelled\n");
     return g_sigints ? 130 : 1;
   case ML_FUTURE_ERROR:
@@ -201,15 +243,76 @@ static int run_main(ml_State *S, int nargs, int interactive) {
   return status;
 }
 
+/* The value of option argv[*i] ("--opt VALUE" or "--opt=VALUE"), or NULL
+ * if argv[*i] is not opt; exits with a message if the value is missing. */
+static const char *opt_value(int argc, char **argv, int *i, const char *opt) {
+  size_t n = strlen(opt);
+  const char *a = argv[*i];
+  if (strncmp(a, opt, n) != 0) return NULL;
+  if (a[n] == '=') return a + n + 1;
+  if (a[n] != 0) return NULL;
+  if (*i + 1 >= argc) {
+    fprintf(stderr, "moonloop: %s needs a value (try 'moonloop --help')\n", opt);
+    exit(2);
+  }
+  return argv[++*i];
+}
+
+static double duration_opt(const char *opt, const char *v) {
+  double d = ml__parse_duration(v);
+  if (d < 0) {
+    fprintf(stderr, "moonloop: %s %s: expected a duration such as 10s, 500ms, 2m or 1.5\n", opt, v);
+    exit(2);
+  }
+  return d;
+}
+
 int main(int argc, char **argv) {
   int i, script = 0, interactive = 0, status = 0;
-  const char *chunk = NULL;
+  const char *chunk = NULL, *v;
   ml_State *S;
   lua_State *L;
   struct sigaction sa;
+  ml_Supervise sup = { 0, 10, 30, NULL, 0, NULL };
+  const char **listen = calloc((size_t)argc, sizeof *listen);
+  char **wargv = calloc((size_t)argc + 1, sizeof *wargv);
+  int nwargv = 0, supervised = 0;
+  ml_Worker worker;
+  int worker_fds[64], lifeline = -1;
 
+  if (listen == NULL || wargv == NULL) {
+    fprintf(stderr, "moonloop: out of memory\n");
+    return 1;
+  }
+  wargv[nwargv++] = argv[0];
   for (i = 1; i < argc; i++) {
     const char *a = argv[i];
+    if ((v = opt_value(argc, argv, &i, "--workers")) != NULL) {
+      char *end;
+      long n = strcmp(v, "auto") == 0 ? ml__cpu_count() : strtol(v, &end, 10);
+      if (strcmp(v, "auto") != 0 && (*end || end == v || n < 1 || n > 1024)) {
+        fprintf(stderr, "moonloop: --workers %s: expected a number from 1 to 1024, or auto\n", v);
+        return 2;
+      }
+      sup.workers = (int)n;
+      supervised = 1;
+      continue;
+    }
+    if ((v = opt_value(argc, argv, &i, "--grace")) != NULL) {
+      sup.grace = duration_opt("--grace", v);
+      supervised = 1;
+      continue;
+    }
+    if ((v = opt_value(argc, argv, &i, "--ready-timeout")) != NULL) {
+      sup.ready_timeout = duration_opt("--ready-timeout", v);
+      supervised = 1;
+      continue;
+    }
+    if ((v = opt_value(argc, argv, &i, "--listen")) != NULL) {
+      listen[sup.nlisten++] = v;
+      supervised = 1;
+      continue;
+    }
     if (a[0] != '-' || strcmp(a, "-") == 0) { script = i; break; }
     if (strcmp(a, "--") == 0) { if (i + 1 < argc) script = i + 1; break; }
     if (strcmp(a, "-h") == 0 || strcmp(a, "--help") == 0) { fputs(usage, stdout); return 0; }
@@ -231,6 +334,26 @@ int main(int argc, char **argv) {
     fprintf(stderr, "moonloop: unknown option '%s' (try 'moonloop --help')\n", a);
     return 2;
   }
+  if (supervised) {
+    if (sup.workers == 0) {
+      fprintf(stderr, "moonloop: --listen, --grace and --ready-timeout go with --workers N\n");
+      return 2;
+    }
+    if (!script || interactive || chunk || strcmp(argv[script], "-") == 0) {
+      fprintf(stderr, "moonloop: --workers needs a script file (not -e, -i or standard input)\n");
+      return 2;
+    }
+    /* Each worker runs "moonloop -- script args...". */
+    wargv[nwargv++] = "--";
+    for (i = script; i < argc; i++) wargv[nwargv++] = argv[i];
+    wargv[nwargv] = NULL;
+    sup.listen = listen;
+    sup.argv = wargv;
+    return ml__supervise(&sup);
+  }
+  free(listen);
+  free(wargv);
+  g_worker = ml__worker_env(&worker, worker_fds, 64, &g_grace, &lifeline);
 
   signal(SIGPIPE, SIG_IGN);
   S = ml_state_new(ev_default_loop(EVFLAG_AUTO));
@@ -249,6 +372,22 @@ int main(int argc, char **argv) {
   sa.sa_handler = on_sigint;
   sigemptyset(&sa.sa_mask);
   sigaction(SIGINT, &sa, NULL);
+  if (g_worker) {
+    if (ml_state_set_worker(S, &worker) != ML_OK) {
+      fprintf(stderr, "moonloop: %s\n", ml_state_error(S));
+      status = 1;
+      goto done;
+    }
+    ev_async_init(&g_stop_async, stop_cb);
+    ev_async_start(g_loop, &g_stop_async);
+    ev_unref(g_loop);
+    ev_io_init(&g_lifeline, lifeline_cb, lifeline, EV_READ);
+    ev_io_start(g_loop, &g_lifeline);
+    ev_unref(g_loop);
+    sa.sa_handler = on_stop_signal;
+    sigaction(SIGTERM, &sa, NULL);
+    sigaction(SIGINT, &sa, NULL);  /* Ctrl+C reaches the whole group: the supervisor decides */
+  }
 
   set_arg(L, argv, argc, script);
   if (chunk) {

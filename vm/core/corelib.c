@@ -7,6 +7,7 @@
 #include "sched.h"
 #include "loop.h"
 #include "gather.h"
+#include "worker.h"
 
 /* Raises TypeError unless every key of the options table at idx is one
  * of allowed (NULL-terminated), as Python does for an unknown keyword.
@@ -289,6 +290,7 @@ static const luaL_Reg core_funcs[] = {
 /* [-0, +1] pushes the asyncio.core table. */
 int ml__corelib_open(lua_State *L) {
   luaL_newlib(L, core_funcs);
+  ml__worker_open(L);
   ml__loop_open(L);
   lua_pushcfunction(L, loop_set_task_factory);
   lua_setfield(L, -2, "set_task_factory");

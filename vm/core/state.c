@@ -11,6 +11,7 @@
 #include "sched.h"
 #include "exc.h"
 #include "wakeup.h"
+#include "worker.h"
 #include "dialect/loader.h"
 
 void ml__emit_error(ml_State *S, const char *msg) {
@@ -245,6 +246,7 @@ void ml__state_close(ml_State *S) {
   S->closing = 1;  /* finalizers run under a limit from here (sandbox.c) */
   lua_close(S->L);
   ml__readyq_free(&S->ready);
+  ml__worker_free(S);
   if (S->own_loop) ev_loop_destroy(S->loop);
   ml__alloc_free(S->alloc);
   free(S);

@@ -14,6 +14,7 @@
 #include "timerheap.h"
 
 struct Timers;  /* handle.c: the handles, their timer heap and ev_timer */
+struct ml_WorkerState;  /* worker.c */
 
 struct ml_State {
   lua_State *L;
@@ -69,6 +70,7 @@ struct ml_State {
   int coro_taken_mtref;
   int task_factory_ref;  /* loop:set_task_factory's, a registry ref; 0: none */
   int task_factory_eager; /* it is asyncio.eager_task_factory (no call) */
+  struct ml_WorkerState *worker; /* a worker process's id and listeners, or NULL (worker.c) */
 };
 
 /* Registry field: the globals the stdlib runs in, once ml_state_sandbox
