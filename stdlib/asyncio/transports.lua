@@ -26,8 +26,16 @@ local Loop = core.Loop
 local M = {}
 
 -- Every server not closed yet (weak: a serving one is anchored by its
--- listener), for the worker's graceful stop, M._shutdown.
+-- listener), for the worker's graceful stop, M._shutdown; a server built
+-- on one (http.serve's) adds itself with M._on_shutdown, so that its own
+-- close() runs too (it also ends idle keep-alive connections).
 local live = setmetatable({}, { __mode = "k" })
+
+-- _on_shutdown(srv, on): srv (with close() and wait_closed()) is closed
+-- by the graceful stop (on true), or no longer (on false).
+function M._on_shutdown(srv, on)
+  live[srv] = on and true or nil
+end
 
 -- The listening sockets the process inherited from a supervisor
 -- (ml_state_set_worker): {family =, name =} each, read once.  A server

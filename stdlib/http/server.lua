@@ -6,6 +6,7 @@
 local asyncio = require "asyncio"
 local core = require "http._server"
 local util = require "asyncio._util"
+local transports = require "asyncio.transports"
 
 local M = {}
 
@@ -269,6 +270,7 @@ function Server:close(timeout)
     raise("TypeError", "close() timeout must be a number, got " .. type(timeout))
   end
   self._closing = true
+  transports._on_shutdown(self, false)
   self._server:close()
   for hc in pairs(self._conns) do hc:_shutdown() end
   local conns = self._conns
@@ -361,6 +363,7 @@ async function M.serve(handler, host, port, opts)
     raise("TypeError", "http.serve() needs a port (0 picks a free one) or the sock option")
   end
   srv._server = await loop:create_server(factory, host, port, sopts)
+  transports._on_shutdown(srv, true)  -- a worker's graceful stop closes it as srv:close() does
   local s = srv._server.sockets[1]
   if s then
     local addr = s:getsockname()
@@ -375,6 +378,7 @@ async function M.serve_unix(handler, path, opts)
   local srv, factory, sopts, loop = make_server(handler, opts)
   sopts.reuse_port, sopts.reuse_address = nil, nil
   srv._server = await loop:create_unix_server(factory, path, sopts)
+  transports._on_shutdown(srv, true)
   srv.path = path
   srv.sockets = srv._server.sockets
   return srv

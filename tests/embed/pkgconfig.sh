@@ -111,7 +111,7 @@ else echo "(groff not installed: moonloop.1 not rendered)"; fi
 # text in vm/cli/main.c, the environment variable.
 man=docs/moonloop.1
 check "moonloop.1 is of version $version" grep -q "^\.TH MOONLOOP 1 .*\"moonloop $version\"" "$man"
-for opt in $(sed -n '/static const char usage/,/;$/p' vm/cli/main.c | grep -oE '(^|[ ,])--?[a-z]+' |
+for opt in $(sed -n '/static const char usage/,/;$/p' vm/cli/main.c | grep -oE '(^|[ ,])--?[a-z]([a-z-]*[a-z])?' |
              sed 's/^[ ,]*//' | sort -u); do
   # as a bold roff token of its own: `.B \-i`, `.BR \-v ", " \-\-version`
   re=$(printf '%s' "$opt" | sed 's/-/\\\\-/g')

@@ -9,9 +9,49 @@ local BIN = os.getenv("MOONLOOP_BIN") or "build/moonloop"
 local RESPONDER = "tests/scripts/peers/http_responder.lua"
 local PIPE, DEVNULL = asyncio.PIPE, asyncio.DEVNULL
 local ONLY = os.getenv("ONLY")
-if ONLY then
+
+-- The processes the running case started ({proc =, group = true for a
+-- supervisor, whose session holds its workers}).  Whatever the case does
+-- (passes, fails, times out), none of them outlives it.
+local spawned = {}
+do
   local case = T.case
-  T.case = function(name, fn) if name:find(ONLY, 1, true) then case(name, fn) end end
+  T.case = function(name, fn)
+    if ONLY and not name:find(ONLY, 1, true) then return end
+    case(name, async function()
+      local ok, err = pcall(function()
+        local r = fn()
+        if asyncio.iscoroutine(r) then return await(r) end
+      end)
+      local left = spawned
+      spawned = {}
+      for _, s in ipairs(left) do
+        local pid = s.proc.pid
+        if s.proc.returncode == nil then
+          T.sh("kill -KILL " .. (s.group and "-" or "") .. pid .. " 2>/dev/null")
+          await s.proc:wait()
+        end
+        if s.group then T.sh("kill -KILL -" .. pid .. " 2>/dev/null") end  -- its workers, if any are left
+      end
+      if not ok then error(err, 0) end
+    end)
+  end
+end
+
+-- The test itself stopped from outside (run.sh's timeout): the
+-- supervisors, in sessions of their own, go with it.
+asyncio.get_running_loop():add_signal_handler("SIGTERM", function()
+  for _, s in ipairs(spawned) do
+    T.sh("kill -KILL " .. (s.group and "-" or "") .. s.proc.pid .. " 2>/dev/null")
+  end
+  os.exit(1)
+end)
+
+-- create_subprocess_exec, the process killed at the end of the case.
+local async function spawn(group, ...)
+  local p = await asyncio.create_subprocess_exec(...)
+  spawned[#spawned + 1] = { proc = p, group = group }
+  return p
 end
 
 local function free_port()
@@ -56,7 +96,7 @@ local async function supervise(n, opts)
   args[#args + 1] = opts.script or RESPONDER
   args[#args + 1] = tostring(port)
   args[#args + 1] = { stdout = DEVNULL, stderr = PIPE, start_new_session = true }
-  local p = await asyncio.create_subprocess_exec(BIN, table.unpack(args))
+  local p = await spawn(true, BIN, table.unpack(args))
   local self = setmetatable({ proc = p, pid = p.pid, port = port, lines = {},
                               changed = asyncio.Event() }, Sup)
   self.reader = asyncio.create_task(function()
@@ -184,7 +224,9 @@ end)
 T.case("SIGHUP under wrk load: every worker replaced, no failed request", async function()
   local sup = await supervise(2)
   local old = sup:ready(2)
-  local wrk = await asyncio.create_subprocess_exec("wrk", "-t1", "-c10", "-d3s",
+  -- wrk runs until it is interrupted (it then prints its results as at
+  -- the end of -d), at the latest after 25 s.
+  local wrk = await spawn(false, "wrk", "-t1", "-c10", "-d25s",
     "http://127.0.0.1:" .. sup.port .. "/", { stdout = PIPE, stderr = asyncio.STDOUT })
   local wrk_done = false
   local out_task = asyncio.create_task(function()
@@ -192,9 +234,10 @@ T.case("SIGHUP under wrk load: every worker replaced, no failed request", async 
     wrk_done = true
     return out
   end)
-  await asyncio.sleep(0.5)  -- the load is running
+  -- The load is running once a worker says it has served 100 requests.
+  local i = sup:line("worker %d pid %d+: 100 requests")
   sup:signal("HUP")
-  local i = sup:line("SIGHUP: replacing 2 workers one at a time")
+  i = sup:line("SIGHUP: replacing 2 workers one at a time", i)
   local new = {}
   for _ = 1, 2 do
     local id, npid, opid
@@ -204,18 +247,28 @@ T.case("SIGHUP under wrk load: every worker replaced, no failed request", async 
     new[id] = npid
   end
   sup:line("reload done: 2 workers replaced", i)
-  local reloaded_under_load = not wrk_done
   for id = 0, 1 do
     sup:line("worker " .. id .. ": the old process %(pid " .. old[id] .. "%) exited with status 0")
     T.ok(new[id] ~= old[id], "worker " .. id .. " replaced")
   end
+  -- The load goes on, now served by the new workers.
+  -- (each worker says it once: at most the two old ones come first)
+  local npid
+  repeat
+    local pid
+    i, pid = sup:line("worker %d pid (%d+): 100 requests", i)
+    npid = tonumber(pid)
+  until npid == new[0] or npid == new[1]
+  local reloaded_under_load = not wrk_done
+  wrk:send_signal("SIGINT")
   local out = await out_task
   T.eq(await wrk:wait(), 0, "wrk's exit status: " .. out)
   local reqs = tonumber(out:match("(%d+) requests in"))
   T.ok(reqs and reqs > 0, "wrk made requests: " .. out)
   T.ok(not out:find("Socket errors"), "no socket errors: " .. out)
   T.ok(not out:find("Non%-2xx"), "no failed responses: " .. out)
-  T.ok(reloaded_under_load, "the reload was over before wrk was")
+  T.ok(reloaded_under_load, "the reload and the new workers' load were over before wrk's 25 s")
+  print("     (wrk: " .. reqs .. " requests across the reload, none failed)")
   for _ = 1, 4 do
     local _, pid = who(await get(sup.port))
     T.ok(pid == new[0] or pid == new[1], "answered by a new worker: " .. tostring(pid))
@@ -300,6 +353,64 @@ T.case("a reload whose new script fails keeps the old workers serving", async fu
   local _, pid = who(await get(sup.port))
   T.ok(pid == pids[0] or pid == pids[1], "an old worker answers: " .. tostring(pid))
   T.eq(await sup:stop(), 0, "exit status:\n" .. sup:log())
+end)
+
+T.case("--workers auto: one worker per CPU the process may run on", async function()
+  local ncpu = tonumber((T.sh("nproc")))
+  local sup = await supervise("auto")
+  local pids = sup:ready(ncpu)
+  for id = 0, ncpu - 1 do T.ok(pids[id] ~= nil, "worker " .. id .. " of " .. ncpu) end
+  T.eq(await sup:stop(), 0, "exit status:\n" .. sup:log())
+  T.eq(select(2, sup:log():gsub("%) ready", "")), ncpu, "no more workers than CPUs")
+end)
+
+T.case("SIGTERM to http.serve workers: an idle keep-alive connection is closed, exit 0", async function()
+  local path = T.tmpname(".lua")
+  local f = io.open(path, "w")
+  -- The main task awaits no server, and an idle connection is kept for
+  -- 120 s: only the graceful stop ends them.
+  f:write([[
+local http = require "http"
+local srv = await http.serve(async function(req) return "hello from " .. asyncio.worker_id() .. "\n" end,
+                             "127.0.0.1", tonumber(arg[1]), { keepalive_timeout = 120 })
+await asyncio.Event():wait()
+]])
+  f:close()
+  -- A grace longer than the case's timeout: only a stop that closes the
+  -- idle connection itself passes.
+  local sup = await supervise(1, { script = path, grace = "60s" })
+  sup:ready(1)
+  local r, w = await asyncio.open_connection("127.0.0.1", sup.port)
+  w:write("GET / HTTP/1.1\r\nHost: t\r\n\r\n")
+  local head = await r:readuntil("\r\n\r\n")
+  T.ok(not head:lower():find("connection: close"), "a keep-alive response: " .. head)
+  T.eq(await r:readexactly(#"hello from 0\n"), "hello from 0\n", "the body")
+  -- The connection is idle, and stays open until the worker stops.
+  sup:signal("TERM")
+  T.eq(await r:read(), "", "the server closed the idle connection")
+  w:close()
+  T.eq(await sup.proc:wait(), 0, "exit status:\n" .. sup:log())
+  await sup.reader
+  T.ok(not sup:log():find("did not stop"), "stopped within the grace period:\n" .. sup:log())
+  T.eq(group(sup.pid), {}, "no process left")
+end)
+
+T.case("on a terminal each worker line is prefixed with its id", async function()
+  local path = T.tmpname(".lua")
+  local f = io.open(path, "w")
+  f:write("print('hello from ' .. asyncio.worker_id())\nio.stderr:write('to stderr\\n')\nerror('stop here')\n")
+  f:close()
+  -- script(1) runs the supervisor on a pseudo-terminal; the worker exits
+  -- before it is ready, so the supervisor ends by itself.
+  local cmd = string.format("%s --workers 1 %s", BIN, path)
+  local p = await spawn(true, "script", "-qec", cmd, "/dev/null",
+                        { stdout = PIPE, stderr = asyncio.STDOUT, stdin = DEVNULL, start_new_session = true })
+  local out = (await p:communicate()):gsub("\r\n", "\n")
+  T.eq(await p:wait(), 1, "the service cannot start: " .. out)
+  T.match(out, "\n?%[worker 0%] hello from 0\n", "stdout prefixed: " .. out)
+  T.match(out, "%[worker 0%] to stderr\n", "stderr prefixed: " .. out)
+  T.match(out, "%[worker 0%] [^\n]*stop here", "the error prefixed: " .. out)
+  T.match(out, "\nmoonloop: worker 0 %(pid %d+%) exited with status 1", "the supervisor's own lines are not: " .. out)
 end)
 
 T.case("bad options are refused with a message", function()

@@ -9,6 +9,8 @@
 --                while blocked, the worker accepts nothing
 --   /slow        sends half of its body, waits until the worker has begun
 --                to stop (its server no longer serves), then sends the rest
+-- After its 100th request a worker says so on stderr ("worker ID pid PID:
+-- 100 requests"): the tests' sign that a load reaches it.
 -- Keep-alive; once the server is closed (the worker stops) each response
 -- says "Connection: close" and the connection ends after it, so clients
 -- reconnect to another worker without a failed request.
@@ -18,6 +20,7 @@ local pid = require("asyncio._signal").getpid()
 local me = string.format("worker %s pid %d\n", tostring(asyncio.worker_id()), pid)
 
 local srv, serve
+local served = 0
 
 local function head(len, close)
   return "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: " .. len
@@ -43,6 +46,8 @@ serve = async function(reader, writer)
       if line:lower():find("^connection:%s*close") then close = true end
     until line == "\r\n" or line == ""
     if line == "" or not path then break end
+    served = served + 1
+    if served == 100 then io.stderr:write(me:sub(1, -2) .. ": 100 requests\n") end
     if path:sub(1, 7) == "/block/" then
       writer:write(head(#me, close) .. me)
       await writer:drain()
