@@ -4,63 +4,12 @@
 -- process group is its pid and leftovers can be looked for by group.
 local T = require "asyncio.test"
 io.stdout:setvbuf("line")
-local socket = require "socket"
 local BIN = os.getenv("MOONLOOP_BIN") or "build/moonloop"
 local RESPONDER = "tests/scripts/peers/http_responder.lua"
 local PIPE, DEVNULL = asyncio.PIPE, asyncio.DEVNULL
-local ONLY = os.getenv("ONLY")
-
--- The processes the running case started ({proc =, group = true for a
--- supervisor, whose session holds its workers}).  Whatever the case does
--- (passes, fails, times out), none of them outlives it.
-local spawned = {}
-do
-  local case = T.case
-  T.case = function(name, fn)
-    if ONLY and not name:find(ONLY, 1, true) then return end
-    case(name, async function()
-      local ok, err = pcall(function()
-        local r = fn()
-        if asyncio.iscoroutine(r) then return await(r) end
-      end)
-      local left = spawned
-      spawned = {}
-      for _, s in ipairs(left) do
-        local pid = s.proc.pid
-        if s.proc.returncode == nil then
-          T.sh("kill -KILL " .. (s.group and "-" or "") .. pid .. " 2>/dev/null")
-          await s.proc:wait()
-        end
-        if s.group then T.sh("kill -KILL -" .. pid .. " 2>/dev/null") end  -- its workers, if any are left
-      end
-      if not ok then error(err, 0) end
-    end)
-  end
-end
-
--- The test itself stopped from outside (run.sh's timeout): the
--- supervisors, in sessions of their own, go with it.
-asyncio.get_running_loop():add_signal_handler("SIGTERM", function()
-  for _, s in ipairs(spawned) do
-    T.sh("kill -KILL " .. (s.group and "-" or "") .. s.proc.pid .. " 2>/dev/null")
-  end
-  os.exit(1)
-end)
-
--- create_subprocess_exec, the process killed at the end of the case.
-local async function spawn(group, ...)
-  local p = await asyncio.create_subprocess_exec(...)
-  spawned[#spawned + 1] = { proc = p, group = group }
-  return p
-end
-
-local function free_port()
-  local s = socket.socket()
-  s:bind({ "127.0.0.1", 0 })
-  local port = s:getsockname()[2]
-  s:close()
-  return port
-end
+local P = dofile("tests/scripts/lib/procs.lua")
+P.install()
+local spawn, free_port = P.spawn, P.free_port
 
 -- The pids of the processes of group pgid (none once all are gone).
 local function group(pgid)
