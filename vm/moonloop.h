@@ -339,11 +339,13 @@ int ml_state_set_worker(ml_State *S, const ml_Worker *w);
 
 /* The graceful stop of a worker (the moonloop command runs it on SIGTERM
  * when the script has no SIGTERM handler of its own): closes every
- * listening server of S (connections already accepted carry on), and
- * once their connections are all gone cancels main (a task handle, or
- * NULL).  Returns at once, the rest runs on S's loop; the process exits
- * as usual when nothing is left.  Returns ML_OK, or an error code with
- * the message in ml_state_error. */
+ * listening server of S (connections already accepted carry on; an
+ * http.serve server closes its idle ones), and once their connections
+ * are all gone cancels main (a task handle, or NULL) and, once main has
+ * ended, cancels every task still pending, as asyncio.run() does.  With
+ * NULL only the servers are closed.  Returns at once, the rest runs on
+ * S's loop; the process exits as usual when nothing is left.  Returns
+ * ML_OK, or an error code with the message in ml_state_error. */
 int ml_state_shutdown(ml_State *S, ml_Future *main);
 
 /* ---- Values and promises: completions from other threads -----------

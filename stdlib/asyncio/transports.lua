@@ -699,20 +699,28 @@ async function Loop:start_tls(transport, protocol, ctx, opts)
   return transport
 end
 
--- The graceful stop of a worker (ml_state_shutdown): closes every server
--- (accepted connections carry on), and once their connections are all
--- gone cancels main (the main task, or nil) if it is still running.
+-- The graceful stop of a worker (ml_state_shutdown): closes every
+-- server (accepted connections carry on; an http.Server also closes its
+-- idle ones), and once their connections are all gone cancels main (the
+-- main task, or nil) if it is still running.  Once main has ended, every
+-- task still pending is cancelled and awaited, as asyncio.run() does when
+-- its coroutine returns: a client connection's reader task (a pool of
+-- connections to Redis or PostgreSQL) does not keep the worker alive
+-- until the grace period ends.  With no main (a host's call with NULL),
+-- the host's other tasks are left alone.
 function M._shutdown(main)
   local servers = {}
   for srv in pairs(live) do servers[#servers + 1] = srv end
   for _, srv in ipairs(servers) do srv:close() end
-  local function finish()
-    if main ~= nil and not main:done() then main:cancel("shutdown") end
-  end
-  if #servers == 0 then return finish() end
+  if #servers == 0 and main == nil then return end
   asyncio.create_task((async function()
     for _, srv in ipairs(servers) do await srv:wait_closed() end
-    finish()
+    if main == nil then return end
+    if not main:done() then
+      main:cancel("shutdown")
+      await asyncio.wait({ main })
+    end
+    asyncio._cancel_leftovers({})  -- (a function that awaits, as asyncio.run calls it)
   end)(), { name = "shutdown" })
 end
 

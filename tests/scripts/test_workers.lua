@@ -93,11 +93,13 @@ function Sup:signal(sig)
   T.sh("kill -" .. sig .. " " .. self.pid)
 end
 
--- Stops it with SIGTERM; returns its exit status.
+-- Stops it with SIGTERM; returns its exit status.  No worker may report
+-- an error on the way.
 async function Sup:stop()
   self:signal("TERM")
   local rc = await self.proc:wait()
   await self.reader
+  T.ok(not self:log():find("never retrieved"), "no task failed in the stop:\n" .. self:log())
   return rc
 end
 
@@ -342,6 +344,28 @@ await asyncio.Event():wait()
   await sup.reader
   T.ok(not sup:log():find("did not stop"), "stopped within the grace period:\n" .. sup:log())
   T.eq(group(sup.pid), {}, "no process left")
+end)
+
+T.case("SIGTERM: once the main task has ended, the tasks left are cancelled, as asyncio.run does", async function()
+  local path = T.tmpname(".lua")
+  local f = io.open(path, "w")
+  -- A task that would wait forever, as a client connection's reader does.
+  f:write([[
+asyncio.create_task(function()
+  local ok, e = pcall(function() await asyncio.Event():wait() end)
+  io.stderr:write("background task: ", tostring(e), "\n")
+  error(e, 0)
+end)
+local srv = await asyncio.start_server(function() end, "127.0.0.1", tonumber(arg[1]))
+await srv:serve_forever()
+]])
+  f:close()
+  local sup = await supervise(1, { script = path, grace = "60s" })
+  sup:ready(1)
+  local rc = await sup:stop()
+  T.eq(rc, 0, "exit status:\n" .. sup:log())
+  sup:line("^background task: CancelledError")
+  T.ok(not sup:log():find("did not stop"), "stopped within the grace period:\n" .. sup:log())
 end)
 
 T.case("on a terminal each worker line is prefixed with its id", async function()

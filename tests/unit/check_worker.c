@@ -106,8 +106,8 @@ START_TEST(test_worker_serves_on_the_inherited_socket_and_says_ready)
 END_TEST
 
 /* The host steps the state until its server listens (READY), then asks
- * for the graceful stop: the server closes and the main task, which
- * awaited serve_forever(), ends cancelled. */
+ * for the graceful stop: the server closes, the main task, which awaited
+ * serve_forever(), ends cancelled, and so does the task it left. */
 START_TEST(test_worker_shutdown_closes_servers_and_cancels_main)
 {
   int rp[2], fd, steps = 0, rc, ready = 0;
@@ -116,6 +116,7 @@ START_TEST(test_worker_shutdown_closes_servers_and_cancels_main)
   ml_Worker w = { 0, 1, rp[1], NULL, 0 };
   ck_assert_int_eq(ml_state_set_worker(S, &w), ML_OK);
   ml_Future *t = hu_spawn(S, L,
+                          "bg = asyncio.create_task(asyncio.sleep(3600))\n"
                           "local srv = await asyncio.start_server(function() end, '127.0.0.1', 0)\n"
                           "await srv:serve_forever()\n");
   while ((rc = ml_state_step(S, &fd, &timeout)) > 0) {
@@ -137,6 +138,8 @@ START_TEST(test_worker_shutdown_closes_servers_and_cancels_main)
   ck_assert_int_eq(ready, 1);
   ck_assert_int_eq(ml_future_state(t), ML_FUTURE_CANCELLED);
   ml_future_release(L, t);
+  /* The task left behind (a timer an hour ahead) was cancelled too. */
+  ck_assert_str_eq(hu_run(S, L, "return tostring(bg:cancelled())"), "true");
   close(rp[0]);
 }
 END_TEST

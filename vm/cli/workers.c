@@ -30,7 +30,6 @@
  * pipe and, when stdout is a terminal, its output pipes (lines prefixed
  * "[worker N] ").  One poll() loop, with the nearest deadline (a restart
  * after back-off, a readiness timeout, a grace period) as its timeout. */
-#define _GNU_SOURCE
 #include <errno.h>
 #include <fcntl.h>
 #include <math.h>
