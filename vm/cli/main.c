@@ -267,6 +267,38 @@ static double duration_opt(const char *opt, const char *v) {
   return d;
 }
 
+/* Runs the supervisor for the options in o and the script at
+ * argv[script]: each worker runs "moonloop -- script args...". */
+static int supervise(ml_Supervise *o, int argc, char **argv, int script) {
+  const char **listen = calloc((size_t)o->nlisten + 1, sizeof *listen);
+  char **wargv = calloc((size_t)(argc - script) + 3, sizeof *wargv);
+  int i, n = 0, status;
+  const char *v;
+  if (listen == NULL || wargv == NULL) {
+    fprintf(stderr, "moonloop: out of memory\n");
+    free(listen);
+    free(wargv);
+    return 1;
+  }
+  /* The --listen values, in order (the options with a value skip theirs). */
+  for (i = 1; i < script; i++) {
+    if ((v = opt_value(argc, argv, &i, "--listen")) != NULL) listen[n++] = v;
+    else if (opt_value(argc, argv, &i, "--workers") || opt_value(argc, argv, &i, "--grace") ||
+             opt_value(argc, argv, &i, "--ready-timeout")) continue;
+  }
+  o->nlisten = n;
+  wargv[0] = argv[0];
+  wargv[1] = "--";
+  for (i = script, n = 2; i < argc; i++) wargv[n++] = argv[i];
+  wargv[n] = NULL;
+  o->listen = listen;
+  o->argv = wargv;
+  status = ml__supervise(o);
+  free(listen);
+  free(wargv);
+  return status;
+}
+
 int main(int argc, char **argv) {
   int i, script = 0, interactive = 0, status = 0;
   const char *chunk = NULL, *v;
@@ -274,17 +306,10 @@ int main(int argc, char **argv) {
   lua_State *L;
   struct sigaction sa;
   ml_Supervise sup = { 0, 10, 30, NULL, 0, NULL };
-  const char **listen = calloc((size_t)argc, sizeof *listen);
-  char **wargv = calloc((size_t)argc + 1, sizeof *wargv);
-  int nwargv = 0, supervised = 0;
+  int supervised = 0;
   ml_Worker worker;
   int worker_fds[64], lifeline = -1;
 
-  if (listen == NULL || wargv == NULL) {
-    fprintf(stderr, "moonloop: out of memory\n");
-    return 1;
-  }
-  wargv[nwargv++] = argv[0];
   for (i = 1; i < argc; i++) {
     const char *a = argv[i];
     if ((v = opt_value(argc, argv, &i, "--workers")) != NULL) {
@@ -309,7 +334,7 @@ int main(int argc, char **argv) {
       continue;
     }
     if ((v = opt_value(argc, argv, &i, "--listen")) != NULL) {
-      listen[sup.nlisten++] = v;
+      sup.nlisten++;  /* collected below */
       supervised = 1;
       continue;
     }
@@ -343,16 +368,8 @@ int main(int argc, char **argv) {
       fprintf(stderr, "moonloop: --workers needs a script file (not -e, -i or standard input)\n");
       return 2;
     }
-    /* Each worker runs "moonloop -- script args...". */
-    wargv[nwargv++] = "--";
-    for (i = script; i < argc; i++) wargv[nwargv++] = argv[i];
-    wargv[nwargv] = NULL;
-    sup.listen = listen;
-    sup.argv = wargv;
-    return ml__supervise(&sup);
+    return supervise(&sup, argc, argv, script);
   }
-  free(listen);
-  free(wargv);
   g_worker = ml__worker_env(&worker, worker_fds, 64, &g_grace, &lifeline);
 
   signal(SIGPIPE, SIG_IGN);
