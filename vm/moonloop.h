@@ -174,8 +174,10 @@ int ml_state_step(ml_State *S, int *fd, double *timeout);
  * later run is affected). */
 int ml_state_stop(ml_State *S);
 
-/* Stops Lua code that never awaits (`while true do end`): the task step
- * running now is terminated with asyncio.KeyboardInterrupt, which the
+/* Stops Lua code that never awaits (`while true do end`, or a pattern
+ * match that would backtrack for ever in a budgeted or sandboxed state):
+ * the task step running now is terminated with asyncio.KeyboardInterrupt,
+ * which the
  * script cannot catch (as the CPU budget's error: a pcall, xpcall,
  * coroutine or __close that catches it is stopped again at its next
  * instruction), and the task fails with it; the loop and the other tasks
@@ -185,9 +187,10 @@ int ml_state_stop(ml_State *S);
  *   a host function the script called) it stops the task at its next
  *   instruction, budget or not;
  * - from another thread (a watchdog) it only stores an atomic flag, which
- *   the CPU budget's hook reads on the loop's thread within 1,000
- *   instructions: so the state needs a budget (ml_state_set_cpu_budget;
- *   (unsigned long)-1 never runs out).
+ *   the CPU budget's hook (and its pattern matcher) reads on the loop's
+ *   thread within 1,000 instructions (or matcher steps): so the state
+ *   needs a budget (ml_state_set_cpu_budget; (unsigned long)-1 never runs
+ *   out).
  * An interrupt is for the step under way: one that ended meanwhile has
  * nothing stopped, and no later step is.  Returns ML_OK; -ESRCH if no
  * task step is running (the loop is waiting, or in a callback: cancel
@@ -449,10 +452,19 @@ size_t ml_state_memory_peak(ml_State *S);
  * The loop and the other tasks carry on (or see ml_state_set_budget_scope).
  * In a sandboxed state, finalizers (__gc) run under the same budget; while
  * the state closes, under a fixed limit, so a finalizer that never stops
- * cannot keep it from closing.  Cost: while any count hook is set, Lua
- * 5.4 runs its hook check before every instruction (the count only says
- * how often the hook itself runs), so budgeted Lua code runs about 2x
- * slower (docs/embedding.md has the figures). */
+ * cannot keep it from closing.  Pattern matching is bounded too: from the
+ * first call with a budget (and in every sandboxed state) string.find,
+ * match, gmatch and gsub - also as string methods - are replaced by a
+ * matcher that counts its steps (one step: one attempt of the pattern at
+ * a position, or one character a repetition scans) as instructions, so a
+ * backtracking pattern is stopped like a loop (set the budget before
+ * loading scripts: a function a script saved earlier is not replaced).
+ * Other long C calls are bounded by the memory cap (string.rep,
+ * table.concat) or are linear (a plain find).  Cost: while any count hook
+ * is set, Lua 5.4 runs its hook check before every instruction (the count
+ * only says how often the hook itself runs), so budgeted Lua code runs
+ * about 2x slower; the matcher costs about 4% more than Lua's
+ * (docs/embedding.md has the figures). */
 void ml_state_set_cpu_budget(ml_State *S, unsigned long instructions);
 
 /* What running past the CPU budget ends: the task (ML_BUDGET_TASK, the
@@ -489,9 +501,12 @@ int ml_state_set_budget_scope(ml_State *S, int scope);
  * only what they loaded), not through getmetatable("") (false).  Always:
  * load takes text chunks only, string.dump is gone, collectgarbage takes
  * only "collect", "count", "step" and "isrunning", __gc and xpcall message
- * handlers run under the CPU budget (ml_state_set_cpu_budget), and require
- * never reads files.  The base functions, `await` and every module the
- * host registers, before or after, stay.  Call it once, before loading
+ * handlers run under the CPU budget (ml_state_set_cpu_budget), so does
+ * pattern matching (string.find, match, gmatch, gsub count their steps),
+ * and require never reads files.  The base functions, `await` and every
+ * module the host registers, before or after, stay (a global set with
+ * ml_state_register before the sandbox does not: register globals
+ * after it).  Call it once, before loading
  * untrusted code; it cannot be undone.  Returns ML_OK, -EINVAL (already
  * sandboxed) or -ENOMEM. */
 int ml_state_sandbox(ml_State *S, const char *const *allow);

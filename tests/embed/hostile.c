@@ -208,6 +208,33 @@ int main(void) {
     "    while true do end\n"
     "  end)\n"
     "end", "CPU budget");
+  /* ---- long C calls: the string library's pattern matching ---- */
+  expect("a backtracking find",
+    "return string.rep('a', 1e6):find(('a*'):rep(20) .. 'b')", "CPU budget");
+  expect("pcall does not catch a match past the budget",
+    "local s, p = string.rep('a', 1e5), ('a*'):rep(20) .. 'b'\n"
+    "while true do pcall(string.find, s, p) pcall(string.match, s, p) end", "CPU budget");
+  expect("match, gmatch and gsub, as methods of a string",
+    "local s, p = string.rep('a', 1e5), ('a-'):rep(12) .. 'b'\n"
+    "local done = {}\n"
+    "for _, f in ipairs { function() return s:match(p) end,\n"
+    "    function() for x in s:gmatch(p) do end end,\n"
+    "    function() return s:gsub(p, '') end } do\n"
+    "  local ok, e = pcall(f)\n"
+    "  done[#done + 1] = tostring(e)\n"
+    "end\n"
+    "return table.concat(done, ' / ')", "CPU budget");
+  expect("back references and %b on a long subject",
+    "local s = string.rep('(', 1e5)\n"
+    "return s:find(('%b()?'):rep(8) .. 'x') or s:find('((.-)%2)%1$')", "CPU budget");
+  expect("a match in a finalizer",
+    "setmetatable({}, { __gc = function() string.rep('a', 1e5):find(('a*'):rep(20) .. 'b') end })\n"
+    "collectgarbage('collect')\n"
+    "return 'contained'", "ok:contained");
+  expect("a plain find of a long needle is linear",
+    "local hay, needle = string.rep('a', 4e6), string.rep('a', 2e6) .. 'b'\n"
+    "return tostring(hay:find(needle, 1, true)) .. ' ' .. tostring(select(2, hay:gsub('a', 'a', 10)))",
+    "ok:nil 10");
   /* ---- finalizers ---- */
   expect("a finalizer that never stops",
     "setmetatable({}, { __gc = function() while true do end end })\n"

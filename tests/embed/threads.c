@@ -180,6 +180,42 @@ static void test_interrupt_without_budget(void) {
   ml_state_close(S);
 }
 
+/* ---- a watchdog stops a pattern match that would never end ---- */
+
+/* gsub's replacement function, a C function: it has a thread interrupt
+ * the step, waits until that is done, and returns nothing (the match is
+ * kept as it was).  No Lua instruction runs between it and gsub's next
+ * match, so what stops the task is the matcher's own check. */
+static int interrupt_and_return(lua_State *L) {
+  Watchdog w = { ml_state_from_lua(L), 0, 0 };
+  pthread_t th;
+  pthread_create(&th, NULL, interrupt_once, &w);
+  pthread_join(th, NULL);
+  lua_pushinteger(L, w.rc);
+  lua_setglobal(L, "interrupt_rc");
+  return 0;
+}
+
+static void test_watchdog_stops_a_match(void) {
+  ml_State *S = new_state();
+  ml_Future *t;
+  ml_state_register(S, "interrupt_and_return", interrupt_and_return);
+  ml_state_set_cpu_budget(S, (unsigned long)-1);
+  /* 'xb' matches at once; from the third character on, twenty a* before
+   * a 'b' that never comes backtrack for longer than the universe. */
+  t = spawn(S, "local s = 'xb' .. string.rep('a', 100000)\n"
+               "pcall(string.gsub, s, 'x?' .. ('a*'):rep(20) .. 'b', interrupt_and_return)\n"
+               "return 'not stopped'");
+  CHECK(ml_state_run(S) == ML_OK, "run: %s", ml_state_error(S));
+  CHECK(strcmp(outcome(S, t), "error:KeyboardInterrupt") == 0, "the match ended with %s", outcome(S, t));
+  lua_getglobal(ml_state_lua(S), "interrupt_rc");
+  CHECK(lua_tointeger(ml_state_lua(S), -1) == ML_OK, "the interrupt returned %d",
+        (int)lua_tointeger(ml_state_lua(S), -1));
+  lua_pop(ml_state_lua(S), 1);
+  ml_future_release(ml_state_lua(S), t);
+  ml_state_close(S);
+}
+
 /* ---- four threads complete 10,000 promises; the state closes halfway ---- */
 
 enum { NPROMISES = 10000, NWORKERS = 4 };
@@ -279,6 +315,7 @@ static void test_close_halfway(void) {
 int main(void) {
   test_watchdog();
   test_interrupt_without_budget();
+  test_watchdog_stops_a_match();
   test_close_halfway();
   printf("%d passed, %d failed\n", passed, failed);
   return failed ? 1 : 0;

@@ -64,6 +64,7 @@ struct ml_State {
   const char *udata_name[ML_UT_N];
   int closing;           /* lua_close is running (ml__state_close) */
   unsigned long gc_instr; /* instructions of the running wrapped finalizer */
+  int in_finalizer;      /* a wrapped finalizer runs (the string matcher's charge) */
   const void *sleep0;    /* the shared asyncio.sleep(0) coroutine */
   struct ml_AsyncC *asyncc; /* async C functions, for await (coro.c) */
   const void *coro_taken_mt; /* a Coroutine's once a task took it: no __gc (coro.c) */

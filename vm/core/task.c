@@ -292,6 +292,28 @@ static void terminate_step(ml_State *S, lua_State *L) {
   lua_sethook(L, budget_hook, LUA_MASKCOUNT | LUA_MASKCALL | LUA_MASKRET, 1);
 }
 
+/* Raises the error of the step being terminated (never returns). */
+static void raise_terminated(ml_State *S, lua_State *L) {
+  if (S->interrupted) ml__exc_raise(L, "KeyboardInterrupt", NULL);
+  ml__exc_raise(L, "RuntimeError",
+                "task ran past its CPU budget of %I instructions without awaiting; "
+                "it was stopped so the loop keeps running (await something, or "
+                "raise the budget with ml_state_set_cpu_budget)", (lua_Integer)S->instr_budget);
+}
+
+/* Adds n to the step's count: 0 while within the budget, 1 if that
+ * spent it (the step is then being terminated). */
+static int spend(ml_State *S, lua_State *L, unsigned long n) {
+  S->step_instr += n;
+  if (S->step_instr <= S->instr_budget) return 0;
+  if (S->budget_whole_state) {
+    S->budget_dead = 1;
+    S->stopping = 1;
+  }
+  terminate_step(S, L);
+  return 1;
+}
+
 /* A lua_Hook: raises RuntimeError once the budget is spent, or
  * KeyboardInterrupt once an interrupt was asked (never returns then). */
 static void budget_hook(lua_State *L, lua_Debug *ar) {
@@ -301,27 +323,31 @@ static void budget_hook(lua_State *L, lua_Debug *ar) {
     if (interrupt_asked(S)) {
       S->interrupted = 1;
       terminate_step(S, L);
-      ml__exc_raise(L, "KeyboardInterrupt", NULL);
+      raise_terminated(S, L);
     }
     if (S->instr_budget == 0) {  /* a thread hooked by an old termination */
       lua_sethook(L, NULL, 0, 0);
       return;
     }
-    S->step_instr += BUDGET_SLICE;
-    if (S->step_instr <= S->instr_budget) return;
-    if (S->budget_whole_state) {
-      S->budget_dead = 1;
-      S->stopping = 1;
-    }
-    terminate_step(S, L);
+    if (!spend(S, L, BUDGET_SLICE)) return;
   } else if (lua_gethookcount(L) != 1) {
     lua_sethook(L, budget_hook, LUA_MASKCOUNT | LUA_MASKCALL | LUA_MASKRET, 1);
   }
-  if (S->interrupted) ml__exc_raise(L, "KeyboardInterrupt", NULL);
-  ml__exc_raise(L, "RuntimeError",
-                "task ran past its CPU budget of %I instructions without awaiting; "
-                "it was stopped so the loop keeps running (await something, or "
-                "raise the budget with ml_state_set_cpu_budget)", (lua_Integer)S->instr_budget);
+  raise_terminated(S, L);
+}
+
+void ml__budget_charge(lua_State *L, unsigned long n) {
+  ml_State *S = ml__state(L);
+  if (!(S->step_seq & 1)) return;  /* no task step runs: nothing to count */
+  if (!S->over_budget) {
+    if (interrupt_asked(S)) {
+      S->interrupted = 1;
+      terminate_step(S, L);
+      raise_terminated(S, L);
+    }
+    if (S->instr_budget == 0 || !spend(S, L, n)) return;
+  }
+  raise_terminated(S, L);
 }
 
 int ml__task_interrupt(ml_State *S) {

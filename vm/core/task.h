@@ -36,6 +36,12 @@ void ml__budget_arm(lua_State *co);
  * thread; async-signal-safe.  0, -ESRCH (no step runs) or -ENOTSUP (from
  * another thread, a step without the budget's hook). */
 int ml__task_interrupt(ml_State *S);
+/* Counts n steps of a long C call made on thread L (the string matcher,
+ * vm/embed/strmatch.c) as n instructions of the task step under way, and
+ * raises as the budget's hook does if that spends the budget or an
+ * interrupt was asked for the step (and at once while the step is being
+ * terminated).  Outside a task step it does nothing.  [-0, +0] */
+void ml__budget_charge(lua_State *L, unsigned long n);
 /* The state whose task step this thread runs now, or NULL. */
 extern __thread ml_State *ml__tls_stepping __attribute__((tls_model("initial-exec")));
 /* Stops the timer of every sleeping task (the state is closing). */

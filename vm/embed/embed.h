@@ -76,6 +76,16 @@ int ml__values_check(const ml_Values *v);
 int ml__values_count(const ml_Values *v);
 int ml__values_push(lua_State *L, const ml_Values *v);
 
+/* Counts n steps of the string matcher in a wrapped finalizer against its
+ * limit, raising past it (sandbox.c).  [-0, +0] */
+void ml__finalizer_charge(lua_State *L, unsigned long n);
+
+/* Replaces string.find, match, gmatch and gsub in the state's string
+ * library (also the strings' __index) with the ones of strmatch.c, which
+ * count their steps against the CPU budget; once is enough (a second
+ * call does nothing).  Raises on a memory error.  [-0, +0] */
+void ml__strmatch_install(lua_State *L);
+
 /* The embedding API's per-state data, made on first use on the loop's
  * thread; NULL if memory ran out.  ml_state_new makes it. */
 ml_Embed *ml__embed(ml_State *S);

@@ -30,10 +30,20 @@ size_t ml_state_memory_peak(ml_State *S) { return ml__alloc_peak(S->alloc); }
 
 /* ---- CPU ---- */
 
+static int strmatch_p(lua_State *L) {
+  lua_pop(L, 1);
+  ml__strmatch_install(L);
+  return 0;
+}
+
 void ml_state_set_cpu_budget(ml_State *S, unsigned long instructions) {
   ml_Embed *E = ml__embed(S);
   if (E) E->err[0] = '\0';
   S->instr_budget = instructions;
+  /* The string library's pattern functions count their steps from now on
+   * (strmatch.c); only a memory error can stop that (then a long match
+   * stays one instruction, and ml_state_error says so). */
+  if (instructions) ml__embed_pcall(S->L, strmatch_p, NULL);
 }
 
 int ml_state_set_budget_scope(ml_State *S, int scope) {
@@ -76,18 +86,30 @@ static void gc_hook(lua_State *L, lua_Debug *ar) {
   }
 }
 
+void ml__finalizer_charge(lua_State *L, unsigned long n) {
+  ml_State *S = ml__state(L);
+  if (!(S->instr_budget || S->closing)) return;  /* as gc_run hooks */
+  S->gc_instr += n;
+  if (S->gc_instr > (S->instr_budget ? S->instr_budget : GC_CLOSE_LIMIT)) {
+    lua_sethook(L, gc_hook, LUA_MASKCOUNT | LUA_MASKCALL | LUA_MASKRET, 1);
+    luaL_error(L, "finalizer ran past its CPU budget and was stopped");
+  }
+}
+
 /* The wrapped __gc (upvalue 1: the script's function). */
 static int gc_run(lua_State *L) {
   ml_State *S = ml__state(L);
   lua_State *co;
-  int nres, st;
+  int nres, st, outer = S->in_finalizer;
   co = lua_newthread(L);
   lua_pushvalue(L, lua_upvalueindex(1));
   lua_pushvalue(L, 1);
   lua_xmove(L, co, 2);
   S->gc_instr = 0;
   if (S->instr_budget || S->closing) lua_sethook(co, gc_hook, LUA_MASKCOUNT, GC_SLICE);
+  S->in_finalizer = 1;
   st = lua_resume(co, L, 1, &nres);
+  S->in_finalizer = outer;
   if (st != LUA_OK && st != LUA_YIELD) {
     /* As Lua does for a failing finalizer: a warning, nothing else. */
     const char *m = lua_tostring(co, -1);
@@ -166,6 +188,7 @@ static int sandbox_p(lua_State *L) {
   luaL_getsubtable(L, LUA_REGISTRYINDEX, ML_HOSTMODS_KEY);  /* hostmods */
   run_embedded(L, "moonloop.modgraph", 0);              /* graph */
   ml__stdlib_caps(L);                                   /* ccaps */
+  ml__strmatch_install(L);  /* before the policy copies the string library */
   lua_rawgeti(L, LUA_REGISTRYINDEX, LUA_RIDX_GLOBALS);  /* G */
   lua_pushcfunction(L, wrap_gc);
   lua_pushcfunction(L, guarded);
