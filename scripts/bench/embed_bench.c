@@ -1,12 +1,13 @@
 /* embed_bench.c: the embedding API's figures (docs/performance.md,
  * "Embedding"): what a state costs to make, with and without the
- * sandbox; Lua VM speed with and without a CPU budget; ml_state_step
+ * sandbox; Lua VM speed with and without a CPU budget; pattern matching
+ * with Lua's matcher and the budget's counting one; ml_state_step
  * with 0, 1,000 and 10,000 sleeping tasks; cross-thread completions per
  * second (four threads completing promises).  Built by make bench (and
  * make build) as BUILD/embed_bench, against libmoonloop.a and moonloop.h
  * only, as a host is.
  *
- * usage: embed_bench [create|vm|step|xthread]...   (none: all of them)
+ * usage: embed_bench [create|vm|match|step|xthread]...   (none: all of them)
  * Prints one line per figure: "name value unit".  QUICK=1 makes every
  * loop ten times shorter (a smoke test). */
 #include <pthread.h>
@@ -120,6 +121,63 @@ static void bench_vm(void) {
     printf("%s_budget %.3f s\n", loops[k].name, median(budgeted, 3));
     printf("%s_budget_cost %.2f x\n", loops[k].name, median(budgeted, 3) / median(plain, 3));
   }
+}
+
+/* ---- pattern matching: Lua's matcher against the budgeted one ---- */
+
+/* Runs src as one task of a state that is plain (Lua's own string.find
+ * and friends), sandboxed (strmatch.c's counting matcher, no budget:
+ * the matcher alone) or budgeted (the counting matcher and the count
+ * hook); its wall time. */
+static double run_match(const char *src, int kind) {
+  ml_State *S = ml_state_new(NULL);
+  ml_Future *t;
+  double t0;
+  if (S == NULL) die(NULL, "ml_state_new");
+  if (kind == 1 && ml_state_sandbox(S, NULL) != ML_OK) die(S, "sandbox");
+  if (kind == 2) ml_state_set_cpu_budget(S, 1000000000000UL);
+  spawn(S, src, &t);
+  t0 = now();
+  if (ml_state_run(S) != ML_OK) die(S, "run");
+  t0 = now() - t0;
+  if (ml_future_state(t) != ML_FUTURE_RESULT) die(S, "the match task failed");
+  ml_future_release(ml_state_lua(S), t);
+  ml_state_close(S);
+  return t0;
+}
+
+static void bench_match(void) {
+  /* A 64 KB text of config-like lines, gone over N times by the
+   * patterns a script typically runs: words, trimming, key = value,
+   * squeezing spaces, a frontier and a balanced match. */
+  static const char *src =
+    "local parts = {}\n"
+    "for i = 1, 1500 do parts[i] = '  key' .. i .. ' = value (' .. i * 7 .. ') of  line  ' end\n"
+    "local text = table.concat(parts, '\\n')\n"
+    "local n = 0\n"
+    "for r = 1, N do\n"
+    "  for w in text:gmatch('%a+') do n = n + 1 end\n"
+    "  for line in text:gmatch('[^\\n]+') do\n"
+    "    local k, v = line:match('^%s*(%w+)%s*=%s*(.-)%s*$')\n"
+    "    if k then n = n + #v end\n"
+    "  end\n"
+    "  n = n + select(2, text:gsub('%s+', ' '))\n"
+    "  n = n + select(2, text:gsub('%f[%w]%d+', '#'))\n"
+    "  n = n + select(2, text:gsub('%b()', ''))\n"
+    "  n = n + (text:find('value %(99999%)') or 0)\n"
+    "end\n"
+    "return n";
+  char buf[2048];
+  double t[3][3];
+  int r, k;
+  snprintf(buf, sizeof buf, "local N = %d\n%s", quick ? 2 : 20, src);
+  for (r = 0; r < 3; r++)  /* interleaved: load changes hit all alike */
+    for (k = 0; k < 3; k++) t[k][r] = run_match(buf, k);
+  printf("match_plain %.3f s\n", median(t[0], 3));
+  printf("match_counted %.3f s\n", median(t[1], 3));
+  printf("match_budget %.3f s\n", median(t[2], 3));
+  printf("match_counted_cost %.2f x\n", median(t[1], 3) / median(t[0], 3));
+  printf("match_budget_cost %.2f x\n", median(t[2], 3) / median(t[0], 3));
 }
 
 /* ---- ml_state_step with sleeping tasks ---- */
@@ -246,6 +304,7 @@ int main(int argc, char **argv) {
     const char *w = all ? NULL : argv[i];
     if (all || strcmp(w, "create") == 0) bench_create();
     if (all || strcmp(w, "vm") == 0) bench_vm();
+    if (all || strcmp(w, "match") == 0) bench_match();
     if (all || strcmp(w, "step") == 0) bench_step();
     if (all || strcmp(w, "xthread") == 0) bench_xthread();
   }

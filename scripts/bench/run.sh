@@ -12,7 +12,7 @@
 #   QUICK=1         one run of everything, short echo runs (a smoke test)
 #   PIN=0           do not pin the echo server and load client to cores
 #   ONLY="gather gather_eager gather_warm sleep0 queue timers timers_warm timers1m echo echo1 idle memory startup
-#         spawn tothread pipe64 httpclient"   a subset (echo and echo1 also give the latency rows)
+#         spawn tothread pipe64 httpclient embed"   a subset (echo and echo1 also give the latency rows)
 #   TIMERS1M_RUNS=1 runs of the 1,000,000-timer benchmark (tens of seconds in Python)
 #   IDLE_CONNS=10000 connections of the idle-connections benchmark
 #   HTTP_N=20000 HTTP_CONC=50   the HTTP client row's GETs and concurrency
@@ -34,7 +34,7 @@ MEM_RUNS=${MEM_RUNS:-3}
 STARTUP_RUNS=${STARTUP_RUNS:-200}
 TIMERS1M_RUNS=${TIMERS1M_RUNS:-1}
 IDLE_CONNS=${IDLE_CONNS:-10000}
-ONLY=${ONLY:-gather gather_eager gather_warm sleep0 queue timers timers_warm timers1m echo echo1 idle memory startup spawn tothread pipe64 httpclient}
+ONLY=${ONLY:-gather gather_eager gather_warm sleep0 queue timers timers_warm timers1m echo echo1 idle memory startup spawn tothread pipe64 httpclient embed}
 HTTP_N=${HTTP_N:-20000}
 HTTP_CONC=${HTTP_CONC:-50}
 if [ "${QUICK:-0}" = 1 ]; then
@@ -463,12 +463,34 @@ if want startup; then
   fi
 fi
 
+# ---- 16: the embedding API (embed_bench.c) ----------------------------------
+
+# One run of the host BUILD/embed_bench, which takes its own medians
+# (interleaved, 3 to 41 runs a figure) and prints "name value unit" lines;
+# each figure goes to a file of its own for the rows.  Its peers are
+# moonloop's own baselines: a plain state, no budget, Lua's own matcher,
+# no sleeping task.
+EB=$(dirname "$ML")/embed_bench
+if want embed; then
+  if [ ! -x "$EB" ]; then
+    note "embed_bench not built ($EB; make build makes it): the embedding rows are skipped"
+  else
+    echo "running embed_bench..." >&2
+    if QUICK=${QUICK:-0} timeout 600 "$EB" > "$TMP/embed.out" 2> "$TMP/err"; then
+      while read -r name value _; do echo "$value" > "$TMP/embed.$name"; done < "$TMP/embed.out"
+    else
+      note "embed_bench failed: $(tail -1 "$TMP/err")"
+    fi
+  fi
+fi
+
 # ---- the table --------------------------------------------------------------
 
 # row GROUP UNIT KIND MLFILE PEER PEERFILE THRESHOLD TARGET
 #   KIND rate (higher is better; ratio = moonloop / peer), time (lower is
-#   better; ratio = peer / moonloop) or mem (ratio = moonloop / peer, the
-#   target is a ceiling).  THRESHOLD: the ratio the target asks for, or -.
+#   better, in ms with a 5 ms ceiling; ratio = peer / moonloop), less (lower
+#   is better, any unit; ratio = peer / moonloop) or mem (ratio = moonloop /
+#   peer, the target is a ceiling).  THRESHOLD: the ratio the target asks for, or -.
 ROWS=$TMP/rows
 row() {
   local ml peer
@@ -571,6 +593,22 @@ if want tls; then
     [ "$file" = tls_bulk ] && row "$label" "$unit" rate "$file.moonloop" "openssl s_server" "$file.openssl" 0.8 "$target"
   done
 fi
+if want embed; then
+  T_SANDBOX="sandboxed within 2x plain"
+  row "state creation" "us" less embed.create_sandboxed "plain state" embed.create_plain 0.5 "$T_SANDBOX"
+  row "state Lua heap" "KB" mem embed.heap_sandboxed "plain state" embed.heap_plain 2 "$T_SANDBOX"
+  for v in forloop mixed while; do
+    row "Lua VM ($v), budget" "s" less "embed.vm_${v}_budget" "no budget" "embed.vm_${v}_plain" 0.5 \
+      "budget far under 2x slower"
+  done
+  row "patterns, counted matcher" "s" less embed.match_counted "Lua's matcher" embed.match_plain - "(measure)"
+  row "patterns, budget" "s" less embed.match_budget "Lua's matcher" embed.match_plain - "(measure)"
+  row "ml_state_step, 1k sleepers" "us" less embed.step_1000_sleepers "0 sleepers" embed.step_0_sleepers - \
+    "O(log n) in sleepers"
+  row "ml_state_step, 10k sleepers" "us" less embed.step_10000_sleepers "0 sleepers" embed.step_0_sleepers \
+    0.5 "O(log n) in sleepers"
+  row "cross-thread completions" "ops/s" rate embed.xthread_completions "(4 threads)" embed.none - "(measure)"
+fi
 if want startup; then
   row "start-up, hello world" "ms" time startup.moonloop "python -c 'import asyncio'" startup.python 25 "$T_START"
   row "start-up, hello world" "ms" time startup.moonloop "node" startup.node - "$T_START"
@@ -589,6 +627,8 @@ fi
   if [ $pin = 1 ]; then echo "  echo: server pinned to core 1, load client to core 0 (taskset)"; fi
   echo "  ratio: rates moonloop/peer, times peer/moonloop (both: >1 = moonloop better);"
   echo "         memory moonloop/peer (<1.3 wanted); latencies (us) peer/moonloop (>1 = moonloop faster)"
+  echo "         embedding rows: the peer is moonloop's own baseline (plain state, no budget, Lua's"
+  echo "         matcher, no sleeper); ratio baseline/configured, so 0.5x = twice the baseline's cost"
   echo
   awk -F'\t' '
     function human(v, kind) {
@@ -599,6 +639,7 @@ fi
         return sprintf("%.0f", v)
       }
       if (kind == "time") return sprintf("%.2f", v)
+      if (kind == "less") return sprintf("%.3g", v)
       if (kind == "lat") return sprintf("%.0f", v)
       return sprintf("%.0f", v)
     }
@@ -611,7 +652,7 @@ fi
       group = $1; unit = $2; kind = $3; ml = $4; peer = $5; pv = $6; thr = $7; target = $8
       ratio = "-"; met = ""
       if (ml != "-" && pv != "-" && ml > 0 && pv > 0) {
-        r = (kind == "time" || kind == "lat") ? pv / ml : ml / pv
+        r = (kind == "time" || kind == "lat" || kind == "less") ? pv / ml : ml / pv
         ratio = sprintf("%.2fx", r)
         if (thr != "-") met = (kind == "mem") ? (r <= thr ? "yes" : "NO") : (r >= thr ? "yes" : "NO")
         if (kind == "time" && thr != "-" && ml > 5) met = "NO"  # the 5 ms ceiling
