@@ -114,7 +114,7 @@ LIB_OBJ = $(CORE_OBJ) $(EMBED_SRC:%.c=$(BUILD)/%.o) $(STD_C:%.c=$(BUILD)/%.o) $(
 CLI_OBJ = $(CLI_SRC:%.c=$(BUILD)/%.o)
 # Unit suites of the core alone, and of the whole library.
 CHECK_LIB_SRC = tests/unit/check_embed.c tests/unit/check_process.c tests/unit/check_threads.c tests/unit/check_worker.c \
-	tests/unit/check_strmatch.c
+	tests/unit/check_strmatch.c tests/unit/check_embed_control.c
 CHECK_CORE_SRC = $(filter-out $(CHECK_LIB_SRC) tests/unit/check_main.c,$(wildcard tests/unit/check_*.c))
 
 DEB_PKGS = liblua5.4-dev libev-dev check pkg-config libedit-dev tmux socat netcat-openbsd python3 libssl-dev openssl \
