@@ -384,9 +384,14 @@ function Server._new(loop, socks, on_accept, opts)
   socks.n = #socks
   live[self] = true
   self._detach = function(tr) self:_detach_one(tr) end
+  -- A worker accepts one connection each time its listening socket is
+  -- readable (nginx's multi_accept off), not a whole backlog: workers
+  -- sharing a socket then take turns, where the first one awake would
+  -- otherwise take a burst of connections (a load balancer's or wrk's
+  -- pool) for itself and leave the others idle.
   self._listener = listener(socks, function(sock, addr)
     on_accept(self, sock, addr)
-  end, self._backlog)
+  end, core.worker_id() ~= nil and 1 or self._backlog)
   return self
 end
 
