@@ -12,10 +12,11 @@
 #   QUICK=1         one run of everything, short echo runs (a smoke test)
 #   PIN=0           do not pin the echo server and load client to cores
 #   ONLY="gather gather_eager gather_warm sleep0 queue timers timers_warm timers1m echo echo1 idle memory startup
-#         spawn tothread pipe64 httpclient embed"   a subset (echo and echo1 also give the latency rows)
+#         spawn tothread pipe64 httpclient embed workers"   a subset (echo and echo1 also give the latency rows)
 #   TIMERS1M_RUNS=1 runs of the 1,000,000-timer benchmark (tens of seconds in Python)
 #   IDLE_CONNS=10000 connections of the idle-connections benchmark
 #   HTTP_N=20000 HTTP_CONC=50   the HTTP client row's GETs and concurrency
+#   HELLO_RUNS=3 HELLO_SECONDS=4   the workers rows (HTTP hello, 1 and 2 workers; wrk runs)
 #
 # Everything runs on 127.0.0.1 with ports found free; every process this
 # script starts is killed when it exits, however it exits.
@@ -34,11 +35,14 @@ MEM_RUNS=${MEM_RUNS:-3}
 STARTUP_RUNS=${STARTUP_RUNS:-200}
 TIMERS1M_RUNS=${TIMERS1M_RUNS:-1}
 IDLE_CONNS=${IDLE_CONNS:-10000}
-ONLY=${ONLY:-gather gather_eager gather_warm sleep0 queue timers timers_warm timers1m echo echo1 idle memory startup spawn tothread pipe64 httpclient embed}
+ONLY=${ONLY:-gather gather_eager gather_warm sleep0 queue timers timers_warm timers1m echo echo1 idle memory startup spawn tothread pipe64 httpclient embed workers}
 HTTP_N=${HTTP_N:-20000}
 HTTP_CONC=${HTTP_CONC:-50}
+HELLO_RUNS=${HELLO_RUNS:-3}
+HELLO_SECONDS=${HELLO_SECONDS:-4}
 if [ "${QUICK:-0}" = 1 ]; then
   RUNS=1 ECHO_RUNS=1 ECHO_SECONDS=1 MEM_RUNS=1 STARTUP_RUNS=30 TLS_SECONDS=1 IDLE_CONNS=2000 HTTP_N=2000
+  HELLO_RUNS=1 HELLO_SECONDS=1
 fi
 ECHO_CONNS=50
 ECHO_SIZE=1024
@@ -372,6 +376,98 @@ EOF
   fi
 fi
 
+# ---- HTTP hello on 1 and 2 workers (issue #18) --------------------------------
+
+# Each server answers "hello, world\n" on 127.0.0.1 with N worker processes:
+# moonloop --workers N (http.serve, one inherited listening socket), nginx
+# (worker_processes N, a master) and Node (node:cluster, N workers).  The
+# load is wrk -t1 -c50 over kept-alive connections, pinned to core 0.  With
+# 1 worker the server is pinned to core 1: a core each.  With 2 workers the
+# server may run on both cores, so one of its workers shares core 0 with
+# wrk: on a 2-core machine the 2-worker figure is what the load generator
+# leaves, not a clean 2x (docs/performance.md, "Workers").  The per-server
+# scaling (2 workers / 1) is printed after the table.
+
+# Waits until file $2 has $3 lines matching $4 while job $1 runs (10 s at most).
+wait_lines() {
+  local pid=$1 file=$2 n=$3 pat=$4 i
+  for i in $(seq 100); do
+    running "$pid" || return 1
+    [ "$(grep -c -- "$pat" "$file" 2>/dev/null)" -ge "$n" ] && return 0
+    sleep 0.1
+  done
+  return 1
+}
+
+# hello_run IMPL N: starts IMPL's server with N workers, runs wrk on it,
+# records requests/second in hello$N.IMPL.
+hello_run() {
+  local impl=$1 n=$2 port pid out ok=0 err=$TMP/err.hello.$1.$2 spin=()
+  if [ $pin = 1 ]; then
+    if [ "$n" = 1 ]; then spin=("${SERVER_PIN[@]}"); else spin=(taskset -c 0-1); fi
+  fi
+  port=$(free_port) || { note "no free port found"; return; }
+  case $impl in
+    moonloop)
+      timeout -k 2 $((HELLO_SECONDS + 60)) "${spin[@]}" "$ML" --workers "$n" --listen "127.0.0.1:$port" \
+        "$HERE/http_hello.lua" "$port" >/dev/null 2>"$err" &
+      pid=$!; SERVER_PID=$pid
+      wait_lines "$pid" "$err" "$n" ') ready' && ok=1 ;;
+    nginx)
+      local nd=$TMP/nginx.hello.$n
+      mkdir -p "$nd"
+      cat > "$nd/nginx.conf" <<EOF
+daemon off; worker_processes $n;
+pid $nd/nginx.pid; error_log $nd/error.log warn;
+events { worker_connections 1024; }
+http {
+  access_log off; keepalive_requests 1000000;
+  client_body_temp_path $nd/body; proxy_temp_path $nd/proxy; fastcgi_temp_path $nd/fastcgi;
+  uwsgi_temp_path $nd/uwsgi; scgi_temp_path $nd/scgi;
+  server { listen 127.0.0.1:$port; location / { return 200 "hello, world\n"; } }
+}
+EOF
+      timeout -k 2 $((HELLO_SECONDS + 60)) "${spin[@]}" "$NGINX" -p "$nd" -c "$nd/nginx.conf" 2>"$err" &
+      pid=$!; SERVER_PID=$pid
+      wait_port "$pid" "$port" && ok=1 ;;
+    node)
+      timeout -k 2 $((HELLO_SECONDS + 60)) "${spin[@]}" node "$HERE/http_hello.js" "$port" "$n" \
+        >/dev/null 2>"$err" &
+      pid=$!; SERVER_PID=$pid
+      wait_lines "$pid" "$err" 1 '^ready' && ok=1 ;;
+  esac
+  if [ $ok = 1 ]; then
+    out=$(timeout --foreground -k 2 $((HELLO_SECONDS + 30)) "${CLIENT_PIN[@]}" wrk -t1 -c50 \
+            -d"${HELLO_SECONDS}s" "http://127.0.0.1:$port/" 2>&1)
+    if echo "$out" | grep -qE 'Socket errors|Non-2xx'; then
+      note "$impl, $n workers: wrk saw errors, run dropped: $(echo "$out" | grep -E 'Socket errors|Non-2xx' | head -1)"
+    else
+      echo "$out" | awk '/^Requests\/sec:/ { print $2 }' >> "$TMP/hello$n.$impl"
+    fi
+  else
+    [ -e "$TMP/failed.hello.$impl.$n" ] || note "$impl, $n workers: the server did not start: $(head -1 "$err")"
+    touch "$TMP/failed.hello.$impl.$n"
+  fi
+  stop_server
+}
+
+if want workers; then
+  NGINX=$(command -v nginx || echo /usr/sbin/nginx)
+  if ! command -v wrk >/dev/null; then
+    note "wrk not found (apt-get install wrk): the workers rows are skipped"
+  else
+    echo "running workers ($HELLO_RUNS runs of ${HELLO_SECONDS}s per server and worker count)..." >&2
+    for r in $(seq "$HELLO_RUNS"); do
+      for n in 1 2; do
+        [ $have_ml = 1 ] && hello_run moonloop $n
+        [ -x "$NGINX" ] && hello_run nginx $n
+        [ $have_node = 1 ] && hello_run node $n
+      done
+    done
+    [ -x "$NGINX" ] || note "nginx not found (apt-get install nginx-light): the workers rows have no nginx"
+  fi
+fi
+
 # ---- 12-15: TLS ---------------------------------------------------------------
 # One load client (tlsload.c, OpenSSL, no session reuse) for every server;
 # server on core 1, client on core 0, as for echo.  Certificates (RSA-2048,
@@ -579,6 +675,14 @@ if want httpclient; then
   row "HTTP client, $HTTP_N GETs at $HTTP_CONC" "req/s" rate httpclient.moonloop "aiohttp client" httpclient.aiohttp 2 "≥ 2× aiohttp, ≥ 1.5× Node"
   row "HTTP client, $HTTP_N GETs at $HTTP_CONC" "req/s" rate httpclient.moonloop "node fetch" httpclient.node 1.5 "≥ 2× aiohttp, ≥ 1.5× Node"
 fi
+if want workers; then
+  T_HELLO="(measure: 2 workers vs 1; wrk needs a core)"
+  row "HTTP hello, 1 worker" "req/s" rate hello1.moonloop "nginx, 1 worker" hello1.nginx - "$T_HELLO"
+  row "HTTP hello, 1 worker" "req/s" rate hello1.moonloop "node cluster, 1" hello1.node - "$T_HELLO"
+  row "HTTP hello, 2 workers" "req/s" rate hello2.moonloop "nginx, 2 workers" hello2.nginx - "$T_HELLO"
+  row "HTTP hello, 2 workers" "req/s" rate hello2.moonloop "node cluster, 2" hello2.node - "$T_HELLO"
+  row "HTTP hello, 2 workers" "req/s" rate hello2.moonloop "moonloop, 1 worker" hello1.moonloop - "$T_HELLO"
+fi
 if want tls; then
   T_TLS="≥ 1.2× uvloop, ≥ Node"
   for b in tls_hs_rsa:"TLS handshakes, RSA-2048":"hs/s" \
@@ -662,5 +766,14 @@ fi
         peer, human(pv, kind), ratio, met, first ? target : ""
       last = group
     }' "$ROWS"
+  if want workers; then
+    echo
+    echo "  workers: HTTP hello req/s, 1 worker -> 2 workers (wrk -t1 -c50 on core 0; 1 worker on core 1, 2 on both)"
+    for impl in moonloop nginx node; do
+      a=$(median "$TMP/hello1.$impl") b=$(median "$TMP/hello2.$impl")
+      [ -n "$a" ] && [ -n "$b" ] &&
+        awk -v i="$impl" -v a="$a" -v b="$b" 'BEGIN { printf "    %-9s %8.0f -> %8.0f   %.2fx\n", i, a, b, b / a }'
+    done
+  fi
   if [ -s "$TMP/notes" ]; then echo; sed 's/^/  /' "$TMP/notes"; fi
 } | tee "$OUT/results.txt"
