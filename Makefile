@@ -119,7 +119,7 @@ CHECK_CORE_SRC = $(filter-out $(CHECK_LIB_SRC) tests/unit/check_main.c,$(wildcar
 
 DEB_PKGS = liblua5.4-dev libev-dev check pkg-config libedit-dev tmux socat netcat-openbsd python3 libssl-dev openssl \
 	node-llhttp libwslay-dev curl wrk python3-websockets \
-	lua-cjson-dev libcurl4-openssl-dev nginx-light redis-server
+	lua-cjson-dev libcurl4-openssl-dev nginx-light redis-server g++
 BENCH_PKGS = python3-uvloop hyperfine nodejs
 
 .PHONY: bench-check fuzz-deps FORCE all build test run bench deps bench-deps need need-check install uninstall clean \
