@@ -559,7 +559,7 @@ if want startup; then
   fi
 fi
 
-# ---- 16: the embedding API (embed_bench.c) ----------------------------------
+# ---- 14: the embedding API (embed_bench.c) ----------------------------------
 
 # One run of the host BUILD/embed_bench, which takes its own medians
 # (interleaved, 3 to 41 runs a figure) and prints "name value unit" lines;
