@@ -189,6 +189,7 @@ T.case("SIGHUP under wrk load: every worker replaced, no failed request", async 
   local i = sup:line("worker %d pid %d+: 100 requests")
   sup:signal("HUP")
   i = sup:line("SIGHUP: replacing 2 workers one at a time", i)
+  local hup = i
   local new = {}
   for _ = 1, 2 do
     local id, npid, opid
@@ -202,9 +203,12 @@ T.case("SIGHUP under wrk load: every worker replaced, no failed request", async 
     sup:line("worker " .. id .. ": the old process %(pid " .. old[id] .. "%) exited with status 0")
     T.ok(new[id] ~= old[id], "worker " .. id .. " replaced")
   end
-  -- The load goes on, now served by the new workers.
-  -- (each worker says it once: at most the two old ones come first)
+  -- The load goes on, now served by the new workers.  A worker writes
+  -- its line itself, so it may come before the supervisor's line about
+  -- it: the search starts at the SIGHUP (each worker says it once: the
+  -- two old ones' lines are passed over).
   local npid
+  i = hup
   repeat
     local pid
     i, pid = sup:line("worker %d pid (%d+): 100 requests", i)
