@@ -58,8 +58,9 @@ static int whook(lua_State *L, ml_Task *t, void *ud) {
 }
 
 /* Suspends the running task until s is readable (or writable); then
- * k(L, LUA_YIELD, ctx) retries the operation.  [-0, +0] */
-static int park(lua_State *L, ml_Socket *s, int write, lua_KContext ctx, lua_KFunction k) {
+ * k(L, LUA_YIELD, ctx) retries the operation (net.h).  [-0, +0] */
+int ml__sock_park(lua_State *L, ml_Socket *s, int write, int always, lua_KContext ctx,
+                  lua_KFunction k) {
   ml_State *S = ml__state(L);
   ml_Task **slot = write ? &s->wwait : &s->rwait;
   ev_io *w = write ? &s->wio : &s->rio;
@@ -76,7 +77,12 @@ static int park(lua_State *L, ml_Socket *s, int write, lua_KContext ctx, lua_KFu
   ev_io_set(w, s->fd, write ? EV_WRITE : EV_READ);
   ev_io_start(ml__loop(S), w);
   *slot = ml__task_current(L);
+  if (always) return ml__task_suspend_always(L, write ? whook : rhook, s, ctx, k);
   return ml__task_suspend(L, write ? whook : rhook, s, ctx, k);
+}
+
+static int park(lua_State *L, ml_Socket *s, int write, lua_KContext ctx, lua_KFunction k) {
+  return ml__sock_park(L, s, write, 0, ctx, k);
 }
 
 /* ---- argument checks ----
@@ -87,12 +93,12 @@ static int park(lua_State *L, ml_Socket *s, int write, lua_KContext ctx, lua_KFu
  * arguments as a method call's (the loop is not one: the socket is #1). */
 
 /* Raises "bad argument #n to 'fn' (msg)" for the value at idx. */
-static int arg_error(lua_State *L, const char *fn, int idx, const char *msg) {
+int ml__net_argerror(lua_State *L, const char *fn, int idx, const char *msg) {
   return luaL_error(L, "bad argument #%d to '%s' (%s)", idx - 1, fn, msg);
 }
 
-static int arg_typeerror(lua_State *L, const char *fn, int idx, const char *tname) {
-  return arg_error(L, fn, idx, lua_pushfstring(L, "%s expected, got %s", tname, luaL_typename(L, idx)));
+int ml__net_typeerror(lua_State *L, const char *fn, int idx, const char *tname) {
+  return ml__net_argerror(L, fn, idx, lua_pushfstring(L, "%s expected, got %s", tname, luaL_typename(L, idx)));
 }
 
 /* [-0, +0] */
@@ -100,8 +106,8 @@ static lua_Integer arg_integer(lua_State *L, const char *fn, int idx) {
   int ok;
   lua_Integer v = lua_tointegerx(L, idx, &ok);
   if (!ok) {
-    if (lua_type(L, idx) == LUA_TNUMBER) arg_error(L, fn, idx, "number has no integer representation");
-    arg_typeerror(L, fn, idx, "number");
+    if (lua_type(L, idx) == LUA_TNUMBER) ml__net_argerror(L, fn, idx, "number has no integer representation");
+    ml__net_typeerror(L, fn, idx, "number");
   }
   return v;
 }
@@ -110,7 +116,7 @@ static lua_Integer arg_integer(lua_State *L, const char *fn, int idx) {
  * rule). */
 static const char *arg_string(lua_State *L, const char *fn, int idx, size_t *len) {
   int t = lua_type(L, idx);
-  if (t != LUA_TSTRING && t != LUA_TNUMBER) arg_typeerror(L, fn, idx, "string");
+  if (t != LUA_TSTRING && t != LUA_TNUMBER) ml__net_typeerror(L, fn, idx, "string");
   return lua_tolstring(L, idx, len);
 }
 
@@ -118,10 +124,10 @@ static const char *arg_string(lua_State *L, const char *fn, int idx, size_t *len
  * owned by a transport.  [-0, +0] */
 static ml_Socket *check_nb(lua_State *L, const char *fn, int idx) {
   ml_Socket *s = ml__udata_test(L, idx, ML_UT_SOCKET);
-  if (s == NULL) arg_typeerror(L, fn, idx, ML_SOCKET);
+  if (s == NULL) ml__net_typeerror(L, fn, idx, ML_SOCKET);
   if (s->fd < 0) ml__exc_raise_errno(L, EBADF, NULL);
-  if (s->blocking) arg_error(L, fn, idx, "the socket must be non-blocking");
-  if (s->transport) arg_error(L, fn, idx, "the socket is used by a transport");
+  if (s->blocking) ml__net_argerror(L, fn, idx, "the socket must be non-blocking");
+  if (s->transport) ml__net_argerror(L, fn, idx, "the socket is used by a transport");
   return s;
 }
 
@@ -149,7 +155,7 @@ static void check_addr(lua_State *L, const char *fn, int idx, int family) {
   open = strncmp(m, "bad argument #", 14) == 0 ? strstr(m, "' (") : NULL;
   close = strrchr(m, ')');
   if (open && close > open) m = lua_pushlstring(L, open + 3, (size_t)(close - open - 3));
-  arg_error(L, fn, idx, m);
+  ml__net_argerror(L, fn, idx, m);
 }
 
 /* ---------------------------------------------------------------- */
@@ -170,7 +176,7 @@ static void gai_args(lua_State *L, ml_Lookup *q, int hi, int pi, const char *fn,
   pi = lua_absindex(L, pi);
   if (!lua_isnoneornil(L, hi)) {
     const char *h = arg_string(L, fn, hi, &n);
-    if (n >= sizeof q->host) arg_error(L, fn, eidx ? eidx : hi, "host name too long");
+    if (n >= sizeof q->host) ml__net_argerror(L, fn, eidx ? eidx : hi, "host name too long");
     memcpy(q->host, h, n + 1);
     q->has_host = n > 0;
   }
@@ -180,7 +186,7 @@ static void gai_args(lua_State *L, ml_Lookup *q, int hi, int pi, const char *fn,
     q->has_serv = 1;
   } else if (!lua_isnoneornil(L, pi)) {
     const char *p = arg_string(L, fn, pi, &n);
-    if (n >= sizeof q->serv) arg_error(L, fn, eidx ? eidx : pi, "service name too long");
+    if (n >= sizeof q->serv) ml__net_argerror(L, fn, eidx ? eidx : pi, "service name too long");
     memcpy(q->serv, p, n + 1);
     q->has_serv = 1;
   }
@@ -240,7 +246,7 @@ static int getaddrinfo_k(lua_State *L, int status, lua_KContext ctx) {
 /* loop:getaddrinfo(host, port, {family=, type=, proto=, flags=}) */
 static int loop_getaddrinfo(lua_State *L) {
   lua_settop(L, 4);
-  if (!lua_isnil(L, 4) && !lua_istable(L, 4)) arg_typeerror(L, "getaddrinfo", 4, "table or nil");
+  if (!lua_isnil(L, 4) && !lua_istable(L, 4)) ml__net_typeerror(L, "getaddrinfo", 4, "table or nil");
   ml_Lookup *q = ml__lookup_new(L, ML_LOOKUP_GAI);
   gai_args(L, q, 2, 3, "getaddrinfo", 0);
   q->hints.ai_family = opt_int(L, 4, "family", AF_UNSPEC);
@@ -274,7 +280,7 @@ static int addr_family(lua_State *L, int idx) {
     lua_pop(L, 1);
     return v6 ? AF_INET6 : AF_INET;
   }
-  return arg_error(L, "getnameinfo", idx, "address expected");
+  return ml__net_argerror(L, "getnameinfo", idx, "address expected");
 }
 
 /* loop:getnameinfo(sockaddr, flags) -> host, port */
@@ -283,10 +289,10 @@ static int loop_getnameinfo(lua_State *L) {
   int family = addr_family(L, 2);
   check_addr(L, "getnameinfo", 2, family);
   lua_Integer flags = lua_isnil(L, 3) ? 0 : arg_integer(L, "getnameinfo", 3);
-  if (flags < INT_MIN || flags > INT_MAX) arg_error(L, "getnameinfo", 3, "flags out of range");
+  if (flags < INT_MIN || flags > INT_MAX) ml__net_argerror(L, "getnameinfo", 3, "flags out of range");
   ml_Lookup *q = ml__lookup_new(L, ML_LOOKUP_GNI);
   if (ml__sock_toaddr(L, 2, family, 0, &q->sa, &q->salen) != 0)
-    return arg_error(L, "getnameinfo", 2, "getnameinfo needs a numeric address");
+    return ml__net_argerror(L, "getnameinfo", 2, "getnameinfo needs a numeric address");
   q->flags = (int)flags;
   if ((q->flags & (NI_NUMERICHOST | NI_NUMERICSERV)) == (NI_NUMERICHOST | NI_NUMERICSERV)) {
     ml__lookup_run(q);
@@ -393,7 +399,7 @@ static int recv_new(lua_State *L, lua_KContext want_addr) {
   const char *fn = recv_name(0, (int)want_addr);
   check_nb(L, fn, 2);
   lua_Integer n = arg_integer(L, fn, 3);
-  if (n < 0) arg_error(L, fn, 3, "negative buffer size");
+  if (n < 0) ml__net_argerror(L, fn, 3, "negative buffer size");
   lua_settop(L, 3);
   lua_pushnil(L);
   lua_insert(L, 3);  /* 3: nil (not a buffer), 4: n */
@@ -406,9 +412,9 @@ static int recv_into(lua_State *L, lua_KContext want_addr) {
   const char *fn = recv_name(1, (int)want_addr);
   size_t size;
   check_nb(L, fn, 2);
-  if (ml__buffer_test(L, 3, &size) == NULL) arg_typeerror(L, fn, 3, ML_BUFFER);
+  if (ml__buffer_test(L, 3, &size) == NULL) ml__net_typeerror(L, fn, 3, ML_BUFFER);
   lua_Integer n = lua_isnoneornil(L, 4) ? 0 : arg_integer(L, fn, 4);
-  if (n < 0 || (size_t)n > size) arg_error(L, fn, 4, "nbytes out of range");
+  if (n < 0 || (size_t)n > size) ml__net_argerror(L, fn, 4, "nbytes out of range");
   lua_settop(L, 3);
   lua_pushinteger(L, n);
   return recv_k(L, LUA_OK, want_addr);
@@ -723,6 +729,8 @@ static const luaL_Reg loop_async[] = {
   {"sock_sendto", loop_sock_sendto},
   {"sock_connect", loop_sock_connect},
   {"sock_accept", loop_sock_accept},
+  {"sock_sendfile", ml__loop_sock_sendfile},
+  {"sendfile", ml__loop_sendfile},
   {"getaddrinfo", loop_getaddrinfo},
   {"getnameinfo", loop_getnameinfo},
   {NULL, NULL}

@@ -421,6 +421,7 @@ static int writer_write(lua_State *L) {
   size_t n;
   const char *p = luaL_checklstring(L, 2, &n);
   if (c->eof_req) return ml__exc_raise(L, "RuntimeError", "Cannot call write() after write_eof()");
+  if (c->sendfile == ML_SENDFILE_NATIVE) return ml__exc_raise(L, "RuntimeError", ML_SENDFILE_BUSY);
   if (ml__conn_write(L, c, p, n) < 0) return ml__exc_raise(L, "MemoryError", "write buffer");
   return 0;
 }

@@ -168,6 +168,7 @@ static int t_write(lua_State *L) {
     p = luaL_checklstring(L, 2, &n);
   }
   if (c->eof_req) return ml__exc_raise(L, "RuntimeError", "Cannot call write() after write_eof()");
+  if (c->sendfile == ML_SENDFILE_NATIVE) return ml__exc_raise(L, "RuntimeError", ML_SENDFILE_BUSY);
   if (ml__conn_write(L, c, p, n) < 0) return ml__exc_raise(L, "MemoryError", "write buffer");
   return 0;
 }
@@ -177,6 +178,7 @@ static int t_write(lua_State *L) {
 int ml__conn_writelines(lua_State *L, ml_Conn *c) {
   luaL_checktype(L, 2, LUA_TTABLE);
   if (c->eof_req) return ml__exc_raise(L, "RuntimeError", "Cannot call write() after write_eof()");
+  if (c->sendfile == ML_SENDFILE_NATIVE) return ml__exc_raise(L, "RuntimeError", ML_SENDFILE_BUSY);
   lua_Integer n = luaL_len(L, 2);
   for (lua_Integer i = 1; i <= n; i++) {
     size_t len;

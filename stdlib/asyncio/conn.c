@@ -111,6 +111,15 @@ static size_t wqueued(const ml_Conn *c) {
   return c->kind == ML_CONN_DGRAM ? c->dq_bytes : c->wbuf.len;
 }
 
+/* Wakes loop:sendfile's task waiting for the write queue to shrink. */
+static void wake_flushwait(ml_Conn *c) {
+  if (c->flushwait) {
+    ml_Task *t = c->flushwait;
+    c->flushwait = NULL;
+    ml__task_wake(t);
+  }
+}
+
 /* The teardown of every way a transport ends (failure, abort, lost,
  * collected): marks it closing, stops both watchers and drops what is
  * queued for writing. */
@@ -121,6 +130,7 @@ static void teardown(ml_Conn *c) {
   if (ev_is_active(&c->wio)) ev_io_stop(loop, &c->wio);
   ml__bq_free(&c->wbuf);
   dq_free(c);
+  wake_flushwait(c);
 }
 
 /* The connection failed with err (0: it was aborted): stop everything,
@@ -440,6 +450,7 @@ static void write_cb(struct ev_loop *loop, ev_io *w, int revents) {
     if (c->eof_req && !c->eof_sent) do_shutdown(c);
     if (c->closing && !c->linger) schedule_lost(c);
   }
+  if (c->flushwait && c->wbuf.len <= c->flush_at) wake_flushwait(c);
   maybe_resume_writing(ml__main_lua(c->S), c);
 }
 

@@ -64,6 +64,25 @@ int ml__sock_open(int family, int type, int proto);
  * where it may suspend), named prefix..name in warnings.  [-0, +0] */
 void ml__net_setfuncs(lua_State *L, int idx, const char *prefix,
                       const luaL_Reg *sync, const luaL_Reg *async);
+/* Parks the running task until the socket s is readable (write 0) or
+ * writable (write 1), then runs k(L, LUA_YIELD, ctx) (asyncio/_net.c).
+ * Cancelling it stops the watcher; with always, k also runs then, with
+ * LUA_ERRRUN and the CancelledError on top (ml__task_suspend_always).
+ * Closing s wakes it.  RuntimeError if another task waits the same way. */
+int ml__sock_park(lua_State *L, ml_Socket *s, int write, int always, lua_KContext ctx,
+                  lua_KFunction k);
+/* "bad argument #n to 'fn' (msg)" for the value at stack index idx of an
+ * async loop method (argument 1 is the loop, so idx 2 is #1); the
+ * type-error form says "tname expected, got <type>".  Never return. */
+int ml__net_argerror(lua_State *L, const char *fn, int idx, const char *msg);
+int ml__net_typeerror(lua_State *L, const char *fn, int idx, const char *tname);
+/* loop:sock_sendfile and loop:sendfile (asyncio/sendfile.c), registered
+ * as async loop methods by asyncio/_net.c. */
+int ml__loop_sock_sendfile(lua_State *L);
+int ml__loop_sendfile(lua_State *L);
+enum { ML_SENDFILE_ON = 1, ML_SENDFILE_NATIVE };
+/* What write() raises (RuntimeError) while loop:sendfile sends natively. */
+#define ML_SENDFILE_BUSY "unable to write; sendfile is in progress"
 /* [-0, +1] pushes the loop's methods table, require("asyncio.core").Loop. */
 void ml__net_push_loop_methods(lua_State *L);
 
@@ -186,6 +205,13 @@ struct ml_Conn {
    * set_protocol clears both. */
   lua_CFunction data_fn;
   void *data_ud;
+  /* loop:sendfile (asyncio/sendfile.c): the task waiting until at most
+   * flush_at bytes are queued (woken by the write path and by teardown),
+   * and sendfile: ML_SENDFILE_ON while one is in progress, _NATIVE while
+   * the file goes out by sendfile(2) (then write() refuses). */
+  ml_Task *flushwait;
+  size_t flush_at;
+  unsigned char sendfile;
 };
 
 /* The connection engine (asyncio/conn.c). */
