@@ -102,7 +102,7 @@ int ml__net_typeerror(lua_State *L, const char *fn, int idx, const char *tname) 
 }
 
 /* [-0, +0] */
-static lua_Integer arg_integer(lua_State *L, const char *fn, int idx) {
+lua_Integer ml__net_checkinteger(lua_State *L, const char *fn, int idx) {
   int ok;
   lua_Integer v = lua_tointegerx(L, idx, &ok);
   if (!ok) {
@@ -181,7 +181,7 @@ static void gai_args(lua_State *L, ml_Lookup *q, int hi, int pi, const char *fn,
     q->has_host = n > 0;
   }
   if (lua_type(L, pi) == LUA_TNUMBER) {
-    lua_Integer p = arg_integer(L, fn, pi);
+    lua_Integer p = ml__net_checkinteger(L, fn, pi);
     snprintf(q->serv, sizeof q->serv, "%lld", (long long)p);
     q->has_serv = 1;
   } else if (!lua_isnoneornil(L, pi)) {
@@ -288,7 +288,7 @@ static int loop_getnameinfo(lua_State *L) {
   lua_settop(L, 3);
   int family = addr_family(L, 2);
   check_addr(L, "getnameinfo", 2, family);
-  lua_Integer flags = lua_isnil(L, 3) ? 0 : arg_integer(L, "getnameinfo", 3);
+  lua_Integer flags = lua_isnil(L, 3) ? 0 : ml__net_checkinteger(L, "getnameinfo", 3);
   if (flags < INT_MIN || flags > INT_MAX) ml__net_argerror(L, "getnameinfo", 3, "flags out of range");
   ml_Lookup *q = ml__lookup_new(L, ML_LOOKUP_GNI);
   if (ml__sock_toaddr(L, 2, family, 0, &q->sa, &q->salen) != 0)
@@ -398,7 +398,7 @@ static int recv_k(lua_State *L, int status, lua_KContext ctx) {
 static int recv_new(lua_State *L, lua_KContext want_addr) {
   const char *fn = recv_name(0, (int)want_addr);
   check_nb(L, fn, 2);
-  lua_Integer n = arg_integer(L, fn, 3);
+  lua_Integer n = ml__net_checkinteger(L, fn, 3);
   if (n < 0) ml__net_argerror(L, fn, 3, "negative buffer size");
   lua_settop(L, 3);
   lua_pushnil(L);
@@ -413,7 +413,7 @@ static int recv_into(lua_State *L, lua_KContext want_addr) {
   size_t size;
   check_nb(L, fn, 2);
   if (ml__buffer_test(L, 3, &size) == NULL) ml__net_typeerror(L, fn, 3, ML_BUFFER);
-  lua_Integer n = lua_isnoneornil(L, 4) ? 0 : arg_integer(L, fn, 4);
+  lua_Integer n = lua_isnoneornil(L, 4) ? 0 : ml__net_checkinteger(L, fn, 4);
   if (n < 0 || (size_t)n > size) ml__net_argerror(L, fn, 4, "nbytes out of range");
   lua_settop(L, 3);
   lua_pushinteger(L, n);

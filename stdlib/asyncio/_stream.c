@@ -30,11 +30,33 @@ static ml_Conn *stream_conn(lua_State *L, const char *what) {
   return c;
 }
 
+/* Argument errors of the async methods name the method fn: they run in
+ * the frame of __awmeth (or of a Coroutine awaited later), where
+ * luaL_argerror would name '__awmeth' or '?'.  Arguments count as a
+ * method call's: self is index 1.  Never return. */
+static int async_argerror(lua_State *L, const char *fn, int idx, const char *msg) {
+  if (idx == 1) return luaL_error(L, "calling '%s' on bad self (%s)", fn, msg);
+  return ml__net_argerror(L, fn, idx, msg);
+}
+
+static int async_typeerror(lua_State *L, const char *fn, int idx, const char *tname) {
+  return async_argerror(L, fn, idx, lua_pushfstring(L, "%s expected, got %s", tname, luaL_typename(L, idx)));
+}
+
 /* Fixes the stack to nargs values and the transport after them, at
- * nargs + 1, where the continuations find it.  [-?, +?]: the stack ends
- * exactly nargs + 1 values high. */
-static ml_Conn *setup(lua_State *L, int nargs, const char *what) {
-  ml_Conn *c = stream_conn(L, what);
+ * nargs + 1, where the continuations find it; a bad self is an error
+ * naming the async method fn (NULL: a plain method, luaL_typeerror).
+ * [-?, +?]: the stack ends exactly nargs + 1 values high. */
+static ml_Conn *setup(lua_State *L, int nargs, const char *what, const char *fn) {
+  ml_Conn *c;
+  if (fn == NULL) {
+    c = stream_conn(L, what);
+  } else {
+    if (lua_type(L, 1) != LUA_TTABLE) async_typeerror(L, fn, 1, what);
+    lua_rawgeti(L, 1, 1);
+    c = ml__conn_test(L, -1);
+    if (c == NULL || c->kind != ML_CONN_STREAM) async_typeerror(L, fn, 1, what);
+  }
   if (lua_gettop(L) != nargs + 1) {
     lua_pop(L, 1);
     lua_settop(L, nargs);
@@ -276,8 +298,8 @@ static int readline_k(lua_State *L, int status, lua_KContext ctx) {
 
 /* await r:read(n = -1) -> bytes ("" at EOF) */
 static int reader_read(lua_State *L) {
-  lua_Integer n = luaL_optinteger(L, 2, -1);
-  setup(L, 2, "StreamReader");
+  setup(L, 2, "StreamReader", "read");
+  lua_Integer n = lua_isnil(L, 2) ? -1 : ml__net_checkinteger(L, "read", 2);
   if (!lua_isinteger(L, 2)) {
     lua_pushinteger(L, n);
     lua_replace(L, 2);
@@ -287,8 +309,8 @@ static int reader_read(lua_State *L) {
 
 /* await r:readexactly(n) -> bytes */
 static int reader_readexactly(lua_State *L) {
-  lua_Integer n = luaL_checkinteger(L, 2);
-  setup(L, 2, "StreamReader");
+  setup(L, 2, "StreamReader", "readexactly");
+  lua_Integer n = ml__net_checkinteger(L, "readexactly", 2);
   if (n < 0) return ml__exc_raise(L, "ValueError", "readexactly size can not be less than zero");
   return readexactly_k(L, LUA_OK, 0);
 }
@@ -306,21 +328,22 @@ static int reader_readuntil(lua_State *L) {
     lua_Integer n = (lua_Integer)lua_rawlen(L, 2);
     if (n == 0) return ml__exc_raise(L, "ValueError", "Separator should contain at least one element");
     for (lua_Integer i = 1; i <= n; i++) {
-      if (lua_rawgeti(L, 2, i) != LUA_TSTRING) return luaL_argerror(L, 2, "list of strings expected");
+      if (lua_rawgeti(L, 2, i) != LUA_TSTRING)
+        return async_argerror(L, "readuntil", 2, "list of strings expected");
       if (lua_rawlen(L, -1) == 0)
         return ml__exc_raise(L, "ValueError", "Separator should be at least one-byte string");
       lua_pop(L, 1);
     }
   } else {
-    return luaL_typeerror(L, 2, "string or list of strings");
+    return async_typeerror(L, "readuntil", 2, "string or list of strings");
   }
-  setup(L, 2, "StreamReader");
+  setup(L, 2, "StreamReader", "readuntil");
   return readuntil_k(L, LUA_OK, 0);
 }
 
 /* await r:readline() -> line ("" at EOF) */
 static int reader_readline(lua_State *L) {
-  setup(L, 1, "StreamReader");
+  setup(L, 1, "StreamReader", "readline");
   lua_pushliteral(L, "\n");
   lua_insert(L, 2);
   lua_pushnil(L);
@@ -355,14 +378,14 @@ static int reader_at_eof(lua_State *L) {
 
 /* r:exception() -> the exception that ended the stream, or nil */
 static int reader_exception(lua_State *L) {
-  ml_Conn *c = setup(L, 1, "StreamReader");
+  ml_Conn *c = setup(L, 1, "StreamReader", NULL);
   ml__conn_push_exc(L, 2, c);
   return 1;
 }
 
 /* r:set_exception(exc) -> nothing; wakes a parked reader. */
 static int reader_set_exception(lua_State *L) {
-  ml_Conn *c = setup(L, 2, "StreamReader");
+  ml_Conn *c = setup(L, 2, "StreamReader", NULL);
   lua_pushvalue(L, 2);
   lua_setiuservalue(L, 3, XUV_EXC);
   c->has_exc = !lua_isnil(L, 2);
@@ -457,7 +480,7 @@ static int drain_k(lua_State *L, int status, lua_KContext ctx) {
 
 /* await w:drain() -> nothing */
 static int writer_drain(lua_State *L) {
-  setup(L, 1, "StreamWriter");
+  setup(L, 1, "StreamWriter", "drain");
   return drain_k(L, LUA_OK, 0);
 }
 
@@ -479,7 +502,7 @@ static int wait_closed_k(lua_State *L, int status, lua_KContext ctx) {
 
 /* await w:wait_closed() -> nothing */
 static int writer_wait_closed(lua_State *L) {
-  setup(L, 1, "StreamWriter");
+  setup(L, 1, "StreamWriter", "wait_closed");
   return wait_closed_k(L, LUA_OK, 0);
 }
 
@@ -512,7 +535,7 @@ static int writer_can_write_eof(lua_State *L) {
 
 /* w:get_extra_info(name, default) -> value */
 static int writer_get_extra_info(lua_State *L) {
-  ml_Conn *c = setup(L, 3, "StreamWriter");
+  ml_Conn *c = setup(L, 3, "StreamWriter", NULL);
   return ml__conn_extra(L, 4, c, 2);
 }
 

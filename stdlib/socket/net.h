@@ -76,6 +76,8 @@ int ml__sock_park(lua_State *L, ml_Socket *s, int write, int always, lua_KContex
  * type-error form says "tname expected, got <type>".  Never return. */
 int ml__net_argerror(lua_State *L, const char *fn, int idx, const char *msg);
 int ml__net_typeerror(lua_State *L, const char *fn, int idx, const char *tname);
+/* The integer at idx, or that error ("number expected, got ..."). */
+lua_Integer ml__net_checkinteger(lua_State *L, const char *fn, int idx);
 /* loop:sock_sendfile and loop:sendfile (asyncio/sendfile.c), registered
  * as async loop methods by asyncio/_net.c. */
 int ml__loop_sock_sendfile(lua_State *L);

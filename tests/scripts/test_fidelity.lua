@@ -369,6 +369,49 @@ T.case("the loop's async socket methods name themselves in argument errors, not 
   s:close(); u:close()
 end)
 
+T.case("StreamReader/StreamWriter async methods name themselves in argument errors, not '__awmeth' or '?'", async function()
+  local srv = await asyncio.start_server(function() end, "127.0.0.1", 0)
+  local r, w = await asyncio.open_connection("127.0.0.1", srv.sockets[1]:getsockname()[2])
+  local function err(f) local ok, e = pcall(f); T.eq(ok, false, "raises"); return tostring(e) end
+  T.match(err(function() return await r:readexactly("x") end),
+          "bad argument #1 to 'readexactly' %(number expected, got string%)$", "readexactly")
+  local c = r:readexactly("x")
+  T.eq(err(function() return await c end), "bad argument #1 to 'readexactly' (number expected, got string)",
+       "a Coroutine awaited later")
+  T.match(err(function() return await r:read("x") end), "bad argument #1 to 'read' %(number expected", "read")
+  T.match(err(function() return await r:read(1.5) end),
+          "bad argument #1 to 'read' %(number has no integer representation%)$", "read(1.5)")
+  T.match(err(function() return await r:readuntil(5) end),
+          "bad argument #1 to 'readuntil' %(string or list of strings expected, got number%)$", "readuntil")
+  T.match(err(function() return await r:readuntil({ 5 }) end),
+          "bad argument #1 to 'readuntil' %(list of strings expected%)$", "readuntil's list")
+  T.match(err(function() return await r.readline(5) end),
+          "calling 'readline' on bad self %(StreamReader expected, got number%)$", "readline's self")
+  T.match(err(function() return await w.drain({}) end),
+          "calling 'drain' on bad self %(StreamWriter expected, got table%)$", "drain's self")
+  T.match(err(function() return await w.wait_closed("w") end),
+          "calling 'wait_closed' on bad self %(StreamWriter expected, got string%)$", "wait_closed's self")
+  for _, m in ipairs({ "readexactly", "read", "readuntil" }) do
+    T.ok(not err(function() return await r[m](r, {}) end):find("__aw"), m .. ": no __aw* name")
+  end
+  w:close()
+  srv:close()
+end)
+
+T.case("ExceptionGroup's exceptions is a list with n, from a list with or without n", function()
+  local a, b = asyncio.ValueError("a"), asyncio.TypeError("b")
+  local eg = asyncio.ExceptionGroup("m", { a, b })
+  T.eq(eg.exceptions.n, 2, "n counted from the list")
+  T.ok(eg.exceptions[1] == a and eg.exceptions[2] == b and #eg.exceptions == 2, "the elements, in order")
+  local src = { a, b, n = 2 }
+  local eg2 = asyncio.ExceptionGroup("m", src)
+  T.eq(eg2.exceptions.n, 2, "n given")
+  T.ok(eg2.exceptions ~= src, "a copy: changing the list given does not change the group")
+  T.eq(asyncio.ExceptionGroup("m", { a, n = 1 }).exceptions.n, 1, "n = 1")
+  local m = eg:subgroup(asyncio.ValueError)
+  T.eq(m.exceptions.n, 1, "subgroup's list has n too")
+end)
+
 T.case("ExceptionGroup:split and subgroup keep the nesting, by class or predicate", function()
   local eg = sample_group()
   local m, r = eg:split(asyncio.ValueError)
