@@ -1,8 +1,10 @@
 /* task.c: asyncio.Task, a Future that runs a function in its own Lua
- * thread.  task_step is the one place in moonloop that calls lua_resume. */
+ * thread.  task_step is the one place in moonloop that calls lua_resume.
+ * Sleeping (asyncio.sleep, its timers and deadlines) is sleep.c. */
 #include <errno.h>
 #include <string.h>
 #include "task.h"
+#include "budget.h"
 #include "coro.h"
 #include "sched.h"
 #include "exc.h"
@@ -236,145 +238,6 @@ static void finish(ml_State *S, lua_State *L, ml_Task *t, int n, int failed) {
   lua_settop(L, tidx - 1);
 }
 
-/* The CPU budget: the hook counts instructions in slices, and a task step
- * that runs past the state's budget is terminated: from then on the hook
- * fires at every instruction, call and return of the task's threads and
- * raises each time, so a pcall, an error handler or a __close that
- * catches the error only gets one instruction further - the task's frames
- * unwind to the scheduler (as V8's TerminateExecution).  Threads a task
- * creates inherit the hook.
- *
- * Its cost: Lua 5.4 runs luaG_traceexec before every instruction while a
- * count hook is set, whatever the count (the count only says how often
- * the hook itself runs), so a budgeted step runs Lua code about 1.9-2.2x
- * slower (docs/performance.md, "Embedding"); BUDGET_SLICE only sets how
- * often the hook adds up (1 in 1,000 instructions: under 1% of it).
- *
- * Interrupts.  ml_state_interrupt(S) may come from any thread, so it
- * touches no Lua state: it writes the number of the step it wants stopped
- * to S->interrupt_seq (an atomic store), and the hook, which runs on the
- * loop's thread, compares it with the step under way at its next slice
- * and terminates the step as the budget does (but with KeyboardInterrupt).
- * S->step_seq numbers the steps: its low bit says a step runs, bit 1 that
- * it has the hook (a state with a budget).  A number once passed is never
- * reused, so an interrupt meant for a step that ended first stops nothing
- * later.  Without the hook (no budget) only the loop's own thread - a
- * signal handler interrupting the step, or a host function the step
- * called, which ml__tls_stepping tells - can stop it: with lua_sethook on
- * the task's thread, which Lua allows from a signal handler (lua.c's
- * Ctrl+C does the same) and which is no race on the thread that runs it. */
-#define BUDGET_SLICE 1000
-
-__thread ml_State *ml__tls_stepping __attribute__((tls_model("initial-exec")));
-
-/* A step begins (hooked: it has the budget's hook) or ends. */
-static void step_seq_begin(ml_State *S, int hooked) {
-  unsigned long n = ((S->step_seq >> 2) + 1) << 2 | (hooked ? 3 : 1);
-  __atomic_store_n(&S->step_seq, n, __ATOMIC_RELEASE);
-}
-
-static void step_seq_end(ml_State *S) {
-  __atomic_store_n(&S->step_seq, S->step_seq & ~3UL, __ATOMIC_RELEASE);
-}
-
-/* ml_state_interrupt asked for this step to stop. */
-static int interrupt_asked(ml_State *S) {
-  return __atomic_load_n(&S->interrupt_seq, __ATOMIC_ACQUIRE) == S->step_seq;
-}
-
-static void budget_hook(lua_State *L, lua_Debug *ar);
-
-/* Starts terminating the step under way, from the hook on thread L. */
-static void terminate_step(ml_State *S, lua_State *L) {
-  S->over_budget = 1;
-  if (S->current && S->current->co && S->current->co != L)
-    lua_sethook(S->current->co, budget_hook, LUA_MASKCOUNT | LUA_MASKCALL | LUA_MASKRET, 1);
-  lua_sethook(L, budget_hook, LUA_MASKCOUNT | LUA_MASKCALL | LUA_MASKRET, 1);
-}
-
-/* Raises the error of the step being terminated (never returns). */
-static void raise_terminated(ml_State *S, lua_State *L) {
-  if (S->interrupted) ml__exc_raise(L, "KeyboardInterrupt", NULL);
-  ml__exc_raise(L, "RuntimeError",
-                "task ran past its CPU budget of %I instructions without awaiting; "
-                "it was stopped so the loop keeps running (await something, or "
-                "raise the budget with ml_state_set_cpu_budget)", (lua_Integer)S->instr_budget);
-}
-
-/* Adds n to the step's count: 0 while within the budget, 1 if that
- * spent it (the step is then being terminated). */
-static int spend(ml_State *S, lua_State *L, unsigned long n) {
-  S->step_instr += n;
-  if (S->step_instr <= S->instr_budget) return 0;
-  if (S->budget_whole_state) {
-    S->budget_dead = 1;
-    S->stopping = 1;
-  }
-  terminate_step(S, L);
-  return 1;
-}
-
-/* A lua_Hook: raises RuntimeError once the budget is spent, or
- * KeyboardInterrupt once an interrupt was asked (never returns then). */
-static void budget_hook(lua_State *L, lua_Debug *ar) {
-  ml_State *S = ml__state(L);
-  (void)ar;
-  if (!S->over_budget) {
-    if (interrupt_asked(S)) {
-      S->interrupted = 1;
-      terminate_step(S, L);
-      raise_terminated(S, L);
-    }
-    if (S->instr_budget == 0) {  /* a thread hooked by an old termination */
-      lua_sethook(L, NULL, 0, 0);
-      return;
-    }
-    if (!spend(S, L, BUDGET_SLICE)) return;
-  } else if (lua_gethookcount(L) != 1) {
-    lua_sethook(L, budget_hook, LUA_MASKCOUNT | LUA_MASKCALL | LUA_MASKRET, 1);
-  }
-  raise_terminated(S, L);
-}
-
-void ml__budget_charge(lua_State *L, unsigned long n) {
-  ml_State *S = ml__state(L);
-  if (!(S->step_seq & 1)) return;  /* no task step runs: nothing to count */
-  if (!S->over_budget) {
-    if (interrupt_asked(S)) {
-      S->interrupted = 1;
-      terminate_step(S, L);
-      raise_terminated(S, L);
-    }
-    if (S->instr_budget == 0 || !spend(S, L, n)) return;
-  }
-  raise_terminated(S, L);
-}
-
-int ml__task_interrupt(ml_State *S) {
-  unsigned long seq = __atomic_load_n(&S->step_seq, __ATOMIC_ACQUIRE);
-  if (!(seq & 1)) return -ESRCH;
-  if (ml__tls_stepping == S) {
-    /* On the thread running the step: a signal handler or a host
-     * function.  Only stores and lua_sethook: async-signal-safe. */
-    lua_State *co = S->current ? S->current->co : NULL;
-    if (co == NULL) return -ESRCH;
-    __atomic_store_n(&S->interrupt_seq, seq, __ATOMIC_RELEASE);
-    lua_sethook(co, budget_hook, LUA_MASKCOUNT | LUA_MASKCALL | LUA_MASKRET, 1);
-    return 0;
-  }
-  if (!(seq & 2)) return -ENOTSUP;  /* no hook: nothing would look */
-  __atomic_store_n(&S->interrupt_seq, seq, __ATOMIC_RELEASE);
-  return 0;
-}
-
-/* [-0, +0] */
-void ml__budget_arm(lua_State *co) {
-  ml_State *S = ml__state(co);
-  if (S->instr_budget == 0) return;
-  if (S->over_budget) lua_sethook(co, budget_hook, LUA_MASKCOUNT | LUA_MASKCALL | LUA_MASKRET, 1);
-  else lua_sethook(co, budget_hook, LUA_MASKCOUNT, BUDGET_SLICE);
-}
-
 /* A task's first step: takes a thread and puts task_body, the function
  * and its arguments on it.  A Coroutine gives way to its name: a running
  * task keeps its function alive through its thread, and a parked task is
@@ -457,15 +320,15 @@ static void step(ml_State *S, lua_State *L, ml_Task *t) {
     S->interrupted = 0;
   }
   if (S->instr_budget) ml__budget_arm(co);
-  else if (lua_gethook(co) == budget_hook) lua_sethook(co, NULL, 0, 0);
+  else if (lua_gethook(co) == ml__budget_hook) lua_sethook(co, NULL, 0, 0);
   if (prev == NULL) {
     stepping = ml__tls_stepping;
     ml__tls_stepping = S;
-    step_seq_begin(S, S->instr_budget != 0);
+    ml__step_seq_begin(S, S->instr_budget != 0);
   }
   status = lua_resume(co, L, nargs, &nres);
   if (prev == NULL) {
-    step_seq_end(S);
+    ml__step_seq_end(S);
     ml__tls_stepping = stepping;
   }
   S->current = prev;
@@ -604,6 +467,11 @@ static int suspend(lua_State *L, ml_CancelHook hook, void *ud,
   ml__set_parked(L, 1);
   lua_pushlightuserdata(L, (void *)&ml__await_marker);
   return lua_yieldk(L, 1, 0, resume_k);
+}
+
+/* [-0, +0]; goes to the end of the ready queue at once (sleep.c). */
+int ml__task_requeue(lua_State *L, lua_KFunction k) {
+  return suspend(L, NULL, NULL, 0, k, 1, 0);
 }
 
 /* [-0, +0]; suspends; k runs when woken (not on cancellation). */
@@ -886,182 +754,6 @@ static const luaL_Reg task_methods[] = {
   { "get_traceback", task_get_traceback },
   { NULL, NULL }
 };
-
-/* ---- sleep ----
- * A sleeping task's ev_timer is allocated for the sleep, kept as the
- * suspension's hook_ud (with sleep_hook as its hook), and freed when it
- * fires or is stopped: parked tasks that do not sleep (most) carry no
- * timer at all.
- *
- * The next deadline: a host stepping the loop (ml_state_step) asks for
- * it after every step, and libev has no call for its own next timer.  So
- * from the first time it is asked, the sleepers' deadlines are also kept
- * in S->sleepers (a timerheap.c heap: a push is a store when sleeps come
- * in deadline order, a wake-up a lazy cancel), and the answer is its top,
- * not a walk over every task (10,000 sleepers: 234 us a step).  Until
- * then - a loop run by ml_state_run never asks - sleeping costs no heap
- * (it measured +250 instructions a sleep, the heap's pops). */
-
-typedef struct Sleep {
-  ev_timer w;               /* first: the hook_ud is also the ev_timer */
-  int id;                   /* its entry in S->sleepers, or 0 */
-} Sleep;
-
-static int sleep_hook(lua_State *L, ml_Task *t, void *ud);
-
-static Sleep *sleep_of(ml_Task *t) {
-  return t->suspended && t->hook == sleep_hook ? t->hook_ud : NULL;
-}
-
-/* Puts s, sleeping until now + remaining, in S->sleepers; 0 or -ENOMEM. */
-static int sleep_track(ml_State *S, Sleep *s, double remaining) {
-  int id = ml__theap_prepare(&S->sleepers);
-  if (id < 0) return id;
-  ml__theap_push(&S->sleepers, ml__now() + remaining, id);
-  s->id = id;
-  return 0;
-}
-
-/* Starts keeping the deadlines: every sleeper's goes in the heap once. */
-static int sleepers_track(ml_State *S) {
-  ml_Task *t;
-  for (t = S->tasks; t; t = t->next) {
-    Sleep *s = sleep_of(t);
-    if (s && s->id == 0 && sleep_track(S, s, ev_timer_remaining(S->loop, &s->w)) < 0) {
-      for (t = S->tasks; t; t = t->next)  /* out of memory: as before */
-        if ((s = sleep_of(t))) s->id = 0;
-      ml__theap_free(&S->sleepers);
-      return -ENOMEM;
-    }
-  }
-  S->track_sleepers = 1;
-  return 0;
-}
-
-int ml__task_sleep_next(ml_State *S, double *remaining) {
-  double when, best = 0;
-  int found = 0;
-  ml_Task *t;
-  if (S->nsleeping == 0) return 0;
-  if (S->track_sleepers || sleepers_track(S) == 0) {
-    if (!ml__theap_top(&S->sleepers, &when)) return 0;
-    when -= ml__now();
-    *remaining = when > 0 ? when : 0;
-    return 1;
-  }
-  for (t = S->tasks; t; t = t->next) {  /* no memory for the heap */
-    Sleep *s = sleep_of(t);
-    if (s) {
-      double r = ev_timer_remaining(S->loop, &s->w);
-      if (!found || r < best) best = r;
-      found = 1;
-    }
-  }
-  *remaining = best > 0 ? best : 0;
-  return found;
-}
-
-/* Stops and frees s, the timer of task t.  [-0, +0] */
-static void sleep_stop(ml_State *S, ml_Task *t, Sleep *s) {
-  void *ud;
-  lua_Alloc f = lua_getallocf(S->L, &ud);
-  if (s == NULL) return;
-  if (t->hook_ud == s) t->hook_ud = NULL;
-  ev_timer_stop(S->loop, &s->w);
-  if (s->id) ml__theap_cancel(&S->sleepers, s->id);
-  f(ud, s, sizeof *s, 0);
-  S->nsleeping--;
-}
-
-void ml__task_stop_timers(ml_State *S) {
-  ml_Task *t;
-  for (t = S->tasks; t && S->nsleeping > 0; t = t->next) sleep_stop(S, t, sleep_of(t));
-}
-
-static void sleep_cb(struct ev_loop *loop, ev_timer *w, int revents) {
-  ml_Task *t = w->data;
-  (void)loop; (void)revents;
-  sleep_stop(t->fut.S, t, (Sleep *)w);
-  ml__task_wake(t);
-}
-
-/* [-0, +0] */
-static int sleep_hook(lua_State *L, ml_Task *t, void *ud) {
-  (void)L;
-  sleep_stop(t->fut.S, t, ud);
-  return 0;
-}
-
-/* Continuation: -> the values after the delay. */
-static int sleep_k(lua_State *L, int status, lua_KContext ctx) {
-  (void)status; (void)ctx;
-  return lua_gettop(L) - 1;  /* the values after the delay */
-}
-
-/* Continuation: -> nothing. */
-static int yield_k(lua_State *L, int status, lua_KContext ctx) {
-  (void)L; (void)status; (void)ctx;
-  return 0;
-}
-
-/* Yields to the other ready tasks: -> nothing. */
-int ml__task_yield_now(lua_State *L) {
-  if (ml__state(L)->current == NULL) return ml__task_raise_outside(L);
-  return suspend(L, NULL, NULL, 0, yield_k, 1, 0);
-}
-
-/* asyncio.sleep(delay, ...): returns its extra arguments after delay
- * seconds; sleep(0) only yields to the other ready tasks.
- * -> the extra arguments */
-int ml__task_sleep(lua_State *L) {
-  ml_State *S = ml__state(L);
-  ml_Task *t = S->current;
-  int isnum;
-  lua_Number d = lua_tonumberx(L, 1, &isnum);
-  Sleep *w;
-  /* Named here: run inline by an await, a C body has no name of its own
-   * for luaL_argerror ("bad argument #1 to '?'"). */
-  if (!isnum) return ml__exc_raise(L, "TypeError", "sleep() delay must be a number, got %s", luaL_typename(L, 1));
-  if (t == NULL) return ml__task_raise_outside(L);
-  if (d != d) return luaL_argerror(L, 1, "delay is NaN");
-  if (lua_gettop(L) == 2 && lua_type(L, 2) == LUA_TTABLE && !lua_getmetatable(L, 2)) {
-    /* sleep(d, {result = x}): Python's keyword; a plain table whose only
-     * key is result.  Any other table is a value sleep returns. */
-    lua_pushnil(L);
-    if (lua_next(L, 2) && lua_type(L, -2) == LUA_TSTRING && strcmp(lua_tostring(L, -2), "result") == 0) {
-      lua_pop(L, 1);
-      if (!lua_next(L, 2)) {
-        lua_getfield(L, 2, "result");
-        lua_replace(L, 2);
-      }
-    }
-    lua_settop(L, 2);
-  }
-  if (d <= 0) return suspend(L, NULL, NULL, 0, sleep_k, 1, 0);  /* no libev */
-  /* What would make the suspension raise, raise now: a timer left running
-   * for a task that never slept would wake it, or a task long gone. */
-  ml__task_check_suspendable(L);
-  {
-    void *ud;
-    lua_Alloc f = lua_getallocf(L, &ud);
-    w = f(ud, NULL, 0, sizeof *w);
-    if (w) w->id = 0;
-    if (w && S->track_sleepers && sleep_track(S, w, d) < 0) {
-      f(ud, w, sizeof *w, 0);
-      w = NULL;
-    }
-    if (w == NULL) {
-      ml__push_memory_error(L);
-      return lua_error(L);
-    }
-    ev_timer_init(&w->w, sleep_cb, d, 0.);
-    w->w.data = t;
-    ev_now_update(S->loop);  /* libev's time is from the last poll */
-    ev_timer_start(S->loop, &w->w);
-    S->nsleeping++;
-  }
-  return ml__task_suspend(L, sleep_hook, w, 0, sleep_k);
-}
 
 /* [-0, +0] makes the thread pool and the Task metatable. */
 void ml__task_open(lua_State *L) {

@@ -1,4 +1,4 @@
-/* task.h: Tasks (task.c): the struct, stepping (the one lua_resume), spawning, cancelling, sleeping. */
+/* task.h: Tasks (task.c): the struct, stepping (the one lua_resume), spawning, cancelling; sleeping (sleep.c) and the CPU budget (budget.c). */
 #ifndef ML_TASK_H
 #define ML_TASK_H
 
@@ -31,7 +31,7 @@ struct ml_Task {
  * Lua turns hooks off (an xpcall message handler, in the sandbox): the
  * running step's count goes on, and past the budget it raises at once. */
 void ml__budget_arm(lua_State *co);
-/* ml_state_interrupt (task.c, "interrupts"): asks the task step under way
+/* ml_state_interrupt (budget.c, "Interrupts"): asks the task step under way
  * to stop with KeyboardInterrupt, which the script cannot catch.  Any
  * thread; async-signal-safe.  0, -ESRCH (no step runs) or -ENOTSUP (from
  * another thread, a step without the budget's hook). */
@@ -50,8 +50,11 @@ void ml__task_stop_timers(ml_State *S);
  * *remaining, and 1; 0 if no task sleeps.  From its first call on, the
  * deadlines are also kept in a heap (S->sleepers), so that it is O(1) and
  * a sleep O(log n): a host stepping the loop does not walk 10,000
- * sleepers to learn its timeout (task.c, "sleep"). */
+ * sleepers to learn its timeout (sleep.c). */
 int ml__task_sleep_next(ml_State *S, double *remaining);
+/* Suspends the running task and puts it at the end of the ready queue
+ * at once: k runs on its next step (sleep(0), sleep.c).  [-0, +0] */
+int ml__task_requeue(lua_State *L, lua_KFunction k);
 /* Runs one step of t (the one place that calls lua_resume). */
 void ml__task_step(ml_State *S, ml_Task *t);
 /* Sets up the Task metatable.  [-0, +0] */
