@@ -12,11 +12,12 @@
 #   QUICK=1         one run of everything, short echo runs (a smoke test)
 #   PIN=0           do not pin the echo server and load client to cores
 #   ONLY="gather gather_eager gather_warm sleep0 queue timers timers_warm timers1m echo echo1 idle memory startup
-#         spawn tothread pipe64 httpclient embed workers"   a subset (echo and echo1 also give the latency rows)
+#         spawn tothread pipe64 httpclient httpserver embed workers"   a subset (echo and echo1 also give the latency rows)
 #   TIMERS1M_RUNS=1 runs of the 1,000,000-timer benchmark (tens of seconds in Python)
 #   IDLE_CONNS=10000 connections of the idle-connections benchmark
 #   HTTP_N=20000 HTTP_CONC=50   the HTTP client row's GETs and concurrency
 #   HELLO_RUNS=3 HELLO_SECONDS=4   the workers rows (HTTP hello, 1 and 2 workers; wrk runs)
+#   HTTPD_SECONDS=4  each wrk run of the HTTP server rows (wrk -t1 -c50)
 #
 # Everything runs on 127.0.0.1 with ports found free; every process this
 # script starts is killed when it exits, however it exits.
@@ -35,14 +36,15 @@ MEM_RUNS=${MEM_RUNS:-3}
 STARTUP_RUNS=${STARTUP_RUNS:-200}
 TIMERS1M_RUNS=${TIMERS1M_RUNS:-1}
 IDLE_CONNS=${IDLE_CONNS:-10000}
-ONLY=${ONLY:-gather gather_eager gather_warm sleep0 queue timers timers_warm timers1m echo echo1 idle memory startup spawn tothread pipe64 httpclient embed workers}
+ONLY=${ONLY:-gather gather_eager gather_warm sleep0 queue timers timers_warm timers1m echo echo1 idle memory startup spawn tothread pipe64 httpclient httpserver embed workers}
 HTTP_N=${HTTP_N:-20000}
 HTTP_CONC=${HTTP_CONC:-50}
 HELLO_RUNS=${HELLO_RUNS:-3}
 HELLO_SECONDS=${HELLO_SECONDS:-4}
+HTTPD_SECONDS=${HTTPD_SECONDS:-4}
 if [ "${QUICK:-0}" = 1 ]; then
   RUNS=1 ECHO_RUNS=1 ECHO_SECONDS=1 MEM_RUNS=1 STARTUP_RUNS=30 TLS_SECONDS=1 IDLE_CONNS=2000 HTTP_N=2000
-  HELLO_RUNS=1 HELLO_SECONDS=1
+  HELLO_RUNS=1 HELLO_SECONDS=1 HTTPD_SECONDS=1
 fi
 ECHO_CONNS=50
 ECHO_SIZE=1024
@@ -376,6 +378,96 @@ EOF
   fi
 fi
 
+# ---- HTTP server: wrk against each server ------------------------------------
+
+# wrk -t1 -c50 for HTTPD_SECONDS on / (13 bytes of text) and /json (a small
+# JSON object) of each server: moonloop's http.serve, nginx + lua-nginx-module
+# (content_by_lua, cjson; one worker, no master, its files in $TMP/nginx_lua),
+# uvloop + httptools on a Protocol, Node's http, aiohttp's web server.  The
+# server runs on core 1 and wrk on core 0; each server gets one short warm-up
+# run first (LuaJIT, V8 and the Python caches warm, connections made).
+# httpd_run IMPL: starts IMPL's server, runs wrk on both routes, stops it.
+httpd_run() {
+  local impl=$1 port pid route out cmd=() nd=$TMP/nginx_lua
+  port=$(free_port) || { note "no free port found"; return; }
+  case $impl in
+    moonloop) cmd=("$ML" "$HERE/http_server.lua" "$port") ;;
+    uvloop|aiohttp) cmd=("$PY" "$HERE/http_server.py" "$impl" "$port") ;;
+    node) cmd=(node "$HERE/http_server.js" "$port") ;;
+    nginx_lua)
+      mkdir -p "$nd"
+      cat > "$nd/nginx.conf" <<EOF
+load_module /usr/lib/nginx/modules/ndk_http_module.so;
+load_module /usr/lib/nginx/modules/ngx_http_lua_module.so;
+daemon off; master_process off; worker_processes 1;
+pid $nd/nginx.pid; error_log $nd/error.log warn;
+events { worker_connections 1024; }
+http {
+  access_log off; keepalive_requests 1000000;
+  client_body_temp_path $nd/body; proxy_temp_path $nd/proxy; fastcgi_temp_path $nd/fastcgi;
+  uwsgi_temp_path $nd/uwsgi; scgi_temp_path $nd/scgi;
+  init_by_lua_block { cjson = require "cjson" }
+  server {
+    listen 127.0.0.1:$port;
+    location = /json {
+      default_type application/json;
+      content_by_lua_block { ngx.print(cjson.encode({ message = "hello, world", id = 1, ok = true })) }
+    }
+    location / {
+      default_type text/plain;
+      content_by_lua_block { ngx.print("hello, world\n") }
+    }
+  }
+}
+EOF
+      cmd=("$NGINX" -p "$nd" -c "$nd/nginx.conf") ;;
+  esac
+  timeout -k 2 $((HTTPD_SECONDS * 4 + 60)) "${SERVER_PIN[@]}" "${cmd[@]}" >/dev/null 2>"$TMP/err.httpd.$impl" &
+  pid=$!
+  SERVER_PID=$pid
+  if ! wait_port "$pid" "$port"; then
+    note "$impl HTTP server did not start: $(head -1 "$TMP/err.httpd.$impl")"
+    stop_server
+    return
+  fi
+  for route in hello json; do
+    local path=/; [ $route = json ] && path=/json
+    [ $route = hello ] && timeout -k 2 10 "${CLIENT_PIN[@]}" wrk -t1 -c50 -d1s "http://127.0.0.1:$port$path" >/dev/null 2>&1
+    out=$(timeout -k 2 $((HTTPD_SECONDS + 30)) "${CLIENT_PIN[@]}" wrk -t1 -c50 -d"${HTTPD_SECONDS}s" \
+            "http://127.0.0.1:$port$path" 2>>"$TMP/err.httpd.$impl")
+    # wrk counts non-2xx answers and socket errors apart: a run with either is no figure
+    if echo "$out" | grep -q -e 'Non-2xx' -e 'Socket errors'; then
+      note "$impl: HTTP server /$route run had errors: $(echo "$out" | grep -e 'Non-2xx' -e 'Socket errors' | head -1)"
+    elif echo "$out" | grep -q '^Requests/sec:'; then
+      echo "$out" | awk '/^Requests\/sec:/ { print $2 }' >> "$TMP/httpd_$route.$impl"
+    else
+      note "$impl: HTTP server /$route run failed: $(tail -1 "$TMP/err.httpd.$impl")"
+    fi
+  done
+  stop_server
+}
+
+if want httpserver; then
+  if ! command -v wrk >/dev/null; then
+    note "wrk not found (apt-get install wrk): the HTTP server rows are skipped"
+  else
+    impls=()
+    [ $have_ml = 1 ] && impls+=(moonloop)
+    NGINX=$(command -v nginx || echo /usr/sbin/nginx)
+    if [ -x "$NGINX" ] && [ -e /usr/lib/nginx/modules/ngx_http_lua_module.so ]; then impls+=(nginx_lua)
+    else note "nginx or its Lua module not found (apt-get install nginx-light libnginx-mod-http-lua): skipped"; fi
+    if [ $have_uvloop = 1 ] && "$PY" -c 'import httptools' 2>/dev/null; then impls+=(uvloop)
+    else note "uvloop or httptools not importable by $PY (apt-get install python3-httptools): skipped"; fi
+    [ $have_node = 1 ] && impls+=(node)
+    if [ $have_asyncio = 1 ] && "$PY" -c 'import aiohttp' 2>/dev/null; then impls+=(aiohttp)
+    else note "aiohttp not importable by $PY (apt-get install python3-aiohttp): skipped"; fi
+    echo "running httpserver ($RUNS runs of 2 x ${HTTPD_SECONDS}s per server)..." >&2
+    for r in $(seq "$RUNS"); do
+      for impl in "${impls[@]}"; do httpd_run "$impl"; done
+    done
+  fi
+fi
+
 # ---- HTTP hello on 1 and 2 workers (issue #18) --------------------------------
 
 # Each server answers "hello, world\n" on 127.0.0.1 with N worker processes:
@@ -682,6 +774,16 @@ if want workers; then
   row "HTTP hello, 2 workers" "req/s" rate hello2.moonloop "nginx, 2 workers" hello2.nginx - "$T_HELLO"
   row "HTTP hello, 2 workers" "req/s" rate hello2.moonloop "node cluster, 2" hello2.node - "$T_HELLO"
   row "HTTP hello, 2 workers" "req/s" rate hello2.moonloop "moonloop, 1 worker" hello1.moonloop - "$T_HELLO"
+fi
+if want httpserver; then
+  T_HTTPD="≥ 1.0× nginx+lua, ≥ 1.3× uvloop+httptools, ≥ 2× Node, ≥ 4× aiohttp"
+  for b in hello:"HTTP server, hello (wrk)" json:"HTTP server, JSON (wrk)"; do
+    IFS=: read -r route label <<<"$b"
+    row "$label" "req/s" rate "httpd_$route.moonloop" "nginx + lua" "httpd_$route.nginx_lua" 1 "$T_HTTPD"
+    row "$label" "req/s" rate "httpd_$route.moonloop" "uvloop + httptools" "httpd_$route.uvloop" 1.3 "$T_HTTPD"
+    row "$label" "req/s" rate "httpd_$route.moonloop" "node http" "httpd_$route.node" 2 "$T_HTTPD"
+    row "$label" "req/s" rate "httpd_$route.moonloop" "aiohttp" "httpd_$route.aiohttp" 4 "$T_HTTPD"
+  done
 fi
 if want tls; then
   T_TLS="≥ 1.2× uvloop, ≥ Node"
