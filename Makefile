@@ -123,7 +123,7 @@ DEB_PKGS = liblua5.4-dev libev-dev check pkg-config libedit-dev tmux socat netca
 BENCH_PKGS = python3-uvloop hyperfine nodejs
 
 .PHONY: bench-check fuzz-deps FORCE all build test run bench deps bench-deps need need-check install uninstall clean \
-	check-suites script-tests embed-host embed-pkgconfig fuzz fuzz-tls fuzz-lib fuzz-stream fuzz-repl
+	check-suites script-tests embed-host embed-pkgconfig fuzz fuzz-tls fuzz-lib fuzz-stream fuzz-repl fuzz-http
 
 all: $(BUILD)/moonloop $(BUILD)/libmoonloop.a $(BUILD)/libmoonloop.so
 
@@ -346,7 +346,7 @@ fuzz: need
 	clang $(FUZZ_FLAGS) -Ivm $(LUA_CFLAGS) -o build/fuzz/asyncpass \
 	  tests/fuzz/asyncpass.c vm/dialect/asyncpass.c vm/dialect/buf.c $(LUA_LIBS)
 	build/fuzz/asyncpass -max_total_time=$(FUZZ_SECONDS) -max_len=4096 build/fuzz/corpus-asyncpass tests/fuzz/asyncpass scripts tests/scripts 2>&1 | tail -n 5
-	@$(MAKE) --no-print-directory fuzz-tls fuzz-stream fuzz-repl
+	@$(MAKE) --no-print-directory fuzz-tls fuzz-stream fuzz-repl fuzz-http
 
 fuzz-deps:
 	@command -v clang >/dev/null || { [ "$$(id -u)" = 0 ] && \
@@ -384,6 +384,17 @@ fuzz-repl: fuzz-lib
 	  tests/fuzz/repl_split.c vm/cli/split.c build/fuzz-lib/libmoonloop.a $(LIB_LIBS)
 	build/fuzz/repl_split -max_total_time=$(FUZZ_SECONDS) -max_len=2048 -timeout=10 \
 	  build/fuzz/corpus-repl_split tests/fuzz/repl_split 2>&1 | tail -n 5
+
+# The HTTP server's request path over 127.0.0.1: pipelined, chunked and
+# smuggling-shaped requests against a model, arbitrary bytes in arbitrary
+# chunkings (the property is tests/fuzz/http_request.lua, which make test
+# also runs over the seed corpus).
+fuzz-http: fuzz-lib
+	@mkdir -p build/fuzz/corpus-http_request
+	clang $(FUZZ_FLAGS) -Ivm $(LUA_CFLAGS) -DFUZZ_DIR='"$(abspath tests/fuzz)"' -o build/fuzz/http_request \
+	  tests/fuzz/http_request.c build/fuzz-lib/libmoonloop.a $(LIB_LIBS)
+	build/fuzz/http_request -max_total_time=$(FUZZ_SECONDS) -max_len=4096 -timeout=30 \
+	  build/fuzz/corpus-http_request tests/fuzz/http_request 2>&1 | tail -n 5
 
 # moonloop.pc: a host compiles with `pkg-config --cflags --libs moonloop`
 # (the shared library) or adds --static (the static one, which needs

@@ -820,13 +820,20 @@ static void send_continue(lua_State *L, HConn *hc) {
 
 /* [-0, +1] pushes the error the body reader raises for hc->err. */
 static int raise_body_error(lua_State *L, HConn *hc) {
-  if (hc->err == 413) {
+  if (hc->err > 0) {
+    /* http.HTTPError(status, msg): the handler that lets it pass answers
+     * that status (a bad chunked body is the client's 400, not a 500) */
+    llhttp_errno_t e = llhttp_get_errno(&hc->p);
+    const char *why = llhttp_get_error_reason(&hc->p);
     ml__require(L, "http.server");
-    lua_getfield(L, -1, "_too_large");
-    lua_call(L, 0, 1);
+    lua_getfield(L, -1, "_body_error");
+    lua_pushinteger(L, hc->err);
+    if (hc->err == 413) lua_pushliteral(L, "Payload Too Large");
+    else if (e != HPE_OK && e != HPE_PAUSED && why && *why) lua_pushfstring(L, "Bad Request: %s", why);
+    else lua_pushliteral(L, "Bad Request: the body ended early");
+    lua_call(L, 2, 1);
     return lua_error(L);
   }
-  if (hc->err > 0) return ml__exc_raise(L, "ConnectionError", "bad request body (HTTP %d)", hc->err);
   return ml__exc_raise_errno(L, ECONNRESET, "the client went away before its request body was read");
 }
 

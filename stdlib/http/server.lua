@@ -26,9 +26,12 @@ end, function(e)
 end)
 M.HTTPError = HTTPError
 
--- What a body reader raises when the body is over the server's body_limit.
-function M._too_large()
-  return HTTPError(413, "Payload Too Large")
+-- What a body reader raises when the body cannot be had: over the server's
+-- body_limit (413), malformed or cut short by the client's EOF (400).  An
+-- HTTPError, so that a handler which lets it pass answers that status, not
+-- 500, and nothing is reported as a handler failure.
+function M._body_error(status, msg)
+  return HTTPError(status, msg)
 end
 
 local Response = {}

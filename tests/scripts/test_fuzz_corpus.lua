@@ -4,6 +4,7 @@
 -- added to the corpus) stays fixed without clang.  docs/reliability.md.
 local T = require "asyncio.test"
 local SR = dofile("tests/fuzz/stream_reader.lua")
+local HR = dofile("tests/fuzz/http_request.lua")
 
 local function corpus(dir)
   local files = {}
@@ -59,6 +60,45 @@ T.case("a divergence is reported, not missed (the property can fail)", async fun
   asyncio.StreamReader = real
   T.eq(ok, false, "the lying reader fails the property")
   T.match(tostring(err), "readline", "the message names the call")
+end)
+
+T.case("the HTTP request-path property holds on its seed corpus, and fds come back", async function()
+  local files = corpus("tests/fuzz/http_request")
+  HR.check(slurp(files[1]))  -- what the first use opens for good (the loop's)
+  HR.close()
+  local fds = T.open_fds()
+  T.ok(#files >= 20, "the corpus is there")
+  for _, path in ipairs(files) do
+    local ok, err = pcall(HR.check, slurp(path))
+    T.ok(ok, path .. ": " .. tostring(err))
+  end
+  HR.close()
+  T.eq(T.open_fds(), fds, "no descriptor left open")
+end)
+
+T.case("the HTTP request-path property holds on 600 random inputs (fixed seed)", async function()
+  math.randomseed(16)
+  local pieces = { "GET / HTTP/1.1\r\n", "\r\n", "Content-Length: 3\r\n", "Transfer-Encoding: chunked\r\n",
+                   "0\r\n\r\n", "abc", "POST /x HTTP/1.1\r\n", " ", ":", "HTTP/1.0\r\n" }
+  for i = 1, 600 do
+    local t = { string.char(math.random(0, 255)) }
+    for j = 1, math.random(0, 60) do
+      t[#t + 1] = math.random() < 0.5 and pieces[math.random(#pieces)] or string.char(math.random(0, 255))
+    end
+    local d = table.concat(t)
+    local ok, err = pcall(HR.check, d)
+    if not ok then T.ok(false, string.format("input %d %q: %s", i, d, tostring(err))) end
+  end
+  HR.close()
+end)
+
+T.case("the HTTP property catches a wrong answer (it can fail)", async function()
+  HR.lie = true
+  local ok, err = pcall(HR.check, "\0\255\1\1\1\1\1\1\1\1\1\1")
+  HR.lie = nil
+  HR.close()
+  T.eq(ok, false, "a handler adding a byte fails the property")
+  T.match(tostring(err), "the model says", "the message names the divergence")
 end)
 
 T.run()
