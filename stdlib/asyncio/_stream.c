@@ -69,7 +69,7 @@ static ml_Conn *setup(lua_State *L, int nargs, const char *what, const char *fn)
  * nil if < 0) and raises it: never returns. */
 static int raise_incomplete(lua_State *L, ml_Conn *c, size_t n, lua_Integer expected) {
   ml__exc_push_class(L, "IncompleteReadError");
-  lua_pushlstring(L, c->rbuf.data + c->rbuf.off, n);
+  lua_pushlstring(L, n ? c->rbuf.data + c->rbuf.off : "", n);  /* data is NULL before the first byte */
   ml__bq_consume(&c->rbuf, n);
   ml__conn_update_reading(c);
   if (expected < 0) lua_pushnil(L);
