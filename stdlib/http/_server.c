@@ -1113,9 +1113,15 @@ static int hc_finish_or_fail(lua_State *L) {
   return hc_finish(L);
 }
 
-/* conn:_close() -> nothing: closes once the responses are written. */
+/* conn:_close() -> nothing: closes once the responses are written.  A
+ * connection lingering after an error answer stays until the client's EOF
+ * (or LINGER_TIME): closing it with input unread would reset it, and the
+ * client might lose the answer (make fuzz-http found this after a handler
+ * whose body read failed). */
 static int hc_close(lua_State *L) {
-  close_conn(check_hc(L, 1), 0);
+  HConn *hc = check_hc(L, 1);
+  if (hc->lingering) return 0;
+  close_conn(hc, 0);
   return 0;
 }
 

@@ -384,6 +384,26 @@ hostile("request smuggling: Content-Length with Transfer-Encoding is 400", async
   T.ok(got:match("^HTTP/1.1 400 "), "chunked not last: 400: " .. got)
 end)
 
+hostile("a bad body found while the handler reads: 400, then the rest is drained, not reset", async function()
+  -- the handler's read fails, it answers 400 and its task ends; the
+  -- connection must linger until the client's EOF (it was closed at once,
+  -- so the client's next writes met a reset: found by make fuzz-http)
+  local r, w = await asyncio.open_connection("127.0.0.1", PORT)
+  w:write("POST /echo HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\nzz\r\n")
+  local got = await r:read()   -- the answer, then the server's half-close
+  T.ok(got:match("^HTTP/1.1 400 .*Connection: close"), "400: " .. got)
+  -- 8 MiB is more than the socket buffers hold: drain returns only if the
+  -- server reads (and drops) it
+  local chunk = string.rep("x", 64 * 1024)
+  local ok, err = pcall(function()
+    for _ = 1, 128 do w:write(chunk); await w:drain() end
+    w:write_eof()
+  end)
+  T.ok(ok, "the rest was read, not reset: " .. tostring(err))
+  w:close()
+  await w:wait_closed()
+end)
+
 hostile("body over body_limit: 413, by Content-Length and by chunks", async function()
   local got = await raw("POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 99999999\r\n\r\n")
   T.ok(got:match("^HTTP/1.1 413 Payload Too Large\r\n"), "413 from the length: " .. got)
