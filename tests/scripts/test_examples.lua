@@ -95,4 +95,29 @@ T.case("parallel_hash.lua hashes on worker threads, checked inline", function()
   T.match(out, "hashed 4 chunks of 32 KiB in worker threads: %x+", "summary")
 end)
 
+T.case("json_api.lua --demo: a JSON API on the router, called by the client", function()
+  local out, st = run("scripts/json_api.lua --demo")
+  T.eq(st, 0, "status: " .. out)
+  T.match(out, "POST   /todos           %-> 201 {[^\n]*\"title\":\"write the docs\"", "created")
+  T.match(out, "PATCH  /todos/2         %-> 200 {[^\n]*\"done\":true", "updated")
+  T.match(out, "GET    /todos%?done=true %-> 200 %[{[^\n]*\"id\":2[^\n]*}%]\n", "filtered by the query")
+  T.match(out, "GET    /todos/3         %-> 404 no to%-do 3", "a missing item")
+  T.match(out, "POST   /todos           %-> 400 invalid JSON body", "a body that is not JSON")
+  T.match(out, "%-> 422 'title' must be a non%-empty string", "a bad field")
+  T.match(out, "DELETE /todos/1         %-> 204", "deleted")
+  T.match(out, "PUT    /todos/2         %-> 405 Method Not Allowed", "the router's 405")
+  T.match(out, "GET    /todos           %-> 200 %[{[^\n]*\"id\":2[^\n]*}%]\n$", "what is left")
+end)
+
+T.case("ws_chat.lua --demo: three WebSocket clients see each other's messages", function()
+  local out, st = run("scripts/ws_chat.lua --demo")
+  T.eq(st, 0, "status: " .. out)
+  T.match(out, "alice saw: %* alice joined | %* bob joined | %* carol joined | alice: hello from alice | "
+          .. "bob: hello from bob | carol: hello from carol | %* carol left | %* bob left\n", "alice saw everyone")
+  T.match(out, "bob saw: %* bob joined | %* carol joined | alice: hello from alice | bob: hello from bob | "
+          .. "carol: hello from carol | %* carol left\n", "bob")
+  T.match(out, "carol saw: %* carol joined | alice: hello from alice | bob: hello from bob | "
+          .. "carol: hello from carol\n", "carol")
+end)
+
 T.run()
