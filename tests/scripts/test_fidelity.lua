@@ -11,6 +11,27 @@ local function run_script(src, extra)
   return T.sh(string.format("%s %s %s 2>&1", extra or "", BIN, path))
 end
 
+-- ---- tasks ----
+
+T.case("create_task of an async function runs its body, as create_task(f()) does", async function()
+  local ran = 0
+  local f = async function() ran = ran + 1; await asyncio.sleep(0); return "body" end
+  local t = asyncio.create_task(f, { name = "af" })
+  T.eq(await t, "body", "the body's result, not a Coroutine")
+  T.eq(ran, 1, "the body ran once")
+  T.eq(t:get_name(), "af", "options still apply")
+  local t2 = asyncio.Task(f)
+  T.eq(await t2, "body", "asyncio.Task too")
+  local g = await asyncio.gather(asyncio.create_task(f), asyncio.create_task(f))
+  T.eq(g[1], "body"); T.eq(g[2], "body")
+  T.eq(ran, 4, "every task ran its body")
+  -- A plain function still runs as itself, and may return a Coroutine.
+  local c = f()
+  local t3 = asyncio.create_task(function() return c end)
+  T.eq(await t3, c, "a plain function's result is kept as it is")
+  await c
+end)
+
 -- ---- cancellation ----
 
 T.case("a task that cancels itself is interrupted at its next await, which is cancelled", async function()

@@ -44,6 +44,15 @@ static int new_task(lua_State *L, const char *fname, const char *const opts[], i
     return ml__exc_raise(L, "TypeError", "%s() options must be a table, got %s", fname,
                          luaL_typename(L, 2));
   }
+  /* create_task(f) of an async function runs its body, f(): a task of the
+   * function itself would only make the Coroutine and return it, never
+   * awaited (Python refuses a coroutine function with TypeError). */
+  if (tp == LUA_TFUNCTION && ml__coro_isasyncfn(L, 1)) {
+    lua_pushvalue(L, 1);
+    lua_call(L, 0, 1);
+    lua_replace(L, 1);
+    tp = lua_type(L, 1);
+  }
   /* One type test: claiming tells a Coroutine too. */
   if (tp != LUA_TFUNCTION && (tp != LUA_TUSERDATA || !ml__coro_claim(L, 1)))
     return ml__exc_raise(L, "TypeError", "a coroutine was expected, got %s",

@@ -371,10 +371,14 @@ static int l_iscoroutine(lua_State *L) {
   return 1;
 }
 
+int ml__coro_isasyncfn(lua_State *L, int idx) {
+  lua_CFunction f = lua_tocfunction(L, idx);
+  return f != NULL && (f == coro_make || f == sleep_make);
+}
+
 /* asyncio.iscoroutinefunction(f) -> boolean */
 static int l_iscoroutinefunction(lua_State *L) {
-  lua_CFunction f = lua_tocfunction(L, 1);
-  lua_pushboolean(L, f == coro_make || f == sleep_make);
+  lua_pushboolean(L, ml__coro_isasyncfn(L, 1));
   return 1;
 }
 

@@ -26,6 +26,9 @@ void ml__coro_clean_traceback(lua_State *L);
 int ml__await_future(lua_State *L, ml_Future *f);
 int ml__coro_iscoroutine(lua_State *L);          /* (x) -> boolean */
 int ml__coro_iscoroutinefunction(lua_State *L);  /* (f) -> boolean */
+/* 1 if the value at idx is an async function (calling it makes a
+ * Coroutine).  [-0, +0] */
+int ml__coro_isasyncfn(lua_State *L, int idx);
 /* The marker yielded to the scheduler by every suspension. */
 extern const char ml__await_marker;
 
