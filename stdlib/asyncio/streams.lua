@@ -110,6 +110,8 @@ local function stream_accept(cb, limit, tls)
     writer._server_side = true
     local task = asyncio.create_task(run_client(cb, reader, writer, tls, server))
     task:add_done_callback(function(t)
+      -- The handler may have dropped its streams: see _collect_dropped.
+      if server._closed then server:_collect_dropped() end
       if t:cancelled() then return end
       local e = t:exception()
       if e ~= nil then

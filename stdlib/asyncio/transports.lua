@@ -464,10 +464,27 @@ function Server:abort_clients()
   for tr in pairs(self._clients) do tr:abort() end
 end
 
+-- A closing server's connections that nobody holds any more: a handler
+-- that returned without closing its writer drops the streams, and Python's
+-- reference counting closes such a transport at once (StreamWriter's
+-- __del__).  Lua's collector finds them only at its next cycle, so a
+-- closed server with live connections runs one full collection (coalesced:
+-- at most one per loop iteration), and wait_closed() does not wait on
+-- garbage.
+function Server:_collect_dropped()
+  if self._collect_queued or not self._closed or self._active == 0 then return end
+  self._collect_queued = true
+  self._loop:call_soon(function()
+    self._collect_queued = false
+    if self._closed and self._active > 0 then collectgarbage() end
+  end)
+end
+
 -- wait_closed(): returns once the server is closed and its connections
 -- are all gone.
 async function Server:wait_closed()
   if self._waiters == nil then return end
+  self:_collect_dropped()
   local f = self._loop:create_future()
   table.insert(self._waiters, f)
   await f

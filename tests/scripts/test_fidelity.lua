@@ -509,4 +509,39 @@ T.case("wait_for's timeout raises a TimeoutError caught as OSError", async funct
   T.ok(asyncio.isinstance(e, asyncio.OSError), "an OSError: " .. tostring(e))
 end)
 
+T.case("a server's <close> does not wait on connections whose handler dropped its streams", async function()
+  local done_handlers = 0
+  local release = asyncio.Future()
+  local port
+  local client_w, late_w
+  await asyncio.wait_for((async function()
+    local srv <close> = await asyncio.start_server(async function(r, w)
+      if done_handlers == 1 then await release end  -- the second one ends after close()
+      done_handlers = done_handlers + 1
+    end, "127.0.0.1", 0)
+    port = srv.sockets[1]:getsockname()[2]
+    local _
+    _, client_w = await asyncio.open_connection("127.0.0.1", port)
+    _, late_w = await asyncio.open_connection("127.0.0.1", port)
+    while done_handlers < 1 do await asyncio.sleep(0.001) end
+    asyncio.get_running_loop():call_later(0.01, function() release:set_result(true) end)
+  end)(), 5)
+  T.eq(done_handlers, 2, "both handlers ended, and the server closed")
+  client_w:close(); late_w:close()
+end)
+
+T.case("a server's wait_closed still waits for a connection a handler kept", async function()
+  local kept = {}
+  local srv = await asyncio.start_server(function(r, w) kept[1] = w end, "127.0.0.1", 0)
+  local _, cw = await asyncio.open_connection("127.0.0.1", srv.sockets[1]:getsockname()[2])
+  while not kept[1] do await asyncio.sleep(0.001) end
+  srv:close()
+  local waiter = asyncio.create_task(srv:wait_closed())
+  await asyncio.sleep(0.02)
+  T.eq(waiter:done(), false, "the kept writer's connection is alive")
+  kept[1]:close()
+  await asyncio.wait_for(waiter, 5)
+  cw:close()
+end)
+
 T.run()
