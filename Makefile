@@ -123,7 +123,7 @@ DEB_PKGS = liblua5.4-dev libev-dev check pkg-config libedit-dev tmux socat netca
 BENCH_PKGS = python3-uvloop hyperfine nodejs
 
 .PHONY: bench-check fuzz-deps FORCE all build test run bench deps bench-deps need need-check install uninstall clean \
-	check-suites script-tests embed-host embed-pkgconfig fuzz fuzz-tls fuzz-lib fuzz-stream fuzz-repl fuzz-http
+	check-suites script-tests embed-host embed-pkgconfig stress-modes fuzz fuzz-tls fuzz-lib fuzz-stream fuzz-repl fuzz-http
 
 all: $(BUILD)/moonloop $(BUILD)/libmoonloop.a $(BUILD)/libmoonloop.so
 
@@ -131,7 +131,7 @@ build: all $(BUILD)/check_core $(BUILD)/check_lib $(BUILD)/embed_bench
 
 test: deps
 	@$(MAKE) --no-print-directory build
-	@$(MAKE) --no-print-directory check-suites script-tests embed-host embed-pkgconfig
+	@$(MAKE) --no-print-directory check-suites script-tests embed-host embed-pkgconfig stress-modes
 
 run: deps
 	@$(MAKE) --no-print-directory build
@@ -154,6 +154,12 @@ check-suites: $(BUILD)/check_core $(BUILD)/check_lib
 
 script-tests: $(BUILD)/moonloop
 	bash tests/scripts/run.sh $(BUILD)/moonloop
+
+# The allocation-failure and GC-stress modes over tests/stress/*.lua
+# (docs/reliability.md): STRESS_RUNS runs a workload, fewer under SAN=1.
+STRESS_RUNS ?= $(if $(filter 1,$(SAN)),60,250)
+stress-modes: $(BUILD)/moonloop
+	STRESS_RUNS=$(STRESS_RUNS) bash tests/stress/run.sh $(BUILD)/moonloop
 
 # The embedding example, built as a user would and run (tests/embed/host.sh).
 embed-host: $(BUILD)/libmoonloop.a

@@ -38,6 +38,12 @@ static void listener_arm(Listener *ls, int on) {
   }
 }
 
+/* pushaddr_p(sockaddr lightuserdata, length) -> address, protected. */
+static int pushaddr_p(lua_State *L) {
+  ml__sock_pushaddr(L, lua_touserdata(L, 1), (socklen_t)lua_tointeger(L, 2));
+  return 1;
+}
+
 /* Protected body of accept_cb, called as accept_event(listener lightuserdata,
  * socket index) -> nothing: accepts up to backlog connections and calls
  * on_accept(sock, addr) for each.  [-2, +0] */
@@ -85,8 +91,19 @@ static int accept_event(lua_State *L) {
       }
     }
     ml__sock_setfd(L, c, fd);
-    ml__sock_pushaddr(L, (struct sockaddr *)&ss, len);
-    if (lua_pcall(L, 2, 0, 0) != LUA_OK) ml__report(L, "Exception in accept callback");
+    /* 1 listener, 2 the socket again, 3 on_accept, 4 socket, 5 address.
+     * If making the address or the callback fails (out of memory, say)
+     * before a transport took the socket, the connection is closed now,
+     * as asyncio does: left to the collector, its peer would wait. */
+    lua_pushvalue(L, 3);
+    lua_insert(L, 2);
+    lua_pushcfunction(L, pushaddr_p);
+    lua_pushlightuserdata(L, &ss);
+    lua_pushinteger(L, (lua_Integer)len);
+    if (lua_pcall(L, 2, 1, 0) != LUA_OK || lua_pcall(L, 2, 0, 0) != LUA_OK) {
+      ml__report(L, "Exception in accept callback");
+      if (!c->transport && c->fd >= 0) ml__sock_close(L, c);
+    }
     lua_settop(L, 1);
   }
   return 0;

@@ -624,8 +624,17 @@ static size_t opt_limit(lua_State *L, int idx) {
   return (size_t)limit;
 }
 
+/* push_pair_p(transport) -> reader, writer: push_pair, to run protected. */
+static int push_pair_p(lua_State *L) {
+  push_pair(L, 1);
+  return 2;
+}
+
 /* _stream(sock, limit, onlost) -> reader, writer: a stream transport over
- * the connected socket; onlost(transport) runs when it is lost. */
+ * the connected socket; onlost(transport) runs when it is lost.  If the
+ * pair cannot be made (out of memory), the transport, which owns the
+ * socket from ml__conn_new on, is aborted before the error goes on: the
+ * caller can neither reach it nor close the socket under it. */
 static int l_stream(lua_State *L) {
   size_t limit = opt_limit(L, 2);
   ml_Conn *c;
@@ -636,7 +645,12 @@ static int l_stream(lua_State *L) {
   lua_pushvalue(L, 3);
   lua_setiuservalue(L, 4, XUV_ONLOST);
   ml__conn_update_reading(c);
-  push_pair(L, 4);
+  lua_pushcfunction(L, push_pair_p);  /* a light C function: no allocation */
+  lua_pushvalue(L, 4);
+  if (lua_pcall(L, 1, 2, 0) != LUA_OK) {
+    ml__conn_close(c, 1);
+    return lua_error(L);
+  }
   return 2;
 }
 

@@ -42,7 +42,12 @@ local client_tls, server_tls = tr._client_tls, tr._server_tls
 -- Makes the stream pair over sock and, with tls, runs the handshake.
 local async function make_stream(sock, opts, tls)
   local ok, reader, writer = pcall(S._stream, sock, opts.limit)
-  if not ok then sock:close(); error(reader, 0) end
+  -- A transport that failed half-made was aborted and closes the socket
+  -- itself (its close() then refuses): the first error is the one raised.
+  if not ok then
+    pcall(sock.close, sock)
+    error(reader, 0)
+  end
   if tls then await require("ssl")._handshake(loop_of(), writer.transport, tls) end
   return reader, writer
 end
@@ -105,7 +110,12 @@ end
 local function stream_accept(cb, limit, tls)
   return function(server, sock)
     local ok, reader, writer = pcall(S._stream, sock, limit, server._detach)
-    if not ok then sock:close(); error(reader, 0) end
+    -- A transport that failed half-made was aborted and closes the socket
+  -- itself (its close() then refuses): the first error is the one raised.
+  if not ok then
+    pcall(sock.close, sock)
+    error(reader, 0)
+  end
     server:_attach(writer.transport)
     writer._server_side = true
     local task = asyncio.create_task(run_client(cb, reader, writer, tls, server))

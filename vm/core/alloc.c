@@ -79,6 +79,11 @@ struct ml_Alloc {
   int nslabs;
   Large large;            /* sentinel of the ring of malloc'd blocks */
   size_t used, peak, cap;
+  int checked;            /* cap != 0 or a fault test is set: growth is checked */
+  /* The fault test (ml__alloc_set_faults): growths counted, and those
+   * numbered fail_from .. fail_from + fail_len - 1 are refused. */
+  size_t growths, fail_from, fail_len;
+  int counting;
 };
 
 _Static_assert(sizeof(Slab) <= HDR && sizeof(Large) <= HDR, "header size");
@@ -260,9 +265,13 @@ void *ml__alloc_lua(void *ud, void *ptr, size_t osize, size_t nsize) {
     }
     return NULL;
   }
-  if (nsize > osize && a->cap != 0) {
+  if (nsize > osize && a->checked) {
     size_t grow = nsize - osize;
-    if (grow > a->cap || a->used > a->cap - grow) return NULL;
+    if (a->cap != 0 && (grow > a->cap || a->used > a->cap - grow)) return NULL;
+    if (a->counting) {
+      size_t n = ++a->growths;
+      if (n >= a->fail_from && n - a->fail_from < a->fail_len) return NULL;
+    }
   }
   void *p;
   if (ptr != NULL) p = resize(a, ptr, osize, nsize);
@@ -308,7 +317,20 @@ void ml__alloc_free(ml_Alloc *a) {
 
 /* A cap below what is used now refuses every growth until enough is
  * freed; nothing already handed out is taken back. */
-void ml__alloc_set_cap(ml_Alloc *a, size_t cap) { a->cap = cap; }
+void ml__alloc_set_cap(ml_Alloc *a, size_t cap) {
+  a->cap = cap;
+  a->checked = cap != 0 || a->counting;
+}
+
+void ml__alloc_set_faults(ml_Alloc *a, size_t from, size_t len) {
+  a->counting = 1;
+  a->checked = 1;
+  a->growths = 0;
+  a->fail_from = from;
+  a->fail_len = from == 0 ? 0 : len;
+}
+
+size_t ml__alloc_growths(const ml_Alloc *a) { return a->growths; }
 
 size_t ml__alloc_used(const ml_Alloc *a) { return a->used; }
 

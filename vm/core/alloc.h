@@ -31,6 +31,12 @@ void ml__alloc_free(ml_Alloc *a);         /* releases every pool */
 void ml__alloc_set_cap(ml_Alloc *a, size_t cap);
 size_t ml__alloc_used(const ml_Alloc *a);  /* bytes handed out now */
 size_t ml__alloc_peak(const ml_Alloc *a);
+/* The allocation-failure test (docs/reliability.md): from now on every
+ * growth (a new block, or a block made bigger) is counted, and those
+ * numbered from .. from + len - 1 are refused, as if memory had run out
+ * (from == 0: only count).  ml__alloc_growths says how many so far. */
+void ml__alloc_set_faults(ml_Alloc *a, size_t from, size_t len);
+size_t ml__alloc_growths(const ml_Alloc *a);
 /* A lua_Alloc: ud is the ml_Alloc.  Fails (returns NULL) when growing
  * would pass the cap; shrinking and freeing never fail. */
 void *ml__alloc_lua(void *ud, void *ptr, size_t osize, size_t nsize);

@@ -72,6 +72,32 @@ static int init(lua_State *L) {
   return 0;
 }
 
+/* The test modes of docs/reliability.md, from the environment:
+ * MOONLOOP_ALLOCFAIL=N[,K] refuses the state's allocations (growths)
+ * number N to N+K-1 (K defaults to 2: the Nth and Lua's retry of it
+ * after its emergency collection, so that the failure surfaces);
+ * MOONLOOP_ALLOCFAIL=count only counts, and prints the count to stderr
+ * when the state closes.  MOONLOOP_GCSTRESS=1 makes the collector run a
+ * whole cycle at every step, which Lua takes at every allocation check
+ * (pause 1%, step multiplier 1000, step size 2 bytes; lua_gc takes 0 as "unchanged"), the way Lua's own
+ * HARDMEMTESTS collects fully there. */
+static void fault_modes(ml_State *S) {
+  const char *v = getenv("MOONLOOP_ALLOCFAIL");
+  if (v != NULL && *v != '\0') {
+    if (strcmp(v, "count") == 0) {
+      ml__alloc_set_faults(S->alloc, 0, 0);
+      S->alloc_count = 1;
+    } else {
+      char *end;
+      unsigned long long n = strtoull(v, &end, 10), k = 2;
+      if (*end == ',') k = strtoull(end + 1, &end, 10);
+      if (n > 0) ml__alloc_set_faults(S->alloc, (size_t)n, (size_t)k);
+    }
+  }
+  v = getenv("MOONLOOP_GCSTRESS");
+  S->gc_stress = v != NULL && *v != '\0' && strcmp(v, "0") != 0;
+}
+
 /* [-0, +0] on the new state's stack: init runs protected. */
 ml_State *ml__state_new(struct ev_loop *loop) {
   ml_State *S = calloc(1, sizeof *S);
@@ -79,8 +105,10 @@ ml_State *ml__state_new(struct ev_loop *loop) {
   if (S == NULL) return NULL;
   S->alloc = ml__alloc_new(0);
   if (S->alloc == NULL) goto fail;
+  fault_modes(S);
   L = lua_newstate(ml__alloc_lua, S->alloc);
   if (L == NULL) goto fail;
+  if (S->gc_stress) lua_gc(L, LUA_GCINC, 1, 1000, 1);
   ml__theap_init(&S->sleepers, ml__alloc_lua, S->alloc);
   S->L = L;
   *(ml_State **)lua_getextraspace(L) = S;
@@ -248,6 +276,8 @@ void ml__state_close(ml_State *S) {
   ml__readyq_free(&S->ready);
   ml__worker_free(S);
   if (S->own_loop) ev_loop_destroy(S->loop);
+  if (S->alloc_count)
+    fprintf(stderr, "moonloop: MOONLOOP_ALLOCFAIL=count: %zu allocations\n", ml__alloc_growths(S->alloc));
   ml__alloc_free(S->alloc);
   free(S);
 }

@@ -31,6 +31,8 @@ struct ml_State {
   ml_TimerHeap sleepers; /* their deadlines, for the next timeout (task.c) */
   int track_sleepers;    /* kept in sleepers since a host first asked */
   int debug;             /* MOONLOOP_DEBUG / run(c, {debug=true}) */
+  int gc_stress;         /* MOONLOOP_GCSTRESS (docs/reliability.md) */
+  int alloc_count;       /* MOONLOOP_ALLOCFAIL=count: print the count at close */
   int stopping;          /* loop:stop() was called */
   int nstep;             /* entries run, for the I/O poll rule */
   int poll_soon;         /* poll at the end of this iteration (ml__sched_poll_soon) */
