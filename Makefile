@@ -5,6 +5,8 @@
 #   make test SAN=1 the same under AddressSanitizer + UBSan (in build-san/)
 #   make run        install missing packages, build, run the tour script
 #   make bench      benchmarks against peers (see docs/performance.md)
+#   make soak       1,000 connections echoing for 10 minutes, RSS and fds watched
+#   make fuzz       the libFuzzer targets, FUZZ_SECONDS each (docs/reliability.md)
 #   make deps       install missing Debian packages (apt-get, as root);
 #                   make bench-deps and make fuzz-deps, the peers and clang
 #   make install    PREFIX=/usr/local (and DESTDIR= for staging); make uninstall
@@ -123,7 +125,7 @@ DEB_PKGS = liblua5.4-dev libev-dev check pkg-config libedit-dev tmux socat netca
 BENCH_PKGS = python3-uvloop hyperfine nodejs
 
 .PHONY: bench-check fuzz-deps FORCE all build test run bench deps bench-deps need need-check install uninstall clean \
-	check-suites script-tests embed-host embed-pkgconfig stress-modes fuzz fuzz-tls fuzz-lib fuzz-stream fuzz-repl fuzz-http
+	check-suites script-tests embed-host embed-pkgconfig stress-modes soak fuzz fuzz-tls fuzz-lib fuzz-stream fuzz-repl fuzz-http
 
 all: $(BUILD)/moonloop $(BUILD)/libmoonloop.a $(BUILD)/libmoonloop.so
 
@@ -160,6 +162,13 @@ script-tests: $(BUILD)/moonloop
 STRESS_RUNS ?= $(if $(filter 1,$(SAN)),60,250)
 stress-modes: $(BUILD)/moonloop
 	STRESS_RUNS=$(STRESS_RUNS) bash tests/stress/run.sh $(BUILD)/moonloop
+
+# The soak (not in make test): SOAK_CONNS connections echoing for
+# SOAK_MINUTES, the server's RSS and fds sampled every 10 s against a
+# stated slack; tests/soak/soak.sh says the parameters.
+soak: need
+	@$(MAKE) --no-print-directory $(BUILD)/moonloop
+	bash tests/soak/soak.sh $(BUILD)/moonloop
 
 # The embedding example, built as a user would and run (tests/embed/host.sh).
 embed-host: $(BUILD)/libmoonloop.a
