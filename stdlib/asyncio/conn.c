@@ -507,7 +507,10 @@ void ml__conn_push_exc(lua_State *L, int cidx, ml_Conn *c) {
   if (c->has_exc) {
     lua_getiuservalue(L, cidx, XUV_EXC);
   } else if (c->err) {
-    ml__exc_push_errno(L, c->err, NULL);
+    /* A buffer that could not grow is a memory failure, and is named
+     * as one, like every other (docs/reliability.md). */
+    if (c->err == ENOMEM) ml__exc_push(L, "MemoryError", "not enough memory (a connection buffer could not grow)");
+    else ml__exc_push_errno(L, c->err, NULL);
     lua_pushvalue(L, -1);
     lua_setiuservalue(L, cidx, XUV_EXC);
     c->has_exc = 1;

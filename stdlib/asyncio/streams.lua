@@ -111,14 +111,23 @@ local function stream_accept(cb, limit, tls)
   return function(server, sock)
     local ok, reader, writer = pcall(S._stream, sock, limit, server._detach)
     -- A transport that failed half-made was aborted and closes the socket
-  -- itself (its close() then refuses): the first error is the one raised.
-  if not ok then
-    pcall(sock.close, sock)
-    error(reader, 0)
-  end
-    server:_attach(writer.transport)
-    writer._server_side = true
-    local task = asyncio.create_task(run_client(cb, reader, writer, tls, server))
+    -- itself (its close() then refuses): the first error is the one raised.
+    if not ok then
+      pcall(sock.close, sock)
+      error(reader, 0)
+    end
+    local task
+    ok, task = pcall(function()
+      server:_attach(writer.transport)
+      writer._server_side = true
+      return asyncio.create_task(run_client(cb, reader, writer, tls, server))
+    end)
+    -- No task to serve it (out of memory): the connection is dropped now,
+    -- not left open with its client waiting.
+    if not ok then
+      writer.transport:abort()
+      error(task, 0)
+    end
     task:add_done_callback(function(t)
       -- The handler may have dropped its streams: see _collect_dropped.
       if server._closed then server:_collect_dropped() end
