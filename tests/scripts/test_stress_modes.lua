@@ -70,4 +70,15 @@ T.case("a stream pair that cannot be made (out of memory) raises MemoryError, no
   T.ok(mem > 0, "some allocation failed in the window")
 end)
 
+T.case("out of memory while the CLI sets arg is an error, not Lua's panic (an abort; found by the allocation-failure mode)", async function()
+  local path = write("print(...)")
+  local _, out = run("MOONLOOP_ALLOCFAIL=count", path .. " a b")
+  local n = tonumber(out:match("count: (%d+)"))
+  -- Every N of the start-up's last part, where arg and the arguments are made.
+  for k = math.max(1, n - 400), n do
+    local rc, o = run("MOONLOOP_ALLOCFAIL=" .. k, path .. " a b")
+    T.ok(rc < 128, "N = " .. k .. ": exit status " .. tostring(rc) .. ": " .. o)
+  end
+end)
+
 T.run({ timeout = 100 })

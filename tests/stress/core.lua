@@ -3,9 +3,10 @@
 -- cancellation, Queue, Event, Lock, TaskGroup, exceptions.  It checks its
 -- own results and prints "core ok"; any error ends it with the error.
 local function check(c, what) if not c then error("wrong result: " .. what, 0) end end
--- A pcall'd call that ran out of memory: the MemoryError goes on.
+-- A pcall'd call that ran out of memory (a MemoryError, or Lua's own
+-- "not enough memory" string, which pcall in a script sees): it goes on.
 local function mem(ok, e)
-  if not ok and asyncio.isinstance(e, asyncio.MemoryError) then error(e, 0) end
+  if not ok and (asyncio.isinstance(e, asyncio.MemoryError) or e == "not enough memory") then error(e, 0) end
   return ok, e
 end
 

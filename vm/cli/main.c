@@ -119,14 +119,40 @@ static int emit(const char *path) {
 
 /* Sets the global `arg` as lua.c does: arg[0] the script, arg[1..] its
  * arguments, negative indices the interpreter's own. */
-static void set_arg(lua_State *L, char **argv, int argc, int script) {
-  int i;
+static int set_arg_p(lua_State *L) {
+  char **argv = lua_touserdata(L, 1);
+  int argc = (int)lua_tointeger(L, 2), script = (int)lua_tointeger(L, 3), i;
   lua_createtable(L, argc - script, script + 1);
   for (i = 0; i < argc; i++) {
     lua_pushstring(L, argv[i]);
     lua_rawseti(L, -2, i - script);
   }
   lua_setglobal(L, "arg");
+  return 0;
+}
+
+/* The same, protected: out of memory here is an error, not Lua's panic
+ * (found by MOONLOOP_ALLOCFAIL, docs/reliability.md).  Returns a Lua
+ * status, the message popped. */
+static int set_arg(lua_State *L, char **argv, int argc, int script) {
+  int rc;
+  lua_pushcfunction(L, set_arg_p);
+  lua_pushlightuserdata(L, argv);
+  lua_pushinteger(L, argc);
+  lua_pushinteger(L, script);
+  rc = lua_pcall(L, 3, 0, 0);
+  if (rc != LUA_OK) lua_pop(L, 1);
+  return rc;
+}
+
+/* Pushes the script's arguments argv[from..argc) as strings.  [-0, +n] */
+static int push_args_p(lua_State *L) {
+  char **argv = lua_touserdata(L, 1);
+  int argc = (int)lua_tointeger(L, 2), from = (int)lua_tointeger(L, 3), i;
+  lua_settop(L, 0);
+  luaL_checkstack(L, argc - from, "too many arguments");
+  for (i = from; i < argc; i++) lua_pushstring(L, argv[i]);
+  return argc - from;
 }
 
 /* tostring(v) of the value at idx, in protected mode (a __tostring may
@@ -406,7 +432,11 @@ int main(int argc, char **argv) {
     sigaction(SIGINT, &sa, NULL);  /* Ctrl+C reaches the whole group: the supervisor decides */
   }
 
-  set_arg(L, argv, argc, script);
+  if (set_arg(L, argv, argc, script) != LUA_OK) {
+    fprintf(stderr, "moonloop: not enough memory\n");
+    status = 1;
+    goto done;
+  }
   if (chunk) {
     if (ml_load_string(L, chunk, strlen(chunk), "=(command line)") != ML_OK) {
       fprintf(stderr, "moonloop: %s\n", ml_state_error(S));
@@ -435,8 +465,18 @@ int main(int argc, char **argv) {
       goto done;
     }
     free(src);
-    if (script)
-      for (i = script + 1; i < argc; i++, nargs++) lua_pushstring(L, argv[i]);
+    if (script && script + 1 < argc) {
+      lua_pushcfunction(L, push_args_p);
+      lua_pushlightuserdata(L, argv);
+      lua_pushinteger(L, argc);
+      lua_pushinteger(L, script + 1);
+      if (lua_pcall(L, 3, LUA_MULTRET, 0) != LUA_OK) {
+        fprintf(stderr, "moonloop: not enough memory\n");
+        status = 1;
+        goto done;
+      }
+      nargs = argc - script - 1;
+    }
     status = run_main(S, nargs, interactive);
   }
 after:
