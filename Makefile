@@ -122,10 +122,11 @@ CHECK_CORE_SRC = $(filter-out $(CHECK_LIB_SRC) tests/unit/check_main.c,$(wildcar
 DEB_PKGS = liblua5.4-dev libev-dev check pkg-config libedit-dev tmux socat netcat-openbsd python3 libssl-dev openssl \
 	node-llhttp libwslay-dev curl wrk python3-websockets \
 	lua-cjson-dev libcurl4-openssl-dev nginx-light redis-server g++
-BENCH_PKGS = python3-uvloop hyperfine nodejs
+BENCH_PKGS = python3-uvloop hyperfine nodejs python3-aiohttp python3-httptools libnginx-mod-http-lua
 
 .PHONY: bench-check fuzz-deps FORCE all build test run bench deps bench-deps need need-check install uninstall clean \
-	check-suites script-tests embed-host embed-pkgconfig stress-modes soak fuzz fuzz-tls fuzz-lib fuzz-stream fuzz-repl fuzz-http
+	check-suites script-tests embed-host embed-pkgconfig stress-modes soak fuzz fuzz-tls fuzz-lib fuzz-stream fuzz-repl fuzz-http \
+	format format-check
 
 all: $(BUILD)/moonloop $(BUILD)/libmoonloop.a $(BUILD)/libmoonloop.so
 
@@ -454,6 +455,15 @@ install: all
 
 uninstall:
 	rm -f $(addprefix $(DESTDIR),$(INSTALLED))
+
+# The C layout of .clang-format, over every tracked C and C++ source.
+FORMAT_FILES = $(shell git ls-files '*.c' '*.h' '*.cc' '*.hpp' 2>/dev/null)
+format:
+	@command -v clang-format >/dev/null || { echo "make format needs clang-format (apt-get install clang-format)"; exit 1; }
+	clang-format -i $(FORMAT_FILES)
+format-check:
+	@command -v clang-format >/dev/null || { echo "make format-check needs clang-format (apt-get install clang-format)"; exit 1; }
+	@clang-format --dry-run -Werror $(FORMAT_FILES) && echo "format-check: every file is formatted"
 
 clean:
 	rm -rf build build-san

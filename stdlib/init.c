@@ -16,7 +16,7 @@ int luaopen_asyncio__transport(lua_State *L);
 int luaopen_ssl__ssl(lua_State *L);
 int luaopen_http__server(lua_State *L);
 int luaopen_http__ws(lua_State *L);
-int luaopen_cjson(lua_State *L);  /* lua-cjson's, linked in whole */
+int luaopen_cjson(lua_State *L); /* lua-cjson's, linked in whole */
 int luaopen_http__curl(lua_State *L);
 
 /* The C modules, by the name scripts require them by, with what each
@@ -29,23 +29,21 @@ static const struct {
   const char *name;
   lua_CFunction open;
   const char *cap;
-} c_modules[] = {
-  { "socket", luaopen_socket, "net" },
-  { "asyncio._net", luaopen_asyncio__net, "net" },
-  { "asyncio._process", luaopen_asyncio__process, "process" },
-  { "asyncio._queue", luaopen_asyncio__queue, "none" },
-  { "asyncio._server", luaopen_asyncio__server, "net" },
-  { "asyncio._signal", luaopen_asyncio__signal, "signal" },
-  { "asyncio._thread", luaopen_asyncio__thread, "thread" },
-  { "asyncio._stream", luaopen_asyncio__stream, "net" },
-  { "asyncio._transport", luaopen_asyncio__transport, "net" },
-  { "ssl._ssl", luaopen_ssl__ssl, "net" },
-  { "http._server", luaopen_http__server, "net" },
-  { "http._ws", luaopen_http__ws, "none" },
-  { "json._cjson", luaopen_cjson, "none" },
-  { "http._curl", luaopen_http__curl, "net" },
-  { NULL, NULL, NULL }
-};
+} c_modules[] = {{"socket", luaopen_socket, "net"},
+                 {"asyncio._net", luaopen_asyncio__net, "net"},
+                 {"asyncio._process", luaopen_asyncio__process, "process"},
+                 {"asyncio._queue", luaopen_asyncio__queue, "none"},
+                 {"asyncio._server", luaopen_asyncio__server, "net"},
+                 {"asyncio._signal", luaopen_asyncio__signal, "signal"},
+                 {"asyncio._thread", luaopen_asyncio__thread, "thread"},
+                 {"asyncio._stream", luaopen_asyncio__stream, "net"},
+                 {"asyncio._transport", luaopen_asyncio__transport, "net"},
+                 {"ssl._ssl", luaopen_ssl__ssl, "net"},
+                 {"http._server", luaopen_http__server, "net"},
+                 {"http._ws", luaopen_http__ws, "none"},
+                 {"json._cjson", luaopen_cjson, "none"},
+                 {"http._curl", luaopen_http__curl, "net"},
+                 {NULL, NULL, NULL}};
 
 void ml__stdlib_open(lua_State *L) {
   int i;

@@ -224,8 +224,8 @@ int ml_module_register_funcs(ml_State *S, const char *name, const luaL_Reg *func
 
 enum {
   ML_FUTURE_PENDING = 0,
-  ML_FUTURE_RESULT,     /* done with result values */
-  ML_FUTURE_ERROR,      /* done with an exception */
+  ML_FUTURE_RESULT, /* done with result values */
+  ML_FUTURE_ERROR,  /* done with an exception */
   ML_FUTURE_CANCELLED
 };
 
@@ -475,9 +475,9 @@ enum { ML_BUDGET_TASK = 0, ML_BUDGET_STATE = 1 };
 int ml_state_set_budget_scope(ml_State *S, int scope);
 
 /* The modules ml_state_sandbox keeps when allow is NULL. */
-#define ML_SANDBOX_DEFAULT \
-  "string", "table", "math", "utf8", "coroutine", "asyncio", "json", \
-  "os.time", "os.clock", "os.date", "os.difftime"
+#define ML_SANDBOX_DEFAULT                                                                  \
+  "string", "table", "math", "utf8", "coroutine", "asyncio", "json", "os.time", "os.clock", \
+    "os.date", "os.difftime"
 
 /* Restricts what scripts of S can reach, for untrusted code: default
  * deny.  Scripts get new globals holding only what allow names (NULL:

@@ -53,8 +53,7 @@ namespace ml {
  *     });
  *   }
  */
-template <class F>
-int protect(lua_State *L, F &&fn) noexcept {
+template <class F> int protect(lua_State *L, F &&fn) noexcept {
   char msg[512];
   try {
     return std::forward<F>(fn)();
@@ -63,7 +62,8 @@ int protect(lua_State *L, F &&fn) noexcept {
   } catch (const std::exception &e) {
     std::snprintf(msg, sizeof msg, "%s", e.what());
   } catch (...) {
-    std::snprintf(msg, sizeof msg, "a host function threw a C++ exception that is not a std::exception");
+    std::snprintf(msg, sizeof msg,
+                  "a host function threw a C++ exception that is not a std::exception");
   }
   /* Out of the catch: the exception is gone before the longjmp. */
   return luaL_error(L, "%s", msg);
@@ -72,8 +72,7 @@ int protect(lua_State *L, F &&fn) noexcept {
 /* A lua_CFunction that calls F under protect:
  *   ml_state_register(S, "parse", ml::guard<parse>);
  *   static const luaL_Reg funcs[] = { {"parse", ml::guard<parse>}, {NULL, NULL} }; */
-template <int (*F)(lua_State *)>
-int guard(lua_State *L) noexcept {
+template <int (*F)(lua_State *)> int guard(lua_State *L) noexcept {
   return protect(L, [L] { return F(L); });
 }
 

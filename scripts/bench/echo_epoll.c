@@ -25,7 +25,7 @@
 
 typedef struct Conn {
   int fd;
-  char *pending;     /* bytes the kernel did not take yet, or NULL */
+  char *pending; /* bytes the kernel did not take yet, or NULL */
   size_t off, len;
 } Conn;
 
@@ -39,7 +39,7 @@ static void conn_close(int ep, Conn *c) {
 }
 
 static int set_events(int ep, Conn *c, uint32_t events) {
-  struct epoll_event ev = { .events = events, .data.ptr = c };
+  struct epoll_event ev = {.events = events, .data.ptr = c};
   return epoll_ctl(ep, EPOLL_CTL_MOD, c->fd, &ev);
 }
 
@@ -95,12 +95,12 @@ static void on_accept(int ep, int lfd) {
     int fd = accept4(lfd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
     if (fd < 0) {
       if (errno == EINTR || errno == ECONNABORTED) continue;
-      return;  /* EAGAIN, or EMFILE and friends: try on the next wake-up */
+      return; /* EAGAIN, or EMFILE and friends: try on the next wake-up */
     }
     int one = 1;
     setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
     Conn *c = calloc(1, sizeof *c);
-    struct epoll_event ev = { .events = EPOLLIN, .data.ptr = c };
+    struct epoll_event ev = {.events = EPOLLIN, .data.ptr = c};
     if (c == NULL || (c->fd = fd, epoll_ctl(ep, EPOLL_CTL_ADD, fd, &ev) < 0)) {
       free(c);
       close(fd);
@@ -114,8 +114,7 @@ int main(int argc, char **argv) {
     return 2;
   }
   const char *host = argc > 2 ? argv[2] : "127.0.0.1";
-  struct sockaddr_in sa = { .sin_family = AF_INET,
-                            .sin_port = htons((uint16_t)atoi(argv[1])) };
+  struct sockaddr_in sa = {.sin_family = AF_INET, .sin_port = htons((uint16_t)atoi(argv[1]))};
   if (inet_pton(AF_INET, host, &sa.sin_addr) != 1) {
     fprintf(stderr, "echo_epoll: bad IPv4 address %s\n", host);
     return 2;
@@ -129,7 +128,7 @@ int main(int argc, char **argv) {
     return 1;
   }
   int ep = epoll_create1(EPOLL_CLOEXEC);
-  struct epoll_event lev = { .events = EPOLLIN, .data.ptr = NULL };
+  struct epoll_event lev = {.events = EPOLLIN, .data.ptr = NULL};
   epoll_ctl(ep, EPOLL_CTL_ADD, lfd, &lev);
   struct epoll_event evs[256];
   for (;;) {

@@ -38,15 +38,15 @@
 typedef struct Conn {
   int fd;
   int connected;
-  uint32_t events;   /* what epoll watches for now */
-  size_t sent, got;  /* bytes of the current message sent / echoed */
-  double t_sent;     /* when the current message's first byte went */
+  uint32_t events;  /* what epoll watches for now */
+  size_t sent, got; /* bytes of the current message sent / echoed */
+  double t_sent;    /* when the current message's first byte went */
 } Conn;
 
 /* Latency histogram: 1 us buckets, the last one for everything slower. */
 #define LAT_BUCKETS 200000
 static uint32_t lat_hist[LAT_BUCKETS];
-static int counting;  /* inside the measured window */
+static int counting; /* inside the measured window */
 
 static char *msg, *rbuf;
 static size_t size;
@@ -65,7 +65,7 @@ static void die(const char *what, int err) {
 /* Watches c for events, with a system call only when they change. */
 static void arm(int ep, Conn *c, uint32_t events) {
   if (events == c->events) return;
-  struct epoll_event ev = { .events = events, .data.ptr = c };
+  struct epoll_event ev = {.events = events, .data.ptr = c};
   if (epoll_ctl(ep, EPOLL_CTL_MOD, c->fd, &ev) < 0) die("epoll_ctl", errno);
   c->events = events;
 }
@@ -114,7 +114,7 @@ static int pump_recv(int ep, Conn *c) {
       done++;
       c->got = c->sent = 0;
       pump_send(ep, c);
-      return done;  /* the echo cannot be back yet: wait for epoll */
+      return done; /* the echo cannot be back yet: wait for epoll */
     }
   }
 }
@@ -128,17 +128,17 @@ int main(int argc, char **argv) {
   int port = atoi(argv[2]), nconn = atoi(argv[3]);
   long sz = atol(argv[4]);
   double seconds = atof(argv[5]), warmup = argc > 6 ? atof(argv[6]) : 0.5;
-  struct sockaddr_in sa = { .sin_family = AF_INET, .sin_port = htons((uint16_t)port) };
-  if (inet_pton(AF_INET, host, &sa.sin_addr) != 1 ||
-      (ntohl(sa.sin_addr.s_addr) >> 24) != 127) {
+  struct sockaddr_in sa = {.sin_family = AF_INET, .sin_port = htons((uint16_t)port)};
+  if (inet_pton(AF_INET, host, &sa.sin_addr) != 1 || (ntohl(sa.sin_addr.s_addr) >> 24) != 127) {
     fprintf(stderr, "echoload: %s is not an IPv4 loopback address\n", argv[1]);
     return 2;
   }
-  if (port <= 0 || port > 65535 || nconn < 1 || nconn > MAX_CONNS || sz < 1 ||
-      sz > MAX_SIZE || !(seconds > 0 && seconds <= MAX_SECONDS) ||
-      !(warmup >= 0 && warmup <= MAX_SECONDS)) {
-    fprintf(stderr, "echoload: out of bounds (conns 1..%d, size 1..%d, "
-            "seconds 0..%g)\n", MAX_CONNS, MAX_SIZE, MAX_SECONDS);
+  if (port <= 0 || port > 65535 || nconn < 1 || nconn > MAX_CONNS || sz < 1 || sz > MAX_SIZE ||
+      !(seconds > 0 && seconds <= MAX_SECONDS) || !(warmup >= 0 && warmup <= MAX_SECONDS)) {
+    fprintf(stderr,
+            "echoload: out of bounds (conns 1..%d, size 1..%d, "
+            "seconds 0..%g)\n",
+            MAX_CONNS, MAX_SIZE, MAX_SECONDS);
     return 2;
   }
   size = (size_t)sz;
@@ -159,9 +159,9 @@ int main(int argc, char **argv) {
     setsockopt(c->fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
     if (connect(c->fd, (struct sockaddr *)&sa, sizeof sa) < 0 && errno != EINPROGRESS)
       die("connect", errno);
-    struct epoll_event ev = { .events = EPOLLOUT, .data.ptr = c };
+    struct epoll_event ev = {.events = EPOLLOUT, .data.ptr = c};
     if (epoll_ctl(ep, EPOLL_CTL_ADD, c->fd, &ev) < 0) die("epoll_ctl", errno);
-    c->events = EPOLLOUT;  /* writable = connected */
+    c->events = EPOLLOUT; /* writable = connected */
   }
 
   /* Connections start sending as soon as each is connected; the clock
@@ -176,8 +176,7 @@ int main(int argc, char **argv) {
     if (t >= end) break;
     counting = t >= start;
     if (nconnected < nconn && t > connect_deadline) {
-      fprintf(stderr, "echoload: only %d of %d connections made in 5 s\n",
-              nconnected, nconn);
+      fprintf(stderr, "echoload: only %d of %d connections made in 5 s\n", nconnected, nconn);
       return 1;
     }
     int ms = (int)((end - t) * 1000) + 1;
@@ -207,8 +206,8 @@ int main(int argc, char **argv) {
   printf("RESULT echo %.6f %ld\n", seconds, counted);
   {
     /* Percentiles from the histogram: the bucket holding the rank. */
-    const double q[3] = { 0.50, 0.99, 0.999 };
-    long total = 0, acc = 0, p[3] = { 0, 0, 0 };
+    const double q[3] = {0.50, 0.99, 0.999};
+    long total = 0, acc = 0, p[3] = {0, 0, 0};
     int k = 0;
     for (long b = 0; b < LAT_BUCKETS; b++) total += lat_hist[b];
     for (long b = 0; b < LAT_BUCKETS && k < 3; b++) {
@@ -217,8 +216,8 @@ int main(int argc, char **argv) {
     }
     printf("LATENCY %ld %ld %ld %ld\n", p[0], p[1], p[2], total);
   }
-  fprintf(stderr, "echoload: %d conns, %zu-byte messages: %ld in %.2f s = %.0f msg/s\n",
-          nconn, size, counted, seconds, (double)counted / seconds);
+  fprintf(stderr, "echoload: %d conns, %zu-byte messages: %ld in %.2f s = %.0f msg/s\n", nconn,
+          size, counted, seconds, (double)counted / seconds);
   for (int i = 0; i < nconn; i++) close(conns[i].fd);
   free(conns);
   free(msg);

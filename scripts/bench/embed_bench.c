@@ -52,7 +52,7 @@ static void spawn(ml_State *S, const char *src, ml_Future **t) {
 static void bench_create(void) {
   enum { N = 41 };
   double t[2][N];
-  size_t heap[2] = { 0, 0 };
+  size_t heap[2] = {0, 0};
   int i, k, n = quick ? 5 : N;
   for (i = 0; i < n; i++) {
     for (k = 0; k < 2; k++) {
@@ -98,14 +98,15 @@ static double run_vm(const char *src, unsigned long budget) {
 }
 
 static void bench_vm(void) {
-  static const struct { const char *name, *src; } loops[] = {
-    { "vm_forloop", "local x = 0 for i = 1, N do x = x + i end return x" },
-    { "vm_mixed",
-      "local function f(a, b) return a * b % 7 end\n"
-      "local t, s = {}, 0\n"
-      "for i = 1, N // 10 do t[i % 1000 + 1] = f(i, 3) s = s + t[i % 1000 + 1] end\n"
-      "return s" },
-    { "vm_while", "local i = 0 while i < N do i = i + 1 end return i" },
+  static const struct {
+    const char *name, *src;
+  } loops[] = {
+    {"vm_forloop", "local x = 0 for i = 1, N do x = x + i end return x"},
+    {"vm_mixed", "local function f(a, b) return a * b % 7 end\n"
+                 "local t, s = {}, 0\n"
+                 "for i = 1, N // 10 do t[i % 1000 + 1] = f(i, 3) s = s + t[i % 1000 + 1] end\n"
+                 "return s"},
+    {"vm_while", "local i = 0 while i < N do i = i + 1 end return i"},
   };
   char src[1024];
   int k, r;
@@ -113,7 +114,7 @@ static void bench_vm(void) {
   for (k = 0; k < (int)(sizeof loops / sizeof *loops); k++) {
     double plain[3], budgeted[3];
     snprintf(src, sizeof src, "local N = %ld\n%s", n, loops[k].src);
-    for (r = 0; r < 3; r++) {  /* interleaved: load changes hit both alike */
+    for (r = 0; r < 3; r++) { /* interleaved: load changes hit both alike */
       plain[r] = run_vm(src, 0);
       budgeted[r] = run_vm(src, 1000000000000UL);
     }
@@ -171,7 +172,7 @@ static void bench_match(void) {
   double t[3][3];
   int r, k;
   snprintf(buf, sizeof buf, "local N = %d\n%s", quick ? 2 : 20, src);
-  for (r = 0; r < 3; r++)  /* interleaved: load changes hit all alike */
+  for (r = 0; r < 3; r++) /* interleaved: load changes hit all alike */
     for (k = 0; k < 3; k++) t[k][r] = run_match(buf, k);
   printf("match_plain %.3f s\n", median(t[0], 3));
   printf("match_counted %.3f s\n", median(t[1], 3));
@@ -183,7 +184,7 @@ static void bench_match(void) {
 /* ---- ml_state_step with sleeping tasks ---- */
 
 static void bench_step(void) {
-  static const int counts[] = { 0, 1000, 10000 };
+  static const int counts[] = {0, 1000, 10000};
   int k, i;
   for (k = 0; k < 3; k++) {
     ml_State *S = ml_state_new(NULL);
@@ -196,7 +197,8 @@ static void bench_step(void) {
     L = ml_state_lua(S);
     snprintf(src, sizeof src,
              "for i = 1, %d do asyncio.create_task(asyncio.sleep(3600 + i)) end\n"
-             "await asyncio.sleep(7200)", counts[k]);
+             "await asyncio.sleep(7200)",
+             counts[k]);
     spawn(S, src, NULL);
     /* Until every task sleeps: nothing ready any more. */
     for (i = 0; i < 100; i++) {
@@ -225,7 +227,7 @@ enum { XT_THREADS = 4 };
 typedef struct XT {
   ml_Promise **p;
   int n;
-  int next;               /* the next promise to complete (atomic) */
+  int next; /* the next promise to complete (atomic) */
 } XT;
 
 static XT xt;
@@ -272,7 +274,7 @@ static void bench_xthread(void) {
   int i, n = quick ? 20000 : 200000;
   char src[512];
   double t0;
-  static const luaL_Reg funcs[] = { { "promises", xt_promises }, { "go", xt_go }, { NULL, NULL } };
+  static const luaL_Reg funcs[] = {{"promises", xt_promises}, {"go", xt_go}, {NULL, NULL}};
   if (S == NULL) die(NULL, "ml_state_new");
   ml_module_register_funcs(S, "bench", funcs);
   snprintf(src, sizeof src,
@@ -282,7 +284,8 @@ static void bench_xthread(void) {
            "bench.go()\n"
            "local sum = 0\n"
            "for i = 1, #fs do sum = sum + await fs[i] end\n"
-           "return sum", n);
+           "return sum",
+           n);
   spawn(S, src, &t);
   /* The first step makes the promises; time from there. */
   ml_state_step(S, NULL, NULL);

@@ -34,7 +34,7 @@ int main(int argc, char **argv) {
   }
   int port = atoi(argv[2]), n = atoi(argv[3]);
   double seconds = atof(argv[4]);
-  struct sockaddr_in sa = { .sin_family = AF_INET, .sin_port = htons((uint16_t)port) };
+  struct sockaddr_in sa = {.sin_family = AF_INET, .sin_port = htons((uint16_t)port)};
   if (inet_pton(AF_INET, argv[1], &sa.sin_addr) != 1 || (ntohl(sa.sin_addr.s_addr) >> 24) != 127) {
     fprintf(stderr, "idleload: %s is not an IPv4 loopback address\n", argv[1]);
     return 2;
@@ -50,24 +50,33 @@ int main(int argc, char **argv) {
   /* Blocking connects, one at a time: the backlog never overflows. */
   for (int i = 0; i < n; i++) {
     int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-    if (fd < 0) { fprintf(stderr, "idleload: socket: %s (ulimit -n?)\n", strerror(errno)); return 1; }
+    if (fd < 0) {
+      fprintf(stderr, "idleload: socket: %s (ulimit -n?)\n", strerror(errno));
+      return 1;
+    }
     if (connect(fd, (struct sockaddr *)&sa, sizeof sa) < 0) {
       fprintf(stderr, "idleload: connect %d: %s\n", i, strerror(errno));
       return 1;
     }
-    struct epoll_event ev = { .events = EPOLLIN | EPOLLRDHUP, .data.fd = fd };
+    struct epoll_event ev = {.events = EPOLLIN | EPOLLRDHUP, .data.fd = fd};
     epoll_ctl(ep, EPOLL_CTL_ADD, fd, &ev);
     fds[i] = fd;
     open_++;
     connected++;
-    if (now() > end) { fprintf(stderr, "idleload: only %d connected in time\n", connected); return 1; }
+    if (now() > end) {
+      fprintf(stderr, "idleload: only %d connected in time\n", connected);
+      return 1;
+    }
   }
   /* Hold them until the server closes them. */
   struct epoll_event evs[256];
   char buf[256];
   while (open_ > 0) {
     int ms = (int)((end - now()) * 1000);
-    if (ms <= 0) { fprintf(stderr, "idleload: %d still open at the deadline\n", open_); return 1; }
+    if (ms <= 0) {
+      fprintf(stderr, "idleload: %d still open at the deadline\n", open_);
+      return 1;
+    }
     int k = epoll_wait(ep, evs, 256, ms < 1000 ? ms : 1000);
     for (int i = 0; i < k; i++) {
       ssize_t r = recv(evs[i].data.fd, buf, sizeof buf, MSG_DONTWAIT);

@@ -58,7 +58,7 @@ int main(int argc, char **argv) {
   int st;
   if (argc >= 2 && strcmp(argv[1], "spawn") == 0) {
     long n = argc > 2 ? strtol(argv[2], NULL, 10) : 500;
-    char *av[] = { "/bin/true", NULL };
+    char *av[] = {"/bin/true", NULL};
     if (n < 1 || n > 100000) return 2;
     t0 = now();
     for (long i = 0; i < n; i++) {
@@ -70,7 +70,7 @@ int main(int argc, char **argv) {
   }
   if (argc >= 2 && strcmp(argv[1], "pipe64") == 0) {
     static char buf[1 << 20];
-    char *av[] = { "head", "-c", "67108864", "/dev/zero", NULL };
+    char *av[] = {"head", "-c", "67108864", "/dev/zero", NULL};
     long long got = 0;
     ssize_t r;
     int fds[2];

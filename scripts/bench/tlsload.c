@@ -108,7 +108,7 @@ static void timed(const char *name, void *(*fn)(void *), int n, double secs) {
   atomic_store(&stop, 1);
   printf("RESULT %s %.6f %ld\n", name, t1 - t0, c1 - c0);
   fflush(stdout);
-  _exit(0);  /* the threads may be blocked in a read */
+  _exit(0); /* the threads may be blocked in a read */
 }
 
 int main(int argc, char **argv) {
@@ -116,7 +116,8 @@ int main(int argc, char **argv) {
   memset(&addr, 0, sizeof addr);
   addr.sin_family = AF_INET;
   addr.sin_port = htons((uint16_t)atoi(argv[3]));
-  if (inet_pton(AF_INET, argv[2], &addr.sin_addr) != 1 || (ntohl(addr.sin_addr.s_addr) >> 24) != 127) {
+  if (inet_pton(AF_INET, argv[2], &addr.sin_addr) != 1 ||
+      (ntohl(addr.sin_addr.s_addr) >> 24) != 127) {
     fprintf(stderr, "tlsload: only 127.0.0.0/8 addresses\n");
     return 2;
   }
@@ -153,7 +154,8 @@ int main(int argc, char **argv) {
     return 0;
   }
 usage:
-  fprintf(stderr, "usage: tlsload hs HOST PORT SECONDS THREADS | echo HOST PORT CONNS SIZE SECONDS | "
-                  "bulk HOST PORT BYTES\n");
+  fprintf(stderr,
+          "usage: tlsload hs HOST PORT SECONDS THREADS | echo HOST PORT CONNS SIZE SECONDS | "
+          "bulk HOST PORT BYTES\n");
   return 2;
 }

@@ -66,7 +66,7 @@ static void *load_worker(void *arg) {
     ml_future_reject_threadsafe(job->fut, "FileNotFoundError", "no such asset");
   } else {
     for (const char *p = job->name; *p; p++) sum = sum * 31 + (unsigned char)*p;
-    usleep(2000);  /* the disk */
+    usleep(2000); /* the disk */
     snprintf(result, sizeof result, "%s (%u bytes)", job->name, sum % 4096);
     ml_future_resolve_threadsafe(job->fut, result, strlen(result));
   }
@@ -83,7 +83,7 @@ static int game_load_asset(lua_State *L) {
   job = calloc(1, sizeof *job);
   if (job == NULL) return luaL_error(L, "out of memory");
   snprintf(job->name, sizeof job->name, "%s", name);
-  job->fut = ml_future_new(L);  /* pushed: the value we return */
+  job->fut = ml_future_new(L); /* pushed: the value we return */
   if (job->fut == NULL) {
     free(job);
     return luaL_error(L, "out of memory");
@@ -98,28 +98,29 @@ static int game_load_asset(lua_State *L) {
 }
 
 static const luaL_Reg game_funcs[] = {
-  { "spawn_enemy", game_spawn_enemy },
-  { "frame", game_frame },
-  { "load_asset", game_load_asset },
-  { NULL, NULL }
+  {"spawn_enemy", game_spawn_enemy},
+  {"frame", game_frame},
+  {"load_asset", game_load_asset},
+  {NULL, NULL},
 };
 
 /* Uncaught script errors: the game logs them and carries on. */
 static void on_script_error(ml_State *S, const char *msg, void *ud) {
-  (void)S; (void)ud;
+  (void)S;
+  (void)ud;
   fprintf(stdout, "[host] script error: %s\n", msg);
 }
 
 int main(int argc, char **argv) {
   const char *path = argc > 1 ? argv[1] : "script.lua";
-  static const char *const allow[] = { ML_SANDBOX_DEFAULT, NULL };
-  Game game = { 0 };
+  static const char *const allow[] = {ML_SANDBOX_DEFAULT, NULL};
+  Game game = {0};
   ml_State *S;
   lua_State *L;
   ml_Future *level;
   int rc, status = 0;
 
-  S = ml_state_new(NULL);  /* a private loop: the frame loop drives it */
+  S = ml_state_new(NULL); /* a private loop: the frame loop drives it */
   if (S == NULL) {
     fprintf(stderr, "[host] cannot create a moonloop state\n");
     return 1;
@@ -129,9 +130,9 @@ int main(int argc, char **argv) {
   ml_state_set_error_handler(S, on_script_error, NULL);
 
   /* Limits and the sandbox come before any script code runs. */
-  if (ml_state_sandbox(S, allow) != ML_OK
-      || ml_module_register_funcs(S, "game", game_funcs) != ML_OK
-      || ml_state_set_memory_limit(S, 32u << 20) != ML_OK) {
+  if (ml_state_sandbox(S, allow) != ML_OK ||
+      ml_module_register_funcs(S, "game", game_funcs) != ML_OK ||
+      ml_state_set_memory_limit(S, 32u << 20) != ML_OK) {
     fprintf(stderr, "[host] set-up failed: %s\n", ml_state_error(S));
     ml_state_close(S);
     return 1;
@@ -139,8 +140,8 @@ int main(int argc, char **argv) {
   ml_state_set_cpu_budget(S, 20 * 1000 * 1000);
 
   /* The level script runs as a task, so it may await at top level. */
-  if ((rc = ml_load_file(L, path)) != ML_OK
-      || (rc = ml_task_spawn(L, 0, "level", &level)) != ML_OK) {
+  if ((rc = ml_load_file(L, path)) != ML_OK ||
+      (rc = ml_task_spawn(L, 0, "level", &level)) != ML_OK) {
     fprintf(stderr, "[host] cannot start %s: %s\n", path, ml_state_error(S));
     ml_state_close(S);
     return 1;
@@ -157,11 +158,11 @@ int main(int argc, char **argv) {
       status = 1;
       break;
     }
-    if (rc == 0) break;  /* idle: the level is over */
+    if (rc == 0) break; /* idle: the level is over */
     game.frame++;
     if (timeout < 0 || timeout > FRAME_SECONDS) timeout = FRAME_SECONDS;
     if (timeout > 0) {
-      struct pollfd p = { fd, POLLIN, 0 };
+      struct pollfd p = {fd, POLLIN, 0};
       poll(&p, fd >= 0, (int)(timeout * 1000 + 0.5));
     }
   }

@@ -98,7 +98,8 @@ int ml__net_argerror(lua_State *L, const char *fn, int idx, const char *msg) {
 }
 
 int ml__net_typeerror(lua_State *L, const char *fn, int idx, const char *tname) {
-  return ml__net_argerror(L, fn, idx, lua_pushfstring(L, "%s expected, got %s", tname, luaL_typename(L, idx)));
+  return ml__net_argerror(L, fn, idx,
+                          lua_pushfstring(L, "%s expected, got %s", tname, luaL_typename(L, idx)));
 }
 
 /* [-0, +0] */
@@ -106,7 +107,8 @@ lua_Integer ml__net_checkinteger(lua_State *L, const char *fn, int idx) {
   int ok;
   lua_Integer v = lua_tointegerx(L, idx, &ok);
   if (!ok) {
-    if (lua_type(L, idx) == LUA_TNUMBER) ml__net_argerror(L, fn, idx, "number has no integer representation");
+    if (lua_type(L, idx) == LUA_TNUMBER)
+      ml__net_argerror(L, fn, idx, "number has no integer representation");
     ml__net_typeerror(L, fn, idx, "number");
   }
   return v;
@@ -151,7 +153,7 @@ static void check_addr(lua_State *L, const char *fn, int idx, int family) {
   lua_pushinteger(L, family);
   if (lua_pcall(L, 2, 0, 0) == LUA_OK) return;
   m = lua_tostring(L, -1);
-  if (m == NULL) lua_error(L);  /* an exception object: raised as it is */
+  if (m == NULL) lua_error(L); /* an exception object: raised as it is */
   open = strncmp(m, "bad argument #", 14) == 0 ? strstr(m, "' (") : NULL;
   close = strrchr(m, ')');
   if (open && close > open) m = lua_pushlstring(L, open + 3, (size_t)(close - open - 3));
@@ -163,9 +165,7 @@ static void check_addr(lua_State *L, const char *fn, int idx, int family) {
  * sock_sendto too). */
 
 /* [-0, +1] pushes the failure of q as an exception. */
-static void req_push_error(lua_State *L, ml_Lookup *q) {
-  ml__sock_push_gaierror(L, q->rc, q->err);
-}
+static void req_push_error(lua_State *L, ml_Lookup *q) { ml__sock_push_gaierror(L, q->rc, q->err); }
 
 /* Fills the request's getaddrinfo input from script values, the host at
  * hi and the port at pi; errors name fn's argument eidx (0: hi or pi).
@@ -216,7 +216,7 @@ static int gai_numeric(lua_State *L, ml_Lookup *q) {
   if (q->has_serv) {
     char *end;
     strtol(q->serv, &end, 10);
-    if (*end != '\0') return 0;  /* a service name: /etc/services */
+    if (*end != '\0') return 0; /* a service name: /etc/services */
     hints.ai_flags |= AI_NUMERICSERV;
   }
   if (q->has_host) hints.ai_flags |= AI_NUMERICHOST;
@@ -232,7 +232,8 @@ static int gai_numeric(lua_State *L, ml_Lookup *q) {
 
 static int getaddrinfo_k(lua_State *L, int status, lua_KContext ctx) {
   ml_Lookup *q = ml__lookup_check(L, -1);
-  (void)status; (void)ctx;
+  (void)status;
+  (void)ctx;
   if (q->rc != 0) {
     req_push_error(L, q);
     return lua_error(L);
@@ -246,7 +247,8 @@ static int getaddrinfo_k(lua_State *L, int status, lua_KContext ctx) {
 /* loop:getaddrinfo(host, port, {family=, type=, proto=, flags=}) */
 static int loop_getaddrinfo(lua_State *L) {
   lua_settop(L, 4);
-  if (!lua_isnil(L, 4) && !lua_istable(L, 4)) ml__net_typeerror(L, "getaddrinfo", 4, "table or nil");
+  if (!lua_isnil(L, 4) && !lua_istable(L, 4))
+    ml__net_typeerror(L, "getaddrinfo", 4, "table or nil");
   ml_Lookup *q = ml__lookup_new(L, ML_LOOKUP_GAI);
   gai_args(L, q, 2, 3, "getaddrinfo", 0);
   q->hints.ai_family = opt_int(L, 4, "family", AF_UNSPEC);
@@ -259,7 +261,8 @@ static int loop_getaddrinfo(lua_State *L) {
 
 static int getnameinfo_k(lua_State *L, int status, lua_KContext ctx) {
   ml_Lookup *q = ml__lookup_check(L, -1);
-  (void)status; (void)ctx;
+  (void)status;
+  (void)ctx;
   if (q->rc != 0) {
     req_push_error(L, q);
     return lua_error(L);
@@ -289,7 +292,8 @@ static int loop_getnameinfo(lua_State *L) {
   int family = addr_family(L, 2);
   check_addr(L, "getnameinfo", 2, family);
   lua_Integer flags = lua_isnil(L, 3) ? 0 : ml__net_checkinteger(L, "getnameinfo", 3);
-  if (flags < INT_MIN || flags > INT_MAX) ml__net_argerror(L, "getnameinfo", 3, "flags out of range");
+  if (flags < INT_MIN || flags > INT_MAX)
+    ml__net_argerror(L, "getnameinfo", 3, "flags out of range");
   ml_Lookup *q = ml__lookup_new(L, ML_LOOKUP_GNI);
   if (ml__sock_toaddr(L, 2, family, 0, &q->sa, &q->salen) != 0)
     return ml__net_argerror(L, "getnameinfo", 2, "getnameinfo needs a numeric address");
@@ -304,9 +308,9 @@ static int loop_getnameinfo(lua_State *L) {
 /* ---- resolving the host of an address argument, then carrying on ---- */
 
 typedef struct Cont {
-  int aidx;          /* stack index of the address argument */
-  lua_KFunction k;   /* what to run once it is numeric */
-  const char *fn;    /* the method, for errors */
+  int aidx;        /* stack index of the address argument */
+  lua_KFunction k; /* what to run once it is numeric */
+  const char *fn;  /* the method, for errors */
 } Cont;
 
 /* After the lookup: replaces the address argument with the first result
@@ -327,7 +331,7 @@ static int resolved_k(lua_State *L, int status, lua_KContext ctx) {
     ml__sock_push_gaierror(L, EAI_ADDRFAMILY, 0);
     return lua_error(L);
   }
-  lua_pop(L, 1);  /* the handle: the request is freed when it is collected */
+  lua_pop(L, 1); /* the handle: the request is freed when it is collected */
   ml__sock_pushaddr(L, ai->ai_addr, ai->ai_addrlen);
   lua_replace(L, c->aidx);
   return c->k(L, LUA_OK, 0);
@@ -402,7 +406,7 @@ static int recv_new(lua_State *L, lua_KContext want_addr) {
   if (n < 0) ml__net_argerror(L, fn, 3, "negative buffer size");
   lua_settop(L, 3);
   lua_pushnil(L);
-  lua_insert(L, 3);  /* 3: nil (not a buffer), 4: n */
+  lua_insert(L, 3); /* 3: nil (not a buffer), 4: n */
   return recv_k(L, LUA_OK, want_addr);
 }
 
@@ -456,7 +460,7 @@ static int loop_sock_sendall(lua_State *L) {
 }
 
 static int sendto_k(lua_State *L, int status, lua_KContext ctx);
-static const Cont sendto_cont = { 4, sendto_k, "sock_sendto" };
+static const Cont sendto_cont = {4, sendto_k, "sock_sendto"};
 
 static int sendto_k(lua_State *L, int status, lua_KContext ctx) {
   ml_Socket *s = check_nb(L, "sock_sendto", 2);
@@ -464,9 +468,9 @@ static int sendto_k(lua_State *L, int status, lua_KContext ctx) {
   const char *p = lua_tolstring(L, 3, &len);
   struct sockaddr_storage ss;
   socklen_t alen;
-  (void)status; (void)ctx;
-  if (ml__sock_toaddr(L, 4, s->family, 0, &ss, &alen) == 1)
-    return resolve_then(L, s, &sendto_cont);
+  (void)status;
+  (void)ctx;
+  if (ml__sock_toaddr(L, 4, s->family, 0, &ss, &alen) == 1) return resolve_then(L, s, &sendto_cont);
   for (;;) {
     ssize_t r = sendto(s->fd, p, len, MSG_NOSIGNAL, (struct sockaddr *)&ss, alen);
     if (r >= 0) {
@@ -492,7 +496,8 @@ static int connect_done_k(lua_State *L, int status, lua_KContext ctx) {
   ml_Socket *s = check_nb(L, "sock_connect", 2);
   int err = 0;
   socklen_t len = sizeof err;
-  (void)status; (void)ctx;
+  (void)status;
+  (void)ctx;
   if (getsockopt(s->fd, SOL_SOCKET, SO_ERROR, &err, &len) < 0) err = errno;
   if (err == EINPROGRESS || err == EALREADY) return park(L, s, 1, 0, connect_done_k);
   if (err) return ml__exc_raise_errno(L, err, NULL);
@@ -500,15 +505,15 @@ static int connect_done_k(lua_State *L, int status, lua_KContext ctx) {
 }
 
 static int connect_k(lua_State *L, int status, lua_KContext ctx);
-static const Cont connect_cont = { 3, connect_k, "sock_connect" };
+static const Cont connect_cont = {3, connect_k, "sock_connect"};
 
 static int connect_k(lua_State *L, int status, lua_KContext ctx) {
   ml_Socket *s = check_nb(L, "sock_connect", 2);
   struct sockaddr_storage ss;
   socklen_t len;
-  (void)status; (void)ctx;
-  if (ml__sock_toaddr(L, 3, s->family, 0, &ss, &len) == 1)
-    return resolve_then(L, s, &connect_cont);
+  (void)status;
+  (void)ctx;
+  if (ml__sock_toaddr(L, 3, s->family, 0, &ss, &len) == 1) return resolve_then(L, s, &connect_cont);
   if (connect(s->fd, (struct sockaddr *)&ss, len) == 0) return 0;
   /* EINTR: the connection goes on asynchronously, as for EINPROGRESS. */
   if (errno == EINPROGRESS || errno == EINTR || errno == EAGAIN)
@@ -528,7 +533,8 @@ static int accept_k(lua_State *L, int status, lua_KContext ctx) {
   ml_Socket *s = check_nb(L, "sock_accept", 2);
   struct sockaddr_storage ss;
   socklen_t len = sizeof ss;
-  (void)status; (void)ctx;
+  (void)status;
+  (void)ctx;
   lua_settop(L, 2);
   ml_Socket *c = ml__sock_push(L, -1, s->family, s->type, s->proto);
   for (;;) {
@@ -560,7 +566,7 @@ static const char readers_key = 0, writers_key = 0;
 typedef struct FdWatch {
   ml_State *S;
   ev_io io;
-  int ref;    /* registry reference to the userdata itself, while active */
+  int ref; /* registry reference to the userdata itself, while active */
   int nargs;
 } FdWatch;
 
@@ -568,15 +574,17 @@ static void fdwatch_cb(struct ev_loop *loop, ev_io *w, int revents) {
   FdWatch *fw = w->data;
   lua_State *L = ml__main_lua(fw->S);
   int i, base;
-  (void)loop; (void)revents;
+  (void)loop;
+  (void)revents;
   if (!lua_checkstack(L, fw->nargs + 8)) return;
   lua_rawgeti(L, LUA_REGISTRYINDEX, fw->ref);
   base = lua_gettop(L);
   for (i = 1; i <= fw->nargs + 1; i++) lua_getiuservalue(L, base, i);
   lua_remove(L, base);
   /* The callback may remove the watcher; fw is not used after the call. */
-  ml__callback(L, fw->nargs, (w->events & EV_READ) ? "Exception in reader callback"
-                                                   : "Exception in writer callback");
+  ml__callback(L, fw->nargs,
+               (w->events & EV_READ) ? "Exception in reader callback"
+                                     : "Exception in writer callback");
 }
 
 /* [-0, +0] */
@@ -665,9 +673,7 @@ static int add_watch(lua_State *L, int events, const char *key) {
   luaL_checktype(L, 3, LUA_TFUNCTION);
   /* Only an open fd: libev would size its fd table for any number (and
    * spun on fd 2,000,000,000), and epoll refuses a closed one later. */
-  if (fcntl(fd, F_GETFD) < 0) {
-    return ml__exc_raise_errno(L, errno, "add_reader/add_writer");
-  }
+  if (fcntl(fd, F_GETFD) < 0) { return ml__exc_raise_errno(L, errno, "add_reader/add_writer"); }
   remove_watch(L, fd, key);
   fw = lua_newuserdatauv(L, sizeof *fw, nargs + 1);
   memset(fw, 0, sizeof *fw);
@@ -717,7 +723,7 @@ static const luaL_Reg loop_sync[] = {
   {"add_writer", loop_add_writer},
   {"remove_reader", loop_remove_reader},
   {"remove_writer", loop_remove_writer},
-  {NULL, NULL}
+  {NULL, NULL},
 };
 
 static const luaL_Reg loop_async[] = {
@@ -733,7 +739,7 @@ static const luaL_Reg loop_async[] = {
   {"sendfile", ml__loop_sendfile},
   {"getaddrinfo", loop_getaddrinfo},
   {"getnameinfo", loop_getnameinfo},
-  {NULL, NULL}
+  {NULL, NULL},
 };
 
 int luaopen_asyncio__net(lua_State *L) {
@@ -742,6 +748,6 @@ int luaopen_asyncio__net(lua_State *L) {
   ml__net_push_loop_methods(L);
   ml__net_setfuncs(L, -1, "loop.", loop_sync, loop_async);
   lua_pop(L, 1);
-  lua_newtable(L);  /* nothing else is merged into asyncio */
+  lua_newtable(L); /* nothing else is merged into asyncio */
   return 1;
 }

@@ -39,7 +39,7 @@
 
 #define QUEUE_MAGIC 0x51756575u
 #define QUEUE_MT "asyncio.QueueCore"
-#define MAX_DEPTH 200  /* nesting of list tables PriorityQueue compares */
+#define MAX_DEPTH 200 /* nesting of list tables PriorityQueue compares */
 
 /* Storage kinds; K_CUSTOM calls the class's Lua _put and _get. */
 enum { K_CUSTOM, K_FIFO, K_LIFO, K_HEAP };
@@ -52,39 +52,35 @@ enum { GETTERS, PUTTERS, JOINERS, NLISTS };
 
 typedef struct Waiter {
   ml_Task *task;
-  lua_State *th;        /* the thread that waits (the task's, or a
-                           generator's in it): a getter is handed its item
-                           on this thread's stack */
-  int prev, next;       /* links in its list; next links the free list */
-  unsigned char state;  /* W_* */
-  unsigned char list;   /* GETTERS, PUTTERS or JOINERS */
+  lua_State *th;       /* the thread that waits (the task's, or a
+                          generator's in it): a getter is handed its item
+                          on this thread's stack */
+  int prev, next;      /* links in its list; next links the free list */
+  unsigned char state; /* W_* */
+  unsigned char list;  /* GETTERS, PUTTERS or JOINERS */
 } Waiter;
 
 typedef struct WList {
-  int head, tail, len;  /* pool indexes, -1 if none */
+  int head, tail, len; /* pool indexes, -1 if none */
 } WList;
 
 typedef struct Queue {
   unsigned magic;
-  int kind;              /* K_* */
+  int kind; /* K_* */
   int shutdown;
-  lua_Number maxsize;    /* <= 0: unbounded */
-  lua_Integer n;         /* items queued (K_CUSTOM; the others use len) */
-  lua_Integer unfinished; /* items put and not yet task_done() */
+  lua_Number maxsize;         /* <= 0: unbounded */
+  lua_Integer n;              /* items queued (K_CUSTOM; the others use len) */
+  lua_Integer unfinished;     /* items put and not yet task_done() */
   lua_Integer head, len, cap; /* the items table: ring [head, head+len) */
-  lua_Integer nback;     /* items given back, next out before the rest */
-  Waiter *w;             /* the pool, in the UV_POOL userdata */
-  int wcap, wfree;       /* pool size, first free waiter (-1: none) */
+  lua_Integer nback;          /* items given back, next out before the rest */
+  Waiter *w;                  /* the pool, in the UV_POOL userdata */
+  int wcap, wfree;            /* pool size, first free waiter (-1: none) */
   WList lists[NLISTS];
 } Queue;
 
-static lua_Integer count(const Queue *q) {
-  return q->kind == K_CUSTOM ? q->n : q->len;
-}
+static lua_Integer count(const Queue *q) { return q->kind == K_CUSTOM ? q->n : q->len; }
 
-static int full(const Queue *q) {
-  return q->maxsize > 0 && (lua_Number)count(q) >= q->maxsize;
-}
+static int full(const Queue *q) { return q->maxsize > 0 && (lua_Number)count(q) >= q->maxsize; }
 
 /* [-0, +1] pushes the Queue userdata of self (argument 1) and returns it;
  * raises if self is not a queue. */
@@ -121,7 +117,7 @@ static void pool_grow(lua_State *L, Queue *q, int ci) {
     nw[i].list = 0;
   }
   lua_setiuservalue(L, ci, UV_POOL);
-  q->wfree = q->wcap;  /* the old pool was full */
+  q->wfree = q->wcap; /* the old pool was full */
   q->w = nw;
   q->wcap = ncap;
 }
@@ -218,11 +214,11 @@ static int wait_hook(lua_State *L, ml_Task *t, void *ud) {
     w_unlink(q, i);
     q->w[i].state = W_CANCELLED;
   } else if (q->w[i].state == W_HANDED && lua_checkstack(L, 4)) {
-    lua_State *th = q->w[i].th;  /* [self, core, item]: see handoff */
+    lua_State *th = q->w[i].th; /* [self, core, item]: see handoff */
     int top = lua_gettop(L), g;
     lua_pushvalue(th, 2);
-    lua_xmove(th, L, 1);         /* the queue's core */
-    lua_xmove(th, L, 1);         /* the item, off the getter's stack */
+    lua_xmove(th, L, 1); /* the queue's core */
+    lua_xmove(th, L, 1); /* the item, off the getter's stack */
     q->w[i].state = W_CANCELLED;
     if ((g = q->lists[GETTERS].head) >= 0) handoff(L, q, g, top + 2);
     else give_back(L, q, top + 1, top + 2);
@@ -273,14 +269,14 @@ static void items_room(lua_State *L, Queue *q, int ci) {
     cap = q->cap;
     ncap = cap ? 2 * cap : 4;
     if (ncap > (1 << 30)) luaL_error(L, "queue too long");
-    lua_createtable(L, (int)ncap, 0);  /* only keys 1..ncap: never rehashed */
+    lua_createtable(L, (int)ncap, 0); /* only keys 1..ncap: never rehashed */
     /* Making it may have run finalizers, and one may have used this queue
      * (grown it, or taken items): then look again. */
     if (q->cap == cap && q->len >= q->cap) break;
     lua_pop(L, 2);
   }
-  lua_getiuservalue(L, ci, UV_ITEMS);  /* the items, as they are now */
-  lua_replace(L, -3);                  /* [items, new] */
+  lua_getiuservalue(L, ci, UV_ITEMS); /* the items, as they are now */
+  lua_replace(L, -3);                 /* [items, new] */
   for (i = 0; i < q->len; i++) {
     lua_rawgeti(L, -2, ((q->head + i) & (q->cap - 1)) + 1);
     lua_rawseti(L, -2, i + 1);
@@ -343,8 +339,7 @@ static int lt(lua_State *L, int a, int b, int depth) {
     lua_pop(L, 1);
     return lua_compare(L, a, b, LUA_OPLT);
   }
-  if (depth >= MAX_DEPTH)
-    return luaL_error(L, "PriorityQueue items nested too deeply to compare");
+  if (depth >= MAX_DEPTH) return luaL_error(L, "PriorityQueue items nested too deeply to compare");
   luaL_checkstack(L, 4, NULL);
   na = luaL_len(L, a);
   nb = luaL_len(L, b);
@@ -374,10 +369,10 @@ static void heap_push(lua_State *L, Queue *q, int ci, int vi) {
   lua_rawseti(L, t, i);
   while (i > 1) {
     p = i / 2;
-    lua_rawgeti(L, t, i);  /* the new item */
-    lua_rawgeti(L, t, p);  /* its parent */
+    lua_rawgeti(L, t, i); /* the new item */
+    lua_rawgeti(L, t, p); /* its parent */
     if (!lt(L, t + 1, t + 2, 0)) break;
-    lua_rawseti(L, t, i);  /* swap them */
+    lua_rawseti(L, t, i); /* swap them */
     lua_rawseti(L, t, p);
     i = p;
   }
@@ -390,14 +385,14 @@ static void heap_pop(lua_State *L, Queue *q, int ci) {
   int t;
   lua_getiuservalue(L, ci, UV_ITEMS);
   t = lua_gettop(L);
-  lua_rawgeti(L, t, 1);  /* the result, at t + 1 */
-  lua_rawgeti(L, t, n);  /* the last item goes to the root */
+  lua_rawgeti(L, t, 1); /* the result, at t + 1 */
+  lua_rawgeti(L, t, n); /* the last item goes to the root */
   lua_rawseti(L, t, 1);
   lua_pushnil(L);
   lua_rawseti(L, t, n);
   q->len = --n;
   for (i = 1; (c = 2 * i) <= n; i = c) {
-    lua_rawgeti(L, t, c);  /* the smaller child, at t + 2 */
+    lua_rawgeti(L, t, c); /* the smaller child, at t + 2 */
     if (c < n) {
       lua_rawgeti(L, t, c + 1);
       if (lt(L, t + 3, t + 2, 0)) {
@@ -407,9 +402,9 @@ static void heap_pop(lua_State *L, Queue *q, int ci) {
         lua_pop(L, 1);
       }
     }
-    lua_rawgeti(L, t, i);  /* the item sifted down, at t + 3 */
+    lua_rawgeti(L, t, i); /* the item sifted down, at t + 3 */
     if (!lt(L, t + 2, t + 3, 0)) break;
-    lua_rawseti(L, t, c);  /* swap them */
+    lua_rawseti(L, t, c); /* swap them */
     lua_rawseti(L, t, i);
   }
   lua_settop(L, t + 1);
@@ -526,7 +521,7 @@ static int put_loop(lua_State *L, Queue *q) {
  * top if it failed (rethrown).  [-0, +0] */
 static int put_k(lua_State *L, int status, lua_KContext ctx) {
   Queue *q = lua_touserdata(L, 3);
-  int st = w_finish(q, (int)ctx);  /* never W_HANDED */
+  int st = w_finish(q, (int)ctx); /* never W_HANDED */
   if (FAILED(status)) {
     /* Woken but cancelled before it ran: the room it was woken for goes
      * to the next putter. */
@@ -583,8 +578,8 @@ static int get_k(lua_State *L, int status, lua_KContext ctx) {
     }
     return lua_error(L);
   }
-  if (st == W_HANDED) return 1;  /* the item, on top */
-  return get_loop(L, q);  /* woken by shutdown */
+  if (st == W_HANDED) return 1; /* the item, on top */
+  return get_loop(L, q);        /* woken by shutdown */
 }
 
 /* await q:get() -> item */
@@ -614,9 +609,9 @@ static int queue_get_nowait(lua_State *L) {
  * failed (rethrown); returns nothing. */
 static int join_k(lua_State *L, int status, lua_KContext ctx) {
   Queue *q = lua_touserdata(L, 2);
-  w_finish(q, (int)ctx);  /* never W_HANDED */
+  w_finish(q, (int)ctx); /* never W_HANDED */
   if (FAILED(status)) return lua_error(L);
-  return 0;  /* woken when the count reached zero, as asyncio's Event */
+  return 0; /* woken when the count reached zero, as asyncio's Event */
 }
 
 /* await q:join() -> nothing */
@@ -655,8 +650,8 @@ static int queue_shutdown(lua_State *L) {
     }
     for (i = 0; i < q->wcap; i++) {
       if (q->w[i].state != W_HANDED) continue;
-      lua_pop(q->w[i].th, 1);   /* the item handed, on its stack's top */
-      q->w[i].state = W_WOKEN;  /* its get finds the queue shut down */
+      lua_pop(q->w[i].th, 1);  /* the item handed, on its stack's top */
+      q->w[i].state = W_WOKEN; /* its get finds the queue shut down */
       if (q->unfinished > 0) q->unfinished--;
     }
     if (q->unfinished == 0) wake_all(q, JOINERS);
@@ -696,14 +691,14 @@ static int queue_full(lua_State *L) {
 static int queue_gc(lua_State *L) {
   Queue *q = ml__udata_test(L, 1, ML_UT_QUEUE);
   int i;
-  if (q == NULL) return 0;  /* a script calling __gc on something else */
+  if (q == NULL) return 0; /* a script calling __gc on something else */
   for (i = 0; i < q->wcap; i++) {
     ml_Task *t = q->w[i].task;
     if (q->w[i].state == W_WAITING) ml__task_disarm(t, wait_hook, q);
   }
   q->wcap = 0;
   q->wfree = -1;
-  q->magic = 0;  /* a finalizer that runs later sees no queue here */
+  q->magic = 0; /* a finalizer that runs later sees no queue here */
   return 0;
 }
 
@@ -781,14 +776,14 @@ static int storage_get(lua_State *L) {
 }
 
 static const luaL_Reg methods[] = {
-  { "put_nowait", queue_put_nowait },
-  { "get_nowait", queue_get_nowait },
-  { "task_done", queue_task_done },
-  { "shutdown", queue_shutdown },
-  { "qsize", queue_qsize },
-  { "empty", queue_empty },
-  { "full", queue_full },
-  { NULL, NULL }
+  {"put_nowait", queue_put_nowait},
+  {"get_nowait", queue_get_nowait},
+  {"task_done", queue_task_done},
+  {"shutdown", queue_shutdown},
+  {"qsize", queue_qsize},
+  {"empty", queue_empty},
+  {"full", queue_full},
+  {NULL, NULL},
 };
 
 /* The module: {_methods = {...}, _new, _info, _storage = {[kind] = {put,

@@ -9,7 +9,7 @@
 #include <sys/socket.h>
 #include "socket/net.h"
 
-#define ACCEPT_RETRY_DELAY 0.5  /* after EMFILE and friends, seconds */
+#define ACCEPT_RETRY_DELAY 0.5 /* after EMFILE and friends, seconds */
 
 #define ML_LISTENER "asyncio.Listener"
 
@@ -23,7 +23,7 @@ typedef struct Listener {
   ml_State *S;
   int n, backlog;
   int serving, closed, backing_off;
-  int ref;                /* anchor while serving */
+  int ref; /* anchor while serving */
   ev_timer retry;
   LSock socks[];
 } Listener;
@@ -53,13 +53,13 @@ static int accept_event(lua_State *L) {
   ml_Socket *s = l->s;
   lua_settop(L, 0);
   if (ls->ref == LUA_NOREF) return 0;
-  lua_rawgeti(L, LUA_REGISTRYINDEX, ls->ref);  /* 1: the listener */
+  lua_rawgeti(L, LUA_REGISTRYINDEX, ls->ref); /* 1: the listener */
   for (int k = 0; k < ls->backlog && ls->serving && s->fd >= 0; k++) {
     struct sockaddr_storage ss;
     socklen_t len = sizeof ss;
     ml_Socket *c;
     int fd;
-    lua_getiuservalue(L, 1, 2);  /* 2: on_accept */
+    lua_getiuservalue(L, 1, 2); /* 2: on_accept */
     c = ml__sock_push(L, -1, s->family, s->type, s->proto);
     fd = accept4(s->fd, (struct sockaddr *)&ss, &len, SOCK_NONBLOCK | SOCK_CLOEXEC);
     if (fd < 0) {
@@ -71,10 +71,20 @@ static int accept_event(lua_State *L) {
       case EWOULDBLOCK:
 #endif
         return 0;
-      case EINTR: case ECONNABORTED: case EPROTO: case ENETDOWN: case ENOPROTOOPT:
-      case EHOSTDOWN: case ENONET: case EHOSTUNREACH: case EOPNOTSUPP: case ENETUNREACH:
-        continue;
-      case EMFILE: case ENFILE: case ENOBUFS: case ENOMEM:
+      case EINTR:
+      case ECONNABORTED:
+      case EPROTO:
+      case ENETDOWN:
+      case ENOPROTOOPT:
+      case EHOSTDOWN:
+      case ENONET:
+      case EHOSTUNREACH:
+      case EOPNOTSUPP:
+      case ENETUNREACH: continue;
+      case EMFILE:
+      case ENFILE:
+      case ENOBUFS:
+      case ENOMEM:
         /* Out of fds or memory: stop accepting for a while instead of
          * spinning on a socket that stays readable, then try again. */
         listener_arm(ls, 0);
@@ -113,7 +123,8 @@ static int accept_event(lua_State *L) {
 static void accept_cb(struct ev_loop *loop, ev_io *w, int revents) {
   LSock *l = w->data;
   lua_State *L = ml__main_lua(l->ls->S);
-  (void)loop; (void)revents;
+  (void)loop;
+  (void)revents;
   if (!lua_checkstack(L, 8)) return;
   lua_pushcfunction(L, accept_event);
   lua_pushlightuserdata(L, l->ls);
@@ -123,7 +134,8 @@ static void accept_cb(struct ev_loop *loop, ev_io *w, int revents) {
 
 static void retry_cb(struct ev_loop *loop, ev_timer *w, int revents) {
   Listener *ls = w->data;
-  (void)loop; (void)revents;
+  (void)loop;
+  (void)revents;
   ls->backing_off = 0;
   if (ls->serving && !ls->closed) listener_arm(ls, 1);
 }
@@ -160,9 +172,7 @@ static int l_listener(lua_State *L) {
 }
 
 /* [-0, +0] the listener at index 1, or raises. */
-static Listener *check_listener(lua_State *L) {
-  return ml__udata_check(L, 1, ML_UT_LISTENER);
-}
+static Listener *check_listener(lua_State *L) { return ml__udata_check(L, 1, ML_UT_LISTENER); }
 
 /* l:start() -> nothing; anchors the listener while serving. */
 static int listener_start(lua_State *L) {
@@ -213,7 +223,7 @@ static int listener_is_serving(lua_State *L) {
 /* __gc(l) -> nothing: stops the watchers. */
 static int listener_gc(lua_State *L) {
   Listener *ls = ml__udata_test(L, 1, ML_UT_LISTENER);
-  if (ls == NULL) return 0;  /* a script calling __gc on something else */
+  if (ls == NULL) return 0; /* a script calling __gc on something else */
   for (int i = 0; i < ls->n; i++)
     if (ev_is_active(&ls->socks[i].io)) ev_io_stop(ml__loop(ls->S), &ls->socks[i].io);
   if (ev_is_active(&ls->retry)) ev_timer_stop(ml__loop(ls->S), &ls->retry);
@@ -225,12 +235,12 @@ static const luaL_Reg listener_methods[] = {
   {"stop", listener_lstop},
   {"close", listener_close},
   {"is_serving", listener_is_serving},
-  {NULL, NULL}
+  {NULL, NULL},
 };
 
 static const luaL_Reg module_funcs[] = {
   {"_listener", l_listener},
-  {NULL, NULL}
+  {NULL, NULL},
 };
 
 /* [-0, +1] pushes the module table. */

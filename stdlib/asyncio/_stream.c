@@ -40,7 +40,8 @@ static int async_argerror(lua_State *L, const char *fn, int idx, const char *msg
 }
 
 static int async_typeerror(lua_State *L, const char *fn, int idx, const char *tname) {
-  return async_argerror(L, fn, idx, lua_pushfstring(L, "%s expected, got %s", tname, luaL_typename(L, idx)));
+  return async_argerror(L, fn, idx,
+                        lua_pushfstring(L, "%s expected, got %s", tname, luaL_typename(L, idx)));
 }
 
 /* Fixes the stack to nargs values and the transport after them, at
@@ -69,7 +70,8 @@ static ml_Conn *setup(lua_State *L, int nargs, const char *what, const char *fn)
  * nil if < 0) and raises it: never returns. */
 static int raise_incomplete(lua_State *L, ml_Conn *c, size_t n, lua_Integer expected) {
   ml__exc_push_class(L, "IncompleteReadError");
-  lua_pushlstring(L, n ? c->rbuf.data + c->rbuf.off : "", n);  /* data is NULL before the first byte */
+  lua_pushlstring(L, n ? c->rbuf.data + c->rbuf.off : "",
+                  n); /* data is NULL before the first byte */
   ml__bq_consume(&c->rbuf, n);
   ml__conn_update_reading(c);
   if (expected < 0) lua_pushnil(L);
@@ -139,7 +141,8 @@ static int wait_data(lua_State *L, ml_Conn *c, lua_KContext ctx, lua_KFunction k
 static int read_k(lua_State *L, int status, lua_KContext ctx) {
   ml_Conn *c = lua_touserdata(L, 3);
   lua_Integer n = lua_tointeger(L, 2);
-  (void)status; (void)ctx;
+  (void)status;
+  (void)ctx;
   check_exc(L, 3, c);
   if (n == 0) {
     lua_pushliteral(L, "");
@@ -165,7 +168,8 @@ static int read_k(lua_State *L, int status, lua_KContext ctx) {
 static int readexactly_k(lua_State *L, int status, lua_KContext ctx) {
   ml_Conn *c = lua_touserdata(L, 3);
   lua_Integer n = lua_tointeger(L, 2);
-  (void)status; (void)ctx;
+  (void)status;
+  (void)ctx;
   check_exc(L, 3, c);
   if (c->rbuf.len >= (size_t)n) {
     take(L, c, (size_t)n);
@@ -206,7 +210,7 @@ static int until_core(lua_State *L, ml_Conn *c, size_t *offset) {
       size_t sl;
       lua_rawgeti(L, 2, i);
       const char *sep = lua_tolstring(L, -1, &sl);
-      lua_pop(L, 1);  /* the table keeps the string */
+      lua_pop(L, 1); /* the table keeps the string */
       if (sl < minlen) minlen = sl;
       if (sl > maxlen) maxlen = sl;
       if (buflen < *offset + sl) continue;
@@ -286,7 +290,7 @@ static int readline_k(lua_State *L, int status, lua_KContext ctx) {
       lua_pushnil(L);
       return 1;
     }
-    take(L, c, c->rbuf.len);  /* the partial last line */
+    take(L, c, c->rbuf.len); /* the partial last line */
     return 1;
   }
   return wait_data(L, c, (lua_KContext)offset, readline_k, "readline");
@@ -326,7 +330,8 @@ static int reader_readuntil(lua_State *L) {
       return ml__exc_raise(L, "ValueError", "Separator should be at least one-byte string");
   } else if (lua_type(L, 2) == LUA_TTABLE) {
     lua_Integer n = (lua_Integer)lua_rawlen(L, 2);
-    if (n == 0) return ml__exc_raise(L, "ValueError", "Separator should contain at least one element");
+    if (n == 0)
+      return ml__exc_raise(L, "ValueError", "Separator should contain at least one element");
     for (lua_Integer i = 1; i <= n; i++) {
       if (lua_rawgeti(L, 2, i) != LUA_TSTRING)
         return async_argerror(L, "readuntil", 2, "list of strings expected");
@@ -466,7 +471,8 @@ static int waiters_hook(lua_State *L, ml_Task *t, void *ud) {
  * parks until the write buffer drains. */
 static int drain_k(lua_State *L, int status, lua_KContext ctx) {
   ml_Conn *c = lua_touserdata(L, 2);
-  (void)status; (void)ctx;
+  (void)status;
+  (void)ctx;
   check_exc(L, 2, c);
   /* Closing (close() was called, or the peer is gone) counts as lost, as
    * asyncio's drain() raises once is_closing(). */
@@ -489,7 +495,8 @@ static int writer_drain(lua_State *L) {
  * returns nothing, or parks. */
 static int wait_closed_k(lua_State *L, int status, lua_KContext ctx) {
   ml_Conn *c = lua_touserdata(L, 2);
-  (void)status; (void)ctx;
+  (void)status;
+  (void)ctx;
   if (c->lost || c->fd < 0) {
     if (c->err || c->has_exc) check_exc(L, 2, c);
     return 0;
@@ -551,7 +558,7 @@ static int writer_tostring(lua_State *L) {
  * __gc(w) -> nothing */
 static int writer_gc(lua_State *L) {
   ml_Conn *c;
-  if (!lua_istable(L, 1)) return 0;  /* a script calling __gc on something else */
+  if (!lua_istable(L, 1)) return 0; /* a script calling __gc on something else */
   lua_rawgeti(L, 1, 1);
   c = ml__conn_test(L, -1);
   if (c && !c->closing) ml__conn_close(c, 0);
@@ -567,8 +574,8 @@ static int writer_gc(lua_State *L) {
  * metatable and one in the class (docs/performance.md, "Echo").  Other methods, and
  * methods a script adds to the class, are still found there; a script
  * that replaces one of these in the class affects streams made after. */
-static const char *const hot_reader[] = { "read", "readline", "readexactly", "readuntil", NULL };
-static const char *const hot_writer[] = { "write", "drain", NULL };
+static const char *const hot_reader[] = {"read", "readline", "readexactly", "readuntil", NULL};
+static const char *const hot_writer[] = {"write", "drain", NULL};
 
 /* [-0, +1] pushes a new stream table over the transport at cidx, of
  * class mt (its metatable's name), holding the hot methods. */
@@ -645,7 +652,7 @@ static int l_stream(lua_State *L) {
   lua_pushvalue(L, 3);
   lua_setiuservalue(L, 4, XUV_ONLOST);
   ml__conn_update_reading(c);
-  lua_pushcfunction(L, push_pair_p);  /* a light C function: no allocation */
+  lua_pushcfunction(L, push_pair_p); /* a light C function: no allocation */
   lua_pushvalue(L, 4);
   if (lua_pcall(L, 1, 2, 0) != LUA_OK) {
     ml__conn_close(c, 1);
@@ -656,7 +663,7 @@ static int l_stream(lua_State *L) {
 
 /* StreamReader([limit | {limit=}]) -> reader: fed by feed_data/feed_eof. */
 static int reader_new(lua_State *L) {
-  size_t limit = opt_limit(L, 2);  /* 1 is the class (__call) */
+  size_t limit = opt_limit(L, 2); /* 1 is the class (__call) */
   ml_Conn *c = ml__conn_new(L, 0, ML_CONN_STREAM);
   c->limit = limit;
   push_stream(L, lua_gettop(L), ML_READER, hot_reader);
@@ -668,7 +675,7 @@ static const luaL_Reg reader_async[] = {
   {"readline", reader_readline},
   {"readexactly", reader_readexactly},
   {"readuntil", reader_readuntil},
-  {NULL, NULL}
+  {NULL, NULL},
 };
 
 static const luaL_Reg reader_sync[] = {
@@ -678,9 +685,8 @@ static const luaL_Reg reader_sync[] = {
   {"set_exception", reader_set_exception},
   {"feed_data", reader_feed_data},
   {"feed_eof", reader_feed_eof},
-  {NULL, NULL}
+  {NULL, NULL},
 };
-
 
 
 static const luaL_Reg writer_sync[] = {
@@ -691,23 +697,23 @@ static const luaL_Reg writer_sync[] = {
   {"write_eof", writer_write_eof},
   {"can_write_eof", writer_can_write_eof},
   {"get_extra_info", writer_get_extra_info},
-  {NULL, NULL}
+  {NULL, NULL},
 };
 
 static const luaL_Reg writer_async[] = {
   {"drain", writer_drain},
   {"wait_closed", writer_wait_closed},
-  {NULL, NULL}
+  {NULL, NULL},
 };
 
 /* [-0, +1] pushes the module table (StreamReader, StreamWriter, _stream). */
 int luaopen_asyncio__stream(lua_State *L) {
   luaL_requiref(L, "asyncio._transport", luaopen_asyncio__transport, 0);
   lua_pop(L, 1);
-  lua_newtable(L);  /* the module */
+  lua_newtable(L); /* the module */
 
   luaL_newmetatable(L, ML_READER);
-  lua_newtable(L);  /* methods = the class */
+  lua_newtable(L); /* methods = the class */
   ml__net_setfuncs(L, -1, "StreamReader.", reader_sync, reader_async);
   lua_pushvalue(L, -1);
   lua_setfield(L, -3, "__index");

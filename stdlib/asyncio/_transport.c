@@ -24,7 +24,8 @@ static int check_pipe_fd(lua_State *L, int idx) {
     return lua_error(L);
   }
   if (!S_ISFIFO(st.st_mode) && !S_ISSOCK(st.st_mode) && !S_ISCHR(st.st_mode))
-    return ml__exc_raise(L, "ValueError", "Pipe transport is only for pipes, sockets and character devices");
+    return ml__exc_raise(L, "ValueError",
+                         "Pipe transport is only for pipes, sockets and character devices");
   return (int)fd;
 }
 
@@ -57,7 +58,7 @@ static int l_pipe(lua_State *L) {
     ml__exc_push_errno(L, -err, NULL);
     return lua_error(L);
   }
-  c->fd = fd;  /* owned from here on; watching starts after connection_made */
+  c->fd = fd; /* owned from here on; watching starts after connection_made */
   c->pipe = (unsigned char)pipe;
   lua_getiuservalue(L, 4, XUV_PROTO);
   if (lua_getfield(L, -1, "connection_made") != LUA_TNIL) {
@@ -118,9 +119,8 @@ static int l_unlink_socket(lua_State *L) {
   struct stat st;
   int removed = 0;
   if (path[0] != '\0' && stat(path, &st) == 0 && S_ISSOCK(st.st_mode)) {
-    if (lua_isnoneornil(L, 2)
-        || ((lua_Integer)st.st_dev == luaL_checkinteger(L, 2)
-            && (lua_Integer)st.st_ino == luaL_checkinteger(L, 3)))
+    if (lua_isnoneornil(L, 2) || ((lua_Integer)st.st_dev == luaL_checkinteger(L, 2) &&
+                                  (lua_Integer)st.st_ino == luaL_checkinteger(L, 3)))
       removed = unlink(path) == 0;
   }
   lua_pushboolean(L, removed);
@@ -193,9 +193,7 @@ int ml__conn_writelines(lua_State *L, ml_Conn *c) {
 }
 
 /* t:writelines(list) -> nothing */
-static int t_writelines(lua_State *L) {
-  return ml__conn_writelines(L, check_stream_t(L));
-}
+static int t_writelines(lua_State *L) { return ml__conn_writelines(L, check_stream_t(L)); }
 
 /* t:write_eof() -> nothing */
 static int t_write_eof(lua_State *L) {
@@ -296,7 +294,8 @@ static int t_set_write_buffer_limits(lua_State *L) {
   /* Range-checked first: 4 * low must not overflow (it did, under UBSan,
    * for set_write_buffer_limits(nil, math.mininteger)). */
   if (lua_isnoneornil(L, 2)) {
-    high = lua_isnoneornil(L, 3) ? ML_CONN_HIGH_DEFAULT : 4 * ml__checkrange(L, 3, 0, LUA_MAXINTEGER / 4);
+    high = lua_isnoneornil(L, 3) ? ML_CONN_HIGH_DEFAULT
+                                 : 4 * ml__checkrange(L, 3, 0, LUA_MAXINTEGER / 4);
   } else {
     high = ml__checkrange(L, 2, 0, LUA_MAXINTEGER);
   }
@@ -334,7 +333,7 @@ static int t_set_protocol(lua_State *L) {
   ml_Conn *c = ml__conn_check(L, 1);
   luaL_checkany(L, 2);
   lua_settop(L, 2);
-  c->data_fn = NULL;  /* the new protocol takes strings unless it says otherwise */
+  c->data_fn = NULL; /* the new protocol takes strings unless it says otherwise */
   c->data_ud = NULL;
   if (c->kind == ML_CONN_PROTO) ml__conn_note_protocol(L, c, 2);
   lua_setiuservalue(L, 1, XUV_PROTO);
@@ -353,7 +352,7 @@ static int t_tostring(lua_State *L) {
 /* __gc(t) -> nothing: stops the watchers, frees the buffers. */
 static int conn_gc(lua_State *L) {
   ml_Conn *c = ml__conn_test(L, 1);
-  if (c != NULL) ml__conn_free(c);  /* else a script calling __gc on something else */
+  if (c != NULL) ml__conn_free(c); /* else a script calling __gc on something else */
   return 0;
 }
 
@@ -380,10 +379,11 @@ static int d_sendto(lua_State *L) {
     if (c->connected) {
       if (alen != c->plen || memcmp(&ss, &c->peer, alen) != 0)
         return ml__exc_raise(L, "ValueError", "Invalid address: must be nil or the remote address");
-      alen = 0;  /* connected: send() to the default peer */
+      alen = 0; /* connected: send() to the default peer */
     }
   } else if (!c->connected) {
-    return ml__exc_raise(L, "ValueError", "an address is needed: the transport has no remote address");
+    return ml__exc_raise(L, "ValueError",
+                         "an address is needed: the transport has no remote address");
   }
   if (ml__conn_sendto(L, c, p, n, alen ? &ss : NULL, alen) < 0)
     return ml__exc_raise(L, "MemoryError", "datagram queue");
@@ -409,7 +409,7 @@ static const luaL_Reg transport_methods[] = {
   {"get_write_buffer_size", t_get_write_buffer_size},
   {"get_protocol", t_get_protocol},
   {"set_protocol", t_set_protocol},
-  {NULL, NULL}
+  {NULL, NULL},
 };
 
 static const luaL_Reg dgram_methods[] = {
@@ -426,17 +426,13 @@ static const luaL_Reg dgram_methods[] = {
   {"get_write_buffer_size", t_get_write_buffer_size},
   {"get_protocol", t_get_protocol},
   {"set_protocol", t_set_protocol},
-  {NULL, NULL}
+  {NULL, NULL},
 };
 
 
 static const luaL_Reg module_funcs[] = {
-  {"_transport", l_transport},
-  {"_datagram", l_datagram},
-  {"_unlink_socket", l_unlink_socket},
-  {"_socket_ident", l_socket_ident},
-  {"_pipe", l_pipe},
-  {NULL, NULL}
+  {"_transport", l_transport},       {"_datagram", l_datagram}, {"_unlink_socket", l_unlink_socket},
+  {"_socket_ident", l_socket_ident}, {"_pipe", l_pipe},         {NULL, NULL},
 };
 
 /* [-0, +1] pushes the module table. */

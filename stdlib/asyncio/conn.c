@@ -28,8 +28,8 @@
 #include "socket/net.h"
 
 #define DEFAULT_LIMIT (64 * 1024)
-#define DIRECT_READ_MIN 16384   /* read straight into rbuf when it has this much room */
-#define WBUF_KEEP (64 * 1024)   /* an emptied write queue keeps up to this */
+#define DIRECT_READ_MIN 16384 /* read straight into rbuf when it has this much room */
+#define WBUF_KEEP (64 * 1024) /* an emptied write queue keeps up to this */
 
 enum { EVT_PAUSE = 1, EVT_RESUME, EVT_ERROR, EVT_LOST };
 
@@ -183,9 +183,7 @@ void ml__conn_wake_reader(ml_Conn *c) {
   }
 }
 
-void ml__conn_fail_errno(ml_Conn *c, int err) {
-  fatal(c, err);
-}
+void ml__conn_fail_errno(ml_Conn *c, int err) { fatal(c, err); }
 
 
 static ssize_t conn_send(ml_Conn *c, const char *p, size_t n) {
@@ -295,7 +293,7 @@ void ml__conn_close(ml_Conn *c, int abort) {
     return;
   }
   if (c->closing) return;
-  if (c->layer) c->layer->close(c);  /* may fail the connection */
+  if (c->layer) c->layer->close(c); /* may fail the connection */
   if (c->closing) return;
   c->closing = 1;
   ml__conn_update_reading(c);
@@ -327,7 +325,7 @@ static void stream_readable(ml_Conn *c) {
     fatal(c, ENOMEM);
     return;
   }
-  if (c->eof && c->pipe) ml__conn_close(c, 0);  /* the bytes stay in rbuf */
+  if (c->eof && c->pipe) ml__conn_close(c, 0); /* the bytes stay in rbuf */
   if (c->reader) {
     ml_Task *t = c->reader;
     c->reader = NULL;
@@ -377,7 +375,8 @@ static void layer_readable(ml_Conn *c) {
 static void read_cb(struct ev_loop *loop, ev_io *w, int revents) {
   ml_Conn *c = w->data;
   lua_State *L = ml__main_lua(c->S);
-  (void)loop; (void)revents;
+  (void)loop;
+  (void)revents;
   if (c->pipe == ML_PIPE_WRITE) {
     wpipe_hup(c);
     return;
@@ -406,8 +405,9 @@ static void dgram_flush(ml_Conn *c) {
   while (c->dq_head) {
     ml_Dgram *d = c->dq_head;
     ssize_t r;
-    do r = sendto(c->fd, d->data, d->len, MSG_NOSIGNAL,
-                  d->alen ? (struct sockaddr *)&d->addr : NULL, d->alen);
+    do
+      r = sendto(c->fd, d->data, d->len, MSG_NOSIGNAL, d->alen ? (struct sockaddr *)&d->addr : NULL,
+                 d->alen);
     while (r < 0 && errno == EINTR);
     if (r < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) return;
     c->dq_head = d->next;
@@ -495,8 +495,8 @@ static void proto_call(lua_State *L, int cidx, const char *method, int nargs, in
     for (int i = 0; i < nres; i++) lua_pushnil(L);
     return;
   }
-  lua_insert(L, base + 1);  /* method */
-  lua_insert(L, base + 2);  /* protocol as self */
+  lua_insert(L, base + 1); /* method */
+  lua_insert(L, base + 2); /* protocol as self */
   lua_call(L, nargs + 1, nres);
 }
 
@@ -509,7 +509,8 @@ void ml__conn_push_exc(lua_State *L, int cidx, ml_Conn *c) {
   } else if (c->err) {
     /* A buffer that could not grow is a memory failure, and is named
      * as one, like every other (docs/reliability.md). */
-    if (c->err == ENOMEM) ml__exc_push(L, "MemoryError", "not enough memory (a connection buffer could not grow)");
+    if (c->err == ENOMEM)
+      ml__exc_push(L, "MemoryError", "not enough memory (a connection buffer could not grow)");
     else ml__exc_push_errno(L, c->err, NULL);
     lua_pushvalue(L, -1);
     lua_setiuservalue(L, cidx, XUV_EXC);
@@ -537,12 +538,8 @@ static int proto_event(lua_State *L) {
   lua_settop(L, 0);
   if (!push_conn(L, c)) return 0;
   switch (evt) {
-  case EVT_PAUSE:
-    proto_call(L, 1, "pause_writing", 0, 0);
-    break;
-  case EVT_RESUME:
-    proto_call(L, 1, "resume_writing", 0, 0);
-    break;
+  case EVT_PAUSE: proto_call(L, 1, "pause_writing", 0, 0); break;
+  case EVT_RESUME: proto_call(L, 1, "resume_writing", 0, 0); break;
   case EVT_ERROR:
     ml__exc_push_errno(L, err, NULL);
     proto_call(L, 1, "error_received", 1, 0);
@@ -581,7 +578,8 @@ static void proto_event_call(lua_State *L, ml_Conn *c, int evt, int err) {
   lua_pushlightuserdata(L, c);
   lua_pushinteger(L, evt);
   lua_pushinteger(L, err);
-  ml__callback(L, 3, evt == EVT_LOST ? "Exception in connection_lost" : "Exception in protocol callback");
+  ml__callback(L, 3,
+               evt == EVT_LOST ? "Exception in connection_lost" : "Exception in protocol callback");
 }
 
 /* dgram_readable(c lightuserdata) -> nothing: one recvfrom, then
@@ -635,8 +633,8 @@ static int proto_data(lua_State *L) {
   if (!push_conn(L, c)) return 0;
   lua_getiuservalue(L, -1, XUV_PROTO);
   if (lua_getfield(L, -1, "data_received") == LUA_TNIL) return 0;
-  lua_insert(L, -2);        /* method, protocol */
-  lua_pushvalue(L, 3);      /* data */
+  lua_insert(L, -2);   /* method, protocol */
+  lua_pushvalue(L, 3); /* data */
   lua_call(L, 2, 0);
   return 0;
 }
@@ -654,7 +652,8 @@ static char *get_buffer(lua_State *L, int pidx, lua_Integer sizehint, size_t *ro
   lua_pushinteger(L, sizehint);
   lua_call(L, 2, 2);
   if ((buf = ml__buffer_test(L, -2, &size)) == NULL)
-    ml__exc_raise(L, "TypeError", "get_buffer() must return a socket.buffer, got %s", luaL_typename(L, -2));
+    ml__exc_raise(L, "TypeError", "get_buffer() must return a socket.buffer, got %s",
+                  luaL_typename(L, -2));
   if (!lua_isnil(L, -1)) {
     int ok;
     pos = lua_tointegerx(L, -1, &ok);
@@ -691,11 +690,11 @@ static int proto_buffered(lua_State *L) {
     lua_pushinteger(L, -EAGAIN);
     return 1;
   }
-  lua_getiuservalue(L, 4, XUV_PROTO);  /* 5 */
+  lua_getiuservalue(L, 4, XUV_PROTO); /* 5 */
   if (n < 0) {
     ssize_t r;
     buf = get_buffer(L, 5, -1, &room);
-    if (c->fd < 0 || c->lost) {  /* get_buffer closed it */
+    if (c->fd < 0 || c->lost) { /* get_buffer closed it */
       lua_pushinteger(L, -EAGAIN);
       return 1;
     }
@@ -748,7 +747,7 @@ static lua_Integer proto_pcall(ml_Conn *c, lua_CFunction fn, lua_Integer n, cons
   int base, st;
   lua_Integer r;
   if (!lua_checkstack(L, 8)) {
-    fatal(c, ENOMEM);  /* the bytes cannot be delivered */
+    fatal(c, ENOMEM); /* the bytes cannot be delivered */
     return -EAGAIN;
   }
   base = lua_gettop(L);
@@ -821,7 +820,11 @@ void ml__conn_fail(lua_State *L, ml_Conn *c) {
  * as c's exception and fails the connection. */
 void ml__conn_deliver(ml_Conn *c, const char *p, size_t r) {
   if (c->fd < 0 || c->lost || c->ref == LUA_NOREF) return;
-  proto_pcall(c, c->data_fn ? c->data_fn : c->buffered ? proto_buffered : proto_data, (lua_Integer)r, p);
+  proto_pcall(c,
+              c->data_fn    ? c->data_fn
+              : c->buffered ? proto_buffered
+                            : proto_data,
+              (lua_Integer)r, p);
 }
 
 /* [-0, +0] c's protocol is the value at pidx: notes whether it is a
@@ -893,7 +896,7 @@ ml_Conn *ml__conn_new(lua_State *L, int sidx, int kind) {
   if (getpeername(c->fd, (struct sockaddr *)&c->peer, &c->plen) < 0) c->plen = 0;
   else c->connected = 1;
   if (s->type == SOCK_STREAM && (s->family == AF_INET || s->family == AF_INET6)) {
-    int one = 1;  /* as asyncio: small writes go out at once */
+    int one = 1; /* as asyncio: small writes go out at once */
     setsockopt(c->fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
   }
   return c;

@@ -38,17 +38,17 @@ enum { A_SOCK = 2, A_FILE, A_OFFSET, A_COUNT, A_FALLBACK, A_OP, A_BUF, A_TOP = A
 enum { PH_NATIVE = 1, PH_FALLBACK, PH_FLUSH };
 
 typedef struct Op {
-  const char *fn;     /* "sock_sendfile" or "sendfile", for errors */
-  ml_Socket *s;       /* the socket written to */
-  ml_Conn *c;         /* loop:sendfile's transport, or NULL */
+  const char *fn; /* "sock_sendfile" or "sendfile", for errors */
+  ml_Socket *s;   /* the socket written to */
+  ml_Conn *c;     /* loop:sendfile's transport, or NULL */
   luaL_Stream *file;
-  int fd;             /* the file's */
-  int phase;          /* PH_* */
-  int next;           /* after PH_FLUSH: the phase to go on with */
-  int fallback;       /* may fall back from native */
-  off_t start, pos;   /* the offset argument; the next byte to send */
-  off_t end;          /* offset + count, or -1: to the end of file */
-  unsigned char restore_reading;  /* resume the transport's reading at the end */
+  int fd;                        /* the file's */
+  int phase;                     /* PH_* */
+  int next;                      /* after PH_FLUSH: the phase to go on with */
+  int fallback;                  /* may fall back from native */
+  off_t start, pos;              /* the offset argument; the next byte to send */
+  off_t end;                     /* offset + count, or -1: to the end of file */
+  unsigned char restore_reading; /* resume the transport's reading at the end */
   unsigned char done;
 } Op;
 
@@ -59,10 +59,13 @@ typedef struct Op {
  * table after the file) into slots A_OFFSET..A_FALLBACK; a boolean at
  * A_FALLBACK is fallback too.  [-0, +0] (stack becomes A_FALLBACK) */
 static void norm_args(lua_State *L, const char *fn) {
-  static const char *const allowed[] = { "offset", "count", "fallback", NULL };
+  static const char *const allowed[] = {"offset", "count", "fallback", NULL};
   int top = lua_gettop(L), t = 0;
   for (int i = A_OFFSET; i <= top && i <= A_FALLBACK; i++)
-    if (lua_istable(L, i)) { t = i; break; }
+    if (lua_istable(L, i)) {
+      t = i;
+      break;
+    }
   if (t == 0) {
     lua_settop(L, A_FALLBACK);
     return;
@@ -93,23 +96,28 @@ static void check_range(lua_State *L, Op *op) {
   lua_Integer off = 0, count = 0;
   if (!lua_isnil(L, A_OFFSET)) {
     off = lua_tointegerx(L, A_OFFSET, &ok);
-    if (!ok) ml__exc_raise(L, "TypeError", "offset must be a non-negative integer (got %s)",
-                           ml__tostring(L, A_OFFSET));
-    if (off < 0) ml__exc_raise(L, "ValueError", "offset must be a non-negative integer (got %I)", off);
+    if (!ok)
+      ml__exc_raise(L, "TypeError", "offset must be a non-negative integer (got %s)",
+                    ml__tostring(L, A_OFFSET));
+    if (off < 0)
+      ml__exc_raise(L, "ValueError", "offset must be a non-negative integer (got %I)", off);
   }
   if (!lua_isnil(L, A_COUNT)) {
     count = lua_tointegerx(L, A_COUNT, &ok);
-    if (!ok) ml__exc_raise(L, "TypeError", "count must be a positive integer (got %s)",
-                           ml__tostring(L, A_COUNT));
-    if (count <= 0) ml__exc_raise(L, "ValueError", "count must be a positive integer (got %I)", count);
+    if (!ok)
+      ml__exc_raise(L, "TypeError", "count must be a positive integer (got %s)",
+                    ml__tostring(L, A_COUNT));
+    if (count <= 0)
+      ml__exc_raise(L, "ValueError", "count must be a positive integer (got %I)", count);
     if (count > INT64_MAX - off) ml__exc_raise(L, "ValueError", "offset + count out of range");
   }
   op->start = op->pos = (off_t)off;
   op->end = count ? (off_t)(off + count) : -1;
   if (lua_isnil(L, A_FALLBACK)) op->fallback = 1;
   else if (lua_isboolean(L, A_FALLBACK)) op->fallback = lua_toboolean(L, A_FALLBACK);
-  else ml__exc_raise(L, "TypeError", "%s() fallback must be a boolean, got %s", op->fn,
-                     luaL_typename(L, A_FALLBACK));
+  else
+    ml__exc_raise(L, "TypeError", "%s() fallback must be a boolean, got %s", op->fn,
+                  luaL_typename(L, A_FALLBACK));
 }
 
 /* The file argument: an open io file handle on a seekable file.
@@ -193,9 +201,7 @@ static int check_open(lua_State *L, Op *op) {
   return 0;
 }
 
-static int park_write(lua_State *L, Op *op) {
-  return ml__sock_park(L, op->s, 1, 1, 0, step_k);
-}
+static int park_write(lua_State *L, Op *op) { return ml__sock_park(L, op->s, 1, 1, 0, step_k); }
 
 /* The cancel hook of a task waiting on the transport's queue. */
 static int flush_hook(lua_State *L, ml_Task *t, void *ud) {
@@ -222,7 +228,7 @@ static int wait_queue(lua_State *L, Op *op, size_t at, int next) {
 /* Native sendfile is not possible: fall back, or raise. */
 static int not_available(lua_State *L, Op *op, const char *why) {
   if (!op->fallback) return fail(L, op, "SendfileNotAvailableError", why);
-  if (op->c) op->c->sendfile = ML_SENDFILE_ON;  /* write() is allowed again, as in asyncio */
+  if (op->c) op->c->sendfile = ML_SENDFILE_ON; /* write() is allowed again, as in asyncio */
   op->phase = PH_FALLBACK;
   return step_k(L, LUA_OK, 0);
 }
@@ -239,7 +245,7 @@ static int native_step(lua_State *L, Op *op) {
       sent += (size_t)r;
       continue;
     }
-    if (r == 0) return done(L, op);  /* end of file */
+    if (r == 0) return done(L, op); /* end of file */
     if (errno == EINTR) continue;
     if (errno == EAGAIN || errno == EWOULDBLOCK) return park_write(L, op);
     if (op->pos == op->start && (errno == EINVAL || errno == ENOSYS || errno == EOPNOTSUPP ||
@@ -315,7 +321,7 @@ static int transport_fallback_step(lua_State *L, Op *op) {
 static int step_k(lua_State *L, int status, lua_KContext ctx) {
   Op *op = lua_touserdata(L, A_OP);
   (void)ctx;
-  if (status != LUA_OK && status != LUA_YIELD) {  /* cancelled: the error is on top */
+  if (status != LUA_OK && status != LUA_YIELD) { /* cancelled: the error is on top */
     finish(op);
     return lua_error(L);
   }
@@ -323,13 +329,12 @@ static int step_k(lua_State *L, int status, lua_KContext ctx) {
   if (check_open(L, op)) return 0;
   switch (op->phase) {
   case PH_FLUSH:
-    if (ml__conn_queued(op->c) > op->c->flush_at) return wait_queue(L, op, op->c->flush_at, op->next);
+    if (ml__conn_queued(op->c) > op->c->flush_at)
+      return wait_queue(L, op, op->c->flush_at, op->next);
     op->phase = op->next;
     return step_k(L, LUA_OK, 0);
-  case PH_NATIVE:
-    return native_step(L, op);
-  default:
-    return op->c ? transport_fallback_step(L, op) : sock_fallback_step(L, op);
+  case PH_NATIVE: return native_step(L, op);
+  default: return op->c ? transport_fallback_step(L, op) : sock_fallback_step(L, op);
   }
 }
 
@@ -351,7 +356,8 @@ int ml__loop_sock_sendfile(lua_State *L) {
   if (s->fd < 0) ml__exc_raise_errno(L, EBADF, NULL);
   if (s->blocking) ml__net_argerror(L, fn, A_SOCK, "the socket must be non-blocking");
   if (s->transport) ml__net_argerror(L, fn, A_SOCK, "the socket is used by a transport");
-  if (s->type != SOCK_STREAM) ml__exc_raise(L, "ValueError", "only SOCK_STREAM type sockets are supported");
+  if (s->type != SOCK_STREAM)
+    ml__exc_raise(L, "ValueError", "only SOCK_STREAM type sockets are supported");
   norm_args(L, fn);
   ml__task_check_suspendable(L);
   Op *op = new_op(L, fn);
@@ -373,7 +379,8 @@ int ml__loop_sendfile(lua_State *L) {
   if (c == NULL) ml__net_typeerror(L, fn, A_SOCK, "transport");
   if (c->closing || c->lost || c->fd < 0) ml__exc_raise(L, "RuntimeError", "Transport is closing");
   if (c->kind == ML_CONN_DGRAM || !c->is_sock || c->sock == NULL || c->sock->type != SOCK_STREAM)
-    ml__exc_raise(L, "RuntimeError", "sendfile is not supported for transport %s", ml__tostring(L, A_SOCK));
+    ml__exc_raise(L, "RuntimeError", "sendfile is not supported for transport %s",
+                  ml__tostring(L, A_SOCK));
   if (c->sendfile)
     ml__exc_raise(L, "RuntimeError", "another sendfile is in progress on this transport");
   if (c->eof_req) ml__exc_raise(L, "RuntimeError", "Cannot call write() after write_eof()");
@@ -384,11 +391,12 @@ int ml__loop_sendfile(lua_State *L) {
   check_range(L, op);
   check_file(L, op);
   if (c->layer && !op->fallback)
-    ml__exc_raise(L, "RuntimeError", "fallback is disabled and native sendfile is not supported for transport %s",
+    ml__exc_raise(L, "RuntimeError",
+                  "fallback is disabled and native sendfile is not supported for transport %s",
                   ml__tostring(L, A_SOCK));
   op->c = c;
   c->sendfile = ML_SENDFILE_ON;
-  if (!c->paused) {  /* as asyncio: no data_received while the file goes out */
+  if (!c->paused) { /* as asyncio: no data_received while the file goes out */
     c->paused = 1;
     op->restore_reading = 1;
     ml__conn_update_reading(c);

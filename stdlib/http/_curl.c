@@ -80,25 +80,40 @@ static pthread_once_t load_once = PTHREAD_ONCE_INIT;
 static char load_error[256];
 
 static void load_curl(void) {
-  static const struct { const char *name; size_t off; } syms[] = {
-#define SYM(f, n) { "curl_" n, offsetof(__typeof__(C), f) }
-    SYM(global_init, "global_init"), SYM(easy_init, "easy_init"),
-    SYM(easy_cleanup, "easy_cleanup"), SYM(easy_setopt, "easy_setopt"),
-    SYM(easy_getinfo, "easy_getinfo"), SYM(easy_pause, "easy_pause"),
-    SYM(easy_strerror, "easy_strerror"), SYM(multi_init, "multi_init"),
-    SYM(multi_cleanup, "multi_cleanup"), SYM(multi_setopt, "multi_setopt"),
-    SYM(multi_add_handle, "multi_add_handle"), SYM(multi_remove_handle, "multi_remove_handle"),
-    SYM(multi_socket_action, "multi_socket_action"), SYM(multi_assign, "multi_assign"),
-    SYM(multi_info_read, "multi_info_read"), SYM(multi_strerror, "multi_strerror"),
-    SYM(slist_append, "slist_append"), SYM(slist_free_all, "slist_free_all"),
-    SYM(version_info, "version_info"), SYM(share_init, "share_init"),
-    SYM(share_setopt, "share_setopt"), SYM(share_cleanup, "share_cleanup"),
+  static const struct {
+    const char *name;
+    size_t off;
+  } syms[] = {
+#define SYM(f, n) {"curl_" n, offsetof(__typeof__(C), f)}
+    SYM(global_init, "global_init"),
+    SYM(easy_init, "easy_init"),
+    SYM(easy_cleanup, "easy_cleanup"),
+    SYM(easy_setopt, "easy_setopt"),
+    SYM(easy_getinfo, "easy_getinfo"),
+    SYM(easy_pause, "easy_pause"),
+    SYM(easy_strerror, "easy_strerror"),
+    SYM(multi_init, "multi_init"),
+    SYM(multi_cleanup, "multi_cleanup"),
+    SYM(multi_setopt, "multi_setopt"),
+    SYM(multi_add_handle, "multi_add_handle"),
+    SYM(multi_remove_handle, "multi_remove_handle"),
+    SYM(multi_socket_action, "multi_socket_action"),
+    SYM(multi_assign, "multi_assign"),
+    SYM(multi_info_read, "multi_info_read"),
+    SYM(multi_strerror, "multi_strerror"),
+    SYM(slist_append, "slist_append"),
+    SYM(slist_free_all, "slist_free_all"),
+    SYM(version_info, "version_info"),
+    SYM(share_init, "share_init"),
+    SYM(share_setopt, "share_setopt"),
+    SYM(share_cleanup, "share_cleanup"),
 #undef SYM
   };
   void *h = dlopen("libcurl.so.4", RTLD_NOW | RTLD_LOCAL);
   size_t i;
   if (h == NULL) {
-    snprintf(load_error, sizeof load_error, "cannot load libcurl (install libcurl4): %s", dlerror());
+    snprintf(load_error, sizeof load_error, "cannot load libcurl (install libcurl4): %s",
+             dlerror());
     return;
   }
   for (i = 0; i < sizeof syms / sizeof syms[0]; i++) {
@@ -123,18 +138,18 @@ typedef struct Xfer Xfer;
 typedef struct Sock {
   ev_io io;
   Multi *m;
-  int events;            /* EV_READ | EV_WRITE that curl wants */
+  int events; /* EV_READ | EV_WRITE that curl wants */
   struct Sock *next, **pprev;
 } Sock;
 
 struct Multi {
-  CURLM *m;              /* NULL once closed */
+  CURLM *m; /* NULL once closed */
   ml_State *S;
-  CURLSH *share;         /* the cookie jar, or NULL */
+  CURLSH *share; /* the cookie jar, or NULL */
   struct ev_loop *loop;
   ev_timer timer;
   Sock *socks;
-  Xfer *xfers;           /* transfers in the multi */
+  Xfer *xfers; /* transfers in the multi */
   int nactive;
 };
 
@@ -148,20 +163,20 @@ enum { XS_RUNNING, XS_DONE, XS_ABORTED };
 enum { W_HEADERS, W_DATA, W_DONE };
 
 struct Xfer {
-  CURL *e;               /* NULL once released */
-  Multi *m;              /* while in the multi */
+  CURL *e;  /* NULL once released */
+  Multi *m; /* while in the multi */
   struct curl_slist *hdrs;
   lua_Alloc af;
   void *aud;
-  int ref;               /* anchors the userdata while curl holds it */
-  int state;             /* XS_* */
+  int ref;   /* anchors the userdata while curl holds it */
+  int state; /* XS_* */
   int headers_done;
-  int follow;            /* a 3xx with Location is not the final response */
+  int follow; /* a 3xx with Location is not the final response */
   int saw_location;
-  int collect;           /* read whole: never pause */
+  int collect; /* read whole: never pause */
   int paused;
   int oom;
-  unsigned pauses;       /* how many times a slow reader paused it */
+  unsigned pauses; /* how many times a slow reader paused it */
   size_t max_buffered;
   ml_Task *waiter;
   int wait_kind;
@@ -169,9 +184,9 @@ struct Xfer {
   long os_errno;
   long status;
   long http_version;
-  char *url;             /* effective URL (after redirects), allocated */
-  Bytes head;            /* the final response's header block */
-  Bytes body;            /* body received, not yet taken */
+  char *url;  /* effective URL (after redirects), allocated */
+  Bytes head; /* the final response's header block */
+  Bytes body; /* body received, not yet taken */
   char errbuf[CURL_ERROR_SIZE];
   Xfer *next, **pprev;
 };
@@ -184,7 +199,7 @@ static int bytes_add(Xfer *x, Bytes *b, const char *p, size_t n) {
   if (b->len + n > b->cap) {
     size_t cap = b->cap ? b->cap : 4096;
     char *np;
-    if (b->off > 0) {  /* slide the unread part down first */
+    if (b->off > 0) { /* slide the unread part down first */
       memmove(b->p, b->p + b->off, b->len - b->off);
       b->len -= b->off;
       b->off = 0;
@@ -265,10 +280,10 @@ static void xfer_release(lua_State *L, Xfer *x, int state) {
 static int header_final(Xfer *x) {
   long code = 0;
   C.easy_getinfo(x->e, CURLINFO_RESPONSE_CODE, &code);
-  if (code < 200) return 0;  /* 100 Continue, 103 Early Hints */
+  if (code < 200) return 0; /* 100 Continue, 103 Early Hints */
   if (x->follow && x->saw_location &&
       (code == 301 || code == 302 || code == 303 || code == 307 || code == 308))
-    return 0;  /* curl follows it */
+    return 0; /* curl follows it */
   return 1;
 }
 
@@ -292,7 +307,7 @@ static void headers_ready(Xfer *x) {
 static size_t header_cb(char *buf, size_t size, size_t n, void *ud) {
   Xfer *x = ud;
   size_t len = size * n;
-  if (x->headers_done) return len;  /* trailers */
+  if (x->headers_done) return len; /* trailers */
   if (len >= 5 && memcmp(buf, "HTTP/", 5) == 0) {
     x->head.off = x->head.len = 0;
     x->saw_location = 0;
@@ -343,7 +358,7 @@ static int socket_cb(CURL *e, curl_socket_t fd, int what, void *ud, void *sockp)
   }
   if (s == NULL) {
     s = calloc(1, sizeof *s);
-    if (s == NULL) return -1;  /* curl fails the transfer */
+    if (s == NULL) return -1; /* curl fails the transfer */
     s->m = m;
     ev_io_init(&s->io, io_cb, fd, EV_READ);
     s->io.data = s;
@@ -407,7 +422,8 @@ static void io_cb(struct ev_loop *loop, ev_io *w, int revents) {
 static void timeout_cb(struct ev_loop *loop, ev_timer *w, int revents) {
   Multi *m = w->data;
   int running;
-  (void)loop; (void)revents;
+  (void)loop;
+  (void)revents;
   C.multi_socket_action(m->m, CURL_SOCKET_TIMEOUT, 0, &running);
   multi_done(m);
 }
@@ -508,9 +524,7 @@ static int l_multi_active(lua_State *L) {
 /* ---------------------------------------------------------------- */
 /* Transfers.                                                         */
 
-static Xfer *check_xfer(lua_State *L, int idx) {
-  return ml__udata_check(L, idx, ML_UT_HTTPXFER);
-}
+static Xfer *check_xfer(lua_State *L, int idx) { return ml__udata_check(L, idx, ML_UT_HTTPXFER); }
 
 static int xfer_gc(lua_State *L) {
   Xfer *x = ml__udata_test(L, 1, ML_UT_HTTPXFER);
@@ -533,7 +547,7 @@ static const char *spec_str(lua_State *L, int idx, const char *k, size_t *len) {
     if (lua_type(L, -1) != LUA_TSTRING) luaL_error(L, "http: spec.%s must be a string", k);
     s = lua_tolstring(L, -1, len);
   }
-  lua_pop(L, 1);  /* the spec table keeps the string alive */
+  lua_pop(L, 1); /* the spec table keeps the string alive */
   return s;
 }
 
@@ -553,8 +567,11 @@ static int spec_bool(lua_State *L, int idx, const char *k, int def) {
   return v;
 }
 
-#define SETOPT(x, o, v) \
-  do { if (C.easy_setopt((x)->e, (o), (v)) != CURLE_OK) return luaL_error(L, "http: curl refused option %s", #o); } while (0)
+#define SETOPT(x, o, v)                                         \
+  do {                                                          \
+    if (C.easy_setopt((x)->e, (o), (v)) != CURLE_OK)            \
+      return luaL_error(L, "http: curl refused option %s", #o); \
+  } while (0)
 
 /* m:request(spec): starts a transfer and returns it.  spec (checked by
  * http/client.lua): method, url, headers (a list of "Name: value"),
@@ -569,7 +586,7 @@ static int l_multi_request(lua_State *L) {
   int i, n;
   luaL_checktype(L, 2, LUA_TTABLE);
   lua_settop(L, 2);
-  x = lua_newuserdatauv(L, sizeof *x, 2);  /* 3: uv 1 the multi, 2 the body */
+  x = lua_newuserdatauv(L, sizeof *x, 2); /* 3: uv 1 the multi, 2 the body */
   memset(x, 0, sizeof *x);
   x->ref = LUA_NOREF;
   x->af = lua_getallocf(L, &x->aud);
@@ -611,7 +628,7 @@ static int l_multi_request(lua_State *L) {
   {
     size_t len;
     if ((s = spec_str(L, 2, "cablob", &len)) != NULL) {
-      struct curl_blob blob = { (void *)s, len, CURL_BLOB_COPY };
+      struct curl_blob blob = {(void *)s, len, CURL_BLOB_COPY};
       SETOPT(x, CURLOPT_CAINFO_BLOB, &blob);
     }
   }
@@ -648,7 +665,7 @@ static int l_multi_request(lua_State *L) {
    * 307/308. */
   lua_getfield(L, 2, "body");
   body = lua_tolstring(L, -1, &blen);
-  if (body) lua_setiuservalue(L, 3, 2);  /* curl reads it in place */
+  if (body) lua_setiuservalue(L, 3, 2); /* curl reads it in place */
   else lua_pop(L, 1);
   if (strcmp(method, "GET") == 0 && body == NULL) {
     SETOPT(x, CURLOPT_HTTPGET, 1L);
@@ -666,7 +683,8 @@ static int l_multi_request(lua_State *L) {
   /* Into the multi: anchored from here while curl holds x. */
   {
     CURLMcode rc = C.multi_add_handle(m->m, x->e);
-    if (rc != CURLM_OK) return luaL_error(L, "http: curl_multi_add_handle: %s", C.multi_strerror(rc));
+    if (rc != CURLM_OK)
+      return luaL_error(L, "http: curl_multi_add_handle: %s", C.multi_strerror(rc));
   }
   x->m = m;
   if ((x->next = m->xfers) != NULL) x->next->pprev = &x->next;
@@ -713,7 +731,7 @@ static int wait_hook(lua_State *L, ml_Task *t, void *ud) {
 
 static int wait_k(lua_State *L, int status, lua_KContext ctx) {
   Xfer *x = lua_touserdata(L, 1);
-  if (status != LUA_YIELD) {  /* cancelled: the CancelledError is on top */
+  if (status != LUA_YIELD) { /* cancelled: the CancelledError is on top */
     wait_hook(L, NULL, x);
     return lua_error(L);
   }
@@ -730,7 +748,7 @@ static int wait_k(lua_State *L, int status, lua_KContext ctx) {
  * also turns x to reading whole: it no longer pauses).  Cancelling the
  * waiting task aborts the transfer.  [-0, +0] */
 static int l_xfer_wait(lua_State *L) {
-  static const char *const kinds[] = { "headers", "data", "done", NULL };
+  static const char *const kinds[] = {"headers", "data", "done", NULL};
   Xfer *x = check_xfer(L, 1);
   int kind = luaL_checkoption(L, 2, NULL, kinds);
   lua_settop(L, 1);
@@ -741,7 +759,8 @@ static int l_xfer_wait(lua_State *L) {
     xfer_resume(x);
   }
   if (ready(x, kind)) return 0;
-  if (x->waiter) return ml__exc_raise(L, "RuntimeError", "another task is already reading this response");
+  if (x->waiter)
+    return ml__exc_raise(L, "RuntimeError", "another task is already reading this response");
   ml__task_check_suspendable(L);
   x->waiter = ml__task_current(L);
   x->wait_kind = kind;
@@ -758,7 +777,7 @@ static int l_xfer_take(lua_State *L) {
   } else {
     lua_pushlstring(L, x->body.p + x->body.off, n);
     x->body.off = x->body.len = 0;
-    if (x->body.cap > 4 * BODY_HIGH) bytes_free(x, &x->body);  /* a read-whole body */
+    if (x->body.cap > 4 * BODY_HIGH) bytes_free(x, &x->body); /* a read-whole body */
   }
   if (x->state == XS_RUNNING && !x->collect) xfer_resume(x);
   return 1;
@@ -777,8 +796,10 @@ static int l_xfer_info(lua_State *L) {
   case CURL_HTTP_VERSION_3: v = "3"; break;
   default: v = NULL;
   }
-  if (v) lua_pushstring(L, v); else lua_pushnil(L);
-  if (x->url) lua_pushstring(L, x->url); else lua_pushnil(L);
+  if (v) lua_pushstring(L, v);
+  else lua_pushnil(L);
+  if (x->url) lua_pushstring(L, x->url);
+  else lua_pushnil(L);
   lua_pushlstring(L, x->head.p ? x->head.p : "", x->head.len);
   return 4;
 }
@@ -837,19 +858,15 @@ static int l_version(lua_State *L) {
 }
 
 static const luaL_Reg multi_methods[] = {
-  { "request", l_multi_request },
-  { "close", l_multi_close },
-  { "active", l_multi_active },
-  { NULL, NULL }
+  {"request", l_multi_request},
+  {"close", l_multi_close},
+  {"active", l_multi_active},
+  {NULL, NULL},
 };
 
 static const luaL_Reg xfer_methods[] = {
-  { "take", l_xfer_take },
-  { "info", l_xfer_info },
-  { "result", l_xfer_result },
-  { "close", l_xfer_close },
-  { "stats", l_xfer_stats },
-  { NULL, NULL }
+  {"take", l_xfer_take},   {"info", l_xfer_info},   {"result", l_xfer_result},
+  {"close", l_xfer_close}, {"stats", l_xfer_stats}, {NULL, NULL},
 };
 
 int luaopen_http__curl(lua_State *L) {

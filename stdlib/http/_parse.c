@@ -10,7 +10,7 @@
 #include <string.h>
 #include "http/hconn.h"
 
-static llhttp_settings_t settings;  /* the parser callbacks: read-only once made */
+static llhttp_settings_t settings; /* the parser callbacks: read-only once made */
 static pthread_once_t settings_once = PTHREAD_ONCE_INIT;
 
 
@@ -158,7 +158,7 @@ static int on_headers_complete(llhttp_t *p) {
   hc->chunked = 0;
   hc->err = 0;
   ml__http_set_phase(hc, P_BUSY);
-  lua_pushvalue(L, -1);  /* the connection is on top during feed() */
+  lua_pushvalue(L, -1); /* the connection is on top during feed() */
   hcidx = lua_gettop(L);
   lua_createtable(L, 0, 8);
   lua_pushstring(L, llhttp_method_name((llhttp_method_t)p->method));
@@ -221,7 +221,7 @@ static int on_body(llhttp_t *p, const char *at, size_t n) {
     hc->limit_status = 413;
     return HPE_USER;
   }
-  if (!hc->active) return 0;  /* the response is done: discarded */
+  if (!hc->active) return 0; /* the response is done: discarded */
   if (ml__bq_add(&hc->body, at, n) < 0) return HPE_USER;
   ml__http_wake(hc, W_BODY);
   return 0;
@@ -315,7 +315,7 @@ void ml__http_finish_request(lua_State *L, HConn *hc) {
   hc->resp = R_DONE;
   ml__bq_consume(&hc->body, hc->body.len);
   ml__bq_trim(&hc->body, 0);
-  if (hc->upgraded) return;  /* the WebSocket layer owns it now, or it closes */
+  if (hc->upgraded) return; /* the WebSocket layer owns it now, or it closes */
   if (!hc->keep_alive || hc->draining || hc->err || hc->expect) {
     ml__http_close_conn(hc, 0);
     return;

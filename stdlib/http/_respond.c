@@ -73,8 +73,11 @@ static const char *known_reason(int status) {
 const char *ml__http_reason(int status) {
   const char *r = known_reason(status);
   if (r) return r;
-  return status < 200 ? "Informational" : status < 300 ? "Success"
-       : status < 400 ? "Redirection" : status < 500 ? "Client Error" : "Server Error";
+  return status < 200   ? "Informational"
+         : status < 300 ? "Success"
+         : status < 400 ? "Redirection"
+         : status < 500 ? "Client Error"
+                        : "Server Error";
 }
 
 /* reason(status) -> the known reason phrase of the integer status, or nil. */
@@ -98,18 +101,15 @@ static size_t fmt_u(char *d, uint64_t n) {
   return k;
 }
 
-static int out_add(HConn *hc, const char *s, size_t n) {
-  return ml__bq_add(&hc->out, s, n);
-}
+static int out_add(HConn *hc, const char *s, size_t n) { return ml__bq_add(&hc->out, s, n); }
 
-static int out_str(HConn *hc, const char *s) {
-  return out_add(hc, s, strlen(s));
-}
+static int out_str(HConn *hc, const char *s) { return out_add(hc, s, strlen(s)); }
 
 /* Sends hc->out and empties it. */
 static void out_flush(lua_State *L, HConn *hc) {
   if (hc->out.len && hc->c && !hc->c->closing) {
-    if (ml__conn_write(L, hc->c, hc->out.data + hc->out.off, hc->out.len) < 0) ml__http_close_conn(hc, 1);
+    if (ml__conn_write(L, hc->c, hc->out.data + hc->out.off, hc->out.len) < 0)
+      ml__http_close_conn(hc, 1);
   }
   ml__bq_consume(&hc->out, hc->out.len);
   ml__bq_trim(&hc->out, OUT_KEEP);
@@ -127,8 +127,10 @@ void ml__http_simple_response(lua_State *L, HConn *hc, int status, const char *m
   snprintf(line, sizeof line, "HTTP/1.1 %d %s\r\n", status, ml__http_reason(status));
   out_str(hc, line);
   out_add(hc, date_buf, date_len);
-  snprintf(line, sizeof line, "Content-Type: text/plain; charset=utf-8\r\n"
-           "Content-Length: %zu\r\nConnection: close\r\n\r\n", mlen);
+  snprintf(line, sizeof line,
+           "Content-Type: text/plain; charset=utf-8\r\n"
+           "Content-Length: %zu\r\nConnection: close\r\n\r\n",
+           mlen);
   out_str(hc, line);
   out_add(hc, msg, mlen);
   out_flush(L, hc);
@@ -185,9 +187,7 @@ static void add_headers(lua_State *L, HConn *hc, int idx, int *has_len, int *has
   }
 }
 
-static int status_has_body(int status) {
-  return !(status < 200 || status == 204 || status == 304);
-}
+static int status_has_body(int status) { return !(status < 200 || status == 204 || status == 304); }
 
 /* The status line and the server's headers. */
 static void begin_head(HConn *hc, int status) {
@@ -228,9 +228,7 @@ static void end_head(HConn *hc) {
   }
 }
 
-int ml__http_check_status(lua_State *L, int idx) {
-  return (int)ml__checkrange(L, idx, 100, 999);
-}
+int ml__http_check_status(lua_State *L, int idx) { return (int)ml__checkrange(L, idx, 100, 999); }
 
 /* conn:_respond(response) -> nothing: writes the whole response (a string,
  * or a table with status, body, headers, content_type) and completes the
@@ -244,19 +242,19 @@ int ml__http_respond(lua_State *L) {
   if (!hc->active || hc->resp != R_NONE) luaL_error(L, "the request has already been answered");
   if (lua_type(L, 2) == LUA_TSTRING) {
     body = lua_tolstring(L, 2, &blen);
-    lua_pushnil(L);  /* 3: no headers */
+    lua_pushnil(L); /* 3: no headers */
   } else if (lua_type(L, 2) == LUA_TTABLE) {
-    lua_getfield(L, 2, "status");   /* 3 */
+    lua_getfield(L, 2, "status"); /* 3 */
     if (!lua_isnil(L, 3)) status = ml__http_check_status(L, 3);
-    lua_getfield(L, 2, "body");     /* 4 */
+    lua_getfield(L, 2, "body"); /* 4 */
     if (!lua_isnil(L, 4)) {
       if (lua_type(L, 4) != LUA_TSTRING && lua_type(L, 4) != LUA_TNUMBER)
         luaL_error(L, "the response body must be a string, got %s", luaL_typename(L, 4));
       body = lua_tolstring(L, 4, &blen);
     }
-    lua_getfield(L, 2, "content_type");  /* 5 */
+    lua_getfield(L, 2, "content_type"); /* 5 */
     if (lua_type(L, 5) == LUA_TSTRING) ctype = lua_tostring(L, 5);
-    lua_getfield(L, 2, "headers");  /* 6 */
+    lua_getfield(L, 2, "headers"); /* 6 */
     if (!lua_isnil(L, 6)) luaL_checktype(L, 6, LUA_TTABLE);
     lua_replace(L, 3);
     lua_settop(L, 4);
@@ -283,7 +281,8 @@ int ml__http_respond(lua_State *L) {
       out_flush(L, hc);
     } else {
       out_flush(L, hc);
-      if (hc->c && !hc->c->closing && ml__conn_write(L, hc->c, body, blen) < 0) ml__http_close_conn(hc, 1);
+      if (hc->c && !hc->c->closing && ml__conn_write(L, hc->c, body, blen) < 0)
+        ml__http_close_conn(hc, 1);
     }
   } else {
     out_flush(L, hc);
@@ -354,7 +353,8 @@ int ml__http_write(lua_State *L) {
 
 static int drain_k(lua_State *L, int status, lua_KContext ctx) {
   HConn *hc = ml__http_check_hc(L, 1);
-  (void)status; (void)ctx;
+  (void)status;
+  (void)ctx;
   if (hc->c == NULL || hc->closed) return ml__exc_raise_errno(L, ECONNRESET, "drain");
   return 0;
 }

@@ -95,8 +95,9 @@ static int hc_connection_made(lua_State *L) {
   lua_pushvalue(L, 2);
   lua_setiuservalue(L, 1, UV_TR);
   ml__http_set_phase(hc, P_IDLE);
-  ev_timer_set(&hc->tm, hc->keepalive_timeout < hc->header_timeout ? hc->keepalive_timeout
-                                                                    : hc->header_timeout, 0.);
+  ev_timer_set(
+    &hc->tm,
+    hc->keepalive_timeout < hc->header_timeout ? hc->keepalive_timeout : hc->header_timeout, 0.);
   ev_timer_start(ml__loop(hc->S), &hc->tm);
   return 0;
 }
@@ -158,7 +159,7 @@ static int hc_data_raw(lua_State *L) {
 static int hc_eof_received(lua_State *L) {
   HConn *hc = ml__http_check_hc(L, 1);
   hc->eof = 1;
-  if (hc->lingering) return 0;  /* closes */
+  if (hc->lingering) return 0; /* closes */
   if (hc->active && !hc->complete && !hc->upgraded) {
     /* ended mid-body */
     llhttp_errno_t e = llhttp_finish(&hc->p);
@@ -218,10 +219,11 @@ static int on_timeout(lua_State *L) {
     ml__http_simple_response(L, hc, 408, "Request Timeout\n");
     return 0;
   }
-  left = hc->phase == P_IDLE ? fmin(hc->keepalive_timeout - (now - hc->phase_start), hc->header_timeout)
-         : hc->phase == P_HEAD ? hc->header_timeout - (now - hc->phase_start)
+  left = hc->phase == P_IDLE
+           ? fmin(hc->keepalive_timeout - (now - hc->phase_start), hc->header_timeout)
+         : hc->phase == P_HEAD   ? hc->header_timeout - (now - hc->phase_start)
          : hc->phase == P_LINGER ? LINGER_TIME - (now - hc->phase_start)
-         : hc->keepalive_timeout;
+                                 : hc->keepalive_timeout;
   if (left < 0.001) left = 0.001;
   ev_timer_set(&hc->tm, left, 0.);
   ev_timer_start(ml__loop(hc->S), &hc->tm);
@@ -231,7 +233,8 @@ static int on_timeout(lua_State *L) {
 static void timer_cb(struct ev_loop *loop, ev_timer *w, int revents) {
   HConn *hc = w->data;
   lua_State *L = ml__main_lua(hc->S);
-  (void)loop; (void)revents;
+  (void)loop;
+  (void)revents;
   if (!lua_checkstack(L, 8)) return;
   lua_pushcfunction(L, on_timeout);
   lua_pushlightuserdata(L, hc);
@@ -265,7 +268,8 @@ static int push_next(lua_State *L, int idx, HConn *hc) {
 
 static int next_k(lua_State *L, int status, lua_KContext ctx) {
   HConn *hc = ml__http_check_hc(L, 1);
-  (void)status; (void)ctx;
+  (void)status;
+  (void)ctx;
   if (push_next(L, 1, hc)) return 1;
   lua_pushnil(L);
   return 1;
@@ -300,12 +304,14 @@ static int raise_body_error(lua_State *L, HConn *hc) {
     lua_getfield(L, -1, "_body_error");
     lua_pushinteger(L, hc->err);
     if (hc->err == 413) lua_pushliteral(L, "Payload Too Large");
-    else if (e != HPE_OK && e != HPE_PAUSED && why && *why) lua_pushfstring(L, "Bad Request: %s", why);
+    else if (e != HPE_OK && e != HPE_PAUSED && why && *why)
+      lua_pushfstring(L, "Bad Request: %s", why);
     else lua_pushliteral(L, "Bad Request: the body ended early");
     lua_call(L, 2, 1);
     return lua_error(L);
   }
-  return ml__exc_raise_errno(L, ECONNRESET, "the client went away before its request body was read");
+  return ml__exc_raise_errno(L, ECONNRESET,
+                             "the client went away before its request body was read");
 }
 
 static int body_k(lua_State *L, int status, lua_KContext ctx);
@@ -315,7 +321,8 @@ static int body_k(lua_State *L, int status, lua_KContext ctx);
 static int hc_body(lua_State *L) {
   HConn *hc = ml__http_check_hc(L, 1);
   lua_settop(L, 1);
-  if (!hc->active) luaL_error(L, "the request's body can only be read before its response is complete");
+  if (!hc->active)
+    luaL_error(L, "the request's body can only be read before its response is complete");
   send_continue(L, hc);
   if (hc->body.len) {
     lua_pushlstring(L, hc->body.data + hc->body.off, hc->body.len);
@@ -334,7 +341,8 @@ static int hc_body(lua_State *L) {
 }
 
 static int body_k(lua_State *L, int status, lua_KContext ctx) {
-  (void)status; (void)ctx;
+  (void)status;
+  (void)ctx;
   lua_settop(L, 1);
   return hc_body(L);
 }
@@ -436,7 +444,8 @@ static int hc_raw(lua_State *L) {
 }
 
 static int raw_k(lua_State *L, int status, lua_KContext ctx) {
-  (void)status; (void)ctx;
+  (void)status;
+  (void)ctx;
   lua_settop(L, 1);
   return hc_raw(L);
 }
@@ -495,14 +504,14 @@ static const luaL_Reg hc_methods[] = {
   {"_take_raw", hc_take_raw},
   {"_upgraded", hc_is_upgrade},
   {"_write_raw", hc_write_raw},
-  {NULL, NULL}
+  {NULL, NULL},
 };
 
 static const luaL_Reg hc_async[] = {
   {"_body", hc_body},
   {"_drain", ml__http_drain},
   {"_raw", hc_raw},
-  {NULL, NULL}
+  {NULL, NULL},
 };
 
 /* _conn(request_mt, headers_mt, limits) -> a new connection protocol.
@@ -545,12 +554,12 @@ static int l_conn(lua_State *L) {
 static const luaL_Reg module_funcs[] = {
   {"_conn", l_conn},
   {"reason", ml__http_l_reason},
-  {NULL, NULL}
+  {NULL, NULL},
 };
 
 /* [-0, +1] pushes the module table. */
 int luaopen_http__server(lua_State *L) {
-  (void)ml__http_settings();  /* made once per process: states of several threads share it */
+  (void)ml__http_settings(); /* made once per process: states of several threads share it */
   luaL_requiref(L, "asyncio._transport", luaopen_asyncio__transport, 0);
   lua_pop(L, 1);
   if (luaL_newmetatable(L, ML_HTTPCONN)) {

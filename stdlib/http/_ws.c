@@ -19,12 +19,12 @@
 typedef struct Framer {
   unsigned magic;
   wslay_event_context_ptr ctx;
-  lua_State *L;            /* during feed/output: where messages go */
-  const char *in;          /* feed: bytes not handed to wslay yet */
+  lua_State *L;   /* during feed/output: where messages go */
+  const char *in; /* feed: bytes not handed to wslay yet */
   size_t in_len;
-  luaL_Buffer *out;        /* output: where wslay's bytes go */
-  int head, tail;          /* the message queue (user value 1): [head, tail) */
-  int failed;              /* wslay saw a protocol error */
+  luaL_Buffer *out; /* output: where wslay's bytes go */
+  int head, tail;   /* the message queue (user value 1): [head, tail) */
+  int failed;       /* wslay saw a protocol error */
 } Framer;
 
 static Framer *check_fr(lua_State *L) {
@@ -61,19 +61,21 @@ static ssize_t send_cb(wslay_event_context_ptr ctx, const uint8_t *data, size_t 
 }
 
 static int genmask_cb(wslay_event_context_ptr ctx, uint8_t *buf, size_t len, void *ud) {
-  (void)ctx; (void)ud;
+  (void)ctx;
+  (void)ud;
   return RAND_bytes(buf, (int)len) == 1 ? 0 : -1;
 }
 
 /* Queues {opcode, data, code} in the framer's list (user value 1); the
  * framer is at index 1 of f->L. */
-static void on_msg(wslay_event_context_ptr ctx, const struct wslay_event_on_msg_recv_arg *a, void *ud) {
+static void on_msg(wslay_event_context_ptr ctx, const struct wslay_event_on_msg_recv_arg *a,
+                   void *ud) {
   Framer *f = ud;
   lua_State *L = f->L;
   (void)ctx;
   if (a->opcode != WSLAY_TEXT_FRAME && a->opcode != WSLAY_BINARY_FRAME &&
       a->opcode != WSLAY_CONNECTION_CLOSE && a->opcode != WSLAY_PONG)
-    return;  /* pings are answered by wslay */
+    return; /* pings are answered by wslay */
   lua_getiuservalue(L, 1, 1);
   lua_createtable(L, 3, 0);
   lua_pushinteger(L, a->opcode);
@@ -86,9 +88,8 @@ static void on_msg(wslay_event_context_ptr ctx, const struct wslay_event_on_msg_
   lua_pop(L, 1);
 }
 
-static const struct wslay_event_callbacks callbacks = {
-  recv_cb, send_cb, genmask_cb, NULL, NULL, NULL, on_msg
-};
+static const struct wslay_event_callbacks callbacks = {recv_cb, send_cb, genmask_cb, NULL,
+                                                       NULL,    NULL,    on_msg};
 
 /* _framer(is_server, max_message) -> framer */
 static int l_framer(lua_State *L) {
@@ -168,7 +169,8 @@ static int fr_close(lua_State *L) {
   size_t n;
   const char *reason = luaL_optlstring(L, 3, "", &n);
   if (n > 123) luaL_argerror(L, 3, "a close reason is at most 123 bytes");
-  lua_pushboolean(L, wslay_event_queue_close(f->ctx, (uint16_t)code, (const uint8_t *)reason, n) == 0);
+  lua_pushboolean(L,
+                  wslay_event_queue_close(f->ctx, (uint16_t)code, (const uint8_t *)reason, n) == 0);
   return 1;
 }
 
@@ -244,21 +246,15 @@ static int l_random_key(lua_State *L) {
 }
 
 static const luaL_Reg fr_methods[] = {
-  {"feed", fr_feed},
-  {"pop", fr_pop},
-  {"queue", fr_queue},
-  {"close", fr_close},
-  {"output", fr_output},
-  {"state", fr_state},
-  {"pending", fr_pending},
-  {NULL, NULL}
+  {"feed", fr_feed},     {"pop", fr_pop},     {"queue", fr_queue},     {"close", fr_close},
+  {"output", fr_output}, {"state", fr_state}, {"pending", fr_pending}, {NULL, NULL},
 };
 
 static const luaL_Reg module_funcs[] = {
   {"_framer", l_framer},
   {"_accept_key", l_accept_key},
   {"_random_key", l_random_key},
-  {NULL, NULL}
+  {NULL, NULL},
 };
 
 /* [-0, +1] pushes the module table. */

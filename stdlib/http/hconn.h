@@ -13,9 +13,9 @@
 
 #define ML_HTTPCONN "http.Connection"
 #define HC_MAGIC 0x48436f6eu
-#define BUF_HIGH (64 * 1024)      /* pause reading above this much buffered */
+#define BUF_HIGH (64 * 1024) /* pause reading above this much buffered */
 #define MAX_HEADERS 100
-#define OUT_KEEP (64 * 1024)      /* the output buffer keeps up to this */
+#define OUT_KEEP (64 * 1024) /* the output buffer keeps up to this */
 
 /* User values of a connection. */
 enum { UV_REQMT = 1, UV_HDRMT, UV_REQ, UV_TR, UV_ERR, UV_N = UV_ERR };
@@ -40,20 +40,20 @@ typedef struct HConn {
   unsigned magic;
   llhttp_t p;
   ml_State *S;
-  ml_Conn *c;            /* the transport; NULL before connection_made and once lost */
-  ml_Task *waiter;       /* the connection's task, when it waits */
-  int wait;              /* W_* */
-  int err;               /* errno or status that ended reading the body, 0 if none */
-  int limit_status;      /* 431 or 413: the limit a callback found exceeded */
-  ml_BQ in;              /* bytes not parsed yet (the parser is paused) */
-  ml_BQ head;            /* target, header names and values of the request being parsed */
-  ml_BQ body;            /* body bytes the handler has not taken */
-  ml_BQ out;             /* the response being written */
+  ml_Conn *c;       /* the transport; NULL before connection_made and once lost */
+  ml_Task *waiter;  /* the connection's task, when it waits */
+  int wait;         /* W_* */
+  int err;          /* errno or status that ended reading the body, 0 if none */
+  int limit_status; /* 431 or 413: the limit a callback found exceeded */
+  ml_BQ in;         /* bytes not parsed yet (the parser is paused) */
+  ml_BQ head;       /* target, header names and values of the request being parsed */
+  ml_BQ body;       /* body bytes the handler has not taken */
+  ml_BQ out;        /* the response being written */
   Hdr hdr[MAX_HEADERS];
   int nhdr;
   uint32_t url_len;
-  size_t head_bytes;     /* bytes of the head so far (header_limit) */
-  uint64_t body_bytes;   /* body bytes so far (body_limit) */
+  size_t head_bytes;   /* bytes of the head so far (header_limit) */
+  uint64_t body_bytes; /* body bytes so far (body_limit) */
   /* limits */
   size_t header_limit;
   uint64_t body_limit;
@@ -62,24 +62,24 @@ typedef struct HConn {
   int phase;
   double phase_start;
   ev_timer tm;
-  unsigned char in_value;      /* the last header callback was a value */
-  unsigned char paused;        /* llhttp paused at the end of a message */
-  unsigned char upgraded;      /* llhttp stopped at an upgrade */
-  unsigned char active;        /* a request was handed over and its response is not done */
-  unsigned char complete;      /* the active request's message is complete */
-  unsigned char keep_alive;    /* the active request allows another one */
-  unsigned char head_req;      /* the active request is HEAD */
-  unsigned char expect;        /* 100-continue asked and not sent yet */
-  unsigned char resp;          /* R_* */
-  unsigned char chunked;       /* the streamed response is chunked */
-  unsigned char draining;      /* the server is closing: no more requests */
-  unsigned char closed;        /* we closed the transport (or it was lost) */
-  unsigned char eof;           /* the peer's EOF was seen */
-  unsigned char wpaused;       /* the transport asked us to pause writing */
-  unsigned char rpaused;       /* we paused the transport's reading */
+  unsigned char in_value;   /* the last header callback was a value */
+  unsigned char paused;     /* llhttp paused at the end of a message */
+  unsigned char upgraded;   /* llhttp stopped at an upgrade */
+  unsigned char active;     /* a request was handed over and its response is not done */
+  unsigned char complete;   /* the active request's message is complete */
+  unsigned char keep_alive; /* the active request allows another one */
+  unsigned char head_req;   /* the active request is HEAD */
+  unsigned char expect;     /* 100-continue asked and not sent yet */
+  unsigned char resp;       /* R_* */
+  unsigned char chunked;    /* the streamed response is chunked */
+  unsigned char draining;   /* the server is closing: no more requests */
+  unsigned char closed;     /* we closed the transport (or it was lost) */
+  unsigned char eof;        /* the peer's EOF was seen */
+  unsigned char wpaused;    /* the transport asked us to pause writing */
+  unsigned char rpaused;    /* we paused the transport's reading */
   unsigned char http10;
-  unsigned char lingering;     /* answered an error: dropping input until EOF */
-  uint64_t lingered;           /* bytes dropped so far */
+  unsigned char lingering; /* answered an error: dropping input until EOF */
+  uint64_t lingered;       /* bytes dropped so far */
 } HConn;
 
 /* _server.c */

@@ -66,10 +66,16 @@ int ml__json_fmt(char *str, double num, int precision) {
   for (p = 15;; p++) {
     len = snprintf(str, 32, "%.*g", p, num);
     if (p == 17) break;
-    if (point != '.') { char *c = strchr(str, point); if (c) *c = '.'; }
+    if (point != '.') {
+      char *c = strchr(str, point);
+      if (c) *c = '.';
+    }
     if (fpconv_strtod(str, NULL) == num) return len;
   }
-  if (point != '.') { char *c = strchr(str, point); if (c) *c = '.'; }
+  if (point != '.') {
+    char *c = strchr(str, point);
+    if (c) *c = '.';
+  }
   return len;
 }
 

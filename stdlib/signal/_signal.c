@@ -37,14 +37,14 @@ typedef struct Slot {
   volatile sig_atomic_t used;
   volatile sig_atomic_t want[NSIG];
   volatile sig_atomic_t pending[NSIG];
-  int efd;             /* made on first use, never closed */
+  int efd; /* made on first use, never closed */
   int made;
 } Slot;
 
 static Slot slots[MAX_SLOTS];
 static pthread_mutex_t mu = PTHREAD_MUTEX_INITIALIZER;
-static int nwant[NSIG];                  /* states catching each signal */
-static struct sigaction saved[NSIG];     /* the disposition before us */
+static int nwant[NSIG];              /* states catching each signal */
+static struct sigaction saved[NSIG]; /* the disposition before us */
 
 static void on_signal(int sig, siginfo_t *info, void *ctx) {
   int saved_errno = errno;
@@ -55,7 +55,7 @@ static void on_signal(int sig, siginfo_t *info, void *ctx) {
       ssize_t r;
       s->pending[sig] = 1;
       r = write(s->efd, &one, sizeof one);
-      (void)r;  /* EAGAIN: the counter is already non-zero, a wake-up is due */
+      (void)r; /* EAGAIN: the counter is already non-zero, a wake-up is due */
     }
   }
   if (sig == SIGCHLD) {
@@ -95,8 +95,8 @@ static void release_sig(int sig) {
 
 typedef struct SigSet {
   ml_State *S;
-  int slot;        /* index in slots, -1 once closed */
-  int ref;         /* registry anchor while some signal is caught */
+  int slot; /* index in slots, -1 once closed */
+  int ref;  /* registry anchor while some signal is caught */
   int ncaught;
   ev_io w;
 } SigSet;
@@ -136,7 +136,8 @@ static int dispatch_p(lua_State *L) {
 static void sig_cb(struct ev_loop *loop, ev_io *w, int revents) {
   SigSet *ss = w->data;
   lua_State *L = ml__main_lua(ss->S);
-  (void)loop; (void)revents;
+  (void)loop;
+  (void)revents;
   if (!lua_checkstack(L, 8)) return;
   lua_pushcfunction(L, dispatch_p);
   lua_pushlightuserdata(L, ss);
@@ -155,7 +156,7 @@ static void set_close(SigSet *ss) {
   slots[ss->slot].used = 0;
   pthread_mutex_unlock(&mu);
   if (ev_is_active(&ss->w)) {
-    ev_ref(ml__loop(ss->S));  /* it was unreferenced when started */
+    ev_ref(ml__loop(ss->S)); /* it was unreferenced when started */
     ev_io_stop(ml__loop(ss->S), &ss->w);
   }
   ss->slot = -1;
@@ -191,8 +192,9 @@ static int l_new(lua_State *L) {
   SigSet *ss;
   int i, fd, err = 0;
   if (!ml__signals_enabled(S))
-    return ml__exc_raise(L, "RuntimeError",
-                         "signal handling is off in this state (a host turns it on with ml_state_enable_signals)");
+    return ml__exc_raise(
+      L, "RuntimeError",
+      "signal handling is off in this state (a host turns it on with ml_state_enable_signals)");
   ss = lua_newuserdatauv(L, sizeof *ss, 1);
   memset(ss, 0, sizeof *ss);
   ss->slot = -1;
@@ -212,7 +214,8 @@ static int l_new(lua_State *L) {
   }
   if (i < MAX_SLOTS && err == 0) slots[i].used = 1;
   pthread_mutex_unlock(&mu);
-  if (i == MAX_SLOTS) return ml__exc_raise(L, "RuntimeError", "too many states catch signals (%d)", MAX_SLOTS);
+  if (i == MAX_SLOTS)
+    return ml__exc_raise(L, "RuntimeError", "too many states catch signals (%d)", MAX_SLOTS);
   if (err) {
     ml__exc_push_errno(L, err, "eventfd");
     return lua_error(L);
@@ -222,7 +225,7 @@ static int l_new(lua_State *L) {
   ev_io_init(&ss->w, sig_cb, slots[i].efd, EV_READ);
   ss->w.data = ss;
   ev_io_start(ml__loop(S), &ss->w);
-  ev_unref(ml__loop(S));  /* a signal handler alone does not keep the loop alive */
+  ev_unref(ml__loop(S)); /* a signal handler alone does not keep the loop alive */
   return 1;
 }
 
@@ -303,14 +306,14 @@ static int l_getpid(lua_State *L) {
 static const luaL_Reg set_methods[] = {
   {"catch", set_catch},
   {"release", set_release},
-  {NULL, NULL}
+  {NULL, NULL},
 };
 
 static const luaL_Reg funcs[] = {
   {"new", l_new},
   {"raise", l_raise},
   {"getpid", l_getpid},
-  {NULL, NULL}
+  {NULL, NULL},
 };
 
 /* [-0, +1] pushes the module table (new, raise, getpid, NSIG). */

@@ -55,8 +55,7 @@ static void lookup(lua_State *L, const char *host, int family, int port,
 }
 
 /* [-0, +0] the integer at t[i] of the table at idx, or dflt; raises naming what. */
-static lua_Integer field_int(lua_State *L, int idx, int i, lua_Integer dflt,
-                             const char *what) {
+static lua_Integer field_int(lua_State *L, int idx, int i, lua_Integer dflt, const char *what) {
   lua_Integer v = dflt;
   int t = lua_geti(L, idx, i);
   if (t != LUA_TNIL) {
@@ -71,8 +70,8 @@ static lua_Integer field_int(lua_State *L, int idx, int i, lua_Integer dflt,
   return v;
 }
 
-int ml__sock_toaddr(lua_State *L, int idx, int family, int resolve,
-                    struct sockaddr_storage *ss, socklen_t *len) {
+int ml__sock_toaddr(lua_State *L, int idx, int family, int resolve, struct sockaddr_storage *ss,
+                    socklen_t *len) {
   idx = lua_absindex(L, idx);
   memset(ss, 0, sizeof *ss);
   if (family == AF_UNIX) {
@@ -81,19 +80,19 @@ int ml__sock_toaddr(lua_State *L, int idx, int family, int resolve,
     const char *path = lua_tolstring(L, idx, &n);
     if (path == NULL || lua_type(L, idx) != LUA_TSTRING)
       return luaL_argerror(L, idx, "Unix socket address must be a path string");
-    if (n >= sizeof un->sun_path)
-      return luaL_argerror(L, idx, "Unix socket path too long");
+    if (n >= sizeof un->sun_path) return luaL_argerror(L, idx, "Unix socket path too long");
     un->sun_family = AF_UNIX;
     memcpy(un->sun_path, path, n);
-    *len = (socklen_t)(offsetof(struct sockaddr_un, sun_path) + n +
-                       (n > 0 && path[0] == '\0' ? 0 : 1));
+    *len =
+      (socklen_t)(offsetof(struct sockaddr_un, sun_path) + n + (n > 0 && path[0] == '\0' ? 0 : 1));
     return 0;
   }
   if (family != AF_INET && family != AF_INET6)
     return luaL_argerror(L, idx, "unsupported address family");
   if (!lua_istable(L, idx))
-    return luaL_argerror(L, idx, family == AF_INET ? "address must be {host, port}"
-                                                   : "address must be {host, port [, flowinfo, scope_id]}");
+    return luaL_argerror(L, idx,
+                         family == AF_INET ? "address must be {host, port}"
+                                           : "address must be {host, port [, flowinfo, scope_id]}");
   lua_geti(L, idx, 1);
   const char *host = lua_tostring(L, -1);
   if (host == NULL || lua_type(L, -1) != LUA_TSTRING) {
@@ -188,14 +187,13 @@ void ml__sock_pushaddr(lua_State *L, const struct sockaddr *sa, socklen_t len) {
     if (len <= off) {
       lua_pushliteral(L, "");
     } else if (un->sun_path[0] == '\0') {
-      lua_pushlstring(L, un->sun_path, len - off);  /* abstract: keep the NUL */
+      lua_pushlstring(L, un->sun_path, len - off); /* abstract: keep the NUL */
     } else {
       lua_pushlstring(L, un->sun_path, strnlen(un->sun_path, len - off));
     }
     return;
   }
-  default:
-    lua_pushnil(L);
+  default: lua_pushnil(L);
   }
 }
 

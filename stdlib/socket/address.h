@@ -18,8 +18,8 @@ struct addrinfo;
  * alone, so the caller can resolve it asynchronously.  Raises argument
  * errors naming arg for malformed addresses, an OSError subclass when a
  * lookup fails.  Returns 0 on success.  [-0, +0] */
-int ml__sock_toaddr(lua_State *L, int idx, int family, int resolve,
-                    struct sockaddr_storage *ss, socklen_t *len);
+int ml__sock_toaddr(lua_State *L, int idx, int family, int resolve, struct sockaddr_storage *ss,
+                    socklen_t *len);
 /* [-0, +1] pushes the script form of sa (see ml__sock_toaddr); nil for a
  * family it does not know. */
 void ml__sock_pushaddr(lua_State *L, const struct sockaddr *sa, socklen_t len);

@@ -3,12 +3,13 @@
 #include <string.h>
 #include "socket/buffer.h"
 
-typedef struct { size_t size; char data[]; } Buffer;
+typedef struct {
+  size_t size;
+  char data[];
+} Buffer;
 
 /* [-0, +0] */
-static Buffer *checkbuffer(lua_State *L, int idx) {
-  return ml__udata_check(L, idx, ML_UT_BUFFER);
-}
+static Buffer *checkbuffer(lua_State *L, int idx) { return ml__udata_check(L, idx, ML_UT_BUFFER); }
 
 char *ml__buffer_check(lua_State *L, int idx, size_t *size) {
   Buffer *b = checkbuffer(L, idx);
@@ -54,7 +55,10 @@ static size_t subrange(lua_State *L, int ii, int ij, size_t size, size_t *start)
   else if (i == 0) i = 1;
   if (j < 0) j = j + n + 1;
   else if (j > n) j = n;
-  if (i > j) { *start = 0; return 0; }
+  if (i > j) {
+    *start = 0;
+    return 0;
+  }
   *start = (size_t)(i - 1);
   return (size_t)(j - i + 1);
 }
@@ -84,11 +88,8 @@ static int buffer_tostr_meta(lua_State *L) {
 }
 
 static const luaL_Reg buffer_methods[] = {
-  {"len", buffer_len},
-  {"tostring", buffer_tostring},
-  {"sub", buffer_tostring},
-  {"set", buffer_set},
-  {NULL, NULL}
+  {"len", buffer_len}, {"tostring", buffer_tostring}, {"sub", buffer_tostring}, {"set", buffer_set},
+  {NULL, NULL},
 };
 
 void ml__buffer_open(lua_State *L) {

@@ -17,13 +17,13 @@
  * used by the loop's sock_* methods to park one reading and one writing
  * task; they are started only while such a task waits. */
 typedef struct ml_Socket {
-  int fd;                  /* -1 once closed or detached */
+  int fd; /* -1 once closed or detached */
   int family, type, proto;
-  int blocking;            /* the script called setblocking(true) */
-  int transport;           /* a transport owns the fd (no loop:sock_*) */
-  ml_State *S;             /* set when a watcher was first used */
+  int blocking;  /* the script called setblocking(true) */
+  int transport; /* a transport owns the fd (no loop:sock_*) */
+  ml_State *S;   /* set when a watcher was first used */
   ev_io rio, wio;
-  ml_Task *rwait, *wwait;  /* tasks parked on rio / wio, or NULL */
+  ml_Task *rwait, *wwait; /* tasks parked on rio / wio, or NULL */
 } ml_Socket;
 
 #define ML_SOCKET "socket.socket"
@@ -62,8 +62,8 @@ int ml__sock_open(int family, int type, int proto);
  * at idx, and those of async wrapped as async functions (calling one
  * returns a Coroutine; awaiting it runs the C function inside the task,
  * where it may suspend), named prefix..name in warnings.  [-0, +0] */
-void ml__net_setfuncs(lua_State *L, int idx, const char *prefix,
-                      const luaL_Reg *sync, const luaL_Reg *async);
+void ml__net_setfuncs(lua_State *L, int idx, const char *prefix, const luaL_Reg *sync,
+                      const luaL_Reg *async);
 /* Parks the running task until the socket s is readable (write 0) or
  * writable (write 1), then runs k(L, LUA_YIELD, ctx) (asyncio/_net.c).
  * Cancelling it stops the watcher; with always, k also runs then, with
@@ -125,7 +125,7 @@ typedef struct ml_Waiters {
   int n, cap;
 } ml_Waiters;
 
-typedef struct ml_Dgram ml_Dgram;  /* a queued datagram */
+typedef struct ml_Dgram ml_Dgram; /* a queued datagram */
 
 /* A layer between a stream transport's socket and its protocol or
  * StreamReader (TLS, stdlib/ssl/_tls.c): the transport keeps its socket,
@@ -159,47 +159,47 @@ typedef struct ml_Layer {
 } ml_Layer;
 
 struct ml_Conn {
-  unsigned magic;           /* ML_CONN_MAGIC */
+  unsigned magic; /* ML_CONN_MAGIC */
   ml_State *S;
-  ml_Socket *sock;          /* NULL for a StreamReader of its own */
-  int fd;                   /* -1 once closed, or if none */
-  int kind;                 /* ML_CONN_* */
-  int ref;                  /* registry anchor while open */
-  int err;                  /* errno that ended the connection, 0 if none */
+  ml_Socket *sock; /* NULL for a StreamReader of its own */
+  int fd;          /* -1 once closed, or if none */
+  int kind;        /* ML_CONN_* */
+  int ref;         /* registry anchor while open */
+  int err;         /* errno that ended the connection, 0 if none */
   ev_io rio, wio;
-  ev_timer later;           /* delivers connection_lost */
-  ml_BQ rbuf;               /* stream mode: bytes the reader has not taken */
-  ml_BQ wbuf;               /* bytes the kernel has not taken yet */
-  char *scratch;            /* the state's scratch area */
+  ev_timer later; /* delivers connection_lost */
+  ml_BQ rbuf;     /* stream mode: bytes the reader has not taken */
+  ml_BQ wbuf;     /* bytes the kernel has not taken yet */
+  char *scratch;  /* the state's scratch area */
   size_t scratch_size;
-  size_t high, low;         /* write buffer limits */
-  size_t limit;             /* stream mode: the reader's limit */
-  unsigned char closing;    /* close() or abort() was called, or it failed */
-  unsigned char lost;       /* connection_lost was delivered */
+  size_t high, low;      /* write buffer limits */
+  size_t limit;          /* stream mode: the reader's limit */
+  unsigned char closing; /* close() or abort() was called, or it failed */
+  unsigned char lost;    /* connection_lost was delivered */
   unsigned char lost_queued;
-  unsigned char eof;        /* the peer's end of stream was seen (or fed) */
-  unsigned char eof_req;    /* write_eof(): shut down writing once flushed */
+  unsigned char eof;     /* the peer's end of stream was seen (or fed) */
+  unsigned char eof_req; /* write_eof(): shut down writing once flushed */
   unsigned char eof_sent;
-  unsigned char paused;     /* pause_reading() */
-  unsigned char rpaused;    /* stream mode: rbuf over its limit */
-  unsigned char wpaused;    /* over the high-water mark: drain waits */
+  unsigned char paused;  /* pause_reading() */
+  unsigned char rpaused; /* stream mode: rbuf over its limit */
+  unsigned char wpaused; /* over the high-water mark: drain waits */
   unsigned char is_sock;
-  unsigned char pipe;       /* ML_PIPE_READ/WRITE: owns a non-socket fd */
-  unsigned char has_exc;    /* XUV_EXC holds the exception */
-  unsigned char buffered;   /* the protocol is a BufferedProtocol */
-  ml_Task *reader;          /* the task waiting for data, or NULL */
+  unsigned char pipe;     /* ML_PIPE_READ/WRITE: owns a non-socket fd */
+  unsigned char has_exc;  /* XUV_EXC holds the exception */
+  unsigned char buffered; /* the protocol is a BufferedProtocol */
+  ml_Task *reader;        /* the task waiting for data, or NULL */
   ml_Waiters drainers, closers;
-  ml_Dgram *dq_head, *dq_tail;  /* datagrams the kernel refused */
+  ml_Dgram *dq_head, *dq_tail; /* datagrams the kernel refused */
   size_t dq_bytes;
   struct sockaddr_storage local, peer;
   socklen_t llen, plen;
-  int connected;            /* datagram: has a default peer */
-  const ml_Layer *layer;    /* TLS over the socket, or NULL */
+  int connected;         /* datagram: has a default peer */
+  const ml_Layer *layer; /* TLS over the socket, or NULL */
   void *layer_ud;
-  unsigned char sock_eof;   /* with a layer: the socket's EOF was read */
-  unsigned char linger;     /* closing, but the layer still reads (the
-                             * peer's close_notify): connection_lost waits
-                             * for ml__conn_unlinger */
+  unsigned char sock_eof; /* with a layer: the socket's EOF was read */
+  unsigned char linger;   /* closing, but the layer still reads (the
+                           * peer's close_notify): connection_lost waits
+                           * for ml__conn_unlinger */
   /* A protocol written in C (http._server) may take its bytes raw: then
    * ml__conn_deliver calls data_fn in protected mode with the arguments
    * (transport light userdata, n, bytes light userdata) instead of making

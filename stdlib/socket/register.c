@@ -3,8 +3,8 @@
  * the loop's methods table. */
 #include "socket/net.h"
 
-void ml__net_setfuncs(lua_State *L, int idx, const char *prefix,
-                      const luaL_Reg *sync, const luaL_Reg *async) {
+void ml__net_setfuncs(lua_State *L, int idx, const char *prefix, const luaL_Reg *sync,
+                      const luaL_Reg *async) {
   ML_STACK_MARK(L);
   idx = lua_absindex(L, idx);
   for (; sync && sync->name; sync++) {

@@ -25,13 +25,13 @@ static void req_unref(ml_Lookup *q) {
 void ml__lookup_run(ml_Lookup *q) {
   if (q->kind == ML_LOOKUP_GAI) {
     errno = 0;
-    q->rc = getaddrinfo(q->has_host ? q->host : NULL, q->has_serv ? q->serv : NULL,
-                        &q->hints, &q->ai);
+    q->rc =
+      getaddrinfo(q->has_host ? q->host : NULL, q->has_serv ? q->serv : NULL, &q->hints, &q->ai);
     q->err = errno;
   } else {
     errno = 0;
-    q->rc = getnameinfo((struct sockaddr *)&q->sa, q->salen, q->host, sizeof q->host,
-                        q->serv, sizeof q->serv, q->flags);
+    q->rc = getnameinfo((struct sockaddr *)&q->sa, q->salen, q->host, sizeof q->host, q->serv,
+                        sizeof q->serv, q->flags);
     q->err = errno;
   }
 }
@@ -91,18 +91,19 @@ ml_Lookup *ml__lookup_check(lua_State *L, int idx) {
  * handle frees the result.  [-0, +0] */
 static int req_hook(lua_State *L, ml_Task *t, void *ud) {
   ml_Lookup *q = ud;
-  (void)L; (void)t;
-  q->task = NULL;  /* the worker finishes; the handle frees the result */
+  (void)L;
+  (void)t;
+  q->task = NULL; /* the worker finishes; the handle frees the result */
   return 0;
 }
 
 int ml__lookup_submit(lua_State *L, ml_Lookup *q, lua_KContext ctx, lua_KFunction k) {
   int rc;
   ml__task_check_suspendable(L);
-  __atomic_add_fetch(&q->refs, 1, __ATOMIC_ACQ_REL);  /* the pool's */
+  __atomic_add_fetch(&q->refs, 1, __ATOMIC_ACQ_REL); /* the pool's */
   rc = ml__pool_submit(ml__state(L), lookup_work, lookup_done, q);
   if (rc < 0) {
-    q->refs--;  /* nothing was queued */
+    q->refs--; /* nothing was queued */
     if (rc == -ENOMEM) luaL_error(L, "not enough memory");
     /* No thread could be started: resolve here rather than fail. */
     ml__lookup_run(q);

@@ -19,22 +19,22 @@ typedef struct ml_Lookup ml_Lookup;
 
 struct ml_Lookup {
   /* The request: set by the caller before it is run or submitted. */
-  int kind;                /* ML_LOOKUP_GAI or ML_LOOKUP_GNI */
-  int has_host, has_serv;  /* GAI: host / serv are given */
-  char host[NI_MAXHOST];   /* GAI input; GNI output */
-  char serv[NI_MAXSERV];   /* GAI input; GNI output */
-  struct addrinfo hints;   /* GAI */
-  struct sockaddr_storage sa;  /* GNI: the address */
+  int kind;                   /* ML_LOOKUP_GAI or ML_LOOKUP_GNI */
+  int has_host, has_serv;     /* GAI: host / serv are given */
+  char host[NI_MAXHOST];      /* GAI input; GNI output */
+  char serv[NI_MAXSERV];      /* GAI input; GNI output */
+  struct addrinfo hints;      /* GAI */
+  struct sockaddr_storage sa; /* GNI: the address */
   socklen_t salen;
-  int flags;               /* GNI */
+  int flags; /* GNI */
   /* The result, once run: rc 0 or an EAI_* code, err the errno of
    * EAI_SYSTEM; ai the GAI list, freed with the request unless the caller
    * takes it (sets ai to NULL). */
   int rc, err;
   struct addrinfo *ai;
   /* resolver.c's. */
-  int refs;                /* atomic: the handle + the pool */
-  ml_Task *task;           /* loop thread: the waiting task, or NULL */
+  int refs;      /* atomic: the handle + the pool */
+  ml_Task *task; /* loop thread: the waiting task, or NULL */
 };
 
 /* [-0, +1] pushes a handle (a userdata whose __gc frees the request once

@@ -66,9 +66,7 @@ ml_Socket *ml__sock_push(lua_State *L, int fd, int family, int type, int proto) 
   return s;
 }
 
-ml_Socket *ml__sock_check(lua_State *L, int idx) {
-  return ml__udata_check(L, idx, ML_UT_SOCKET);
-}
+ml_Socket *ml__sock_check(lua_State *L, int idx) { return ml__udata_check(L, idx, ML_UT_SOCKET); }
 
 ml_Socket *ml__sock_checkopen(lua_State *L, int idx) {
   ml_Socket *s = ml__udata_check(L, idx, ML_UT_SOCKET);
@@ -87,8 +85,14 @@ static int release(lua_State *L, ml_Socket *s) {
     if (ev_is_active(&s->rio)) ev_io_stop(ml__loop(s->S), &s->rio);
     if (ev_is_active(&s->wio)) ev_io_stop(ml__loop(s->S), &s->wio);
   }
-  if (s->rwait) { ml__task_wake(s->rwait); s->rwait = NULL; }
-  if (s->wwait) { ml__task_wake(s->wwait); s->wwait = NULL; }
+  if (s->rwait) {
+    ml__task_wake(s->rwait);
+    s->rwait = NULL;
+  }
+  if (s->wwait) {
+    ml__task_wake(s->wwait);
+    s->wwait = NULL;
+  }
   s->fd = -1;
   return fd;
 }
@@ -111,17 +115,22 @@ static int sock_new(lua_State *L) {
      * fd, eventfds and pipes are not, and closing one under the loop
      * aborted the process.  And none that a socket of ours owns already:
      * closing the wrapper would close it under its owner's watchers. */
-    int v; socklen_t vl = sizeof v;
+    int v;
+    socklen_t vl = sizeof v;
     if (getsockopt(fd, SOL_SOCKET, SO_TYPE, &v, &vl) < 0)
       return ml__exc_raise_errno(L, errno == ENOTSOCK ? ENOTSOCK : errno,
                                  lua_pushfstring(L, "socket.socket(fileno=%d)", fd));
     if (is_owned(L, fd))
-      return ml__exc_raise_errno(L, EBUSY, lua_pushfstring(L,
-          "socket.socket(fileno=%d): the fd belongs to another socket object of this "
-          "state; use that object (or its dup())", fd));
+      return ml__exc_raise_errno(
+        L, EBUSY,
+        lua_pushfstring(L,
+                        "socket.socket(fileno=%d): the fd belongs to another socket object of this "
+                        "state; use that object (or its dup())",
+                        fd));
     type = v;
     /* Take the real family from the kernel when it knows it. */
-    struct sockaddr_storage ss; socklen_t sl = sizeof ss;
+    struct sockaddr_storage ss;
+    socklen_t sl = sizeof ss;
     if (getsockname(fd, (struct sockaddr *)&ss, &sl) == 0 && sl > 0) family = ss.ss_family;
     ml__sock_push(L, fd, family, type, proto);
     fcntl(fd, F_SETFL, fl | O_NONBLOCK);
@@ -355,7 +364,7 @@ static int sock_sendto(lua_State *L) {
   size_t n;
   const char *p = luaL_checklstring(L, 2, &n);
   int flags = 0, ai = 3;
-  if (lua_gettop(L) >= 4) {  /* sendto(data, flags, address) as Python */
+  if (lua_gettop(L) >= 4) { /* sendto(data, flags, address) as Python */
     flags = ml__checkint(L, 3);
     ai = 4;
   }
@@ -497,8 +506,8 @@ static int sock_tostring(lua_State *L) {
     lua_pushfstring(L, "<socket [closed] family=%s type=%s>", family_name(s->family),
                     type_name(s->type));
   } else {
-    lua_pushfstring(L, "<socket fd=%d family=%s type=%s proto=%d>", s->fd,
-                    family_name(s->family), type_name(s->type), s->proto);
+    lua_pushfstring(L, "<socket fd=%d family=%s type=%s proto=%d>", s->fd, family_name(s->family),
+                    type_name(s->type), s->proto);
   }
   return 1;
 }
@@ -587,8 +596,7 @@ static int socket_inet_pton(lua_State *L) {
   const char *s = luaL_checkstring(L, 2);
   unsigned char buf[sizeof(struct in6_addr)];
   luaL_argcheck(L, family == AF_INET || family == AF_INET6, 1, "AF_INET or AF_INET6");
-  if (inet_pton(family, s, buf) != 1)
-    return luaL_argerror(L, 2, "illegal IP address string");
+  if (inet_pton(family, s, buf) != 1) return luaL_argerror(L, 2, "illegal IP address string");
   lua_pushlstring(L, (char *)buf, family == AF_INET ? 4 : 16);
   return 1;
 }
@@ -630,7 +638,7 @@ static const luaL_Reg sock_methods[] = {
   {"setsockopt", sock_setsockopt},
   {"settimeout", sock_settimeout},
   {"shutdown", sock_shutdown},
-  {NULL, NULL}
+  {NULL, NULL},
 };
 
 static const luaL_Reg socket_funcs[] = {
@@ -642,32 +650,50 @@ static const luaL_Reg socket_funcs[] = {
   {"gethostname", socket_gethostname},
   {"inet_pton", socket_inet_pton},
   {"inet_ntop", socket_inet_ntop},
-  {NULL, NULL}
+  {NULL, NULL},
 };
 
-#define C(name) {#name, name}
-static const struct { const char *name; int value; } constants[] = {
-  C(AF_INET), C(AF_INET6), C(AF_UNIX), C(AF_UNSPEC),
-  C(SOCK_STREAM), C(SOCK_DGRAM), C(SOCK_RAW), C(SOCK_SEQPACKET),
-  C(SOL_SOCKET), C(SO_REUSEADDR), C(SO_REUSEPORT), C(SO_KEEPALIVE),
-  C(SO_RCVBUF), C(SO_SNDBUF), C(SO_RCVLOWAT), C(SO_SNDLOWAT), C(SO_ERROR),
-  C(SO_TYPE), C(SO_BROADCAST), C(SO_LINGER), C(SO_OOBINLINE),
-  C(SO_ACCEPTCONN), C(SO_DOMAIN), C(SO_PROTOCOL),
-  C(IPPROTO_IP), C(IPPROTO_IPV6), C(IPPROTO_TCP), C(IPPROTO_UDP),
-  C(IP_TTL), C(IP_TOS), C(IP_MULTICAST_TTL), C(IP_MULTICAST_LOOP),
-  C(IPV6_V6ONLY), C(IPV6_UNICAST_HOPS),
-  C(TCP_NODELAY), C(TCP_KEEPIDLE), C(TCP_KEEPINTVL), C(TCP_KEEPCNT),
-  C(TCP_QUICKACK), C(TCP_USER_TIMEOUT),
-  C(SHUT_RD), C(SHUT_WR), C(SHUT_RDWR),
-  C(MSG_PEEK), C(MSG_DONTWAIT), C(MSG_WAITALL), C(MSG_OOB), C(MSG_TRUNC),
-  C(MSG_NOSIGNAL),
-  C(SOMAXCONN),
-  C(AI_PASSIVE), C(AI_CANONNAME), C(AI_NUMERICHOST), C(AI_NUMERICSERV),
-  C(AI_ADDRCONFIG), C(AI_V4MAPPED), C(AI_ALL),
-  C(NI_NUMERICHOST), C(NI_NUMERICSERV), C(NI_NAMEREQD), C(NI_DGRAM), C(NI_NOFQDN),
-  C(EAI_NONAME), C(EAI_AGAIN), C(EAI_FAIL), C(EAI_FAMILY), C(EAI_SERVICE),
-  C(INADDR_ANY), C(INADDR_LOOPBACK),
-  {NULL, 0}
+#define C(name) \
+  { #name, name }
+static const struct {
+  const char *name;
+  int value;
+} constants[] = {
+  C(AF_INET),          C(AF_INET6),
+  C(AF_UNIX),          C(AF_UNSPEC),
+  C(SOCK_STREAM),      C(SOCK_DGRAM),
+  C(SOCK_RAW),         C(SOCK_SEQPACKET),
+  C(SOL_SOCKET),       C(SO_REUSEADDR),
+  C(SO_REUSEPORT),     C(SO_KEEPALIVE),
+  C(SO_RCVBUF),        C(SO_SNDBUF),
+  C(SO_RCVLOWAT),      C(SO_SNDLOWAT),
+  C(SO_ERROR),         C(SO_TYPE),
+  C(SO_BROADCAST),     C(SO_LINGER),
+  C(SO_OOBINLINE),     C(SO_ACCEPTCONN),
+  C(SO_DOMAIN),        C(SO_PROTOCOL),
+  C(IPPROTO_IP),       C(IPPROTO_IPV6),
+  C(IPPROTO_TCP),      C(IPPROTO_UDP),
+  C(IP_TTL),           C(IP_TOS),
+  C(IP_MULTICAST_TTL), C(IP_MULTICAST_LOOP),
+  C(IPV6_V6ONLY),      C(IPV6_UNICAST_HOPS),
+  C(TCP_NODELAY),      C(TCP_KEEPIDLE),
+  C(TCP_KEEPINTVL),    C(TCP_KEEPCNT),
+  C(TCP_QUICKACK),     C(TCP_USER_TIMEOUT),
+  C(SHUT_RD),          C(SHUT_WR),
+  C(SHUT_RDWR),        C(MSG_PEEK),
+  C(MSG_DONTWAIT),     C(MSG_WAITALL),
+  C(MSG_OOB),          C(MSG_TRUNC),
+  C(MSG_NOSIGNAL),     C(SOMAXCONN),
+  C(AI_PASSIVE),       C(AI_CANONNAME),
+  C(AI_NUMERICHOST),   C(AI_NUMERICSERV),
+  C(AI_ADDRCONFIG),    C(AI_V4MAPPED),
+  C(AI_ALL),           C(NI_NUMERICHOST),
+  C(NI_NUMERICSERV),   C(NI_NAMEREQD),
+  C(NI_DGRAM),         C(NI_NOFQDN),
+  C(EAI_NONAME),       C(EAI_AGAIN),
+  C(EAI_FAIL),         C(EAI_FAMILY),
+  C(EAI_SERVICE),      C(INADDR_ANY),
+  C(INADDR_LOOPBACK),  {NULL, 0},
 };
 #undef C
 

@@ -9,7 +9,7 @@
 #include <openssl/x509v3.h>
 #include "ssl/ssl.h"
 
-static int ctx_index = -1;  /* SSL_CTX ex_data slot: its ml_SslCtx */
+static int ctx_index = -1; /* SSL_CTX ex_data slot: its ml_SslCtx */
 
 /* ---------------------------------------------------------------- */
 /* Errors.                                                            */
@@ -18,7 +18,8 @@ static int ctx_index = -1;  /* SSL_CTX ex_data slot: its ml_SslCtx */
  * mnemonic Python prints in brackets. */
 static void mnemonic(const char *s, char *out, size_t size) {
   size_t i = 0;
-  for (; *s && i + 1 < size; s++) out[i++] = isalnum((unsigned char)*s) ? (char)toupper((unsigned char)*s) : '_';
+  for (; *s && i + 1 < size; s++)
+    out[i++] = isalnum((unsigned char)*s) ? (char)toupper((unsigned char)*s) : '_';
   out[i] = 0;
 }
 
@@ -82,10 +83,12 @@ void ml__ssl_push_error(lua_State *L, SSL *ssl, int sslerr, const char *host) {
       vmsg = X509_verify_cert_error_string(vcode);
     }
     snprintf(msg, sizeof msg, "[%s: %s] %s: %s", lib_name(e), reason, reason_s, vmsg);
-  } else if (ERR_GET_LIB(e) == ERR_LIB_SSL && ERR_GET_REASON(e) == SSL_R_UNEXPECTED_EOF_WHILE_READING) {
+  } else if (ERR_GET_LIB(e) == ERR_LIB_SSL &&
+             ERR_GET_REASON(e) == SSL_R_UNEXPECTED_EOF_WHILE_READING) {
     cls = "SSLEOFError";
-    errnum = 8;  /* Python's SSL_ERROR_EOF */
-    snprintf(msg, sizeof msg, "[%s: %s] EOF occurred in violation of protocol", lib_name(e), reason);
+    errnum = 8; /* Python's SSL_ERROR_EOF */
+    snprintf(msg, sizeof msg, "[%s: %s] EOF occurred in violation of protocol", lib_name(e),
+             reason);
   } else {
     snprintf(msg, sizeof msg, "[%s: %s] %s", lib_name(e), reason, reason_s);
   }
@@ -123,9 +126,7 @@ ml_SslCtx *ml__sslctx_check(lua_State *L, int idx) {
   return x;
 }
 
-ml_SslCtx *ml__sslctx_of(SSL_CTX *ctx) {
-  return SSL_CTX_get_ex_data(ctx, ctx_index);
-}
+ml_SslCtx *ml__sslctx_of(SSL_CTX *ctx) { return SSL_CTX_get_ex_data(ctx, ctx_index); }
 
 void ml__sslctx_remember(ml_SslCtx *x, const char *key, SSL_SESSION *sess) {
   ml_SessionSlot *slot = NULL;
@@ -138,7 +139,10 @@ void ml__sslctx_remember(ml_SslCtx *x, const char *key, SSL_SESSION *sess) {
   if (slot == NULL) {
     slot = &x->sessions[0];
     for (int i = 0; i < ML_SESSION_CACHE; i++) {
-      if (x->sessions[i].sess == NULL) { slot = &x->sessions[i]; break; }
+      if (x->sessions[i].sess == NULL) {
+        slot = &x->sessions[i];
+        break;
+      }
       if (x->sessions[i].used < slot->used) slot = &x->sessions[i];
     }
   }
@@ -164,7 +168,8 @@ SSL_SESSION *ml__sslctx_session(ml_SslCtx *x, const char *host) {
 static void apply_verify(ml_SslCtx *x) {
   int mode = SSL_VERIFY_NONE;
   if (x->verify_mode == ML_CERT_OPTIONAL) mode = SSL_VERIFY_PEER;
-  else if (x->verify_mode == ML_CERT_REQUIRED) mode = SSL_VERIFY_PEER | SSL_VERIFY_FAIL_IF_NO_PEER_CERT;
+  else if (x->verify_mode == ML_CERT_REQUIRED)
+    mode = SSL_VERIFY_PEER | SSL_VERIFY_FAIL_IF_NO_PEER_CERT;
   SSL_CTX_set_verify(x->ctx, mode, NULL);
 }
 
@@ -179,7 +184,8 @@ static int ctx_new(lua_State *L) {
   if (protocol == ML_PROTOCOL_TLS_CLIENT) m = TLS_client_method();
   else if (protocol == ML_PROTOCOL_TLS_SERVER) m = TLS_server_method();
   else if (protocol == ML_PROTOCOL_TLS) m = TLS_method();
-  else return ml__exc_raise(L, "ValueError", "invalid or unsupported protocol version %d", protocol);
+  else
+    return ml__exc_raise(L, "ValueError", "invalid or unsupported protocol version %d", protocol);
   x = lua_newuserdatauv(L, sizeof *x, 1);
   memset(x, 0, sizeof *x);
   x->sni_ref = LUA_NOREF;
@@ -195,13 +201,14 @@ static int ctx_new(lua_State *L) {
    * TLS 1.3 has none); a socket EOF without close_notify is an EOF, as
    * asyncio reports it (clear OP_IGNORE_UNEXPECTED_EOF for SSLEOFError). */
   SSL_CTX_set_options(x->ctx, SSL_OP_ALL | SSL_OP_NO_COMPRESSION | SSL_OP_CIPHER_SERVER_PREFERENCE |
-                              SSL_OP_NO_RENEGOTIATION | SSL_OP_IGNORE_UNEXPECTED_EOF);
+                                SSL_OP_NO_RENEGOTIATION | SSL_OP_IGNORE_UNEXPECTED_EOF);
   SSL_CTX_clear_options(x->ctx, SSL_OP_LEGACY_SERVER_CONNECT);
   SSL_CTX_set_min_proto_version(x->ctx, TLS1_2_VERSION);
   /* Server: stateless tickets and the session id cache (OpenSSL's
    * defaults); client: the per-host cache above. */
   if (protocol != ML_PROTOCOL_TLS_SERVER) {
-    SSL_CTX_set_session_cache_mode(x->ctx, SSL_SESS_CACHE_CLIENT | SSL_SESS_CACHE_NO_INTERNAL_STORE);
+    SSL_CTX_set_session_cache_mode(x->ctx,
+                                   SSL_SESS_CACHE_CLIENT | SSL_SESS_CACHE_NO_INTERNAL_STORE);
     SSL_CTX_sess_set_new_cb(x->ctx, ml__tls_new_session_cb);
   } else {
     static const unsigned char sid[] = "moonloop";
@@ -215,7 +222,7 @@ static int ctx_gc(lua_State *L) {
   ml_SslCtx *x = ml__udata_check(L, 1, ML_UT_SSLCONTEXT);
   if (x->ctx) {
     SSL_CTX_set_ex_data(x->ctx, ctx_index, NULL);
-    SSL_CTX_free(x->ctx);  /* connections may still hold it */
+    SSL_CTX_free(x->ctx); /* connections may still hold it */
     x->ctx = NULL;
   }
   for (int i = 0; i < ML_SESSION_CACHE; i++) {
@@ -311,7 +318,8 @@ static int ctx_load_verify_locations(lua_State *L) {
 static int ctx_set_default_verify_paths(lua_State *L) {
   ml_SslCtx *x = ml__sslctx_check(L, 1);
   ERR_clear_error();
-  if (SSL_CTX_set_default_verify_paths(x->ctx) != 1) return ml__ssl_raise(L, "set_default_verify_paths");
+  if (SSL_CTX_set_default_verify_paths(x->ctx) != 1)
+    return ml__ssl_raise(L, "set_default_verify_paths");
   return 0;
 }
 
@@ -352,7 +360,8 @@ static int ctx_set_alpn_protocols(lua_State *L) {
     lua_geti(L, 2, i);
     if (lua_type(L, -1) != LUA_TSTRING) return luaL_argerror(L, 2, "list of strings expected");
     lua_tolstring(L, -1, &len);
-    if (len == 0 || len > 255) return ml__exc_raise(L, "ValueError", "ALPN protocols must be 1 to 255 in length");
+    if (len == 0 || len > 255)
+      return ml__exc_raise(L, "ValueError", "ALPN protocols must be 1 to 255 in length");
     total += len + 1;
     lua_pop(L, 1);
   }
@@ -371,9 +380,11 @@ static int ctx_set_alpn_protocols(lua_State *L) {
   free(x->alpn);
   x->alpn = wire;
   x->alpn_len = (unsigned)total;
-  if (x->protocol != ML_PROTOCOL_TLS_SERVER && SSL_CTX_set_alpn_protos(x->ctx, wire, (unsigned)total) != 0)
+  if (x->protocol != ML_PROTOCOL_TLS_SERVER &&
+      SSL_CTX_set_alpn_protos(x->ctx, wire, (unsigned)total) != 0)
     return ml__exc_raise(L, "MemoryError", "ALPN list");
-  if (x->protocol != ML_PROTOCOL_TLS_CLIENT) SSL_CTX_set_alpn_select_cb(x->ctx, alpn_select_cb, NULL);
+  if (x->protocol != ML_PROTOCOL_TLS_CLIENT)
+    SSL_CTX_set_alpn_select_cb(x->ctx, alpn_select_cb, NULL);
   return 0;
 }
 
@@ -413,9 +424,7 @@ static int ctx_session_stats(lua_State *L) {
   return 1;
 }
 
-static int version_get(int v) {
-  return v == 0 ? -2 : v;
-}
+static int version_get(int v) { return v == 0 ? -2 : v; }
 
 /* Fields: check_hostname, verify_mode, minimum_version, maximum_version,
  * options, protocol, sni_callback; then the methods.
@@ -424,10 +433,22 @@ static int ctx_index_mm(lua_State *L) {
   ml_SslCtx *x = ml__udata_check(L, 1, ML_UT_SSLCONTEXT);
   const char *k = lua_tostring(L, 2);
   if (k && x->ctx) {
-    if (strcmp(k, "check_hostname") == 0) { lua_pushboolean(L, x->check_hostname); return 1; }
-    if (strcmp(k, "verify_mode") == 0) { lua_pushinteger(L, x->verify_mode); return 1; }
-    if (strcmp(k, "protocol") == 0) { lua_pushinteger(L, x->protocol); return 1; }
-    if (strcmp(k, "options") == 0) { lua_pushinteger(L, (lua_Integer)SSL_CTX_get_options(x->ctx)); return 1; }
+    if (strcmp(k, "check_hostname") == 0) {
+      lua_pushboolean(L, x->check_hostname);
+      return 1;
+    }
+    if (strcmp(k, "verify_mode") == 0) {
+      lua_pushinteger(L, x->verify_mode);
+      return 1;
+    }
+    if (strcmp(k, "protocol") == 0) {
+      lua_pushinteger(L, x->protocol);
+      return 1;
+    }
+    if (strcmp(k, "options") == 0) {
+      lua_pushinteger(L, (lua_Integer)SSL_CTX_get_options(x->ctx));
+      return 1;
+    }
     if (strcmp(k, "minimum_version") == 0) {
       lua_pushinteger(L, version_get((int)SSL_CTX_get_min_proto_version(x->ctx)));
       return 1;
@@ -443,7 +464,7 @@ static int ctx_index_mm(lua_State *L) {
       return 1;
     }
   }
-  lua_getiuservalue(L, 1, 1);  /* the methods table */
+  lua_getiuservalue(L, 1, 1); /* the methods table */
   lua_pushvalue(L, 2);
   lua_rawget(L, -2);
   return 1;
@@ -501,8 +522,10 @@ static int ctx_newindex_mm(lua_State *L) {
 /* __tostring(ctx) -> string */
 static int ctx_tostring(lua_State *L) {
   ml_SslCtx *x = ml__udata_check(L, 1, ML_UT_SSLCONTEXT);
-  lua_pushfstring(L, "<ssl.SSLContext %s>", x->protocol == ML_PROTOCOL_TLS_CLIENT ? "client"
-                                            : x->protocol == ML_PROTOCOL_TLS_SERVER ? "server" : "tls");
+  lua_pushfstring(L, "<ssl.SSLContext %s>",
+                  x->protocol == ML_PROTOCOL_TLS_CLIENT   ? "client"
+                  : x->protocol == ML_PROTOCOL_TLS_SERVER ? "server"
+                                                          : "tls");
   return 1;
 }
 
@@ -514,7 +537,7 @@ static const luaL_Reg ctx_methods[] = {
   {"set_alpn_protocols", ctx_set_alpn_protocols},
   {"set_servername_callback", ctx_set_servername_callback},
   {"session_stats", ctx_session_stats},
-  {NULL, NULL}
+  {NULL, NULL},
 };
 
 /* SSLContext objects get their methods table as user value 1, so that
@@ -527,7 +550,10 @@ static int ctx_new_l(lua_State *L) {
   return 1;
 }
 
-static const struct { const char *name; lua_Integer v; } constants[] = {
+static const struct {
+  const char *name;
+  lua_Integer v;
+} constants[] = {
   {"PROTOCOL_TLS", ML_PROTOCOL_TLS},
   {"PROTOCOL_SSLv23", ML_PROTOCOL_TLS},
   {"PROTOCOL_TLS_CLIENT", ML_PROTOCOL_TLS_CLIENT},
@@ -557,14 +583,20 @@ static const struct { const char *name; lua_Integer v; } constants[] = {
   {"ALERT_DESCRIPTION_UNRECOGNIZED_NAME", SSL_AD_UNRECOGNIZED_NAME},
   {"ALERT_DESCRIPTION_ACCESS_DENIED", SSL_AD_ACCESS_DENIED},
   {"OPENSSL_VERSION_NUMBER", (lua_Integer)OPENSSL_VERSION_NUMBER},
-  {NULL, 0}
+  {NULL, 0},
 };
 
-static const struct { const char *name; int v; } versions[] = {
-  {"MINIMUM_SUPPORTED", -2}, {"MAXIMUM_SUPPORTED", -1},
-  {"TLSv1", TLS1_VERSION}, {"TLSv1_1", TLS1_1_VERSION},
-  {"TLSv1_2", TLS1_2_VERSION}, {"TLSv1_3", TLS1_3_VERSION},
-  {NULL, 0}
+static const struct {
+  const char *name;
+  int v;
+} versions[] = {
+  {"MINIMUM_SUPPORTED", -2},
+  {"MAXIMUM_SUPPORTED", -1},
+  {"TLSv1", TLS1_VERSION},
+  {"TLSv1_1", TLS1_1_VERSION},
+  {"TLSv1_2", TLS1_2_VERSION},
+  {"TLSv1_3", TLS1_3_VERSION},
+  {NULL, 0},
 };
 
 /* [-0, +1] pushes the module table. */
@@ -594,7 +626,7 @@ int luaopen_ssl__ssl(lua_State *L) {
   lua_pushcfunction(L, ctx_new_l);
   lua_setfield(L, -2, "SSLContext");
   lua_rawgetp(L, LUA_REGISTRYINDEX, (void *)ctx_methods);
-  lua_setfield(L, -2, "_methods");  /* ssl.lua adds the Lua-written ones */
+  lua_setfield(L, -2, "_methods"); /* ssl.lua adds the Lua-written ones */
   lua_pushcfunction(L, ml__tls_wrap);
   lua_setfield(L, -2, "_wrap");
   lua_pushcfunction(L, ml__tls_release);

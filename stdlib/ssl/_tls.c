@@ -27,28 +27,26 @@
 #include <openssl/x509v3.h>
 #include "ssl/ssl.h"
 
-#define RECORD_ROOM (16 * 1024 + 512)  /* one TLS record's plaintext, and some */
+#define RECORD_ROOM (16 * 1024 + 512) /* one TLS record's plaintext, and some */
 
-enum { LUV_CTX = 1, LUV_FUTURE = 2 };  /* the layer table (XUV_LAYER) */
+enum { LUV_CTX = 1, LUV_FUTURE = 2 }; /* the layer table (XUV_LAYER) */
 
 typedef struct ml_Tls {
   SSL *ssl;
-  BIO *rbio;                /* ciphertext the socket gave, not yet used */
+  BIO *rbio; /* ciphertext the socket gave, not yet used */
   ml_Conn *c;
-  ml_BQ pend;               /* plaintext written before the handshake ended */
+  ml_BQ pend; /* plaintext written before the handshake ended */
   unsigned char server, hs_done, held, shut_sent, eof_marked, busy, failed;
-  ev_timer kick;            /* delivers held bytes when reading resumes */
-  ev_timer shut;            /* bounds the wait for the peer's close_notify */
+  ev_timer kick; /* delivers held bytes when reading resumes */
+  ev_timer shut; /* bounds the wait for the peer's close_notify */
   double shutdown_timeout;
-  char host[256];           /* server_hostname, or "" */
-  char key[300];            /* the session cache key: host, else the address */
+  char host[256]; /* server_hostname, or "" */
+  char key[300];  /* the session cache key: host, else the address */
 } ml_Tls;
 
 static const ml_Layer tls_layer;
 
-static ml_Tls *tls_of(ml_Conn *c) {
-  return c && c->layer == &tls_layer ? c->layer_ud : NULL;
-}
+static ml_Tls *tls_of(ml_Conn *c) { return c && c->layer == &tls_layer ? c->layer_ud : NULL; }
 
 /* ---------------------------------------------------------------- */
 /* The output BIO: appends to the transport's write queue.            */
@@ -68,7 +66,9 @@ static int out_write_ex(BIO *b, const char *p, size_t n, size_t *written) {
 }
 
 static long out_ctrl(BIO *b, int cmd, long num, void *ptr) {
-  (void)b; (void)num; (void)ptr;
+  (void)b;
+  (void)num;
+  (void)ptr;
   return cmd == BIO_CTRL_FLUSH ? 1 : 0;
 }
 
@@ -114,9 +114,9 @@ static int notify(lua_State *L) {
   int fut;
   lua_settop(L, 3);
   if (t == NULL) return 0;
-  push_layer(L, c);                       /* 4 */
+  push_layer(L, c); /* 4 */
   if (lua_istable(L, 4)) lua_rawgeti(L, 4, LUV_FUTURE);
-  else lua_pushnil(L);                    /* 5 */
+  else lua_pushnil(L); /* 5 */
   fut = ml__future_test(L, 5) && ml__future_state(ml__future_test(L, 5)) == ML_PENDING;
   switch (what) {
   case N_OK:
@@ -125,9 +125,7 @@ static int notify(lua_State *L) {
       ml__future_set_result(L, 5, 1);
     }
     return 0;
-  case N_SSL:
-    ml__ssl_push_error(L, t->ssl, err, t->host[0] ? t->host : NULL);
-    break;
+  case N_SSL: ml__ssl_push_error(L, t->ssl, err, t->host[0] ? t->host : NULL); break;
   case N_RESET:
     ml__exc_push(L, "ConnectionResetError", "Connection lost during the TLS handshake");
     break;
@@ -142,7 +140,7 @@ static int notify(lua_State *L) {
     if (fut) ml__future_set_exception(L, 5);
     return 0;
   }
-  t->failed = 1;                          /* 6 the exception */
+  t->failed = 1; /* 6 the exception */
   if (fut) {
     lua_pushvalue(L, 6);
     ml__future_set_exception(L, 5);
@@ -190,9 +188,7 @@ static void peer_closed(ml_Conn *c, ml_Tls *t) {
   ml__conn_close(c, 0);
 }
 
-static int gone(ml_Conn *c) {
-  return c->lost || c->fd < 0 || tls_of(c) == NULL;
-}
+static int gone(ml_Conn *c) { return c->lost || c->fd < 0 || tls_of(c) == NULL; }
 
 /* 1 if the handshake is over (or the connection failed: check gone). */
 static int handshake(ml_Conn *c, ml_Tls *t) {
@@ -208,7 +204,7 @@ static int handshake(ml_Conn *c, ml_Tls *t) {
       e = SSL_ERROR_SYSCALL;
     }
     if (c->sock_eof && (e == SSL_ERROR_SYSCALL || ERR_GET_REASON(ERR_peek_last_error()) ==
-                                                      SSL_R_UNEXPECTED_EOF_WHILE_READING)) {
+                                                    SSL_R_UNEXPECTED_EOF_WHILE_READING)) {
       ml__ssl_err_reset();
       notify_call(c, N_RESET, 0);
     } else {
@@ -241,7 +237,7 @@ static int decrypt(ml_Conn *c, ml_Tls *t) {
   if (c->kind == ML_CONN_STREAM) {
     int e = -1;
     while (!c->closing && !c->eof && ml__conn_wants_data(c)) {
-      char *dst = ml__bq_reserve(&c->rbuf, 4 * RECORD_ROOM);  /* fewer moves to the front */
+      char *dst = ml__bq_reserve(&c->rbuf, 4 * RECORD_ROOM); /* fewer moves to the front */
       if (dst == NULL) {
         ml__conn_fail_errno(c, ENOMEM);
         return -1;
@@ -305,9 +301,10 @@ static void linger_read(ml_Conn *c, ml_Tls *t) {
 
 static void shut_cb(struct ev_loop *loop, ev_timer *w, int revents) {
   ml_Tls *t = w->data;
-  (void)loop; (void)revents;
+  (void)loop;
+  (void)revents;
   if (tls_of(t->c) == NULL) return;
-  ml__conn_close(t->c, 1);  /* the peer never answered: as asyncio, abort */
+  ml__conn_close(t->c, 1); /* the peer never answered: as asyncio, abort */
 }
 
 static void pump(ml_Conn *c) {
@@ -317,7 +314,7 @@ static void pump(ml_Conn *c) {
   t->busy = 1;
   if (c->sock_eof && !t->eof_marked) {
     t->eof_marked = 1;
-    BIO_set_mem_eof_return(t->rbio, 0);  /* reads past the data now see EOF */
+    BIO_set_mem_eof_return(t->rbio, 0); /* reads past the data now see EOF */
   }
   if (!t->hs_done && !handshake(c, t)) goto out;
   if (c->linger) {
@@ -330,18 +327,15 @@ static void pump(ml_Conn *c) {
   switch (e) {
   case -1:
   case SSL_ERROR_WANT_READ:
-  case SSL_ERROR_WANT_WRITE:
-    break;
+  case SSL_ERROR_WANT_WRITE: break;
   case SSL_ERROR_ZERO_RETURN:
     ml__ssl_err_reset();
     peer_closed(c, t);
     break;
-  default:
-    notify_call(c, N_SSL, e);
-    goto out;
+  default: notify_call(c, N_SSL, e); goto out;
   }
   if (!gone(c)) {
-    ml__conn_flush(c);  /* reading may answer (TLS 1.3 key updates) */
+    ml__conn_flush(c); /* reading may answer (TLS 1.3 key updates) */
     if (!gone(c)) ml__conn_update_reading(c);
   }
 out:
@@ -389,7 +383,7 @@ static void tls_close(ml_Conn *c) {
   if (t == NULL || !t->hs_done || t->shut_sent || t->failed) return;
   t->shut_sent = 1;
   ml__ssl_err_reset();
-  r = SSL_shutdown(t->ssl);  /* queues close_notify */
+  r = SSL_shutdown(t->ssl); /* queues close_notify */
   ml__ssl_err_reset();
   ml__conn_flush(c);
   if (r == 0 && !gone(c) && !c->sock_eof && t->shutdown_timeout > 0) {
@@ -401,7 +395,8 @@ static void tls_close(ml_Conn *c) {
 
 static void kick_cb(struct ev_loop *loop, ev_timer *w, int revents) {
   ml_Tls *t = w->data;
-  (void)loop; (void)revents;
+  (void)loop;
+  (void)revents;
   pump(t->c);
 }
 
@@ -435,7 +430,7 @@ static void tls_free(ml_Conn *c) {
   if (t->ssl) {
     BIO *w = SSL_get_wbio(t->ssl);
     if (w) BIO_set_data(w, NULL);
-    SSL_free(t->ssl);  /* and its BIOs */
+    SSL_free(t->ssl); /* and its BIOs */
   }
   ml__bq_free(&t->pend);
   c->wbuf.alloc(c->wbuf.ud, t, sizeof *t, 0);
@@ -497,16 +492,16 @@ static int sni_call(lua_State *L) {
   if (t == NULL || c->ref == LUA_NOREF) return 0;
   x = ml__sslctx_of(SSL_get_SSL_CTX(t->ssl));
   if (x == NULL || x->sni_ref == LUA_NOREF) return 0;
-  lua_rawgeti(L, LUA_REGISTRYINDEX, x->sni_ref);      /* 1 fn */
-  lua_rawgeti(L, LUA_REGISTRYINDEX, c->ref);          /* 2 transport */
-  push_sslobject(L, 2);                               /* 3 */
+  lua_rawgeti(L, LUA_REGISTRYINDEX, x->sni_ref); /* 1 fn */
+  lua_rawgeti(L, LUA_REGISTRYINDEX, c->ref);     /* 2 transport */
+  push_sslobject(L, 2);                          /* 3 */
   name = SSL_get_servername(t->ssl, TLSEXT_NAMETYPE_host_name);
   if (name) lua_pushstring(L, name);
-  else lua_pushnil(L);                                /* 4 */
+  else lua_pushnil(L); /* 4 */
   push_layer(L, c);
   if (lua_istable(L, -1)) lua_rawgeti(L, -1, LUV_CTX);
   else lua_pushnil(L);
-  lua_remove(L, -2);                                  /* 5 */
+  lua_remove(L, -2); /* 5 */
   lua_remove(L, 2);
   lua_call(L, 3, 1);
   if (lua_isinteger(L, -1)) *alert = (int)lua_tointeger(L, -1) + 1;
@@ -561,16 +556,18 @@ int ml__tls_wrap(lua_State *L) {
   lua_settop(L, 6);
   if (c->kind == ML_CONN_DGRAM) return luaL_argerror(L, 1, "a stream transport expected");
   if (c->layer) return ml__exc_raise(L, "RuntimeError", "the transport already uses TLS");
-  if (c->closing || c->lost || c->fd < 0) return ml__exc_raise(L, "RuntimeError", "the transport is closing");
+  if (c->closing || c->lost || c->fd < 0)
+    return ml__exc_raise(L, "RuntimeError", "the transport is closing");
   if (c->eof_req) return ml__exc_raise(L, "RuntimeError", "TLS over a half-closed transport");
-  if (host && strlen(host) >= sizeof t->host) return luaL_argerror(L, 4, "server_hostname too long");
+  if (host && strlen(host) >= sizeof t->host)
+    return luaL_argerror(L, 4, "server_hostname too long");
   pthread_once(&out_once, make_out_method);
   if (out_method == NULL) return ml__exc_raise(L, "MemoryError", "BIO method");
 
-  lua_createtable(L, 2, 0);                 /* 7 the layer table */
+  lua_createtable(L, 2, 0); /* 7 the layer table */
   lua_pushvalue(L, 2);
   lua_rawseti(L, 7, LUV_CTX);
-  ml__future_new(L);                        /* 8 */
+  ml__future_new(L); /* 8 */
   lua_pushvalue(L, 8);
   lua_rawseti(L, 7, LUV_FUTURE);
 
@@ -624,7 +621,10 @@ int ml__tls_wrap(lua_State *L) {
       if (lua_istable(L, -1)) {
         lua_rawgeti(L, -1, 1);
         lua_rawgeti(L, -2, 2);
-        snprintf(t->key, sizeof t->key, "%s:%s", host ? host : lua_tostring(L, -2) ? lua_tostring(L, -2) : "",
+        snprintf(t->key, sizeof t->key, "%s:%s",
+                 host                  ? host
+                 : lua_tostring(L, -2) ? lua_tostring(L, -2)
+                                       : "",
                  lua_tostring(L, -1) ? lua_tostring(L, -1) : "");
         lua_pop(L, 2);
       } else if (lua_isstring(L, -1)) {
@@ -733,7 +733,10 @@ static void push_name(lua_State *L, X509_NAME *name) {
     lua_createtable(L, 1, 0);
     lua_createtable(L, 2, 0);
     if (nid != NID_undef) lua_pushstring(L, OBJ_nid2ln(nid));
-    else { OBJ_obj2txt(buf, sizeof buf, obj, 1); lua_pushstring(L, buf); }
+    else {
+      OBJ_obj2txt(buf, sizeof buf, obj, 1);
+      lua_pushstring(L, buf);
+    }
     lua_rawseti(L, -2, 1);
     if (len >= 0) lua_pushlstring(L, (char *)utf8, (size_t)len);
     else lua_pushliteral(L, "");
@@ -749,7 +752,10 @@ static void push_time(lua_State *L, const ASN1_TIME *tm) {
   BIO *b = BIO_new(BIO_s_mem());
   char *p;
   long n;
-  if (b == NULL) { lua_pushnil(L); return; }
+  if (b == NULL) {
+    lua_pushnil(L);
+    return;
+  }
   ASN1_TIME_print(b, tm);
   n = BIO_get_mem_data(b, &p);
   lua_pushlstring(L, p, (size_t)n);
@@ -860,9 +866,7 @@ static int obj_version(lua_State *L) {
 }
 
 /* o:cipher() -> {name, version, bits} | nil */
-static int obj_cipher(lua_State *L) {
-  return push_cipher(L, obj_tls(L));
-}
+static int obj_cipher(lua_State *L) { return push_cipher(L, obj_tls(L)); }
 
 /* o:getpeercert(binary) -> table | string | nil */
 static int obj_getpeercert(lua_State *L) {
@@ -949,7 +953,7 @@ static const luaL_Reg obj_methods[] = {
   {"selected_alpn_protocol", obj_selected_alpn_protocol},
   {"compression", obj_compression},
   {"pending", obj_pending},
-  {NULL, NULL}
+  {NULL, NULL},
 };
 
 /* [-0, +0] registers the SSLObject metatable. */

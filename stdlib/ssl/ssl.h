@@ -41,13 +41,13 @@ typedef struct ml_SessionSlot {
  * the Lua object is gone; callbacks check the back pointer first. */
 typedef struct ml_SslCtx {
   SSL_CTX *ctx;
-  int protocol;          /* ML_PROTOCOL_* */
+  int protocol; /* ML_PROTOCOL_* */
   int check_hostname;
-  int verify_mode;       /* ML_CERT_* */
-  int sni_ref;           /* registry ref of the servername callback */
-  unsigned char *alpn;   /* wire form (length-prefixed names) */
+  int verify_mode;     /* ML_CERT_* */
+  int sni_ref;         /* registry ref of the servername callback */
+  unsigned char *alpn; /* wire form (length-prefixed names) */
   unsigned alpn_len;
-  unsigned long clock;   /* session cache LRU */
+  unsigned long clock; /* session cache LRU */
   ml_SessionSlot sessions[ML_SESSION_CACHE];
 } ml_SslCtx;
 

@@ -58,20 +58,18 @@ enum { PUV_ONEXIT = 1, PUV_N = PUV_ONEXIT };
 typedef struct Proc {
   ml_State *S;
   pid_t pid;
-  int pidfd;          /* -1 when there is none (fallback, or done) */
-  int state;          /* P_* */
-  int returncode;     /* once P_EXITED: exit status, or -signal */
-  int ref;            /* anchor while running */
-  double poll;        /* fallback: the current interval */
+  int pidfd;      /* -1 when there is none (fallback, or done) */
+  int state;      /* P_* */
+  int returncode; /* once P_EXITED: exit status, or -signal */
+  int ref;        /* anchor while running */
+  double poll;    /* fallback: the current interval */
   ev_io pw;
   ev_timer pt;
   ev_child cw;
 } Proc;
 
 /* [-0, +0] the process handle at 1, or raises. */
-static Proc *check_proc(lua_State *L) {
-  return ml__udata_check(L, 1, ML_UT_PROCESS);
-}
+static Proc *check_proc(lua_State *L) { return ml__udata_check(L, 1, ML_UT_PROCESS); }
 
 /* ---------------------------------------------------------------- */
 /* Exit.                                                              */
@@ -111,7 +109,7 @@ static int reap(Proc *p) {
   do r = waitpid(p->pid, &st, WNOHANG);
   while (r < 0 && errno == EINTR);
   if (r == 0) return 0;
-  if (r < 0) st = 255 << 8;  /* ECHILD: someone else reaped it (SIGCHLD ignored?) */
+  if (r < 0) st = 255 << 8; /* ECHILD: someone else reaped it (SIGCHLD ignored?) */
   p->state = P_EXITED;
   p->returncode = WIFSIGNALED(st) ? -WTERMSIG(st) : WEXITSTATUS(st);
   return 1;
@@ -130,7 +128,8 @@ static int try_reap(Proc *p) {
 static void child_cb(struct ev_loop *loop, ev_child *w, int revents) {
   Proc *p = w->data;
   int st = w->rstatus;
-  (void)loop; (void)revents;
+  (void)loop;
+  (void)revents;
   p->state = P_EXITED;
   p->returncode = WIFSIGNALED(st) ? -WTERMSIG(st) : WEXITSTATUS(st);
   report(p);
@@ -148,7 +147,8 @@ static void report(Proc *p) {
 }
 
 static void pidfd_cb(struct ev_loop *loop, ev_io *w, int revents) {
-  (void)loop; (void)revents;
+  (void)loop;
+  (void)revents;
   try_reap(w->data);
 }
 
@@ -217,7 +217,7 @@ static int proc_gc(lua_State *L) {
     pthread_attr_init(&a);
     pthread_attr_setdetachstate(&a, PTHREAD_CREATE_DETACHED);
     pthread_attr_setstacksize(&a, 64 * 1024);
-    sigfillset(&all);  /* the waiter must never take the process's signals */
+    sigfillset(&all); /* the waiter must never take the process's signals */
     pthread_sigmask(SIG_SETMASK, &all, &old);
     if (pthread_create(&th, &a, reaper, (void *)(intptr_t)p->pid) != 0) {
       /* No thread: the child becomes a zombie when it exits, until the
@@ -241,8 +241,8 @@ typedef struct Spawn {
   posix_spawn_file_actions_t fa;
   posix_spawnattr_t attr;
   int fa_ok, attr_ok;
-  int child[3];     /* child ends to close in the parent after spawning */
-  int parent[3];    /* parent ends of pipes, owned until given away */
+  int child[3];  /* child ends to close in the parent after spawning */
+  int parent[3]; /* parent ends of pipes, owned until given away */
   int devnull;
 } Spawn;
 
@@ -298,12 +298,13 @@ static char **push_strv(lua_State *L, int idx, const char *what, int min) {
   if (n < min) luaL_error(L, "%s must not be empty", what);
   if (n > 1 << 20) luaL_error(L, "%s is too long", what);
   v = lua_newuserdatauv(L, (size_t)(n + 1) * sizeof *v, 1);
-  lua_createtable(L, (int)n, 0);  /* keeps the strings alive */
+  lua_createtable(L, (int)n, 0); /* keeps the strings alive */
   for (lua_Integer i = 1; i <= n; i++) {
     lua_geti(L, idx, i);
     if (!lua_isstring(L, -1)) luaL_error(L, "%s[%d] must be a string", what, (int)i);
     v[i - 1] = (char *)lua_tostring(L, -1);
-    if (strlen(v[i - 1]) != lua_rawlen(L, -1)) luaL_error(L, "%s[%d] contains a zero byte", what, (int)i);
+    if (strlen(v[i - 1]) != lua_rawlen(L, -1))
+      luaL_error(L, "%s[%d] contains a zero byte", what, (int)i);
     lua_rawseti(L, -2, i);
   }
   v[n] = NULL;
@@ -334,13 +335,13 @@ static ml_Conn *pre_stream(lua_State *L, int pipe, size_t limit) {
  * Raises the OSError of a failed spawn or exec (FileNotFoundError ...). */
 static int l_spawn(lua_State *L) {
   Spawn sp;
-  int mode[3], fdarg[3] = { -1, -1, -1 }, streams, r, argvi, envi = 0, i;
-  const char *names[3] = { "stdin", "stdout", "stderr" };
+  int mode[3], fdarg[3] = {-1, -1, -1}, streams, r, argvi, envi = 0, i;
+  const char *names[3] = {"stdin", "stdout", "stderr"};
   const char *cwd = NULL;
   char **argv, **envp = environ;
   lua_Integer limit = 64 * 1024;
-  ml_Conn *conn[3] = { NULL, NULL, NULL };
-  int connidx[3] = { 0, 0, 0 };
+  ml_Conn *conn[3] = {NULL, NULL, NULL};
+  int connidx[3] = {0, 0, 0};
   int maxpass = 2;
   pid_t pid;
   Proc *p;
@@ -354,7 +355,7 @@ static int l_spawn(lua_State *L) {
   (void)argvi;
   for (i = 0; i < 3; i++) mode[i] = io_mode(L, 2, names[i], &fdarg[i]);
   if (lua_getfield(L, 2, "cwd") != LUA_TNIL) cwd = luaL_checkstring(L, -1);
-  lua_pop(L, 1);  /* opts keeps it alive */
+  lua_pop(L, 1); /* opts keeps it alive */
   if (lua_getfield(L, 2, "env") == LUA_TTABLE) {
     envp = push_strv(L, lua_gettop(L), "env", 0);
     envi = lua_gettop(L);
@@ -392,7 +393,7 @@ static int l_spawn(lua_State *L) {
   }
   lua_checkstack(L, 8);
   lua_pushvalue(L, hidx);
-  p->ref = luaL_ref(L, LUA_REGISTRYINDEX);  /* dropped again if spawning fails */
+  p->ref = luaL_ref(L, LUA_REGISTRYINDEX); /* dropped again if spawning fails */
 
   memset(&sp, 0, sizeof sp);
   for (i = 0; i < 3; i++) sp.child[i] = sp.parent[i] = -1;
@@ -404,27 +405,40 @@ static int l_spawn(lua_State *L) {
     int fds[2], target = -1;
     switch (mode[i]) {
     case IO_PIPE:
-      if (pipe2(fds, O_CLOEXEC) < 0) { r = errno; break; }
-      if (i == 0) { sp.child[i] = fds[0]; sp.parent[i] = fds[1]; }
-      else { sp.child[i] = fds[1]; sp.parent[i] = fds[0]; }
+      if (pipe2(fds, O_CLOEXEC) < 0) {
+        r = errno;
+        break;
+      }
+      if (i == 0) {
+        sp.child[i] = fds[0];
+        sp.parent[i] = fds[1];
+      } else {
+        sp.child[i] = fds[1];
+        sp.parent[i] = fds[0];
+      }
       sp.child[i] = high_fd(sp.child[i]);
       sp.parent[i] = high_fd(sp.parent[i]);
-      if (sp.child[i] < 0 || sp.parent[i] < 0) { r = errno ? errno : EMFILE; break; }
-      if (fcntl(sp.parent[i], F_SETFL, O_NONBLOCK) < 0) { r = errno; break; }
+      if (sp.child[i] < 0 || sp.parent[i] < 0) {
+        r = errno ? errno : EMFILE;
+        break;
+      }
+      if (fcntl(sp.parent[i], F_SETFL, O_NONBLOCK) < 0) {
+        r = errno;
+        break;
+      }
       target = sp.child[i];
       break;
     case IO_DEVNULL:
       if (sp.devnull < 0 && (sp.devnull = open("/dev/null", O_RDWR | O_CLOEXEC)) >= 0)
         sp.devnull = high_fd(sp.devnull);
-      if (sp.devnull < 0) { r = errno; break; }
+      if (sp.devnull < 0) {
+        r = errno;
+        break;
+      }
       target = sp.devnull;
       break;
-    case IO_STDOUT:
-      target = 1;
-      break;
-    case IO_FD:
-      target = fdarg[i];
-      break;
+    case IO_STDOUT: target = 1; break;
+    case IO_FD: target = fdarg[i]; break;
     }
     if (r == 0 && target >= 0) r = posix_spawn_file_actions_adddup2(&sp.fa, target, i);
   }
@@ -436,7 +450,10 @@ static int l_spawn(lua_State *L) {
       lua_geti(L, -1, k);
       fd = lua_tointeger(L, -1);
       lua_pop(L, 1);
-      if (fd < 3 || fd > 0x7fffffff || fcntl((int)fd, F_GETFD) < 0) { r = EBADF; break; }
+      if (fd < 3 || fd > 0x7fffffff || fcntl((int)fd, F_GETFD) < 0) {
+        r = EBADF;
+        break;
+      }
       r = posix_spawn_file_actions_adddup2(&sp.fa, (int)fd, (int)fd);
       if (fd > maxpass) maxpass = (int)fd;
     }
@@ -539,7 +556,8 @@ static int proc_signal(lua_State *L) {
 /* __tostring(h) -> string */
 static int proc_tostring(lua_State *L) {
   Proc *p = check_proc(L);
-  if (p->state == P_EXITED) lua_pushfstring(L, "<ProcessHandle pid=%d returncode=%d>", (int)p->pid, p->returncode);
+  if (p->state == P_EXITED)
+    lua_pushfstring(L, "<ProcessHandle pid=%d returncode=%d>", (int)p->pid, p->returncode);
   else lua_pushfstring(L, "<ProcessHandle pid=%d running>", (int)p->pid);
   return 1;
 }
@@ -570,27 +588,30 @@ static const luaL_Reg proc_methods[] = {
   {"pid", proc_pid},
   {"returncode", proc_returncode},
   {"signal", proc_signal},
-  {NULL, NULL}
+  {NULL, NULL},
 };
 
 static const luaL_Reg funcs[] = {
   {"spawn", l_spawn},
   {"close_fd", l_close_fd},
   {"dup_file", l_dup_file},
-  {NULL, NULL}
+  {NULL, NULL},
 };
 
 /* [-0, +1] pushes the module table (spawn, close_fd, dup_file, signals). */
 int luaopen_asyncio__process(lua_State *L) {
-  static const struct { const char *name; int sig; } sigs[] = {
-    {"SIGHUP", SIGHUP}, {"SIGINT", SIGINT}, {"SIGQUIT", SIGQUIT}, {"SIGILL", SIGILL},
-    {"SIGTRAP", SIGTRAP}, {"SIGABRT", SIGABRT}, {"SIGBUS", SIGBUS}, {"SIGFPE", SIGFPE},
-    {"SIGKILL", SIGKILL}, {"SIGUSR1", SIGUSR1}, {"SIGSEGV", SIGSEGV}, {"SIGUSR2", SIGUSR2},
-    {"SIGPIPE", SIGPIPE}, {"SIGALRM", SIGALRM}, {"SIGTERM", SIGTERM}, {"SIGCHLD", SIGCHLD},
-    {"SIGCONT", SIGCONT}, {"SIGSTOP", SIGSTOP}, {"SIGTSTP", SIGTSTP}, {"SIGTTIN", SIGTTIN},
-    {"SIGTTOU", SIGTTOU}, {"SIGURG", SIGURG}, {"SIGXCPU", SIGXCPU}, {"SIGXFSZ", SIGXFSZ},
+  static const struct {
+    const char *name;
+    int sig;
+  } sigs[] = {
+    {"SIGHUP", SIGHUP},       {"SIGINT", SIGINT},   {"SIGQUIT", SIGQUIT},   {"SIGILL", SIGILL},
+    {"SIGTRAP", SIGTRAP},     {"SIGABRT", SIGABRT}, {"SIGBUS", SIGBUS},     {"SIGFPE", SIGFPE},
+    {"SIGKILL", SIGKILL},     {"SIGUSR1", SIGUSR1}, {"SIGSEGV", SIGSEGV},   {"SIGUSR2", SIGUSR2},
+    {"SIGPIPE", SIGPIPE},     {"SIGALRM", SIGALRM}, {"SIGTERM", SIGTERM},   {"SIGCHLD", SIGCHLD},
+    {"SIGCONT", SIGCONT},     {"SIGSTOP", SIGSTOP}, {"SIGTSTP", SIGTSTP},   {"SIGTTIN", SIGTTIN},
+    {"SIGTTOU", SIGTTOU},     {"SIGURG", SIGURG},   {"SIGXCPU", SIGXCPU},   {"SIGXFSZ", SIGXFSZ},
     {"SIGVTALRM", SIGVTALRM}, {"SIGPROF", SIGPROF}, {"SIGWINCH", SIGWINCH}, {"SIGIO", SIGIO},
-    {"SIGPWR", SIGPWR}, {"SIGSYS", SIGSYS},
+    {"SIGPWR", SIGPWR},       {"SIGSYS", SIGSYS},
   };
   luaL_requiref(L, "asyncio._stream", luaopen_asyncio__stream, 0);
   lua_pop(L, 1);

@@ -46,12 +46,12 @@ typedef struct Job {
   struct Pool *pool;
   ml_WakeNode node;
   ml_Wakeup *wake;
-  int fref;          /* the Future, in the submitting state's registry */
-  int ok;            /* the call succeeded */
-  char *copy_err;    /* "cls\0message": the results could not be copied */
-  char *in, *out;    /* encoded call; encoded results or error */
+  int fref;       /* the Future, in the submitting state's registry */
+  int ok;         /* the call succeeded */
+  char *copy_err; /* "cls\0message": the results could not be copied */
+  char *in, *out; /* encoded call; encoded results or error */
   size_t inlen, outlen;
-  struct Paths *paths;  /* package.path and cpath of the submitting state */
+  struct Paths *paths; /* package.path and cpath of the submitting state */
 } Job;
 
 /* The submitting state's package.path and cpath, shared by its jobs while
@@ -80,7 +80,7 @@ typedef struct Pool {
   pthread_mutex_t mu;
   pthread_cond_t cv;
   Job *head, *tail;
-  pthread_cond_t gone;   /* a thread has exited (shutdown(wait) waits) */
+  pthread_cond_t gone; /* a thread has exited (shutdown(wait) waits) */
   int max, nthreads, idle, refs, shutdown;
 } Pool;
 
@@ -120,8 +120,8 @@ static int traceback_msgh(lua_State *L) {
  * [-?, +0] leaves W's stack empty. */
 static void run_job(lua_State *W, Job *j, Paths **applied) {
   int st, n;
-  ml_Copy out = { 0 };
-  out.home = j->wake;  /* the loop goes back as itself */
+  ml_Copy out = {0};
+  out.home = j->wake; /* the loop goes back as itself */
   lua_settop(W, 0);
   /* An earlier job may have replaced package: raw access, no metamethods,
    * as nothing here may raise outside a protected call. */
@@ -207,7 +207,7 @@ encoded:
  * their state has closed, or when an executor's own thread ends. */
 #define WSTATES_MAX 8
 typedef struct WState {
-  ml_Wakeup *owner;   /* a reference */
+  ml_Wakeup *owner; /* a reference */
   lua_State *W;
   Paths *applied;
 } WState;
@@ -227,7 +227,7 @@ static WState *wstate_for(ml_Wakeup *owner) {
   WState *ws;
   for (i = 0; i < nwstates; i++)
     if (wstates[i].owner == owner) return &wstates[i];
-  for (i = 0; i < nwstates;) {  /* drop the states of closed states */
+  for (i = 0; i < nwstates;) { /* drop the states of closed states */
     if (ml__wakeup_closed(wstates[i].owner)) {
       wstate_close(&wstates[i]);
       wstates[i] = wstates[--nwstates];
@@ -236,7 +236,7 @@ static WState *wstate_for(ml_Wakeup *owner) {
       i++;
     }
   }
-  if (nwstates == WSTATES_MAX) {  /* the oldest makes room */
+  if (nwstates == WSTATES_MAX) { /* the oldest makes room */
     wstate_close(&wstates[0]);
     memmove(&wstates[0], &wstates[1], sizeof wstates[0] * (WSTATES_MAX - 1));
     memset(&wstates[--nwstates], 0, sizeof wstates[0]);
@@ -271,7 +271,7 @@ static void *worker_main(void *arg) {
       pthread_cond_wait(&p->cv, &p->mu);
       p->idle--;
     }
-    if (p->head == NULL) {  /* shut down and drained */
+    if (p->head == NULL) { /* shut down and drained */
       pthread_mutex_unlock(&p->mu);
       break;
     }
@@ -306,7 +306,7 @@ static int pool_grow(Pool *p) {
   pthread_attr_init(&a);
   pthread_attr_setdetachstate(&a, PTHREAD_CREATE_DETACHED);
   pthread_attr_setstacksize(&a, 2 * 1024 * 1024);
-  sigfillset(&all);  /* workers never take the process's signals */
+  sigfillset(&all); /* workers never take the process's signals */
   pthread_sigmask(SIG_SETMASK, &all, &old);
   p->refs++;
   r = pthread_create(&th, &a, worker_main, p);
@@ -314,7 +314,7 @@ static int pool_grow(Pool *p) {
   pthread_attr_destroy(&a);
   if (r != 0) {
     p->refs--;
-    return p->nthreads > 0 ? 0 : -r;  /* the threads there are will do it */
+    return p->nthreads > 0 ? 0 : -r; /* the threads there are will do it */
   }
   p->nthreads++;
   return 0;
@@ -386,15 +386,13 @@ static void job_settle(ml_State *S, Job *j) {
 }
 
 typedef struct Exec {
-  Pool *pool;     /* NULL for the default executor: the process's shared pool */
-  Paths *paths;   /* what its last job was given */
+  Pool *pool;   /* NULL for the default executor: the process's shared pool */
+  Paths *paths; /* what its last job was given */
   int shared, shut;
 } Exec;
 
 /* [-0, +0] the executor at 1, or raises. */
-static Exec *check_exec(lua_State *L) {
-  return luaL_checkudata(L, 1, ML_EXECUTOR);
-}
+static Exec *check_exec(lua_State *L) { return luaL_checkudata(L, 1, ML_EXECUTOR); }
 
 /* new(n) -> executor: a pool of up to n threads (n >= 1). */
 static int l_new(lua_State *L) {
@@ -467,7 +465,7 @@ static int ex_submit(lua_State *L) {
   Exec *x = check_exec(L);
   Pool *p = x->pool;
   ml_State *S = ml__state(L);
-  ml_Copy in = { 0 };
+  ml_Copy in = {0};
   Job *j;
   int n = lua_gettop(L), r;
   if (x->shut || (!x->shared && (p == NULL || p->shutdown)))
@@ -540,7 +538,7 @@ static int ex_shutdown(lua_State *L) {
   Exec *x = check_exec(L);
   Pool *p = x->pool;
   int wait = lua_isnone(L, 2) || lua_toboolean(L, 2);
-  x->shut = 1;  /* the shared pool itself runs on: it serves the process */
+  x->shut = 1; /* the shared pool itself runs on: it serves the process */
   if (p == NULL) return 0;
   pthread_mutex_lock(&p->mu);
   if (!p->shutdown) {
@@ -578,7 +576,9 @@ static int ex_max_workers(lua_State *L) {
 static int ex_tostring(lua_State *L) {
   Exec *x = check_exec(L);
   lua_pushfstring(L, "<ThreadPoolExecutor max_workers=%d%s%s>",
-                  x->shared ? ml__pool_size() : x->pool ? x->pool->max : 0,
+                  x->shared ? ml__pool_size()
+                  : x->pool ? x->pool->max
+                            : 0,
                   x->shared ? " (the shared pool)" : "",
                   !x->shut && (x->shared || (x->pool && !x->pool->shutdown)) ? "" : " shutdown");
   return 1;
@@ -595,14 +595,14 @@ static const luaL_Reg ex_methods[] = {
   {"_submit", ex_submit},
   {"shutdown", ex_shutdown},
   {"max_workers", ex_max_workers},
-  {NULL, NULL}
+  {NULL, NULL},
 };
 
 static const luaL_Reg funcs[] = {
   {"new", l_new},
   {"default_executor", l_default_executor},
   {"cpu_count", l_cpu_count},
-  {NULL, NULL}
+  {NULL, NULL},
 };
 
 /* [-0, +1] pushes the module table (new, cpu_count, Executor). */
@@ -619,6 +619,6 @@ int luaopen_asyncio__thread(lua_State *L) {
   luaL_newlib(L, funcs);
   ml__remote_open(L);
   luaL_getmetatable(L, ML_EXECUTOR);
-  lua_setfield(L, -2, "Executor");  /* the metatable: methods in __index */
+  lua_setfield(L, -2, "Executor"); /* the metatable: methods in __index */
   return 1;
 }

@@ -20,12 +20,24 @@
 #define MAX_DEPTH 200
 
 enum {
-  T_NIL, T_FALSE, T_TRUE, T_INT, T_FLT, T_STR, T_TABLE, T_REF, T_FUNC, T_MODULE,
-  T_CFUNC, T_GLOBALS, T_LIGHT, T_END,
-  T_FUNC1,  /* a function that is not met again (not numbered for T_REF) */
-  T_LOOP,   /* the ml_Wakeup of a loop: ml_Copy.home */
-  T_ASYNC,  /* an async function: its name and function follow */
-  T_FUTURE  /* a Future of the loop's state: the ml_Wakeup, a registry reference */
+  T_NIL,
+  T_FALSE,
+  T_TRUE,
+  T_INT,
+  T_FLT,
+  T_STR,
+  T_TABLE,
+  T_REF,
+  T_FUNC,
+  T_MODULE,
+  T_CFUNC,
+  T_GLOBALS,
+  T_LIGHT,
+  T_END,
+  T_FUNC1, /* a function that is not met again (not numbered for T_REF) */
+  T_LOOP,  /* the ml_Wakeup of a loop: ml_Copy.home */
+  T_ASYNC, /* an async function: its name and function follow */
+  T_FUTURE /* a Future of the loop's state: the ml_Wakeup, a registry reference */
 };
 
 
@@ -74,16 +86,16 @@ typedef struct Enc {
   ml_Copy *b;
   int seen, names, fcache;
   int ntables;
-  const char *what;   /* "argument", "result" ... for messages */
+  const char *what; /* "argument", "result" ... for messages */
 } Enc;
 
 /* Where a value sits, for error messages only: built on the C stack as
  * the encoder descends and turned into words only when a value cannot
  * cross ("upvalue 'sock' of argument #1").  NULL: e->what. */
 typedef struct Where {
-  const struct Where *up;   /* the function whose upvalue this is */
-  const char *upname;       /* the upvalue's name, or NULL: an argument */
-  int argno;                /* 0: the function itself */
+  const struct Where *up; /* the function whose upvalue this is */
+  const char *upname;     /* the upvalue's name, or NULL: an argument */
+  int argno;              /* 0: the function itself */
 } Where;
 
 /* Writes w's words into out (n bytes). */
@@ -111,7 +123,8 @@ static int enc_raise(lua_State *L, const char *cls, const char *fmt, ...) {
   vsnprintf(msg, sizeof msg, fmt, ap);
   va_end(ap);
   lua_getfield(L, LUA_REGISTRYINDEX, LUA_LOADED_TABLE);
-  if (lua_getfield(L, -1, "asyncio.exceptions") == LUA_TTABLE) return ml__exc_raise(L, cls, "%s", msg);
+  if (lua_getfield(L, -1, "asyncio.exceptions") == LUA_TTABLE)
+    return ml__exc_raise(L, cls, "%s", msg);
   lua_pushfstring(L, "%s%c%s", cls, 0, msg);
   return lua_error(L);
 }
@@ -120,9 +133,10 @@ static int enc_raise(lua_State *L, const char *cls, const char *fmt, ...) {
 static int type_error(lua_State *L, Enc *e, const Where *w, int idx) {
   char name[512];
   if (w) where_str(w, name, sizeof name);
-  return enc_raise(L, "TypeError", "cannot copy %s to another thread: a %s cannot cross (nil, "
-                       "booleans, numbers, strings, tables, Lua functions and modules can)",
-                       w ? name : e->what, luaL_typename(L, idx));
+  return enc_raise(L, "TypeError",
+                   "cannot copy %s to another thread: a %s cannot cross (nil, "
+                   "booleans, numbers, strings, tables, Lua functions and modules can)",
+                   w ? name : e->what, luaL_typename(L, idx));
 }
 
 /* [-0, +0] the table of tables seen, made in its slot on first need. */
@@ -170,7 +184,7 @@ static atomic_size_t next_func_id;
  * first sight; raises MemoryError. */
 static const FuncCode *func_code(lua_State *L, Enc *e, int idx) {
   FuncCode *fc;
-  ml_Copy code = { 0 };
+  ml_Copy code = {0};
   if (lua_isnil(L, e->fcache)) {
     if (lua_rawgetp(L, LUA_REGISTRYINDEX, &fcache_key) != LUA_TTABLE) {
       lua_pop(L, 1);
@@ -187,7 +201,7 @@ static const FuncCode *func_code(lua_State *L, Enc *e, int idx) {
   lua_pushvalue(L, idx);
   if (lua_rawget(L, e->fcache) == LUA_TUSERDATA) {
     fc = lua_touserdata(L, -1);
-    lua_pop(L, 1);  /* the cache keeps it while the function lives */
+    lua_pop(L, 1); /* the cache keeps it while the function lives */
     return fc;
   }
   lua_pop(L, 1);
@@ -198,7 +212,7 @@ static const FuncCode *func_code(lua_State *L, Enc *e, int idx) {
     free(code.p);
     enc_raise(L, "MemoryError", "copying a function");
   }
-  fc = lua_newuserdatauv(L, sizeof *fc + code.n, 0);  /* raises: the dump leaks (memory error) */
+  fc = lua_newuserdatauv(L, sizeof *fc + code.n, 0); /* raises: the dump leaks (memory error) */
   fc->id = atomic_fetch_add(&next_func_id, 1) + 1;
   fc->n = code.n;
   memcpy(fc->code, code.p, code.n);
@@ -215,13 +229,13 @@ static void push_names(lua_State *L);
  * (the names table at e->names is made on first call). */
 static const char *loaded_name(lua_State *L, Enc *e, int idx, size_t *len) {
   const char *s = NULL;
-  if (lua_isnil(L, e->names)) {  /* made on first need: most jobs never look */
+  if (lua_isnil(L, e->names)) { /* made on first need: most jobs never look */
     push_names(L);
     lua_replace(L, e->names);
   }
   lua_pushvalue(L, idx);
   if (lua_rawget(L, e->names) == LUA_TSTRING) s = lua_tolstring(L, -1, len);
-  lua_pop(L, 1);  /* the string stays alive in the names table */
+  lua_pop(L, 1); /* the string stays alive in the names table */
   return s;
 }
 
@@ -270,7 +284,7 @@ static int encode_func(lua_State *L, Enc *e, int idx, int depth, const Where *w)
     size_t len = 0;
     const char *n = loaded_name(L, e, idx, &len);
     if (n == NULL) {
-      if (is_async(L, idx)) {  /* async function f(): its name and function */
+      if (is_async(L, idx)) { /* async function f(): its name and function */
         int top = lua_gettop(L);
         put_byte(e->b, T_ASYNC);
         lua_getupvalue(L, idx, 1);
@@ -288,7 +302,7 @@ static int encode_func(lua_State *L, Enc *e, int idx, int depth, const Where *w)
     put_str(e->b, n, len);
     return 0;
   }
-  if ((ref = seen_ref(L, e, idx)) != 0) {  /* recursion: local function f() ... f() end */
+  if ((ref = seen_ref(L, e, idx)) != 0) { /* recursion: local function f() ... f() end */
     put_byte(e->b, T_REF);
     put_size(e->b, ref);
     return 0;
@@ -346,8 +360,7 @@ static int put_simple(lua_State *L, ml_Copy *b, int idx) {
     put(b, &p, sizeof p);
     return 1;
   }
-  default:
-    return 0;
+  default: return 0;
   }
 }
 
@@ -355,7 +368,8 @@ static int put_simple(lua_State *L, ml_Copy *b, int idx) {
  * [-0, +0] */
 static int encode(lua_State *L, Enc *e, int idx, int depth, const Where *w) {
   idx = lua_absindex(L, idx);
-  if (depth > MAX_DEPTH) return enc_raise(L, "ValueError", "%s is nested too deeply to copy", e->what);
+  if (depth > MAX_DEPTH)
+    return enc_raise(L, "ValueError", "%s is nested too deeply to copy", e->what);
   luaL_checkstack(L, 8, "copying a value");
   if (put_simple(L, e->b, idx)) goto done;
   if (lua_type(L, idx) == LUA_TUSERDATA && e->b->home) {
@@ -384,13 +398,14 @@ static int encode(lua_State *L, Enc *e, int idx, int depth, const Where *w) {
         goto done;
       }
       if (w) where_str(w, name, sizeof name);
-      return enc_raise(L, "TypeError", "cannot copy %s to another thread: a loop crosses only "
-                       "between its own state and its workers", w ? name : e->what);
+      return enc_raise(L, "TypeError",
+                       "cannot copy %s to another thread: a loop crosses only "
+                       "between its own state and its workers",
+                       w ? name : e->what);
     }
   }
   switch (lua_type(L, idx)) {
-  case LUA_TFUNCTION:
-    return encode_func(L, e, idx, depth, w);
+  case LUA_TFUNCTION: return encode_func(L, e, idx, depth, w);
   case LUA_TTABLE: {
     const char *mod;
     size_t ref;
@@ -402,7 +417,7 @@ static int encode(lua_State *L, Enc *e, int idx, int depth, const Where *w) {
     lua_rawgeti(L, LUA_REGISTRYINDEX, LUA_RIDX_GLOBALS);
     if (lua_rawequal(L, -1, idx)) {
       lua_pop(L, 1);
-      put_byte(e->b, T_GLOBALS);  /* _ENV: the other state's globals */
+      put_byte(e->b, T_GLOBALS); /* _ENV: the other state's globals */
       break;
     }
     lua_pop(L, 1);
@@ -424,8 +439,7 @@ static int encode(lua_State *L, Enc *e, int idx, int depth, const Where *w) {
     put_byte(e->b, T_END);
     break;
   }
-  default:
-    return type_error(L, e, w, idx);
+  default: return type_error(L, e, w, idx);
   }
 done:
   if (e->b->oom) return enc_raise(L, "MemoryError", "copying a value");
@@ -439,7 +453,8 @@ static void push_names(lua_State *L) {
   luaL_getsubtable(L, LUA_REGISTRYINDEX, LUA_LOADED_TABLE);
   lua_pushnil(L);
   while (lua_next(L, -2)) {
-    if (lua_type(L, -2) == LUA_TSTRING && lua_istable(L, -1) && strcmp(lua_tostring(L, -2), "_G") != 0) {
+    if (lua_type(L, -2) == LUA_TSTRING && lua_istable(L, -1) &&
+        strcmp(lua_tostring(L, -2), "_G") != 0) {
       const char *mod = lua_tostring(L, -2);
       lua_pushvalue(L, -1);
       lua_pushvalue(L, -3);
@@ -495,13 +510,13 @@ int ml__copy_encode_p(lua_State *L) {
   e.what = lua_tostring(L, 2);
   int args = strcmp(e.what, "argument") == 0;
   e.ntables = 0;
-  lua_settop(L, n + 3);  /* three nils: the slots of seen, names, fcache */
+  lua_settop(L, n + 3); /* three nils: the slots of seen, names, fcache */
   e.seen = n + 1;
   e.names = n + 2;
   e.fcache = n + 3;
   put_size(b, (size_t)(n - 2));
   for (i = 3; i <= n; i++) {
-    Where w = { NULL, NULL, i - 3 };
+    Where w = {NULL, NULL, i - 3};
     encode(L, &e, i, 0, args ? &w : NULL);
   }
   return 0;
@@ -519,7 +534,8 @@ int ml__copy_fast(lua_State *L, ml_Copy *b, int first, int last, int fn) {
     const FuncCode *fc;
     lua_Debug ar;
     int u;
-    if (lua_iscfunction(L, i) || lua_rawgetp(L, LUA_REGISTRYINDEX, &fcache_key) != LUA_TTABLE) goto slow;
+    if (lua_iscfunction(L, i) || lua_rawgetp(L, LUA_REGISTRYINDEX, &fcache_key) != LUA_TTABLE)
+      goto slow;
     lua_pushvalue(L, i);
     if (lua_rawget(L, -2) != LUA_TUSERDATA) goto slow;
     fc = lua_touserdata(L, -1);
@@ -619,7 +635,7 @@ static int cached_func(lua_State *L, Dec *d, size_t id) {
 /* [-0, +0] keeps the function on top as the one of id. */
 static void cache_func(lua_State *L, Dec *d, size_t id) {
   lua_Integer n;
-  if (id == 0 || lua_isnil(L, d->funcs)) return;  /* cached_func made the slot */
+  if (id == 0 || lua_isnil(L, d->funcs)) return; /* cached_func made the slot */
   lua_rawgeti(L, d->funcs, 0);
   n = lua_tointeger(L, -1) + 1;
   lua_pop(L, 1);
@@ -672,9 +688,24 @@ static void decode(lua_State *L, Dec *d) {
   case T_NIL: lua_pushnil(L); break;
   case T_FALSE: lua_pushboolean(L, 0); break;
   case T_TRUE: lua_pushboolean(L, 1); break;
-  case T_INT: { lua_Integer v = 0; get(L, d, &v, sizeof v); lua_pushinteger(L, v); break; }
-  case T_FLT: { lua_Number v = 0; get(L, d, &v, sizeof v); lua_pushnumber(L, v); break; }
-  case T_LIGHT: { void *p = NULL; get(L, d, &p, sizeof p); lua_pushlightuserdata(L, p); break; }
+  case T_INT: {
+    lua_Integer v = 0;
+    get(L, d, &v, sizeof v);
+    lua_pushinteger(L, v);
+    break;
+  }
+  case T_FLT: {
+    lua_Number v = 0;
+    get(L, d, &v, sizeof v);
+    lua_pushnumber(L, v);
+    break;
+  }
+  case T_LIGHT: {
+    void *p = NULL;
+    get(L, d, &p, sizeof p);
+    lua_pushlightuserdata(L, p);
+    break;
+  }
   case T_STR:
   case T_MODULE:
   case T_CFUNC:
@@ -687,7 +718,7 @@ static void decode(lua_State *L, Dec *d) {
       lua_pushlstring(L, d->p, n);
       lua_call(L, 1, 1);
     } else {
-      lua_pushlstring(L, d->p, n);  /* keeps a terminated copy */
+      lua_pushlstring(L, d->p, n); /* keeps a terminated copy */
       push_cfunc(L, lua_tostring(L, -1), n);
       lua_remove(L, -2);
     }
@@ -697,7 +728,7 @@ static void decode(lua_State *L, Dec *d) {
   case T_LOOP: {
     ml_Wakeup *w = NULL;
     get(L, d, &w, sizeof w);
-    ml__push_loop(L);  /* the loop's own state: the loop; nil in a worker's */
+    ml__push_loop(L); /* the loop's own state: the loop; nil in a worker's */
     if (lua_isnil(L, -1)) {
       lua_pop(L, 1);
       ml__remote_push_loop(L, w);
@@ -714,9 +745,9 @@ static void decode(lua_State *L, Dec *d) {
     break;
   }
   case T_ASYNC:
-    decode(L, d);  /* name */
-    decode(L, d);  /* fn */
-    if (lua_getglobal(L, "__ml_async") == LUA_TFUNCTION) {  /* a loop's state */
+    decode(L, d);                                          /* name */
+    decode(L, d);                                          /* fn */
+    if (lua_getglobal(L, "__ml_async") == LUA_TFUNCTION) { /* a loop's state */
       lua_insert(L, -3);
       lua_call(L, 2, 1);
     } else {
@@ -763,8 +794,7 @@ static void decode(lua_State *L, Dec *d) {
     }
     break;
   }
-  default:
-    luaL_error(L, CORRUPT_COPY);
+  default: luaL_error(L, CORRUPT_COPY);
   }
 }
 
@@ -774,8 +804,8 @@ static void decode(lua_State *L, Dec *d) {
 int ml__copy_decode_p(lua_State *L) {
   const char *p = lua_touserdata(L, 1);
   size_t len = (size_t)lua_tointeger(L, 2), n = 0;
-  Dec d = { p, p + len, 1, 2, 0 };
-  lua_settop(L, 2);  /* two nils: the slots of seen and funcs */
+  Dec d = {p, p + len, 1, 2, 0};
+  lua_settop(L, 2); /* two nils: the slots of seen and funcs */
   lua_pushnil(L);
   lua_replace(L, 1);
   lua_pushnil(L);

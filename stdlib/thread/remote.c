@@ -42,10 +42,10 @@ typedef struct XFut {
   pthread_mutex_t mu;
   pthread_cond_t cv;
   atomic_int refs;
-  int state;           /* mu */
-  ml_Copy out;         /* mu: XF_OK the results */
-  char *msg;           /* mu: XF_ERROR the error, as a string */
-  ml_Wakeup *home;     /* the loop's wake-up: loops in the results go back as it */
+  int state;       /* mu */
+  ml_Copy out;     /* mu: XF_OK the results */
+  char *msg;       /* mu: XF_ERROR the error, as a string */
+  ml_Wakeup *home; /* the loop's wake-up: loops in the results go back as it */
 } XFut;
 
 static XFut *xf_new(ml_Wakeup *home) {
@@ -99,7 +99,7 @@ static void push_xf(lua_State *L, const char *mt, XFut *f, const luaL_Reg *metho
  * results follow; false: the error message. */
 static int handle_settle(lua_State *L) {
   XFut **h = luaL_checkudata(L, 1, ML_CFUT_HANDLE);
-  ml_Copy out = { 0 };
+  ml_Copy out = {0};
   int n = lua_gettop(L);
   if (*h == NULL) return 0;
   if (!lua_toboolean(L, 2)) {
@@ -137,7 +137,7 @@ static int handle_gc(lua_State *L) {
 
 static const luaL_Reg handle_methods[] = {
   {"_settle", handle_settle},
-  {NULL, NULL}
+  {NULL, NULL},
 };
 
 /* [-0, +0] waits until f is settled or timeout (seconds, < 0: forever)
@@ -179,7 +179,7 @@ static int xf_push(lua_State *L, XFut *f) {
   lua_pushcfunction(L, ml__copy_decode_p);
   lua_pushlightuserdata(L, f->out.p);
   lua_pushinteger(L, (lua_Integer)f->out.n);
-  lua_call(L, 2, LUA_MULTRET);  /* the copy was made for this: it decodes */
+  lua_call(L, 2, LUA_MULTRET); /* the copy was made for this: it decodes */
   return lua_gettop(L) - top;
 }
 
@@ -233,7 +233,10 @@ static int cfut_tostring(lua_State *L) {
   pthread_mutex_lock(&(*h)->mu);
   st = (*h)->state;
   pthread_mutex_unlock(&(*h)->mu);
-  lua_pushfstring(L, "<ConcurrentFuture %s>", st == XF_PENDING ? "pending" : st == XF_OK ? "finished" : "failed");
+  lua_pushfstring(L, "<ConcurrentFuture %s>",
+                  st == XF_PENDING ? "pending"
+                  : st == XF_OK    ? "finished"
+                                   : "failed");
   return 1;
 }
 
@@ -241,7 +244,7 @@ static const luaL_Reg cfut_methods[] = {
   {"result", cfut_result},
   {"exception", cfut_exception},
   {"done", cfut_done},
-  {NULL, NULL}
+  {NULL, NULL},
 };
 
 static void push_xf(lua_State *L, const char *mt, XFut *f, const luaL_Reg *methods) {
@@ -323,7 +326,7 @@ static void coro_run(ml_State *S, void *ud) {
   }
   L = ml__main_lua(S);
   top = lua_gettop(L);
-  n = sent_decode(L, s);   /* name, fn, args... */
+  n = sent_decode(L, s); /* name, fn, args... */
   if (n < 2) {
     xf_fail(s->f, n < 0 ? luaL_tolstring(L, -1, NULL) : "RuntimeError: corrupt copy");
     lua_settop(L, top);
@@ -346,7 +349,7 @@ static void coro_run(ml_State *S, void *ud) {
   lua_replace(L, top + 1);
   lua_rawgetp(L, LUA_REGISTRYINDEX, &spawner_key);
   lua_insert(L, top + 1);
-  ml__callback(L, n, "run_coroutine_threadsafe");  /* the spawner settles the handle on error */
+  ml__callback(L, n, "run_coroutine_threadsafe"); /* the spawner settles the handle on error */
   lua_settop(L, top);
   sent_free(s);
 }
@@ -357,7 +360,7 @@ static void coro_run(ml_State *S, void *ud) {
 static void send(lua_State *L, RLoop *r, int first, ml_WakeFn fn, XFut *f) {
   Sent *s;
   int top = lua_gettop(L);
-  ml_Copy in = { 0 };
+  ml_Copy in = {0};
   in.home = r->w;
   if (!ml__copy_fast(L, &in, first, top, 0)) {
     lua_pushcfunction(L, ml__copy_encode_p);
@@ -428,7 +431,7 @@ static int rloop_tostring(lua_State *L) {
 static const luaL_Reg rloop_methods[] = {
   {"call_soon_threadsafe", rloop_call_soon_threadsafe},
   {"is_closed", rloop_is_closed},
-  {NULL, NULL}
+  {NULL, NULL},
 };
 
 void ml__remote_push_loop(lua_State *L, ml_Wakeup *w) {
@@ -451,7 +454,7 @@ ml_Wakeup *ml__remote_test_loop(lua_State *L, int idx) {
 
 typedef struct RFut {
   ml_Wakeup *w;
-  int ref;             /* the Future in its state's registry */
+  int ref; /* the Future in its state's registry */
 } RFut;
 
 enum { OP_RESULT, OP_EXCEPTION, OP_CANCEL, OP_UNREF };
@@ -499,7 +502,7 @@ static void fut_run(ml_State *S, void *ud) {
 
 /* [-0, +0] sends op on the Future of f with the values from idx on. */
 static void fut_send(lua_State *L, RFut *f, int op, int from) {
-  RLoop r = { f->w };
+  RLoop r = {f->w};
   int n = lua_gettop(L);
   lua_pushinteger(L, op);
   lua_pushinteger(L, f->ref);
@@ -537,14 +540,14 @@ static int rfut_gc(lua_State *L) {
   if (f->w) {
     lua_settop(L, 1);
     if (!ml__wakeup_closed(f->w)) {
-      RLoop r = { f->w };
+      RLoop r = {f->w};
       lua_pushinteger(L, OP_UNREF);
       lua_pushinteger(L, f->ref);
       lua_pushcfunction(L, rfut_send_p);
       lua_insert(L, 2);
       lua_pushlightuserdata(L, &r);
       lua_insert(L, 3);
-      lua_pcall(L, 3, 0, 0);  /* out of memory: the reference stays (the state frees it on close) */
+      lua_pcall(L, 3, 0, 0); /* out of memory: the reference stays (the state frees it on close) */
     }
     ml__wakeup_release(f->w);
     f->w = NULL;
@@ -562,7 +565,7 @@ static const luaL_Reg rfut_methods[] = {
   {"set_result", rfut_set_result},
   {"set_exception", rfut_set_exception},
   {"cancel", rfut_cancel},
-  {NULL, NULL}
+  {NULL, NULL},
 };
 
 void ml__remote_push_future(lua_State *L, ml_Wakeup *w, int ref) {
@@ -584,7 +587,7 @@ ml_Wakeup *ml__remote_test_future(lua_State *L, int idx, int *ref) {
 /* ---------------------------------------------------------------- */
 /* Async functions and coroutines in a worker.                         */
 
-static const luaL_Reg no_methods[] = { {NULL, NULL} };
+static const luaL_Reg no_methods[] = {{NULL, NULL}};
 
 /* A copied async function: calling it makes a RemoteCoroutine of its two
  * upvalues (name, fn) and the arguments (a table {n = count, ...}). */
@@ -617,8 +620,8 @@ static int w_run_coroutine_threadsafe(lua_State *L) {
   luaL_checkudata(L, 1, ML_RCORO);
   r = luaL_checkudata(L, 2, ML_RLOOP);
   lua_settop(L, 2);
-  lua_getiuservalue(L, 1, 1);  /* name */
-  lua_getiuservalue(L, 1, 2);  /* fn */
+  lua_getiuservalue(L, 1, 1); /* name */
+  lua_getiuservalue(L, 1, 2); /* fn */
   lua_getiuservalue(L, 1, 3);
   lua_getfield(L, -1, "n");
   n = lua_tointeger(L, -1);
@@ -627,7 +630,7 @@ static int w_run_coroutine_threadsafe(lua_State *L) {
   for (lua_Integer i = 1; i <= n; i++) lua_rawgeti(L, 5, i);
   lua_remove(L, 5);
   if ((f = xf_new(r->w)) == NULL) return luaL_error(L, "MemoryError: not enough memory");
-  atomic_fetch_add(&f->refs, 1);  /* one for the record, one for the future */
+  atomic_fetch_add(&f->refs, 1); /* one for the record, one for the future */
   push_xf(L, ML_CFUT, f, cfut_methods);
   lua_replace(L, 1);
   send(L, r, 3, coro_run, f);
@@ -661,9 +664,7 @@ static int l_set_spawner(lua_State *L) {
 
 static const luaL_Reg remote_funcs[] = {
   {"_set_spawner", l_set_spawner},
-  {NULL, NULL}
+  {NULL, NULL},
 };
 
-void ml__remote_open(lua_State *L) {
-  luaL_setfuncs(L, remote_funcs, 0);
-}
+void ml__remote_open(lua_State *L) { luaL_setfuncs(L, remote_funcs, 0); }

@@ -47,7 +47,7 @@ static int writer(lua_State *L, const void *p, size_t n, void *ud) {
 static void embed_lua(lua_State *L, const char *path, const char *modname, int i) {
   size_t len, k;
   char *src = slurp(path, &len), err[512], chunk[300];
-  ml_Buf out = { 0 }, bc = { 0 };
+  ml_Buf out = {0}, bc = {0};
   if (ml__asyncpass(src, len, path, &out, err, sizeof err) != 0) {
     fprintf(stderr, "%s\n", err);
     exit(1);

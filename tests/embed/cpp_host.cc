@@ -20,16 +20,16 @@
 
 static int passed, failed;
 
-#define CHECK(cond, ...)                          \
-  do {                                            \
-    if (cond) {                                   \
-      passed++;                                   \
-    } else {                                      \
-      failed++;                                   \
+#define CHECK(cond, ...)                               \
+  do {                                                 \
+    if (cond) {                                        \
+      passed++;                                        \
+    } else {                                           \
+      failed++;                                        \
       std::printf("FAIL %s:%d: ", __FILE__, __LINE__); \
-      std::printf(__VA_ARGS__);                   \
-      std::printf("\n");                          \
-    }                                             \
+      std::printf(__VA_ARGS__);                        \
+      std::printf("\n");                               \
+    }                                                  \
   } while (0)
 
 /* Counts destructors run, to see unwinding happen before the Lua error. */
@@ -42,7 +42,7 @@ struct Tracker {
 
 static int throws_runtime(lua_State *L) {
   Tracker t("runtime");
-  std::vector<int> v(100, 1);  /* heap memory the unwinding must free */
+  std::vector<int> v(100, 1); /* heap memory the unwinding must free */
   (void)L;
   throw std::runtime_error("disk on fire: " + t.name);
 }
@@ -96,7 +96,8 @@ static ml_State *new_state(void) {
 static std::string run(ml_State *S, const char *src) {
   lua_State *L = ml_state_lua(S);
   ml_Future *t = NULL;
-  if (ml_load_string(L, src, std::strlen(src), "=script") != ML_OK || ml_task_spawn(L, 0, "script", &t) != ML_OK)
+  if (ml_load_string(L, src, std::strlen(src), "=script") != ML_OK ||
+      ml_task_spawn(L, 0, "script", &t) != ML_OK)
     return std::string("spawn:") + ml_state_error(S);
   int rc = ml_state_run(S);
   std::string out;
@@ -117,7 +118,9 @@ static std::string run(ml_State *S, const char *src) {
   return out;
 }
 
-static bool has(const std::string &s, const char *part) { return s.find(part) != std::string::npos; }
+static bool has(const std::string &s, const char *part) {
+  return s.find(part) != std::string::npos;
+}
 
 /* A worker std::thread completes a promise with a table. */
 static int fetch(lua_State *L) {
@@ -145,11 +148,13 @@ int main() {
 
   std::string r = run(S, "local ok, e = pcall(throws_runtime)\n"
                          "return tostring(ok) .. ' ' .. tostring(e)");
-  CHECK(r == "ok:false disk on fire: runtime", "a std::exception is a Lua error with its what(): %s", r.c_str());
+  CHECK(r == "ok:false disk on fire: runtime",
+        "a std::exception is a Lua error with its what(): %s", r.c_str());
   CHECK(destroyed == 1, "the throwing frame's destructors ran: %d", destroyed);
 
   r = run(S, "local ok, e = pcall(throws_alloc) return tostring(ok) .. ' ' .. tostring(e)");
-  CHECK(has(r, "ok:false not enough memory"), "std::bad_alloc says not enough memory: %s", r.c_str());
+  CHECK(has(r, "ok:false not enough memory"), "std::bad_alloc says not enough memory: %s",
+        r.c_str());
   CHECK(destroyed == 2, "destructors ran: %d", destroyed);
 
   r = run(S, "local ok, e = pcall(throws_int) return tostring(ok) .. ' ' .. tostring(e)");
@@ -158,7 +163,8 @@ int main() {
   /* Uncaught, it fails the task (after an await: a later step) like any
    * script error, and the state is not wedged: the next run works. */
   r = run(S, "await asyncio.sleep(0)\nthrows_runtime()\nreturn 'not reached'");
-  CHECK(has(r, "error:") && has(r, "disk on fire"), "an uncaught throw fails the task: %s", r.c_str());
+  CHECK(has(r, "error:") && has(r, "disk on fire"), "an uncaught throw fails the task: %s",
+        r.c_str());
   r = run(S, "await asyncio.sleep(0) return 'still running'");
   CHECK(r == "ok:still running", "the state runs after the throw: %s", r.c_str());
 
@@ -167,7 +173,8 @@ int main() {
              "local ok, e = pcall(tools.fail)\n"
              "local ok2, e2 = pcall(tools.join, '-')\n"
              "return tools.join(', ', 'a', 'b', 'c') .. '|' .. tostring(e) .. '|' .. tostring(e2)");
-  CHECK(r == "ok:a, b, c|disk on fire: runtime|join: nothing to join", "module functions: %s", r.c_str());
+  CHECK(r == "ok:a, b, c|disk on fire: runtime|join: nothing to join", "module functions: %s",
+        r.c_str());
 
   /* A throw inside a coroutine the script made, and in a sandboxed state. */
   r = run(S, "local co = coroutine.wrap(function() throws_runtime() end)\n"
@@ -181,7 +188,8 @@ int main() {
 
   S = new_state();
   CHECK(ml_state_sandbox(S, NULL) == ML_OK, "sandbox: %s", ml_state_error(S));
-  ml_state_register(S, "throws_runtime", ml::guard<throws_runtime>);  /* a global: after the sandbox */
+  ml_state_register(S, "throws_runtime",
+                    ml::guard<throws_runtime>); /* a global: after the sandbox */
   ml_state_set_cpu_budget(S, 1000000);
   r = run(S, "local ok, e = pcall(throws_runtime) return tostring(e)");
   CHECK(r == "ok:disk on fire: runtime", "sandboxed: %s", r.c_str());

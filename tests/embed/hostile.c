@@ -16,7 +16,8 @@ static int passed, failed;
 static char reported[2048];
 
 static void on_error(ml_State *S, const char *msg, void *ud) {
-  (void)S; (void)ud;
+  (void)S;
+  (void)ud;
   snprintf(reported, sizeof reported, "%s", msg);
 }
 
@@ -83,7 +84,8 @@ static void expect(const char *name, const char *src, const char *want) {
 
 int main(void) {
   /* ---- require and package: no internal module by any name ---- */
-  expect("require internals",
+  expect(
+    "require internals",
     "for _, m in ipairs { 'socket', 'asyncio._net', 'asyncio._transport', 'asyncio._server',\n"
     "    'asyncio._stream', 'asyncio._process', 'asyncio._signal', 'asyncio.transports',\n"
     "    'asyncio.streams', 'asyncio.subprocess', 'asyncio.core', 'asyncio._util', 'io', 'debug',\n"
@@ -92,17 +94,21 @@ int main(void) {
     "  if ok then return 'required ' .. m end\n"
     "  if not tostring(e):find('sandbox') then return 'odd error for ' .. m .. ': ' .. tostring(e) end\n"
     "end\n"
-    "return 'contained'", "ok:contained");
-  expect("package tables",
+    "return 'contained'",
+    "ok:contained");
+  expect(
+    "package tables",
     "if package ~= nil then return 'package is there' end\n"
     "if rawget(_G, 'package') ~= nil then return 'rawget package' end\n"
     "for k, v in pairs(_G) do\n"
     "  if type(v) == 'table' and (rawget(v, 'preload') or rawget(v, 'searchers')) then return 'found ' .. k end\n"
     "end\n"
-    "return 'contained'", "ok:contained");
+    "return 'contained'",
+    "ok:contained");
   /* The protocol base classes (asyncio.protocols) are plain tables of
    * no-op methods that reach nothing: they stay. */
-  expect("the asyncio module has no network, process or signal names",
+  expect(
+    "the asyncio module has no network, process or signal names",
     "for _, k in ipairs { 'open_connection', 'start_server', 'open_unix_connection',\n"
     "    'start_unix_server', 'create_subprocess_exec', 'create_subprocess_shell', 'StreamReader',\n"
     "    'StreamWriter', 'Transport', 'to_thread', 'ThreadPoolExecutor' } do\n"
@@ -117,9 +123,11 @@ int main(void) {
     "for k, v in pairs(asyncio) do\n"
     "  if type(v) == 'table' and rawget(v, 'socketpair') then return 'socket in asyncio.' .. k end\n"
     "end\n"
-    "return 'contained'", "ok:contained");
+    "return 'contained'",
+    "ok:contained");
   /* ---- metatables of what is exposed ---- */
-  expect("metatables",
+  expect(
+    "metatables",
     "if getmetatable('') ~= false then return 'the string metatable: ' .. tostring(getmetatable('')) end\n"
     "if ('x').dump then return 'string.dump via a string' end\n"
     "local seen, queue = {}, { asyncio, asyncio.get_running_loop(), asyncio.Future(),\n"
@@ -143,43 +151,53 @@ int main(void) {
     "    end\n"
     "  end\n"
     "end\n"
-    "return 'contained'", "ok:contained");
+    "return 'contained'",
+    "ok:contained");
   /* ---- error objects ---- */
-  expect("error objects",
+  expect(
+    "error objects",
     "local ok, e = pcall(function() return await asyncio.wait_for(asyncio.sleep(1), 0) end)\n"
     "local mt = getmetatable(e)\n"
     "for k, v in pairs(type(mt) == 'table' and mt or {}) do\n"
     "  if type(v) == 'table' and (rawget(v, 'socketpair') or rawget(v, 'preload')) then return 'leak in ' .. k end\n"
     "end\n"
     "local ok2, e2 = pcall(error, setmetatable({}, { __index = function() return 1 end }))\n"
-    "return 'contained'", "ok:contained");
+    "return 'contained'",
+    "ok:contained");
   /* ---- debug, load, string.dump, collectgarbage ---- */
   expect("debug is gone",
-    "if debug ~= nil then return 'debug' end\n"
-    "return 'contained'", "ok:contained");
+         "if debug ~= nil then return 'debug' end\n"
+         "return 'contained'",
+         "ok:contained");
   expect("binary chunks",
-    "local f, e = load('\\27Lua\\84\\0', 'x', 'b')\n"
-    "if f then return 'a binary chunk loaded' end\n"
-    "local once = false\n"
-    "f = load(function() if once then return nil end once = true return '\\27Lua' end)\n"
-    "if f then return 'a binary chunk loaded from a function' end\n"
-    "if string.dump ~= nil then return 'string.dump' end\n"
-    "local g = load('return package', 'x', 't')\n"
-    "if g() ~= nil then return 'load sees the real globals' end\n"
-    "return 'contained'", "ok:contained");
-  expect("collectgarbage",
+         "local f, e = load('\\27Lua\\84\\0', 'x', 'b')\n"
+         "if f then return 'a binary chunk loaded' end\n"
+         "local once = false\n"
+         "f = load(function() if once then return nil end once = true return '\\27Lua' end)\n"
+         "if f then return 'a binary chunk loaded from a function' end\n"
+         "if string.dump ~= nil then return 'string.dump' end\n"
+         "local g = load('return package', 'x', 't')\n"
+         "if g() ~= nil then return 'load sees the real globals' end\n"
+         "return 'contained'",
+         "ok:contained");
+  expect(
+    "collectgarbage",
     "for _, o in ipairs { 'stop', 'generational', 'incremental', 'setpause', 'setstepmul' } do\n"
     "  if pcall(collectgarbage, o) then return 'collectgarbage ' .. o end\n"
     "end\n"
     "collectgarbage('collect')\n"
-    "return 'contained'", "ok:contained");
-  expect("files and processes",
+    "return 'contained'",
+    "ok:contained");
+  expect(
+    "files and processes",
     "if io or dofile or loadfile or (os and (os.execute or os.remove or os.rename or os.exit or os.getenv)) then\n"
     "  return 'a file or process function'\n"
     "end\n"
-    "return 'contained'", "ok:contained");
+    "return 'contained'",
+    "ok:contained");
   /* ---- coroutines: the hidden threads of tasks ---- */
-  expect("coroutines",
+  expect(
+    "coroutines",
     "local co = coroutine.create(function() return await asyncio.sleep(0, 'in a coroutine') end)\n"
     "local ok, r = coroutine.resume(co)\n"
     "local t = asyncio.create_task(asyncio.sleep(10))\n"
@@ -188,76 +206,90 @@ int main(void) {
     "  if type(c) == 'thread' and coroutine.resume(c) then return 'resumed a task thread' end\n"
     "end\n"
     "t:cancel()\n"
-    "return 'contained'", "ok:contained");
+    "return 'contained'",
+    "ok:contained");
   /* ---- the CPU budget cannot be caught ---- */
-  expect("a busy loop stops",
-    "while true do end", "error:");
+  expect("a busy loop stops", "while true do end", "error:");
   expect("pcall does not catch the budget",
-    "while true do pcall(function() while true do end end) end", "CPU budget");
-  expect("xpcall and an error handler do not catch it either",
+         "while true do pcall(function() while true do end end) end", "CPU budget");
+  expect(
+    "xpcall and an error handler do not catch it either",
     "local n = 0\n"
     "while true do xpcall(function() while true do end end, function(e) n = n + 1; while true do end end) end",
     "CPU budget");
-  expect("a coroutine does not hide the loop",
+  expect(
+    "a coroutine does not hide the loop",
     "local co = coroutine.wrap(function() while true do pcall(function() while true do end end) end end)\n"
-    "while true do pcall(co) end", "CPU budget");
+    "while true do pcall(co) end",
+    "CPU budget");
   expect("to-be-closed variables do not restart it",
-    "while true do\n"
-    "  pcall(function()\n"
-    "    local x <close> = setmetatable({}, { __close = function() while true do end end })\n"
-    "    while true do end\n"
-    "  end)\n"
-    "end", "CPU budget");
+         "while true do\n"
+         "  pcall(function()\n"
+         "    local x <close> = setmetatable({}, { __close = function() while true do end end })\n"
+         "    while true do end\n"
+         "  end)\n"
+         "end",
+         "CPU budget");
   /* ---- long C calls: the string library's pattern matching ---- */
-  expect("a backtracking find",
-    "return string.rep('a', 1e6):find(('a*'):rep(20) .. 'b')", "CPU budget");
+  expect("a backtracking find", "return string.rep('a', 1e6):find(('a*'):rep(20) .. 'b')",
+         "CPU budget");
   expect("pcall does not catch a match past the budget",
-    "local s, p = string.rep('a', 1e5), ('a*'):rep(20) .. 'b'\n"
-    "while true do pcall(string.find, s, p) pcall(string.match, s, p) end", "CPU budget");
+         "local s, p = string.rep('a', 1e5), ('a*'):rep(20) .. 'b'\n"
+         "while true do pcall(string.find, s, p) pcall(string.match, s, p) end",
+         "CPU budget");
   expect("match, gmatch and gsub, as methods of a string",
-    "local s, p = string.rep('a', 1e5), ('a-'):rep(12) .. 'b'\n"
-    "local done = {}\n"
-    "for _, f in ipairs { function() return s:match(p) end,\n"
-    "    function() for x in s:gmatch(p) do end end,\n"
-    "    function() return s:gsub(p, '') end } do\n"
-    "  local ok, e = pcall(f)\n"
-    "  done[#done + 1] = tostring(e)\n"
-    "end\n"
-    "return table.concat(done, ' / ')", "CPU budget");
+         "local s, p = string.rep('a', 1e5), ('a-'):rep(12) .. 'b'\n"
+         "local done = {}\n"
+         "for _, f in ipairs { function() return s:match(p) end,\n"
+         "    function() for x in s:gmatch(p) do end end,\n"
+         "    function() return s:gsub(p, '') end } do\n"
+         "  local ok, e = pcall(f)\n"
+         "  done[#done + 1] = tostring(e)\n"
+         "end\n"
+         "return table.concat(done, ' / ')",
+         "CPU budget");
   expect("back references and %b on a long subject",
-    "local s = string.rep('(', 1e5)\n"
-    "return s:find(('%b()?'):rep(8) .. 'x') or s:find('((.-)%2)%1$')", "CPU budget");
-  expect("a match in a finalizer",
+         "local s = string.rep('(', 1e5)\n"
+         "return s:find(('%b()?'):rep(8) .. 'x') or s:find('((.-)%2)%1$')",
+         "CPU budget");
+  expect(
+    "a match in a finalizer",
     "setmetatable({}, { __gc = function() string.rep('a', 1e5):find(('a*'):rep(20) .. 'b') end })\n"
     "collectgarbage('collect')\n"
-    "return 'contained'", "ok:contained");
-  expect("a plain find of a long needle is linear",
+    "return 'contained'",
+    "ok:contained");
+  expect(
+    "a plain find of a long needle is linear",
     "local hay, needle = string.rep('a', 4e6), string.rep('a', 2e6) .. 'b'\n"
     "return tostring(hay:find(needle, 1, true)) .. ' ' .. tostring(select(2, hay:gsub('a', 'a', 10)))",
     "ok:nil 10");
   /* ---- finalizers ---- */
   expect("a finalizer that never stops",
-    "setmetatable({}, { __gc = function() while true do end end })\n"
-    "collectgarbage('collect')\n"
-    "return 'contained'", "ok:contained");
-  expect("a finalizer that catches the budget",
+         "setmetatable({}, { __gc = function() while true do end end })\n"
+         "collectgarbage('collect')\n"
+         "return 'contained'",
+         "ok:contained");
+  expect(
+    "a finalizer that catches the budget",
     "setmetatable({}, { __gc = function() while true do pcall(function() while true do end end) end end })\n"
     "collectgarbage('collect')\n"
-    "return 'contained'", "ok:contained");
-  expect("a finalizer swapped in after setmetatable",
-    "local mt = { __gc = function() end }\n"
-    "local o = setmetatable({}, mt)\n"
-    "mt.__gc = function() while true do end end\n"
-    "o = nil\n"
-    "collectgarbage('collect')\n"
-    "return getmetatable(setmetatable({}, mt)) == mt and 'contained' or 'getmetatable lies'",
+    "return 'contained'",
     "ok:contained");
+  expect("a finalizer swapped in after setmetatable",
+         "local mt = { __gc = function() end }\n"
+         "local o = setmetatable({}, mt)\n"
+         "mt.__gc = function() while true do end end\n"
+         "o = nil\n"
+         "collectgarbage('collect')\n"
+         "return getmetatable(setmetatable({}, mt)) == mt and 'contained' or 'getmetatable lies'",
+         "ok:contained");
   expect("finalizers left for the close",
-    "for i = 1, 10 do setmetatable({}, { __gc = function() while true do end end }) end\n"
-    "return 'contained'", "ok:contained");
+         "for i = 1, 10 do setmetatable({}, { __gc = function() while true do end end }) end\n"
+         "return 'contained'",
+         "ok:contained");
   /* ---- memory ---- */
-  expect("the memory cap",
-    "local t = {} while true do t[#t + 1] = string.rep('x', 1e5) .. #t end", "not enough memory");
+  expect("the memory cap", "local t = {} while true do t[#t + 1] = string.rep('x', 1e5) .. #t end",
+         "not enough memory");
 
   printf("%d passed, %d failed\n", passed, failed);
   return failed ? 1 : 0;

@@ -12,22 +12,23 @@
 
 static int passed, failed;
 
-#define CHECK(cond, ...)                         \
-  do {                                           \
-    if (cond) {                                  \
-      passed++;                                  \
-    } else {                                     \
-      failed++;                                  \
+#define CHECK(cond, ...)                          \
+  do {                                            \
+    if (cond) {                                   \
+      passed++;                                   \
+    } else {                                      \
+      failed++;                                   \
       printf("FAIL %s:%d: ", __FILE__, __LINE__); \
-      printf(__VA_ARGS__);                       \
-      printf("\n");                              \
-    }                                            \
+      printf(__VA_ARGS__);                        \
+      printf("\n");                               \
+    }                                             \
   } while (0)
 
 static ml_Future *spawn(ml_State *S, const char *src) {
   lua_State *L = ml_state_lua(S);
   ml_Future *t = NULL;
-  if (ml_load_string(L, src, strlen(src), "=script") != ML_OK || ml_task_spawn(L, 0, "script", &t) != ML_OK) {
+  if (ml_load_string(L, src, strlen(src), "=script") != ML_OK ||
+      ml_task_spawn(L, 0, "script", &t) != ML_OK) {
     fprintf(stderr, "spawn: %s\n", ml_state_error(S));
     exit(1);
   }
@@ -51,7 +52,9 @@ static long long result(ml_State *S, ml_Future *t) {
 /* A timer of the host's on the same loop, counting its ticks. */
 static int ticks;
 static void on_tick(struct ev_loop *loop, ev_timer *w, int revents) {
-  (void)loop; (void)w; (void)revents;
+  (void)loop;
+  (void)w;
+  (void)revents;
   ticks++;
 }
 
@@ -103,9 +106,11 @@ static void test_states_on_one_loop(void) {
   CHECK(rounds <= 100000, "the tasks never finished");
   for (i = 0; i < N; i++) CHECK(result(S[i], t[i]) == 1275, "state %d's sum", i);
   CHECK(ticks > 0, "the host's own timer ran on the shared loop too");
-  for (i = 0; i < N; i++) CHECK(ml_state_step(S[i], NULL, NULL) == 1, "the host's timer is work left");
+  for (i = 0; i < N; i++)
+    CHECK(ml_state_step(S[i], NULL, NULL) == 1, "the host's timer is work left");
   ev_timer_stop(loop, &tick);
-  for (i = 0; i < N; i++) CHECK(ml_state_step(S[i], NULL, NULL) == 0, "state %d idle once the host's timer stopped", i);
+  for (i = 0; i < N; i++)
+    CHECK(ml_state_step(S[i], NULL, NULL) == 0, "state %d idle once the host's timer stopped", i);
   for (i = 0; i < N; i++) ml_state_close(S[i]);
   ev_loop_destroy(loop);
 }
@@ -120,13 +125,14 @@ typedef struct Worker {
 
 static void *worker(void *ud) {
   Worker *w = ud;
-  ml_State *S = ml_state_new(NULL);  /* its own state, its own loop */
+  ml_State *S = ml_state_new(NULL); /* its own state, its own loop */
   char src[256];
   ml_Future *t;
   snprintf(src, sizeof src,
            "local n = 0\n"
            "for i = 1, 200 do n = n + (await asyncio.sleep(0, i)) end\n"
-           "return n * %d", w->id);
+           "return n * %d",
+           w->id);
   t = spawn(S, src);
   w->sum = ml_state_run(S) == ML_OK ? result(S, t) : -1;
   ml_state_close(S);

@@ -29,16 +29,16 @@
 
 static int passed, failed;
 
-#define CHECK(cond, ...)                         \
-  do {                                           \
-    if (cond) {                                  \
-      passed++;                                  \
-    } else {                                     \
-      failed++;                                  \
+#define CHECK(cond, ...)                          \
+  do {                                            \
+    if (cond) {                                   \
+      passed++;                                   \
+    } else {                                      \
+      failed++;                                   \
       printf("FAIL %s:%d: ", __FILE__, __LINE__); \
-      printf(__VA_ARGS__);                       \
-      printf("\n");                              \
-    }                                            \
+      printf(__VA_ARGS__);                        \
+      printf("\n");                               \
+    }                                             \
   } while (0)
 
 static ml_State *new_state(void) {
@@ -53,7 +53,8 @@ static ml_State *new_state(void) {
 static ml_Future *spawn(ml_State *S, const char *src) {
   lua_State *L = ml_state_lua(S);
   ml_Future *t = NULL;
-  if (ml_load_string(L, src, strlen(src), "=script") != ML_OK || ml_task_spawn(L, 0, "script", &t) != ML_OK) {
+  if (ml_load_string(L, src, strlen(src), "=script") != ML_OK ||
+      ml_task_spawn(L, 0, "script", &t) != ML_OK) {
     fprintf(stderr, "spawn: %s\n", ml_state_error(S));
     exit(1);
   }
@@ -78,7 +79,7 @@ static const char *outcome(ml_State *S, ml_Future *t) {
 }
 
 static void pause_briefly(void) {
-  struct timespec ts = { 0, 1000000 };  /* 1 ms */
+  struct timespec ts = {0, 1000000}; /* 1 ms */
   nanosleep(&ts, NULL);
 }
 
@@ -86,7 +87,7 @@ static void pause_briefly(void) {
 
 typedef struct Watchdog {
   ml_State *S;
-  int rc;           /* what the interrupt that landed returned */
+  int rc; /* what the interrupt that landed returned */
   int tries;
 } Watchdog;
 
@@ -114,7 +115,7 @@ static void test_watchdog(void) {
   ml_State *S = new_state();
   ml_Future *t;
   pthread_t th;
-  Watchdog w = { S, 0, 0 };
+  Watchdog w = {S, 0, 0};
   /* The budget's hook is what lets another thread in: one this large
    * never runs out. */
   ml_state_set_cpu_budget(S, (unsigned long)-1);
@@ -123,13 +124,15 @@ static void test_watchdog(void) {
   CHECK(ml_state_run(S) == ML_OK, "run: %s", ml_state_error(S));
   pthread_join(th, NULL);
   CHECK(w.rc == ML_OK, "the watchdog's interrupt returned %d after %d tries", w.rc, w.tries);
-  CHECK(strcmp(outcome(S, t), "error:KeyboardInterrupt") == 0, "the script ended with %s", outcome(S, t));
+  CHECK(strcmp(outcome(S, t), "error:KeyboardInterrupt") == 0, "the script ended with %s",
+        outcome(S, t));
   ml_future_release(ml_state_lua(S), t);
   /* The state goes on, and an interrupt meant for that step stops no
    * later one. */
   t = spawn(S, "local n = 0 for i = 1, 100000 do n = n + i end return await asyncio.sleep(0, n)");
   CHECK(ml_state_run(S) == ML_OK, "run again: %s", ml_state_error(S));
-  CHECK(strcmp(outcome(S, t), "ok:5000050000") == 0, "the next script ended with %s", outcome(S, t));
+  CHECK(strcmp(outcome(S, t), "ok:5000050000") == 0, "the next script ended with %s",
+        outcome(S, t));
   ml_future_release(ml_state_lua(S), t);
   CHECK(ml_state_interrupt(S) == -ESRCH, "an interrupt with nothing running");
   ml_state_close(S);
@@ -144,7 +147,7 @@ static void *interrupt_once(void *ud) {
 }
 
 static int from_other_thread(lua_State *L) {
-  Watchdog w = { ml_state_from_lua(L), 0, 0 };
+  Watchdog w = {ml_state_from_lua(L), 0, 0};
   pthread_t th;
   pthread_create(&th, NULL, interrupt_once, &w);
   pthread_join(th, NULL);
@@ -170,12 +173,14 @@ static void test_interrupt_without_budget(void) {
   t = spawn(S, "return from_other_thread()");
   ml_state_run(S);
   snprintf(want, sizeof want, "ok:%d", -ENOTSUP);
-  CHECK(strcmp(outcome(S, t), want) == 0, "from another thread, no budget: %s (wanted -ENOTSUP)", outcome(S, t));
+  CHECK(strcmp(outcome(S, t), want) == 0, "from another thread, no budget: %s (wanted -ENOTSUP)",
+        outcome(S, t));
   ml_future_release(ml_state_lua(S), t);
   t = spawn(S, "pcall(function() from_this_thread() while true do end end)\n"
                "while true do pcall(function() while true do end end) end");
   ml_state_run(S);
-  CHECK(strcmp(outcome(S, t), "error:KeyboardInterrupt") == 0, "from the loop's thread: %s", outcome(S, t));
+  CHECK(strcmp(outcome(S, t), "error:KeyboardInterrupt") == 0, "from the loop's thread: %s",
+        outcome(S, t));
   ml_future_release(ml_state_lua(S), t);
   ml_state_close(S);
 }
@@ -187,7 +192,7 @@ static void test_interrupt_without_budget(void) {
  * kept as it was).  No Lua instruction runs between it and gsub's next
  * match, so what stops the task is the matcher's own check. */
 static int interrupt_and_return(lua_State *L) {
-  Watchdog w = { ml_state_from_lua(L), 0, 0 };
+  Watchdog w = {ml_state_from_lua(L), 0, 0};
   pthread_t th;
   pthread_create(&th, NULL, interrupt_once, &w);
   pthread_join(th, NULL);
@@ -207,7 +212,8 @@ static void test_watchdog_stops_a_match(void) {
                "pcall(string.gsub, s, 'x?' .. ('a*'):rep(20) .. 'b', interrupt_and_return)\n"
                "return 'not stopped'");
   CHECK(ml_state_run(S) == ML_OK, "run: %s", ml_state_error(S));
-  CHECK(strcmp(outcome(S, t), "error:KeyboardInterrupt") == 0, "the match ended with %s", outcome(S, t));
+  CHECK(strcmp(outcome(S, t), "error:KeyboardInterrupt") == 0, "the match ended with %s",
+        outcome(S, t));
   lua_getglobal(ml_state_lua(S), "interrupt_rc");
   CHECK(lua_tointeger(ml_state_lua(S), -1) == ML_OK, "the interrupt returned %d",
         (int)lua_tointeger(ml_state_lua(S), -1));
@@ -222,10 +228,10 @@ enum { NPROMISES = 10000, NWORKERS = 4 };
 
 typedef struct Pool {
   ml_Promise *p[NPROMISES];
-  int next;                 /* atomic: the next promise to complete */
-  int closing;              /* atomic: ml_state_close is called */
-  int closed;               /* atomic: ml_state_close has returned */
-  int ok, cancelled, shutdown, late, late_shutdown, other;  /* atomic counts */
+  int next;    /* atomic: the next promise to complete */
+  int closing; /* atomic: ml_state_close is called */
+  int closed;  /* atomic: ml_state_close has returned */
+  int ok, cancelled, shutdown, late, late_shutdown, other; /* atomic counts */
 } Pool;
 
 static Pool pool;
@@ -237,7 +243,9 @@ static void *worker(void *ud) {
     int late, rc, wait;
     /* The second half races with the close: it waits until the close
      * begins (bounded: 10 s). */
-    for (wait = 0; i >= NPROMISES / 2 && wait < 10000 && !__atomic_load_n(&pool.closing, __ATOMIC_ACQUIRE); wait++)
+    for (wait = 0;
+         i >= NPROMISES / 2 && wait < 10000 && !__atomic_load_n(&pool.closing, __ATOMIC_ACQUIRE);
+         wait++)
       pause_briefly();
     late = __atomic_load_n(&pool.closed, __ATOMIC_ACQUIRE);
     ml_Values *v = ml_values_new();
@@ -253,7 +261,7 @@ static void *worker(void *ud) {
       __atomic_add_fetch(&pool.late, 1, __ATOMIC_RELAXED);
       if (rc == -ESHUTDOWN) __atomic_add_fetch(&pool.late_shutdown, 1, __ATOMIC_RELAXED);
     }
-    if (i % 64 == 0) sched_yield();  /* let the loop's thread in */
+    if (i % 64 == 0) sched_yield(); /* let the loop's thread in */
   }
   return NULL;
 }
@@ -264,7 +272,8 @@ static int make_promises(lua_State *L) {
   int i;
   lua_createtable(L, NPROMISES, 0);
   for (i = 0; i < NPROMISES; i++) {
-    if (ml_promise_new(L, NULL, NULL, &pool.p[i]) != ML_OK) return luaL_error(L, "ml_promise_new failed");
+    if (ml_promise_new(L, NULL, NULL, &pool.p[i]) != ML_OK)
+      return luaL_error(L, "ml_promise_new failed");
     lua_rawseti(L, -2, i + 1);
   }
   return 1;
@@ -299,7 +308,7 @@ static void test_close_halfway(void) {
   }
   CHECK(done_seen >= NPROMISES / 2, "only %d completions arrived", done_seen);
   __atomic_store_n(&pool.closing, 1, __ATOMIC_RELEASE);
-  ml_state_close(S);  /* halfway: the workers are still completing */
+  ml_state_close(S); /* halfway: the workers are still completing */
   __atomic_store_n(&pool.closed, 1, __ATOMIC_RELEASE);
   for (i = 0; i < NWORKERS; i++) pthread_join(th[i], NULL);
   CHECK(pool.ok + pool.cancelled + pool.shutdown == NPROMISES && pool.other == 0,
@@ -308,8 +317,9 @@ static void test_close_halfway(void) {
   CHECK(pool.ok >= done_seen, "%d completions queued, %d seen by the script", pool.ok, done_seen);
   CHECK(pool.late == pool.late_shutdown, "%d completions after the close, only %d got -ESHUTDOWN",
         pool.late, pool.late_shutdown);
-  printf("close halfway: %d completed, %d cancelled by the close, %d shut down (%d after it returned)\n",
-         pool.ok, pool.cancelled, pool.shutdown, pool.late);
+  printf(
+    "close halfway: %d completed, %d cancelled by the close, %d shut down (%d after it returned)\n",
+    pool.ok, pool.cancelled, pool.shutdown, pool.late);
 }
 
 int main(void) {

@@ -30,7 +30,7 @@ static int mentions_keywords(const char *s, size_t n) {
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
   const char *src = (const char *)data;
-  ml_Buf out = { 0 };
+  ml_Buf out = {0};
   char err[256];
   static lua_State *L;
   int rc = ml__asyncpass(src, size, "fuzz", &out, err, sizeof err);
@@ -43,7 +43,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
         (out.len != size || memcmp(out.data, src, size) != 0))
       abort();
     if (L == NULL) L = luaL_newstate();
-    luaL_loadbufferx(L, out.data ? out.data : "", out.len, "=fuzz", "t");  /* must not crash */
+    luaL_loadbufferx(L, out.data ? out.data : "", out.len, "=fuzz", "t"); /* must not crash */
     lua_settop(L, 0);
   } else if (rc != -22 /* EINVAL */ && rc != -12 /* ENOMEM */) {
     abort();

@@ -22,8 +22,8 @@
 static ml_State *S;
 
 static void fail(const char *what, const char *text) {
-  fprintf(stderr, "repl_split: %s\n--- text ---\n%s\n--- message ---\n%s\n", what, text ? text : "(none)",
-          ml_state_error(S));
+  fprintf(stderr, "repl_split: %s\n--- text ---\n%s\n--- message ---\n%s\n", what,
+          text ? text : "(none)", ml_state_error(S));
   abort();
 }
 
@@ -40,13 +40,13 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
   if (size > 8192) return 0;
   L = ml_state_lua(S);
   lua_settop(L, 0);
-  joined = malloc(size + 1);  /* what the lines since the last input make */
+  joined = malloc(size + 1); /* what the lines since the last input make */
   if (joined == NULL) abort();
   joined[0] = '\0';
   while (i <= size) {
     size_t j = i;
     while (j < size && data[j] != '\n' && data[j] != '\0') j++;
-    if (j == size && i == size && pending == NULL) break;  /* no last empty line */
+    if (j == size && i == size && pending == NULL) break; /* no last empty line */
     char *line = malloc(j - i + 1), *text = NULL;
     if (line == NULL) abort();
     memcpy(line, data + i, j - i);
@@ -59,13 +59,16 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     switch (rc) {
     case ML_SPLIT_MORE:
       if (lua_gettop(L) != 0) fail("MORE pushed something", pending);
-      if (pending == NULL || strcmp(pending, joined) != 0) fail("MORE: the chunk is not the lines typed", pending);
-      if (ml_load_string(L, pending, strlen(pending), "=stdin") != -EINVAL || !ends_at_eof(ml_state_error(S)))
+      if (pending == NULL || strcmp(pending, joined) != 0)
+        fail("MORE: the chunk is not the lines typed", pending);
+      if (ml_load_string(L, pending, strlen(pending), "=stdin") != -EINVAL ||
+          !ends_at_eof(ml_state_error(S)))
         fail("MORE on a chunk that is not a prefix", pending);
       break;
     case ML_SPLIT_RUN:
       if (pending != NULL) fail("RUN left a pending chunk", pending);
-      if (lua_gettop(L) != 1 || !lua_isfunction(L, 1)) fail("RUN without exactly one function pushed", text);
+      if (lua_gettop(L) != 1 || !lua_isfunction(L, 1))
+        fail("RUN without exactly one function pushed", text);
       if (strcmp(text, joined) != 0) fail("RUN: the text is not the lines typed", text);
       break;
     case ML_SPLIT_ERROR:
@@ -73,10 +76,10 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
       if (lua_gettop(L) != 0) fail("ERROR pushed something", text);
       if (ends_at_eof(ml_state_error(S))) fail("ERROR on a chunk that only ends early", text);
       if (strcmp(text, joined) != 0) fail("ERROR: the text is not the lines typed", text);
-      if (ml_load_string(L, text, strlen(text), "=stdin") == ML_OK) fail("ERROR on a chunk that compiles", text);
+      if (ml_load_string(L, text, strlen(text), "=stdin") == ML_OK)
+        fail("ERROR on a chunk that compiles", text);
       break;
-    default:
-      fail("unexpected result (out of memory?)", NULL);
+    default: fail("unexpected result (out of memory?)", NULL);
     }
     if (rc != ML_SPLIT_MORE) {
       free(text);

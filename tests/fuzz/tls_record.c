@@ -49,7 +49,8 @@ static int init(void) {
   if (mkdtemp(dir) == NULL) return -1;
   snprintf(cmd, sizeof cmd,
            "openssl req -x509 -newkey rsa:2048 -nodes -days 2 -subj /CN=localhost "
-           "-keyout %s/c.key -out %s/c.pem >/dev/null 2>&1", dir, dir);
+           "-keyout %s/c.key -out %s/c.pem >/dev/null 2>&1",
+           dir, dir);
   if (system(cmd) != 0) return -1;
   S = ml_state_new(NULL);
   if (S == NULL) return -1;
@@ -71,7 +72,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     if (init() != 0) abort();
     ready = 1;
   }
-  if (size > 65536) return 0;  /* a socket pair's buffer takes it at once */
+  if (size > 65536) return 0; /* a socket pair's buffer takes it at once */
   L = ml_state_lua(S);
   lua_getglobal(L, "fuzz_one");
   lua_pushlstring(L, (const char *)data, size);

@@ -49,8 +49,7 @@ static size_t check_fill(const void *p, size_t n, unsigned seed) {
 
 /* ---- classes ------------------------------------------------------ */
 
-START_TEST(test_alloc_every_size_round_trips)
-{
+START_TEST(test_alloc_every_size_round_trips) {
   /* Several live blocks of every size from 1 to 600 (pools and malloc)
    * hold their own bytes, are aligned for any Lua object, and all go
    * back. */
@@ -72,20 +71,18 @@ START_TEST(test_alloc_every_size_round_trips)
 }
 END_TEST
 
-START_TEST(test_alloc_freed_block_is_reused)
-{
+START_TEST(test_alloc_freed_block_is_reused) {
   /* A freed block serves the next request of its class, so a workload
    * that churns objects of one size does not grow. */
   void *p = al(40);
   fr(p, 40);
-  void *q = al(33);  /* same 48-byte class */
+  void *q = al(33); /* same 48-byte class */
   ck_assert_ptr_eq(q, p);
   fr(q, 33);
 }
 END_TEST
 
-START_TEST(test_alloc_new_block_osize_is_a_type_tag)
-{
+START_TEST(test_alloc_new_block_osize_is_a_type_tag) {
   /* With ptr == NULL Lua passes the object type in osize (5 = table). */
   void *p = ml__alloc_lua(A, NULL, 5, 56);
   ck_assert_ptr_nonnull(p);
@@ -95,8 +92,7 @@ START_TEST(test_alloc_new_block_osize_is_a_type_tag)
 }
 END_TEST
 
-START_TEST(test_alloc_free_of_null_is_harmless)
-{
+START_TEST(test_alloc_free_of_null_is_harmless) {
   ck_assert_ptr_null(ml__alloc_lua(A, NULL, 0, 0));
   ck_assert_ptr_null(ml__alloc_lua(A, NULL, 7, 0));
   ck_assert_uint_eq(ml__alloc_used(A), 0);
@@ -105,15 +101,12 @@ END_TEST
 
 /* ---- realloc ------------------------------------------------------ */
 
-START_TEST(test_alloc_realloc_keeps_content_across_classes)
-{
+START_TEST(test_alloc_realloc_keeps_content_across_classes) {
   /* Growing and shrinking through every kind of move (same class, class
    * to class, pool to malloc, malloc to malloc, malloc to pool) keeps
    * the first min(osize, nsize) bytes. */
-  static const size_t sizes[] = {
-    8, 16, 24, 100, 130, 300, 512, 513, 4000, 70000, 700, 600, 200, 17, 3,
-    1, 520, 2, 70000, 5
-  };
+  static const size_t sizes[] = {8,   16,  24,  100, 130, 300, 512, 513, 4000,  70000,
+                                 700, 600, 200, 17,  3,   1,   520, 2,   70000, 5};
   size_t n = sizes[0];
   unsigned char *p = al(n);
   fill(p, n, 1);
@@ -121,8 +114,8 @@ START_TEST(test_alloc_realloc_keeps_content_across_classes)
     size_t m = sizes[i], keep = n < m ? n : m;
     unsigned char *q = re(p, n, m);
     ck_assert_msg(q != NULL, "resize %zu -> %zu failed", n, m);
-    ck_assert_msg(check_fill(q, keep, 1) == keep,
-                  "resize %zu -> %zu lost byte %zu", n, m, check_fill(q, keep, 1));
+    ck_assert_msg(check_fill(q, keep, 1) == keep, "resize %zu -> %zu lost byte %zu", n, m,
+                  check_fill(q, keep, 1));
     if (m > n) fill(q, m, 1);
     ck_assert_uint_eq(ml__alloc_used(A), m);
     p = q;
@@ -133,8 +126,7 @@ START_TEST(test_alloc_realloc_keeps_content_across_classes)
 }
 END_TEST
 
-START_TEST(test_alloc_realloc_within_class_stays_in_place)
-{
+START_TEST(test_alloc_realloc_within_class_stays_in_place) {
   void *p = al(20);
   ck_assert_ptr_eq(re(p, 20, 32), p);
   ck_assert_ptr_eq(re(p, 32, 17), p);
@@ -143,8 +135,7 @@ START_TEST(test_alloc_realloc_within_class_stays_in_place)
 }
 END_TEST
 
-START_TEST(test_alloc_impossible_growth_fails_and_keeps_block)
-{
+START_TEST(test_alloc_impossible_growth_fails_and_keeps_block) {
   /* No cap: malloc itself refuses; the old block stays valid.  ASan
    * aborts on such sizes instead of returning NULL, so not under it. */
 #ifndef UNDER_ASAN
@@ -164,17 +155,16 @@ END_TEST
 
 /* ---- cap ---------------------------------------------------------- */
 
-START_TEST(test_alloc_cap_refuses_growth)
-{
+START_TEST(test_alloc_cap_refuses_growth) {
   ml__alloc_set_cap(A, 1000);
   char *p = al(600);
   ck_assert_ptr_nonnull(p);
   fill(p, 600, 3);
-  ck_assert_ptr_null(al(401));            /* 1001 > 1000 */
+  ck_assert_ptr_null(al(401)); /* 1001 > 1000 */
   ck_assert_uint_eq(ml__alloc_used(A), 600);
-  ck_assert_ptr_null(re(p, 600, 1001));   /* growth past the cap */
+  ck_assert_ptr_null(re(p, 600, 1001)); /* growth past the cap */
   ck_assert_uint_eq(check_fill(p, 600, 3), 600);
-  char *q = re(p, 600, 1000);             /* exactly at the cap is allowed */
+  char *q = re(p, 600, 1000); /* exactly at the cap is allowed */
   ck_assert_ptr_nonnull(q);
   ck_assert_uint_eq(ml__alloc_used(A), 1000);
   ck_assert_ptr_null(al(1));
@@ -185,8 +175,7 @@ START_TEST(test_alloc_cap_refuses_growth)
 }
 END_TEST
 
-START_TEST(test_alloc_cap_allows_frees_and_shrinks)
-{
+START_TEST(test_alloc_cap_allows_frees_and_shrinks) {
   /* A cap lowered below what is in use refuses growth but never a free
    * or a shrink, so a script over its budget can still give memory back. */
   char *small = al(64), *big = al(5000);
@@ -194,26 +183,25 @@ START_TEST(test_alloc_cap_allows_frees_and_shrinks)
   ml__alloc_set_cap(A, 100);
   ck_assert_ptr_null(al(1));
   ck_assert_ptr_null(re(small, 64, 65));
-  char *b2 = re(big, 5000, 3000);         /* large to large */
+  char *b2 = re(big, 5000, 3000); /* large to large */
   ck_assert_ptr_nonnull(b2);
-  char *b3 = re(b2, 3000, 200);           /* large to pool */
+  char *b3 = re(b2, 3000, 200); /* large to pool */
   ck_assert_ptr_nonnull(b3);
-  char *b4 = re(b3, 200, 20);             /* pool to pool */
+  char *b4 = re(b3, 200, 20); /* pool to pool */
   ck_assert_ptr_nonnull(b4);
   ck_assert_uint_eq(check_fill(b4, 20, 4), 20);
   ck_assert_uint_eq(ml__alloc_used(A), 84);
-  ck_assert_ptr_nonnull(re(b4, 20, 36));  /* 100: at the cap again */
+  ck_assert_ptr_nonnull(re(b4, 20, 36)); /* 100: at the cap again */
   ck_assert_ptr_null(al(1));
   fr(small, 64);
-  ck_assert_ptr_nonnull(small = al(64));  /* freed room is usable */
+  ck_assert_ptr_nonnull(small = al(64)); /* freed room is usable */
   fr(small, 64);
   fr(b4, 36);
   ck_assert_uint_eq(ml__alloc_used(A), 0);
 }
 END_TEST
 
-START_TEST(test_alloc_cap_zero_means_none)
-{
+START_TEST(test_alloc_cap_zero_means_none) {
   ml__alloc_set_cap(A, 10);
   ck_assert_ptr_null(al(11));
   ml__alloc_set_cap(A, 0);
@@ -223,8 +211,7 @@ START_TEST(test_alloc_cap_zero_means_none)
 }
 END_TEST
 
-START_TEST(test_alloc_shrink_never_fails_when_malloc_does)
-{
+START_TEST(test_alloc_shrink_never_fails_when_malloc_does) {
   /* While malloc fails (RLIMIT_AS at zero), shrinks that would move a
    * block into an exhausted pool keep the block where it is instead, and
    * growth fails cleanly.  Under ASan the limit would break the
@@ -241,12 +228,12 @@ START_TEST(test_alloc_shrink_never_fails_when_malloc_does)
   void *chain = NULL, *b = NULL;
   size_t taken = 0;
   while (taken < 10 * 1000 * 1000 && (b = al(16)) != NULL) {
-    *(void **)b = chain;  /* keep them all live, linked through themselves */
+    *(void **)b = chain; /* keep them all live, linked through themselves */
     chain = b;
     taken++;
   }
-  void *big2 = re(big, 2000, 10);   /* malloc to exhausted pool */
-  void *mid2 = re(mid, 500, 12);    /* pool to exhausted pool */
+  void *big2 = re(big, 2000, 10);      /* malloc to exhausted pool */
+  void *mid2 = re(mid, 500, 12);       /* pool to exhausted pool */
   void *grown = re(mid2, 12, 1 << 20); /* needs malloc: must fail */
   setrlimit(RLIMIT_AS, &old);
   ck_assert_msg(b == NULL, "malloc never failed under RLIMIT_AS");
@@ -275,8 +262,7 @@ END_TEST
 
 /* ---- accounting --------------------------------------------------- */
 
-START_TEST(test_alloc_used_and_peak_count_requested_bytes)
-{
+START_TEST(test_alloc_used_and_peak_count_requested_bytes) {
   void *a = al(10), *b = al(100), *c = al(1000);
   ck_assert_uint_eq(ml__alloc_used(A), 1110);
   fr(b, 100);
@@ -290,7 +276,7 @@ START_TEST(test_alloc_used_and_peak_count_requested_bytes)
   c = re(c, 2000, 30);
   ck_assert_uint_eq(ml__alloc_used(A), 80);
   ml__alloc_set_cap(A, 100);
-  ck_assert_ptr_null(re(a, 50, 71));  /* a failure counts nothing */
+  ck_assert_ptr_null(re(a, 50, 71)); /* a failure counts nothing */
   ck_assert_uint_eq(ml__alloc_used(A), 80);
   ml__alloc_set_cap(A, 0);
   fr(a, 50);
@@ -314,24 +300,23 @@ static size_t lua_bytes(lua_State *L) {
   return (size_t)lua_gc(L, LUA_GCCOUNT) * 1024 + (size_t)lua_gc(L, LUA_GCCOUNTB);
 }
 
-static const char grow_forever[] =
-  "local t, i = {}, 0\n"
-  "while true do i = i + 1; t[i] = ('x'):rep(64) .. i end\n";
+static const char grow_forever[] = "local t, i = {}, 0\n"
+                                   "while true do i = i + 1; t[i] = ('x'):rep(64) .. i end\n";
 
-START_TEST(test_alloc_used_matches_lua_count)
-{
+START_TEST(test_alloc_used_matches_lua_count) {
   lua_State *L = new_lua();
-  ck_assert_int_eq(luaL_dostring(L,
-    "local t = {} for i = 1, 5000 do t[i] = {i, tostring(i), function() return i end} end\n"
-    "t = nil collectgarbage()"), LUA_OK);
+  ck_assert_int_eq(
+    luaL_dostring(
+      L, "local t = {} for i = 1, 5000 do t[i] = {i, tostring(i), function() return i end} end\n"
+         "t = nil collectgarbage()"),
+    LUA_OK);
   ck_assert_uint_eq(ml__alloc_used(A), lua_bytes(L));
   lua_close(L);
   ck_assert_uint_eq(ml__alloc_used(A), 0);
 }
 END_TEST
 
-START_TEST(test_alloc_lua_cap_raises_memory_error)
-{
+START_TEST(test_alloc_lua_cap_raises_memory_error) {
   lua_State *L = new_lua();
   size_t base = ml__alloc_used(A), cap = base + 2 * 1024 * 1024;
   ml__alloc_set_cap(A, cap);
@@ -343,25 +328,24 @@ START_TEST(test_alloc_lua_cap_raises_memory_error)
   lua_gc(L, LUA_GCCOLLECT);
   ck_assert_uint_lt(ml__alloc_used(A), base + 64 * 1024);
   /* The state is usable again. */
-  ck_assert_int_eq(luaL_dostring(L,
-    "local s = 0 for i = 1, 1000 do s = s + #tostring(i) end return s"), LUA_OK);
+  ck_assert_int_eq(
+    luaL_dostring(L, "local s = 0 for i = 1, 1000 do s = s + #tostring(i) end return s"), LUA_OK);
   ck_assert_int_eq(lua_tointeger(L, -1), 2893);
   lua_close(L);
   ck_assert_uint_eq(ml__alloc_used(A), 0);
 }
 END_TEST
 
-START_TEST(test_alloc_lua_pcall_catches_memory_error)
-{
+START_TEST(test_alloc_lua_pcall_catches_memory_error) {
   /* Inside a script: pcall returns false, "not enough memory", and the
    * script carries on once the garbage is collected. */
   lua_State *L = new_lua();
   ml__alloc_set_cap(A, ml__alloc_used(A) + 1024 * 1024);
-  ck_assert_int_eq(luaL_loadstring(L,
-    "local ok, err = pcall(load(...))\n"
-    "collectgarbage()\n"
-    "local u = {} for i = 1, 1000 do u[i] = 'v' .. i end\n"
-    "return ok, err, #u"), LUA_OK);
+  ck_assert_int_eq(luaL_loadstring(L, "local ok, err = pcall(load(...))\n"
+                                      "collectgarbage()\n"
+                                      "local u = {} for i = 1, 1000 do u[i] = 'v' .. i end\n"
+                                      "return ok, err, #u"),
+                   LUA_OK);
   lua_pushstring(L, grow_forever);
   ck_assert_int_eq(lua_pcall(L, 1, 3, 0), LUA_OK);
   ck_assert(lua_isboolean(L, 1) && !lua_toboolean(L, 1));

@@ -46,8 +46,7 @@ static int count_lines(const char *s, size_t n) {
   int lines = 1;
   size_t i;
   for (i = 0; i < n; i++)
-    if (s[i] == '\n')
-      lines++;
+    if (s[i] == '\n') lines++;
   return lines;
 }
 
@@ -56,10 +55,8 @@ static int lua_lines(const char *s, size_t n) {
   int lines = 1;
   size_t i;
   for (i = 0; i < n; i++) {
-    if (s[i] != '\n' && s[i] != '\r')
-      continue;
-    if (i + 1 < n && (s[i + 1] == '\n' || s[i + 1] == '\r') && s[i + 1] != s[i])
-      i++;
+    if (s[i] != '\n' && s[i] != '\r') continue;
+    if (i + 1 < n && (s[i + 1] == '\n' || s[i + 1] == '\r') && s[i + 1] != s[i]) i++;
     lines++;
   }
   return lines;
@@ -132,9 +129,7 @@ START_TEST(test_asyncpass_plain_lua_unchanged) {
 }
 END_TEST
 
-START_TEST(test_asyncpass_plain_lua_output_compiles) {
-  assert_compiles(corpus);
-}
+START_TEST(test_asyncpass_plain_lua_output_compiles) { assert_compiles(corpus); }
 END_TEST
 
 START_TEST(test_asyncpass_shebang_becomes_comment) {
@@ -491,24 +486,23 @@ END_TEST
 /* ---------------------------------------------------------------- */
 /* Lines.                                                            */
 
-static const char *multiline_src =
-  "local async\n"
-  "function\n"
-  "  helper(a,\n"
-  "         b)\n"
-  "  return await\n"
-  "    a\n"
-  "end\n"
-  "async --[[ one\n two ]]\n"
-  "function obj\n"
-  "  :\n"
-  "  method(x)\n"
-  "  local y = await obj.f(\n"
-  "    x)\n"
-  "  return async\n"
-  "  function\n"
-  "  (z) return z end\n"
-  "end\n";
+static const char *multiline_src = "local async\n"
+                                   "function\n"
+                                   "  helper(a,\n"
+                                   "         b)\n"
+                                   "  return await\n"
+                                   "    a\n"
+                                   "end\n"
+                                   "async --[[ one\n two ]]\n"
+                                   "function obj\n"
+                                   "  :\n"
+                                   "  method(x)\n"
+                                   "  local y = await obj.f(\n"
+                                   "    x)\n"
+                                   "  return async\n"
+                                   "  function\n"
+                                   "  (z) return z end\n"
+                                   "end\n";
 
 START_TEST(test_asyncpass_lines_preserved) {
   const char *o = run(multiline_src);
@@ -529,39 +523,37 @@ END_TEST
 START_TEST(test_asyncpass_lines_direct_forms) {
   /* The direct call forms move no line break: what is inserted before an
    * argument goes after the line breaks in front of it. */
-  const char *src =
-    "local a = await f\n"      /* 1 */
-    "  (1,\n"                  /* 2 */
-    "   2)\n"                  /* 3 */
-    "local b = await obj\n"    /* 4 */
-    "  :m\"s\"\n"            /* 5 */
-    "local c = await g --[[\n" /* 6 */
-    "]] {3,\n"                 /* 7 */
-    "  4}\n"                   /* 8 */
-    "local d = await o:m(\n"   /* 9 */
-    "  await p:n\n"            /* 10 */
-    "  (5))\n"                 /* 11 */
-    "return await h\n"         /* 12 */
-    "[[\n"                     /* 13 */
-    "]]\n"                     /* 14 */
-    "x = = 1\n";               /* 15 */
+  const char *src = "local a = await f\n"      /* 1 */
+                    "  (1,\n"                  /* 2 */
+                    "   2)\n"                  /* 3 */
+                    "local b = await obj\n"    /* 4 */
+                    "  :m\"s\"\n"              /* 5 */
+                    "local c = await g --[[\n" /* 6 */
+                    "]] {3,\n"                 /* 7 */
+                    "  4}\n"                   /* 8 */
+                    "local d = await o:m(\n"   /* 9 */
+                    "  await p:n\n"            /* 10 */
+                    "  (5))\n"                 /* 11 */
+                    "return await h\n"         /* 12 */
+                    "[[\n"                     /* 13 */
+                    "]]\n"                     /* 14 */
+                    "x = = 1\n";               /* 15 */
   const char *msg;
-  EXPECT(src,
-         "local a = __awcall(f\n"
-         "  , 1,\n"
-         "   2)\n"
-         "local b = __awmeth(obj\n"
-         "  , \"m\", \"s\")\n"
-         "local c = __awcall(g --[[\n"
-         "]] , {3,\n"
-         "  4})\n"
-         "local d = __awmeth(o, \"m\", \n"
-         "  await(p:n\n"
-         "  (5)))\n"
-         "return __awcall(h\n"
-         ", [[\n"
-         "]])\n"
-         "x = = 1\n");
+  EXPECT(src, "local a = __awcall(f\n"
+              "  , 1,\n"
+              "   2)\n"
+              "local b = __awmeth(obj\n"
+              "  , \"m\", \"s\")\n"
+              "local c = __awcall(g --[[\n"
+              "]] , {3,\n"
+              "  4})\n"
+              "local d = __awmeth(o, \"m\", \n"
+              "  await(p:n\n"
+              "  (5)))\n"
+              "return __awcall(h\n"
+              ", [[\n"
+              "]])\n"
+              "x = = 1\n");
   msg = lua_compile(out.data, out.len);
   ck_assert_ptr_nonnull(msg);
   ck_assert_msg(strncmp(msg, "t.lua:15:", 9) == 0, "got %s", msg);
@@ -570,21 +562,20 @@ END_TEST
 
 START_TEST(test_asyncpass_lines_match_lua_errors) {
   /* An error on line 14 of the dialect is reported by Lua on line 14. */
-  const char *src =
-    "async function f()\n"   /* 1 */
-    "  local x = await g(\n" /* 2 */
-    "    1,\n"               /* 3 */
-    "    2)\n"               /* 4 */
-    "end\n"                  /* 5 */
-    "local async\n"          /* 6 */
-    "\n"                     /* 7 */
-    "function h()\n"         /* 8 */
-    "end\n"                  /* 9 */
-    "x = async\n"            /* 10 */
-    "function()\n"           /* 11 */
-    "end\n"                  /* 12 */
-    "--[[\n]]\n"            /* 13, 14 */
-    "x = = 1\n";             /* 15 */
+  const char *src = "async function f()\n"   /* 1 */
+                    "  local x = await g(\n" /* 2 */
+                    "    1,\n"               /* 3 */
+                    "    2)\n"               /* 4 */
+                    "end\n"                  /* 5 */
+                    "local async\n"          /* 6 */
+                    "\n"                     /* 7 */
+                    "function h()\n"         /* 8 */
+                    "end\n"                  /* 9 */
+                    "x = async\n"            /* 10 */
+                    "function()\n"           /* 11 */
+                    "end\n"                  /* 12 */
+                    "--[[\n]]\n"             /* 13, 14 */
+                    "x = = 1\n";             /* 15 */
   const char *msg;
   run(src);
   msg = lua_compile(out.data, out.len);
@@ -649,7 +640,8 @@ END_TEST
 
 START_TEST(test_asyncpass_error_leaves_output_untouched) {
   ck_assert_int_eq(ml__buf_add(&out, "kept", 4), 0);
-  ck_assert_int_eq(ml__asyncpass("await f() async x", 17, "@t.lua", &out, err, sizeof err), -EINVAL);
+  ck_assert_int_eq(ml__asyncpass("await f() async x", 17, "@t.lua", &out, err, sizeof err),
+                   -EINVAL);
   ck_assert_uint_eq(out.len, 4);
   ck_assert_str_eq(out.data, "kept");
 }
@@ -686,7 +678,8 @@ static void assert_lua_reports(const char *src, const char *want) {
 
 START_TEST(test_asyncpass_error_lexical_left_to_lua) {
   SAME("x = 1\nlocal s = \"abc\nasync function f() end");
-  assert_lua_reports("x = 1\nlocal s = \"abc\nasync function f() end", "t.lua:2: unfinished string");
+  assert_lua_reports("x = 1\nlocal s = \"abc\nasync function f() end",
+                     "t.lua:2: unfinished string");
   assert_lua_reports("await f()\nx = 3x\nasync y", "t.lua:2: malformed number near '3x'");
   assert_lua_reports("await f()\nx = 1..2", "t.lua:2: malformed number near '1..2'");
   assert_lua_reports("x = 1 --[==[\n]]", "t.lua:2: unfinished long comment");
@@ -696,7 +689,8 @@ START_TEST(test_asyncpass_error_lexical_left_to_lua) {
   assert_lua_reports("x = [=x", "invalid long string delimiter");
   assert_lua_reports("x = '\\300'", "decimal escape too large");
   /* An edit before the error still happens; the error keeps its line. */
-  ck_assert_str_eq(run("async function f() end\nx = 'a"), "f = __ml_async(\"f\", function() end)\nx = 'a");
+  ck_assert_str_eq(run("async function f() end\nx = 'a"),
+                   "f = __ml_async(\"f\", function() end)\nx = 'a");
   /* A name error after a lexical error is Lua's to report, not ours. */
   ck_assert_int_eq(run_rc("x = 'a\nlocal async function"), 0);
 }
@@ -710,28 +704,27 @@ END_TEST
  * __awcall runs an async function's body directly, with no Coroutine,
  * and calls anything else and awaits what it returns; __awmeth looks the
  * method up on the object and does the same with the object first. */
-static const char *stubs =
-  "__made = 0\n"
-  "local amt = {__call = function(self, ...)\n"
-  "  __made = __made + 1\n"
-  "  return {coro = self.body, args = table.pack(...)}\n"
-  "end}\n"
-  "function __ml_async(name, fn)\n"
-  "  return setmetatable({name = name, body = fn}, amt)\n"
-  "end\n"
-  "function await(x)\n"
-  "  if type(x) == 'table' and x.coro then\n"
-  "    return x.coro(table.unpack(x.args, 1, x.args.n))\n"
-  "  end\n"
-  "  return x\n"
-  "end\n"
-  "function __awcall(f, ...)\n"
-  "  if getmetatable(f) == amt then return f.body(...) end\n"
-  "  return await((f(...)))\n"
-  "end\n"
-  "function __awmeth(o, name, ...)\n"
-  "  return __awcall(o[name], o, ...)\n"
-  "end\n";
+static const char *stubs = "__made = 0\n"
+                           "local amt = {__call = function(self, ...)\n"
+                           "  __made = __made + 1\n"
+                           "  return {coro = self.body, args = table.pack(...)}\n"
+                           "end}\n"
+                           "function __ml_async(name, fn)\n"
+                           "  return setmetatable({name = name, body = fn}, amt)\n"
+                           "end\n"
+                           "function await(x)\n"
+                           "  if type(x) == 'table' and x.coro then\n"
+                           "    return x.coro(table.unpack(x.args, 1, x.args.n))\n"
+                           "  end\n"
+                           "  return x\n"
+                           "end\n"
+                           "function __awcall(f, ...)\n"
+                           "  if getmetatable(f) == amt then return f.body(...) end\n"
+                           "  return await((f(...)))\n"
+                           "end\n"
+                           "function __awmeth(o, name, ...)\n"
+                           "  return __awcall(o[name], o, ...)\n"
+                           "end\n";
 
 /* Runs the pass on src, then the output after the stubs; returns the
  * results of the chunk, concatenated with tostring and ",". */
@@ -744,8 +737,7 @@ static const char *run_lua(const char *src) {
   ck_assert_int_eq(luaL_dostring(L, stubs), LUA_OK);
   run(src);
   st = luaL_loadbuffer(L, out.data, out.len, "=t.lua");
-  if (st == LUA_OK)
-    st = lua_pcall(L, 0, LUA_MULTRET, 0);
+  if (st == LUA_OK) st = lua_pcall(L, 0, LUA_MULTRET, 0);
   ck_assert_msg(st == LUA_OK, "%s\n--- output:\n%s", lua_tostring(L, -1), out.data);
   res[0] = '\0';
   n = lua_gettop(L);
@@ -760,32 +752,39 @@ static const char *run_lua(const char *src) {
 
 START_TEST(test_asyncpass_semantics_statement_forms) {
   ck_assert_str_eq(run_lua("async function add(a, b) return a + b end\n"
-                           "return add.name, await add(1, 2)"), "add,3");
+                           "return add.name, await add(1, 2)"),
+                   "add,3");
   ck_assert_str_eq(run_lua("local obj = {k = 10}\n"
                            "async function obj:get(x) return self.k + x end\n"
-                           "return obj.get.name, await obj:get(5)"), "obj:get,15");
+                           "return obj.get.name, await obj:get(5)"),
+                   "obj:get,15");
   ck_assert_str_eq(run_lua("local m = {n = {}}\n"
                            "async function m.n.f() return 7 end\n"
-                           "return m.n.f.name, await m.n.f()"), "m.n.f,7");
+                           "return m.n.f.name, await m.n.f()"),
+                   "m.n.f,7");
   ck_assert_str_eq(run_lua("local async function fact(n)\n"
                            "  if n <= 1 then return 1 end\n"
                            "  return n * await fact(n - 1)\n"
                            "end\n"
-                           "return await fact(5), fact.name, rawget(_G, 'fact')"), "120,fact,nil");
+                           "return await fact(5), fact.name, rawget(_G, 'fact')"),
+                   "120,fact,nil");
 }
 END_TEST
 
 START_TEST(test_asyncpass_semantics_expressions) {
   ck_assert_str_eq(run_lua("local f = async function(x) return x * 2 end\n"
-                           "return f.name, await f(4)"), "nil,8");
+                           "return f.name, await f(4)"),
+                   "nil,8");
   ck_assert_str_eq(run_lua("async function two() return 2 end\n"
                            "local t = {1, 2}\n"
                            "return -await two() + 1, await two() ^ 2, #await t, not await two()"),
                    "-1,4.0,2,false");
   ck_assert_str_eq(run_lua("async function id(...) return ... end\n"
-                           "return await id(await id(3), 4)"), "3,4");
+                           "return await id(await id(3), 4)"),
+                   "3,4");
   ck_assert_str_eq(run_lua("local await_ = 0; local t = {await = 5}\n"
-                           "return t.await, (await {6})[1], await(7), await 8"), "5,6,7,8");
+                           "return t.await, (await {6})[1], await(7), await 8"),
+                   "5,6,7,8");
 }
 END_TEST
 
@@ -798,10 +797,12 @@ START_TEST(test_asyncpass_semantics_call_forms) {
                    "3,4,2");
   ck_assert_str_eq(run_lua("async function add(a, b) return a + b end\n"
                            "local function later(a, b) return add(a, b) end\n"
-                           "return await later(1, 2), await later(3, 4) * 2"), "3,14");
+                           "return await later(1, 2), await later(3, 4) * 2"),
+                   "3,14");
   ck_assert_str_eq(run_lua("async function id(...) return ... end\n"
                            "local fs = {id}\n"
-                           "return await fs[1](await id(5, 6), 7)"), "5,7");
+                           "return await fs[1](await id(5, 6), 7)"),
+                   "5,7");
 }
 END_TEST
 
@@ -817,7 +818,8 @@ START_TEST(test_asyncpass_semantics_method_forms) {
   ck_assert_str_eq(run_lua("local obj = {k = 2}\n"
                            "async function obj:slow(x) return self.k * x end\n"
                            "function obj:fast(x) return self:slow(x + 1) end\n"
-                           "return await obj:fast(4)"), "10");
+                           "return await obj:fast(4)"),
+                   "10");
 }
 END_TEST
 
@@ -829,7 +831,8 @@ START_TEST(test_asyncpass_semantics_method_object_evaluated_once) {
                            "local function o() n = n + 1; return obj end\n"
                            "local v = await o():get(2)\n"
                            "local w = await o():cat\"k\"\n"
-                           "return v, w, n"), "3,k1,2");
+                           "return v, w, n"),
+                   "3,k1,2");
 }
 END_TEST
 
@@ -842,7 +845,8 @@ START_TEST(test_asyncpass_semantics_awaited_call_makes_no_coroutine) {
                            "local a = await f(1) + await obj:m(2) + #await f{3}\n"
                            "local made = __made\n"
                            "local c = f(4)\n"
-                           "return a, made, await c, __made"), "4,0,4,1");
+                           "return a, made, await c, __made"),
+                   "4,0,4,1");
 }
 END_TEST
 
@@ -857,8 +861,7 @@ START_TEST(test_asyncpass_deep_await_chain) {
   size_t i, opens = 0, closes = 0;
   int k;
   ck_assert_ptr_nonnull(src);
-  for (k = 0; k < n; k++)
-    memcpy(src + (size_t)k * 6, "await ", 6);
+  for (k = 0; k < n; k++) memcpy(src + (size_t)k * 6, "await ", 6);
   src[len - 1] = 'x';
   src[len] = '\0';
   ck_assert_int_eq(ml__asyncpass(src, len, "@t.lua", &out, err, sizeof err), 0);
@@ -877,11 +880,10 @@ START_TEST(test_asyncpass_random_token_soup) {
   /* Random mixes of fragments: the pass either fails with a message or
    * keeps the line count, and never reads or writes out of bounds. */
   static const char *frag[] = {
-    "async ", "await ", "function ", "f", "(", ")", "end ", "\n", "local ",
-    "\"s\"", "'\\z\n'", "[[\n]]", "--[[\n]]", "-- c\n", ".", ":", "{", "}",
-    "[", "]", "1.5e3 ", "0x1p", "not ", "#", "...", "=", ",", "\r", "if ", "do ",
-    "repeat ", "until ", "x ", "\"", "[==[", "\\"
-  };
+    "async ", "await ",  "function ", "f",        "(",      ")",  "end ", "\n",   "local ",
+    "\"s\"",  "'\\z\n'", "[[\n]]",    "--[[\n]]", "-- c\n", ".",  ":",    "{",    "}",
+    "[",      "]",       "1.5e3 ",    "0x1p",     "not ",   "#",  "...",  "=",    ",",
+    "\r",     "if ",     "do ",       "repeat ",  "until ", "x ", "\"",   "[==[", "\\"};
   unsigned seed = 12345;
   int round, j;
   char src[256];
@@ -894,8 +896,7 @@ START_TEST(test_asyncpass_random_token_soup) {
       const char *f;
       seed = seed * 1103515245u + 12345u;
       f = frag[(seed >> 16) % (sizeof frag / sizeof *frag)];
-      if (len + strlen(f) >= sizeof src)
-        break;
+      if (len + strlen(f) >= sizeof src) break;
       memcpy(src + len, f, strlen(f));
       len += strlen(f);
     }
@@ -904,9 +905,9 @@ START_TEST(test_asyncpass_random_token_soup) {
     if (rc == 0) {
       lua_State *L = luaL_newstate();
       int lines_in = lua_lines(src, len), lines_out = lua_lines(out.data, out.len);
-      ck_assert_msg(lines_in == lines_out, "lines %d -> %d for [%.*s] -> [%s]",
-                    lines_in, lines_out, (int)len, src, out.data);
-      luaL_loadbuffer(L, out.data, out.len, "=t");  /* must not crash */
+      ck_assert_msg(lines_in == lines_out, "lines %d -> %d for [%.*s] -> [%s]", lines_in, lines_out,
+                    (int)len, src, out.data);
+      luaL_loadbuffer(L, out.data, out.len, "=t"); /* must not crash */
       lua_close(L);
     } else {
       ck_assert_int_eq(rc, -EINVAL);
@@ -919,14 +920,15 @@ END_TEST
 /* The pass records each __awcall's callee by line, for the runtime's
  * "attempt to call a nil value (field 'x')". */
 START_TEST(test_asyncpass_names_record_awaited_callees) {
-  ml_Buf names = { 0 };
+  ml_Buf names = {0};
   const char *src = "await asyncio.typo()\nawait f(1)\nawait a.b\n  .c \"s\"\n"
                     "await g()(x)\nawait o:m()\nawait t[1]()\n";
-  ck_assert_int_eq(ml__asyncpass_names(src, strlen(src), "@t.lua", &out, &names, err, sizeof err), 0);
+  ck_assert_int_eq(ml__asyncpass_names(src, strlen(src), "@t.lua", &out, &names, err, sizeof err),
+                   0);
   ck_assert_str_eq(names.data, "1\tfield 'typo'\n2\t'f'\n3\tfield 'c'\n5\t\n7\t\n");
   /* A failed pass leaves names as it was. */
-  ck_assert_int_eq(ml__asyncpass_names("await f() async x", 17, "@t.lua", &out, &names, err, sizeof err),
-                   -EINVAL);
+  ck_assert_int_eq(
+    ml__asyncpass_names("await f() async x", 17, "@t.lua", &out, &names, err, sizeof err), -EINVAL);
   ck_assert_str_eq(names.data, "1\tfield 'typo'\n2\t'f'\n3\tfield 'c'\n5\t\n7\t\n");
   ml__buf_free(&names);
 }

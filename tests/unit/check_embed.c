@@ -24,7 +24,8 @@ static char reported[4096];
 static int nreported;
 
 static void on_error(ml_State *s, const char *msg, void *ud) {
-  (void)s; (void)ud;
+  (void)s;
+  (void)ud;
   nreported++;
   snprintf(reported, sizeof reported, "%s", msg);
 }
@@ -68,18 +69,20 @@ static int count_fds(void) {
 
 /* ---- loops ---- */
 
-START_TEST(test_embed_private_loop_runs_a_script)
-{
+START_TEST(test_embed_private_loop_runs_a_script) {
   ck_assert_str_eq(run("local v = await asyncio.sleep(0.01, 'hi')\n"
                        "local t = asyncio.create_task((async function() return 2 end)())\n"
-                       "return v .. (await t)"), "hi2");
+                       "return v .. (await t)"),
+                   "hi2");
 }
 END_TEST
 
 /* A host watcher on the shared loop, which resolves a host future. */
 static ml_Future *timer_future;
 static void resolve_cb(struct ev_loop *loop, ev_timer *w, int revents) {
-  (void)loop; (void)w; (void)revents;
+  (void)loop;
+  (void)w;
+  (void)revents;
   lua_pushstring(L, "from the host's timer");
   lua_pushinteger(L, 7);
   ck_assert_int_eq(ml_future_resolve(L, timer_future, 2), ML_OK);
@@ -91,8 +94,7 @@ static int host_later(lua_State *Lt) {
   return 1;
 }
 
-START_TEST(test_embed_shared_loop_runs_host_watchers)
-{
+START_TEST(test_embed_shared_loop_runs_host_watchers) {
   struct ev_loop *loop = ev_loop_new(EVFLAG_AUTO);
   ev_timer w;
   ml_State *s2;
@@ -133,7 +135,7 @@ static int poll_loop(ml_State *s, int *saw_timer) {
   int steps = 0, fd, rc;
   double timeout;
   while ((rc = ml_state_step(s, &fd, &timeout)) > 0) {
-    struct pollfd p = { fd, POLLIN, 0 };
+    struct pollfd p = {fd, POLLIN, 0};
     steps++;
     ck_assert_int_lt(steps, 10000);
     if (timeout > 0 && saw_timer) *saw_timer = 1;
@@ -143,8 +145,7 @@ static int poll_loop(ml_State *s, int *saw_timer) {
   return steps;
 }
 
-START_TEST(test_embed_foreign_loop_steps_with_fd_and_timeout)
-{
+START_TEST(test_embed_foreign_loop_steps_with_fd_and_timeout) {
   int saw_timer = 0, steps;
   ml_Future *t = spawn(
     "local r = {}\n"
@@ -161,8 +162,7 @@ START_TEST(test_embed_foreign_loop_steps_with_fd_and_timeout)
 }
 END_TEST
 
-START_TEST(test_embed_step_reports_idle_and_fd)
-{
+START_TEST(test_embed_step_reports_idle_and_fd) {
   int fd = -5;
   double timeout = 5;
   ck_assert_int_eq(ml_state_step(S, &fd, &timeout), 0);
@@ -182,16 +182,14 @@ static double step_until_waiting(ml_State *s) {
 /* The step's timeout is the earliest sleeper's, whatever order they went
  * to sleep in, and moves on when that one is cancelled or wakes (the
  * deadlines' heap, not a walk over the tasks). */
-START_TEST(test_embed_step_timeout_is_the_first_sleeper)
-{
+START_TEST(test_embed_step_timeout_is_the_first_sleeper) {
   double timeout;
-  ml_Future *t = spawn(
-    "A = asyncio.create_task(asyncio.sleep(50))\n"
-    "B = asyncio.create_task(asyncio.sleep(10))\n"
-    "C = asyncio.create_task(asyncio.sleep(30))\n"
-    "for i = 1, 100 do asyncio.create_task(asyncio.sleep(40 + i)) end\n"
-    "await asyncio.sleep(0)\n"
-    "return 'ok'");
+  ml_Future *t = spawn("A = asyncio.create_task(asyncio.sleep(50))\n"
+                       "B = asyncio.create_task(asyncio.sleep(10))\n"
+                       "C = asyncio.create_task(asyncio.sleep(30))\n"
+                       "for i = 1, 100 do asyncio.create_task(asyncio.sleep(40 + i)) end\n"
+                       "await asyncio.sleep(0)\n"
+                       "return 'ok'");
   timeout = step_until_waiting(S);
   ck_assert_msg(timeout > 9.9 && timeout <= 10.001, "timeout %f, wanted B's 10 s", timeout);
   ml_future_release(L, t);
@@ -201,7 +199,8 @@ START_TEST(test_embed_step_timeout_is_the_first_sleeper)
   ml_future_release(L, t);
   t = spawn("C:cancel() A:cancel() return 'ok'");
   timeout = step_until_waiting(S);
-  ck_assert_msg(timeout > 40.9 && timeout <= 41.001, "timeout %f, wanted the 41 s sleeper's", timeout);
+  ck_assert_msg(timeout > 40.9 && timeout <= 41.001, "timeout %f, wanted the 41 s sleeper's",
+                timeout);
   ml_future_release(L, t);
 }
 END_TEST
@@ -216,25 +215,24 @@ static int host_fail(lua_State *Lt) {
   return 1;
 }
 
-START_TEST(test_embed_future_resolved_on_loop_thread)
-{
+START_TEST(test_embed_future_resolved_on_loop_thread) {
   ck_assert_int_eq(ml_state_register(S, "later", host_later), ML_OK);
   ck_assert_int_eq(ml_state_register(S, "fail", host_fail), ML_OK);
   {
     ev_timer w;
     ev_timer_init(&w, resolve_cb, 0.001, 0.);
     ev_timer_start(ml_state_loop(S), &w);
-    ck_assert_str_eq(run("local a, b = await later()\n"
-                         "local ok, e = pcall(function() return await fail() end)\n"
-                         "assert(not ok and asyncio.isinstance(e, asyncio.TimeoutError), tostring(e))\n"
-                         "return a .. '/' .. b .. '/' .. tostring(e)"),
-                     "from the host's timer/7/TimeoutError: host gave up");
+    ck_assert_str_eq(
+      run("local a, b = await later()\n"
+          "local ok, e = pcall(function() return await fail() end)\n"
+          "assert(not ok and asyncio.isinstance(e, asyncio.TimeoutError), tostring(e))\n"
+          "return a .. '/' .. b .. '/' .. tostring(e)"),
+      "from the host's timer/7/TimeoutError: host gave up");
   }
 }
 END_TEST
 
-START_TEST(test_embed_future_completion_is_refused_twice)
-{
+START_TEST(test_embed_future_completion_is_refused_twice) {
   ml_Future *f = ml_future_new(L);
   ck_assert_ptr_nonnull(f);
   ck_assert_int_eq(ml_future_state(f), ML_FUTURE_PENDING);
@@ -299,8 +297,7 @@ static void *caller(void *arg) {
   return NULL;
 }
 
-START_TEST(test_embed_future_resolved_from_other_threads)
-{
+START_TEST(test_embed_future_resolved_from_other_threads) {
   pthread_t th;
   njobs = 0;
   calls = 0;
@@ -320,8 +317,7 @@ START_TEST(test_embed_future_resolved_from_other_threads)
 }
 END_TEST
 
-START_TEST(test_embed_foreign_loop_wakes_for_thread_completion)
-{
+START_TEST(test_embed_foreign_loop_wakes_for_thread_completion) {
   ml_Future *t;
   njobs = 0;
   ck_assert_int_eq(ml_state_register(S, "work", host_work), ML_OK);
@@ -339,27 +335,26 @@ END_TEST
  * host that steps moonloop from its own poll(): curl's sockets and its
  * timer are the state's, so the state's fd and timeout are all the host
  * needs.  The server is a moonloop stream server in the same state. */
-START_TEST(test_embed_foreign_loop_runs_an_http_get)
-{
-  ml_Future *t = spawn(
-    "local http = require 'http'\n"
-    "local srv = await asyncio.start_server(async function(r, w)\n"
-    "  while true do\n"
-    "    local line = await r:readline()\n"
-    "    if line == '' then break end\n"
-    "    if line == '\\r\\n' then\n"
-    "      w:write('HTTP/1.1 200 OK\\r\\nContent-Length: 11\\r\\n\\r\\nfrom a host')\n"
-    "    end\n"
-    "  end\n"
-    "  w:close()\n"
-    "end, '127.0.0.1', 0)\n"
-    "local port = srv.sockets[1]:getsockname()[2]\n"
-    "local s <close> = http.Session()\n"
-    "local r = await s:get('http://127.0.0.1:' .. port .. '/')\n"
-    "local r2 = await s:get('http://127.0.0.1:' .. port .. '/again')\n"
-    "local body = r.status .. ' ' .. (await r:text()) .. ', ' .. (await r2:text())\n"
-    "srv:close()\n"
-    "return body");
+START_TEST(test_embed_foreign_loop_runs_an_http_get) {
+  ml_Future *t =
+    spawn("local http = require 'http'\n"
+          "local srv = await asyncio.start_server(async function(r, w)\n"
+          "  while true do\n"
+          "    local line = await r:readline()\n"
+          "    if line == '' then break end\n"
+          "    if line == '\\r\\n' then\n"
+          "      w:write('HTTP/1.1 200 OK\\r\\nContent-Length: 11\\r\\n\\r\\nfrom a host')\n"
+          "    end\n"
+          "  end\n"
+          "  w:close()\n"
+          "end, '127.0.0.1', 0)\n"
+          "local port = srv.sockets[1]:getsockname()[2]\n"
+          "local s <close> = http.Session()\n"
+          "local r = await s:get('http://127.0.0.1:' .. port .. '/')\n"
+          "local r2 = await s:get('http://127.0.0.1:' .. port .. '/again')\n"
+          "local body = r.status .. ' ' .. (await r:text()) .. ', ' .. (await r2:text())\n"
+          "srv:close()\n"
+          "return body");
   poll_loop(S, NULL);
   ck_assert_str_eq(result_of(t), "200 from a host, from a host");
   ml_future_release(L, t);
@@ -368,8 +363,7 @@ END_TEST
 
 /* ---- limits ---- */
 
-START_TEST(test_embed_memory_cap_stops_a_script_not_the_host)
-{
+START_TEST(test_embed_memory_cap_stops_a_script_not_the_host) {
   ml_Future *t;
   ck_assert_int_eq(ml_state_set_memory_limit(S, 8u << 20), ML_OK);
   t = spawn("local t = {}\n"
@@ -386,28 +380,27 @@ START_TEST(test_embed_memory_cap_stops_a_script_not_the_host)
 }
 END_TEST
 
-START_TEST(test_embed_memory_cap_in_call_later_keeps_the_timers_whole)
-{
+START_TEST(test_embed_memory_cap_in_call_later_keeps_the_timers_whole) {
   /* call_later until the cap stops it: the timers it made before all
    * fire once, the one it was making takes nothing, and the state goes on. */
   ck_assert_int_eq(ml_state_set_memory_limit(S, 4u << 20), ML_OK);
-  ck_assert_str_eq(run("local loop = asyncio.get_running_loop()\n"
-                       "local n, fired = 0, 0\n"
-                       "local function cb() fired = fired + 1 end\n"
-                       "local ok, e = pcall(function()\n"
-                       "  while true do loop:call_later(0, cb); n = n + 1 end\n"
-                       "end)\n"
-                       "collectgarbage()\n"
-                       "await asyncio.sleep(0.01)\n"
-                       "return (tostring(e):find('not enough memory') and 'out of memory' or tostring(e))\n"
-                       "  .. ', ' .. (n > 1000 and fired == n and 'all fired' or fired .. ' of ' .. n)"),
-                   "out of memory, all fired");
+  ck_assert_str_eq(
+    run("local loop = asyncio.get_running_loop()\n"
+        "local n, fired = 0, 0\n"
+        "local function cb() fired = fired + 1 end\n"
+        "local ok, e = pcall(function()\n"
+        "  while true do loop:call_later(0, cb); n = n + 1 end\n"
+        "end)\n"
+        "collectgarbage()\n"
+        "await asyncio.sleep(0.01)\n"
+        "return (tostring(e):find('not enough memory') and 'out of memory' or tostring(e))\n"
+        "  .. ', ' .. (n > 1000 and fired == n and 'all fired' or fired .. ' of ' .. n)"),
+    "out of memory, all fired");
   ck_assert_uint_le(ml_state_memory_peak(S), 4u << 20);
 }
 END_TEST
 
-START_TEST(test_embed_cpu_budget_stops_a_busy_task)
-{
+START_TEST(test_embed_cpu_budget_stops_a_busy_task) {
   ml_Future *busy, *other;
   ml_state_set_cpu_budget(S, 1000000);
   busy = spawn("while true do end");
@@ -421,9 +414,11 @@ START_TEST(test_embed_cpu_budget_stops_a_busy_task)
   ml_future_release(L, busy);
   ml_future_release(L, other);
   /* Work that awaits often enough is not limited in total. */
-  ck_assert_str_eq(run("local s = 0\n"
-                       "for i = 1, 50 do for j = 1, 10000 do s = s + 1 end; await asyncio.sleep(0) end\n"
-                       "return s"), "500000");
+  ck_assert_str_eq(
+    run("local s = 0\n"
+        "for i = 1, 50 do for j = 1, 10000 do s = s + 1 end; await asyncio.sleep(0) end\n"
+        "return s"),
+    "500000");
 }
 END_TEST
 
@@ -441,48 +436,48 @@ static int open_hostmod(lua_State *Lt) {
   return 1;
 }
 
-START_TEST(test_embed_sandbox_removes_unsafe_modules)
-{
-  static const luaL_Reg after[] = { { "secret", host_secret }, { NULL, NULL } };
+START_TEST(test_embed_sandbox_removes_unsafe_modules) {
+  static const luaL_Reg after[] = {{"secret", host_secret}, {NULL, NULL}};
   ck_assert_int_eq(ml_module_register(S, "game", open_hostmod), ML_OK);
   ck_assert_msg(ml_state_sandbox(S, NULL) == ML_OK, "sandbox: %s", ml_state_error(S));
   ck_assert_int_eq(ml_module_register_funcs(S, "late", after), ML_OK);
-  ck_assert_str_eq(run(
-    "local function gone(v, what) assert(v == nil, what .. ' is still there') end\n"
-    "gone(io, 'io'); gone(debug, 'debug'); gone(package, 'package')\n"
-    "gone(os.execute, 'os.execute'); gone(os.remove, 'os.remove'); gone(os.getenv, 'os.getenv')\n"
-    "gone(dofile, 'dofile'); gone(loadfile, 'loadfile'); gone(string.dump, 'string.dump')\n"
-    "gone(asyncio.open_connection, 'asyncio.open_connection')\n"
-    "gone(asyncio.get_running_loop().sock_connect, 'loop:sock_connect')\n"
-    "gone(asyncio.create_subprocess_exec, 'asyncio.create_subprocess_exec')\n"
-    "gone(asyncio.to_thread, 'asyncio.to_thread'); gone(asyncio.ThreadPoolExecutor, 'ThreadPoolExecutor')\n"
-    "gone(asyncio.get_running_loop().subprocess_exec, 'loop:subprocess_exec')\n"
-    "for _, m in ipairs { 'io', 'debug', 'socket', 'asyncio._net', 'asyncio._process', 'asyncio._thread',\n"
-    "                     'ssl', 'ssl._ssl', 'http', 'http.client', 'http._curl' } do\n"
-    "  local ok = pcall(require, m); assert(not ok, 'require ' .. m .. ' worked')\n"
-    "end\n"
-    "assert(require('os').execute == nil, 'require os gives all of os')\n"
-    "assert(not load('\\27Lua'), 'a binary chunk loaded')\n"
-    "assert(load('return 1')() == 1, 'text chunks load')\n"
-    "assert(require('json').encode({ 1, 2 }) == '[1,2]', 'json is kept')\n"
-    "assert(type(os.time()) == 'number' and type(os.clock()) == 'number')\n"
-    "assert(string.rep('a', 3) == 'aaa' and math.max(1, 2) == 2 and #table.pack(1, 2) == 2)\n"
-    "assert(pcall(collectgarbage, 'stop') == false)\n"
-    "local q = asyncio.Queue(); q:put_nowait(await asyncio.sleep(0.001, 'timers'))\n"
-    "return q:get_nowait() .. ' ' .. require('game').secret() .. ' ' .. require('late').secret()"),
+  ck_assert_str_eq(
+    run(
+      "local function gone(v, what) assert(v == nil, what .. ' is still there') end\n"
+      "gone(io, 'io'); gone(debug, 'debug'); gone(package, 'package')\n"
+      "gone(os.execute, 'os.execute'); gone(os.remove, 'os.remove'); gone(os.getenv, 'os.getenv')\n"
+      "gone(dofile, 'dofile'); gone(loadfile, 'loadfile'); gone(string.dump, 'string.dump')\n"
+      "gone(asyncio.open_connection, 'asyncio.open_connection')\n"
+      "gone(asyncio.get_running_loop().sock_connect, 'loop:sock_connect')\n"
+      "gone(asyncio.create_subprocess_exec, 'asyncio.create_subprocess_exec')\n"
+      "gone(asyncio.to_thread, 'asyncio.to_thread'); gone(asyncio.ThreadPoolExecutor, 'ThreadPoolExecutor')\n"
+      "gone(asyncio.get_running_loop().subprocess_exec, 'loop:subprocess_exec')\n"
+      "for _, m in ipairs { 'io', 'debug', 'socket', 'asyncio._net', 'asyncio._process', 'asyncio._thread',\n"
+      "                     'ssl', 'ssl._ssl', 'http', 'http.client', 'http._curl' } do\n"
+      "  local ok = pcall(require, m); assert(not ok, 'require ' .. m .. ' worked')\n"
+      "end\n"
+      "assert(require('os').execute == nil, 'require os gives all of os')\n"
+      "assert(not load('\\27Lua'), 'a binary chunk loaded')\n"
+      "assert(load('return 1')() == 1, 'text chunks load')\n"
+      "assert(require('json').encode({ 1, 2 }) == '[1,2]', 'json is kept')\n"
+      "assert(type(os.time()) == 'number' and type(os.clock()) == 'number')\n"
+      "assert(string.rep('a', 3) == 'aaa' and math.max(1, 2) == 2 and #table.pack(1, 2) == 2)\n"
+      "assert(pcall(collectgarbage, 'stop') == false)\n"
+      "local q = asyncio.Queue(); q:put_nowait(await asyncio.sleep(0.001, 'timers'))\n"
+      "return q:get_nowait() .. ' ' .. require('game').secret() .. ' ' .. require('late').secret()"),
     "timers 42 42");
 }
 END_TEST
 
-START_TEST(test_embed_sandbox_allow_list_keeps_what_is_named)
-{
-  static const char *const allow[] = { "string", "asyncio", "os", "socket", NULL };
+START_TEST(test_embed_sandbox_allow_list_keeps_what_is_named) {
+  static const char *const allow[] = {"string", "asyncio", "os", "socket", NULL};
   ck_assert_int_eq(ml_state_sandbox(S, allow), ML_OK);
   ck_assert_str_eq(run("assert(io == nil and table == nil and math == nil)\n"
                        "assert(os.getenv and require('socket').socketpair)\n"
                        "assert(require('ssl').create_default_context().check_hostname)\n"
                        "assert(require('http').Session, 'networking brings http')\n"
-                       "return tostring(asyncio.get_running_loop().sock_recv ~= nil)"), "true");
+                       "return tostring(asyncio.get_running_loop().sock_recv ~= nil)"),
+                   "true");
 }
 END_TEST
 
@@ -493,8 +488,7 @@ static int host_nested_run(lua_State *Lt) {
   return 1;
 }
 
-START_TEST(test_embed_errors_are_return_codes)
-{
+START_TEST(test_embed_errors_are_return_codes) {
   const char *bad = "local x = = 1";
   ml_Future *t;
   ck_assert_int_eq(ml_load_string(L, bad, strlen(bad), "=bad"), -EINVAL);
@@ -503,7 +497,7 @@ START_TEST(test_embed_errors_are_return_codes)
   ck_assert_int_eq(ml_load_file(L, "/nonexistent/script.lua"), -ENOENT);
   ck_assert_ptr_nonnull(strstr(ml_state_error(S), "/nonexistent/script.lua"));
   ck_assert_int_eq(ml_state_register(S, "nested", host_nested_run), ML_OK);
-  ck_assert_str_eq(run("return nested()"), "-16");  /* -EBUSY */
+  ck_assert_str_eq(run("return nested()"), "-16"); /* -EBUSY */
   t = spawn("await asyncio.sleep(0) error('boom')");
   ck_assert_int_eq(ml_state_run(S), ML_OK);
   ck_assert_str_eq(error_of(t), "test:1: boom");
@@ -522,8 +516,7 @@ static int host_nreported(lua_State *Lt) {
  * collection it would be reported only at close); an awaited one, one
  * with a done callback, or one the host holds is not; off, the report
  * waits for the collection. */
-START_TEST(test_embed_report_at_finish)
-{
+START_TEST(test_embed_report_at_finish) {
   const char *src =
     "KEEP = asyncio.create_task((async function() error('lonely') end)())\n"
     "local awaited = asyncio.create_task((async function() error('awaited') end)())\n"
@@ -550,8 +543,7 @@ START_TEST(test_embed_report_at_finish)
 }
 END_TEST
 
-START_TEST(test_embed_uncaught_task_error_goes_to_handler)
-{
+START_TEST(test_embed_uncaught_task_error_goes_to_handler) {
   const char *src = "local function deep() error('lost') end\n"
                     "await asyncio.sleep(0)\n"
                     "deep()";
@@ -577,17 +569,19 @@ static void *state_thread(void *arg) {
   if (s == NULL) return (void *)-1L;
   l = ml_state_lua(s);
   ml_state_set_memory_limit(s, 16u << 20);
-  snprintf(src, sizeof src,
-           "local q = asyncio.Queue()\n"
-           "local async function producer() for i = 1, 200 do await q:put(i); await asyncio.sleep(0) end end\n"
-           "local p = asyncio.create_task(producer())\n"
-           "local s = 0\n"
-           "for i = 1, 200 do s = s + await q:get() end\n"
-           "await p; await asyncio.sleep(0.005)\n"
-           "return s * %ld", id);
-  if (ml_load_string(l, src, strlen(src), "=thread") == ML_OK
-      && ml_task_spawn(l, 0, NULL, &t) == ML_OK && ml_state_run(s) == ML_OK
-      && ml_future_push_result(l, t) == 1) {
+  snprintf(
+    src, sizeof src,
+    "local q = asyncio.Queue()\n"
+    "local async function producer() for i = 1, 200 do await q:put(i); await asyncio.sleep(0) end end\n"
+    "local p = asyncio.create_task(producer())\n"
+    "local s = 0\n"
+    "for i = 1, 200 do s = s + await q:get() end\n"
+    "await p; await asyncio.sleep(0.005)\n"
+    "return s * %ld",
+    id);
+  if (ml_load_string(l, src, strlen(src), "=thread") == ML_OK &&
+      ml_task_spawn(l, 0, NULL, &t) == ML_OK && ml_state_run(s) == ML_OK &&
+      ml_future_push_result(l, t) == 1) {
     result = (long)lua_tointeger(l, -1);
     lua_pop(l, 1);
   }
@@ -595,10 +589,10 @@ static void *state_thread(void *arg) {
   return (void *)result;
 }
 
-START_TEST(test_embed_states_run_on_several_threads)
-{
+START_TEST(test_embed_states_run_on_several_threads) {
   pthread_t th[6];
-  for (long i = 0; i < 6; i++) ck_assert_int_eq(pthread_create(&th[i], NULL, state_thread, (void *)(i + 1)), 0);
+  for (long i = 0; i < 6; i++)
+    ck_assert_int_eq(pthread_create(&th[i], NULL, state_thread, (void *)(i + 1)), 0);
   for (long i = 0; i < 6; i++) {
     void *r;
     pthread_join(th[i], &r);
@@ -611,7 +605,7 @@ END_TEST
 
 static int freed;
 static void free_ud(ml_State *s, void *ud) {
-  (void)s;  /* the state during its closing iterations, or NULL after */
+  (void)s; /* the state during its closing iterations, or NULL after */
   free(ud);
   freed++;
 }
@@ -619,17 +613,15 @@ static void free_ud(ml_State *s, void *ud) {
 /* A state closed on the host's loop leaves no watcher of its own behind,
  * even for a task that ignores its cancellation and goes back to sleep:
  * the host's loop runs on, and must not find a timer in freed memory. */
-START_TEST(test_embed_close_on_host_loop_stops_sleeping_tasks)
-{
+START_TEST(test_embed_close_on_host_loop_stops_sleeping_tasks) {
   struct ev_loop *loop = ev_loop_new(EVFLAG_AUTO);
   ml_State *s2 = ml_state_new(loop);
   lua_State *l2;
   ml_Future *t;
-  const char *src =
-    "asyncio.create_task(asyncio.sleep(100))\n"
-    "while true do\n"
-    "  local ok = pcall(function() await asyncio.sleep(100) end)\n"
-    "end\n";
+  const char *src = "asyncio.create_task(asyncio.sleep(100))\n"
+                    "while true do\n"
+                    "  local ok = pcall(function() await asyncio.sleep(100) end)\n"
+                    "end\n";
   ck_assert_ptr_nonnull(s2);
   l2 = ml_state_lua(s2);
   ck_assert_int_eq(ml_load_string(l2, src, strlen(src), "=stubborn"), ML_OK);
@@ -643,8 +635,7 @@ START_TEST(test_embed_close_on_host_loop_stops_sleeping_tasks)
 }
 END_TEST
 
-START_TEST(test_embed_close_releases_pending_work)
-{
+START_TEST(test_embed_close_releases_pending_work) {
   int before;
   ml_State *s;
   lua_State *l;
@@ -660,13 +651,13 @@ START_TEST(test_embed_close_releases_pending_work)
     "loop:call_later(100, print, 'never')\n"
     "local t <close> = setmetatable({}, { __close = function() closed = true end })\n"
     "return await hostfut\n";
-  ml_state_close(S);  /* the fixture's: this test counts fds itself */
+  ml_state_close(S); /* the fixture's: this test counts fds itself */
   S = NULL;
   before = count_fds();
   s = ml_state_new(NULL);
   ck_assert_ptr_nonnull(s);
   l = ml_state_lua(s);
-  S = s;  /* for the helpers; teardown does not close it again */
+  S = s; /* for the helpers; teardown does not close it again */
   L = l;
   f = ml_future_new(l);
   ck_assert_ptr_nonnull(f);
@@ -691,8 +682,7 @@ END_TEST
  * by nobody reading it, one just started) releases their
  * sockets, curl's handles and the watchers: the fds are back where they
  * were (and a SAN build sees no leak). */
-START_TEST(test_embed_close_releases_http_transfers)
-{
+START_TEST(test_embed_close_releases_http_transfers) {
   int before, steps = 0, ready = 0;
   ml_State *s;
   lua_State *l;
@@ -713,7 +703,7 @@ START_TEST(test_embed_close_releases_http_transfers)
     "assert(s._m:active() == 2, s._m:active())\n"
     "ready = true\n"
     "return await hostfut\n";
-  ml_state_close(S);  /* the fixture's: this test counts fds itself */
+  ml_state_close(S); /* the fixture's: this test counts fds itself */
   S = NULL;
   before = count_fds();
   s = ml_state_new(NULL);
@@ -736,7 +726,9 @@ START_TEST(test_embed_close_releases_http_transfers)
     lua_getglobal(l, "ready");
     ready = lua_toboolean(l, -1);
     lua_pop(l, 1);
-    p.fd = fd; p.events = POLLIN; p.revents = 0;
+    p.fd = fd;
+    p.events = POLLIN;
+    p.revents = 0;
     if (!ready && timeout != 0) poll(&p, 1, timeout < 0 ? 100 : (int)(timeout * 1000) + 1);
     ck_assert_int_lt(++steps, 10000);
   }
@@ -784,7 +776,8 @@ START_TEST(test_embed_loop_lifecycle_from_the_host) {
     "return a .. '|' .. tostring(e) .. '|' .. tostring(b) .. '|' .. tostring(loop:is_closed())\n";
   ck_assert_int_eq(ml_load_string(L, src, strlen(src), "=host"), ML_OK);
   ck_assert_int_eq(lua_pcall(L, 0, 1, 0), LUA_OK);
-  ck_assert_str_eq(lua_tostring(L, -1), "ran|RuntimeError: Event loop stopped before Future completed.|true|true");
+  ck_assert_str_eq(lua_tostring(L, -1),
+                   "ran|RuntimeError: Event loop stopped before Future completed.|true|true");
   lua_pop(L, 1);
 }
 END_TEST
@@ -792,11 +785,12 @@ END_TEST
 /* asyncio.run from a host gives the tasks the coroutine made in its last
  * step their first step before cancelling them, as asyncio's loop does. */
 START_TEST(test_embed_run_from_host_gives_leftover_tasks_a_first_step) {
-  const char *src = "local ran = false\n"
-                    "asyncio.run((async function()\n"
-                    "  asyncio.create_task((async function() ran = true; await asyncio.sleep(100) end)())\n"
-                    "end)())\n"
-                    "return ran\n";
+  const char *src =
+    "local ran = false\n"
+    "asyncio.run((async function()\n"
+    "  asyncio.create_task((async function() ran = true; await asyncio.sleep(100) end)())\n"
+    "end)())\n"
+    "return ran\n";
   ck_assert_int_eq(ml_load_string(L, src, strlen(src), "=host"), ML_OK);
   ck_assert_int_eq(lua_pcall(L, 0, 1, 0), LUA_OK);
   ck_assert_int_eq(lua_toboolean(L, -1), 1);

@@ -25,7 +25,8 @@ static char reported[4096];
 static int nreported;
 
 static void on_error(ml_State *s, const char *msg, void *ud) {
-  (void)s; (void)ud;
+  (void)s;
+  (void)ud;
   nreported++;
   snprintf(reported, sizeof reported, "%s", msg);
 }
@@ -75,8 +76,7 @@ static lua_Integer global_int(const char *name) {
   return v;
 }
 
-START_TEST(test_embed_stop_from_a_host_function_ends_the_run)
-{
+START_TEST(test_embed_stop_from_a_host_function_ends_the_run) {
   ml_Future *t;
   ck_assert_int_eq(ml_state_register(S, "stop", host_stop), ML_OK);
   /* The task would run for ever: the stop ends the run, not the task. */
@@ -98,7 +98,7 @@ START_TEST(test_embed_stop_from_a_host_function_ends_the_run)
   ck_assert_int_eq(ml_future_cancel(L, t, "enough"), ML_OK);
   ck_assert_int_eq(ml_state_run(S), ML_OK);
   ck_assert_int_eq(ml_future_state(t), ML_FUTURE_CANCELLED);
-  ck_assert_int_eq(global_int("n"), 6);  /* raised in the await it was in */
+  ck_assert_int_eq(global_int("n"), 6); /* raised in the await it was in */
   ml_future_release(L, t);
 }
 END_TEST
@@ -108,12 +108,13 @@ END_TEST
 static int ticks;
 static ml_State *tick_state;
 static void stop_tick_cb(struct ev_loop *loop, ev_timer *w, int revents) {
-  (void)loop; (void)w; (void)revents;
+  (void)loop;
+  (void)w;
+  (void)revents;
   if (++ticks % 3 == 0) ck_assert_int_eq(ml_state_stop(tick_state), ML_OK);
 }
 
-START_TEST(test_embed_stop_from_a_libev_callback_on_a_shared_loop)
-{
+START_TEST(test_embed_stop_from_a_libev_callback_on_a_shared_loop) {
   struct ev_loop *loop = ev_loop_new(EVFLAG_AUTO);
   ev_timer w;
   ml_State *s2 = ml_state_new(loop);
@@ -146,14 +147,13 @@ START_TEST(test_embed_stop_from_a_libev_callback_on_a_shared_loop)
 }
 END_TEST
 
-START_TEST(test_embed_cancel_asks_a_task_and_cancels_a_future)
-{
+START_TEST(test_embed_cancel_asks_a_task_and_cancels_a_future) {
   ml_Future *t = spawn("local ok, e = pcall(function() return await asyncio.sleep(100) end)\n"
                        "return 'caught ' .. tostring(e)");
   ml_Future *f;
-  ck_assert_int_eq(ml_state_step(S, NULL, NULL), 1);  /* the task is parked */
+  ck_assert_int_eq(ml_state_step(S, NULL, NULL), 1); /* the task is parked */
   ck_assert_int_eq(ml_future_cancel(L, t, "enough"), ML_OK);
-  ck_assert_int_eq(ml_future_state(t), ML_FUTURE_PENDING);  /* it unwinds first */
+  ck_assert_int_eq(ml_future_state(t), ML_FUTURE_PENDING); /* it unwinds first */
   ck_assert_int_eq(ml_state_run(S), ML_OK);
   /* The task caught the cancellation, with its message, and returned. */
   ck_assert_str_eq(result_of(t), "caught CancelledError: enough");
@@ -170,15 +170,14 @@ START_TEST(test_embed_cancel_asks_a_task_and_cancels_a_future)
 }
 END_TEST
 
-START_TEST(test_embed_cancel_all_cancels_every_task)
-{
+START_TEST(test_embed_cancel_all_cancels_every_task) {
   ml_Future *t = spawn("tasks = {}\n"
                        "for i = 1, 3 do tasks[i] = asyncio.create_task(asyncio.sleep(100)) end\n"
                        "await asyncio.sleep(100)");
   int i;
   for (i = 0; i < 3; i++) ml_state_step(S, NULL, NULL);
   ck_assert_int_eq(ml_task_cancel_all(S, "bye"), ML_OK);
-  ck_assert_int_eq(ml_state_run(S), ML_OK);  /* returns: nothing is left */
+  ck_assert_int_eq(ml_state_run(S), ML_OK); /* returns: nothing is left */
   ck_assert_int_eq(ml_future_state(t), ML_FUTURE_CANCELLED);
   ck_assert_str_eq(error_of(t), "CancelledError: bye");
   ml_future_release(L, t);
@@ -189,19 +188,20 @@ START_TEST(test_embed_cancel_all_cancels_every_task)
 }
 END_TEST
 
-START_TEST(test_embed_push_traceback_shows_where_a_task_failed)
-{
+START_TEST(test_embed_push_traceback_shows_where_a_task_failed) {
   ml_Future *t = spawn("local function deep() error('boom') end\n"
                        "await asyncio.sleep(0)\n"
                        "deep()");
   int top = lua_gettop(L);
-  ck_assert_int_eq(ml_future_push_traceback(L, t), -EINVAL);  /* still pending */
+  ck_assert_int_eq(ml_future_push_traceback(L, t), -EINVAL); /* still pending */
   ck_assert_int_eq(ml_state_run(S), ML_OK);
   ck_assert_int_eq(ml_future_push_traceback(L, t), ML_OK);
   ck_assert_int_eq(lua_gettop(L), top + 1);
   ck_assert(lua_type(L, -1) == LUA_TSTRING);
-  ck_assert_msg(strstr(lua_tostring(L, -1), "test:1: in") != NULL, "traceback: %s", lua_tostring(L, -1));
-  ck_assert_msg(strstr(lua_tostring(L, -1), "test:3: in") != NULL, "traceback: %s", lua_tostring(L, -1));
+  ck_assert_msg(strstr(lua_tostring(L, -1), "test:1: in") != NULL, "traceback: %s",
+                lua_tostring(L, -1));
+  ck_assert_msg(strstr(lua_tostring(L, -1), "test:3: in") != NULL, "traceback: %s",
+                lua_tostring(L, -1));
   lua_pop(L, 1);
   /* The traceback alone does not retrieve the exception: it is reported
    * when the task is collected. */
@@ -229,17 +229,16 @@ static void on_alarm(int sig) {
 
 /* Arms a one-shot SIGALRM, whose handler interrupts the running task. */
 static int host_arm(lua_State *Lt) {
-  struct itimerval it = { { 0, 0 }, { 0, 10000 } };
+  struct itimerval it = {{0, 0}, {0, 10000}};
   (void)Lt;
   ck_assert_int_eq(setitimer(ITIMER_REAL, &it, NULL), 0);
   return 0;
 }
 
-START_TEST(test_embed_interrupt_stops_code_that_never_awaits)
-{
+START_TEST(test_embed_interrupt_stops_code_that_never_awaits) {
   struct sigaction sa, old;
   ml_Future *t;
-  ck_assert_int_eq(ml_state_interrupt(S), -ESRCH);  /* no task runs */
+  ck_assert_int_eq(ml_state_interrupt(S), -ESRCH); /* no task runs */
   memset(&sa, 0, sizeof sa);
   sa.sa_handler = on_alarm;
   sigemptyset(&sa.sa_mask);
@@ -259,11 +258,12 @@ START_TEST(test_embed_interrupt_stops_code_that_never_awaits)
 END_TEST
 
 static void other_handler(ml_State *s, const char *msg, void *ud) {
-  (void)s; (void)msg; (void)ud;
+  (void)s;
+  (void)msg;
+  (void)ud;
 }
 
-START_TEST(test_embed_error_handler_is_read_back)
-{
+START_TEST(test_embed_error_handler_is_read_back) {
   void *ud = NULL;
   int token;
   ck_assert(ml_state_error_handler(S, &ud) == on_error);
@@ -275,13 +275,13 @@ START_TEST(test_embed_error_handler_is_read_back)
 }
 END_TEST
 
-START_TEST(test_embed_dialect_translate_keeps_lines_and_reports_syntax)
-{
+START_TEST(test_embed_dialect_translate_keeps_lines_and_reports_syntax) {
   const char *src = "local async function f(x)\n  return await g(x)\nend\n";
   const char *bad = "\nasync x";
   char *out = (char *)1, err[256];
   size_t len = 0, i, lines = 0;
-  ck_assert_int_eq(ml_dialect_translate(src, strlen(src), "f.lua", &out, &len, err, sizeof err), ML_OK);
+  ck_assert_int_eq(ml_dialect_translate(src, strlen(src), "f.lua", &out, &len, err, sizeof err),
+                   ML_OK);
   ck_assert_ptr_nonnull(out);
   ck_assert_uint_eq(strlen(out), len);
   for (i = 0; i < len; i++) lines += out[i] == '\n';
@@ -290,7 +290,8 @@ START_TEST(test_embed_dialect_translate_keeps_lines_and_reports_syntax)
   ck_assert_ptr_null(strstr(out, "await"));
   ck_assert_ptr_nonnull(strstr(out, "__awcall(g, x)"));
   free(out);
-  ck_assert_int_eq(ml_dialect_translate(bad, strlen(bad), "@bad.lua", &out, &len, err, sizeof err), -EINVAL);
+  ck_assert_int_eq(ml_dialect_translate(bad, strlen(bad), "@bad.lua", &out, &len, err, sizeof err),
+                   -EINVAL);
   ck_assert_ptr_null(out);
   ck_assert_str_eq(err, "bad.lua:2: 'function' expected after 'async' near 'x'");
   ck_assert_int_eq(ml_dialect_translate("", 0, NULL, &out, NULL, NULL, 0), ML_OK);
@@ -301,8 +302,7 @@ END_TEST
 
 /* ml_file_read reads what ml_load_file reads: the whole file, an empty one
  * as "", a missing one as NULL with errno. */
-START_TEST(test_embed_file_read_reads_whole_files)
-{
+START_TEST(test_embed_file_read_reads_whole_files) {
   char path[] = "/tmp/moonloop_check_XXXXXX";
   const char *text = "return 40 + 2\n";
   size_t len = 99;
@@ -338,8 +338,7 @@ START_TEST(test_embed_file_read_reads_whole_files)
 END_TEST
 
 /* The reserved words, the list the REPL completes and prints names by. */
-START_TEST(test_embed_dialect_keyword_lists_reserved_words)
-{
+START_TEST(test_embed_dialect_keyword_lists_reserved_words) {
   int i, n = 0;
   ck_assert_str_eq(ml_dialect_keyword(0), "and");
   for (i = 0; ml_dialect_keyword(i) != NULL; i++) {

@@ -27,9 +27,7 @@ static void setup(void) {
   lua_pop(L, 1);
 }
 
-static void teardown(void) {
-  ml__state_close(S);
-}
+static void teardown(void) { ml__state_close(S); }
 
 /* Runs a chunk of the dialect as a task until idle; returns its first
  * result as an integer (or -1 if it failed). */
@@ -41,7 +39,7 @@ static lua_Integer run_task(const char *src) {
   f = lua_touserdata(L, -1);
   ml__sched_run(S, NULL);
   if (f->state != ML_RESULT) {
-    f->log_exc = 0;  /* retrieved: the caller checks the -1 */
+    f->log_exc = 0; /* retrieved: the caller checks the -1 */
     lua_pop(L, 1);
     return -1;
   }
@@ -71,7 +69,7 @@ START_TEST(test_future_result_once) {
   ck_assert_int_eq(ml__future_state(f), ML_RESULT);
   lua_pushinteger(L, 8);
   ck_assert_int_eq(ml__future_set_result(L, fidx, 1), -EINVAL);
-  ck_assert_int_eq(lua_gettop(L), fidx);  /* the value was popped anyway */
+  ck_assert_int_eq(lua_gettop(L), fidx); /* the value was popped anyway */
   ck_assert_int_eq(ml__future_unwrap(L, fidx), 2);
   ck_assert_int_eq(lua_tointeger(L, -2), 7);
   ck_assert_str_eq(lua_tostring(L, -1), "x");
@@ -88,7 +86,7 @@ START_TEST(test_future_exception_then_invalid) {
   ck_assert_int_eq(ml__future_cancel(L, fidx, NULL), 0);
   ml__exc_push(L, "ValueError", "again");
   ck_assert_int_eq(ml__future_set_exception(L, fidx), -EINVAL);
-  f->log_exc = 0;  /* retrieved by this test */
+  f->log_exc = 0; /* retrieved by this test */
   lua_settop(L, 0);
 }
 END_TEST
@@ -106,38 +104,41 @@ START_TEST(test_future_cancel_once) {
 END_TEST
 
 START_TEST(test_future_callbacks_are_scheduled_not_called) {
-  ck_assert_int_eq(run_task(
-    "local f = asyncio.Future()\n"
-    "local n = 0\n"
-    "f:add_done_callback(function() n = n + 1 end)\n"
-    "f:add_done_callback(function() n = n + 10 end)\n"
-    "f:set_result(1)\n"
-    "local before = n\n"
-    "await asyncio.sleep(0)\n"
-    "return before * 100 + n\n"), 11);
+  ck_assert_int_eq(run_task("local f = asyncio.Future()\n"
+                            "local n = 0\n"
+                            "f:add_done_callback(function() n = n + 1 end)\n"
+                            "f:add_done_callback(function() n = n + 10 end)\n"
+                            "f:set_result(1)\n"
+                            "local before = n\n"
+                            "await asyncio.sleep(0)\n"
+                            "return before * 100 + n\n"),
+                   11);
 }
 END_TEST
 
 START_TEST(test_future_cancel_wakes_waiter) {
-  ck_assert_int_eq(run_task(
-    "local f = asyncio.Future()\n"
-    "local t = asyncio.create_task(function() local ok = pcall(await, f); return ok and 1 or 2 end)\n"
-    "await asyncio.sleep(0)\n"
-    "f:cancel()\n"
-    "return await t\n"), 2);
+  ck_assert_int_eq(
+    run_task(
+      "local f = asyncio.Future()\n"
+      "local t = asyncio.create_task(function() local ok = pcall(await, f); return ok and 1 or 2 end)\n"
+      "await asyncio.sleep(0)\n"
+      "f:cancel()\n"
+      "return await t\n"),
+    2);
 }
 END_TEST
 
 START_TEST(test_future_many_waiters_all_wake) {
-  ck_assert_int_eq(run_task(
-    "local f = asyncio.Future()\n"
-    "local ts = {}\n"
-    "for i = 1, 50 do ts[i] = asyncio.create_task(function() return await f end) end\n"
-    "await asyncio.sleep(0)\n"
-    "f:set_result(2)\n"
-    "local sum = 0\n"
-    "for i = 1, 50 do sum = sum + await ts[i] end\n"
-    "return sum\n"), 100);
+  ck_assert_int_eq(
+    run_task("local f = asyncio.Future()\n"
+             "local ts = {}\n"
+             "for i = 1, 50 do ts[i] = asyncio.create_task(function() return await f end) end\n"
+             "await asyncio.sleep(0)\n"
+             "f:set_result(2)\n"
+             "local sum = 0\n"
+             "for i = 1, 50 do sum = sum + await ts[i] end\n"
+             "return sum\n"),
+    100);
 }
 END_TEST
 
@@ -173,9 +174,9 @@ END_TEST
 typedef struct Rec {
   ml_DoneCb cb;
   int fired;
-  int state_seen;   /* the future's state when it fired */
-  int top_is_self;  /* the record's value was on the top of the stack */
-  int order;        /* its place among the callbacks that fired */
+  int state_seen;  /* the future's state when it fired */
+  int top_is_self; /* the record's value was on the top of the stack */
+  int order;       /* its place among the callbacks that fired */
 } Rec;
 
 static int fired_seq;
@@ -204,7 +205,7 @@ START_TEST(test_future_done_record_fires_once_from_queue) {
   ml__future_new(L);
   r = push_rec();
   ml__future_add_done_cb(L, -2, -1);
-  lua_pop(L, 1);  /* only the future's callback list holds it now */
+  lua_pop(L, 1); /* only the future's callback list holds it now */
   lua_gc(L, LUA_GCCOLLECT);
   top = lua_gettop(L);
   lua_pushinteger(L, 7);
@@ -269,7 +270,7 @@ START_TEST(test_future_done_records_keep_order_with_lua) {
   ck_assert_int_eq(light.order, 2);
   ck_assert_int_eq(light.top_is_self, 1);
   lua_getglobal(L, "N");
-  ck_assert_int_eq(lua_getfield(L, -1, "lua"), LUA_TNUMBER);  /* the Lua one ran too */
+  ck_assert_int_eq(lua_getfield(L, -1, "lua"), LUA_TNUMBER); /* the Lua one ran too */
   lua_pop(L, 3);
 }
 END_TEST
@@ -283,7 +284,7 @@ START_TEST(test_future_done_record_of_finishing_task_fires_at_once) {
   r = push_rec();
   ml__future_add_done_cb(L, -2, -1);
   lua_pop(L, 1);
-  ml__sched_step(S);  /* the task runs and finishes */
+  ml__sched_step(S); /* the task runs and finishes */
   ck_assert_int_eq(r->fired, 1);
   ck_assert_int_eq(r->state_seen, ML_RESULT);
   ck_assert_int_eq(r->top_is_self, 1);

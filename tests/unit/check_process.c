@@ -38,35 +38,29 @@ static const char *result_of(ml_Future *t) { return hu_result_of(L, t); }
 
 static const char *run(const char *src) { return hu_run(S, L, src); }
 
-static const char script[] =
-  "local p = await asyncio.create_subprocess_shell('cat; exit 3',\n"
-  "  { stdin = asyncio.PIPE, stdout = asyncio.PIPE })\n"
-  "local out = await p:communicate('through')\n"
-  "local k = await asyncio.create_subprocess_exec('sleep', '30')\n"
-  "k:kill()\n"
-  "return out .. ' ' .. p.returncode .. ' ' .. await k:wait()";
+static const char script[] = "local p = await asyncio.create_subprocess_shell('cat; exit 3',\n"
+                             "  { stdin = asyncio.PIPE, stdout = asyncio.PIPE })\n"
+                             "local out = await p:communicate('through')\n"
+                             "local k = await asyncio.create_subprocess_exec('sleep', '30')\n"
+                             "k:kill()\n"
+                             "return out .. ' ' .. p.returncode .. ' ' .. await k:wait()";
 
-START_TEST(test_process_exit_on_a_private_loop)
-{
-  ck_assert_str_eq(run(script), "through 3 -9");
-}
+START_TEST(test_process_exit_on_a_private_loop) { ck_assert_str_eq(run(script), "through 3 -9"); }
 END_TEST
 
-START_TEST(test_process_exit_without_pidfd_polls)
-{
+START_TEST(test_process_exit_without_pidfd_polls) {
   setenv("MOONLOOP_NO_PIDFD", "1", 1);
   ck_assert_str_eq(run(script), "through 3 -9");
 }
 END_TEST
 
 /* A host that waits in its own poll() on the state's fd. */
-START_TEST(test_process_exit_wakes_a_polling_host)
-{
+START_TEST(test_process_exit_wakes_a_polling_host) {
   ml_Future *t = spawn(script);
   int fd, rc, steps = 0;
   double timeout;
   while ((rc = ml_state_step(S, &fd, &timeout)) > 0) {
-    struct pollfd p = { fd, POLLIN, 0 };
+    struct pollfd p = {fd, POLLIN, 0};
     ck_assert_int_lt(++steps, 10000);
     if (timeout != 0) poll(&p, fd >= 0 ? 1 : 0, timeout < 0 ? -1 : (int)(timeout * 1000));
   }
@@ -90,11 +84,10 @@ static char proc_state(int pid) {
   return p && p[1] == ' ' ? p[2] : 0;
 }
 
-START_TEST(test_process_state_close_leaves_the_child_running_then_reaped)
-{
+START_TEST(test_process_state_close_leaves_the_child_running_then_reaped) {
   int pid, i;
   char st;
-  struct timespec ms = { 0, 10 * 1000 * 1000 };
+  struct timespec ms = {0, 10 * 1000 * 1000};
   pid = atoi(run("local p = await asyncio.create_subprocess_exec('sleep', '0.3',\n"
                  "  { stdout = asyncio.PIPE })\n"
                  "asyncio.get_running_loop():stop()\n"
@@ -121,13 +114,12 @@ static const char thread_script[] =
   "local r = await asyncio.gather(table.unpack(futs))\n"
   "return tostring(r[1] + r[50])";
 
-START_TEST(test_process_thread_completion_wakes_a_polling_host)
-{
+START_TEST(test_process_thread_completion_wakes_a_polling_host) {
   ml_Future *t = spawn(thread_script);
   int fd, rc, steps = 0;
   double timeout;
   while ((rc = ml_state_step(S, &fd, &timeout)) > 0) {
-    struct pollfd p = { fd, POLLIN, 0 };
+    struct pollfd p = {fd, POLLIN, 0};
     ck_assert_int_lt(++steps, 100000);
     if (timeout != 0) poll(&p, fd >= 0 ? 1 : 0, timeout < 0 ? -1 : (int)(timeout * 1000));
   }
@@ -137,19 +129,18 @@ START_TEST(test_process_thread_completion_wakes_a_polling_host)
 }
 END_TEST
 
-START_TEST(test_process_thread_completion_on_a_private_loop)
-{
+START_TEST(test_process_thread_completion_on_a_private_loop) {
   ck_assert_str_eq(run(thread_script), "1220");
 }
 END_TEST
 
 /* A state closed with jobs in flight: the workers drop the results. */
-START_TEST(test_process_state_close_with_jobs_in_flight)
-{
-  run("for i = 1, 20 do asyncio.get_running_loop():run_in_executor(nil, function() local t = os.clock()\n"
-      "  while os.clock() - t < 0.01 do end end) end\n"
-      "asyncio.get_running_loop():stop()\n"
-      "return 'ok'");
+START_TEST(test_process_state_close_with_jobs_in_flight) {
+  run(
+    "for i = 1, 20 do asyncio.get_running_loop():run_in_executor(nil, function() local t = os.clock()\n"
+    "  while os.clock() - t < 0.01 do end end) end\n"
+    "asyncio.get_running_loop():stop()\n"
+    "return 'ok'");
   ml_state_close(S);
   S = NULL;
 }
@@ -157,8 +148,7 @@ END_TEST
 
 /* ---- signals ---- */
 
-START_TEST(test_process_signals_are_off_in_a_host_state)
-{
+START_TEST(test_process_signals_are_off_in_a_host_state) {
   ck_assert_str_eq(run("local ok, e = pcall(asyncio.get_running_loop().add_signal_handler,\n"
                        "  asyncio.get_running_loop(), 'SIGUSR1', print)\n"
                        "return tostring(e)"),
@@ -169,8 +159,7 @@ END_TEST
 
 /* A host polling the state's fd is woken by a signal it let the script
  * catch. */
-START_TEST(test_process_signal_wakes_a_polling_host)
-{
+START_TEST(test_process_signal_wakes_a_polling_host) {
   ml_Future *t;
   int fd, rc, steps = 0;
   double timeout;
@@ -185,7 +174,7 @@ START_TEST(test_process_signal_wakes_a_polling_host)
             "loop:remove_signal_handler('SIGUSR2')\n"
             "return v");
   while ((rc = ml_state_step(S, &fd, &timeout)) > 0) {
-    struct pollfd p = { fd, POLLIN, 0 };
+    struct pollfd p = {fd, POLLIN, 0};
     ck_assert_int_lt(++steps, 10000);
     if (timeout != 0) poll(&p, fd >= 0 ? 1 : 0, timeout < 0 ? -1 : (int)(timeout * 1000));
   }

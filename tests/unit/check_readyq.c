@@ -4,12 +4,12 @@
 #include "core/readyq.h"
 
 static ml_Entry entry(int i) {
-  ml_Entry e = { ML_RUN_HANDLE, NULL, i };
+  ml_Entry e = {ML_RUN_HANDLE, NULL, i};
   return e;
 }
 
 START_TEST(test_readyq_fifo_order) {
-  ml_ReadyQ q = { 0 };
+  ml_ReadyQ q = {0};
   ml_Entry e;
   int i;
   for (i = 0; i < 10; i++) ck_assert_int_eq(ml__readyq_push(&q, entry(i)), 0);
@@ -23,7 +23,7 @@ START_TEST(test_readyq_fifo_order) {
 END_TEST
 
 START_TEST(test_readyq_empty_pop_fails) {
-  ml_ReadyQ q = { 0 };
+  ml_ReadyQ q = {0};
   ml_Entry e;
   ck_assert_int_eq(ml__readyq_pop(&q, &e), -EAGAIN);
   ck_assert_uint_eq(q.len, 0);
@@ -34,7 +34,7 @@ END_TEST
 /* Interleaved pushes and pops move head around the ring; growth while
  * wrapped must keep the order. */
 START_TEST(test_readyq_grows_while_wrapped) {
-  ml_ReadyQ q = { 0 };
+  ml_ReadyQ q = {0};
   ml_Entry e;
   int next_in = 0, next_out = 0, round;
   for (round = 0; round < 2000; round++) {
@@ -54,7 +54,7 @@ START_TEST(test_readyq_grows_while_wrapped) {
 END_TEST
 
 START_TEST(test_readyq_steady_state_does_not_grow) {
-  ml_ReadyQ q = { 0 };
+  ml_ReadyQ q = {0};
   ml_Entry e;
   size_t cap;
   int i;

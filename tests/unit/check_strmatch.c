@@ -20,7 +20,8 @@ static void setup(void) {
   L = ml_state_lua(S);
   lua_newtable(L);
   lua_getglobal(L, "string");
-  for (const char *const *f = (const char *const[]){ "find", "match", "gmatch", "gsub", NULL }; *f; f++) {
+  for (const char *const *f = (const char *const[]){"find", "match", "gmatch", "gsub", NULL}; *f;
+       f++) {
     lua_getfield(L, -1, *f);
     lua_setfield(L, -3, *f);
   }
@@ -80,7 +81,9 @@ static const char *run_compare(const char *body) {
 START_TEST(test_strmatch_is_installed_by_the_budget_and_the_sandbox) {
   ml_State *s2;
   lua_State *l2;
-  ck_assert_str_eq(hu_run(S, L, "return tostring(string.find ~= stock.find and ('x').find == string.find)"), "true");
+  ck_assert_str_eq(
+    hu_run(S, L, "return tostring(string.find ~= stock.find and ('x').find == string.find)"),
+    "true");
   s2 = ml_state_new(NULL);
   l2 = ml_state_lua(s2);
   ck_assert_str_eq(hu_run(s2, l2, "_G.f0 = string.find return 'x'"), "x");

@@ -41,7 +41,7 @@ static void poll_loop(ml_State *s) {
   int steps = 0, fd, rc;
   double timeout;
   while ((rc = ml_state_step(s, &fd, &timeout)) > 0) {
-    struct pollfd p = { fd, POLLIN, 0 };
+    struct pollfd p = {fd, POLLIN, 0};
     ck_assert_int_lt(++steps, 10000);
     if (timeout != 0) poll(&p, fd >= 0 ? 1 : 0, timeout < 0 ? -1 : (int)(timeout * 1000));
   }
@@ -51,10 +51,10 @@ static void poll_loop(ml_State *s) {
 /* The host that hung before: it steps moonloop from its own poll() and a
  * script resolves a name on the thread pool.  The pool completes through
  * the state's wake-up, so the fd poll() waits on becomes readable. */
-START_TEST(test_embed_foreign_loop_wakes_for_getaddrinfo)
-{
-  ml_Future *t = spawn("local infos = await asyncio.get_running_loop():getaddrinfo('localhost', 80)\n"
-                       "return #infos > 0 and infos[1][5][2] == 80 and 'resolved' or 'empty'");
+START_TEST(test_embed_foreign_loop_wakes_for_getaddrinfo) {
+  ml_Future *t =
+    spawn("local infos = await asyncio.get_running_loop():getaddrinfo('localhost', 80)\n"
+          "return #infos > 0 and infos[1][5][2] == 80 and 'resolved' or 'empty'");
   poll_loop(S);
   ck_assert_str_eq(result_of(t), "resolved");
   ml_future_release(L, t);
@@ -98,8 +98,7 @@ static int host_sum(lua_State *l) {
   return 1;
 }
 
-START_TEST(test_embed_work_submit_runs_on_the_pool)
-{
+START_TEST(test_embed_work_submit_runs_on_the_pool) {
   nsums = 0;
   ck_assert_int_eq(ml_state_register(S, "sum", host_sum), ML_OK);
   ck_assert_str_eq(run("local a, b = await sum(100)\n"
@@ -161,17 +160,17 @@ static int host_remote(lua_State *l) {
   return 1;
 }
 
-START_TEST(test_embed_promise_carries_tables_and_learns_of_cancel)
-{
+START_TEST(test_embed_promise_carries_tables_and_learns_of_cancel) {
   ml_Values *bad;
   nremotes = 0;
   ck_assert_int_eq(ml_state_register(S, "remote", host_remote), ML_OK);
-  ck_assert_str_eq(run("local n, t, z = await remote(true)\n"
-                       "local ok, e = pcall(function() return await asyncio.wait_for(remote(false), 0.01) end)\n"
-                       "assert(asyncio.isinstance(e, asyncio.TimeoutError), tostring(e))\n"
-                       "return string.format('%d %s %s %s %s %s', n, t.name, tostring(t[1]),\n"
-                       "  tostring(t.nested[1]), tostring(z), select('#', n, t, z))"),
-                   "42 moon true 2.5 nil 3");
+  ck_assert_str_eq(
+    run("local n, t, z = await remote(true)\n"
+        "local ok, e = pcall(function() return await asyncio.wait_for(remote(false), 0.01) end)\n"
+        "assert(asyncio.isinstance(e, asyncio.TimeoutError), tostring(e))\n"
+        "return string.format('%d %s %s %s %s %s', n, t.name, tostring(t[1]),\n"
+        "  tostring(t.nested[1]), tostring(z), select('#', n, t, z))"),
+    "42 moon true 2.5 nil 3");
   pthread_join(remotes[0].th, NULL);
   ck_assert_int_eq(remotes[0].rc, ML_OK);
   ck_assert_int_eq(remotes[0].cancelled, 0);
@@ -191,8 +190,7 @@ END_TEST
 
 /* A promise outlives its state: completions then say -ESHUTDOWN, and the
  * cancel callback ran during the close. */
-START_TEST(test_embed_promise_outlives_the_state)
-{
+START_TEST(test_embed_promise_outlives_the_state) {
   ml_State *s = ml_state_new(NULL);
   lua_State *l = ml_state_lua(s);
   Remote r;
@@ -209,8 +207,7 @@ START_TEST(test_embed_promise_outlives_the_state)
 END_TEST
 
 /* ml_task_spawn runs an async function's body; refuses what cannot run. */
-START_TEST(test_embed_spawn_runs_async_functions_and_refuses_values)
-{
+START_TEST(test_embed_spawn_runs_async_functions_and_refuses_values) {
   ml_Future *t = NULL, *c = NULL;
   const char *src = "return async function(x) await asyncio.sleep(0) return 'ran ' .. x end";
   ck_assert_int_eq(ml_load_string(L, src, strlen(src), "=af"), ML_OK);
@@ -219,7 +216,7 @@ START_TEST(test_embed_spawn_runs_async_functions_and_refuses_values)
   lua_pushinteger(L, 7);
   ck_assert_int_eq(ml_task_spawn(L, 1, "af", &t), ML_OK);
   lua_pushinteger(L, 8);
-  ck_assert_int_eq(lua_pcall(L, 1, 1, 0), LUA_OK);  /* a Coroutine */
+  ck_assert_int_eq(lua_pcall(L, 1, 1, 0), LUA_OK); /* a Coroutine */
   ck_assert_int_eq(ml_task_spawn(L, 0, "coro", &c), ML_OK);
   lua_pushinteger(L, 42);
   ck_assert_int_eq(ml_task_spawn(L, 0, "n", NULL), -EINVAL);

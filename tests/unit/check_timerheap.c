@@ -6,10 +6,11 @@
 #include "core/timerheap.h"
 
 static ml_TimerHeap H;
-static int fail_after;  /* allocations left before they fail; -1: never */
+static int fail_after; /* allocations left before they fail; -1: never */
 
 static void *test_alloc(void *ud, void *ptr, size_t osize, size_t nsize) {
-  (void)ud; (void)osize;
+  (void)ud;
+  (void)osize;
   if (nsize == 0) {
     free(ptr);
     return NULL;
@@ -24,9 +25,7 @@ static void setup(void) {
   ml__theap_init(&H, test_alloc, NULL);
 }
 
-static void teardown(void) {
-  ml__theap_free(&H);
-}
+static void teardown(void) { ml__theap_free(&H); }
 
 /* Pushes a timer at when; returns its id. */
 static int push(double when) {
@@ -50,10 +49,11 @@ static int pop_all_in_order(const double *when_of, const int *rank_of) {
   double last = -1;
   int last_rank = -1;
   while ((id = ml__theap_pop_due(&H)) != 0) {
-    ck_assert_msg(when_of[id] >= last, "timer %d at %g popped after one at %g", id, when_of[id], last);
+    ck_assert_msg(when_of[id] >= last, "timer %d at %g popped after one at %g", id, when_of[id],
+                  last);
     if (when_of[id] == last)
       ck_assert_msg(rank_of[id] > last_rank, "equal deadlines popped out of push order");
-    ck_assert_uint_eq(H.ids[id].seq, 0);  /* freed */
+    ck_assert_uint_eq(H.ids[id].seq, 0); /* freed */
     last = when_of[id];
     last_rank = rank_of[id];
     n++;
@@ -74,7 +74,7 @@ START_TEST(test_timerheap_order) {
     when_of[id] = w;
     rank_of[id] = i;
   }
-  ck_assert_int_eq(H.sorted, 0);  /* random deadlines: a real heap */
+  ck_assert_int_eq(H.sorted, 0); /* random deadlines: a real heap */
   ck_assert_int_eq(ml__theap_top(&H, &top), 1);
   for (i = 1; i <= 1000; i++) ck_assert(top <= when_of[i]);
   ml__theap_mark_due(&H, 1.0);
@@ -105,7 +105,7 @@ START_TEST(test_timerheap_pushed_after_mark_waits) {
   int a = push(1.0), b;
   ml__theap_mark_due(&H, 10.0);
   b = push(0.5);
-  ck_assert_int_eq(ml__theap_pop_due(&H), 0);  /* b is first, and later than the mark */
+  ck_assert_int_eq(ml__theap_pop_due(&H), 0); /* b is first, and later than the mark */
   ml__theap_mark_due(&H, 10.0);
   ck_assert_int_eq(ml__theap_pop_due(&H), b);
   ck_assert_int_eq(ml__theap_pop_due(&H), a);
@@ -208,7 +208,7 @@ START_TEST(test_timerheap_sorted_fast_path) {
   ml__theap_mark_due(&H, 0.4995);
   for (i = 0; i < 500; i++) ck_assert_int_eq(ml__theap_pop_due(&H), ids[i]);
   ck_assert_int_eq(ml__theap_pop_due(&H), 0);
-  ck_assert_int_eq(H.base, 500);  /* popped by moving the base, no sift */
+  ck_assert_int_eq(H.base, 500); /* popped by moving the base, no sift */
   ck_assert_int_eq(H.sorted, 1);
   /* One out of order makes it a heap again, still popping in order. */
   push(0.0001);
@@ -236,14 +236,15 @@ START_TEST(test_timerheap_radix_large_batch) {
   }
   ck_assert_int_ge(n, ML_THEAP_SORT_MIN);
   ck_assert_int_eq(H.sorted, 0);
-  ml__theap_mark_due(&H, 0.005);  /* about half due */
+  ml__theap_mark_due(&H, 0.005); /* about half due */
   ml__theap_prepare_due(&H);
   ck_assert_int_eq(H.sorted, 1);
   for (i = 1; i < H.n; i++) {
     const ml_TimerEnt *hp = H.heap + H.base;
-    ck_assert_msg(when_of[hp[i].id] > when_of[hp[i - 1].id] ||
-                      (when_of[hp[i].id] == when_of[hp[i - 1].id] && rank_of[hp[i].id] > rank_of[hp[i - 1].id]),
-                  "entry %d out of order after the sort", i);
+    ck_assert_msg(
+      when_of[hp[i].id] > when_of[hp[i - 1].id] ||
+        (when_of[hp[i].id] == when_of[hp[i - 1].id] && rank_of[hp[i].id] > rank_of[hp[i - 1].id]),
+      "entry %d out of order after the sort", i);
   }
   ml__theap_mark_due(&H, 1.0);
   ck_assert_int_eq(pop_all_in_order(when_of, rank_of), n);
@@ -326,12 +327,12 @@ START_TEST(test_timerheap_compaction) {
     const ml_TimerEnt *top = H.heap + H.base;
     if (i % 4 == 0 || ids[i] == top->id) continue;
     ml__theap_cancel(&H, ids[i]);
-    if (H.n < 1000) break;  /* compacted */
+    if (H.n < 1000) break; /* compacted */
     ck_assert_int_le(H.ncancelled, 500);
   }
   ck_assert_int_lt(H.n, 1000);
   ck_assert_int_eq(H.ncancelled, 0);
-  ck_assert_int_eq(H.n, 499);  /* 1000 - 501 cancelled */
+  ck_assert_int_eq(H.n, 499); /* 1000 - 501 cancelled */
   ml__theap_mark_due(&H, 10.0);
   ck_assert_int_eq(pop_all_in_order(when_of, rank_of), 499);
 }

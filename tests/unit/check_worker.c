@@ -45,10 +45,9 @@ static int listener(int *port) {
   return fd;
 }
 
-START_TEST(test_worker_bad_descriptions_are_refused)
-{
+START_TEST(test_worker_bad_descriptions_are_refused) {
   int p[2];
-  ml_Worker w = { 0, 2, -1, NULL, 0 };
+  ml_Worker w = {0, 2, -1, NULL, 0};
   ck_assert_int_eq(ml_state_set_worker(S, NULL), -EINVAL);
   ck_assert_ptr_nonnull(strstr(ml_state_error(S), "no ml_Worker"));
   w.id = 2;
@@ -65,19 +64,19 @@ START_TEST(test_worker_bad_descriptions_are_refused)
   close(p[0]);
   close(p[1]);
   /* Refused ones change nothing. */
-  ck_assert_str_eq(hu_run(S, L, "return tostring(asyncio.worker_id()) .. ' of ' .. asyncio.worker_count()"),
-                   "nil of 1");
+  ck_assert_str_eq(
+    hu_run(S, L, "return tostring(asyncio.worker_id()) .. ' of ' .. asyncio.worker_count()"),
+    "nil of 1");
 }
 END_TEST
 
 /* The script binds the port the host's socket listens on, with no
  * reuse option: only serving on the inherited socket makes that work. */
-START_TEST(test_worker_serves_on_the_inherited_socket_and_says_ready)
-{
+START_TEST(test_worker_serves_on_the_inherited_socket_and_says_ready) {
   int port, fd = listener(&port), rp[2];
   char src[1024], buf[16] = "";
   ck_assert_int_eq(pipe(rp), 0);
-  ml_Worker w = { 1, 3, rp[1], &fd, 1 };
+  ml_Worker w = {1, 3, rp[1], &fd, 1};
   ck_assert_int_eq(ml_state_set_worker(S, &w), ML_OK);
   snprintf(src, sizeof src,
            "local srv = await asyncio.start_server(function(r, w)\n"
@@ -91,10 +90,10 @@ START_TEST(test_worker_serves_on_the_inherited_socket_and_says_ready)
            "await srv:wait_closed()\n"
            "return got .. ' ' .. tostring(asyncio.worker_ready())",
            port, port);
-  ck_assert_str_eq(hu_run(S, L, src), "from 1 of 3 false");  /* told already: nothing to tell */
+  ck_assert_str_eq(hu_run(S, L, src), "from 1 of 3 false"); /* told already: nothing to tell */
   ck_assert_int_eq(read(rp[0], buf, sizeof buf - 1), 6);
   ck_assert_str_eq(buf, "READY\n");
-  ck_assert_int_eq(read(rp[0], buf, sizeof buf), 0);  /* S closed its end */
+  ck_assert_int_eq(read(rp[0], buf, sizeof buf), 0); /* S closed its end */
   close(rp[0]);
   /* The host's socket is still its own, and still listening. */
   int v = 0;
@@ -108,19 +107,18 @@ END_TEST
 /* The host steps the state until its server listens (READY), then asks
  * for the graceful stop: the server closes, the main task, which awaited
  * serve_forever(), ends cancelled, and so does the task it left. */
-START_TEST(test_worker_shutdown_closes_servers_and_cancels_main)
-{
+START_TEST(test_worker_shutdown_closes_servers_and_cancels_main) {
   int rp[2], fd, steps = 0, rc, ready = 0;
   double timeout;
   ck_assert_int_eq(pipe(rp), 0);
-  ml_Worker w = { 0, 1, rp[1], NULL, 0 };
+  ml_Worker w = {0, 1, rp[1], NULL, 0};
   ck_assert_int_eq(ml_state_set_worker(S, &w), ML_OK);
   ml_Future *t = hu_spawn(S, L,
                           "bg = asyncio.create_task(asyncio.sleep(3600))\n"
                           "local srv = await asyncio.start_server(function() end, '127.0.0.1', 0)\n"
                           "await srv:serve_forever()\n");
   while ((rc = ml_state_step(S, &fd, &timeout)) > 0) {
-    struct pollfd p[2] = { { fd, POLLIN, 0 }, { rp[0], POLLIN, 0 } };
+    struct pollfd p[2] = {{fd, POLLIN, 0}, {rp[0], POLLIN, 0}};
     ck_assert_int_lt(++steps, 10000);
     if (!ready) {
       poll(p, 2, 0);
@@ -132,7 +130,8 @@ START_TEST(test_worker_shutdown_closes_servers_and_cancels_main)
         continue;
       }
     }
-    if (timeout != 0) poll(p, fd >= 0 ? 1 : 0, timeout < 0 ? (ready ? -1 : 10) : (int)(timeout * 1000));
+    if (timeout != 0)
+      poll(p, fd >= 0 ? 1 : 0, timeout < 0 ? (ready ? -1 : 10) : (int)(timeout * 1000));
   }
   ck_assert_int_eq(rc, 0);
   ck_assert_int_eq(ready, 1);

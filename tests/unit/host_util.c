@@ -32,7 +32,8 @@ const char *hu_result_of(lua_State *L, ml_Future *t) {
                 ml_future_state(t) == ML_FUTURE_ERROR ? hu_error_of(L, t) : "pending or cancelled");
   n = ml_future_push_result(L, t);
   ck_assert_int_ge(n, 0);
-  snprintf(buf, sizeof buf, "%s", n > 0 && lua_tostring(L, top + 1) ? lua_tostring(L, top + 1) : "");
+  snprintf(buf, sizeof buf, "%s",
+           n > 0 && lua_tostring(L, top + 1) ? lua_tostring(L, top + 1) : "");
   lua_settop(L, top);
   return buf;
 }

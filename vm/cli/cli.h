@@ -36,12 +36,12 @@ int ml__repl_split(ml_State *S, char **pending, char *line, const char *chunknam
 
 /* `moonloop --workers N` (workers.c). */
 typedef struct ml_Supervise {
-  int workers;              /* N >= 1 */
-  double grace;             /* seconds a stopping worker gets before SIGKILL */
-  double ready_timeout;     /* seconds a starting worker gets to be ready, 0: no limit */
+  int workers;               /* N >= 1 */
+  double grace;              /* seconds a stopping worker gets before SIGKILL */
+  double ready_timeout;      /* seconds a starting worker gets to be ready, 0: no limit */
   const char *const *listen; /* --listen specs */
   int nlisten;
-  char **argv;              /* what each worker runs: moonloop's argv without the supervisor's options */
+  char **argv; /* what each worker runs: moonloop's argv without the supervisor's options */
 } ml_Supervise;
 /* Runs the supervisor until it is told to stop (SIGTERM, SIGINT) and
  * every worker has ended; returns the exit status: 0 if they all

@@ -12,12 +12,12 @@
 /* libedit's completion callbacks take no user pointer. */
 static struct {
   lua_State *L;
-  char **matches;      /* candidates being handed out */
+  char **matches; /* candidates being handed out */
   size_t nmatches, nextmatch;
 } M;
 
 /* Completed as words besides the reserved ones (ml_dialect_keyword). */
-static const char *const contextual[] = { "async", "await" };
+static const char *const contextual[] = {"async", "await"};
 
 static int is_ident(const char *s, size_t n) {
   size_t i;
@@ -176,7 +176,7 @@ static char *complete_gen(const char *text, int state) {
     ml__complete_free();
     lua_pushcfunction(L, build_matches);
     lua_pushlightuserdata(L, (void *)text);
-    lua_pcall(L, 1, 0, 0);  /* no candidates if it fails */
+    lua_pcall(L, 1, 0, 0); /* no candidates if it fails */
     lua_settop(L, top);
   }
   if (M.nextmatch < M.nmatches) return M.matches[M.nextmatch++];
@@ -184,8 +184,9 @@ static char *complete_gen(const char *text, int state) {
 }
 
 static char **complete(const char *text, int start, int end) {
-  (void)start; (void)end;
-  rl_attempted_completion_over = 1;  /* never fall back to file names */
+  (void)start;
+  (void)end;
+  rl_attempted_completion_over = 1; /* never fall back to file names */
   return rl_completion_matches(text, complete_gen);
 }
 
@@ -197,5 +198,5 @@ void ml__complete_install(lua_State *L) {
   rl_attempted_completion_function = complete;
   rl_basic_word_break_characters = breaks;
   rl_completer_word_break_characters = breaks;
-  rl_completion_append_character = '\0';  /* no space after a name */
+  rl_completion_append_character = '\0'; /* no space after a name */
 }

@@ -33,7 +33,7 @@ static const char usage[] =
 
 static ml_State *g_S;
 static struct ev_loop *g_loop;
-static ml_Future *g_main;  /* the main task while it runs, or NULL */
+static ml_Future *g_main; /* the main task while it runs, or NULL */
 static volatile sig_atomic_t g_sigints;
 static ev_async g_sigint_async;
 /* A worker of `moonloop --workers`: SIGTERM (and SIGINT) stop it
@@ -46,7 +46,7 @@ static double g_grace;
 
 static void on_stop_signal(int sig) {
   (void)sig;
-  if (g_stopping) return;  /* the supervisor escalates, with SIGKILL */
+  if (g_stopping) return; /* the supervisor escalates, with SIGKILL */
   g_stopping = 1;
   ev_async_send(g_loop, &g_stop_async);
 }
@@ -54,7 +54,9 @@ static void on_stop_signal(int sig) {
 /* The loop's side: ml_state_shutdown closes the servers and cancels the
  * main task once their connections are gone. */
 static void stop_cb(struct ev_loop *loop, ev_async *w, int revents) {
-  (void)loop; (void)w; (void)revents;
+  (void)loop;
+  (void)w;
+  (void)revents;
   if (ml_state_shutdown(g_S, g_main) != ML_OK)
     fprintf(stderr, "moonloop: worker shutdown: %s\n", ml_state_error(g_S));
 }
@@ -84,7 +86,9 @@ static void on_sigint(int sig) {
 /* The loop's side: the main task is cancelled with KeyboardInterrupt; once
  * it is over (the loop runs what it left, Node's rule), every task is. */
 static void sigint_cb(struct ev_loop *loop, ev_async *w, int revents) {
-  (void)loop; (void)w; (void)revents;
+  (void)loop;
+  (void)w;
+  (void)revents;
   if (g_main && ml_future_state(g_main) == ML_FUTURE_PENDING) {
     ml_future_cancel(ml_state_lua(g_S), g_main, "KeyboardInterrupt");
     return;
@@ -179,13 +183,11 @@ static int report_main(ml_State *S, ml_Future *f) {
   int top = lua_gettop(L);
   switch (ml_future_state(f)) {
   case ML_FUTURE_CANCELLED:
-    if (g_stopping) return 0;  /* a worker's graceful stop */
+    if (g_stopping) return 0; /* a worker's graceful stop */
     fprintf(stderr, g_sigints ? "KeyboardInterrupt\n" : "moonloop: the main task was cancelled\n");
     return g_sigints ? 130 : 1;
-  case ML_FUTURE_ERROR:
-    break;
-  default:
-    return 0;
+  case ML_FUTURE_ERROR: break;
+  default: return 0;
   }
   /* [error, traceback]: the error first, marking it retrieved. */
   if (ml_future_push_error(L, f) != ML_OK || ml_future_push_traceback(L, f) != ML_OK) {
@@ -250,7 +252,7 @@ static int run_main(ml_State *S, int nargs, int interactive) {
                     "loop:run_forever() or loop:run_until_complete())\n");
     status = 1;
     unwind_all(S);
-    rc = -ECANCELED;  /* no Node's rule after it */
+    rc = -ECANCELED; /* no Node's rule after it */
   } else {
     status = report_main(S, g_main);
   }
@@ -310,7 +312,8 @@ static int supervise(ml_Supervise *o, int argc, char **argv, int script) {
   for (i = 1; i < script; i++) {
     if ((v = opt_value(argc, argv, &i, "--listen")) != NULL) listen[n++] = v;
     else if (opt_value(argc, argv, &i, "--workers") || opt_value(argc, argv, &i, "--grace") ||
-             opt_value(argc, argv, &i, "--ready-timeout")) continue;
+             opt_value(argc, argv, &i, "--ready-timeout"))
+      continue;
   }
   o->nlisten = n;
   wargv[0] = argv[0];
@@ -331,7 +334,7 @@ int main(int argc, char **argv) {
   ml_State *S;
   lua_State *L;
   struct sigaction sa;
-  ml_Supervise sup = { 0, 10, 30, NULL, 0, NULL };
+  ml_Supervise sup = {0, 10, 30, NULL, 0, NULL};
   int supervised = 0;
   ml_Worker worker;
   int worker_fds[64], lifeline = -1;
@@ -360,28 +363,46 @@ int main(int argc, char **argv) {
       continue;
     }
     if ((v = opt_value(argc, argv, &i, "--listen")) != NULL) {
-      sup.nlisten++;  /* collected below */
+      sup.nlisten++; /* collected below */
       supervised = 1;
       continue;
     }
-    if (a[0] != '-' || strcmp(a, "-") == 0) { script = i; break; }
-    if (strcmp(a, "--") == 0) { if (i + 1 < argc) script = i + 1; break; }
-    if (strcmp(a, "-h") == 0 || strcmp(a, "--help") == 0) { fputs(usage, stdout); return 0; }
+    if (a[0] != '-' || strcmp(a, "-") == 0) {
+      script = i;
+      break;
+    }
+    if (strcmp(a, "--") == 0) {
+      if (i + 1 < argc) script = i + 1;
+      break;
+    }
+    if (strcmp(a, "-h") == 0 || strcmp(a, "--help") == 0) {
+      fputs(usage, stdout);
+      return 0;
+    }
     if (strcmp(a, "-v") == 0 || strcmp(a, "--version") == 0) {
-      printf("moonloop %s (%s, libev %d.%d)\n", MOONLOOP_VERSION, LUA_RELEASE,
-             ev_version_major(), ev_version_minor());
+      printf("moonloop %s (%s, libev %d.%d)\n", MOONLOOP_VERSION, LUA_RELEASE, ev_version_major(),
+             ev_version_minor());
       return 0;
     }
     if (strcmp(a, "--emit") == 0) {
-      if (i + 1 >= argc) { fprintf(stderr, "moonloop: --emit needs a file name\n"); return 2; }
+      if (i + 1 >= argc) {
+        fprintf(stderr, "moonloop: --emit needs a file name\n");
+        return 2;
+      }
       return emit(argv[i + 1]);
     }
     if (strcmp(a, "-e") == 0) {
-      if (i + 1 >= argc) { fprintf(stderr, "moonloop: -e needs a chunk of code\n"); return 2; }
+      if (i + 1 >= argc) {
+        fprintf(stderr, "moonloop: -e needs a chunk of code\n");
+        return 2;
+      }
       chunk = argv[++i];
       continue;
     }
-    if (strcmp(a, "-i") == 0) { interactive = 1; continue; }
+    if (strcmp(a, "-i") == 0) {
+      interactive = 1;
+      continue;
+    }
     fprintf(stderr, "moonloop: unknown option '%s' (try 'moonloop --help')\n", a);
     return 2;
   }
@@ -407,10 +428,10 @@ int main(int argc, char **argv) {
   g_S = S;
   g_loop = ml_state_loop(S);
   L = ml_state_lua(S);
-  ml_state_enable_signals(S, 1);  /* scripts may catch signals (docs/processes.md) */
+  ml_state_enable_signals(S, 1); /* scripts may catch signals (docs/processes.md) */
   ev_async_init(&g_sigint_async, sigint_cb);
   ev_async_start(g_loop, &g_sigint_async);
-  ev_unref(g_loop);  /* the SIGINT hook does not keep the loop alive */
+  ev_unref(g_loop); /* the SIGINT hook does not keep the loop alive */
   memset(&sa, 0, sizeof sa);
   sa.sa_handler = on_sigint;
   sigemptyset(&sa.sa_mask);
@@ -429,7 +450,7 @@ int main(int argc, char **argv) {
     ev_unref(g_loop);
     sa.sa_handler = on_stop_signal;
     sigaction(SIGTERM, &sa, NULL);
-    sigaction(SIGINT, &sa, NULL);  /* Ctrl+C reaches the whole group: the supervisor decides */
+    sigaction(SIGINT, &sa, NULL); /* Ctrl+C reaches the whole group: the supervisor decides */
   }
 
   if (set_arg(L, argv, argc, script) != LUA_OK) {
@@ -480,9 +501,7 @@ int main(int argc, char **argv) {
     status = run_main(S, nargs, interactive);
   }
 after:
-  if (interactive || (!script && !chunk && isatty(0))) {
-    status = ml__repl_main(S);
-  }
+  if (interactive || (!script && !chunk && isatty(0))) { status = ml__repl_main(S); }
 done:
   ml_state_close(S);
   return status;

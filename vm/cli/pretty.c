@@ -23,7 +23,8 @@ static int is_name(const char *s, size_t n) {
   int k;
   if (n == 0 || !(s[0] == '_' || ((s[0] | 32) >= 'a' && (s[0] | 32) <= 'z'))) return 0;
   for (i = 1; i < n; i++)
-    if (!(s[i] == '_' || (s[i] >= '0' && s[i] <= '9') || ((s[i] | 32) >= 'a' && (s[i] | 32) <= 'z')))
+    if (!(s[i] == '_' || (s[i] >= '0' && s[i] <= '9') ||
+          ((s[i] | 32) >= 'a' && (s[i] | 32) <= 'z')))
       return 0;
   for (k = 0; (kw = ml_dialect_keyword(k)) != NULL; k++)
     if (strlen(kw) == n && memcmp(kw, s, n) == 0) return 0;
@@ -81,10 +82,10 @@ static void render(lua_State *L, int idx, int depth, int indent, int seen);
 
 /* A key of a table being printed, for sorting. */
 typedef struct Key {
-  int cls;           /* 0 number, 1 string, 2 anything else */
+  int cls; /* 0 number, 1 string, 2 anything else */
   lua_Number num;
-  const char *str;   /* anchored in the keys table */
-  int slot;          /* index in the keys table */
+  const char *str; /* anchored in the keys table */
+  int slot;        /* index in the keys table */
 } Key;
 
 static int key_cmp(const void *pa, const void *pb) {
@@ -104,9 +105,9 @@ static void render_table(lua_State *L, int t, int depth, int indent, int seen) {
   lua_pushvalue(L, t);
   lua_pushboolean(L, 1);
   lua_rawset(L, seen);
-  lua_newtable(L);  /* keys other than the sequence */
+  lua_newtable(L); /* keys other than the sequence */
   keys = lua_gettop(L);
-  lua_newtable(L);  /* rendered entries */
+  lua_newtable(L); /* rendered entries */
   items = lua_gettop(L);
   while (lua_rawgeti(L, t, n + 1) != LUA_TNIL) {
     lua_pop(L, 1);
@@ -126,8 +127,14 @@ static void render_table(lua_State *L, int t, int depth, int indent, int seen) {
     kv[k].str = NULL;
     kv[k].num = 0;
     switch (lua_rawgeti(L, keys, k + 1)) {
-    case LUA_TNUMBER: kv[k].cls = 0; kv[k].num = lua_tonumber(L, -1); break;
-    case LUA_TSTRING: kv[k].cls = 1; kv[k].str = lua_tostring(L, -1); break;
+    case LUA_TNUMBER:
+      kv[k].cls = 0;
+      kv[k].num = lua_tonumber(L, -1);
+      break;
+    case LUA_TSTRING:
+      kv[k].cls = 1;
+      kv[k].str = lua_tostring(L, -1);
+      break;
     default: kv[k].cls = 2;
     }
     lua_pop(L, 1);
@@ -135,7 +142,10 @@ static void render_table(lua_State *L, int t, int depth, int indent, int seen) {
   qsort(kv, nkeys, sizeof(Key), key_cmp);
 
   for (i = 1; i <= n; i++) {
-    if (nitems == MAX_ITEMS) { more = 1; break; }
+    if (nitems == MAX_ITEMS) {
+      more = 1;
+      break;
+    }
     lua_rawgeti(L, t, i);
     render(L, lua_gettop(L), depth + 1, indent + 2, seen);
     lua_remove(L, -2);
@@ -145,13 +155,16 @@ static void render_table(lua_State *L, int t, int depth, int indent, int seen) {
   for (k = 0; k < nkeys && !more; k++) {
     size_t len;
     const char *s;
-    if (nitems == MAX_ITEMS) { more = 1; break; }
+    if (nitems == MAX_ITEMS) {
+      more = 1;
+      break;
+    }
     lua_rawgeti(L, keys, kv[k].slot);
     s = lua_tolstring(L, -1, &len);
     if (kv[k].cls == 1 && is_name(s, len)) {
       lua_pushfstring(L, "%s = ", s);
     } else {
-      render(L, lua_gettop(L), MAX_DEPTH, indent + 2, seen);  /* a key: shallow */
+      render(L, lua_gettop(L), MAX_DEPTH, indent + 2, seen); /* a key: shallow */
       lua_pushfstring(L, "[%s] = ", lua_tostring(L, -1));
       lua_remove(L, -2);
     }
@@ -160,7 +173,7 @@ static void render_table(lua_State *L, int t, int depth, int indent, int seen) {
     render(L, lua_gettop(L), depth + 1, indent + 2, seen);
     lua_remove(L, -2);
     lua_concat(L, 2);
-    lua_remove(L, -2);  /* the key */
+    lua_remove(L, -2); /* the key */
     lua_rawseti(L, items, ++nitems);
   }
   if (more) {
@@ -219,15 +232,13 @@ static void render_table(lua_State *L, int t, int depth, int indent, int seen) {
   lua_settop(L, keys);
   lua_pushvalue(L, t);
   lua_pushnil(L);
-  lua_rawset(L, seen);  /* a table seen twice on different paths is no cycle */
+  lua_rawset(L, seen); /* a table seen twice on different paths is no cycle */
 }
 
 /* [-0, +1] pushes the rendering of the value at idx. */
 static void render(lua_State *L, int idx, int depth, int indent, int seen) {
   switch (lua_type(L, idx)) {
-  case LUA_TSTRING:
-    push_quoted(L, idx);
-    return;
+  case LUA_TSTRING: push_quoted(L, idx); return;
   case LUA_TTABLE:
     if (prints_itself(L, idx)) break;
     lua_pushvalue(L, idx);
@@ -243,8 +254,7 @@ static void render(lua_State *L, int idx, int depth, int indent, int seen) {
     }
     render_table(L, idx, depth, indent, seen);
     return;
-  default:
-    break;
+  default: break;
   }
   luaL_tolstring(L, idx, NULL);
 }

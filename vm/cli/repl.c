@@ -36,31 +36,31 @@
 typedef struct Repl {
   ml_State *S;
   struct ev_loop *loop;
-  int tty;             /* stdin is a terminal: libedit edits the line */
-  int editing;         /* the rl_callback handler is installed */
-  int fresh;           /* no key read since: the line is empty */
-  int hidden;          /* the prompt was erased for output */
-  int at_bol;          /* the last output ended with a newline */
-  int eof;             /* stdin ended (Ctrl+D) */
-  int quit;            /* os.exit() was called */
-  int status;          /* its exit status */
-  int interrupted;     /* Ctrl+C cancelled the running input */
+  int tty;         /* stdin is a terminal: libedit edits the line */
+  int editing;     /* the rl_callback handler is installed */
+  int fresh;       /* no key read since: the line is empty */
+  int hidden;      /* the prompt was erased for output */
+  int at_bol;      /* the last output ended with a newline */
+  int eof;         /* stdin ended (Ctrl+D) */
+  int quit;        /* os.exit() was called */
+  int status;      /* its exit status */
+  int interrupted; /* Ctrl+C cancelled the running input */
   ev_io in;
   ev_prepare redraw;
   ev_async sigint;
   ev_signal winch;
-  volatile sig_atomic_t sigpending;  /* SIGINTs nobody handled yet */
+  volatile sig_atomic_t sigpending; /* SIGINTs nobody handled yet */
   struct sigaction old_sigint;
-  ml_Future *input;    /* the task of the running input, or NULL */
-  char **lines;        /* lines read and not handled yet (a FIFO) */
+  ml_Future *input; /* the task of the running input, or NULL */
+  char **lines;     /* lines read and not handled yet (a FIFO) */
   size_t nlines, headline, caplines;
-  char *chunk;         /* an incomplete input so far, or NULL */
-  char *rbuf;          /* non-tty: bytes read, not yet a whole line */
+  char *chunk; /* an incomplete input so far, or NULL */
+  char *rbuf;  /* non-tty: bytes read, not yet a whole line */
   size_t rlen, rcap;
   char *histfile;
   ml_ErrorHandler old_on_error;
   void *old_on_error_ud;
-  struct termios tio;  /* the terminal's modes when the REPL started */
+  struct termios tio; /* the terminal's modes when the REPL started */
   int tio_saved;
 } Repl;
 
@@ -116,7 +116,9 @@ static void redraw(void) {
 }
 
 static void redraw_cb(struct ev_loop *loop, ev_prepare *w, int revents) {
-  (void)loop; (void)w; (void)revents;
+  (void)loop;
+  (void)w;
+  (void)revents;
   fflush(stdout);
   redraw();
 }
@@ -180,7 +182,8 @@ static int repl_file_write(lua_State *L) {
 
 /* Errors nobody caught (a background task's exception never retrieved). */
 static void repl_on_error(ml_State *S, const char *msg, void *ud) {
-  (void)S; (void)ud;
+  (void)S;
+  (void)ud;
   out_begin();
   fprintf(stderr, "moonloop: %s\n", msg);
   R.at_bol = 1;
@@ -204,13 +207,14 @@ static void wrap_field(lua_State *L, int idx, const char *name, lua_CFunction f)
 /* What os.exit needs from Lua: asyncio.current_task, and a function that
  * awaits a Future nobody completes (C cannot await through the public
  * API, but it can call Lua that does, with a continuation). */
-static const char exit_src[] =
-  "local asyncio = require 'asyncio'\n"
-  "local Future = asyncio.Future\n"
-  "return asyncio.current_task, function() await Future() end\n";
+static const char exit_src[] = "local asyncio = require 'asyncio'\n"
+                               "local Future = asyncio.Future\n"
+                               "return asyncio.current_task, function() await Future() end\n";
 
 static int exit_k(lua_State *L, int status, lua_KContext ctx) {
-  (void)L; (void)status; (void)ctx;
+  (void)L;
+  (void)status;
+  (void)ctx;
   return 0;
 }
 
@@ -233,7 +237,7 @@ static int repl_os_exit(lua_State *L) {
   if (!in_task) return call_original(L);
   R.quit = 1;
   R.status = status;
-  ml_state_stop(R.S);  /* back to ml__repl_main */
+  ml_state_stop(R.S); /* back to ml__repl_main */
   lua_pushvalue(L, lua_upvalueindex(3));
   lua_callk(L, 0, 0, 0, exit_k);
   return exit_k(L, LUA_OK, 0);
@@ -266,8 +270,10 @@ static void interrupt_input(lua_State *L) {
 /* The loop's side of SIGINT.  Its watcher has a higher priority than
  * stdin's, so keys typed after Ctrl+C are read after the line is reset. */
 static void sigint_cb(struct ev_loop *loop, ev_async *w, int revents) {
-  (void)loop; (void)w; (void)revents;
-  if (!R.sigpending) return;  /* run_input took it */
+  (void)loop;
+  (void)w;
+  (void)revents;
+  if (!R.sigpending) return; /* run_input took it */
   R.sigpending = 0;
   if (R.input && ml_future_state(R.input) == ML_FUTURE_PENDING) {
     interrupt_input(ml_state_lua(R.S));
@@ -344,7 +350,7 @@ static void editor_start(void) {
   if (R.tty) {
     if (!R.at_bol) fputc('\n', stdout);
     fflush(stdout);
-    tty_normal();  /* libedit takes its cooked modes from the terminal */
+    tty_normal(); /* libedit takes its cooked modes from the terminal */
     rl_callback_handler_install(R.chunk ? PROMPT2 : PROMPT1, line_cb);
     R.fresh = 1;
     fflush(stdout);
@@ -367,12 +373,14 @@ static void editor_stop(void) {
 }
 
 static void tty_cb(struct ev_loop *loop, ev_io *w, int revents) {
-  (void)loop; (void)w; (void)revents;
+  (void)loop;
+  (void)w;
+  (void)revents;
   /* A SIGINT whose handler ran after this iteration's poll: its keys came
    * after Ctrl+C, so the line is reset before they are read. */
   if (R.sigpending) sigint_cb(loop, &R.sigint, 0);
   if (!R.editing) return;
-  redraw();  /* libedit draws keys on the display it believes is there */
+  redraw(); /* libedit draws keys on the display it believes is there */
   rl_callback_read_char();
   R.fresh = 0;
   if (R.nlines > 0 || R.eof) {
@@ -383,7 +391,7 @@ static void tty_cb(struct ev_loop *loop, ev_io *w, int revents) {
       fflush(stdout);
     }
     editor_stop();
-    ml_state_stop(R.S);  /* back to ml__repl_main */
+    ml_state_stop(R.S); /* back to ml__repl_main */
   }
 }
 
@@ -391,7 +399,9 @@ static void tty_cb(struct ev_loop *loop, ev_io *w, int revents) {
 static void pipe_cb(struct ev_loop *loop, ev_io *w, int revents) {
   ssize_t r;
   size_t i, start = 0;
-  (void)loop; (void)w; (void)revents;
+  (void)loop;
+  (void)w;
+  (void)revents;
   if (R.rcap - R.rlen < 4096) {
     size_t cap = R.rcap ? R.rcap * 2 : 8192;
     char *nb = realloc(R.rbuf, cap);
@@ -471,8 +481,7 @@ static int print_results(lua_State *L) {
 static int format_error(lua_State *L) {
   if (lua_type(L, 1) == LUA_TSTRING || luaL_getmetafield(L, 1, "__tostring") != LUA_TNIL)
     luaL_tolstring(L, 1, NULL);
-  else
-    ml__pretty(L, 1, 1);
+  else ml__pretty(L, 1, 1);
   if (lua_isstring(L, 2)) {
     /* The task's own base frame is left out already (the core's
      * ml__traceback). */
@@ -495,14 +504,12 @@ static void report(lua_State *L, ml_Future *f) {
       say(lua_pushfstring(L, "error printing the result: %s",
                           lua_tostring(L, -1) ? lua_tostring(L, -1) : "?"));
     break;
-  case ML_FUTURE_CANCELLED:
-    say(R.interrupted ? "KeyboardInterrupt" : "CancelledError");
-    break;
+  case ML_FUTURE_CANCELLED: say(R.interrupted ? "KeyboardInterrupt" : "CancelledError"); break;
   case ML_FUTURE_ERROR:
     /* format_error(error, traceback); reading the error retrieves it. */
     lua_pushcfunction(L, format_error);
-    if (ml_future_push_error(L, f) != ML_OK || ml_future_push_traceback(L, f) != ML_OK
-        || lua_pcall(L, 2, 1, 0) != LUA_OK || !lua_isstring(L, -1)) {
+    if (ml_future_push_error(L, f) != ML_OK || ml_future_push_traceback(L, f) != ML_OK ||
+        lua_pcall(L, 2, 1, 0) != LUA_OK || !lua_isstring(L, -1)) {
       lua_settop(L, top);
       lua_pushliteral(L, "(error object cannot be printed)");
     }
@@ -564,17 +571,14 @@ static void remember(const char *text) {
 static void handle_line(ml_State *S, char *line) {
   char *text;
   switch (ml__repl_split(S, &R.chunk, line, CHUNKNAME, &text)) {
-  case ML_SPLIT_MORE:
-    return;  /* more lines on the ">>" prompt */
-  case ML_SPLIT_NOMEM:
-    say("moonloop: not enough memory");
-    return;
+  case ML_SPLIT_MORE: return; /* more lines on the ">>" prompt */
+  case ML_SPLIT_NOMEM: say("moonloop: not enough memory"); return;
   case ML_SPLIT_ERROR:
     remember(text);
     free(text);
     say(ml_state_error(S));
     return;
-  default:  /* ML_SPLIT_RUN */
+  default: /* ML_SPLIT_RUN */
     remember(text);
     free(text);
     run_input(S);
@@ -585,7 +589,9 @@ static void handle_line(ml_State *S, char *line) {
 /* Set-up and the main cycle.                                         */
 
 static void winch_cb(struct ev_loop *loop, ev_signal *w, int revents) {
-  (void)loop; (void)w; (void)revents;
+  (void)loop;
+  (void)w;
+  (void)revents;
   if (R.editing) rl_resize_terminal();
 }
 
@@ -598,7 +604,7 @@ static void wrap_exit(lua_State *L, int idx) {
   }
   if (ml_load_string(L, exit_src, sizeof exit_src - 1, "=repl") != ML_OK)
     luaL_error(L, "%s", ml_state_error(ml_state_from_lua(L)));
-  lua_call(L, 0, 2);  /* [original, current_task, park] */
+  lua_call(L, 0, 2); /* [original, current_task, park] */
   lua_pushcclosure(L, repl_os_exit, 3);
   lua_setfield(L, idx, "exit");
 }
@@ -624,8 +630,8 @@ static int install_wrappers(lua_State *L) {
 static void unwrap_field(lua_State *L, int idx, const char *name, lua_CFunction f) {
   int top = lua_gettop(L);
   idx = lua_absindex(L, idx);
-  if (lua_getfield(L, idx, name) == LUA_TFUNCTION && lua_tocfunction(L, -1) == f
-      && lua_getupvalue(L, -1, 1) != NULL)
+  if (lua_getfield(L, idx, name) == LUA_TFUNCTION && lua_tocfunction(L, -1) == f &&
+      lua_getupvalue(L, -1, 1) != NULL)
     lua_setfield(L, idx, name);
   lua_settop(L, top);
 }
@@ -648,7 +654,7 @@ static void remove_wrappers(lua_State *L) {
 static void setup_editor(void) {
   const char *h = getenv("MOONLOOP_HISTORY"), *home = getenv("HOME");
   rl_readline_name = "moonloop";
-  rl_catch_signals = 0;  /* libedit's handlers would re-raise at the group */
+  rl_catch_signals = 0; /* libedit's handlers would re-raise at the group */
   rl_instream = stdin;
   rl_outstream = stdout;
   rl_initialize();
@@ -682,8 +688,8 @@ int ml__repl_main(ml_State *S) {
   if (R.tty) {
     R.tio_saved = tcgetattr(0, &R.tio) == 0;
     setup_editor();
-    printf("moonloop %s (%s) -- top-level await works; Ctrl+D leaves\n",
-           MOONLOOP_VERSION, LUA_RELEASE);
+    printf("moonloop %s (%s) -- top-level await works; Ctrl+D leaves\n", MOONLOOP_VERSION,
+           LUA_RELEASE);
   }
   ev_io_init(&R.in, R.tty ? tty_cb : pipe_cb, 0, EV_READ);
   ev_prepare_init(&R.redraw, redraw_cb);

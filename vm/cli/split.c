@@ -25,7 +25,7 @@ int ml__repl_split(ml_State *S, char **pending, char *line, const char *chunknam
   if (*pending == NULL) {
     const char *body = line;
     char *ret;
-    if (line[0] == '=') body = line + 1;  /* "= x", as Lua 5.1 took it */
+    if (line[0] == '=') body = line + 1; /* "= x", as Lua 5.1 took it */
     if ((ret = malloc(strlen(body) + 8)) == NULL) goto oom;
     strcpy(ret, "return ");
     strcat(ret, body);

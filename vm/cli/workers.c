@@ -53,13 +53,13 @@
 
 #define MAX_LISTEN 64
 #define OUTBUF 4096
-#define BACKOFF_FIRST 0.1   /* seconds before the first restart of a slot */
+#define BACKOFF_FIRST 0.1 /* seconds before the first restart of a slot */
 #define BACKOFF_MAX 10.0
-#define STABLE_AFTER 10.0   /* a worker that lived this long resets its slot's back-off */
+#define STABLE_AFTER 10.0 /* a worker that lived this long resets its slot's back-off */
 
 typedef struct Out {
-  int fd;                   /* read end of the worker's stdout or stderr pipe, or -1 */
-  int to;                   /* 1 or 2: where its lines go */
+  int fd; /* read end of the worker's stdout or stderr pipe, or -1 */
+  int to; /* 1 or 2: where its lines go */
   size_t len;
   char buf[OUTBUF];
 } Out;
@@ -68,9 +68,9 @@ typedef struct Proc {
   struct Proc *next;
   pid_t pid;
   int slot;
-  int ready_fd;             /* read end of the ready pipe, or -1 */
-  int ready;                /* it said READY */
-  int boot;                 /* one of the first start: failing is fatal */
+  int ready_fd; /* read end of the ready pipe, or -1 */
+  int ready;    /* it said READY */
+  int boot;     /* one of the first start: failing is fatal */
   int term_sent, kill_sent;
   double started, ready_by, kill_at;
   Out out[2];
@@ -79,19 +79,19 @@ typedef struct Proc {
 static struct {
   const ml_Supervise *o;
   int nlisten, listen[MAX_LISTEN];
-  int lifeline[2];          /* [0] given to workers, [1] held here only */
+  int lifeline[2]; /* [0] given to workers, [1] held here only */
   int sigfd;
   sigset_t oldmask;
-  int prefix;               /* stdout is a terminal: prefix worker lines */
+  int prefix; /* stdout is a terminal: prefix worker lines */
   pid_t self;
-  char exe[4096];           /* this binary, read once: the workers' comm is "moonloop", not "exe" */
+  char exe[4096]; /* this binary, read once: the workers' comm is "moonloop", not "exe" */
   Proc *procs;
-  Proc **cur;               /* per slot: the worker serving, or NULL */
-  double *restart_at;       /* per slot: 0, or when to start it again */
-  int *fails;               /* per slot: quick deaths in a row */
-  int reload_slot;          /* -1, or the slot being replaced */
-  Proc *reload_new;         /* the replacement starting for it */
-  int reload_again;         /* a SIGHUP came during a reload */
+  Proc **cur;         /* per slot: the worker serving, or NULL */
+  double *restart_at; /* per slot: 0, or when to start it again */
+  int *fails;         /* per slot: quick deaths in a row */
+  int reload_slot;    /* -1, or the slot being replaced */
+  Proc *reload_new;   /* the replacement starting for it */
+  int reload_again;   /* a SIGHUP came during a reload */
   int stopping, fatal, unclean;
 } G;
 
@@ -118,7 +118,7 @@ static void write_all(int fd, const char *p, size_t n) {
   while (n > 0) {
     ssize_t r = write(fd, p, n);
     if (r < 0 && errno == EINTR) continue;
-    if (r <= 0) return;  /* a closed terminal: the lines are lost, the service goes on */
+    if (r <= 0) return; /* a closed terminal: the lines are lost, the service goes on */
     p += r;
     n -= (size_t)r;
   }
@@ -163,14 +163,18 @@ static int listen_on(const char *spec) {
     memset(&sun, 0, sizeof sun);
     sun.sun_family = AF_UNIX;
     strcpy(sun.sun_path, spec);
-    unlink(spec);  /* a stale socket of an earlier run; a worker never unlinks it */
+    unlink(spec); /* a stale socket of an earlier run; a worker never unlinks it */
     fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
     if (fd < 0 || bind(fd, (struct sockaddr *)&sun, sizeof sun) < 0 || listen(fd, SOMAXCONN) < 0) {
       say("--listen %s: %s", spec, strerror(errno));
       if (fd >= 0) close(fd);
       return -1;
     }
-    if (G.nlisten == MAX_LISTEN) { say("--listen: more than %d sockets", MAX_LISTEN); close(fd); return -1; }
+    if (G.nlisten == MAX_LISTEN) {
+      say("--listen: more than %d sockets", MAX_LISTEN);
+      close(fd);
+      return -1;
+    }
     G.listen[G.nlisten++] = fd;
     return 0;
   }
@@ -189,7 +193,8 @@ static int listen_on(const char *spec) {
   }
   if (strlen(colon + 1) == 0 || strlen(colon + 1) >= sizeof port) goto bad;
   strcpy(port, colon + 1);
-  for (const char *p = port; *p; p++) if (*p < '0' || *p > '9') goto bad;
+  for (const char *p = port; *p; p++)
+    if (*p < '0' || *p > '9') goto bad;
   {
     struct addrinfo hints, *res, *ai;
     int rc, n = 0;
@@ -202,7 +207,7 @@ static int listen_on(const char *spec) {
     }
     for (ai = res; ai; ai = ai->ai_next) {
       int one = 1, fd = socket(ai->ai_family, ai->ai_socktype | SOCK_CLOEXEC, ai->ai_protocol);
-      if (fd < 0) continue;  /* an address family the kernel lacks, as start_server skips it */
+      if (fd < 0) continue; /* an address family the kernel lacks, as start_server skips it */
       setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
       if (ai->ai_family == AF_INET6) setsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, &one, sizeof one);
       if (bind(fd, ai->ai_addr, ai->ai_addrlen) < 0 || listen(fd, SOMAXCONN) < 0) {
@@ -214,12 +219,19 @@ static int listen_on(const char *spec) {
         freeaddrinfo(res);
         return -1;
       }
-      if (G.nlisten == MAX_LISTEN) { say("--listen: more than %d sockets", MAX_LISTEN); close(fd); break; }
+      if (G.nlisten == MAX_LISTEN) {
+        say("--listen: more than %d sockets", MAX_LISTEN);
+        close(fd);
+        break;
+      }
       G.listen[G.nlisten++] = fd;
       n++;
     }
     freeaddrinfo(res);
-    if (n == 0) { say("--listen %s: no address to listen on", spec); return -1; }
+    if (n == 0) {
+      say("--listen %s: no address to listen on", spec);
+      return -1;
+    }
     return 0;
   }
 bad:
@@ -289,18 +301,29 @@ static void child(int slot, int ready_wr, int out_wr, int err_wr) {
   int k = G.nlisten, tmp[MAX_LISTEN + 4], src[MAX_LISTEN + 4], dst[MAX_LISTEN + 4], n = 0;
   char grace[32];
   prctl(PR_SET_PDEATHSIG, SIGTERM);
-  if (getppid() != G.self) _exit(1);  /* the supervisor died before prctl */
-  for (int i = 0; i < k; i++) { src[n] = G.listen[i]; dst[n++] = 3 + i; }
-  src[n] = ready_wr; dst[n++] = 3 + k;
-  src[n] = G.lifeline[0]; dst[n++] = 4 + k;
-  if (out_wr >= 0) { src[n] = out_wr; dst[n++] = 1; }
-  if (err_wr >= 0) { src[n] = err_wr; dst[n++] = 2; }
+  if (getppid() != G.self) _exit(1); /* the supervisor died before prctl */
+  for (int i = 0; i < k; i++) {
+    src[n] = G.listen[i];
+    dst[n++] = 3 + i;
+  }
+  src[n] = ready_wr;
+  dst[n++] = 3 + k;
+  src[n] = G.lifeline[0];
+  dst[n++] = 4 + k;
+  if (out_wr >= 0) {
+    src[n] = out_wr;
+    dst[n++] = 1;
+  }
+  if (err_wr >= 0) {
+    src[n] = err_wr;
+    dst[n++] = 2;
+  }
   /* Every source first moves above every target, so no dup2 below
    * closes a source that is still to be moved. */
   for (int i = 0; i < n; i++)
     if ((tmp[i] = fcntl(src[i], F_DUPFD_CLOEXEC, 5 + k)) < 0) _exit(127);
   for (int i = 0; i < n; i++)
-    if (dup2(tmp[i], dst[i]) < 0) _exit(127);  /* dup2 clears close-on-exec */
+    if (dup2(tmp[i], dst[i]) < 0) _exit(127); /* dup2 clears close-on-exec */
   setenv_int("MOONLOOP_WORKER_ID", slot);
   setenv_int("MOONLOOP_WORKER_COUNT", G.o->workers);
   setenv_int("MOONLOOP_WORKER_PID", (long)getpid());
@@ -324,32 +347,50 @@ static void child(int slot, int ready_wr, int out_wr, int err_wr) {
 
 /* Starts a worker for slot.  Returns it (in G.procs), or NULL. */
 static Proc *spawn(int slot, int boot) {
-  int rp[2], op[2] = { -1, -1 }, ep[2] = { -1, -1 };
+  int rp[2], op[2] = {-1, -1}, ep[2] = {-1, -1};
   Proc *p = calloc(1, sizeof *p);
-  if (p == NULL) { say("worker %d: out of memory", slot); return NULL; }
+  if (p == NULL) {
+    say("worker %d: out of memory", slot);
+    return NULL;
+  }
   if (pipe2(rp, O_CLOEXEC) < 0) goto fail;
   if (G.prefix && (pipe2(op, O_CLOEXEC) < 0 || pipe2(ep, O_CLOEXEC) < 0)) {
-    close(rp[0]); close(rp[1]);
-    if (op[0] >= 0) { close(op[0]); close(op[1]); }
+    close(rp[0]);
+    close(rp[1]);
+    if (op[0] >= 0) {
+      close(op[0]);
+      close(op[1]);
+    }
     goto fail;
   }
   fflush(NULL);
   p->pid = fork();
   if (p->pid < 0) {
-    close(rp[0]); close(rp[1]);
-    if (op[0] >= 0) { close(op[0]); close(op[1]); close(ep[0]); close(ep[1]); }
+    close(rp[0]);
+    close(rp[1]);
+    if (op[0] >= 0) {
+      close(op[0]);
+      close(op[1]);
+      close(ep[0]);
+      close(ep[1]);
+    }
     goto fail;
   }
   if (p->pid == 0) child(slot, rp[1], op[1], ep[1]);
   close(rp[1]);
-  if (op[1] >= 0) { close(op[1]); close(ep[1]); }
+  if (op[1] >= 0) {
+    close(op[1]);
+    close(ep[1]);
+  }
   p->slot = slot;
   p->boot = boot;
   p->ready_fd = rp[0];
   p->started = now();
   p->ready_by = G.o->ready_timeout > 0 ? p->started + G.o->ready_timeout : 0;
-  p->out[0].fd = op[0]; p->out[0].to = 1;
-  p->out[1].fd = ep[0]; p->out[1].to = 2;
+  p->out[0].fd = op[0];
+  p->out[0].to = 1;
+  p->out[1].fd = ep[0];
+  p->out[1].to = 2;
   for (int i = 0; i < 2; i++)
     if (p->out[i].fd >= 0) fcntl(p->out[i].fd, F_SETFL, O_NONBLOCK);
   p->next = G.procs;
@@ -387,7 +428,11 @@ static void pump(Proc *p, Out *o) {
   for (;;) {
     ssize_t r = read(o->fd, o->buf + o->len, OUTBUF - o->len);
     if (r < 0 && errno == EINTR) continue;
-    if (r < 0) { if (errno == EAGAIN) emit(p, o, 0); else goto eof; return; }
+    if (r < 0) {
+      if (errno == EAGAIN) emit(p, o, 0);
+      else goto eof;
+      return;
+    }
     if (r == 0) goto eof;
     o->len += (size_t)r;
     emit(p, o, 0);
@@ -458,11 +503,13 @@ static void reload_abort(const char *fmt, ...) {
 static void on_ready(Proc *p) {
   char b[64];
   ssize_t r;
-  do r = read(p->ready_fd, b, sizeof b); while (r < 0 && errno == EINTR);
+  do r = read(p->ready_fd, b, sizeof b);
+  while (r < 0 && errno == EINTR);
   if (r < 0 && errno == EAGAIN) return;
   close(p->ready_fd);
   p->ready_fd = -1;
-  if (r <= 0 || memcmp(b, "READY", r < 5 ? (size_t)r : 5) != 0) return;  /* closed unready: its exit tells */
+  if (r <= 0 || memcmp(b, "READY", r < 5 ? (size_t)r : 5) != 0)
+    return; /* closed unready: its exit tells */
   p->ready = 1;
   if (p == G.reload_new) {
     Proc *old = G.cur[p->slot];
@@ -487,10 +534,14 @@ static void on_exit_(Proc *p, int status) {
   char why[96];
   double t = now();
   int clean = WIFEXITED(status) && WEXITSTATUS(status) == 0;
-  for (int i = 0; i < 2; i++) if (p->out[i].fd >= 0) pump(p, &p->out[i]);
+  for (int i = 0; i < 2; i++)
+    if (p->out[i].fd >= 0) pump(p, &p->out[i]);
   if (p->ready_fd >= 0) close(p->ready_fd);
   for (Proc **pp = &G.procs; *pp; pp = &(*pp)->next)
-    if (*pp == p) { *pp = p->next; break; }
+    if (*pp == p) {
+      *pp = p->next;
+      break;
+    }
   describe(status, why, sizeof why);
   if (G.cur[p->slot] == p) G.cur[p->slot] = NULL;
   if (G.stopping) {
@@ -499,11 +550,13 @@ static void on_exit_(Proc *p, int status) {
       if (!G.fatal) say("worker %d (pid %d) %s", p->slot, (int)p->pid, why);
     }
   } else if (p == G.reload_new) {
-    reload_abort("worker %d: the new process (pid %d) %s before it was ready", p->slot, (int)p->pid, why);
+    reload_abort("worker %d: the new process (pid %d) %s before it was ready", p->slot, (int)p->pid,
+                 why);
   } else if (p->term_sent) {
     say("worker %d: the old process (pid %d) %s", p->slot, (int)p->pid, why);
   } else if (p->boot && !p->ready) {
-    say("worker %d (pid %d) %s before it was ready: the service cannot start", p->slot, (int)p->pid, why);
+    say("worker %d (pid %d) %s before it was ready: the service cannot start", p->slot, (int)p->pid,
+        why);
     G.fatal = 1;
     stop_all("start-up failed");
   } else if (G.cur[p->slot] == NULL && G.restart_at[p->slot] == 0) {
@@ -524,7 +577,7 @@ static void reap(void) {
   while ((pid = waitpid(-1, &status, WNOHANG)) > 0) {
     Proc *p;
     for (p = G.procs; p && p->pid != pid; p = p->next) {}
-    if (p) on_exit_(p, status);  /* else an orphan the kernel gave us (as PID 1): reaped */
+    if (p) on_exit_(p, status); /* else an orphan the kernel gave us (as PID 1): reaped */
   }
 }
 
@@ -534,14 +587,16 @@ static void on_signal(void) {
     int sig = (int)si.ssi_signo;
     char s[32];
     switch (sig) {
-    case SIGCHLD:
-      reap();
-      break;
-    case SIGTERM: case SIGINT:
+    case SIGCHLD: reap(); break;
+    case SIGTERM:
+    case SIGINT:
       if (G.stopping && !G.fatal) {
         say("%s again: killing the workers now", signame(sig, s, sizeof s));
         for (Proc *p = G.procs; p; p = p->next)
-          if (!p->kill_sent) { p->kill_sent = 1; kill(p->pid, SIGKILL); }
+          if (!p->kill_sent) {
+            p->kill_sent = 1;
+            kill(p->pid, SIGKILL);
+          }
         G.unclean = 1;
       } else {
         stop_all(signame(sig, s, sizeof s));
@@ -568,12 +623,13 @@ static int deadlines(void) {
     if (!p->ready && p->ready_by > 0 && !p->term_sent && !p->kill_sent) {
       if (t >= p->ready_by) {
         say("worker %d (pid %d) is not ready after %g s (a worker is ready when its first server "
-            "listens, or when it calls asyncio.worker_ready())", p->slot, (int)p->pid, G.o->ready_timeout);
+            "listens, or when it calls asyncio.worker_ready())",
+            p->slot, (int)p->pid, G.o->ready_timeout);
         p->kill_sent = 1;
         kill(p->pid, SIGKILL);
         if (p == G.reload_new) {
           reload_abort("worker %d: the new process was not ready", p->slot);
-          p->term_sent = 1;  /* its end is expected now */
+          p->term_sent = 1; /* its end is expected now */
         } else if (p->boot) {
           G.fatal = 1;
           stop_all("start-up failed");
@@ -584,7 +640,8 @@ static int deadlines(void) {
     }
     if (p->term_sent && !p->kill_sent) {
       if (t >= p->kill_at) {
-        say("worker %d (pid %d) did not stop within %g s: killing it", p->slot, (int)p->pid, G.o->grace);
+        say("worker %d (pid %d) did not stop within %g s: killing it", p->slot, (int)p->pid,
+            G.o->grace);
         p->kill_sent = 1;
         kill(p->pid, SIGKILL);
         G.unclean = 1;
@@ -598,7 +655,7 @@ static int deadlines(void) {
       if (G.restart_at[s] == 0 || G.cur[s]) continue;
       if (t >= G.restart_at[s]) {
         G.restart_at[s] = 0;
-        if (G.reload_new && G.reload_new->slot == s) continue;  /* its replacement is starting */
+        if (G.reload_new && G.reload_new->slot == s) continue; /* its replacement is starting */
         G.cur[s] = spawn(s, 0);
         if (G.cur[s] == NULL) G.restart_at[s] = t + BACKOFF_MAX;
       } else if (G.restart_at[s] < next) {
@@ -645,7 +702,11 @@ int ml__supervise(const ml_Supervise *o) {
   signal(SIGPIPE, SIG_IGN);
   for (int s = 0; s < o->workers; s++) {
     G.cur[s] = spawn(s, 1);
-    if (G.cur[s] == NULL) { G.fatal = 1; stop_all("start-up failed"); break; }
+    if (G.cur[s] == NULL) {
+      G.fatal = 1;
+      stop_all("start-up failed");
+      break;
+    }
   }
   for (;;) {
     int timeout = deadlines();
@@ -655,17 +716,29 @@ int ml__supervise(const ml_Supervise *o) {
     Proc **who = calloc((size_t)cap, sizeof *who);
     int *what = calloc((size_t)cap, sizeof *what);
     if (!fds || !who || !what) {
-      free(fds); free(who); free(what);
-      struct timespec ts = { 0, 10000000 };
-      nanosleep(&ts, NULL);  /* out of memory: try again shortly */
+      free(fds);
+      free(who);
+      free(what);
+      struct timespec ts = {0, 10000000};
+      nanosleep(&ts, NULL); /* out of memory: try again shortly */
       continue;
     }
     fds[0].fd = G.sigfd;
     fds[0].events = POLLIN;
     for (Proc *p = G.procs; p; p = p->next) {
-      if (p->ready_fd >= 0) { fds[n].fd = p->ready_fd; fds[n].events = POLLIN; who[n] = p; what[n++] = -1; }
+      if (p->ready_fd >= 0) {
+        fds[n].fd = p->ready_fd;
+        fds[n].events = POLLIN;
+        who[n] = p;
+        what[n++] = -1;
+      }
       for (int i = 0; i < 2; i++)
-        if (p->out[i].fd >= 0) { fds[n].fd = p->out[i].fd; fds[n].events = POLLIN; who[n] = p; what[n++] = i; }
+        if (p->out[i].fd >= 0) {
+          fds[n].fd = p->out[i].fd;
+          fds[n].events = POLLIN;
+          who[n] = p;
+          what[n++] = i;
+        }
     }
     int r = poll(fds, (nfds_t)n, timeout);
     if (r > 0) {
@@ -676,12 +749,15 @@ int ml__supervise(const ml_Supervise *o) {
         Proc *p;
         for (p = G.procs; p && p != who[i]; p = p->next) {}
         if (!p) continue;
-        if (what[i] < 0) { if (p->ready_fd == fds[i].fd) on_ready(p); }
-        else if (p->out[what[i]].fd == fds[i].fd) pump(p, &p->out[what[i]]);
+        if (what[i] < 0) {
+          if (p->ready_fd == fds[i].fd) on_ready(p);
+        } else if (p->out[what[i]].fd == fds[i].fd) pump(p, &p->out[what[i]]);
       }
       if (fds[0].revents) on_signal();
     }
-    free(fds); free(who); free(what);
+    free(fds);
+    free(who);
+    free(what);
   }
   if (G.fatal) return 1;
   if (!G.unclean) say("all workers stopped");
@@ -705,13 +781,12 @@ static int env_int(const char *name, int *v) {
 int ml__worker_env(ml_Worker *w, int *fds, int cap, double *grace, int *lifeline) {
   static const char *const names[] = {
     "MOONLOOP_WORKER_ID", "MOONLOOP_WORKER_COUNT", "MOONLOOP_WORKER_PID", "MOONLOOP_LISTEN_FDS",
-    "MOONLOOP_READY_FD", "MOONLOOP_LIFELINE_FD", "MOONLOOP_GRACE", NULL
-  };
+    "MOONLOOP_READY_FD",  "MOONLOOP_LIFELINE_FD",  "MOONLOOP_GRACE",      NULL};
   int id, count, pid, k, ready, life, ok;
   const char *g = getenv("MOONLOOP_GRACE");
-  ok = env_int(names[0], &id) && env_int(names[1], &count) && env_int(names[2], &pid)
-       && env_int(names[3], &k) && env_int(names[4], &ready) && env_int(names[5], &life)
-       && pid == (int)getpid() && k >= 0 && k <= cap && count >= 1 && id >= 0 && id < count;
+  ok = env_int(names[0], &id) && env_int(names[1], &count) && env_int(names[2], &pid) &&
+       env_int(names[3], &k) && env_int(names[4], &ready) && env_int(names[5], &life) &&
+       pid == (int)getpid() && k >= 0 && k <= cap && count >= 1 && id >= 0 && id < count;
   *grace = g ? ml__parse_duration(g) : -1;
   if (*grace < 0) *grace = 10;
   /* Gone from the environment either way: the script's own children

@@ -34,9 +34,9 @@
  * docs/performance.md ("Allocator"). */
 #define HUGE_SLAB (2 * 1024 * 1024)
 #define HUGE_AFTER 32
-#define SMALL_MAX 2048  /* larger blocks come from malloc */
+#define SMALL_MAX 2048 /* larger blocks come from malloc */
 #define NCLASS 25
-#define HDR 16         /* slab and large-block headers; keeps 16-alignment */
+#define HDR 16 /* slab and large-block headers; keeps 16-alignment */
 
 /* Class sizes are multiples of 16, so every block is as aligned as the
  * slab (malloc's alignment).  Steps of 16 up to 128 fit the Lua objects
@@ -45,41 +45,41 @@
  * Classes go up to 2 KiB because network code makes a Lua string of each
  * message read (a 1 KiB message is a ~1,065-byte block, past glibc's fast
  * path too; docs/performance.md, "Allocator"). */
-static const uint16_t class_size[NCLASS] = {
-  16, 32, 48, 64, 80, 96, 112, 128, 160, 192, 224, 256, 320, 384, 448, 512,
-  640, 768, 896, 1024, 1152, 1280, 1536, 1792, 2048
-};
+static const uint16_t class_size[NCLASS] = {16,  32,   48,   64,   80,   96,   112, 128, 160,
+                                            192, 224,  256,  320,  384,  448,  512, 640, 768,
+                                            896, 1024, 1152, 1280, 1536, 1792, 2048};
 
 /* class_of[(n + 15) / 16] is the smallest class holding n bytes (n >= 1). */
 static const uint8_t class_of[SMALL_MAX / 16 + 1] = {
-  0, 0, 1, 2, 3, 4, 5, 6, 7, 8, 8, 9, 9, 10, 10, 11,
-  11, 12, 12, 12, 12, 13, 13, 13, 13, 14, 14, 14, 14, 15, 15, 15,
-  15, 16, 16, 16, 16, 16, 16, 16, 16, 17, 17, 17, 17, 17, 17, 17,
-  17, 18, 18, 18, 18, 18, 18, 18, 18, 19, 19, 19, 19, 19, 19, 19,
-  19, 20, 20, 20, 20, 20, 20, 20, 20, 21, 21, 21, 21, 21, 21, 21,
-  21, 22, 22, 22, 22, 22, 22, 22, 22, 22, 22, 22, 22, 22, 22, 22,
-  22, 23, 23, 23, 23, 23, 23, 23, 23, 23, 23, 23, 23, 23, 23, 23,
-  23, 24, 24, 24, 24, 24, 24, 24, 24, 24, 24, 24, 24, 24, 24, 24,
-  24
-};
+  0,  0,  1,  2,  3,  4,  5,  6,  7,  8,  8,  9,  9,  10, 10, 11, 11, 12, 12, 12, 12, 13,
+  13, 13, 13, 14, 14, 14, 14, 15, 15, 15, 15, 16, 16, 16, 16, 16, 16, 16, 16, 17, 17, 17,
+  17, 17, 17, 17, 17, 18, 18, 18, 18, 18, 18, 18, 18, 19, 19, 19, 19, 19, 19, 19, 19, 20,
+  20, 20, 20, 20, 20, 20, 20, 21, 21, 21, 21, 21, 21, 21, 21, 22, 22, 22, 22, 22, 22, 22,
+  22, 22, 22, 22, 22, 22, 22, 22, 22, 23, 23, 23, 23, 23, 23, 23, 23, 23, 23, 23, 23, 23,
+  23, 23, 23, 24, 24, 24, 24, 24, 24, 24, 24, 24, 24, 24, 24, 24, 24, 24, 24};
 
 #define CLASS(n) (class_of[((n) + 15) >> 4])
 
-typedef struct Slab { struct Slab *next; size_t size; } Slab;
+typedef struct Slab {
+  struct Slab *next;
+  size_t size;
+} Slab;
 
 /* Every malloc'd block carries links to its neighbours, so that the
  * allocator can release all of them at once, and can keep a block whose
  * shrink into a pool found no memory (see shrink_to_pool). */
-typedef struct Large { struct Large *prev, *next; } Large;
+typedef struct Large {
+  struct Large *prev, *next;
+} Large;
 
 struct ml_Alloc {
-  void *free[NCLASS];     /* per-class free lists, linked through block[0] */
-  char *bump, *bump_end;  /* the uncarved tail of the newest slab */
+  void *free[NCLASS];    /* per-class free lists, linked through block[0] */
+  char *bump, *bump_end; /* the uncarved tail of the newest slab */
   Slab *slabs;
   int nslabs;
-  Large large;            /* sentinel of the ring of malloc'd blocks */
+  Large large; /* sentinel of the ring of malloc'd blocks */
   size_t used, peak, cap;
-  int checked;            /* cap != 0 or a fault test is set: growth is checked */
+  int checked; /* cap != 0 or a fault test is set: growth is checked */
   /* The fault test (ml__alloc_set_faults): growths counted, and those
    * numbered fail_from .. fail_from + fail_len - 1 are refused. */
   size_t growths, fail_from, fail_len;
@@ -196,7 +196,7 @@ static void *large_realloc(void *p, size_t n) {
   if (n > SIZE_MAX - HDR) return NULL;
   Large *h = realloc((char *)p - HDR, HDR + n);
   if (h == NULL) return NULL;
-  h->prev->next = h;  /* the links moved with the block */
+  h->prev->next = h; /* the links moved with the block */
   h->next->prev = h;
   return (char *)h + HDR;
 }
@@ -237,7 +237,7 @@ static void *resize(ml_Alloc *a, void *p, size_t osize, size_t nsize) {
     pool_put(a, co, p);
     return q;
   }
-  if (osize <= SMALL_MAX) {  /* small to large */
+  if (osize <= SMALL_MAX) { /* small to large */
     void *q = large_alloc(a, nsize);
     if (q == NULL) return NULL;
     memcpy(q, p, osize);
@@ -246,7 +246,7 @@ static void *resize(ml_Alloc *a, void *p, size_t osize, size_t nsize) {
   }
   if (nsize <= SMALL_MAX) return shrink_to_pool(a, p, nsize);
   void *q = large_realloc(p, nsize);
-  if (q == NULL && nsize < osize) return p;  /* the old block is big enough */
+  if (q == NULL && nsize < osize) return p; /* the old block is big enough */
   return q;
 }
 
@@ -302,7 +302,7 @@ void ml__alloc_free(ml_Alloc *a) {
   while (s != NULL) {
     Slab *next = s->next;
     UNPOISON(s, s->size);
-    if (s->size == HUGE_SLAB) munmap(s, HUGE_SLAB);  /* mapped */
+    if (s->size == HUGE_SLAB) munmap(s, HUGE_SLAB); /* mapped */
     else free(s);
     s = next;
   }

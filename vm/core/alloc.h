@@ -27,9 +27,9 @@
 typedef struct ml_Alloc ml_Alloc;
 /* Makes an allocator; cap == 0 means no cap.  NULL on ENOMEM. */
 ml_Alloc *ml__alloc_new(size_t cap);
-void ml__alloc_free(ml_Alloc *a);         /* releases every pool */
+void ml__alloc_free(ml_Alloc *a); /* releases every pool */
 void ml__alloc_set_cap(ml_Alloc *a, size_t cap);
-size_t ml__alloc_used(const ml_Alloc *a);  /* bytes handed out now */
+size_t ml__alloc_used(const ml_Alloc *a); /* bytes handed out now */
 size_t ml__alloc_peak(const ml_Alloc *a);
 /* The allocation-failure test (docs/reliability.md): from now on every
  * growth (a new block, or a block made bigger) is counted, and those

@@ -9,8 +9,9 @@
 lua_Integer ml__checkrange(lua_State *L, int arg, lua_Integer lo, lua_Integer hi) {
   lua_Integer v = luaL_checkinteger(L, arg);
   if (v < lo || v > hi)
-    luaL_argerror(L, arg, lua_pushfstring(L, "value %I out of range [%I, %I]",
-                                          (LUAI_UACINT)v, (LUAI_UACINT)lo, (LUAI_UACINT)hi));
+    luaL_argerror(L, arg,
+                  lua_pushfstring(L, "value %I out of range [%I, %I]", (LUAI_UACINT)v,
+                                  (LUAI_UACINT)lo, (LUAI_UACINT)hi));
   return v;
 }
 

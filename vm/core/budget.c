@@ -56,7 +56,8 @@ static void raise_terminated(ml_State *S, lua_State *L) {
   ml__exc_raise(L, "RuntimeError",
                 "task ran past its CPU budget of %I instructions without awaiting; "
                 "it was stopped so the loop keeps running (await something, or "
-                "raise the budget with ml_state_set_cpu_budget)", (lua_Integer)S->instr_budget);
+                "raise the budget with ml_state_set_cpu_budget)",
+                (lua_Integer)S->instr_budget);
 }
 
 /* Adds n to the step's count: 0 while within the budget, 1 if that
@@ -83,7 +84,7 @@ void ml__budget_hook(lua_State *L, lua_Debug *ar) {
       terminate_step(S, L);
       raise_terminated(S, L);
     }
-    if (S->instr_budget == 0) {  /* a thread hooked by an old termination */
+    if (S->instr_budget == 0) { /* a thread hooked by an old termination */
       lua_sethook(L, NULL, 0, 0);
       return;
     }
@@ -96,7 +97,7 @@ void ml__budget_hook(lua_State *L, lua_Debug *ar) {
 
 void ml__budget_charge(lua_State *L, unsigned long n) {
   ml_State *S = ml__state(L);
-  if (!(S->step_seq & 1)) return;  /* no task step runs: nothing to count */
+  if (!(S->step_seq & 1)) return; /* no task step runs: nothing to count */
   if (!S->over_budget) {
     if (interrupt_asked(S)) {
       S->interrupted = 1;
@@ -120,7 +121,7 @@ int ml__task_interrupt(ml_State *S) {
     lua_sethook(co, ml__budget_hook, LUA_MASKCOUNT | LUA_MASKCALL | LUA_MASKRET, 1);
     return 0;
   }
-  if (!(seq & 2)) return -ENOTSUP;  /* no hook: nothing would look */
+  if (!(seq & 2)) return -ENOTSUP; /* no hook: nothing would look */
   __atomic_store_n(&S->interrupt_seq, seq, __ATOMIC_RELEASE);
   return 0;
 }
@@ -129,6 +130,7 @@ int ml__task_interrupt(ml_State *S) {
 void ml__budget_arm(lua_State *co) {
   ml_State *S = ml__state(co);
   if (S->instr_budget == 0) return;
-  if (S->over_budget) lua_sethook(co, ml__budget_hook, LUA_MASKCOUNT | LUA_MASKCALL | LUA_MASKRET, 1);
+  if (S->over_budget)
+    lua_sethook(co, ml__budget_hook, LUA_MASKCOUNT | LUA_MASKCALL | LUA_MASKRET, 1);
   else lua_sethook(co, ml__budget_hook, LUA_MASKCOUNT, BUDGET_SLICE);
 }

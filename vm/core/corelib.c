@@ -22,9 +22,11 @@ void ml__check_options(lua_State *L, int idx, const char *fname, const char *con
       for (i = 0; allowed[i] && !ok; i++) ok = strcmp(lua_tostring(L, -1), allowed[i]) == 0;
     if (!ok) {
       if (lua_type(L, -1) == LUA_TSTRING)
-        ml__exc_raise(L, "TypeError", "%s() got an unexpected option '%s'", fname, lua_tostring(L, -1));
-      ml__exc_raise(L, "TypeError", "%s() got an unexpected option [%s] (options are named: {name = value})",
-                    fname, luaL_tolstring(L, -1, NULL));
+        ml__exc_raise(L, "TypeError", "%s() got an unexpected option '%s'", fname,
+                      lua_tostring(L, -1));
+      ml__exc_raise(L, "TypeError",
+                    "%s() got an unexpected option [%s] (options are named: {name = value})", fname,
+                    luaL_tolstring(L, -1, NULL));
     }
   }
 }
@@ -65,14 +67,14 @@ static int new_task(lua_State *L, const char *fname, const char *const opts[], i
 
 /* asyncio.eager_task_factory's, without the loop argument. */
 static int core_eager_task_factory_body(lua_State *L) {
-  static const char *const opts[] = { "name", "eager_start", NULL };
+  static const char *const opts[] = {"name", "eager_start", NULL};
   return new_task(L, "create_task", opts, 1);
 }
 
 /* create_task(coro | fn, {name=}) -> task, or what the loop's task
  * factory returns: factory(loop, coro, opts). */
 int ml__core_create_task(lua_State *L) {
-  static const char *const opts[] = { "name", NULL };
+  static const char *const opts[] = {"name", NULL};
   ml_State *S = ml__state(L);
   if (S->task_factory_ref > 0 && !S->task_factory_eager) {
     lua_settop(L, 2);
@@ -90,7 +92,7 @@ int ml__core_create_task(lua_State *L) {
 /* Task(coro | fn, {name=, eager_start=, loop=}) -> task: the Task
  * constructor, which no task factory sees (Python's asyncio.Task). */
 static int core_task(lua_State *L) {
-  static const char *const opts[] = { "name", "eager_start", "loop", NULL };
+  static const char *const opts[] = {"name", "eager_start", "loop", NULL};
   return new_task(L, "Task", opts, 0);
 }
 
@@ -224,7 +226,7 @@ static int core_run_until_complete(lua_State *L) {
   ml_Future *f = ml__future_test(L, 1);
   int rc;
   if (f == NULL) return luaL_typeerror(L, 1, "Future or Task");
-  if (S->current || S->running > 0)  /* in a task, or a callback of the running loop */
+  if (S->current || S->running > 0) /* in a task, or a callback of the running loop */
     return ml__exc_raise(L, "RuntimeError", "this event loop is already running");
   lua_settop(L, 1);
   rc = ml__sched_run(S, f);
@@ -270,30 +272,30 @@ static int core_set_debug(lua_State *L) {
 }
 
 static const luaL_Reg core_funcs[] = {
-  { "Future", ml__future_lnew },
-  { "create_task", ml__core_create_task },
-  { "Task", core_task },
-  { "eager_task_factory", core_eager_task_factory },
-  { "current_task", core_current_task },
-  { "all_tasks", core_all_tasks },
-  { "get_running_loop", core_get_running_loop },
-  { "get_event_loop", core_get_event_loop },
-  { "iscoroutine", ml__coro_iscoroutine },
-  { "iscoroutinefunction", ml__coro_iscoroutinefunction },
-  { "isfuture", core_isfuture },
-  { "run_until_complete", core_run_until_complete },
-  { "_run_forever", core_run_forever },
-  { "_set_running", core_set_running },
-  { "_set_current", core_set_current },
-  { "_own_loop", core_own_loop },
-  { "_stop", core_stop },
-  { "_in_loop", core_in_loop },
-  { "_set_debug", core_set_debug },
-  { "_set_cancel_hook", ml__future_set_cancel_hook },
-  { "_gather", ml__gather },
-  { "_parked", core_parked },
-  { "_park", core_park },
-  { NULL, NULL }
+  {"Future", ml__future_lnew},
+  {"create_task", ml__core_create_task},
+  {"Task", core_task},
+  {"eager_task_factory", core_eager_task_factory},
+  {"current_task", core_current_task},
+  {"all_tasks", core_all_tasks},
+  {"get_running_loop", core_get_running_loop},
+  {"get_event_loop", core_get_event_loop},
+  {"iscoroutine", ml__coro_iscoroutine},
+  {"iscoroutinefunction", ml__coro_iscoroutinefunction},
+  {"isfuture", core_isfuture},
+  {"run_until_complete", core_run_until_complete},
+  {"_run_forever", core_run_forever},
+  {"_set_running", core_set_running},
+  {"_set_current", core_set_current},
+  {"_own_loop", core_own_loop},
+  {"_stop", core_stop},
+  {"_in_loop", core_in_loop},
+  {"_set_debug", core_set_debug},
+  {"_set_cancel_hook", ml__future_set_cancel_hook},
+  {"_gather", ml__gather},
+  {"_parked", core_parked},
+  {"_park", core_park},
+  {NULL, NULL},
 };
 
 /* [-0, +1] pushes the asyncio.core table. */

@@ -8,7 +8,7 @@
 
 typedef struct Coro {
   int nargs;
-  int line;              /* where it was created (line in the creator) */
+  int line;                   /* where it was created (line in the creator) */
   unsigned char awaited : 1;  /* consumed by await, a task, or close() */
   unsigned char reusable : 1; /* a shared constant coroutine: sleep(0) */
   unsigned char by_pcall : 1; /* made by pcall(f, ...): line is its caller's */
@@ -32,7 +32,8 @@ static int coro_make(lua_State *L) {
   c->reusable = 0;
   c->by_pcall = 0;
   c->line = -1;
-  lua_rawgeti(L, LUA_REGISTRYINDEX, ml__state(L)->udata_mtref[ML_UT_CORO]);  /* ml__udata_setmt, inline */
+  lua_rawgeti(L, LUA_REGISTRYINDEX,
+              ml__state(L)->udata_mtref[ML_UT_CORO]); /* ml__udata_setmt, inline */
   lua_setmetatable(L, -2);
   lua_pushvalue(L, lua_upvalueindex(1));
   lua_setiuservalue(L, -2, CUV_NAME);
@@ -66,7 +67,7 @@ static int sleep_make(lua_State *L);
 /* __ml_async(name, fn) -> the value of `async function name(...)`. */
 static int l_async(lua_State *L) {
   luaL_checktype(L, 2, LUA_TFUNCTION);
-  if (!lua_isnil(L, 1)) luaL_checktype(L, 1, LUA_TSTRING);  /* the pass gives one */
+  if (!lua_isnil(L, 1)) luaL_checktype(L, 1, LUA_TSTRING); /* the pass gives one */
   if (lua_isnil(L, 1)) {
     lua_Debug ar;
     lua_pushvalue(L, 2);
@@ -135,7 +136,7 @@ int ml__coro_claim(lua_State *L, int idx) {
                   lua_tostring(L, -1));
   }
   c->awaited = !c->reusable;
-  if (!c->reusable) {  /* taken: it needs no finaliser from now on */
+  if (!c->reusable) { /* taken: it needs no finaliser from now on */
     lua_rawgeti(L, LUA_REGISTRYINDEX, ml__state(L)->coro_taken_mtref);
     lua_setmetatable(L, idx);
   }
@@ -145,7 +146,7 @@ int ml__coro_claim(lua_State *L, int idx) {
 /* [-0, +(nargs+1)] pushes the function and arguments of the task's
  * Coroutine at idx; returns how many. */
 int ml__coro_push(lua_State *L, int idx) {
-  Coro *c = lua_touserdata(L, idx);  /* a task's: known to be one */
+  Coro *c = lua_touserdata(L, idx); /* a task's: known to be one */
   int i;
   idx = lua_absindex(L, idx);
   luaL_checkstack(L, c->nargs + 2, "too many arguments");
@@ -155,9 +156,7 @@ int ml__coro_push(lua_State *L, int idx) {
 }
 
 /* [-0, +1] pushes the name of the Coroutine at idx. */
-void ml__coro_push_name(lua_State *L, int idx) {
-  lua_getiuservalue(L, idx, CUV_NAME);
-}
+void ml__coro_push_name(lua_State *L, int idx) { lua_getiuservalue(L, idx, CUV_NAME); }
 
 /* Continuation: returns the values above base. */
 static int call_k(lua_State *L, int status, lua_KContext base) {
@@ -174,7 +173,7 @@ static int l_await(lua_State *L) {
   int n;
   lua_settop(L, 1);
   if (S->current == NULL) return ml__task_raise_outside(L);
-  if (p == S->sleep0) return ml__task_yield_now(L);  /* the hot sleep(0) */
+  if (p == S->sleep0) return ml__task_yield_now(L); /* the hot sleep(0) */
   if (p && lua_getmetatable(L, 1)) {
     const void *mt = lua_topointer(L, -1);
     lua_pop(L, 1);
@@ -190,14 +189,14 @@ static int l_await(lua_State *L) {
     lua_callk(L, 1, LUA_MULTRET, 1, call_k);
     return call_k(L, LUA_OK, 1);
   }
-  return ml__exc_raise(L, "TypeError", "object is not awaitable (a %s value)",
-                       luaL_typename(L, 1));
+  return ml__exc_raise(L, "TypeError", "object is not awaitable (a %s value)", luaL_typename(L, 1));
 }
 
 /* What awcall does after calling something that is not an async
  * function: await its result (left at index 1).  -> its results */
 static int awcall_k(lua_State *L, int status, lua_KContext ctx) {
-  (void)status; (void)ctx;
+  (void)status;
+  (void)ctx;
   return l_await(L);
 }
 
@@ -207,17 +206,18 @@ static int awcall_k(lua_State *L, int status, lua_KContext ctx) {
  * table).  awcall finds a C body with one lua_topointer instead of
  * lua_tocfunction, lua_getupvalue and lua_tocfunction (docs/performance.md,
  * "Queue ping-pong"). */
-#define ASYNC_C_SLOTS 64  /* a power of two; moonloop makes about ten */
+#define ASYNC_C_SLOTS 64 /* a power of two; moonloop makes about ten */
 static const char async_c_key = 'C';
 
 struct ml_AsyncC {
-  struct { const void *fn; lua_CFunction body; } e[ASYNC_C_SLOTS];
+  struct {
+    const void *fn;
+    lua_CFunction body;
+  } e[ASYNC_C_SLOTS];
   int n;
 };
 
-static size_t async_c_hash(const void *p) {
-  return ((uintptr_t)p >> 4) & (ASYNC_C_SLOTS - 1);
-}
+static size_t async_c_hash(const void *p) { return ((uintptr_t)p >> 4) & (ASYNC_C_SLOTS - 1); }
 
 static lua_CFunction async_c_body(const ml_State *S, const void *p) {
   const struct ml_AsyncC *A = S->asyncc;
@@ -235,9 +235,9 @@ static void async_c_register(lua_State *L, lua_CFunction f) {
   struct ml_AsyncC *A = S->asyncc;
   const void *p = lua_topointer(L, -1);
   size_t i = async_c_hash(p);
-  if (A == NULL || 2 * (A->n + 1) > ASYNC_C_SLOTS) return;  /* awcall's slow path then */
+  if (A == NULL || 2 * (A->n + 1) > ASYNC_C_SLOTS) return; /* awcall's slow path then */
   while (A->e[i].fn != NULL) i = (i + 1) & (ASYNC_C_SLOTS - 1);
-  lua_rawgetp(L, LUA_REGISTRYINDEX, A);  /* the anchors */
+  lua_rawgetp(L, LUA_REGISTRYINDEX, A); /* the anchors */
   lua_pushvalue(L, -2);
   lua_rawseti(L, -2, ++A->n);
   lua_pop(L, 1);
@@ -276,8 +276,7 @@ static int awcall_error(lua_State *L) {
       what = lua_pushfstring(L, "%s %s", kind, what);
     }
   }
-  if (what)
-    return luaL_error(L, "attempt to call a %s value (%s)", luaL_typename(L, 1), what);
+  if (what) return luaL_error(L, "attempt to call a %s value (%s)", luaL_typename(L, 1), what);
   return luaL_error(L, "attempt to call a %s value", luaL_typename(L, 1));
 }
 
@@ -299,9 +298,9 @@ static int awcall(lua_State *L) {
   cf = lua_tocfunction(L, 1);
   if (cf == coro_make || cf == sleep_make) {
     if (cf == sleep_make && n == 1 && lua_type(L, 2) == LUA_TNUMBER && lua_tonumber(L, 2) <= 0)
-      return ml__task_yield_now(L);  /* the hot sleep(0) */
+      return ml__task_yield_now(L); /* the hot sleep(0) */
     lua_getupvalue(L, 1, 2);
-    if ((cf = lua_tocfunction(L, -1)) != NULL) {  /* a C body not in the table */
+    if ((cf = lua_tocfunction(L, -1)) != NULL) { /* a C body not in the table */
       lua_pop(L, 1);
       lua_remove(L, 1);
       return cf(L);
@@ -352,16 +351,16 @@ static int l_awmeth(lua_State *L) {
   ml_State *S = ml__state(L);
   lua_CFunction body;
   if (lua_gettop(L) < 2) return luaL_error(L, "__awmeth expects an object and a method name");
-  lua_pushvalue(L, 2);    /* the name is a string constant of the pass */
+  lua_pushvalue(L, 2); /* the name is a string constant of the pass */
   if (lua_gettable(L, 1) == LUA_TNIL)
     return luaL_error(L, "attempt to call a nil value (method '%s')", luaL_checkstring(L, 2));
   if (S->current != NULL && (body = async_c_body(S, lua_topointer(L, -1))) != NULL) {
-    lua_rotate(L, 2, -1);  /* [obj, args..., method, name] */
-    lua_settop(L, -3);     /* [obj, args...] */
+    lua_rotate(L, 2, -1); /* [obj, args..., method, name] */
+    lua_settop(L, -3);    /* [obj, args...] */
     return body(L);
   }
-  lua_rotate(L, 1, 1);     /* [method, obj, name, args...] */
-  lua_remove(L, 3);        /* [method, obj, args...] */
+  lua_rotate(L, 1, 1); /* [method, obj, name, args...] */
+  lua_remove(L, 3);    /* [method, obj, args...] */
   return awcall(L);
 }
 
@@ -403,32 +402,35 @@ static int coro_gc(lua_State *L) {
   /* ml__udata_test, inline and leaving the metatable at 2 (nothing here
    * uses index 2): once per coroutine. */
   if (!lua_getmetatable(L, 1) || lua_topointer(L, -1) != ml__state(L)->udata_mt[ML_UT_CORO])
-    return 0;  /* a script calling __gc on something else */
+    return 0; /* a script calling __gc on something else */
   c = lua_touserdata(L, 1);
   if (!c->awaited && !c->reusable) {
     lua_Debug ar;
     c->awaited = 1;
     lua_getiuservalue(L, 1, CUV_NAME);
     if (lua_getiuservalue(L, 1, CUV_CREATOR) == LUA_TSTRING)
-      lua_pushfstring(L, "coroutine '%s' was never awaited\nCoroutine created at (most recent call first):\n%s",
-                      lua_tostring(L, -2), lua_tostring(L, -1));
+      lua_pushfstring(
+        L, "coroutine '%s' was never awaited\nCoroutine created at (most recent call first):\n%s",
+        lua_tostring(L, -2), lua_tostring(L, -1));
     else if (c->line > 0 && lua_type(L, -1) == LUA_TFUNCTION && lua_getinfo(L, ">S", &ar))
       lua_pushfstring(L, "coroutine '%s' was never awaited (created at %s:%d%s%s%s)",
                       lua_tostring(L, -1), ar.short_src, c->line,
                       c->by_pcall ? " by pcall, which only made it: to run it and catch its "
-                                    "errors, write pcall(await, " : "",
-                      !c->by_pcall ? "" : strchr(lua_tostring(L, -1), ' ') ? "f" : lua_tostring(L, -1),
+                                    "errors, write pcall(await, "
+                                  : "",
+                      !c->by_pcall                       ? ""
+                      : strchr(lua_tostring(L, -1), ' ') ? "f"
+                                                         : lua_tostring(L, -1),
                       c->by_pcall ? "(...))" : "");
-    else
-      lua_pushfstring(L, "coroutine '%s' was never awaited", lua_tostring(L, -2));
+    else lua_pushfstring(L, "coroutine '%s' was never awaited", lua_tostring(L, -2));
     ml__report(L, "RuntimeWarning");
   }
   return 0;
 }
 
 static const luaL_Reg coro_methods[] = {
-  { "close", coro_close },
-  { NULL, NULL }
+  {"close", coro_close},
+  {NULL, NULL},
 };
 
 /* [-0, +0] registers the Coroutine metatable and the globals await,
@@ -455,9 +457,9 @@ void ml__coro_open(lua_State *L) {
   {
     struct ml_AsyncC *A = lua_newuserdatauv(L, sizeof *A, 0);
     memset(A, 0, sizeof *A);
-    lua_rawsetp(L, LUA_REGISTRYINDEX, &async_c_key);  /* keeps A */
+    lua_rawsetp(L, LUA_REGISTRYINDEX, &async_c_key); /* keeps A */
     lua_newtable(L);
-    lua_rawsetp(L, LUA_REGISTRYINDEX, A);             /* the anchors */
+    lua_rawsetp(L, LUA_REGISTRYINDEX, A); /* the anchors */
     ml__state(L)->asyncc = A;
   }
   lua_pushcfunction(L, l_await);
@@ -492,13 +494,13 @@ void ml__push_async_sleep(lua_State *L, lua_CFunction f) {
   lua_pushvalue(L, -3);
   lua_pushcclosure(L, coro_make, 2);
   lua_insert(L, -2);
-  lua_call(L, 1, 1);  /* the shared sleep(0) coroutine */
+  lua_call(L, 1, 1); /* the shared sleep(0) coroutine */
   c = lua_touserdata(L, -1);
   c->reusable = 1;
   c->awaited = 0;
   ml__state(L)->sleep0 = c;
   lua_pushcclosure(L, sleep_make, 3);
-  async_c_register(L, f);  /* sleep(0) runs f too: it yields to the others */
+  async_c_register(L, f); /* sleep(0) runs f too: it yields to the others */
 }
 
 /* [-0, +1] pushes an async function named name, of C body f. */

@@ -24,8 +24,8 @@ void ml__coro_push_name(lua_State *L, int idx);
 void ml__coro_clean_traceback(lua_State *L);
 /* await of a pending-or-done Future/Task at stack index 1. */
 int ml__await_future(lua_State *L, ml_Future *f);
-int ml__coro_iscoroutine(lua_State *L);          /* (x) -> boolean */
-int ml__coro_iscoroutinefunction(lua_State *L);  /* (f) -> boolean */
+int ml__coro_iscoroutine(lua_State *L);         /* (x) -> boolean */
+int ml__coro_iscoroutinefunction(lua_State *L); /* (f) -> boolean */
 /* 1 if the value at idx is an async function (calling it makes a
  * Coroutine).  [-0, +0] */
 int ml__coro_isasyncfn(lua_State *L, int idx);

@@ -74,11 +74,9 @@ void ml__exc_push_with(lua_State *L, const char *cls) {
 void ml__exc_push_errno(lua_State *L, int err, const char *what) {
   char msg[256];
   if (err < 0) err = -err;
-  if (what)
-    snprintf(msg, sizeof msg, "%s: %s", what, strerror(err));
-  else
-    snprintf(msg, sizeof msg, "%s", strerror(err));
-  ml__exc_push_class(L, "OSError");  /* picks the subclass from errno */
+  if (what) snprintf(msg, sizeof msg, "%s: %s", what, strerror(err));
+  else snprintf(msg, sizeof msg, "%s", strerror(err));
+  ml__exc_push_class(L, "OSError"); /* picks the subclass from errno */
   lua_pushinteger(L, err);
   lua_pushstring(L, msg);
   lua_call(L, 2, 1);
@@ -106,17 +104,29 @@ int ml__exc_is(lua_State *L, int idx, const char *cls) {
 }
 
 /* Python's errno -> OSError subclass table, with this platform's numbers. */
-static const struct { int err; const char *cls; } errno_classes[] = {
-  { EAGAIN, "BlockingIOError" }, { EALREADY, "BlockingIOError" },
-  { EINPROGRESS, "BlockingIOError" }, { EWOULDBLOCK, "BlockingIOError" },
-  { EPIPE, "BrokenPipeError" }, { ESHUTDOWN, "BrokenPipeError" },
-  { ECHILD, "ChildProcessError" }, { ECONNABORTED, "ConnectionAbortedError" },
-  { ECONNREFUSED, "ConnectionRefusedError" }, { ECONNRESET, "ConnectionResetError" },
-  { EEXIST, "FileExistsError" }, { ENOENT, "FileNotFoundError" },
-  { EISDIR, "IsADirectoryError" }, { ENOTDIR, "NotADirectoryError" },
-  { EINTR, "InterruptedError" }, { EACCES, "PermissionError" },
-  { EPERM, "PermissionError" }, { ESRCH, "ProcessLookupError" },
-  { ETIMEDOUT, "TimeoutError" },
+static const struct {
+  int err;
+  const char *cls;
+} errno_classes[] = {
+  {EAGAIN, "BlockingIOError"},
+  {EALREADY, "BlockingIOError"},
+  {EINPROGRESS, "BlockingIOError"},
+  {EWOULDBLOCK, "BlockingIOError"},
+  {EPIPE, "BrokenPipeError"},
+  {ESHUTDOWN, "BrokenPipeError"},
+  {ECHILD, "ChildProcessError"},
+  {ECONNABORTED, "ConnectionAbortedError"},
+  {ECONNREFUSED, "ConnectionRefusedError"},
+  {ECONNRESET, "ConnectionResetError"},
+  {EEXIST, "FileExistsError"},
+  {ENOENT, "FileNotFoundError"},
+  {EISDIR, "IsADirectoryError"},
+  {ENOTDIR, "NotADirectoryError"},
+  {EINTR, "InterruptedError"},
+  {EACCES, "PermissionError"},
+  {EPERM, "PermissionError"},
+  {ESRCH, "ProcessLookupError"},
+  {ETIMEDOUT, "TimeoutError"},
 };
 
 /* Fills asyncio.exceptions._by_errno.  [-0, +0] */
@@ -138,7 +148,7 @@ void ml__traceback(lua_State *L, lua_CFunction entry) {
   int level = 1;
   ML_STACK_MARK(L);
   luaL_traceback(L, L, NULL, 1);
-  ml__coro_clean_traceback(L);  /* no __awcall frames: the user wrote await */
+  ml__coro_clean_traceback(L); /* no __awcall frames: the user wrote await */
   if (entry == NULL) return;
   while (lua_getstack(L, level + 1, &ar)) level++;
   if (lua_getstack(L, level, &ar) && lua_getinfo(L, "f", &ar)) {
@@ -172,4 +182,3 @@ const char *ml__tostring(lua_State *L, int idx) {
   }
   return lua_tostring(L, -1);
 }
-

@@ -63,7 +63,7 @@ void ml__xset(lua_State *L, int idx, int key) {
   ml_Future *f = lua_touserdata(L, idx);
   idx = lua_absindex(L, idx);
   if (!f->has_extra) {
-    if (lua_isnil(L, -1)) {  /* nothing to clear */
+    if (lua_isnil(L, -1)) { /* nothing to clear */
       lua_pop(L, 1);
       return;
     }
@@ -140,7 +140,7 @@ void ml__future_schedule(lua_State *L, int fidx, ml_Future *f) {
     ml_DoneCb *rec;
     cbs_get(L, fidx, f);
     if ((rec = test_done_cb(L, -1, lua_type(L, -1), f->S)) != NULL) {
-      lua_pushnil(L);  /* the stack anchors the record from here on */
+      lua_pushnil(L); /* the stack anchors the record from here on */
       cbs_set(L, fidx, f);
       f->ncallbacks = 0;
       rec->fn(L, rec, fidx);
@@ -244,7 +244,7 @@ enum { SUV_EXC = 1, SUV_TB, SUV_WHAT, SUV_N = SUV_WHAT };
 
 /* __gc(sentinel) -> nothing; reports the exception if still armed. */
 static int sentinel_gc(lua_State *L) {
-  Sentinel *s = ml__udata_test(L, 1, ML_UT_SENTINEL);  /* a script may call __gc on anything */
+  Sentinel *s = ml__udata_test(L, 1, ML_UT_SENTINEL); /* a script may call __gc on anything */
   if (s == NULL || !s->armed) return 0;
   s->armed = 0;
   lua_settop(L, 1);
@@ -255,7 +255,7 @@ static int sentinel_gc(lua_State *L) {
   }
   lua_settop(L, 2);
   lua_getiuservalue(L, 1, SUV_WHAT);
-  lua_insert(L, 2);  /* [sentinel, what, error] */
+  lua_insert(L, 2); /* [sentinel, what, error] */
   ml__report(L, lua_tostring(L, 2));
   return 0;
 }
@@ -265,7 +265,7 @@ static int sentinel_gc(lua_State *L) {
 static void arm_sentinel(lua_State *L, int fidx, ml_Future *f) {
   Sentinel *s = lua_newuserdatauv(L, sizeof *s, SUV_N);
   s->armed = 1;
-  ml__udata_setmt(L, ML_UT_SENTINEL);  /* a new object: no search */
+  ml__udata_setmt(L, ML_UT_SENTINEL); /* a new object: no search */
   lua_getiuservalue(L, fidx, FUV_RESULT);
   lua_setiuservalue(L, -2, SUV_EXC);
   if (f->is_task) {
@@ -295,7 +295,7 @@ void ml__future_report_now(lua_State *L, int fidx, ml_Future *f) {
     return;
   }
   f->log_exc = 0;
-  if (lua_pcall(L, 1, 0, 0) != LUA_OK) lua_pop(L, 1);  /* out of memory: unreported */
+  if (lua_pcall(L, 1, 0, 0) != LUA_OK) lua_pop(L, 1); /* out of memory: unreported */
 }
 
 /* [-0, +0] disarms the future's sentinel: its exception was seen. */
@@ -433,11 +433,8 @@ int ml__future_unwrap(lua_State *L, int fidx) {
       }
     }
     return lua_error(L);
-  case ML_CANCELLED:
-    ml__future_push_cancelled(L, fidx);
-    return lua_error(L);
-  default:
-    return ml__exc_raise(L, "InvalidStateError", "Result is not set.");
+  case ML_CANCELLED: ml__future_push_cancelled(L, fidx); return lua_error(L);
+  default: return ml__exc_raise(L, "InvalidStateError", "Result is not set.");
   }
 }
 
@@ -459,25 +456,21 @@ static int future_result(lua_State *L) {
 static int future_exception(lua_State *L) {
   ml_Future *f = check_future(L, 1);
   switch (f->state) {
-  case ML_PENDING:
-    return ml__exc_raise(L, "InvalidStateError", "Exception is not set.");
-  case ML_CANCELLED:
-    ml__future_push_cancelled(L, 1);
-    return lua_error(L);
+  case ML_PENDING: return ml__exc_raise(L, "InvalidStateError", "Exception is not set.");
+  case ML_CANCELLED: ml__future_push_cancelled(L, 1); return lua_error(L);
   case ML_EXCEPTION:
     ml__future_retrieved(L, 1, f);
     lua_getiuservalue(L, 1, FUV_RESULT);
     return 1;
-  default:
-    lua_pushnil(L);
-    return 1;
+  default: lua_pushnil(L); return 1;
   }
 }
 
 /* f:set_result(...) -> nothing */
 static int future_set_result(lua_State *L) {
   ml_Future *f = check_future(L, 1);
-  if (f->is_task) return ml__exc_raise(L, "RuntimeError", "Task does not support set_result operation");
+  if (f->is_task)
+    return ml__exc_raise(L, "RuntimeError", "Task does not support set_result operation");
   if (ml__future_set_result(L, 1, lua_gettop(L) - 1) < 0)
     return ml__exc_raise(L, "InvalidStateError", "invalid state: the future is already done");
   return 0;
@@ -486,7 +479,8 @@ static int future_set_result(lua_State *L) {
 /* f:set_exception(exc) -> nothing */
 static int future_set_exception(lua_State *L) {
   ml_Future *f = check_future(L, 1);
-  if (f->is_task) return ml__exc_raise(L, "RuntimeError", "Task does not support set_exception operation");
+  if (f->is_task)
+    return ml__exc_raise(L, "RuntimeError", "Task does not support set_exception operation");
   luaL_checkany(L, 2);
   lua_settop(L, 2);
   if (ml__future_set_exception(L, 1) < 0)
@@ -516,7 +510,7 @@ static int future_cancel(lua_State *L) {
 
 /* Appends the value at top to the callback list.  [-1, +0] */
 static void add_callback(lua_State *L, int fidx, ml_Future *f) {
-  if (f->ncallbacks == 1) {  /* the second: make the list */
+  if (f->ncallbacks == 1) { /* the second: make the list */
     lua_createtable(L, 4, 0);
     /* Making it may have run finalizers that added or ran callbacks of f:
      * then f is looked at again. */
@@ -609,7 +603,7 @@ static int future_remove_done_callback(lua_State *L) {
       lua_rawseti(L, 3, i);
     }
     f->ncallbacks = j;
-    if (j <= 1) {  /* back to one callback, kept as itself, or none */
+    if (j <= 1) { /* back to one callback, kept as itself, or none */
       lua_rawgeti(L, 3, 1);
       cbs_set(L, 1, f);
     }
@@ -647,23 +641,23 @@ static int future_tostring(lua_State *L) {
 }
 
 const luaL_Reg ml__future_methods[] = {
-  { "result", future_result },
-  { "exception", future_exception },
-  { "set_result", future_set_result },
-  { "set_exception", future_set_exception },
-  { "done", future_done },
-  { "cancelled", future_cancelled },
-  { "cancel", future_cancel },
-  { "add_done_callback", ml__future_add_done_callback },
-  { "remove_done_callback", future_remove_done_callback },
-  { "get_loop", future_get_loop },
-  { NULL, NULL }
+  {"result", future_result},
+  {"exception", future_exception},
+  {"set_result", future_set_result},
+  {"set_exception", future_set_exception},
+  {"done", future_done},
+  {"cancelled", future_cancelled},
+  {"cancel", future_cancel},
+  {"add_done_callback", ml__future_add_done_callback},
+  {"remove_done_callback", future_remove_done_callback},
+  {"get_loop", future_get_loop},
+  {NULL, NULL},
 };
 
 /* [-0, +0] registers the Future (or Task) metatable. */
 void ml__future_mt_init(lua_State *L, int is_task, const luaL_Reg *methods,
                         lua_CFunction tostring) {
-  if (is_task) ml__udata_newmt(L, ML_UT_TASK, ML_TASK_MT);  /* sets __name */
+  if (is_task) ml__udata_newmt(L, ML_UT_TASK, ML_TASK_MT); /* sets __name */
   else ml__udata_newmt(L, ML_UT_FUTURE, ML_FUTURE_MT);
   lua_newtable(L);
   luaL_setfuncs(L, ml__future_methods, 0);
@@ -677,7 +671,7 @@ void ml__future_mt_init(lua_State *L, int is_task, const luaL_Reg *methods,
 /* [-0, +0] */
 void ml__future_open(lua_State *L) {
   ml__future_mt_init(L, 0, NULL, future_tostring);
-  ml__udata_newmt(L, ML_UT_SENTINEL, "asyncio.ExceptionSentinel");  /* the sentinels' */
+  ml__udata_newmt(L, ML_UT_SENTINEL, "asyncio.ExceptionSentinel"); /* the sentinels' */
   lua_pushcfunction(L, sentinel_gc);
   lua_setfield(L, -2, "__gc");
   lua_pop(L, 1);

@@ -19,14 +19,16 @@ enum { FUV_RESULT = 1, FUV_MISC, FUV_NFUTURE = FUV_MISC };
  * the pool anchors). */
 enum { TUV_THREAD = FUV_NFUTURE + 1, TUV_NTASK = TUV_THREAD };
 /* Keys of the extra table. */
-enum { X_MSG = 1,       /* the cancel message */
-       X_CANCEL_HOOK,   /* fut:cancel() calls it instead (gather) */
-       X_NAME,          /* a task's name */
-       X_TB,            /* the traceback where a task failed */
-       X_CAUSE_EXC,     /* the error await last re-raised from a task, */
-       X_CAUSE_TB,      /* and that task's traceback */
-       X_CBS,           /* the done callbacks, once there is a table */
-       X_SENTINEL };    /* reports an exception never retrieved (future.c) */
+enum {
+  X_MSG = 1,     /* the cancel message */
+  X_CANCEL_HOOK, /* fut:cancel() calls it instead (gather) */
+  X_NAME,        /* a task's name */
+  X_TB,          /* the traceback where a task failed */
+  X_CAUSE_EXC,   /* the error await last re-raised from a task, */
+  X_CAUSE_TB,    /* and that task's traceback */
+  X_CBS,         /* the done callbacks, once there is a table */
+  X_SENTINEL
+}; /* reports an exception never retrieved (future.c) */
 /* [-0, +1] pushes field key of the future at idx's extra table (nil if
  * none); returns its type. */
 int ml__xget(lua_State *L, int idx, int key);
@@ -35,17 +37,17 @@ void ml__xset(lua_State *L, int idx, int key);
 
 struct ml_Future {
   ml_State *S;
-  unsigned char state;      /* ML_PENDING, ML_RESULT, ... */
+  unsigned char state; /* ML_PENDING, ML_RESULT, ... */
   unsigned char is_task;
-  unsigned char log_exc;    /* an exception nobody retrieved yet: its
-                               X_SENTINEL reports it if it stays so */
-  unsigned char cb_queued;  /* a ML_RUN_FUTURE_CALLBACKS entry is queued */
+  unsigned char log_exc;         /* an exception nobody retrieved yet: its
+                                    X_SENTINEL reports it if it stays so */
+  unsigned char cb_queued;       /* a ML_RUN_FUTURE_CALLBACKS entry is queued */
   unsigned char has_cancel_hook; /* cancel() calls X_CANCEL_HOOK instead */
-  unsigned char has_extra;  /* FUV_MISC holds the extra table */
-  unsigned char host_held;  /* a host's handle owns its outcome (embed.c) */
-  int nres;                 /* result values (ML_RESULT) */
-  int ncallbacks;           /* done callbacks (see FUV_MISC) */
-  ml_Task *waiter;          /* the first task to await it: no table needed */
+  unsigned char has_extra;       /* FUV_MISC holds the extra table */
+  unsigned char host_held;       /* a host's handle owns its outcome (embed.c) */
+  int nres;                      /* result values (ML_RESULT) */
+  int ncallbacks;                /* done callbacks (see FUV_MISC) */
+  ml_Task *waiter;               /* the first task to await it: no table needed */
 };
 
 /* Userdata metatable names. */
@@ -70,8 +72,7 @@ ml_Future *ml__future_alloc(lua_State *L, size_t size, int nuv, int is_task);
  * callbacks of the future at fidx; schedules them if it is done.  [-1, +0] */
 void ml__future_add_callback(lua_State *L, int fidx, ml_Future *f);
 /* Makes the metatable of Future or Task. */
-void ml__future_mt_init(lua_State *L, int is_task, const luaL_Reg *methods,
-                        lua_CFunction tostring);
+void ml__future_mt_init(lua_State *L, int is_task, const luaL_Reg *methods, lua_CFunction tostring);
 /* The exception of the failed future at fidx was seen (result(),
  * exception(), await, gather...): nothing will report it.  [-0, +0] */
 void ml__future_retrieved(lua_State *L, int fidx, ml_Future *f);
@@ -86,7 +87,7 @@ extern const luaL_Reg ml__future_methods[];
 /* Sets up the Future metatable.  [-0, +0] */
 void ml__future_open(lua_State *L);
 int ml__future_lnew(lua_State *L);
-int ml__future_set_cancel_hook(lua_State *L);  /* (fut, fn) */
+int ml__future_set_cancel_hook(lua_State *L);   /* (fut, fn) */
 int ml__future_add_done_callback(lua_State *L); /* fut:add_done_callback(fn) */
 
 #endif

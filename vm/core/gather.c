@@ -19,7 +19,7 @@ typedef struct Gather {
 } Gather;
 
 /* User values of the Gather userdata. */
-enum { GUV_OUTER = 1, GUV_CHILDREN, GUV_MSG, GUV_N = GUV_MSG };  /* GUV_MSG: cancel(msg)'s */
+enum { GUV_OUTER = 1, GUV_CHILDREN, GUV_MSG, GUV_N = GUV_MSG }; /* GUV_MSG: cancel(msg)'s */
 
 /* [-0, +1] pushes child's outcome as gather reports it: its first result,
  * its exception, or a CancelledError. */
@@ -38,8 +38,7 @@ static void push_outcome(lua_State *L, int cidx) {
     ml__future_retrieved(L, cidx, c);
     lua_getiuservalue(L, cidx, FUV_RESULT);
     break;
-  default:
-    ml__future_push_cancelled(L, cidx);
+  default: ml__future_push_cancelled(L, cidx);
   }
 }
 
@@ -56,7 +55,7 @@ static int child_done(lua_State *L) {
   oidx = lua_gettop(L);
   outer = lua_touserdata(L, oidx);
   if (outer->state != ML_PENDING) {
-    ml__future_retrieved(L, 2, child);  /* the gather is over: it is seen */
+    ml__future_retrieved(L, 2, child); /* the gather is over: it is seen */
     return 0;
   }
   if (!g->return_exc && child->state != ML_RESULT) {
@@ -138,7 +137,7 @@ int ml__gather(lua_State *L) {
   luaL_checktype(L, 2, LUA_TTABLE);
   luaL_checktype(L, 4, LUA_TFUNCTION);
   lua_settop(L, 4);
-  lua_pushnil(L);  /* 5: what was wrapped, made when needed */
+  lua_pushnil(L); /* 5: what was wrapped, made when needed */
   lua_getfield(L, 2, "n");
   n = (int)luaL_checkinteger(L, -1);
   lua_pop(L, 1);
@@ -164,7 +163,8 @@ int ml__gather(lua_State *L) {
       lua_pushvalue(L, 4);
       lua_insert(L, -2);
       lua_call(L, 1, 1);
-      if (ml__future_test(L, -1) == NULL) return luaL_error(L, "gather: child %d is not a future", i);
+      if (ml__future_test(L, -1) == NULL)
+        return luaL_error(L, "gather: child %d is not a future", i);
       lua_pushvalue(L, -1);
       lua_rawseti(L, 2, i);
       lua_rawset(L, 5);

@@ -4,6 +4,6 @@
 
 #include "future.h"
 
-int ml__gather(lua_State *L);  /* core._gather(outer, children, return_exceptions, ensure) */
+int ml__gather(lua_State *L); /* core._gather(outer, children, return_exceptions, ensure) */
 
 #endif

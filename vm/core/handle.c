@@ -57,13 +57,13 @@ typedef struct Handle {
 
 typedef struct Timers {
   ml_State *S;
-  ev_timer timer;       /* armed for the top of the heap while it has one */
-  double armed;         /* the deadline it was armed for */
+  ev_timer timer; /* armed for the top of the heap while it has one */
+  double armed;   /* the deadline it was armed for */
   ml_TimerHeap heap;
-  int queued;           /* the entry that runs the due ones is queued */
+  int queued; /* the entry that runs the due ones is queued */
 } Timers;
 
-static const char timers_key = 0;  /* registry[&timers_key] = the Timers */
+static const char timers_key = 0; /* registry[&timers_key] = the Timers */
 
 /* ---- callbacks in protected mode ---- */
 
@@ -80,9 +80,7 @@ int ml__callback_msgh(lua_State *L) {
 }
 
 /* [-0, +1] pushes the traceback the message handler kept. */
-void ml__callback_traceback(lua_State *L) {
-  lua_getfield(L, LUA_REGISTRYINDEX, CBTB_KEY);
-}
+void ml__callback_traceback(lua_State *L) { lua_getfield(L, LUA_REGISTRYINDEX, CBTB_KEY); }
 
 /* [-(nargs+1), +0] calls the function below the nargs arguments
  * protected; an error goes to the exception handler with context. */
@@ -135,12 +133,13 @@ static void timers_arm(Timers *T) {
  * stands for every handle due now, queued once (run_due runs them). */
 static void timers_cb(struct ev_loop *loop, ev_timer *w, int revents) {
   Timers *T = (Timers *)((char *)w - offsetof(Timers, timer));
-  ml_Entry e = { ML_RUN_HANDLE, NULL, 0 };
-  (void)loop; (void)revents;
+  ml_Entry e = {ML_RUN_HANDLE, NULL, 0};
+  (void)loop;
+  (void)revents;
   ml__theap_mark_due(&T->heap, ml__now());
   if (!T->queued) {
     if (ml__readyq_push(&T->S->ready, e) == 0) T->queued = 1;
-    else timers_arm(T);  /* out of memory: fires again at the next poll */
+    else timers_arm(T); /* out of memory: fires again at the next poll */
   }
 }
 
@@ -154,7 +153,7 @@ int ml__handles_remaining(ml_State *S, double *r) {
 /* __gc(timers) -> nothing */
 static int timers_gc(lua_State *L) {
   Timers *T = lua_touserdata(L, 1);
-  if (T == NULL || T != ml__state(L)->timers) return 0;  /* only the state's own */
+  if (T == NULL || T != ml__state(L)->timers) return 0; /* only the state's own */
   if (ev_is_active(&T->timer)) ev_timer_stop(T->S->loop, &T->timer);
   ml__theap_free(&T->heap);
   T->S->timers = NULL;
@@ -172,7 +171,7 @@ static inline Handle *handle_make(lua_State *L, int fidx, double when) {
   if (lua_type(L, fidx) != LUA_TFUNCTION) luaL_checktype(L, fidx, LUA_TFUNCTION);
   if (n > USHRT_MAX - 2) luaL_error(L, "too many arguments");
   h = lua_newuserdatauv(L, sizeof *h, n ? n + 1 : 0);
-  h->when = when;  /* seq and slot: handle_anchor */
+  h->when = when; /* seq and slot: handle_anchor */
   h->nargs = (unsigned short)n;
   h->cancelled = 0;
   lua_pushvalue(L, lua_upvalueindex(1));
@@ -192,14 +191,14 @@ static inline Handle *handle_make(lua_State *L, int fidx, double when) {
 static inline void handle_anchor(lua_State *L, Handle *h, int fidx, int slot) {
   if (slot < 0) memory_error(L);
   lua_pushvalue(L, h->nargs ? -1 : fidx);
-  lua_rawseti(L, lua_upvalueindex(3), slot);  /* may raise MemoryError */
+  lua_rawseti(L, lua_upvalueindex(3), slot); /* may raise MemoryError */
   h->slot = slot;
 }
 
 /* Puts the handle of a slot on the ready queue; 0 or -ENOMEM.  The entry's
  * p is the Timers (p == NULL stands for every timer due). */
 static int handle_queue(Timers *T, int slot) {
-  ml_Entry e = { ML_RUN_HANDLE, T, slot };
+  ml_Entry e = {ML_RUN_HANDLE, T, slot};
   return ml__readyq_push(&T->S->ready, e);
 }
 
@@ -214,12 +213,12 @@ static Timers *check_timers(lua_State *L) {
 /* loop:call_soon(fn, ...) -> handle */
 int ml__handle_call_soon(lua_State *L) {
   Timers *T = check_timers(L);
-  Handle *h = handle_make(L, 2, NAN);  /* NaN: a call_soon's (call_at refuses NaN) */
+  Handle *h = handle_make(L, 2, NAN); /* NaN: a call_soon's (call_at refuses NaN) */
   int slot = ml__theap_id_peek(&T->heap);
   handle_anchor(L, h, 2, slot);
   h->seq = ml__theap_id_take(&T->heap, slot);
   if (handle_queue(T, slot) < 0) {
-    h->cancelled = 1;  /* out of memory: it never runs */
+    h->cancelled = 1; /* out of memory: it never runs */
     lua_pushnil(L);
     lua_rawseti(L, lua_upvalueindex(3), slot);
     ml__theap_id_free(&T->heap, slot);
@@ -237,7 +236,8 @@ static int call_timer(lua_State *L, int relative) {
   lua_Number when = lua_tonumberx(L, 2, &isnum);
   if (!isnum) when = luaL_checknumber(L, 2);
   if (when != when) return luaL_argerror(L, 2, relative ? "delay is NaN" : "time is NaN");
-  if (relative) when = ml__now() + when;  /* a negative delay is a deadline in the past, as asyncio */
+  if (relative)
+    when = ml__now() + when; /* a negative delay is a deadline in the past, as asyncio */
   h = handle_make(L, 3, when);
   slot = ml__theap_prepare(&T->heap);
   handle_anchor(L, h, 3, slot);
@@ -248,14 +248,10 @@ static int call_timer(lua_State *L, int relative) {
 }
 
 /* loop:call_later(delay, fn, ...) -> handle */
-int ml__handle_call_later(lua_State *L) {
-  return call_timer(L, 1);
-}
+int ml__handle_call_later(lua_State *L) { return call_timer(L, 1); }
 
 /* loop:call_at(when, fn, ...) -> handle */
-int ml__handle_call_at(lua_State *L) {
-  return call_timer(L, 0);
-}
+int ml__handle_call_at(lua_State *L) { return call_timer(L, 0); }
 
 /* ---- running them ---- */
 
@@ -263,14 +259,14 @@ int ml__handle_call_at(lua_State *L) {
 static void run_one(lua_State *L, Timers *T, int anchor, const ml_Entry *e) {
   int i, n = 0, slot = e->ref, base, cancelled = T->heap.ids[slot].cancelled;
   ml__theap_id_free(&T->heap, slot);
-  if (cancelled) return;  /* its anchor slot is clear already */
+  if (cancelled) return; /* its anchor slot is clear already */
   /* The message handler goes first, below the function: no rotation. */
   lua_pushcfunction(L, ml__callback_msgh);
   base = lua_gettop(L);
-  if (lua_rawgeti(L, anchor, slot) != LUA_TFUNCTION)  /* the Handle */
+  if (lua_rawgeti(L, anchor, slot) != LUA_TFUNCTION) /* the Handle */
     n = ((Handle *)lua_touserdata(L, -1))->nargs;
   lua_pushnil(L);
-  lua_rawseti(L, anchor, slot);  /* the stack anchors it from now on */
+  lua_rawseti(L, anchor, slot); /* the stack anchors it from now on */
   if (!lua_checkstack(L, n + 2)) {
     lua_settop(L, base - 1);
     return;
@@ -296,18 +292,18 @@ static int run_batch(lua_State *L) {
     int i, n = 0;
     double t0 = 0;
     /* The heap freed the slot: the stack anchors fn from here on. */
-    if (lua_rawgeti(L, 2, slot) != LUA_TFUNCTION)  /* the Handle */
+    if (lua_rawgeti(L, 2, slot) != LUA_TFUNCTION) /* the Handle */
       n = ((Handle *)lua_touserdata(L, 3))->nargs;
     lua_pushnil(L);
     lua_rawseti(L, 2, slot);
     if (n) {
-      if (n > 15) luaL_checkstack(L, n + 1, "too many arguments");  /* else */
+      if (n > 15) luaL_checkstack(L, n + 1, "too many arguments"); /* else */
       for (i = 1; i <= n + 1; i++) lua_getiuservalue(L, 3, i);
     }
     if (S->debug) t0 = ml__now();
     lua_call(L, n, 0);
     if (S->debug && ml__now() - t0 > ML_SLOW_CALLBACK) {
-      ml_Entry e = { ML_RUN_HANDLE, T, 0 };
+      ml_Entry e = {ML_RUN_HANDLE, T, 0};
       lua_pushnil(L);
       ml__sched_warn_slow(S, &e, ml__now() - t0);
     }
@@ -361,9 +357,7 @@ struct Timers *ml__handles_push_anchor(lua_State *L) {
 
 /* The Handle at index 1 (upvalues of its methods: the Timers, the anchor
  * table).  [-0, +0], or a type error. */
-static Handle *check_handle(lua_State *L) {
-  return ml__udata_check(L, 1, ML_UT_HANDLE);
-}
+static Handle *check_handle(lua_State *L) { return ml__udata_check(L, 1, ML_UT_HANDLE); }
 
 /* h:cancel() -> nothing */
 static int handle_cancel(lua_State *L) {
@@ -372,8 +366,8 @@ static int handle_cancel(lua_State *L) {
   int slot;
   if (h->cancelled) return 0;
   h->cancelled = 1;
-  if ((slot = ml__theap_id_live(&T->heap, h->slot, h->seq)) == 0) return 0;  /* it ran */
-  lua_pushnil(L);  /* let go of fn and its arguments */
+  if ((slot = ml__theap_id_live(&T->heap, h->slot, h->seq)) == 0) return 0; /* it ran */
+  lua_pushnil(L); /* let go of fn and its arguments */
   lua_rawseti(L, lua_upvalueindex(2), slot);
   /* Queued, the queue frees it; in the heap, the heap does. */
   if (ml__theap_cancel(&T->heap, slot)) timers_arm(T);
@@ -389,7 +383,7 @@ static int handle_cancelled(lua_State *L) {
 /* h:when() -> time | nil (a call_soon handle) */
 static int handle_when(lua_State *L) {
   Handle *h = check_handle(L);
-  if (h->when != h->when) lua_pushnil(L);  /* call_soon's */
+  if (h->when != h->when) lua_pushnil(L); /* call_soon's */
   else lua_pushnumber(L, h->when);
   return 1;
 }
@@ -404,10 +398,10 @@ static int handle_tostring(lua_State *L) {
 
 /* Upvalues: the Timers, the anchor table. */
 static const luaL_Reg handle_methods[] = {
-  { "cancel", handle_cancel },
-  { "cancelled", handle_cancelled },
-  { "when", handle_when },
-  { NULL, NULL }
+  {"cancel", handle_cancel},
+  {"cancelled", handle_cancelled},
+  {"when", handle_when},
+  {NULL, NULL},
 };
 
 /* [-0, +3] pushes the upvalues of the timer methods: the Handle
@@ -424,7 +418,7 @@ void ml__handles_open(lua_State *L) {
   Timers *T;
   void *ud;
   ml_Allocf f = lua_getallocf(L, &ud);
-  T = lua_newuserdatauv(L, sizeof *T, 1);  /* the Timers, kept in the registry */
+  T = lua_newuserdatauv(L, sizeof *T, 1); /* the Timers, kept in the registry */
   memset(T, 0, sizeof *T);
   T->S = S;
   ml__theap_init(&T->heap, f, ud);
@@ -433,14 +427,14 @@ void ml__handles_open(lua_State *L) {
   lua_pushcfunction(L, timers_gc);
   lua_setfield(L, -2, "__gc");
   lua_setmetatable(L, -2);
-  lua_newtable(L);  /* the anchor table */
+  lua_newtable(L); /* the anchor table */
   lua_setiuservalue(L, -2, 1);
   lua_rawsetp(L, LUA_REGISTRYINDEX, &timers_key);
   S->timers = T;
   ml__udata_newmt(L, ML_UT_HANDLE, ML_HANDLE_MT);
   lua_newtable(L);
-  lua_rawgetp(L, LUA_REGISTRYINDEX, &timers_key);  /* the Timers, */
-  lua_getiuservalue(L, -1, 1);                     /* the anchor table */
+  lua_rawgetp(L, LUA_REGISTRYINDEX, &timers_key); /* the Timers, */
+  lua_getiuservalue(L, -1, 1);                    /* the anchor table */
   luaL_setfuncs(L, handle_methods, 2);
   lua_setfield(L, -2, "__index");
   lua_pushcfunction(L, handle_tostring);

@@ -20,9 +20,7 @@ double ml__now(void) {
 }
 
 /* [-0, +1] pushes the loop object. */
-void ml__push_loop(lua_State *L) {
-  lua_getfield(L, LUA_REGISTRYINDEX, ML_LOOP_MT ".instance");
-}
+void ml__push_loop(lua_State *L) { lua_getfield(L, LUA_REGISTRYINDEX, ML_LOOP_MT ".instance"); }
 
 /* loop:time() -> seconds (monotonic) */
 static int loop_time(lua_State *L) {
@@ -131,7 +129,8 @@ void ml__report_tb(lua_State *L, const char *context) {
   ml__push_loop(L);
   lua_pushvalue(L, -3);
   if (lua_pcall(L, 2, 0, 0) != LUA_OK)
-    ml__emit_error(ml__state(L), lua_tostring(L, -1) ? lua_tostring(L, -1) : "error in error report");
+    ml__emit_error(ml__state(L),
+                   lua_tostring(L, -1) ? lua_tostring(L, -1) : "error in error report");
   lua_settop(L, top - 2);
 }
 
@@ -142,30 +141,30 @@ void ml__report(lua_State *L, const char *context) {
 }
 
 static const luaL_Reg loop_methods[] = {
-  { "time", loop_time },
-  { "create_future", loop_create_future },
-  { "create_task", loop_create_task },
-  { "get_debug", loop_get_debug },
-  { "set_debug", loop_set_debug },
-  { "set_exception_handler", loop_set_exception_handler },
-  { "get_exception_handler", loop_get_exception_handler },
-  { "call_exception_handler", loop_call_exception_handler },
-  { "default_exception_handler", loop_default_exception_handler },
-  { NULL, NULL }
+  {"time", loop_time},
+  {"create_future", loop_create_future},
+  {"create_task", loop_create_task},
+  {"get_debug", loop_get_debug},
+  {"set_debug", loop_set_debug},
+  {"set_exception_handler", loop_set_exception_handler},
+  {"get_exception_handler", loop_get_exception_handler},
+  {"call_exception_handler", loop_call_exception_handler},
+  {"default_exception_handler", loop_default_exception_handler},
+  {NULL, NULL},
 };
 
 /* The hot methods, which make Handles (handle.c).  Upvalues: those of
  * ml__handles_push_upvalues. */
 static const luaL_Reg timer_methods[] = {
-  { "call_soon", ml__handle_call_soon },
-  { "call_later", ml__handle_call_later },
-  { "call_at", ml__handle_call_at },
-  { NULL, NULL }
+  {"call_soon", ml__handle_call_soon},
+  {"call_later", ml__handle_call_later},
+  {"call_at", ml__handle_call_at},
+  {NULL, NULL},
 };
 
 /* [-0, +1] registers the loop object and pushes its methods table. */
 void ml__loop_open(lua_State *L) {
-  ml__state(L)->last_poll = ml__now();  /* the scheduler's poll rule starts now */
+  ml__state(L)->last_poll = ml__now(); /* the scheduler's poll rule starts now */
   ml__handles_open(L);
   luaL_newmetatable(L, ML_LOOP_MT);
   luaL_newlib(L, loop_methods);
@@ -182,5 +181,5 @@ void ml__loop_open(lua_State *L) {
   lua_pushvalue(L, -3);
   lua_setmetatable(L, -2);
   lua_setfield(L, LUA_REGISTRYINDEX, ML_LOOP_MT ".instance");
-  lua_remove(L, -2);  /* leaves the methods table */
+  lua_remove(L, -2); /* leaves the methods table */
 }

@@ -27,11 +27,10 @@ typedef struct ml_Task ml_Task;
 #if ML_CHECKS
 #include <stdio.h>
 #include <stdlib.h>
-#define ml_assert(cond)                                                          \
-  ((cond) ? (void)0                                                              \
-          : (fprintf(stderr, "%s:%d: ml_assert(%s) failed\n", __FILE__, __LINE__, \
-                     #cond),                                                     \
-             abort()))
+#define ml_assert(cond) \
+  ((cond)               \
+     ? (void)0          \
+     : (fprintf(stderr, "%s:%d: ml_assert(%s) failed\n", __FILE__, __LINE__, #cond), abort()))
 #define ML_STACK_MARK(L) const int ml_stack_mark_ = lua_gettop(L)
 #define ML_STACK_CHECK(L, d) ml_assert(lua_gettop(L) == ml_stack_mark_ + (d))
 #else
@@ -45,8 +44,7 @@ typedef struct ml_Task ml_Task;
 /* The state a Lua thread belongs to, kept in lua_getextraspace; the low
  * bit of that word says the thread is parked in an await (task.c).  A
  * macro, as it is on every hot path. */
-#define ml__state(L) \
-  ((ml_State *)(*(uintptr_t *)lua_getextraspace(L) & ~(uintptr_t)1))
+#define ml__state(L) ((ml_State *)(*(uintptr_t *)lua_getextraspace(L) & ~(uintptr_t)1))
 
 /* The libev loop of S. */
 struct ev_loop *ml__loop(ml_State *S);
@@ -73,11 +71,24 @@ int ml__signals_enabled(ml_State *S);
  * metatables per type). */
 enum {
   /* the core's */
-  ML_UT_FUTURE, ML_UT_TASK, ML_UT_CORO, ML_UT_HANDLE, ML_UT_SENTINEL,
+  ML_UT_FUTURE,
+  ML_UT_TASK,
+  ML_UT_CORO,
+  ML_UT_HANDLE,
+  ML_UT_SENTINEL,
   /* the stdlib's */
-  ML_UT_QUEUE, ML_UT_SOCKET, ML_UT_BUFFER, ML_UT_LISTENER, ML_UT_LOOKUP,
-  ML_UT_FDWATCH, ML_UT_PROCESS, ML_UT_SIGSET, ML_UT_SSLCONTEXT, ML_UT_SSLOBJECT,
-  ML_UT_HTTPMULTI, ML_UT_HTTPXFER,
+  ML_UT_QUEUE,
+  ML_UT_SOCKET,
+  ML_UT_BUFFER,
+  ML_UT_LISTENER,
+  ML_UT_LOOKUP,
+  ML_UT_FDWATCH,
+  ML_UT_PROCESS,
+  ML_UT_SIGSET,
+  ML_UT_SSLCONTEXT,
+  ML_UT_SSLOBJECT,
+  ML_UT_HTTPMULTI,
+  ML_UT_HTTPXFER,
   ML_UT_N
 };
 
@@ -112,8 +123,8 @@ void ml__require(lua_State *L, const char *name);
 /* A Lua module compiled into the library as bytecode at build time
  * (stdlib/tools/bytecode.c writes the lists). */
 typedef struct ml_Embedded {
-  const char *name;  /* module name: "asyncio", "asyncio.locks" */
-  const char *src;   /* Lua bytecode (the dialect, compiled at build time) */
+  const char *name; /* module name: "asyncio", "asyncio.locks" */
+  const char *src;  /* Lua bytecode (the dialect, compiled at build time) */
   size_t len;
 } ml_Embedded;
 
@@ -221,8 +232,7 @@ int ml__task_check_suspendable(lua_State *L);
  * __gc), not by the C stack.  The same holds if the task is woken and then
  * cancelled before it runs.  Works from nested plain coroutines running
  * inside a task.  Raises as ml__task_check_suspendable does. */
-int ml__task_suspend(lua_State *L, ml_CancelHook hook, void *ud,
-                     lua_KContext ctx, lua_KFunction k);
+int ml__task_suspend(lua_State *L, ml_CancelHook hook, void *ud, lua_KContext ctx, lua_KFunction k);
 /* The same, except that k runs in every case: with LUA_YIELD when the
  * task is woken, or with LUA_ERRRUN and the CancelledError on top if it
  * was cancelled (before or after it was woken), so that k can undo what
@@ -231,8 +241,8 @@ int ml__task_suspend(lua_State *L, ml_CancelHook hook, void *ud,
  * ml__task_check_suspendable first if k must always run.
  * Its hook runs also when the task is cancelled after it was woken and
  * before it ran (the queue passes on an item handed to it then). */
-int ml__task_suspend_always(lua_State *L, ml_CancelHook hook, void *ud,
-                            lua_KContext ctx, lua_KFunction k);
+int ml__task_suspend_always(lua_State *L, ml_CancelHook hook, void *ud, lua_KContext ctx,
+                            lua_KFunction k);
 /* Puts a suspended task on the ready queue (no-op unless suspended).
  * Safe from libev callbacks. */
 void ml__task_wake(ml_Task *t);

@@ -5,9 +5,9 @@
 #include <stddef.h>
 
 typedef struct ml_Entry {
-  int kind;     /* ML_RUN_* below */
-  void *p;      /* the task, or the object to run */
-  int ref;      /* registry reference anchoring p, or LUA_NOREF */
+  int kind; /* ML_RUN_* below */
+  void *p;  /* the task, or the object to run */
+  int ref;  /* registry reference anchoring p, or LUA_NOREF */
 } ml_Entry;
 
 enum { ML_RUN_TASK = 1, ML_RUN_HANDLE, ML_RUN_FUTURE_CALLBACKS };
@@ -16,7 +16,7 @@ enum { ML_RUN_TASK = 1, ML_RUN_HANDLE, ML_RUN_FUTURE_CALLBACKS };
 
 typedef struct ml_ReadyQ {
   ml_Entry *ring;
-  size_t head, len, cap;  /* cap is a power of two */
+  size_t head, len, cap; /* cap is a power of two */
 } ml_ReadyQ;
 
 int ml__readyq_push(ml_ReadyQ *q, ml_Entry e);   /* 0 or -ENOMEM */

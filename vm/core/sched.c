@@ -55,7 +55,9 @@ void ml__sched_warn_slow(ml_State *S, const ml_Entry *e, double took) {
   } else {
     lua_pop(L, 1);
     snprintf(msg, sizeof msg, "Executing a %s took %.3f seconds",
-             e->kind == ML_RUN_TASK ? "task step" : e->kind == ML_RUN_HANDLE ? "callback" : "done callback",
+             e->kind == ML_RUN_TASK     ? "task step"
+             : e->kind == ML_RUN_HANDLE ? "callback"
+                                        : "done callback",
              took);
   }
   ml__emit_error(S, msg);
@@ -80,12 +82,8 @@ static void run_entry(ml_State *S, ml_Entry *e, struct Timers **T, int *anchor) 
     else lua_pushnil(L);
   }
   switch (e->kind) {
-  case ML_RUN_TASK:
-    ml__task_step(S, e->p);
-    break;
-  case ML_RUN_HANDLE:
-    ml__handles_run(L, *T, *anchor, e);
-    break;
+  case ML_RUN_TASK: ml__task_step(S, e->p); break;
+  case ML_RUN_HANDLE: ml__handles_run(L, *T, *anchor, e); break;
   case ML_RUN_FUTURE_CALLBACKS:
     lua_rawgeti(L, LUA_REGISTRYINDEX, e->ref);
     luaL_unref(L, LUA_REGISTRYINDEX, e->ref);
@@ -114,7 +112,7 @@ static void run_ready(ml_State *S) {
 
 /* Polls I/O and timers: libev's callbacks queue what they wake. */
 static void poll_io(ml_State *S, int flags) {
-  S->alive = ev_run(S->loop, flags);  /* nonzero: active watchers remain */
+  S->alive = ev_run(S->loop, flags); /* nonzero: active watchers remain */
   S->last_poll = ml__now();
   S->last_poll_step = S->clock_step = S->nstep;
   S->poll_soon = 0;
@@ -139,9 +137,7 @@ static int awaited_done(const ml_Future *until_done) {
 
 /* Nothing is ready, and nothing is left that could make anything ready
  * (the last poll saw no active referenced watcher). */
-static int idle(const ml_State *S) {
-  return S->ready.len == 0 && !S->alive;
-}
+static int idle(const ml_State *S) { return S->ready.len == 0 && !S->alive; }
 
 /* loop:stop() was called: it stops one run. */
 static int stop_requested(ml_State *S) {
@@ -155,7 +151,7 @@ int ml__sched_run(ml_State *S, ml_Future *until_done) {
   S->running++;
   while (!awaited_done(until_done) && !stop_requested(S)) {
     if (S->ready.len == 0) {
-      poll_io(S, EVRUN_ONCE);  /* block for I/O or a timer */
+      poll_io(S, EVRUN_ONCE); /* block for I/O or a timer */
       if (idle(S)) {
         if (until_done) rc = -EDEADLK;
         break;

@@ -25,8 +25,8 @@
  * (it measured +250 instructions a sleep, the heap's pops). */
 
 typedef struct Sleep {
-  ev_timer w;               /* first: the hook_ud is also the ev_timer */
-  int id;                   /* its entry in S->sleepers, or 0 */
+  ev_timer w; /* first: the hook_ud is also the ev_timer */
+  int id;     /* its entry in S->sleepers, or 0 */
 } Sleep;
 
 static int sleep_hook(lua_State *L, ml_Task *t, void *ud);
@@ -50,7 +50,7 @@ static int sleepers_track(ml_State *S) {
   for (t = S->tasks; t; t = t->next) {
     Sleep *s = sleep_of(t);
     if (s && s->id == 0 && sleep_track(S, s, ev_timer_remaining(S->loop, &s->w)) < 0) {
-      for (t = S->tasks; t; t = t->next)  /* out of memory: as before */
+      for (t = S->tasks; t; t = t->next) /* out of memory: as before */
         if ((s = sleep_of(t))) s->id = 0;
       ml__theap_free(&S->sleepers);
       return -ENOMEM;
@@ -71,7 +71,7 @@ int ml__task_sleep_next(ml_State *S, double *remaining) {
     *remaining = when > 0 ? when : 0;
     return 1;
   }
-  for (t = S->tasks; t; t = t->next) {  /* no memory for the heap */
+  for (t = S->tasks; t; t = t->next) { /* no memory for the heap */
     Sleep *s = sleep_of(t);
     if (s) {
       double r = ev_timer_remaining(S->loop, &s->w);
@@ -102,7 +102,8 @@ void ml__task_stop_timers(ml_State *S) {
 
 static void sleep_cb(struct ev_loop *loop, ev_timer *w, int revents) {
   ml_Task *t = w->data;
-  (void)loop; (void)revents;
+  (void)loop;
+  (void)revents;
   sleep_stop(t->fut.S, t, (Sleep *)w);
   ml__task_wake(t);
 }
@@ -116,13 +117,16 @@ static int sleep_hook(lua_State *L, ml_Task *t, void *ud) {
 
 /* Continuation: -> the values after the delay. */
 static int sleep_k(lua_State *L, int status, lua_KContext ctx) {
-  (void)status; (void)ctx;
-  return lua_gettop(L) - 1;  /* the values after the delay */
+  (void)status;
+  (void)ctx;
+  return lua_gettop(L) - 1; /* the values after the delay */
 }
 
 /* Continuation: -> nothing. */
 static int yield_k(lua_State *L, int status, lua_KContext ctx) {
-  (void)L; (void)status; (void)ctx;
+  (void)L;
+  (void)status;
+  (void)ctx;
   return 0;
 }
 
@@ -143,14 +147,17 @@ int ml__task_sleep(lua_State *L) {
   Sleep *w;
   /* Named here: run inline by an await, a C body has no name of its own
    * for luaL_argerror ("bad argument #1 to '?'"). */
-  if (!isnum) return ml__exc_raise(L, "TypeError", "sleep() delay must be a number, got %s", luaL_typename(L, 1));
+  if (!isnum)
+    return ml__exc_raise(L, "TypeError", "sleep() delay must be a number, got %s",
+                         luaL_typename(L, 1));
   if (t == NULL) return ml__task_raise_outside(L);
   if (d != d) return luaL_argerror(L, 1, "delay is NaN");
   if (lua_gettop(L) == 2 && lua_type(L, 2) == LUA_TTABLE && !lua_getmetatable(L, 2)) {
     /* sleep(d, {result = x}): Python's keyword; a plain table whose only
      * key is result.  Any other table is a value sleep returns. */
     lua_pushnil(L);
-    if (lua_next(L, 2) && lua_type(L, -2) == LUA_TSTRING && strcmp(lua_tostring(L, -2), "result") == 0) {
+    if (lua_next(L, 2) && lua_type(L, -2) == LUA_TSTRING &&
+        strcmp(lua_tostring(L, -2), "result") == 0) {
       lua_pop(L, 1);
       if (!lua_next(L, 2)) {
         lua_getfield(L, 2, "result");
@@ -159,7 +166,7 @@ int ml__task_sleep(lua_State *L) {
     }
     lua_settop(L, 2);
   }
-  if (d <= 0) return ml__task_requeue(L, sleep_k);  /* no libev */
+  if (d <= 0) return ml__task_requeue(L, sleep_k); /* no libev */
   /* What would make the suspension raise, raise now: a timer left running
    * for a task that never slept would wake it, or a task long gone. */
   ml__task_check_suspendable(L);
@@ -178,7 +185,7 @@ int ml__task_sleep(lua_State *L) {
     }
     ev_timer_init(&w->w, sleep_cb, d, 0.);
     w->w.data = t;
-    ev_now_update(S->loop);  /* libev's time is from the last poll */
+    ev_now_update(S->loop); /* libev's time is from the last poll */
     ev_timer_start(S->loop, &w->w);
     S->nsleeping++;
   }

@@ -118,7 +118,8 @@ ml_State *ml__state_new(struct ev_loop *loop) {
     S->own_loop = 1;
     if (S->loop == NULL) goto fail;
   }
-  if (getenv("MOONLOOP_DEBUG") && *getenv("MOONLOOP_DEBUG") && strcmp(getenv("MOONLOOP_DEBUG"), "0"))
+  if (getenv("MOONLOOP_DEBUG") && *getenv("MOONLOOP_DEBUG") &&
+      strcmp(getenv("MOONLOOP_DEBUG"), "0"))
     S->debug = 1;
   if (ml__wakeup_open(S) < 0) goto fail;
   lua_pushcfunction(L, init);
@@ -140,7 +141,7 @@ int ml__udata_newmt(lua_State *L, int type, const char *tname) {
   int made = luaL_newmetatable(L, tname);
   S->udata_mt[type] = lua_topointer(L, -1);
   S->udata_name[type] = tname;
-  if (S->udata_mtref[type] == 0) {  /* 0: never made (refs are > 0) */
+  if (S->udata_mtref[type] == 0) { /* 0: never made (refs are > 0) */
     lua_pushvalue(L, -1);
     S->udata_mtref[type] = luaL_ref(L, LUA_REGISTRYINDEX);
   }
@@ -179,7 +180,7 @@ void ml__udata_setmt(lua_State *L, int type) {
 /* [-0, +0] the userdata at idx if it is of type, else NULL. */
 void *ml__udata_test(lua_State *L, int idx, int type) {
   const void *mt;
-  if (!lua_getmetatable(L, idx)) return NULL;  /* no metatable, or not a userdata of ours */
+  if (!lua_getmetatable(L, idx)) return NULL; /* no metatable, or not a userdata of ours */
   mt = lua_topointer(L, -1);
   lua_pop(L, 1);
   return mt == ml__state(L)->udata_mt[type] ? lua_touserdata(L, idx) : NULL;
@@ -195,7 +196,9 @@ void *ml__udata_check(lua_State *L, int idx, int type) {
   return p;
 }
 
-struct ev_loop *ml__loop(ml_State *S) { return S->loop; }
+struct ev_loop *ml__loop(ml_State *S) {
+  return S->loop;
+}
 
 /* [-0, +1] pushes require(name) of the trusted globals (package.loaded
  * first). */
@@ -266,18 +269,19 @@ static int close_tasks(lua_State *L) {
 void ml__state_close(ml_State *S) {
   if (S == NULL) return;
   lua_pushcfunction(S->L, close_tasks);
-  if (lua_pcall(S->L, 0, 0, 0) != LUA_OK) lua_pop(S->L, 1);  /* close anyway */
-  ml__task_stop_timers(S);  /* a host's loop outlives us */
+  if (lua_pcall(S->L, 0, 0, 0) != LUA_OK) lua_pop(S->L, 1); /* close anyway */
+  ml__task_stop_timers(S);                                  /* a host's loop outlives us */
   ml__theap_free(&S->sleepers);
   /* Other threads see -ESHUTDOWN from here on; what they queued is freed. */
   ml__wakeup_close(S);
-  S->closing = 1;  /* finalizers run under a limit from here (sandbox.c) */
+  S->closing = 1; /* finalizers run under a limit from here (sandbox.c) */
   lua_close(S->L);
   ml__readyq_free(&S->ready);
   ml__worker_free(S);
   if (S->own_loop) ev_loop_destroy(S->loop);
   if (S->alloc_count)
-    fprintf(stderr, "moonloop: MOONLOOP_ALLOCFAIL=count: %zu allocations\n", ml__alloc_growths(S->alloc));
+    fprintf(stderr, "moonloop: MOONLOOP_ALLOCFAIL=count: %zu allocations\n",
+            ml__alloc_growths(S->alloc));
   ml__alloc_free(S->alloc);
   free(S);
 }

@@ -13,17 +13,17 @@
 #include "readyq.h"
 #include "timerheap.h"
 
-struct Timers;  /* handle.c: the handles, their timer heap and ev_timer */
-struct ml_WorkerState;  /* worker.c */
+struct Timers;         /* handle.c: the handles, their timer heap and ev_timer */
+struct ml_WorkerState; /* worker.c */
 
 struct ml_State {
   lua_State *L;
   struct ev_loop *loop;
-  int own_loop;          /* we made loop and destroy it on close */
+  int own_loop; /* we made loop and destroy it on close */
   ml_Alloc *alloc;
   ml_ReadyQ ready;
-  ml_Task *current;      /* the task being stepped, or NULL */
-  ml_Task *tasks;        /* pending tasks, a list through prev/next */
+  ml_Task *current; /* the task being stepped, or NULL */
+  ml_Task *tasks;   /* pending tasks, a list through prev/next */
   unsigned long task_seq;
   struct ml_Pool *pool;  /* task threads for reuse (task.c) */
   struct Timers *timers; /* call_soon/call_later/call_at handles (handle.c) */
@@ -37,26 +37,26 @@ struct ml_State {
   int nstep;             /* entries run, for the I/O poll rule */
   int poll_soon;         /* poll at the end of this iteration (ml__sched_poll_soon) */
   int last_poll_step;
-  int clock_step;        /* the step the poll rule last read the clock at */
-  double last_poll;      /* monotonic time of the last I/O poll */
-  int running;           /* depth of ml__sched_run / step calls */
-  int alive;             /* the last ev_run saw active watchers */
+  int clock_step;             /* the step the poll rule last read the clock at */
+  double last_poll;           /* monotonic time of the last I/O poll */
+  int running;                /* depth of ml__sched_run / step calls */
+  int alive;                  /* the last ev_run saw active watchers */
   unsigned long instr_budget; /* per task step, 0 = none */
   unsigned long step_instr;   /* instructions counted in this step */
-  int over_budget;       /* this step is being terminated (budget or interrupt) */
-  int interrupted;       /* ... because of ml_state_interrupt */
+  int over_budget;            /* this step is being terminated (budget or interrupt) */
+  int interrupted;            /* ... because of ml_state_interrupt */
   /* The task step under way, for ml_state_interrupt from other threads
    * (task.c, "interrupts"): written by the loop's thread only, read by
    * any, atomically. */
   unsigned long step_seq;
   unsigned long interrupt_seq; /* the step to interrupt; atomic, any thread */
-  int budget_whole_state; /* running past it stops the state, not the task */
-  int budget_dead;       /* it did: the state runs nothing more */
+  int budget_whole_state;      /* running past it stops the state, not the task */
+  int budget_dead;             /* it did: the state runs nothing more */
   ml_ErrorHandler on_error;
-  int report_at_finish;  /* report a failed task nobody awaits at once */
+  int report_at_finish; /* report a failed task nobody awaits at once */
   void *on_error_ud;
-  struct ml_Embed *embed; /* the embedding API's data (vm/embed) */
-  int signals;           /* the host lets scripts catch signals */
+  struct ml_Embed *embed;   /* the embedding API's data (vm/embed) */
+  int signals;              /* the host lets scripts catch signals */
   struct ml_Wakeup *wakeup; /* other threads' way in (wakeup.c) */
   /* Userdata types (module.h, ML_UT_*): their metatables, for type
    * tests, refs (registry slots) to set them without a name lookup, and
@@ -64,15 +64,15 @@ struct ml_State {
   const void *udata_mt[ML_UT_N];
   int udata_mtref[ML_UT_N];
   const char *udata_name[ML_UT_N];
-  int closing;           /* lua_close is running (ml__state_close) */
-  unsigned long gc_instr; /* instructions of the running wrapped finalizer */
-  int in_finalizer;      /* a wrapped finalizer runs (the string matcher's charge) */
-  const void *sleep0;    /* the shared asyncio.sleep(0) coroutine */
-  struct ml_AsyncC *asyncc; /* async C functions, for await (coro.c) */
+  int closing;               /* lua_close is running (ml__state_close) */
+  unsigned long gc_instr;    /* instructions of the running wrapped finalizer */
+  int in_finalizer;          /* a wrapped finalizer runs (the string matcher's charge) */
+  const void *sleep0;        /* the shared asyncio.sleep(0) coroutine */
+  struct ml_AsyncC *asyncc;  /* async C functions, for await (coro.c) */
   const void *coro_taken_mt; /* a Coroutine's once a task took it: no __gc (coro.c) */
   int coro_taken_mtref;
-  int task_factory_ref;  /* loop:set_task_factory's, a registry ref; 0: none */
-  int task_factory_eager; /* it is asyncio.eager_task_factory (no call) */
+  int task_factory_ref;          /* loop:set_task_factory's, a registry ref; 0: none */
+  int task_factory_eager;        /* it is asyncio.eager_task_factory (no call) */
   struct ml_WorkerState *worker; /* a worker process's id and listeners, or NULL (worker.c) */
 };
 
@@ -82,10 +82,9 @@ struct ml_State {
 
 /* Marks the thread L as parked in an await, or not: the low bit of its
  * extra space (ml__state masks it off).  A macro for the task switch. */
-#define ml__set_parked(L, parked)                                  \
-  (*(uintptr_t *)lua_getextraspace(L) =                            \
-       (*(uintptr_t *)lua_getextraspace(L) & ~(uintptr_t)1) |     \
-       (uintptr_t)((parked) != 0))
+#define ml__set_parked(L, parked)       \
+  (*(uintptr_t *)lua_getextraspace(L) = \
+     (*(uintptr_t *)lua_getextraspace(L) & ~(uintptr_t)1) | (uintptr_t)((parked) != 0))
 
 /* Makes a state on loop (a private one if NULL) with the core alone: the
  * standard Lua libraries, the dialect's loaders and asyncio.core

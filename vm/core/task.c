@@ -17,9 +17,7 @@ static const char err_marker = 'E';
 ml_Task *ml__task_current(lua_State *L) { return ml__state(L)->current; }
 
 /* [-0, +1] pushes task t (anchored while pending). */
-void ml__task_push(lua_State *L, ml_Task *t) {
-  lua_rawgeti(L, LUA_REGISTRYINDEX, t->ref);
-}
+void ml__task_push(lua_State *L, ml_Task *t) { lua_rawgeti(L, LUA_REGISTRYINDEX, t->ref); }
 
 void ml__task_wake(ml_Task *t) {
   ml_Entry e;
@@ -46,7 +44,7 @@ static int task_msgh(lua_State *L) {
   ml_State *S = ml__state(L);
   ml_Task *t = S->current;
   if (t == NULL || ml__exc_is(L, 1, "CancelledError")) return 1;
-  ml__traceback(L, task_body);  /* the last frame, task_body, is moonloop's */
+  ml__traceback(L, task_body); /* the last frame, task_body, is moonloop's */
   ml__task_push(L, t);
   /* If this error is one that await re-raised from another task, prepend
    * that task's traceback: the chain of awaits. */
@@ -128,15 +126,13 @@ static void unlink_task(ml_State *S, ml_Task *t) {
 static const char pool_key = 'P';
 
 struct ml_Pool {
-  lua_State *co[THREAD_POOL_MAX + 1];  /* by slot (1..); NULL: none yet */
-  int idle[THREAD_POOL_MAX];           /* slots to lend, a stack */
+  lua_State *co[THREAD_POOL_MAX + 1]; /* by slot (1..); NULL: none yet */
+  int idle[THREAD_POOL_MAX];          /* slots to lend, a stack */
   int nidle, nslots;
 };
 
 /* [-0, +1] pushes the pool's userdata. */
-static void push_pool(lua_State *L) {
-  lua_rawgetp(L, LUA_REGISTRYINDEX, &pool_key);
-}
+static void push_pool(lua_State *L) { lua_rawgetp(L, LUA_REGISTRYINDEX, &pool_key); }
 
 /* Gives task t (at tidx of L) a thread: a pooled one, or its own.
  * [-0, +0] */
@@ -149,7 +145,7 @@ static lua_State *take_thread(ml_State *S, lua_State *L, ml_Task *t, int tidx) {
   } else if (P->nidle > 0 || P->nslots < THREAD_POOL_MAX) {
     slot = P->nidle > 0 ? P->idle[P->nidle - 1] : P->nslots + 1;
     push_pool(L);
-    co = lua_newthread(L);  /* may raise: nothing is taken yet */
+    co = lua_newthread(L); /* may raise: nothing is taken yet */
     lua_setiuservalue(L, -2, slot);
     lua_pop(L, 1);
     if (P->nidle > 0) P->nidle--;
@@ -195,7 +191,7 @@ static void finish(ml_State *S, lua_State *L, ml_Task *t, int n, int failed) {
   int tidx;
   ml__task_push(L, t);
   tidx = lua_gettop(L);
-  if (n > 0) {  /* the task below its results */
+  if (n > 0) { /* the task below its results */
     lua_insert(L, tidx - n);
     tidx -= n;
   }
@@ -226,8 +222,8 @@ static void finish(ml_State *S, lua_State *L, ml_Task *t, int n, int failed) {
   } else {
     /* Report-at-finish (ml_state_set_report_at_finish): nobody awaits it
      * and it has no done callback, so nobody is there to see it now. */
-    int lonely = S->report_at_finish && t->fut.waiter == NULL && t->fut.ncallbacks == 0
-                 && !t->fut.host_held;
+    int lonely =
+      S->report_at_finish && t->fut.waiter == NULL && t->fut.ncallbacks == 0 && !t->fut.host_held;
     ml__future_set_exception(L, tidx);
     if (lonely) ml__future_report_now(L, tidx, &t->fut);
   }
@@ -249,7 +245,7 @@ static lua_State *start(ml_State *S, lua_State *L, ml_Task *t) {
   int tidx, base, n;
   ml__task_push(L, t);
   tidx = lua_gettop(L);
-  if (t->packed) {  /* a function's arguments, packed by spawn */
+  if (t->packed) { /* a function's arguments, packed by spawn */
     lua_getiuservalue(L, tidx, TUV_THREAD);
     lua_pushnil(L);
     lua_setiuservalue(L, tidx, TUV_THREAD);
@@ -260,7 +256,7 @@ static lua_State *start(ml_State *S, lua_State *L, ml_Task *t) {
   base = lua_gettop(L);
   lua_pushcfunction(L, task_body);
   lua_pushcfunction(L, task_msgh);
-  lua_getiuservalue(L, tidx, FUV_RESULT);  /* see FUV_MISC */
+  lua_getiuservalue(L, tidx, FUV_RESULT); /* see FUV_MISC */
   if (t->from_coro) {
     n = ml__coro_push(L, -1);
     ml__coro_push_name(L, -n - 1);
@@ -314,7 +310,7 @@ static void step(ml_State *S, lua_State *L, ml_Task *t) {
     nargs = lua_gettop(co) - 1;
   }
   S->current = t;
-  if (prev == NULL) {  /* an eager step is part of its creator's */
+  if (prev == NULL) { /* an eager step is part of its creator's */
     S->step_instr = 0;
     S->over_budget = 0;
     S->interrupted = 0;
@@ -336,14 +332,15 @@ static void step(ml_State *S, lua_State *L, ml_Task *t) {
   if (status == LUA_YIELD) {
     if (nres == 1 && lua_touserdata(co, -1) == &ml__await_marker) {
       lua_pop(co, 1);
-      return;  /* parked: whatever it waits for will wake it */
+      return; /* parked: whatever it waits for will wake it */
     }
     /* A plain coroutine.yield() reached the scheduler: not an await. */
     lua_pop(co, nres);
     lua_resetthread(co);
     ml__exc_push(L, "RuntimeError",
                  "task '%s' yielded with coroutine.yield() outside a generator; "
-                 "use await to wait for something", push_task_name(L, t));
+                 "use await to wait for something",
+                 push_task_name(L, t));
     lua_remove(L, -2);
     finish(S, L, t, 1, 1);
     return;
@@ -373,9 +370,7 @@ static void step(ml_State *S, lua_State *L, ml_Task *t) {
 }
 
 /* [-0, +0] on the main state. */
-void ml__task_step(ml_State *S, ml_Task *t) {
-  step(S, S->L, t);
-}
+void ml__task_step(ml_State *S, ml_Task *t) { step(S, S->L, t); }
 
 /* ---- suspension ---- */
 
@@ -395,7 +390,7 @@ static int resume_k(lua_State *L, int status, lua_KContext unused) {
   lua_KFunction k;
   lua_KContext ctx;
   (void)unused;
-  if (t == NULL || t->k == NULL)  /* resumed by something else: see above */
+  if (t == NULL || t->k == NULL) /* resumed by something else: see above */
     return luaL_error(L, "a coroutine that awaits was resumed from outside its task");
   ml__set_parked(L, 0);
   k = t->k;
@@ -444,8 +439,8 @@ int ml__task_check_suspendable(lua_State *L) {
 
 /* [-0, +0]: yields (lua_yieldk does not return); k then runs on the
  * stack as it was. */
-static int suspend(lua_State *L, ml_CancelHook hook, void *ud,
-                   lua_KContext ctx, lua_KFunction k, int requeue, int always) {
+static int suspend(lua_State *L, ml_CancelHook hook, void *ud, lua_KContext ctx, lua_KFunction k,
+                   int requeue, int always) {
   ml_Task *t = ml__state(L)->current;
   if (t == NULL || !lua_isyieldable(L)) return raise_unsuspendable(L, t);
   t->hook = hook;
@@ -470,20 +465,18 @@ static int suspend(lua_State *L, ml_CancelHook hook, void *ud,
 }
 
 /* [-0, +0]; goes to the end of the ready queue at once (sleep.c). */
-int ml__task_requeue(lua_State *L, lua_KFunction k) {
-  return suspend(L, NULL, NULL, 0, k, 1, 0);
-}
+int ml__task_requeue(lua_State *L, lua_KFunction k) { return suspend(L, NULL, NULL, 0, k, 1, 0); }
 
 /* [-0, +0]; suspends; k runs when woken (not on cancellation). */
-int ml__task_suspend(lua_State *L, ml_CancelHook hook, void *ud,
-                     lua_KContext ctx, lua_KFunction k) {
+int ml__task_suspend(lua_State *L, ml_CancelHook hook, void *ud, lua_KContext ctx,
+                     lua_KFunction k) {
   return suspend(L, hook, ud, ctx, k, 0, 0);
 }
 
 /* [-0, +0]; suspends; k runs on cancellation too (status LUA_ERRRUN,
  * the CancelledError on top). */
-int ml__task_suspend_always(lua_State *L, ml_CancelHook hook, void *ud,
-                            lua_KContext ctx, lua_KFunction k) {
+int ml__task_suspend_always(lua_State *L, ml_CancelHook hook, void *ud, lua_KContext ctx,
+                            lua_KFunction k) {
   return suspend(L, hook, ud, ctx, k, 0, 1);
 }
 
@@ -501,14 +494,14 @@ enum { SPAWN_ANY, SPAWN_CORO };
  * again after; the CPU budget counts on). */
 static ml_Task *spawn(lua_State *L, int nargs, const char *name, int kind, int eager) {
   ml_State *S = ml__state(L);
-  int fidx = lua_gettop(L) - nargs;  /* the function or Coroutine */
+  int fidx = lua_gettop(L) - nargs; /* the function or Coroutine */
   ml_Task *t;
 
   t = (ml_Task *)ml__future_alloc(L, sizeof(ml_Task), TUV_NTASK, 1);
   t->fut.is_task = 1;
   t->ref = LUA_NOREF;
   t->id = ++S->task_seq;
-  lua_insert(L, fidx);  /* task below the function */
+  lua_insert(L, fidx); /* task below the function */
   fidx++;
   if (name) {
     lua_pushstring(L, name);
@@ -517,7 +510,7 @@ static ml_Task *spawn(lua_State *L, int nargs, const char *name, int kind, int e
   /* A Coroutine is the task's from now on. */
   t->from_coro = kind == SPAWN_CORO || ml__coro_claim(L, fidx) != 0;
   lua_pushvalue(L, fidx);
-  lua_setiuservalue(L, fidx - 1, FUV_RESULT);  /* until it starts */
+  lua_setiuservalue(L, fidx - 1, FUV_RESULT); /* until it starts */
   if (nargs > 0) {
     /* A function's arguments wait in the thread's slot until it starts. */
     int i;
@@ -529,14 +522,14 @@ static ml_Task *spawn(lua_State *L, int nargs, const char *name, int kind, int e
     lua_setiuservalue(L, fidx - 1, TUV_THREAD);
     t->packed = 1;
   }
-  lua_settop(L, fidx - 1);  /* leaves the task on top */
+  lua_settop(L, fidx - 1); /* leaves the task on top */
   lua_pushvalue(L, -1);
   t->ref = luaL_ref(L, LUA_REGISTRYINDEX);
   t->next = S->tasks;
   if (S->tasks) S->tasks->prev = t;
   S->tasks = t;
   if (eager && (S->running > 0 || S->current != NULL)) {
-    step(S, L, t);  /* leaves the task on top */
+    step(S, L, t); /* leaves the task on top */
     return t;
   }
   t->suspended = 1;
@@ -672,8 +665,8 @@ static int task_get_stack(lua_State *L) {
       lua_getinfo(t->co, "Sln", &ar);
       if (ar.currentline <= 0) continue;
       lua_pushfstring(L, "%s:%d: in %s%s%s", ar.short_src, ar.currentline,
-                      ar.name ? "function '" : "main chunk",
-                      ar.name ? ar.name : "", ar.name ? "'" : "");
+                      ar.name ? "function '" : "main chunk", ar.name ? ar.name : "",
+                      ar.name ? "'" : "");
       lua_rawseti(L, -2, ++n);
     }
   }
@@ -702,57 +695,43 @@ static int task_tostring(lua_State *L) {
   switch (t->fut.state) {
   case ML_PENDING:
     switch (lua_getiuservalue(L, 1, FUV_RESULT)) {
-    case LUA_TSTRING:  /* started */
+    case LUA_TSTRING: /* started */
       lua_pushfstring(L, "<coroutine %s>", lua_tostring(L, -1));
       break;
-    case LUA_TFUNCTION: {  /* made of a function (the main task: the chunk) */
+    case LUA_TFUNCTION: { /* made of a function (the main task: the chunk) */
       lua_Debug ar;
       lua_pushvalue(L, -1);
       lua_getinfo(L, ">S", &ar);
-      if (*ar.what == 'C')
-        lua_pushliteral(L, "<function [C]>");
-      else if (*ar.what == 'm')
-        lua_pushfstring(L, "<main chunk of %s>", ar.short_src);
-      else
-        lua_pushfstring(L, "<function at %s:%d>", ar.short_src, ar.linedefined);
+      if (*ar.what == 'C') lua_pushliteral(L, "<function [C]>");
+      else if (*ar.what == 'm') lua_pushfstring(L, "<main chunk of %s>", ar.short_src);
+      else lua_pushfstring(L, "<function at %s:%d>", ar.short_src, ar.linedefined);
       break;
     }
-    default:
-      luaL_tolstring(L, -1, NULL);
+    default: luaL_tolstring(L, -1, NULL);
     }
     lua_pushfstring(L, "<Task pending name='%s' coro=%s>", name, lua_tostring(L, -1));
     break;
-  case ML_CANCELLED:
-    lua_pushfstring(L, "<Task cancelled name='%s'>", name);
-    break;
+  case ML_CANCELLED: lua_pushfstring(L, "<Task cancelled name='%s'>", name); break;
   case ML_EXCEPTION:
     lua_getiuservalue(L, 1, FUV_RESULT);
-    lua_pushfstring(L, "<Task finished name='%s' exception=%s>", name,
-                    luaL_tolstring(L, -1, NULL));
+    lua_pushfstring(L, "<Task finished name='%s' exception=%s>", name, luaL_tolstring(L, -1, NULL));
     break;
   default:
     if (t->fut.nres == 0) {
       lua_pushnil(L);
     } else {
       ml__future_unwrap(L, 1);
-      lua_settop(L, 3);  /* the first result */
+      lua_settop(L, 3); /* the first result */
     }
-    lua_pushfstring(L, "<Task finished name='%s' result=%s>", name,
-                    luaL_tolstring(L, -1, NULL));
+    lua_pushfstring(L, "<Task finished name='%s' result=%s>", name, luaL_tolstring(L, -1, NULL));
   }
   return 1;
 }
 
 static const luaL_Reg task_methods[] = {
-  { "cancel", task_cancel },
-  { "cancelling", task_cancelling },
-  { "uncancel", task_uncancel },
-  { "get_name", task_get_name },
-  { "set_name", task_set_name },
-  { "get_coro", task_get_coro },
-  { "get_stack", task_get_stack },
-  { "get_traceback", task_get_traceback },
-  { NULL, NULL }
+  {"cancel", task_cancel},       {"cancelling", task_cancelling},       {"uncancel", task_uncancel},
+  {"get_name", task_get_name},   {"set_name", task_set_name},           {"get_coro", task_get_coro},
+  {"get_stack", task_get_stack}, {"get_traceback", task_get_traceback}, {NULL, NULL},
 };
 
 /* [-0, +0] makes the thread pool and the Task metatable. */
@@ -768,7 +747,8 @@ void ml__task_open(lua_State *L) {
  * Continuation: -> the future's results, or raises. */
 static int await_k(lua_State *L, int status, lua_KContext ctx) {
   ml_Task *t = ml__state(L)->current;
-  (void)status; (void)ctx;
+  (void)status;
+  (void)ctx;
   t->awaiting = NULL;
   return ml__future_unwrap(L, 1);
 }

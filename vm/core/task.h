@@ -8,22 +8,22 @@
  * values and thread (docs/performance.md): keep it small.  A sleeping
  * task's timer is its hook_ud (see task.c). */
 struct ml_Task {
-  ml_Future fut;            /* a Task is a Future */
-  lua_State *co;            /* the task's thread, NULL once done */
-  int ref;                  /* registry reference while pending */
-  int pool_slot;            /* co's slot in the thread pool, or 0 */
-  ml_Task *prev, *next;     /* the state's list of pending tasks */
+  ml_Future fut;        /* a Task is a Future */
+  lua_State *co;        /* the task's thread, NULL once done */
+  int ref;              /* registry reference while pending */
+  int pool_slot;        /* co's slot in the thread pool, or 0 */
+  ml_Task *prev, *next; /* the state's list of pending tasks */
   /* One byte of flags (a byte each made the struct 8 bytes longer). */
   unsigned char started : 1, suspended : 1, queued : 1, must_cancel : 1;
-  unsigned char k_always : 1;   /* k runs on cancellation too */
-  unsigned char from_coro : 1;  /* made of a Coroutine (else a function) */
-  unsigned char packed : 1;     /* a function's arguments wait in TUV_THREAD */
-  int num_cancels;          /* cancel() requests not uncancelled */
+  unsigned char k_always : 1;  /* k runs on cancellation too */
+  unsigned char from_coro : 1; /* made of a Coroutine (else a function) */
+  unsigned char packed : 1;    /* a function's arguments wait in TUV_THREAD */
+  int num_cancels;             /* cancel() requests not uncancelled */
   unsigned long id;
-  ml_Future *awaiting;      /* the future it awaits, or NULL */
-  ml_CancelHook hook;       /* while suspended: what to do on cancel() */
+  ml_Future *awaiting; /* the future it awaits, or NULL */
+  ml_CancelHook hook;  /* while suspended: what to do on cancel() */
   void *hook_ud;
-  lua_KFunction k;          /* continuation of the suspended C function */
+  lua_KFunction k; /* continuation of the suspended C function */
   lua_KContext kctx;
 };
 

@@ -22,12 +22,12 @@
 #define POOL_STACK (1024 * 1024)
 
 typedef struct Req {
-  ml_WakeNode node;      /* first: the wake-up's record */
-  struct Req *next;      /* the pool's queue */
+  ml_WakeNode node; /* first: the wake-up's record */
+  struct Req *next; /* the pool's queue */
   ml_PoolWorkFn work;
   ml_WakeFn done;
   void *ud;
-  ml_Wakeup *wake;       /* a counted reference: valid after the state closes */
+  ml_Wakeup *wake; /* a counted reference: valid after the state closes */
 } Req;
 
 static struct {
@@ -35,7 +35,7 @@ static struct {
   pthread_cond_t cv;
   Req *head, *tail;
   int nthreads, idle, max;
-} pool = { PTHREAD_MUTEX_INITIALIZER, PTHREAD_COND_INITIALIZER, NULL, NULL, 0, 0, 0 };
+} pool = {PTHREAD_MUTEX_INITIALIZER, PTHREAD_COND_INITIALIZER, NULL, NULL, 0, 0, 0};
 
 /* On the loop thread (or with S == NULL from ml_state_close): the
  * request is back. */

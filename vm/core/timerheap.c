@@ -11,7 +11,10 @@ typedef ml_TimerKey Key;
 #define KEY_LO(k) ((uint64_t)(k))
 #define KEY_LT(a, b) ((a) < (b))
 #else
-static Key key_make(uint64_t hi, uint64_t lo) { Key k = { hi, lo }; return k; }
+static Key key_make(uint64_t hi, uint64_t lo) {
+  Key k = {hi, lo};
+  return k;
+}
 #define KEY(hi, lo) key_make(hi, lo)
 #define KEY_HI(k) ((k).hi)
 #define KEY_LO(k) ((k).lo)
@@ -40,13 +43,11 @@ static double bits_when(uint64_t u) {
 
 #define HEAP(H) ((H)->heap + (H)->base)
 
-static int ent_lt(const HeapEnt *a, const HeapEnt *b) {
-  return KEY_LT(a->key, b->key);
-}
+static int ent_lt(const HeapEnt *a, const HeapEnt *b) { return KEY_LT(a->key, b->key); }
 
 /* The heap is 4-ary (libev's choice too): half the levels of a binary
  * heap, and a node's children are adjacent in memory. */
-#define PARENT(i) (((i) - 1) / 4)
+#define PARENT(i) (((i)-1) / 4)
 #define CHILD(i) (4 * (i) + 1)
 
 static void sift_up(HeapEnt *hp, int i) {
@@ -133,35 +134,39 @@ static int count_due(const HeapEnt *hp, int n, int i, uint64_t bits, int limit) 
  * function of each half: one taking the half as an argument tests it
  * per entry and pass, which measured slower (docs/performance.md, "Timers"). */
 #define RADIX_BITS 16
-#define RADIX_SORT(name, WORD, MAXPASSES) \
-static HeapEnt *name(HeapEnt *a, HeapEnt *tmp, uint32_t *cnt, size_t n, int *below) { \
-  uint64_t first = WORD(a[0].key), diff = 0, mask; \
-  HeapEnt *src = a, *dst = tmp, *t; \
-  uint32_t sum, x; \
-  size_t i, size; \
-  int sh, top, bits = 8, passes; \
-  *below = 0; \
-  for (i = 1; i < n; i++) diff |= WORD(a[i].key) ^ first; \
-  if (diff == 0) return a; \
-  sh = __builtin_ctzll(diff); \
-  top = 64 - __builtin_clzll(diff); \
-  while (bits < RADIX_BITS && (size_t)2 << (bits + 1) <= n) bits++; \
-  passes = (top - sh + bits - 1) / bits; \
-  if (passes > MAXPASSES) \
-    *below = sh = top - MAXPASSES * bits; \
-  else \
-    bits = (top - sh + passes - 1) / passes; \
-  size = (size_t)1 << bits; \
-  mask = size - 1; \
-  for (; sh < top; sh += bits) { \
-    memset(cnt, 0, size * sizeof *cnt); \
-    for (i = 0; i < n; i++) cnt[(WORD(src[i].key) >> sh) & mask]++; \
-    for (sum = 0, i = 0; i < size; i++) { x = cnt[i]; cnt[i] = sum; sum += x; } \
-    for (i = 0; i < n; i++) dst[cnt[(WORD(src[i].key) >> sh) & mask]++] = src[i]; \
-    t = src; src = dst; dst = t; \
-  } \
-  return src; \
-}
+#define RADIX_SORT(name, WORD, MAXPASSES)                                               \
+  static HeapEnt *name(HeapEnt *a, HeapEnt *tmp, uint32_t *cnt, size_t n, int *below) { \
+    uint64_t first = WORD(a[0].key), diff = 0, mask;                                    \
+    HeapEnt *src = a, *dst = tmp, *t;                                                   \
+    uint32_t sum, x;                                                                    \
+    size_t i, size;                                                                     \
+    int sh, top, bits = 8, passes;                                                      \
+    *below = 0;                                                                         \
+    for (i = 1; i < n; i++) diff |= WORD(a[i].key) ^ first;                             \
+    if (diff == 0) return a;                                                            \
+    sh = __builtin_ctzll(diff);                                                         \
+    top = 64 - __builtin_clzll(diff);                                                   \
+    while (bits < RADIX_BITS && (size_t)2 << (bits + 1) <= n) bits++;                   \
+    passes = (top - sh + bits - 1) / bits;                                              \
+    if (passes > MAXPASSES) *below = sh = top - MAXPASSES * bits;                       \
+    else bits = (top - sh + passes - 1) / passes;                                       \
+    size = (size_t)1 << bits;                                                           \
+    mask = size - 1;                                                                    \
+    for (; sh < top; sh += bits) {                                                      \
+      memset(cnt, 0, size * sizeof *cnt);                                               \
+      for (i = 0; i < n; i++) cnt[(WORD(src[i].key) >> sh) & mask]++;                   \
+      for (sum = 0, i = 0; i < size; i++) {                                             \
+        x = cnt[i];                                                                     \
+        cnt[i] = sum;                                                                   \
+        sum += x;                                                                       \
+      }                                                                                 \
+      for (i = 0; i < n; i++) dst[cnt[(WORD(src[i].key) >> sh) & mask]++] = src[i];     \
+      t = src;                                                                          \
+      src = dst;                                                                        \
+      dst = t;                                                                          \
+    }                                                                                   \
+    return src;                                                                         \
+  }
 RADIX_SORT(radix_when, KEY_HI, 2)
 RADIX_SORT(radix_seq, KEY_LO, 64)
 
@@ -182,13 +187,14 @@ static HeapEnt *sort_keys(HeapEnt *a, HeapEnt *b, uint32_t *cnt, size_t n) {
       continue;
     }
     for (j = i + 1; j < n && KEY_HI(r[j].key) >> below == cur; j++) continue;
-    if (j - --i <= 16) {  /* the run r[i..j) */
+    if (j - --i <= 16) { /* the run r[i..j) */
       for (k = i + 1; k < j; k++) {
         for (e = r[k], m = k; m > i && ent_lt(&e, &r[m - 1]); m--) r[m] = r[m - 1];
         r[m] = e;
       }
     } else {
-      q = below ? sort_keys(r + i, s + i, cnt, j - i) : radix_seq(r + i, s + i, cnt, j - i, &ignored);
+      q =
+        below ? sort_keys(r + i, s + i, cnt, j - i) : radix_seq(r + i, s + i, cnt, j - i, &ignored);
       if (q != r + i) memcpy(r + i, q, (j - i) * sizeof *r);
     }
     if (j < n) prev = KEY_HI(r[j].key) >> below;
@@ -272,9 +278,7 @@ static inline uint64_t id_take(ml_TimerHeap *H, int id) {
   return p->seq = ++H->seq;
 }
 
-uint64_t ml__theap_id_take(ml_TimerHeap *H, int id) {
-  return id_take(H, id);
-}
+uint64_t ml__theap_id_take(ml_TimerHeap *H, int id) { return id_take(H, id); }
 
 static inline void id_free(ml_TimerHeap *H, int id) {
   ml_TimerId *p = &H->ids[id];
@@ -284,9 +288,7 @@ static inline void id_free(ml_TimerHeap *H, int id) {
   H->free = id;
 }
 
-void ml__theap_id_free(ml_TimerHeap *H, int id) {
-  id_free(H, id);
-}
+void ml__theap_id_free(ml_TimerHeap *H, int id) { id_free(H, id); }
 
 int ml__theap_id_live(const ml_TimerHeap *H, int id, uint64_t seq) {
   return id > 0 && id <= H->nids && H->ids[id].seq == seq ? id : 0;
@@ -384,8 +386,8 @@ void ml__theap_mark_due(ml_TimerHeap *H, double now) {
 
 void ml__theap_prepare_due(ml_TimerHeap *H) {
   int quarter = H->n / 4;
-  if (!H->sorted && H->n >= ML_THEAP_SORT_MIN && KEY_HI(HEAP(H)[0].key) <= H->due_bits
-      && count_due(HEAP(H), H->n, 0, H->due_bits, quarter) >= quarter)
+  if (!H->sorted && H->n >= ML_THEAP_SORT_MIN && KEY_HI(HEAP(H)[0].key) <= H->due_bits &&
+      count_due(HEAP(H), H->n, 0, H->due_bits, quarter) >= quarter)
     heap_sort(H);
 }
 

@@ -42,7 +42,9 @@ typedef void *(*ml_Allocf)(void *ud, void *ptr, size_t osize, size_t nsize);
 #ifdef __SIZEOF_INT128__
 typedef unsigned __int128 ml_TimerKey;
 #else
-typedef struct ml_TimerKey { uint64_t hi, lo; } ml_TimerKey;
+typedef struct ml_TimerKey {
+  uint64_t hi, lo;
+} ml_TimerKey;
 #endif
 
 typedef struct ml_TimerEnt {
@@ -52,23 +54,23 @@ typedef struct ml_TimerEnt {
 
 /* What an id names, by id. */
 typedef struct ml_TimerId {
-  uint64_t seq;             /* its timer's; 0 while the id is free */
-  int next;                 /* while free: the next free id, or 0 */
-  unsigned char in_heap;    /* its timer is an entry of the heap */
+  uint64_t seq;          /* its timer's; 0 while the id is free */
+  int next;              /* while free: the next free id, or 0 */
+  unsigned char in_heap; /* its timer is an entry of the heap */
   unsigned char cancelled;
 } ml_TimerId;
 
 typedef struct ml_TimerHeap {
-  ml_TimerEnt *heap;        /* the heap is heap[base .. base + n) */
+  ml_TimerEnt *heap; /* the heap is heap[base .. base + n) */
   int base, n, cap;
-  int sorted;               /* and it is in order: the top pops with base++ */
-  int ncancelled;           /* cancelled entries still in the heap */
-  ml_TimerId *ids;          /* by id, 1..nids; capids > nids */
+  int sorted;      /* and it is in order: the top pops with base++ */
+  int ncancelled;  /* cancelled entries still in the heap */
+  ml_TimerId *ids; /* by id, 1..nids; capids > nids */
   int nids, capids;
-  int free;                 /* the first free id, or 0 */
-  uint64_t seq;             /* the last id's */
-  uint64_t due_bits;        /* ml__theap_pop_due pops what was due at the */
-  uint64_t due_seq;         /* last mark_due, and nothing pushed after it */
+  int free;          /* the first free id, or 0 */
+  uint64_t seq;      /* the last id's */
+  uint64_t due_bits; /* ml__theap_pop_due pops what was due at the */
+  uint64_t due_seq;  /* last mark_due, and nothing pushed after it */
   ml_Allocf alloc;
   void *ud;
 } ml_TimerHeap;

@@ -25,14 +25,14 @@
 
 struct ml_Wakeup {
   pthread_mutex_t mu;
-  int refs;                     /* mu */
-  int closed;                   /* mu: sends are refused */
-  ml_WakeNode *head, *tail;     /* mu */
+  int refs;                 /* mu */
+  int closed;               /* mu: sends are refused */
+  ml_WakeNode *head, *tail; /* mu */
   int fd;
   /* Loop thread only. */
   ml_State *S;
   ev_io io;
-  int holds;                    /* ml__loop_hold count */
+  int holds; /* ml__loop_hold count */
 };
 
 static void wakeup_free(ml_Wakeup *w) {
@@ -82,7 +82,8 @@ int ml__wakeup_send(ml_Wakeup *w, ml_WakeNode *n) {
   w->tail = n;
   /* Written under the lock: close() cannot shut the fd in between. */
   if (was_empty) {
-    do r = write(w->fd, &one, sizeof one); while (r < 0 && errno == EINTR);
+    do r = write(w->fd, &one, sizeof one);
+    while (r < 0 && errno == EINTR);
   }
   pthread_mutex_unlock(&w->mu);
   return 0;
@@ -140,10 +141,12 @@ static void wake_cb(struct ev_loop *loop, ev_io *io, int revents) {
   ml_WakeNode *n, *next;
   uint64_t count;
   ssize_t r;
-  (void)loop; (void)revents;
+  (void)loop;
+  (void)revents;
   /* Read the count before taking the queue: a send that comes after the
    * queue was taken finds it empty and writes again. */
-  do r = read(w->fd, &count, sizeof count); while (r < 0 && errno == EINTR);
+  do r = read(w->fd, &count, sizeof count);
+  while (r < 0 && errno == EINTR);
   /* A call may close nothing, but it may send again (a completion that
    * queues another): those wait for the next wake, which the send wrote. */
   for (n = take(w); n; n = next) {
@@ -180,7 +183,7 @@ int ml__wakeup_open(ml_State *S) {
   ev_io_init(&w->io, wake_cb, w->fd, EV_READ);
   w->io.data = w;
   ev_io_start(S->loop, &w->io);
-  ev_unref(S->loop);  /* the queue alone does not keep the loop alive */
+  ev_unref(S->loop); /* the queue alone does not keep the loop alive */
   S->wakeup = w;
   return 0;
 }

@@ -8,7 +8,8 @@
 #include <unistd.h>
 #include "worker.h"
 
-int ml__worker_set(ml_State *S, int id, int count, int ready_fd, const int *listen_fds, int nlisten) {
+int ml__worker_set(ml_State *S, int id, int count, int ready_fd, const int *listen_fds,
+                   int nlisten) {
   ml_WorkerState *w = malloc(sizeof *w + (size_t)nlisten * sizeof(int));
   if (w == NULL) return -ENOMEM;
   w->id = id;
@@ -56,7 +57,8 @@ static int w_ready(lua_State *L) {
     lua_pushboolean(L, 0);
     return 1;
   }
-  do r = write(w->ready_fd, msg, sizeof msg - 1); while (r < 0 && errno == EINTR);
+  do r = write(w->ready_fd, msg, sizeof msg - 1);
+  while (r < 0 && errno == EINTR);
   /* A supervisor that is gone (EPIPE) is not the script's error: the
    * worker goes on, and its parent-death signal ends it. */
   close(w->ready_fd);
@@ -82,13 +84,11 @@ static int w_listen_dup(lua_State *L) {
 }
 
 static const luaL_Reg worker_funcs[] = {
-  { "worker_id", w_id },
-  { "worker_count", w_count },
-  { "worker_ready", w_ready },
-  { "_listen_dup", w_listen_dup },
-  { NULL, NULL }
+  {"worker_id", w_id},
+  {"worker_count", w_count},
+  {"worker_ready", w_ready},
+  {"_listen_dup", w_listen_dup},
+  {NULL, NULL},
 };
 
-void ml__worker_open(lua_State *L) {
-  luaL_setfuncs(L, worker_funcs, 0);
-}
+void ml__worker_open(lua_State *L) { luaL_setfuncs(L, worker_funcs, 0); }

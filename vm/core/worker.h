@@ -7,15 +7,16 @@
 #include "state.h"
 
 typedef struct ml_WorkerState {
-  int id, count;   /* worker id of count */
-  int ready_fd;    /* where READY goes, -1 once told (S owns it) */
+  int id, count; /* worker id of count */
+  int ready_fd;  /* where READY goes, -1 once told (S owns it) */
   int nlisten;
-  int listen_fds[];  /* the host's: S dup()s them, never closes them */
+  int listen_fds[]; /* the host's: S dup()s them, never closes them */
 } ml_WorkerState;
 
 /* Makes S a worker (replacing what it was): copies the fields; S owns
  * ready_fd from here on.  Returns 0 or -ENOMEM. */
-int ml__worker_set(ml_State *S, int id, int count, int ready_fd, const int *listen_fds, int nlisten);
+int ml__worker_set(ml_State *S, int id, int count, int ready_fd, const int *listen_fds,
+                   int nlisten);
 /* Closes the ready fd and frees S's worker data (state close). */
 void ml__worker_free(ml_State *S);
 /* [-0, +0] adds worker_id, worker_count, worker_ready and _listen_dup to

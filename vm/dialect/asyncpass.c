@@ -26,35 +26,51 @@
 enum { TK_EOF, TK_NAME, TK_KW, TK_NUM, TK_STR, TK_OP };
 
 enum {
-  K_AND, K_BREAK, K_DO, K_ELSE, K_ELSEIF, K_END, K_FALSE, K_FOR, K_FUNCTION,
-  K_GOTO, K_IF, K_IN, K_LOCAL, K_NIL, K_NOT, K_OR, K_REPEAT, K_RETURN,
-  K_THEN, K_TRUE, K_UNTIL, K_WHILE, NKW
+  K_AND,
+  K_BREAK,
+  K_DO,
+  K_ELSE,
+  K_ELSEIF,
+  K_END,
+  K_FALSE,
+  K_FOR,
+  K_FUNCTION,
+  K_GOTO,
+  K_IF,
+  K_IN,
+  K_LOCAL,
+  K_NIL,
+  K_NOT,
+  K_OR,
+  K_REPEAT,
+  K_RETURN,
+  K_THEN,
+  K_TRUE,
+  K_UNTIL,
+  K_WHILE,
+  NKW
 };
 
 /* The reserved words, in K_* order (alphabetical): the one list of them
  * in moonloop (the CLI reaches it through ml_dialect_keyword). */
 const char *const ml__lua_keywords[NKW + 1] = {
-  "and", "break", "do", "else", "elseif", "end", "false", "for", "function",
-  "goto", "if", "in", "local", "nil", "not", "or", "repeat", "return",
-  "then", "true", "until", "while", NULL
-};
+  "and",      "break",  "do",   "else", "elseif", "end",   "false", "for",
+  "function", "goto",   "if",   "in",   "local",  "nil",   "not",   "or",
+  "repeat",   "return", "then", "true", "until",  "while", NULL};
 
 /* Operators of more than one character; the others are their own char. */
-enum {
-  OP_CONCAT = 256, OP_DOTS, OP_EQ, OP_GE, OP_LE, OP_NE, OP_SHL, OP_SHR,
-  OP_IDIV, OP_DBCOLON
-};
+enum { OP_CONCAT = 256, OP_DOTS, OP_EQ, OP_GE, OP_LE, OP_NE, OP_SHL, OP_SHR, OP_IDIV, OP_DBCOLON };
 
-#define NOTYET (-2)  /* Tok.opnd not computed yet */
-#define EOZ (-1)     /* the end of the input, for cur() */
+#define NOTYET (-2) /* Tok.opnd not computed yet */
+#define EOZ (-1)    /* the end of the input, for cur() */
 
 typedef struct Tok {
-  int kind;      /* TK_* */
-  int code;      /* TK_KW: a K_*; TK_OP: the char or an OP_* */
+  int kind; /* TK_* */
+  int code; /* TK_KW: a K_*; TK_OP: the char or an OP_* */
   size_t start, end;
-  int line;      /* the line the token starts on */
-  int match;     /* opener: index of its closer ("end", ")"), or -1 */
-  int opnd;      /* last token of an await operand starting here, or NOTYET */
+  int line;  /* the line the token starts on */
+  int match; /* opener: index of its closer ("end", ")"), or -1 */
+  int opnd;  /* last token of an await operand starting here, or NOTYET */
 } Tok;
 
 typedef struct Edit {
@@ -66,10 +82,10 @@ typedef struct Edit {
 typedef struct Pass {
   const char *src;
   size_t len;
-  size_t p;          /* lexer position */
-  int line;          /* lexer line */
-  int lexerr;        /* lexing stopped at a malformed token */
-  Tok *tok;          /* the tokens, ending with a TK_EOF */
+  size_t p;   /* lexer position */
+  int line;   /* lexer line */
+  int lexerr; /* lexing stopped at a malformed token */
+  Tok *tok;   /* the tokens, ending with a TK_EOF */
   int ntok, captok;
   Edit *ed;
   int ned, caped;
@@ -80,25 +96,19 @@ typedef struct Pass {
   size_t errsz;
 } Pass;
 
-static int isalpha_(int c) {
-  return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || c == '_';
-}
+static int isalpha_(int c) { return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || c == '_'; }
 static int isdigit_(int c) { return c >= '0' && c <= '9'; }
 static int isalnum_(int c) { return isalpha_(c) || isdigit_(c); }
 static int isxdigit_(int c) {
   return isdigit_(c) || (c >= 'a' && c <= 'f') || (c >= 'A' && c <= 'F');
 }
 static int isnl(int c) { return c == '\n' || c == '\r'; }
-static int isspace_(int c) {
-  return c == ' ' || c == '\t' || c == '\f' || c == '\v' || isnl(c);
-}
+static int isspace_(int c) { return c == ' ' || c == '\t' || c == '\f' || c == '\v' || isnl(c); }
 
 /* ---------------------------------------------------------------- */
 /* The lexer: Lua 5.4's llex.c rules, decided the same way.           */
 
-static int cur(const Pass *P) {
-  return P->p < P->len ? (unsigned char)P->src[P->p] : EOZ;
-}
+static int cur(const Pass *P) { return P->p < P->len ? (unsigned char)P->src[P->p] : EOZ; }
 static int peek(const Pass *P, size_t k) {
   return P->p + k < P->len ? (unsigned char)P->src[P->p + k] : EOZ;
 }
@@ -107,8 +117,7 @@ static int peek(const Pass *P, size_t k) {
 static void newline(Pass *P) {
   int old = cur(P);
   P->p++;
-  if (isnl(cur(P)) && cur(P) != old)
-    P->p++;
+  if (isnl(cur(P)) && cur(P) != old) P->p++;
   P->line++;
 }
 
@@ -132,8 +141,7 @@ static int read_long(Pass *P, size_t sep) {
   P->p++;
   for (;;) {
     int c = cur(P);
-    if (c == EOZ)
-      return -1;
+    if (c == EOZ) return -1;
     if (c == ']') {
       if (skip_sep(P) == sep) {
         P->p++;
@@ -158,60 +166,54 @@ static int read_string(Pass *P) {
       P->p++;
       return 0;
     }
-    if (c == EOZ || isnl(c))
-      return -1;
+    if (c == EOZ || isnl(c)) return -1;
     P->p++;
-    if (c != '\\')
-      continue;
+    if (c != '\\') continue;
     c = cur(P);
     switch (c) {
-    case 'a': case 'b': case 'f': case 'n': case 'r': case 't': case 'v':
-    case '\\': case '"': case '\'':
-      P->p++;
-      break;
-    case '\n': case '\r':
-      newline(P);
-      break;
+    case 'a':
+    case 'b':
+    case 'f':
+    case 'n':
+    case 'r':
+    case 't':
+    case 'v':
+    case '\\':
+    case '"':
+    case '\'': P->p++; break;
+    case '\n':
+    case '\r': newline(P); break;
     case 'x':
       P->p++;
       for (i = 0; i < 2; i++, P->p++)
-        if (!isxdigit_(cur(P)))
-          return -1;
+        if (!isxdigit_(cur(P))) return -1;
       break;
     case 'z':
       P->p++;
       while (isspace_(cur(P))) {
-        if (isnl(cur(P)))
-          newline(P);
-        else
-          P->p++;
+        if (isnl(cur(P))) newline(P);
+        else P->p++;
       }
       break;
     case 'u': {
       unsigned long r = 0;
       int nd = 0;
       P->p++;
-      if (cur(P) != '{')
-        return -1;
+      if (cur(P) != '{') return -1;
       for (P->p++; isxdigit_(cur(P)); P->p++, nd++) {
         int d = cur(P);
-        if (r > (0x7FFFFFFFul >> 4))
-          return -1;  /* "UTF-8 value too large" */
+        if (r > (0x7FFFFFFFul >> 4)) return -1; /* "UTF-8 value too large" */
         r = r * 16 + (unsigned long)(isdigit_(d) ? d - '0' : (d | 32) - 'a' + 10);
       }
-      if (nd == 0 || cur(P) != '}')
-        return -1;
+      if (nd == 0 || cur(P) != '}') return -1;
       P->p++;
       break;
     }
     default: {
       int r = 0;
-      if (!isdigit_(c))
-        return -1;  /* also a backslash at the end of the input */
-      for (i = 0; i < 3 && isdigit_(cur(P)); i++, P->p++)
-        r = r * 10 + cur(P) - '0';
-      if (r > 255)
-        return -1;
+      if (!isdigit_(c)) return -1; /* also a backslash at the end of the input */
+      for (i = 0; i < 3 && isdigit_(cur(P)); i++, P->p++) r = r * 10 + cur(P) - '0';
+      if (r > 255) return -1;
     }
     }
   }
@@ -223,23 +225,16 @@ static int valid_numeral(const char *s, size_t n) {
   size_t i = 0, digits = 0;
   int hex = n >= 2 && s[0] == '0' && (s[1] | 32) == 'x';
   int (*isd)(int) = hex ? isxdigit_ : isdigit_;
-  if (hex)
-    i = 2;
-  for (; i < n && isd((unsigned char)s[i]); i++)
-    digits++;
+  if (hex) i = 2;
+  for (; i < n && isd((unsigned char)s[i]); i++) digits++;
   if (i < n && s[i] == '.')
-    for (i++; i < n && isd((unsigned char)s[i]); i++)
-      digits++;
-  if (digits == 0)
-    return 0;
+    for (i++; i < n && isd((unsigned char)s[i]); i++) digits++;
+  if (digits == 0) return 0;
   if (i < n && (s[i] | 32) == (hex ? 'p' : 'e')) {
     i++;
-    if (i < n && (s[i] == '+' || s[i] == '-'))
-      i++;
-    if (i == n || !isdigit_((unsigned char)s[i]))
-      return 0;
-    while (i < n && isdigit_((unsigned char)s[i]))
-      i++;
+    if (i < n && (s[i] == '+' || s[i] == '-')) i++;
+    if (i == n || !isdigit_((unsigned char)s[i])) return 0;
+    while (i < n && isdigit_((unsigned char)s[i])) i++;
   }
   return i == n;
 }
@@ -259,16 +254,14 @@ static int read_numeral(Pass *P, size_t start) {
     int c = cur(P);
     if (c == e1 || c == e2) {
       P->p++;
-      if (cur(P) == '+' || cur(P) == '-')
-        P->p++;
+      if (cur(P) == '+' || cur(P) == '-') P->p++;
     } else if (isxdigit_(c) || c == '.') {
       P->p++;
     } else {
       break;
     }
   }
-  if (isalpha_(cur(P)))
-    return -1;  /* a numeral touching a letter */
+  if (isalpha_(cur(P))) return -1; /* a numeral touching a letter */
   return valid_numeral(P->src + start, P->p - start) ? 0 : -1;
 }
 
@@ -288,13 +281,11 @@ static int skip_space(Pass *P, Tok *t) {
       if (cur(P) == '[') {
         size_t sep = skip_sep(P);
         if (sep >= 2) {
-          if (read_long(P, sep) != 0)
-            return -1;
+          if (read_long(P, sep) != 0) return -1;
           continue;
         }
       }
-      while (cur(P) != EOZ && !isnl(cur(P)))
-        P->p++;
+      while (cur(P) != EOZ && !isnl(cur(P))) P->p++;
     } else {
       return 0;
     }
@@ -303,8 +294,7 @@ static int skip_space(Pass *P, Tok *t) {
 
 static int two(Pass *P, int next, int code, int single) {
   P->p++;
-  if (cur(P) != next)
-    return single;
+  if (cur(P) != next) return single;
   P->p++;
   return code;
 }
@@ -315,24 +305,20 @@ static int lex(Pass *P, Tok *t) {
   int c;
   t->match = -1;
   t->opnd = NOTYET;
-  if (skip_space(P, t) != 0)
-    return -1;
+  if (skip_space(P, t) != 0) return -1;
   t->start = P->p;
   t->line = P->line;
   t->kind = TK_OP;
   t->code = c = cur(P);
   switch (c) {
-  case EOZ:
-    t->kind = TK_EOF;
-    break;
+  case EOZ: t->kind = TK_EOF; break;
   case '[': {
     size_t sep = skip_sep(P);
     if (sep >= 2) {
       t->kind = TK_STR;
-      if (read_long(P, sep) != 0)
-        return -1;
+      if (read_long(P, sep) != 0) return -1;
     } else if (sep == 0) {
-      return -1;  /* "invalid long string delimiter" */
+      return -1; /* "invalid long string delimiter" */
     }
     break;
   }
@@ -354,10 +340,10 @@ static int lex(Pass *P, Tok *t) {
       t->code = OP_SHR;
     }
     break;
-  case '"': case '\'':
+  case '"':
+  case '\'':
     t->kind = TK_STR;
-    if (read_string(P) != 0)
-      return -1;
+    if (read_string(P) != 0) return -1;
     break;
   case '.':
     if (peek(P, 1) == '.') {
@@ -366,8 +352,7 @@ static int lex(Pass *P, Tok *t) {
     } else if (isdigit_(peek(P, 1))) {
       P->p++;
       t->kind = TK_NUM;
-      if (read_numeral(P, t->start) != 0)
-        return -1;
+      if (read_numeral(P, t->start) != 0) return -1;
     } else {
       P->p++;
     }
@@ -375,23 +360,22 @@ static int lex(Pass *P, Tok *t) {
   default:
     if (isdigit_(c)) {
       t->kind = TK_NUM;
-      if (read_numeral(P, t->start) != 0)
-        return -1;
+      if (read_numeral(P, t->start) != 0) return -1;
     } else if (isalpha_(c)) {
       size_t n;
       int k;
-      while (isalnum_(cur(P)))
-        P->p++;
+      while (isalnum_(cur(P))) P->p++;
       n = P->p - t->start;
       t->kind = TK_NAME;
       for (k = 0; k < NKW; k++)
-        if (strlen(ml__lua_keywords[k]) == n && memcmp(ml__lua_keywords[k], P->src + t->start, n) == 0) {
+        if (strlen(ml__lua_keywords[k]) == n &&
+            memcmp(ml__lua_keywords[k], P->src + t->start, n) == 0) {
           t->kind = TK_KW;
           t->code = k;
           break;
         }
     } else {
-      P->p++;  /* any other byte is a token of its own, as in Lua */
+      P->p++; /* any other byte is a token of its own, as in Lua */
     }
   }
   t->end = P->p;
@@ -415,21 +399,19 @@ static int tokenize(Pass *P, size_t from) {
       t.end = t.start;
     } else if (t.kind == TK_OP && t.code == 0) {
       if (P->err != NULL && P->errsz > 0)
-        snprintf(P->err, P->errsz, "%s:%d: unexpected symbol near '<\\0>' (a NUL byte)",
-                 P->chunk, t.line);
+        snprintf(P->err, P->errsz, "%s:%d: unexpected symbol near '<\\0>' (a NUL byte)", P->chunk,
+                 t.line);
       return -EINVAL;
     }
     if (P->ntok == P->captok) {
       int cap = P->captok ? P->captok * 2 : 256;
       Tok *nt = cap > 0 ? realloc(P->tok, (size_t)cap * sizeof *nt) : NULL;
-      if (nt == NULL)
-        return -ENOMEM;
+      if (nt == NULL) return -ENOMEM;
       P->tok = nt;
       P->captok = cap;
     }
     P->tok[P->ntok++] = t;
-    if (t.kind == TK_EOF)
-      return 0;
+    if (t.kind == TK_EOF) return 0;
   }
 }
 
@@ -441,8 +423,7 @@ static int is_kw(const Tok *t, int k) { return t->kind == TK_KW && t->code == k;
 
 static int is_name(const Pass *P, const Tok *t, const char *s) {
   size_t n = strlen(s);
-  return t->kind == TK_NAME && t->end - t->start == n &&
-         memcmp(P->src + t->start, s, n) == 0;
+  return t->kind == TK_NAME && t->end - t->start == n && memcmp(P->src + t->start, s, n) == 0;
 }
 
 /* Sets Tok.match of every bracket to its closer, and of every block opener
@@ -451,24 +432,20 @@ static int is_name(const Pass *P, const Tok *t, const char *s) {
  * function closed by "until" (bad Lua) keeps -1.  Returns 0 or -ENOMEM. */
 static int match_all(Pass *P) {
   int *bs = malloc(2 * (size_t)P->ntok * sizeof *bs), *ks, nb = 0, nk = 0, i;
-  if (bs == NULL)
-    return -ENOMEM;
+  if (bs == NULL) return -ENOMEM;
   ks = bs + P->ntok;
   for (i = 0; i < P->ntok; i++) {
     Tok *t = &P->tok[i];
     if (is_op(t, '(') || is_op(t, '[') || is_op(t, '{')) {
       bs[nb++] = i;
     } else if (is_op(t, ')') || is_op(t, ']') || is_op(t, '}')) {
-      if (nb > 0)
-        P->tok[bs[--nb]].match = i;
-    } else if (is_kw(t, K_FUNCTION) || is_kw(t, K_IF) || is_kw(t, K_DO) ||
-               is_kw(t, K_REPEAT)) {
+      if (nb > 0) P->tok[bs[--nb]].match = i;
+    } else if (is_kw(t, K_FUNCTION) || is_kw(t, K_IF) || is_kw(t, K_DO) || is_kw(t, K_REPEAT)) {
       ks[nk++] = i;
     } else if (is_kw(t, K_END) || is_kw(t, K_UNTIL)) {
       if (nk > 0) {
         Tok *o = &P->tok[ks[--nk]];
-        if (is_kw(o, K_REPEAT) == is_kw(t, K_UNTIL))
-          o->match = i;
+        if (is_kw(o, K_REPEAT) == is_kw(t, K_UNTIL)) o->match = i;
       }
     }
   }
@@ -479,9 +456,7 @@ static int match_all(Pass *P) {
 /* ---------------------------------------------------------------- */
 /* Edits.                                                             */
 
-static int text_add(Pass *P, const char *s, size_t n) {
-  return ml__buf_add(&P->text, s, n);
-}
+static int text_add(Pass *P, const char *s, size_t n) { return ml__buf_add(&P->text, s, n); }
 
 /* Appends one "\n" for each line break in src[from..to). */
 static int text_nl(Pass *P, size_t from, size_t to, int *count) {
@@ -489,13 +464,10 @@ static int text_nl(Pass *P, size_t from, size_t to, int *count) {
   *count = 0;
   for (i = from; i < to; i++) {
     char c = P->src[i];
-    if (!isnl((unsigned char)c))
-      continue;
-    if (i + 1 < to && isnl((unsigned char)P->src[i + 1]) && P->src[i + 1] != c)
-      i++;
+    if (!isnl((unsigned char)c)) continue;
+    if (i + 1 < to && isnl((unsigned char)P->src[i + 1]) && P->src[i + 1] != c) i++;
     (*count)++;
-    if (text_add(P, "\n", 1) != 0)
-      return -ENOMEM;
+    if (text_add(P, "\n", 1) != 0) return -ENOMEM;
   }
   return 0;
 }
@@ -506,8 +478,7 @@ static int edit(Pass *P, size_t pos, size_t end, size_t mark) {
   if (P->ned == P->caped) {
     int cap = P->caped ? P->caped * 2 : 64;
     Edit *ne = cap > 0 ? realloc(P->ed, (size_t)cap * sizeof *ne) : NULL;
-    if (ne == NULL)
-      return -ENOMEM;
+    if (ne == NULL) return -ENOMEM;
     P->ed = ne;
     P->caped = cap;
   }
@@ -522,15 +493,13 @@ static int edit(Pass *P, size_t pos, size_t end, size_t mark) {
 
 static int edit_str(Pass *P, size_t pos, size_t end, const char *s) {
   size_t mark = P->text.len;
-  if (text_add(P, s, strlen(s)) != 0)
-    return -ENOMEM;
+  if (text_add(P, s, strlen(s)) != 0) return -ENOMEM;
   return edit(P, pos, end, mark);
 }
 
 static int cmp_edit(const void *a, const void *b) {
   const Edit *x = a, *y = b;
-  if (x->pos != y->pos)
-    return x->pos < y->pos ? -1 : 1;
+  if (x->pos != y->pos) return x->pos < y->pos ? -1 : 1;
   return x->seq < y->seq ? -1 : x->seq > y->seq;
 }
 
@@ -538,11 +507,10 @@ static int cmp_edit(const void *a, const void *b) {
 static int emit(Pass *P, ml_Buf *out) {
   size_t at = 0;
   int i;
-  if (P->ned > 0)
-    qsort(P->ed, (size_t)P->ned, sizeof *P->ed, cmp_edit);
+  if (P->ned > 0) qsort(P->ed, (size_t)P->ned, sizeof *P->ed, cmp_edit);
   for (i = 0; i < P->ned; i++) {
     const Edit *e = &P->ed[i];
-    size_t pos = e->pos < at ? at : e->pos;  /* never overlap; be safe */
+    size_t pos = e->pos < at ? at : e->pos; /* never overlap; be safe */
     if (ml__buf_add(out, P->src + at, pos - at) != 0 ||
         ml__buf_add(out, P->text.data + e->text, e->ntext) != 0)
       return -ENOMEM;
@@ -560,8 +528,8 @@ static int syntax_error(Pass *P, const char *msg, const Tok *near) {
     if (near->kind == TK_EOF)
       snprintf(P->err, P->errsz, "%s:%d: %s near <eof>", P->chunk, near->line, msg);
     else
-      snprintf(P->err, P->errsz, "%s:%d: %s near '%.*s'", P->chunk, near->line,
-               msg, (int)(near->end - near->start > 80 ? 80 : near->end - near->start),
+      snprintf(P->err, P->errsz, "%s:%d: %s near '%.*s'", P->chunk, near->line, msg,
+               (int)(near->end - near->start > 80 ? 80 : near->end - near->start),
                P->src + near->start);
   }
   return -EINVAL;
@@ -576,16 +544,14 @@ static int after_dot(const Pass *P, int i) {
  * an operand start on the same line. */
 static int is_await(const Pass *P, int i) {
   const Tok *t = &P->tok[i], *n = t + 1;
-  if (!is_name(P, t, "await") || after_dot(P, i) || n->line != t->line)
-    return 0;
+  if (!is_name(P, t, "await") || after_dot(P, i) || n->line != t->line) return 0;
   switch (n->kind) {
-  case TK_NAME: case TK_NUM:
-    return 1;
+  case TK_NAME:
+  case TK_NUM: return 1;
   case TK_KW:
-    return n->code == K_NIL || n->code == K_TRUE || n->code == K_FALSE ||
-           n->code == K_NOT || n->code == K_FUNCTION;
-  case TK_OP:
-    return n->code == OP_DOTS || n->code == '#';
+    return n->code == K_NIL || n->code == K_TRUE || n->code == K_FALSE || n->code == K_NOT ||
+           n->code == K_FUNCTION;
+  case TK_OP: return n->code == OP_DOTS || n->code == '#';
   }
   return 0;
 }
@@ -595,16 +561,12 @@ static int is_await(const Pass *P, int i) {
 static int core_end(const Pass *P, int k) {
   const Tok *T = P->tok;
   int j;
-  if (is_kw(&T[k], K_FUNCTION))
-    return T[k].match;
-  if (is_name(P, &T[k], "async") && is_kw(&T[k + 1], K_FUNCTION))
-    return T[k + 1].match;
-  if (is_op(&T[k], '{') || T[k].kind == TK_NUM || T[k].kind == TK_STR ||
-      is_op(&T[k], OP_DOTS) || is_kw(&T[k], K_NIL) || is_kw(&T[k], K_TRUE) ||
-      is_kw(&T[k], K_FALSE))
+  if (is_kw(&T[k], K_FUNCTION)) return T[k].match;
+  if (is_name(P, &T[k], "async") && is_kw(&T[k + 1], K_FUNCTION)) return T[k + 1].match;
+  if (is_op(&T[k], '{') || T[k].kind == TK_NUM || T[k].kind == TK_STR || is_op(&T[k], OP_DOTS) ||
+      is_kw(&T[k], K_NIL) || is_kw(&T[k], K_TRUE) || is_kw(&T[k], K_FALSE))
     return is_op(&T[k], '{') ? T[k].match : k;
-  if (T[k].kind != TK_NAME && !is_op(&T[k], '('))
-    return -1;
+  if (T[k].kind != TK_NAME && !is_op(&T[k], '(')) return -1;
   /* A suffixed expression, continued across lines as Lua's parser does. */
   j = T[k].kind == TK_NAME ? k : T[k].match;
   while (j >= 0) {
@@ -617,12 +579,9 @@ static int core_end(const Pass *P, int k) {
       j++;
     } else if (is_op(n, ':') && n[1].kind == TK_NAME) {
       const Tok *a = &n[2];
-      if (is_op(a, '(') || is_op(a, '{'))
-        j = a->match;
-      else if (a->kind == TK_STR)
-        j += 3;
-      else
-        return j + 2;  /* no arguments: Lua will say so */
+      if (is_op(a, '(') || is_op(a, '{')) j = a->match;
+      else if (a->kind == TK_STR) j += 3;
+      else return j + 2; /* no arguments: Lua will say so */
     } else {
       break;
     }
@@ -632,8 +591,7 @@ static int core_end(const Pass *P, int k) {
 
 static int is_prefix(const Pass *P, int k) {
   const Tok *t = &P->tok[k];
-  return is_kw(t, K_NOT) || is_op(t, '#') || is_op(t, '-') || is_op(t, '~') ||
-         is_await(P, k);
+  return is_kw(t, K_NOT) || is_op(t, '#') || is_op(t, '-') || is_op(t, '~') || is_await(P, k);
 }
 
 /* The last token of the await operand starting at token i, or -1.  The
@@ -641,19 +599,16 @@ static int is_prefix(const Pass *P, int k) {
  * n awaits costs O(n), not O(n^2), and nothing recurses. */
 static int operand_end(Pass *P, int i) {
   int k = i, e, m;
-  while (P->tok[k].opnd == NOTYET && is_prefix(P, k))
-    k++;
+  while (P->tok[k].opnd == NOTYET && is_prefix(P, k)) k++;
   e = P->tok[k].opnd != NOTYET ? P->tok[k].opnd : core_end(P, k);
-  for (m = i; m <= k; m++)
-    P->tok[m].opnd = e;
+  for (m = i; m <= k; m++) P->tok[m].opnd = e;
   return e;
 }
 
 static int only_blanks(const Pass *P, size_t from, size_t to) {
   for (; from < to; from++) {
     char c = P->src[from];
-    if (c != ' ' && c != '\t' && c != '\f' && c != '\v')
-      return 0;
+    if (c != ' ' && c != '\t' && c != '\f' && c != '\v') return 0;
   }
   return 1;
 }
@@ -665,8 +620,7 @@ static int only_blanks(const Pass *P, size_t from, size_t to) {
 static int last_call(const Pass *P, int k, int e, int *meth) {
   const Tok *T = P->tok;
   int j, last = -1;
-  if (is_await(P, k) || (T[k].kind != TK_NAME && !is_op(&T[k], '(')))
-    return -1;
+  if (is_await(P, k) || (T[k].kind != TK_NAME && !is_op(&T[k], '('))) return -1;
   j = T[k].kind == TK_NAME ? k : T[k].match;
   while (j >= 0 && j < e) {
     const Tok *n = &T[j + 1];
@@ -699,14 +653,11 @@ static int note_callee(Pass *P, int i, int c) {
   const Tok *T = P->tok;
   char num[24];
   int j = i + 1;
-  if (P->names == NULL)
-    return 0;
+  if (P->names == NULL) return 0;
   snprintf(num, sizeof num, "%d\t", T[i].line);
-  if (ml__buf_add(P->names, num, strlen(num)) != 0)
-    return -ENOMEM;
+  if (ml__buf_add(P->names, num, strlen(num)) != 0) return -ENOMEM;
   if (T[j].kind == TK_NAME) {
-    while (j + 2 < c && is_op(&T[j + 1], '.') && T[j + 2].kind == TK_NAME)
-      j += 2;
+    while (j + 2 < c && is_op(&T[j + 1], '.') && T[j + 2].kind == TK_NAME) j += 2;
     if (j == c - 1) {
       const Tok *n = &T[j];
       if ((j > i + 1 && ml__buf_add(P->names, "field ", 6) != 0) ||
@@ -729,33 +680,30 @@ static int do_await(Pass *P, int i) {
   int e = operand_end(P, i + 1), meth = 0, c;
   size_t after, head_end;
   const char *head = "(";
-  if (e < 0)
-    return 0;  /* no operand to close: leave it to Lua's parser */
+  if (e < 0) return 0; /* no operand to close: leave it to Lua's parser */
   after = T[e].end;
   head_end = only_blanks(P, a->end, n->start) ? n->start : a->end;
   c = last_call(P, i + 1, e, &meth);
   if (c >= 0 && meth && (T[c].line != T[c + 1].line || T[c + 1].line != T[c + 2].line))
-    c = -1;  /* a method call split over lines keeps the plain form */
+    c = -1; /* a method call split over lines keeps the plain form */
   if (c < 0) {
     if (edit_str(P, a->end, head_end, head) != 0 || edit_str(P, after, after, ")") != 0)
       return -ENOMEM;
     return 0;
   }
-  if (edit_str(P, a->start, head_end, meth ? "__awmeth(" : "__awcall(") != 0)
-    return -ENOMEM;
-  if (!meth && note_callee(P, i, c) != 0)
-    return -ENOMEM;
+  if (edit_str(P, a->start, head_end, meth ? "__awmeth(" : "__awcall(") != 0) return -ENOMEM;
+  if (!meth && note_callee(P, i, c) != 0) return -ENOMEM;
   if (meth) {
     /* ":m(" -> ", "m", ", or ", "m"" before ")" */
     const Tok *name = &T[c + 1], *o = &T[c + 2];
     size_t mark = P->text.len;
     int empty = is_op(o, '(') && o->match == c + 3;
-    if (text_add(P, ", \"", 3) != 0 || text_add(P, P->src + name->start, name->end - name->start) != 0 ||
+    if (text_add(P, ", \"", 3) != 0 ||
+        text_add(P, P->src + name->start, name->end - name->start) != 0 ||
         text_add(P, empty ? "\"" : "\", ", empty ? 1 : 3) != 0)
       return -ENOMEM;
     if (is_op(o, '(')) {
-      if (edit(P, T[c].start, o->end, mark) != 0)
-        return -ENOMEM;
+      if (edit(P, T[c].start, o->end, mark) != 0) return -ENOMEM;
     } else if (edit(P, T[c].start, o->start, mark) != 0 || edit_str(P, after, after, ")") != 0) {
       return -ENOMEM;
     }
@@ -789,23 +737,17 @@ static int do_async(Pass *P, int i, int *last) {
     for (l = fn + 1;; l += 2) {
       if (T[l].kind != TK_NAME)
         return T[l].kind == TK_EOF && P->lexerr ? 0 : syntax_error(P, "<name> expected", &T[l]);
-      if (local || method || !(is_op(&T[l + 1], '.') || is_op(&T[l + 1], ':')))
-        break;
+      if (local || method || !(is_op(&T[l + 1], '.') || is_op(&T[l + 1], ':'))) break;
       method = is_op(&T[l + 1], ':');
     }
     /* The assignment target: "a.b.c", or "f; f" for a local. */
     for (k = fn + 1; k <= l; k += 2)
-      if ((k > fn + 1 && text_add(P, ".", 1) != 0) || text_tok(P, &T[k]) != 0)
-        return -ENOMEM;
-    if (local && (text_add(P, "; ", 2) != 0 || text_tok(P, &T[l]) != 0))
-      return -ENOMEM;
-    if (text_add(P, " = __ml_async(\"", 15) != 0)
-      return -ENOMEM;
-    for (k = fn + 1; k <= l; k += 2)  /* the name shown: "a.b:m" */
-      if ((k > fn + 1 && text_tok(P, &T[k - 1]) != 0) || text_tok(P, &T[k]) != 0)
-        return -ENOMEM;
-    if (text_add(P, "\", ", 3) != 0)
-      return -ENOMEM;
+      if ((k > fn + 1 && text_add(P, ".", 1) != 0) || text_tok(P, &T[k]) != 0) return -ENOMEM;
+    if (local && (text_add(P, "; ", 2) != 0 || text_tok(P, &T[l]) != 0)) return -ENOMEM;
+    if (text_add(P, " = __ml_async(\"", 15) != 0) return -ENOMEM;
+    for (k = fn + 1; k <= l; k += 2) /* the name shown: "a.b:m" */
+      if ((k > fn + 1 && text_tok(P, &T[k - 1]) != 0) || text_tok(P, &T[k]) != 0) return -ENOMEM;
+    if (text_add(P, "\", ", 3) != 0) return -ENOMEM;
   } else if (text_add(P, "__ml_async(nil, ", 16) != 0) {
     return -ENOMEM;
   }
@@ -815,17 +757,14 @@ static int do_async(Pass *P, int i, int *last) {
   if (text_nl(P, T[i].end, T[fn].start, &n1) != 0 || text_add(P, "function", 8) != 0 ||
       text_nl(P, T[fn].end, T[l].end, &n2) != 0 || (n2 > 0 && text_add(P, " ", 1) != 0))
     return -ENOMEM;
-  if (edit(P, T[i].start, T[l].end, mark) != 0)
-    return -ENOMEM;
+  if (edit(P, T[i].start, T[l].end, mark) != 0) return -ENOMEM;
   if (method && is_op(&T[l + 1], '(')) {
     size_t at = T[l + 1].end;
-    if (edit_str(P, at, at, is_op(&T[l + 2], ')') ? "self" : "self, ") != 0)
-      return -ENOMEM;
+    if (edit_str(P, at, at, is_op(&T[l + 2], ')') ? "self" : "self, ") != 0) return -ENOMEM;
   }
   if (T[fn].match >= 0) {
     size_t at = T[T[fn].match].end;
-    if (edit_str(P, at, at, ")") != 0)
-      return -ENOMEM;
+    if (edit_str(P, at, at, ")") != 0) return -ENOMEM;
   }
   *last = l;
   return 0;
@@ -835,18 +774,15 @@ static int translate(Pass *P) {
   int i, r;
   for (i = 0; P->tok[i].kind != TK_EOF; i++) {
     const Tok *t = &P->tok[i];
-    if (t->kind != TK_NAME || after_dot(P, i))
-      continue;
+    if (t->kind != TK_NAME || after_dot(P, i)) continue;
     if (is_name(P, t, "async")) {
       if (is_kw(t + 1, K_FUNCTION)) {
-        if ((r = do_async(P, i, &i)) != 0)
-          return r;
+        if ((r = do_async(P, i, &i)) != 0) return r;
       } else if (t[1].kind == TK_NAME && t[1].line == t->line) {
         return syntax_error(P, "'function' expected after 'async'", t + 1);
       }
     } else if (is_await(P, i)) {
-      if ((r = do_await(P, i)) != 0)
-        return r;
+      if ((r = do_await(P, i)) != 0) return r;
     }
   }
   return 0;
@@ -858,46 +794,39 @@ static int translate(Pass *P) {
  * and a first line starting with '#' (a shebang, which luaL_loadfile would
  * skip) becomes a comment by prefixing it with "--".  On error out is left
  * as it was. */
-int ml__asyncpass(const char *src, size_t len, const char *chunkname,
-                  ml_Buf *out, char *err, size_t errsz) {
+int ml__asyncpass(const char *src, size_t len, const char *chunkname, ml_Buf *out, char *err,
+                  size_t errsz) {
   return ml__asyncpass_names(src, len, chunkname, out, NULL, err, errsz);
 }
 
-int ml__asyncpass_names(const char *src, size_t len, const char *chunkname,
-                        ml_Buf *out, ml_Buf *names, char *err, size_t errsz) {
+int ml__asyncpass_names(const char *src, size_t len, const char *chunkname, ml_Buf *out,
+                        ml_Buf *names, char *err, size_t errsz) {
   Pass P;
   size_t from = 0, outlen = out->len, nameslen = names ? names->len : 0;
   int r;
   memset(&P, 0, sizeof P);
   P.names = names;
-  if (err != NULL && errsz > 0)
-    err[0] = '\0';
-  if (chunkname == NULL)
-    chunkname = "?";
-  if (*chunkname == '@' || *chunkname == '=')
-    chunkname++;
+  if (err != NULL && errsz > 0) err[0] = '\0';
+  if (chunkname == NULL) chunkname = "?";
+  if (*chunkname == '@' || *chunkname == '=') chunkname++;
   P.src = len > 0 ? src : "";
   P.len = len;
   P.chunk = chunkname;
   P.err = err;
   P.errsz = errsz;
   if (len >= (size_t)INT_MAX - 2) {
-    r = -ENOMEM;  /* token indexes are ints */
+    r = -ENOMEM; /* token indexes are ints */
     goto done;
   }
   if (len >= 3 && memcmp(src, "\xEF\xBB\xBF", 3) == 0) {
-    if ((r = edit_str(&P, 0, 3, "")) != 0)
-      goto done;
+    if ((r = edit_str(&P, 0, 3, "")) != 0) goto done;
     from = 3;
   }
   if (from < len && src[from] == '#') {
-    if ((r = edit_str(&P, from, from, "--")) != 0)
-      goto done;
-    while (from < len && !isnl((unsigned char)src[from]))
-      from++;
+    if ((r = edit_str(&P, from, from, "--")) != 0) goto done;
+    while (from < len && !isnl((unsigned char)src[from])) from++;
   }
-  if ((r = tokenize(&P, from)) == 0 && (r = match_all(&P)) == 0 &&
-      (r = translate(&P)) == 0)
+  if ((r = tokenize(&P, from)) == 0 && (r = match_all(&P)) == 0 && (r = translate(&P)) == 0)
     r = emit(&P, out);
 done:
   free(P.tok);
@@ -905,12 +834,10 @@ done:
   ml__buf_free(&P.text);
   if (r != 0) {
     out->len = outlen;
-    if (out->data != NULL)
-      out->data[outlen] = '\0';
+    if (out->data != NULL) out->data[outlen] = '\0';
     if (names != NULL) {
       names->len = nameslen;
-      if (names->data != NULL)
-        names->data[nameslen] = '\0';
+      if (names->data != NULL) names->data[nameslen] = '\0';
     }
     if (r == -ENOMEM && err != NULL && errsz > 0)
       snprintf(err, errsz, "%s: not enough memory", chunkname);

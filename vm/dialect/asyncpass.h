@@ -33,15 +33,15 @@ extern const char *const ml__lua_keywords[];
  * is left as it was.  The output refers to four globals: `await` (a call
  * `await(e)`), `__awcall(f, ...)` and `__awmeth(o, "m", ...)` (an awaited
  * call, run with no Coroutine object) and `__ml_async(name, fn)`.  See docs/language.md. */
-int ml__asyncpass(const char *src, size_t len, const char *chunkname,
-                  ml_Buf *out, char *err, size_t errsz);
+int ml__asyncpass(const char *src, size_t len, const char *chunkname, ml_Buf *out, char *err,
+                  size_t errsz);
 /* The same, and appends to names (if not NULL) one line per __awcall
  * made, "LINE\tWHAT\n", WHAT naming its callee as Lua's error messages
  * do: "field 'x'" for a.b.x, "'x'" for a name x (local, upvalue or
  * global: the runtime tells), empty for anything else.  The runtime uses
  * it to say what was nil when an awaited call fails: `await
  * asyncio.typo()` reads "attempt to call a nil value (field 'typo')". */
-int ml__asyncpass_names(const char *src, size_t len, const char *chunkname,
-                        ml_Buf *out, ml_Buf *names, char *err, size_t errsz);
+int ml__asyncpass_names(const char *src, size_t len, const char *chunkname, ml_Buf *out,
+                        ml_Buf *names, char *err, size_t errsz);
 
 #endif

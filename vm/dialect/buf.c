@@ -13,21 +13,17 @@
  * Returns 0, or -ENOMEM (b is unchanged then).  A zeroed ml_Buf is a valid
  * empty buffer; the caller owns data and releases it with ml__buf_free. */
 int ml__buf_add(ml_Buf *b, const char *s, size_t n) {
-  if (n > SIZE_MAX - 1 - b->len)
-    return -ENOMEM;
-  size_t need = b->len + n + 1;  /* + the terminating NUL */
+  if (n > SIZE_MAX - 1 - b->len) return -ENOMEM;
+  size_t need = b->len + n + 1; /* + the terminating NUL */
   if (need > b->cap) {
     size_t cap = b->cap ? b->cap : 64;
-    while (cap < need)
-      cap = cap > SIZE_MAX / 2 ? need : cap * 2;
+    while (cap < need) cap = cap > SIZE_MAX / 2 ? need : cap * 2;
     char *p = realloc(b->data, cap);
-    if (p == NULL)
-      return -ENOMEM;
+    if (p == NULL) return -ENOMEM;
     b->data = p;
     b->cap = cap;
   }
-  if (n > 0)
-    memcpy(b->data + b->len, s, n);
+  if (n > 0) memcpy(b->data + b->len, s, n);
   b->len += n;
   b->data[b->len] = '\0';
   return 0;
@@ -41,8 +37,7 @@ int ml__buf_read_file(ml_Buf *b, const char *path, const char **failed) {
   if (failed) *failed = "open";
   if (f == NULL) return errno ? -errno : -EIO;
   if (failed) *failed = "read";
-  while (rc == 0 && (n = fread(chunk, 1, sizeof chunk, f)) > 0)
-    rc = ml__buf_add(b, chunk, n);
+  while (rc == 0 && (n = fread(chunk, 1, sizeof chunk, f)) > 0) rc = ml__buf_add(b, chunk, n);
   if (rc == 0 && ferror(f)) rc = errno ? -errno : -EIO;
   if (f != stdin) fclose(f);
   return rc;

@@ -40,7 +40,7 @@ static void note_names(lua_State *L, const char *chunkname, const ml_Buf *names)
     if (nl > tab + 1) lua_pushlstring(L, tab + 1, (size_t)(nl - tab - 1));
     else lua_pushboolean(L, 0);
     switch (lua_rawgeti(L, -2, line)) {
-    case LUA_TNIL:  /* the first on the line */
+    case LUA_TNIL: /* the first on the line */
       lua_pop(L, 1);
       lua_rawseti(L, -2, line);
       break;
@@ -94,12 +94,14 @@ static void explain_parse_error(lua_State *L, const char *id) {
   const char *msg = lua_tostring(L, -1);
   if (msg == NULL || strcmp(msg, "C stack overflow") != 0) return;
   lua_pop(L, 1);
-  lua_pushfstring(L, "%s: nesting too deep: Lua's parser allows about 200 levels of nested "
-                     "blocks, brackets, functions and operators (C stack overflow)", id);
+  lua_pushfstring(L,
+                  "%s: nesting too deep: Lua's parser allows about 200 levels of nested "
+                  "blocks, brackets, functions and operators (C stack overflow)",
+                  id);
 }
 
 int ml__load(lua_State *L, const char *src, size_t len, const char *chunkname) {
-  ml_Buf out = { 0 }, names = { 0 };
+  ml_Buf out = {0}, names = {0};
   char err[512], id[LUA_IDSIZE + 1];
   int rc;
   if (chunkname == NULL) chunkname = "=?";
@@ -135,7 +137,7 @@ int ml__load(lua_State *L, const char *src, size_t len, const char *chunkname) {
     lua_pushcfunction(L, note_names_p);
     lua_pushlightuserdata(L, (void *)chunkname);
     lua_pushlightuserdata(L, &names);
-    if (lua_pcall(L, 2, 0, 0) != LUA_OK) lua_pop(L, 1);  /* only messages lose a name */
+    if (lua_pcall(L, 2, 0, 0) != LUA_OK) lua_pop(L, 1); /* only messages lose a name */
   }
   ml__buf_free(&names);
   return rc;
@@ -144,7 +146,7 @@ int ml__load(lua_State *L, const char *src, size_t len, const char *chunkname) {
 /* Loads the file at path (NULL: stdin) in the dialect.  [-0, +1] pushes the
  * function or the message; returns a LUA_* status. */
 static int load_file(lua_State *L, const char *path) {
-  ml_Buf b = { 0 };
+  ml_Buf b = {0};
   const char *failed;
   int rc, st;
   lua_pushfstring(L, path ? "@%s" : "=stdin", path);
@@ -171,13 +173,13 @@ static int search_lua(lua_State *L) {
   lua_pushvalue(L, 1);
   lua_getfield(L, -3, "path");
   lua_call(L, 2, 2);
-  if (lua_isnil(L, -2)) return 1;  /* the "no file ..." list */
+  if (lua_isnil(L, -2)) return 1; /* the "no file ..." list */
   lua_pop(L, 1);
   path = lua_tostring(L, -1);
   if (load_file(L, path) != LUA_OK)
     return luaL_error(L, "error loading module '%s' from file '%s':\n\t%s", name, path,
                       lua_tostring(L, -1));
-  lua_insert(L, -2);  /* the loader, then the file name as its second argument */
+  lua_insert(L, -2); /* the loader, then the file name as its second argument */
   return 2;
 }
 
@@ -221,7 +223,7 @@ static int l_load(lua_State *L) {
     s = lua_tolstring(L, 1, &len);
   }
   if (len > 0 && s[0] == LUA_SIGNATURE[0]) {
-    st = luaL_loadbufferx(L, s, len, name, mode);  /* checks mode itself */
+    st = luaL_loadbufferx(L, s, len, name, mode); /* checks mode itself */
   } else if (strchr(mode, 't') == NULL) {
     lua_pushfstring(L, "attempt to load a text chunk (mode is '%s')", mode);
     st = LUA_ERRSYNTAX;
@@ -251,7 +253,8 @@ static int l_loadfile(lua_State *L) {
 }
 
 static int dofile_k(lua_State *L, int status, lua_KContext ctx) {
-  (void)status; (void)ctx;
+  (void)status;
+  (void)ctx;
   return lua_gettop(L) - 1;
 }
 

@@ -11,8 +11,7 @@
 /* ---- stopping and interrupting ---- */
 
 int ml_state_stop(ml_State *S) {
-  if (S->running == 0)
-    return ml__embed_fail(S, -EINVAL, "ml_state_stop: the loop is not running");
+  if (S->running == 0) return ml__embed_fail(S, -EINVAL, "ml_state_stop: the loop is not running");
   /* ml__sched_run looks at the flag between iterations; run() in embed.c
    * clears it when the run returns, so a stop never outlives its run. */
   S->stopping = 1;
@@ -62,7 +61,7 @@ static int cancel_p(lua_State *L) {
 
 int ml_future_cancel(lua_State *L, ml_Future *f, const char *msg) {
   ml_State *S = ml__state(L);
-  Cancel c = { f, msg, 0 };
+  Cancel c = {f, msg, 0};
   int rc;
   if (f == NULL) return ml__embed_fail(S, -EINVAL, "ml_future_cancel: no future");
   if ((rc = ml__embed_pcall(L, cancel_p, &c)) < 0) return rc;
@@ -72,7 +71,7 @@ int ml_future_cancel(lua_State *L, ml_Future *f, const char *msg) {
 }
 
 int ml_task_cancel_all(ml_State *S, const char *msg) {
-  Cancel c = { NULL, msg, 0 };
+  Cancel c = {NULL, msg, 0};
   return ml__embed_pcall(S->L, cancel_p, &c);
 }
 
@@ -119,16 +118,16 @@ ml_ErrorHandler ml_state_error_handler(ml_State *S, void **ud) {
 /* ---- the dialect ---- */
 
 char *ml_file_read(const char *path, size_t *len) {
-  ml_Buf b = { 0 };
+  ml_Buf b = {0};
   int rc = ml__buf_read_file(&b, path, NULL);
-  if (rc == 0 && b.data == NULL) rc = ml__buf_add(&b, NULL, 0);  /* an empty file */
+  if (rc == 0 && b.data == NULL) rc = ml__buf_add(&b, NULL, 0); /* an empty file */
   if (rc < 0) {
     ml__buf_free(&b);
     errno = -rc;
     return NULL;
   }
   if (len) *len = b.len;
-  return b.data;  /* malloc'd by the buffer: the caller frees it */
+  return b.data; /* malloc'd by the buffer: the caller frees it */
 }
 
 const char *ml_dialect_keyword(int i) {
@@ -139,7 +138,7 @@ const char *ml_dialect_keyword(int i) {
 
 int ml_dialect_translate(const char *src, size_t len, const char *chunkname, char **out,
                          size_t *outlen, char *err, size_t errsz) {
-  ml_Buf b = { 0 };
+  ml_Buf b = {0};
   char msg[512] = "";
   int rc;
   if (out) *out = NULL;
@@ -159,7 +158,7 @@ int ml_dialect_translate(const char *src, size_t len, const char *chunkname, cha
     if (err && errsz) snprintf(err, errsz, "not enough memory");
     return -ENOMEM;
   }
-  *out = b.data;  /* malloc'd by the buffer: the caller frees it */
+  *out = b.data; /* malloc'd by the buffer: the caller frees it */
   if (outlen) *outlen = b.len;
   return ML_OK;
 }

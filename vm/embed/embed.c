@@ -108,8 +108,8 @@ static ml_Embed *enter(ml_State *S) {
   return E;
 }
 
-#define ENTER(S, E)                                   \
-  ml_Embed *E = enter(S);                             \
+#define ENTER(S, E)       \
+  ml_Embed *E = enter(S); \
   if (E == NULL) return -ENOMEM
 
 /* tostring(v) for the message of an error value, in protected mode. */
@@ -184,7 +184,7 @@ int ml__anchor_push(lua_State *L, void *p) {
 void ml__anchor_clear(lua_State *L, void *p) {
   if (lua_rawgetp(L, LUA_REGISTRYINDEX, &anchors_key) == LUA_TTABLE) {
     lua_pushnil(L);
-    lua_rawsetp(L, -2, p);  /* clearing a field never allocates */
+    lua_rawsetp(L, -2, p); /* clearing a field never allocates */
   }
   lua_pop(L, 1);
 }
@@ -193,7 +193,9 @@ void ml__anchor_clear(lua_State *L, void *p) {
 
 ml_State *ml_state_from_lua(lua_State *L) { return ml__state(L); }
 
-struct ev_loop *ml_state_loop(ml_State *S) { return S->loop; }
+struct ev_loop *ml_state_loop(ml_State *S) {
+  return S->loop;
+}
 
 const char *ml_state_error(ml_State *S) {
   ml_Embed *E = S->embed;
@@ -241,7 +243,7 @@ static int load_p(lua_State *L) {
 
 int ml_load_string(lua_State *L, const char *src, size_t len, const char *chunkname) {
   ml_State *S = ml__state(L);
-  Load a = { src, chunkname ? chunkname : "=?", len, LUA_OK };
+  Load a = {src, chunkname ? chunkname : "=?", len, LUA_OK};
   int st;
   ENTER(S, E);
   if (!lua_checkstack(L, 3)) return ml__embed_fail(S, -ENOMEM, "not enough memory");
@@ -255,7 +257,7 @@ int ml_load_string(lua_State *L, const char *src, size_t len, const char *chunkn
 
 int ml_load_file(lua_State *L, const char *path) {
   ml_State *S = ml__state(L);
-  ml_Buf b = { 0 };
+  ml_Buf b = {0};
   const char *failed, *shown = path ? path : "stdin";
   char name[1024];
   int rc;
@@ -318,7 +320,7 @@ static int spawn_p(lua_State *L) {
   t = ml__task_spawn(L, a->nargs, a->name);
   if (a->out) {
     ml__anchor_set(L, -1, &t->fut);
-    t->fut.host_held = 1;  /* no report at finish: the host looks */
+    t->fut.host_held = 1; /* no report at finish: the host looks */
     *a->out = &t->fut;
   } else {
     lua_getfield(L, -1, "add_done_callback");
@@ -344,19 +346,21 @@ static int is_coroutine(lua_State *L, int idx) {
 int ml_task_spawn(lua_State *L, int nargs, const char *name, ml_Future **task) {
   ml_State *S = ml__state(L);
   ml_Embed *E = enter(S);
-  Spawn a = { nargs, name, task };
+  Spawn a = {nargs, name, task};
   int st;
   if (task) *task = NULL;
   if (nargs < 0 || lua_gettop(L) < nargs + 1)
     return ml__embed_fail(S, -EINVAL, "ml_task_spawn: fewer than nargs + 1 values on the stack");
-  if (!lua_isfunction(L, -nargs - 1) && !is_coroutine(L, -nargs - 1)
-      && !luaL_getmetafield(L, -nargs - 1, "__call")) {
+  if (!lua_isfunction(L, -nargs - 1) && !is_coroutine(L, -nargs - 1) &&
+      !luaL_getmetafield(L, -nargs - 1, "__call")) {
     const char *tn = luaL_typename(L, -nargs - 1);
     lua_pop(L, nargs + 1);
-    return ml__embed_fail(S, -EINVAL, "ml_task_spawn: a %s is not callable (a function, an async "
-                          "function or a Coroutine is needed)", tn);
+    return ml__embed_fail(S, -EINVAL,
+                          "ml_task_spawn: a %s is not callable (a function, an async "
+                          "function or a Coroutine is needed)",
+                          tn);
   } else if (!lua_isfunction(L, -nargs - 1) && !is_coroutine(L, -nargs - 1)) {
-    lua_pop(L, 1);  /* the metafield */
+    lua_pop(L, 1); /* the metafield */
   }
   if (E == NULL || !lua_checkstack(L, 3)) {
     lua_pop(L, nargs + 1);
@@ -377,7 +381,7 @@ int ml_task_spawn(lua_State *L, int nargs, const char *name, ml_Future **task) {
 
 typedef struct Run {
   ml_Future *until;
-  int step;   /* ml__sched_step instead of ml__sched_run */
+  int step; /* ml__sched_step instead of ml__sched_run */
   int rc;
 } Run;
 
@@ -408,12 +412,13 @@ static int run(ml_State *S, Run *a) {
   if (S->budget_dead) goto dead;
   return rc;
 dead:
-  return ml__embed_fail(S, -ETIMEDOUT, "a task ran past the CPU budget and the host chose to stop "
+  return ml__embed_fail(S, -ETIMEDOUT,
+                        "a task ran past the CPU budget and the host chose to stop "
                         "the whole state (ML_BUDGET_STATE): it runs nothing more; close it");
 }
 
 int ml_state_run(ml_State *S) {
-  Run a = { NULL, 0, 0 };
+  Run a = {NULL, 0, 0};
   int rc;
   ENTER(S, E);
   rc = run(S, &a);
@@ -421,14 +426,15 @@ int ml_state_run(ml_State *S) {
 }
 
 int ml_state_run_until(ml_State *S, ml_Future *f) {
-  Run a = { f, 0, 0 };
+  Run a = {f, 0, 0};
   int rc;
   ENTER(S, E);
   if (f == NULL) return ml__embed_fail(S, -EINVAL, "ml_state_run_until: no future");
   rc = run(S, &a);
   if (rc < 0) return rc;
   if (a.rc == -EDEADLK)
-    return ml__embed_fail(S, -EDEADLK, "the future can never complete: nothing is left that "
+    return ml__embed_fail(S, -EDEADLK,
+                          "the future can never complete: nothing is left that "
                           "could complete it (no ready task, timer, watcher or host future)");
   return a.rc;
 }
@@ -442,7 +448,9 @@ int ml_state_run_until(ml_State *S, ml_Future *f) {
  * timers: sched.c knows them (ml__sched_next_timer). */
 
 static void embed_cb(struct ev_loop *loop, ev_embed *w, int revents) {
-  (void)loop; (void)w; (void)revents;
+  (void)loop;
+  (void)w;
+  (void)revents;
 }
 
 static int backend_fd(ml_Embed *E) {
@@ -451,8 +459,8 @@ static int backend_fd(ml_Embed *E) {
   if (E->backend_fd != -2) return E->backend_fd;
   E->backend_fd = -1;
   if (!(ev_backend(E->S->loop) & ev_embeddable_backends())) return -1;
-  helper = ev_loop_new(EVBACKEND_SELECT | EVFLAG_NOENV | EVFLAG_NOSIGMASK
-                       | EVFLAG_NOINOTIFY | EVFLAG_NOTIMERFD);
+  helper = ev_loop_new(EVBACKEND_SELECT | EVFLAG_NOENV | EVFLAG_NOSIGMASK | EVFLAG_NOINOTIFY |
+                       EVFLAG_NOTIMERFD);
   if (helper == NULL) return -1;
   ev_embed_init(&w, embed_cb, E->S->loop);
   ev_embed_start(helper, &w);
@@ -471,14 +479,14 @@ static double next_timer(ml_State *S) {
 }
 
 int ml_state_step(ml_State *S, int *fd, double *timeout) {
-  Run a = { NULL, 1, 0 };
+  Run a = {NULL, 1, 0};
   int rc;
   ENTER(S, E);
   if (fd) *fd = backend_fd(E);
   if (timeout) *timeout = 0;
   rc = run(S, &a);
   if (rc < 0) return rc;
-  if (a.rc) return 1;  /* more is ready: step again at once */
+  if (a.rc) return 1; /* more is ready: step again at once */
   if (!S->alive) {
     if (timeout) *timeout = -1;
     return 0;
@@ -537,16 +545,16 @@ static int do_register(ml_State *S, Reg *r) {
 }
 
 int ml_state_register(ml_State *S, const char *name, lua_CFunction f) {
-  Reg r = { name, f, NULL, 1 };
+  Reg r = {name, f, NULL, 1};
   return do_register(S, &r);
 }
 
 int ml_module_register(ml_State *S, const char *name, lua_CFunction open) {
-  Reg r = { name, open, NULL, 0 };
+  Reg r = {name, open, NULL, 0};
   return do_register(S, &r);
 }
 
 int ml_module_register_funcs(ml_State *S, const char *name, const luaL_Reg *funcs) {
-  Reg r = { name, NULL, funcs, 0 };
+  Reg r = {name, NULL, funcs, 0};
   return do_register(S, &r);
 }

@@ -17,14 +17,14 @@
  * while the loop still exists - releases it. */
 typedef struct ml_Embed {
   ml_State *S;
-  void *userdata;         /* ml_state_set_userdata */
-  char err[512];          /* ml_state_error */
-  int npending;           /* pending host futures: each holds the loop */
+  void *userdata;              /* ml_state_set_userdata */
+  char err[512];               /* ml_state_error */
+  int npending;                /* pending host futures: each holds the loop */
   struct ml_Promise *promises; /* pending promises, a list (hostfuture.c) */
-  size_t cap;             /* the memory limit, 0 for none */
-  int report_at_finish_set; /* the host chose (ml_state_set_report_at_finish) */
+  size_t cap;                  /* the memory limit, 0 for none */
+  int report_at_finish_set;    /* the host chose (ml_state_set_report_at_finish) */
   /* Foreign-loop stepping (embed.c). */
-  int backend_fd;         /* -2 until looked up, -1 if none */
+  int backend_fd; /* -2 until looked up, -1 if none */
 } ml_Embed;
 
 /* A host future: a Future whose userdata also points at the ml_Embed, so

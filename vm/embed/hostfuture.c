@@ -17,9 +17,9 @@ enum { POST_RESOLVE = 1, POST_REJECT };
 /* A completion queued by the legacy *_threadsafe calls. */
 typedef struct ml_Post {
   ml_WakeNode node;
-  int kind;               /* POST_* */
+  int kind; /* POST_* */
   ml_Future *f;
-  char *s, *cls;          /* malloc'd copies */
+  char *s, *cls; /* malloc'd copies */
   size_t len;
 } ml_Post;
 
@@ -101,8 +101,8 @@ static int push_host(lua_State *L, ml_Future *p) {
 
 typedef struct Done {
   ml_Future *f;
-  int n;             /* result values below the arguments */
-  int kind;          /* POST_RESOLVE or POST_REJECT */
+  int n;    /* result values below the arguments */
+  int kind; /* POST_RESOLVE or POST_REJECT */
   const char *cls, *msg;
   int rc;
 } Done;
@@ -142,7 +142,8 @@ static int complete(lua_State *L, Done *d) {
   st = lua_pcall(L, d->n + 1, 0, 0);
   if (st != LUA_OK) {
     const char *m = lua_tostring(L, -1);
-    ml__embed_fail(S, st == LUA_ERRMEM ? -ENOMEM : -EINVAL, "%s", m ? m : "error completing a future");
+    ml__embed_fail(S, st == LUA_ERRMEM ? -ENOMEM : -EINVAL, "%s",
+                   m ? m : "error completing a future");
     lua_pop(L, 1);
     return st == LUA_ERRMEM ? -ENOMEM : -EINVAL;
   }
@@ -152,7 +153,7 @@ static int complete(lua_State *L, Done *d) {
 }
 
 int ml_future_resolve(lua_State *L, ml_Future *f, int n) {
-  Done d = { f, n, POST_RESOLVE, NULL, NULL, 0 };
+  Done d = {f, n, POST_RESOLVE, NULL, NULL, 0};
   if (ml__embed(ml__state(L)) == NULL) {
     lua_pop(L, n);
     return -ENOMEM;
@@ -161,7 +162,7 @@ int ml_future_resolve(lua_State *L, ml_Future *f, int n) {
 }
 
 int ml_future_reject(lua_State *L, ml_Future *f, const char *cls, const char *msg) {
-  Done d = { f, 0, POST_REJECT, cls, msg, 0 };
+  Done d = {f, 0, POST_REJECT, cls, msg, 0};
   if (ml__embed(ml__state(L)) == NULL) return -ENOMEM;
   return complete(L, &d);
 }
@@ -186,9 +187,7 @@ int ml_future_state(const ml_Future *f) {
   return f->state;
 }
 
-void ml_future_push(lua_State *L, ml_Future *f) {
-  ml__anchor_push(L, f);
-}
+void ml_future_push(lua_State *L, ml_Future *f) { ml__anchor_push(L, f); }
 
 static int unwrap_p(lua_State *L) {
   ml_Future *f = lua_touserdata(L, 1);
@@ -315,7 +314,8 @@ int ml_future_reject_threadsafe(ml_Future *f, const char *cls, const char *msg) 
   p->kind = POST_REJECT;
   p->f = f;
   if (msg == NULL) msg = "error";
-  if ((p->s = copy(msg, strlen(msg))) == NULL || (cls && (p->cls = copy(cls, strlen(cls))) == NULL)) {
+  if ((p->s = copy(msg, strlen(msg))) == NULL ||
+      (cls && (p->cls = copy(cls, strlen(cls))) == NULL)) {
     post_free(p);
     return -ENOMEM;
   }
@@ -341,10 +341,10 @@ int ml_state_call_threadsafe(ml_State *S, ml_ThreadsafeFn fn, void *ud) {
  * state closed), which then calls on_cancel. */
 
 typedef struct ml_Promise {
-  int refs;               /* atomic */
-  int claimed;            /* atomic */
-  int cancelled;          /* atomic: the script cancelled the Future */
-  ml_Wakeup *wake;        /* counted reference */
+  int refs;        /* atomic */
+  int claimed;     /* atomic */
+  int cancelled;   /* atomic: the script cancelled the Future */
+  ml_Wakeup *wake; /* counted reference */
   ml_CancelFn on_cancel;
   void *cancel_ud;
   /* Loop thread only. */
@@ -356,7 +356,7 @@ typedef struct ml_Promise {
 typedef struct Completion {
   ml_WakeNode node;
   ml_Promise *p;
-  int kind;               /* POST_RESOLVE or POST_REJECT */
+  int kind; /* POST_RESOLVE or POST_REJECT */
   ml_Values *vals;
   char *cls, *msg;
 } Completion;
@@ -395,7 +395,7 @@ static void promise_detach(ml_Promise *p) {
 static int promise_done(lua_State *L) {
   ml_Promise *p = lua_touserdata(L, lua_upvalueindex(1));
   ml__anchor_clear(L, p);
-  __atomic_store_n(&p->cancelled, 1, __ATOMIC_RELEASE);  /* read only if unclaimed */
+  __atomic_store_n(&p->cancelled, 1, __ATOMIC_RELEASE); /* read only if unclaimed */
   promise_detach(p);
   return 0;
 }
@@ -422,7 +422,7 @@ int ml_promise_new(lua_State *L, ml_CancelFn on_cancel, void *ud, ml_Promise **o
   E->err[0] = '\0';
   if (out == NULL) return ml__embed_fail(S, -EINVAL, "ml_promise_new: no place for the handle");
   if ((p = calloc(1, sizeof *p)) == NULL) return ml__embed_fail(S, -ENOMEM, "not enough memory");
-  p->refs = 2;  /* the host's and the Lua side's */
+  p->refs = 2; /* the host's and the Lua side's */
   p->on_cancel = on_cancel;
   p->cancel_ud = ud;
   p->E = E;
@@ -535,7 +535,8 @@ int ml_promise_reject(ml_Promise *p, const char *cls, const char *msg) {
   if (msg == NULL) msg = "error";
   if ((c = calloc(1, sizeof *c)) == NULL) return -ENOMEM;
   c->kind = POST_REJECT;
-  if ((c->msg = copy(msg, strlen(msg))) == NULL || (cls && (c->cls = copy(cls, strlen(cls))) == NULL)) {
+  if ((c->msg = copy(msg, strlen(msg))) == NULL ||
+      (cls && (c->cls = copy(cls, strlen(cls))) == NULL)) {
     completion_free(c);
     return -ENOMEM;
   }
@@ -548,8 +549,8 @@ typedef struct Work {
   ml_WorkFn work;
   ml_WorkDoneFn done;
   void *ud;
-  ml_Future *f;           /* the host future, anchored */
-  int n;                  /* done's results */
+  ml_Future *f; /* the host future, anchored */
+  int n;        /* done's results */
 } Work;
 
 static void work_run(void *ud) {
@@ -564,7 +565,8 @@ static int work_done_p(lua_State *L) {
   lua_pop(L, 1);
   top = lua_gettop(L);
   w->n = w->done(L, w->ud);
-  if (w->n < 0 || w->n > lua_gettop(L) - top) luaL_error(L, "ml_work_submit: done returned %d results", w->n);
+  if (w->n < 0 || w->n > lua_gettop(L) - top)
+    luaL_error(L, "ml_work_submit: done returned %d results", w->n);
   return w->n;
 }
 
@@ -583,7 +585,7 @@ static void work_back(ml_State *S, void *ud) {
   lua_pushlightuserdata(L, w);
   st = lua_pcall(L, 1, LUA_MULTRET, 0);
   if (w->f->state != ML_PENDING) {
-    lua_settop(L, top);  /* cancelled by the script: done ran only to free */
+    lua_settop(L, top); /* cancelled by the script: done ran only to free */
     ml_future_release(L, w->f);
   } else if (st == LUA_OK) {
     ml_future_resolve(L, w->f, lua_gettop(L) - top);
@@ -603,7 +605,8 @@ int ml_work_submit(lua_State *L, ml_WorkFn work, ml_WorkDoneFn done, void *ud) {
   Work *w;
   int rc;
   if (ml__embed(S) == NULL) return -ENOMEM;
-  if (work == NULL || done == NULL) return ml__embed_fail(S, -EINVAL, "ml_work_submit: work and done are needed");
+  if (work == NULL || done == NULL)
+    return ml__embed_fail(S, -EINVAL, "ml_work_submit: work and done are needed");
   if ((w = calloc(1, sizeof *w)) == NULL) return ml__embed_fail(S, -ENOMEM, "not enough memory");
   w->work = work;
   w->done = done;
@@ -616,7 +619,9 @@ int ml_work_submit(lua_State *L, ml_WorkFn work, ml_WorkDoneFn done, void *ud) {
     lua_pop(L, 1);
     ml_future_release(L, w->f);
     free(w);
-    return ml__embed_fail(S, rc, "ml_work_submit: %s", rc == -EAGAIN ? "no worker thread could be started" : "not enough memory");
+    return ml__embed_fail(S, rc, "ml_work_submit: %s",
+                          rc == -EAGAIN ? "no worker thread could be started"
+                                        : "not enough memory");
   }
   return ML_OK;
 }

@@ -17,8 +17,8 @@ int ml_state_set_memory_limit(ml_State *S, size_t bytes) {
   if (bytes) {
     if ((rc = ml__embed_pcall(S->L, memerr_p, NULL)) < 0) return rc;
     if (bytes <= ml__alloc_used(S->alloc))
-      return ml__embed_fail(S, -ENOMEM, "memory limit %zu is below the %zu bytes in use",
-                            bytes, ml__alloc_used(S->alloc));
+      return ml__embed_fail(S, -ENOMEM, "memory limit %zu is below the %zu bytes in use", bytes,
+                            ml__alloc_used(S->alloc));
   }
   E->cap = bytes;
   ml__alloc_set_cap(S->alloc, bytes);
@@ -51,7 +51,8 @@ int ml_state_set_budget_scope(ml_State *S, int scope) {
   if (E == NULL) return -ENOMEM;
   E->err[0] = '\0';
   if (scope != ML_BUDGET_TASK && scope != ML_BUDGET_STATE)
-    return ml__embed_fail(S, -EINVAL, "ml_state_set_budget_scope: ML_BUDGET_TASK or ML_BUDGET_STATE");
+    return ml__embed_fail(S, -EINVAL,
+                          "ml_state_set_budget_scope: ML_BUDGET_TASK or ML_BUDGET_STATE");
   S->budget_whole_state = scope == ML_BUDGET_STATE;
   return ML_OK;
 }
@@ -88,7 +89,7 @@ static void gc_hook(lua_State *L, lua_Debug *ar) {
 
 void ml__finalizer_charge(lua_State *L, unsigned long n) {
   ml_State *S = ml__state(L);
-  if (!(S->instr_budget || S->closing)) return;  /* as gc_run hooks */
+  if (!(S->instr_budget || S->closing)) return; /* as gc_run hooks */
   S->gc_instr += n;
   if (S->gc_instr > (S->instr_budget ? S->instr_budget : GC_CLOSE_LIMIT)) {
     lua_sethook(L, gc_hook, LUA_MASKCOUNT | LUA_MASKCALL | LUA_MASKRET, 1);
@@ -160,7 +161,7 @@ typedef struct Sandbox {
   const char *const *allow;
 } Sandbox;
 
-static const char *const default_allow[] = { ML_SANDBOX_DEFAULT, NULL };
+static const char *const default_allow[] = {ML_SANDBOX_DEFAULT, NULL};
 
 /* [-0, +1] pushes the result of the embedded chunk name (called with no
  * arguments if nargs < 0, or with the nargs values below it). */
@@ -180,19 +181,19 @@ static int sandbox_p(lua_State *L) {
   if (lua_getfield(L, LUA_REGISTRYINDEX, ML_TRUSTED_ENV_KEY) != LUA_TNIL)
     return luaL_error(L, "ml_state_sandbox: the state is sandboxed already");
   lua_pop(L, 1);
-  lua_newtable(L);                                      /* allow */
+  lua_newtable(L); /* allow */
   for (p = a->allow; *p; p++) {
     lua_pushboolean(L, 1);
     lua_setfield(L, -2, *p);
   }
-  luaL_getsubtable(L, LUA_REGISTRYINDEX, ML_HOSTMODS_KEY);  /* hostmods */
-  run_embedded(L, "moonloop.modgraph", 0);              /* graph */
-  ml__stdlib_caps(L);                                   /* ccaps */
-  ml__strmatch_install(L);  /* before the policy copies the string library */
-  lua_rawgeti(L, LUA_REGISTRYINDEX, LUA_RIDX_GLOBALS);  /* G */
+  luaL_getsubtable(L, LUA_REGISTRYINDEX, ML_HOSTMODS_KEY); /* hostmods */
+  run_embedded(L, "moonloop.modgraph", 0);                 /* graph */
+  ml__stdlib_caps(L);                                      /* ccaps */
+  ml__strmatch_install(L); /* before the policy copies the string library */
+  lua_rawgeti(L, LUA_REGISTRYINDEX, LUA_RIDX_GLOBALS); /* G */
   lua_pushcfunction(L, wrap_gc);
   lua_pushcfunction(L, guarded);
-  run_embedded(L, "moonloop.sandbox", 7);               /* env */
+  run_embedded(L, "moonloop.sandbox", 7); /* env */
   luaL_checktype(L, -1, LUA_TTABLE);
   lua_rawgeti(L, LUA_REGISTRYINDEX, LUA_RIDX_GLOBALS);
   lua_setfield(L, LUA_REGISTRYINDEX, ML_TRUSTED_ENV_KEY);
@@ -201,7 +202,7 @@ static int sandbox_p(lua_State *L) {
 }
 
 int ml_state_sandbox(ml_State *S, const char *const *allow) {
-  Sandbox a = { allow ? allow : default_allow };
+  Sandbox a = {allow ? allow : default_allow};
   ml_Embed *E = ml__embed(S);
   if (E == NULL) return -ENOMEM;
   E->err[0] = '\0';

@@ -25,10 +25,10 @@
 
 #define L_ESC '%'
 #define SPECIALS "^$*+?.([%-"
-#define MAXCCALLS 200    /* recursion depth, as Lua's: "pattern too complex" */
-#define SLICE 1000       /* steps between two charges */
+#define MAXCCALLS 200 /* recursion depth, as Lua's: "pattern too complex" */
+#define SLICE 1000    /* steps between two charges */
 #ifndef LUA_MAXCAPTURES
-#define LUA_MAXCAPTURES 32  /* as Lua's string library */
+#define LUA_MAXCAPTURES 32 /* as Lua's string library */
 #endif
 #define CAP_UNFINISHED (-1)
 #define CAP_POSITION (-2)
@@ -36,12 +36,12 @@
 typedef struct Match {
   const char *src, *src_end, *p_end;
   lua_State *L;
-  int level;             /* captures open or closed so far */
-  int depth;             /* recursion left */
-  long left;             /* steps before the next charge */
+  int level; /* captures open or closed so far */
+  int depth; /* recursion left */
+  long left; /* steps before the next charge */
   struct {
     const char *init;
-    ptrdiff_t len;       /* or CAP_UNFINISHED / CAP_POSITION */
+    ptrdiff_t len; /* or CAP_UNFINISHED / CAP_POSITION */
   } cap[LUA_MAXCAPTURES];
 } Match;
 
@@ -56,9 +56,9 @@ static void charge(Match *m) {
   else ml__budget_charge(m->L, used);
 }
 
-#define STEPS(m, n)                                    \
-  do {                                                 \
-    if (((m)->left -= (long)(n)) <= 0) charge(m);      \
+#define STEPS(m, n)                               \
+  do {                                            \
+    if (((m)->left -= (long)(n)) <= 0) charge(m); \
   } while (0)
 
 /* ---- the matcher ---- */
@@ -73,7 +73,7 @@ static const char *class_end(Match *m, const char *p) {
   }
   if (p[-1] == '[') {
     if (*p == '^') p++;
-    do {  /* the first character is a member even if it is ']' */
+    do { /* the first character is a member even if it is ']' */
       if (p == m->p_end) luaL_error(m->L, "malformed pattern (missing ']')");
       if (*p++ == L_ESC && p < m->p_end) p++;
     } while (*p != ']');
@@ -85,18 +85,18 @@ static const char *class_end(Match *m, const char *p) {
 static int class_has(int c, int cl) {
   int res;
   switch (tolower(cl)) {
-    case 'a': res = isalpha(c); break;
-    case 'c': res = iscntrl(c); break;
-    case 'd': res = isdigit(c); break;
-    case 'g': res = isgraph(c); break;
-    case 'l': res = islower(c); break;
-    case 'p': res = ispunct(c); break;
-    case 's': res = isspace(c); break;
-    case 'u': res = isupper(c); break;
-    case 'w': res = isalnum(c); break;
-    case 'x': res = isxdigit(c); break;
-    case 'z': res = c == 0; break;  /* deprecated, but Lua 5.4 still has it */
-    default: return cl == c;
+  case 'a': res = isalpha(c); break;
+  case 'c': res = iscntrl(c); break;
+  case 'd': res = isdigit(c); break;
+  case 'g': res = isgraph(c); break;
+  case 'l': res = islower(c); break;
+  case 'p': res = ispunct(c); break;
+  case 's': res = isspace(c); break;
+  case 'u': res = isupper(c); break;
+  case 'w': res = isalnum(c); break;
+  case 'x': res = isxdigit(c); break;
+  case 'z': res = c == 0; break; /* deprecated, but Lua 5.4 still has it */
+  default: return cl == c;
   }
   if (isupper(cl)) res = !res;
   return res != 0;
@@ -129,10 +129,10 @@ static int single(Match *m, const char *s, const char *p, const char *ep) {
   if (s >= m->src_end) return 0;
   c = (unsigned char)*s;
   switch (*p) {
-    case '.': return 1;
-    case L_ESC: return class_has(c, (unsigned char)p[1]);
-    case '[': return set_has(c, p, ep - 1);
-    default: return (unsigned char)*p == c;
+  case '.': return 1;
+  case L_ESC: return class_has(c, (unsigned char)p[1]);
+  case '[': return set_has(c, p, ep - 1);
+  default: return (unsigned char)*p == c;
   }
 }
 
@@ -221,73 +221,78 @@ static const char *do_match(Match *m, const char *s, const char *p) {
   STEPS(m, 1);
   while (p != m->p_end) {
     switch (*p) {
-      case '(':
-        s = p[1] == ')' ? start_capture(m, s, p + 2, CAP_POSITION)
-                        : start_capture(m, s, p + 1, CAP_UNFINISHED);
-        goto done;
-      case ')':
-        s = end_capture(m, s, p + 1);
-        goto done;
-      case '$':
-        if (p + 1 != m->p_end) goto single_char;
-        s = s == m->src_end ? s : NULL;
-        goto done;
-      case L_ESC:
-        switch (p[1]) {
-          case 'b':
-            if ((s = balance(m, s, p + 2)) == NULL) goto done;
-            p += 4;
-            continue;
-          case 'f': {
-            int prev;
-            p += 2;
-            if (*p != '[') luaL_error(m->L, "missing '[' after '%%f' in pattern");
-            ep = class_end(m, p);
-            prev = s == m->src ? '\0' : (unsigned char)s[-1];
-            if (!set_has(prev, p, ep - 1) && set_has((unsigned char)*s, p, ep - 1)) {
-              p = ep;
-              continue;
-            }
-            s = NULL;
-            goto done;
-          }
-          case '0': case '1': case '2': case '3': case '4':
-          case '5': case '6': case '7': case '8': case '9':
-            if ((s = back_ref(m, s, (unsigned char)p[1])) == NULL) goto done;
-            p += 2;
-            continue;
-          default:
-            goto single_char;
-        }
-      default:
-      single_char:
+    case '(':
+      s = p[1] == ')' ? start_capture(m, s, p + 2, CAP_POSITION)
+                      : start_capture(m, s, p + 1, CAP_UNFINISHED);
+      goto done;
+    case ')': s = end_capture(m, s, p + 1); goto done;
+    case '$':
+      if (p + 1 != m->p_end) goto single_char;
+      s = s == m->src_end ? s : NULL;
+      goto done;
+    case L_ESC:
+      switch (p[1]) {
+      case 'b':
+        if ((s = balance(m, s, p + 2)) == NULL) goto done;
+        p += 4;
+        continue;
+      case 'f': {
+        int prev;
+        p += 2;
+        if (*p != '[') luaL_error(m->L, "missing '[' after '%%f' in pattern");
         ep = class_end(m, p);
-        if (!single(m, s, p, ep)) {
-          if (*ep == '*' || *ep == '?' || *ep == '-') {  /* zero of them is fine */
-            p = ep + 1;
-            continue;
-          }
-          s = NULL;
+        prev = s == m->src ? '\0' : (unsigned char)s[-1];
+        if (!set_has(prev, p, ep - 1) && set_has((unsigned char)*s, p, ep - 1)) {
+          p = ep;
+          continue;
+        }
+        s = NULL;
+        goto done;
+      }
+      case '0':
+      case '1':
+      case '2':
+      case '3':
+      case '4':
+      case '5':
+      case '6':
+      case '7':
+      case '8':
+      case '9':
+        if ((s = back_ref(m, s, (unsigned char)p[1])) == NULL) goto done;
+        p += 2;
+        continue;
+      default: goto single_char;
+      }
+    default:
+    single_char:
+      ep = class_end(m, p);
+      if (!single(m, s, p, ep)) {
+        if (*ep == '*' || *ep == '?' || *ep == '-') { /* zero of them is fine */
+          p = ep + 1;
+          continue;
+        }
+        s = NULL;
+        goto done;
+      }
+      switch (*ep) {
+      case '?': {
+        const char *r = do_match(m, s + 1, ep + 1);
+        if (r) {
+          s = r;
           goto done;
         }
-        switch (*ep) {
-          case '?': {
-            const char *r = do_match(m, s + 1, ep + 1);
-            if (r) {
-              s = r;
-              goto done;
-            }
-            p = ep + 1;
-            continue;
-          }
-          case '+': s = max_expand(m, s + 1, p, ep); goto done;
-          case '*': s = max_expand(m, s, p, ep); goto done;
-          case '-': s = min_expand(m, s, p, ep); goto done;
-          default:
-            s++;
-            p = ep;
-            continue;
-        }
+        p = ep + 1;
+        continue;
+      }
+      case '+': s = max_expand(m, s + 1, p, ep); goto done;
+      case '*': s = max_expand(m, s, p, ep); goto done;
+      case '-': s = min_expand(m, s, p, ep); goto done;
+      default:
+        s++;
+        p = ep;
+        continue;
+      }
     }
   }
 done:
@@ -305,10 +310,8 @@ static void push_capture(Match *m, int i, const char *s, const char *e) {
     return;
   }
   if (m->cap[i].len == CAP_UNFINISHED) luaL_error(m->L, "unfinished capture");
-  if (m->cap[i].len == CAP_POSITION)
-    lua_pushinteger(m->L, (m->cap[i].init - m->src) + 1);
-  else
-    lua_pushlstring(m->L, m->cap[i].init, (size_t)m->cap[i].len);
+  if (m->cap[i].len == CAP_POSITION) lua_pushinteger(m->L, (m->cap[i].init - m->src) + 1);
+  else lua_pushlstring(m->L, m->cap[i].init, (size_t)m->cap[i].len);
 }
 
 /* [-0, +n] pushes every capture (or the whole match, if s is not NULL
@@ -402,16 +405,16 @@ static int str_find(lua_State *L) { return find_aux(L, 1); }
 static int str_match(lua_State *L) { return find_aux(L, 0); }
 
 typedef struct GMatch {
-  const char *src;        /* where the next search starts */
+  const char *src; /* where the next search starts */
   const char *p;
-  const char *lastmatch;  /* the end of the last match, not matched again empty */
+  const char *lastmatch; /* the end of the last match, not matched again empty */
   Match m;
 } GMatch;
 
 static int gmatch_next(lua_State *L) {
   GMatch *g = lua_touserdata(L, lua_upvalueindex(3));
   const char *src, *e;
-  g->m.L = L;  /* the iterator may be called from another coroutine */
+  g->m.L = L; /* the iterator may be called from another coroutine */
   for (src = g->src; src <= g->m.src_end; src++) {
     restart(&g->m);
     if ((e = do_match(&g->m, src, g->p)) != NULL && e != g->lastmatch) {
@@ -430,14 +433,14 @@ static int str_gmatch(lua_State *L) {
   const char *p = luaL_checklstring(L, 2, &lp);
   GMatch *g;
   init = start_index(luaL_optinteger(L, 3, 1), ls) - 1;
-  if (init > ls) init = ls + 1;  /* past the end: the iterator finds nothing */
+  if (init > ls) init = ls + 1; /* past the end: the iterator finds nothing */
   lua_settop(L, 2);
   g = lua_newuserdatauv(L, sizeof *g, 0);
   prepare(&g->m, L, s, ls, p, lp);
   g->src = s + init;
   g->p = p;
   g->lastmatch = NULL;
-  lua_pushcclosure(L, gmatch_next, 3);  /* the subject and pattern stay alive */
+  lua_pushcclosure(L, gmatch_next, 3); /* the subject and pattern stay alive */
   return 1;
 }
 
@@ -455,7 +458,7 @@ static void add_string(Match *m, luaL_Buffer *b, const char *s, const char *e) {
       luaL_addlstring(b, s, (size_t)(e - s));
     } else if (isdigit((unsigned char)*p)) {
       push_capture(m, *p - '1', s, e);
-      luaL_addvalue(b);  /* a position capture is a number: converted */
+      luaL_addvalue(b); /* a position capture is a number: converted */
     } else {
       luaL_error(L, "invalid use of '%c' in replacement string", L_ESC);
     }
@@ -469,22 +472,20 @@ static void add_string(Match *m, luaL_Buffer *b, const char *s, const char *e) {
 static int add_value(Match *m, luaL_Buffer *b, const char *s, const char *e, int tr) {
   lua_State *L = m->L;
   switch (tr) {
-    case LUA_TFUNCTION: {
-      int n;
-      lua_pushvalue(L, 3);
-      n = push_captures(m, s, e);
-      lua_call(L, n, 1);
-      break;
-    }
-    case LUA_TTABLE:
-      push_capture(m, 0, s, e);
-      lua_gettable(L, 3);
-      break;
-    default:
-      add_string(m, b, s, e);
-      return 1;
+  case LUA_TFUNCTION: {
+    int n;
+    lua_pushvalue(L, 3);
+    n = push_captures(m, s, e);
+    lua_call(L, n, 1);
+    break;
   }
-  if (!lua_toboolean(L, -1)) {  /* nil or false: keep the original */
+  case LUA_TTABLE:
+    push_capture(m, 0, s, e);
+    lua_gettable(L, 3);
+    break;
+  default: add_string(m, b, s, e); return 1;
+  }
+  if (!lua_toboolean(L, -1)) { /* nil or false: keep the original */
     lua_pop(L, 1);
     luaL_addlstring(b, s, (size_t)(e - s));
     return 0;
@@ -505,8 +506,9 @@ static int str_gsub(lua_State *L) {
   int anchor = *p == '^', changed = 0;
   Match m;
   luaL_Buffer b;
-  luaL_argexpected(L, tr == LUA_TNUMBER || tr == LUA_TSTRING || tr == LUA_TFUNCTION || tr == LUA_TTABLE,
-                   3, "string/function/table");
+  luaL_argexpected(
+    L, tr == LUA_TNUMBER || tr == LUA_TSTRING || tr == LUA_TFUNCTION || tr == LUA_TTABLE, 3,
+    "string/function/table");
   luaL_buffinit(L, &b);
   if (anchor) {
     p++;
@@ -540,11 +542,8 @@ static int str_gsub(lua_State *L) {
 /* ---- installing them ---- */
 
 static const luaL_Reg funcs[] = {
-  {"find", str_find},
-  {"match", str_match},
-  {"gmatch", str_gmatch},
-  {"gsub", str_gsub},
-  {NULL, NULL},
+  {"find", str_find}, {"match", str_match}, {"gmatch", str_gmatch},
+  {"gsub", str_gsub}, {NULL, NULL},
 };
 
 void ml__strmatch_install(lua_State *L) {

@@ -19,10 +19,10 @@ enum { T_NIL = 1, T_FALSE, T_TRUE, T_INT, T_NUM, T_STR, T_TABLE, T_END };
 struct ml_Values {
   unsigned char *buf;
   size_t len, cap;
-  int err;                  /* the first failure, or 0 */
-  int depth;                /* open tables */
-  int nitems[MAX_DEPTH + 1];/* records at each level (keys and values) */
-  int key_next;             /* in a table, the next record is a key */
+  int err;                   /* the first failure, or 0 */
+  int depth;                 /* open tables */
+  int nitems[MAX_DEPTH + 1]; /* records at each level (keys and values) */
+  int key_next;              /* in a table, the next record is a key */
 };
 
 ml_Values *ml_values_new(void) { return calloc(1, sizeof(ml_Values)); }
@@ -142,8 +142,7 @@ static void push_one(lua_State *L, const ml_Values *v, size_t *pos, int depth) {
     }
     (*pos)++;
     break;
-  default:
-    luaL_error(L, "corrupt value list");
+  default: luaL_error(L, "corrupt value list");
   }
 }
 

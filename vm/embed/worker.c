@@ -10,8 +10,10 @@
 int ml_state_set_worker(ml_State *S, const ml_Worker *w) {
   if (w == NULL) return ml__embed_fail(S, -EINVAL, "ml_state_set_worker: no ml_Worker");
   if (w->count < 1 || w->id < 0 || w->id >= w->count)
-    return ml__embed_fail(S, -EINVAL, "ml_state_set_worker: worker id %d of %d is out of range "
-                          "(0 <= id < count)", w->id, w->count);
+    return ml__embed_fail(S, -EINVAL,
+                          "ml_state_set_worker: worker id %d of %d is out of range "
+                          "(0 <= id < count)",
+                          w->id, w->count);
   if (w->nlisten < 0 || (w->nlisten > 0 && w->listen_fds == NULL))
     return ml__embed_fail(S, -EINVAL, "ml_state_set_worker: %d listening fds and no array",
                           w->nlisten);
