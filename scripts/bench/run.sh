@@ -12,7 +12,7 @@
 #   QUICK=1         one run of everything, short echo runs (a smoke test)
 #   PIN=0           do not pin the echo server and load client to cores
 #   ONLY="gather gather_eager gather_warm sleep0 queue timers timers_warm timers1m echo echo1 idle memory startup
-#         spawn tothread pipe64 httpclient httpserver embed workers"   a subset (echo and echo1 also give the latency rows)
+#         spawn tothread pipe64 tls httpclient httpserver embed workers"   a subset (echo and echo1 also give the latency rows)
 #   TIMERS1M_RUNS=1 runs of the 1,000,000-timer benchmark (tens of seconds in Python)
 #   IDLE_CONNS=10000 connections of the idle-connections benchmark
 #   HTTP_N=20000 HTTP_CONC=50   the HTTP client row's GETs and concurrency
@@ -36,7 +36,7 @@ MEM_RUNS=${MEM_RUNS:-3}
 STARTUP_RUNS=${STARTUP_RUNS:-200}
 TIMERS1M_RUNS=${TIMERS1M_RUNS:-1}
 IDLE_CONNS=${IDLE_CONNS:-10000}
-ONLY=${ONLY:-gather gather_eager gather_warm sleep0 queue timers timers_warm timers1m echo echo1 idle memory startup spawn tothread pipe64 httpclient httpserver embed workers}
+ONLY=${ONLY:-gather gather_eager gather_warm sleep0 queue timers timers_warm timers1m echo echo1 idle memory startup spawn tothread pipe64 tls httpclient httpserver embed workers}
 HTTP_N=${HTTP_N:-20000}
 HTTP_CONC=${HTTP_CONC:-50}
 HELLO_RUNS=${HELLO_RUNS:-3}
