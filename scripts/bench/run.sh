@@ -18,6 +18,7 @@
 #   HTTP_N=20000 HTTP_CONC=50   the HTTP client row's GETs and concurrency
 #   HELLO_RUNS=3 HELLO_SECONDS=4   the workers rows (HTTP hello, 1 and 2 workers; wrk runs)
 #   HTTPD_SECONDS=4  each wrk run of the HTTP server rows (wrk -t1 -c50)
+#   TLS_SECONDS=4    each TLS handshake and echo run
 #
 # Everything runs on 127.0.0.1 with ports found free; every process this
 # script starts is killed when it exits, however it exits.
@@ -42,6 +43,7 @@ HTTP_CONC=${HTTP_CONC:-50}
 HELLO_RUNS=${HELLO_RUNS:-3}
 HELLO_SECONDS=${HELLO_SECONDS:-4}
 HTTPD_SECONDS=${HTTPD_SECONDS:-4}
+TLS_SECONDS=${TLS_SECONDS:-4}
 if [ "${QUICK:-0}" = 1 ]; then
   RUNS=1 ECHO_RUNS=1 ECHO_SECONDS=1 MEM_RUNS=1 STARTUP_RUNS=30 TLS_SECONDS=1 IDLE_CONNS=2000 HTTP_N=2000
   HELLO_RUNS=1 HELLO_SECONDS=1 HTTPD_SECONDS=1
