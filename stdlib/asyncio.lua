@@ -18,8 +18,9 @@ merge(exc)
 M.Loop = core.Loop
 
 -- Generators (coroutine.wrap / coroutine.resume) that await inside a task:
--- the await's marker is passed up to the task, and the generator carries
--- on when the task is resumed.
+-- an await yields nothing and marks its thread parked (vm/core/task.c,
+-- suspend); the yield is passed up to the task, this thread marked parked
+-- in turn, and the generator carries on when the task is resumed.
 --
 -- A coroutine parked in an await belongs to the task that awaits: only
 -- that task may resume it (when what it awaits is done), and nothing may
@@ -27,14 +28,14 @@ M.Loop = core.Loop
 -- thread.  resume, a wrap's function and close refuse, with an error.
 do
   local co_resume, co_yield, co_create = coroutine.resume, coroutine.yield, coroutine.create
-  local co_close, co_status = coroutine.close, coroutine.status
-  local MARK, parked, park = core._marker, core._parked, core._park
+  local co_close = coroutine.close
+  local parked, park = core._parked, core._park
   local BUSY = "cannot resume a coroutine that is awaiting in a task: "
     .. "only that task resumes it, when what it awaits is done"
   local function pass(co, ok, first, ...)
-    if ok and first == MARK and co_status(co) == "suspended" then
+    if ok and parked(co) then
       park(true)  -- this thread, parked while co awaits
-      co_yield(MARK)
+      co_yield()
       park(false)
       return pass(co, co_resume(co))
     end

@@ -310,8 +310,6 @@ int ml__corelib_open(lua_State *L) {
   lua_setfield(L, -2, "Loop");
   ml__push_async_sleep(L, ml__task_sleep);
   lua_setfield(L, -2, "sleep");
-  lua_pushlightuserdata(L, (void *)&ml__await_marker);
-  lua_setfield(L, -2, "_marker");
   lua_getglobal(L, "await");
   lua_setfield(L, -2, "await");
   return 1;

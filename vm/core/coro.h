@@ -29,8 +29,6 @@ int ml__coro_iscoroutinefunction(lua_State *L); /* (f) -> boolean */
 /* 1 if the value at idx is an async function (calling it makes a
  * Coroutine).  [-0, +0] */
 int ml__coro_isasyncfn(lua_State *L, int idx);
-/* The marker yielded to the scheduler by every suspension. */
-extern const char ml__await_marker;
 
 /* The same for asyncio.sleep, whose sleep(0) is one shared Coroutine. */
 void ml__push_async_sleep(lua_State *L, lua_CFunction f);

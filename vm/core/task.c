@@ -10,11 +10,14 @@
 #include "exc.h"
 #include "loop.h"
 
-const char ml__await_marker = 'A';
 /* Returned (first) by task_body when the task's function raised. */
 static const char err_marker = 'E';
 
 ml_Task *ml__task_current(lua_State *L) { return ml__state(L)->current; }
+
+/* Thread co is marked parked in an await: the low bit of its extra space
+ * (ml__set_parked), set by suspend as it yields, cleared by resume_k. */
+static int is_parked(lua_State *co) { return (int)(*(uintptr_t *)lua_getextraspace(co) & 1); }
 
 /* [-0, +1] pushes task t (anchored while pending). */
 void ml__task_push(lua_State *L, ml_Task *t) { lua_rawgeti(L, LUA_REGISTRYINDEX, t->ref); }
@@ -315,8 +318,10 @@ static void step(ml_State *S, lua_State *L, ml_Task *t) {
     S->over_budget = 0;
     S->interrupted = 0;
   }
+  /* Without a budget, a thread still hooked by an earlier termination or
+   * interrupt unhooks itself at the hook's first call (budget.c): no
+   * lua_gethook here on every step (sleep(0) pays for each API call). */
   if (S->instr_budget) ml__budget_arm(co);
-  else if (lua_gethook(co) == ml__budget_hook) lua_sethook(co, NULL, 0, 0);
   if (prev == NULL) {
     stepping = ml__tls_stepping;
     ml__tls_stepping = S;
@@ -330,10 +335,9 @@ static void step(ml_State *S, lua_State *L, ml_Task *t) {
   S->current = prev;
 
   if (status == LUA_YIELD) {
-    if (nres == 1 && lua_touserdata(co, -1) == &ml__await_marker) {
-      lua_pop(co, 1);
-      return; /* parked: whatever it waits for will wake it */
-    }
+    /* An await yields no value and marks the thread parked (suspend):
+     * telling it costs no API call on the task switch. */
+    if (nres == 0 && is_parked(co)) return; /* whatever it waits for will wake it */
     /* A plain coroutine.yield() reached the scheduler: not an await. */
     lua_pop(co, nres);
     lua_resetthread(co);
@@ -379,9 +383,7 @@ void ml__task_step(ml_State *S, ml_Task *t) { step(S, S->L, t); }
  * from anywhere but its task: that would leave whatever wakes the task
  * pointing at a dead thread.  The mark is a bit of the thread's extra
  * space: no API call on the task switch. */
-int ml__task_parked(lua_State *co) {
-  return lua_status(co) == LUA_YIELD && (*(uintptr_t *)lua_getextraspace(co) & 1);
-}
+int ml__task_parked(lua_State *co) { return lua_status(co) == LUA_YIELD && is_parked(co); }
 
 /* The continuation of every suspension: -> what the suspension's k
  * returns, or raises CancelledError. */
@@ -460,8 +462,7 @@ static int suspend(lua_State *L, ml_CancelHook hook, void *ud, lua_KContext ctx,
   }
   if (requeue) ml__task_wake(t);
   ml__set_parked(L, 1);
-  lua_pushlightuserdata(L, (void *)&ml__await_marker);
-  return lua_yieldk(L, 1, 0, resume_k);
+  return lua_yieldk(L, 0, 0, resume_k);
 }
 
 /* [-0, +0]; goes to the end of the ready queue at once (sleep.c). */
