@@ -142,7 +142,7 @@ static int l_socket_ident(lua_State *L) {
 /* Transport methods.                                                 */
 
 /* [-0, +0] the stream or protocol transport at 1, or a type error. */
-static ml_Conn *check_stream_t(lua_State *L) {
+static inline ml_Conn *check_stream_t(lua_State *L) {
   ml_Conn *c = ml__conn_test(L, 1);
   if (c == NULL || c->kind == ML_CONN_DGRAM) luaL_typeerror(L, 1, ML_TRANSPORT);
   return c;
@@ -152,8 +152,11 @@ static ml_Conn *check_stream_t(lua_State *L) {
 static int t_write(lua_State *L) {
   ml_Conn *c = check_stream_t(L);
   size_t n;
-  const char *p = ml__buffer_test(L, 2, &n);
-  if (p != NULL) {
+  const char *p;
+  /* A string, the common case, is tested first: it is not a buffer. */
+  if (lua_type(L, 2) == LUA_TSTRING) {
+    p = lua_tolstring(L, 2, &n);
+  } else if ((p = ml__buffer_test(L, 2, &n)) != NULL) {
     /* A socket.buffer (a BufferedProtocol's), bytes i..j as buf:sub(i, j)
      * counts them: written without making a string. */
     lua_Integer len = (lua_Integer)n, i = luaL_optinteger(L, 3, 1), j = luaL_optinteger(L, 4, -1);

@@ -619,24 +619,34 @@ static int proto_eof(lua_State *L) {
   return 0;
 }
 
-/* Protected: protocol:data_received(bytes), the n bytes at p (the
- * scratch area, usually).  Stack: 1 the transport (light), 2 n, 3 p.
- * proto_data(c, n, p) -> nothing */
-static int proto_data(lua_State *L) {
-  ml_Conn *c = lua_touserdata(L, 1);
-  size_t n = (size_t)lua_tointeger(L, 2);
-  const char *p = lua_touserdata(L, 3);
-  lua_settop(L, 2);
-  /* The string first: __index code run by the lookup below may reuse
-   * the scratch area. */
+/* protocol:data_received(bytes), the n bytes at p, the transport c at 1.
+ * The string first (on top, at 3 or 4): __index code run by the lookup
+ * below may reuse the scratch area. */
+static inline int data_received(lua_State *L, ml_Conn *c, const char *p, size_t n) {
+  int data;
   lua_pushlstring(L, p, n);
+  data = lua_gettop(L);
   if (!push_conn(L, c)) return 0;
   lua_getiuservalue(L, -1, XUV_PROTO);
   if (lua_getfield(L, -1, "data_received") == LUA_TNIL) return 0;
-  lua_insert(L, -2);   /* method, protocol */
-  lua_pushvalue(L, 3); /* data */
+  lua_insert(L, -2);      /* method, protocol */
+  lua_pushvalue(L, data); /* data */
   lua_call(L, 2, 0);
   return 0;
+}
+
+/* Protected: data_received of the n bytes at p (a layer's).  Stack: 1 the
+ * transport (light), 2 n, 3 p.  proto_data(c, n, p) -> nothing */
+static int proto_data(lua_State *L) {
+  return data_received(L, lua_touserdata(L, 1), lua_touserdata(L, 3), (size_t)lua_tointeger(L, 2));
+}
+
+/* Protected: the same for the n bytes just read into c's scratch area,
+ * the hot path: one argument fewer to push and fetch.  Stack: 1 the
+ * transport (light), 2 n.  proto_scratch(c, n) -> nothing */
+static int proto_scratch(lua_State *L) {
+  ml_Conn *c = lua_touserdata(L, 1);
+  return data_received(L, c, c->scratch, (size_t)lua_tointeger(L, 2));
 }
 
 /* [-0, +2] protocol:get_buffer(sizehint) on the protocol at pidx, as a
@@ -738,11 +748,14 @@ void ml__conn_deliver_eof(ml_Conn *c) {
   ml__callback(L, 1, "Exception in protocol callback");
 }
 
-/* [-0, +0] on the main state: fn(c, n, p) (proto_data or proto_buffered)
- * in one protected call; a failure is kept as c's exception, fails the
- * connection and is reported.  Returns fn's integer result, or -EAGAIN
- * if it failed (nothing more to do). */
-static lua_Integer proto_pcall(ml_Conn *c, lua_CFunction fn, lua_Integer n, const char *p) {
+/* [-0, +0] on the main state: fn(c, n, p) (proto_data, proto_buffered or
+ * a C protocol's data_fn), or fn(c, n) if p is NULL, in one protected
+ * call; a failure is kept as c's exception, fails the connection and is
+ * reported.  With result, returns fn's integer result, else 0 (the hot
+ * path, data_received, takes none); -EAGAIN if it failed (nothing more
+ * to do). */
+static inline lua_Integer proto_pcall(ml_Conn *c, lua_CFunction fn, lua_Integer n, const char *p,
+                                      int result) {
   lua_State *L = ml__main_lua(c->S);
   int base, st;
   lua_Integer r;
@@ -755,8 +768,8 @@ static lua_Integer proto_pcall(ml_Conn *c, lua_CFunction fn, lua_Integer n, cons
   lua_pushcfunction(L, fn);
   lua_pushlightuserdata(L, c);
   lua_pushinteger(L, n);
-  lua_pushlightuserdata(L, (void *)p);
-  st = lua_pcall(L, 3, 1, base + 1);
+  if (p != NULL) lua_pushlightuserdata(L, (void *)p);
+  st = lua_pcall(L, p != NULL ? 3 : 2, result, base + 1);
   if (st != LUA_OK) {
     /* [msgh, error]: asyncio closes the connection, connection_lost(exc). */
     if (push_conn(L, c)) {
@@ -772,10 +785,21 @@ static lua_Integer proto_pcall(ml_Conn *c, lua_CFunction fn, lua_Integer n, cons
     ml__report_tb(L, "Exception in protocol callback");
     r = -EAGAIN;
   } else {
-    r = lua_tointeger(L, -1);
+    r = result ? lua_tointeger(L, -1) : 0;
   }
   lua_settop(L, base);
   return r;
+}
+
+/* [-0, +0] on the main state: ml__conn_deliver, inline in the read path
+ * (proto_readable). */
+static inline void deliver(ml_Conn *c, const char *p, size_t r) {
+  if (c->fd < 0 || c->lost || c->ref == LUA_NOREF) return;
+  proto_pcall(c,
+              c->data_fn    ? c->data_fn
+              : c->buffered ? proto_buffered
+                            : proto_data,
+              (lua_Integer)r, p, 0);
 }
 
 /* [-0, +0] on the main state (ml__conn_deliver, ml__conn_deliver_eof). */
@@ -785,7 +809,7 @@ static void proto_readable(ml_Conn *c) {
   if (c->buffered) {
     /* The recv runs inside the protected call, into the protocol's own
      * buffer. */
-    lua_Integer b = proto_pcall(c, proto_buffered, -1, NULL);
+    lua_Integer b = proto_pcall(c, proto_buffered, -1, NULL, 1);
     if (b == 0) ml__conn_deliver_eof(c);
     else if (b < 0 && b != -EAGAIN && b != -EWOULDBLOCK) fatal(c, (int)-b);
     return;
@@ -799,7 +823,8 @@ static void proto_readable(ml_Conn *c) {
     if (errno != EAGAIN && errno != EWOULDBLOCK) fatal(c, errno);
     return;
   }
-  ml__conn_deliver(c, c->scratch, (size_t)r);
+  if (c->data_fn == NULL && !c->buffered) proto_pcall(c, proto_scratch, (lua_Integer)r, NULL, 0);
+  else deliver(c, c->scratch, (size_t)r);
 }
 
 /* [-1, +0] pops the exception on top, keeps it as the one that ended c
@@ -818,14 +843,7 @@ void ml__conn_fail(lua_State *L, ml_Conn *c) {
 /* [-0, +0] on the main state: data_received(bytes) in one protected
  * call (a BufferedProtocol's buffers filled instead); a failure is kept
  * as c's exception and fails the connection. */
-void ml__conn_deliver(ml_Conn *c, const char *p, size_t r) {
-  if (c->fd < 0 || c->lost || c->ref == LUA_NOREF) return;
-  proto_pcall(c,
-              c->data_fn    ? c->data_fn
-              : c->buffered ? proto_buffered
-                            : proto_data,
-              (lua_Integer)r, p);
-}
+void ml__conn_deliver(ml_Conn *c, const char *p, size_t r) { deliver(c, p, r); }
 
 /* [-0, +0] c's protocol is the value at pidx: notes whether it is a
  * BufferedProtocol (it has get_buffer), as asyncio decides when the
@@ -840,13 +858,6 @@ void ml__conn_note_protocol(lua_State *L, ml_Conn *c, int pidx) {
 
 /* ---------------------------------------------------------------- */
 /* Making transports.                                                  */
-
-/* [-0, +0] the transport at idx, or NULL if it is none. */
-ml_Conn *ml__conn_test(lua_State *L, int idx) {
-  ml_Conn *c = lua_touserdata(L, idx);
-  if (c == NULL || lua_rawlen(L, idx) != sizeof *c || c->magic != ML_CONN_MAGIC) return NULL;
-  return c;
-}
 
 /* [-0, +1] pushes a new transport of kind, over the socket at sidx (0:
  * none yet; a socket one is anchored at once); raises if that socket

@@ -221,8 +221,13 @@ int luaopen_asyncio__transport(lua_State *L);
 
 /* The transport at idx (of either kind), or a type error naming it. */
 ml_Conn *ml__conn_check(lua_State *L, int idx);
-/* The transport at idx (of either kind), or NULL.  [-0, +0] */
-ml_Conn *ml__conn_test(lua_State *L, int idx);
+/* The transport at idx (of either kind), or NULL.  [-0, +0]  Inline:
+ * every transport and stream method starts with it. */
+static inline ml_Conn *ml__conn_test(lua_State *L, int idx) {
+  ml_Conn *c = lua_touserdata(L, idx);
+  if (c == NULL || lua_rawlen(L, idx) != sizeof *c || c->magic != ML_CONN_MAGIC) return NULL;
+  return c;
+}
 /* [-0, +1] pushes a new transport of kind over the open socket at sidx (it
  * takes the socket: the socket's own close refuses from then on), or over
  * nothing if sidx is 0.  Reading starts with ml__conn_start. */
