@@ -9,8 +9,9 @@
  * its limit or a reader waits.  A readable event reads once into the
  * state's scratch area (or straight into rbuf when it has room) and either
  * hands the bytes to protocol.data_received (one protected call per read,
- * proto_readable) or appends them to rbuf and wakes the waiting reader,
- * which takes them in its own task step: no Lua runs in the callback.
+ * proto_readable; a BufferedProtocol's buffers instead, buffered.c) or
+ * appends them to rbuf and wakes the waiting reader, which takes them in
+ * its own task step: no Lua runs in the callback.
  *
  * Writing: write() calls send(2) at once when nothing is queued and queues
  * only what the kernel refused; the write watcher is armed only while the
@@ -215,7 +216,7 @@ void ml__conn_unlinger(ml_Conn *c) {
   if (c->closing && wqueued(c) == 0) schedule_lost(c);
 }
 
-static ssize_t conn_recv(ml_Conn *c, char *p, size_t n) {
+ssize_t ml__conn_recv(ml_Conn *c, char *p, size_t n) {
   ssize_t r;
   do r = c->is_sock ? recv(c->fd, p, n, 0) : read(c->fd, p, n);
   while (r < 0 && errno == EINTR);
@@ -311,7 +312,7 @@ static void stream_readable(ml_Conn *c) {
   int direct = ml__bq_room(&c->rbuf) >= DIRECT_READ_MIN;
   char *dst = direct ? c->rbuf.data + c->rbuf.off + c->rbuf.len : c->scratch;
   size_t room = direct ? ml__bq_room(&c->rbuf) : c->scratch_size;
-  ssize_t r = conn_recv(c, dst, room);
+  ssize_t r = ml__conn_recv(c, dst, room);
   if (r < 0) {
     if (errno == EAGAIN || errno == EWOULDBLOCK) return;
     fatal(c, errno);
@@ -354,7 +355,7 @@ static int dgram_readable(lua_State *L);
 static void layer_readable(ml_Conn *c) {
   if (c->fd < 0 || c->lost) return;
   if (ev_is_active(&c->rio)) {
-    ssize_t r = conn_recv(c, c->scratch, c->scratch_size);
+    ssize_t r = ml__conn_recv(c, c->scratch, c->scratch_size);
     if (r > 0) {
       c->layer->input(c, c->scratch, (size_t)r);
       return;
@@ -520,15 +521,6 @@ void ml__conn_push_exc(lua_State *L, int cidx, ml_Conn *c) {
   }
 }
 
-/* [-0, +1|0] pushes the transport userdata of c (anchored while open)
- * and returns 1; returns 0 with nothing pushed once it is no longer
- * anchored. */
-static int push_conn(lua_State *L, ml_Conn *c) {
-  if (c->ref == LUA_NOREF) return 0;
-  lua_rawgeti(L, LUA_REGISTRYINDEX, c->ref);
-  return 1;
-}
-
 /* Protected body of proto_event_call: proto_event(c lightuserdata,
  * evt, err) -> nothing; calls the protocol's method for evt (and the
  * owner's on-lost function for EVT_LOST). */
@@ -536,7 +528,7 @@ static int proto_event(lua_State *L) {
   ml_Conn *c = lua_touserdata(L, 1);
   int evt = (int)lua_tointeger(L, 2), err = (int)lua_tointeger(L, 3);
   lua_settop(L, 0);
-  if (!push_conn(L, c)) return 0;
+  if (!ml__conn_push(L, c)) return 0;
   switch (evt) {
   case EVT_PAUSE: proto_call(L, 1, "pause_writing", 0, 0); break;
   case EVT_RESUME: proto_call(L, 1, "resume_writing", 0, 0); break;
@@ -590,7 +582,7 @@ static int dgram_readable(lua_State *L) {
   socklen_t len = sizeof ss;
   ssize_t r;
   lua_settop(L, 0);
-  if (c->fd < 0 || c->lost || !push_conn(L, c)) return 0;
+  if (c->fd < 0 || c->lost || !ml__conn_push(L, c)) return 0;
   do r = recvfrom(c->fd, c->scratch, c->scratch_size, 0, (struct sockaddr *)&ss, &len);
   while (r < 0 && errno == EINTR);
   if (r < 0) {
@@ -613,7 +605,7 @@ static int dgram_readable(lua_State *L) {
 static int proto_eof(lua_State *L) {
   ml_Conn *c = lua_touserdata(L, 1);
   lua_settop(L, 0);
-  if (!push_conn(L, c)) return 0;
+  if (!ml__conn_push(L, c)) return 0;
   proto_call(L, 1, "eof_received", 0, 1);
   if (!lua_toboolean(L, -1) || c->pipe) ml__conn_close(c, 0);
   return 0;
@@ -626,7 +618,7 @@ static inline int data_received(lua_State *L, ml_Conn *c, const char *p, size_t 
   int data;
   lua_pushlstring(L, p, n);
   data = lua_gettop(L);
-  if (!push_conn(L, c)) return 0;
+  if (!ml__conn_push(L, c)) return 0;
   lua_getiuservalue(L, -1, XUV_PROTO);
   if (lua_getfield(L, -1, "data_received") == LUA_TNIL) return 0;
   lua_insert(L, -2);      /* method, protocol */
@@ -649,88 +641,6 @@ static int proto_scratch(lua_State *L) {
   return data_received(L, c, c->scratch, (size_t)lua_tointeger(L, 2));
 }
 
-/* [-0, +2] protocol:get_buffer(sizehint) on the protocol at pidx, as a
- * BufferedProtocol's: pushes the buffer and its offset, and returns where
- * the bytes go and how many fit (*room > 0).  get_buffer returns a
- * socket.buffer and, optionally, the 1-based position the bytes go at. */
-static char *get_buffer(lua_State *L, int pidx, lua_Integer sizehint, size_t *room) {
-  size_t size;
-  lua_Integer pos = 1;
-  char *buf;
-  lua_getfield(L, pidx, "get_buffer");
-  lua_pushvalue(L, pidx);
-  lua_pushinteger(L, sizehint);
-  lua_call(L, 2, 2);
-  if ((buf = ml__buffer_test(L, -2, &size)) == NULL)
-    ml__exc_raise(L, "TypeError", "get_buffer() must return a socket.buffer, got %s",
-                  luaL_typename(L, -2));
-  if (!lua_isnil(L, -1)) {
-    int ok;
-    pos = lua_tointegerx(L, -1, &ok);
-    if (!ok || pos < 1 || (size_t)pos > size + 1)
-      ml__exc_raise(L, "ValueError", "get_buffer() position out of range 1..%d", (int)size + 1);
-  }
-  *room = size - (size_t)(pos - 1);
-  if (*room == 0) ml__exc_raise(L, "RuntimeError", "get_buffer() returned an empty buffer");
-  return buf + pos - 1;
-}
-
-/* [-0, +0] protocol:buffer_updated(nbytes) on the protocol at pidx. */
-static void buffer_updated(lua_State *L, int pidx, size_t n) {
-  lua_getfield(L, pidx, "buffer_updated");
-  lua_pushvalue(L, pidx);
-  lua_pushinteger(L, (lua_Integer)n);
-  lua_call(L, 2, 0);
-}
-
-/* Protected: a BufferedProtocol's read.  Stack: 1 the transport (light),
- * 2 n, 3 p.  n < 0: one recv(2) from the socket straight into the buffer
- * get_buffer(-1) returned, no string made; then buffer_updated(nbytes).
- * n >= 0: the n bytes at p (a layer's, decrypted) are copied into as
- * many buffers as it takes.  Pushes what recv returned (0 at EOF, -errno
- * on failure) or n.  proto_buffered(c, n, p) -> integer */
-static int proto_buffered(lua_State *L) {
-  ml_Conn *c = lua_touserdata(L, 1);
-  lua_Integer n = lua_tointeger(L, 2);
-  const char *p = lua_touserdata(L, 3);
-  size_t room;
-  char *buf;
-  lua_settop(L, 3);
-  if (!push_conn(L, c)) {
-    lua_pushinteger(L, -EAGAIN);
-    return 1;
-  }
-  lua_getiuservalue(L, 4, XUV_PROTO); /* 5 */
-  if (n < 0) {
-    ssize_t r;
-    buf = get_buffer(L, 5, -1, &room);
-    if (c->fd < 0 || c->lost) { /* get_buffer closed it */
-      lua_pushinteger(L, -EAGAIN);
-      return 1;
-    }
-    r = conn_recv(c, buf, room);
-    if (r <= 0) {
-      lua_pushinteger(L, r < 0 ? -errno : 0);
-      return 1;
-    }
-    buffer_updated(L, 5, (size_t)r);
-    lua_pushinteger(L, r);
-    return 1;
-  }
-  while (n > 0 && !c->lost) {
-    size_t k;
-    buf = get_buffer(L, 5, n, &room);
-    k = room < (size_t)n ? room : (size_t)n;
-    memcpy(buf, p, k);
-    lua_pop(L, 2);
-    buffer_updated(L, 5, k);
-    p += k;
-    n -= (lua_Integer)k;
-  }
-  lua_pushinteger(L, lua_tointeger(L, 2));
-  return 1;
-}
-
 /* The hot path of the protocols API: one recv(2) into the scratch area
  * and one protected call that makes the string and calls data_received.
  * The loop's ml__callback would do the same with a second protected call
@@ -748,7 +658,7 @@ void ml__conn_deliver_eof(ml_Conn *c) {
   ml__callback(L, 1, "Exception in protocol callback");
 }
 
-/* [-0, +0] on the main state: fn(c, n, p) (proto_data, proto_buffered or
+/* [-0, +0] on the main state: fn(c, n, p) (proto_data, ml__conn_buffered or
  * a C protocol's data_fn), or fn(c, n) if p is NULL, in one protected
  * call; a failure is kept as c's exception, fails the connection and is
  * reported.  With result, returns fn's integer result, else 0 (the hot
@@ -772,7 +682,7 @@ static inline lua_Integer proto_pcall(ml_Conn *c, lua_CFunction fn, lua_Integer 
   st = lua_pcall(L, p != NULL ? 3 : 2, result, base + 1);
   if (st != LUA_OK) {
     /* [msgh, error]: asyncio closes the connection, connection_lost(exc). */
-    if (push_conn(L, c)) {
+    if (ml__conn_push(L, c)) {
       lua_pushvalue(L, -2);
       lua_setiuservalue(L, -2, XUV_EXC);
       lua_pop(L, 1);
@@ -797,7 +707,7 @@ static inline void deliver(ml_Conn *c, const char *p, size_t r) {
   if (c->fd < 0 || c->lost || c->ref == LUA_NOREF) return;
   proto_pcall(c,
               c->data_fn    ? c->data_fn
-              : c->buffered ? proto_buffered
+              : c->buffered ? ml__conn_buffered
                             : proto_data,
               (lua_Integer)r, p, 0);
 }
@@ -809,12 +719,12 @@ static void proto_readable(ml_Conn *c) {
   if (c->buffered) {
     /* The recv runs inside the protected call, into the protocol's own
      * buffer. */
-    lua_Integer b = proto_pcall(c, proto_buffered, -1, NULL, 1);
+    lua_Integer b = proto_pcall(c, ml__conn_buffered, -1, NULL, 1);
     if (b == 0) ml__conn_deliver_eof(c);
     else if (b < 0 && b != -EAGAIN && b != -EWOULDBLOCK) fatal(c, (int)-b);
     return;
   }
-  r = conn_recv(c, c->scratch, c->scratch_size);
+  r = ml__conn_recv(c, c->scratch, c->scratch_size);
   if (r == 0) {
     ml__conn_deliver_eof(c);
     return;
@@ -830,7 +740,7 @@ static void proto_readable(ml_Conn *c) {
 /* [-1, +0] pops the exception on top, keeps it as the one that ended c
  * (if c is still anchored) and fails the connection. */
 void ml__conn_fail(lua_State *L, ml_Conn *c) {
-  if (push_conn(L, c)) {
+  if (ml__conn_push(L, c)) {
     lua_pushvalue(L, -2);
     lua_setiuservalue(L, -2, XUV_EXC);
     lua_pop(L, 1);
@@ -844,17 +754,6 @@ void ml__conn_fail(lua_State *L, ml_Conn *c) {
  * call (a BufferedProtocol's buffers filled instead); a failure is kept
  * as c's exception and fails the connection. */
 void ml__conn_deliver(ml_Conn *c, const char *p, size_t r) { deliver(c, p, r); }
-
-/* [-0, +0] c's protocol is the value at pidx: notes whether it is a
- * BufferedProtocol (it has get_buffer), as asyncio decides when the
- * protocol is set. */
-void ml__conn_note_protocol(lua_State *L, ml_Conn *c, int pidx) {
-  c->buffered = 0;
-  if (lua_istable(L, pidx) || lua_isuserdata(L, pidx)) {
-    c->buffered = lua_getfield(L, pidx, "get_buffer") != LUA_TNIL;
-    lua_pop(L, 1);
-  }
-}
 
 /* ---------------------------------------------------------------- */
 /* Making transports.                                                  */

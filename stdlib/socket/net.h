@@ -281,6 +281,23 @@ void ml__conn_deliver(ml_Conn *c, const char *p, size_t n);
  * it returns (get_buffer, buffer_updated) instead of data_received.
  * Call it wherever XUV_PROTO is set. */
 void ml__conn_note_protocol(lua_State *L, ml_Conn *c, int pidx);
+/* Protected (asyncio/buffered.c): a BufferedProtocol's read.  Stack: 1
+ * the transport (light), 2 n, 3 p (absent if n < 0).  n < 0: one recv(2)
+ * from the socket into the buffer get_buffer(-1) returned; n >= 0: the n
+ * bytes at p are copied into as many buffers as it takes.  Returns what
+ * recv returned (0 at EOF, -errno on failure), n, or -EAGAIN if there is
+ * nothing more to do.  ml__conn_buffered(c, n, p) -> integer */
+int ml__conn_buffered(lua_State *L);
+/* One read(2) or recv(2) of at most n bytes into p, retried on EINTR. */
+ssize_t ml__conn_recv(ml_Conn *c, char *p, size_t n);
+/* [-0, +1|0] pushes the transport userdata of c (anchored while open)
+ * and returns 1; returns 0 with nothing pushed once it is no longer
+ * anchored. */
+static inline int ml__conn_push(lua_State *L, ml_Conn *c) {
+  if (c->ref == LUA_NOREF) return 0;
+  lua_rawgeti(L, LUA_REGISTRYINDEX, c->ref);
+  return 1;
+}
 /* Protocol mode: calls protocol:eof_received() (protected); the
  * transport is closed unless it returns true. */
 void ml__conn_deliver_eof(ml_Conn *c);
