@@ -513,6 +513,41 @@ T.case("a task drops its coroutine when it starts; its repr keeps the name", asy
   await t
 end)
 
+T.case("create_task turns the Coroutine into its Task in place", async function()
+  local async function add(a, b) await asyncio.sleep(0); return a + b end
+  local c = add(1, 2)
+  T.ok(asyncio.iscoroutine(c), "a Coroutine first")
+  local t = asyncio.create_task(c, { name = "adder" })
+  T.ok(rawequal(t, c), "the Task is the Coroutine")
+  T.ok(not asyncio.iscoroutine(c), "no longer a Coroutine")
+  T.ok(asyncio.isfuture(c), "a Task now")
+  T.match(tostring(c), "^<Task pending name='adder' coro=<coroutine [^>]*add>>$", "its repr")
+  T.eq(await c, 3, "awaiting it awaits the task")
+  T.match(tostring(t), "result=3", "done")
+  local ok, err = pcall(asyncio.create_task, c)
+  T.ok(not ok and tostring(err):find("coroutine was expected"), "a Task is not taken again")
+end)
+
+T.case("tasks made in place keep their arguments past the thread pool", async function()
+  -- 300 tasks parked at once: past the pool's 256 threads, a task's thread
+  -- is its own, in the user value where its function waited.
+  local fut = asyncio.Future()
+  local async function park(f, i, s) local v = await f; return v + i, s end
+  local tasks = {}
+  for i = 1, 300 do tasks[i] = asyncio.create_task(park(fut, i, "s" .. i)) end
+  await asyncio.sleep(0)
+  fut:set_result(1000)
+  local r = await asyncio.gather(table.unpack(tasks))
+  local okv, oks = true, true
+  for i = 1, 300 do
+    if r[i] ~= 1000 + i then okv = false end
+    local _, s = tasks[i]:result()
+    if s ~= "s" .. i then oks = false end
+  end
+  T.ok(okv, "every task got its arguments")
+  T.ok(oks, "and its second result")
+end)
+
 T.case("a failed future or task is still a future, and reports if nobody looks", async function()
   local reported = {}
   loop:set_exception_handler(function(_, ctx) reported[#reported + 1] = ctx.message end)

@@ -37,7 +37,8 @@ void ml__check_options(lua_State *L, int idx, const char *fname, const char *con
  * [-0, +1] pushes the task. */
 static int new_task(lua_State *L, const char *fname, const char *const opts[], int eager) {
   const char *name = NULL;
-  int tp = lua_type(L, 1);
+  int tp = lua_type(L, 1), kind = ML_CORO_NOT;
+  ml_Task *t = NULL;
   if (lua_type(L, 2) == LUA_TTABLE) {
     ml__check_options(L, 2, fname, opts);
     if (lua_getfield(L, 2, "name") != LUA_TNIL) name = luaL_tolstring(L, -1, NULL);
@@ -55,13 +56,14 @@ static int new_task(lua_State *L, const char *fname, const char *const opts[], i
     lua_replace(L, 1);
     tp = lua_type(L, 1);
   }
-  /* One type test: claiming tells a Coroutine too. */
-  if (tp != LUA_TFUNCTION && (tp != LUA_TUSERDATA || !ml__coro_claim(L, 1)))
+  /* One type test: taking tells a Coroutine too (and makes it the Task). */
+  if (tp != LUA_TFUNCTION &&
+      (tp != LUA_TUSERDATA || (kind = ml__coro_take(L, 1, &t)) == ML_CORO_NOT))
     return ml__exc_raise(L, "TypeError", "a coroutine was expected, got %s",
                          luaL_tolstring(L, 1, NULL));
   lua_pushvalue(L, 1);
   if (tp == LUA_TFUNCTION) ml__task_spawn_fn(L, name, eager);
-  else ml__task_spawn_coro(L, name, eager);
+  else ml__task_spawn_coro(L, name, eager, kind == ML_CORO_IN_PLACE ? t : NULL);
   return 1;
 }
 

@@ -6,7 +6,7 @@
 
 #define ML_CORO_MT "asyncio.Coroutine"
 
-typedef struct Coro {
+typedef struct Coro { /* at the start of a block of sizeof(ml_Task) */
   int nargs;
   int line;                   /* where it was created (line in the creator) */
   unsigned char awaited : 1;  /* consumed by await, a task, or close() */
@@ -14,9 +14,22 @@ typedef struct Coro {
   unsigned char by_pcall : 1; /* made by pcall(f, ...): line is its caller's */
 } Coro;
 
-/* User values of a Coroutine: its name, the function, the function that
- * created it, then the arguments. */
-enum { CUV_NAME = 1, CUV_FN, CUV_CREATOR, CUV_ARGS };
+/* A Coroutine is a Task to be: its block is the size of an ml_Task (the
+ * Coro at its start), and its user values are laid out as a Task's, so
+ * that create_task turns it into its Task in place (ml__coro_take: a
+ * metatable, a memset, one user value cleared) instead of making a second
+ * userdata that keeps it (docs/performance.md, "Tasks (gather)").  Nearly
+ * every Coroutine becomes a task (`await f()` makes none), so the ~100
+ * bytes a plain one carries for it are rarely wasted; a parked task made
+ * so has no more user values than one made of a function (for up to one
+ * argument).  User values: its name (FUV_RESULT, where a task keeps its
+ * name), the function that created it (FUV_MISC's slot: a task clears it
+ * for its callbacks, having no use for it), the function (TUV_THREAD's
+ * slot, until the task starts), then the arguments. */
+#define CORO_OF(ud) ((Coro *)(ud))
+enum { CUV_NAME = FUV_RESULT, CUV_CREATOR = FUV_MISC, CUV_FN = TUV_THREAD, CUV_ARGS };
+
+_Static_assert(sizeof(Coro) <= sizeof(ml_Task), "a Coroutine's block is a Task's");
 
 /* The callable an async function becomes: makes a Coroutine of the
  * function (upvalue 2) and the call's arguments; runs nothing.
@@ -26,7 +39,7 @@ static int coro_make(lua_State *L) {
   lua_Debug ar;
   Coro *c;
   if (n > 65000) return luaL_error(L, "too many arguments to an async function (%d)", n);
-  c = lua_newuserdatauv(L, sizeof(Coro), CUV_ARGS - 1 + n);
+  c = CORO_OF(lua_newuserdatauv(L, sizeof(ml_Task), CUV_ARGS - 1 + n));
   c->nargs = n;
   c->awaited = 0;
   c->reusable = 0;
@@ -96,7 +109,7 @@ static Coro *test_coro(lua_State *L, int idx) {
   mt = lua_topointer(L, -1);
   lua_pop(L, 1);
   S = ml__state(L);
-  return is_coro_mt(S, mt) ? lua_touserdata(L, idx) : NULL;
+  return is_coro_mt(S, mt) ? CORO_OF(lua_touserdata(L, idx)) : NULL;
 }
 
 /* [-0, +0] the Coroutine at idx, or a type error. */
@@ -143,10 +156,56 @@ int ml__coro_claim(lua_State *L, int idx) {
   return 1;
 }
 
+/* [-0, +0] If the value at idx is a Coroutine: claims it for a task
+ * (RuntimeError if it was awaited) and, unless it is the shared sleep(0)
+ * one, makes it that Task in place: its ml_Task zeroed, the Task
+ * metatable set, *t set to it, and returns ML_CORO_IN_PLACE.  The shared
+ * one is claimed as ml__coro_claim does (ML_CORO_CLAIMED, a task of its
+ * own keeps it).  Else ML_CORO_NOT.  The Task's fields are spawn's to set;
+ * its user values hold the name, creator, function and arguments
+ * (ml__coro_unload). */
+int ml__coro_take(lua_State *L, int idx, ml_Task **t) {
+  Coro *c = test_coro(L, idx);
+  int n;
+  if (c == NULL) return ML_CORO_NOT;
+  if (c->reusable) return ml__coro_claim(L, idx) ? ML_CORO_CLAIMED : ML_CORO_NOT;
+  if (c->awaited) {
+    lua_getiuservalue(L, idx, CUV_NAME);
+    ml__exc_raise(L, "RuntimeError", "cannot reuse already awaited coroutine '%s'",
+                  lua_tostring(L, -1));
+  }
+  n = c->nargs;
+  c->awaited = 1;
+  lua_pushnil(L); /* the creator: the slot is the task's callbacks' */
+  lua_setiuservalue(L, idx, CUV_CREATOR);
+  *t = lua_touserdata(L, idx);
+  memset(*t, 0, sizeof(ml_Task));
+  (*t)->coro_nargs = (unsigned short)n;
+  /* The Task's metatable has no __gc: the finaliser's call is skipped, as
+   * for a claimed Coroutine (is_coro_mt). */
+  lua_rawgeti(L, LUA_REGISTRYINDEX, ml__state(L)->udata_mtref[ML_UT_TASK]);
+  lua_setmetatable(L, idx);
+  return ML_CORO_IN_PLACE;
+}
+
+/* [-0, +nargs] A task made in place of a Coroutine (at idx) starts:
+ * pushes its nargs arguments and lets them go from its user values (the
+ * thread holds them now).  The function is start()'s (task.c): its slot
+ * is where the task keeps a thread of its own. */
+void ml__coro_unload(lua_State *L, int idx, int nargs) {
+  int i;
+  luaL_checkstack(L, nargs + 2, "too many arguments");
+  for (i = CUV_ARGS; i < CUV_ARGS + nargs; i++) lua_getiuservalue(L, idx, i);
+  for (i = CUV_ARGS; i < CUV_ARGS + nargs; i++) {
+    lua_pushnil(L);
+    lua_setiuservalue(L, idx, i);
+  }
+}
+
 /* [-0, +(nargs+1)] pushes the function and arguments of the task's
  * Coroutine at idx; returns how many. */
 int ml__coro_push(lua_State *L, int idx) {
-  Coro *c = lua_touserdata(L, idx); /* a task's: known to be one */
+  Coro *c = CORO_OF(lua_touserdata(L, idx)); /* a task's: known to be one */
   int i;
   idx = lua_absindex(L, idx);
   luaL_checkstack(L, c->nargs + 2, "too many arguments");
@@ -403,7 +462,7 @@ static int coro_gc(lua_State *L) {
    * uses index 2): once per coroutine. */
   if (!lua_getmetatable(L, 1) || lua_topointer(L, -1) != ml__state(L)->udata_mt[ML_UT_CORO])
     return 0; /* a script calling __gc on something else */
-  c = lua_touserdata(L, 1);
+  c = CORO_OF(lua_touserdata(L, 1));
   if (!c->awaited && !c->reusable) {
     lua_Debug ar;
     c->awaited = 1;
@@ -495,10 +554,10 @@ void ml__push_async_sleep(lua_State *L, lua_CFunction f) {
   lua_pushcclosure(L, coro_make, 2);
   lua_insert(L, -2);
   lua_call(L, 1, 1); /* the shared sleep(0) coroutine */
-  c = lua_touserdata(L, -1);
+  c = CORO_OF(lua_touserdata(L, -1));
   c->reusable = 1;
   c->awaited = 0;
-  ml__state(L)->sleep0 = c;
+  ml__state(L)->sleep0 = lua_touserdata(L, -1);
   lua_pushcclosure(L, sleep_make, 3);
   async_c_register(L, f); /* sleep(0) runs f too: it yields to the others */
 }

@@ -13,6 +13,18 @@ int ml__coro_unpack(lua_State *L, int idx);
 /* If the value at idx is a Coroutine, marks it taken (by a task), raising
  * RuntimeError if it already was awaited, and returns 1; else 0.  [-0, +0] */
 int ml__coro_claim(lua_State *L, int idx);
+/* What ml__coro_take made of the value it was given. */
+enum { ML_CORO_NOT, ML_CORO_CLAIMED, ML_CORO_IN_PLACE };
+/* If the value at idx is a Coroutine, claims it for a task (RuntimeError
+ * if it was awaited already) and turns it into that Task in place (*t;
+ * ML_CORO_IN_PLACE), or, the shared sleep(0) one, claims it only
+ * (ML_CORO_CLAIMED: a Task of its own keeps it).  ML_CORO_NOT otherwise.
+ * [-0, +0] */
+int ml__coro_take(lua_State *L, int idx, ml_Task **t);
+/* [-0, +nargs] pushes the nargs arguments of the task made in place of a
+ * Coroutine at idx (an absolute index), and lets them go from it; its
+ * function is in its user value TUV_THREAD until it starts. */
+void ml__coro_unload(lua_State *L, int idx, int nargs);
 /* Pushes the function and arguments of the Coroutine at idx (which must
  * be one: a task made of it) without marking it; returns how many. */
 int ml__coro_push(lua_State *L, int idx);

@@ -12,7 +12,8 @@
  *     for what few futures use (ml__xget/ml__xset), with the callbacks
  *     moved to its field X_CBS.
  * A pending task keeps in FUV_RESULT its Coroutine (or function) until it
- * starts, then the Coroutine's name, for its repr. */
+ * starts, then the Coroutine's name, for its repr; a task made in place of
+ * its Coroutine (coro.c) has the name there from the start. */
 enum { FUV_RESULT = 1, FUV_MISC, FUV_NFUTURE = FUV_MISC };
 /* A Task's, after the Future's: the arguments of a function it will call
  * (a list) until it starts, then its thread, unless a pooled one (which

@@ -252,15 +252,26 @@ static lua_State *start(ml_State *S, lua_State *L, ml_Task *t) {
     lua_getiuservalue(L, tidx, TUV_THREAD);
     lua_pushnil(L);
     lua_setiuservalue(L, tidx, TUV_THREAD);
+  } else if (t->in_place) {
+    /* Made in place of its Coroutine (coro.c): its function waits in
+     * TUV_THREAD, which a thread of its own takes; its name is in
+     * FUV_RESULT already. */
+    lua_getiuservalue(L, tidx, TUV_THREAD);
   }
-  co = take_thread(S, L, t, tidx);
+  co = take_thread(S, L, t, tidx); /* may raise: nothing is lost yet */
+  if (t->in_place && t->pool_slot != 0) {
+    lua_pushnil(L);
+    lua_setiuservalue(L, tidx, TUV_THREAD);
+  }
   t->co = co;
   t->started = 1;
   base = lua_gettop(L);
   lua_pushcfunction(L, task_body);
   lua_pushcfunction(L, task_msgh);
-  lua_getiuservalue(L, tidx, FUV_RESULT); /* see FUV_MISC */
-  if (t->from_coro) {
+  if (t->in_place) {
+    lua_pushvalue(L, base);
+    ml__coro_unload(L, tidx, t->coro_nargs);
+  } else if (lua_getiuservalue(L, tidx, FUV_RESULT), t->from_coro) { /* see FUV_MISC */
     n = ml__coro_push(L, -1);
     ml__coro_push_name(L, -n - 1);
     lua_setiuservalue(L, tidx, FUV_RESULT);
@@ -493,11 +504,28 @@ enum { SPAWN_ANY, SPAWN_CORO };
  * one that suspends is woken as any other.  The step runs as part of the
  * creator's (current_task() is the new task inside it, the creator's
  * again after; the CPU budget counts on). */
-static ml_Task *spawn(lua_State *L, int nargs, const char *name, int kind, int eager) {
+static ml_Task *spawn(lua_State *L, int nargs, const char *name, int kind, int eager,
+                      ml_Task *in_place) {
   ml_State *S = ml__state(L);
   int fidx = lua_gettop(L) - nargs; /* the function or Coroutine */
   ml_Task *t;
 
+  if (in_place) {
+    /* The Coroutine on top is the Task already (ml__coro_take): one
+     * userdata and one collection a task, not two. */
+    t = in_place;
+    t->fut.S = S;
+    t->fut.is_task = 1;
+    t->ref = LUA_NOREF;
+    t->id = ++S->task_seq;
+    t->from_coro = 1;
+    t->in_place = 1;
+    if (name) {
+      lua_pushstring(L, name);
+      ml__xset(L, -2, X_NAME);
+    }
+    goto anchor;
+  }
   t = (ml_Task *)ml__future_alloc(L, sizeof(ml_Task), TUV_NTASK, 1);
   t->fut.is_task = 1;
   t->ref = LUA_NOREF;
@@ -524,6 +552,7 @@ static ml_Task *spawn(lua_State *L, int nargs, const char *name, int kind, int e
     t->packed = 1;
   }
   lua_settop(L, fidx - 1); /* leaves the task on top */
+anchor:
   lua_pushvalue(L, -1);
   t->ref = luaL_ref(L, LUA_REGISTRYINDEX);
   t->next = S->tasks;
@@ -540,17 +569,17 @@ static ml_Task *spawn(lua_State *L, int nargs, const char *name, int kind, int e
 
 /* [-(nargs+1), +1] */
 ml_Task *ml__task_spawn(lua_State *L, int nargs, const char *name) {
-  return spawn(L, nargs, name, SPAWN_ANY, 0);
+  return spawn(L, nargs, name, SPAWN_ANY, 0, NULL);
 }
 
 /* [-1, +1] */
-ml_Task *ml__task_spawn_coro(lua_State *L, const char *name, int eager) {
-  return spawn(L, 0, name, SPAWN_CORO, eager);
+ml_Task *ml__task_spawn_coro(lua_State *L, const char *name, int eager, ml_Task *in_place) {
+  return spawn(L, 0, name, SPAWN_CORO, eager, in_place);
 }
 
 /* [-1, +1] */
 ml_Task *ml__task_spawn_fn(lua_State *L, const char *name, int eager) {
-  return spawn(L, 0, name, SPAWN_ANY, eager);
+  return spawn(L, 0, name, SPAWN_ANY, eager, NULL);
 }
 
 /* ---- Lua methods ---- */
@@ -649,8 +678,9 @@ static int task_set_name(lua_State *L) {
  * -> coroutine | function | nil */
 static int task_get_coro(lua_State *L) {
   ml_Task *t = check_task(L, 1);
-  if (t->fut.state != ML_PENDING || lua_getiuservalue(L, 1, FUV_RESULT) == LUA_TSTRING)
-    lua_pushnil(L);
+  if (t->fut.state != ML_PENDING || t->started) lua_pushnil(L);
+  else if (t->in_place) lua_pushvalue(L, 1); /* it was that Coroutine */
+  else lua_getiuservalue(L, 1, FUV_RESULT);
   return 1;
 }
 

@@ -18,6 +18,8 @@ struct ml_Task {
   unsigned char k_always : 1;  /* k runs on cancellation too */
   unsigned char from_coro : 1; /* made of a Coroutine (else a function) */
   unsigned char packed : 1;    /* a function's arguments wait in TUV_THREAD */
+  unsigned char in_place : 1;  /* made in place of its Coroutine (coro.c) */
+  unsigned short coro_nargs;   /* in_place: its arguments, until it starts */
   int num_cancels;             /* cancel() requests not uncancelled */
   unsigned long id;
   ml_Future *awaiting; /* the future it awaits, or NULL */
@@ -73,10 +75,11 @@ int ml__task_parked(lua_State *co);
 /* [-(nargs+1), +1] pops a function (or a Coroutine) and its arguments,
  * pushes a new Task that will run it.  name may be NULL. */
 ml_Task *ml__task_spawn(lua_State *L, int nargs, const char *name);
-/* The same for a Coroutine already claimed (ml__coro_claim), and with
- * eager, its first step runs at once if the loop is running (an eager
- * task, Python 3.12's eager_start): [-1, +1]. */
-ml_Task *ml__task_spawn_coro(lua_State *L, const char *name, int eager);
+/* The same for a Coroutine already taken (ml__coro_take): in_place is
+ * the Task it was made (the value on top), or NULL if it was only
+ * claimed; with eager, its first step runs at once if the loop is running
+ * (an eager task, Python 3.12's eager_start): [-1, +1]. */
+ml_Task *ml__task_spawn_coro(lua_State *L, const char *name, int eager, ml_Task *in_place);
 /* The same for a function with no arguments.  [-1, +1] */
 ml_Task *ml__task_spawn_fn(lua_State *L, const char *name, int eager);
 
