@@ -554,6 +554,7 @@ static int l_conn(lua_State *L) {
 static const luaL_Reg module_funcs[] = {
   {"_conn", l_conn},
   {"reason", ml__http_l_reason},
+  {"_json_response", ml__http_l_json_response},
   {NULL, NULL},
 };
 

@@ -108,4 +108,7 @@ int ml__http_drain(lua_State *L);
 int ml__http_write(lua_State *L);
 int ml__http_start(lua_State *L);
 
+/* _json.c */
+int ml__http_l_json_response(lua_State *L);
+
 #endif

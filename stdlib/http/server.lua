@@ -60,12 +60,10 @@ local json_mod = require "json"
 local function json() return json_mod end
 M._json = json
 
--- http.json(value, [status]): a JSON response.
-function M.json(value, status, headers)
-  local r = M.Response(status or 200, json().encode(value), headers)
-  r.content_type = "application/json"
-  return r
-end
+-- http.json(value, [status], [headers]): a JSON response (an
+-- http.Response with content_type "application/json"), made in C
+-- (_json.c): json.encode's text, encoded straight from the value.
+M.json = core._json_response(Response, json_mod.encode)
 
 -------------------------------------------------------------------------------
 -- Requests
@@ -217,6 +215,18 @@ local function run(handler, req, hc)
   end
 end
 
+-- The same for an async function: `await handler(req)` runs its body
+-- inline in the connection's task, with no Coroutine object made (~1,300
+-- instructions a request less).
+local function run_async(handler, req, hc)
+  local res = await handler(req)
+  if res == nil then
+    hc:_finish_or_fail()
+  else
+    hc:_respond(res)
+  end
+end
+
 local function failed(srv, hc, req, err)
   if asyncio.isinstance(err, HTTPError) and math.type(err.status) == "integer"
       and err.status >= 400 and err.status <= 599 then
@@ -236,11 +246,11 @@ local function failed(srv, hc, req, err)
   })
 end
 
-local async function serve_conn(srv, hc, handler)
+local async function serve_conn(srv, hc, handler, runner)
   while true do
     local req = await hc
     if req == nil then break end
-    local ok, err = xpcall(run, msgh, handler, req, hc)
+    local ok, err = xpcall(runner, msgh, handler, req, hc)
     if not ok then failed(srv, hc, req, err) end
   end
   srv._conns[hc] = nil
@@ -344,10 +354,11 @@ local function make_server(handler, opts)
   }
   local conn = core._conn
   local conns = srv._conns
+  local runner = asyncio.iscoroutinefunction(handler) and run_async or run
   local function factory()
     local hc = conn(Request, Headers, limits)
     conns[hc] = true
-    loop:create_task(serve_conn(srv, hc, handler))
+    loop:create_task(serve_conn(srv, hc, handler, runner))
     return hc
   end
   local sopts = { ssl = opts.ssl, backlog = opts.backlog, reuse_port = opts.reuse_port,
