@@ -467,6 +467,19 @@ size_t ml_state_memory_peak(ml_State *S);
  * (docs/embedding.md has the figures). */
 void ml_state_set_cpu_budget(ml_State *S, unsigned long instructions);
 
+/* Limits every step of a task to about microseconds of wall-clock time
+ * (0: no limit, the default), with no cost to the VM: the budget's
+ * watchdog thread measures the steps and terminates one that runs past
+ * it, as the CPU budget does (a RuntimeError "task ran past its time
+ * budget ..." that the script cannot catch; ml_state_set_budget_scope
+ * applies).  The step is stopped between microseconds and microseconds
+ * + 2 ms (the watchdog looks every millisecond), later if the system
+ * runs the watchdog late; time the loop's thread spends in a host
+ * function counts (the step is stopped when the function returns).  It
+ * may be set together with an instruction budget: whichever runs out
+ * first.  Returns ML_OK, or -EAGAIN if no watchdog thread could start. */
+int ml_state_set_time_budget(ml_State *S, unsigned long microseconds);
+
 /* What running past the CPU budget ends: the task (ML_BUDGET_TASK, the
  * default), or the whole state (ML_BUDGET_STATE): then the run returns
  * and every later ml_state_run / _run_until / _step returns -ETIMEDOUT;

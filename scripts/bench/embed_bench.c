@@ -75,13 +75,16 @@ static void bench_create(void) {
 
 /* ---- VM speed with and without a budget ---- */
 
-/* Runs src as one task; its wall time. */
-static double run_vm(const char *src, unsigned long budget) {
+/* Runs src as one task, in a state with no budget (kind 0), an
+ * instruction budget that never runs out (1) or a time budget that never
+ * runs out (2); its wall time. */
+static double run_vm(const char *src, int kind) {
   ml_State *S = ml_state_new(NULL);
   ml_Future *t;
   double t0;
   if (S == NULL) die(NULL, "ml_state_new");
-  ml_state_set_cpu_budget(S, budget);
+  if (kind == 1) ml_state_set_cpu_budget(S, 1000000000000UL);
+  if (kind == 2 && ml_state_set_time_budget(S, 1000000000000UL) != ML_OK) die(S, "time budget");
   spawn(S, src, &t);
   t0 = now();
   if (ml_state_run(S) != ML_OK) die(S, "run");
@@ -97,6 +100,11 @@ static double run_vm(const char *src, unsigned long budget) {
   return t0;
 }
 
+/* The loops run as one long step (the watchdog puts the count hook on
+ * after the first millisecond: the instruction budget's cost is the
+ * hook's for nearly all of it, the time budget's none), and as steps of
+ * about 0.1 ms (an await every 10,000 iterations: no step lives long
+ * enough to get the hook). */
 static void bench_vm(void) {
   static const struct {
     const char *name, *src;
@@ -107,20 +115,29 @@ static void bench_vm(void) {
                  "for i = 1, N // 10 do t[i % 1000 + 1] = f(i, 3) s = s + t[i % 1000 + 1] end\n"
                  "return s"},
     {"vm_while", "local i = 0 while i < N do i = i + 1 end return i"},
+    {"vm_steps", "local x = 0\n"
+                 "for j = 1, N // 10000 do\n"
+                 "  for i = 1, 10000 do x = x + i end\n"
+                 "  await asyncio.sleep(0)\n"
+                 "end\n"
+                 "return x"},
   };
   char src[1024];
   int k, r;
   long n = quick ? 3000000 : 30000000;
   for (k = 0; k < (int)(sizeof loops / sizeof *loops); k++) {
-    double plain[3], budgeted[3];
+    double plain[3], budgeted[3], timed[3];
     snprintf(src, sizeof src, "local N = %ld\n%s", n, loops[k].src);
-    for (r = 0; r < 3; r++) { /* interleaved: load changes hit both alike */
+    for (r = 0; r < 3; r++) { /* interleaved: load changes hit all alike */
       plain[r] = run_vm(src, 0);
-      budgeted[r] = run_vm(src, 1000000000000UL);
+      budgeted[r] = run_vm(src, 1);
+      timed[r] = run_vm(src, 2);
     }
     printf("%s_plain %.3f s\n", loops[k].name, median(plain, 3));
     printf("%s_budget %.3f s\n", loops[k].name, median(budgeted, 3));
+    printf("%s_time_budget %.3f s\n", loops[k].name, median(timed, 3));
     printf("%s_budget_cost %.2f x\n", loops[k].name, median(budgeted, 3) / median(plain, 3));
+    printf("%s_time_budget_cost %.2f x\n", loops[k].name, median(timed, 3) / median(plain, 3));
   }
 }
 

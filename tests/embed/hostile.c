@@ -14,6 +14,9 @@
 
 static int passed, failed;
 static char reported[2048];
+/* Plugins get a time budget of this many microseconds instead of an
+ * instruction budget, if not 0. */
+static unsigned long time_budget_us;
 
 static void on_error(ml_State *S, const char *msg, void *ud) {
   (void)S;
@@ -33,7 +36,15 @@ static ml_State *plugin(const char *const *allow) {
     fprintf(stderr, "set-up: %s\n", ml_state_error(S));
     exit(1);
   }
-  ml_state_set_cpu_budget(S, 5 * 1000 * 1000);
+  if (time_budget_us) {
+    /* The watchdog's budget alone: no instruction is counted. */
+    if (ml_state_set_time_budget(S, time_budget_us) != ML_OK) {
+      fprintf(stderr, "set-up: %s\n", ml_state_error(S));
+      exit(1);
+    }
+  } else {
+    ml_state_set_cpu_budget(S, 5 * 1000 * 1000);
+  }
   return S;
 }
 
@@ -230,6 +241,38 @@ int main(void) {
          "  end)\n"
          "end",
          "CPU budget");
+  /* ---- coroutines: the budget follows the thread that runs ---- */
+  expect("a loop in a coroutine, from its first instruction",
+         "coroutine.wrap(function() while true do end end)()", "CPU budget");
+  expect("a loop in coroutine.resume",
+         "local co = coroutine.create(function() while true do end end)\n"
+         "local ok, e = coroutine.resume(co)\n"
+         "while true do end",
+         "CPU budget");
+  expect("two coroutines passing control back and forth",
+         "local a = coroutine.wrap(function() while true do coroutine.yield() end end)\n"
+         "while true do a() end",
+         "CPU budget");
+  expect("coroutines nested fifty deep",
+         "local function nest(n)\n"
+         "  if n == 0 then while true do end end\n"
+         "  return coroutine.wrap(function() return nest(n - 1)() end)\n"
+         "end\n"
+         "nest(50)()",
+         "CPU budget");
+  expect("a coroutine that catches the budget and loops on",
+         "local co = coroutine.wrap(function()\n"
+         "  while true do pcall(coroutine.wrap(function() while true do end end)) end\n"
+         "end)\n"
+         "while true do pcall(co) end",
+         "CPU budget");
+  expect("a generator in a task that awaits, then loops",
+         "local gen = coroutine.wrap(function()\n"
+         "  await asyncio.sleep(0)\n"
+         "  while true do end\n"
+         "end)\n"
+         "gen()",
+         "CPU budget");
   /* ---- long C calls: the string library's pattern matching ---- */
   expect("a backtracking find", "return string.rep('a', 1e6):find(('a*'):rep(20) .. 'b')",
          "CPU budget");
@@ -290,6 +333,39 @@ int main(void) {
   /* ---- memory ---- */
   expect("the memory cap", "local t = {} while true do t[#t + 1] = string.rep('x', 1e5) .. #t end",
          "not enough memory");
+
+  /* ---- the time budget: the watchdog alone stops the step ---- */
+  time_budget_us = 20 * 1000;
+  expect("time budget: a busy loop", "while true do end", "time budget of 20 ms");
+  expect("time budget: pcall does not catch it",
+         "while true do pcall(function() while true do end end) end", "time budget");
+  expect(
+    "time budget: xpcall's handler does not either",
+    "while true do xpcall(function() while true do end end, function() while true do end end) end",
+    "time budget");
+  expect(
+    "time budget: a loop in a coroutine",
+    "local co = coroutine.wrap(function() while true do pcall(function() while true do end end) end end)\n"
+    "while true do pcall(co) end",
+    "time budget");
+  expect("time budget: coroutines passing control",
+         "local a = coroutine.wrap(function() while true do coroutine.yield() end end)\n"
+         "while true do a() end",
+         "time budget");
+  expect("time budget: a backtracking find",
+         "return string.rep('a', 1e6):find(('a*'):rep(20) .. 'b')", "time budget");
+  expect("time budget: a step that awaits is not stopped",
+         "for i = 1, 3 do local n = 0 for j = 1, 1e4 do n = n + j end await asyncio.sleep(0) end\n"
+         "return 'contained'",
+         "ok:contained");
+  /* The finalizer is stopped by the fixed limit; the time it took is the
+   * step's, which is then past its budget. */
+  expect("time budget: a finalizer that never stops",
+         "setmetatable({}, { __gc = function() while true do end end })\n"
+         "collectgarbage('collect')\n"
+         "return 'contained'",
+         "time budget");
+  time_budget_us = 0;
 
   printf("%d passed, %d failed\n", passed, failed);
   return failed ? 1 : 0;

@@ -9,9 +9,11 @@
  * Why there is no data race (the reasoning TSan would check): the other
  * threads call only ml_state_interrupt, ml_promise_resolve and
  * ml_promise_release.  ml_state_interrupt reads S->step_seq and writes
- * S->interrupt_seq with atomics, nothing else of S (vm/core/task.c,
- * "interrupts"); the loop's thread reads interrupt_seq atomically in the
- * budget's hook.  A promise is reference counted (atomics) and separate
+ * S->interrupt_seq with atomics, then puts the budget's hook on the
+ * thread running the step with the state's allocator gate closed (no
+ * free can take what it reads away) after a membarrier (vm/core/budget.c,
+ * "Arming from another thread"); the loop's thread reads interrupt_seq
+ * atomically in the budget's hook.  A promise is reference counted (atomics) and separate
  * from the state; its completion is claimed by an atomic exchange and
  * queued on the state's wake-up under its mutex, which ml_state_close
  * shuts (vm/core/wakeup.c): after that every completion returns
@@ -168,18 +170,68 @@ static void test_interrupt_without_budget(void) {
   char want[32];
   ml_state_register(S, "from_other_thread", from_other_thread);
   ml_state_register(S, "from_this_thread", from_this_thread);
-  /* Without a budget no hook runs, so another thread cannot get in: it
-   * is told so, and nothing changes. */
-  t = spawn(S, "return from_other_thread()");
+  /* Without a budget another thread gets in too: it puts the hook on
+   * the running thread (here while the step is in a host function,
+   * which returns first). */
+  t = spawn(S, "RC = from_other_thread()\n"
+               "while true do pcall(function() while true do end end) end");
   ml_state_run(S);
-  snprintf(want, sizeof want, "ok:%d", -ENOTSUP);
-  CHECK(strcmp(outcome(S, t), want) == 0, "from another thread, no budget: %s (wanted -ENOTSUP)",
+  CHECK(strcmp(outcome(S, t), "error:KeyboardInterrupt") == 0, "from another thread, no budget: %s",
         outcome(S, t));
+  lua_getglobal(ml_state_lua(S), "RC");
+  snprintf(want, sizeof want, "%d", (int)lua_tointeger(ml_state_lua(S), -1));
+  CHECK(strcmp(want, "0") == 0, "the interrupt from another thread returned %s", want);
+  lua_pop(ml_state_lua(S), 1);
   ml_future_release(ml_state_lua(S), t);
   t = spawn(S, "pcall(function() from_this_thread() while true do end end)\n"
                "while true do pcall(function() while true do end end) end");
   ml_state_run(S);
   CHECK(strcmp(outcome(S, t), "error:KeyboardInterrupt") == 0, "from the loop's thread: %s",
+        outcome(S, t));
+  ml_future_release(ml_state_lua(S), t);
+  ml_state_close(S);
+}
+
+/* ---- an interrupt lands on the coroutine that runs, not the task ---- */
+
+static int coroutine_running; /* atomic: the script's coroutine has started */
+
+static int running_now(lua_State *L) {
+  (void)L;
+  __atomic_store_n(&coroutine_running, 1, __ATOMIC_RELEASE);
+  return 0;
+}
+
+/* Interrupts S once the script said its coroutine runs (bounded: 10 s). */
+static void *interrupt_when_running(void *ud) {
+  Watchdog *w = ud;
+  for (w->tries = 0; w->tries < 10000; w->tries++) {
+    if (__atomic_load_n(&coroutine_running, __ATOMIC_ACQUIRE)) break;
+    pause_briefly();
+  }
+  w->rc = ml_state_interrupt(w->S);
+  return NULL;
+}
+
+static void test_interrupt_in_coroutine(void) {
+  ml_State *S = new_state();
+  ml_Future *t;
+  pthread_t th;
+  Watchdog w = {S, 0, 0};
+  ml_state_register(S, "running_now", running_now);
+  /* No budget: nothing but the interrupt puts a hook anywhere.  The loop
+   * runs two coroutines deep; the task's own thread only waits. */
+  t = spawn(S, "local inner = coroutine.wrap(function()\n"
+               "  running_now()\n"
+               "  while true do pcall(function() while true do end end) end\n"
+               "end)\n"
+               "coroutine.wrap(function() inner() end)()\n"
+               "return 'not stopped'");
+  pthread_create(&th, NULL, interrupt_when_running, &w);
+  CHECK(ml_state_run(S) == ML_OK, "run: %s", ml_state_error(S));
+  pthread_join(th, NULL);
+  CHECK(w.rc == ML_OK, "the interrupt returned %d", w.rc);
+  CHECK(strcmp(outcome(S, t), "error:KeyboardInterrupt") == 0, "the coroutine's loop ended with %s",
         outcome(S, t));
   ml_future_release(ml_state_lua(S), t);
   ml_state_close(S);
@@ -325,6 +377,7 @@ static void test_close_halfway(void) {
 int main(void) {
   test_watchdog();
   test_interrupt_without_budget();
+  test_interrupt_in_coroutine();
   test_watchdog_stops_a_match();
   test_close_halfway();
   printf("%d passed, %d failed\n", passed, failed);

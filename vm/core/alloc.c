@@ -1,4 +1,5 @@
 /* alloc.c: the state's lua_Alloc: size-class pools, a byte cap, exact counts. */
+#include <sched.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
@@ -84,6 +85,9 @@ struct ml_Alloc {
    * numbered fail_from .. fail_from + fail_len - 1 are refused. */
   size_t growths, fail_from, fail_len;
   int counting;
+  /* The free gate (ml__alloc_gate_close): while it is closed, a free
+   * waits.  Written by other threads, atomically. */
+  int gate;
 };
 
 _Static_assert(sizeof(Slab) <= HDR && sizeof(Large) <= HDR, "header size");
@@ -250,6 +254,19 @@ static void *resize(ml_Alloc *a, void *p, size_t osize, size_t nsize) {
   return q;
 }
 
+int ml__alloc_full_fence;
+
+static void gate_wait(ml_Alloc *a) {
+  while (__atomic_load_n(&a->gate, __ATOMIC_ACQUIRE)) sched_yield();
+}
+
+int ml__alloc_gate_close(ml_Alloc *a) {
+  int open = 0;
+  return __atomic_compare_exchange_n(&a->gate, &open, 1, 0, __ATOMIC_ACQUIRE, __ATOMIC_RELAXED);
+}
+
+void ml__alloc_gate_open(ml_Alloc *a) { __atomic_store_n(&a->gate, 0, __ATOMIC_RELEASE); }
+
 /* The lua_Alloc contract: ptr == NULL means a new block and osize is then
  * a type tag (LUA_TTABLE...), not a size; nsize == 0 means free ptr and
  * return NULL; otherwise behave like realloc, returning NULL only when
@@ -259,6 +276,13 @@ void *ml__alloc_lua(void *ud, void *ptr, size_t osize, size_t nsize) {
   if (ptr == NULL) osize = 0;
   if (nsize == 0) {
     if (ptr != NULL) {
+      /* Freeing is what the gate holds back (budget.c, "Arming from
+       * another thread"): the gate's closer fences (membarrier) after
+       * closing it, so a compiler barrier is enough here, unless there
+       * is no membarrier. */
+      if (ml__alloc_full_fence) __atomic_thread_fence(__ATOMIC_SEQ_CST);
+      else __atomic_signal_fence(__ATOMIC_SEQ_CST);
+      if (__builtin_expect(__atomic_load_n(&a->gate, __ATOMIC_RELAXED), 0)) gate_wait(a);
       if (osize <= SMALL_MAX) pool_put(a, CLASS(osize), ptr);
       else large_free(ptr);
       a->used -= osize;

@@ -41,4 +41,18 @@ size_t ml__alloc_growths(const ml_Alloc *a);
  * would pass the cap; shrinking and freeing never fail. */
 void *ml__alloc_lua(void *ud, void *ptr, size_t osize, size_t nsize);
 
+/* The free gate, for code that reads the state's Lua objects from
+ * another thread (budget.c, "Arming from another thread"): while it is
+ * closed, ml__alloc_lua does not free (a free waits until it opens), so
+ * nothing the other thread reads goes away under it.  Any thread may
+ * close and open it; ml__alloc_gate_close returns 0 if it was closed
+ * already (by another thread), 1 if this call closed it.  The closer
+ * must then fence (membarrier, or a full fence if ml__alloc_full_fence)
+ * before it reads. */
+int ml__alloc_gate_close(ml_Alloc *a);
+void ml__alloc_gate_open(ml_Alloc *a);
+/* Set at load time (budget.c's constructor) when there is no membarrier: the
+ * free path then fences fully. */
+extern int ml__alloc_full_fence;
+
 #endif

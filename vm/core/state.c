@@ -7,6 +7,7 @@
 #include <string.h>
 #include <lualib.h>
 #include "task.h"
+#include "budget.h"
 #include "coro.h"
 #include "sched.h"
 #include "exc.h"
@@ -59,6 +60,7 @@ void ml__preload_embedded(lua_State *L, const ml_Embedded *list) {
  * init() -> nothing */
 static int init(lua_State *L) {
   luaL_openlibs(L);
+  ml__budget_open(L); /* coroutine.resume/wrap, before any code captures them */
   ml__loader_open(L);
   luaL_getsubtable(L, LUA_REGISTRYINDEX, LUA_PRELOAD_TABLE);
   lua_pushcfunction(L, ml__corelib_open);
@@ -280,7 +282,8 @@ void ml__state_close(ml_State *S) {
   ml__theap_free(&S->sleepers);
   /* Other threads see -ESHUTDOWN from here on; what they queued is freed. */
   ml__wakeup_close(S);
-  S->closing = 1; /* finalizers run under a limit from here (sandbox.c) */
+  ml__budget_close(S); /* no more watching */
+  S->closing = 1;      /* finalizers run under a limit from here (sandbox.c) */
   lua_close(S->L);
   ml__readyq_free(&S->ready);
   ml__worker_free(S);

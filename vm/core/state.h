@@ -50,8 +50,17 @@ struct ml_State {
    * any, atomically. */
   unsigned long step_seq;
   unsigned long interrupt_seq; /* the step to interrupt; atomic, any thread */
-  int budget_whole_state;      /* running past it stops the state, not the task */
-  int budget_dead;             /* it did: the state runs nothing more */
+  /* The watchdog's (budget.c): the thread running the step's code (read
+   * by other threads), the step that should have the hook, the step the
+   * hook ran in, the step past its time budget, the step being
+   * terminated; atomics. */
+  lua_State *running_L;
+  unsigned long hook_seq, hooked_seq, timeout_seq, term_seq;
+  unsigned long time_budget_us; /* per task step, wall-clock; 0 = none */
+  int timed_out;                /* the step is terminated for its time budget */
+  struct ml_Watch *watch;       /* the watchdog's entry for S, or NULL */
+  int budget_whole_state;       /* running past it stops the state, not the task */
+  int budget_dead;              /* it did: the state runs nothing more */
   ml_ErrorHandler on_error;
   int report_at_finish; /* report a failed task nobody awaits at once */
   void *on_error_ud;

@@ -325,23 +325,16 @@ static void step(ml_State *S, lua_State *L, ml_Task *t) {
   }
   S->current = t;
   if (prev == NULL) { /* an eager step is part of its creator's */
-    S->step_instr = 0;
-    S->over_budget = 0;
-    S->interrupted = 0;
-  }
-  /* Without a budget, a thread still hooked by an earlier termination or
-   * interrupt unhooks itself at the hook's first call (budget.c): no
-   * lua_gethook here on every step (sleep(0) pays for each API call). */
-  if (S->instr_budget) ml__budget_arm(co);
-  if (prev == NULL) {
     stepping = ml__tls_stepping;
     ml__tls_stepping = S;
-    ml__step_seq_begin(S, S->instr_budget != 0);
-  }
-  status = lua_resume(co, L, nargs, &nres);
-  if (prev == NULL) {
-    ml__step_seq_end(S);
+    ml__budget_step_begin(S, co);
+    status = lua_resume(co, L, nargs, &nres);
+    ml__budget_step_end(S);
     ml__tls_stepping = stepping;
+  } else {
+    lua_State *running = ml__budget_enter(S, co);
+    status = lua_resume(co, L, nargs, &nres);
+    ml__budget_leave(S, running);
   }
   S->current = prev;
 

@@ -29,14 +29,9 @@ struct ml_Task {
   lua_KContext kctx;
 };
 
-/* Puts the CPU budget's hook on thread co, which runs script code where
- * Lua turns hooks off (an xpcall message handler, in the sandbox): the
- * running step's count goes on, and past the budget it raises at once. */
-void ml__budget_arm(lua_State *co);
 /* ml_state_interrupt (budget.c, "Interrupts"): asks the task step under way
  * to stop with KeyboardInterrupt, which the script cannot catch.  Any
- * thread; async-signal-safe.  0, -ESRCH (no step runs) or -ENOTSUP (from
- * another thread, a step without the budget's hook). */
+ * thread; async-signal-safe.  0 or -ESRCH (no step runs). */
 int ml__task_interrupt(ml_State *S);
 /* Counts n steps of a long C call made on thread L (the string matcher,
  * vm/embed/strmatch.c) as n instructions of the task step under way, and

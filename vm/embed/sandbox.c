@@ -3,6 +3,7 @@
 #include <errno.h>
 #include <string.h>
 #include "embed.h"
+#include "core/budget.h"
 
 /* ---- memory ---- */
 
@@ -39,11 +40,30 @@ static int strmatch_p(lua_State *L) {
 void ml_state_set_cpu_budget(ml_State *S, unsigned long instructions) {
   ml_Embed *E = ml__embed(S);
   if (E) E->err[0] = '\0';
-  S->instr_budget = instructions;
+  /* Watched first: a step that begins once the budget is set is seen.
+   * Without a watchdog (no thread could start) the budget counts from
+   * the first instruction of each step (budget.c). */
+  if (instructions) ml__budget_watch(S);
+  __atomic_store_n(&S->instr_budget, instructions, __ATOMIC_RELAXED);
   /* The string library's pattern functions count their steps from now on
    * (strmatch.c); only a memory error can stop that (then a long match
    * stays one instruction, and ml_state_error says so). */
   if (instructions) ml__embed_pcall(S->L, strmatch_p, NULL);
+}
+
+int ml_state_set_time_budget(ml_State *S, unsigned long microseconds) {
+  ml_Embed *E = ml__embed(S);
+  int rc;
+  if (E) E->err[0] = '\0';
+  if (microseconds) {
+    rc = ml__budget_watch(S);
+    if (rc < 0)
+      return ml__embed_fail(S, rc, "ml_state_set_time_budget: no watchdog thread could start");
+  }
+  __atomic_store_n(&S->time_budget_us, microseconds, __ATOMIC_RELAXED);
+  /* The pattern matcher is stopped at its next charge (strmatch.c). */
+  if (microseconds) ml__embed_pcall(S->L, strmatch_p, NULL);
+  return ML_OK;
 }
 
 int ml_state_set_budget_scope(ml_State *S, int scope) {
@@ -69,7 +89,8 @@ extern const ml_Embedded ml__sandbox_lua[];
 
 /* Finalizers: a __gc wrapped by the policy runs on a thread of its own,
  * where hooks work (Lua turns them off for the finalizing thread), with
- * the state's CPU budget - or, while the state closes, a fixed limit, so
+ * the state's CPU budget - or, under a time budget alone or while the
+ * state closes, a fixed limit (the time is the step's), so
  * that a finalizer that never stops cannot keep the state from closing. */
 #define GC_SLICE 1000
 #define GC_CLOSE_LIMIT 10000000UL
@@ -89,7 +110,7 @@ static void gc_hook(lua_State *L, lua_Debug *ar) {
 
 void ml__finalizer_charge(lua_State *L, unsigned long n) {
   ml_State *S = ml__state(L);
-  if (!(S->instr_budget || S->closing)) return; /* as gc_run hooks */
+  if (!(S->instr_budget || S->time_budget_us || S->closing)) return; /* as gc_run hooks */
   S->gc_instr += n;
   if (S->gc_instr > (S->instr_budget ? S->instr_budget : GC_CLOSE_LIMIT)) {
     lua_sethook(L, gc_hook, LUA_MASKCOUNT | LUA_MASKCALL | LUA_MASKRET, 1);
@@ -107,7 +128,10 @@ static int gc_run(lua_State *L) {
   lua_pushvalue(L, 1);
   lua_xmove(L, co, 2);
   S->gc_instr = 0;
-  if (S->instr_budget || S->closing) lua_sethook(co, gc_hook, LUA_MASKCOUNT, GC_SLICE);
+  /* Hooked from the start (finalizers are rare): under a time budget
+   * alone, with the fixed limit. */
+  if (S->instr_budget || S->time_budget_us || S->closing)
+    lua_sethook(co, gc_hook, LUA_MASKCOUNT, GC_SLICE);
   S->in_finalizer = 1;
   st = lua_resume(co, L, 1, &nres);
   S->in_finalizer = outer;
@@ -135,15 +159,17 @@ static int wrap_gc(lua_State *L) {
  * message handler with hooks off when the error came from a hook (the
  * budget's), so a handler that loops would escape the budget. */
 static int guarded(lua_State *L) {
+  ml_State *S = ml__state(L);
   int n = lua_gettop(L), nres, st;
-  lua_State *co;
+  lua_State *co, *prev;
   luaL_checktype(L, 1, LUA_TFUNCTION);
   co = lua_newthread(L);
   lua_insert(L, 1);
-  ml__budget_arm(co);
   if (!lua_checkstack(co, n)) return luaL_error(L, "stack overflow");
   lua_xmove(L, co, n);
+  prev = ml__budget_enter(S, co); /* the step's hook, if it has it */
   st = lua_resume(co, L, n - 1, &nres);
+  ml__budget_leave(S, prev);
   if (st == LUA_YIELD) {
     lua_resetthread(co);
     return luaL_error(L, "a message handler cannot yield");
