@@ -177,25 +177,21 @@ int ml_state_stop(ml_State *S);
 /* Stops Lua code that never awaits (`while true do end`, or a pattern
  * match that would backtrack for ever in a budgeted or sandboxed state):
  * the task step running now is terminated with asyncio.KeyboardInterrupt,
- * which the
- * script cannot catch (as the CPU budget's error: a pcall, xpcall,
- * coroutine or __close that catches it is stopped again at its next
- * instruction), and the task fails with it; the loop and the other tasks
- * carry on.  Safe from any thread and async-signal-safe (it records no
- * message):
- * - from the loop's own thread (a signal handler, as lua.c's Ctrl+C, or
- *   a host function the script called) it stops the task at its next
- *   instruction, budget or not;
- * - from another thread (a watchdog) it only stores an atomic flag, which
- *   the CPU budget's hook (and its pattern matcher) reads on the loop's
- *   thread within 1,000 instructions (or matcher steps): so the state
- *   needs a budget (ml_state_set_cpu_budget; (unsigned long)-1 never runs
- *   out).
- * An interrupt is for the step under way: one that ended meanwhile has
- * nothing stopped, and no later step is.  Returns ML_OK; -ESRCH if no
- * task step is running (the loop is waiting, or in a callback: cancel
- * instead, with ml_future_cancel); -ENOTSUP from another thread if the
- * state has no budget. */
+ * which the script cannot catch (as the CPU budget's error: a pcall,
+ * xpcall, coroutine or __close that catches it is stopped again at its
+ * next instruction), and the task fails with it; the loop and the other
+ * tasks carry on.  Safe from any thread and async-signal-safe (it records
+ * no message), budget or not: it puts the budget's hook on the thread
+ * running the step (the task's, or a coroutine it resumed), directly from
+ * the loop's own thread (a signal handler, as lua.c's Ctrl+C, or a host
+ * function the script called), and from another thread (a watchdog)
+ * with the state's allocator holding back frees meanwhile (vm/core/
+ * budget.c); the step stops at its next instruction, or in a pattern
+ * match within 1,000 matcher steps, or when the host function it is in
+ * returns.  An interrupt is for the step under way: one that ended
+ * meanwhile has nothing stopped, and no later step is.  Returns ML_OK,
+ * or -ESRCH if no task step is running (the loop is waiting, or in a
+ * callback: cancel instead, with ml_future_cancel). */
 int ml_state_interrupt(ml_State *S);
 
 /* ---- Host functions and modules ------------------------------------ */
@@ -444,7 +440,10 @@ size_t ml_state_memory_used(ml_State *S);
 size_t ml_state_memory_peak(ml_State *S);
 
 /* Limits every step of a task (from one await to the next) to about
- * instructions Lua VM instructions (0: no limit, the default).  A task
+ * instructions Lua VM instructions (0: no limit, the default), counted
+ * from the moment the step has run for one slice (1-2 ms: the budget's
+ * watchdog thread then puts the count hook on it; a step's first slice
+ * is free, and a step shorter than that never has the hook).  A task
  * that runs past it is terminated: it fails with a RuntimeError ("task
  * ran past its CPU budget ...") that the script cannot catch - a pcall,
  * xpcall, error handler, coroutine or __close that catches it is stopped
@@ -460,11 +459,14 @@ size_t ml_state_memory_peak(ml_State *S);
  * backtracking pattern is stopped like a loop (set the budget before
  * loading scripts: a function a script saved earlier is not replaced).
  * Other long C calls are bounded by the memory cap (string.rep,
- * table.concat) or are linear (a plain find).  Cost: while any count hook
- * is set, Lua 5.4 runs its hook check before every instruction (the count
- * only says how often the hook itself runs), so budgeted Lua code runs
- * about 2x slower; the matcher costs about 4% more than Lua's
- * (docs/embedding.md has the figures). */
+ * table.concat) or are linear (a plain find).  Cost: none for a step shorter
+ * than a slice; once the hook is on, Lua 5.4 runs its hook check before
+ * every instruction (the count only says how often the hook itself
+ * runs), so a long step's counted part runs 2-3x slower (a time budget,
+ * ml_state_set_time_budget, costs nothing); the matcher costs about 4%
+ * more than Lua's (docs/embedding.md has the figures).  Without a
+ * watchdog thread (none could start) the count starts at each step's
+ * first instruction. */
 void ml_state_set_cpu_budget(ml_State *S, unsigned long instructions);
 
 /* Limits every step of a task to about microseconds of wall-clock time

@@ -237,6 +237,22 @@ static void test_interrupt_in_coroutine(void) {
   ml_state_close(S);
 }
 
+/* ---- the time budget, with the whole state as its scope ---- */
+
+static void test_time_budget_stops_the_state(void) {
+  ml_State *S = new_state();
+  ml_Future *t;
+  CHECK(ml_state_set_time_budget(S, 10 * 1000) == ML_OK, "time budget: %s", ml_state_error(S));
+  CHECK(ml_state_set_budget_scope(S, ML_BUDGET_STATE) == ML_OK, "scope: %s", ml_state_error(S));
+  t = spawn(S, "while true do pcall(function() while true do end end) end");
+  CHECK(ml_state_run(S) == -ETIMEDOUT, "run: %s", ml_state_error(S));
+  CHECK(strstr(outcome(S, t), "time budget of 10 ms") != NULL, "the task ended with %s",
+        outcome(S, t));
+  CHECK(ml_state_run(S) == -ETIMEDOUT, "a later run: %s", ml_state_error(S));
+  ml_future_release(ml_state_lua(S), t);
+  ml_state_close(S);
+}
+
 /* ---- a watchdog stops a pattern match that would never end ---- */
 
 /* gsub's replacement function, a C function: it has a thread interrupt
@@ -378,6 +394,7 @@ int main(void) {
   test_watchdog();
   test_interrupt_without_budget();
   test_interrupt_in_coroutine();
+  test_time_budget_stops_the_state();
   test_watchdog_stops_a_match();
   test_close_halfway();
   printf("%d passed, %d failed\n", passed, failed);

@@ -192,9 +192,17 @@ static void raise_terminated(ml_State *S, lua_State *L) {
 /* An interrupt or the time budget asks for the step to stop: starts
  * terminating it (1) or not (0). */
 static int stop_asked(ml_State *S, lua_State *L) {
-  if (asked(S, &S->interrupt_seq)) S->interrupted = 1;
-  else if (asked(S, &S->timeout_seq)) S->timed_out = 1;
-  else return 0;
+  if (asked(S, &S->interrupt_seq)) {
+    S->interrupted = 1;
+  } else if (asked(S, &S->timeout_seq)) {
+    S->timed_out = 1;
+    if (S->budget_whole_state) { /* as spend: the host chose to stop the state */
+      S->budget_dead = 1;
+      S->stopping = 1;
+    }
+  } else {
+    return 0;
+  }
   terminate_step(S, L);
   return 1;
 }
