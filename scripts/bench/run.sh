@@ -817,9 +817,15 @@ if want embed; then
   row "state creation" "us" less embed.create_sandboxed "plain state" embed.create_plain 0.5 "$T_SANDBOX"
   row "state Lua heap" "KB" mem embed.heap_sandboxed "plain state" embed.heap_plain 2 "$T_SANDBOX"
   for v in forloop mixed while; do
-    row "Lua VM ($v), budget" "s" less "embed.vm_${v}_budget" "no budget" "embed.vm_${v}_plain" 0.5 \
-      "budget far under 2x slower"
+    row "Lua VM ($v, one long step), instruction budget" "s" less "embed.vm_${v}_budget" "no budget" \
+      "embed.vm_${v}_plain" - "(measure: hooked after the first 1 ms)"
+    row "Lua VM ($v, one long step), time budget" "s" less "embed.vm_${v}_time_budget" "no budget" \
+      "embed.vm_${v}_plain" 0.9 "budget far under 2x slower"
   done
+  row "Lua VM (steps < 1 ms), instruction budget" "s" less embed.vm_steps_budget "no budget" \
+    embed.vm_steps_plain 0.9 "budget far under 2x slower"
+  row "Lua VM (steps < 1 ms), time budget" "s" less embed.vm_steps_time_budget "no budget" \
+    embed.vm_steps_plain 0.9 "budget far under 2x slower"
   row "patterns, counted matcher" "s" less embed.match_counted "Lua's matcher" embed.match_plain - "(measure)"
   row "patterns, budget" "s" less embed.match_budget "Lua's matcher" embed.match_plain - "(measure)"
   row "ml_state_step, 1k sleepers" "us" less embed.step_1000_sleepers "0 sleepers" embed.step_0_sleepers - \
