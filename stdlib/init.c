@@ -45,8 +45,20 @@ static const struct {
                  {"http._curl", luaopen_http__curl, "net"},
                  {NULL, NULL, NULL}};
 
+/* The graceful-shutdown hook (ml__at_shutdown): fn(main) closes every
+ * server still open and then cancels main, asyncio.transports._shutdown
+ * (loaded now if no script has loaded it). */
+static int stdlib_shutdown(lua_State *L) {
+  ml__require(L, "asyncio.transports");
+  lua_getfield(L, -1, "_shutdown");
+  lua_pushvalue(L, 1);
+  lua_call(L, 1, 0);
+  return 0;
+}
+
 void ml__stdlib_open(lua_State *L) {
   int i;
+  ml__at_shutdown(L, stdlib_shutdown);
   ml__preload_embedded(L, ml__embedded_lua);
   luaL_getsubtable(L, LUA_REGISTRYINDEX, LUA_PRELOAD_TABLE);
   for (i = 0; c_modules[i].name; i++) {

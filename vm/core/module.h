@@ -386,6 +386,17 @@ int ml__wakeup_post(ml_State *S, ml_WakeFn fn, void *ud);
 void ml__loop_hold(ml_State *S);
 void ml__loop_unhold(ml_State *S);
 
+/* ---- Graceful shutdown (worker.c) -----------------------------------
+ * ml_state_shutdown (a worker's SIGTERM, or a host's call) runs the
+ * hooks that stdlib modules registered, in the order they registered:
+ * the core knows no module that has something to close. */
+
+/* [-0, +0] registers fn, called at each graceful shutdown as fn(main)
+ * in a protected call (main: the main Task, or nil when the host gave
+ * none); its results are dropped and its error is the call's error.
+ * Registered once per state (ml__stdlib_open does it). */
+void ml__at_shutdown(lua_State *L, lua_CFunction fn);
+
 /* ---- The worker thread pool (threadpool.c) ---------------------------
  * One pool per process, shared by every state: resolution, ml_work_submit,
  * asyncio.to_thread.  Threads start on demand up to

@@ -92,3 +92,36 @@ static const luaL_Reg worker_funcs[] = {
 };
 
 void ml__worker_open(lua_State *L) { luaL_setfuncs(L, worker_funcs, 0); }
+
+/* The graceful-shutdown hooks (module.h): registry[&shutdown_key] is a
+ * list of the C functions registered, called in order. */
+static const char shutdown_key = 0;
+
+void ml__at_shutdown(lua_State *L, lua_CFunction fn) {
+  ML_STACK_MARK(L);
+  if (lua_rawgetp(L, LUA_REGISTRYINDEX, &shutdown_key) != LUA_TTABLE) {
+    lua_pop(L, 1);
+    lua_newtable(L);
+    lua_pushvalue(L, -1);
+    lua_rawsetp(L, LUA_REGISTRYINDEX, &shutdown_key);
+  }
+  lua_pushcfunction(L, fn);
+  lua_rawseti(L, -2, (lua_Integer)lua_rawlen(L, -2) + 1);
+  lua_pop(L, 1);
+  ML_STACK_CHECK(L, 0);
+}
+
+void ml__shutdown_run(lua_State *L, int main) {
+  ML_STACK_MARK(L);
+  main = lua_absindex(L, main);
+  if (lua_rawgetp(L, LUA_REGISTRYINDEX, &shutdown_key) == LUA_TTABLE) {
+    lua_Integer n = (lua_Integer)lua_rawlen(L, -1);
+    for (lua_Integer i = 1; i <= n; i++) {
+      lua_rawgeti(L, -1, i);
+      lua_pushvalue(L, main);
+      lua_call(L, 1, 0);
+    }
+  }
+  lua_pop(L, 1);
+  ML_STACK_CHECK(L, 0);
+}

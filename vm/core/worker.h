@@ -22,5 +22,9 @@ void ml__worker_free(ml_State *S);
 /* [-0, +0] adds worker_id, worker_count, worker_ready and _listen_dup to
  * the asyncio.core table at the top of L's stack. */
 void ml__worker_open(lua_State *L);
+/* [-0, +0] calls the hooks ml__at_shutdown registered (module.h), in
+ * order, each as hook(value at index main): the main Task or nil.  An
+ * error propagates (the caller runs it protected). */
+void ml__shutdown_run(lua_State *L, int main);
 
 #endif

@@ -29,18 +29,16 @@ int ml_state_set_worker(ml_State *S, const ml_Worker *w) {
   return ML_OK;
 }
 
-/* [main lightuserdata] -> calls asyncio.transports._shutdown(main task or
- * nil); no results. */
+/* [main lightuserdata] -> runs the graceful-shutdown hooks the stdlib
+ * registered (ml__at_shutdown) with the main task or nil; no results. */
 static int shutdown_p(lua_State *L) {
   ml_Future *main = lua_touserdata(L, 1);
   lua_settop(L, 0);
-  ml__require(L, "asyncio.transports");
-  lua_getfield(L, 1, "_shutdown");
   if (main == NULL || ml__anchor_push(L, main) != LUA_TUSERDATA) {
-    lua_settop(L, 2);
+    lua_settop(L, 0);
     lua_pushnil(L);
   }
-  lua_call(L, 1, 0);
+  ml__shutdown_run(L, 1);
   return 0;
 }
 
