@@ -17,8 +17,8 @@
  * (the context sets OP_IGNORE_UNEXPECTED_EOF, as asyncio reports it) or,
  * with that option cleared, SSLEOFError.
  *
- * Also: SSLObject, what get_extra_info("ssl_object") returns and the
- * servername callback is given. */
+ * SSLObject, what get_extra_info("ssl_object") returns and the servername
+ * callback is given, is in sslobject.c; the SSLContext in _ssl.c. */
 #include <errno.h>
 #include <string.h>
 #include <pthread.h>
@@ -29,24 +29,9 @@
 
 #define RECORD_ROOM (16 * 1024 + 512) /* one TLS record's plaintext, and some */
 
-enum { LUV_CTX = 1, LUV_FUTURE = 2 }; /* the layer table (XUV_LAYER) */
-
-typedef struct ml_Tls {
-  SSL *ssl;
-  BIO *rbio; /* ciphertext the socket gave, not yet used */
-  ml_Conn *c;
-  ml_BQ pend; /* plaintext written before the handshake ended */
-  unsigned char server, hs_done, held, shut_sent, eof_marked, busy, failed;
-  ev_timer kick; /* delivers held bytes when reading resumes */
-  ev_timer shut; /* bounds the wait for the peer's close_notify */
-  double shutdown_timeout;
-  char host[256]; /* server_hostname, or "" */
-  char key[300];  /* the session cache key: host, else the address */
-} ml_Tls;
-
 static const ml_Layer tls_layer;
 
-static ml_Tls *tls_of(ml_Conn *c) { return c && c->layer == &tls_layer ? c->layer_ud : NULL; }
+ml_Tls *ml__tls_of(ml_Conn *c) { return c && c->layer == &tls_layer ? c->layer_ud : NULL; }
 
 /* ---------------------------------------------------------------- */
 /* The output BIO: appends to the transport's write queue.            */
@@ -110,7 +95,7 @@ enum { N_OK, N_SSL, N_RESET, N_LOST };
 static int notify(lua_State *L) {
   ml_Conn *c = lua_touserdata(L, 1);
   int what = (int)lua_tointeger(L, 2), err = (int)lua_tointeger(L, 3);
-  ml_Tls *t = tls_of(c);
+  ml_Tls *t = ml__tls_of(c);
   int fut;
   lua_settop(L, 3);
   if (t == NULL) return 0;
@@ -188,7 +173,7 @@ static void peer_closed(ml_Conn *c, ml_Tls *t) {
   ml__conn_close(c, 0);
 }
 
-static int gone(ml_Conn *c) { return c->lost || c->fd < 0 || tls_of(c) == NULL; }
+static int gone(ml_Conn *c) { return c->lost || c->fd < 0 || ml__tls_of(c) == NULL; }
 
 /* 1 if the handshake is over (or the connection failed: check gone). */
 static int handshake(ml_Conn *c, ml_Tls *t) {
@@ -303,12 +288,12 @@ static void shut_cb(struct ev_loop *loop, ev_timer *w, int revents) {
   ml_Tls *t = w->data;
   (void)loop;
   (void)revents;
-  if (tls_of(t->c) == NULL) return;
+  if (ml__tls_of(t->c) == NULL) return;
   ml__conn_close(t->c, 1); /* the peer never answered: as asyncio, abort */
 }
 
 static void pump(ml_Conn *c) {
-  ml_Tls *t = tls_of(c);
+  ml_Tls *t = ml__tls_of(c);
   int e;
   if (t == NULL || t->busy || t->failed || gone(c)) return;
   t->busy = 1;
@@ -339,14 +324,14 @@ static void pump(ml_Conn *c) {
     if (!gone(c)) ml__conn_update_reading(c);
   }
 out:
-  if ((t = tls_of(c)) != NULL) t->busy = 0;
+  if ((t = ml__tls_of(c)) != NULL) t->busy = 0;
 }
 
 /* ---------------------------------------------------------------- */
 /* The layer's functions (net.h).                                     */
 
 static void tls_input(ml_Conn *c, const char *p, size_t n) {
-  ml_Tls *t = tls_of(c);
+  ml_Tls *t = ml__tls_of(c);
   if (t == NULL) return;
   if (n > 0 && BIO_write(t->rbio, p, (int)n) != (int)n) {
     ml__conn_fail_errno(c, ENOMEM);
@@ -358,7 +343,7 @@ static void tls_input(ml_Conn *c, const char *p, size_t n) {
 /* The layer's write: [-0, +0], L unused; < 0 if the bytes could not be
  * queued. */
 static int tls_write(lua_State *L, ml_Conn *c, const char *p, size_t n) {
-  ml_Tls *t = tls_of(c);
+  ml_Tls *t = ml__tls_of(c);
   size_t w;
   (void)L;
   if (t == NULL || t->failed || t->shut_sent) return 0;
@@ -378,7 +363,7 @@ static int tls_write(lua_State *L, ml_Conn *c, const char *p, size_t n) {
  * the transport keeps reading until the peer answers (or its socket
  * ends, or the shutdown timeout passes), then closes. */
 static void tls_close(ml_Conn *c) {
-  ml_Tls *t = tls_of(c);
+  ml_Tls *t = ml__tls_of(c);
   int r;
   if (t == NULL || !t->hs_done || t->shut_sent || t->failed) return;
   t->shut_sent = 1;
@@ -403,7 +388,7 @@ static void kick_cb(struct ev_loop *loop, ev_timer *w, int revents) {
 /* A zero timer rather than ev_feed_event: a fed event waits for the
  * next poll, which may block. */
 static void tls_resume(ml_Conn *c) {
-  ml_Tls *t = tls_of(c);
+  ml_Tls *t = ml__tls_of(c);
   if (t == NULL || t->held || t->failed || ev_is_active(&t->kick)) return;
   if (SSL_pending(t->ssl) > 0 || BIO_ctrl_pending(t->rbio) > 0 || (c->sock_eof && !t->eof_marked)) {
     ev_timer_set(&t->kick, 0., 0.);
@@ -412,7 +397,7 @@ static void tls_resume(ml_Conn *c) {
 }
 
 static void tls_lost(ml_Conn *c) {
-  ml_Tls *t = tls_of(c);
+  ml_Tls *t = ml__tls_of(c);
   if (t != NULL && ev_is_active(&t->kick)) ev_timer_stop(ml__loop(c->S), &t->kick);
   if (t != NULL && ev_is_active(&t->shut)) ev_timer_stop(ml__loop(c->S), &t->shut);
   c->linger = 0;
@@ -437,18 +422,14 @@ static void tls_free(ml_Conn *c) {
   c->layer_ud = NULL;
 }
 
-static int push_sslobject(lua_State *L, int cidx);
-static int push_peercert(lua_State *L, ml_Tls *t, int binary);
-static int push_cipher(lua_State *L, ml_Tls *t);
-
 /* The layer's get_extra_info: [-0, +1|0] pushes the value of name and
  * returns 1, or returns 0 with nothing pushed (not a TLS field). */
 static int tls_extra(lua_State *L, int cidx, ml_Conn *c, const char *name) {
-  ml_Tls *t = tls_of(c);
+  ml_Tls *t = ml__tls_of(c);
   if (t == NULL) return 0;
-  if (strcmp(name, "ssl_object") == 0) return push_sslobject(L, cidx);
-  if (strcmp(name, "peercert") == 0) return push_peercert(L, t, 0);
-  if (strcmp(name, "cipher") == 0) return push_cipher(L, t);
+  if (strcmp(name, "ssl_object") == 0) return ml__tls_push_sslobject(L, cidx);
+  if (strcmp(name, "peercert") == 0) return ml__tls_push_peercert(L, t, 0);
+  if (strcmp(name, "cipher") == 0) return ml__tls_push_cipher(L, t);
   if (strcmp(name, "compression") == 0) {
     lua_pushnil(L);
     return 1;
@@ -472,7 +453,7 @@ static const ml_Layer tls_layer = {
 
 int ml__tls_new_session_cb(SSL *ssl, SSL_SESSION *sess) {
   ml_Conn *c = SSL_get_app_data(ssl);
-  ml_Tls *t = tls_of(c);
+  ml_Tls *t = ml__tls_of(c);
   ml_SslCtx *x = ml__sslctx_of(SSL_get_SSL_CTX(ssl));
   if (t == NULL || x == NULL || t->key[0] == 0) return 0;
   ml__sslctx_remember(x, t->key, sess);
@@ -485,7 +466,7 @@ int ml__tls_new_session_cb(SSL *ssl, SSL_SESSION *sess) {
 static int sni_call(lua_State *L) {
   ml_Conn *c = lua_touserdata(L, 1);
   int *alert = lua_touserdata(L, 2);
-  ml_Tls *t = tls_of(c);
+  ml_Tls *t = ml__tls_of(c);
   ml_SslCtx *x;
   const char *name;
   lua_settop(L, 0);
@@ -494,7 +475,7 @@ static int sni_call(lua_State *L) {
   if (x == NULL || x->sni_ref == LUA_NOREF) return 0;
   lua_rawgeti(L, LUA_REGISTRYINDEX, x->sni_ref); /* 1 fn */
   lua_rawgeti(L, LUA_REGISTRYINDEX, c->ref);     /* 2 transport */
-  push_sslobject(L, 2);                          /* 3 */
+  ml__tls_push_sslobject(L, 2);                  /* 3 */
   name = SSL_get_servername(t->ssl, TLSEXT_NAMETYPE_host_name);
   if (name) lua_pushstring(L, name);
   else lua_pushnil(L); /* 4 */
@@ -514,7 +495,7 @@ int ml__tls_sni_cb(SSL *ssl, int *al, void *arg) {
   lua_State *L;
   int alert = 0;
   (void)arg;
-  if (tls_of(c) == NULL) return SSL_TLSEXT_ERR_OK;
+  if (ml__tls_of(c) == NULL) return SSL_TLSEXT_ERR_OK;
   L = ml__main_lua(c->S);
   if (!lua_checkstack(L, 10)) return SSL_TLSEXT_ERR_ALERT_FATAL;
   lua_pushcfunction(L, sni_call);
@@ -657,7 +638,7 @@ int ml__tls_wrap(lua_State *L) {
  * delivering. */
 int ml__tls_release(lua_State *L) {
   ml_Conn *c = ml__conn_check(L, 1);
-  ml_Tls *t = tls_of(c);
+  ml_Tls *t = ml__tls_of(c);
   if (t == NULL) return luaL_argerror(L, 1, "not a TLS transport");
   if (t->held) {
     t->held = 0;
@@ -671,7 +652,7 @@ int ml__tls_release(lua_State *L) {
  * -> nothing */
 int ml__tls_abort(lua_State *L) {
   ml_Conn *c = ml__conn_check(L, 1);
-  ml_Tls *t = tls_of(c);
+  ml_Tls *t = ml__tls_of(c);
   luaL_checkany(L, 2);
   lua_settop(L, 2);
   if (t == NULL || gone(c)) return 0;
@@ -687,287 +668,4 @@ int ml__tls_abort(lua_State *L) {
   lua_pushvalue(L, 2);
   ml__conn_fail(L, c);
   return 0;
-}
-
-/* ---------------------------------------------------------------- */
-/* SSLObject: a view of a TLS transport (user value 1).               */
-
-typedef struct ml_SslObj {
-  ml_Conn *c;
-} ml_SslObj;
-
-/* [-0, +1] pushes a new SSLObject over the transport at cidx; returns 1. */
-static int push_sslobject(lua_State *L, int cidx) {
-  ml_SslObj *o;
-  cidx = lua_absindex(L, cidx);
-  o = lua_newuserdatauv(L, sizeof *o, 1);
-  o->c = ml__conn_test(L, cidx);
-  lua_pushvalue(L, cidx);
-  lua_setiuservalue(L, -2, 1);
-  ml__udata_setmt(L, ML_UT_SSLOBJECT);
-  return 1;
-}
-
-/* [-0, +0] the live TLS state of the SSLObject at 1, or raises. */
-static ml_Tls *obj_tls(lua_State *L) {
-  ml_SslObj *o = ml__udata_check(L, 1, ML_UT_SSLOBJECT);
-  ml_Tls *t = tls_of(o->c);
-  if (t == NULL || t->ssl == NULL) luaL_error(L, "the SSL object's connection is gone");
-  return t;
-}
-
-/* Python's getpeercert(): subject and issuer as lists of RDNs, each a
- * list of {name, value}; subjectAltName as a list of {"DNS", name}.
- * Empty when the certificate was not verified; with binary, the DER.
- * [-0, +1] pushes name as a list of RDNs. */
-static void push_name(lua_State *L, X509_NAME *name) {
-  int n = X509_NAME_entry_count(name);
-  lua_createtable(L, n, 0);
-  for (int i = 0; i < n; i++) {
-    X509_NAME_ENTRY *e = X509_NAME_get_entry(name, i);
-    ASN1_OBJECT *obj = X509_NAME_ENTRY_get_object(e);
-    unsigned char *utf8 = NULL;
-    int len = ASN1_STRING_to_UTF8(&utf8, X509_NAME_ENTRY_get_data(e));
-    int nid = OBJ_obj2nid(obj);
-    char buf[80];
-    lua_createtable(L, 1, 0);
-    lua_createtable(L, 2, 0);
-    if (nid != NID_undef) lua_pushstring(L, OBJ_nid2ln(nid));
-    else {
-      OBJ_obj2txt(buf, sizeof buf, obj, 1);
-      lua_pushstring(L, buf);
-    }
-    lua_rawseti(L, -2, 1);
-    if (len >= 0) lua_pushlstring(L, (char *)utf8, (size_t)len);
-    else lua_pushliteral(L, "");
-    OPENSSL_free(utf8);
-    lua_rawseti(L, -2, 2);
-    lua_rawseti(L, -2, 1);
-    lua_rawseti(L, -2, i + 1);
-  }
-}
-
-/* [-0, +1] pushes tm as text (nil if out of memory). */
-static void push_time(lua_State *L, const ASN1_TIME *tm) {
-  BIO *b = BIO_new(BIO_s_mem());
-  char *p;
-  long n;
-  if (b == NULL) {
-    lua_pushnil(L);
-    return;
-  }
-  ASN1_TIME_print(b, tm);
-  n = BIO_get_mem_data(b, &p);
-  lua_pushlstring(L, p, (size_t)n);
-  BIO_free(b);
-}
-
-/* [-0, +1] pushes the peer certificate (a table, or the DER string with
- * binary; nil if none); returns 1. */
-static int push_peercert(lua_State *L, ml_Tls *t, int binary) {
-  X509 *cert = SSL_get1_peer_certificate(t->ssl);
-  if (cert == NULL) {
-    lua_pushnil(L);
-    return 1;
-  }
-  if (binary) {
-    unsigned char *der = NULL;
-    int n = i2d_X509(cert, &der);
-    if (n >= 0) lua_pushlstring(L, (char *)der, (size_t)n);
-    else lua_pushnil(L);
-    OPENSSL_free(der);
-    X509_free(cert);
-    return 1;
-  }
-  lua_newtable(L);
-  if (SSL_get_verify_result(t->ssl) == X509_V_OK &&
-      (SSL_get_verify_mode(t->ssl) & SSL_VERIFY_PEER)) {
-    GENERAL_NAMES *sans;
-    char *hex;
-    push_name(L, X509_get_subject_name(cert));
-    lua_setfield(L, -2, "subject");
-    push_name(L, X509_get_issuer_name(cert));
-    lua_setfield(L, -2, "issuer");
-    lua_pushinteger(L, X509_get_version(cert) + 1);
-    lua_setfield(L, -2, "version");
-    {
-      BIGNUM *bn = ASN1_INTEGER_to_BN(X509_get0_serialNumber(cert), NULL);
-      hex = bn ? BN_bn2hex(bn) : NULL;
-      BN_free(bn);
-    }
-    if (hex) {
-      lua_pushstring(L, hex);
-      lua_setfield(L, -2, "serialNumber");
-      OPENSSL_free(hex);
-    }
-    push_time(L, X509_get0_notBefore(cert));
-    lua_setfield(L, -2, "notBefore");
-    push_time(L, X509_get0_notAfter(cert));
-    lua_setfield(L, -2, "notAfter");
-    sans = X509_get_ext_d2i(cert, NID_subject_alt_name, NULL, NULL);
-    if (sans) {
-      int n = sk_GENERAL_NAME_num(sans), k = 0;
-      lua_createtable(L, n, 0);
-      for (int i = 0; i < n; i++) {
-        GENERAL_NAME *g = sk_GENERAL_NAME_value(sans, i);
-        if (g->type == GEN_DNS) {
-          lua_createtable(L, 2, 0);
-          lua_pushliteral(L, "DNS");
-          lua_rawseti(L, -2, 1);
-          lua_pushlstring(L, (const char *)ASN1_STRING_get0_data(g->d.dNSName),
-                          (size_t)ASN1_STRING_length(g->d.dNSName));
-          lua_rawseti(L, -2, 2);
-          lua_rawseti(L, -2, ++k);
-        } else if (g->type == GEN_IPADD) {
-          char buf[64] = "";
-          int len = ASN1_STRING_length(g->d.iPAddress);
-          const unsigned char *a = ASN1_STRING_get0_data(g->d.iPAddress);
-          if (len == 4) inet_ntop(AF_INET, a, buf, sizeof buf);
-          else if (len == 16) inet_ntop(AF_INET6, a, buf, sizeof buf);
-          lua_createtable(L, 2, 0);
-          lua_pushliteral(L, "IP Address");
-          lua_rawseti(L, -2, 1);
-          lua_pushstring(L, buf);
-          lua_rawseti(L, -2, 2);
-          lua_rawseti(L, -2, ++k);
-        }
-      }
-      GENERAL_NAMES_free(sans);
-      lua_setfield(L, -2, "subjectAltName");
-    }
-  }
-  X509_free(cert);
-  return 1;
-}
-
-/* [-0, +1] pushes {name, version, bits}, or nil; returns 1. */
-static int push_cipher(lua_State *L, ml_Tls *t) {
-  const SSL_CIPHER *ci = SSL_get_current_cipher(t->ssl);
-  if (ci == NULL) {
-    lua_pushnil(L);
-    return 1;
-  }
-  lua_createtable(L, 3, 0);
-  lua_pushstring(L, SSL_CIPHER_get_name(ci));
-  lua_rawseti(L, -2, 1);
-  lua_pushstring(L, SSL_CIPHER_get_version(ci));
-  lua_rawseti(L, -2, 2);
-  lua_pushinteger(L, SSL_CIPHER_get_bits(ci, NULL));
-  lua_rawseti(L, -2, 3);
-  return 1;
-}
-
-/* o:version() -> string | nil (before the handshake) */
-static int obj_version(lua_State *L) {
-  ml_Tls *t = obj_tls(L);
-  if (!t->hs_done) lua_pushnil(L);
-  else lua_pushstring(L, SSL_get_version(t->ssl));
-  return 1;
-}
-
-/* o:cipher() -> {name, version, bits} | nil */
-static int obj_cipher(lua_State *L) { return push_cipher(L, obj_tls(L)); }
-
-/* o:getpeercert(binary) -> table | string | nil */
-static int obj_getpeercert(lua_State *L) {
-  ml_Tls *t = obj_tls(L);
-  return push_peercert(L, t, lua_toboolean(L, 2));
-}
-
-/* o:selected_alpn_protocol() -> string | nil */
-static int obj_selected_alpn_protocol(lua_State *L) {
-  ml_Tls *t = obj_tls(L);
-  const unsigned char *p;
-  unsigned n;
-  SSL_get0_alpn_selected(t->ssl, &p, &n);
-  if (n == 0) lua_pushnil(L);
-  else lua_pushlstring(L, (const char *)p, n);
-  return 1;
-}
-
-/* o:compression() -> nil */
-static int obj_compression(lua_State *L) {
-  obj_tls(L);
-  lua_pushnil(L);
-  return 1;
-}
-
-/* o:pending() -> integer */
-static int obj_pending(lua_State *L) {
-  lua_pushinteger(L, SSL_pending(obj_tls(L)->ssl));
-  return 1;
-}
-
-/* __index(o, key) -> value (fields, then the methods) */
-static int obj_index(lua_State *L) {
-  const char *k = luaL_checkstring(L, 2);
-  ml_Tls *t = obj_tls(L);
-  if (strcmp(k, "server_side") == 0) lua_pushboolean(L, t->server);
-  else if (strcmp(k, "server_hostname") == 0) {
-    if (t->host[0]) lua_pushstring(L, t->host);
-    else lua_pushnil(L);
-  } else if (strcmp(k, "session_reused") == 0) lua_pushboolean(L, SSL_session_reused(t->ssl));
-  else if (strcmp(k, "context") == 0) {
-    ml_SslObj *o = lua_touserdata(L, 1);
-    lua_getiuservalue(L, 1, 1);
-    lua_getiuservalue(L, -1, XUV_LAYER);
-    lua_rawgeti(L, -1, LUV_CTX);
-    (void)o;
-  } else {
-    luaL_getmetatable(L, ML_SSLOBJECT);
-    lua_getfield(L, -1, "__methods");
-    lua_getfield(L, -1, k);
-  }
-  return 1;
-}
-
-/* ssl_object.context = ctx: the servername callback switches the
- * connection to another context (its certificate).
- * __newindex(o, key, value) -> nothing */
-static int obj_newindex(lua_State *L) {
-  ml_Tls *t = obj_tls(L);
-  const char *k = luaL_checkstring(L, 2);
-  ml_SslCtx *x;
-  if (strcmp(k, "context") != 0) return luaL_error(L, "'SSLObject' attribute '%s' is read-only", k);
-  x = ml__sslctx_check(L, 3);
-  SSL_set_SSL_CTX(t->ssl, x->ctx);
-  SSL_set_verify(t->ssl, SSL_CTX_get_verify_mode(x->ctx), NULL);
-  lua_getiuservalue(L, 1, 1);
-  lua_getiuservalue(L, -1, XUV_LAYER);
-  lua_pushvalue(L, 3);
-  lua_rawseti(L, -2, LUV_CTX);
-  return 0;
-}
-
-/* __tostring(o) -> string */
-static int obj_tostring(lua_State *L) {
-  ml_SslObj *o = ml__udata_check(L, 1, ML_UT_SSLOBJECT);
-  lua_pushfstring(L, "<ssl.SSLObject %s>", tls_of(o->c) ? "open" : "closed");
-  return 1;
-}
-
-static const luaL_Reg obj_methods[] = {
-  {"version", obj_version},
-  {"cipher", obj_cipher},
-  {"getpeercert", obj_getpeercert},
-  {"selected_alpn_protocol", obj_selected_alpn_protocol},
-  {"compression", obj_compression},
-  {"pending", obj_pending},
-  {NULL, NULL},
-};
-
-/* [-0, +0] registers the SSLObject metatable. */
-void ml__tls_open(lua_State *L) {
-  if (ml__udata_newmt(L, ML_UT_SSLOBJECT, ML_SSLOBJECT)) {
-    lua_newtable(L);
-    luaL_setfuncs(L, obj_methods, 0);
-    lua_setfield(L, -2, "__methods");
-    lua_pushcfunction(L, obj_index);
-    lua_setfield(L, -2, "__index");
-    lua_pushcfunction(L, obj_newindex);
-    lua_setfield(L, -2, "__newindex");
-    lua_pushcfunction(L, obj_tostring);
-    lua_setfield(L, -2, "__tostring");
-  }
-  lua_pop(L, 1);
 }

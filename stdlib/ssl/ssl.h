@@ -1,6 +1,6 @@
-/* ssl.h: what the two halves of the ssl module share: the SSLContext
- * object and OpenSSL errors as exceptions (_ssl.c), the TLS layer over
- * transports and SSLObject (_tls.c). */
+/* ssl.h: what the parts of the ssl module share: the SSLContext object
+ * and OpenSSL errors as exceptions (_ssl.c), the TLS layer over
+ * transports (_tls.c), SSLObject (sslobject.c). */
 #ifndef ML_SSL_H
 #define ML_SSL_H
 
@@ -71,6 +71,27 @@ void ml__ssl_push_error(lua_State *L, SSL *ssl, int sslerr, const char *host);
  * context (a bad certificate file). */
 int ml__ssl_raise(lua_State *L, const char *what);
 
+/* The TLS layer's per-connection state (_tls.c); the layer table
+ * (XUV_LAYER) holds the context at LUV_CTX and the handshake future at
+ * LUV_FUTURE. */
+enum { LUV_CTX = 1, LUV_FUTURE = 2 }; /* the layer table (XUV_LAYER) */
+
+typedef struct ml_Tls {
+  SSL *ssl;
+  BIO *rbio; /* ciphertext the socket gave, not yet used */
+  ml_Conn *c;
+  ml_BQ pend; /* plaintext written before the handshake ended */
+  unsigned char server, hs_done, held, shut_sent, eof_marked, busy, failed;
+  ev_timer kick; /* delivers held bytes when reading resumes */
+  ev_timer shut; /* bounds the wait for the peer's close_notify */
+  double shutdown_timeout;
+  char host[256]; /* server_hostname, or "" */
+  char key[300];  /* the session cache key: host, else the address */
+} ml_Tls;
+
+/* The TLS state of transport c, or NULL (not TLS, or gone). */
+ml_Tls *ml__tls_of(ml_Conn *c);
+
 /* The TLS layer (_tls.c): functions of the ssl._ssl module. */
 int ml__tls_wrap(lua_State *L);
 int ml__tls_release(lua_State *L);
@@ -80,6 +101,14 @@ int ml__tls_abort(lua_State *L);
  * sni_callback). */
 int ml__tls_new_session_cb(SSL *ssl, SSL_SESSION *sess);
 int ml__tls_sni_cb(SSL *ssl, int *alert, void *arg);
+/* SSLObject and the values it shares with get_extra_info
+ * (sslobject.c).  [-0, +1] each; returns 1.  push_sslobject: a new
+ * SSLObject over the transport at cidx; push_peercert: Python's
+ * getpeercert() of t's peer (binary: the DER); push_cipher: Python's
+ * cipher() triple. */
+int ml__tls_push_sslobject(lua_State *L, int cidx);
+int ml__tls_push_peercert(lua_State *L, ml_Tls *t, int binary);
+int ml__tls_push_cipher(lua_State *L, ml_Tls *t);
 /* Registers the SSLObject metatable.  [-0, +0] */
 void ml__tls_open(lua_State *L);
 
