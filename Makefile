@@ -43,8 +43,11 @@ EDIT_CFLAGS = $(shell $(PKG_CONFIG) --cflags libedit 2>/dev/null)
 EDIT_LIBS = $(shell $(PKG_CONFIG) --libs libedit 2>/dev/null)
 CHECK_CFLAGS = $(shell $(PKG_CONFIG) --cflags check 2>/dev/null)
 CHECK_LIBS = $(shell $(PKG_CONFIG) --libs check 2>/dev/null)
+# OpenSSL's headers only: stdlib/ssl/openssl.c loads libssl.so.3 and
+# libcrypto.so.3 with dlopen on the first `require "ssl"` (or WebSocket),
+# because linking them costs every start-up the loader's relocations,
+# TLS or not.  docs/performance.md, "Start-up".
 SSL_CFLAGS = $(shell $(PKG_CONFIG) --cflags openssl 2>/dev/null)
-SSL_LIBS = $(shell $(PKG_CONFIG) --libs openssl 2>/dev/null)
 # libcurl's headers only: stdlib/http/_curl.c loads libcurl.so.4 with
 # dlopen on the first `require "http"`, because linking it costs every
 # start-up ~12M instructions (the dynamic linker loading its 30-odd
@@ -73,25 +76,8 @@ ALL_CFLAGS = -std=gnu11 -Wall -Wextra -Wno-unused-parameter -D_GNU_SOURCE -MMD -
 # What the library needs (moonloop.pc says the same to hosts), and what the
 # CLI adds: libedit, for the REPL only.
 # libwslay: the WebSocket framing of stdlib/http/_ws.c.
-LIB_LIBS = $(LUA_LIBS) $(SSL_LIBS) -lwslay -lev -lpthread -lm -ldl
+LIB_LIBS = $(LUA_LIBS) -lwslay -lev -lpthread -lm -ldl
 LIBS = $(LIB_LIBS) $(EDIT_LIBS)
-# The moonloop binary links OpenSSL statically when Debian's libssl-dev
-# has the archives: loading libssl.so and libcrypto.so cost 3.2M of the
-# 5.8M instructions of a hello-world start-up (the dynamic linker resolving
-# libcrypto's symbols), in every script, TLS or not.  The trade-off: an
-# OpenSSL security update reaches the binary only when it is rebuilt (the
-# shared and static libraries keep linking the system's libssl.so).
-# SSL_STATIC=0 links it dynamically.  docs/performance.md, "Start-up".
-SSL_STATIC ?= $(if $(wildcard $(shell $(PKG_CONFIG) --variable=libdir openssl 2>/dev/null)/libcrypto.a),1,0)
-ifeq ($(SSL_STATIC),1)
-# --exclude-libs keeps that static copy out of the binary's dynamic symbol
-# table (-rdynamic exports the rest, for Lua C modules): libcurl, loaded
-# with dlopen, must bind to its own libssl.so, not to half of our copy.
-BIN_LIBS = $(LUA_LIBS) -Wl,-Bstatic -lssl -lcrypto -Wl,-Bdynamic -Wl,--exclude-libs,libssl.a:libcrypto.a \
-	-lwslay -lev -lpthread -lm -ldl $(EDIT_LIBS)
-else
-BIN_LIBS = $(LIBS)
-endif
 LDFLAGS += $(SANFLAGS) -rdynamic
 
 # The layers (docs/internals.md): the core and the dialect link alone (the
@@ -322,7 +308,7 @@ $(BUILD)/libmoonloop.so: $(BUILD)/$(SONAME)
 
 # The binary links the static library: no search path to get right.
 $(BUILD)/moonloop: $(CLI_OBJ) $(BUILD)/libmoonloop.a
-	$(CC) $(LDFLAGS) -o $@ $^ $(BIN_LIBS)
+	$(CC) $(LDFLAGS) -o $@ $^ $(LIBS)
 
 $(BUILD)/tests/unit/check_core_suites.h: $(CHECK_CORE_SRC)
 	@mkdir -p $(dir $@)
@@ -424,7 +410,6 @@ Name: moonloop
 Description: Lua 5.4 with async/await on a libev event loop, for embedding
 Version: $(VERSION)
 Requires: lua5.4
-Requires.private: openssl
 Cflags: -I$${includedir}
 Libs: -L$${libdir} -lmoonloop
 Libs.private: -lwslay -lev -lpthread -lm -ldl

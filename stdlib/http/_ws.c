@@ -12,6 +12,7 @@
 #include <openssl/evp.h>
 #include <openssl/rand.h>
 #include "core/module.h"
+#include "ssl/openssl.h"
 
 #define ML_WSFRAMER "http.WebSocketFramer"
 #define WS_MAGIC 0x57536672u
@@ -259,6 +260,8 @@ static const luaL_Reg module_funcs[] = {
 
 /* [-0, +1] pushes the module table. */
 int luaopen_http__ws(lua_State *L) {
+  const char *why = ml__openssl_load(); /* SHA-1 and random keys */
+  if (why != NULL) return luaL_error(L, "http: %s", why);
   ml__class_new(L, ML_WSFRAMER, fr_methods, fr_gc, NULL);
   lua_newtable(L);
   luaL_setfuncs(L, module_funcs, 0);

@@ -601,6 +601,8 @@ static const struct {
 
 /* [-0, +1] pushes the module table. */
 int luaopen_ssl__ssl(lua_State *L) {
+  const char *why = ml__openssl_load();
+  if (why != NULL) return luaL_error(L, "ssl: %s", why);
   luaL_requiref(L, "asyncio._transport", luaopen_asyncio__transport, 0);
   lua_pop(L, 1);
   if (ctx_index < 0) ctx_index = SSL_CTX_get_ex_new_index(0, NULL, NULL, NULL, NULL);

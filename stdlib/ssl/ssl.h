@@ -4,8 +4,7 @@
 #ifndef ML_SSL_H
 #define ML_SSL_H
 
-#include <openssl/err.h>
-#include <openssl/ssl.h>
+#include "ssl/openssl.h"
 #include "socket/net.h"
 
 #define ML_SSLCONTEXT "ssl.SSLContext"
