@@ -39,8 +39,10 @@ endif
 PKG_CONFIG ?= pkg-config
 LUA_CFLAGS = $(shell $(PKG_CONFIG) --cflags lua5.4 2>/dev/null)
 LUA_LIBS = $(shell $(PKG_CONFIG) --libs lua5.4 2>/dev/null)
+# libedit's headers only: the REPL loads libedit.so.2 with dlopen when it
+# starts on a terminal (vm/cli/edit.c), because linking it (and the three
+# libraries it brings) costs every run of the command.
 EDIT_CFLAGS = $(shell $(PKG_CONFIG) --cflags libedit 2>/dev/null)
-EDIT_LIBS = $(shell $(PKG_CONFIG) --libs libedit 2>/dev/null)
 CHECK_CFLAGS = $(shell $(PKG_CONFIG) --cflags check 2>/dev/null)
 CHECK_LIBS = $(shell $(PKG_CONFIG) --libs check 2>/dev/null)
 # OpenSSL's headers only: stdlib/ssl/openssl.c loads libssl.so.3 and
@@ -73,11 +75,11 @@ CFLAGS ?= $(OPT) -g
 ALL_CFLAGS = -std=gnu11 -Wall -Wextra -Wno-unused-parameter -D_GNU_SOURCE -MMD -MP \
 	-fPIC -fno-semantic-interposition \
 	-Ivm -Istdlib -I$(BUILD) $(LUA_CFLAGS) $(SSL_CFLAGS) $(CURL_CFLAGS) $(SANFLAGS) $(CHECKS) $(CFLAGS)
-# What the library needs (moonloop.pc says the same to hosts), and what the
-# CLI adds: libedit, for the REPL only.
+# What the library needs (moonloop.pc says the same to hosts); the CLI
+# links the same (libedit, OpenSSL and libcurl are loaded when used).
 # libwslay: the WebSocket framing of stdlib/http/_ws.c.
 LIB_LIBS = $(LUA_LIBS) -lwslay -lev -lpthread -lm -ldl
-LIBS = $(LIB_LIBS) $(EDIT_LIBS)
+LIBS = $(LIB_LIBS)
 LDFLAGS += $(SANFLAGS) -rdynamic
 
 # The layers (docs/internals.md): the core and the dialect link alone (the

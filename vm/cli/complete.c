@@ -6,8 +6,8 @@
  * code (no __index function, no __pairs). */
 #include <stdlib.h>
 #include <string.h>
-#include <editline/readline.h>
 #include "cli.h"
+#include "edit.h"
 
 /* libedit's completion callbacks take no user pointer. */
 static struct {

@@ -25,8 +25,8 @@
 #include <sys/ioctl.h>
 #include <termios.h>
 #include <unistd.h>
-#include <editline/readline.h>
 #include "cli.h"
+#include "edit.h"
 
 #define PROMPT1 "> "
 #define PROMPT2 ">> "
@@ -679,11 +679,16 @@ int ml__repl_main(ml_State *S) {
   lua_State *L = ml_state_lua(S);
   struct sigaction sa;
   char *line;
+  const char *why;
 
   memset(&R, 0, sizeof R);
   R.S = S;
   R.loop = ml_state_loop(S);
   R.tty = isatty(0);
+  if (R.tty && (why = ml__edit_load()) != NULL) {
+    fprintf(stderr, "moonloop: no line editing (%s)\n", why);
+    R.tty = 0; /* reads plain lines, as from a pipe */
+  }
   R.at_bol = 1;
   if (R.tty) {
     R.tio_saved = tcgetattr(0, &R.tio) == 0;
