@@ -95,4 +95,16 @@ static inline void assert_compiles(const char *src) {
   ck_assert_msg(msg == NULL, "output does not compile: %s\n--- output:\n%s", msg, out.data);
 }
 
+/* With -DSTANDALONE (a file's header says how to build it alone), the
+ * main that runs the file's one suite. */
+#define ASYNCPASS_MAIN(suite)                         \
+  int main(void) {                                    \
+    SRunner *sr = srunner_create(suite());            \
+    int failed;                                       \
+    srunner_run_all(sr, CK_NORMAL);                   \
+    failed = srunner_ntests_failed(sr);               \
+    srunner_free(sr);                                 \
+    return failed == 0 ? EXIT_SUCCESS : EXIT_FAILURE; \
+  }
+
 #endif

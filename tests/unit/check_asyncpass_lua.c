@@ -279,12 +279,5 @@ Suite *asyncpass_lua_suite(void) {
 }
 
 #ifdef STANDALONE
-int main(void) {
-  SRunner *sr = srunner_create(asyncpass_lua_suite());
-  int failed;
-  srunner_run_all(sr, CK_NORMAL);
-  failed = srunner_ntests_failed(sr);
-  srunner_free(sr);
-  return failed == 0 ? EXIT_SUCCESS : EXIT_FAILURE;
-}
+ASYNCPASS_MAIN(asyncpass_lua_suite)
 #endif
