@@ -124,8 +124,15 @@ ml_State *ml__state_new(struct ev_loop *loop) {
       strcmp(getenv("MOONLOOP_DEBUG"), "0"))
     S->debug = 1;
   if (ml__wakeup_open(S) < 0) goto fail;
+  /* What init makes (the libraries, the core's metatables, the exception
+   * classes) lives as long as the state: the collector has nothing to
+   * find in it, so it waits (4% of a hello world's instructions,
+   * docs/performance.md "Start-up").  An allocation that fails still
+   * collects first, as Lua does when stopped. */
+  if (!S->gc_stress) lua_gc(L, LUA_GCSTOP);
   lua_pushcfunction(L, init);
   if (lua_pcall(L, 0, 0, 0) != LUA_OK) goto fail;
+  if (!S->gc_stress) lua_gc(L, LUA_GCRESTART);
   return S;
 fail:
   ml__wakeup_close(S);
