@@ -789,5 +789,32 @@ case("moonloop client <-> Python asyncio ssl server", async function()
   await w:wait_closed()
 end)
 
+-- OpenSSL is loaded by the first require (stdlib/ssl/openssl.c), not
+-- linked: with libssl.so.3 unreadable, a script that needs no TLS runs,
+-- and require "ssl" fails saying what is missing.  The library is hidden
+-- in a private mount namespace (unshare -m: root only; skipped without).
+T.case("without libssl.so.3 require 'ssl' says so and plain scripts run", function()
+  local maps = io.open("/proc/self/maps"):read("a")
+  local lib = maps:match("(/%S*/libssl%.so%.3)\n")
+  T.ok(lib ~= nil, "this process has libssl.so.3 mapped")
+  local _, st = T.sh("unshare -m --propagation private true 2>/dev/null")
+  if st ~= 0 then
+    print("skip: no unshare -m here (needs root)")
+    return
+  end
+  local path = T.tmpname(".lua")
+  local f = io.open(path, "w")
+  f:write('local socket = require "socket"\nprint("plain", socket.AF_INET ~= nil)\n',
+          'local ok, e = pcall(require, "ssl")\nprint(ok, e)\n')
+  f:close()
+  local bin = os.getenv("MOONLOOP_BIN") or "build/moonloop"
+  local out, st2 = T.sh("unshare -m --propagation private sh -c " ..
+                        shquote("mount --bind /dev/null " .. lib .. " && exec " .. bin .. " " .. path) ..
+                        " 2>&1")
+  T.eq(st2, 0, out)
+  T.ok(out:find("plain\ttrue", 1, true), out)
+  T.ok(out:find("false\tssl: cannot load OpenSSL %(install libssl3%): [^\n]*libssl%.so%.3"), out)
+end)
+
 T.run({ timeout = 30 })
 report_srv:close()
