@@ -540,8 +540,7 @@ static int accept_k(lua_State *L, int status, lua_KContext ctx) {
   for (;;) {
     int fd = accept4(s->fd, (struct sockaddr *)&ss, &len, SOCK_NONBLOCK | SOCK_CLOEXEC);
     if (fd >= 0) {
-      ml__sock_setfd(L, c, fd);
-      ml__sock_pushaddr(L, (struct sockaddr *)&ss, len);
+      ml__sock_adopt(L, c, fd, (struct sockaddr *)&ss, len);
       return 2;
     }
     if (errno == EINTR || errno == ECONNABORTED) continue;

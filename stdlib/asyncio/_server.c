@@ -38,15 +38,28 @@ static void listener_arm(Listener *ls, int on) {
   }
 }
 
-/* pushaddr_p(sockaddr lightuserdata, length) -> address, protected. */
-static int pushaddr_p(lua_State *L) {
-  ml__sock_pushaddr(L, lua_touserdata(L, 1), (socklen_t)lua_tointeger(L, 2));
-  return 1;
+/* [-0, +0] closes the accepted socket at sidx now, or aborts the
+ * transport made over it: a connection whose set-up failed (out of
+ * memory, say) is dropped at once, as asyncio does, not left to the
+ * collector with its peer waiting. */
+static void drop_accepted(lua_State *L, int sidx, ml_Socket *c) {
+  if (c->transport) {
+    ml_Conn *t;
+    lua_getiuservalue(L, sidx, 1);
+    t = ml__conn_test(L, -1);
+    if (t != NULL) ml__conn_close(t, 1);
+    lua_pop(L, 1);
+  } else if (c->fd >= 0) {
+    ml__sock_close(L, c);
+  }
 }
 
 /* Protected body of accept_cb, called as accept_event(listener lightuserdata,
  * socket index) -> nothing: accepts up to backlog connections and calls
- * on_accept(sock, addr) for each.  [-2, +0] */
+ * on_accept(sock, addr) for each.  An error here (out of memory before a
+ * connection was accepted, or while adopting one, which then is closed)
+ * goes to accept_cb's report; one in on_accept is reported here, its
+ * connection dropped, and accepting goes on.  [-2, +0] */
 static int accept_event(lua_State *L) {
   Listener *ls = lua_touserdata(L, 1);
   LSock *l = &ls->socks[lua_tointeger(L, 2)];
@@ -100,19 +113,13 @@ static int accept_event(lua_State *L) {
         return 0;
       }
     }
-    ml__sock_setfd(L, c, fd);
-    /* 1 listener, 2 the socket again, 3 on_accept, 4 socket, 5 address.
-     * If making the address or the callback fails (out of memory, say)
-     * before a transport took the socket, the connection is closed now,
-     * as asyncio does: left to the collector, its peer would wait. */
+    ml__sock_adopt(L, c, fd, (struct sockaddr *)&ss, len); /* 4: address */
+    /* 1 listener, 2 the socket again, 3 on_accept, 4 socket, 5 address. */
     lua_pushvalue(L, 3);
     lua_insert(L, 2);
-    lua_pushcfunction(L, pushaddr_p);
-    lua_pushlightuserdata(L, &ss);
-    lua_pushinteger(L, (lua_Integer)len);
-    if (lua_pcall(L, 2, 1, 0) != LUA_OK || lua_pcall(L, 2, 0, 0) != LUA_OK) {
+    if (lua_pcall(L, 2, 0, 0) != LUA_OK) {
+      drop_accepted(L, 2, c);
       ml__report(L, "Exception in accept callback");
-      if (!c->transport && c->fd >= 0) ml__sock_close(L, c);
     }
     lua_settop(L, 1);
   }

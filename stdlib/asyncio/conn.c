@@ -796,6 +796,8 @@ ml_Conn *ml__conn_new(lua_State *L, int sidx, int kind) {
   lua_pushvalue(L, -1);
   c->ref = luaL_ref(L, LUA_REGISTRYINDEX);
   s->transport = 1;
+  lua_pushvalue(L, -1); /* the socket's user value: its transport (_server.c) */
+  lua_setiuservalue(L, sidx, 1);
   c->sock = s;
   c->fd = s->fd;
   c->is_sock = 1;

@@ -159,6 +159,7 @@ async function M.start_server(cb, host, port, opts)
   end
   local tls = server_tls(opts)
   local loop = loop_of()
+  local on_accept = stream_accept(cb, opts.limit, tls)  -- before the sockets: nothing to close
   local socks
   if opts.sock then
     if host ~= nil or port ~= nil then
@@ -168,7 +169,7 @@ async function M.start_server(cb, host, port, opts)
   else
     socks = await tr._bind_tcp(loop, host, port, opts)
   end
-  return tr._server(loop, socks, stream_accept(cb, opts.limit, tls), opts)
+  return tr._server(loop, socks, on_accept, opts)
 end
 
 -- start_unix_server(client_connected_cb, path, {limit=, backlog=, sock=,
@@ -181,6 +182,7 @@ async function M.start_unix_server(cb, path, opts)
     error(asyncio.TypeError("start_unix_server() client_connected_cb must be a function, got " .. type(cb)), 2)
   end
   local tls = server_tls(opts)
+  local on_accept = stream_accept(cb, opts.limit, tls)
   local socks
   if opts.sock then
     if path ~= nil then
@@ -190,7 +192,7 @@ async function M.start_unix_server(cb, path, opts)
   else
     socks = { tr._bind_unix(path, opts) }
   end
-  return tr._server(loop_of(), socks, stream_accept(cb, opts.limit, tls), opts, true)
+  return tr._server(loop_of(), socks, on_accept, opts, true)
 end
 
 -- writer:start_tls(sslcontext, {server_hostname=, ssl_handshake_timeout=,

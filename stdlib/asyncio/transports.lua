@@ -542,18 +542,26 @@ async function M._bind_tcp(loop, host, port, opts)
   -- port with the other workers' through SO_REUSEPORT.
   local reuse_port = opts.reuse_port
   if reuse_port == nil and core.worker_id() ~= nil then reuse_port = true end
+  local pending  -- a socket made, not yet in socks (that can run out of memory)
   local ok, err = pcall(function()
     for _, info in ipairs(infos) do
       local family, stype, proto, _, sa = table.unpack(info, 1, 5)
       local given = take_inherited(family, sa)
       local made, sock
       if given then
+        pending = given
         socks[#socks + 1] = given
+        pending = nil
       else
         made, sock = pcall(socket.socket, family, stype, proto)
+        -- Only an OSError (an address family the kernel lacks) skips the
+        -- address, as asyncio's socket.error: out of memory is raised.
+        if not made and not asyncio.isinstance(sock, asyncio.OSError) then error(sock, 0) end
       end
       if made then  -- an address family the kernel lacks is skipped
+        pending = sock
         socks[#socks + 1] = sock
+        pending = nil
         if opts.reuse_address ~= false then
           sock:setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, true)
         end
@@ -576,6 +584,7 @@ async function M._bind_tcp(loop, host, port, opts)
     end
   end)
   if not ok then
+    if pending then pcall(pending.close, pending) end
     for _, s in ipairs(socks) do s:close() end
     error(err, 0)
   end
@@ -607,8 +616,7 @@ end
 -- server (unix true) removes its socket file when closed unless
 -- opts.cleanup_socket is false, whether it bound it or was given it
 -- (sock=), and only if the file is still the one it had (Python 3.13).
-function M._server(loop, socks, on_accept, opts, unix)
-  local server = Server._new(loop, socks, on_accept, opts)
+local function finish_server(server, socks, opts, unix)
   if unix and opts.cleanup_socket ~= false and not inherited_socks[socks[1]] then
     local ok, path = pcall(socks[1].getsockname, socks[1])
     if ok and type(path) == "string" and path ~= "" and path:sub(1, 1) ~= "\0" then
@@ -617,6 +625,28 @@ function M._server(loop, socks, on_accept, opts, unix)
     end
   end
   if opts.start_serving ~= false then server:_start_serving() end
+end
+
+local function make_server(loop, socks, on_accept, opts, unix)
+  local server = Server._new(loop, socks, on_accept, opts)
+  local ok, err = pcall(finish_server, server, socks, opts, unix)
+  if not ok then
+    server:close()  -- its listener may be watching the sockets: it closes them
+    error(err, 0)
+  end
+  return server
+end
+
+-- The Server over the bound sockets socks.  If making it fails (out of
+-- memory), the sockets are closed now, as asyncio's create_server does,
+-- not left to the collector with the port still bound.  (Nothing here
+-- allocates before the pcall.)
+function M._server(loop, socks, on_accept, opts, unix)
+  local ok, server = pcall(make_server, loop, socks, on_accept, opts, unix)
+  if not ok then
+    for i = 1, #socks do pcall(socks[i].close, socks[i]) end
+    error(server, 0)
+  end
   return server
 end
 
@@ -667,6 +697,7 @@ async function Loop:create_server(factory, host, port, opts)
   host, port = asyncio._positional("create_server", opts, { "host", "port" }, host, port)
   check_hostport("create_server", host, port, true)
   local tls = server_tls(opts)
+  local on_accept = protocol_accept(factory, tls)  -- before the sockets: nothing to close
   local socks
   if opts.sock then
     if host ~= nil or port ~= nil then
@@ -676,7 +707,7 @@ async function Loop:create_server(factory, host, port, opts)
   else
     socks = await M._bind_tcp(self, host, port, opts)
   end
-  return M._server(self, socks, protocol_accept(factory, tls), opts)
+  return M._server(self, socks, on_accept, opts)
 end
 
 -- loop:create_unix_server(protocol_factory, path, {sock=, backlog=,
@@ -686,6 +717,7 @@ async function Loop:create_unix_server(factory, path, opts)
   opts = check_opts(opts, "create_unix_server")
   path = asyncio._positional("create_unix_server", opts, { "path" }, path)
   local tls = server_tls(opts)
+  local on_accept = protocol_accept(factory, tls)
   local socks
   if opts.sock then
     if path ~= nil then raise("ValueError", "path and sock can not be specified at the same time") end
@@ -693,7 +725,7 @@ async function Loop:create_unix_server(factory, path, opts)
   else
     socks = { M._bind_unix(path, opts) }
   end
-  return M._server(self, socks, protocol_accept(factory, tls), opts, true)
+  return M._server(self, socks, on_accept, opts, true)
 end
 
 -- loop:start_tls(transport, protocol, sslcontext, {server_side=,

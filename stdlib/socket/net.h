@@ -16,6 +16,7 @@
  * Sockets are created non-blocking and close-on-exec.  The two watchers are
  * used by the loop's sock_* methods to park one reading and one writing
  * task; they are started only while such a task waits. */
+/* Its one user value is the transport made over it, if any (conn.c). */
 typedef struct ml_Socket {
   int fd; /* -1 once closed or detached */
   int family, type, proto;
@@ -50,8 +51,14 @@ int ml__sock_close(lua_State *L, ml_Socket *s);
 /* Gives the socket s the open fd fd, which it owns from then on: the
  * socket module keeps a table of the fds its sockets own, so that
  * socket.socket(..., fd) refuses to wrap one of them (closing the wrapper
- * would pull the fd from under its owner's watchers).  [-0, +0] */
+ * would pull the fd from under its owner's watchers).  If listing it runs
+ * out of memory, s closes fd at once and the error is raised.  [-0, +0] */
 void ml__sock_setfd(lua_State *L, ml_Socket *s, int fd);
+/* [-0, +1] gives the socket s (made with fd -1) the connection fd that
+ * accept() returned, and pushes its peer address sa.  If that runs out of
+ * memory, the connection is closed at once (s is left closed, never to
+ * the collector: its peer would wait for it) and the error is raised. */
+void ml__sock_adopt(lua_State *L, ml_Socket *s, int fd, const struct sockaddr *sa, socklen_t len);
 /* Stops and forgets the loop's add_reader/add_writer callbacks on fd, as
  * asyncio does for a socket it closes (_net.c; nothing if none).  [-0, +0] */
 void ml__fdwatch_forget(lua_State *L, int fd);

@@ -49,9 +49,46 @@ static int is_owned(lua_State *L, int fd) {
   return r;
 }
 
+/* setowned_p(fd) -> nothing, protected: owned[fd] = true. */
+static int setowned_p(lua_State *L) {
+  set_owned(L, (int)lua_tointeger(L, 1), 1);
+  return 0;
+}
+
 void ml__sock_setfd(lua_State *L, ml_Socket *s, int fd) {
   s->fd = fd;
-  set_owned(L, fd, 1);
+  if (!lua_checkstack(L, 2)) return; /* only not listed as owned */
+  lua_pushcfunction(L, setowned_p);
+  lua_pushinteger(L, fd);
+  if (lua_pcall(L, 1, 0, 0) != LUA_OK) {
+    ml__sock_close(L, s); /* now, not when the collector finds s */
+    lua_error(L);
+  }
+}
+
+/* adopt_p(socket, sockaddr, length) -> address, protected: the
+ * allocating half of ml__sock_adopt. */
+static int adopt_p(lua_State *L) {
+  ml_Socket *s = lua_touserdata(L, 1);
+  set_owned(L, s->fd, 1);
+  ml__sock_pushaddr(L, lua_touserdata(L, 2), (socklen_t)lua_tointeger(L, 3));
+  return 1;
+}
+
+void ml__sock_adopt(lua_State *L, ml_Socket *s, int fd, const struct sockaddr *sa, socklen_t len) {
+  if (!lua_checkstack(L, 4)) {
+    close(fd);
+    ml__exc_raise(L, "MemoryError", "accept");
+  }
+  s->fd = fd;
+  lua_pushcfunction(L, adopt_p);
+  lua_pushlightuserdata(L, s);
+  lua_pushlightuserdata(L, (void *)sa);
+  lua_pushinteger(L, (lua_Integer)len);
+  if (lua_pcall(L, 3, 1, 0) != LUA_OK) {
+    ml__sock_close(L, s); /* now: left to the collector, its peer would wait */
+    lua_error(L);
+  }
 }
 
 ml_Socket *ml__sock_push(lua_State *L, int fd, int family, int type, int proto) {
@@ -246,8 +283,7 @@ static int sock_accept(lua_State *L) {
   do fd = accept4(s->fd, (struct sockaddr *)&ss, &len, SOCK_NONBLOCK | SOCK_CLOEXEC);
   while (fd < 0 && errno == EINTR);
   if (fd < 0) return ml__exc_raise_errno(L, errno, NULL);
-  ml__sock_setfd(L, c, fd);
-  ml__sock_pushaddr(L, (struct sockaddr *)&ss, len);
+  ml__sock_adopt(L, c, fd, (struct sockaddr *)&ss, len);
   return 2;
 }
 

@@ -2,9 +2,8 @@
 -- by tests/stress/run.sh in make test): a stream pair over a socket pair
 -- (open_connection with sock=) talking to a raw socket peer, lines,
 -- readuntil, readexactly, EOF, and a StreamReader fed by hand.  (The
--- server's accept path is tests/stress/open/server.lua, not run by make
--- test: see docs/reliability.md.)  It checks its own results and prints
--- "streams ok".
+-- server's accept path is tests/stress/server.lua.)  It checks its own
+-- results and prints "streams ok".
 local socket = require "socket"
 local function check(c, what) if not c then error("wrong result: " .. what, 0) end end
 -- A pcall'd call that ran out of memory (a MemoryError, or Lua's own

@@ -354,7 +354,16 @@ void ml__alloc_set_faults(ml_Alloc *a, size_t from, size_t len) {
   a->fail_len = from == 0 ? 0 : len;
 }
 
+int ml__alloc_fail_next(ml_Alloc *a, size_t n, size_t len) {
+  if (!a->counting) return -1;
+  a->fail_from = n == 0 ? 0 : a->growths + n;
+  a->fail_len = n == 0 ? 0 : len;
+  return 0;
+}
+
 size_t ml__alloc_growths(const ml_Alloc *a) { return a->growths; }
+
+int ml__alloc_counting(const ml_Alloc *a) { return a->counting; }
 
 size_t ml__alloc_used(const ml_Alloc *a) { return a->used; }
 

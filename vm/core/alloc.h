@@ -37,6 +37,11 @@ size_t ml__alloc_peak(const ml_Alloc *a);
  * (from == 0: only count).  ml__alloc_growths says how many so far. */
 void ml__alloc_set_faults(ml_Alloc *a, size_t from, size_t len);
 size_t ml__alloc_growths(const ml_Alloc *a);
+/* The same knob scoped to one operation: the nth growth from now and the
+ * len - 1 after it are refused (n == 0: none any more).  Only while
+ * counting (-1 otherwise: the state was not made in that mode). */
+int ml__alloc_fail_next(ml_Alloc *a, size_t n, size_t len);
+int ml__alloc_counting(const ml_Alloc *a); /* 1 while growths are counted */
 /* A lua_Alloc: ud is the ml_Alloc.  Fails (returns NULL) when growing
  * would pass the cap; shrinking and freeing never fail. */
 void *ml__alloc_lua(void *ud, void *ptr, size_t osize, size_t nsize);

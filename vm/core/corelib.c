@@ -273,7 +273,32 @@ static int core_set_debug(lua_State *L) {
   return 0;
 }
 
+/* The allocation-failure mode's knob for tests (docs/reliability.md), in
+ * a state made with MOONLOOP_ALLOCFAIL set (=count, say).
+ * _fail_alloc(n[, k]) -> nothing: refuses the state's nth growth from now
+ * and the k - 1 after it (k: 2, the growth and Lua's retry after its
+ * emergency collection, so that the failure surfaces); n 0: none. */
+static int core_fail_alloc(lua_State *L) {
+  lua_Integer n = ml__checkrange(L, 1, 0, LUA_MAXINTEGER);
+  lua_Integer k = luaL_opt(L, ml__checkint, 2, 2);
+  luaL_argcheck(L, k >= 1, 2, "must be at least 1");
+  if (ml__alloc_fail_next(ml__state(L)->alloc, (size_t)n, (size_t)k) < 0)
+    return ml__exc_raise(L, "RuntimeError",
+                         "_fail_alloc: the state was not made with MOONLOOP_ALLOCFAIL set");
+  return 0;
+}
+
+/* _allocs() -> the state's growths so far (while counting), or nil. */
+static int core_allocs(lua_State *L) {
+  ml_State *S = ml__state(L);
+  if (!ml__alloc_counting(S->alloc)) return 0;
+  lua_pushinteger(L, (lua_Integer)ml__alloc_growths(S->alloc));
+  return 1;
+}
+
 static const luaL_Reg core_funcs[] = {
+  {"_fail_alloc", core_fail_alloc},
+  {"_allocs", core_allocs},
   {"Future", ml__future_lnew},
   {"create_task", ml__core_create_task},
   {"Task", core_task},

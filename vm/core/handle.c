@@ -80,7 +80,13 @@ int ml__callback_msgh(lua_State *L) {
 }
 
 /* [-0, +1] pushes the traceback the message handler kept. */
-void ml__callback_traceback(lua_State *L) { lua_getfield(L, LUA_REGISTRYINDEX, CBTB_KEY); }
+void ml__callback_traceback(lua_State *L) {
+  lua_getfield(L, LUA_REGISTRYINDEX, CBTB_KEY);
+  /* Used once: a memory error does not run the handler, and must not be
+   * reported with an older error's traceback. */
+  lua_pushnil(L);
+  lua_setfield(L, LUA_REGISTRYINDEX, CBTB_KEY);
+}
 
 /* [-(nargs+1), +0] calls the function below the nargs arguments
  * protected; an error goes to the exception handler with context. */

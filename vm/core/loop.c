@@ -113,24 +113,46 @@ static int loop_call_exception_handler(lua_State *L) {
   return loop_default_exception_handler(L);
 }
 
-/* [-2, +0] pops the error and its traceback (or nil) and hands them to
- * the loop's exception handler as {message = context, exception,
- * traceback}. */
-void ml__report_tb(lua_State *L, const char *context) {
-  int top = lua_gettop(L);
-  lua_createtable(L, 0, 3);
-  lua_pushstring(L, context);
-  lua_setfield(L, -2, "message");
-  lua_pushvalue(L, top - 1);
-  lua_setfield(L, -2, "exception");
-  lua_pushvalue(L, top);
-  lua_setfield(L, -2, "traceback");
+/* report_p(context lightuserdata, error, traceback) -> nothing: the
+ * body of ml__report_tb, protected (it allocates). */
+static int report_p(lua_State *L) {
+  lua_createtable(L, 0, 3); /* 4 */
+  lua_pushstring(L, lua_touserdata(L, 1));
+  lua_setfield(L, 4, "message");
+  lua_pushvalue(L, 2);
+  lua_setfield(L, 4, "exception");
+  lua_pushvalue(L, 3);
+  lua_setfield(L, 4, "traceback");
   lua_pushcfunction(L, loop_call_exception_handler);
   ml__push_loop(L);
-  lua_pushvalue(L, -3);
-  if (lua_pcall(L, 2, 0, 0) != LUA_OK)
-    ml__emit_error(ml__state(L),
-                   lua_tostring(L, -1) ? lua_tostring(L, -1) : "error in error report");
+  lua_pushvalue(L, 4);
+  lua_call(L, 2, 0);
+  return 0;
+}
+
+/* [-2, +0] pops the error and its traceback (or nil) and hands them to
+ * the loop's exception handler as {message = context, exception,
+ * traceback}.  Never raises: it runs from libev's callbacks, outside any
+ * protected call, so even making the context table is protected (out of
+ * memory there is written to stderr with the context). */
+void ml__report_tb(lua_State *L, const char *context) {
+  int top = lua_gettop(L);
+  if (!lua_checkstack(L, 4)) {
+    ml__emit_error(ml__state(L), context);
+    lua_settop(L, top - 2);
+    return;
+  }
+  lua_pushcfunction(L, report_p);
+  lua_pushlightuserdata(L, (void *)context);
+  lua_pushvalue(L, top - 1);
+  lua_pushvalue(L, top);
+  if (lua_pcall(L, 3, 0, 0) != LUA_OK) {
+    const char *e = lua_tostring(L, -1);
+    char msg[512];
+    snprintf(msg, sizeof msg, "%s (reporting it failed: %s)", context,
+             e ? e : "error in error report");
+    ml__emit_error(ml__state(L), msg);
+  }
   lua_settop(L, top - 2);
 }
 
