@@ -364,6 +364,24 @@ T.case("timers keep their order through cancels, compaction and new timers", asy
   check_fired(fired, expect)
 end)
 
+T.case("a handle due before a sleep's deadline runs before the sleeper, whenever the heap's timer was armed", async function()
+  -- The sleeper's deadline passes while this task blocks; the handle's
+  -- deadline is earlier still, but the heap's ev_timer is armed for it
+  -- only now, after the sleeper's: asyncio's one heap runs the handle
+  -- first, and so must moonloop (it used to wake the sleeper first).
+  local order = {}
+  local sleeper = asyncio.create_task((async function()
+    await asyncio.sleep(0.001)
+    order[#order + 1] = "sleeper"
+  end)())
+  await asyncio.sleep(0) -- the sleeper starts and arms its timer
+  local t = loop:time()
+  while loop:time() - t < 0.003 do end -- blocks past the sleeper's deadline
+  loop:call_at(t - 0.5, function() order[#order + 1] = "handle" end)
+  await sleeper
+  T.eq(table.concat(order, " "), "handle sleeper")
+end)
+
 T.case("timers keep their order as many fire at once, then cancels and new ones", async function()
   local fired, whens, handles = {}, {}, {}
   local now = loop:time()

@@ -149,6 +149,13 @@ static void timers_cb(struct ev_loop *loop, ev_timer *w, int revents) {
   }
 }
 
+void ml__handles_queue_due(ml_State *S) {
+  Timers *T = S->timers;
+  double when;
+  if (T != NULL && ml__theap_top(&T->heap, &when) && when <= ml__now())
+    timers_cb(S->loop, &T->timer, EV_TIMER);
+}
+
 int ml__handles_remaining(ml_State *S, double *r) {
   Timers *T = S->timers;
   if (T == NULL || !ev_is_active(&T->timer)) return 0;

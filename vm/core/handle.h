@@ -38,6 +38,14 @@ struct Timers *ml__handles_push_anchor(lua_State *L);
  * errors go to the loop's exception handler.  anchor: the stack index of
  * the anchor table.  [-0, +0] */
 void ml__handles_run(lua_State *L, struct Timers *T, int anchor, const ml_Entry *e);
+/* A sleeping task's ev_timer fired (sleep.c): queues the timers due by
+ * now before the task wakes, as asyncio's one heap runs every timer due
+ * at a poll before a task that a timer woke.  libev orders its own
+ * timers by the time each was armed for, and the heap's ev_timer, re-armed
+ * at "now" for an overdue top (after a long callback batch, or a step
+ * that blocked), sorts after a sleep whose deadline passed earlier: the
+ * sleeper ran first, before handles whose deadline was before its own. */
+void ml__handles_queue_due(ml_State *S);
 /* Seconds until the heap's ev_timer fires (0 if overdue): 1 with *r set,
  * or 0 if it is not armed (no live timer). */
 int ml__handles_remaining(ml_State *S, double *r);

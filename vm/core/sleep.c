@@ -8,6 +8,7 @@
 #include "sched.h"
 #include "exc.h"
 #include "loop.h"
+#include "handle.h"
 
 /* ---- sleep ----
  * A sleeping task's ev_timer is allocated for the sleep, kept as the
@@ -105,6 +106,7 @@ static void sleep_cb(struct ev_loop *loop, ev_timer *w, int revents) {
   (void)loop;
   (void)revents;
   sleep_stop(t->fut.S, t, (Sleep *)w);
+  ml__handles_queue_due(t->fut.S); /* the timers due first (handle.h) */
   ml__task_wake(t);
 }
 
