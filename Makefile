@@ -343,13 +343,16 @@ $(BUILD)/tests/%.o: tests/%.c $(BUILD)/cflags | need-check
 # build/fuzz/corpus-<target>.  docs/reliability.md says what each checks.
 FUZZ_SECONDS ?= 60
 FUZZ_FLAGS = -g -O1 -fsanitize=fuzzer,address,undefined
+# A run's last lines, less the recommended dictionary libFuzzer prints after them:
+# the final "#N DONE cov: ft: corpus:" line, "Done N runs", or a crash's summary.
+FUZZ_TAIL = 2>&1 | grep -v -e '^"' -e '^\#\#\#\#\#\# ' | tail -n 12
 fuzz: need
 	@command -v clang >/dev/null || \
 	  { echo "make fuzz: needs clang: run 'make fuzz-deps' as root (or: sudo apt-get install clang)" >&2; exit 1; }
 	@mkdir -p build/fuzz/corpus-asyncpass
 	clang $(FUZZ_FLAGS) -Ivm $(LUA_CFLAGS) -o build/fuzz/asyncpass \
 	  tests/fuzz/asyncpass.c vm/dialect/asyncpass.c vm/dialect/buf.c $(LUA_LIBS)
-	build/fuzz/asyncpass -max_total_time=$(FUZZ_SECONDS) -max_len=4096 build/fuzz/corpus-asyncpass tests/fuzz/asyncpass scripts tests/scripts 2>&1 | tail -n 12
+	build/fuzz/asyncpass -max_total_time=$(FUZZ_SECONDS) -max_len=4096 build/fuzz/corpus-asyncpass tests/fuzz/asyncpass scripts tests/scripts $(FUZZ_TAIL)
 	@$(MAKE) --no-print-directory fuzz-tls fuzz-stream fuzz-repl fuzz-http
 
 fuzz-deps:
@@ -369,7 +372,7 @@ fuzz-tls: fuzz-lib
 	clang $(FUZZ_FLAGS) -Ivm $(LUA_CFLAGS) -o build/fuzz/tls_record \
 	  tests/fuzz/tls_record.c build/fuzz-lib/libmoonloop.a $(LIB_LIBS)
 	build/fuzz/tls_record -max_total_time=$(FUZZ_SECONDS) -max_len=16384 -timeout=10 \
-	  build/fuzz/corpus-tls tests/fuzz/tls_record 2>&1 | tail -n 12
+	  build/fuzz/corpus-tls tests/fuzz/tls_record $(FUZZ_TAIL)
 
 # The StreamReader over arbitrary chunkings, against a model of CPython's
 # (the property is tests/fuzz/stream_reader.lua, which make test also runs
@@ -379,7 +382,7 @@ fuzz-stream: fuzz-lib
 	clang $(FUZZ_FLAGS) -Ivm $(LUA_CFLAGS) -DFUZZ_DIR='"$(abspath tests/fuzz)"' -o build/fuzz/stream_reader \
 	  tests/fuzz/stream_reader.c build/fuzz-lib/libmoonloop.a $(LIB_LIBS)
 	build/fuzz/stream_reader -max_total_time=$(FUZZ_SECONDS) -max_len=1024 -timeout=10 \
-	  build/fuzz/corpus-stream_reader tests/fuzz/stream_reader 2>&1 | tail -n 12
+	  build/fuzz/corpus-stream_reader tests/fuzz/stream_reader $(FUZZ_TAIL)
 
 # The REPL's input splitter (vm/cli/split.c, a client of moonloop.h).
 fuzz-repl: fuzz-lib
@@ -387,7 +390,7 @@ fuzz-repl: fuzz-lib
 	clang $(FUZZ_FLAGS) -Ivm $(LUA_CFLAGS) $(shell $(PKG_CONFIG) --cflags libev 2>/dev/null) -o build/fuzz/repl_split \
 	  tests/fuzz/repl_split.c vm/cli/split.c build/fuzz-lib/libmoonloop.a $(LIB_LIBS)
 	build/fuzz/repl_split -max_total_time=$(FUZZ_SECONDS) -max_len=2048 -timeout=10 \
-	  build/fuzz/corpus-repl_split tests/fuzz/repl_split 2>&1 | tail -n 12
+	  build/fuzz/corpus-repl_split tests/fuzz/repl_split $(FUZZ_TAIL)
 
 # The HTTP server's request path over 127.0.0.1: pipelined, chunked and
 # smuggling-shaped requests against a model, arbitrary bytes in arbitrary
@@ -398,7 +401,7 @@ fuzz-http: fuzz-lib
 	clang $(FUZZ_FLAGS) -Ivm $(LUA_CFLAGS) -DFUZZ_DIR='"$(abspath tests/fuzz)"' -o build/fuzz/http_request \
 	  tests/fuzz/http_request.c build/fuzz-lib/libmoonloop.a $(LIB_LIBS)
 	build/fuzz/http_request -max_total_time=$(FUZZ_SECONDS) -max_len=4096 -timeout=30 \
-	  build/fuzz/corpus-http_request tests/fuzz/http_request 2>&1 | tail -n 12
+	  build/fuzz/corpus-http_request tests/fuzz/http_request $(FUZZ_TAIL)
 
 # moonloop.pc: a host compiles with `pkg-config --cflags --libs moonloop`
 # (the shared library) or adds --static (the static one, which needs
