@@ -134,16 +134,32 @@ int ml__http_value_is(const char *v, size_t n, const char *want) {
   return 1;
 }
 
+/* [-0, +1] pushes the name of llhttp's method m, from the keys table at
+ * kidx (cached there on first use). */
+static void push_method(lua_State *L, int kidx, int m) {
+  if (lua_rawgeti(L, kidx, K_METHOD0 + m) == LUA_TSTRING) return;
+  lua_pop(L, 1);
+  lua_pushstring(L, llhttp_method_name((llhttp_method_t)m));
+  lua_pushvalue(L, -1);
+  lua_rawseti(L, kidx, K_METHOD0 + m);
+}
+
 /* Builds the Request table and hands it to the connection's task.
  * Fields: method, target (as sent), path (decoded), query_string,
- * version, headers, _hc. */
+ * version, headers, _hc.
+ * Invariant: the fields are set with lua_rawset and keys from UV_KEYS
+ * (hconn.h): the table has no metatable until it is complete, so a raw
+ * set is what lua_setfield would do, and the keys are the interned
+ * strings a literal would find.  The Request has 7 fields and room for
+ * 8 (its lazy `query` or `_body`); its headers table is sized for the
+ * head's header count. */
 static int on_headers_complete(llhttp_t *p) {
   HConn *hc = p->data;
   lua_State *L = cur_L;
   const char *h = hc->head.data + hc->head.off;
   const char *url = h, *q;
   size_t ulen = hc->url_len, plen;
-  int hcidx;
+  int hcidx, kidx, ridx, hidx;
   if (hc->p.content_length > hc->body_limit && (p->flags & F_CONTENT_LENGTH)) {
     hc->limit_status = 413;
     return HPE_USER;
@@ -158,36 +174,49 @@ static int on_headers_complete(llhttp_t *p) {
   hc->chunked = 0;
   hc->err = 0;
   ml__http_set_phase(hc, P_BUSY);
-  lua_pushvalue(L, -1); /* the connection is on top during feed() */
-  hcidx = lua_gettop(L);
+  hcidx = lua_gettop(L); /* the connection is on top during feed() */
+  lua_getiuservalue(L, hcidx, UV_KEYS);
+  kidx = hcidx + 1;
   lua_createtable(L, 0, 8);
-  lua_pushstring(L, llhttp_method_name((llhttp_method_t)p->method));
-  lua_setfield(L, -2, "method");
-  lua_pushlstring(L, url, ulen);
-  lua_setfield(L, -2, "target");
+  ridx = hcidx + 2;
+  lua_rawgeti(L, kidx, K_METHOD);
+  push_method(L, kidx, p->method);
+  lua_rawset(L, ridx);
   q = memchr(url, '?', ulen);
   plen = q ? (size_t)(q - url) : ulen;
+  lua_rawgeti(L, kidx, K_TARGET);
+  lua_pushlstring(L, url, ulen);
   if (q == NULL && memchr(url, '%', ulen) == NULL) {
-    lua_getfield(L, -1, "target");
+    /* the path is the target itself: the same string */
+    lua_rawgeti(L, kidx, K_PATH);
+    lua_pushvalue(L, -2);
+    lua_rawset(L, ridx);
+    lua_rawset(L, ridx);
   } else {
+    lua_rawset(L, ridx);
+    lua_rawgeti(L, kidx, K_PATH);
     push_decoded(L, url, plen);
+    lua_rawset(L, ridx);
   }
-  lua_setfield(L, -2, "path");
+  lua_rawgeti(L, kidx, K_QUERY_STRING);
   if (q) {
     lua_pushlstring(L, q + 1, ulen - plen - 1);
   } else {
-    lua_pushliteral(L, "");
+    lua_rawgeti(L, kidx, K_EMPTY);
   }
-  lua_setfield(L, -2, "query_string");
-  lua_pushstring(L, hc->http10 ? "1.0" : p->http_major == 1 ? "1.1" : "0.9");
-  lua_setfield(L, -2, "version");
+  lua_rawset(L, ridx);
+  lua_rawgeti(L, kidx, K_VERSION);
+  lua_rawgeti(L, kidx, hc->http10 ? K_V10 : p->http_major == 1 ? K_V11 : K_V09);
+  lua_rawset(L, ridx);
   /* headers */
+  lua_rawgeti(L, kidx, K_HEADERS);
   lua_createtable(L, 0, hc->nhdr);
+  hidx = ridx + 2;
   for (int i = 0; i < hc->nhdr; i++) {
     Hdr *e = &hc->hdr[i];
     lua_pushlstring(L, h + e->noff, e->nlen);
     lua_pushvalue(L, -1);
-    if (lua_rawget(L, -3) == LUA_TSTRING) {
+    if (lua_rawget(L, hidx) == LUA_TSTRING) {
       /* repeated: joined with ", " as Node and aiohttp's get() do */
       lua_pushliteral(L, ", ");
       lua_pushlstring(L, h + e->voff, e->vlen);
@@ -196,20 +225,21 @@ static int on_headers_complete(llhttp_t *p) {
       lua_pop(L, 1);
       lua_pushlstring(L, h + e->voff, e->vlen);
     }
-    lua_rawset(L, -3);
+    lua_rawset(L, hidx);
     if (e->nlen == 6 && memcmp(h + e->noff, "expect", 6) == 0 &&
         ml__http_value_is(h + e->voff, e->vlen, "100-continue") && !hc->http10)
       hc->expect = 1;
   }
   lua_getiuservalue(L, hcidx, UV_HDRMT);
-  lua_setmetatable(L, -2);
-  lua_setfield(L, -2, "headers");
+  lua_setmetatable(L, hidx);
+  lua_rawset(L, ridx);
+  lua_rawgeti(L, kidx, K_HC);
   lua_pushvalue(L, hcidx);
-  lua_setfield(L, -2, "_hc");
+  lua_rawset(L, ridx);
   lua_getiuservalue(L, hcidx, UV_REQMT);
-  lua_setmetatable(L, -2);
+  lua_setmetatable(L, ridx);
   lua_setiuservalue(L, hcidx, UV_REQ);
-  lua_pop(L, 1);
+  lua_settop(L, hcidx);
   ml__http_wake(hc, W_REQ);
   return 0;
 }

@@ -548,11 +548,26 @@ static int l_conn(lua_State *L) {
   lua_setiuservalue(L, -2, UV_REQMT);
   lua_pushvalue(L, 2);
   lua_setiuservalue(L, -2, UV_HDRMT);
+  lua_pushvalue(L, lua_upvalueindex(1));
+  lua_setiuservalue(L, -2, UV_KEYS);
   return 1;
 }
 
+/* [-0, +1] pushes the keys table of hconn.h's K_* (the Request's field
+ * names and constant values; the method names are added as met). */
+static void push_keys(lua_State *L) {
+  static const char *const k[] = {
+    "method", "target", "path", "query_string", "version", "headers",
+    "_hc",    "",       "1.0",  "1.1",          "0.9",
+  };
+  lua_createtable(L, K_METHOD0 + 8, 0);
+  for (int i = 0; i < (int)(sizeof k / sizeof *k); i++) {
+    lua_pushstring(L, k[i]);
+    lua_rawseti(L, -2, K_METHOD + i);
+  }
+}
+
 static const luaL_Reg module_funcs[] = {
-  {"_conn", l_conn},
   {"reason", ml__http_l_reason},
   {"_json_response", ml__http_l_json_response},
   {NULL, NULL},
@@ -576,5 +591,8 @@ int luaopen_http__server(lua_State *L) {
   lua_pop(L, 1);
   lua_newtable(L);
   luaL_setfuncs(L, module_funcs, 0);
+  push_keys(L);
+  lua_pushcclosure(L, l_conn, 1);
+  lua_setfield(L, -2, "_conn");
   return 1;
 }

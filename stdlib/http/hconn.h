@@ -18,7 +18,29 @@
 #define OUT_KEEP (64 * 1024) /* the output buffer keeps up to this */
 
 /* User values of a connection. */
-enum { UV_REQMT = 1, UV_HDRMT, UV_REQ, UV_TR, UV_ERR, UV_N = UV_ERR };
+enum { UV_REQMT = 1, UV_HDRMT, UV_REQ, UV_TR, UV_ERR, UV_KEYS, UV_N = UV_KEYS };
+
+/* The strings a Request is built of, made once per state and kept in
+ * UV_KEYS's table (http._server's `_conn` upvalue) at these indexes, so
+ * on_headers_complete fetches each with one lua_rawgeti and sets it with
+ * lua_rawset: a lua_setfield or lua_pushstring with a C literal looks the
+ * string up in Lua's string cache (a strcmp) each time (~110 instructions
+ * a field; docs/performance.md, "HTTP server").  The method names are
+ * cached from K_METHOD0 + llhttp's method number on first use. */
+enum {
+  K_METHOD = 1,
+  K_TARGET,
+  K_PATH,
+  K_QUERY_STRING,
+  K_VERSION,
+  K_HEADERS,
+  K_HC,
+  K_EMPTY, /* "" */
+  K_V10,   /* "1.0" */
+  K_V11,   /* "1.1" */
+  K_V09,   /* "0.9" */
+  K_METHOD0
+};
 
 enum { P_IDLE, P_HEAD, P_BUSY, P_LINGER };
 
