@@ -587,6 +587,7 @@ int luaopen_http__server(lua_State *L) {
     lua_setfield(L, -2, "__index");
     lua_pushcfunction(L, hc_gc);
     lua_setfield(L, -2, "__gc");
+    ml__await_register(L, hc_await); /* `await conn` without __await's lookup */
   }
   lua_pop(L, 1);
   lua_newtable(L);

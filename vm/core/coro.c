@@ -226,8 +226,11 @@ static int call_k(lua_State *L, int status, lua_KContext base) {
 /* await(x): a Coroutine runs inline; a Future or Task suspends the task
  * until it is done; an object with __await has it called.
  * await(x) -> x's results */
+static lua_CFunction async_c_body(const ml_State *S, const void *p);
+
 static int l_await(lua_State *L) {
   ml_State *S = ml__state(L);
+  lua_CFunction aw;
   void *p = lua_touserdata(L, 1);
   int n;
   lua_settop(L, 1);
@@ -242,6 +245,8 @@ static int l_await(lua_State *L) {
       lua_callk(L, n - 1, LUA_MULTRET, 1, call_k);
       return call_k(L, LUA_OK, 1);
     }
+    /* A metatable of ml__await_register: its body in this very frame. */
+    if ((aw = async_c_body(S, mt)) != NULL) return aw(L);
   }
   if (luaL_getmetafield(L, 1, "__await") != LUA_TNIL) {
     lua_pushvalue(L, 1);
@@ -569,6 +574,10 @@ void ml__push_async(lua_State *L, const char *name, lua_CFunction f) {
   lua_pushcclosure(L, coro_make, 2);
   async_c_register(L, f);
 }
+
+/* Metatables' addresses share the async C table: a closure and a
+ * metatable are different objects, so their addresses never meet. */
+void ml__await_register(lua_State *L, lua_CFunction f) { async_c_register(L, f); }
 
 /* For asyncio.core. */
 int ml__coro_iscoroutine(lua_State *L) { return l_iscoroutine(L); }

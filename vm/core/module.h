@@ -339,6 +339,13 @@ void ml__push_loop(lua_State *L);
  * return a reusable userdata whose metatable has __await instead: await
  * calls __await(obj) in the task, and it may suspend too. */
 void ml__push_async(lua_State *L, const char *name, lua_CFunction f);
+/* [-0, +0] the metatable at the top (anchored for the state's life, as a
+ * luaL_newmetatable one is): `await obj` of a userdata with it runs f
+ * inline in the awaiting frame, obj at 1 and alone, with no
+ * luaL_getmetafield("__await") nor call (~350 instructions an await; the
+ * HTTP server's `await conn`).  Keep __await in the metatable as well: it
+ * is the path when the small table is full. */
+void ml__await_register(lua_State *L, lua_CFunction f);
 
 /* ---- Waking the loop from other threads (wakeup.c) -------------------
  * The one cross-thread path: every thread that must reach a state's loop
