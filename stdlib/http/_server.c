@@ -267,7 +267,7 @@ static int push_next(lua_State *L, int idx, HConn *hc) {
 }
 
 static int next_k(lua_State *L, int status, lua_KContext ctx) {
-  HConn *hc = ml__http_check_hc(L, 1);
+  HConn *hc = lua_touserdata(L, 1); /* hc_await checked it; the stack is as it left it */
   (void)status;
   (void)ctx;
   if (push_next(L, 1, hc)) return 1;
