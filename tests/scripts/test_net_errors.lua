@@ -225,11 +225,7 @@ T.case("cancelling read, drain and sock_connect leaks no fd and leaves nothing a
   local out, st = child([[
 local socket = require "socket"
 local loop = asyncio.get_running_loop()
-local function nfds()
-  local f = io.open("/proc/self/stat"); local pid = f:read("n"); f:close()
-  local p = io.popen("ls /proc/" .. pid .. "/fd | wc -l"); local n = tonumber(p:read("a")); p:close()
-  return n
-end
+local nfds = require("asyncio.test").open_fds
 local before = nfds()
 local srv = await asyncio.start_server(async function(r, w) await r:read(); w:close() end, "127.0.0.1", 0)
 local port = srv.sockets[1]:getsockname()[2]
