@@ -172,6 +172,7 @@ struct ml_Conn {
   int fd;          /* -1 once closed, or if none */
   int kind;        /* ML_CONN_* */
   int ref;         /* registry anchor while open */
+  int dr_ref;      /* the registry slot of the key "data_received" (conn.c) */
   int err;         /* errno that ended the connection, 0 if none */
   ev_io rio, wio;
   ev_timer later; /* delivers connection_lost */
