@@ -346,6 +346,9 @@ FUZZ_FLAGS = -g -O1 -fsanitize=fuzzer,address,undefined
 # A run's last lines, less the recommended dictionary libFuzzer prints after them:
 # the final "#N DONE cov: ft: corpus:" line, "Done N runs", or a crash's summary.
 FUZZ_TAIL = 2>&1 | grep -v -e '^"' -e '^\#\#\#\#\#\# ' | tail -n 12
+# The fuzzer's exit status is the recipe's, not tail's: a crash fails make.
+fuzz fuzz-tls fuzz-stream fuzz-repl fuzz-http: SHELL := /bin/bash
+fuzz fuzz-tls fuzz-stream fuzz-repl fuzz-http: .SHELLFLAGS := -o pipefail -c
 fuzz: need
 	@command -v clang >/dev/null || \
 	  { echo "make fuzz: needs clang: run 'make fuzz-deps' as root (or: sudo apt-get install clang)" >&2; exit 1; }
