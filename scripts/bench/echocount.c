@@ -25,6 +25,8 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include "loadconn.h"
+
 #define MAX_CONNS 1000
 #define MAX_SIZE (1 << 20)
 #define MAX_MESSAGES 10000000L
@@ -40,10 +42,6 @@ typedef struct Conn {
 static char *msg, *rbuf;
 static size_t size;
 
-static void die(const char *what, int err) {
-  fprintf(stderr, "echocount: %s: %s\n", what, strerror(err));
-  exit(1);
-}
 
 static void arm(int ep, Conn *c, unsigned events) {
   if (events == c->events) return;
@@ -100,14 +98,11 @@ int main(int argc, char **argv) {
     fprintf(stderr, "usage: %s HOST PORT CONNS SIZE MESSAGES\n", argv[0]);
     return 2;
   }
-  const char *host = strcmp(argv[1], "localhost") == 0 ? "127.0.0.1" : argv[1];
   int port = atoi(argv[2]), nconn = atoi(argv[3]);
   long sz = atol(argv[4]), count = atol(argv[5]);
-  struct sockaddr_in sa = {.sin_family = AF_INET, .sin_port = htons((unsigned short)port)};
-  if (inet_pton(AF_INET, host, &sa.sin_addr) != 1 || (ntohl(sa.sin_addr.s_addr) >> 24) != 127) {
-    fprintf(stderr, "echocount: %s is not an IPv4 loopback address\n", argv[1]);
-    return 2;
-  }
+  struct sockaddr_in sa;
+  lc_name = "echocount";
+  lc_loopback(&sa, argv[1], port);
   if (port <= 0 || port > 65535 || nconn < 1 || nconn > MAX_CONNS || sz < 1 || sz > MAX_SIZE ||
       count < 1 || count > MAX_MESSAGES) {
     fprintf(stderr, "echocount: out of bounds (conns 1..%d, size 1..%d, messages 1..%ld)\n",
@@ -127,25 +122,14 @@ int main(int argc, char **argv) {
   for (int i = 0; i < nconn; i++) {
     Conn *c = &conns[i];
     c->left = count;
-    c->fd = socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
-    if (c->fd < 0) die("socket", errno);
-    int one = 1;
-    setsockopt(c->fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
-    if (connect(c->fd, (struct sockaddr *)&sa, sizeof sa) < 0 && errno != EINPROGRESS)
-      die("connect", errno);
-    struct epoll_event ev = {.events = EPOLLOUT, .data.ptr = c};
-    if (epoll_ctl(ep, EPOLL_CTL_ADD, c->fd, &ev) < 0) die("epoll_ctl", errno);
+    c->fd = lc_connect(ep, &sa, EPOLLOUT, c);
     c->events = EPOLLOUT; /* writable = connected */
   }
 
   int finished = 0;
   struct epoll_event evs[256];
   while (finished < nconn) {
-    int n = epoll_wait(ep, evs, 256, 60000);
-    if (n < 0) {
-      if (errno == EINTR) continue;
-      die("epoll_wait", errno);
-    }
+    int n = lc_wait(ep, evs, 256, 60000);
     if (n == 0) {
       fprintf(stderr, "echocount: nothing moved for 60 s (%d of %d connections done)\n", finished,
               nconn);
@@ -154,10 +138,7 @@ int main(int argc, char **argv) {
     for (int i = 0; i < n; i++) {
       Conn *c = evs[i].data.ptr;
       if (!c->connected) {
-        int err = 0;
-        socklen_t len = sizeof err;
-        getsockopt(c->fd, SOL_SOCKET, SO_ERROR, &err, &len);
-        if (err != 0) die("connect", err);
+        lc_connected(c->fd);
         c->connected = 1;
         pump_send(ep, c);
         continue;

@@ -31,6 +31,8 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "loadconn.h"
+
 #define MAX_CONNS 1000
 #define MAX_SIZE (1 << 20)
 #define MAX_SECONDS 120.0
@@ -57,10 +59,6 @@ static double now(void) {
   return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
 }
 
-static void die(const char *what, int err) {
-  fprintf(stderr, "echoload: %s: %s\n", what, strerror(err));
-  exit(1);
-}
 
 /* Watches c for events, with a system call only when they change. */
 static void arm(int ep, Conn *c, uint32_t events) {
@@ -124,15 +122,12 @@ int main(int argc, char **argv) {
     fprintf(stderr, "usage: %s HOST PORT CONNS SIZE SECONDS [WARMUP]\n", argv[0]);
     return 2;
   }
-  const char *host = strcmp(argv[1], "localhost") == 0 ? "127.0.0.1" : argv[1];
   int port = atoi(argv[2]), nconn = atoi(argv[3]);
   long sz = atol(argv[4]);
   double seconds = atof(argv[5]), warmup = argc > 6 ? atof(argv[6]) : 0.5;
-  struct sockaddr_in sa = {.sin_family = AF_INET, .sin_port = htons((uint16_t)port)};
-  if (inet_pton(AF_INET, host, &sa.sin_addr) != 1 || (ntohl(sa.sin_addr.s_addr) >> 24) != 127) {
-    fprintf(stderr, "echoload: %s is not an IPv4 loopback address\n", argv[1]);
-    return 2;
-  }
+  struct sockaddr_in sa;
+  lc_name = "echoload";
+  lc_loopback(&sa, argv[1], port);
   if (port <= 0 || port > 65535 || nconn < 1 || nconn > MAX_CONNS || sz < 1 || sz > MAX_SIZE ||
       !(seconds > 0 && seconds <= MAX_SECONDS) || !(warmup >= 0 && warmup <= MAX_SECONDS)) {
     fprintf(stderr,
@@ -153,14 +148,7 @@ int main(int argc, char **argv) {
   if (ep < 0) die("epoll_create1", errno);
   for (int i = 0; i < nconn; i++) {
     Conn *c = &conns[i];
-    c->fd = socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
-    if (c->fd < 0) die("socket", errno);
-    int one = 1;
-    setsockopt(c->fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
-    if (connect(c->fd, (struct sockaddr *)&sa, sizeof sa) < 0 && errno != EINPROGRESS)
-      die("connect", errno);
-    struct epoll_event ev = {.events = EPOLLOUT, .data.ptr = c};
-    if (epoll_ctl(ep, EPOLL_CTL_ADD, c->fd, &ev) < 0) die("epoll_ctl", errno);
+    c->fd = lc_connect(ep, &sa, EPOLLOUT, c);
     c->events = EPOLLOUT; /* writable = connected */
   }
 
@@ -180,19 +168,12 @@ int main(int argc, char **argv) {
       return 1;
     }
     int ms = (int)((end - t) * 1000) + 1;
-    int n = epoll_wait(ep, evs, 256, ms < 100 ? ms : 100);
-    if (n < 0) {
-      if (errno == EINTR) continue;
-      die("epoll_wait", errno);
-    }
+    int n = lc_wait(ep, evs, 256, ms < 100 ? ms : 100);
     int done = 0;
     for (int i = 0; i < n; i++) {
       Conn *c = evs[i].data.ptr;
       if (!c->connected) {
-        int err = 0;
-        socklen_t len = sizeof err;
-        getsockopt(c->fd, SOL_SOCKET, SO_ERROR, &err, &len);
-        if (err != 0) die("connect", err);
+        lc_connected(c->fd);
         c->connected = 1;
         nconnected++;
         pump_send(ep, c);

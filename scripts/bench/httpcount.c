@@ -18,6 +18,8 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include "loadconn.h"
+
 #define MAX_CONNS 1000
 #define RBUF 65536
 
@@ -31,10 +33,6 @@ typedef struct Conn {
 static char req[512];
 static size_t reqlen;
 
-static void die(const char *what, int err) {
-  fprintf(stderr, "httpcount: %s: %s\n", what, strerror(err));
-  exit(1);
-}
 
 static void do_send(Conn *c) {
   while (c->sent < reqlen) {
@@ -95,11 +93,9 @@ int main(int argc, char **argv) {
   int port = atoi(argv[2]), nconn = atoi(argv[3]);
   long count = atol(argv[4]);
   const char *path = argc > 5 ? argv[5] : "/";
-  struct sockaddr_in sa = {.sin_family = AF_INET, .sin_port = htons((unsigned short)port)};
-  if (inet_pton(AF_INET, argv[1], &sa.sin_addr) != 1 || (ntohl(sa.sin_addr.s_addr) >> 24) != 127) {
-    fprintf(stderr, "httpcount: %s is not an IPv4 loopback address\n", argv[1]);
-    return 2;
-  }
+  struct sockaddr_in sa;
+  lc_name = "httpcount";
+  lc_loopback(&sa, argv[1], port);
   if (port <= 0 || port > 65535 || nconn < 1 || nconn > MAX_CONNS || count < 1) return 2;
   reqlen = (size_t)snprintf(req, sizeof req, "GET %s HTTP/1.1\r\nHost: %s:%d\r\n\r\n", path,
                             argv[1], port);
@@ -109,22 +105,12 @@ int main(int argc, char **argv) {
   for (int i = 0; i < nconn; i++) {
     Conn *c = &conns[i];
     c->left = count;
-    c->fd = socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
-    int one = 1;
-    setsockopt(c->fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
-    if (connect(c->fd, (struct sockaddr *)&sa, sizeof sa) < 0 && errno != EINPROGRESS)
-      die("connect", errno);
-    struct epoll_event ev = {.events = EPOLLOUT | EPOLLIN, .data.ptr = c};
-    epoll_ctl(ep, EPOLL_CTL_ADD, c->fd, &ev);
+    c->fd = lc_connect(ep, &sa, EPOLLOUT | EPOLLIN, c);
   }
   int finished = 0;
   struct epoll_event evs[256];
   while (finished < nconn) {
-    int n = epoll_wait(ep, evs, 256, 60000);
-    if (n < 0) {
-      if (errno == EINTR) continue;
-      die("epoll_wait", errno);
-    }
+    int n = lc_wait(ep, evs, 256, 60000);
     if (n == 0) {
       fprintf(stderr, "httpcount: nothing moved for 60 s\n");
       return 1;
@@ -132,10 +118,7 @@ int main(int argc, char **argv) {
     for (int i = 0; i < n; i++) {
       Conn *c = evs[i].data.ptr;
       if (!c->connected) {
-        int err = 0;
-        socklen_t len = sizeof err;
-        getsockopt(c->fd, SOL_SOCKET, SO_ERROR, &err, &len);
-        if (err) die("connect", err);
+        lc_connected(c->fd);
         c->connected = 1;
         struct epoll_event ev = {.events = EPOLLIN, .data.ptr = c};
         epoll_ctl(ep, EPOLL_CTL_MOD, c->fd, &ev);
