@@ -65,9 +65,10 @@ void ml__hostfuture_close(ml_Embed *E);
 /* Puts every stdlib module in package.preload (stdlib/init.c, the module
  * list; declared here, as vm/ includes no stdlib header).  [-0, +0] */
 void ml__stdlib_open(lua_State *L);
-/* [-0, +1] pushes {C module name = "net" | "process" | ... | "none"}
- * (stdlib/init.c), for the sandbox. */
-void ml__stdlib_caps(lua_State *L);
+/* [-0, +2] pushes {stdlib module name = the capabilities it needs, a
+ * bit mask, closed over its requires} and {switch name = its bit}
+ * (stdlib/init.c, once per process), for the sandbox. */
+void ml__stdlib_needs(lua_State *L);
 
 /* ml_Values (values.c): 0 if v (may be NULL) is a complete list, or its
  * error; the number of its top-level values; [-0, +n] pushes them in

@@ -84,7 +84,7 @@ int ml_state_set_budget_scope(ml_State *S, int scope) {
  * new globals, which replace the state's; the old ones are kept aside as
  * the trusted environment the stdlib runs in (state.c). */
 
-/* sandbox.lua and the generated module graph (sandbox_lua.c, generated). */
+/* sandbox.lua (sandbox_lua.c, generated). */
 extern const ml_Embedded ml__sandbox_lua[];
 
 /* Finalizers: a __gc wrapped by the policy runs on a thread of its own,
@@ -213,8 +213,7 @@ static int sandbox_p(lua_State *L) {
     lua_setfield(L, -2, *p);
   }
   luaL_getsubtable(L, LUA_REGISTRYINDEX, ML_HOSTMODS_KEY); /* hostmods */
-  run_embedded(L, "moonloop.modgraph", 0);                 /* graph */
-  ml__stdlib_caps(L);                                      /* ccaps */
+  ml__stdlib_needs(L);                                     /* needs_of, switches */
   ml__strmatch_install(L); /* before the policy copies the string library */
   lua_rawgeti(L, LUA_REGISTRYINDEX, LUA_RIDX_GLOBALS); /* G */
   lua_pushcfunction(L, wrap_gc);

@@ -8,50 +8,35 @@
 -- derives a module graph from the module list (every stdlib .lua file's
 -- requires, and the capability stdlib/init.c declares for each C module),
 -- and a module is reachable only if everything it needs is allowed.
+-- needs_of maps every stdlib module to the capabilities it needs, its own
+-- and those of everything it requires, directly or not, as a mask of the
+-- bits in switches ({net = 1, ...}); init.c takes that closure once per
+-- process, not here per state.
 -- Modules that are not reachable are taken out of package.preload before
 -- anything loads them, so the asyncio module never merges their names and
 -- a sandboxed state never pays for them.
-local allow, hostmods, graph, ccaps, G, wrap_gc, guarded = ...
+local allow, hostmods, needs_of, switches, G, wrap_gc, guarded = ...
 
 local rawget, rawset, type, pairs, next, select, error, setmetatable, getmetatable, tostring =
   rawget, rawset, type, pairs, next, select, error, setmetatable, getmetatable, tostring
 local preload, loaded, real_require = package.preload, package.loaded, require
 
--- The switches: each grants one kind of reach outside the state.
-local SWITCHES = { net = true, process = true, signal = true, thread = true, file = true }
--- Standard libraries, and what their risky fields need.
+-- switches (net, process, signal, thread, file): each grants one kind of
+-- reach outside the state.  Standard libraries, and what their risky fields need.
 local STDLIBS = { string = true, table = true, math = true, utf8 = true, coroutine = true,
                   os = true, io = "file", debug = "debug", package = "package" }
 local OS_NEEDS = { execute = "process", exit = "exit", getenv = "env", remove = "file",
                    rename = "file", tmpname = "file", setlocale = "locale" }
 
 local granted = {}
-for name in pairs(allow) do if SWITCHES[name] then granted[name] = true end end
-
--- The capabilities a stdlib module needs: its own (C modules) and those
--- of everything it requires.  nil for a name that is not a stdlib module.
-local memo = {}
-local function needs(name, visiting)
-  if memo[name] then return memo[name] end
-  if graph[name] == nil and ccaps[name] == nil then return nil end
-  visiting = visiting or {}
-  if visiting[name] then return {} end
-  visiting[name] = true
-  local set = {}
-  local own = ccaps[name]
-  if own and own ~= "none" then set[own] = true end
-  for _, dep in ipairs(graph[name] or {}) do
-    local d = needs(dep, visiting)
-    if d then for c in pairs(d) do set[c] = true end end
-  end
-  memo[name] = set
-  return set
-end
+for name in pairs(allow) do if switches[name] then granted[name] = true end end
 
 -- Naming a module grants what it needs ("socket" brings networking).
 for name in pairs(allow) do
-  local n = needs(name)
-  if n then for c in pairs(n) do granted[c] = true end end
+  local n = needs_of[name]
+  if n and n ~= 0 then
+    for c, bit in pairs(switches) do if n & bit ~= 0 then granted[c] = true end end
+  end
 end
 
 -- Allowing io or os whole grants what they reach.  Worker threads run Lua
@@ -62,10 +47,11 @@ if allow.os then granted.process = true; granted.file = true end
 if allow.io and allow.os then granted.thread = true end
 if granted.thread and not (granted.file and granted.process) then granted.thread = nil end
 
-local function within(set)
-  for c in pairs(set) do if not granted[c] then return false end end
-  return true
-end
+-- The granted switches as a mask: a module is within them if it needs no
+-- other bit (init.c gives a capability no switch names a bit of its own).
+local gmask = 0
+for c, bit in pairs(switches) do if granted[c] then gmask = gmask | bit end end
+local function within(n) return n & ~gmask == 0 end
 
 -- Internal modules are never a script's to require: a private name
 -- (a component starting with '_') or the core's face to Lua.
@@ -76,17 +62,17 @@ end
 
 local function public_ok(name)
   if hostmods[name] then return true end
-  local n = needs(name)
+  local n = needs_of[name]
   if n == nil or internal(name) then return false end
   if not within(n) then return false end
   -- Named, part of an allowed asyncio, or a module of a granted switch
   -- (networking on: socket and ssl too).
-  return allow[name] or (allow.asyncio and name:find("^asyncio%.") ~= nil) or next(n) ~= nil
+  return allow[name] or (allow.asyncio and name:find("^asyncio%.") ~= nil) or n ~= 0
 end
 
 -- Prune what can never load: the asyncio module merges only what stays.
 for name in pairs(preload) do
-  local n = needs(name)
+  local n = needs_of[name]
   if n and not hostmods[name] and not within(n) then
     preload[name], loaded[name] = nil, nil
   end
