@@ -183,6 +183,28 @@ static int guarded(lua_State *L) {
   return nres;
 }
 
+/* copy_lib(t) -> a new table with t's pairs, raw, made for their number:
+ * the policy's copies of the standard libraries (no table that grows and
+ * rehashes on the way, as one filled from Lua does). */
+static int copy_lib(lua_State *L) {
+  int n = 0;
+  luaL_checktype(L, 1, LUA_TTABLE);
+  lua_settop(L, 1);
+  lua_pushnil(L);
+  while (lua_next(L, 1)) {
+    n++;
+    lua_pop(L, 1);
+  }
+  lua_createtable(L, 0, n);
+  lua_pushnil(L);
+  while (lua_next(L, 1)) { /* t, c, k, v */
+    lua_pushvalue(L, -2);
+    lua_insert(L, -2);
+    lua_rawset(L, 2);
+  }
+  return 1;
+}
+
 typedef struct Sandbox {
   const char *const *allow;
 } Sandbox;
@@ -218,7 +240,8 @@ static int sandbox_p(lua_State *L) {
   lua_rawgeti(L, LUA_REGISTRYINDEX, LUA_RIDX_GLOBALS); /* G */
   lua_pushcfunction(L, wrap_gc);
   lua_pushcfunction(L, guarded);
-  run_embedded(L, "moonloop.sandbox", 7); /* env */
+  lua_pushcfunction(L, copy_lib);
+  run_embedded(L, "moonloop.sandbox", 8); /* env */
   luaL_checktype(L, -1, LUA_TTABLE);
   lua_rawgeti(L, LUA_REGISTRYINDEX, LUA_RIDX_GLOBALS);
   lua_setfield(L, LUA_REGISTRYINDEX, ML_TRUSTED_ENV_KEY);
@@ -229,7 +252,18 @@ static int sandbox_p(lua_State *L) {
 int ml_state_sandbox(ml_State *S, const char *const *allow) {
   Sandbox a = {allow ? allow : default_allow};
   ml_Embed *E = ml__embed(S);
+  int rc, stop;
   if (E == NULL) return -ENOMEM;
   E->err[0] = '\0';
-  return ml__embed_pcall(S->L, sandbox_p, &a);
+  /* What the policy makes (the scripts' globals, the library copies)
+   * lives as long as the state, as what state.c's init makes does: the
+   * collector, stopped as it is there, has next to nothing to find in it
+   * (0.1 M instructions a sandbox, docs/performance.md "Embedding").  An
+   * allocation that fails still collects first.  A collector the host
+   * stopped stays stopped. */
+  stop = !S->gc_stress && lua_gc(S->L, LUA_GCISRUNNING);
+  if (stop) lua_gc(S->L, LUA_GCSTOP);
+  rc = ml__embed_pcall(S->L, sandbox_p, &a);
+  if (stop) lua_gc(S->L, LUA_GCRESTART);
+  return rc;
 }

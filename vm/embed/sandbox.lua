@@ -15,7 +15,7 @@
 -- Modules that are not reachable are taken out of package.preload before
 -- anything loads them, so the asyncio module never merges their names and
 -- a sandboxed state never pays for them.
-local allow, hostmods, needs_of, switches, G, wrap_gc, guarded = ...
+local allow, hostmods, needs_of, switches, G, wrap_gc, guarded, copy_lib = ...
 
 local rawget, rawset, type, pairs, next, select, error, setmetatable, getmetatable, tostring =
   rawget, rawset, type, pairs, next, select, error, setmetatable, getmetatable, tostring
@@ -71,9 +71,10 @@ local function public_ok(name)
 end
 
 -- Prune what can never load: the asyncio module merges only what stays.
-for name in pairs(preload) do
-  local n = needs_of[name]
-  if n and not hostmods[name] and not within(n) then
+-- (Every stdlib module is in needs_of; one not in package.preload is
+-- taken out of package.loaded all the same.)
+for name, n in pairs(needs_of) do
+  if not within(n) and not hostmods[name] then
     preload[name], loaded[name] = nil, nil
   end
 end
@@ -85,27 +86,34 @@ G.string.dump = nil
 local smt = getmetatable("")
 if smt then smt.__metatable = false end
 
-local env = {}
-for _, k in ipairs { "assert", "error", "ipairs", "next", "pairs", "pcall", "print", "rawequal",
-                     "rawget", "rawlen", "rawset", "select", "tonumber", "tostring", "type",
-                     "xpcall", "_VERSION", "await", "__awcall", "__awmeth", "__ml_async" } do
-  env[k] = G[k]
-end
+local env = {
+  assert = G.assert, error = G.error, ipairs = G.ipairs, next = G.next, pairs = G.pairs,
+  pcall = G.pcall, print = G.print, rawequal = G.rawequal, rawget = G.rawget, rawlen = G.rawlen,
+  rawset = G.rawset, select = G.select, tonumber = G.tonumber, tostring = G.tostring,
+  type = G.type, xpcall = G.xpcall, _VERSION = G._VERSION, await = G.await,
+  __awcall = G.__awcall, __awmeth = G.__awmeth, __ml_async = G.__ml_async,
+}
 env._G = env
 
 -- Standard libraries: copies, so that a script cannot change the
--- functions the stdlib calls.  "lib.field" keeps one field.
-local function copy(t, keep)
+-- functions the stdlib calls (copy_lib, sandbox.c: the raw pairs, in a
+-- table made for their number).  "lib.field" keeps one field.
+local function pick(t, keys) -- the fields of t named in the set keys
   local c = {}
-  for k, v in pairs(t) do if keep == nil or keep(k) then c[k] = v end end
+  for k in pairs(keys) do c[k] = rawget(t, k) end
   return c
 end
 local partial = {}
 for name in pairs(allow) do
-  local lib, field = name:match("^([%w_]+)%.([%w_]+)$")
+  -- "lib.field", both [%w_]+ (a plain find first: most names have no dot)
+  local dot = name:find(".", 1, true)
+  local lib = dot and name:sub(1, dot - 1)
   if lib and STDLIBS[lib] then
-    partial[lib] = partial[lib] or {}
-    partial[lib][field] = true
+    local field = name:sub(dot + 1)
+    if field:find("^[%w_]+$") then
+      partial[lib] = partial[lib] or {}
+      partial[lib][field] = true
+    end
   end
 end
 local libs = {}
@@ -114,15 +122,15 @@ for lib in pairs(STDLIBS) do
   if type(t) ~= "table" or hostmods[lib] or lib == "package" then
     -- the host's module, or package (below)
   elseif allow[lib] or (lib == "io" and allow.file) then
-    libs[lib] = copy(t)
+    libs[lib] = copy_lib(t)
   elseif lib == "os" then
-    local kept = copy(t, function(k)
-      local n = OS_NEEDS[k]
-      return (partial.os and partial.os[k]) or (n ~= nil and granted[n]) or false
-    end)
+    local keys = {}
+    if partial.os then for k in pairs(partial.os) do keys[k] = true end end
+    for k, n in pairs(OS_NEEDS) do if granted[n] then keys[k] = true end end
+    local kept = pick(t, keys)
     if next(kept) ~= nil then libs.os = kept end
   elseif partial[lib] then
-    libs[lib] = copy(t, function(k) return partial[lib][k] end)
+    libs[lib] = pick(t, partial[lib])
   end
 end
 if libs.string then libs.string.dump = nil end
@@ -190,6 +198,11 @@ end
 -- budget (wrap_gc, sandbox.c); getmetatable still returns the original.
 -- (A metamethod added to the original afterwards is not seen by objects
 -- already set: the copy is made once per metatable.)
+local function copy(t)
+  local c = {}
+  for k, v in pairs(t) do c[k] = v end
+  return c
+end
 local proxies = setmetatable({}, { __mode = "k" })   -- original -> copy
 local originals = setmetatable({}, { __mode = "k" }) -- copy -> original
 local finof = setmetatable({}, { __mode = "k" })     -- copy -> the __gc it wraps
