@@ -215,7 +215,6 @@ local function run(handler, req, hc)
   end
 end
 
-
 local function failed(srv, hc, req, err)
   if asyncio.isinstance(err, HTTPError) and math.type(err.status) == "integer"
       and err.status >= 400 and err.status <= 599 then
