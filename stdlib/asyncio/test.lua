@@ -184,4 +184,24 @@ function T.open_fds()
   return n - 1
 end
 
+-- T.settled_fds([collect]): T.open_fds() once the count holds still, for
+-- a leak check around work whose far ends close on their own a moment
+-- later (a server's side of a connection the client just closed, a
+-- resolver thread's pipe).  It lets the loop run in 10 ms steps until two
+-- counts in a row agree (at most half a second); with collect, a full
+-- collection comes before each count, so an fd left to the collector is
+-- not counted either.  A leak still shows: as the count it settles at.
+async function T.settled_fds(collect)
+  if collect then collectgarbage(); collectgarbage() end
+  local n = T.open_fds()
+  for _ = 1, 50 do
+    await asyncio.sleep(0.01)
+    if collect then collectgarbage(); collectgarbage() end
+    local m = T.open_fds()
+    if m == n then return n end
+    n = m
+  end
+  return n
+end
+
 return T

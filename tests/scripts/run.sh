@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Runs every tests/scripts/test_*.lua in its own moonloop process and sums
 # their "N passed, N failed" lines.  A script that crashes, hangs (120 s)
-# or prints no summary counts as one failure.
+# or prints no summary counts as one failure; so does one that reports a
+# coroutine never awaited (a case whose body was made but never run, as
+# pcall(fn) of an async fn does, passes without testing anything).
 # usage: tests/scripts/run.sh path/to/moonloop [test files...]
 set -u
 bin=$(cd "$(dirname "$1")" && pwd)/$(basename "$1"); shift
@@ -18,9 +20,13 @@ for f in "${files[@]}"; do
     total_f=$((total_f + 1)); continue
   fi
   p=${summary%% passed*}; fl=${summary#*, }; fl=${fl%% failed}
+  if printf '%s\n' "$out" | grep -qE '^moonloop: RuntimeWarning: coroutine .* was never awaited'; then
+    fl=$((fl + 1)); never="FAIL $f: a coroutine was never awaited (a body that never ran)"
+  else never=""; fi
   if [ "$fl" != 0 ] || [ $rc -ne 0 ]; then
     printf '%s\n' "$out" | grep -E '^(FAIL|moonloop:)' | head -n 20
     [ "$fl" = 0 ] && fl=1 && echo "FAIL $f: exit status $rc"
+    [ -n "$never" ] && echo "$never"
   fi
   echo "$f: $summary"
   total_p=$((total_p + p)); total_f=$((total_f + fl))

@@ -189,24 +189,11 @@ local BASE = "http://127.0.0.1:" .. PORT
 local TBASE = "https://127.0.0.1:" .. TPORT
 local PYBASE = "http://127.0.0.1:" .. PYPORT
 
--- The fds of this process (asyncio.test's count, without its own pipe).
-local nfds = T.open_fds
--- The count once it holds still: after a collection (an fd left to the
--- collector is closed by it) and once the loop has run what closes on its
--- own (the in-process peers' ends of the last case's connections, curl's
--- resolver threads); a leak still shows, as the count it settles at.
-local async function settled_nfds()
-  collectgarbage(); collectgarbage()
-  local n = nfds()
-  for _ = 1, 50 do
-    await asyncio.sleep(0.01)
-    collectgarbage(); collectgarbage()
-    local m = nfds()
-    if m == n then return n end
-    n = m
-  end
-  return n
-end
+-- The fds once the count holds still, after a collection (an fd left to
+-- the collector is closed by it) and once the loop has run what closes on
+-- its own (the in-process peers' ends of the last case's connections,
+-- curl's resolver threads); a leak still shows, as the count it settles at.
+local async function settled_nfds() return await T.settled_fds(true) end
 local function rss_kib()
   local f = io.open("/proc/self/status")
   local s = f:read("a"); f:close()
