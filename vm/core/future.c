@@ -128,7 +128,7 @@ void ml__future_schedule(lua_State *L, int fidx, ml_Future *f) {
   ml_Task *t = f->waiter;
   if (t) {
     f->waiter = NULL;
-    if (t->awaiting == f) ml__task_wake(t);
+    if (ml__task_awaits(t, f)) ml__task_wake(t);
   }
   if (f->ncallbacks == 1 && !f->cb_queued && f->is_task && ((ml_Task *)f)->ref != LUA_NOREF) {
     /* A task finishing whose one callback is a C record (a gather's
@@ -188,7 +188,7 @@ static void run_callback(lua_State *L, int fidx, ml_Future *f) {
   } else {
     /* A task that awaits f is woken if it still does. */
     ml_Task *t = lua_touserdata(L, -1);
-    if (t->awaiting == f) ml__task_wake(t);
+    if (ml__task_awaits(t, f)) ml__task_wake(t);
     lua_pop(L, 1);
   }
 }

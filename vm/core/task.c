@@ -203,7 +203,7 @@ static void finish(ml_State *S, lua_State *L, ml_Task *t, int n, int failed) {
     t->co = NULL;
     give_thread(S, L, t, tidx, co);
   }
-  t->awaiting = NULL;
+  t->k = NULL; /* awaits nothing (ml__task_awaits) */
   unlink_task(S, t);
   if (!failed && t->must_cancel) {
     /* Cancelled while it ran (itself, or by a callback it ran), and it
@@ -769,11 +769,9 @@ void ml__task_open(lua_State *L) {
 
 /* The await of futures and tasks: see coro.c for the dispatch.
  * Continuation: -> the future's results, or raises. */
-static int await_k(lua_State *L, int status, lua_KContext ctx) {
-  ml_Task *t = ml__state(L)->current;
+int ml__await_k(lua_State *L, int status, lua_KContext ctx) {
   (void)status;
   (void)ctx;
-  t->awaiting = NULL;
   return ml__future_unwrap(L, 1);
 }
 
@@ -785,8 +783,7 @@ int ml__await_future(lua_State *L, ml_Future *f) {
   if (&t->fut == f) return ml__exc_raise(L, "RuntimeError", "Task cannot await on itself");
   ml__task_check_suspendable(L);
   ml__future_add_waiter(L, 1, f, t);
-  t->awaiting = f;
-  return ml__task_suspend(L, await_cancel_hook, L, 0, await_k);
+  return ml__task_suspend(L, await_cancel_hook, L, (lua_KContext)f, ml__await_k);
 }
 
 lua_KContext ml__task_kctx(const ml_Task *t) { return t->kctx; }

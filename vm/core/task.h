@@ -22,12 +22,20 @@ struct ml_Task {
   unsigned short coro_nargs;   /* in_place: its arguments, until it starts */
   int num_cancels;             /* cancel() requests not uncancelled */
   unsigned long id;
-  ml_Future *awaiting; /* the future it awaits, or NULL */
-  ml_CancelHook hook;  /* while suspended: what to do on cancel() */
+  ml_CancelHook hook; /* while suspended: what to do on cancel() */
   void *hook_ud;
   lua_KFunction k; /* continuation of the suspended C function */
   lua_KContext kctx;
 };
+
+/* The continuation of an await of a future (ml__await_future): while a
+ * task is suspended there, its k is this and its kctx the future, which
+ * is how a future that finishes tells that its waiter still awaits it
+ * (no field of its own: it would cost every parked task 8 bytes). */
+int ml__await_k(lua_State *L, int status, lua_KContext ctx);
+static inline int ml__task_awaits(const ml_Task *t, const ml_Future *f) {
+  return t->k == ml__await_k && t->kctx == (lua_KContext)f;
+}
 
 /* ml_state_interrupt (budget.c, "Interrupts"): asks the task step under way
  * to stop with KeyboardInterrupt, which the script cannot catch.  Any
