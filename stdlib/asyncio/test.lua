@@ -178,7 +178,7 @@ end
 -- that pipe, and both ends name the same inode).  The first line of
 -- ls -l is its "total".
 function T.open_fds()
-  local p = io.popen("ls -l /proc/" .. T.pid .. "/fd | grep -cvF \"$(readlink /proc/$$/fd/1)\"")
+  local p = io.popen("ls -l /proc/" .. T.pid .. "/fd 2>/dev/null | grep -cvF \"$(readlink /proc/$$/fd/1)\"")
   local n = tonumber(p:read("a"))
   p:close()
   return n - 1
