@@ -39,6 +39,7 @@
 #include "handle.h"
 #include "loop.h"
 #include "sched.h"
+#include "wakeup.h"
 
 #define POLL_STEPS 64
 #define POLL_SECONDS 0.0005
@@ -151,6 +152,10 @@ int ml__sched_run(ml_State *S, ml_Future *until_done) {
   S->running++;
   while (!awaited_done(until_done) && !stop_requested(S)) {
     if (S->ready.len == 0) {
+      if (ml__wakeup_spin(S)) { /* a pool job's reply, caught by spinning */
+        if (poll_due(S)) poll_io(S, EVRUN_NOWAIT);
+        continue;
+      }
       poll_io(S, EVRUN_ONCE); /* block for I/O or a timer */
       if (idle(S)) {
         if (until_done) rc = -EDEADLK;

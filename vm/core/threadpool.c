@@ -15,6 +15,7 @@
 #include <pthread.h>
 #include <unistd.h>
 #include "state.h"
+#include "loop.h"
 #include "wakeup.h"
 #include "threadpool.h"
 
@@ -35,7 +36,9 @@ static struct {
   pthread_cond_t cv;
   Req *head, *tail;
   int nthreads, idle, max;
-} pool = {PTHREAD_MUTEX_INITIALIZER, PTHREAD_COND_INITIALIZER, NULL, NULL, 0, 0, 0};
+  int spinning; /* workers spinning for a job (wakeup.h): no signal needed */
+  int busy;     /* jobs queued or running */
+} pool = {PTHREAD_MUTEX_INITIALIZER, PTHREAD_COND_INITIALIZER, NULL, NULL, 0, 0, 0, 0, 0};
 
 /* On the loop thread (or with S == NULL from ml_state_close): the
  * request is back. */
@@ -57,6 +60,27 @@ static void req_finish(Req *q) {
   if (ml__wakeup_send(q->wake, &q->node) < 0) req_back(NULL, q);
 }
 
+/* After a job, a worker spins up to ML_SPIN_SECONDS for the next one
+ * before it sleeps (wakeup.h: a sleeping worker takes ~25 us to wake
+ * here).  pool.mu held on entry and on return; spinning is counted under
+ * it, so a submit either sees the spinner (and needs no signal: the
+ * spinner finds the job) or comes after it gave up (and signals). */
+static void spin_for_job(void) {
+  double until;
+  unsigned i;
+  /* At most one spinner fewer than the cores: the loop needs one. */
+  if (pool.head != NULL || pool.spinning + 1 >= ml__spin_cores()) return;
+  pool.spinning++;
+  pthread_mutex_unlock(&pool.mu);
+  until = ml__now() + ML_SPIN_SECONDS;
+  for (i = 0; __atomic_load_n(&pool.head, __ATOMIC_ACQUIRE) == NULL; i++) {
+    if ((i & 31) == 31 && ml__now() >= until) break;
+    ml__cpu_relax();
+  }
+  pthread_mutex_lock(&pool.mu);
+  pool.spinning--;
+}
+
 static void *worker(void *arg) {
   (void)arg;
   pthread_mutex_lock(&pool.mu);
@@ -74,6 +98,8 @@ static void *worker(void *arg) {
     q->work(q->ud);
     req_finish(q);
     pthread_mutex_lock(&pool.mu);
+    pool.busy--;
+    spin_for_job();
   }
   return NULL;
 }
@@ -99,7 +125,7 @@ static int grow_locked(void) {
   pthread_t th;
   pthread_attr_t attr;
   sigset_t all, old;
-  if (pool.idle > 0 || pool.nthreads >= pool_max()) return pool.nthreads;
+  if (pool.idle + pool.spinning > 0 || pool.nthreads >= pool_max()) return pool.nthreads;
   /* Workers must never take the process's signals (SIGINT, SIGCHLD). */
   sigfillset(&all);
   pthread_sigmask(SIG_SETMASK, &all, &old);
@@ -114,6 +140,7 @@ static int grow_locked(void) {
 
 int ml__pool_submit(ml_State *S, ml_PoolWorkFn work, ml_WakeFn done, void *ud) {
   Req *q;
+  int spin;
   if (S == NULL || work == NULL || done == NULL || S->wakeup == NULL) return -EINVAL;
   if ((q = calloc(1, sizeof *q)) == NULL) return -ENOMEM;
   q->work = work;
@@ -130,10 +157,16 @@ int ml__pool_submit(ml_State *S, ml_PoolWorkFn work, ml_WakeFn done, void *ud) {
     return -EAGAIN;
   }
   if (pool.tail) pool.tail->next = q;
-  else pool.head = q;
+  else __atomic_store_n(&pool.head, q, __ATOMIC_RELEASE); /* spinners peek */
   pool.tail = q;
-  pthread_cond_signal(&pool.cv);
+  /* A spinner takes the job at the head; one behind others wants a thread
+   * of its own. */
+  if (pool.spinning == 0 || pool.head != q) pthread_cond_signal(&pool.cv);
+  /* Its reply may come within the spin window, if a core is free for the
+   * loop to spin on: not in a burst, whose jobs want every core. */
+  spin = ++pool.busy < ml__spin_cores();
   pthread_mutex_unlock(&pool.mu);
+  if (spin) ml__wakeup_expect(S);
   return 0;
 }
 
