@@ -46,6 +46,10 @@ int ml__alloc_counting(const ml_Alloc *a); /* 1 while growths are counted */
  * would pass the cap; shrinking and freeing never fail. */
 void *ml__alloc_lua(void *ud, void *ptr, size_t osize, size_t nsize);
 
+/* Faults in the whole pages of [p, p + n) at once when n is 64 KiB or
+ * more (nothing else changes): for a large array about to be written. */
+void ml__alloc_populate(void *p, size_t n);
+
 /* The free gate, for code that reads the state's Lua objects from
  * another thread (budget.c, "Arming from another thread"): while it is
  * closed, ml__alloc_lua does not free (a free waits until it opens), so

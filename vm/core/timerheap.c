@@ -2,6 +2,7 @@
  * sort, ids and lazy cancellation (timerheap.h says how); no lua_State. */
 #include <errno.h>
 #include <string.h>
+#include "alloc.h"
 #include "timerheap.h"
 
 typedef ml_TimerKey Key;
@@ -215,6 +216,8 @@ static void heap_sort(ml_TimerHeap *H) {
     if (tmp) H->alloc(H->ud, tmp, size, 0);
     return;
   }
+  /* The passes write every entry's place: fault the pages in at once. */
+  ml__alloc_populate(tmp, (size_t)H->n * sizeof(HeapEnt));
   a = sort_keys(HEAP(H), tmp, cnt, (size_t)H->n);
   if (a == tmp) {
     tmp = H->heap;
