@@ -388,10 +388,13 @@ fi
 # uvloop + httptools on a Protocol, Node's http, aiohttp's web server.  The
 # server runs on core 1 and wrk on core 0; each server gets one short warm-up
 # run first (LuaJIT, V8 and the Python caches warm, connections made).
+# cpu_ticks PID: user + system clock ticks of process PID so far (empty if gone).
+cpu_ticks() { [ -n "$1" ] && awk '{ print $14 + $15 }' "/proc/$1/stat" 2>/dev/null; }
+
 # httpd_once IMPL: starts IMPL's server, runs wrk on both routes, stops it;
 # 1 if the server did not start.
 httpd_once() {
-  local impl=$1 port pid route out cmd=() nd=$TMP/nginx_lua
+  local impl=$1 port pid spid t0 t1 route out cmd=() nd=$TMP/nginx_lua
   port=$(free_port) || { note "no free port found"; return 0; }
   case $impl in
     moonloop) cmd=("$ML" "$HERE/http_server.lua" "$port") ;;
@@ -435,13 +438,26 @@ EOF
   for route in hello json; do
     local path=/; [ $route = json ] && path=/json
     [ $route = hello ] && timeout -k 2 10 "${CLIENT_PIN[@]}" wrk -t1 -c50 -d1s "http://127.0.0.1:$port$path" >/dev/null 2>&1
-    out=$(timeout -k 2 $((HTTPD_SECONDS + 30)) "${CLIENT_PIN[@]}" wrk -t1 -c50 -d"${HTTPD_SECONDS}s" \
-            "http://127.0.0.1:$port$path" 2>>"$TMP/err.httpd.$impl")
+    # The CPU each side used over the measured run, in clock ticks: the
+    # server's from its /proc stat, wrk's from the cumulative child time of
+    # the shell that waited for it (printed as a last line "CPU ticks").
+    spid=$(pgrep -P "$pid" | head -1)
+    t0=$(cpu_ticks "$spid")
+    out=$(timeout -k 2 $((HTTPD_SECONDS + 30)) "${CLIENT_PIN[@]}" bash -c \
+            'wrk "$@"; awk "{ print \"CPU\", \$16 + \$17 }" /proc/$$/stat' _ -t1 -c50 \
+            -d"${HTTPD_SECONDS}s" "http://127.0.0.1:$port$path" 2>>"$TMP/err.httpd.$impl")
+    t1=$(cpu_ticks "$spid")
     # wrk counts non-2xx answers and socket errors apart: a run with either is no figure
     if echo "$out" | grep -q -e 'Non-2xx' -e 'Socket errors'; then
       note "$impl: HTTP server /$route run had errors: $(echo "$out" | grep -e 'Non-2xx' -e 'Socket errors' | head -1)"
     elif echo "$out" | grep -q '^Requests/sec:'; then
       echo "$out" | awk '/^Requests\/sec:/ { print $2 }' >> "$TMP/httpd_$route.$impl"
+      # µs of server CPU a request, and wrk's share of its core (%)
+      echo "$out" | awk -v t0="$t0" -v t1="$t1" -v s="$HTTPD_SECONDS" -v hz="$(getconf CLK_TCK)" \
+        -v f="$TMP/httpd_cpu_$route.$impl" -v g="$TMP/httpd_wrk_$route.$impl" '
+        /^Requests\/sec:/ { rate = $2 } /^CPU / { w = $2 }
+        END { if (rate > 0 && t0 != "" && t1 > t0) printf "%.6g\n", (t1 - t0) / hz * 1e6 / (rate * s) >> f
+              if (w != "") printf "%.6g\n", 100 * w / hz / s >> g }'
     else
       note "$impl: HTTP server /$route run failed: $(tail -1 "$TMP/err.httpd.$impl")"
     fi
@@ -797,6 +813,15 @@ if want httpserver; then
     row "$label" "req/s" rate "httpd_$route.moonloop" "node http" "httpd_$route.node" 2 "$T_HTTPD"
     row "$label" "req/s" rate "httpd_$route.moonloop" "aiohttp" "httpd_$route.aiohttp" 4 "$T_HTTPD"
   done
+  # What the server itself spends a request: the req/s rows are a ratio of
+  # servers only while wrk -t1 has CPU to spare on its core (the note below).
+  for b in hello:"HTTP hello, server CPU" json:"HTTP JSON, server CPU"; do
+    IFS=: read -r route label <<<"$b"
+    for p in nginx_lua:"nginx + lua" uvloop:"uvloop + httptools" node:"node http" aiohttp:aiohttp; do
+      row "$label" "us/req" less "httpd_cpu_$route.moonloop" "${p#*:}" "httpd_cpu_$route.${p%%:*}" - \
+        "(measure: a server's CPU a request)"
+    done
+  done
 fi
 if want tls; then
   T_TLS="≥ 1.2× uvloop, ≥ Node"
@@ -894,6 +919,15 @@ fi
       a=$(median "$TMP/hello1.$impl") b=$(median "$TMP/hello2.$impl")
       [ -n "$a" ] && [ -n "$b" ] &&
         awk -v i="$impl" -v a="$a" -v b="$b" 'BEGIN { printf "    %-9s %8.0f -> %8.0f   %.2fx\n", i, a, b, b / a }'
+    done
+  fi
+  if want httpserver && [ -s "$TMP/httpd_wrk_hello.moonloop" ]; then
+    echo
+    echo "  HTTP server rows: wrk -t1's share of its core while it loaded each server (hello, JSON);"
+    echo "  near 100% the req/s row measures wrk, and the server CPU rows say what the server costs"
+    for impl in moonloop nginx_lua uvloop node aiohttp; do
+      a=$(median "$TMP/httpd_wrk_hello.$impl") b=$(median "$TMP/httpd_wrk_json.$impl")
+      [ -n "$a" ] && awk -v i="$impl" -v a="$a" -v b="${b:-0}" 'BEGIN { printf "    %-9s %5.1f%%  %5.1f%%\n", i, a, b }'
     done
   fi
   if [ -s "$TMP/notes" ]; then echo; sed 's/^/  /' "$TMP/notes"; fi
