@@ -1,9 +1,11 @@
 /* alloc.c: the state's lua_Alloc: size-class pools, a byte cap, exact counts. */
+#include <errno.h>
 #include <sched.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <unistd.h>
 #include "alloc.h"
 
 /* Under AddressSanitizer, blocks on a free list and the uncarved part of a
@@ -207,9 +209,21 @@ static void large_free(void *p) {
 
 void ml__alloc_populate(void *p, size_t n) {
 #if defined(MADV_POPULATE_WRITE) && !defined(ML_ASAN)
-  uintptr_t lo = ((uintptr_t)p + 4095) & ~(uintptr_t)4095;
-  uintptr_t hi = ((uintptr_t)p + n) & ~(uintptr_t)4095;
-  if (n >= POPULATE_MIN && hi > lo) (void)madvise((void *)lo, hi - lo, MADV_POPULATE_WRITE);
+  /* Set, by any thread, once the kernel refuses (too old, or a seccomp
+   * filter): a benign race, each thread then asks once at most.  Other
+   * errors (out of memory, a signal) are the moment's, not the kernel's. */
+  static int refused;
+  static uintptr_t page; /* the same for every thread: a benign race too */
+  uintptr_t lo, hi;
+  int saved = errno; /* a caller between a system call and its errno */
+  if (n < POPULATE_MIN || __atomic_load_n(&refused, __ATOMIC_RELAXED)) return;
+  if (page == 0) page = (uintptr_t)sysconf(_SC_PAGESIZE);
+  lo = ((uintptr_t)p + page - 1) & ~(page - 1);
+  hi = ((uintptr_t)p + n) & ~(page - 1);
+  if (hi > lo && madvise((void *)lo, hi - lo, MADV_POPULATE_WRITE) != 0 &&
+      (errno == EINVAL || errno == ENOSYS || errno == EPERM))
+    __atomic_store_n(&refused, 1, __ATOMIC_RELAXED);
+  errno = saved;
 #else
   (void)p;
   (void)n;
