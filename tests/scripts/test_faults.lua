@@ -63,6 +63,13 @@ end
 -- exception's class name).
 local kinds = {}
 
+-- The listen backlog of both servers: the 1,000-connection case connects
+-- all at once, and with asyncio's default of 100 the kernel drops the
+-- handshakes that overflow the accept queue and has the clients retry
+-- after 1, 3, 7, 15 s..., which measures the kernel's retransmission
+-- timer, not moonloop (one CI run timed out at 60 s that way, we think).
+local BACKLOG = 1024
+
 kinds.streams = async function()
   local events, done = {}, asyncio.Queue()
   local srv = await asyncio.start_server(async function(r, w)
@@ -87,7 +94,7 @@ kinds.streams = async function()
     w:close()
     pcall(function() await w:wait_closed() end)
     done:put_nowait(what)
-  end, "127.0.0.1", 0)
+  end, "127.0.0.1", 0, { backlog = BACKLOG })
   return srv, srv.sockets[1]:getsockname()[2], events, done
 end
 
@@ -118,7 +125,7 @@ kinds.protocols = async function()
       done:put_nowait(what)
     end
     return p
-  end, "127.0.0.1", 0)
+  end, "127.0.0.1", 0, { backlog = BACKLOG })
   return srv, srv.sockets[1]:getsockname()[2], events, done
 end
 
