@@ -388,6 +388,7 @@ fi
 # uvloop + httptools on a Protocol, Node's http, aiohttp's web server.  The
 # server runs on core 1 and wrk on core 0; each server gets one short warm-up
 # run first (LuaJIT, V8 and the Python caches warm, connections made).
+
 # cpu_ticks PID: user + system clock ticks of process PID so far (empty if gone).
 cpu_ticks() { [ -n "$1" ] && awk '{ print $14 + $15 }' "/proc/$1/stat" 2>/dev/null; }
 
@@ -440,7 +441,7 @@ EOF
     [ $route = hello ] && timeout -k 2 10 "${CLIENT_PIN[@]}" wrk -t1 -c50 -d1s "http://127.0.0.1:$port$path" >/dev/null 2>&1
     # The CPU each side used over the measured run, in clock ticks: the
     # server's from its /proc stat, wrk's from the cumulative child time of
-    # the shell that waited for it (printed as a last line "CPU ticks").
+    # the shell that waited for it (printed after wrk's as "CPU <ticks>").
     spid=$(pgrep -P "$pid" | head -1)
     t0=$(cpu_ticks "$spid")
     out=$(timeout -k 2 $((HTTPD_SECONDS + 30)) "${CLIENT_PIN[@]}" bash -c \
