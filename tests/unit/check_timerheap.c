@@ -99,6 +99,40 @@ START_TEST(test_timerheap_only_due_pops) {
 }
 END_TEST
 
+/* The 32-bit tie counter wraps: the entries are numbered afresh in their
+ * order, so ties pushed on both sides of the wrap still pop FIFO, in a
+ * heap in order and in one not; a batch marked before the wrap ends at it,
+ * and what was due pops at the next mark. */
+START_TEST(test_timerheap_tie_wraps) {
+  static double when_of[400];
+  static int rank_of[400];
+  int i, id, sorted, first, popped;
+  for (sorted = 1; sorted >= 0; sorted--) {
+    ml__theap_free(&H);
+    rnd_state = 11;
+    H.tie = UINT32_MAX - 150;
+    for (i = 0; i < 300; i++) {
+      double w = sorted ? (double)(i / 7) : i % 3 ? 0.004 : rnd_when(); /* ties across it */
+      if (i == 100) {
+        ml__theap_mark_due(&H, 1.0);
+        first = ml__theap_pop_due(&H); /* the batch is under way */
+        ck_assert_int_gt(first, 0);
+      }
+      id = push(w);
+      when_of[id] = w;
+      rank_of[id] = i;
+    }
+    ck_assert_uint_eq(H.tie, 149 + 150); /* 149 entries renumbered, then 150 pushes */
+    ck_assert_int_eq(H.sorted, sorted);
+    ck_assert_int_eq(ml__theap_pop_due(&H), 0); /* the wrap ended the batch */
+    ml__theap_mark_due(&H, 100.0);
+    popped = pop_all_in_order(when_of, rank_of);
+    ck_assert_int_eq(popped, 299);
+    ck_assert_int_eq(H.n, 0);
+  }
+}
+END_TEST
+
 /* A timer pushed after the mark waits for the next one, even if due:
  * a callback rescheduling itself in the past cannot starve I/O. */
 START_TEST(test_timerheap_pushed_after_mark_waits) {
@@ -241,10 +275,9 @@ START_TEST(test_timerheap_radix_large_batch) {
   ck_assert_int_eq(H.sorted, 1);
   for (i = 1; i < H.n; i++) {
     const ml_TimerEnt *hp = H.heap + H.base;
-    ck_assert_msg(
-      when_of[hp[i].id] > when_of[hp[i - 1].id] ||
-        (when_of[hp[i].id] == when_of[hp[i - 1].id] && rank_of[hp[i].id] > rank_of[hp[i - 1].id]),
-      "entry %d out of order after the sort", i);
+    int a = ML_THEAP_ENT_ID(hp[i - 1]), b = ML_THEAP_ENT_ID(hp[i]);
+    ck_assert_msg(when_of[b] > when_of[a] || (when_of[b] == when_of[a] && rank_of[b] > rank_of[a]),
+                  "entry %d out of order after the sort", i);
   }
   ml__theap_mark_due(&H, 1.0);
   ck_assert_int_eq(pop_all_in_order(when_of, rank_of), n);
@@ -325,7 +358,7 @@ START_TEST(test_timerheap_compaction) {
    * until more than half are cancelled. */
   for (i = 0; i < 1000; i++) {
     const ml_TimerEnt *top = H.heap + H.base;
-    if (i % 4 == 0 || ids[i] == top->id) continue;
+    if (i % 4 == 0 || ids[i] == ML_THEAP_ENT_ID(*top)) continue;
     ml__theap_cancel(&H, ids[i]);
     if (H.n < 1000) break; /* compacted */
     ck_assert_int_le(H.ncancelled, 500);
@@ -375,6 +408,7 @@ Suite *timerheap_suite(void) {
   tcase_add_test(sort, test_timerheap_radix_large_batch);
   tcase_add_test(sort, test_timerheap_radix_runs_and_close_whens);
   tcase_add_test(sort, test_timerheap_small_batch_not_sorted);
+  tcase_add_test(sort, test_timerheap_tie_wraps);
   tcase_add_test(sort, test_timerheap_radix_out_of_memory);
   tcase_add_test(mem, test_timerheap_out_of_memory);
   suite_add_tcase(s, order);

@@ -3,7 +3,7 @@
  * in protected mode.
  *
  * asyncio's design: the state has one ev_timer, armed for the earliest of
- * a heap of timer handles ordered by (when, seq) (timerheap.c), instead of
+ * a heap of timer handles ordered by (when, push order) (timerheap.c), instead of
  * one libev timer per handle.  When it fires, one ready entry is queued
  * that runs every handle due then, in time order, under one protected
  * call (run_due).

@@ -1,7 +1,7 @@
 /* timerheap.h: the timer heap (timerheap.c): deadlines ordered by (when,
- * seq), the ids that name them, lazy cancellation; no lua_State.
+ * push order), the ids that name them, lazy cancellation; no lua_State.
  *
- * The heap holds (when, id) entries; an entry's seq comes from its id and
+ * The heap holds (when, tie, id) entries; the tie counts pushes and
  * breaks ties, so timers of one deadline fire in the order they were
  * pushed (FIFO).  Ids are small integers 1..nids (handle.c uses them as
  * slots of its anchor table) allocated from a free list; an id's seq is
@@ -36,9 +36,15 @@
 /* lua_Alloc's signature, without lua.h. */
 typedef void *(*ml_Allocf)(void *ud, void *ptr, size_t osize, size_t nsize);
 
-/* A heap entry's key orders by (when, seq) in one unsigned comparison,
- * which compiles without branches: the high half is when's bits mapped so
- * that doubles order as integers, the low half is seq. */
+/* A heap entry is its key, which orders by (when, tie) in one unsigned
+ * comparison that compiles without branches: the high half is when's bits
+ * mapped so that doubles order as integers; the low half is the tie (a
+ * 32-bit push counter, above) and the id (below), which the comparison
+ * never reaches, ties being unique.  16 bytes an entry: a cold 200k-timer
+ * burst writes every entry to fresh memory and the radix sort reads and
+ * writes them again, so the entry's size is most of the heap's cost
+ * (docs/performance.md, "Timers").  When the counter would wrap, the
+ * entries are numbered afresh in their order (ml__theap_push). */
 #ifdef __SIZEOF_INT128__
 typedef unsigned __int128 ml_TimerKey;
 #else
@@ -49,8 +55,14 @@ typedef struct ml_TimerKey {
 
 typedef struct ml_TimerEnt {
   ml_TimerKey key;
-  int id;
 } ml_TimerEnt;
+
+/* The id of an entry. */
+#ifdef __SIZEOF_INT128__
+#define ML_THEAP_ENT_ID(e) ((int)(uint32_t)(e).key)
+#else
+#define ML_THEAP_ENT_ID(e) ((int)(uint32_t)(e).key.lo)
+#endif
 
 /* What an id names, by id. */
 typedef struct ml_TimerId {
@@ -69,8 +81,9 @@ typedef struct ml_TimerHeap {
   int nids, capids;
   int free;          /* the first free id, or 0 */
   uint64_t seq;      /* the last id's */
+  uint32_t tie;      /* the last entry's tie */
   uint64_t due_bits; /* ml__theap_pop_due pops what was due at the */
-  uint64_t due_seq;  /* last mark_due, and nothing pushed after it */
+  uint64_t due_lo;   /* last mark_due, and nothing pushed after it */
   ml_Allocf alloc;
   void *ud;
 } ml_TimerHeap;
@@ -123,7 +136,7 @@ void ml__theap_mark_due(ml_TimerHeap *H, double now);
  * ML_THEAP_SORT_MIN or more entries (and it is not in order already), so
  * that they pop in O(1).  Out of memory, it leaves the heap as it was. */
 void ml__theap_prepare_due(ml_TimerHeap *H);
-/* Pops the next timer of the marked batch, in (when, seq) order, and
+/* Pops the next timer of the marked batch, in (when, push) order, and
  * returns its id, freed already (the caller has what it needs from it);
  * 0 when the batch is over.  Cancelled timers on the way are freed. */
 int ml__theap_pop_due(ml_TimerHeap *H);
