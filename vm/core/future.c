@@ -155,15 +155,15 @@ void ml__future_schedule(lua_State *L, int fidx, ml_Future *f) {
     e.p = f;
     if (f->is_task && ((ml_Task *)f)->ref != LUA_NOREF) {
       /* A task completes only as it finishes, when its own reference is
-       * let go: the entry takes it over (one luaL_ref and unref fewer). */
+       * let go: the entry takes it over (one ml__ref and unref fewer). */
       e.ref = ((ml_Task *)f)->ref;
       ((ml_Task *)f)->ref = LUA_NOREF;
     } else {
       lua_pushvalue(L, fidx);
-      e.ref = luaL_ref(L, LUA_REGISTRYINDEX);
+      e.ref = ml__ref(L);
     }
     if (ml__readyq_push(&f->S->ready, e) < 0) {
-      luaL_unref(L, LUA_REGISTRYINDEX, e.ref);
+      ml__unref(L, e.ref);
       luaL_error(L, "not enough memory");
     }
     f->cb_queued = 1;

@@ -87,7 +87,7 @@ static void run_entry(ml_State *S, ml_Entry *e, struct Timers **T, int *anchor) 
   case ML_RUN_HANDLE: ml__handles_run(L, *T, *anchor, e); break;
   case ML_RUN_FUTURE_CALLBACKS:
     lua_rawgeti(L, LUA_REGISTRYINDEX, e->ref);
-    luaL_unref(L, LUA_REGISTRYINDEX, e->ref);
+    ml__unref(L, e->ref);
     ml__future_run_callbacks(L);
     break;
   }

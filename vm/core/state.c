@@ -2,6 +2,7 @@
  * the dialect's loaders and asyncio.core.  The embedding layer adds the
  * stdlib (ml_state_new). */
 #include <errno.h>
+#include <limits.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -141,6 +142,33 @@ fail:
   if (S->alloc) ml__alloc_free(S->alloc);
   free(S);
   return NULL;
+}
+
+int ml__ref(lua_State *L) {
+  ml_State *S = ml__state(L);
+  int ref;
+  if (S->nfree_refs == 0) return luaL_ref(L, LUA_REGISTRYINDEX);
+  ref = S->free_refs[--S->nfree_refs];
+  lua_rawseti(L, LUA_REGISTRYINDEX, ref); /* the slot exists: no allocation */
+  return ref;
+}
+
+void ml__unref(lua_State *L, int ref) {
+  ml_State *S = ml__state(L);
+  if (ref <= 0) return;
+  if (S->nfree_refs == S->capfree_refs) {
+    size_t ncap = S->capfree_refs ? 2 * (size_t)S->capfree_refs : 64;
+    int *p = ncap <= INT_MAX ? realloc(S->free_refs, ncap * sizeof *p) : NULL;
+    if (p == NULL) { /* luaL_ref's own free list takes it */
+      luaL_unref(L, LUA_REGISTRYINDEX, ref);
+      return;
+    }
+    S->free_refs = p;
+    S->capfree_refs = (int)ncap;
+  }
+  lua_pushboolean(L, 0);
+  lua_rawseti(L, LUA_REGISTRYINDEX, ref);
+  S->free_refs[S->nfree_refs++] = ref;
 }
 
 /* [-0, +1] pushes the metatable of type (made and registered on first
@@ -293,6 +321,7 @@ void ml__state_close(ml_State *S) {
   S->closing = 1;      /* finalizers run under a limit from here (sandbox.c) */
   lua_close(S->L);
   ml__readyq_free(&S->ready);
+  free(S->free_refs);
   ml__worker_free(S);
   if (S->own_loop) ev_loop_destroy(S->loop);
   if (S->alloc_count)

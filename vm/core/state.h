@@ -83,6 +83,8 @@ struct ml_State {
   int task_factory_ref;          /* loop:set_task_factory's, a registry ref; 0: none */
   int task_factory_eager;        /* it is asyncio.eager_task_factory (no call) */
   struct ml_WorkerState *worker; /* a worker process's id and listeners, or NULL (worker.c) */
+  int *free_refs;                /* registry slots ml__unref let go, holding false */
+  int nfree_refs, capfree_refs;
 };
 
 /* Registry field: the globals the stdlib runs in, once ml_state_sandbox
@@ -103,6 +105,18 @@ ml_State *ml__state_new(struct ev_loop *loop);
 /* Cancels the pending tasks, gives them a few iterations to unwind, and
  * frees everything S holds; S may be NULL. */
 void ml__state_close(ml_State *S);
+
+/* The core's registry references (a pending task's, a queued callbacks
+ * entry's): luaL_ref's slots, which ml__unref keeps on a free list of
+ * its own, holding false (never nil, so luaL_ref cannot hand them out):
+ * taking one back is one lua_rawseti, where a luaL_ref and luaL_unref
+ * pair costs ~520 instructions a task (docs/performance.md, "Tasks
+ * (gather)").  A slot is read with lua_rawgeti(L, LUA_REGISTRYINDEX,
+ * ref) as any.  ml__ref: [-1, +0] pops a value (not nil) into a slot and
+ * returns it; raises only as luaL_ref does (out of memory).  ml__unref:
+ * [-0, +0] lets ref go; LUA_NOREF and LUA_REFNIL are ignored. */
+int ml__ref(lua_State *L);
+void ml__unref(lua_State *L, int ref);
 
 /* [-0, +1] pushes a MemoryError made in advance (when a memory limit was
  * set), or Lua's "not enough memory" string: it never allocates. */

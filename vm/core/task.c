@@ -231,7 +231,7 @@ static void finish(ml_State *S, lua_State *L, ml_Task *t, int n, int failed) {
     if (lonely) ml__future_report_now(L, tidx, &t->fut);
   }
   if (t->ref != LUA_NOREF) {
-    luaL_unref(L, LUA_REGISTRYINDEX, t->ref);
+    ml__unref(L, t->ref);
     t->ref = LUA_NOREF;
   }
   lua_settop(L, tidx - 1);
@@ -547,7 +547,7 @@ static ml_Task *spawn(lua_State *L, int nargs, const char *name, int kind, int e
   lua_settop(L, fidx - 1); /* leaves the task on top */
 anchor:
   lua_pushvalue(L, -1);
-  t->ref = luaL_ref(L, LUA_REGISTRYINDEX);
+  t->ref = ml__ref(L);
   t->next = S->tasks;
   if (S->tasks) S->tasks->prev = t;
   S->tasks = t;
