@@ -49,6 +49,49 @@ static lua_Integer run_task(const char *src) {
   return r;
 }
 
+/* The core's references: a slot let go is taken back first, holds false
+ * meanwhile (so luaL_ref, which other code uses on the same registry,
+ * never hands it out), and tasks that come and go reuse their slots
+ * rather than grow the registry. */
+#define TASKS_1000                                          \
+  "local f, t = async function() end, {} "                  \
+  "for i = 1, 1000 do t[i] = asyncio.create_task(f()) end " \
+  "for i = 1, 1000 do await t[i] end return 1"
+START_TEST(test_refs_reused_not_shared) {
+  int a, b, c, other, before, i;
+  lua_pushinteger(L, 1);
+  a = ml__ref(L);
+  lua_pushinteger(L, 2);
+  b = ml__ref(L);
+  ck_assert_int_ne(a, b);
+  ml__unref(L, a);
+  ck_assert_int_eq(lua_rawgeti(L, LUA_REGISTRYINDEX, a), LUA_TBOOLEAN);
+  lua_pop(L, 1);
+  lua_pushinteger(L, 3);
+  other = luaL_ref(L, LUA_REGISTRYINDEX); /* not a: it holds a value */
+  ck_assert_int_ne(other, a);
+  ck_assert_int_ne(other, b);
+  lua_pushinteger(L, 4);
+  c = ml__ref(L);
+  ck_assert_int_eq(c, a); /* taken back */
+  lua_rawgeti(L, LUA_REGISTRYINDEX, c);
+  ck_assert_int_eq(lua_tointeger(L, -1), 4);
+  lua_rawgeti(L, LUA_REGISTRYINDEX, other);
+  ck_assert_int_eq(lua_tointeger(L, -1), 3);
+  lua_pop(L, 2);
+  ml__unref(L, LUA_NOREF); /* ignored */
+  ml__unref(L, LUA_REFNIL);
+  ml__unref(L, b);
+  ml__unref(L, c);
+  luaL_unref(L, LUA_REGISTRYINDEX, other);
+  /* 1,000 tasks twice: the second round takes no new slot. */
+  ck_assert_int_eq(run_task(TASKS_1000), 1);
+  before = (int)lua_rawlen(L, LUA_REGISTRYINDEX);
+  for (i = 0; i < 2; i++) ck_assert_int_eq(run_task(TASKS_1000), 1);
+  ck_assert_int_le((int)lua_rawlen(L, LUA_REGISTRYINDEX), before + 8);
+}
+END_TEST
+
 START_TEST(test_future_starts_pending) {
   ml_Future *f = ml__future_new(L);
   ck_assert_int_eq(ml__future_state(f), ML_PENDING);
@@ -314,6 +357,7 @@ Suite *future_suite(void) {
   tc = tcase_create("tasks");
   tcase_add_checked_fixture(tc, setup, teardown);
   tcase_add_test(tc, test_task_runs_and_finishes);
+  tcase_add_test(tc, test_refs_reused_not_shared);
   tcase_add_test(tc, test_task_error_fails_it);
   tcase_add_test(tc, test_task_close_with_pending);
   suite_add_tcase(s, tc);
