@@ -53,7 +53,7 @@ static int pop_all_in_order(const double *when_of, const int *rank_of) {
                   last);
     if (when_of[id] == last)
       ck_assert_msg(rank_of[id] > last_rank, "equal deadlines popped out of push order");
-    ck_assert_uint_eq(H.ids[id].seq, 0); /* freed */
+    ck_assert_uint_eq(ml__theap_id_seq(&H, id), 0); /* freed */
     last = when_of[id];
     last_rank = rank_of[id];
     n++;
@@ -177,7 +177,7 @@ END_TEST
 
 START_TEST(test_timerheap_cancellation) {
   int a = push(1.0), b = push(2.0), c = push(3.0), d;
-  uint64_t seq_b = H.ids[b].seq;
+  uint64_t seq_b = ml__theap_id_seq(&H, b);
   double top;
   ck_assert_int_eq(ml__theap_id_live(&H, b, seq_b), b);
   /* Cancelling one below the top leaves the top alone. */
@@ -192,7 +192,7 @@ START_TEST(test_timerheap_cancellation) {
   /* A freed id is reused, with a new seq: the old holder tells. */
   d = push(4.0);
   ck_assert(d == a || d == b);
-  ck_assert_uint_ne(H.ids[d].seq, seq_b);
+  ck_assert_uint_ne(ml__theap_id_seq(&H, d), seq_b);
   ml__theap_mark_due(&H, 10.0);
   ck_assert_int_eq(ml__theap_pop_due(&H), c);
   ck_assert_int_eq(ml__theap_pop_due(&H), d);
@@ -226,7 +226,7 @@ START_TEST(test_timerheap_cancel_not_in_heap) {
   ck_assert_int_gt(id, 0);
   seq = ml__theap_id_take(&H, id);
   ck_assert_int_eq(ml__theap_cancel(&H, id), 0);
-  ck_assert_int_eq(H.ids[id].cancelled, 1);
+  ck_assert_int_eq(ml__theap_id_cancelled(&H, id), 1);
   ck_assert_int_eq(H.ncancelled, 0);
   ck_assert_int_eq(ml__theap_id_live(&H, id, seq), id);
   ml__theap_id_free(&H, id);

@@ -255,7 +255,7 @@ static int call_timer(lua_State *L, int relative) {
   slot = ml__theap_prepare(&T->heap);
   handle_anchor(L, h, 3, slot);
   top = ml__theap_push(&T->heap, when, slot);
-  h->seq = T->heap.ids[slot].seq;
+  h->seq = ml__theap_id_seq(&T->heap, slot);
   if (top) timers_arm(T);
   return 1;
 }
@@ -270,7 +270,7 @@ int ml__handle_call_at(lua_State *L) { return call_timer(L, 0); }
 
 /* Runs a queued handle; anchor: the anchor table's stack index.  [-0, +0] */
 static void run_one(lua_State *L, Timers *T, int anchor, const ml_Entry *e) {
-  int i, n = 0, slot = e->ref, base, cancelled = T->heap.ids[slot].cancelled;
+  int i, n = 0, slot = e->ref, base, cancelled = ml__theap_id_cancelled(&T->heap, slot);
   ml__theap_id_free(&T->heap, slot);
   if (cancelled) return; /* its anchor slot is clear already */
   /* The message handler goes first, below the function: no rotation. */

@@ -278,27 +278,23 @@ int ml__theap_id_peek(ml_TimerHeap *H) {
 /* Takes the id ml__theap_id_peek returned. */
 static inline uint64_t id_take(ml_TimerHeap *H, int id) {
   ml_TimerId *p = &H->ids[id];
-  if (id == H->free) H->free = p->next;
+  if (id == H->free) H->free = (int)(*p >> ML_TID_SHIFT);
   else H->nids = id;
-  p->in_heap = 0;
-  p->cancelled = 0;
-  return p->seq = ++H->seq;
+  *p = ++H->seq << ML_TID_SHIFT; /* not in the heap, not cancelled */
+  return H->seq;
 }
 
 uint64_t ml__theap_id_take(ml_TimerHeap *H, int id) { return id_take(H, id); }
 
 static inline void id_free(ml_TimerHeap *H, int id) {
-  ml_TimerId *p = &H->ids[id];
-  p->seq = 0;
-  p->in_heap = 0;
-  p->next = H->free;
+  H->ids[id] = (uint64_t)H->free << ML_TID_SHIFT | ML_TID_FREE;
   H->free = id;
 }
 
 void ml__theap_id_free(ml_TimerHeap *H, int id) { id_free(H, id); }
 
 int ml__theap_id_live(const ml_TimerHeap *H, int id, uint64_t seq) {
-  return id > 0 && id <= H->nids && H->ids[id].seq == seq ? id : 0;
+  return id > 0 && id <= H->nids && ml__theap_id_seq(H, id) == seq ? id : 0;
 }
 
 /* ---- the heap ---- */
@@ -355,7 +351,7 @@ int ml__theap_push(ml_TimerHeap *H, double when, int id) {
   i = H->n++;
   id_take(H, id);
   e.key = KEY(when_bits(when), LO(++H->tie, id));
-  H->ids[id].in_heap = 1;
+  H->ids[id] |= ML_TID_IN_HEAP;
   hp[i] = e;
   if (i == 0) H->sorted = 1;
   else if (H->sorted && ent_lt(&e, &hp[i - 1])) H->sorted = 0;
@@ -370,7 +366,7 @@ int ml__theap_top(const ml_TimerHeap *H, double *when) {
 }
 
 void ml__theap_settle(ml_TimerHeap *H) {
-  while (H->n > 0 && H->ids[ENT_ID(HEAP(H)[0])].cancelled) {
+  while (H->n > 0 && H->ids[ENT_ID(HEAP(H)[0])] & ML_TID_CANCELLED) {
     id_free(H, ENT_ID(HEAP(H)[0]));
     H->ncancelled--;
     heap_pop(H);
@@ -384,7 +380,7 @@ static void compact(ml_TimerHeap *H) {
   int i, j = 0;
   for (i = 0; i < H->n; i++) {
     int id = ENT_ID(hp[i]);
-    if (H->ids[id].cancelled) {
+    if (H->ids[id] & ML_TID_CANCELLED) {
       id_free(H, id);
       H->ncancelled--;
       continue;
@@ -402,8 +398,8 @@ static void compact(ml_TimerHeap *H) {
 
 /* The top is never cancelled, so compacting leaves it. */
 int ml__theap_cancel(ml_TimerHeap *H, int id) {
-  H->ids[id].cancelled = 1;
-  if (!H->ids[id].in_heap) return 0;
+  H->ids[id] |= ML_TID_CANCELLED;
+  if (!(H->ids[id] & ML_TID_IN_HEAP)) return 0;
   H->ncancelled++;
   if (ENT_ID(HEAP(H)[0]) == id) {
     ml__theap_settle(H);
@@ -433,7 +429,7 @@ void ml__theap_prepare_due(ml_TimerHeap *H) {
 static __attribute__((noinline)) int pop_due_slow(ml_TimerHeap *H) {
   while (H->n > 0) {
     Key k = HEAP(H)[0].key;
-    int id = ENT_ID(HEAP(H)[0]), cancelled = H->ids[id].cancelled;
+    int id = ENT_ID(HEAP(H)[0]), cancelled = (int)(H->ids[id] & ML_TID_CANCELLED);
     if (KEY_HI(k) > H->due_bits || KEY_LO(k) > H->due_lo) return 0;
     heap_pop(H);
     id_free(H, id);
@@ -448,7 +444,7 @@ int ml__theap_pop_due(ml_TimerHeap *H) {
   int id;
   if (H->n == 0 || KEY_HI(top->key) > H->due_bits || KEY_LO(top->key) > H->due_lo) return 0;
   id = ENT_ID(*top);
-  if (!H->sorted || H->n == 1 || H->ids[id].cancelled) return pop_due_slow(H);
+  if (!H->sorted || H->n == 1 || H->ids[id] & ML_TID_CANCELLED) return pop_due_slow(H);
   /* The ids of a sorted batch come in no order (they follow the pushes):
    * fetch the one 16 pops ahead, which its pop writes. */
   if (H->n > 16) __builtin_prefetch(&H->ids[ENT_ID(top[16])], 1);

@@ -64,13 +64,15 @@ typedef struct ml_TimerEnt {
 #define ML_THEAP_ENT_ID(e) ((int)(uint32_t)(e).key.lo)
 #endif
 
-/* What an id names, by id. */
-typedef struct ml_TimerId {
-  uint64_t seq;          /* its timer's; 0 while the id is free */
-  int next;              /* while free: the next free id, or 0 */
-  unsigned char in_heap; /* its timer is an entry of the heap */
-  unsigned char cancelled;
-} ml_TimerId;
+/* What an id names, by id: one word, 8 bytes a timer (the heap's arrays
+ * are written to fresh memory in a burst; docs/performance.md, "Timers").
+ * Taken: its timer's seq above ML_TID_SHIFT, and the flags below; free:
+ * the next free id (or 0) above, and ML_TID_FREE.  A seq has 61 bits. */
+typedef uint64_t ml_TimerId;
+#define ML_TID_CANCELLED 1u /* cancelled */
+#define ML_TID_IN_HEAP 2u   /* its timer is an entry of the heap */
+#define ML_TID_FREE 4u      /* the id is free */
+#define ML_TID_SHIFT 3
 
 typedef struct ml_TimerHeap {
   ml_TimerEnt *heap; /* the heap is heap[base .. base + n) */
@@ -108,6 +110,14 @@ int ml__theap_id_peek(ml_TimerHeap *H);
 uint64_t ml__theap_id_take(ml_TimerHeap *H, int id);
 /* Frees an id that is not in the heap (popped, or never pushed). */
 void ml__theap_id_free(ml_TimerHeap *H, int id);
+/* The seq of a taken id (1..nids), 0 if it is free. */
+static inline uint64_t ml__theap_id_seq(const ml_TimerHeap *H, int id) {
+  return H->ids[id] & ML_TID_FREE ? 0 : H->ids[id] >> ML_TID_SHIFT;
+}
+/* 1 if the taken id (1..nids) was cancelled. */
+static inline int ml__theap_id_cancelled(const ml_TimerHeap *H, int id) {
+  return (int)(H->ids[id] & ML_TID_CANCELLED);
+}
 /* id if it still names the timer of seq (taken, not freed since), else 0. */
 int ml__theap_id_live(const ml_TimerHeap *H, int id, uint64_t seq);
 
@@ -116,7 +126,7 @@ int ml__theap_id_live(const ml_TimerHeap *H, int id, uint64_t seq);
  * heap as it was. */
 int ml__theap_prepare(ml_TimerHeap *H);
 /* Takes id (what ml__theap_prepare returned just before), giving it a
- * new seq (H->ids[id].seq), and pushes it to fire at when (not NaN).
+ * new seq (ml__theap_id_seq), and pushes it to fire at when (not NaN).
  * Returns 1 if it is the new top (the deadline to arm for). */
 int ml__theap_push(ml_TimerHeap *H, double when, int id);
 /* Cancels the taken id.  An id in the heap stays there until it reaches
