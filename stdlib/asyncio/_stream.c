@@ -578,11 +578,16 @@ static const char *const hot_reader[] = {"read", "readline", "readexactly", "rea
 static const char *const hot_writer[] = {"write", "drain", NULL};
 
 /* [-0, +1] pushes a new stream table over the transport at cidx, of
- * class mt (its metatable's name), holding the hot methods. */
-static void push_stream(lua_State *L, int cidx, const char *mt, const char *const *hot) {
+ * class mt (its metatable's name), holding the hot methods, with room for
+ * `extra` more fields.  Lua sizes a hash part in powers of two, so the
+ * hot methods and the extras add up to 4: a reader's four methods, a
+ * writer's two, its transport and start_server's _server_side flag.  An
+ * idle connection holds one of each, and 8 slots where 4 do were 192
+ * bytes a connection (docs/performance.md, "Idle connections"). */
+static void push_stream(lua_State *L, int cidx, const char *mt, const char *const *hot, int extra) {
   int n = 0;
   while (hot[n]) n++;
-  lua_createtable(L, 1, n + 1);
+  lua_createtable(L, 1, n + extra);
   lua_pushvalue(L, cidx);
   lua_rawseti(L, -2, 1);
   luaL_getmetatable(L, mt);
@@ -598,8 +603,8 @@ static void push_stream(lua_State *L, int cidx, const char *mt, const char *cons
 /* [-0, +2] pushes reader and writer tables over the transport at cidx. */
 static void push_pair(lua_State *L, int cidx) {
   cidx = lua_absindex(L, cidx);
-  push_stream(L, cidx, ML_READER, hot_reader);
-  push_stream(L, cidx, ML_WRITER, hot_writer);
+  push_stream(L, cidx, ML_READER, hot_reader, 0);
+  push_stream(L, cidx, ML_WRITER, hot_writer, 2);
   lua_pushvalue(L, cidx);
   lua_setfield(L, -2, "transport");
 }
@@ -609,9 +614,9 @@ static void push_pair(lua_State *L, int cidx) {
 void ml__stream_push(lua_State *L, int cidx, int pipe) {
   cidx = lua_absindex(L, cidx);
   if (pipe == ML_PIPE_READ) {
-    push_stream(L, cidx, ML_READER, hot_reader);
+    push_stream(L, cidx, ML_READER, hot_reader, 0);
   } else {
-    push_stream(L, cidx, ML_WRITER, hot_writer);
+    push_stream(L, cidx, ML_WRITER, hot_writer, 2);
     lua_pushvalue(L, cidx);
     lua_setfield(L, -2, "transport");
   }
@@ -666,7 +671,7 @@ static int reader_new(lua_State *L) {
   size_t limit = opt_limit(L, 2); /* 1 is the class (__call) */
   ml_Conn *c = ml__conn_new(L, 0, ML_CONN_STREAM);
   c->limit = limit;
-  push_stream(L, lua_gettop(L), ML_READER, hot_reader);
+  push_stream(L, lua_gettop(L), ML_READER, hot_reader, 0);
   return 1;
 }
 

@@ -236,10 +236,11 @@ static int t_is_closing(lua_State *L) {
 int ml__conn_extra(lua_State *L, int cidx, ml_Conn *c, int nameidx) {
   const char *name = luaL_checkstring(L, nameidx);
   if (c->layer && c->layer->extra(L, cidx, c, name)) return 1;
-  if (strcmp(name, "peername") == 0 && c->plen > 0) {
-    ml__sock_pushaddr(L, (struct sockaddr *)&c->peer, c->plen);
-  } else if (strcmp(name, "sockname") == 0 && c->llen > 0) {
-    ml__sock_pushaddr(L, (struct sockaddr *)&c->local, c->llen);
+  if ((strcmp(name, "peername") == 0 && c->plen > 0) ||
+      (strcmp(name, "sockname") == 0 && c->llen > 0)) {
+    socklen_t len;
+    const struct sockaddr *a = ml__conn_addr(L, cidx, c, name[0] == 'p', &len);
+    ml__sock_pushaddr(L, a, len);
   } else if (strcmp(name, "socket") == 0 && c->sock) {
     lua_getiuservalue(L, cidx, XUV_SOCK);
   } else if (strcmp(name, "transport") == 0) {
@@ -380,7 +381,9 @@ static int d_sendto(lua_State *L) {
     if (ml__sock_toaddr(L, 3, family, 0, &ss, &alen) != 0)
       return luaL_argerror(L, 3, "address must be numeric (resolve names with loop:getaddrinfo)");
     if (c->connected) {
-      if (alen != c->plen || memcmp(&ss, &c->peer, alen) != 0)
+      socklen_t plen;
+      const struct sockaddr *peer = ml__conn_addr(L, 1, c, 1, &plen);
+      if (alen != plen || memcmp(&ss, peer, alen) != 0)
         return ml__exc_raise(L, "ValueError", "Invalid address: must be nil or the remote address");
       alen = 0; /* connected: send() to the default peer */
     }

@@ -781,6 +781,42 @@ static int dr_ref(lua_State *L) {
   return ref;
 }
 
+/* Keeps the addresses of fd in the transport c (on top of the stack):
+ * inline when both fit, else both in XUV_ADDR.  May raise (out of
+ * memory), so it runs before anything anchors c. */
+static void keep_addrs(lua_State *L, ml_Conn *c, int fd) {
+  struct sockaddr_storage ss[2];
+  socklen_t len[2] = {sizeof ss[0], sizeof ss[1]};
+  if (getsockname(fd, (struct sockaddr *)&ss[0], &len[0]) < 0) len[0] = 0;
+  if (getpeername(fd, (struct sockaddr *)&ss[1], &len[1]) < 0) len[1] = 0;
+  else c->connected = 1;
+  len[0] = len[0] > sizeof ss[0] ? sizeof ss[0] : len[0]; /* truncated: what fits */
+  len[1] = len[1] > sizeof ss[1] ? sizeof ss[1] : len[1];
+  if (len[0] > sizeof c->local || len[1] > sizeof c->peer) {
+    memmove((char *)&ss[0] + len[0], &ss[1], len[1]); /* local, then the peer's */
+    lua_pushlstring(L, (const char *)&ss[0], len[0] + len[1]);
+    lua_setiuservalue(L, -2, XUV_ADDR);
+    c->big_addrs = 1;
+  } else {
+    memcpy(&c->local, &ss[0], len[0]);
+    memcpy(&c->peer, &ss[1], len[1]);
+  }
+  c->llen = len[0];
+  c->plen = len[1];
+}
+
+const struct sockaddr *ml__conn_addr(lua_State *L, int cidx, const ml_Conn *c, int peer,
+                                     socklen_t *len) {
+  const char *p;
+  *len = peer ? c->plen : c->llen;
+  if (*len == 0) return NULL;
+  if (!c->big_addrs) return peer ? &c->peer.sa : &c->local.sa;
+  lua_getiuservalue(L, cidx, XUV_ADDR);
+  p = lua_tostring(L, -1); /* the transport keeps the string */
+  lua_pop(L, 1);
+  return (const struct sockaddr *)(p + (peer ? c->llen : 0));
+}
+
 /* [-0, +1] pushes a new transport of kind, over the socket at sidx (0:
  * none yet; a socket one is anchored at once); raises if that socket
  * cannot take a transport. */
@@ -816,6 +852,7 @@ ml_Conn *ml__conn_new(lua_State *L, int sidx, int kind) {
   if (s == NULL) return c;
   lua_pushvalue(L, sidx);
   lua_setiuservalue(L, -2, XUV_SOCK);
+  keep_addrs(L, c, s->fd);
   lua_pushvalue(L, -1);
   c->ref = luaL_ref(L, LUA_REGISTRYINDEX);
   s->transport = 1;
@@ -826,11 +863,6 @@ ml_Conn *ml__conn_new(lua_State *L, int sidx, int kind) {
   c->is_sock = 1;
   ev_io_set(&c->rio, c->fd, EV_READ);
   ev_io_set(&c->wio, c->fd, EV_WRITE);
-  c->llen = sizeof c->local;
-  if (getsockname(c->fd, (struct sockaddr *)&c->local, &c->llen) < 0) c->llen = 0;
-  c->plen = sizeof c->peer;
-  if (getpeername(c->fd, (struct sockaddr *)&c->peer, &c->plen) < 0) c->plen = 0;
-  else c->connected = 1;
   if (s->type == SOCK_STREAM && (s->family == AF_INET || s->family == AF_INET6)) {
     int one = 1; /* as asyncio: small writes go out at once */
     setsockopt(c->fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);

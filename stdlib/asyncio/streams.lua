@@ -108,6 +108,14 @@ end
 -- failing callback closes its connection and is reported through the
 -- loop's exception handler, as asyncio does.
 local function stream_accept(cb, limit, tls)
+  -- An async callback without TLS: calling it makes its Coroutine and runs
+  -- nothing, so that Coroutine becomes the client's task itself (asyncio's
+  -- StreamReaderProtocol calls the callback and makes a task of the
+  -- coroutine it returns).  No run_client frame, no second Coroutine: ~400
+  -- bytes less an idle connection (docs/performance.md, "Idle
+  -- connections").  A plain function still runs in a task of its own, where
+  -- it may await.
+  local direct = not tls and asyncio.iscoroutinefunction(cb)
   return function(server, sock)
     local ok, reader, writer = pcall(S._stream, sock, limit, server._detach)
     -- A transport that failed half-made was aborted and closes the socket
@@ -120,6 +128,7 @@ local function stream_accept(cb, limit, tls)
     ok, task = pcall(function()
       server:_attach(writer.transport)
       writer._server_side = true
+      if direct then return asyncio.create_task(cb(reader, writer)) end
       return asyncio.create_task(run_client(cb, reader, writer, tls, server))
     end)
     -- No task to serve it (out of memory): the connection is dropped now,

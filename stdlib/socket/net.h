@@ -6,6 +6,7 @@
 #ifndef ML_NET_H
 #define ML_NET_H
 
+#include <netinet/in.h>
 #include <sys/socket.h>
 #include "core/module.h"
 #include "socket/address.h"
@@ -113,7 +114,18 @@ void ml__net_push_loop_methods(lua_State *L);
 enum { ML_CONN_PROTO = 1, ML_CONN_STREAM, ML_CONN_DGRAM };
 
 /* User values of a transport. */
-enum { XUV_SOCK = 1, XUV_PROTO, XUV_EXC, XUV_ONLOST, XUV_LAYER, XUV_N = XUV_LAYER };
+enum { XUV_SOCK = 1, XUV_PROTO, XUV_EXC, XUV_ONLOST, XUV_LAYER, XUV_ADDR, XUV_N = XUV_ADDR };
+
+/* A transport's own address or its peer's, as large as an IPv6 one: a
+ * larger one (a named Unix socket's path) lives in the transport's
+ * XUV_ADDR string instead (ml__conn_addr).  Two sockaddr_storage were
+ * 256 of a transport's 744 bytes (docs/performance.md, "Idle
+ * connections"). */
+typedef union ml_SmallAddr {
+  struct sockaddr sa;
+  struct sockaddr_in in;
+  struct sockaddr_in6 in6;
+} ml_SmallAddr;
 
 /* The first field of every transport: with the userdata's size, it proves
  * that a userdata is one (ml__conn_test; only C makes userdata) in two
@@ -199,10 +211,11 @@ struct ml_Conn {
   ml_Waiters drainers, closers;
   ml_Dgram *dq_head, *dq_tail; /* datagrams the kernel refused */
   size_t dq_bytes;
-  struct sockaddr_storage local, peer;
-  socklen_t llen, plen;
-  int connected;         /* datagram: has a default peer */
-  const ml_Layer *layer; /* TLS over the socket, or NULL */
+  ml_SmallAddr local, peer; /* unless big_addrs: ml__conn_addr */
+  socklen_t llen, plen;     /* 0: none */
+  unsigned char big_addrs;  /* both are in XUV_ADDR, local first */
+  int connected;            /* datagram: has a default peer */
+  const ml_Layer *layer;    /* TLS over the socket, or NULL */
   void *layer_ud;
   unsigned char sock_eof; /* with a layer: the socket's EOF was read */
   unsigned char linger;   /* closing, but the layer still reads (the
@@ -226,6 +239,13 @@ struct ml_Conn {
 
 /* The connection engine (asyncio/conn.c). */
 int luaopen_asyncio__transport(lua_State *L);
+
+/* The local (peer 0) or the peer's (peer 1) address of the transport c
+ * at cidx, as getsockname/getpeername gave it when the transport took its
+ * socket, and its length in *len; NULL (and 0) if there is none.  [-0, +0]
+ * The address lives as long as the transport. */
+const struct sockaddr *ml__conn_addr(lua_State *L, int cidx, const ml_Conn *c, int peer,
+                                     socklen_t *len);
 
 /* The transport at idx (of either kind), or a type error naming it. */
 ml_Conn *ml__conn_check(lua_State *L, int idx);

@@ -598,7 +598,9 @@ int ml__tls_wrap(lua_State *L) {
     /* The cache key: the name and the peer's port (a session of one
      * server is no use to another on the same host), else the address. */
     if (c->plen > 0) {
-      ml__sock_pushaddr(L, (struct sockaddr *)&c->peer, c->plen);
+      socklen_t plen;
+      const struct sockaddr *peer = ml__conn_addr(L, 1, c, 1, &plen);
+      ml__sock_pushaddr(L, peer, plen);
       if (lua_istable(L, -1)) {
         lua_rawgeti(L, -1, 1);
         lua_rawgeti(L, -2, 2);

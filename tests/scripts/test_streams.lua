@@ -247,6 +247,38 @@ T.case("plain and async callbacks, each client in its own task", async function(
   wb:close()
 end)
 
+T.case("an async client callback is the client's task itself, and its failure is reported", async function()
+  local loop = asyncio.get_running_loop()
+  local reported = loop:create_future()
+  local old = loop:get_exception_handler()
+  loop:set_exception_handler(function(_, ctx)
+    if not reported:done() then reported:set_result(ctx) end
+  end)
+  local frames = {}
+  local srv <close>, port = await serve(async function(r, w)
+    -- No wrapper between the task and the callback: the callback's frame
+    -- is the task's first.
+    for level = 1, 50 do
+      local info = debug.getinfo(level, "S")
+      if not info then break end
+      frames[#frames + 1] = info.what
+    end
+    await r:readline()
+    error("async boom")
+  end)
+  local r, w = await asyncio.open_connection("127.0.0.1", port)
+  w:write("go\n")
+  T.eq(await r:read(), "", "connection closed")
+  local ctx = await asyncio.wait_for(reported, 5)
+  loop:set_exception_handler(old)
+  T.match(ctx.message, "client_connected_cb", "context message")
+  T.match(tostring(ctx.exception), "async boom", "the error")
+  local lua_frames = 0
+  for _, what in ipairs(frames) do if what == "Lua" then lua_frames = lua_frames + 1 end end
+  T.eq(lua_frames, 1, "one Lua frame under the callback: its own")
+  w:close()
+end)
+
 T.case("a failing client callback closes its connection and is reported", async function()
   local loop = asyncio.get_running_loop()
   local reported = loop:create_future()
@@ -272,8 +304,25 @@ T.case("Unix streams", async function()
   w:write("over unix\n")
   T.eq(await r:readline(), "over unix\n", "echo")
   T.eq(w:get_extra_info("peername"), path, "peername is the path")
+  T.eq(w:get_extra_info("sockname"), "", "an unnamed client socket")
   w:close()
   await w:wait_closed()
+  -- The server's side: its own address is the path (too long to keep
+  -- inline: the transport keeps both addresses aside), its peer unnamed,
+  -- and both still there once the connection is closed.
+  local seen = asyncio.Future()
+  local srv3 <close> = await asyncio.start_unix_server(async function(r3, w3)
+    await r3:read()
+    w3:close()
+    await w3:wait_closed()
+    seen:set_result({ w3:get_extra_info("sockname"), w3:get_extra_info("peername") })
+  end, path .. "3")
+  local r3, w3 = await asyncio.open_unix_connection(path .. "3")
+  w3:close()
+  local names = await asyncio.wait_for(seen, 5)
+  T.eq(names[1], path .. "3", "the server side's sockname")
+  T.eq(names[2], "", "the server side's peer is unnamed")
+  srv3:close()
   srv:close()
   await srv:wait_closed()
   -- A stale socket file is replaced by the next server.

@@ -106,6 +106,12 @@ T.case("Unix datagram endpoints", async function()
   local got = await cp.q:get()
   T.eq(got[1], "UNIX DGRAM", "echo")
   T.eq(got[2], spath, "the sender's address is its path")
+  -- Paths too long to keep inline: the transport keeps both aside.
+  T.eq(ct:get_extra_info("peername"), spath, "peername")
+  T.eq(ct:get_extra_info("sockname"), cpath, "sockname")
+  ct:sendto("again", spath) -- the remote address itself is allowed
+  T.eq((await asyncio.wait_for(cp.q:get(), 5))[1], "AGAIN", "sent to the given remote address")
+  T.raises(asyncio.ValueError, function() ct:sendto("x", cpath) end, "another address")
   ct:close()
   st:close()
 end)
