@@ -247,13 +247,20 @@ T.case("plain and async callbacks, each client in its own task", async function(
   wb:close()
 end)
 
-T.case("an async client callback is the client's task itself, and its failure is reported", async function()
+-- Catches the loop's next exception report: returns a future of its
+-- context, and a function that puts the old handler back.
+local function catch_report()
   local loop = asyncio.get_running_loop()
   local reported = loop:create_future()
   local old = loop:get_exception_handler()
   loop:set_exception_handler(function(_, ctx)
     if not reported:done() then reported:set_result(ctx) end
   end)
+  return reported, function() loop:set_exception_handler(old) end
+end
+
+T.case("an async client callback is the client's task itself, and its failure is reported", async function()
+  local reported, restore = catch_report()
   local frames = {}
   local srv <close>, port = await serve(async function(r, w)
     -- No wrapper between the task and the callback: the callback's frame
@@ -270,7 +277,7 @@ T.case("an async client callback is the client's task itself, and its failure is
   w:write("go\n")
   T.eq(await r:read(), "", "connection closed")
   local ctx = await asyncio.wait_for(reported, 5)
-  loop:set_exception_handler(old)
+  restore()
   T.match(ctx.message, "client_connected_cb", "context message")
   T.match(tostring(ctx.exception), "async boom", "the error")
   local lua_frames = 0
@@ -280,17 +287,12 @@ T.case("an async client callback is the client's task itself, and its failure is
 end)
 
 T.case("a failing client callback closes its connection and is reported", async function()
-  local loop = asyncio.get_running_loop()
-  local reported = loop:create_future()
-  local old = loop:get_exception_handler()
-  loop:set_exception_handler(function(_, ctx)
-    if not reported:done() then reported:set_result(ctx) end
-  end)
+  local reported, restore = catch_report()
   local srv <close>, port = await serve(function() error("boom") end)
   local r, w = await asyncio.open_connection("127.0.0.1", port)
   T.eq(await r:read(), "", "connection closed")
   local ctx = await reported
-  loop:set_exception_handler(old)
+  restore()
   T.match(ctx.message, "client_connected_cb", "context message")
   T.match(tostring(ctx.exception), "boom", "the error")
   w:close()
