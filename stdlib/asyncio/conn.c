@@ -2,7 +2,9 @@
  * read and write watchers, the write queue and flow control, delivery to
  * a protocol or a stream reader, and teardown.  No Lua-visible function
  * lives here: the Transport objects are _transport.c, the streams
- * _stream.c.  See socket/net.h for the ml_Conn object and its rules.
+ * _stream.c, the sets of tasks waiting on a transport waiters.c, the
+ * addresses it keeps conn_addrs.c.  See socket/net.h for the ml_Conn
+ * object and its rules.
  *
  * Reading: the read watcher is armed while the transport is open, not
  * paused, before EOF, and (stream mode) while the reader's buffer is under
@@ -41,52 +43,6 @@ struct ml_Dgram {
   struct sockaddr_storage addr;
   char data[];
 };
-
-/* ---------------------------------------------------------------- */
-/* Waiter sets.                                                       */
-
-int ml__waiters_add(ml_Conn *c, ml_Waiters *w, ml_Task *t) {
-  if (w->n == w->cap) {
-    int cap = w->cap ? w->cap * 2 : 4;
-    ml_Task **v = c->wbuf.alloc(c->wbuf.ud, w->v, w->cap * sizeof *v, cap * sizeof *v);
-    if (v == NULL) return -ENOMEM;
-    w->v = v;
-    w->cap = cap;
-  }
-  w->v[w->n++] = t;
-  return 0;
-}
-
-void ml__waiters_remove(ml_Waiters *w, ml_Task *t) {
-  for (int i = 0; i < w->n; i++) {
-    if (w->v[i] == t) {
-      w->v[i] = w->v[--w->n];
-      return;
-    }
-  }
-}
-
-void ml__waiters_wake_all(ml_Waiters *w) {
-  int n = w->n;
-  w->n = 0;
-  for (int i = 0; i < n; i++) ml__task_wake(w->v[i]);
-}
-
-void ml__waiters_free(ml_Conn *c, ml_Waiters *w) {
-  if (w->v) c->wbuf.alloc(c->wbuf.ud, w->v, w->cap * sizeof *w->v, 0);
-  w->v = NULL;
-  w->n = w->cap = 0;
-}
-
-void ml__conn_wake_all(ml_Conn *c) {
-  if (c->reader) {
-    ml_Task *t = c->reader;
-    c->reader = NULL;
-    ml__task_wake(t);
-  }
-  ml__waiters_wake_all(&c->drainers);
-  ml__waiters_wake_all(&c->closers);
-}
 
 /* ---------------------------------------------------------------- */
 /* The connection's state machine (no Lua here unless said).          */
@@ -781,42 +737,6 @@ static int dr_ref(lua_State *L) {
   return ref;
 }
 
-/* Keeps the addresses of fd in the transport c (on top of the stack):
- * inline when both fit, else both in XUV_ADDR.  May raise (out of
- * memory), so it runs before anything anchors c. */
-static void keep_addrs(lua_State *L, ml_Conn *c, int fd) {
-  struct sockaddr_storage ss[2];
-  socklen_t len[2] = {sizeof ss[0], sizeof ss[1]};
-  if (getsockname(fd, (struct sockaddr *)&ss[0], &len[0]) < 0) len[0] = 0;
-  if (getpeername(fd, (struct sockaddr *)&ss[1], &len[1]) < 0) len[1] = 0;
-  else c->connected = 1;
-  len[0] = len[0] > sizeof ss[0] ? sizeof ss[0] : len[0]; /* truncated: what fits */
-  len[1] = len[1] > sizeof ss[1] ? sizeof ss[1] : len[1];
-  if (len[0] > sizeof c->local || len[1] > sizeof c->peer) {
-    memmove((char *)&ss[0] + len[0], &ss[1], len[1]); /* local, then the peer's */
-    lua_pushlstring(L, (const char *)&ss[0], len[0] + len[1]);
-    lua_setiuservalue(L, -2, XUV_ADDR);
-    c->big_addrs = 1;
-  } else {
-    memcpy(&c->local, &ss[0], len[0]);
-    memcpy(&c->peer, &ss[1], len[1]);
-  }
-  c->llen = len[0];
-  c->plen = len[1];
-}
-
-const struct sockaddr *ml__conn_addr(lua_State *L, int cidx, const ml_Conn *c, int peer,
-                                     socklen_t *len) {
-  const char *p;
-  *len = peer ? c->plen : c->llen;
-  if (*len == 0) return NULL;
-  if (!c->big_addrs) return peer ? &c->peer.sa : &c->local.sa;
-  lua_getiuservalue(L, cidx, XUV_ADDR);
-  p = lua_tostring(L, -1); /* the transport keeps the string */
-  lua_pop(L, 1);
-  return (const struct sockaddr *)(p + (peer ? c->llen : 0));
-}
-
 /* [-0, +1] pushes a new transport of kind, over the socket at sidx (0:
  * none yet; a socket one is anchored at once); raises if that socket
  * cannot take a transport. */
@@ -852,7 +772,7 @@ ml_Conn *ml__conn_new(lua_State *L, int sidx, int kind) {
   if (s == NULL) return c;
   lua_pushvalue(L, sidx);
   lua_setiuservalue(L, -2, XUV_SOCK);
-  keep_addrs(L, c, s->fd);
+  ml__conn_keep_addrs(L, c, s->fd);
   lua_pushvalue(L, -1);
   c->ref = luaL_ref(L, LUA_REGISTRYINDEX);
   s->transport = 1;

@@ -1,8 +1,8 @@
 /* net.h: what the networking C modules of stdlib/ share (the files of
- * socket/, asyncio/_net.c, conn.c, _transport.c, _stream.c, _server.c): the
- * socket object, the transport object, and through the headers below
- * address conversion (address.h), socket.buffer (buffer.h) and byte
- * queues (bytequeue.h). */
+ * socket/, asyncio/_net.c, conn.c, waiters.c, conn_addrs.c, _transport.c,
+ * _stream.c, _server.c): the socket object, the transport object, and
+ * through the headers below address conversion (address.h),
+ * socket.buffer (buffer.h) and byte queues (bytequeue.h). */
 #ifndef ML_NET_H
 #define ML_NET_H
 
@@ -240,6 +240,10 @@ struct ml_Conn {
 /* The connection engine (asyncio/conn.c). */
 int luaopen_asyncio__transport(lua_State *L);
 
+/* Keeps the addresses of fd in the transport c (on top of the stack):
+ * inline when both fit, else both in XUV_ADDR (conn_addrs.c).  May raise
+ * (out of memory), so ml__conn_new calls it before anything anchors c. */
+void ml__conn_keep_addrs(lua_State *L, ml_Conn *c, int fd);
 /* The local (peer 0) or the peer's (peer 1) address of the transport c
  * at cidx, as getsockname/getpeername gave it when the transport took its
  * socket, and its length in *len; NULL (and 0) if there is none.  [-0, +0]
